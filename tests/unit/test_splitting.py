@@ -9,7 +9,6 @@ from scipy.integrate import quad
 from ringstream.geometry.splitting import split_pixels
 
 
-
 def grid(a, b, step):
     """Edges a..b inclusive (linspace: np.arange accumulates error and would leave a gap at the seam)."""
     return np.linspace(a, b, int(round((b - a) / step)) + 1)
@@ -82,7 +81,7 @@ def ref_area(cx, cy, r0, r1, e0, e1):
         a, b = max(iv[0], r0), min(iv[1], r1)
         return 0.5 * (b * b - a * a) if b > a else 0.0
 
-    pts = [math.degrees(math.atan2(-x, y)) + k * 360.0 for x, y in zip(cx, cy) for k in (-1, 0, 1)]
+    pts = [math.degrees(math.atan2(-x, y)) + k * 360.0 for x, y in zip(cx, cy, strict=False) for k in (-1, 0, 1)]
     pts = sorted(p for p in pts if e0 < p < e1)
     v, _ = quad(f, e0, e1, points=pts or None, limit=500, epsabs=1e-14, epsrel=1e-11)
     return v * math.pi / 180.0
@@ -120,15 +119,15 @@ def _seg_cross(p1, p2, p3, p4):
 def is_simple(cx, cy):
     """Quadrilateral without self-intersection (opposite edges do not cross)."""
     out = []
-    for x, y in zip(cx, cy):
-        c = list(zip(x, y))
+    for x, y in zip(cx, cy, strict=False):
+        c = list(zip(x, y, strict=False))
         out.append(not (_seg_cross(c[0], c[1], c[2], c[3]) or _seg_cross(c[1], c[2], c[3], c[0])))
     return np.array(out)
 
 
 def is_convex(cx, cy):
     out = []
-    for x, y in zip(cx, cy):
+    for x, y in zip(cx, cy, strict=False):
         cr = [(x[(i + 1) % 4] - x[i]) * (y[(i + 2) % 4] - y[(i + 1) % 4])
               - (y[(i + 1) % 4] - y[i]) * (x[(i + 2) % 4] - x[(i + 1) % 4]) for i in range(4)]
         out.append(all(c > 0 for c in cr) or all(c < 0 for c in cr))
@@ -284,7 +283,6 @@ def test_conservation_edges_on_bin_edges():
     g = np.arange(-40, 41, dtype=float) + 0.5
     X, Y = np.meshgrid(g, g)
     cx, cy = squares(X.ravel(), Y.ravel())
-    r = np.sqrt(cx ** 2 + cy ** 2)
     rel, pix, bins, area = _conserved(cx, cy, np.arange(0.0, 60.0, 1.0), FULL_ETA)
     assert rel.max() < 1e-12
     # the same with the first radial edge exactly at a corner radius: partial pixels are excluded exactly
@@ -379,7 +377,7 @@ def test_against_reference_far_and_tilted():
     pix, bins, area, qa = run(cx, cy, r_edges, eta)
     for p in range(0, 30, 3):
         m = pix == p
-        for b, a in list(zip(bins[m], area[m]))[:6]:
+        for b, a in list(zip(bins[m], area[m], strict=False))[:6]:
             i, j = divmod(int(b), len(eta) - 1)
             ref = ref_area(cx[p], cy[p], r_edges[i], r_edges[i + 1], eta[j], eta[j + 1])
             assert abs(a - ref) <= 1e-6 * max(ref, 1e-3), (p, b, a, ref)
