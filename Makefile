@@ -19,6 +19,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The streaming daemon on a simulated PILATUS 2M: progress once a second, then where the files are (out/demo/).
+demo: $(STAMP)
+	$(PY) -m ringstream.daemon.demo
+
 bench-map: $(STAMP)
 	$(PY) bench/map_build.py
 

@@ -5,6 +5,10 @@ Subcommands::
     ringstream map --param-file P [--export-midas DIR] [--cache-dir D] [--no-cache] [Key Value ...]
     ringstream integrate --param-file P [--dark D] [--output-h5 OUT.h5] [--import-midas DIR [--force]]
                          [--engine auto|cpu|gpu] [--overwrite] IMAGE... [Key Value ...]
+    ringstream run --param-file P (--simulate N | --replay PATH) [--rate HZ] [--workers N] [--engine E]
+                   [--output-h5 OUT.h5] [--config FILE.toml] [--control ENDPOINT] [Key Value ...]
+    ringstream status [--control ENDPOINT] [--json]
+    ringstream check-config [the options of run]
 
 Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file (MIDAS manual 3.5). For ``integrate``,
 the images come first: they end at the first token that is a parameter key or starts with ``--``.
@@ -87,7 +91,63 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cache-dir", metavar="D", help="map cache folder")
     i.add_argument("--no-cache", action="store_true", help="always build the map; do not use the cache")
     i.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    r = sub.add_parser(
+        "run", allow_abbrev=False,
+        help="run the streaming daemon: source -> workers -> HDF5 (docs/DAEMON.md)",
+        description="Start the supervisor, the ingest, the workers and the writer; stop at the end of the source, "
+        "on SIGTERM/SIGINT (first: drain, second: stop now) or on 'ringstream status'-side 'stop'. Trailing "
+        "'Key Value' tokens override the parameter file. Exit: 0 ok, 2 configuration, 3 input, 4 map, "
+        "5 a child process failed, 130/143 interrupted twice.",
+    )
+    r.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="DEBUG logs and tracebacks on errors")
+    _add_run_arguments(r)
+
+    s = sub.add_parser(
+        "status", allow_abbrev=False,
+        help="ask a running daemon how it is doing (exit 0 healthy, 1 otherwise)",
+        description="Query the control socket of a running daemon. Exit 0 when it runs (or drains) and every "
+        "child is alive; 1 otherwise, or when no daemon answers.",
+    )
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="DEBUG logs and tracebacks on errors")
+    s.add_argument("--control", "--control-endpoint", dest="control_endpoint", metavar="ENDPOINT",
+                   help=f"control endpoint (default ${CONTROL_ENV}, else {DEFAULT_CONTROL})")
+    s.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    s.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for an answer")
+
+    try:
+        from .check_config import add_check_config_parser
+    except ImportError:  # pragma: no cover - the check-config module is part of the package
+        add_check_config_parser = None
+    if add_check_config_parser is not None:
+        add_check_config_parser(sub)
     return parser
+
+
+CONTROL_ENV = "RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT"
+DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
+
+#: sources that are planned, by their option -> the issue that brings them
+_NOT_YET = {"--folder": ("the folder source", 7), "--pva": ("the PVA source", 6), "--pva-ip": ("the PVA source", 6),
+            "--pva-channel": ("the PVA source", 6), "--midas-socket": ("the MIDAS socket source", 6)}
+
+
+def _add_run_arguments(r: argparse.ArgumentParser) -> None:
+    from ..config import add_config_arguments
+
+    add_config_arguments(r)
+    r.add_argument("--control", dest="control_endpoint", metavar="ENDPOINT",
+                   help="control endpoint for 'ringstream status' ([transport] control_endpoint; 'auto' = a free "
+                   "port, printed in the log)")
+    later = r.add_argument_group("sources to come")
+    later.add_argument("--folder", metavar="DIR", help="watch a folder for new images (not available yet: issue 7)")
+    later.add_argument("--pva", action="store_true", default=None, help="EPICS PVA NTNDArray stream (not available "
+                       "yet: issue 6)")
+    later.add_argument("--pva-ip", metavar="ADDR", help="PVA server address (not available yet: issue 6)")
+    later.add_argument("--pva-channel", metavar="PV", help="PVA channel (not available yet: issue 6)")
+    later.add_argument("--midas-socket", metavar="ADDR", help="MIDAS socket source (not available yet: issue 6)")
 
 
 def split_images(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -245,7 +305,56 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"map": cmd_map, "integrate": cmd_integrate}
+def _check_not_yet(args: argparse.Namespace) -> None:
+    from ..errors import ConfigError
+
+    for flag, (what, issue) in _NOT_YET.items():
+        if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
+            raise ConfigError(f"command line ({flag}): {what} is not available yet (issue {issue}); "
+                              "use --simulate N or --replay PATH")
+
+
+def _run_logging(level: str, verbose: bool) -> None:
+    """Logs of the run: stderr, INFO (or the configured level; DEBUG with -v), the process role in every line."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else getattr(logging, str(level).upper(), logging.INFO))
+    for h in root.handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s"))
+
+
+def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ..config import config_from_args
+    from ..params import parse_overrides
+    from .supervisor import run_daemon
+
+    _check_not_yet(args)
+    parse_overrides(extra)  # a stray token is a ParamError naming it, before anything starts
+    config = config_from_args(args, extra)
+    _run_logging(config.logging.level, bool(args.verbose))
+    return run_daemon(config)
+
+
+def cmd_status(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import os
+
+    from .status import print_status
+
+    if extra:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"status: unexpected arguments: {' '.join(extra)}")
+    endpoint = args.control_endpoint or os.environ.get(CONTROL_ENV) or DEFAULT_CONTROL
+    return print_status(endpoint, as_json=bool(args.json), timeout=float(args.timeout))
+
+
+def cmd_check_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .check_config import check_config
+
+    return check_config(args, extra)
+
+
+COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
+            "check-config": cmd_check_config}
 
 
 # --------------------------------------------------------------------------------------------------- main
