@@ -315,9 +315,14 @@ def test_killed_worker_is_detected_and_stops_the_run(tmp_path, daemons):
     assert rc == 5, d.stderr
     assert len([line for _, line in d.lines if "died" in line]) == 1
     out = read_output(tmp_path / "out.h5")
-    assert not out["run_complete"]
     assert out["frames_written"] == out["I"].shape[0] > 0
-    assert np.all(np.diff(out["frame_index"].astype(np.int64)) > 0)  # in order; the lost frames are gaps
+    index = out["frame_index"].astype(np.int64)
+    assert np.all(np.diff(index) > 0)  # in order; frames the dead worker held are gaps
+    # run_complete is true only when every frame ingest sent was written: the dead worker may have held none
+    # (then the writer accounted for all of them before the supervisor stopped it), else it is false
+    contiguous = bool(index[0] == 0 and index[-1] == len(index) - 1)
+    if out["run_complete"]:
+        assert contiguous
     _, _, written, _, _ = d.counts()
     assert written == out["frames_written"]
 
