@@ -1,12 +1,15 @@
 """Pick an integration engine by name and say which one was picked.
 
-Names: ``"cpu"`` (the NumPy/SciPy reference engine), ``"gpu"`` (CuPy; not available on this install yet) and
-``"auto"`` (the GPU engine when it can run, else the CPU one, with a log line saying so: never a silent change).
+Names: ``"cpu"`` (the NumPy/SciPy reference engine), ``"gpu"`` (the CuPy engine, :mod:`.cupy_engine`; a
+:class:`ConfigError` with the install line when CuPy is missing or sees no CUDA device) and ``"auto"`` (the GPU
+engine when CuPy sees a device and ``RINGSTREAM_GPU`` is not ``0``, else the CPU one, with a log line saying which
+and why: never a silent change).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -32,11 +35,25 @@ def create_engine(name: str, imap, dark: np.ndarray | None = None, normalize: bo
         log.info("engine: cpu (reference NumPy/SciPy)")
         return ReferenceEngine(imap, dark=dark, normalize=normalize)
     if key == "auto":
-        log.info("engine: auto -> cpu (reference NumPy/SciPy); GPU engine not available yet")
-        return ReferenceEngine(imap, dark=dark, normalize=normalize)
+        if os.environ.get("RINGSTREAM_GPU", "").strip() == "0":
+            log.info("engine: auto -> cpu (reference NumPy/SciPy); RINGSTREAM_GPU=0 forces the CPU")
+            return ReferenceEngine(imap, dark=dark, normalize=normalize)
+        from .cupy_engine import gpu_available
+
+        ok, what = gpu_available()
+        if not ok:
+            log.info("engine: auto -> cpu (reference NumPy/SciPy); no usable GPU here: %s", what)
+            return ReferenceEngine(imap, dark=dark, normalize=normalize)
+        from .cupy_engine import CupyEngine
+
+        eng = CupyEngine(imap, dark=dark, normalize=normalize)
+        log.info("engine: auto -> gpu (CuPy) on %s", eng.device_name)
+        return eng
     if key == "gpu":
-        raise ConfigError(
-            f"engine 'gpu': the GPU engine is not available on this install (it needs CuPy and a CUDA device: "
-            f"{GPU_INSTALL_HINT}); use engine 'cpu' or 'auto'"
-        )
+        # CupyEngine raises ConfigError with the install line without CuPy or a device
+        from .cupy_engine import CupyEngine
+
+        eng = CupyEngine(imap, dark=dark, normalize=normalize)
+        log.info("engine: gpu (CuPy) on %s", eng.device_name)
+        return eng
     raise ConfigError(f"engine {name!r}: unknown engine; expected one of {', '.join(ENGINE_NAMES)}")

@@ -170,15 +170,31 @@ def test_wrong_shapes_are_input_errors():
 
 
 # ------------------------------------------------------------------------------------------------------ registry
-def test_registry(caplog):
+def _no_cupy():
+    raise ConfigError("engine 'gpu': CuPy is not installed: pip install 'ringstream[gpu]'")
+
+
+def test_registry(caplog, monkeypatch):
+    from ringstream.engines import cupy_engine
+
     imap = _random_map(np.random.default_rng(8))
+    # a machine without a usable GPU: auto says why it takes the CPU, gpu is an error with the install line
+    monkeypatch.setattr(cupy_engine, "gpu_available", lambda: (False, "CuPy is not installed"))
+    monkeypatch.setattr(cupy_engine, "_import_cupy", _no_cupy)
     with caplog.at_level(logging.INFO, logger="ringstream.engines"):
         eng = create_engine("auto", imap)
     assert isinstance(eng, ReferenceEngine) and isinstance(eng, Engine)
-    assert "engine: auto -> cpu (reference NumPy/SciPy); GPU engine not available yet" in caplog.text
+    assert "engine: auto -> cpu (reference NumPy/SciPy); no usable GPU here: CuPy is not installed" in caplog.text
     assert isinstance(create_engine("cpu", imap, dark=np.zeros(imap.shape), normalize=False), ReferenceEngine)
     with pytest.raises(ConfigError, match=r"pip install 'ringstream\[gpu\]'"):
         create_engine("gpu", imap)
+    # RINGSTREAM_GPU=0 forces the CPU whatever the machine has
+    monkeypatch.setattr(cupy_engine, "gpu_available", lambda: (True, "a GPU"))
+    monkeypatch.setenv("RINGSTREAM_GPU", "0")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ringstream.engines"):
+        assert isinstance(create_engine("auto", imap), ReferenceEngine)
+    assert "RINGSTREAM_GPU=0 forces the CPU" in caplog.text
     with pytest.raises(ConfigError, match="unknown engine"):
         create_engine("tpu", imap)
 
