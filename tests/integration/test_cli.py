@@ -8,41 +8,21 @@ or key, a documented non-zero exit code, and no traceback unless ``-v``.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import tifffile
+from common import NY, NZ, SMALL_PARAMS, ringstream_command
 
 pytestmark = pytest.mark.timeout(60)
 
-NZ = NY = 128
-BASE = """\
-NrPixelsY {ny}
-NrPixelsZ {nz}
-Lsd 1000000
-px 200
-BC 63.3 61.2
-ty 0.3
-tz -0.2
-RMin 4
-RMax 60
-RBinSize 1
-EtaBinSize 20
-Wavelength 0.2
-"""
+BASE = SMALL_PARAMS
 
 
-def _script() -> list[str]:
-    exe = Path(sys.executable).with_name("ringstream")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("ringstream")
-    return [found] if found else [sys.executable, "-m", "ringstream.daemon.cli"]
+_script = ringstream_command
 
 
 def run(args, cwd, check=None, timeout=50):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,36 +26,18 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from common import NY, NZ, SMALL_PARAMS, ringstream_command
 
 from ringstream.daemon.status import NoDaemon, is_healthy, query_status
 from ringstream.protocol import ControlRequest, Result, encode, result_buffers
 from ringstream.transport.endpoints import free_tcp_endpoint
 
-NZ = NY = 128
-PARAMS = """\
-NrPixelsY {ny}
-NrPixelsZ {nz}
-Lsd 1000000
-px 200
-BC 63.3 61.2
-ty 0.3
-tz -0.2
-RMin 4
-RMax 60
-RBinSize 1
-EtaBinSize 20
-Wavelength 0.2
-"""
+PARAMS = SMALL_PARAMS
 COUNTS = re.compile(r"ringstream: run (\S+) finished: received (\d+), integrated (\d+), written (\d+), "
                     r"rejected (\d+), dropped (\d+) \(([^)]*)\), ([\d.]+) s, ([\d.]+) frames/s")
 
 
-def _script() -> list[str]:
-    exe = Path(sys.executable).with_name("ringstream")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("ringstream")
-    return [found] if found else [sys.executable, "-m", "ringstream.daemon.cli"]
+_script = ringstream_command
 
 
 def write_params(folder: Path) -> Path:

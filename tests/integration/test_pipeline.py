@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from common import NY, NZ, SMALL_PARAMS
 
 from ringstream.config import DaemonConfig
 from ringstream.engines.reference import ReferenceEngine
@@ -31,21 +32,7 @@ from ringstream.writer import process as writer_process
 
 pytestmark = pytest.mark.timeout(120)
 
-NZ = NY = 128
-PARAMS = """\
-NrPixelsY {ny}
-NrPixelsZ {nz}
-Lsd 1000000
-px 200
-BC 63.3 61.2
-ty 0.3
-tz -0.2
-RMin 4
-RMax 60
-RBinSize 1
-EtaBinSize 20
-Wavelength 0.2
-"""
+PARAMS = SMALL_PARAMS
 
 CTX = mp.get_context("spawn")
 
