@@ -211,6 +211,27 @@ COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+),
                     r"\([^)]*\), ([\d.]+) s, ([\d.]+) frames/s")
 
 
+def ingest_ceiling(seconds: float = 1.5) -> dict:
+    """Frames/s of the ingest's one copy per frame (``FrameRing.write`` of a PILATUS 2M int32 frame into a slot),
+    the most the single-threaded ingest can feed the workers."""
+    from ringstream.transport.shm_ring import FrameRing
+
+    frame = random_frames(np.random.default_rng(5), 1, (1679, 1475), np.int32)[0]
+    ring = FrameRing.create(32, frame.nbytes, prefix="ringstream-bench")
+    try:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            slot = ring.acquire()
+            ring.write(slot, frame)
+            ring.release(slot)
+            n += 1
+        dt = time.perf_counter() - t0
+    finally:
+        ring.close()
+        ring.unlink()
+    return {"ring_write_fps": round(n / dt, 1), "GB_s": round(n * frame.nbytes / dt / 1e9, 2)}
+
+
 def daemon_run(frames: int, workers: int) -> dict:
     """End-to-end ``ringstream run --engine gpu`` on simulated PILATUS 2M int32 frames (shm ring)."""
     exe = Path(sys.executable).with_name("ringstream")
@@ -261,6 +282,8 @@ def main(argv=None) -> int:
     out = {"benchmark": "gpu_engine", "machine": info, "results": results,
            "targets": {"ratio_to_ceiling": 0.9, "resident_Gpx_per_s_2048sq": 100}}
     if args.daemon:
+        out["ingest_ceiling"] = ingest_ceiling()
+        print("ingest ceiling (one ring write per frame, PILATUS 2M int32):", out["ingest_ceiling"], flush=True)
         out["daemon"] = [daemon_run(args.daemon, int(w)) for w in args.daemon_workers.split(",")]
         for d in out["daemon"]:
             print("daemon:", d, flush=True)

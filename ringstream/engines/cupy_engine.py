@@ -248,6 +248,7 @@ class CupyEngine:
         self._d_in_cap = [0] * self.n_streams
         self._h_in: list = [None] * self.n_streams
         self._registered: list[int] = []
+        self._reg_size: dict[int, int] = {}
         self.copy_threads = max(1, int(copy_threads))
         self._pool = None
 
@@ -317,14 +318,14 @@ class CupyEngine:
 
         Frames that lie in a registered buffer are copied to the device straight from it, asynchronously, without
         the pinned staging copy. Call :meth:`close` (or :meth:`unregister_host_memory`) before the buffer goes.
-        Not wired into the worker: the ring is mapped per process and registration pins the whole ring for the
-        worker's lifetime; a worker may call this after attaching to the ring.
+        The worker registers each shared-memory ring it attaches (and unregisters it before unmapping it).
         """
         arr = np.frombuffer(buffer, dtype=np.uint8)
         ptr, size = int(arr.ctypes.data), int(arr.nbytes)
         with self.device:
             self._cp.cuda.runtime.hostRegister(ptr, size, 0)
         self._registered.append(ptr)
+        self._reg_size[ptr] = size
 
     def unregister_host_memory(self, buffer) -> None:
         arr = np.frombuffer(buffer, dtype=np.uint8)
@@ -333,6 +334,7 @@ class CupyEngine:
             with self.device:
                 self._cp.cuda.runtime.hostUnregister(ptr)
             self._registered.remove(ptr)
+            self._reg_size.pop(ptr, None)
 
     def close(self) -> None:
         """Synchronise the streams and unregister any host memory registered here."""
@@ -345,15 +347,19 @@ class CupyEngine:
                 except Exception:  # pragma: no cover
                     pass
         self._registered.clear()
+        self._reg_size.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
 
     def _is_pinned(self, arr: np.ndarray) -> bool:
         """True when the whole of ``arr`` (C-contiguous) is page-locked host memory known to CUDA."""
+        ptr = int(arr.ctypes.data)
+        for base, size in self._reg_size.items():  # registered here: no driver query
+            if base <= ptr and ptr + arr.nbytes <= base + size:
+                return True
         rt = self._cp.cuda.runtime
         host_type = getattr(rt, "memoryTypeHost", 1)
-        ptr = int(arr.ctypes.data)
         try:
             for p in (ptr, ptr + max(arr.nbytes, 1) - 1):
                 if rt.pointerGetAttributes(p).type != host_type:
@@ -415,6 +421,70 @@ class CupyEngine:
         if n == 0:
             return lines, cakes
         pinned = self._is_pinned(frames)
+        fbytes = self.npix * dt.itemsize
+
+        def copy_in(s: int, c0: int, cnt: int, dptr: int, stream) -> None:
+            nbytes = cnt * fbytes
+            chunk = frames[c0:c0 + cnt]
+            if pinned:
+                src = int(chunk.ctypes.data)
+            else:
+                stage = self._h_in[s]
+                self._stage_copy(stage[:nbytes], chunk.reshape(-1).view(np.uint8))
+                src = int(stage.ctypes.data)
+            rt = self._cp.cuda.runtime
+            rt.memcpyAsync(dptr, src, nbytes, rt.memcpyHostToDevice, stream.ptr)
+
+        self._pipeline(n, dt, copy_in, not pinned, lines, cakes)
+        return lines, cakes
+
+    def integrate_many(self, frames, out=None) -> tuple[np.ndarray, np.ndarray]:
+        """A list of separate frames ``[nZ, nY]`` (e.g. views of different shared-memory ring slots) ->
+        (lineouts ``[n, n_r]``, cakes ``[n, n_r, n_eta]``), float64, as :meth:`integrate_batch` on their stack.
+
+        Each frame is copied host→device on its own into its place in the chunk's device buffer (asynchronously,
+        straight from where it lies when that memory is page-locked or registered with
+        :meth:`register_host_memory`, else through the pinned staging buffer); then one kernel launch per chunk of
+        ``batch`` frames. Every frame must have the map's shape and all one dtype. On return the frames' memory is
+        no longer read (the caller may release it).
+        """
+        frames = [check_frame(f, self.shape) for f in frames]
+        n = len(frames)
+        if out is None:
+            lines = np.empty((n, self.n_r), np.float64)
+            cakes = np.empty((n, self.n_r, self.n_eta), np.float64)
+        else:
+            lines, cakes = out
+            if lines.shape != (n, self.n_r) or cakes.shape != (n, self.n_r, self.n_eta):
+                raise InputError("out: arrays of shapes (n, n_r) and (n, n_r, n_eta) expected")
+        if n == 0:
+            return lines, cakes
+        if len({f.dtype.str for f in frames}) != 1:
+            raise InputError("frames: integrate_many needs frames of one dtype")
+        dt = self._device_dtype(frames[0].dtype)
+        frames = [np.ascontiguousarray(f if f.dtype == dt else f.astype(dt)) for f in frames]
+        pinned = [self._is_pinned(f) for f in frames]
+        staging = not all(pinned)
+        fbytes = self.npix * dt.itemsize
+
+        def copy_in(s: int, c0: int, cnt: int, dptr: int, stream) -> None:
+            rt = self._cp.cuda.runtime
+            for k in range(cnt):
+                f = frames[c0 + k]
+                if pinned[c0 + k]:
+                    src = int(f.ctypes.data)
+                else:
+                    stage = self._h_in[s][k * fbytes:(k + 1) * fbytes]
+                    self._stage_copy(stage, f.reshape(-1).view(np.uint8))
+                    src = int(stage.ctypes.data)
+                rt.memcpyAsync(dptr + k * fbytes, src, fbytes, rt.memcpyHostToDevice, stream.ptr)
+
+        self._pipeline(n, dt, copy_in, staging, lines, cakes)
+        return lines, cakes
+
+    def _pipeline(self, n: int, dt: np.dtype, copy_in, staging: bool, lines: np.ndarray, cakes: np.ndarray) -> None:
+        """Chunks of ``batch`` frames dealt round-robin to the streams: ``copy_in(s, c0, cnt, device_ptr, stream)``
+        enqueues the chunk's host→device copies, then the kernels and the copy-out; results land in lines/cakes."""
         cakes2 = cakes.reshape(n, self.n_bins)
         rt = self._cp.cuda.runtime
         fbytes = self.npix * dt.itemsize
@@ -436,16 +506,9 @@ class CupyEngine:
                     collect(s)  # stream s's buffers are free again
                 stream = self._streams[s]
                 nbytes = cnt * fbytes
-                self._ensure_in(s, nbytes, staging=not pinned)
-                chunk = frames[c0:c0 + cnt]
-                if pinned:
-                    src = int(chunk.ctypes.data)
-                else:
-                    stage = self._h_in[s]
-                    self._stage_copy(stage[:nbytes], chunk.reshape(-1).view(np.uint8))
-                    src = int(stage.ctypes.data)
+                self._ensure_in(s, nbytes, staging=staging)
                 dmem = self._d_in_mem[s]
-                rt.memcpyAsync(dmem.ptr, src, nbytes, rt.memcpyHostToDevice, stream.ptr)
+                copy_in(s, c0, cnt, int(dmem.ptr), stream)
                 d_frames = self._cp.ndarray((cnt, self.npix), dtype=dt, memptr=dmem)
                 d_cake, d_line = self._d_cake[s], self._d_line[s]
                 self._launch(d_frames, cnt, d_cake, d_line, stream)
@@ -460,7 +523,6 @@ class CupyEngine:
             for s in order[-self.n_streams:]:
                 if pending[s] is not None:
                     collect(s)
-        return lines, cakes
 
     # ------------------------------------------------------------------------------------------- test hook
     def _poison(self, value: float = np.nan) -> None:

@@ -6,6 +6,10 @@ attached by name on first sight and kept, untracked by the resource tracker) or 
 shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, releases
 the slot and sends a Result: lineout float32 ``[n_r]`` (and the cake float32 ``[n_r, n_eta]`` with ``Write2D 1``),
 ``timings = {"integrate": s, "queue": s from the ingest timestamp to the start of integration, "total": s}``.
+With an engine that has ``integrate_many`` (the GPU one) the worker takes the waiting frame and up to
+``engine.batch - 1`` more arriving within ``GATHER_S``, integrates them in one call (``integrate`` is the batch's
+time per frame), then releases the slots and sends one Result per frame; each ring it attaches is page-locked with
+``engine.register_host_memory`` (unregistered before it is unmapped) so frames go to the device by DMA.
 
 A frame it cannot use (a shape other than the map's, an unsupported dtype, an engine exception) becomes a Result with
 ``status="rejected"`` and a one-line reason, so the writer can account for every index; the worker carries on.
@@ -36,6 +40,9 @@ log = logging.getLogger("ringstream.worker")
 #: how long the worker waits for a frame before looking at ``stop`` again, in ms
 IDLE_MS = 200
 
+#: with a batching engine: how long the worker waits for more frames to fill a batch after the first, in s
+GATHER_S = 0.002
+
 #: after ``stop``, a message that could not be sent for this long (the peer is gone) is dropped, in s
 GIVE_UP_S = 5.0
 
@@ -56,6 +63,7 @@ class _Worker:
         self.index = index
         self.counters: dict[str, int] = {"integrated": 0, "rejected": 0}
         self.rings: dict[str, FrameRing] = {}
+        self._registered: set[str] = set()  # rings page-locked with the engine (register_host_memory)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -74,6 +82,8 @@ class _Worker:
         self.engine = create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize)
         self.engine_name = str(getattr(self.engine, "name", cfg.workers.engine))
         self.write_2d = bool(params.Write2D)
+        # an engine with integrate_many (the GPU one) takes up to engine.batch frames from different slots at once
+        self.batch = int(getattr(self.engine, "batch", 1)) if hasattr(self.engine, "integrate_many") else 1
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -92,7 +102,10 @@ class _Worker:
             ready.set()
             while True:
                 if frames.poll(IDLE_MS, zmq.POLLIN):
-                    self.handle(frames)
+                    if self.batch > 1:
+                        self.handle_many(frames)
+                    else:
+                        self.handle(frames)
                 elif stop.is_set():
                     break
                 hb.beat(self.snapshot())
@@ -103,6 +116,7 @@ class _Worker:
         finally:
             ctx.destroy(linger=2000)  # results and releases already queued must go out
             for ring in self.rings.values():
+                self.unregister(ring)
                 ring.close()
 
     # ------------------------------------------------------------------------------------------------ a frame
@@ -150,6 +164,114 @@ class _Worker:
             result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d, **common)
         self.send(self.results, result, bufs)
 
+    # ------------------------------------------------------------------------------------- a batch of frames
+    def handle_many(self, sock) -> None:
+        """Take the waiting frame and up to ``batch - 1`` more that arrive within ``GATHER_S``, integrate the usable
+        ones in one ``integrate_many`` call, release their slots and send one Result per frame (as :meth:`handle`)."""
+        got: list = []  # (header, t_start, pixels or None, reason)
+        deadline = time.monotonic() + GATHER_S
+        while len(got) < self.batch:
+            try:
+                msg, buffers = recv_message(sock, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if not got:  # poll() said a message was waiting
+                    left = max(left, IDLE_MS / 1e3)
+                if left <= 0 or not sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
+                    break
+                continue
+            except ProtocolError as exc:
+                self.rejects.record(exc)
+                continue
+            if not isinstance(msg, FrameHeader):
+                what = f"unexpected {type(msg).__name__} message on the frames socket"
+                self.rejects.record(ProtocolError("unknown_type", what))
+                continue
+            t_start = time.time()
+            try:
+                got.append([msg, t_start, self.pixels(msg, buffers), ""])
+            except RingstreamError as exc:
+                got.append([msg, t_start, None, str(exc)])
+        if not got:
+            return
+        # frames of the batch's first usable dtype go together; any others one by one
+        usable = [g for g in got if g[2] is not None]
+        dt0 = usable[0][2].dtype if usable else None
+        together = [g for g in usable if g[2].dtype == dt0]
+        results: dict[int, tuple] = {}
+        t_int = 0.0
+        if together:
+            t0 = time.perf_counter()
+            try:
+                lines, cakes = self.engine.integrate_many([g[2] for g in together])
+                t_int = (time.perf_counter() - t0) / len(together)
+                for i, g in enumerate(together):
+                    results[id(g)] = (lines[i], cakes[i], t_int)
+            except Exception:  # find the frame(s) at fault: one by one, as handle() would
+                log.debug("worker-%d: batch of %d failed; integrating one by one", self.index, len(together),
+                          exc_info=True)
+        for g in usable:
+            if id(g) in results:
+                continue
+            t0 = time.perf_counter()
+            try:
+                lineout, cake = self.engine.integrate(g[2])
+                results[id(g)] = (lineout, cake, time.perf_counter() - t0)
+            except RingstreamError as exc:
+                g[3] = str(exc)
+            except Exception as exc:  # an engine failure on one frame must never kill the worker
+                g[3] = f"frame {g[0].frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
+                log.exception("worker-%d: frame %d", self.index, g[0].frame_index)
+        for g in got:
+            g[2] = None  # drop the views of the slots before releasing them
+        del usable, together
+        for msg, _, _, _ in got:
+            if msg.location == "shm":
+                self.release_slot(msg)
+        for g in got:
+            msg, t_start, _, reason = g
+            lineout, cake, t = results.get(id(g), (None, None, 0.0))
+            timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
+                       "integrate": t, "total": time.time() - t_start}
+            self.send_result(msg, reason, lineout, cake, timings)
+
+    def send_result(self, msg, reason, lineout, cake, timings) -> None:
+        common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
+                      timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
+                      metadata=dict(msg.metadata))
+        if reason:
+            self.count("rejected")
+            if self.counters["rejected"] <= 5:
+                log.warning("worker-%d: rejected %s", self.index, reason)
+            result, bufs = Result(status="rejected", reason=reason, **common), ()
+        else:
+            self.count("integrated")
+            bufs = result_buffers(lineout, cake if self.write_2d else None)
+            result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d, **common)
+        self.send(self.results, result, bufs)
+
+    def register(self, ring: FrameRing) -> None:
+        """Page-lock the ring's segment for the engine (when it can), so frames go to the device by DMA."""
+        if not hasattr(self.engine, "register_host_memory"):
+            return
+        try:
+            self.engine.register_host_memory(ring._segment.buf)
+            self._registered.add(ring.name)
+            log.info("worker-%d: registered ring %s (%d bytes) with the engine", self.index, ring.name,
+                     len(ring._segment.buf))
+        except Exception as exc:  # not fatal: pageable frames go through the engine's staging buffer
+            log.warning("worker-%d: cannot register ring %s with the engine (%s); staging instead", self.index,
+                        ring.name, exc)
+
+    def unregister(self, ring: FrameRing) -> None:
+        if ring.name not in self._registered:
+            return
+        try:
+            self.engine.unregister_host_memory(ring._segment.buf)
+        except Exception as exc:  # pragma: no cover
+            log.warning("worker-%d: cannot unregister ring %s (%s)", self.index, ring.name, exc)
+        self._registered.discard(ring.name)
+
     def pixels(self, msg, buffers) -> np.ndarray:
         """The frame's pixels as ``[nZ, nY]`` (a view of the slot or of the inline buffer), after the checks."""
         where = f"frame {msg.frame_index} ({msg.source_id})"
@@ -168,6 +290,7 @@ class _Worker:
             except (OSError, ValueError) as exc:
                 raise FrameRejected(f"{where}: cannot attach shared memory {msg.shm_name!r} ({exc})") from None
             self.rings[msg.shm_name] = ring
+            self.register(ring)
         try:
             return ring.view(int(msg.slot), shape, dtype, offset=msg.offset)
         except (ValueError, IndexError) as exc:
