@@ -150,19 +150,7 @@ class _Worker:
                 self.release_slot(msg)
         timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                    "integrate": t_int, "total": time.time() - t_start}
-        common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
-                      timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
-                      metadata=dict(msg.metadata))
-        if reason:
-            self.count("rejected")
-            if self.counters["rejected"] <= 5:
-                log.warning("worker-%d: rejected %s", self.index, reason)
-            result, bufs = Result(status="rejected", reason=reason, **common), ()
-        else:
-            self.count("integrated")
-            bufs = result_buffers(lineout, cake if self.write_2d else None)
-            result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d, **common)
-        self.send(self.results, result, bufs)
+        self.send_result(msg, reason, lineout, cake, timings)
 
     # ------------------------------------------------------------------------------------- a batch of frames
     def handle_many(self, sock) -> None:
