@@ -411,13 +411,7 @@ class CupyEngine:
         if frames.dtype != dt:
             frames = frames.astype(dt)  # only for non-native byte order or float16
         frames = np.ascontiguousarray(frames)
-        if out is None:
-            lines = np.empty((n, self.n_r), np.float64)
-            cakes = np.empty((n, self.n_r, self.n_eta), np.float64)
-        else:
-            lines, cakes = out
-            if lines.shape != (n, self.n_r) or cakes.shape != (n, self.n_r, self.n_eta):
-                raise InputError("out: arrays of shapes (n, n_r) and (n, n_r, n_eta) expected")
+        lines, cakes = self._outputs(n, out)
         if n == 0:
             return lines, cakes
         pinned = self._is_pinned(frames)
@@ -438,6 +432,15 @@ class CupyEngine:
         self._pipeline(n, dt, copy_in, not pinned, lines, cakes)
         return lines, cakes
 
+    def _outputs(self, n: int, out):
+        """Host arrays (lineouts ``[n, n_r]``, cakes ``[n, n_r, n_eta]``) float64: the caller's ``out`` or new ones."""
+        if out is None:
+            return np.empty((n, self.n_r), np.float64), np.empty((n, self.n_r, self.n_eta), np.float64)
+        lines, cakes = out
+        if lines.shape != (n, self.n_r) or cakes.shape != (n, self.n_r, self.n_eta):
+            raise InputError("out: arrays of shapes (n, n_r) and (n, n_r, n_eta) expected")
+        return lines, cakes
+
     def integrate_many(self, frames, out=None) -> tuple[np.ndarray, np.ndarray]:
         """A list of separate frames ``[nZ, nY]`` (e.g. views of different shared-memory ring slots) ->
         (lineouts ``[n, n_r]``, cakes ``[n, n_r, n_eta]``), float64, as :meth:`integrate_batch` on their stack.
@@ -450,13 +453,7 @@ class CupyEngine:
         """
         frames = [check_frame(f, self.shape) for f in frames]
         n = len(frames)
-        if out is None:
-            lines = np.empty((n, self.n_r), np.float64)
-            cakes = np.empty((n, self.n_r, self.n_eta), np.float64)
-        else:
-            lines, cakes = out
-            if lines.shape != (n, self.n_r) or cakes.shape != (n, self.n_r, self.n_eta):
-                raise InputError("out: arrays of shapes (n, n_r) and (n, n_r, n_eta) expected")
+        lines, cakes = self._outputs(n, out)
         if n == 0:
             return lines, cakes
         if len({f.dtype.str for f in frames}) != 1:
