@@ -13,6 +13,7 @@ from ringstream.protocol.codec import (
     frame_array,
     result_arrays,
     result_buffers,
+    result_curves,
 )
 from ringstream.protocol.messages import (
     FIT_COLUMNS,
@@ -24,6 +25,7 @@ from ringstream.protocol.messages import (
     FrameHeader,
     Heartbeat,
     Message,
+    PeakUpdate,
     Result,
     SlotRelease,
     Stop,
@@ -41,6 +43,7 @@ __all__ = [
     "FrameHeader",
     "Heartbeat",
     "Message",
+    "PeakUpdate",
     "ProtocolError",
     "Result",
     "SlotRelease",
@@ -50,4 +53,5 @@ __all__ = [
     "frame_array",
     "result_arrays",
     "result_buffers",
+    "result_curves",
 ]

@@ -118,6 +118,7 @@ _METADATA = _map_of(lambda x: isinstance(x, (int, float, str))), "a map of str t
 _INT_COUNTERS = _map_of(_is_int), "a map of str to int"
 _NUM_COUNTERS = _map_of(_is_num), "a map of str to number"
 _ANY_MAP = _map_of(lambda x: True), "a map with str keys"
+_NUM_LIST = (lambda v: isinstance(v, (list, tuple)) and all(_is_num(x) for x in v)), "a list of numbers"
 
 _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "frame": {
@@ -148,9 +149,12 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "n_eta": _COUNT,
         "has_cake": _BOOL,
         "n_peaks": _COUNT,
+        "n_rois": _COUNT,
+        "n_curve_points": _COUNT,
         "timings": _NUM_COUNTERS,
         "metadata": _METADATA,
     },
+    "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
     "eos": {"run_id": _STR, "n_frames": _COUNT, "counters": _INT_COUNTERS},
     "release": {"shm_name": _STR, "slot": _COUNT, "frame_index": _INDEX},
     "heartbeat": {
@@ -162,7 +166,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "counters": _NUM_COUNTERS,
     },
     "stop": {"reason": _STR},
-    "request": {"command": _one_of("status", "stop"), "args": _ANY_MAP},
+    "request": {"command": _one_of("status", "stop", "peaks"), "args": _ANY_MAP},
     "reply": {"ok": _BOOL, "data": _ANY_MAP, "error": _STR},
 }
 
@@ -222,12 +226,16 @@ def _check_frame(kwargs: dict[str, Any], sizes: list[int]) -> None:
         )
 
 
-def _result_sizes(n_r: int, n_eta: int, has_cake: bool, n_peaks: int) -> list[int]:
+def _result_sizes(
+    n_r: int, n_eta: int, has_cake: bool, n_peaks: int, n_rois: int = 0, n_curve_points: int = 0
+) -> list[int]:
     sizes = [n_r * 4]
     if has_cake:
         sizes.append(n_r * n_eta * 4)
     if n_peaks:
         sizes.append(n_peaks * FIT_COLUMNS * 8)
+    if n_rois:
+        sizes += [n_rois * 2 * 4, n_curve_points * 8]
     return sizes
 
 
@@ -238,6 +246,8 @@ def _check_result(kwargs: dict[str, Any], sizes: list[int]) -> None:
             kwargs.get("n_eta", 0),
             kwargs.get("has_cake", False),
             kwargs.get("n_peaks", 0),
+            kwargs.get("n_rois", 0),
+            kwargs.get("n_curve_points", 0),
         )
     else:
         expected = []
@@ -245,7 +255,7 @@ def _check_result(kwargs: dict[str, Any], sizes: list[int]) -> None:
         raise ProtocolError(
             "size",
             f"result {kwargs['frame_index']}: buffers of {sizes} bytes, expected {expected} "
-            f"(status {kwargs.get('status', 'ok')!r}, n_r, n_eta, has_cake, n_peaks)",
+            f"(status {kwargs.get('status', 'ok')!r}, n_r, n_eta, has_cake, n_peaks, n_rois, n_curve_points)",
         )
 
 
@@ -387,7 +397,9 @@ def result_arrays(
     if result.status != "ok":
         raise ValueError(f"result {result.frame_index} is {result.status!r}: it has no arrays")
     views = [_as_bytes_view(b) for b in buffers]
-    expected = _result_sizes(result.n_r, result.n_eta, result.has_cake, result.n_peaks)
+    expected = _result_sizes(
+        result.n_r, result.n_eta, result.has_cake, result.n_peaks, result.n_rois, result.n_curve_points
+    )
     sizes = [v.nbytes for v in views]
     if sizes != expected:
         raise ProtocolError(
@@ -404,15 +416,37 @@ def result_arrays(
 
 
 def result_buffers(
-    lineout: np.ndarray, cake: np.ndarray | None = None, fit: np.ndarray | None = None
+    lineout: np.ndarray,
+    cake: np.ndarray | None = None,
+    fit: np.ndarray | None = None,
+    curves: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """The buffers of an ok :class:`Result`: C-contiguous little-endian f4 lineout ``[n_r]``, f4 cake
-    ``[n_r, n_eta]`` (if given), f8 fit ``[n_peaks, 7]`` (if given and non-empty). Copies only what is not
-    already in that form. Set ``n_r``, ``n_eta``, ``has_cake``, ``n_peaks`` of the Result to match.
+    ``[n_r, n_eta]`` (if given), f8 fit ``[n_peaks, 7]`` (if given and non-empty), and ``curves`` = (i4 table
+    ``[n_rois, 2]`` of (start_bin, n_points), f8 values ``[n_curve_points]``) if given with at least one ROI.
+    Copies only what is not already in that form. Set ``n_r``, ``n_eta``, ``has_cake``, ``n_peaks``, ``n_rois``,
+    ``n_curve_points`` of the Result to match.
     """
     out = [np.ascontiguousarray(lineout, dtype="<f4").reshape(-1)]
     if cake is not None:
         out.append(np.ascontiguousarray(cake, dtype="<f4"))
     if fit is not None and len(fit):
         out.append(np.ascontiguousarray(fit, dtype="<f8"))
+    if curves is not None and len(curves[0]):
+        rois = np.ascontiguousarray(curves[0], dtype="<i4").reshape(-1, 2)
+        values = np.ascontiguousarray(curves[1], dtype="<f8").reshape(-1)
+        if int(rois[:, 1].sum()) != values.size:
+            raise ValueError(f"curves: the ROI table counts {int(rois[:, 1].sum())} points, values hold {values.size}")
+        out += [rois, values]
     return out
+
+
+def result_curves(result: Result, buffers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(table [n_rois, 2] i4 of (start_bin, n_points), values [n_curve_points] f8)`` viewing ``buffers``, or None
+    when the result carries no curves. Buffers are checked as :func:`result_arrays` does."""
+    result_arrays(result, buffers)
+    if not result.n_rois:
+        return None
+    views = [_as_bytes_view(b) for b in buffers[-2:]]
+    table = np.frombuffer(views[0], dtype="<i4").reshape(result.n_rois, 2)
+    return table, np.frombuffer(views[1], dtype="<f8")

@@ -74,8 +74,10 @@ class Result:
     """What a worker made of one frame, ``type = "result"``.
 
     ``status="ok"``: buffers are the lineout float32 ``[n_r]``, then the cake float32 ``[n_r, n_eta]`` if
-    ``has_cake``, then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, all little-endian. ``status="rejected"``:
-    no buffers, ``reason`` says why. ``timings`` maps a stage name to seconds.
+    ``has_cake``, then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
+    curves: an int32 table ``[n_rois, 2]`` of (start_bin, n_points) and the float64 model values
+    ``[n_curve_points]`` (= the sum of n_points) of every ROI in table order, all little-endian (fit_curves.bin).
+    ``status="rejected"``: no buffers, ``reason`` says why. ``timings`` maps a stage name to seconds.
     """
 
     run_id: str
@@ -90,8 +92,27 @@ class Result:
     n_eta: int = 0
     has_cake: bool = False
     n_peaks: int = 0
+    n_rois: int = 0
+    n_curve_points: int = 0
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class PeakUpdate:
+    """The peak list in force from frame ``from_frame`` onward, ``type = "peaks"``.
+
+    ``peaks`` are the peak locations R (px) after the change (empty: automatic finding or no fitting, as the
+    parameter file says); ``origin`` says where the change came from (``"control"`` for ``ringstream peaks``,
+    ``"peak_update.txt"``); ``seq`` numbers the updates of a run from 1. Sent by the supervisor to the workers and
+    to the writer, which records it under ``/entry/fit``.
+    """
+
+    run_id: str = ""
+    seq: int
+    from_frame: int
+    peaks: list[float] = dataclasses.field(default_factory=list)
+    origin: str = "control"
 
 
 @_message
@@ -151,6 +172,7 @@ class ControlReply:
 MESSAGE_TYPES: dict[str, type] = {
     "frame": FrameHeader,
     "result": Result,
+    "peaks": PeakUpdate,
     "eos": EndOfStream,
     "release": SlotRelease,
     "heartbeat": Heartbeat,
@@ -160,4 +182,4 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | EndOfStream | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | EndOfStream | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply

@@ -21,6 +21,7 @@ from ringstream.protocol import (
     EndOfStream,
     FrameHeader,
     Heartbeat,
+    PeakUpdate,
     ProtocolError,
     Result,
     SlotRelease,
@@ -30,6 +31,7 @@ from ringstream.protocol import (
     frame_array,
     result_arrays,
     result_buffers,
+    result_curves,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -142,6 +144,27 @@ def test_result_round_trip_with_arrays():
     np.testing.assert_array_equal(ft, fit)
 
 
+def test_result_round_trip_with_fit_curves():
+    table = np.array([[10, 4], [30, 3]])
+    values = np.arange(7, dtype=np.float64) * 0.5
+    fit = np.full((3, 7), np.nan)
+    msg = _result(n_peaks=3, n_rois=2, n_curve_points=7)
+    back, buffers = decode(encode(msg, result_buffers(np.ones(5), np.ones((5, 3)), fit, (table, values))))
+    assert back == msg
+    lo, ck, ft = result_arrays(back, buffers)
+    assert ft.shape == (3, 7) and np.isnan(ft).all()
+    got_table, got_values = result_curves(back, buffers)
+    assert got_table.dtype == np.dtype("<i4")
+    np.testing.assert_array_equal(got_table, table)
+    np.testing.assert_array_equal(got_values, values)
+    assert result_curves(*decode(encode(_result(), result_buffers(np.ones(5), np.ones((5, 3)), np.ones((2, 7)))))) is None
+    with pytest.raises(ProtocolError, match="n_curve_points"):  # the table counts 7 points, the header 6
+        encode(_result(n_peaks=3, n_rois=2, n_curve_points=6), result_buffers(np.ones(5), np.ones((5, 3)), fit,
+                                                                               (table, values)))
+    with pytest.raises(ValueError, match="counts 7 points"):
+        result_buffers(np.ones(5), None, None, (table, values[:6]))
+
+
 def test_result_lineout_only_and_rejected():
     msg = _result(has_cake=False, n_peaks=0, n_eta=0)
     back, buffers = decode(encode(msg, result_buffers(np.ones(5))))
@@ -174,6 +197,9 @@ def test_result_lineout_only_and_rejected():
         Stop(),
         ControlRequest(command="status"),
         ControlRequest(command="stop", args={"reason": "user", "force": True}),
+        ControlRequest(command="peaks", args={"action": "set", "peaks": [245.3, 347.1], "from_frame": 100}),
+        PeakUpdate(run_id="r", seq=1, from_frame=100, peaks=[245.3, 347.1], origin="control"),
+        PeakUpdate(seq=2, from_frame=0),
         ControlReply(ok=True, data={"workers": [{"pid": 1, "fps": 1.5}], "state": "running"}),
         ControlReply(ok=False, error="no such command"),
     ],
