@@ -2,7 +2,8 @@
 
 Sockets: frames PUSH (bind), release PULL (bind), eos PUSH (connect to the writer's results PULL), heartbeat PUSH
 (connect to the supervisor's events PULL). Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
-is copied once into a free ring slot and announced by a ``FrameHeader`` (location "shm"); with
+is copied once into a free ring slot (or read or copied straight into it by the source: see
+:class:`~.sources.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
 ``transport.shared_memory = false`` the pixels travel inline in the message instead.
 
 No free slot: a pausable source waits, reading ``SlotRelease`` messages until one frees a slot (backpressure); a
@@ -29,7 +30,7 @@ from ..errors import RingstreamError
 from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotRelease
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
-from .sources import Pacer, make_source
+from .sources import Pacer, SlotLease, make_source
 
 log = logging.getLogger("ringstream.ingest")
 
@@ -112,6 +113,7 @@ class _Ingest:
         self.run_id = run_id_of(config)
         self.in_flight: dict[int, int] = {}  # slot -> frame_index
         self.ring = None
+        self.source = None
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -132,6 +134,10 @@ class _Ingest:
         try:
             if self.shm:
                 self.ring = FrameRing.create(self.n_slots, slot_bytes)
+                attach = getattr(source, "attach_ring", None)
+                if attach is not None:
+                    attach(_RingAllocator(self.ring))
+            self.source = source
             t = cfg.transport
             self.frames = make_socket(ctx, zmq.PUSH, t.frames_endpoint, bind=True, hwm=self.hwm)
             self.release = make_socket(ctx, zmq.PULL, t.release_endpoint, bind=True, hwm=max(self.hwm, self.n_slots))
@@ -153,11 +159,17 @@ class _Ingest:
             source.close()
             ctx.destroy(linger=2000)  # the EOS must reach the writer
             if self.ring is not None:
-                self.ring.close()
-                self.ring.unlink()
+                try:
+                    self.ring.close()
+                except BufferError as exc:  # a source still holds a lease's array: unlink all the same
+                    log.warning("%s", exc)
+                finally:
+                    self.ring.unlink()
 
     def snapshot(self) -> dict:
-        return {**self.counters, **self.rejects.counters(), "in_flight": len(self.in_flight)}
+        own = getattr(self.source, "counters", None)
+        extra = own() if own is not None else {}
+        return {**extra, **self.counters, **self.rejects.counters(), "in_flight": len(self.in_flight)}
 
     # -------------------------------------------------------------------------------------------- the loop
     def stream(self, source, stop) -> None:
@@ -177,33 +189,54 @@ class _Ingest:
                 break
 
     def publish(self, frame, pausable: bool, stop) -> bool:
-        """Put one frame in the ring (or inline) and send its header; False if it was dropped."""
-        pixels = np.asarray(frame.pixels)
+        """Put one frame in the ring (or inline) and send its header; False if it was dropped.
+
+        The three forms of :class:`~.sources.SourceFrame`: pixels (copied once into a slot), ``fill`` (the source
+        writes into the slot), ``lease`` (already in a slot the source took from the allocator).
+        """
         idx = self.counters["sent"]
+        lease = frame.lease
+        shape, dtype = frame.frame_shape(), frame.frame_dtype()
+        nbytes = int(np.prod(shape)) * dtype.itemsize
         header = dict(
             run_id=self.run_id, frame_index=idx, source_id=str(frame.source_id), timestamp=float(frame.timestamp),
-            shape=[int(s) for s in pixels.shape], dtype=pixels.dtype.str, codec="none",
-            metadata=dict(frame.metadata or {}), nbytes=int(pixels.nbytes),
+            shape=list(shape), dtype=dtype.str, codec="none", metadata=dict(frame.metadata or {}), nbytes=nbytes,
         )
         if not self.shm:
+            pixels = frame.pixels
+            if pixels is None:
+                pixels = np.empty(shape, dtype)
+                if not self.fill(frame, pixels):
+                    return False
             msg = FrameHeader(location="inline", shm_name="", slot=0, offset=0, **header)
             if not self.send(msg, (np.ascontiguousarray(pixels),), pausable, stop):
                 return False
             self.count("sent")
             return True
-        if pixels.nbytes > self.ring.slot_bytes:
-            self.count("dropped_too_large")
-            log.warning("frame %s: %d bytes do not fit a %d-byte ring slot; dropped",
-                        frame.source_id, pixels.nbytes, self.ring.slot_bytes)
-            return False
-        slot = self.acquire(pausable, stop)
-        if slot is None:
-            if not stop.is_set():
-                self.count("dropped_ring_full")
-            return False
-        offset, nbytes = self.ring.write(slot, pixels)
-        header.update(nbytes=int(nbytes))
-        msg = FrameHeader(location="shm", shm_name=self.ring.name, slot=int(slot), offset=int(offset), **header)
+        if lease is not None:
+            slot = int(lease.slot)
+        else:
+            if nbytes > self.ring.slot_bytes:
+                self.count("dropped_too_large")
+                log.warning("frame %s: %d bytes do not fit a %d-byte ring slot; dropped",
+                            frame.source_id, nbytes, self.ring.slot_bytes)
+                return False
+            slot = self.acquire(pausable, stop)
+            if slot is None:
+                if not stop.is_set():
+                    self.count("dropped_ring_full")
+                return False
+            if frame.pixels is not None:
+                self.ring.write(slot, np.asarray(frame.pixels))
+            else:
+                view = self.ring.view(slot, shape, dtype)
+                ok = self.fill(frame, view)
+                del view
+                if not ok:
+                    self.ring.release(slot)
+                    return False
+        msg = FrameHeader(location="shm", shm_name=self.ring.name, slot=slot, offset=self.ring.slot_offset(slot),
+                          **header)
         self.in_flight[slot] = idx
         if not self.send(msg, (), pausable, stop):
             del self.in_flight[slot]
@@ -211,6 +244,16 @@ class _Ingest:
             return False
         self.count("sent")
         return True
+
+    def fill(self, frame, out: np.ndarray) -> bool:
+        """``frame.fill(out)``; False (logged, counted ``dropped_read_error``) when it raises."""
+        try:
+            frame.fill(out)
+            return True
+        except Exception as exc:  # a file that went bad between listing and reading: drop it, keep going
+            self.count("dropped_read_error")
+            log.warning("frame %s: cannot read its pixels (%s); dropped", frame.source_id, exc)
+            return False
 
     def acquire(self, pausable: bool, stop):
         """A free slot; when none: wait for releases (pausable) or give up at once (not pausable)."""
@@ -286,3 +329,24 @@ class _Ingest:
             if self.poll_releases(POLL_MS):
                 last_progress = time.monotonic()
             self.hb.beat(self.snapshot())
+
+
+class _RingAllocator:
+    """The :class:`~.sources.SlotAllocator` a source gets from :meth:`Source.attach_ring`: thread-safe, never
+    blocks (the ring's free list has its own lock)."""
+
+    def __init__(self, ring: FrameRing) -> None:
+        self.ring = ring
+
+    def acquire(self, shape, dtype) -> SlotLease | None:
+        dtype = np.dtype(dtype)
+        shape = tuple(int(n) for n in shape)
+        if int(np.prod(shape)) * dtype.itemsize > self.ring.slot_bytes:
+            return None
+        slot = self.ring.acquire()
+        if slot is None:
+            return None
+        return SlotLease(slot, self.ring.view(slot, shape, dtype))
+
+    def release(self, lease: SlotLease) -> None:
+        self.ring.release(int(lease.slot))

@@ -30,19 +30,59 @@ class StopFlag(Protocol):
 
 @dataclass
 class SourceFrame:
-    """One frame from a source.
+    """One frame from a source, in one of three forms (the ingest copies a frame at most once on the host):
 
-    ``pixels``: ``[NrPixelsZ, NrPixelsY]`` in the source's dtype (may be a read-only view: the ingest copies it once
-    into the ring, or with inline frames sends it by reference, so a source never writes into an array it has
-    yielded: a source that reuses a buffer yields a copy); ``source_id``: where it came from (``simulated:17``, ``stack.npy:3``, a PVA uniqueId);
-    ``timestamp``: seconds since the epoch (the time it was produced when the source has no clock of its own);
-    ``metadata``: ``{str: number | str}``, carried in the FrameHeader.
+    - ``pixels``: ``[NrPixelsZ, NrPixelsY]`` in the source's dtype (may be a read-only view: the ingest copies it
+      once into the ring, or with inline frames sends it by reference, so a source never writes into an array it
+      has yielded: a source that reuses a buffer yields a copy);
+    - ``pixels=None`` with ``shape``, ``dtype`` and ``fill``: ``fill(out)`` writes the frame into ``out``, a
+      writable C-contiguous array of that shape and dtype (a ring slot, or a fresh array for inline frames), so a
+      file is read straight into shared memory. An exception from ``fill`` drops the frame; the ingest logs it
+      with the source id and counts ``dropped_read_error``;
+    - ``lease``: the pixels already sit in a ring slot handed out by the :class:`SlotAllocator` the ingest gave
+      :meth:`Source.attach_ring` (a live stream copies each frame once, in its callback, into the slot);
+      ``pixels`` is then ``lease.array``.
+
+    ``source_id``: where it came from (``simulated:17``, ``stack.npy:3``, a PVA uniqueId); ``timestamp``: seconds
+    since the epoch (the time it was produced when the source has no clock of its own); ``metadata``:
+    ``{str: number | str}``, carried in the FrameHeader.
     """
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     source_id: str
     timestamp: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    fill: Callable[[np.ndarray], None] | None = None
+    shape: tuple[int, int] | None = None
+    dtype: Any = None
+    lease: SlotLease | None = None
+
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(int(n) for n in (self.pixels.shape if self.pixels is not None else self.shape))
+
+    def frame_dtype(self) -> np.dtype:
+        return np.dtype(self.pixels.dtype if self.pixels is not None else self.dtype)
+
+
+@dataclass
+class SlotLease:
+    """A ring slot lent to a source: ``array`` (writable, the requested shape and dtype) views slot ``slot``."""
+
+    slot: int
+    array: np.ndarray
+
+
+class SlotAllocator(Protocol):
+    """What :meth:`Source.attach_ring` receives. Both calls are thread-safe and never block.
+
+    ``acquire(shape, dtype)``: a :class:`SlotLease`, or None when every slot is busy (a live source then drops the
+    frame and counts it) or the frame does not fit a slot. ``release(lease)``: give back a lease the source will
+    not yield (a frame it rejected after copying). A yielded lease belongs to the ingest.
+    """
+
+    def acquire(self, shape: tuple[int, int], dtype: Any) -> SlotLease | None: ...
+
+    def release(self, lease: SlotLease) -> None: ...
 
 
 @runtime_checkable
@@ -58,6 +98,14 @@ class Source(Protocol):
     def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]: ...
 
     def close(self) -> None: ...
+
+
+# Optional source methods, looked up with getattr by the ingest:
+#   attach_ring(allocator: SlotAllocator) -> None   called before frames() when frames go through the ring; the
+#                                                    source may then yield SourceFrame(lease=...) frames
+#   counters() -> dict[str, int | float]             the source's own counters (gaps, overruns, rejected frames,
+#                                                    connection state), merged into the ingest's heartbeat and
+#                                                    so shown by `ringstream status`
 
 
 def stopped(stop: StopFlag | None) -> bool:

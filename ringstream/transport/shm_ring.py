@@ -26,6 +26,7 @@ import mmap
 import os
 import secrets
 import struct
+import threading
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
@@ -89,6 +90,7 @@ class FrameRing:
             range(n_slots - 1, -1, -1)
         )  # a stack: the most recently released slot is still warm
         self._busy: set[int] = set()
+        self._lock = threading.Lock()  # acquire/release may come from a source's callback thread too
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -189,20 +191,22 @@ class FrameRing:
     def acquire(self) -> int | None:
         """A free slot, now busy until :meth:`release`; ``None`` when every slot is busy."""
         self._check_owner()
-        if not self._free:
-            return None
-        slot = self._free.pop()
-        self._busy.add(slot)
-        return slot
+        with self._lock:
+            if not self._free:
+                return None
+            slot = self._free.pop()
+            self._busy.add(slot)
+            return slot
 
     def release(self, slot: int) -> None:
         """Make ``slot`` free again (on the worker's ``SlotRelease``); ``ValueError`` if it is not busy."""
         self._check_owner()
-        if slot not in self._busy:
-            state = "free already" if slot in self._free else "not a slot of this ring"
-            raise ValueError(f"ring {self.name}: cannot release slot {slot!r}: {state}")
-        self._busy.remove(slot)
-        self._free.append(slot)
+        with self._lock:
+            if slot not in self._busy:
+                state = "free already" if slot in self._free else "not a slot of this ring"
+                raise ValueError(f"ring {self.name}: cannot release slot {slot!r}: {state}")
+            self._busy.remove(slot)
+            self._free.append(slot)
 
     @property
     def n_free(self) -> int:

@@ -412,3 +412,82 @@ def test_worker_rejects_a_frame_of_the_wrong_shape_and_carries_on(tmp_path, pipe
     np.testing.assert_array_equal(out["frame_index"], [1, 2])
     assert out["run_complete"]
     np.testing.assert_allclose(out["I"], reference_lineouts(config, pixels[1:]), rtol=1e-6, atol=0)
+
+
+class _FormsSource:
+    """Frames of SimulatedSource in the three SourceFrame forms: k % 3 == 0 pixels, 1 fill (into the slot or a
+    fresh array), 2 lease (copied into a slot from the allocator); frame 7's fill raises, as a file gone bad."""
+
+    name = "forms"
+    pausable = True
+    rate = 0.0
+
+    def __init__(self, params, n: int) -> None:
+        self.sim = SimulatedSource(params, dtype="uint16")
+        self.shape, self.dtype, self.n = self.sim.shape, self.sim.dtype, n
+        self.allocator = None
+        self.leases = 0
+
+    def attach_ring(self, allocator) -> None:
+        self.allocator = allocator
+
+    def counters(self) -> dict:
+        return {"source_leases": self.leases}
+
+    def frames(self, stop=None):
+        from ringstream.ingest.sources import SourceFrame
+
+        for k in range(self.n):
+            img = self.sim.make_frame(k)
+            sid = f"forms:{k}"
+            if k == 7:
+                def bad(out):
+                    raise OSError("forms:7 truncated")
+                yield SourceFrame(None, sid, 0.0, fill=bad, shape=self.shape, dtype=self.dtype)
+            elif k % 3 == 1 or (k % 3 == 2 and self.allocator is None):
+                yield SourceFrame(None, sid, 0.0, fill=lambda out, img=img: np.copyto(out, img),
+                                  shape=self.shape, dtype=self.dtype)
+            elif k % 3 == 2:
+                lease = self.allocator.acquire(self.shape, self.dtype)
+                while lease is None:  # the ring is full: wait for the workers (a pausable source may)
+                    time.sleep(0.005)
+                    lease = self.allocator.acquire(self.shape, self.dtype)
+                np.copyto(lease.array, img)
+                self.leases += 1
+                yield SourceFrame(lease.array, sid, 0.0, lease=lease)
+            else:
+                yield SourceFrame(img, sid, 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def forms_ingest_run(config, ready, stop):
+    """The real ingest with make_source replaced by _FormsSource (importable by name for a spawn child)."""
+    ingest_process.make_source = lambda cfg, params: _FormsSource(params, 30)
+    return ingest_process.run(config, ready, stop)
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["ring", "inline"])
+def test_fill_and_lease_frames_arrive_intact_and_a_failed_fill_is_counted(tmp_path, shared_memory):
+    config = setup_run(tmp_path, transport={"shared_memory": shared_memory, "ring_slots": 4})
+    shm_before = set(my_shm_segments())
+    pipe = Pipeline(config, n_workers=2)
+    try:
+        pipe.start(ingest=False)
+        pipe._start("ingest", forms_ingest_run)
+        codes = pipe.finish()
+        assert_clean_exit(codes)
+        ingest = pipe.counters("ingest")
+        assert ingest["received"] == 30 and ingest["sent"] == 29 and ingest["dropped_read_error"] == 1
+        assert ingest["source_leases"] == (10 if shared_memory else 0)  # k = 2, 5, ... 29
+        out = read_h5(config.run.output_h5)
+        keep = [k for k in range(30) if k != 7]
+        assert out["source_id"] == [f"forms:{k}" for k in keep]
+        np.testing.assert_array_equal(out["frame_index"], np.arange(29))
+        sim = SimulatedSource(config.load_params(), dtype="uint16", precompute=False)
+        expected = reference_lineouts(config, [sim.make_frame(k) for k in keep])
+        np.testing.assert_allclose(out["I"], expected, rtol=1e-5, atol=1e-6)
+        assert set(my_shm_segments()) - shm_before == set()
+    finally:
+        assert not pipe.cleanup()
