@@ -147,6 +147,18 @@ class SupervisorConfig:
     drain_timeout: float = _opt(60.0, "float", "first SIGTERM: finish in-flight frames within ... s")
 
 
+FIT_ENGINES = ("auto", "nlopt", "gpu")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Per-frame peak fitting (issue 5). Whether to fit, and which peaks, comes from the parameter file
+    (DoPeakFit, MultiplePeaks, PeakLocation, manual 2.5); these keys say how."""
+
+    engine: str = _opt("auto", "str", " | ".join(FIT_ENGINES) + " (auto: gpu on a GPU worker, else nlopt)")
+    slots: int = _opt(0, "int", "peak rows per frame in fit.bin (0 = len(PeakLocation), or 16 when finding peaks)")
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     """Log output (stderr; journald collects it under systemd)."""
@@ -160,6 +172,7 @@ SECTIONS: dict[str, type] = {
     "workers": WorkersConfig,
     "transport": TransportConfig,
     "supervisor": SupervisorConfig,
+    "fit": FitConfig,
     "logging": LoggingConfig,
 }
 
@@ -203,6 +216,7 @@ class DaemonConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     config_file: str = field(default="", compare=False)  # the TOML file read ("" = none)
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # ("section.key", origin) per key
@@ -591,6 +605,8 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
         key = "heartbeat_timeout" if ("supervisor", "heartbeat_timeout") in given else "heartbeat_interval"
         out.append(f"{origin[('supervisor', key)]}: [supervisor] heartbeat_timeout ({sup['heartbeat_timeout']:g} s) "
                    f"must be longer than heartbeat_interval ({sup['heartbeat_interval']:g} s)")
+    one_of("fit", "engine", FIT_ENGINES)
+    at_least("fit", "slots", 0)
     cfg["logging"]["level"] = str(cfg["logging"]["level"]).upper()
     one_of("logging", "level", LOG_LEVELS)
     return out
