@@ -75,6 +75,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint")
 #: keys holding input paths: relative ones in a TOML file are resolved against its folder when they exist there
 INPUT_PATH_KEYS = (("run", "param_file"), ("run", "dark"), ("source", "replay_path"), ("source", "folder"))
+INPUT_PATH_KEYS += (("source", "file"),)
 
 
 def _opt(default: object, kind: str, doc: str) -> Any:
@@ -111,6 +112,19 @@ class SourceConfig:
     replay_path: str = _opt("", "str", "image file or folder to replay (kind = replay)")
     loop: bool = _opt(True, "bool", "replay: start again at the end")
     folder: str = _opt("", "str", "folder to watch for new images (kind = folder)")
+    # folder source (issue 7): ringstream/ingest/folder.py, ringstream/ingest/formats.py
+    file: str = _opt("", "str", "folder: read this one image file and end (kind = folder)")
+    extensions: tuple[str, ...] = _opt((), "list[str]", "folder: extensions to read ([] = every supported format)")
+    recursive: bool = _opt(False, "bool", "folder: also watch the subfolders")
+    file_count: int = _opt(0, "int", "folder: end after this many files (processed, rejected or skipped); 0 = no limit")
+    idle_timeout: float = _opt(0.0, "float", "folder: end after this long without a new file (s); 0 = never")
+    watch: str = _opt("auto", "str", "folder: auto | inotify | poll (poll: network file systems)")
+    poll_interval: float = _opt(1.0, "float", "folder: a file is complete when its size is stable this long (s)")
+    retry_time: float = _opt(10.0, "float", "folder: retry a truncated or corrupt file this long, then skip it (s)")
+    hdf5_dataset: str = _opt("", "str", "folder: HDF5 dataset or group path (\"\" = /entry/data/data or /data)")
+    raw_dtype: str = _opt("uint16", "str", "folder: pixel type of raw .bin/.raw files (numpy name, e.g. <u2)")
+    raw_shape: str = _opt("", "str", "folder: frame shape of raw files, ROWSxCOLS (\"\" = the detector)")
+    raw_header: int = _opt(0, "int", "folder: bytes to skip at the start of a raw file")
     pva_ip: str = _opt("", "str", "PVA server address (\"\" = EPICS_PVA_ADDR_LIST)")
     pva_channel: str = _opt("", "str", "PVA channel of the NTNDArray (kind = pva)")
 
@@ -579,8 +593,10 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
         bad("source", "rings_2theta", "angles in 0 < 2theta < 180 (deg)")
     kind = cfg["source"]["kind"]
     needs = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel"}
-    if kind in needs and not cfg["source"][needs[kind]]:
+    if kind in needs and not cfg["source"][needs[kind]] and not (kind == "folder" and cfg["source"]["file"]):
         out.append(f"{origin[('source', 'kind')]}: [source] kind = {kind!r} needs [source] {needs[kind]}")
+    if kind == "folder":
+        out.extend(_folder_problems(cfg, origin))
     at_least("workers", "count", 1)
     one_of("workers", "engine", ENGINES)
     seen: dict[str, str] = {}
@@ -609,6 +625,45 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
     at_least("fit", "slots", 0)
     cfg["logging"]["level"] = str(cfg["logging"]["level"]).upper()
     one_of("logging", "level", LOG_LEVELS)
+    return out
+
+
+def _folder_problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], str]) -> list[str]:
+    """The folder source's keys (issue 7): paths that exist, times and sizes in range, formats it can read."""
+    import numpy as np
+
+    src, out = cfg["source"], []
+
+    def bad(key: str, expected: str) -> None:
+        out.append(f"{origin[('source', key)]}: [source] {key}: expected {expected}, got {_describe(src[key])}")
+
+    if src["file"]:
+        if not Path(str(src["file"])).is_file():
+            bad("file", "an existing image file")
+    elif src["folder"] and not Path(str(src["folder"])).is_dir():
+        bad("folder", "an existing folder")
+    for key in ("file_count", "raw_header"):
+        if src[key] < 0:  # type: ignore[operator]
+            bad(key, ">= 0")
+    for key in ("idle_timeout", "retry_time"):
+        if src[key] < 0:  # type: ignore[operator]
+            bad(key, ">= 0 (s)")
+    if src["poll_interval"] <= 0:  # type: ignore[operator]
+        bad("poll_interval", "> 0 (s)")
+    if src["watch"] not in ("auto", "inotify", "poll"):
+        bad("watch", "one of 'auto', 'inotify', 'poll'")
+    try:
+        if np.dtype(str(src["raw_dtype"])).kind not in "uif":
+            bad("raw_dtype", "an integer or float numpy dtype (uint16, <i4, float32, ...)")
+    except TypeError:
+        bad("raw_dtype", "an integer or float numpy dtype (uint16, <i4, float32, ...)")
+    from .ingest.folder import normalize_extensions, parse_shape
+
+    for key, check in (("raw_shape", parse_shape), ("extensions", normalize_extensions)):
+        try:
+            check(src[key])
+        except ConfigError as exc:
+            out.append(f"{origin[('source', key)]}: {exc}")
     return out
 
 
@@ -696,6 +751,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    help="send pixels inline, not through shared memory ([transport] shared_memory = false)")
     g.add_argument("--ring-slots", type=int, metavar="N", help="[transport] ring_slots")
     g.add_argument("--log-level", metavar="LEVEL", help="[logging] level")
+    f = parser.add_argument_group("folder source (issue 7): --folder DIR or --file PATH")
+    f.add_argument("--folder", metavar="DIR", help="watch DIR: its images first, in natural order, then new ones "
+                   "([source] kind = folder, folder)")
+    f.add_argument("--file", dest="folder_file", metavar="PATH", help="read this one image file and end "
+                   "([source] kind = folder, file)")
+    f.add_argument("--extension", dest="extensions", action="append", metavar="EXT", help="only files ending .EXT "
+                   "(repeatable or comma-separated; [source] extensions)")
+    f.add_argument("--recursive", action="store_true", default=None, help="also the subfolders ([source] recursive)")
+    f.add_argument("--count", dest="file_count", type=int, metavar="N", help="end after N files, processed, "
+                   "rejected or skipped ([source] file_count)")
+    f.add_argument("--idle-timeout", type=float, metavar="S", help="end after S s without a new file "
+                   "([source] idle_timeout)")
+    f.add_argument("--hdf5-dataset", metavar="PATH", help="dataset inside HDF5 files ([source] hdf5_dataset)")
+    f.add_argument("--watch", metavar="MODE", help="auto, inotify or poll ([source] watch)")
 
 
 def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict, dict]:
@@ -734,9 +803,34 @@ def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict
         cli["source"]["kind"] = "replay"
         cli["source"]["replay_path"] = a["replay"]
         flags["source.kind"] = "--replay"
+    _folder_cli(a, cli, flags)
     if extra:
         cli["run"]["overrides"] = list(extra)
     return {s: v for s, v in cli.items() if v}, flags
+
+
+def _folder_cli(a: dict, cli: dict, flags: dict) -> None:
+    """The folder source's options (issue 7) into the command-line layer."""
+    chosen = [f for f, name in (("--folder", "folder"), ("--file", "folder_file")) if a.get(name) is not None]
+    if chosen:
+        others = [f"--{n}" for n in ("simulate", "replay", "source") if a.get(n) is not None]
+        if others:
+            raise ConfigError(f"command line ({chosen[0]}): give one of --simulate, --replay, --folder/--file "
+                              f"and --source (also given: {', '.join(others)})")
+        cli["source"]["kind"] = "folder"
+        flags["source.kind"] = chosen[0]
+    if a.get("folder") is not None:
+        cli["source"]["folder"] = a["folder"]
+    if a.get("folder_file") is not None:
+        cli["source"]["file"] = a["folder_file"]
+    if a.get("extensions") is not None:
+        cli["source"]["extensions"] = list(a["extensions"])
+    for name in ("recursive", "file_count", "idle_timeout", "hdf5_dataset", "watch"):
+        if a.get(name) is not None:
+            cli["source"][name] = a[name]
+    flags.update({"source.folder": "--folder", "source.file": "--file", "source.extensions": "--extension",
+                  "source.file_count": "--count",
+                  "source.idle_timeout": "--idle-timeout", "source.hdf5_dataset": "--hdf5-dataset"})
 
 
 def config_from_args(args: argparse.Namespace, extra: Sequence[str] = (), env: Mapping[str, str] = os.environ,

@@ -6,6 +6,8 @@ Subcommands::
     ringstream integrate --param-file P [--dark D] [--output-h5 OUT.h5] [--import-midas DIR [--force]]
                          [--engine auto|cpu|gpu] [--overwrite] IMAGE... [Key Value ...]
     ringstream run --param-file P (--simulate N | --replay PATH) [--rate HZ] [--workers N] [--engine E]
+    ringstream run --param-file P --folder DIR [--extension EXT] [--recursive] [--count N] [--idle-timeout S]
+    ringstream run --param-file P --file PATH
                    [--output-h5 OUT.h5] [--config FILE.toml] [--control ENDPOINT] [Key Value ...]
     ringstream status [--control ENDPOINT] [--json]
     ringstream check-config [the options of run]
@@ -130,7 +132,7 @@ CONTROL_ENV = "RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT"
 DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
 
 #: sources that are planned, by their option -> the issue that brings them
-_NOT_YET = {"--folder": ("the folder source", 7), "--pva": ("the PVA source", 6), "--pva-ip": ("the PVA source", 6),
+_NOT_YET = {"--pva": ("the PVA source", 6), "--pva-ip": ("the PVA source", 6),
             "--pva-channel": ("the PVA source", 6), "--midas-socket": ("the MIDAS socket source", 6)}
 
 
@@ -142,7 +144,6 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
                    help="control endpoint for 'ringstream status' ([transport] control_endpoint; 'auto' = a free "
                    "port, printed in the log)")
     later = r.add_argument_group("sources to come")
-    later.add_argument("--folder", metavar="DIR", help="watch a folder for new images (not available yet: issue 7)")
     later.add_argument("--pva", action="store_true", default=None, help="EPICS PVA NTNDArray stream (not available "
                        "yet: issue 6)")
     later.add_argument("--pva-ip", metavar="ADDR", help="PVA server address (not available yet: issue 6)")

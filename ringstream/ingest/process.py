@@ -41,6 +41,9 @@ POLL_MS = 50
 #: releases its slots), in s; the whole wait is bounded by ``supervisor.drain_timeout``
 RELEASE_IDLE_S = 10.0
 
+#: what ``next(frames, _END)`` returns at the end of a source (a source may yield None while it waits for data)
+_END = object()
+
 
 def child_setup(config, role: str) -> None:
     """Per-child process setup: stderr logging with the role in every line, SIGINT left to the supervisor, and
@@ -177,9 +180,13 @@ class _Ingest:
         frames = iter(source.frames(stop))
         k = 0  # frames taken from the source (the pacing schedule)
         while pacer.wait(k, stop):  # wait first, so that a frame is made (and time-stamped) when it is due
-            frame = next(frames, None)
-            if frame is None:
+            frame = next(frames, _END)
+            if frame is _END:
                 break
+            if frame is None:  # the source is waiting for data (a folder with no new file): stay alive
+                self.poll_releases(0)
+                self.hb.beat(self.snapshot())
+                continue
             k += 1
             self.count("received")
             self.poll_releases(0)

@@ -6,8 +6,8 @@ source at ``rate`` Hz when that is positive (0: as fast as the source yields), a
 full ring means: a pausable source (files, simulation) waits for a free slot; a non-pausable one (a live detector
 stream) keeps going and the frame is dropped and counted.
 
-Kinds: ``simulated`` (:mod:`.simulated`), ``replay`` (:mod:`.replay`); ``folder``, ``pva`` and ``midas_socket`` are
-planned and raise :class:`~ringstream.errors.ConfigError` for now.
+Kinds: ``simulated`` (:mod:`.simulated`), ``replay`` (:mod:`.replay`), ``folder`` (:mod:`.folder`); ``pva`` and
+``midas_socket`` are planned and raise :class:`~ringstream.errors.ConfigError` for now.
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ class Source(Protocol):
 
     def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]: ...
 
+    # frames() may also yield None while it waits for data (a folder with no new file), at least every ~0.2 s:
+    # the ingest then only reads releases and beats its heartbeat, so a quiet source is not taken for a dead one.
+
     def close(self) -> None: ...
 
 
@@ -144,7 +147,7 @@ class Pacer:
 # --- the registry ------------------------------------------------------------------------------------------------
 
 #: kinds that are planned but not written yet -> the issue that tracks them.
-_PLANNED = {"folder": 7, "pva": 6, "midas_socket": 6}
+_PLANNED = {"pva": 6, "midas_socket": 6}
 
 
 def _simulated(config, params) -> Source:
@@ -159,7 +162,14 @@ def _replay(config, params) -> Source:
     return ReplaySource.from_config(config, params)
 
 
+def _folder(config, params) -> Source:
+    from .folder import FolderSource
+
+    return FolderSource.from_config(config, params)
+
+
 _FACTORIES: dict[str, Callable[[Any, Any], Source]] = {"simulated": _simulated, "replay": _replay}
+_FACTORIES["folder"] = _folder
 
 SOURCE_KINDS = tuple(_FACTORIES) + tuple(_PLANNED)
 

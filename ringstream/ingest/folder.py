@@ -1,0 +1,495 @@
+"""The folder source: images already in a folder first, in natural order, then new ones as they complete.
+
+Order: files present at the start, sorted naturally by their path under the folder (``img_9`` before ``img_10``),
+then new files in the order they complete. A file is complete when
+
+- inotify (Linux; ``watch = "auto"`` or ``"inotify"``) reports ``IN_CLOSE_WRITE`` (its writer closed it) or
+  ``IN_MOVED_TO`` (it was renamed into the folder); ``IN_CREATE`` is never taken as complete (it is used only to
+  watch new subfolders with ``recursive``). A queue overflow triggers a rescan;
+- polling (``watch = "poll"``, for network file systems where inotify sees nothing, or where inotify is missing):
+  its size and mtime are unchanged over one ``poll_interval`` and it parses.
+
+A file present at the start whose mtime is younger than ``poll_interval`` may still be open for writing: it waits
+for its close event or for a stable size, like a polled file. Names starting with ``.`` and extensions outside
+``extensions`` (default: every format of :mod:`.formats`) are ignored.
+
+Every file is validated by :func:`~.formats.open_image` before any of its frames is sent. A file that is short or
+does not parse is retried (on its next event and every ``poll_interval``) for ``retry_time`` seconds after the
+first failure, then skipped: one warning naming the file and the reason, counted ``dropped_corrupt_file``. A file
+whose images are not the detector's shape is rejected at once: a warning with the expected and found shapes,
+``dropped_wrong_shape``. Neither stops the source. A path is processed at most once per run: a file replaced (by
+a rename or a rewrite) after it was read is ignored and counted ``files_repeated`` (the key is the path alone, so
+a replacement never yields a second copy of an image).
+
+Frames: ``fill`` frames, so pixels go straight from the file into the ring slot; source id: the file's path under
+the folder, with ``:k`` for frame k of a multi-frame file; timestamp: the file's mtime; metadata ``file``, ``frame``.
+The source is pausable (with a full ring the files simply wait). It ends after ``count`` files ([source] file_count) (processed or
+skipped), after ``frames`` frames, after ``idle_timeout`` s without a new file, or never (a service). With ``file``
+set it reads that one file and ends.
+
+Counters (in the ingest's heartbeat, so in ``ringstream status``): ``files_done``, ``files_repeated``,
+``files_waiting``, ``files_retrying``, ``dropped_corrupt_file``, ``dropped_wrong_shape``, ``watch_overflows``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from .formats import FORMAT_EXTS, FormatOptions, ImageFile, IncompleteFile, format_of, natural_key, open_image
+from .sources import SourceFrame, StopFlag, stopped
+
+log = logging.getLogger("ringstream.ingest.folder")
+
+#: longest time frames() blocks before it yields None (an idle tick: the ingest beats its heartbeat), in s
+IDLE_TICK_S = 0.1
+
+WATCH_MODES = ("auto", "inotify", "poll")
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """What to watch and when to stop (the [source] keys of the same names; times in seconds)."""
+
+    folder: str = ""
+    file: str = ""
+    extensions: tuple[str, ...] = ()
+    recursive: bool = False
+    count: int = 0
+    frames: int = 0
+    idle_timeout: float = 0.0
+    watch: str = "auto"
+    poll_interval: float = 1.0
+    retry_time: float = 10.0
+
+
+def normalize_extensions(exts) -> tuple[str, ...]:
+    """``["tif", ".CBF", "h5,nxs"]`` -> ``(".tif", ".cbf", ".h5", ".nxs")``; ConfigError for an unsupported one."""
+    out: list[str] = []
+    for item in exts or ():
+        for part in str(item).split(","):
+            part = part.strip().lower()
+            if not part:
+                continue
+            ext = part if part.startswith(".") else "." + part
+            if ext not in FORMAT_EXTS:
+                raise ConfigError(f"[source] extensions: {part!r} is not a supported image extension; supported: "
+                                  f"{' '.join(FORMAT_EXTS)}")
+            out.append(ext)
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass
+class _Waiting:
+    """A file seen but not yet read: the last (size, mtime_ns) seen, and when it first failed to parse."""
+
+    stat: tuple[int, int] | None = None
+    failed_since: float | None = None
+    reason: str = ""
+    ready: bool = False  # complete by an event (or old enough at the start): no stable-size check needed
+
+
+@dataclass
+class _State:
+    done: set[str] = field(default_factory=set)
+    queue: deque = field(default_factory=deque)  # paths complete, to read in order
+    waiting: dict[str, _Waiting] = field(default_factory=dict)
+
+
+class _Inotify:
+    """inotify watches on the folder (and its subfolders when recursive): complete files and new subfolders."""
+
+    def __init__(self, root: Path, recursive: bool) -> None:
+        import inotify_simple as ino
+
+        self.ino = ino
+        self.flags = ino.flags
+        self.fd = ino.INotify()
+        self.recursive = recursive
+        self.dirs: dict[int, Path] = {}
+        self.add(root)
+
+    def add(self, folder: Path) -> list[Path]:
+        """Watch ``folder`` (and, recursive, its subfolders); returns the folders now watched."""
+        mask = self.flags.CLOSE_WRITE | self.flags.MOVED_TO
+        if self.recursive:
+            mask |= self.flags.CREATE  # only to watch new subfolders: a created file is not complete
+        added = []
+        todo = [folder]
+        while todo:
+            d = todo.pop()
+            try:
+                wd = self.fd.add_watch(str(d), mask)
+            except OSError as exc:
+                log.warning("%s: cannot watch this folder (%s)", d, exc.strerror or exc)
+                continue
+            self.dirs[wd] = d
+            added.append(d)
+            if self.recursive:
+                try:
+                    todo.extend(Path(e.path) for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+                except OSError:
+                    pass
+        return added
+
+    def read(self, timeout_s: float) -> tuple[list[Path], list[Path], bool]:
+        """(complete files, new folders, overflowed) from the events of up to ``timeout_s``."""
+        files, folders, overflow = [], [], False
+        for ev in self.fd.read(timeout=int(timeout_s * 1000)):
+            if ev.mask & self.flags.Q_OVERFLOW:
+                overflow = True
+                continue
+            base = self.dirs.get(ev.wd)
+            if base is None or not ev.name:
+                if ev.mask & self.flags.IGNORED:
+                    self.dirs.pop(ev.wd, None)
+                continue
+            path = base / ev.name
+            if ev.mask & self.flags.ISDIR:
+                if self.recursive and ev.mask & (self.flags.CREATE | self.flags.MOVED_TO):
+                    folders.append(path)
+            elif ev.mask & (self.flags.CLOSE_WRITE | self.flags.MOVED_TO):
+                files.append(path)
+        return files, folders, overflow
+
+    def close(self) -> None:
+        self.fd.close()
+
+
+class FolderSource:
+    """Frames of the image files in a folder (see the module docstring)."""
+
+    name = "folder"
+    pausable = True
+
+    def __init__(self, options: FolderOptions, formats: FormatOptions, shape: tuple[int, int],
+                 dtype: str = "int32", rate: float = 0.0) -> None:
+        self.opts = options
+        self.formats = formats
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.rate = float(rate or 0.0)
+        self.extensions = normalize_extensions(options.extensions) or FORMAT_EXTS
+        if options.watch not in WATCH_MODES:
+            raise ConfigError(f"[source] watch: expected one of {', '.join(WATCH_MODES)}, got {options.watch!r}")
+        self.counts: dict[str, int] = {"files_done": 0, "files_repeated": 0, "dropped_corrupt_file": 0,
+                                       "dropped_wrong_shape": 0, "watch_overflows": 0}
+        self._state = _State()
+        self._watch: _Inotify | None = None
+        if options.file:
+            self.root = Path(options.file).parent
+            path = Path(options.file)
+            if not path.is_file():
+                raise InputError(f"{path}: no such image file ([source] file)")
+            if format_of(path) is None:
+                raise InputError(f"{path}: unsupported image file extension '{path.suffix}'; supported: "
+                                 f"{' '.join(FORMAT_EXTS)}")
+            first: Path | None = path
+        else:
+            self.root = Path(options.folder)
+            if not self.root.is_dir():
+                raise InputError(f"{self.root}: no such folder ([source] folder)")
+            first = next(iter(self._listing()), None)
+        self.dtype = self._slot_dtype(first, dtype)
+
+    @classmethod
+    def from_config(cls, config, params) -> FolderSource:
+        """The source of ``config.source`` (kind ``folder``) for the detector of ``params``."""
+        s = config.source
+        raw_shape = parse_shape(getattr(s, "raw_shape", "") or "")
+        opts = FolderOptions(
+            folder=s.folder, file=getattr(s, "file", ""), extensions=tuple(getattr(s, "extensions", ())),
+            recursive=bool(getattr(s, "recursive", False)), count=int(getattr(s, "file_count", 0)),
+            frames=int(s.frames), idle_timeout=float(getattr(s, "idle_timeout", 0.0)),
+            watch=str(getattr(s, "watch", "auto")), poll_interval=float(getattr(s, "poll_interval", 1.0)),
+            retry_time=float(getattr(s, "retry_time", 10.0)))
+        shape = (int(params.NrPixelsZ), int(params.NrPixelsY))
+        fmt = FormatOptions(detector_shape=shape, hdf5_dataset=str(getattr(s, "hdf5_dataset", "")),
+                            raw_dtype=str(getattr(s, "raw_dtype", "uint16")), raw_shape=raw_shape,
+                            raw_header=int(getattr(s, "raw_header", 0)))
+        return cls(opts, fmt, shape, dtype=s.dtype, rate=float(s.rate))
+
+    def _slot_dtype(self, first: Path | None, configured: str) -> np.dtype:
+        """The ring's pixel type: the larger of the first file's type and ``configured`` (so a later file of a
+        wider type still fits a slot)."""
+        candidates = [np.dtype(configured)]
+        if first is not None:
+            try:
+                with open_image(first, self.formats) as f:
+                    candidates.append(f.dtype)
+            except InputError:
+                pass  # reported when the file's turn comes
+        return max(candidates, key=lambda d: d.itemsize)
+
+    # ------------------------------------------------------------------------------------------------ files
+    def _wanted(self, path: Path) -> bool:
+        return not path.name.startswith(".") and path.suffix.lower() in self.extensions
+
+    def _key(self, path: Path) -> str:
+        return os.path.normpath(os.path.abspath(path))
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return os.path.relpath(path, self.root)
+        except ValueError:
+            return str(path)
+
+    def _listing(self, folder: Path | None = None) -> list[Path]:
+        """Image files under ``folder`` (default the root), naturally sorted by path under the root."""
+        folder = folder or self.root
+        found: list[Path] = []
+        if self.opts.recursive:
+            for dirpath, dirnames, filenames in os.walk(folder):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                found.extend(Path(dirpath) / n for n in filenames)
+        else:
+            try:
+                found = [Path(e.path) for e in os.scandir(folder) if e.is_file()]
+            except OSError as exc:
+                log.warning("%s: cannot list this folder (%s)", folder, exc.strerror or exc)
+        found = [p for p in found if self._wanted(p)]
+        return sorted(found, key=lambda p: natural_key(self._rel(p)))
+
+    def _stat(self, path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    def _seen(self, path: Path, complete: bool) -> None:
+        """A file listed or reported: queue it (complete) or let it wait for a stable size."""
+        st, key = self._state, self._key(path)
+        if key in st.done:
+            if complete:
+                self.counts["files_repeated"] += 1
+                log.info("%s: already processed in this run; the new version is ignored", self._rel(path))
+            return
+        w = st.waiting.get(key)
+        if w is None:
+            w = st.waiting[key] = _Waiting()
+        if complete and not w.ready:
+            w.ready = True
+            if w.failed_since is None:
+                st.queue.append(path)
+
+    # ------------------------------------------------------------------------------------------------ frames
+    def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame | None]:
+        """Frames in the order of the module docstring; ``None`` while waiting (at least every 0.1 s)."""
+        if self.opts.file:
+            yield from self._one_file(Path(self.opts.file), stop)
+            return
+        yield from self._watch_folder(stop)
+
+    def _one_file(self, path: Path, stop: StopFlag | None) -> Iterator[SourceFrame | None]:
+        deadline = None
+        while not stopped(stop):
+            result = self._try(path)
+            if result is None:  # IncompleteFile: retry
+                now = time.monotonic()
+                deadline = deadline or now + self.opts.retry_time
+                if now >= deadline:
+                    self._skip(path)
+                    return
+                yield None
+                time.sleep(min(self.opts.poll_interval, IDLE_TICK_S))
+                continue
+            if result is not False:
+                yield from self._emit(path, result, stop, n_sent=0)
+            return
+
+    def _watch_folder(self, stop: StopFlag | None) -> Iterator[SourceFrame | None]:
+        opts, st = self.opts, self._state
+        mode = opts.watch
+        if mode in ("auto", "inotify"):
+            try:
+                self._watch = _Inotify(self.root, opts.recursive)
+            except (ImportError, OSError) as exc:
+                if mode == "inotify":
+                    raise InputError(f"{self.root}: cannot watch with inotify ({exc}); use [source] watch = "
+                                     "'poll'") from exc
+                log.warning("%s: inotify unavailable (%s); polling every %g s", self.root, exc, opts.poll_interval)
+        poll = self._watch is None
+        log.info("folder %s: %s, extensions %s%s", self.root, "polling" if poll else "inotify",
+                 " ".join(self.extensions), ", recursive" if opts.recursive else "")
+        settle_ns = int(opts.poll_interval * 1e9)
+        now_ns = time.time_ns()
+        for path in self._listing():  # after the watch is set up, so that nothing falls in between
+            stat = self._stat(path)
+            old = stat is not None and now_ns - stat[1] >= settle_ns
+            self._seen(path, complete=old)
+        sent = 0
+        last_new = time.monotonic()
+        next_tick = time.monotonic() + opts.poll_interval
+        while not stopped(stop):
+            if opts.count and len(st.done) >= opts.count:  # files processed, rejected or skipped
+                return
+            if st.queue:
+                path = st.queue.popleft()
+                key = self._key(path)
+                w = st.waiting.get(key)
+                if key in st.done or w is None:
+                    continue
+                result = self._try(path)
+                if result is None:
+                    if w.failed_since is None:
+                        w.failed_since = time.monotonic()
+                    continue
+                del st.waiting[key]
+                st.done.add(key)
+                last_new = time.monotonic()
+                if result is not False:
+                    emit = self._emit(path, result, stop, sent)
+                    try:
+                        for frame in emit:
+                            sent += 1
+                            yield frame
+                            if opts.frames and sent >= opts.frames:
+                                return
+                    finally:
+                        emit.close()
+                continue
+            now = time.monotonic()
+            if opts.idle_timeout and now - last_new >= opts.idle_timeout and not st.waiting:
+                log.info("folder %s: no new file for %g s; ending", self.root, opts.idle_timeout)
+                return
+            if self._watch is not None:
+                files, folders, overflow = self._watch.read(min(IDLE_TICK_S, max(0.0, next_tick - now)))
+                for path in files:
+                    if self._wanted(path):
+                        self._seen(path, complete=True)
+                        last_new = time.monotonic()
+                for folder in folders:
+                    for d in self._watch.add(folder):
+                        for path in self._listing(d) if d == folder else ():
+                            self._seen(path, complete=False)
+                if overflow:
+                    self.counts["watch_overflows"] += 1
+                    log.warning("folder %s: inotify queue overflowed; rescanning", self.root)
+                    for path in self._listing():
+                        self._seen(path, complete=False)
+            else:
+                time.sleep(min(IDLE_TICK_S, max(0.0, next_tick - now)))
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + opts.poll_interval
+                if poll:
+                    for path in self._listing():
+                        if self._key(path) not in st.done and self._key(path) not in st.waiting:
+                            self._seen(path, complete=False)
+                            last_new = time.monotonic()
+                self._check_waiting()
+            if not st.queue:
+                yield None
+
+    def _check_waiting(self) -> None:
+        """Every poll_interval: files with a stable size (and files that failed to parse) are tried again;
+        those failing for longer than retry_time are skipped."""
+        st, now = self._state, time.monotonic()
+        for key, w in list(st.waiting.items()):
+            path = Path(key)
+            stat = self._stat(path)
+            if stat is None:  # gone before it completed (a temporary file renamed away)
+                del st.waiting[key]
+                continue
+            if w.failed_since is not None:
+                if now - w.failed_since >= self.opts.retry_time:
+                    del st.waiting[key]
+                    st.done.add(key)
+                    self._skip(path, w.reason)
+                elif path not in st.queue:
+                    st.queue.append(path)
+            elif not w.ready and stat == w.stat and stat[0] > 0:
+                w.ready = True
+                st.queue.append(path)
+            w.stat = stat
+
+    def _try(self, path: Path):
+        """The open ImageFile; None when incomplete (to retry); False when rejected for good (counted)."""
+        try:
+            f = open_image(path, self.formats)
+        except IncompleteFile as exc:
+            w = self._state.waiting.get(self._key(path))
+            if w is not None:
+                w.reason = str(exc)
+            self._last_reason = str(exc)
+            log.debug("%s", exc)
+            return None
+        except InputError as exc:
+            self.counts["dropped_corrupt_file"] += 1
+            log.warning("%s; skipped", exc)
+            return False
+        if f.shape != self.shape:
+            f.close()
+            self.counts["dropped_wrong_shape"] += 1
+            log.warning("%s: image shape %s does not match the detector (NrPixelsZ, NrPixelsY) = %s; %d frame(s) "
+                        "rejected", path, f.shape, self.shape, f.n_frames)
+            return False
+        return f
+
+    def _skip(self, path: Path, reason: str = "") -> None:
+        self.counts["dropped_corrupt_file"] += 1
+        reason = reason or getattr(self, "_last_reason", "") or f"{path}: unreadable"
+        log.warning("%s; skipped after retrying for %g s", reason, self.opts.retry_time)
+
+    def _emit(self, path: Path, f: ImageFile, stop: StopFlag | None, n_sent: int) -> Iterator[SourceFrame]:
+        """The frames of the open file ``f`` as fill frames; closes it."""
+        rel = self._rel(path)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = time.time()
+        try:
+            for k in range(f.n_frames):
+                if stopped(stop) or (self.opts.frames and n_sent + k >= self.opts.frames):
+                    return
+                yield SourceFrame(None, f.frame_id(k, rel), mtime, {"file": rel, "frame": k},
+                                  fill=_Fill(f, k), shape=f.shape, dtype=f.dtype)
+            self.counts["files_done"] += 1
+        finally:
+            f.close()
+
+    def counters(self) -> dict[str, int]:
+        """The source's counters (module docstring)."""
+        st = self._state
+        retrying = sum(1 for w in st.waiting.values() if w.failed_since is not None)
+        return {**self.counts, "files_waiting": len(st.waiting) - retrying, "files_retrying": retrying}
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+
+class _Fill:
+    """``fill(out)`` for frame ``k`` of an open file (a callable the ingest calls with the ring slot)."""
+
+    __slots__ = ("f", "k")
+
+    def __init__(self, f: ImageFile, k: int) -> None:
+        self.f, self.k = f, k
+
+    def __call__(self, out: np.ndarray) -> None:
+        self.f.read_into(self.k, out)
+
+
+def parse_shape(text: str) -> tuple[int, int] | None:
+    """``"2048x2048"`` (NrPixelsZ x NrPixelsY) -> (2048, 2048); ``""`` -> None; ConfigError otherwise."""
+    text = str(text).strip().lower()
+    if not text:
+        return None
+    parts = text.replace("*", "x").replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) < 1:
+        raise ConfigError(f"[source] raw_shape: expected ROWSxCOLS (NrPixelsZ x NrPixelsY), e.g. 2048x2048, "
+                          f"got {text!r}")
+    return shape  # type: ignore[return-value]

@@ -1,0 +1,422 @@
+"""Detector image files, one reader per format, each reading one frame at a time straight into a caller's array.
+
+:func:`open_image` validates a file (header parsed, the data it announces present) and returns an
+:class:`ImageFile`: ``n_frames`` images of ``shape = (NrPixelsZ, NrPixelsY)`` pixels of ``dtype`` (the stored type,
+never converted, so a round trip is bit-exact); ``read_into(k, out)`` writes image ``k`` (from 0) into ``out``, a
+writable C-contiguous array of that shape and dtype (a shared-memory ring slot), with no intermediate copy where
+the format allows it (uncompressed TIFF strips, GE, raw, npy, HDF5 ``read_direct``).
+
+Formats (by extension, case-insensitive):
+
+- TIFF ``.tif .tiff`` (tifffile): one image per page;
+- CBF ``.cbf`` (fabio; PILATUS byte-offset): decoded by fabio, then copied;
+- GE ``.ge .ge1``–``.ge5``: an 8192-byte header, then little-endian uint16 frames of the detector shape, read frame
+  by frame at offset ``8192 + k * frame_bytes`` (never the whole file);
+- HDF5 ``.h5 .hdf5 .hdf .nxs`` (h5py; hdf5plugin registers bitshuffle-LZ4, LZ4, Blosc... as in EIGER files): a 2-D
+  image or a 3-D stack at the configured dataset path (default: the first of :data:`HDF5_DATASET_PATHS`); a path
+  naming a group (EIGER master ``/entry/data``) means its datasets in natural order, external links followed;
+- raw ``.bin .raw``: ``raw_header`` bytes, then frames of ``raw_dtype`` and ``raw_shape`` (default: the detector);
+- NumPy ``.npy``: a 2-D image or a 3-D stack (read from the header's data offset, not memory-mapped).
+
+Every problem is an :class:`~ringstream.errors.InputError` whose one-line message names the file;
+:class:`IncompleteFile` (a subclass) marks a file that may still be growing or is corrupt (short data, a header that
+does not parse), which a watching source retries for a while before it gives up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+TIFF_EXTS = (".tif", ".tiff")
+CBF_EXTS = (".cbf",)
+GE_EXTS = (".ge", ".ge1", ".ge2", ".ge3", ".ge4", ".ge5")
+HDF5_EXTS = (".h5", ".hdf5", ".hdf", ".nxs")
+RAW_EXTS = (".bin", ".raw")
+NPY_EXTS = (".npy",)
+#: every extension :func:`open_image` reads
+FORMAT_EXTS = TIFF_EXTS + CBF_EXTS + GE_EXTS + HDF5_EXTS + RAW_EXTS + NPY_EXTS
+
+#: bytes of the header at the start of a GE ``.geN`` file; uint16 frames follow
+GE_HEADER_BYTES = 8192
+
+#: where an image is looked for in an HDF5 file when no dataset path is configured, in this order
+HDF5_DATASET_PATHS = ("/entry/data/data", "/entry/instrument/detector/data", "/data")
+
+_CBF_BINARY_START = b"\x0c\x1a\x04\xd5"
+_CBF_SIZE = re.compile(rb"X-Binary-Size:\s*(\d+)")
+_DIGITS = re.compile(r"(\d+)")
+
+
+class IncompleteFile(InputError):
+    """A file whose data is short or whose header does not parse: still being written, or corrupt."""
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """How to read the formats that need settings.
+
+    ``detector_shape``: (NrPixelsZ, NrPixelsY), the frame shape of GE files and the default of raw files;
+    ``hdf5_dataset``: dataset (or group) path inside HDF5 files ("" = :data:`HDF5_DATASET_PATHS`);
+    ``raw_dtype``: numpy dtype string of raw files (``"uint16"``, ``"<i4"``, ``">u2"``); ``raw_shape``: frame shape
+    of raw files (None = ``detector_shape``); ``raw_header``: bytes to skip at the start of a raw file.
+    """
+
+    detector_shape: tuple[int, int] | None = None
+    hdf5_dataset: str = ""
+    raw_dtype: str = "uint16"
+    raw_shape: tuple[int, int] | None = None
+    raw_header: int = 0
+
+
+def natural_key(name: str | os.PathLike) -> tuple:
+    """Sort key that orders embedded numbers numerically: ``img_9`` before ``img_10``."""
+    parts = _DIGITS.split(str(name))
+    return tuple((0, int(s), s) if s.isdigit() else (1, 0, s) for s in parts if s != "")
+
+
+def format_of(path: str | os.PathLike) -> str | None:
+    """``"tiff" | "cbf" | "ge" | "hdf5" | "raw" | "npy"`` by extension, None when unsupported."""
+    ext = Path(path).suffix.lower()
+    for name, exts in (("tiff", TIFF_EXTS), ("cbf", CBF_EXTS), ("ge", GE_EXTS), ("hdf5", HDF5_EXTS),
+                       ("raw", RAW_EXTS), ("npy", NPY_EXTS)):
+        if ext in exts:
+            return name
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ImageFile:
+    """An open image file: ``n_frames`` frames of ``shape`` and ``dtype``; ``read_into(k, out)``; ``close()``."""
+
+    path: Path
+    format: str = ""
+    n_frames: int = 0
+    shape: tuple[int, int] = (0, 0)
+    dtype: np.dtype = np.dtype("uint16")
+
+    def read_into(self, k: int, out: np.ndarray) -> None:
+        """Write frame ``k`` into ``out`` (writable, C-contiguous, ``shape`` and ``dtype``)."""
+        raise NotImplementedError
+
+    def read(self, k: int) -> np.ndarray:
+        """Frame ``k`` as a new array ``[NrPixelsZ, NrPixelsY]``."""
+        out = np.empty(self.shape, self.dtype)
+        self.read_into(k, out)
+        return out
+
+    def frame_id(self, k: int, name: str | None = None) -> str:
+        """``name`` (default the file name) for a one-frame file, ``name:k`` for frame k of a stack."""
+        name = self.path.name if name is None else name
+        return name if self.n_frames == 1 else f"{name}:{k}"
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ImageFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check(self, k: int, out: np.ndarray) -> None:
+        if not 0 <= k < self.n_frames:
+            raise InputError(f"{self.path}: frame {k} does not exist (the file holds {self.n_frames})")
+        if out.shape != self.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise InputError(f"{self.path}: cannot read frame {k} into an array of shape {out.shape} {out.dtype}; "
+                             f"expected C-contiguous {self.shape} {self.dtype}")
+
+
+class _Binary(ImageFile):
+    """Frames at ``offset + k * frame_bytes`` of a plain file (GE, raw, npy): ``readinto`` straight into ``out``."""
+
+    def __init__(self, path: Path, fmt: str, offset: int, shape, dtype, what: str) -> None:
+        self.path, self.format = path, fmt
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.offset = int(offset)
+        self.frame_bytes = self.shape[0] * self.shape[1] * self.dtype.itemsize
+        size = path.stat().st_size
+        body = size - self.offset
+        if self.frame_bytes <= 0 or body < self.frame_bytes or body % self.frame_bytes:
+            raise IncompleteFile(
+                f"{path}: {what} of {size} bytes is not a {self.offset}-byte header plus whole frames of "
+                f"{self.shape[0]}x{self.shape[1]} {self.dtype} = {self.frame_bytes} bytes each")
+        self.n_frames = body // self.frame_bytes
+        self._fh = open(path, "rb", buffering=0)
+
+    def read_into(self, k: int, out: np.ndarray) -> None:
+        self._check(k, out)
+        self._fh.seek(self.offset + k * self.frame_bytes)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        got = 0
+        while got < self.frame_bytes:
+            n = self._fh.readinto(view[got:])
+            if not n:
+                raise IncompleteFile(f"{self.path}: file truncated in frame {k} ({got} of {self.frame_bytes} "
+                                     "bytes)")
+            got += n
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _open_ge(path: Path, opts: FormatOptions) -> ImageFile:
+    if opts.detector_shape is None:
+        raise InputError(f"{path}: reading a GE file needs the detector shape (NrPixelsZ, NrPixelsY)")
+    return _Binary(path, "ge", GE_HEADER_BYTES, opts.detector_shape, "<u2", "GE file")
+
+
+def _open_raw(path: Path, opts: FormatOptions) -> ImageFile:
+    shape = opts.raw_shape or opts.detector_shape
+    if shape is None:
+        raise InputError(f"{path}: reading a raw file needs its frame shape ([source] raw_shape or the detector)")
+    try:
+        dtype = np.dtype(opts.raw_dtype)
+    except TypeError as exc:
+        raise InputError(f"{path}: raw dtype {opts.raw_dtype!r} is not a numpy dtype") from exc
+    return _Binary(path, "raw", opts.raw_header, shape, dtype, f"raw {dtype} file")
+
+
+def _open_npy(path: Path, opts: FormatOptions) -> ImageFile:
+    from numpy.lib import format as npformat
+
+    try:
+        with open(path, "rb") as fh:
+            version = npformat.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = npformat.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise IncompleteFile(f"{path}: cannot read the .npy header ({_reason(exc)})") from exc
+    if dtype.hasobject or dtype.kind not in "uif":
+        raise InputError(f"{path}: .npy dtype {dtype} is not an integer or float image")
+    if len(shape) not in (2, 3) or fortran:
+        raise InputError(f"{path}: expected a C-order 2-D image or 3-D stack, found an array of shape {shape}"
+                         f"{' (Fortran order)' if fortran else ''}")
+    frame = shape[-2:]
+    n = 1 if len(shape) == 2 else int(shape[0])
+    f = _Binary(path, "npy", offset, frame, dtype, ".npy file") if n else None
+    if f is None or f.n_frames != n:
+        if f is not None:
+            f.close()
+        raise IncompleteFile(f"{path}: .npy header says {shape} {dtype} but the file holds "
+                             f"{path.stat().st_size - offset} data bytes")
+    return f
+
+
+class _Tiff(ImageFile):
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self.path, self.format = path, "tiff"
+        try:
+            self._tif = tifffile.TiffFile(path)
+        except Exception as exc:  # TiffFileError, ValueError, struct.error, ...
+            raise IncompleteFile(f"{path}: cannot read TIFF ({_reason(exc)})") from exc
+        try:
+            self._pages = self._tif.pages
+            self._pages.useframes = False
+            self.n_frames = len(self._pages)
+            size = path.stat().st_size
+            first = None
+            for k in range(self.n_frames):
+                page = self._pages[k]
+                shape = tuple(int(s) for s in page.shape)
+                if len(shape) != 2:
+                    raise InputError(f"{path}: page {k} is not a 2-D image (shape {shape})")
+                if page.dtype is None:
+                    raise InputError(f"{path}: page {k} has an unsupported sample format")
+                if first is None:
+                    first = (shape, np.dtype(page.dtype))
+                elif (shape, np.dtype(page.dtype)) != first:
+                    raise InputError(f"{path}: page {k} is {shape} {page.dtype}, page 0 is {first[0]} {first[1]}")
+                ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
+                if not ends or max(ends) > size:
+                    raise IncompleteFile(f"{path}: TIFF page {k} needs {max(ends, default=0)} bytes, the file has "
+                                         f"{size}")
+            if first is None:
+                raise IncompleteFile(f"{path}: TIFF holds no pages")
+            self.shape, self.dtype = first[0], first[1]
+        except InputError:
+            self._tif.close()
+            raise
+        except Exception as exc:  # a page chain that points past the end: still being written, or corrupt
+            self._tif.close()
+            raise IncompleteFile(f"{path}: cannot read TIFF ({_reason(exc)})") from exc
+        except BaseException:
+            self._tif.close()
+            raise
+
+    def read_into(self, k: int, out: np.ndarray) -> None:
+        self._check(k, out)
+        try:
+            self._pages[k].asarray(out=out)
+        except Exception as exc:
+            raise IncompleteFile(f"{self.path}: cannot decode TIFF page {k} ({_reason(exc)})") from exc
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+class _Cbf(ImageFile):
+    def __init__(self, path: Path) -> None:
+        try:
+            import fabio
+        except ImportError as exc:  # pragma: no cover - fabio is a dependency
+            raise InputError(f"{path}: reading CBF files needs fabio: pip install fabio") from exc
+        self.path, self.format = path, "cbf"
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        start = raw.find(_CBF_BINARY_START)
+        m = _CBF_SIZE.search(raw, 0, start if start >= 0 else len(raw))
+        if start < 0 or m is None:
+            raise IncompleteFile(f"{path}: no CBF binary section (X-Binary-Size and the binary start marker)")
+        need = int(m.group(1))
+        have = len(raw) - start - len(_CBF_BINARY_START)
+        if have < need:
+            raise IncompleteFile(f"{path}: CBF binary section has {have} of its {need} bytes")
+        try:
+            img = fabio.open(str(path))
+            self._frames = [np.asarray(img.data)]
+            n = int(getattr(img, "nframes", 1) or 1)
+            for k in range(1, n):
+                self._frames.append(np.asarray(img.getframe(k).data))
+        except Exception as exc:
+            raise IncompleteFile(f"{path}: cannot decode CBF ({_reason(exc)})") from exc
+        data = self._frames[0]
+        if data.ndim != 2:
+            raise InputError(f"{path}: CBF image has shape {data.shape}; expected a 2-D image")
+        self.n_frames, self.shape, self.dtype = len(self._frames), tuple(data.shape), data.dtype
+
+    def read_into(self, k: int, out: np.ndarray) -> None:
+        self._check(k, out)
+        out[...] = self._frames[k]
+
+    def close(self) -> None:
+        self._frames = []
+
+
+class _Hdf5(ImageFile):
+    def __init__(self, path: Path, opts: FormatOptions) -> None:
+        import h5py
+
+        try:
+            import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/Blosc/... filters with HDF5)
+        except ImportError:  # pragma: no cover - hdf5plugin is a dependency
+            pass
+        self.path, self.format = path, "hdf5"
+        try:
+            self._h5 = h5py.File(path, "r")
+        except Exception as exc:
+            raise IncompleteFile(f"{path}: cannot open HDF5 ({_reason(exc)})") from exc
+        try:
+            self._parts = self._datasets(h5py, opts.hdf5_dataset)
+            first = self._parts[0]
+            self.shape, self.dtype = tuple(int(s) for s in first.shape[-2:]), np.dtype(first.dtype)
+            self._starts = []
+            n = 0
+            for ds in self._parts:
+                if tuple(ds.shape[-2:]) != self.shape or np.dtype(ds.dtype) != self.dtype:
+                    raise InputError(f"{path}: dataset {ds.name} is {ds.shape} {ds.dtype}, {first.name} is "
+                                     f"{first.shape} {first.dtype}")
+                self._starts.append(n)
+                n += 1 if ds.ndim == 2 else int(ds.shape[0])
+            self.n_frames = n
+            if self.dtype.kind not in "uif":
+                raise InputError(f"{path}: dataset {first.name} dtype {self.dtype} is not an integer or float image")
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def _datasets(self, h5py, where: str) -> list:
+        candidates = (where,) if where else HDF5_DATASET_PATHS
+        for name in candidates:
+            try:
+                obj = self._h5.get(name)
+            except (KeyError, OSError) as exc:  # a dangling external link (a data file not written yet)
+                raise IncompleteFile(f"{self.path}: cannot open {name} ({_reason(exc)})") from exc
+            if isinstance(obj, h5py.Dataset):
+                if obj.ndim not in (2, 3):
+                    raise InputError(f"{self.path}: dataset {name} has shape {obj.shape}; expected a 2-D image "
+                                     "or a 3-D stack")
+                return [obj]
+            if isinstance(obj, h5py.Group):
+                parts = []
+                for key in sorted(obj.keys(), key=natural_key):
+                    try:
+                        child = obj.get(key)
+                    except (KeyError, OSError) as exc:
+                        raise IncompleteFile(f"{self.path}: cannot open {name}/{key} ({_reason(exc)})") from exc
+                    if isinstance(child, h5py.Dataset) and child.ndim in (2, 3):
+                        parts.append(child)
+                if parts:
+                    return parts
+            if where:
+                break
+        key = "[source] hdf5_dataset " + repr(where) if where else " or ".join(HDF5_DATASET_PATHS)
+        raise InputError(f"{self.path}: no 2-D or 3-D image dataset at {key}")
+
+    def read_into(self, k: int, out: np.ndarray) -> None:
+        self._check(k, out)
+        j = int(np.searchsorted(self._starts, k, side="right")) - 1
+        ds = self._parts[j]
+        try:
+            if ds.ndim == 2:
+                ds.read_direct(out)
+            else:
+                ds.read_direct(out, np.s_[k - self._starts[j]])
+        except Exception as exc:
+            raise IncompleteFile(f"{self.path}: cannot read frame {k} of {ds.name} ({_reason(exc)})") from exc
+
+    def close(self) -> None:
+        self._parts = []
+        self._h5.close()
+
+
+def open_image(path: str | os.PathLike, options: FormatOptions | None = None) -> ImageFile:
+    """Open and validate the image file ``path`` (see the module docstring); the caller closes it.
+
+    Raises :class:`IncompleteFile` for short or unparsable data, :class:`~ringstream.errors.InputError` for
+    anything else (unsupported extension, no image dataset, mixed frame shapes).
+    """
+    path = Path(path)
+    opts = options or FormatOptions()
+    fmt = format_of(path)
+    if fmt is None:
+        raise InputError(f"{path}: unsupported image file extension '{path.suffix}'; supported: "
+                         f"{' '.join(FORMAT_EXTS)}")
+    try:
+        if fmt == "tiff":
+            f: ImageFile = _Tiff(path)
+        elif fmt == "cbf":
+            f = _Cbf(path)
+        elif fmt == "ge":
+            f = _open_ge(path, opts)
+        elif fmt == "hdf5":
+            f = _Hdf5(path, opts)
+        elif fmt == "raw":
+            f = _open_raw(path, opts)
+        else:
+            f = _open_npy(path, opts)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such image file") from exc
+    except OSError as exc:
+        raise IncompleteFile(f"{path}: cannot read ({_reason(exc)})") from exc
+    if f.n_frames < 1:
+        f.close()
+        raise IncompleteFile(f"{path}: the file holds no frames")
+    return f
