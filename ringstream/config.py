@@ -637,11 +637,11 @@ def _folder_problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, 
     def bad(key: str, expected: str) -> None:
         out.append(f"{origin[('source', key)]}: [source] {key}: expected {expected}, got {_describe(src[key])}")
 
-    if src["file"]:
-        if not Path(str(src["file"])).is_file():
-            bad("file", "an existing image file")
-    elif src["folder"] and not Path(str(src["folder"])).is_dir():
-        bad("folder", "an existing folder")
+    if src["file"] and not Path(str(src["file"])).is_file():
+        out.append(f"{origin[('source', 'file')]}: [source] file: {str(src['file'])!r} is not an existing file")
+    elif not src["file"] and src["folder"] and not Path(str(src["folder"])).is_dir():
+        out.append(f"{origin[('source', 'folder')]}: [source] folder: {str(src['folder'])!r} is not an existing "
+                   "folder")
     for key in ("file_count", "raw_header"):
         if src[key] < 0:  # type: ignore[operator]
             bad(key, ">= 0")

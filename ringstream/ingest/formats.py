@@ -25,8 +25,10 @@ does not parse), which a watching source retries for a while before it gives up.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,30 @@ _DIGITS = re.compile(r"(\d+)")
 
 class IncompleteFile(InputError):
     """A file whose data is short or whose header does not parse: still being written, or corrupt."""
+
+
+class _Complaints(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _tifffile_complaints():
+    """tifffile logs (and skips) an IFD chain or tag that points past the end of the file instead of raising:
+    collect those errors (not passing them on) so that a truncated TIFF counts as incomplete."""
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _Complaints(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 @dataclass(frozen=True)
@@ -223,6 +249,13 @@ class _Tiff(ImageFile):
         import tifffile
 
         self.path, self.format = path, "tiff"
+        with _tifffile_complaints() as complaints:
+            self._open(tifffile, path)
+            if complaints:
+                self._tif.close()
+                raise IncompleteFile(f"{path}: cannot read TIFF ({complaints[0]})")
+
+    def _open(self, tifffile, path: Path) -> None:
         try:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:  # TiffFileError, ValueError, struct.error, ...
@@ -289,6 +322,8 @@ class _Cbf(ImageFile):
         have = len(raw) - start - len(_CBF_BINARY_START)
         if have < need:
             raise IncompleteFile(f"{path}: CBF binary section has {have} of its {need} bytes")
+        if raw.find(b"--CIF-BINARY-FORMAT-SECTION----", start + len(_CBF_BINARY_START) + need) < 0:
+            raise IncompleteFile(f"{path}: CBF ends before the closing --CIF-BINARY-FORMAT-SECTION---- boundary")
         try:
             img = fabio.open(str(path))
             self._frames = [np.asarray(img.data)]
@@ -395,6 +430,8 @@ def open_image(path: str | os.PathLike, options: FormatOptions | None = None) ->
     """
     path = Path(path)
     opts = options or FormatOptions()
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
     fmt = format_of(path)
     if fmt is None:
         raise InputError(f"{path}: unsupported image file extension '{path.suffix}'; supported: "

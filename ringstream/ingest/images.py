@@ -141,6 +141,11 @@ def _read_hdf5(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     import h5py
 
     try:
+        import hdf5plugin  # noqa: F401  (registers bitshuffle-LZ4, LZ4, Blosc, ... for EIGER files)
+    except ImportError:  # pragma: no cover - hdf5plugin is a dependency
+        pass
+
+    try:
         h5 = h5py.File(path, "r")
     except Exception as exc:
         raise _cannot_read(path, exc) from exc
@@ -249,8 +254,10 @@ def _iter_files(files: list[Path], shape: tuple[int, int] | None) -> Iterator[tu
 def load_dark(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
     """Read a dark frame (or a stack of them, averaged) as float64 ``[NrPixelsZ, NrPixelsY]``.
 
-    TIFF, npy, HDF5, GE and CBF files are read as images; any other file (``.bin``, no extension, ...) is MIDAS raw
-    binary: little-endian int64 frames of NrPixelsZ x NrPixelsY pixels (the MIDAS GPU dark), averaged if several.
+    TIFF, npy, HDF5, GE and CBF files are read as images (:mod:`.formats`, one frame at a time, so a long GE
+    stack is never in memory at once); any other file (``.bin``, no extension, ...) is MIDAS raw binary:
+    little-endian int64 frames of NrPixelsZ x NrPixelsY pixels (the MIDAS GPU dark), averaged if several. A size
+    that is no whole number of frames is an InputError naming the file, the frame size expected and the size found.
     """
     path = Path(path)
     shape = (int(shape[0]), int(shape[1]))
@@ -259,18 +266,22 @@ def load_dark(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
     if not path.exists():
         raise InputError(f"{path}: no such dark file")
     if _ext(path) in IMAGE_EXTS:
-        total = np.zeros(shape, dtype=np.float64)
-        n = 0
-        for sid, frame in _read_file(path, shape):
-            if frame.ndim != 2 or frame.shape != shape:
-                raise InputError(
-                    f"{path}: dark frame {sid} has shape {frame.shape}; expected (NrPixelsZ, NrPixelsY) = {shape}"
-                )
-            total += frame
-            n += 1
-        if n == 0:
-            raise InputError(f"{path}: dark file holds no frames")
-        return total / n
+        from .formats import FormatOptions, open_image
+
+        try:
+            f = open_image(path, FormatOptions(detector_shape=shape))
+        except InputError as exc:
+            raise InputError(f"{str(exc).replace(': ', ': cannot read image (', 1)})") from exc
+        with f:
+            if f.shape != shape:
+                raise InputError(f"{path}: dark frame {f.frame_id(0)} has shape {f.shape}; expected "
+                                 f"(NrPixelsZ, NrPixelsY) = {shape}")
+            total = np.zeros(shape, dtype=np.float64)
+            buf = np.empty(f.shape, f.dtype)
+            for k in range(f.n_frames):
+                f.read_into(k, buf)
+                total += buf
+            return total / f.n_frames
     return _load_raw_dark(path, shape)
 
 

@@ -366,7 +366,7 @@ def test_bad_messages_are_rejected_counted_and_logged_once(tmp_path, daemons):
 
 
 @pytest.mark.timeout(40)
-@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_param_file", "folder_not_yet"])
+@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_param_file", "missing_folder"])
 def test_bad_configuration_is_one_line_exit_2(tmp_path, case):
     params = write_params(tmp_path)
     toml = tmp_path / "daemon.toml"
@@ -384,8 +384,8 @@ def test_bad_configuration_is_one_line_exit_2(tmp_path, case):
         args[2] = tmp_path / "nope.txt"
         expect = ("nope.txt", "param_file")
     else:
-        args += ["--folder", tmp_path]
-        expect = ("--folder", "not available yet")
+        args = [a for a in args if a != "--simulate" and a != 10] + ["--folder", tmp_path / "nope"]
+        expect = ("--folder", "nope", "is not an existing folder")
     out = subprocess.run(_script() + [str(a) for a in args], cwd=tmp_path, capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2, out.stderr
