@@ -9,7 +9,8 @@ the format allows it (uncompressed TIFF strips, GE, raw, npy, HDF5 ``read_direct
 Formats (by extension, case-insensitive):
 
 - TIFF ``.tif .tiff`` (tifffile): one image per page;
-- CBF ``.cbf`` (fabio; PILATUS byte-offset): decoded by fabio, then copied;
+- CBF ``.cbf`` (fabio; PILATUS byte-offset, one image per file): the binary section's size and closing boundary
+  are checked, fabio decodes it and checks its Content-MD5, then the image is copied;
 - GE ``.ge .ge1``–``.ge5``: an 8192-byte header, then little-endian uint16 frames of the detector shape, read frame
   by frame at offset ``8192 + k * frame_bytes`` (never the whole file);
 - HDF5 ``.h5 .hdf5 .hdf .nxs`` (h5py; hdf5plugin registers bitshuffle-LZ4, LZ4, Blosc... as in EIGER files): a 2-D
@@ -25,6 +26,7 @@ does not parse), which a watching source retries for a while before it gives up.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -71,10 +73,11 @@ class _Complaints(logging.Handler):
 
 
 @contextmanager
-def _tifffile_complaints():
-    """tifffile logs (and skips) an IFD chain or tag that points past the end of the file instead of raising:
-    collect those errors (not passing them on) so that a truncated TIFF counts as incomplete."""
-    logger = logging.getLogger("tifffile")
+def _complaints(name: str):
+    """tifffile logs (and skips) an IFD chain or tag that points past the end of the file, and fabio logs a CBF
+    whose MD5 does not match its data, instead of raising: collect the errors the library ``name`` logs (not
+    passing them on) so that such a file counts as incomplete."""
+    logger = logging.getLogger(name)
     handler, propagate = _Complaints(), logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
@@ -249,7 +252,7 @@ class _Tiff(ImageFile):
         import tifffile
 
         self.path, self.format = path, "tiff"
-        with _tifffile_complaints() as complaints:
+        with _complaints("tifffile") as complaints:
             self._open(tifffile, path)
             if complaints:
                 self._tif.close()
@@ -308,7 +311,7 @@ class _Tiff(ImageFile):
 class _Cbf(ImageFile):
     def __init__(self, path: Path) -> None:
         try:
-            import fabio
+            from fabio.cbfimage import CbfImage
         except ImportError as exc:  # pragma: no cover - fabio is a dependency
             raise InputError(f"{path}: reading CBF files needs fabio: pip install fabio") from exc
         self.path, self.format = path, "cbf"
@@ -324,15 +327,14 @@ class _Cbf(ImageFile):
             raise IncompleteFile(f"{path}: CBF binary section has {have} of its {need} bytes")
         if raw.find(b"--CIF-BINARY-FORMAT-SECTION----", start + len(_CBF_BINARY_START) + need) < 0:
             raise IncompleteFile(f"{path}: CBF ends before the closing --CIF-BINARY-FORMAT-SECTION---- boundary")
-        try:
-            img = fabio.open(str(path))
-            self._frames = [np.asarray(img.data)]
-            n = int(getattr(img, "nframes", 1) or 1)
-            for k in range(1, n):
-                self._frames.append(np.asarray(img.getframe(k).data))
-        except Exception as exc:
-            raise IncompleteFile(f"{path}: cannot decode CBF ({_reason(exc)})") from exc
-        data = self._frames[0]
+        with _complaints("fabio") as complaints:
+            try:  # decoded from the bytes already read (fabio checks the Content-MD5 when the file has one)
+                data = np.asarray(CbfImage().read(io.BytesIO(raw)).data)
+            except Exception as exc:
+                raise IncompleteFile(f"{path}: cannot decode CBF ({_reason(exc)})") from exc
+        if complaints:
+            raise IncompleteFile(f"{path}: corrupt CBF ({complaints[0]})")
+        self._frames = [data]
         if data.ndim != 2:
             raise InputError(f"{path}: CBF image has shape {data.shape}; expected a 2-D image")
         self.n_frames, self.shape, self.dtype = len(self._frames), tuple(data.shape), data.dtype

@@ -239,3 +239,15 @@ def test_dark_midas_int64_and_sizes_that_fit_no_frame_count(tmp_path):
         load_dark(tmp_path / "bad.ge2", SHAPE)
     msg = str(err.value)
     assert "bad.ge2" in msg and f"{ge_bytes} bytes each" in msg and str(GE_HEADER_BYTES + ge_bytes + 2) in msg
+
+
+@pytest.mark.timeout(30)
+def test_cbf_whose_md5_does_not_match_is_incomplete(tmp_path):
+    frame = stack(1, np.int32)[0] // 4096
+    write_cbf(tmp_path / "p.cbf", frame)
+    raw = bytearray((tmp_path / "p.cbf").read_bytes())
+    start = raw.find(b"\x0c\x1a\x04\xd5") + 4
+    raw[start + 100] ^= 0x01  # one bit flipped in the compressed data: same size, wrong checksum
+    (tmp_path / "p.cbf").write_bytes(bytes(raw))
+    with pytest.raises(IncompleteFile, match=r"p\.cbf: corrupt CBF \(Checksum of binary data mismatch"):
+        open_image(tmp_path / "p.cbf")
