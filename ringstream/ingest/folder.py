@@ -14,8 +14,8 @@ for its close event or for a stable size, like a polled file. Names starting wit
 ``extensions`` (default: every format of :mod:`.formats`) are ignored.
 
 Every file is validated by :func:`~.formats.open_image` before any of its frames is sent. A file that is short or
-does not parse is retried (on its next event and every ``poll_interval``) for ``retry_time`` seconds after the
-first failure, then skipped: one warning naming the file and the reason, counted ``dropped_corrupt_file``. A file
+does not parse is retried (on its next event and every ``poll_interval``) until ``retry_time`` seconds have passed
+since its first failure or its last change of size or mtime, then skipped: one warning naming the file and the reason, counted ``dropped_corrupt_file``. A file
 whose images are not the detector's shape is rejected at once: a warning with the expected and found shapes,
 ``dropped_wrong_shape``. Neither stops the source. A path is processed at most once per run: a file replaced (by
 a rename or a rewrite) after it was read is ignored and counted ``files_repeated`` (the key is the path alone, so
@@ -241,7 +241,10 @@ class FolderSource:
         except ValueError:
             return str(path)
 
-    def _listing(self, folder: Path | None = None) -> list[Path]:
+    def _sorted(self, paths) -> list[Path]:
+        return sorted(paths, key=lambda p: natural_key(self._rel(p)))
+
+    def _listing(self, folder: Path | None = None, sort: bool = True) -> list[Path]:
         """Image files under ``folder`` (default the root), naturally sorted by path under the root."""
         folder = folder or self.root
         found: list[Path] = []
@@ -255,7 +258,7 @@ class FolderSource:
             except OSError as exc:
                 log.warning("%s: cannot list this folder (%s)", folder, exc.strerror or exc)
         found = [p for p in found if self._wanted(p)]
-        return sorted(found, key=lambda p: natural_key(self._rel(p)))
+        return self._sorted(found) if sort else found
 
     def _stat(self, path: Path) -> tuple[int, int] | None:
         try:
@@ -379,14 +382,14 @@ class FolderSource:
                 time.sleep(min(IDLE_TICK_S, max(0.0, next_tick - now)))
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + opts.poll_interval
-                if poll:
-                    for path in self._listing():
-                        if self._key(path) not in st.done and self._key(path) not in st.waiting:
-                            self._seen(path, complete=False)
-                            last_new = time.monotonic()
+                if poll:  # new files of this scan, in natural order (sorting only those: folders grow large)
+                    new = [p for p in self._listing(sort=False)
+                           if self._key(p) not in st.done and self._key(p) not in st.waiting]
+                    for path in self._sorted(new):
+                        self._seen(path, complete=False)
+                        last_new = time.monotonic()
                 self._check_waiting()
-            if not st.queue:
-                yield None
+            yield None  # an idle tick (also while files are retried): the ingest beats its heartbeat
 
     def _check_waiting(self) -> None:
         """Every poll_interval: files with a stable size (and files that failed to parse) are tried again;
@@ -399,6 +402,8 @@ class FolderSource:
                 del st.waiting[key]
                 continue
             if w.failed_since is not None:
+                if w.stat is not None and stat != w.stat:
+                    w.failed_since = now  # still growing: the retry time counts from its last change
                 if now - w.failed_since >= self.opts.retry_time:
                     del st.waiting[key]
                     st.done.add(key)
