@@ -824,7 +824,7 @@ def _folder_cli(a: dict, cli: dict, flags: dict) -> None:
     if a.get("folder_file") is not None:
         cli["source"]["file"] = a["folder_file"]
     if a.get("extensions") is not None:
-        cli["source"]["extensions"] = list(a["extensions"])
+        cli["source"]["extensions"] = [e.strip() for item in a["extensions"] for e in str(item).split(",") if e.strip()]
     for name in ("recursive", "file_count", "idle_timeout", "hdf5_dataset", "watch"):
         if a.get(name) is not None:
             cli["source"][name] = a[name]
