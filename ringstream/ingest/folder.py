@@ -183,6 +183,7 @@ class FolderSource:
                                        "dropped_wrong_shape": 0, "watch_overflows": 0}
         self._state = _State()
         self._watch: _Inotify | None = None
+        self._last_reason = ""
         if options.file:
             self.root = Path(options.file).parent
             path = Path(options.file)
@@ -420,16 +421,13 @@ class FolderSource:
         try:
             f = open_image(path, self.formats)
         except IncompleteFile as exc:
-            w = self._state.waiting.get(self._key(path))
-            if w is not None:
-                w.reason = str(exc)
-            self._last_reason = str(exc)
-            log.debug("%s", exc)
-            return None
+            return self._incomplete(path, str(exc))
         except InputError as exc:
             self.counts["dropped_corrupt_file"] += 1
             log.warning("%s; skipped", exc)
             return False
+        except Exception as exc:  # an unexpected library error: retried like a corrupt file, never fatal
+            return self._incomplete(path, f"{path}: cannot read ({type(exc).__name__}: {exc})")
         if f.shape != self.shape:
             f.close()
             self.counts["dropped_wrong_shape"] += 1
@@ -438,9 +436,17 @@ class FolderSource:
             return False
         return f
 
+    def _incomplete(self, path: Path, reason: str) -> None:
+        w = self._state.waiting.get(self._key(path))
+        if w is not None:
+            w.reason = reason
+        self._last_reason = reason
+        log.debug("%s", reason)
+        return None
+
     def _skip(self, path: Path, reason: str = "") -> None:
         self.counts["dropped_corrupt_file"] += 1
-        reason = reason or getattr(self, "_last_reason", "") or f"{path}: unreadable"
+        reason = reason or self._last_reason or f"{path}: unreadable"
         log.warning("%s; skipped after retrying for %g s", reason, self.opts.retry_time)
 
     def _emit(self, path: Path, f: ImageFile, stop: StopFlag | None, n_sent: int) -> Iterator[SourceFrame]:
