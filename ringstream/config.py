@@ -122,6 +122,7 @@ class WorkersConfig:
     count: int = _opt(2, "int", "worker processes")
     engine: str = _opt("auto", "str", " | ".join(ENGINES))
     gpus: tuple[int, ...] = _opt((), "list[int]", "CUDA devices for GPU workers: worker i uses gpus[i % len]; [] = device 0")
+    batches_in_flight: int = _opt(1, "int", "GPU engine: batches submitted at once, one per CUDA stream (1 = one at a time)")
 
 
 @dataclass(frozen=True)
@@ -589,6 +590,7 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
         out.append(f"{origin[('source', 'kind')]}: [source] kind = {kind!r} needs [source] {needs[kind]}")
     at_least("workers", "count", 1)
     one_of("workers", "engine", ENGINES)
+    at_least("workers", "batches_in_flight", 1)
     if any(g < 0 for g in cfg["workers"]["gpus"]):  # type: ignore[union-attr]
         bad("workers", "gpus", "CUDA device numbers >= 0")
     seen: dict[str, str] = {}

@@ -34,6 +34,7 @@ from ..ingest.process import HeartbeatSender, child_setup
 from ..protocol import FrameHeader, ProtocolError, Result, SlotRelease, frame_array, result_buffers
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from .pipeline import PipelinedLoop
 
 log = logging.getLogger("ringstream.worker")
 
@@ -101,15 +102,20 @@ class _Worker:
             hb.beat(self.snapshot(), state="starting", force=True)
             self.stop = stop
             ready.set()
-            while True:
-                if frames.poll(IDLE_MS, zmq.POLLIN):
-                    if self.batch > 1:
-                        self.handle_many(frames)
-                    else:
-                        self.handle(frames)
-                elif stop.is_set():
-                    break
-                hb.beat(self.snapshot)
+            depth = int(getattr(cfg.workers, "batches_in_flight", 1) or 1)
+            if depth > 1 and hasattr(self.engine, "submit"):
+                log.info("worker-%d: up to %d batches of %d frames in flight", self.index, depth, self.batch)
+                PipelinedLoop(self, depth).run(frames, stop, IDLE_MS)
+            else:
+                while True:
+                    if frames.poll(IDLE_MS, zmq.POLLIN):
+                        if self.batch > 1:
+                            self.handle_many(frames)
+                        else:
+                            self.handle(frames)
+                    elif stop.is_set():
+                        break
+                    hb.beat(self.snapshot)
             hb.beat(self.snapshot(), state="done", force=True)
             log.info("worker-%d: done: integrated %d, rejected %d", self.index, self.counters["integrated"],
                      self.counters["rejected"])

@@ -53,6 +53,48 @@ def slow_worker_run(config, ready, stop, index=0):
     return worker_process.run(config, ready, stop, index=index)
 
 
+class _DeferredEngine:
+    """The reference engine behind the GPU engine's asynchronous API (submit / collect / ready, ``batch`` frames,
+    ``n_streams`` submissions open at most). It reads a submission's frames only when collected, as a device may
+    read them until it is done, so a worker that released slots early would integrate overwritten pixels."""
+
+    def __init__(self, engine, batch=4, n_streams=3):
+        self.engine, self.name, self.batch, self.n_streams = engine, engine.name, batch, n_streams
+        self.open: list = []
+        self.rng = np.random.default_rng(5)
+
+    def integrate(self, frame):
+        return self.engine.integrate(frame)
+
+    def submit(self, frames, want_cake=True):
+        assert 0 < len(frames) <= self.batch and len(self.open) < self.n_streams
+        sub = types_ns(frames=list(frames), want_cake=want_cake,
+                       due=time.monotonic() + float(self.rng.uniform(0, 0.003)))
+        sub.ready = lambda: time.monotonic() >= sub.due
+        self.open.append(sub)
+        return sub
+
+    def collect(self, sub):
+        self.open.remove(sub)
+        time.sleep(max(0.0, sub.due - time.monotonic()))
+        lines, cakes = self.engine.integrate_batch(np.stack(sub.frames))
+        sub.frames = None  # no view of a slot outlives its collection
+        return lines, (cakes if sub.want_cake else None)
+
+
+def types_ns(**kw):
+    import types
+
+    return types.SimpleNamespace(**kw)
+
+
+def deferred_worker_run(config, ready, stop, index=0):
+    """A worker whose engine has the GPU engine's asynchronous API (importable by name for a spawn child)."""
+    real = worker_process.create_engine
+    worker_process.create_engine = lambda *a, **k: _DeferredEngine(real(*a, **k))
+    return worker_process.run(config, ready, stop, index=index)
+
+
 class Pipeline:
     """Writer, workers and ingest as spawn children of this process, plus the events PULL they report to."""
 
@@ -524,3 +566,28 @@ def test_replay_through_copy_threads_bit_exact_in_order(tmp_path, pipelines):
     ingest = pipe.counters("ingest")
     assert ingest["sent"] == n and ingest["received"] == n and ingest["in_flight"] == 0
     assert not any(v for k, v in ingest.items() if k.startswith("dropped_"))
+
+
+def test_pipelined_worker_keeps_batches_in_flight_and_releases_slots_only_when_done(tmp_path, pipelines):
+    # [workers] batches_in_flight = 3 with an engine that reads a batch's slots until it is collected: with a ring
+    # of 6 slots the ingest reuses slots at once, so any early release would show as wrong lineouts or cakes
+    rng = np.random.default_rng(12)
+    stack = rng.integers(1, 30000, size=(9, NZ, NY)).astype(np.uint16)
+    np.save(tmp_path / "stack.npy", stack)
+    n = 120
+    config = setup_run(tmp_path, extra_params="Write2D 1\n",
+                       source={"kind": "replay", "replay_path": str(tmp_path / "stack.npy"), "frames": n},
+                       workers={"batches_in_flight": 3}, transport={"ring_slots": 6})
+    pipe = pipelines(config, n_workers=2, worker_target=deferred_worker_run)
+    codes = pipe.finish()
+    assert_clean_exit(codes)
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+    assert out["source_id"] == [f"stack.npy:{k % 9}" for k in range(n)]
+    engine = ReferenceEngine(load_or_build(config.load_params())[0])
+    refs = [engine.integrate(stack[k]) for k in range(9)]
+    np.testing.assert_allclose(out["I"], np.stack([refs[k % 9][0] for k in range(n)]), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(out["cake"], np.stack([refs[k % 9][1] for k in range(n)]), rtol=1e-6, atol=0)
+    done = [pipe.counters("worker", i).get("integrated", 0) for i in range(2)]
+    assert sum(done) == n
+    assert pipe.counters("writer")["rejected"] == 0
