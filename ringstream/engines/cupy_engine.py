@@ -168,7 +168,7 @@ class Submission:
         self.engine, self.stream, self.n, self.want_cake = engine, stream, n, want_cake
 
     def ready(self) -> bool:
-        return bool(self.engine._events[self.stream].query())
+        return bool(self.engine._events[self.stream].done)
 
 
 class CupyEngine:
