@@ -238,11 +238,17 @@ def read_h5(path) -> dict:
     return out
 
 
-def my_shm_segments() -> list[str]:
+def my_shm_segments(pipe: Pipeline | None = None) -> list[str]:
+    """Frame-ring segments in /dev/shm; with ``pipe``, only those its children created (a ring is named
+    ``ringstream-<creator pid>-<random>``), so rings of other test runs on the same machine do not count."""
     try:
-        return [n for n in os.listdir("/dev/shm") if n.startswith("ringstream-")]
+        names = [n for n in os.listdir("/dev/shm") if n.startswith("ringstream-")]
     except FileNotFoundError:
         return []
+    if pipe is None:
+        return names
+    pids = {str(p.pid) for p in pipe.procs.values()}
+    return [n for n in names if n.split("-")[1] in pids]
 
 
 def assert_clean_exit(codes: dict[str, int]) -> None:
@@ -256,7 +262,6 @@ def test_simulated_two_workers_every_frame_once_in_order(tmp_path, pipelines):
     # paced at 500 Hz (0.4 s), so that the second worker's connection (retried every 100 ms until the ingest binds)
     # is up long before the end and both workers take part
     config = setup_run(tmp_path, source={"rate": 500.0})
-    shm_before = set(my_shm_segments())
     pipe = pipelines(config, n_workers=2)
     codes = pipe.finish()
     assert_clean_exit(codes)
@@ -279,7 +284,7 @@ def test_simulated_two_workers_every_frame_once_in_order(tmp_path, pipelines):
     writer = pipe.counters("writer")
     assert writer["written"] == n and writer["rejected"] == 0 and writer["pending"] == 0
     assert pipe.beats[("writer", 0)].state == "done"
-    assert set(my_shm_segments()) - shm_before == set()
+    assert my_shm_segments(pipe) == []
 
 
 def test_replay_npy_stack_looped_with_cakes(tmp_path, pipelines):
@@ -516,7 +521,6 @@ def forms_ingest_run(config, ready, stop):
 @pytest.mark.parametrize("shared_memory", [True, False], ids=["ring", "inline"])
 def test_fill_and_lease_frames_arrive_intact_and_a_failed_fill_is_counted(tmp_path, shared_memory):
     config = setup_run(tmp_path, transport={"shared_memory": shared_memory, "ring_slots": 4})
-    shm_before = set(my_shm_segments())
     pipe = Pipeline(config, n_workers=2)
     try:
         pipe.start(ingest=False)
@@ -537,7 +541,7 @@ def test_fill_and_lease_frames_arrive_intact_and_a_failed_fill_is_counted(tmp_pa
         sim = SimulatedSource(config.load_params(), dtype="uint16", precompute=False)
         expected = reference_lineouts(config, [sim.make_frame(k) for k in keep])
         np.testing.assert_allclose(out["I"], expected, rtol=1e-5, atol=1e-6)
-        assert set(my_shm_segments()) - shm_before == set()
+        assert my_shm_segments(pipe) == []
     finally:
         assert not pipe.cleanup()
 
