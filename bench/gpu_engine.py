@@ -9,7 +9,9 @@ integrate, copy the lineouts and cakes back into caller-owned arrays; wall clock
 (target >= 0.9); also from pageable memory; (3) GPU-resident throughput in Gpixel/s (``integrate_device`` on frames
 already on the GPU, rotating over several input sets, CUDA events, median; target >= 100 Gpx/s for 2048²) for a
 few ``bmax``; (4) agreement with the float64 reference engine on random frames. Random frames, never zeros.
-Optionally (``--daemon N``) the end-to-end ``ringstream run`` with ``--engine gpu`` on N simulated PILATUS frames.
+Optionally (``--daemon N``) the end-to-end ``ringstream run`` with ``--engine gpu`` on N PILATUS 2M int32 frames
+replayed from an .npy stack (or simulated), for each combination of workers, ingest copy threads and batches in
+flight given, with the frames lost (must be 0) and whether the HDF5 is complete and in order.
 
 Writes ``<out>/gpu_engine-<device>.json`` and prints a table. Run: ``python bench/gpu_engine.py [--out DIR]``.
 """
@@ -232,23 +234,45 @@ def ingest_ceiling(seconds: float = 1.5) -> dict:
     return {"ring_write_fps": round(n / dt, 1), "GB_s": round(n * frame.nbytes / dt / 1e9, 2)}
 
 
-def daemon_run(frames: int, workers: int) -> dict:
-    """End-to-end ``ringstream run --engine gpu`` on simulated PILATUS 2M int32 frames (shm ring)."""
+def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: int = 0,
+               in_flight: int = 1, gpus: str = "") -> dict:
+    """End-to-end ``ringstream run --engine gpu`` on PILATUS 2M int32 frames through the shared-memory ring:
+    ``source`` "replay" (a 32-frame .npy stack of random frames, looped: replay -> ingest -> ring -> GPU workers ->
+    writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per worker,
+    ``gpus`` ("" = device 0). frames/s is the run's own figure (ready -> last frame written); lost = frames the
+    source produced that the HDF5 does not hold."""
+    import h5py
+
     exe = Path(sys.executable).with_name("ringstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ringstream.daemon.cli"]
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "bench-gpu.h5"
-        cmd += ["run", "--param-file", str(REPO / "configs" / "demo-pilatus2m.txt"), "--simulate", str(frames),
-                "--workers", str(workers), "--engine", "gpu", "--output-h5", str(out), "--control", "auto",
-                "--log-level", "WARNING"]
+        cmd += ["run", "--param-file", str(REPO / "configs" / "demo-pilatus2m.txt")]
+        if source == "replay":
+            stack = Path(d) / "replay.npy"
+            np.save(stack, random_frames(np.random.default_rng(9), 32, (1679, 1475), np.int32))
+            cmd += ["--replay", str(stack), "--frames", str(frames)]
+        else:
+            cmd += ["--simulate", str(frames)]
+        cmd += ["--workers", str(workers), "--engine", "gpu", "--output-h5", str(out), "--control", "auto",
+                "--log-level", "WARNING", "--no-zarr", "--copy-threads", str(copy_threads)]
+        if gpus:
+            cmd += ["--gpus", gpus]
+        env = dict(os.environ, RINGSTREAM_WORKERS_BATCHES_IN_FLIGHT=str(in_flight))
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         wall = time.perf_counter() - t0
-    m = COUNTS.search(proc.stderr)
-    if proc.returncode != 0 or not m:
-        return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
-    return {"frames": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)),
-            "wall_s": round(wall, 2), "workers": workers}
+        m = COUNTS.search(proc.stderr)
+        if proc.returncode != 0 or not m:
+            return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+        with h5py.File(out, "r") as f:
+            idx = f["/entry/data/frame_index"][()]
+            complete = bool(f["/entry"].attrs["run_complete"])
+    written = int(m.group(3))
+    return {"source": source, "workers": workers, "copy_threads": copy_threads, "batches_in_flight": in_flight,
+            "gpus": gpus or "0", "frames": frames, "written": written, "lost": frames - written,
+            "in_order": bool(np.array_equal(idx, np.arange(frames))), "run_complete": complete,
+            "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)), "wall_s": round(wall, 2)}
 
 
 def main(argv=None) -> int:
@@ -258,7 +282,11 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--only", default="", help="comma-separated detector names")
     ap.add_argument("--daemon", type=int, default=0, help="also run the daemon end to end on N frames")
-    ap.add_argument("--daemon-workers", default="2", help="comma-separated worker counts for --daemon (2)")
+    ap.add_argument("--daemon-workers", default="1,2", help="comma-separated worker counts for --daemon (1,2)")
+    ap.add_argument("--daemon-source", default="replay", choices=("replay", "simulated"))
+    ap.add_argument("--daemon-copy-threads", default="0", help="comma-separated [transport] copy_threads (0 = auto)")
+    ap.add_argument("--daemon-in-flight", default="1,4", help="comma-separated [workers] batches_in_flight (1,4)")
+    ap.add_argument("--daemon-gpus", default="", help="[workers] gpus for the daemon runs, e.g. 0,1")
     ap.add_argument("--sweep", action="store_true", help="also time chunk sizes 8/16/32 and 2x frames per call")
     args = ap.parse_args(argv)
 
@@ -284,7 +312,9 @@ def main(argv=None) -> int:
     if args.daemon:
         out["ingest_ceiling"] = ingest_ceiling()
         print("ingest ceiling (one ring write per frame, PILATUS 2M int32):", out["ingest_ceiling"], flush=True)
-        out["daemon"] = [daemon_run(args.daemon, int(w)) for w in args.daemon_workers.split(",")]
+        out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus)
+                         for w in args.daemon_workers.split(",") for c in args.daemon_copy_threads.split(",")
+                         for q in args.daemon_in_flight.split(",")]
         for d in out["daemon"]:
             print("daemon:", d, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,12 @@ process standing in for the workers (it releases each slot at once and counts he
 receives EndOfStream). This is the ceiling the ingest puts on the whole daemon, whatever the engine; with
 `--profile` the child runs under cProfile and the top entries are printed, to say where its time goes.
 
-    python bench/ingest_only.py [--frames 3000] [--params configs/demo-pilatus2m.txt] [--profile]
+    python bench/ingest_only.py [--frames 3000] [--params configs/demo-pilatus2m.txt] [--copy-threads 1,4]
+                                [--source simulated|replay] [--profile]
 
-Writes bench/results/ingest_only-<hostname>.json.
+``--copy-threads`` runs once per value (``[transport] copy_threads``: 1 = copy on the ingest's own thread);
+``--source replay`` replays a 16-frame .npy stack of random int32 frames (looped) instead of the simulated source.
+Writes bench/results/ingest_only-<hostname>.json (one row per copy-thread count).
 """
 
 from __future__ import annotations
@@ -48,23 +51,24 @@ def _profiled_ingest(config, ready, stop, out_path):
             pstats.Stats(prof, stream=fh).sort_stats("tottime").print_stats(18)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=3000)
-    ap.add_argument("--params", default=str(REPO / "configs" / "demo-pilatus2m.txt"))
-    ap.add_argument("--slots", type=int, default=32)
-    ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
-    args = ap.parse_args(argv)
-
-    tmp = Path(tempfile.mkdtemp(prefix="ingest-only-"))
+def run_one(args, tmp: Path, threads: int) -> dict:
+    """One ingest run with ``threads`` copy threads; its row of the table."""
+    if args.source == "replay":
+        stack_path = tmp / "replay-stack.npy"
+        if not stack_path.exists():
+            shape = DaemonConfig.from_dict({"run": {"param_file": args.params}}).load_params().shape
+            rng = np.random.default_rng(3)
+            np.save(stack_path, rng.integers(1, 4000, size=(16,) + tuple(shape), dtype=np.int32))
+        source = {"kind": "replay", "replay_path": str(stack_path), "frames": args.frames, "loop": True}
+    else:
+        source = {"kind": "simulated", "frames": args.frames, "dtype": "int32"}
     ep = {k: free_tcp_endpoint() for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
                                            "events_endpoint")}
     config = DaemonConfig.from_dict({
         "run": {"param_file": args.params, "output_h5": str(tmp / "unused.h5")},
-        "source": {"kind": "simulated", "frames": args.frames, "dtype": "int32"},
+        "source": source,
         "workers": {"count": 1, "engine": "cpu"},
-        "transport": dict(ep, ring_slots=args.slots, queue_depth=args.slots),
+        "transport": dict(ep, ring_slots=args.slots, queue_depth=args.slots, copy_threads=threads),
         "logging": {"level": "WARNING"},
     })
     load_or_build(config.load_params())
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
 
     spawn = mp.get_context("spawn")
     ready, stop = spawn.Event(), spawn.Event()
-    prof_path = tmp / "profile.txt"
+    prof_path = tmp / f"profile-{threads}.txt"
     target, extra = (_profiled_ingest, (str(prof_path),)) if args.profile else (ingest_process.run, ())
     child = spawn.Process(target=target, args=(config, ready, stop, *extra), daemon=True)
     child.start()
@@ -110,7 +114,8 @@ def main(argv=None) -> int:
     fps = (n - 1) / (t_end - t_first) if n > 1 else 0.0
     params = config.load_params()
     frame_bytes = int(np.prod(params.shape)) * 4
-    row = {"frames": n, "shape": list(params.shape), "dtype": "int32", "ring_slots": args.slots,
+    row = {"source": args.source, "copy_threads": threads, "frames": n, "shape": list(params.shape),
+           "dtype": "int32", "ring_slots": args.slots,
            "ingest_fps": round(fps, 1), "GB_s": round(fps * frame_bytes / 1e9, 2), "exit_code": child.exitcode}
     # the copy alone, for comparison: one numpy copy of a frame into a preallocated buffer
     a = np.ones(params.shape, np.int32)
@@ -119,22 +124,41 @@ def main(argv=None) -> int:
     for _ in range(50):
         np.copyto(b, a)
     row["copy_only_fps"] = round(50 / (time.perf_counter() - t0), 1)
+    if args.profile and prof_path.exists():
+        row["profile_top"] = prof_path.read_text()
+    for sock in (frames, release, results, events):
+        sock.close(0)
+    ctx.term()
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=3000)
+    ap.add_argument("--params", default=str(REPO / "configs" / "demo-pilatus2m.txt"))
+    ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--copy-threads", default="1", help="comma-separated [transport] copy_threads values (1)")
+    ap.add_argument("--source", choices=("simulated", "replay"), default="simulated")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="ingest-only-"))
+    rows = [run_one(args, tmp, int(t)) for t in args.copy_threads.split(",")]
     machine = {"hostname": socket.gethostname(), "nproc": os.cpu_count(), "python": platform.python_version(),
                "numpy": np.__version__, "pyzmq": zmq.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    print(f"{'frames':>7} {'ingest fps':>11} {'GB/s':>6} {'copy-only fps':>14}")
-    print(f"{n:>7} {row['ingest_fps']:>11} {row['GB_s']:>6} {row['copy_only_fps']:>14}")
-    if args.profile and prof_path.exists():
-        print(prof_path.read_text())
-        row["profile_top"] = prof_path.read_text()
+    print(f"{'source':>9} {'threads':>7} {'frames':>7} {'ingest fps':>11} {'GB/s':>6} {'copy-only fps':>14}")
+    for row in rows:
+        print(f"{row['source']:>9} {row['copy_threads']:>7} {row['frames']:>7} {row['ingest_fps']:>11} "
+              f"{row['GB_s']:>6} {row['copy_only_fps']:>14}")
+        if row.get("profile_top"):
+            print(row["profile_top"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ingest_only-{machine['hostname']}.json"
-    path.write_text(json.dumps({"benchmark": "ingest_only", "machine": machine, "result": row}, indent=2))
+    path.write_text(json.dumps({"benchmark": "ingest_only", "machine": machine, "results": rows}, indent=2))
     print(f"wrote {path}")
-    for s in (frames, release, results, events):
-        s.close(0)
-    ctx.term()
-    return 0 if child.exitcode == 0 else 1
+    return 0 if all(r["exit_code"] == 0 for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -135,6 +135,8 @@ class WorkersConfig:
 
     count: int = _opt(2, "int", "worker processes")
     engine: str = _opt("auto", "str", " | ".join(ENGINES))
+    gpus: tuple[int, ...] = _opt((), "list[int]", "CUDA devices for GPU workers: worker i uses gpus[i % len]; [] = device 0")
+    batches_in_flight: int = _opt(1, "int", "GPU engine: batches submitted at once, one per CUDA stream (1 = one at a time)")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class TransportConfig:
     control_endpoint: str = _opt("tcp://127.0.0.1:5557", "str", "ringstream status / stop")
     shared_memory: bool = _opt(True, "bool", "pass frames through the shared-memory ring (false: inline)")
     ring_slots: int = _opt(32, "int", "frames in flight (shared-memory slots)")
+    copy_threads: int = _opt(0, "int", "ingest threads copying frames into the ring (0 = auto: 1 under 8 CPUs, else CPUs/2, at most 8)")
     queue_depth: int = _opt(32, "int", "ZeroMQ high-water mark of every queue (default: ring_slots)")
 
 
@@ -206,6 +209,8 @@ CLI_FLAGS: dict[str, str] = {
     "source.replay_path": "--replay",
     "workers.count": "--workers",
     "workers.engine": "--engine",
+    "workers.gpus": "--gpus",
+    "transport.copy_threads": "--copy-threads",
     "transport.control_endpoint": "--control-endpoint",
     "transport.shared_memory": "--no-shm",
     "transport.ring_slots": "--ring-slots",
@@ -349,11 +354,13 @@ _NOUN = {
     "str": "a string",
     "list[str]": "a list of strings",
     "list[float]": "a list of numbers",
+    "list[int]": "a list of integers",
 }
 _ENV_NOUN = {
     "bool": "1/0/true/false/yes/no/on/off",
     "list[str]": "comma-separated strings",
     "list[float]": "comma-separated numbers",
+    "list[int]": "comma-separated integers",
 }
 
 
@@ -599,6 +606,9 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
         out.extend(_folder_problems(cfg, origin))
     at_least("workers", "count", 1)
     one_of("workers", "engine", ENGINES)
+    at_least("workers", "batches_in_flight", 1)
+    if any(g < 0 for g in cfg["workers"]["gpus"]):  # type: ignore[union-attr]
+        bad("workers", "gpus", "CUDA device numbers >= 0")
     seen: dict[str, str] = {}
     for key in ENDPOINT_KEYS:
         value = str(cfg["transport"][key])
@@ -614,6 +624,7 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
         seen.setdefault(value, key)
     at_least("transport", "ring_slots", 2)
     at_least("transport", "queue_depth", 1)
+    at_least("transport", "copy_threads", 0)
     for key in ("heartbeat_interval", "heartbeat_timeout", "ready_timeout", "drain_timeout"):
         at_least("supervisor", key, 0, strict=True)
     sup = cfg["supervisor"]
@@ -746,6 +757,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rate", type=float, metavar="HZ", help="[source] rate (0 = as fast as possible)")
     g.add_argument("--workers", type=int, metavar="N", help="worker processes ([workers] count)")
     g.add_argument("--engine", metavar="ENGINE", help="auto, cpu or gpu ([workers] engine)")
+    g.add_argument("--gpus", metavar="LIST", help="CUDA devices for the workers, e.g. 0,1: worker i uses the "
+                                                   "(i mod n)-th ([workers] gpus)")
+    g.add_argument("--copy-threads", type=int, metavar="N", help="ingest copy threads, 0 = auto "
+                                                                 "([transport] copy_threads)")
     g.add_argument("--control-endpoint", metavar="EP", help="[transport] control_endpoint")
     g.add_argument("--no-shm", action="store_true", default=None,
                    help="send pixels inline, not through shared memory ([transport] shared_memory = false)")
@@ -782,6 +797,7 @@ def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict
         "source": ("source", "kind"), "frames": ("source", "frames"), "rate": ("source", "rate"),
         "workers": ("workers", "count"), "engine": ("workers", "engine"),
         "control_endpoint": ("transport", "control_endpoint"), "ring_slots": ("transport", "ring_slots"),
+        "copy_threads": ("transport", "copy_threads"),
         "log_level": ("logging", "level"),
     }
     for name, (section, key) in plain.items():
@@ -789,6 +805,12 @@ def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict
             cli[section][key] = a[name]
     if a.get("no_shm"):
         cli["transport"]["shared_memory"] = False
+    if a.get("gpus") is not None:
+        try:
+            cli["workers"]["gpus"] = list(_from_text(str(a["gpus"]), "list[int]"))  # type: ignore[arg-type]
+        except ValueError:
+            raise ConfigError(f"command line (--gpus): expected comma-separated CUDA device numbers such as 0,1, "
+                              f"got {a['gpus']!r}") from None
     if a.get("simulate") is not None:
         if a.get("source") is not None or a.get("replay") is not None:
             raise ConfigError("command line (--simulate): give one of --simulate, --replay and --source")

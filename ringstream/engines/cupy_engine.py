@@ -158,6 +158,19 @@ def gpu_available() -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
+class Submission:
+    """Frames :meth:`CupyEngine.submit` enqueued on stream ``stream``; ``ready()`` says whether the device is done
+    with them (their host memory may then be released), :meth:`CupyEngine.collect` returns the results."""
+
+    __slots__ = ("engine", "stream", "n", "want_cake")
+
+    def __init__(self, engine, stream: int, n: int, want_cake: bool) -> None:
+        self.engine, self.stream, self.n, self.want_cake = engine, stream, n, want_cake
+
+    def ready(self) -> bool:
+        return bool(self.engine._events[self.stream].done)
+
+
 class CupyEngine:
     """Integrate frames on a CUDA device with CuPy; same interface and numbers as the reference engine.
 
@@ -251,6 +264,9 @@ class CupyEngine:
         self._reg_size: dict[int, int] = {}
         self.copy_threads = max(1, int(copy_threads))
         self._pool = None
+        # the asynchronous API: the stream the next submit() takes, and each stream's uncollected submission
+        self._next_stream = 0
+        self._subs: list[Submission | None] = [None] * self.n_streams
 
     # ------------------------------------------------------------------------------------------------ kernels
     def _row_kernel(self, dtype: np.dtype):
@@ -451,37 +467,98 @@ class CupyEngine:
         ``batch`` frames. Every frame must have the map's shape and all one dtype. On return the frames' memory is
         no longer read (the caller may release it).
         """
-        frames = [check_frame(f, self.shape) for f in frames]
+        frames, dt, pinned = self._prepare_frames(frames)
         n = len(frames)
         lines, cakes = self._outputs(n, out)
         if n == 0:
             return lines, cakes
-        if len({f.dtype.str for f in frames}) != 1:
-            raise InputError("frames: integrate_many needs frames of one dtype")
-        dt = self._device_dtype(frames[0].dtype)
-        frames = [np.ascontiguousarray(f if f.dtype == dt else f.astype(dt)) for f in frames]
-        pinned = [self._is_pinned(f) for f in frames]
         staging = not all(pinned)
         fbytes = self.npix * dt.itemsize
 
         def copy_in(s: int, c0: int, cnt: int, dptr: int, stream) -> None:
-            rt = self._cp.cuda.runtime
-            for k in range(cnt):
-                f = frames[c0 + k]
-                if pinned[c0 + k]:
-                    src = int(f.ctypes.data)
-                else:
-                    stage = self._h_in[s][k * fbytes:(k + 1) * fbytes]
-                    self._stage_copy(stage, f.reshape(-1).view(np.uint8))
-                    src = int(stage.ctypes.data)
-                rt.memcpyAsync(dptr + k * fbytes, src, fbytes, rt.memcpyHostToDevice, stream.ptr)
+            self._copy_frames(frames[c0:c0 + cnt], pinned[c0:c0 + cnt], fbytes, s, dptr, stream)
 
         self._pipeline(n, dt, copy_in, staging, lines, cakes)
+        return lines, cakes
+
+    def _prepare_frames(self, frames) -> tuple[list[np.ndarray], np.dtype, list[bool]]:
+        """Checked frames in the device dtype (C-contiguous), that dtype, and which of them are page-locked."""
+        frames = [check_frame(f, self.shape) for f in frames]
+        if len({f.dtype.str for f in frames}) > 1:
+            raise InputError("frames: integrate_many needs frames of one dtype")
+        dt = self._device_dtype(frames[0].dtype) if frames else np.dtype(np.float64)
+        frames = [np.ascontiguousarray(f if f.dtype == dt else f.astype(dt)) for f in frames]
+        return frames, dt, [self._is_pinned(f) for f in frames]
+
+    def _copy_frames(self, frames, pinned, fbytes: int, s: int, dptr: int, stream) -> None:
+        """Enqueue frame k's host→device copy to ``dptr + k·fbytes`` on ``stream``: straight from page-locked
+        memory, else through stream ``s``'s pinned staging buffer (a host copy done here, before returning)."""
+        rt = self._cp.cuda.runtime
+        for k, f in enumerate(frames):
+            if pinned[k]:
+                src = int(f.ctypes.data)
+            else:
+                stage = self._h_in[s][k * fbytes:(k + 1) * fbytes]
+                self._stage_copy(stage, f.reshape(-1).view(np.uint8))
+                src = int(stage.ctypes.data)
+            rt.memcpyAsync(dptr + k * fbytes, src, fbytes, rt.memcpyHostToDevice, stream.ptr)
+
+    # ------------------------------------------------------------------------------------ asynchronous API
+    def submit(self, frames, want_cake: bool = True) -> Submission:
+        """Enqueue up to ``batch`` separate frames ``[nZ, nY]`` (e.g. ring slots) on the next of the ``n_streams``
+        streams — copy in, the two kernels, the copy of the lineouts (and, with ``want_cake``, the cakes) into that
+        stream's pinned buffers — and return at once. The frames' memory is read until the submission is
+        :meth:`Submission.ready`; :meth:`collect` returns its results. At most ``n_streams`` submissions may be
+        uncollected: a stream is reused only after its last submission was collected (else RuntimeError).
+
+        NumPy equivalent: ``integrate_many(frames)``.
+        """
+        frames, dt, pinned = self._prepare_frames(frames)
+        n = len(frames)
+        if not 0 < n <= self.batch:
+            raise InputError(f"frames: submit takes 1 to {self.batch} frames, got {n}")
+        s = self._next_stream
+        if self._subs[s] is not None:
+            raise RuntimeError(f"stream {s} still holds an uncollected submission; collect it first")
+        self._next_stream = (s + 1) % self.n_streams
+        fbytes = self.npix * dt.itemsize
+        rt = self._cp.cuda.runtime
+        stream = self._streams[s]
+        with self.device:
+            self._ensure_in(s, n * fbytes, staging=not all(pinned))
+            dmem = self._d_in_mem[s]
+            self._copy_frames(frames, pinned, fbytes, s, int(dmem.ptr), stream)
+            d_frames = self._cp.ndarray((n, self.npix), dtype=dt, memptr=dmem)
+            d_cake, d_line = self._d_cake[s], self._d_line[s]
+            self._launch(d_frames, n, d_cake, d_line, stream)
+            if want_cake:
+                rt.memcpyAsync(int(self._h_cake[s].ctypes.data), d_cake.data.ptr, n * self.n_bins * 8,
+                               rt.memcpyDeviceToHost, stream.ptr)
+            rt.memcpyAsync(int(self._h_line[s].ctypes.data), d_line.data.ptr, n * self.n_r * 8,
+                           rt.memcpyDeviceToHost, stream.ptr)
+            self._events[s].record(stream)
+        sub = Submission(self, s, n, bool(want_cake))
+        self._subs[s] = sub
+        return sub
+
+    def collect(self, sub: Submission) -> tuple[np.ndarray, np.ndarray | None]:
+        """Wait for ``sub`` and return (lineouts ``[n, n_r]``, cakes ``[n, n_r, n_eta]`` or None without
+        ``want_cake``), float64 views of the stream's pinned buffers: valid until the next :meth:`submit` on that
+        stream, so copy or encode them before submitting ``n_streams`` more."""
+        s = sub.stream
+        if self._subs[s] is not sub:
+            raise RuntimeError("collect: this submission was already collected")
+        self._events[s].synchronize()
+        self._subs[s] = None
+        lines = self._h_line[s][:sub.n]
+        cakes = self._h_cake[s][:sub.n].reshape(sub.n, self.n_r, self.n_eta) if sub.want_cake else None
         return lines, cakes
 
     def _pipeline(self, n: int, dt: np.dtype, copy_in, staging: bool, lines: np.ndarray, cakes: np.ndarray) -> None:
         """Chunks of ``batch`` frames dealt round-robin to the streams: ``copy_in(s, c0, cnt, device_ptr, stream)``
         enqueues the chunk's host→device copies, then the kernels and the copy-out; results land in lines/cakes."""
+        if any(sub is not None for sub in self._subs):
+            raise RuntimeError("integrate_batch/integrate_many: collect the outstanding submissions first")
         cakes2 = cakes.reshape(n, self.n_bins)
         rt = self._cp.cuda.runtime
         fbytes = self.npix * dt.itemsize

@@ -24,11 +24,13 @@ ENGINE_NAMES = ("auto", "cpu", "gpu")
 GPU_INSTALL_HINT = "pip install 'ringstream[gpu]'"
 
 
-def create_engine(name: str, imap, dark: np.ndarray | None = None, normalize: bool = True) -> Engine:
-    """Return the engine called ``name`` for map ``imap`` (optionally with a dark frame ``[nZ, nY]``).
+def create_engine(name: str, imap, dark: np.ndarray | None = None, normalize: bool = True,
+                  device: int = 0) -> Engine:
+    """Return the engine called ``name`` for map ``imap`` (optionally with a dark frame ``[nZ, nY]``); a GPU engine
+    runs on CUDA device ``device``.
 
-    Raises :class:`~ringstream.errors.ConfigError` for an unknown name, or for ``"gpu"`` when the GPU engine is
-    not available.
+    Raises :class:`~ringstream.errors.ConfigError` for an unknown name, for ``"gpu"`` when the GPU engine is
+    not available, or for a ``device`` this machine does not have.
     """
     key = str(name).strip().lower()
     if key == "cpu":
@@ -46,14 +48,33 @@ def create_engine(name: str, imap, dark: np.ndarray | None = None, normalize: bo
             return ReferenceEngine(imap, dark=dark, normalize=normalize)
         from .cupy_engine import CupyEngine
 
-        eng = CupyEngine(imap, dark=dark, normalize=normalize)
-        log.info("engine: auto -> gpu (CuPy) on %s", eng.device_name)
+        eng = CupyEngine(imap, dark=dark, normalize=normalize, device=_check_device(device))
+        log.info("engine: auto -> gpu (CuPy) on device %d, %s", eng.device_id, eng.device_name)
         return eng
     if key == "gpu":
         # CupyEngine raises ConfigError with the install line without CuPy or a device
         from .cupy_engine import CupyEngine
 
-        eng = CupyEngine(imap, dark=dark, normalize=normalize)
-        log.info("engine: gpu (CuPy) on %s", eng.device_name)
+        eng = CupyEngine(imap, dark=dark, normalize=normalize, device=_check_device(device))
+        log.info("engine: gpu (CuPy) on device %d, %s", eng.device_id, eng.device_name)
         return eng
     raise ConfigError(f"engine {name!r}: unknown engine; expected one of {', '.join(ENGINE_NAMES)}")
+
+
+def _check_device(device: int) -> int:
+    """``device`` when CuPy sees that many CUDA devices, else a ConfigError naming ``[workers] gpus``."""
+    from .cupy_engine import _import_cupy
+
+    n = int(_import_cupy().cuda.runtime.getDeviceCount())
+    device = int(device)
+    if not 0 <= device < n:
+        raise ConfigError(f"[workers] gpus: CUDA device {device} does not exist here; this machine has {n} "
+                          f"(0..{n - 1})")
+    return device
+
+
+def device_for_worker(gpus, index: int) -> int:
+    """The CUDA device of worker ``index`` for ``[workers] gpus``: ``gpus[index % len(gpus)]``, or 0 when empty
+    (several workers may share one GPU)."""
+    gpus = tuple(int(g) for g in (gpus or ()))
+    return gpus[int(index) % len(gpus)] if gpus else 0

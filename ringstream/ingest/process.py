@@ -30,6 +30,7 @@ from ..errors import RingstreamError
 from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotRelease
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from .copier import SlotCopier, auto_threads
 from .sources import Pacer, SlotLease, make_source
 
 log = logging.getLogger("ringstream.ingest")
@@ -77,11 +78,15 @@ class HeartbeatSender:
         self.interval = max(0.01, float(interval))
         self.last = 0.0
 
-    def beat(self, counters: dict, state: str = "running", force: bool = False) -> None:
+    def beat(self, counters, state: str = "running", force: bool = False) -> None:
+        """Send a beat if one is due (or ``force``); ``counters`` is a dict or a function returning one, called
+        only when a beat goes out (so a hot loop can pass its snapshot method for free)."""
         now = time.monotonic()
         if not force and now - self.last < self.interval:
             return
         self.last = now
+        if callable(counters):
+            counters = counters()
         msg = Heartbeat(role=self.role, index=self.index, pid=os.getpid(), state=state, time=time.time(),
                         counters=dict(counters))
         try:
@@ -117,6 +122,7 @@ class _Ingest:
         self.in_flight: dict[int, int] = {}  # slot -> frame_index
         self.ring = None
         self.source = None
+        self.copier = None
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -140,6 +146,12 @@ class _Ingest:
                 attach = getattr(source, "attach_ring", None)
                 if attach is not None:
                     attach(_RingAllocator(self.ring))
+                threads = int(getattr(cfg.transport, "copy_threads", 0) or 0) or auto_threads(os.cpu_count())
+                if threads > 1:
+                    # in flight: at most half the ring, so copied frames never hold every slot
+                    self.copier = SlotCopier(threads, self.copy_into, self.ring.view,
+                                             depth=min(2 * threads, max(1, self.n_slots // 2)))
+                    log.info("ingest: %d copy threads", threads)
             self.source = source
             t = cfg.transport
             self.frames = make_socket(ctx, zmq.PUSH, t.frames_endpoint, bind=True, hwm=self.hwm)
@@ -159,6 +171,8 @@ class _Ingest:
             self.hb.beat(self.snapshot(), state="done", force=True)
             return 0
         finally:
+            if self.copier is not None:
+                self.copier.close()
             source.close()
             ctx.destroy(linger=2000)  # the EOS must reach the writer
             if self.ring is not None:
@@ -184,66 +198,85 @@ class _Ingest:
             if frame is _END:
                 break
             if frame is None:  # the source is waiting for data (a folder with no new file): stay alive
+                self.announce_copies(source.pausable, stop, wait=True)  # frames copied so far go out now
                 self.poll_releases(0)
-                self.hb.beat(self.snapshot())
+                self.hb.beat(self.snapshot)
                 continue
             k += 1
             self.count("received")
             self.poll_releases(0)
-            self.hb.beat(self.snapshot())
+            self.hb.beat(self.snapshot)
             self.publish(frame, source.pausable, stop)
             if stop.is_set():
                 break
+        self.announce_copies(source.pausable, stop, wait=True)  # every accepted frame goes out before the EOS
 
     def publish(self, frame, pausable: bool, stop) -> bool:
         """Put one frame in the ring (or inline) and send its header; False if it was dropped.
 
         The three forms of :class:`~.sources.SourceFrame`: pixels (copied once into a slot), ``fill`` (the source
-        writes into the slot), ``lease`` (already in a slot the source took from the allocator).
+        writes into the slot), ``lease`` (already in a slot the source took from the allocator). With copy threads
+        (:class:`~.copier.SlotCopier`) a pixels or fill frame is handed to them and announced once its copy is done,
+        in source order; a True return then means "accepted", and a fill that fails later is dropped and counted.
         """
-        idx = self.counters["sent"]
         lease = frame.lease
         shape, dtype = frame.frame_shape(), frame.frame_dtype()
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        header = dict(
-            run_id=self.run_id, frame_index=idx, source_id=str(frame.source_id), timestamp=float(frame.timestamp),
-            shape=list(shape), dtype=dtype.str, codec="none", metadata=dict(frame.metadata or {}), nbytes=nbytes,
-        )
         if not self.shm:
             pixels = frame.pixels
             if pixels is None:
                 pixels = np.empty(shape, dtype)
                 if not self.fill(frame, pixels):
                     return False
-            msg = FrameHeader(location="inline", shm_name="", slot=0, offset=0, **header)
+            msg = FrameHeader(location="inline", shm_name="", slot=0, offset=0, **self.header(frame))
             if not self.send(msg, (np.ascontiguousarray(pixels),), pausable, stop):
                 return False
             self.count("sent")
             return True
         if lease is not None:
-            slot = int(lease.slot)
+            self.announce_copies(pausable, stop, wait=True)  # frames before it go first
+            return self.announce(frame, int(lease.slot), pausable, stop)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > self.ring.slot_bytes:
+            self.count("dropped_too_large")
+            log.warning("frame %s: %d bytes do not fit a %d-byte ring slot; dropped",
+                        frame.source_id, nbytes, self.ring.slot_bytes)
+            return False
+        slot = self.acquire(pausable, stop)
+        if slot is None:
+            if not stop.is_set():
+                self.count("dropped_ring_full")
+            return False
+        if self.copier is not None:
+            for job in self.copier.submit(frame, slot):
+                self.announce_job(job, pausable, stop)
+            self.announce_copies(pausable, stop)
+            return True
+        if frame.pixels is not None:
+            self.ring.write(slot, np.asarray(frame.pixels))
         else:
-            if nbytes > self.ring.slot_bytes:
-                self.count("dropped_too_large")
-                log.warning("frame %s: %d bytes do not fit a %d-byte ring slot; dropped",
-                            frame.source_id, nbytes, self.ring.slot_bytes)
+            view = self.ring.view(slot, shape, dtype)
+            ok = self.fill(frame, view)
+            del view
+            if not ok:
+                self.ring.release(slot)
                 return False
-            slot = self.acquire(pausable, stop)
-            if slot is None:
-                if not stop.is_set():
-                    self.count("dropped_ring_full")
-                return False
-            if frame.pixels is not None:
-                self.ring.write(slot, np.asarray(frame.pixels))
-            else:
-                view = self.ring.view(slot, shape, dtype)
-                ok = self.fill(frame, view)
-                del view
-                if not ok:
-                    self.ring.release(slot)
-                    return False
+        return self.announce(frame, slot, pausable, stop)
+
+    def header(self, frame) -> dict:
+        """The FrameHeader fields of ``frame`` as the next frame of the run (its index: frames sent so far)."""
+        shape, dtype = frame.frame_shape(), frame.frame_dtype()
+        return dict(
+            run_id=self.run_id, frame_index=self.counters["sent"], source_id=str(frame.source_id),
+            timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, codec="none",
+            metadata=dict(frame.metadata or {}), nbytes=int(np.prod(shape)) * dtype.itemsize,
+        )
+
+    def announce(self, frame, slot: int, pausable: bool, stop) -> bool:
+        """Send the header of ``frame``, whose pixels are in ``slot``; on failure the slot is free again."""
+        fields = self.header(frame)
+        idx = fields["frame_index"]
         msg = FrameHeader(location="shm", shm_name=self.ring.name, slot=slot, offset=self.ring.slot_offset(slot),
-                          **header)
+                          **fields)
         self.in_flight[slot] = idx
         if not self.send(msg, (), pausable, stop):
             del self.in_flight[slot]
@@ -251,6 +284,29 @@ class _Ingest:
             return False
         self.count("sent")
         return True
+
+    def announce_job(self, job, pausable: bool, stop) -> bool:
+        """Announce a finished copy (or, if it failed, count and log it and free its slot)."""
+        if job.error is not None:
+            self.count("dropped_read_error")
+            log.warning("frame %s: cannot read its pixels (%s); dropped", job.frame.source_id, job.error)
+            self.ring.release(job.slot)
+            return False
+        return self.announce(job.frame, job.slot, pausable, stop)
+
+    def announce_copies(self, pausable: bool, stop, wait: bool = False) -> None:
+        """Announce the copies that are done (``wait``: all of them, waiting for those still running)."""
+        if self.copier is not None:
+            for job in self.copier.done(wait=wait):
+                self.announce_job(job, pausable, stop)
+
+    @staticmethod
+    def copy_into(frame, out: np.ndarray) -> None:
+        """A copy thread's job: the frame's pixels into ``out`` (its slot), from its array or its ``fill``."""
+        if frame.pixels is not None:
+            np.copyto(out, frame.pixels, casting="no")
+        else:
+            frame.fill(out)
 
     def fill(self, frame, out: np.ndarray) -> bool:
         """``frame.fill(out)``; False (logged, counted ``dropped_read_error``) when it raises."""
@@ -268,8 +324,9 @@ class _Ingest:
         while slot is None:
             if not pausable or stop.is_set():
                 return None
+            self.announce_copies(pausable, stop)  # copied frames hold slots until announced
             self.poll_releases(POLL_MS)
-            self.hb.beat(self.snapshot())
+            self.hb.beat(self.snapshot)
             slot = self.ring.acquire()
         return slot
 
@@ -286,7 +343,7 @@ class _Ingest:
                 if stop.is_set():
                     return False
                 self.poll_releases(0)
-                self.hb.beat(self.snapshot())
+                self.hb.beat(self.snapshot)
                 self.frames.poll(POLL_MS, zmq.POLLOUT)
 
     # ------------------------------------------------------------------------------------------- releases
@@ -335,7 +392,7 @@ class _Ingest:
                 return
             if self.poll_releases(POLL_MS):
                 last_progress = time.monotonic()
-            self.hb.beat(self.snapshot())
+            self.hb.beat(self.snapshot)
 
 
 class _RingAllocator:

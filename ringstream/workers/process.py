@@ -26,7 +26,7 @@ import time
 import numpy as np
 import zmq
 
-from ..engines.registry import create_engine
+from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
 from ..ingest.images import load_dark
@@ -34,6 +34,7 @@ from ..ingest.process import HeartbeatSender, child_setup
 from ..protocol import FrameHeader, ProtocolError, Result, SlotRelease, frame_array, result_buffers
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from .pipeline import PipelinedLoop
 
 log = logging.getLogger("ringstream.worker")
 
@@ -79,7 +80,8 @@ class _Worker:
         self.n_r, self.n_eta = int(imap.n_r), int(imap.n_eta)
         dark_path = getattr(cfg.run, "dark", None) or params.Dark
         dark = load_dark(dark_path, self.shape) if dark_path else None
-        self.engine = create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize)
+        device = device_for_worker(getattr(cfg.workers, "gpus", ()), self.index)
+        self.engine = create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device)
         self.engine_name = str(getattr(self.engine, "name", cfg.workers.engine))
         self.write_2d = bool(params.Write2D)
         # an engine with integrate_many (the GPU one) takes up to engine.batch frames from different slots at once
@@ -100,15 +102,20 @@ class _Worker:
             hb.beat(self.snapshot(), state="starting", force=True)
             self.stop = stop
             ready.set()
-            while True:
-                if frames.poll(IDLE_MS, zmq.POLLIN):
-                    if self.batch > 1:
-                        self.handle_many(frames)
-                    else:
-                        self.handle(frames)
-                elif stop.is_set():
-                    break
-                hb.beat(self.snapshot())
+            depth = int(getattr(cfg.workers, "batches_in_flight", 1) or 1)
+            if depth > 1 and hasattr(self.engine, "submit"):
+                log.info("worker-%d: up to %d batches of %d frames in flight", self.index, depth, self.batch)
+                PipelinedLoop(self, depth).run(frames, stop, IDLE_MS)
+            else:
+                while True:
+                    if frames.poll(IDLE_MS, zmq.POLLIN):
+                        if self.batch > 1:
+                            self.handle_many(frames)
+                        else:
+                            self.handle(frames)
+                    elif stop.is_set():
+                        break
+                    hb.beat(self.snapshot)
             hb.beat(self.snapshot(), state="done", force=True)
             log.info("worker-%d: done: integrated %d, rejected %d", self.index, self.counters["integrated"],
                      self.counters["rejected"])
@@ -305,7 +312,7 @@ class _Worker:
             if self.stop.is_set() and now - waited_since > GIVE_UP_S:
                 self.count(f"dropped_{type(msg).__name__.lower()}")
                 return
-            self.hb.beat(self.snapshot())
+            self.hb.beat(self.snapshot)
             sock.poll(IDLE_MS // 2, zmq.POLLOUT)
 
 

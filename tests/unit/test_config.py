@@ -384,7 +384,7 @@ def test_check_config_prints_the_effective_config_and_starts_nothing(tmp_path, s
     assert check_config(args, extra) == 0
     out = capsys.readouterr().out
     data = tomllib.loads(out)  # the report is TOML (the summary is in comments)
-    assert data["workers"] == {"count": 3, "engine": "cpu"} and data["source"]["frames"] == 5
+    assert data["workers"] == {"count": 3, "engine": "cpu", "gpus": [], "batches_in_flight": 1} and data["source"]["frames"] == 5
     assert "# environment (RINGSTREAM_WORKERS_ENGINE)" in out and f"# {toml}:4" in out
     assert "R 4..30 px step 2 (13 bins)" in out
     assert re.search(r"map cache key: [0-9a-f]{64}, not cached", out)
@@ -399,3 +399,26 @@ def test_check_config_prints_the_effective_config_and_starts_nothing(tmp_path, s
     args, extra = parser.parse_known_args(["check-config", "--config", str(toml), "Lsd", "x"])
     assert check_config(args, extra) == 2
     assert "'Lsd'" in capsys.readouterr().err
+
+
+def test_gpus_and_copy_threads_from_every_layer(tmp_path):
+    import argparse
+
+    from ringstream.config import add_config_arguments, config_from_args
+
+    pfile = tmp_path / "p.txt"
+    pfile.write_text("NrPixelsY 8\nNrPixelsZ 8\n")
+    ap = argparse.ArgumentParser()
+    add_config_arguments(ap)
+    args = ap.parse_args(["--param-file", str(pfile), "--gpus", "0,1", "--copy-threads", "6"])
+    cfg = config_from_args(args, env={})
+    assert cfg.workers.gpus == (0, 1) and cfg.transport.copy_threads == 6
+    cfg = config_from_args(ap.parse_args(["--param-file", str(pfile)]),
+                           env={"RINGSTREAM_WORKERS_GPUS": "1, 0, 1", "RINGSTREAM_TRANSPORT_COPY_THREADS": "2"})
+    assert cfg.workers.gpus == (1, 0, 1) and cfg.transport.copy_threads == 2
+    with pytest.raises(ConfigError, match=r"command line \(--gpus\): expected comma-separated CUDA device numbers"):
+        config_from_args(ap.parse_args(["--param-file", str(pfile), "--gpus", "zero"]), env={})
+    with pytest.raises(ConfigError, match=r"\[workers\] gpus: expected CUDA device numbers >= 0"):
+        config_from_args(ap.parse_args(["--param-file", str(pfile), "--gpus", "-1"]), env={})
+    with pytest.raises(ConfigError, match=r"RINGSTREAM_TRANSPORT_COPY_THREADS.*expected an integer"):
+        config_from_args(ap.parse_args(["--param-file", str(pfile)]), env={"RINGSTREAM_TRANSPORT_COPY_THREADS": "x"})

@@ -1,0 +1,142 @@
+"""The pipelined GPU worker loop: several batches of frames in flight on the engine's CUDA streams at once.
+
+The plain batching loop (``_Worker.handle_many``) integrates a batch and waits for it before it takes the next, so
+the host→device copy of batch k+1 never overlaps the kernels and copy-back of batch k, and the worker's own Python
+work (receiving headers, sending results) adds to every batch. Here, with an engine that has ``submit`` /
+``collect`` (:class:`~ringstream.engines.cupy_engine.CupyEngine`), the worker keeps up to ``depth`` batches
+submitted, one per stream; it gathers the next batch from the frames socket while the device works, and finishes a
+batch (releases its ring slots, sends its Results, in frame order within the batch) as soon as the device is done
+with it, oldest first. ``[workers] batches_in_flight`` sets ``depth`` (1: the plain loop).
+
+Frames the batch cannot take (a shape or dtype the map does not fit, a second dtype in one batch) are handled as
+``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import zmq
+
+from ..errors import RingstreamError
+from ..protocol import FrameHeader, ProtocolError
+
+log = logging.getLogger("ringstream.worker")
+
+
+class PipelinedLoop:
+    """Drives ``worker`` (a ``_Worker``: its ``pixels``, ``release_slot``, ``send_result``, ``engine``) with up to
+    ``depth`` submitted batches of at most ``engine.batch`` frames."""
+
+    def __init__(self, worker, depth: int) -> None:
+        self.w = worker
+        self.engine = worker.engine
+        self.depth = max(1, min(int(depth), int(getattr(self.engine, "n_streams", depth))))
+        self.batch = max(1, int(getattr(self.engine, "batch", 1)))
+        self.want_cake = bool(worker.write_2d)
+        self.inflight: deque = deque()  # (submission or None, [[header, t_start, pixels, reason], ...])
+
+    def run(self, sock, stop, idle_ms: int) -> None:
+        """Until ``stop`` is set and nothing is waiting or in flight."""
+        w = self.w
+        while True:
+            # wait for input only when the device has nothing of ours to finish
+            timeout = 0 if self.inflight else idle_ms
+            if sock.poll(timeout, zmq.POLLIN):
+                got = self.gather(sock)
+                if got:
+                    if len(self.inflight) >= self.depth:
+                        self.finish(self.inflight.popleft())
+                    self.start(got)
+            elif self.inflight:
+                sub = self.inflight[0][0]
+                if sub is None or sub.ready() or not sock.poll(1, zmq.POLLIN):
+                    self.finish(self.inflight.popleft())
+                del sub
+            elif stop.is_set():
+                return
+            while self.inflight and (self.inflight[0][0] is None or self.inflight[0][0].ready()):
+                self.finish(self.inflight.popleft())
+            w.hb.beat(w.snapshot)
+
+    def gather(self, sock) -> list:
+        """Every frame header waiting, up to ``batch``, each with its pixels (a view of its slot) or a reason."""
+        w = self.w
+        got: list = []
+        while len(got) < self.batch:
+            try:
+                msg, buffers = w_recv(sock)
+            except zmq.Again:
+                break
+            except ProtocolError as exc:
+                w.rejects.record(exc)
+                continue
+            if not isinstance(msg, FrameHeader):
+                w.rejects.record(ProtocolError("unknown_type",
+                                               f"unexpected {type(msg).__name__} message on the frames socket"))
+                continue
+            t_start = time.time()
+            try:
+                got.append([msg, t_start, w.pixels(msg, buffers), ""])
+            except RingstreamError as exc:
+                got.append([msg, t_start, None, str(exc)])
+        return got
+
+    def start(self, got: list) -> None:
+        """Submit the usable frames of ``got`` of its first usable dtype; queue the batch to be finished."""
+        usable = [g for g in got if g[2] is not None]
+        together = [g for g in usable if g[2].dtype == usable[0][2].dtype] if usable else []
+        sub = None
+        if together:
+            try:
+                sub = self.engine.submit([g[2] for g in together], want_cake=self.want_cake)
+            except Exception:  # find the frame(s) at fault one by one in finish(), as handle_many does
+                log.debug("worker-%d: submit of %d frames failed; integrating one by one", self.w.index,
+                          len(together), exc_info=True)
+                sub = None
+        self.inflight.append((sub, got, together if sub is not None else []))
+
+    def finish(self, item) -> None:
+        """Collect a submitted batch (or integrate its frames one by one), release its slots, send its Results."""
+        sub, got, together = item
+        w = self.w
+        results: dict[int, tuple] = {}
+        if sub is not None:
+            t0 = time.perf_counter()
+            lines, cakes = self.engine.collect(sub)
+            t_int = (time.perf_counter() - t0) / max(1, len(together))
+            for i, g in enumerate(together):
+                results[id(g)] = (lines[i], cakes[i] if cakes is not None else None, t_int)
+        for g in got:
+            if g[2] is None or id(g) in results:
+                continue
+            t0 = time.perf_counter()
+            try:
+                lineout, cake = self.engine.integrate(g[2])
+                results[id(g)] = (lineout, cake, time.perf_counter() - t0)
+            except RingstreamError as exc:
+                g[3] = str(exc)
+            except Exception as exc:  # an engine failure on one frame must never kill the worker
+                g[3] = f"frame {g[0].frame_index}: engine {w.engine_name} failed: {type(exc).__name__}: {exc}"
+                log.exception("worker-%d: frame %d", w.index, g[0].frame_index)
+        for g in got:
+            g[2] = None  # drop the views of the slots before releasing them
+        for g in got:
+            if g[0].location == "shm":
+                w.release_slot(g[0])
+        # the results are views of the stream's pinned buffers: send_result encodes them before the stream is reused
+        for g in got:
+            msg, t_start, _, reason = g
+            lineout, cake, t = results.get(id(g), (None, None, 0.0))
+            timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
+                       "integrate": t, "total": time.time() - t_start}
+            w.send_result(msg, reason, lineout, cake, timings)
+
+
+def w_recv(sock):
+    """One message from ``sock`` without waiting (zmq.Again when none)."""
+    from ..transport.sockets import recv_message
+
+    return recv_message(sock, flags=zmq.NOBLOCK)
