@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -184,6 +185,7 @@ class FolderSource:
         self._state = _State()
         self._watch: _Inotify | None = None
         self._last_reason = ""
+        self._open_files: set[_OpenFile] = set()
         if options.file:
             self.root = Path(options.file).parent
             path = Path(options.file)
@@ -450,21 +452,24 @@ class FolderSource:
         log.warning("%s; skipped after retrying for %g s", reason, self.opts.retry_time)
 
     def _emit(self, path: Path, f: ImageFile, stop: StopFlag | None, n_sent: int) -> Iterator[SourceFrame]:
-        """The frames of the open file ``f`` as fill frames; closes it."""
+        """The frames of the open file ``f`` as fill frames. The file is closed once every frame yielded has been
+        filled (the ingest may fill on copy threads after this generator has moved on), or at :meth:`close`."""
         rel = self._rel(path)
         try:
             mtime = path.stat().st_mtime
         except OSError:
             mtime = time.time()
+        handle = _OpenFile(f, self._open_files)
         try:
             for k in range(f.n_frames):
                 if stopped(stop) or (self.opts.frames and n_sent + k >= self.opts.frames):
                     return
+                handle.expect()
                 yield SourceFrame(None, f.frame_id(k, rel), mtime, {"file": rel, "frame": k},
-                                  fill=_Fill(f, k), shape=f.shape, dtype=f.dtype)
+                                  fill=_Fill(handle, k), shape=f.shape, dtype=f.dtype)
             self.counts["files_done"] += 1
         finally:
-            f.close()
+            handle.all_yielded()
 
     def counters(self) -> dict[str, int]:
         """The source's counters (module docstring)."""
@@ -476,18 +481,59 @@ class FolderSource:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+        for handle in list(self._open_files):
+            handle.f.close()
+        self._open_files.clear()
+
+
+class _OpenFile:
+    """An open file and the fills still to come: closed when the generator is done with it and every frame it
+    yielded has been filled (or failed). ``registry``: the source's set of open files (closed at its close)."""
+
+    def __init__(self, f: ImageFile, registry: set) -> None:
+        self.f, self.registry = f, registry
+        self.pending = 0  # frames yielded and not yet filled
+        self.yielded_all = False
+        self.lock = threading.Lock()
+        registry.add(self)
+
+    def expect(self) -> None:
+        with self.lock:
+            self.pending += 1
+
+    def filled(self) -> None:
+        with self.lock:
+            self.pending -= 1
+            last = self.yielded_all and self.pending <= 0
+        if last:
+            self._close()
+
+    def all_yielded(self) -> None:
+        with self.lock:
+            self.yielded_all = True
+            last = self.pending <= 0
+        if last:
+            self._close()
+
+    def _close(self) -> None:
+        self.f.close()
+        self.registry.discard(self)
 
 
 class _Fill:
-    """``fill(out)`` for frame ``k`` of an open file (a callable the ingest calls with the ring slot)."""
+    """``fill(out)`` for frame ``k`` of an open file (a callable the ingest calls with the ring slot, possibly on a
+    copy thread)."""
 
-    __slots__ = ("f", "k")
+    __slots__ = ("handle", "k")
 
-    def __init__(self, f: ImageFile, k: int) -> None:
-        self.f, self.k = f, k
+    def __init__(self, handle: _OpenFile, k: int) -> None:
+        self.handle, self.k = handle, k
 
     def __call__(self, out: np.ndarray) -> None:
-        self.f.read_into(self.k, out)
+        try:
+            self.handle.f.read_into(self.k, out)
+        finally:
+            self.handle.filled()
 
 
 def parse_shape(text: str) -> tuple[int, int] | None:

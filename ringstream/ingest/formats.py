@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,16 +128,31 @@ def _reason(exc: BaseException) -> str:
 
 
 class ImageFile:
-    """An open image file: ``n_frames`` frames of ``shape`` and ``dtype``; ``read_into(k, out)``; ``close()``."""
+    """An open image file: ``n_frames`` frames of ``shape`` and ``dtype``; ``read_into(k, out)``; ``close()``.
 
-    path: Path
+    Thread-safe: reads (and the close) of one file take its lock in turn, so the ingest's copy threads may fill
+    slots from several frames of a file at once; different files are read in parallel.
+    """
+
     format: str = ""
     n_frames: int = 0
     shape: tuple[int, int] = (0, 0)
     dtype: np.dtype = np.dtype("uint16")
 
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.format = path, fmt
+        self._lock = threading.Lock()
+        self.closed = False
+
     def read_into(self, k: int, out: np.ndarray) -> None:
         """Write frame ``k`` into ``out`` (writable, C-contiguous, ``shape`` and ``dtype``)."""
+        self._check(k, out)
+        with self._lock:
+            if self.closed:
+                raise InputError(f"{self.path}: cannot read frame {k}: the file was closed")
+            self._read(k, out)
+
+    def _read(self, k: int, out: np.ndarray) -> None:
         raise NotImplementedError
 
     def read(self, k: int) -> np.ndarray:
@@ -151,6 +167,13 @@ class ImageFile:
         return name if self.n_frames == 1 else f"{name}:{k}"
 
     def close(self) -> None:
+        """Close the file (once; later reads raise InputError)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._close()
+
+    def _close(self) -> None:
         pass
 
     def __enter__(self) -> ImageFile:
@@ -171,7 +194,7 @@ class _Binary(ImageFile):
     """Frames at ``offset + k * frame_bytes`` of a plain file (GE, raw, npy): ``readinto`` straight into ``out``."""
 
     def __init__(self, path: Path, fmt: str, offset: int, shape, dtype, what: str) -> None:
-        self.path, self.format = path, fmt
+        super().__init__(path, fmt)
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(dtype)
         self.offset = int(offset)
@@ -185,8 +208,7 @@ class _Binary(ImageFile):
         self.n_frames = body // self.frame_bytes
         self._fh = open(path, "rb", buffering=0)
 
-    def read_into(self, k: int, out: np.ndarray) -> None:
-        self._check(k, out)
+    def _read(self, k: int, out: np.ndarray) -> None:
         self._fh.seek(self.offset + k * self.frame_bytes)
         view = memoryview(out.reshape(-1).view(np.uint8))
         got = 0
@@ -197,7 +219,7 @@ class _Binary(ImageFile):
                                      "bytes)")
             got += n
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._fh.close()
 
 
@@ -251,7 +273,7 @@ class _Tiff(ImageFile):
     def __init__(self, path: Path) -> None:
         import tifffile
 
-        self.path, self.format = path, "tiff"
+        super().__init__(path, "tiff")
         with _complaints("tifffile") as complaints:
             self._open(tifffile, path)
             if complaints:
@@ -297,14 +319,13 @@ class _Tiff(ImageFile):
             self._tif.close()
             raise
 
-    def read_into(self, k: int, out: np.ndarray) -> None:
-        self._check(k, out)
+    def _read(self, k: int, out: np.ndarray) -> None:
         try:
             self._pages[k].asarray(out=out)
         except Exception as exc:
             raise IncompleteFile(f"{self.path}: cannot decode TIFF page {k} ({_reason(exc)})") from exc
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._tif.close()
 
 
@@ -314,7 +335,7 @@ class _Cbf(ImageFile):
             from fabio.cbfimage import CbfImage
         except ImportError as exc:  # pragma: no cover - fabio is a dependency
             raise InputError(f"{path}: reading CBF files needs fabio: pip install fabio") from exc
-        self.path, self.format = path, "cbf"
+        super().__init__(path, "cbf")
         with open(path, "rb") as fh:
             raw = fh.read()
         start = raw.find(_CBF_BINARY_START)
@@ -339,11 +360,10 @@ class _Cbf(ImageFile):
             raise InputError(f"{path}: CBF image has shape {data.shape}; expected a 2-D image")
         self.n_frames, self.shape, self.dtype = len(self._frames), tuple(data.shape), data.dtype
 
-    def read_into(self, k: int, out: np.ndarray) -> None:
-        self._check(k, out)
+    def _read(self, k: int, out: np.ndarray) -> None:
         out[...] = self._frames[k]
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._frames = []
 
 
@@ -355,7 +375,7 @@ class _Hdf5(ImageFile):
             import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4/Blosc/... filters with HDF5)
         except ImportError:  # pragma: no cover - hdf5plugin is a dependency
             pass
-        self.path, self.format = path, "hdf5"
+        super().__init__(path, "hdf5")
         try:
             self._h5 = h5py.File(path, "r")
         except Exception as exc:
@@ -407,8 +427,7 @@ class _Hdf5(ImageFile):
         key = "[source] hdf5_dataset " + repr(where) if where else " or ".join(HDF5_DATASET_PATHS)
         raise InputError(f"{self.path}: no 2-D or 3-D image dataset at {key}")
 
-    def read_into(self, k: int, out: np.ndarray) -> None:
-        self._check(k, out)
+    def _read(self, k: int, out: np.ndarray) -> None:
         j = int(np.searchsorted(self._starts, k, side="right")) - 1
         ds = self._parts[j]
         try:
@@ -419,7 +438,7 @@ class _Hdf5(ImageFile):
         except Exception as exc:
             raise IncompleteFile(f"{self.path}: cannot read frame {k} of {ds.name} ({_reason(exc)})") from exc
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._parts = []
         self._h5.close()
 

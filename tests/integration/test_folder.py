@@ -129,7 +129,8 @@ def wait_written(d: Daemon, n: int, timeout: float = 20) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_every_format_arrives_bit_exact_in_natural_order(tmp_path, daemons, monkeypatch):
+@pytest.mark.parametrize("copy_threads", [1, 3], ids=["ingest-thread", "3-copy-threads"])
+def test_every_format_arrives_bit_exact_in_natural_order(tmp_path, daemons, monkeypatch, copy_threads):
     from fabio.cbfimage import CbfImage
 
     params, folder = setup(tmp_path)
@@ -150,10 +151,12 @@ def test_every_format_arrives_bit_exact_in_natural_order(tmp_path, daemons, monk
     np.save(folder / "img_9.npy", npy)
     (folder / "notes.txt").write_text("not an image")
     make_old(*folder.iterdir())
+    monkeypatch.setenv("RINGSTREAM_TRANSPORT_COPY_THREADS", str(copy_threads))  # 3: files read on copy threads
     monkeypatch.setenv("RINGSTREAM_SOURCE_RAW_DTYPE", "<i4")
     monkeypatch.setenv("RINGSTREAM_SOURCE_RAW_HEADER", "64")
     d = daemons(run_args(params, "--folder", folder, "--idle-timeout", 1.0), tmp_path)
     received, integrated, written, rejected, dropped = finish(d)
+    assert ("ingest: 3 copy threads" in d.stderr) == (copy_threads == 3), d.stderr
     want_ids = (["img_1.tif", "img_2.tiff:0", "img_2.tiff:1", "img_3.cbf"] + [f"img_4.ge2:{k}" for k in range(3)]
                 + [f"img_5.h5:{k}" for k in range(3)] + ["img_9.npy:0", "img_9.npy:1", "img_10.bin:0", "img_10.bin:1"])
     assert (received, written, rejected, dropped) == (len(want_ids), len(want_ids), 0, 0)

@@ -205,3 +205,27 @@ def test_option_parsing():
     assert parse_shape("2048x1024") == (2048, 1024) and parse_shape("") is None
     with pytest.raises(ConfigError, match=r"raw_shape: expected ROWSxCOLS"):
         parse_shape("2048")
+
+
+@pytest.mark.timeout(20)
+def test_fills_on_threads_after_the_generator_moved_on(tmp_path):
+    """The ingest's copy threads may fill frames later, in any order, several of one file at once: every frame
+    still reads its own pixels, and each file is closed once all its frames are filled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stacks = {f"m_{j}.npy": np.stack([image(10 * j + k) for k in range(4)]) for j in range(3)}
+    for name, data in stacks.items():
+        np.save(tmp_path / name, data)
+    old(*tmp_path.iterdir())
+    src = source(tmp_path, count=3)
+    frames = [f for f in src.frames(threading.Event()) if f is not None]  # all yielded before any fill
+    assert len(src._open_files) == 3
+    outs = [np.empty(f.shape, f.dtype) for f in frames]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: frames[i].fill(outs[i]), reversed(range(len(frames)))))
+    for f, out in zip(frames, outs, strict=True):
+        name, k = f.source_id.split(":")
+        np.testing.assert_array_equal(out, stacks[name][int(k)])
+    assert len(src._open_files) == 0  # every file closed by its last fill
+    src.close()
+
