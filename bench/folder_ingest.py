@@ -230,6 +230,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
     rows = []
+    load_at_start = list(os.getloadavg())  # the box is shared: say how busy it was
     root = Path(tempfile.mkdtemp(prefix="folder-ingest-"))
     try:
         for case in args.cases.split(","):
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     machine = {"hostname": socket.gethostname(), "nproc": os.cpu_count(), "python": platform.python_version(),
-               "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+               "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())}
     for mod in ("tifffile", "fabio", "h5py", "hdf5plugin"):
         m = __import__(mod)
         machine[mod] = getattr(m, "__version__", None) or str(getattr(m, "version", ""))
