@@ -15,7 +15,7 @@ Every file is read once before timing, so it is in the page cache. Two rates per
   child, every ring slot released the moment its header arrives here (as ``bench/ingest_only.py`` does): the rate
   at which the folder source can feed the daemon, whatever the engine.
 
-    python bench/folder_ingest.py [--files 64] [--cases tiff,cbf,hdf5,ge] [--repeat 3] [--profile]
+    python bench/folder_ingest.py [--files N] [--cases tiff,cbf,hdf5,ge] [--repeat 5] [--profile]
 
 Each rate is the median of ``--repeat`` runs (the runs are in the JSON too).
 
@@ -67,6 +67,10 @@ CASES = {
     "hdf5": (2048, 2048, np.uint32, "2048x2048 uint32 HDF5 bitshuffle-LZ4, multi-frame"),
     "ge": (2048, 2048, np.uint16, "2048x2048 uint16 GE .ge2, multi-frame"),
 }
+
+
+#: frames per case by default: enough that one timed pass lasts ~0.1 s or more on the 2-core VM
+DEFAULT_FRAMES = {"tiff": 128, "cbf": 96, "hdf5": 128, "ge": 256}
 
 
 def make_frames(shape, dtype, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -222,10 +226,11 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", type=int, default=64, help="files (tiff, cbf) or frames (hdf5, ge) per case")
+    ap.add_argument("--files", type=int, default=0, help="files (tiff, cbf) or frames (hdf5, ge) per case "
+                    f"(default {DEFAULT_FRAMES})")
     ap.add_argument("--cases", default="tiff,cbf,hdf5,ge")
     ap.add_argument("--slots", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")
     ap.add_argument("--profile", action="store_true", help="print where the ingest child's time goes")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
@@ -239,7 +244,7 @@ def main(argv=None) -> int:
             folder.mkdir()
             params = root / f"{case}.txt"
             params.write_text(PARAMS.format(ny=ny, nz=nz, bcy=ny / 2, bcz=nz / 2))
-            n = write_case(case, folder, args.files)
+            n = write_case(case, folder, args.files or DEFAULT_FRAMES[case])
             disk = warm(folder)
             reader_rate(folder, (nz, ny))  # once more: warm imports and caches
             reads = [reader_rate(folder, (nz, ny)) for _ in range(args.repeat)]

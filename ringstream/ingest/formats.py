@@ -9,8 +9,8 @@ the format allows it (uncompressed TIFF strips, GE, raw, npy, HDF5 ``read_direct
 Formats (by extension, case-insensitive):
 
 - TIFF ``.tif .tiff`` (tifffile): one image per page;
-- CBF ``.cbf`` (fabio; PILATUS byte-offset, one image per file): the binary section's size and closing boundary
-  are checked, fabio decodes it and checks its Content-MD5, then the image is copied;
+- CBF ``.cbf`` (PILATUS byte-offset, one image per file): the binary section's size, closing boundary and
+  Content-MD5 are checked at open; fabio's byte-offset decoder decodes it when it is read, then it is copied;
 - GE ``.ge .ge1``–``.ge5``: an 8192-byte header, then little-endian uint16 frames of the detector shape, read frame
   by frame at offset ``8192 + k * frame_bytes`` (never the whole file);
 - HDF5 ``.h5 .hdf5 .hdf .nxs`` (h5py; hdf5plugin registers bitshuffle-LZ4, LZ4, Blosc... as in EIGER files): a 2-D
@@ -26,7 +26,8 @@ does not parse), which a watching source retries for a while before it gives up.
 
 from __future__ import annotations
 
-import io
+import base64
+import hashlib
 import logging
 import os
 import re
@@ -56,7 +57,10 @@ GE_HEADER_BYTES = 8192
 HDF5_DATASET_PATHS = ("/entry/data/data", "/entry/instrument/detector/data", "/data")
 
 _CBF_BINARY_START = b"\x0c\x1a\x04\xd5"
-_CBF_SIZE = re.compile(rb"X-Binary-Size:\s*(\d+)")
+_CBF_KEY = re.compile(rb"(X-Binary-[A-Za-z-]+|Content-MD5|conversions)\s*[:=]\s*([^\r\n;]+)")
+#: CBF element types read, and their numpy types
+_CBF_TYPES = {"signed 32-bit integer": "<i4", "unsigned 32-bit integer": "<u4", "signed 16-bit integer": "<i2",
+              "unsigned 16-bit integer": "<u2", "signed 8-bit integer": "i1", "unsigned 8-bit integer": "u1"}
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -75,9 +79,8 @@ class _Complaints(logging.Handler):
 
 @contextmanager
 def _complaints(name: str):
-    """tifffile logs (and skips) an IFD chain or tag that points past the end of the file, and fabio logs a CBF
-    whose MD5 does not match its data, instead of raising: collect the errors the library ``name`` logs (not
-    passing them on) so that such a file counts as incomplete."""
+    """tifffile logs (and skips) an IFD chain or tag that points past the end of the file instead of raising:
+    collect the errors the library ``name`` logs (not passing them on) so that such a file counts as incomplete."""
     logger = logging.getLogger(name)
     handler, propagate = _Complaints(), logger.propagate
     logger.addHandler(handler)
@@ -330,41 +333,64 @@ class _Tiff(ImageFile):
 
 
 class _Cbf(ImageFile):
+    """A CBF file (one image): the MIME header of its binary section is parsed here, the data checked (size,
+    closing boundary, Content-MD5 when present) at open, and decoded (fabio's byte-offset decoder) when read, so that
+    on copy threads several files decode at once."""
+
     def __init__(self, path: Path) -> None:
         try:
-            from fabio.cbfimage import CbfImage
+            from fabio.compression import decByteOffset
         except ImportError as exc:  # pragma: no cover - fabio is a dependency
             raise InputError(f"{path}: reading CBF files needs fabio: pip install fabio") from exc
         super().__init__(path, "cbf")
+        self._decode = decByteOffset
         with open(path, "rb") as fh:
             raw = fh.read()
         start = raw.find(_CBF_BINARY_START)
-        m = _CBF_SIZE.search(raw, 0, start if start >= 0 else len(raw))
-        if start < 0 or m is None:
-            raise IncompleteFile(f"{path}: no CBF binary section (X-Binary-Size and the binary start marker)")
-        need = int(m.group(1))
-        have = len(raw) - start - len(_CBF_BINARY_START)
+        if start < 0:
+            raise IncompleteFile(f"{path}: no CBF binary section (no binary start marker)")
+        head = raw[raw.rfind(b"--CIF-BINARY-FORMAT-SECTION--", 0, start) + 1:start]
+        keys = {k.decode("latin1").lower(): v.decode("latin1").strip()
+                for k, v in _CBF_KEY.findall(head)}
+        if "x-binary-size" not in keys:
+            raise IncompleteFile(f"{path}: CBF binary section without X-Binary-Size")
+        need = int(keys["x-binary-size"])
+        begin = start + len(_CBF_BINARY_START)
+        have = len(raw) - begin
         if have < need:
             raise IncompleteFile(f"{path}: CBF binary section has {have} of its {need} bytes")
-        if raw.find(b"--CIF-BINARY-FORMAT-SECTION----", start + len(_CBF_BINARY_START) + need) < 0:
+        if raw.find(b"--CIF-BINARY-FORMAT-SECTION----", begin + need) < 0:
             raise IncompleteFile(f"{path}: CBF ends before the closing --CIF-BINARY-FORMAT-SECTION---- boundary")
-        with _complaints("fabio") as complaints:
-            try:  # decoded from the bytes already read (fabio checks the Content-MD5 when the file has one)
-                data = np.asarray(CbfImage().read(io.BytesIO(raw)).data)
-            except Exception as exc:
-                raise IncompleteFile(f"{path}: cannot decode CBF ({_reason(exc)})") from exc
-        if complaints:
-            raise IncompleteFile(f"{path}: corrupt CBF ({complaints[0]})")
-        self._frames = [data]
-        if data.ndim != 2:
-            raise InputError(f"{path}: CBF image has shape {data.shape}; expected a 2-D image")
-        self.n_frames, self.shape, self.dtype = len(self._frames), tuple(data.shape), data.dtype
+        conversion = keys.get("conversions", "").strip('"').lower()
+        if conversion != "x-cbf_byte_offset":
+            raise InputError(f"{path}: CBF compression {conversion or '(none)'!r} is not supported "
+                             "(x-CBF_BYTE_OFFSET is)")
+        element = keys.get("x-binary-element-type", "").strip('"').lower()
+        if element not in _CBF_TYPES:
+            raise InputError(f"{path}: CBF element type {element!r} is not supported ({', '.join(_CBF_TYPES)})")
+        try:
+            cols = int(keys["x-binary-size-fastest-dimension"])
+            rows = int(keys["x-binary-size-second-dimension"])
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{path}: CBF without X-Binary-Size-Fastest/Second-Dimension") from exc
+        self._stream = raw[begin:begin + need]
+        md5 = keys.get("content-md5")
+        if md5 and base64.b64encode(hashlib.md5(self._stream).digest()).decode("ascii") != md5:
+            raise IncompleteFile(f"{path}: corrupt CBF (Content-MD5 {md5} does not match its data)")
+        self.n_frames, self.shape, self.dtype = 1, (rows, cols), np.dtype(_CBF_TYPES[element])
 
     def _read(self, k: int, out: np.ndarray) -> None:
-        out[...] = self._frames[k]
+        n = self.shape[0] * self.shape[1]
+        try:
+            data = self._decode(self._stream, size=n, dtype="int32" if self.dtype == np.int32 else "int64")
+        except Exception as exc:
+            raise IncompleteFile(f"{self.path}: cannot decode CBF ({_reason(exc)})") from exc
+        if data.size != n:
+            raise IncompleteFile(f"{self.path}: CBF data decodes to {data.size} pixels, expected {n}")
+        np.copyto(out, data.reshape(self.shape), casting="unsafe")
 
     def _close(self) -> None:
-        self._frames = []
+        self._stream = b""
 
 
 class _Hdf5(ImageFile):
