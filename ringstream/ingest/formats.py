@@ -382,7 +382,7 @@ class _Cbf(ImageFile):
     def _read(self, k: int, out: np.ndarray) -> None:
         n = self.shape[0] * self.shape[1]
         try:
-            data = self._decode(self._stream, size=n, dtype="int32" if self.dtype == np.int32 else "int64")
+            data = np.asarray(self._decode(self._stream, size=n, dtype="int32" if self.dtype == np.int32 else "int64"))
         except Exception as exc:
             raise IncompleteFile(f"{self.path}: cannot decode CBF ({_reason(exc)})") from exc
         if data.size != n:

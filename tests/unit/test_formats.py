@@ -70,7 +70,7 @@ def test_compressed_tiff_bit_exact(tmp_path):
 def test_cbf_byte_offset_bit_exact(tmp_path):
     frame = stack(1, np.int32)[0] // 4096  # PILATUS counts, with negative (masked) pixels
     frame[0, :5] = -1
-    frame[1, :4] = (2**31 - 1, -(2**31), 0, 2**31 - 1)  # jumps that need the byte-offset 32-bit escape
+    frame[1, :4] = (2**24, -(2**24), 0, 2**30)  # jumps that need the byte-offset 32-bit escape
     write_cbf(tmp_path / "p.cbf", frame)
     ids, got = read_all(tmp_path / "p.cbf")
     assert ids == ["p.cbf"] and got.dtype == np.int32
@@ -252,3 +252,18 @@ def test_cbf_whose_md5_does_not_match_is_incomplete(tmp_path):
     (tmp_path / "p.cbf").write_bytes(bytes(raw))
     with pytest.raises(IncompleteFile, match=r"p\.cbf: corrupt CBF \(Content-MD5 \S+ does not match its data\)"):
         open_image(tmp_path / "p.cbf")
+
+
+@pytest.mark.timeout(30)
+def test_cbf_other_element_types_and_unsupported_compression(tmp_path):
+    frame = (stack(1, np.uint16)[0] // 4).astype(np.int32)
+    write_cbf(tmp_path / "p.cbf", frame)
+    raw = (tmp_path / "p.cbf").read_bytes()
+    # the byte-offset stream does not depend on the element type: relabel it as unsigned 16-bit
+    (tmp_path / "u16.cbf").write_bytes(raw.replace(b'"signed 32-bit integer"', b'"unsigned 16-bit integer"'))
+    ids, got = read_all(tmp_path / "u16.cbf")
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got[0], frame.astype(np.uint16))
+    (tmp_path / "packed.cbf").write_bytes(raw.replace(b"x-CBF_BYTE_OFFSET", b"x-CBF_PACKED"))
+    with pytest.raises(InputError, match=r"packed\.cbf: CBF compression 'x-cbf_packed' is not supported"):
+        open_image(tmp_path / "packed.cbf")
