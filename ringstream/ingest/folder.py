@@ -18,8 +18,10 @@ does not parse is retried (on its next event and every ``poll_interval``) until 
 since its first failure or its last change of size or mtime, then skipped: one warning naming the file and the reason, counted ``dropped_corrupt_file``. A file
 whose images are not the detector's shape is rejected at once: a warning with the expected and found shapes,
 ``dropped_wrong_shape``. Neither stops the source. A path is processed at most once per run: a file replaced (by
-a rename or a rewrite) after it was read is ignored and counted ``files_repeated`` (the key is the path alone, so
-a replacement never yields a second copy of an image).
+a rename or a rewrite) after it was read is ignored (the key is the path alone, so a replacement never yields a
+second copy of an image); with inotify the replacement is logged and counted ``files_repeated``, polling does not
+look at a file again once it was read. A watched folder that is removed (or unmounted) ends the run, with a
+warning.
 
 Frames: ``fill`` frames, so pixels go straight from the file into the ring slot; source id: the file's path under
 the folder, with ``:k`` for frame k of a multi-frame file; timestamp: the file's mtime; metadata ``file``, ``frame``.
@@ -116,7 +118,9 @@ class _Inotify:
         self.fd = ino.INotify()
         self.recursive = recursive
         self.dirs: dict[int, Path] = {}
+        self.root_wd = -1
         self.add(root)
+        self.root_wd = next(iter(self.dirs), -1)
 
     def add(self, folder: Path) -> list[Path]:
         """Watch ``folder`` (and, recursive, its subfolders); returns the folders now watched."""
@@ -141,17 +145,18 @@ class _Inotify:
                     pass
         return added
 
-    def read(self, timeout_s: float) -> tuple[list[Path], list[Path], bool]:
-        """(complete files, new folders, overflowed) from the events of up to ``timeout_s``."""
-        files, folders, overflow = [], [], False
+    def read(self, timeout_s: float) -> tuple[list[Path], list[Path], bool, bool]:
+        """(complete files, new folders, overflowed, root gone) from the events of up to ``timeout_s``."""
+        files, folders, overflow, gone = [], [], False, False
         for ev in self.fd.read(timeout=int(timeout_s * 1000)):
             if ev.mask & self.flags.Q_OVERFLOW:
                 overflow = True
                 continue
             base = self.dirs.get(ev.wd)
             if base is None or not ev.name:
-                if ev.mask & self.flags.IGNORED:
+                if ev.mask & self.flags.IGNORED:  # the folder was removed (or unmounted)
                     self.dirs.pop(ev.wd, None)
+                    gone = gone or ev.wd == self.root_wd
                 continue
             path = base / ev.name
             if ev.mask & self.flags.ISDIR:
@@ -159,7 +164,7 @@ class _Inotify:
                     folders.append(path)
             elif ev.mask & (self.flags.CLOSE_WRITE | self.flags.MOVED_TO):
                 files.append(path)
-        return files, folders, overflow
+        return files, folders, overflow, gone
 
     def close(self) -> None:
         self.fd.close()
@@ -367,7 +372,10 @@ class FolderSource:
                 log.info("folder %s: no new file for %g s; ending", self.root, opts.idle_timeout)
                 return
             if self._watch is not None:
-                files, folders, overflow = self._watch.read(min(IDLE_TICK_S, max(0.0, next_tick - now)))
+                files, folders, overflow, gone = self._watch.read(min(IDLE_TICK_S, max(0.0, next_tick - now)))
+                if gone:
+                    log.warning("folder %s was removed or unmounted; ending the run", self.root)
+                    return
                 for path in files:
                     if self._wanted(path):
                         self._seen(path, complete=True)

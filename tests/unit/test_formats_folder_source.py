@@ -229,3 +229,21 @@ def test_fills_on_threads_after_the_generator_moved_on(tmp_path):
     assert len(src._open_files) == 0  # every file closed by its last fill
     src.close()
 
+
+
+@pytest.mark.timeout(20)
+def test_a_removed_folder_ends_the_source(tmp_path, caplog):
+    import shutil
+
+    watched = tmp_path / "w"
+    watched.mkdir()
+    tifffile.imwrite(watched / "a.tif", image(1))
+    old(*watched.iterdir())
+
+    def during(tick):
+        if tick == 2:
+            shutil.rmtree(watched)
+
+    got = collect(source(watched, watch="inotify"), during=during)
+    assert [sid for sid, _ in got] == ["a.tif"]
+    assert f"folder {watched} was removed or unmounted; ending the run" in caplog.text
