@@ -72,6 +72,7 @@ class FolderOptions:
     watch: str = "auto"
     poll_interval: float = 1.0
     retry_time: float = 10.0
+    exclude: tuple[str, ...] = ()  # paths never read: the run's own output files, when they are in the folder
 
 
 def normalize_extensions(exts) -> tuple[str, ...]:
@@ -190,6 +191,7 @@ class FolderSource:
         self._state = _State()
         self._watch: _Inotify | None = None
         self._last_reason = ""
+        self._exclude = {os.path.normpath(os.path.abspath(p)) for p in options.exclude}
         self._open_files: set[_OpenFile] = set()
         if options.file:
             self.root = Path(options.file).parent
@@ -217,7 +219,8 @@ class FolderSource:
             recursive=bool(getattr(s, "recursive", False)), count=int(getattr(s, "file_count", 0)),
             frames=int(s.frames), idle_timeout=float(getattr(s, "idle_timeout", 0.0)),
             watch=str(getattr(s, "watch", "auto")), poll_interval=float(getattr(s, "poll_interval", 1.0)),
-            retry_time=float(getattr(s, "retry_time", 10.0)))
+            retry_time=float(getattr(s, "retry_time", 10.0)),
+            exclude=tuple(str(p) for p in (config.run.output_h5, getattr(config.run, "zarr_output", "")) if p))
         shape = (int(params.NrPixelsZ), int(params.NrPixelsY))
         fmt = FormatOptions(detector_shape=shape, hdf5_dataset=str(getattr(s, "hdf5_dataset", "")),
                             raw_dtype=str(getattr(s, "raw_dtype", "uint16")), raw_shape=raw_shape,
@@ -238,7 +241,8 @@ class FolderSource:
 
     # ------------------------------------------------------------------------------------------------ files
     def _wanted(self, path: Path) -> bool:
-        return not path.name.startswith(".") and path.suffix.lower() in self.extensions
+        return (not path.name.startswith(".") and path.suffix.lower() in self.extensions
+                and self._key(path) not in self._exclude)
 
     def _key(self, path: Path) -> str:
         return os.path.normpath(os.path.abspath(path))

@@ -247,3 +247,16 @@ def test_a_removed_folder_ends_the_source(tmp_path, caplog):
     got = collect(source(watched, watch="inotify"), during=during)
     assert [sid for sid, _ in got] == ["a.tif"]
     assert f"folder {watched} was removed or unmounted; ending the run" in caplog.text
+
+
+@pytest.mark.timeout(20)
+def test_the_runs_own_output_file_in_the_folder_is_not_read(tmp_path):
+    import h5py
+
+    np.save(tmp_path / "a.npy", image(1))
+    with h5py.File(tmp_path / "out.h5", "w") as f:  # as the writer leaves it: no image dataset
+        f.create_dataset("entry/data/I", data=np.zeros((3, 5), np.float32))
+    old(*tmp_path.iterdir())
+    src = source(tmp_path, idle_timeout=0.3, exclude=(str(tmp_path / "out.h5"),))
+    assert [sid for sid, _ in collect(src)] == ["a.npy"]
+    assert src.counters()["dropped_corrupt_file"] == 0
