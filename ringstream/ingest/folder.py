@@ -119,12 +119,16 @@ class _Inotify:
         self.fd = ino.INotify()
         self.recursive = recursive
         self.dirs: dict[int, Path] = {}
-        self.root_wd = -1
-        self.add(root)
-        self.root_wd = next(iter(self.dirs), -1)
+        try:
+            self.add(root, strict=True)  # the root must be watched (no permission, watch limit: OSError)
+        except OSError:
+            self.fd.close()
+            raise
+        self.root_wd = next(iter(self.dirs))
 
-    def add(self, folder: Path) -> list[Path]:
-        """Watch ``folder`` (and, recursive, its subfolders); returns the folders now watched."""
+    def add(self, folder: Path, strict: bool = False) -> list[Path]:
+        """Watch ``folder`` (and, recursive, its subfolders); returns the folders now watched. A folder that
+        cannot be watched is logged and left out, or, ``strict``, the top one raises OSError."""
         mask = self.flags.CLOSE_WRITE | self.flags.MOVED_TO
         if self.recursive:
             mask |= self.flags.CREATE  # only to watch new subfolders: a created file is not complete
@@ -135,6 +139,8 @@ class _Inotify:
             try:
                 wd = self.fd.add_watch(str(d), mask)
             except OSError as exc:
+                if strict and d == folder:
+                    raise
                 log.warning("%s: cannot watch this folder (%s)", d, exc.strerror or exc)
                 continue
             self.dirs[wd] = d

@@ -260,3 +260,17 @@ def test_the_runs_own_output_file_in_the_folder_is_not_read(tmp_path):
     src = source(tmp_path, idle_timeout=0.3, exclude=(str(tmp_path / "out.h5"),))
     assert [sid for sid, _ in collect(src)] == ["a.npy"]
     assert src.counters()["dropped_corrupt_file"] == 0
+
+
+@pytest.mark.timeout(20)
+def test_no_inotify_watch_falls_back_to_polling_or_is_an_error(tmp_path, caplog):
+    from unittest import mock
+
+    tifffile.imwrite(tmp_path / "a.tif", image(1))
+    old(*tmp_path.iterdir())
+    limit = OSError(28, "No space left on device")  # what inotify says when max_user_watches is used up
+    with mock.patch("inotify_simple.INotify.add_watch", side_effect=limit):
+        assert [sid for sid, _ in collect(source(tmp_path, count=1))] == ["a.tif"]
+        assert "inotify unavailable" in caplog.text and "polling every 0.1 s" in caplog.text
+        with pytest.raises(InputError, match=r"cannot watch with inotify .*use \[source\] watch = 'poll'"):
+            collect(source(tmp_path, count=1, watch="inotify"))
