@@ -259,7 +259,8 @@ def main(argv=None) -> int:
             frame_bytes = nz * ny * np.dtype(dtype).itemsize
             rows.append({"case": case, "what": what, "frames": n_read, "files": n_files,
                          "MB_on_disk_per_frame": round(disk / n / 1e6, 2), "frame_MB": round(frame_bytes / 1e6, 2),
-                         "reader_fps": round(fps, 1), "reader_fps_runs": [round(r[0], 1) for r in reads], "reader_GB_s": round(fps * frame_bytes / 1e9, 2), **ing,
+                         "reader_fps": round(fps, 1), "reader_fps_runs": [round(r[0], 1) for r in reads],
+                         "reader_GB_s": round(fps * frame_bytes / 1e9, 2), **ing,
                          "ingest_GB_s": round(ing["ingest_fps"] * frame_bytes / 1e9, 2)})
             shutil.rmtree(folder)
     finally:
@@ -270,7 +271,8 @@ def main(argv=None) -> int:
     for mod in ("tifffile", "fabio", "h5py", "hdf5plugin"):
         m = __import__(mod)
         machine[mod] = getattr(m, "__version__", None) or str(getattr(m, "version", ""))
-    head = f"{'case':<6} {'frames':>6} {'MB/frame on disk':>16} {'reader fps':>10} {'GB/s':>6} {'ingest fps':>10} {'GB/s':>6}"
+    head = (f"{'case':<6} {'frames':>6} {'MB/frame on disk':>16} {'reader fps':>10} {'GB/s':>6} "
+            f"{'ingest fps':>10} {'GB/s':>6}")
     print(head)
     for r in rows:
         print(f"{r['case']:<6} {r['frames']:>6} {r['MB_on_disk_per_frame']:>16} {r['reader_fps']:>10} "

@@ -116,7 +116,7 @@ class SourceConfig:
     file: str = _opt("", "str", "folder: read this one image file and end (kind = folder)")
     extensions: tuple[str, ...] = _opt((), "list[str]", "folder: extensions to read ([] = every supported format)")
     recursive: bool = _opt(False, "bool", "folder: also watch the subfolders")
-    file_count: int = _opt(0, "int", "folder: end after this many files (processed, rejected or skipped); 0 = no limit")
+    file_count: int = _opt(0, "int", "folder: end after N files (processed, rejected or skipped); 0 = no limit")
     idle_timeout: float = _opt(0.0, "float", "folder: end after this long without a new file (s); 0 = never")
     watch: str = _opt("auto", "str", "folder: auto | inotify | poll (poll: network file systems)")
     poll_interval: float = _opt(1.0, "float", "folder: a file is complete when its size is stable this long (s)")

@@ -15,19 +15,21 @@ for its close event or for a stable size, like a polled file. Names starting wit
 
 Every file is validated by :func:`~.formats.open_image` before any of its frames is sent. A file that is short or
 does not parse is retried (on its next event and every ``poll_interval``) until ``retry_time`` seconds have passed
-since its first failure or its last change of size or mtime, then skipped: one warning naming the file and the reason, counted ``dropped_corrupt_file``. A file
-whose images are not the detector's shape is rejected at once: a warning with the expected and found shapes,
-``dropped_wrong_shape``. Neither stops the source. A path is processed at most once per run: a file replaced (by
-a rename or a rewrite) after it was read is ignored (the key is the path alone, so a replacement never yields a
-second copy of an image); with inotify the replacement is logged and counted ``files_repeated``, polling does not
-look at a file again once it was read. A watched folder that is removed (or unmounted) ends the run, with a
+since its first failure or its last change of size or mtime, then skipped: one warning naming the file and the
+reason, counted ``dropped_corrupt_file``. A file whose images are not the detector's shape is rejected at once: a
+warning with the expected and found shapes, ``dropped_wrong_shape``. Neither stops the source.
+
+A path is processed at most once per run: a file replaced (by a rename or a rewrite) after it was read is ignored
+(the key is the path alone, so a replacement never yields a second copy of an image); with inotify the replacement
+is logged and counted ``files_repeated``, polling does not look at a file again once it was read. A watched folder that is removed (or unmounted) ends the run, with a
 warning.
 
 Frames: ``fill`` frames, so pixels go straight from the file into the ring slot; source id: the file's path under
 the folder, with ``:k`` for frame k of a multi-frame file; timestamp: the file's mtime; metadata ``file``, ``frame``.
-The source is pausable (with a full ring the files simply wait). It ends after ``count`` files ([source] file_count) (processed or
-skipped), after ``frames`` frames, after ``idle_timeout`` s without a new file, or never (a service). With ``file``
-set it reads that one file and ends.
+The source is pausable (with a full ring the files simply wait). It ends after ``count`` files (``[source]
+file_count``: processed, rejected or skipped), after ``frames`` frames, after ``idle_timeout`` s without a new
+file, or never (a service). With ``file`` set it reads that one file and ends. The run's own output files are never
+read, should they be written into the folder.
 
 Counters (in the ingest's heartbeat, so in ``ringstream status``): ``files_done``, ``files_repeated``,
 ``files_waiting``, ``files_retrying``, ``dropped_corrupt_file``, ``dropped_wrong_shape``, ``watch_overflows``.
@@ -241,8 +243,8 @@ class FolderSource:
             try:
                 with open_image(first, self.formats) as f:
                     candidates.append(f.dtype)
-            except InputError:
-                pass  # reported when the file's turn comes
+            except Exception:  # noqa: BLE001 - reported when the file's turn comes
+                pass
         return max(candidates, key=lambda d: d.itemsize)
 
     # ------------------------------------------------------------------------------------------------ files
