@@ -30,7 +30,7 @@ from ..errors import RingstreamError
 from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotRelease
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
-from .sources import Pacer, SlotLease, make_source
+from .sources import IDLE, Pacer, SlotLease, make_source
 
 log = logging.getLogger("ringstream.ingest")
 
@@ -180,6 +180,10 @@ class _Ingest:
             frame = next(frames, None)
             if frame is None:
                 break
+            if frame is IDLE:  # a live source with nothing new: keep releases and heartbeats going
+                self.poll_releases(0)
+                self.hb.beat(self.snapshot())
+                continue
             k += 1
             self.count("received")
             self.poll_releases(0)
