@@ -209,3 +209,33 @@ def test_full_ring_drops_and_counts(server, monkeypatch):
         assert [g[1] for g in got] == ["1", "2"]
     finally:
         cons.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_pipeline_backs_up_into_pvapy_and_its_overruns_are_counted(server, monkeypatch):
+    """The callback waits for a slot (the ring stays full: nobody releases), so the server-side queue
+    (queueSize=2) overflows: pvapy reports overruns, the uniqueId gaps count the frames lost, and every uniqueId up
+    to the last one that arrived is accounted for as received or missed."""
+    import ringstream.ingest.pva as pva_mod
+
+    monkeypatch.setattr(pva_mod, "RING_WAIT_S", 0.1)
+    shape = (1024, 1024)  # 2 MiB frames: more than the socket buffers hold
+    name, src, cons = source_for(server, shape, dtype="uint16", n_slots=2, queue_size=2)
+    try:
+        img = frame("uint16", shape, 0)
+        for uid in range(1, 31):
+            server.update(name, ntnd(uid, img))
+            time.sleep(0.005)
+        last, still = None, 0
+        while still < 10:  # until nothing changed for 0.5 s
+            time.sleep(0.05)
+            now = src.counters()
+            still = still + 1 if now == last else 0
+            last = now
+        c = src.counters()
+        assert c["pva_overruns"] >= 1 and c["pva_gaps"] >= 1
+        assert c["pva_received"] + c["pva_missed"] == src._last_id
+        assert c["dropped_ring_full"] == c["pva_received"] - 2
+        assert [g[1] for g in cons.take(2)] == ["1", "2"]
+    finally:
+        cons.close()
