@@ -435,7 +435,7 @@ class _FormsSource:
         return {"source_leases": self.leases}
 
     def frames(self, stop=None):
-        from ringstream.ingest.sources import SourceFrame
+        from ringstream.ingest.sources import IDLE, SourceFrame
 
         for k in range(self.n):
             img = self.sim.make_frame(k)
@@ -449,8 +449,8 @@ class _FormsSource:
                                   shape=self.shape, dtype=self.dtype)
             elif k % 3 == 2:
                 lease = self.allocator.acquire(self.shape, self.dtype)
-                while lease is None:  # the ring is full: wait for the workers (a pausable source may)
-                    time.sleep(0.005)
+                while lease is None:  # the ring is full: let the ingest read the workers' releases meanwhile
+                    yield IDLE
                     lease = self.allocator.acquire(self.shape, self.dtype)
                 np.copyto(lease.array, img)
                 self.leases += 1
