@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 
+import h5py
 import numpy as np
 import pytest
 from common import NY, NZ
@@ -150,13 +151,15 @@ def test_several_senders_every_dtype_lineouts_equal_offline(tmp_path, daemons): 
     out = read_output(tmp_path / "out.h5")
     assert out["frames_written"] == len(frames) and out["run_complete"]
     ref = reference(params, [img for _n, img, _w in frames])
-    # the senders interleave: each written row is exactly one sent frame's offline lineout, each frame once
-    matched = []
-    for row in out["I"]:
-        hits = [k for k in range(len(frames)) if np.array_equal(row, ref[k])]
-        assert len(hits) == 1, "a written lineout equals no sent frame's offline lineout"
-        matched.append(hits[0])
+    # the senders interleave; each row's source id HOST:PORT#dataset_num names the frame it must equal
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["/entry/data/source_id"][()]]
+    by_num = {num: k for k, (num, _img, _w) in enumerate(frames)}
+    assert len(by_num) == len(frames)
+    matched = [by_num[int(sid.rsplit("#", 1)[1])] for sid in ids]
     assert sorted(matched) == list(range(len(frames)))
+    for row, k in zip(out["I"], matched):
+        np.testing.assert_array_equal(row, ref[k], err_msg=f"frame {k} ({frames[k][1].dtype})")
 
 
 @pytest.mark.timeout(60)
