@@ -264,7 +264,7 @@ class MidasSocketSource:
                 raise _Disconnect(None, "the source is closing")
             try:
                 n = conn.recv_into(view[got:], total - got)
-            except socket.timeout:
+            except TimeoutError:
                 if (where is not None or got) and time.monotonic() - last > STALL_S:
                     raise _Disconnect("midas_truncated", f"{where or 'frame header'}: nothing for {STALL_S:g} s "
                                                          f"inside the frame (a short frame); dropped") from None

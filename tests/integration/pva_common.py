@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 #: the EPICS address variables (spec/FIELD.md): everything on loopback; ports picked per test session
 LOOPBACK = {
@@ -38,6 +39,20 @@ def free_port_pair() -> tuple[int, int]:
             return port, port + 1
         except OSError:
             continue
+
+
+#: where the session's port pair is kept (pytest's per-session stash)
+PORTS_KEY = pytest.StashKey[tuple]()
+
+
+def session_epics_env(pytestconfig) -> dict[str, str]:
+    """The loopback EPICS settings of this test session: one port pair picked on first use and kept in the
+    session's stash, because pvAccess reads the variables once per process (a second server in the same process
+    would keep the first ports)."""
+    ports = pytestconfig.stash.get(PORTS_KEY, None)
+    if ports is None:
+        ports = pytestconfig.stash[PORTS_KEY] = free_port_pair()
+    return epics_env(*ports)
 
 
 def epics_env(server_port: int, broadcast_port: int) -> dict[str, str]:

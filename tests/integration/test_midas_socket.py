@@ -35,7 +35,7 @@ def make_frames(seed: int = 0) -> list[tuple[int, np.ndarray, bytes]]:
     rng = np.random.default_rng(seed)
     out = []
     num = 65533  # dataset_num wraps at 65536 during the run
-    for code, dt in WIRE_DTYPES.items():
+    for dt in WIRE_DTYPES.values():
         for _ in range(2):
             img = rng.poisson(30.0, (NZ, NY)).astype(dt)
             if dt.kind == "f":
@@ -158,7 +158,7 @@ def test_several_senders_every_dtype_lineouts_equal_offline(tmp_path, daemons): 
     assert len(by_num) == len(frames)
     matched = [by_num[int(sid.rsplit("#", 1)[1])] for sid in ids]
     assert sorted(matched) == list(range(len(frames)))
-    for row, k in zip(out["I"], matched):
+    for row, k in zip(out["I"], matched, strict=True):
         np.testing.assert_array_equal(row, ref[k], err_msg=f"frame {k} ({frames[k][1].dtype})")
 
 

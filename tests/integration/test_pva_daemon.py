@@ -20,17 +20,17 @@ import pytest
 
 pytest.importorskip("pvaccess")
 from common import NY, NZ, ringstream_command  # noqa: E402
-from pva_common import epics_env, free_port_pair, start_sim_server, stop_process  # noqa: E402
+from pva_common import session_epics_env, start_sim_server, stop_process  # noqa: E402
 from test_daemon import daemons, read_output, write_params  # noqa: E402,F401  (daemons: the fixture)
 
 N_DISTINCT = 12
 
 
 @pytest.fixture(scope="module", autouse=True)
-def loopback_epics():
+def loopback_epics(pytestconfig):
     """Every EPICS address variable on loopback with non-default ports (children inherit them)."""
     with pytest.MonkeyPatch.context() as mp:
-        env = epics_env(*free_port_pair())
+        env = session_epics_env(pytestconfig)
         for key, value in env.items():
             mp.setenv(key, value)
         yield env
@@ -131,7 +131,7 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
     with h5py.File(tmp_path / "out.h5", "r") as f:
         ids = [int(s.decode() if isinstance(s, bytes) else s) for s in f["/entry/data/source_id"][()]]
     assert len(ids) == written >= 60 and ids[0] == 1
-    for row, uid in zip(out["I"], ids):
+    for row, uid in zip(out["I"], ids, strict=True):
         np.testing.assert_allclose(row, ref[(uid - 1) % N_DISTINCT], rtol=1e-6, atol=1e-6 * ref.max())
     # two server sessions, each without a gap: uniqueIds rise by one except once, where the restart reset them
     drops = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1] + 1]

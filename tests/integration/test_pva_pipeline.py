@@ -14,7 +14,7 @@ import zmq
 
 pva = pytest.importorskip("pvaccess")
 from common import NY, NZ  # noqa: E402
-from pva_common import epics_env, free_port_pair, ntnd  # noqa: E402
+from pva_common import ntnd, session_epics_env  # noqa: E402
 from test_pipeline import Pipeline, reference_lineouts, setup_run  # noqa: E402
 
 from ringstream.ingest import process as ingest_process  # noqa: E402
@@ -23,10 +23,10 @@ from ringstream.workers import process as worker_process  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def loopback_epics():
+def loopback_epics(pytestconfig):
     """Every EPICS address variable on loopback, non-default ports (the spawned ingest inherits them)."""
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in epics_env(*free_port_pair()).items():
+        for key, value in session_epics_env(pytestconfig).items():
             mp.setenv(key, value)
         yield
 

@@ -9,15 +9,15 @@ rejected and counted; a full ring drops and counts. The EPICS variables are loop
 from __future__ import annotations
 
 import itertools
-import time
 import math
 import os
+import time
 
 import numpy as np
 import pytest
 
 pva = pytest.importorskip("pvaccess")
-from pva_common import Consumer, epics_env, free_port_pair, hdf5_chunk, ntnd  # noqa: E402
+from pva_common import Consumer, hdf5_chunk, ntnd, session_epics_env  # noqa: E402
 
 from ringstream.ingest.pva import PvaSource  # noqa: E402
 
@@ -26,11 +26,11 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def loopback_epics():
+def loopback_epics(pytestconfig):
     """Every EPICS address variable on loopback, non-default ports, for the whole session (pvapy's client
     context reads them once per process)."""
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in epics_env(*free_port_pair()).items():
+        for key, value in session_epics_env(pytestconfig).items():
             mp.setenv(key, value)
         yield dict(os.environ)
 
