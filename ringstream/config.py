@@ -720,7 +720,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument("--pva-ip", metavar="ADDR", help="search the channel only at ADDR ([source] pva_ip; "
                       "default: EPICS_PVA_ADDR_LIST)")
     live.add_argument("--midas-socket", nargs="?", type=int, const=60439, metavar="PORT",
-                      help="MIDAS socket stream on TCP PORT (default 60439) ([source] kind = midas_socket)")
+                      help="MIDAS socket stream on TCP PORT (default 60439; give PORT when Key Value overrides "
+                      "follow) ([source] kind = midas_socket)")
     live.add_argument("--listen", metavar="ADDR", help="interface the MIDAS socket binds ([source] midas_listen, "
                       "default 127.0.0.1)")
 

@@ -99,6 +99,9 @@ class MidasSocketSource:
         self.name = f"midas_socket:{self.address[0]}:{self.address[1]}"
         log.info("MIDAS socket: listening on %s:%d for %d x %d frames (dtypes 0-6)", self.address[0],
                  self.address[1], self.shape[1], self.shape[0])
+        if not (host.startswith("127.") or host in ("::1", "localhost")):
+            log.warning("MIDAS socket: bound to %s, not loopback: anyone who reaches port %d can send frames "
+                        "(the protocol has no authentication)", host, self.address[1])
 
     @classmethod
     def from_config(cls, config, params) -> MidasSocketSource:

@@ -74,6 +74,9 @@ LOG_EVERY_S = 10.0
 #: how often the generator wakes up with nothing to yield (the ingest then reads releases and beats), in s
 IDLE_S = 0.01
 
+#: pvapy's overrun counter is read at most this often (counters() is called for every heartbeat attempt), in s
+OVERRUN_POLL_S = 0.25
+
 #: the EPICS address variables a loopback or single-subnet setup sets (README "EPICS PVA")
 EPICS_ADDRESS_VARIABLES = (
     "EPICS_PVA_ADDR_LIST", "EPICS_PVA_AUTO_ADDR_LIST", "EPICS_PVA_SERVER_PORT", "EPICS_PVA_BROADCAST_PORT",
@@ -165,6 +168,7 @@ class PvaSource:
         self._channel = None
         self._last_id: int | None = None
         self._overrun_base = 0  # overruns pvapy counted before its counters were last reset
+        self._overrun_polled = 0.0
         self._logs = _RateLimitedLog(log)
         self._closed = False
 
@@ -195,16 +199,12 @@ class PvaSource:
             self._alloc = HeapAllocator()
         self.subscribe()
         n = 0
-        last_poll = 0.0
         try:
             while not stopped(stop) and (self.n_frames <= 0 or n < self.n_frames):
                 try:
                     frame = self._queue.get(timeout=IDLE_S)
                 except queue.Empty:
-                    now = time.monotonic()
-                    if now - last_poll > 0.5:
-                        last_poll = now
-                        self._poll_overruns()
+                    self._poll_overruns()
                     yield IDLE
                     continue
                 n += 1
@@ -234,7 +234,7 @@ class PvaSource:
     def unsubscribe(self) -> None:
         ch, self._channel = self._channel, None
         if ch is not None:
-            self._poll_overruns(ch)
+            self._poll_overruns(ch, force=True)
             try:
                 ch.stopMonitor()
             except Exception as exc:  # stopping a monitor of a channel that never connected
@@ -263,10 +263,12 @@ class PvaSource:
             log.warning("PVA channel %s disconnected (IOC stopped or network lost); waiting for it to come back",
                         self.channel_name)
 
-    def _poll_overruns(self, ch=None) -> None:
+    def _poll_overruns(self, ch=None, force: bool = False) -> None:
         ch = ch or self._channel
-        if ch is None:
+        now = time.monotonic()
+        if ch is None or (not force and now - self._overrun_polled < OVERRUN_POLL_S):
             return
+        self._overrun_polled = now
         try:
             n = int(ch.getMonitorCounters().get("nOverruns", 0))
         except Exception:  # the channel is being torn down
