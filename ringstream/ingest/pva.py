@@ -175,7 +175,12 @@ class PvaSource:
     @classmethod
     def from_config(cls, config, params) -> PvaSource:
         s = config.source
-        apply_pva_address(str(getattr(s, "pva_ip", "") or ""))
+        apply_pva_address(str(getattr(s, "pva_ip", "") or ""))  # before pvaccess reads the EPICS variables
+        try:
+            import pvaccess  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"[source] kind = 'pva': pvapy is not importable ({exc}); install it with "
+                              "pip install 'ringstream[pva]'") from None
         return cls(s.pva_channel, (int(params.NrPixelsZ), int(params.NrPixelsY)), dtype=s.pva_dtype or None,
                    queue_size=int(s.pva_queue_size), attributes=tuple(s.pva_attributes), n_frames=int(s.frames))
 
