@@ -28,6 +28,12 @@ then at most one summary line per :data:`LOG_EVERY_S`):
   overflowed: updates lost before they reached us) are ``pva_overruns``.
 
 The ring slot size: the detector's pixels times the size of ``pva_dtype`` (8 bytes when any type is accepted).
+
+Counters (all ints): ``pva_updates`` monitor updates seen; ``pva_received`` of them with an image and a new
+uniqueId (accepted or rejected after); ``pva_gaps`` / ``pva_missed`` / ``pva_resets`` / ``pva_duplicates`` as above;
+``pva_overruns``; ``pva_connected`` (0/1), ``pva_connects``, ``pva_disconnects``; ``pva_empty``;
+``pva_attribute_missing``; ``dropped_ring_full``, ``dropped_wrong_shape``, ``dropped_wrong_dtype``,
+``dropped_decode_error`` (these four join the daemon's "dropped" total and its final line).
 """
 
 from __future__ import annotations
