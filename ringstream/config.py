@@ -113,6 +113,13 @@ class SourceConfig:
     folder: str = _opt("", "str", "folder to watch for new images (kind = folder)")
     pva_ip: str = _opt("", "str", "PVA server address (\"\" = EPICS_PVA_ADDR_LIST)")
     pva_channel: str = _opt("", "str", "PVA channel of the NTNDArray (kind = pva)")
+    # live sources (issue 6): ringstream/ingest/pva.py and midas_socket.py
+    pva_dtype: str = _opt("", "str", "PVA: the detector's pixel type, other frames are rejected (\"\" = any)")
+    pva_queue_size: int = _opt(16, "int", "PVA: server-side monitor queue, record[queueSize=N] (frames)")
+    pva_attributes: tuple[str, ...] = _opt((), "list[str]", "PVA: NDAttributes kept as frame metadata "
+                                           "(e.g. omega, I0; \"*\" = all)")
+    midas_port: int = _opt(60439, "int", "MIDAS socket: TCP port to listen on (kind = midas_socket)")
+    midas_listen: str = _opt("127.0.0.1", "str", "MIDAS socket: interface address to bind (0.0.0.0 = all)")
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,10 @@ CLI_FLAGS: dict[str, str] = {
     "source.frames": "--frames",
     "source.rate": "--rate",
     "source.replay_path": "--replay",
+    "source.pva_channel": "--pva-channel",
+    "source.pva_ip": "--pva-ip",
+    "source.midas_port": "--midas-socket",
+    "source.midas_listen": "--listen",
     "workers.count": "--workers",
     "workers.engine": "--engine",
     "workers.gpus": "--gpus",
@@ -588,6 +599,11 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
     needs = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel"}
     if kind in needs and not cfg["source"][needs[kind]]:
         out.append(f"{origin[('source', 'kind')]}: [source] kind = {kind!r} needs [source] {needs[kind]}")
+    if cfg["source"]["pva_dtype"]:
+        one_of("source", "pva_dtype", DTYPES)
+    at_least("source", "pva_queue_size", 1)
+    if not 1 <= cfg["source"]["midas_port"] <= 65535:  # type: ignore[operator]
+        bad("source", "midas_port", "a TCP port in 1..65535")
     at_least("workers", "count", 1)
     one_of("workers", "engine", ENGINES)
     at_least("workers", "batches_in_flight", 1)
@@ -711,6 +727,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    help="send pixels inline, not through shared memory ([transport] shared_memory = false)")
     g.add_argument("--ring-slots", type=int, metavar="N", help="[transport] ring_slots")
     g.add_argument("--log-level", metavar="LEVEL", help="[logging] level")
+    live = parser.add_argument_group("live detector input")
+    live.add_argument("--pva", action="store_true", default=None,
+                      help="EPICS PVA NTNDArray stream ([source] kind = pva; needs --pva-channel)")
+    live.add_argument("--pva-channel", metavar="PV", help="NTNDArray channel, e.g. 16pil-idb:Pva1:Image "
+                      "([source] pva_channel)")
+    live.add_argument("--pva-ip", metavar="ADDR", help="search the channel only at ADDR ([source] pva_ip; "
+                      "default: EPICS_PVA_ADDR_LIST)")
+    live.add_argument("--midas-socket", nargs="?", type=int, const=60439, metavar="PORT",
+                      help="MIDAS socket stream on TCP PORT (default 60439; give PORT when Key Value overrides "
+                      "follow) ([source] kind = midas_socket)")
+    live.add_argument("--listen", metavar="ADDR", help="interface the MIDAS socket binds ([source] midas_listen, "
+                      "default 127.0.0.1)")
 
 
 def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict, dict]:
@@ -756,6 +784,21 @@ def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict
         cli["source"]["kind"] = "replay"
         cli["source"]["replay_path"] = a["replay"]
         flags["source.kind"] = "--replay"
+    for name, key in (("pva_channel", "pva_channel"), ("pva_ip", "pva_ip"), ("listen", "midas_listen")):
+        if a.get(name) is not None:
+            cli["source"][key] = a[name]
+    for name, kind in (("pva", "pva"), ("midas_socket", "midas_socket")):
+        if a.get(name) in (None, False):
+            continue
+        others = [f"--{o}" for o in ("simulate", "replay", "source", "pva", "midas_socket")
+                  if o != name and a.get(o) not in (None, False)]
+        if others:
+            raise ConfigError(f"command line (--{name.replace('_', '-')}): give one source, not also "
+                              f"{others[0].replace('_', '-')}")
+        cli["source"]["kind"] = kind
+        flags["source.kind"] = f"--{name.replace('_', '-')}"
+        if name == "midas_socket":
+            cli["source"]["midas_port"] = a[name]
     if extra:
         cli["run"]["overrides"] = list(extra)
     return {s: v for s, v in cli.items() if v}, flags

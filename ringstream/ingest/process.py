@@ -31,7 +31,7 @@ from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotR
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
 from .copier import SlotCopier, auto_threads
-from .sources import Pacer, SlotLease, make_source
+from .sources import IDLE, Pacer, SlotLease, make_source
 
 log = logging.getLogger("ringstream.ingest")
 
@@ -194,6 +194,11 @@ class _Ingest:
             frame = next(frames, None)
             if frame is None:
                 break
+            if frame is IDLE:  # a live source with nothing new: keep releases, copies and heartbeats going
+                self.poll_releases(0)
+                self.announce_copies(source.pausable, stop)
+                self.hb.beat(self.snapshot)
+                continue
             k += 1
             self.count("received")
             self.poll_releases(0)

@@ -6,8 +6,8 @@ source at ``rate`` Hz when that is positive (0: as fast as the source yields), a
 full ring means: a pausable source (files, simulation) waits for a free slot; a non-pausable one (a live detector
 stream) keeps going and the frame is dropped and counted.
 
-Kinds: ``simulated`` (:mod:`.simulated`), ``replay`` (:mod:`.replay`); ``folder``, ``pva`` and ``midas_socket`` are
-planned and raise :class:`~ringstream.errors.ConfigError` for now.
+Kinds: ``simulated`` (:mod:`.simulated`), ``replay`` (:mod:`.replay`), ``pva`` (:mod:`.pva`), ``midas_socket``
+(:mod:`.midas_socket`); ``folder`` is planned and raises :class:`~ringstream.errors.ConfigError` for now.
 """
 
 from __future__ import annotations
@@ -108,6 +108,22 @@ class Source(Protocol):
 #                                                    so shown by `ringstream status`
 
 
+#: what a live source's ``frames()`` yields when it has had nothing new for a moment: the ingest then reads slot
+#: releases and sends its heartbeat, and asks again (it is not a frame and is not counted)
+IDLE = SourceFrame(pixels=None, source_id="", timestamp=0.0)
+
+
+class HeapAllocator:
+    """A :class:`SlotAllocator` on the heap, for a leasing source when the ingest has no ring (inline frames):
+    every lease is a fresh array (slot -1); releasing does nothing."""
+
+    def acquire(self, shape: tuple[int, int], dtype: Any) -> SlotLease | None:
+        return SlotLease(-1, np.empty(tuple(int(n) for n in shape), np.dtype(dtype)))
+
+    def release(self, lease: SlotLease) -> None:
+        pass
+
+
 def stopped(stop: StopFlag | None) -> bool:
     """True when ``stop`` is set (None never is)."""
     return stop is not None and stop.is_set()
@@ -144,7 +160,7 @@ class Pacer:
 # --- the registry ------------------------------------------------------------------------------------------------
 
 #: kinds that are planned but not written yet -> the issue that tracks them.
-_PLANNED = {"folder": 7, "pva": 6, "midas_socket": 6}
+_PLANNED = {"folder": 7}
 
 
 def _simulated(config, params) -> Source:
@@ -159,7 +175,20 @@ def _replay(config, params) -> Source:
     return ReplaySource.from_config(config, params)
 
 
+def _pva(config, params) -> Source:
+    from .pva import PvaSource
+
+    return PvaSource.from_config(config, params)
+
+
+def _midas_socket(config, params) -> Source:
+    from .midas_socket import MidasSocketSource
+
+    return MidasSocketSource.from_config(config, params)
+
+
 _FACTORIES: dict[str, Callable[[Any, Any], Source]] = {"simulated": _simulated, "replay": _replay}
+_FACTORIES.update(pva=_pva, midas_socket=_midas_socket)
 
 SOURCE_KINDS = tuple(_FACTORIES) + tuple(_PLANNED)
 
