@@ -127,6 +127,13 @@ class SourceConfig:
     raw_header: int = _opt(0, "int", "folder: bytes to skip at the start of a raw file")
     pva_ip: str = _opt("", "str", "PVA server address (\"\" = EPICS_PVA_ADDR_LIST)")
     pva_channel: str = _opt("", "str", "PVA channel of the NTNDArray (kind = pva)")
+    # live sources (issue 6): ringstream/ingest/pva.py and midas_socket.py
+    pva_dtype: str = _opt("", "str", "PVA: the detector's pixel type, other frames are rejected (\"\" = any)")
+    pva_queue_size: int = _opt(16, "int", "PVA: server-side monitor queue, record[queueSize=N] (frames)")
+    pva_attributes: tuple[str, ...] = _opt((), "list[str]", "PVA: NDAttributes kept as frame metadata "
+                                           "(e.g. omega, I0; \"*\" = all)")
+    midas_port: int = _opt(60439, "int", "MIDAS socket: TCP port to listen on (kind = midas_socket)")
+    midas_listen: str = _opt("127.0.0.1", "str", "MIDAS socket: interface address to bind (0.0.0.0 = all)")
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,10 @@ CLI_FLAGS: dict[str, str] = {
     "source.frames": "--frames",
     "source.rate": "--rate",
     "source.replay_path": "--replay",
+    "source.pva_channel": "--pva-channel",
+    "source.pva_ip": "--pva-ip",
+    "source.midas_port": "--midas-socket",
+    "source.midas_listen": "--listen",
     "workers.count": "--workers",
     "workers.engine": "--engine",
     "workers.gpus": "--gpus",
@@ -604,6 +615,11 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
         out.append(f"{origin[('source', 'kind')]}: [source] kind = {kind!r} needs [source] {needs[kind]}")
     if kind == "folder":
         out.extend(_folder_problems(cfg, origin))
+    if cfg["source"]["pva_dtype"]:
+        one_of("source", "pva_dtype", DTYPES)
+    at_least("source", "pva_queue_size", 1)
+    if not 1 <= cfg["source"]["midas_port"] <= 65535:  # type: ignore[operator]
+        bad("source", "midas_port", "a TCP port in 1..65535")
     at_least("workers", "count", 1)
     one_of("workers", "engine", ENGINES)
     at_least("workers", "batches_in_flight", 1)
@@ -780,6 +796,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    "([source] idle_timeout)")
     f.add_argument("--hdf5-dataset", metavar="PATH", help="dataset inside HDF5 files ([source] hdf5_dataset)")
     f.add_argument("--watch", metavar="MODE", help="auto, inotify or poll ([source] watch)")
+    live = parser.add_argument_group("live detector input")
+    live.add_argument("--pva", action="store_true", default=None,
+                      help="EPICS PVA NTNDArray stream ([source] kind = pva; needs --pva-channel)")
+    live.add_argument("--pva-channel", metavar="PV", help="NTNDArray channel, e.g. 16pil-idb:Pva1:Image "
+                      "([source] pva_channel)")
+    live.add_argument("--pva-ip", metavar="ADDR", help="search the channel only at ADDR ([source] pva_ip; "
+                      "default: EPICS_PVA_ADDR_LIST)")
+    live.add_argument("--midas-socket", nargs="?", type=int, const=60439, metavar="PORT",
+                      help="MIDAS socket stream on TCP PORT (default 60439; give PORT when Key Value overrides "
+                      "follow) ([source] kind = midas_socket)")
+    live.add_argument("--listen", metavar="ADDR", help="interface the MIDAS socket binds ([source] midas_listen, "
+                      "default 127.0.0.1)")
 
 
 def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict, dict]:
@@ -826,6 +854,21 @@ def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict
         cli["source"]["replay_path"] = a["replay"]
         flags["source.kind"] = "--replay"
     _folder_cli(a, cli, flags)
+    for name, key in (("pva_channel", "pva_channel"), ("pva_ip", "pva_ip"), ("listen", "midas_listen")):
+        if a.get(name) is not None:
+            cli["source"][key] = a[name]
+    for name, kind in (("pva", "pva"), ("midas_socket", "midas_socket")):
+        if a.get(name) in (None, False):
+            continue
+        others = [f"--{o}" for o in ("simulate", "replay", "source", "pva", "midas_socket")
+                  if o != name and a.get(o) not in (None, False)]
+        if others:
+            raise ConfigError(f"command line (--{name.replace('_', '-')}): give one source, not also "
+                              f"{others[0].replace('_', '-')}")
+        cli["source"]["kind"] = kind
+        flags["source.kind"] = f"--{name.replace('_', '-')}"
+        if name == "midas_socket":
+            cli["source"]["midas_port"] = a[name]
     if extra:
         cli["run"]["overrides"] = list(extra)
     return {s: v for s, v in cli.items() if v}, flags
@@ -835,10 +878,10 @@ def _folder_cli(a: dict, cli: dict, flags: dict) -> None:
     """The folder source's options (issue 7) into the command-line layer."""
     chosen = [f for f, name in (("--folder", "folder"), ("--file", "folder_file")) if a.get(name) is not None]
     if chosen:
-        others = [f"--{n}" for n in ("simulate", "replay", "source") if a.get(n) is not None]
+        others = [f"--{n.replace('_', '-')}" for n in ("simulate", "replay", "source", "pva", "midas_socket")
+                  if a.get(n) not in (None, False)]
         if others:
-            raise ConfigError(f"command line ({chosen[0]}): give one of --simulate, --replay, --folder/--file "
-                              f"and --source (also given: {', '.join(others)})")
+            raise ConfigError(f"command line ({chosen[0]}): give one source, not also {others[0]}")
         cli["source"]["kind"] = "folder"
         flags["source.kind"] = chosen[0]
     if a.get("folder") is not None:

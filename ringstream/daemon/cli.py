@@ -5,7 +5,8 @@ Subcommands::
     ringstream map --param-file P [--export-midas DIR] [--cache-dir D] [--no-cache] [Key Value ...]
     ringstream integrate --param-file P [--dark D] [--output-h5 OUT.h5] [--import-midas DIR [--force]]
                          [--engine auto|cpu|gpu] [--overwrite] IMAGE... [Key Value ...]
-    ringstream run --param-file P (--simulate N | --replay PATH) [--rate HZ] [--workers N] [--engine E]
+    ringstream run --param-file P (--simulate N | --replay PATH | --pva --pva-channel PV [--pva-ip ADDR]
+                   | --midas-socket [PORT] [--listen ADDR]) [--rate HZ] [--workers N] [--engine E]
     ringstream run --param-file P --folder DIR [--extension EXT] [--recursive] [--count N] [--idle-timeout S]
     ringstream run --param-file P --file PATH
                    [--output-h5 OUT.h5] [--config FILE.toml] [--control ENDPOINT] [Key Value ...]
@@ -132,8 +133,7 @@ CONTROL_ENV = "RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT"
 DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
 
 #: sources that are planned, by their option -> the issue that brings them
-_NOT_YET = {"--pva": ("the PVA source", 6), "--pva-ip": ("the PVA source", 6),
-            "--pva-channel": ("the PVA source", 6), "--midas-socket": ("the MIDAS socket source", 6)}
+_NOT_YET: dict[str, tuple[str, int]] = {}
 
 
 def _add_run_arguments(r: argparse.ArgumentParser) -> None:
@@ -143,12 +143,6 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--control", dest="control_endpoint", metavar="ENDPOINT",
                    help="control endpoint for 'ringstream status' ([transport] control_endpoint; 'auto' = a free "
                    "port, printed in the log)")
-    later = r.add_argument_group("sources to come")
-    later.add_argument("--pva", action="store_true", default=None, help="EPICS PVA NTNDArray stream (not available "
-                       "yet: issue 6)")
-    later.add_argument("--pva-ip", metavar="ADDR", help="PVA server address (not available yet: issue 6)")
-    later.add_argument("--pva-channel", metavar="PV", help="PVA channel (not available yet: issue 6)")
-    later.add_argument("--midas-socket", metavar="ADDR", help="MIDAS socket source (not available yet: issue 6)")
 
 
 def split_images(tokens: Sequence[str]) -> tuple[list[str], list[str]]:

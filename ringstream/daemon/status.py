@@ -72,6 +72,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"{tot.get('integrated', 0)}, written {tot.get('written', 0)}, rejected {tot.get('rejected', 0)}, "
         f"dropped {tot.get('dropped', 0)}, protocol errors {tot.get('protocol_errors', 0)}",
     ]
+    channel = channel_line(status)
+    if channel:
+        lines.append(channel)
     for name, c in (status.get("children") or {}).items():
         alive = "alive" if c.get("alive") else f"exited ({c.get('exitcode')})"
         counters = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
@@ -80,6 +83,28 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {name:<10} pid {c.get('pid')}  {alive:<12} {c.get('state', '?'):<8} "
                      f"heartbeat {c.get('heartbeat_age', 0):.1f} s ago  {counters}")
     return "\n".join(lines)
+
+
+def channel_line(status: dict[str, Any]) -> str:
+    """One line on a live source's channel from the ingest's counters (``pva_*``, ``midas_*``), or ""."""
+    c = ((status.get("children") or {}).get("ingest") or {}).get("counters") or {}
+    where = status.get("source_channel") or ""
+
+    def n(key: str) -> int:
+        return int(c.get(key, 0) or 0)
+
+    if "pva_connected" in c:
+        state = "connected" if n("pva_connected") else "DISCONNECTED"
+        return (f"channel pva {where}: {state} (connects {n('pva_connects')}, disconnects {n('pva_disconnects')}), "
+                f"received {n('pva_received')}, gaps {n('pva_gaps')} (missed {n('pva_missed')}), resets "
+                f"{n('pva_resets')}, overruns {n('pva_overruns')}, rejected: shape {n('dropped_wrong_shape')}, "
+                f"type {n('dropped_wrong_dtype')}, decode {n('dropped_decode_error')}; ring full "
+                f"{n('dropped_ring_full')}")
+    if "midas_connected" in c:
+        return (f"channel midas_socket {where}: {n('midas_connected')} sender(s) connected "
+                f"({n('midas_senders')} in all), received {n('midas_received')}, cut off: malformed "
+                f"{n('midas_malformed')}, short {n('midas_truncated')}")
+    return ""
 
 
 def print_status(endpoint: str, as_json: bool = False, timeout: float = 2.0, out: TextIO | None = None) -> int:

@@ -568,6 +568,9 @@ class Supervisor:
             "frames_per_s": round(self.rate, 2),
             "output": os.path.abspath(cfg.run.output_h5),
             "source": cfg.source.kind,
+            "source_channel": (cfg.source.pva_channel if cfg.source.kind == "pva" else
+                               f"{cfg.source.midas_listen}:{cfg.source.midas_port}"
+                               if cfg.source.kind == "midas_socket" else ""),
             "engine": cfg.workers.engine,
             "supervisor": {**self.rejects_events.counters(),
                            **{k.replace("protocol_errors_", "control_protocol_errors_"): v

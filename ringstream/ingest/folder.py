@@ -50,11 +50,11 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .formats import FORMAT_EXTS, FormatOptions, ImageFile, IncompleteFile, format_of, natural_key, open_image
-from .sources import SourceFrame, StopFlag, stopped
+from .sources import IDLE, SourceFrame, StopFlag, stopped
 
 log = logging.getLogger("ringstream.ingest.folder")
 
-#: longest time frames() blocks before it yields None (an idle tick: the ingest beats its heartbeat), in s
+#: longest time frames() blocks before it yields IDLE (an idle tick: the ingest beats its heartbeat), in s
 IDLE_TICK_S = 0.1
 
 WATCH_MODES = ("auto", "inotify", "poll")
@@ -304,14 +304,15 @@ class FolderSource:
                 st.queue.append(path)
 
     # ------------------------------------------------------------------------------------------------ frames
-    def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame | None]:
-        """Frames in the order of the module docstring; ``None`` while waiting (at least every 0.1 s)."""
+    def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]:
+        """Frames in the order of the module docstring; :data:`~.sources.IDLE` while waiting (at least every 0.1 s),
+        so that the ingest keeps reading releases and beating its heartbeat."""
         if self.opts.file:
             yield from self._one_file(Path(self.opts.file), stop)
             return
         yield from self._watch_folder(stop)
 
-    def _one_file(self, path: Path, stop: StopFlag | None) -> Iterator[SourceFrame | None]:
+    def _one_file(self, path: Path, stop: StopFlag | None) -> Iterator[SourceFrame]:
         deadline = None
         while not stopped(stop):
             result = self._try(path)
@@ -321,14 +322,14 @@ class FolderSource:
                 if now >= deadline:
                     self._skip(path)
                     return
-                yield None
+                yield IDLE
                 time.sleep(min(self.opts.poll_interval, IDLE_TICK_S))
                 continue
             if result is not False:
                 yield from self._emit(path, result, stop, n_sent=0)
             return
 
-    def _watch_folder(self, stop: StopFlag | None) -> Iterator[SourceFrame | None]:
+    def _watch_folder(self, stop: StopFlag | None) -> Iterator[SourceFrame]:
         opts, st = self.opts, self._state
         mode = opts.watch
         if mode in ("auto", "inotify"):
@@ -412,7 +413,7 @@ class FolderSource:
                         self._seen(path, complete=False)
                         last_new = time.monotonic()
                 self._check_waiting()
-            yield None  # an idle tick (also while files are retried): the ingest beats its heartbeat
+            yield IDLE  # an idle tick (also while files are retried): the ingest beats its heartbeat
 
     def _check_waiting(self) -> None:
         """Every poll_interval: files with a stable size (and files that failed to parse) are tried again;

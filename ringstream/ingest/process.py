@@ -31,7 +31,7 @@ from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotR
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
 from .copier import SlotCopier, auto_threads
-from .sources import Pacer, SlotLease, make_source
+from .sources import IDLE, Pacer, SlotLease, make_source
 
 log = logging.getLogger("ringstream.ingest")
 
@@ -41,9 +41,6 @@ POLL_MS = 50
 #: after the EndOfStream, stop waiting for the workers' releases when none came for this long (a dead worker never
 #: releases its slots), in s; the whole wait is bounded by ``supervisor.drain_timeout``
 RELEASE_IDLE_S = 10.0
-
-#: what ``next(frames, _END)`` returns at the end of a source (a source may yield None while it waits for data)
-_END = object()
 
 
 def child_setup(config, role: str) -> None:
@@ -194,12 +191,12 @@ class _Ingest:
         frames = iter(source.frames(stop))
         k = 0  # frames taken from the source (the pacing schedule)
         while pacer.wait(k, stop):  # wait first, so that a frame is made (and time-stamped) when it is due
-            frame = next(frames, _END)
-            if frame is _END:
+            frame = next(frames, None)
+            if frame is None:
                 break
-            if frame is None:  # the source is waiting for data (a folder with no new file): stay alive
-                self.announce_copies(source.pausable, stop, wait=True)  # frames copied so far go out now
+            if frame is IDLE:  # a live source with nothing new: keep releases, copies and heartbeats going
                 self.poll_releases(0)
+                self.announce_copies(source.pausable, stop)
                 self.hb.beat(self.snapshot)
                 continue
             k += 1

@@ -6,8 +6,8 @@ source at ``rate`` Hz when that is positive (0: as fast as the source yields), a
 full ring means: a pausable source (files, simulation) waits for a free slot; a non-pausable one (a live detector
 stream) keeps going and the frame is dropped and counted.
 
-Kinds: ``simulated`` (:mod:`.simulated`), ``replay`` (:mod:`.replay`), ``folder`` (:mod:`.folder`); ``pva`` and
-``midas_socket`` are planned and raise :class:`~ringstream.errors.ConfigError` for now.
+Kinds: ``simulated`` (:mod:`.simulated`), ``replay`` (:mod:`.replay`), ``folder`` (:mod:`.folder`),
+``pva`` (:mod:`.pva`), ``midas_socket`` (:mod:`.midas_socket`).
 """
 
 from __future__ import annotations
@@ -97,9 +97,6 @@ class Source(Protocol):
 
     def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]: ...
 
-    # frames() may also yield None while it waits for data (a folder with no new file), at least every ~0.2 s:
-    # the ingest then only reads releases and beats its heartbeat, so a quiet source is not taken for a dead one.
-
     def close(self) -> None: ...
 
 
@@ -109,6 +106,22 @@ class Source(Protocol):
 #   counters() -> dict[str, int | float]             the source's own counters (gaps, overruns, rejected frames,
 #                                                    connection state), merged into the ingest's heartbeat and
 #                                                    so shown by `ringstream status`
+
+
+#: what a live source's ``frames()`` yields when it has had nothing new for a moment: the ingest then reads slot
+#: releases and sends its heartbeat, and asks again (it is not a frame and is not counted)
+IDLE = SourceFrame(pixels=None, source_id="", timestamp=0.0)
+
+
+class HeapAllocator:
+    """A :class:`SlotAllocator` on the heap, for a leasing source when the ingest has no ring (inline frames):
+    every lease is a fresh array (slot -1); releasing does nothing."""
+
+    def acquire(self, shape: tuple[int, int], dtype: Any) -> SlotLease | None:
+        return SlotLease(-1, np.empty(tuple(int(n) for n in shape), np.dtype(dtype)))
+
+    def release(self, lease: SlotLease) -> None:
+        pass
 
 
 def stopped(stop: StopFlag | None) -> bool:
@@ -147,7 +160,7 @@ class Pacer:
 # --- the registry ------------------------------------------------------------------------------------------------
 
 #: kinds that are planned but not written yet -> the issue that tracks them.
-_PLANNED = {"pva": 6, "midas_socket": 6}
+_PLANNED: dict[str, int] = {}
 
 
 def _simulated(config, params) -> Source:
@@ -168,7 +181,20 @@ def _folder(config, params) -> Source:
     return FolderSource.from_config(config, params)
 
 
+def _pva(config, params) -> Source:
+    from .pva import PvaSource
+
+    return PvaSource.from_config(config, params)
+
+
+def _midas_socket(config, params) -> Source:
+    from .midas_socket import MidasSocketSource
+
+    return MidasSocketSource.from_config(config, params)
+
+
 _FACTORIES: dict[str, Callable[[Any, Any], Source]] = {"simulated": _simulated, "replay": _replay}
+_FACTORIES.update(pva=_pva, midas_socket=_midas_socket)
 _FACTORIES["folder"] = _folder
 
 SOURCE_KINDS = tuple(_FACTORIES) + tuple(_PLANNED)

@@ -15,6 +15,7 @@ import tifffile
 from ringstream.errors import ConfigError, InputError
 from ringstream.ingest.folder import FolderOptions, FolderSource, normalize_extensions, parse_shape
 from ringstream.ingest.formats import FormatOptions
+from ringstream.ingest.sources import IDLE
 
 SHAPE = (8, 6)
 
@@ -44,7 +45,7 @@ def collect(src: FolderSource, n: int | None = None, timeout: float = 10.0, duri
     deadline = time.monotonic() + timeout
     try:
         for frame in src.frames(stop):
-            if frame is None:
+            if frame is IDLE:
                 if during is not None:
                     during(ticks)
                 ticks += 1
@@ -218,7 +219,7 @@ def test_fills_on_threads_after_the_generator_moved_on(tmp_path):
         np.save(tmp_path / name, data)
     old(*tmp_path.iterdir())
     src = source(tmp_path, count=3)
-    frames = [f for f in src.frames(threading.Event()) if f is not None]  # all yielded before any fill
+    frames = [f for f in src.frames(threading.Event()) if f is not IDLE]  # all yielded before any fill
     assert len(src._open_files) == 3
     outs = [np.empty(f.shape, f.dtype) for f in frames]
     with ThreadPoolExecutor(4) as pool:

@@ -1,0 +1,141 @@
+"""The ingest process alone: frames/s when every frame is released the moment it arrives.
+
+Runs the real `ringstream.ingest.process.run` (simulated source, shared-memory ring) in a spawned child, with this
+process standing in for the workers (it releases each slot at once and counts headers) and for the writer (it
+receives EndOfStream). This is the ceiling the ingest puts on the whole daemon, whatever the engine; with
+`--profile` the child runs under cProfile and the top entries are printed, to say where its time goes.
+
+    python bench/ingest_only.py [--frames 3000] [--params configs/demo-pilatus2m.txt] [--profile]
+
+Writes bench/results/ingest_only-<hostname>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ringstream.config import DaemonConfig  # noqa: E402
+from ringstream.geometry.cache import load_or_build  # noqa: E402
+from ringstream.ingest import process as ingest_process  # noqa: E402
+from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
+from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
+
+
+def _profiled_ingest(config, ready, stop, out_path):
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(ingest_process.run, config, ready, stop)
+    finally:
+        with open(out_path, "w") as fh:
+            pstats.Stats(prof, stream=fh).sort_stats("tottime").print_stats(18)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=3000)
+    ap.add_argument("--params", default=str(REPO / "configs" / "demo-pilatus2m.txt"))
+    ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="ingest-only-"))
+    ep = {k: free_tcp_endpoint() for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
+                                           "events_endpoint")}
+    config = DaemonConfig.from_dict({
+        "run": {"param_file": args.params, "output_h5": str(tmp / "unused.h5")},
+        "source": {"kind": "simulated", "frames": args.frames, "dtype": "int32"},
+        "workers": {"count": 1, "engine": "cpu"},
+        "transport": dict(ep, ring_slots=args.slots, queue_depth=args.slots),
+        "logging": {"level": "WARNING"},
+    })
+    load_or_build(config.load_params())
+
+    ctx = zmq.Context()
+    frames = ctx.socket(zmq.PULL)
+    frames.connect(ep["frames_endpoint"])
+    release = ctx.socket(zmq.PUSH)
+    release.connect(ep["release_endpoint"])
+    results = ctx.socket(zmq.PULL)
+    results.bind(ep["results_endpoint"])
+    events = ctx.socket(zmq.PULL)
+    events.bind(ep["events_endpoint"])
+
+    spawn = mp.get_context("spawn")
+    ready, stop = spawn.Event(), spawn.Event()
+    prof_path = tmp / "profile.txt"
+    target, extra = (_profiled_ingest, (str(prof_path),)) if args.profile else (ingest_process.run, ())
+    child = spawn.Process(target=target, args=(config, ready, stop, *extra), daemon=True)
+    child.start()
+    if not ready.wait(120):
+        raise SystemExit("ingest did not become ready")
+
+    poller = zmq.Poller()
+    poller.register(frames, zmq.POLLIN)
+    poller.register(results, zmq.POLLIN)
+    n, t_first, eos, t_end = 0, None, None, None
+    while eos is None or n < eos.n_frames:
+        for sock, _ in poller.poll(5000):
+            if sock is frames:
+                msg, _ = recv_message(frames)
+                assert isinstance(msg, FrameHeader)
+                if t_first is None:
+                    t_first = time.perf_counter()
+                n += 1
+                t_end = time.perf_counter()
+                send_message(release, SlotRelease(shm_name=msg.shm_name, slot=msg.slot, frame_index=msg.frame_index))
+            else:
+                msg, _ = recv_message(results)
+                if isinstance(msg, EndOfStream):
+                    eos = msg
+    child.join(60)
+    fps = (n - 1) / (t_end - t_first) if n > 1 else 0.0
+    params = config.load_params()
+    frame_bytes = int(np.prod(params.shape)) * 4
+    row = {"frames": n, "shape": list(params.shape), "dtype": "int32", "ring_slots": args.slots,
+           "ingest_fps": round(fps, 1), "GB_s": round(fps * frame_bytes / 1e9, 2), "exit_code": child.exitcode}
+    # the copy alone, for comparison: one numpy copy of a frame into a preallocated buffer
+    a = np.ones(params.shape, np.int32)
+    b = np.empty_like(a)
+    t0 = time.perf_counter()
+    for _ in range(50):
+        np.copyto(b, a)
+    row["copy_only_fps"] = round(50 / (time.perf_counter() - t0), 1)
+    machine = {"hostname": socket.gethostname(), "nproc": os.cpu_count(), "python": platform.python_version(),
+               "numpy": np.__version__, "pyzmq": zmq.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print(f"{'frames':>7} {'ingest fps':>11} {'GB/s':>6} {'copy-only fps':>14}")
+    print(f"{n:>7} {row['ingest_fps']:>11} {row['GB_s']:>6} {row['copy_only_fps']:>14}")
+    if args.profile and prof_path.exists():
+        print(prof_path.read_text())
+        row["profile_top"] = prof_path.read_text()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"ingest_only-{machine['hostname']}.json"
+    path.write_text(json.dumps({"benchmark": "ingest_only", "machine": machine, "result": row}, indent=2))
+    print(f"wrote {path}")
+    for s in (frames, release, results, events):
+        s.close(0)
+    ctx.term()
+    return 0 if child.exitcode == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

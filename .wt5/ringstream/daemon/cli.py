@@ -1,0 +1,430 @@
+"""The ``ringstream`` command line.
+
+Subcommands::
+
+    ringstream map --param-file P [--export-midas DIR] [--cache-dir D] [--no-cache] [Key Value ...]
+    ringstream integrate --param-file P [--dark D] [--output-h5 OUT.h5] [--import-midas DIR [--force]]
+                         [--engine auto|cpu|gpu] [--overwrite] IMAGE... [Key Value ...]
+    ringstream run --param-file P (--simulate N | --replay PATH) [--rate HZ] [--workers N] [--engine E]
+                   [--output-h5 OUT.h5] [--config FILE.toml] [--control ENDPOINT] [Key Value ...]
+    ringstream status [--control ENDPOINT] [--json]
+    ringstream check-config [the options of run]
+
+Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file (MIDAS manual 3.5). For ``integrate``,
+the images come first: they end at the first token that is a parameter key or starts with ``--``.
+
+Errors are the interface: any :class:`~ringstream.errors.RingstreamError` is printed as one line
+``ringstream: error: <message>`` on stderr and the process exits with the error's documented code (see
+``ringstream/errors.py``); ``-v`` adds the traceback and DEBUG logs. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import __version__
+from ..errors import EXIT_INTERNAL, InputError, RingstreamError
+
+log = logging.getLogger("ringstream.cli")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: Frames integrated per engine call in ``integrate``.
+BATCH = 16
+
+EXIT_INTERRUPTED = 130
+
+
+# --------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringstream",
+        description="Live azimuthal integration of X-ray detector streams, MIDAS-compatible.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="DEBUG logs and tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"ringstream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="DEBUG logs and tracebacks on errors")
+        p.add_argument("--param-file", required=True, metavar="P", help="MIDAS parameter file")
+
+    m = sub.add_parser(
+        "map", allow_abbrev=False,
+        help="build (or load from the cache) the integration map and describe it",
+        description="Build or load the integration map of a parameter file and print its size, bins, build time "
+        "and cache key. Trailing 'Key Value' tokens override the parameter file.",
+    )
+    common(m)
+    m.add_argument("--export-midas", metavar="DIR", help="also write MIDAS v3 Map.bin and nMap.bin into DIR")
+    m.add_argument("--cache-dir", metavar="D", help="map cache folder (default $RINGSTREAM_CACHE_DIR, "
+                   "else ~/.cache/ringstream/maps)")
+    m.add_argument("--no-cache", action="store_true", help="always build; neither read nor write the cache")
+
+    i = sub.add_parser(
+        "integrate", allow_abbrev=False,
+        help="integrate image files into a NeXus HDF5 file",
+        description="Integrate image files (a folder means its images in natural order) and write the HDF5 "
+        "results file. Usage: integrate --param-file P [options] IMAGE... [Key Value overrides].",
+    )
+    common(i)
+    i.add_argument("--dark", metavar="D", help="dark frame(s): TIFF/HDF5/npy (a stack is averaged) or MIDAS "
+                   "raw int64 (overrides the Dark key)")
+    i.add_argument("--output-h5", metavar="OUT.h5", help="results file (default: first image's stem + "
+                   "'_integrated.h5' in the current folder)")
+    i.add_argument("--import-midas", metavar="DIR", help="use MIDAS Map.bin/nMap.bin from DIR instead of "
+                   "building the map")
+    i.add_argument("--force", action="store_true", help="with --import-midas: accept a map whose parameter "
+                   "hash does not match (or a legacy map without a header)")
+    i.add_argument("--engine", default="auto", choices=("auto", "cpu", "gpu"), help="integration engine")
+    i.add_argument("--cache-dir", metavar="D", help="map cache folder")
+    i.add_argument("--no-cache", action="store_true", help="always build the map; do not use the cache")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    r = sub.add_parser(
+        "run", allow_abbrev=False,
+        help="run the streaming daemon: source -> workers -> HDF5 (docs/DAEMON.md)",
+        description="Start the supervisor, the ingest, the workers and the writer; stop at the end of the source, "
+        "on SIGTERM/SIGINT (first: drain, second: stop now) or on 'ringstream status'-side 'stop'. Trailing "
+        "'Key Value' tokens override the parameter file. Exit: 0 ok, 2 configuration, 3 input, 4 map, "
+        "5 a child process failed, 130/143 interrupted twice.",
+    )
+    r.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="DEBUG logs and tracebacks on errors")
+    _add_run_arguments(r)
+
+    s = sub.add_parser(
+        "status", allow_abbrev=False,
+        help="ask a running daemon how it is doing (exit 0 healthy, 1 otherwise)",
+        description="Query the control socket of a running daemon. Exit 0 when it runs (or drains) and every "
+        "child is alive; 1 otherwise, or when no daemon answers.",
+    )
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="DEBUG logs and tracebacks on errors")
+    s.add_argument("--control", "--control-endpoint", dest="control_endpoint", metavar="ENDPOINT",
+                   help=f"control endpoint (default ${CONTROL_ENV}, else {DEFAULT_CONTROL})")
+    s.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    s.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for an answer")
+
+    try:
+        from .check_config import add_check_config_parser
+    except ImportError:  # pragma: no cover - the check-config module is part of the package
+        add_check_config_parser = None
+    if add_check_config_parser is not None:
+        add_check_config_parser(sub)
+    from .peaks_cli import add_peaks_parser
+
+    add_peaks_parser(sub)  # issue 5
+    return parser
+
+
+CONTROL_ENV = "RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT"
+DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
+
+#: sources that are planned, by their option -> the issue that brings them
+_NOT_YET = {"--folder": ("the folder source", 7), "--pva": ("the PVA source", 6), "--pva-ip": ("the PVA source", 6),
+            "--pva-channel": ("the PVA source", 6), "--midas-socket": ("the MIDAS socket source", 6)}
+
+
+def _add_run_arguments(r: argparse.ArgumentParser) -> None:
+    from ..config import add_config_arguments
+
+    add_config_arguments(r)
+    r.add_argument("--control", dest="control_endpoint", metavar="ENDPOINT",
+                   help="control endpoint for 'ringstream status' ([transport] control_endpoint; 'auto' = a free "
+                   "port, printed in the log)")
+    later = r.add_argument_group("sources to come")
+    later.add_argument("--folder", metavar="DIR", help="watch a folder for new images (not available yet: issue 7)")
+    later.add_argument("--pva", action="store_true", default=None, help="EPICS PVA NTNDArray stream (not available "
+                       "yet: issue 6)")
+    later.add_argument("--pva-ip", metavar="ADDR", help="PVA server address (not available yet: issue 6)")
+    later.add_argument("--pva-channel", metavar="PV", help="PVA channel (not available yet: issue 6)")
+    later.add_argument("--midas-socket", metavar="ADDR", help="MIDAS socket source (not available yet: issue 6)")
+
+
+def split_images(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split leftover tokens into (images, overrides): images end at the first key or ``--`` token."""
+    from ..params import KNOWN_KEYS
+
+    images: list[str] = []
+    for k, token in enumerate(tokens):
+        if token.startswith("--") or token in KNOWN_KEYS:
+            return images, list(tokens[k:])
+        images.append(token)
+    return images, []
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+
+def _load_params(args: argparse.Namespace, overrides: Sequence[str]):
+    from ..params import load_params
+
+    p = load_params(args.param_file, overrides=list(overrides))
+    for line in p.warnings:
+        log.warning("%s", line)
+    return p
+
+
+def _load_map(p, cache_dir: str | None, use_cache: bool):
+    from ..geometry.cache import load_or_build
+
+    t0 = time.perf_counter()
+    imap, from_cache = load_or_build(p, cache_dir=cache_dir, use_cache=use_cache)
+    return imap, from_cache, time.perf_counter() - t0
+
+
+def _map_megabytes(imap) -> float:
+    total = 0
+    for mat in (imap.weights, imap.areas):
+        for arr in (mat.data, mat.indices, mat.indptr):
+            total += arr.nbytes
+    return total / 1e6
+
+
+def cmd_map(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    p = _load_params(args, overrides)
+    imap, from_cache, seconds = _load_map(p, args.cache_dir, not args.no_cache)
+    nz, ny = (int(s) for s in imap.shape)
+    r_edges, eta_edges = imap.r_edges, imap.eta_edges
+    q_mode = bool(getattr(p, "q_mode", False))
+    mode = (f"Q mode {p.QMin:g}..{p.QMax:g} 1/A step {p.QBinSize:g} at {p.Wavelength:g} A"
+            if q_mode else "R mode (Q mode: no)")
+    out = [
+        f"map: detector {nz} x {ny} pixels (NrPixelsZ x NrPixelsY), {imap.weights.nnz} nonzeros, "
+        f"{_map_megabytes(imap):.1f} MB in memory",
+        f"bins: {imap.n_r} x {imap.n_eta} (n_r x n_eta), R {r_edges[0]:g}..{r_edges[-1]:g} px, "
+        f"eta {eta_edges[0]:g}..{eta_edges[-1]:g} deg, {mode}",
+        (f"time: loaded from cache in {seconds:.2f} s" if from_cache
+         else f"time: built in {float(getattr(imap, 'build_seconds', seconds)):.2f} s"),
+        f"cache key: {imap.key}",
+    ]
+    if args.export_midas:
+        from ..geometry.midas_map import export_midas
+
+        map_path, nmap_path = export_midas(imap, p, args.export_midas)
+        out.append(f"MIDAS map: {map_path} {nmap_path}")
+    print("\n".join(out), flush=True)
+    return 0
+
+
+def _default_output(images: Sequence[str]) -> Path:
+    first = Path(images[0])
+    stem = first.name if first.is_dir() else first.stem
+    return Path.cwd() / f"{stem or 'images'}_integrated.h5"
+
+
+def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import numpy as np
+
+    from ..engines.registry import create_engine
+    from ..ingest.images import iter_images, load_dark
+    from ..writer.hdf5 import Hdf5Writer, check_output_path
+
+    images, overrides = split_images(extra)
+    if not images:
+        raise InputError("integrate: no images given (IMAGE... after the options, before any Key Value overrides)")
+    if args.force and not args.import_midas:
+        log.warning("--force has no effect without --import-midas")
+    p = _load_params(args, overrides)
+    output = check_output_path(args.output_h5 or _default_output(images), args.overwrite)
+    shape = tuple(int(s) for s in p.shape)
+    frames = iter_images(images, shape=shape)  # checks every path (existence, extension) now
+
+    if args.import_midas:
+        from ..geometry.midas_map import import_midas
+
+        imap = import_midas(args.import_midas, p, force=args.force)
+        log.info("map: imported MIDAS map from %s", args.import_midas)
+    else:
+        imap, _, _ = _load_map(p, args.cache_dir, not args.no_cache)
+
+    dark_path = args.dark if args.dark else getattr(p, "Dark", None)
+    dark = load_dark(dark_path, shape) if dark_path else None
+    engine = create_engine(args.engine, imap, dark=dark, normalize=bool(p.Normalize))
+    write_2d = bool(p.Write2D)
+
+    t0 = time.perf_counter()
+    n = 0
+    writer = Hdf5Writer(output, imap, p, engine_name=engine.name, write_2d=write_2d,
+                        overwrite=args.overwrite, note="ringstream integrate (offline, image files)")
+    from .offline_fit import OfflineFitting
+
+    fitting = OfflineFitting.create(p, imap, engine.name, output)  # issue 5: None without peak fitting
+    ok = False
+    try:
+        batch: list[np.ndarray] = []
+        ids: list[str] = []
+
+        def run_batch() -> None:
+            nonlocal n
+            if not batch:
+                return
+            lineouts, cakes = engine.integrate_batch(np.stack(batch))
+            stamp = time.time()
+            writer.append_many(np.arange(n, n + len(batch)), ids, np.full(len(batch), stamp), lineouts,
+                               cakes if write_2d else None)
+            if fitting is not None:
+                fitting.fit_batch(n, ids, lineouts)
+            n += len(batch)
+            log.debug("integrated %d frames (last %s)", n, ids[-1])
+            batch.clear()
+            ids.clear()
+
+        source = iter(frames)
+        while True:
+            try:
+                sid, frame = next(source)
+            except StopIteration:
+                break
+            except RingstreamError:
+                run_batch()  # the frames read before the bad file still go into the results
+                raise
+            if batch and frame.dtype != batch[0].dtype:
+                run_batch()
+            batch.append(frame)
+            ids.append(sid)
+            if len(batch) == BATCH:
+                run_batch()
+        run_batch()
+        ok = True
+    except RingstreamError as exc:
+        if n:  # say where the partial results are, still on the one error line
+            raise type(exc)(f"{exc} ({n} frames before it are in {output}, run_complete false)") from exc
+        raise
+    finally:
+        writer.close(run_complete=ok)
+        if fitting is not None:
+            fitting.close()
+        if not ok and n == 0:
+            output.unlink(missing_ok=True)  # nothing in it: do not leave a file that blocks the rerun
+    seconds = time.perf_counter() - t0
+    rate = n / seconds if seconds > 0 else float("inf")
+    print(f"integrated {n} frames in {seconds:.2f} s ({rate:.1f} frames/s) -> {output}", flush=True)
+    return 0
+
+
+def _check_not_yet(args: argparse.Namespace) -> None:
+    from ..errors import ConfigError
+
+    for flag, (what, issue) in _NOT_YET.items():
+        if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
+            raise ConfigError(f"command line ({flag}): {what} is not available yet (issue {issue}); "
+                              "use --simulate N or --replay PATH")
+
+
+def _run_logging(level: str, verbose: bool) -> None:
+    """Logs of the run: stderr, INFO (or the configured level; DEBUG with -v), the process role in every line."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else getattr(logging, str(level).upper(), logging.INFO))
+    for h in root.handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s"))
+
+
+def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ..config import config_from_args
+    from ..params import parse_overrides
+    from .supervisor import run_daemon
+
+    _check_not_yet(args)
+    parse_overrides(extra)  # a stray token is a ParamError naming it, before anything starts
+    config = config_from_args(args, extra)
+    _run_logging(config.logging.level, bool(args.verbose))
+    return run_daemon(config)
+
+
+def cmd_status(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import os
+
+    from .status import print_status
+
+    if extra:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"status: unexpected arguments: {' '.join(extra)}")
+    endpoint = args.control_endpoint or os.environ.get(CONTROL_ENV) or DEFAULT_CONTROL
+    return print_status(endpoint, as_json=bool(args.json), timeout=float(args.timeout))
+
+
+def cmd_check_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .check_config import check_config
+
+    return check_config(args, extra)
+
+
+def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .peaks_cli import cmd_peaks as run_peaks
+
+    return run_peaks(args, extra)
+
+
+COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
+            "check-config": cmd_check_config, "peaks": cmd_peaks}
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for noisy in ("numba", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Image readers log their own complaints about a bad file; ringstream reports the file as one error line.
+    for reader in ("tifffile", "fabio"):
+        logging.getLogger(reader).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 1 internal error, 2 config, 3 input, 4 map, 130 ^C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+    except SystemExit as exc:  # usage errors (2), --help and --version (0)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    verbose = bool(args.verbose)
+    _setup_logging(verbose)
+    try:
+        if args.command == "map":
+            from ..params import parse_overrides
+
+            parse_overrides(extra)  # a stray non-key token is a ParamError naming it
+        return COMMANDS[args.command](args, extra)
+    except KeyboardInterrupt:
+        print("ringstream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RingstreamError as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"ringstream: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return int(exc.exit_code)
+    except Exception as exc:  # a bug: one line, traceback with -v
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"ringstream: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(run with -v for the traceback and please report it)", file=sys.stderr, flush=True)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

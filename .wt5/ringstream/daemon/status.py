@@ -1,0 +1,97 @@
+"""``ringstream status``: ask a running daemon's control socket how it is doing.
+
+The client is a DEALER that sends ``["", *encode(ControlRequest)]`` (the envelope a REQ socket would send) to the
+supervisor's control ROUTER and waits up to ``timeout`` s for the ControlReply. Exit status of the command: 0 when the
+daemon answers, its state is ``running`` or ``draining`` and every child is alive; 1 otherwise, including when
+nothing answers (one line: ``ringstream: error: no daemon answering on tcp://…``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+import zmq
+
+from ..protocol import ControlReply, ControlRequest, ProtocolError, decode, encode
+
+HEALTHY_STATES = ("running", "draining")
+
+
+class NoDaemon(Exception):
+    """Nothing answered on the control endpoint within the timeout."""
+
+
+def request(endpoint: str, command: str = "status", timeout: float = 2.0, args: dict | None = None) -> ControlReply:
+    """Send one ControlRequest to ``endpoint`` and return the ControlReply; :class:`NoDaemon` on timeout."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([b"", *encode(ControlRequest(command=command, args=dict(args or {})))])
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            raise NoDaemon(f"no daemon answering on {endpoint}")
+        frames = sock.recv_multipart()
+    finally:
+        sock.close(linger=0)
+    if frames and frames[0] == b"":
+        frames = frames[1:]
+    try:
+        reply, _ = decode(frames)
+    except ProtocolError as exc:
+        raise NoDaemon(f"{endpoint} answered with something that is not a ringstream reply ({exc})") from None
+    if not isinstance(reply, ControlReply):
+        raise NoDaemon(f"{endpoint} answered with a {type(reply).__name__}, not a reply")
+    return reply
+
+
+def query_status(endpoint: str, timeout: float = 2.0) -> dict[str, Any]:
+    """The daemon's status (see :meth:`ringstream.daemon.supervisor.Supervisor.status`); NoDaemon if none."""
+    reply = request(endpoint, "status", timeout)
+    if not reply.ok:
+        raise NoDaemon(f"{endpoint}: status request refused: {reply.error}")
+    return dict(reply.data)
+
+
+def is_healthy(status: dict[str, Any]) -> bool:
+    """True when the state is running or draining and every child is alive."""
+    children = status.get("children") or {}
+    return status.get("state") in HEALTHY_STATES and bool(children) and all(
+        c.get("alive") for c in children.values())
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Human-readable lines for a status dict."""
+    tot = status.get("totals", {})
+    lines = [
+        f"run {status.get('run_id')}: {status.get('state')}, up {status.get('uptime', 0):.0f} s, "
+        f"{status.get('frames_per_s', 0):.1f} frames/s, output {status.get('output')}",
+        f"frames: received {tot.get('received', 0)}, sent {tot.get('sent', 0)}, integrated "
+        f"{tot.get('integrated', 0)}, written {tot.get('written', 0)}, rejected {tot.get('rejected', 0)}, "
+        f"dropped {tot.get('dropped', 0)}, protocol errors {tot.get('protocol_errors', 0)}",
+    ]
+    for name, c in (status.get("children") or {}).items():
+        alive = "alive" if c.get("alive") else f"exited ({c.get('exitcode')})"
+        counters = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                             for k, v in sorted((c.get("counters") or {}).items())
+                             if not (k.startswith("protocol_errors_") and not v))
+        lines.append(f"  {name:<10} pid {c.get('pid')}  {alive:<12} {c.get('state', '?'):<8} "
+                     f"heartbeat {c.get('heartbeat_age', 0):.1f} s ago  {counters}")
+    return "\n".join(lines)
+
+
+def print_status(endpoint: str, as_json: bool = False, timeout: float = 2.0, out: TextIO | None = None) -> int:
+    """Print the status of the daemon on ``endpoint``; return 0 when healthy, else 1."""
+    out = out or sys.stdout
+    try:
+        status = query_status(endpoint, timeout)
+    except NoDaemon as exc:
+        print(f"ringstream: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2, sort_keys=True), file=out, flush=True)
+    else:
+        print(format_status(status), file=out, flush=True)
+    return 0 if is_healthy(status) else 1

@@ -1,0 +1,719 @@
+"""The supervisor: the ``ringstream run`` process that starts, watches and stops the daemon's children.
+
+See docs/DAEMON.md ("Roles", "Ending a run"). In order, :meth:`Supervisor.run`:
+
+1. resolves the configuration into a concrete one (``"auto"`` endpoints become free ``tcp://127.0.0.1:<port>``, an
+   empty run id becomes a generated one) so that every child sees the same addresses and the same run id;
+2. loads the parameters and builds (or loads) the map through the cache, so the children hit the cache;
+3. binds the events PULL (heartbeats) and the control ROUTER (``ringstream status``, ``stop``);
+4. starts writer, workers, ingest (start method ``spawn``) with SIGINT/SIGTERM blocked around each spawn, and waits
+   for each one's ``ready`` within ``supervisor.ready_timeout``; then sd_notify ``READY=1``;
+5. loops every <= 0.2 s over the child sentinels, the events and control sockets, sending ``WATCHDOG=1`` each turn
+   and a ``STATUS=`` line about once a second.
+
+Ending a run: the writer finishing (end of source, or after a drain) ends it with exit 0. The first SIGTERM/SIGINT (or
+a ``stop`` request) drains: ingest stops and sends EndOfStream, the workers finish what was sent, the writer
+completes. The second one stops everything at once (exit 130/143). A child that exits non-zero, dies by a signal or
+stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line naming it, then ingest, workers and
+the writer (last: it flushes and closes) are stopped in that order, exit 5. No child outlives the supervisor: every
+join has a timeout, followed by terminate, then kill.
+
+Exit codes: 0 ok; 1 internal error; 2 configuration; 3 input; 4 map; 5 a child process failed; 130/143 interrupted
+twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from ..errors import ConfigError, RingstreamError
+from ..protocol import ControlReply, ControlRequest, Heartbeat, PeakUpdate, ProtocolError, decode, encode
+from ..transport.endpoints import free_tcp_endpoint
+from ..transport.sockets import RejectLog, make_socket, recv_message
+
+log = logging.getLogger("ringstream.supervisor")
+
+EXIT_OK = 0
+EXIT_CHILD_FAILED = 5
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+#: longest wait of one main-loop turn, s
+TICK = 0.2
+#: STATUS= line period, s
+STATUS_PERIOD = 1.0
+#: after a second signal: how long the children get before terminate(), s
+KILL_GRACE = 2.0
+#: how long each role gets to exit after its ``stop`` in an orderly stop before terminate(), s
+JOIN_TIMEOUT = {"ingest": 3.0, "worker": 5.0, "writer": 15.0}
+
+_ROLE_TARGETS = {
+    "ingest": "ringstream.ingest.process",
+    "worker": "ringstream.workers.process",
+    "writer": "ringstream.writer.process",
+}
+
+
+# --------------------------------------------------------------------------------------------------- children
+
+
+def child_main(role: str, config: Any, ready: Any, stop: Any, kwargs: dict) -> None:
+    """The spawned child's target: import the role's module, run it, exit with its return code."""
+    import importlib
+
+    module = importlib.import_module(_ROLE_TARGETS[role])
+    code = module.run(config, ready, stop, **kwargs)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    raise SystemExit(int(code or 0))
+
+
+@dataclass
+class Child:
+    """One child process and what the supervisor knows of it (from its sentinel and its heartbeats)."""
+
+    name: str  # "ingest", "worker-0", "writer"
+    role: str
+    index: int
+    process: Any
+    ready: Any
+    stop: Any
+    started: float = 0.0  # monotonic time of start
+    last_beat: float = 0.0  # monotonic time of the last heartbeat received
+    state: str = "starting"  # from heartbeats: starting, running, done
+    counters: dict[str, float] = field(default_factory=dict)
+    exit_seen: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def describe_exit(self) -> str:
+        code = self.process.exitcode
+        if code is None:
+            return "is still running"
+        if code < 0:
+            try:
+                sig = signal.Signals(-code).name
+                return f"killed by signal {-code} ({sig})"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
+
+def _exit_text(child: Child) -> str:
+    code = child.process.exitcode
+    if code is not None and code < 0:
+        return f"{child.name} (pid {child.pid}) died: killed by signal {-code}"
+    return f"{child.name} (pid {child.pid}) died: {child.describe_exit()}"
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def resolve_config(config: Any) -> Any:
+    """``config`` with every ``"auto"`` endpoint replaced by a free loopback port and a run id filled in."""
+    t = config.transport
+    changes = {}
+    taken: set[str] = set()
+    for key in ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
+                "peaks_endpoint"):
+        value = str(getattr(t, key))
+        if value == "auto":
+            value = free_tcp_endpoint()
+            while value in taken:
+                value = free_tcp_endpoint()
+            changes[key] = value
+        taken.add(value)
+    transport = dataclasses.replace(t, **changes) if changes else t
+    run = config.run
+    if not str(getattr(run, "run_id", "") or ""):
+        run = dataclasses.replace(run, run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    return dataclasses.replace(config, transport=transport, run=run)
+
+
+class _NullNotifier:
+    """Stands in for :class:`ringstream.daemon.notify.Notifier` outside systemd or when it is missing."""
+
+    watchdog_interval = None
+
+    def ready(self, status: str = "") -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self, status: str = "") -> None: ...
+
+
+def _notifier():
+    try:
+        from .notify import Notifier
+    except ImportError:
+        return _NullNotifier()
+    try:
+        return Notifier.from_env()
+    except Exception as exc:  # a broken NOTIFY_SOCKET must not stop the run
+        log.warning("systemd notification disabled: %s", exc)
+        return _NullNotifier()
+
+
+def _call(fn, *args) -> None:
+    try:
+        fn(*args)
+    except TypeError:
+        fn()  # a notifier method without the optional status text
+    except Exception as exc:  # never let notification break the loop
+        log.debug("sd_notify failed: %s", exc)
+
+
+def _num(counters: dict, key: str) -> float:
+    v = counters.get(key, 0)
+    return v if isinstance(v, (int, float)) else 0
+
+
+# --------------------------------------------------------------------------------------------------- supervisor
+
+
+class Supervisor:
+    """Runs one daemon run for ``config`` (a :class:`~ringstream.config.DaemonConfig`); :meth:`run` -> exit code."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = resolve_config(config)
+        self.children: list[Child] = []
+        self.state = "starting"
+        self.t_start = time.monotonic()
+        self.t_running: float | None = None
+        self.signals: list[int] = []
+        self.failure: str | None = None
+        self.drain_deadline: float | None = None
+        self.stop_requested_by: str | None = None
+        self.rate = 0.0
+        self._rate_mark: tuple[float, float] | None = None
+        self.notifier = _notifier()
+        self.rejects_events = RejectLog(log, "supervisor events socket")
+        self.rejects_control = RejectLog(log, "supervisor control socket")
+        self.hard_exit: int | None = None  # 130/143 after a second signal
+        self.peaks = None  # PeakControl (issue 5), set up in run()
+
+    # ------------------------------------------------------------------------------------------ public
+    def run(self) -> int:
+        cfg = self.config
+        self._prepare()
+        ctx = zmq.Context()
+        try:
+            t = cfg.transport
+            try:
+                self.events = make_socket(ctx, zmq.PULL, t.events_endpoint, bind=True, hwm=1000)
+            except zmq.ZMQError as exc:
+                raise ConfigError(f"[transport] events_endpoint {t.events_endpoint}: cannot bind ({exc})") from None
+            try:
+                self.control = make_socket(ctx, zmq.ROUTER, t.control_endpoint, bind=True, hwm=100)
+            except zmq.ZMQError as exc:
+                raise ConfigError(f"[transport] control_endpoint {t.control_endpoint}: cannot bind ({exc}); "
+                                  "is another daemon running there? (ringstream status --control "
+                                  f"{t.control_endpoint})") from None
+            self._open_peaks(ctx)  # issue 5: peak-list updates (ringstream peaks, peak_update.txt)
+            self.poller = zmq.Poller()
+            self.poller.register(self.events, zmq.POLLIN)
+            self.poller.register(self.control, zmq.POLLIN)
+            self._install_handlers()
+            try:
+                code = self._start_and_loop()
+            finally:
+                self._kill_leftovers()
+            if self.hard_exit is not None:
+                return self.hard_exit
+            return code
+        finally:
+            ctx.destroy(linger=0)
+            self._restore_handlers()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        """Parameters and the map (through the cache), before any child starts."""
+        from ..geometry.cache import load_or_build
+        from ..writer.hdf5 import check_output_path
+
+        cfg = self.config
+        params = cfg.load_params()
+        for line in getattr(params, "warnings", ()):
+            log.warning("%s", line)
+        t0 = time.perf_counter()
+        imap, from_cache = load_or_build(params)
+        dt = time.perf_counter() - t0
+        if from_cache:
+            log.info("map: loaded from the cache in %.2f s (%d x %d bins, key %s)", dt, imap.n_r, imap.n_eta,
+                     imap.key[:12])
+        else:
+            log.info("map: built in %.2f s and cached (%d x %d bins, key %s)",
+                     float(getattr(imap, "build_seconds", dt)), imap.n_r, imap.n_eta, imap.key[:12])
+        check_output_path(cfg.run.output_h5, overwrite=False)
+        log.info("run %s: source %s, %d workers, engine %s, output %s, control %s", cfg.run.run_id,
+                 cfg.source.kind, cfg.workers.count, cfg.workers.engine, cfg.run.output_h5,
+                 cfg.transport.control_endpoint)
+
+    def _install_handlers(self) -> None:
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for sig, old in getattr(self, "_old", {}).items():
+            try:
+                signal.signal(sig, old)
+            except (TypeError, ValueError):
+                pass
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals.append(signum)  # handled by the main loop (never do work in a handler)
+
+    def _spawn(self, mp, role: str, index: int = 0) -> Child:
+        name = role if role != "worker" else f"worker-{index}"
+        ready, stop = mp.Event(), mp.Event()
+        kwargs = {"index": index} if role == "worker" else {}
+        proc = mp.Process(target=child_main, args=(role, self.config, ready, stop, kwargs), name=f"ringstream-{name}",
+                          daemon=False)
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        child = Child(name=name, role=role, index=index, process=proc, ready=ready, stop=stop,
+                      started=time.monotonic(), last_beat=time.monotonic())
+        self.children.append(child)
+        log.info("started %s (pid %d)", name, proc.pid)
+        return child
+
+    def _wait_ready(self, child: Child) -> str | None:
+        """None once ``child`` is ready; else why not (it died, timed out, or a signal arrived)."""
+        timeout = float(self.config.supervisor.ready_timeout)
+        deadline = time.monotonic() + timeout
+        while not child.ready.is_set():
+            if not child.alive():
+                child.process.join(0.1)
+                return f"{child.name} (pid {child.pid}) {child.describe_exit()} during start"
+            if self.signals:
+                return "interrupted"
+            if time.monotonic() > deadline:
+                return f"{child.name} (pid {child.pid}) was not ready within {timeout:g} s"
+            self._service(0.1)
+        child.last_beat = time.monotonic()
+        return None
+
+    def _start_and_loop(self) -> int:
+        cfg = self.config
+        mp = multiprocessing.get_context("spawn")
+        # The writer and the workers start together (they only connect or bind their own sockets); the ingest
+        # starts once they are all ready, so that the first frames find every worker connected.
+        consumers = [("writer", 0)] + [("worker", i) for i in range(int(cfg.workers.count))]
+        for group in (consumers, [("ingest", 0)]):
+            started = [self._spawn(mp, role, index) for role, index in group]
+            problem = None
+            for child in started:
+                problem = self._wait_ready(child)
+                if problem is not None:
+                    break
+            if problem is not None:
+                if problem == "interrupted":
+                    sig = self.signals[0]
+                    log.warning("interrupted by %s during start; stopping", signal.Signals(sig).name)
+                    self._orderly_stop()
+                    return EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM
+                log.error("%s; stopping the others", problem)
+                self.failure = problem
+                self._orderly_stop()
+                return EXIT_CHILD_FAILED
+        self.state = "running"
+        self.t_running = time.monotonic()
+        pids = ", ".join(f"{c.name}={c.pid}" for c in self.children)
+        log.info("run %s: ready (%s)", cfg.run.run_id, pids)
+        _call(self.notifier.ready, self._status_line())
+        return self._main_loop()
+
+    # ------------------------------------------------------------------------------------------ main loop
+    def _main_loop(self) -> int:
+        cfg = self.config
+        hb_timeout = float(cfg.supervisor.heartbeat_timeout)
+        next_status = time.monotonic()
+        self._mark_rate()
+        while True:
+            self._service(TICK)
+            now = time.monotonic()
+            _call(getattr(self.notifier, "watchdog_due", self.notifier.watchdog))
+            if now >= next_status:
+                self._update_rate()
+                _call(self.notifier.status, self._status_line())
+                next_status = now + STATUS_PERIOD
+
+            # signals and stop requests
+            while self.signals:
+                sig = self.signals.pop(0)
+                if self.state == "running":
+                    self._begin_drain(f"{signal.Signals(sig).name}")
+                else:
+                    log.warning("second %s: stopping now", signal.Signals(sig).name)
+                    self._hard_stop()
+                    return EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM
+
+            # children that exited
+            writer = self._child("writer")
+            for child in self.children:
+                if child.alive() or child.exit_seen:
+                    continue
+                child.process.join(0)
+                child.exit_seen = True
+                code = child.process.exitcode
+                expected = code == 0 and (child.role in ("ingest", "writer") or child.stop.is_set())
+                if not expected:
+                    self.failure = _exit_text(child)
+                    log.error("%s", self.failure)
+                    self._orderly_stop()
+                    return EXIT_CHILD_FAILED
+                log.info("%s (pid %d) exited cleanly", child.name, child.pid)
+            if writer is not None and writer.exit_seen:
+                self.state = "stopping"
+                self._orderly_stop()  # the run is complete: workers and ingest are told to stop, then joined
+                return EXIT_OK
+
+            # heartbeats
+            for child in self.children:
+                if child.exit_seen or not child.alive() or child.state == "done":
+                    continue
+                age = now - child.last_beat
+                if age > hb_timeout:
+                    self.failure = f"{child.name} (pid {child.pid}) stopped answering for {age:.1f} s"
+                    log.error("%s", self.failure)
+                    self._orderly_stop()
+                    return EXIT_CHILD_FAILED
+
+            # drain deadline
+            if self.drain_deadline is not None and now > self.drain_deadline:
+                left = ", ".join(c.name for c in self.children if c.alive())
+                self.failure = (f"the drain did not finish within {cfg.supervisor.drain_timeout:g} s "
+                                f"(still running: {left})")
+                log.error("%s; stopping", self.failure)
+                self._orderly_stop()
+                return EXIT_CHILD_FAILED
+
+    def _begin_drain(self, why: str) -> None:
+        log.info("%s: draining (ingest stops, the frames already sent are finished; a second signal stops now)",
+                 why)
+        self.state = "draining"
+        self.stop_requested_by = why
+        _call(self.notifier.stopping, f"draining after {why}")
+        ingest = self._child("ingest")
+        if ingest is not None:
+            ingest.stop.set()
+        self.drain_deadline = time.monotonic() + float(self.config.supervisor.drain_timeout)
+
+    def _child(self, name: str) -> Child | None:
+        for c in self.children:
+            if c.name == name:
+                return c
+        return None
+
+    # ------------------------------------------------------------------------------------------ sockets
+    def _service(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a message or a child exit; handle every waiting message."""
+        sentinels = {c.process.sentinel: c for c in self.children if not c.exit_seen}
+        for fd in sentinels:
+            self.poller.register(fd, zmq.POLLIN)
+        try:
+            events = dict(self.poller.poll(int(timeout * 1000)))
+        except zmq.ZMQError as exc:
+            if exc.errno != getattr(zmq, "EINTR", 4):
+                raise
+            events = {}
+        finally:
+            for fd in sentinels:
+                self.poller.unregister(fd)
+        if self.events in events:
+            self._drain_events()
+        if self.control in events:
+            self._drain_control()
+        if self.peaks is not None:
+            self.peaks.tick(self._ingest_running())
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                msg, _ = recv_message(self.events, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                self.rejects_events.record(exc)
+                continue
+            if isinstance(msg, PeakUpdate) and self.peaks is not None:
+                self.peaks.on_confirmed(msg)  # the ingest fixed where a peak-list change starts
+                continue
+            if not isinstance(msg, Heartbeat):
+                self.rejects_events.record(ProtocolError(
+                    "unknown_type", f"unexpected {type(msg).__name__} on the events socket"))
+                continue
+            name = msg.role if msg.role != "worker" else f"worker-{msg.index}"
+            child = self._child(name)
+            if child is None or (child.pid is not None and msg.pid != child.pid):
+                continue
+            child.last_beat = time.monotonic()
+            child.state = str(msg.state)
+            child.counters = dict(msg.counters)
+
+    def _drain_control(self) -> None:
+        while True:
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity, rest = frames[0], frames[1:]
+            envelope = []
+            if rest and rest[0] == b"":
+                envelope, rest = [b""], rest[1:]
+            try:
+                msg, _ = decode(rest)
+                if not isinstance(msg, ControlRequest):
+                    raise ProtocolError("unknown_type", f"expected a request, got {type(msg).__name__}")
+            except ProtocolError as exc:
+                self.rejects_control.record(exc)
+                reply = ControlReply(ok=False, error=f"rejected ({exc.kind}): {exc}")
+            else:
+                if msg.command == "peaks" and self.peaks is not None:
+                    reply = self.peaks.request(dict(msg.args), (identity, envelope), self._ingest_running())
+                    if reply is None:
+                        continue  # answered once the ingest confirms (PeakControl.on_confirmed)
+                else:
+                    reply = self._answer(msg)
+            try:
+                self.control.send_multipart([identity, *envelope, *encode(reply)], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the client went away
+
+    def _answer(self, req: ControlRequest) -> ControlReply:
+        if req.command == "status":
+            return ControlReply(ok=True, data=self.status())
+        if req.command == "stop":
+            if self.state == "running":
+                self._begin_drain("stop request")
+                return ControlReply(ok=True, data={"state": self.state})
+            if self.state == "starting":
+                self.signals.append(signal.SIGTERM)
+                return ControlReply(ok=True, data={"state": "stopping"})
+            return ControlReply(ok=True, data={"state": self.state})
+        return ControlReply(ok=False, error=f"unknown command {req.command!r}; expected 'status', 'stop' or 'peaks'")
+
+    # ------------------------------------------------------------------------------------------ peaks (issue 5)
+    def _open_peaks(self, ctx) -> None:
+        """Bind the peaks PUB socket and set up :class:`~.peaks.PeakControl` (docs/DAEMON.md, peak-list updates)."""
+        from .peaks import PeakControl
+
+        t = self.config.transport
+        try:
+            pub = make_socket(ctx, zmq.PUB, t.peaks_endpoint, bind=True, hwm=1000)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"[transport] peaks_endpoint {t.peaks_endpoint}: cannot bind ({exc})") from None
+        self.peaks = PeakControl(self.config, self.config.load_params(), pub, self._reply_later)
+
+    def _reply_later(self, waiter, reply: ControlReply) -> None:
+        identity, envelope = waiter
+        try:
+            self.control.send_multipart([identity, *envelope, *encode(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client went away
+
+    def _ingest_running(self) -> bool:
+        if self.state == "starting":
+            return True  # a request made now is published until the ingest, once up, confirms it
+        ingest = self._child("ingest")
+        return ingest is not None and ingest.alive() and ingest.state != "done" and self.state in ("starting",
+                                                                                                    "running")
+
+    # ------------------------------------------------------------------------------------------ status
+    def totals(self) -> dict[str, float]:
+        ingest = self._child("ingest")
+        writer = self._child("writer")
+        ic = ingest.counters if ingest else {}
+        wc = writer.counters if writer else {}
+        workers = [c for c in self.children if c.role == "worker"]
+        dropped = {k[len("dropped_"):]: int(v) for k, v in ic.items() if k.startswith("dropped_")}
+        errors = 0
+        for c in self.children:
+            errors += sum(int(_num(c.counters, k)) for k in c.counters if k.startswith("protocol_errors_"))
+        for rl in (self.rejects_events, self.rejects_control):
+            errors += sum(rl.counters().values())
+        rejected = wc.get("rejected")
+        if rejected is None:
+            rejected = sum(_num(c.counters, "rejected") for c in workers)
+        return {
+            "received": int(_num(ic, "received")),
+            "sent": int(_num(ic, "sent")),
+            "integrated": int(sum(_num(c.counters, "integrated") for c in workers)),
+            "written": int(_num(wc, "written")),
+            "rejected": int(rejected),
+            "dropped": int(sum(dropped.values())),
+            "dropped_by_reason": dropped,
+            "protocol_errors": int(errors),
+        }
+
+    def _mark_rate(self) -> None:
+        self._rate_mark = (time.monotonic(), float(self.totals()["written"]))
+
+    def _update_rate(self) -> None:
+        now, written = time.monotonic(), float(self.totals()["written"])
+        if self._rate_mark is not None:
+            t0, w0 = self._rate_mark
+            if now - t0 >= 0.5:
+                self.rate = (written - w0) / (now - t0)
+                self._rate_mark = (now, written)
+        else:
+            self._rate_mark = (now, written)
+
+    def status(self) -> dict[str, Any]:
+        """The reply to a ``status`` request (JSON-ready)."""
+        now = time.monotonic()
+        cfg = self.config
+        children = {}
+        for c in self.children:
+            children[c.name] = {
+                "pid": c.pid,
+                "alive": c.alive(),
+                "heartbeat_age": round(now - c.last_beat, 3),
+                "state": c.state,
+                "exitcode": c.process.exitcode,
+                "counters": dict(c.counters),
+            }
+        t = cfg.transport
+        return {
+            "state": self.state,
+            "run_id": cfg.run.run_id,
+            "pid": os.getpid(),
+            "uptime": round(now - self.t_start, 3),
+            "children": children,
+            "totals": self.totals(),
+            "frames_per_s": round(self.rate, 2),
+            "output": os.path.abspath(cfg.run.output_h5),
+            "source": cfg.source.kind,
+            "engine": cfg.workers.engine,
+            "peaks": self.peaks.status() if self.peaks is not None else {},
+            "supervisor": {**self.rejects_events.counters(),
+                           **{k.replace("protocol_errors_", "control_protocol_errors_"): v
+                              for k, v in self.rejects_control.counters().items()}},
+            "endpoints": {k: getattr(t, k) for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
+                                                    "events_endpoint", "control_endpoint")},
+        }
+
+    def _status_line(self) -> str:
+        tot = self.totals()
+        return (f"{self.state}: {tot['written']} frames written, {self.rate:.1f} frames/s, "
+                f"integrated {tot['integrated']}, rejected {tot['rejected']}, dropped {tot['dropped']}")
+
+    # ------------------------------------------------------------------------------------------ stopping
+    def _join(self, child: Child, timeout: float, waited: float | None = None) -> None:
+        """Join ``child`` within ``timeout`` s; then terminate (SIGTERM), then kill."""
+        proc = child.process
+        if proc.pid is None:
+            return
+        proc.join(timeout)
+        if proc.is_alive():
+            log.warning("%s (pid %d) did not exit within %.1f s of its stop; terminating it", child.name, proc.pid,
+                        timeout if waited is None else waited)
+            proc.terminate()
+            proc.join(2.0)
+        if proc.is_alive():
+            log.warning("%s (pid %d) ignored SIGTERM; killing it", child.name, proc.pid)
+            proc.kill()
+            proc.join(2.0)
+        child.exit_seen = True
+
+    def _join_serving(self, child: Child, timeout: float) -> None:
+        """Like :meth:`_join`, but keep answering heartbeats and control requests while waiting."""
+        deadline = time.monotonic() + timeout
+        while child.alive() and time.monotonic() < deadline:
+            if self.signals and self.state != "starting":
+                sig = self.signals.pop(0)
+                log.warning("%s while stopping: stopping now", signal.Signals(sig).name)
+                raise _StopNow(sig)
+            self._service(min(TICK, max(0.0, deadline - time.monotonic())))
+        self._join(child, 0.1, waited=timeout)
+
+    def _orderly_stop(self) -> None:
+        """Stop ingest, then the workers, then the writer (last: it flushes and closes the file)."""
+        if self.state == "running":
+            _call(self.notifier.stopping, f"stopping: {self.failure or 'the run is complete'}")
+        if self.state != "starting":
+            self.state = "stopping"
+        try:
+            for role in ("ingest", "worker", "writer"):
+                group = [c for c in self.children if c.role == role]
+                for c in group:
+                    c.stop.set()
+                for c in group:
+                    self._join_serving(c, JOIN_TIMEOUT[role])
+        except _StopNow as stop_now:
+            self.hard_exit = EXIT_SIGINT if stop_now.sig == signal.SIGINT else EXIT_SIGTERM
+            self._hard_stop()
+        self._drain_events()  # the children's last heartbeats carry the final counters
+
+    def _hard_stop(self) -> None:
+        """Second signal: every ``stop`` set, ``KILL_GRACE`` s, then terminate and kill."""
+        self.state = "stopping"
+        for c in self.children:
+            c.stop.set()
+        deadline = time.monotonic() + KILL_GRACE
+        for c in self.children:
+            c.process.join(max(0.0, deadline - time.monotonic()))
+        for c in self.children:
+            if c.alive():
+                self._join(c, 0.0, waited=KILL_GRACE)
+        self._drain_events()
+
+    def _kill_leftovers(self) -> None:
+        for c in self.children:
+            if c.process.pid is not None and c.alive():
+                log.warning("%s (pid %d) still running at exit; killing it", c.name, c.pid)
+                c.process.kill()
+                c.process.join(2.0)
+
+    def final_line(self, seconds: float) -> str:
+        tot = self.totals()
+        by_reason = tot["dropped_by_reason"]
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(by_reason.items())) or "ring_full=0"
+        fps = tot["written"] / seconds if seconds > 0 else 0.0
+        return (f"ringstream: run {self.config.run.run_id} finished: received {tot['received']}, "
+                f"integrated {tot['integrated']}, written {tot['written']}, rejected {tot['rejected']}, "
+                f"dropped {tot['dropped']} ({reasons}), {seconds:.1f} s, {fps:.1f} frames/s")
+
+
+class _StopNow(Exception):
+    def __init__(self, sig: int) -> None:
+        super().__init__(sig)
+        self.sig = sig
+
+
+def run_daemon(config: Any) -> int:
+    """Run the supervisor for ``config``; print the final counts line on stderr; return the exit code."""
+    sup = Supervisor(config)
+    code = EXIT_OK
+    try:
+        code = sup.run()
+    except RingstreamError:
+        raise
+    finally:
+        if sup.children:  # a run that started prints its counts, whatever the ending
+            t0 = sup.t_running if sup.t_running is not None else sup.t_start
+            print(sup.final_line(time.monotonic() - t0), file=sys.stderr, flush=True)
+    return code

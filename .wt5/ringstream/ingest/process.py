@@ -1,0 +1,357 @@
+"""The ingest process: source -> shared-memory ring -> FrameHeaders to the workers (docs/DAEMON.md, "ingest").
+
+Sockets: frames PUSH (bind), release PULL (bind), eos PUSH (connect to the writer's results PULL), heartbeat PUSH
+(connect to the supervisor's events PULL). Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
+is copied once into a free ring slot (or read or copied straight into it by the source: see
+:class:`~.sources.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
+``transport.shared_memory = false`` the pixels travel inline in the message instead.
+
+No free slot: a pausable source waits, reading ``SlotRelease`` messages until one frees a slot (backpressure); a
+non-pausable source drops the frame and counts ``dropped_ring_full``. At the end of the source, or on ``stop``, the
+ingest sends ``EndOfStream(n_frames = frames sent)`` to the writer, then waits (up to ``supervisor.drain_timeout``)
+until the workers have released every slot, because they read the pixels in place; the segment is unlinked at exit.
+
+Counters: ``received`` (frames from the source), ``sent``, ``dropped_<reason>``, ``protocol_errors_<kind>`` (anything
+on the release socket that is not a valid SlotRelease for a slot in flight: rejected, counted and ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+import zmq
+
+from ..errors import RingstreamError
+from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotRelease
+from ..transport.shm_ring import FrameRing
+from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from .peaks import SEQ_KEY, IngestPeaks
+from .sources import Pacer, SlotLease, make_source
+
+log = logging.getLogger("ringstream.ingest")
+
+#: how long one blocking wait (for a slot, for a send) lasts before ``stop`` is checked again, in ms
+POLL_MS = 50
+
+#: after the EndOfStream, stop waiting for the workers' releases when none came for this long (a dead worker never
+#: releases its slots), in s; the whole wait is bounded by ``supervisor.drain_timeout``
+RELEASE_IDLE_S = 10.0
+
+
+def child_setup(config, role: str) -> None:
+    """Per-child process setup: stderr logging with the role in every line, SIGINT left to the supervisor, and
+    SIGTERM turned into SystemExit so that ``finally`` blocks run (the ring is unlinked, the HDF5 file closed)."""
+    level = str(getattr(getattr(config, "logging", None), "level", "INFO") or "INFO").upper()
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=getattr(logging, level, logging.INFO),
+            format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        )
+    else:
+        root.setLevel(getattr(logging, level, logging.INFO))
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _sigterm)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (ValueError, AttributeError, OSError):  # not the main thread, or no such call on this platform
+        pass
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+class HeartbeatSender:
+    """Sends a Heartbeat every ``interval`` s (never blocking: a full queue drops the beat)."""
+
+    def __init__(self, sock, role: str, index: int, interval: float) -> None:
+        self.sock, self.role, self.index = sock, role, int(index)
+        self.interval = max(0.01, float(interval))
+        self.last = 0.0
+
+    def beat(self, counters: dict, state: str = "running", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        msg = Heartbeat(role=self.role, index=self.index, pid=os.getpid(), state=state, time=time.time(),
+                        counters=dict(counters))
+        try:
+            send_message(self.sock, msg, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+
+def run_id_of(config) -> str:
+    rid = str(getattr(config.run, "run_id", "") or "")
+    return rid or uuid.uuid4().hex[:12]
+
+
+def run(config, ready, stop) -> int:
+    """Entry point of the ingest process (see the module docstring). Returns the exit code."""
+    child_setup(config, "ingest")
+    try:
+        return _Ingest(config).run(ready, stop)
+    except RingstreamError as exc:
+        log.error("%s", exc)
+        return int(getattr(exc, "exit_code", 1))
+
+
+class _Ingest:
+    def __init__(self, config) -> None:
+        self.config = config
+        t = config.transport
+        self.shm = bool(t.shared_memory)
+        self.n_slots = max(1, int(t.ring_slots))
+        self.hwm = max(1, int(t.queue_depth or self.n_slots))
+        self.counters: dict[str, int] = {"received": 0, "sent": 0}
+        self.run_id = run_id_of(config)
+        self.in_flight: dict[int, int] = {}  # slot -> frame_index
+        self.ring = None
+        self.source = None
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    # --------------------------------------------------------------------------------------------------- setup
+    def run(self, ready, stop) -> int:
+        cfg = self.config
+        params = cfg.load_params()
+        source = make_source(cfg, params)
+        shape = tuple(int(s) for s in source.shape)
+        dtype = np.dtype(source.dtype)
+        slot_bytes = int(np.prod(shape)) * dtype.itemsize
+        log.info("source %s: %s %s, pausable=%s, rate=%s Hz; ring %s", source.name, shape, dtype,
+                 source.pausable, source.rate or "max",
+                 f"{self.n_slots} x {slot_bytes} bytes" if self.shm else "off (inline frames)")
+        ctx = zmq.Context()
+        self.rejects = RejectLog(log, "ingest release socket")
+        try:
+            if self.shm:
+                self.ring = FrameRing.create(self.n_slots, slot_bytes)
+                attach = getattr(source, "attach_ring", None)
+                if attach is not None:
+                    attach(_RingAllocator(self.ring))
+            self.source = source
+            t = cfg.transport
+            self.frames = make_socket(ctx, zmq.PUSH, t.frames_endpoint, bind=True, hwm=self.hwm)
+            self.release = make_socket(ctx, zmq.PULL, t.release_endpoint, bind=True, hwm=max(self.hwm, self.n_slots))
+            self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
+            hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
+            self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
+            self.peaks = IngestPeaks(ctx, cfg, self.run_id, hb)  # peak-list seqs stamped into frames (issue 5)
+            self.hb.beat(self.snapshot(), state="starting", force=True)
+            ready.set()
+            t0 = time.monotonic()
+            self.stream(source, stop)
+            n = self.counters["sent"]
+            self.send_eos(n)
+            dt = time.monotonic() - t0
+            log.info("end of stream after %d frames in %.2f s (%.1f frames/s)", n, dt, n / dt if dt > 0 else 0.0)
+            self.drain_releases()
+            self.hb.beat(self.snapshot(), state="done", force=True)
+            return 0
+        finally:
+            source.close()
+            ctx.destroy(linger=2000)  # the EOS must reach the writer
+            if self.ring is not None:
+                try:
+                    self.ring.close()
+                except BufferError as exc:  # a source still holds a lease's array: unlink all the same
+                    log.warning("%s", exc)
+                finally:
+                    self.ring.unlink()
+
+    def snapshot(self) -> dict:
+        own = getattr(self.source, "counters", None)
+        extra = own() if own is not None else {}
+        return {**extra, **self.counters, **self.rejects.counters(), "in_flight": len(self.in_flight)}
+
+    # -------------------------------------------------------------------------------------------- the loop
+    def stream(self, source, stop) -> None:
+        pacer = Pacer(getattr(source, "rate", 0.0))
+        frames = iter(source.frames(stop))
+        k = 0  # frames taken from the source (the pacing schedule)
+        while pacer.wait(k, stop):  # wait first, so that a frame is made (and time-stamped) when it is due
+            frame = next(frames, None)
+            if frame is None:
+                break
+            k += 1
+            self.count("received")
+            self.poll_releases(0)
+            self.hb.beat(self.snapshot())
+            self.peaks.poll(self.counters["sent"])
+            self.publish(frame, source.pausable, stop)
+            if stop.is_set():
+                break
+
+    def publish(self, frame, pausable: bool, stop) -> bool:
+        """Put one frame in the ring (or inline) and send its header; False if it was dropped.
+
+        The three forms of :class:`~.sources.SourceFrame`: pixels (copied once into a slot), ``fill`` (the source
+        writes into the slot), ``lease`` (already in a slot the source took from the allocator).
+        """
+        idx = self.counters["sent"]
+        lease = frame.lease
+        shape, dtype = frame.frame_shape(), frame.frame_dtype()
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        header = dict(
+            run_id=self.run_id, frame_index=idx, source_id=str(frame.source_id), timestamp=float(frame.timestamp),
+            shape=list(shape), dtype=dtype.str, codec="none", nbytes=nbytes,
+            metadata={**(frame.metadata or {}), SEQ_KEY: self.peaks.seq_for(idx)},
+        )
+        if not self.shm:
+            pixels = frame.pixels
+            if pixels is None:
+                pixels = np.empty(shape, dtype)
+                if not self.fill(frame, pixels):
+                    return False
+            msg = FrameHeader(location="inline", shm_name="", slot=0, offset=0, **header)
+            if not self.send(msg, (np.ascontiguousarray(pixels),), pausable, stop):
+                return False
+            self.count("sent")
+            return True
+        if lease is not None:
+            slot = int(lease.slot)
+        else:
+            if nbytes > self.ring.slot_bytes:
+                self.count("dropped_too_large")
+                log.warning("frame %s: %d bytes do not fit a %d-byte ring slot; dropped",
+                            frame.source_id, nbytes, self.ring.slot_bytes)
+                return False
+            slot = self.acquire(pausable, stop)
+            if slot is None:
+                if not stop.is_set():
+                    self.count("dropped_ring_full")
+                return False
+            if frame.pixels is not None:
+                self.ring.write(slot, np.asarray(frame.pixels))
+            else:
+                view = self.ring.view(slot, shape, dtype)
+                ok = self.fill(frame, view)
+                del view
+                if not ok:
+                    self.ring.release(slot)
+                    return False
+        msg = FrameHeader(location="shm", shm_name=self.ring.name, slot=slot, offset=self.ring.slot_offset(slot),
+                          **header)
+        self.in_flight[slot] = idx
+        if not self.send(msg, (), pausable, stop):
+            del self.in_flight[slot]
+            self.ring.release(slot)
+            return False
+        self.count("sent")
+        return True
+
+    def fill(self, frame, out: np.ndarray) -> bool:
+        """``frame.fill(out)``; False (logged, counted ``dropped_read_error``) when it raises."""
+        try:
+            frame.fill(out)
+            return True
+        except Exception as exc:  # a file that went bad between listing and reading: drop it, keep going
+            self.count("dropped_read_error")
+            log.warning("frame %s: cannot read its pixels (%s); dropped", frame.source_id, exc)
+            return False
+
+    def acquire(self, pausable: bool, stop):
+        """A free slot; when none: wait for releases (pausable) or give up at once (not pausable)."""
+        slot = self.ring.acquire()
+        while slot is None:
+            if not pausable or stop.is_set():
+                return None
+            self.poll_releases(POLL_MS)
+            self.hb.beat(self.snapshot())
+            self.peaks.poll(self.counters["sent"])
+            slot = self.ring.acquire()
+        return slot
+
+    def send(self, msg, buffers, pausable: bool, stop) -> bool:
+        """Send a frame message; a full queue blocks (pausable, checking ``stop``) or drops (not pausable)."""
+        while True:
+            try:
+                send_message(self.frames, msg, buffers, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if not pausable:
+                    self.count("dropped_queue_full")
+                    return False
+                if stop.is_set():
+                    return False
+                self.poll_releases(0)
+                self.hb.beat(self.snapshot())
+                self.frames.poll(POLL_MS, zmq.POLLOUT)
+
+    # ------------------------------------------------------------------------------------------- releases
+    def poll_releases(self, timeout_ms: int) -> int:
+        """Handle every release message waiting (waiting up to ``timeout_ms`` for the first). Returns the count."""
+        n = 0
+        while self.release.poll(timeout_ms if n == 0 else 0, zmq.POLLIN):
+            n += 1
+            try:
+                msg, _ = recv_message(self.release)
+            except ProtocolError as exc:
+                self.rejects.record(exc)
+                continue
+            if not isinstance(msg, SlotRelease):
+                what = f"unexpected {type(msg).__name__} message on the release socket"
+                self.rejects.record(ProtocolError("unknown_type", what))
+                continue
+            self.on_release(msg)
+        return n
+
+    def on_release(self, msg) -> None:
+        slot = int(msg.slot)
+        ring = self.ring
+        if ring is None or msg.shm_name != ring.name or self.in_flight.get(slot) != int(msg.frame_index):
+            self.count("releases_unexpected")
+            return
+        del self.in_flight[slot]
+        ring.release(slot)
+
+    def send_eos(self, n: int) -> None:
+        msg = EndOfStream(run_id=self.run_id, n_frames=int(n), counters=self.snapshot())
+        send_message(self.eos, msg)
+
+    def drain_releases(self) -> None:
+        """Wait until the workers have released every slot (they read the pixels in place), or the grace period."""
+        if not self.in_flight:
+            return
+        grace = float(getattr(self.config.supervisor, "drain_timeout", 60.0) or 60.0)
+        now = time.monotonic()
+        deadline, last_progress = now + grace, now
+        while self.in_flight:
+            now = time.monotonic()
+            if now >= deadline or now - last_progress >= RELEASE_IDLE_S:
+                log.warning("%d ring slots still in use (no release for %.0f s); unlinking the ring anyway",
+                            len(self.in_flight), now - last_progress)
+                return
+            if self.poll_releases(POLL_MS):
+                last_progress = time.monotonic()
+            self.hb.beat(self.snapshot())
+
+
+class _RingAllocator:
+    """The :class:`~.sources.SlotAllocator` a source gets from :meth:`Source.attach_ring`: thread-safe, never
+    blocks (the ring's free list has its own lock)."""
+
+    def __init__(self, ring: FrameRing) -> None:
+        self.ring = ring
+
+    def acquire(self, shape, dtype) -> SlotLease | None:
+        dtype = np.dtype(dtype)
+        shape = tuple(int(n) for n in shape)
+        if int(np.prod(shape)) * dtype.itemsize > self.ring.slot_bytes:
+            return None
+        slot = self.ring.acquire()
+        if slot is None:
+            return None
+        return SlotLease(slot, self.ring.view(slot, shape, dtype))
+
+    def release(self, lease: SlotLease) -> None:
+        self.ring.release(int(lease.slot))

@@ -1,0 +1,99 @@
+"""Replay recorded frames: an ``.npy`` stack (memory-mapped) or image files / a folder (via ``iter_images``).
+
+``source.replay_path`` names the data; ``source.loop`` restarts it at the end; ``source.frames`` caps the count
+(0 = once through without looping, forever with looping); ``source.rate`` Hz paces it (0 = as fast as possible).
+Frames keep their stored dtype; every frame must have the detector shape (NrPixelsZ, NrPixelsY), else
+:class:`~ringstream.errors.InputError` naming the file. Source ids are ``name:k`` for a stack, the file name for a
+single image (as :func:`~.images.iter_images` gives them); ``metadata["pass"]`` counts the loops from 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from .images import NPY_EXTS, iter_images
+from .sources import SourceFrame, StopFlag, stopped
+
+
+class ReplaySource:
+    """Frames from ``path`` (an .npy file ``[nZ, nY]`` or ``[n, nZ, nY]``, an image file, or a folder)."""
+
+    name = "replay"
+    pausable = True
+
+    def __init__(self, path, params, *, n_frames: int = 0, loop: bool = True, rate: float = 0.0) -> None:
+        if path is None or str(path) == "":
+            raise ConfigError("source.replay_path: required for source.kind 'replay'")
+        self.path = Path(path)
+        self.shape = (int(params.NrPixelsZ), int(params.NrPixelsY))
+        self.n_frames = int(n_frames)
+        if self.n_frames < 0:
+            raise ConfigError(f"source.frames {n_frames}: must be >= 0")
+        self.loop = bool(loop)
+        self.rate = float(rate or 0.0)
+        self._stack: np.ndarray | None = None
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such replay file or folder")
+        if self.path.is_file() and self.path.suffix.lower() in NPY_EXTS:
+            self._stack = self._open_npy()
+            self.dtype = self._stack.dtype
+            self._count = self._stack.shape[0]
+        else:
+            first = next(iter(iter_images([self.path], self.shape)), None)  # checks names, shape of the first
+            if first is None:
+                raise InputError(f"{self.path}: holds no frames")
+            self.dtype = first[1].dtype
+            self._count = None
+
+    @classmethod
+    def from_config(cls, config, params) -> ReplaySource:
+        s = config.source
+        return cls(s.replay_path, params, n_frames=int(s.frames), loop=bool(s.loop), rate=float(s.rate))
+
+    def _open_npy(self) -> np.ndarray:
+        try:
+            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"{self.path}: cannot read replay stack ({exc})") from exc
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[1:] != self.shape or arr.shape[0] == 0:
+            raise InputError(
+                f"{self.path}: replay stack has shape {arr.shape}; expected (n, NrPixelsZ, NrPixelsY) = "
+                f"(n, {self.shape[0]}, {self.shape[1]}) with n >= 1"
+            )
+        if arr.dtype.kind not in "uif":
+            raise InputError(f"{self.path}: replay stack dtype {arr.dtype} is not an integer or float image")
+        return arr
+
+    def _one_pass(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self._stack is not None:
+            name = self.path.name
+            for k in range(self._stack.shape[0]):
+                yield f"{name}:{k}", self._stack[k]
+        else:
+            yield from iter_images([self.path], self.shape)
+
+    def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]:
+        """Frames in file order, looped when ``loop``, up to ``n_frames`` (see the module docstring)."""
+        k = 0
+        n_pass = 0
+        while True:
+            got = 0
+            for sid, pixels in self._one_pass():
+                if stopped(stop) or (self.n_frames and k >= self.n_frames):
+                    return
+                got += 1
+                yield SourceFrame(pixels, sid, time.time(), {"pass": n_pass})
+                k += 1
+            if got == 0 or not self.loop or stopped(stop) or (self.n_frames and k >= self.n_frames):
+                return
+            n_pass += 1
+
+    def close(self) -> None:
+        self._stack = None

@@ -1,0 +1,57 @@
+"""The daemon's wire protocol, sans-I/O: typed messages and a codec between them and lists of zmq frames.
+
+Pure: imports only the standard library, msgpack and numpy (never zmq, cupy, h5py), so every layer can use it and
+it is tested without sockets. See docs/DAEMON.md, "Messages".
+"""
+
+from ringstream.protocol.codec import (
+    ERROR_KINDS,
+    FRAME_DTYPES,
+    ProtocolError,
+    decode,
+    encode,
+    frame_array,
+    result_arrays,
+    result_buffers,
+    result_curves,
+)
+from ringstream.protocol.messages import (
+    FIT_COLUMNS,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    ControlReply,
+    ControlRequest,
+    EndOfStream,
+    FrameHeader,
+    Heartbeat,
+    Message,
+    PeakUpdate,
+    Result,
+    SlotRelease,
+    Stop,
+)
+
+__all__ = [
+    "ERROR_KINDS",
+    "FIT_COLUMNS",
+    "FRAME_DTYPES",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "ControlReply",
+    "ControlRequest",
+    "EndOfStream",
+    "FrameHeader",
+    "Heartbeat",
+    "Message",
+    "PeakUpdate",
+    "ProtocolError",
+    "Result",
+    "SlotRelease",
+    "Stop",
+    "decode",
+    "encode",
+    "frame_array",
+    "result_arrays",
+    "result_buffers",
+    "result_curves",
+]

@@ -1,0 +1,452 @@
+"""Messages <-> lists of zmq frames: a msgpack header frame followed by raw array buffers (sans-I/O).
+
+``encode(msg, buffers)`` gives ``[header_bytes, *memoryviews]``; ``decode(frames)`` gives ``(msg, [memoryview])``
+and validates everything a peer could get wrong, raising :class:`ProtocolError` with a ``kind``:
+
+- ``"malformed"``: not msgpack, not a map, no str ``type`` / int ``version``, a required field missing, a field of
+  the wrong type or out of range (``frame_index`` outside ``[0, 2**64)``, a shape that is not two positive ints,
+  a dtype outside u1..u8, i1..i8, f4, f8 with byte order);
+- ``"unknown_type"``: a ``type`` this version does not know;
+- ``"version"``: a ``version`` other than :data:`PROTOCOL_VERSION`;
+- ``"size"``: the buffers do not match the header (count or bytes), or the header itself is too large.
+
+Encoding applies the same rules, so a sender's mistake fails at the sender. Nothing here touches a socket; the
+buffers returned by :func:`decode` are views of the frames given (no copy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ringstream.errors import RingstreamError
+from ringstream.protocol.messages import (
+    FIT_COLUMNS,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    FrameHeader,
+    Message,
+    Result,
+)
+
+ERROR_KINDS = ("malformed", "unknown_type", "version", "size")
+
+MAX_HEADER_BYTES = 1 << 20
+"""A header larger than this (1 MiB) is rejected with kind ``"size"`` before it is parsed."""
+
+FRAME_DTYPES = frozenset(
+    [f"{order}{kind}{size}" for order in "<>" for kind in "ui" for size in (1, 2, 4, 8)]
+    + [f"{order}f{size}" for order in "<>" for size in (4, 8)]
+    + ["|u1", "|i1"]
+)
+"""Pixel dtypes a frame may carry, as numpy dtype strings with byte order (``|`` only for one-byte types)."""
+
+_MAX_DIM = 2**31 - 1
+_U64 = 2**64
+
+
+class ProtocolError(RingstreamError):
+    """A message that cannot be encoded or decoded; ``kind`` is one of :data:`ERROR_KINDS`, the message one line."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown ProtocolError kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    def __reduce__(self):  # picklable across processes despite the two-argument constructor
+        return (type(self), (self.kind, self.message))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field checks: (predicate, what was expected). Predicates never raise on any msgpack-decodable value.
+
+
+def _short(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _map_of(value_ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and value_ok(x) for k, x in v.items())
+
+
+def _optional(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or ok(v)
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+_STR = (lambda v: isinstance(v, str)), "a str"
+_BOOL = (lambda v: isinstance(v, bool)), "a bool"
+_NUM = _is_num, "a number"
+_COUNT = (lambda v: _is_int(v) and 0 <= v < _U64), "a non-negative int"
+_INDEX = (lambda v: _is_int(v) and 0 <= v < _U64), "a non-negative int < 2**64"
+_SHAPE = (
+    (
+        lambda v: (
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(n) and 0 < n <= _MAX_DIM for n in v)
+        )
+    ),
+    "a list of 2 positive ints",
+)
+_DTYPE = (
+    (lambda v: isinstance(v, str) and v in FRAME_DTYPES),
+    "a dtype string among "
+    + "/".join(sorted({d[1:] for d in FRAME_DTYPES}))
+    + " with byte order (e.g. '<i4')",
+)
+_OPT_STR = _optional(lambda v: isinstance(v, str)), "a str or nil"
+_OPT_COUNT = _optional(lambda v: _is_int(v) and 0 <= v < _U64), "a non-negative int or nil"
+_METADATA = _map_of(lambda x: isinstance(x, (int, float, str))), "a map of str to number or str"
+_INT_COUNTERS = _map_of(_is_int), "a map of str to int"
+_NUM_COUNTERS = _map_of(_is_num), "a map of str to number"
+_ANY_MAP = _map_of(lambda x: True), "a map with str keys"
+_NUM_LIST = (lambda v: isinstance(v, (list, tuple)) and all(_is_num(x) for x in v)), "a list of numbers"
+
+_CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "frame": {
+        "run_id": _STR,
+        "frame_index": _INDEX,
+        "source_id": _STR,
+        "timestamp": _NUM,
+        "shape": _SHAPE,
+        "dtype": _DTYPE,
+        "codec": _one_of("none"),
+        "location": _one_of("inline", "shm"),
+        "shm_name": _OPT_STR,
+        "slot": _OPT_COUNT,
+        "offset": _OPT_COUNT,
+        "nbytes": _COUNT,
+        "metadata": _METADATA,
+    },
+    "result": {
+        "run_id": _STR,
+        "frame_index": _INDEX,
+        "source_id": _STR,
+        "timestamp": _NUM,
+        "status": _one_of("ok", "rejected"),
+        "reason": _STR,
+        "engine": _STR,
+        "worker": _COUNT,
+        "n_r": _COUNT,
+        "n_eta": _COUNT,
+        "has_cake": _BOOL,
+        "n_peaks": _COUNT,
+        "n_rois": _COUNT,
+        "n_curve_points": _COUNT,
+        "timings": _NUM_COUNTERS,
+        "metadata": _METADATA,
+    },
+    "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
+    "eos": {"run_id": _STR, "n_frames": _COUNT, "counters": _INT_COUNTERS},
+    "release": {"shm_name": _STR, "slot": _COUNT, "frame_index": _INDEX},
+    "heartbeat": {
+        "role": _one_of("ingest", "worker", "writer"),
+        "index": _COUNT,
+        "pid": _COUNT,
+        "state": _one_of("starting", "running", "done"),
+        "time": _NUM,
+        "counters": _NUM_COUNTERS,
+    },
+    "stop": {"reason": _STR},
+    "request": {"command": _one_of("status", "stop", "peaks"), "args": _ANY_MAP},
+    "reply": {"ok": _BOOL, "data": _ANY_MAP, "error": _STR},
+}
+
+_TAGS: dict[type, str] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
+_REQUIRED: dict[str, frozenset[str]] = {
+    tag: frozenset(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    for tag, cls in MESSAGE_TYPES.items()
+}
+assert all(
+    set(_CHECKS[tag]) == {f.name for f in dataclasses.fields(cls)} for tag, cls in MESSAGE_TYPES.items()
+)
+
+
+def _check_fields(tag: str, header: dict) -> dict[str, Any]:
+    """The dataclass keyword arguments of a header of type ``tag``; unknown keys are ignored."""
+    kwargs: dict[str, Any] = {}
+    for name, (ok, expected) in _CHECKS[tag].items():
+        if name not in header:
+            if name in _REQUIRED[tag]:
+                raise ProtocolError("malformed", f"{tag} message: required field {name!r} is missing")
+            continue
+        value = header[name]
+        if not ok(value):
+            raise ProtocolError(
+                "malformed", f"{tag} message: field {name!r} must be {expected}, got {_short(value)}"
+            )
+        kwargs[name] = value
+    return kwargs
+
+
+def _frame_nbytes(shape: Sequence[int], dtype: str) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _check_frame(kwargs: dict[str, Any], sizes: list[int]) -> None:
+    expected = _frame_nbytes(kwargs["shape"], kwargs["dtype"])
+    where = f"frame {kwargs['frame_index']}"
+    nbytes = kwargs.get("nbytes", expected)
+    if nbytes != expected:
+        raise ProtocolError(
+            "size",
+            f"{where}: nbytes {nbytes} != {expected} for shape {list(kwargs['shape'])} {kwargs['dtype']}",
+        )
+    if kwargs.get("location", "inline") == "shm":
+        for name in ("shm_name", "slot", "offset"):
+            if kwargs.get(name) is None:
+                raise ProtocolError("malformed", f"{where}: a shared-memory frame needs {name!r}")
+        if sizes:
+            raise ProtocolError("size", f"{where}: a shared-memory frame carries no buffer, got {len(sizes)}")
+    elif sizes != [expected]:
+        raise ProtocolError(
+            "size", f"{where}: an inline frame needs 1 buffer of {expected} bytes, got {sizes}"
+        )
+
+
+def _result_sizes(
+    n_r: int, n_eta: int, has_cake: bool, n_peaks: int, n_rois: int = 0, n_curve_points: int = 0
+) -> list[int]:
+    sizes = [n_r * 4]
+    if has_cake:
+        sizes.append(n_r * n_eta * 4)
+    if n_peaks:
+        sizes.append(n_peaks * FIT_COLUMNS * 8)
+    if n_rois:
+        sizes += [n_rois * 2 * 4, n_curve_points * 8]
+    return sizes
+
+
+def _check_result(kwargs: dict[str, Any], sizes: list[int]) -> None:
+    if kwargs.get("status", "ok") == "ok":
+        expected = _result_sizes(
+            kwargs.get("n_r", 0),
+            kwargs.get("n_eta", 0),
+            kwargs.get("has_cake", False),
+            kwargs.get("n_peaks", 0),
+            kwargs.get("n_rois", 0),
+            kwargs.get("n_curve_points", 0),
+        )
+    else:
+        expected = []
+    if sizes != expected:
+        raise ProtocolError(
+            "size",
+            f"result {kwargs['frame_index']}: buffers of {sizes} bytes, expected {expected} "
+            f"(status {kwargs.get('status', 'ok')!r}, n_r, n_eta, has_cake, n_peaks, n_rois, n_curve_points)",
+        )
+
+
+def _check_buffers(tag: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
+    if tag == "frame":
+        _check_frame(kwargs, sizes)
+    elif tag == "result":
+        _check_result(kwargs, sizes)
+    elif sizes:
+        raise ProtocolError("size", f"{tag} message: carries no buffers, got {len(sizes)}")
+
+
+def _as_bytes_view(buffer: Any) -> memoryview:
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _builtin(value: Any) -> Any:
+    """msgpack ``default``: numpy scalars and arrays to Python values; anything else cannot be encoded."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode(msg: Message, buffers: Iterable[Any] = ()) -> list[bytes | memoryview]:
+    """``[header, *buffers]`` for ``msg``: the header packed with msgpack, each buffer a byte view (no copy).
+
+    ``buffers`` are C-contiguous objects with the buffer protocol (numpy arrays, bytes, memoryviews); their sizes
+    must match the message (see :func:`result_buffers` for a Result's). Raises :class:`ProtocolError` for a message
+    :func:`decode` would reject, ``TypeError`` for an object that is not a message, ``ValueError`` for a
+    non-contiguous buffer.
+    """
+    tag = _TAGS.get(type(msg))
+    if tag is None:
+        raise TypeError(f"not a protocol message: {type(msg).__name__}")
+    header: dict[str, Any] = {"type": tag, "version": PROTOCOL_VERSION}
+    for name in _CHECKS[tag]:
+        value = getattr(msg, name)
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, tuple):
+            value = list(value)
+        header[name] = value
+    kwargs = _check_fields(tag, header)
+    views = []
+    for i, buffer in enumerate(buffers):
+        try:
+            views.append(_as_bytes_view(buffer))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{tag} message: buffer {i} is not a C-contiguous buffer ({exc})") from None
+    _check_buffers(tag, kwargs, [v.nbytes for v in views])
+    try:
+        packed = msgpack.packb(header, use_bin_type=True, default=_builtin)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError("malformed", f"{tag} message cannot be encoded: {exc}") from None
+    return [packed, *views]
+
+
+def decode(frames: Sequence[Any]) -> tuple[Message, list[memoryview]]:
+    """The message and its buffers (byte views of ``frames[1:]``, no copy) from ``[header, *buffers]``.
+
+    Raises :class:`ProtocolError` (never anything else) for anything a peer could get wrong.
+    """
+    try:
+        views = [_as_bytes_view(f) for f in frames]
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError("malformed", f"message frames are not byte buffers ({exc})") from None
+    if not views:
+        raise ProtocolError("malformed", "empty message: no header frame")
+    head, buffers = views[0], views[1:]
+    if head.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError("size", f"header of {head.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(head, raw=False, use_list=True, strict_map_key=True)
+    except (
+        Exception
+    ) as exc:  # msgpack raises many classes (ExtraData, FormatError, StackError, ValueError, ...)
+        raise ProtocolError("malformed", f"header is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed", f"header is a msgpack {type(header).__name__}, not a map")
+    tag, version = header.get("type"), header.get("version")
+    if not isinstance(tag, str):
+        raise ProtocolError("malformed", f"header has no str 'type' (got {_short(tag)})")
+    if not _is_int(version):
+        raise ProtocolError(
+            "malformed", f"{_short(tag)} message has no int 'version' (got {_short(version)})"
+        )
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "version",
+            f"{_short(tag)} message of protocol version {version}, this side speaks {PROTOCOL_VERSION}",
+        )
+    cls = MESSAGE_TYPES.get(tag)
+    if cls is None:
+        raise ProtocolError("unknown_type", f"unknown message type {_short(tag)}")
+    kwargs = _check_fields(tag, header)
+    _check_buffers(tag, kwargs, [b.nbytes for b in buffers])
+    try:
+        msg = cls(**kwargs)
+    except Exception as exc:  # validation above should make this unreachable; a peer must never crash us
+        raise ProtocolError("malformed", f"{tag} message: {type(exc).__name__}: {exc}") from None
+    return msg, buffers
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Array helpers
+
+
+def frame_array(header: FrameHeader, buffer: Any) -> np.ndarray:
+    """The pixels of an inline frame: a ``header.shape`` array of ``header.dtype`` viewing ``buffer`` (no copy).
+
+    Read-only when ``buffer`` is. Raises :class:`ProtocolError` (kind ``"size"``) when the sizes disagree and
+    ``ValueError`` for a shared-memory frame (view those with ``FrameRing.view``).
+    """
+    if header.location != "inline":
+        raise ValueError(f"frame {header.frame_index} is in shared memory, not inline")
+    view = _as_bytes_view(buffer)
+    expected = _frame_nbytes(header.shape, header.dtype)
+    if view.nbytes != expected:
+        raise ProtocolError(
+            "size", f"frame {header.frame_index}: buffer of {view.nbytes} bytes, expected {expected}"
+        )
+    return np.frombuffer(view, dtype=header.dtype).reshape(header.shape)
+
+
+def result_arrays(
+    result: Result, buffers: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(lineout [n_r] f4, cake [n_r, n_eta] f4 or None, fit [n_peaks, 7] f8 or None)`` viewing ``buffers``.
+
+    Raises ``ValueError`` for a rejected result (it has no arrays) and :class:`ProtocolError` (kind ``"size"``)
+    when the buffers do not match the result.
+    """
+    if result.status != "ok":
+        raise ValueError(f"result {result.frame_index} is {result.status!r}: it has no arrays")
+    views = [_as_bytes_view(b) for b in buffers]
+    expected = _result_sizes(
+        result.n_r, result.n_eta, result.has_cake, result.n_peaks, result.n_rois, result.n_curve_points
+    )
+    sizes = [v.nbytes for v in views]
+    if sizes != expected:
+        raise ProtocolError(
+            "size", f"result {result.frame_index}: buffers of {sizes} bytes, expected {expected}"
+        )
+    lineout = np.frombuffer(views[0], dtype="<f4")
+    cake = fit = None
+    rest = views[1:]
+    if result.has_cake:
+        cake = np.frombuffer(rest.pop(0), dtype="<f4").reshape(result.n_r, result.n_eta)
+    if result.n_peaks:
+        fit = np.frombuffer(rest.pop(0), dtype="<f8").reshape(result.n_peaks, FIT_COLUMNS)
+    return lineout, cake, fit
+
+
+def result_buffers(
+    lineout: np.ndarray,
+    cake: np.ndarray | None = None,
+    fit: np.ndarray | None = None,
+    curves: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """The buffers of an ok :class:`Result`: C-contiguous little-endian f4 lineout ``[n_r]``, f4 cake
+    ``[n_r, n_eta]`` (if given), f8 fit ``[n_peaks, 7]`` (if given and non-empty), and ``curves`` = (i4 table
+    ``[n_rois, 2]`` of (start_bin, n_points), f8 values ``[n_curve_points]``) if given with at least one ROI.
+    Copies only what is not already in that form. Set ``n_r``, ``n_eta``, ``has_cake``, ``n_peaks``, ``n_rois``,
+    ``n_curve_points`` of the Result to match.
+    """
+    out = [np.ascontiguousarray(lineout, dtype="<f4").reshape(-1)]
+    if cake is not None:
+        out.append(np.ascontiguousarray(cake, dtype="<f4"))
+    if fit is not None and len(fit):
+        out.append(np.ascontiguousarray(fit, dtype="<f8"))
+    if curves is not None and len(curves[0]):
+        rois = np.ascontiguousarray(curves[0], dtype="<i4").reshape(-1, 2)
+        values = np.ascontiguousarray(curves[1], dtype="<f8").reshape(-1)
+        if int(rois[:, 1].sum()) != values.size:
+            raise ValueError(f"curves: the ROI table counts {int(rois[:, 1].sum())} points, values hold {values.size}")
+        out += [rois, values]
+    return out
+
+
+def result_curves(result: Result, buffers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(table [n_rois, 2] i4 of (start_bin, n_points), values [n_curve_points] f8)`` viewing ``buffers``, or None
+    when the result carries no curves. Buffers are checked as :func:`result_arrays` does."""
+    result_arrays(result, buffers)
+    if not result.n_rois:
+        return None
+    views = [_as_bytes_view(b) for b in buffers[-2:]]
+    table = np.frombuffer(views[0], dtype="<i4").reshape(result.n_rois, 2)
+    return table, np.frombuffer(views[1], dtype="<f8")

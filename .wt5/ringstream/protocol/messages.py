@@ -1,0 +1,185 @@
+"""The messages the daemon's processes exchange: small typed records, one dataclass per wire ``type``.
+
+Every message travels as ``[header, *buffers]`` (see :mod:`ringstream.protocol.codec`): the header is a msgpack map
+holding ``type``, ``version`` and the fields below; array data travel as raw buffers after it, never inside the
+header and never pickled. The dataclasses are keyword-only and frozen: build a new one (or
+:func:`dataclasses.replace`) rather than mutating a message that may already be on its way.
+
+Fields without a default are required on the wire; the others may be left out by a sender and take their default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+"""The version every header carries; a receiver rejects any other (``ProtocolError`` of kind ``"version"``)."""
+
+FIT_COLUMNS = 7
+"""Columns of a :class:`Result`'s fit array, shape ``[n_peaks, 7]`` float64."""
+
+_message = dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+
+
+@_message
+class FrameHeader:
+    """One detector frame, ``type = "frame"``.
+
+    ``shape`` is ``(nz, ny)`` pixels, ``dtype`` a numpy dtype string with byte order (``"<i4"``, ``"|u1"``; a dtype
+    object or ``"int32"`` is normalised to that form). The pixels are either one inline buffer of ``nbytes`` =
+    ``nz * ny * itemsize`` bytes (``location="inline"``) or sit in slot ``slot`` of the shared-memory ring
+    ``shm_name`` at byte ``offset`` of the segment (``location="shm"``, no buffer). ``nbytes`` is computed when left
+    out. ``timestamp`` is seconds since the epoch; ``metadata`` maps str to numbers or str.
+    """
+
+    run_id: str
+    frame_index: int
+    source_id: str = ""
+    timestamp: float = 0.0
+    shape: tuple[int, int]
+    dtype: str
+    codec: str = "none"
+    location: str = "inline"
+    shm_name: str | None = None
+    slot: int | None = None
+    offset: int | None = None
+    nbytes: int | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Lenient normalisation only: anything odd is left as it is for the codec's validation to report.
+        if isinstance(self.shape, list):
+            object.__setattr__(self, "shape", tuple(self.shape))
+        if not isinstance(self.dtype, str) or self.dtype[:1] not in ("<", ">", "|"):
+            try:
+                object.__setattr__(self, "dtype", np.dtype(self.dtype).str)
+            except (TypeError, ValueError):
+                pass
+        if self.nbytes is None:
+            try:
+                nbytes = math.prod(int(n) for n in self.shape) * np.dtype(self.dtype).itemsize
+                object.__setattr__(self, "nbytes", nbytes)
+            except (TypeError, ValueError):
+                pass
+
+
+@_message
+class Result:
+    """What a worker made of one frame, ``type = "result"``.
+
+    ``status="ok"``: buffers are the lineout float32 ``[n_r]``, then the cake float32 ``[n_r, n_eta]`` if
+    ``has_cake``, then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
+    curves: an int32 table ``[n_rois, 2]`` of (start_bin, n_points) and the float64 model values
+    ``[n_curve_points]`` (= the sum of n_points) of every ROI in table order, all little-endian (fit_curves.bin).
+    ``status="rejected"``: no buffers, ``reason`` says why. ``timings`` maps a stage name to seconds.
+    """
+
+    run_id: str
+    frame_index: int
+    source_id: str = ""
+    timestamp: float = 0.0
+    status: str = "ok"
+    reason: str = ""
+    engine: str = ""
+    worker: int = 0
+    n_r: int = 0
+    n_eta: int = 0
+    has_cake: bool = False
+    n_peaks: int = 0
+    n_rois: int = 0
+    n_curve_points: int = 0
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class PeakUpdate:
+    """The peak list in force from frame ``from_frame`` onward, ``type = "peaks"``.
+
+    ``peaks`` are the peak locations R (px) after the change (empty: automatic finding or no fitting, as the
+    parameter file says); ``origin`` says where the change came from (``"control"`` for ``ringstream peaks``,
+    ``"peak_update.txt"``); ``seq`` numbers the updates of a run from 1. Sent by the supervisor to the workers and
+    to the writer, which records it under ``/entry/fit``.
+    """
+
+    run_id: str = ""
+    seq: int
+    from_frame: int
+    peaks: list[float] = dataclasses.field(default_factory=list)
+    origin: str = "control"
+
+
+@_message
+class EndOfStream:
+    """Ingest sent frames ``0 .. n_frames-1`` and no more, ``type = "eos"``."""
+
+    run_id: str
+    n_frames: int
+    counters: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class SlotRelease:
+    """A worker is done with ``slot`` of ring ``shm_name`` (it held ``frame_index``), ``type = "release"``."""
+
+    shm_name: str
+    slot: int
+    frame_index: int
+
+
+@_message
+class Heartbeat:
+    """A child is alive, ``type = "heartbeat"``; ``time`` is seconds since the epoch, ``counters`` str to number."""
+
+    role: str
+    index: int = 0
+    pid: int = dataclasses.field(default_factory=os.getpid)
+    state: str = "running"
+    time: float = dataclasses.field(default_factory=time.time)
+    counters: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class Stop:
+    """Ask the receiver to stop, ``type = "stop"``."""
+
+    reason: str = ""
+
+
+@_message
+class ControlRequest:
+    """A client's request to the supervisor's control socket, ``type = "request"``."""
+
+    command: str
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class ControlReply:
+    """The supervisor's answer to a :class:`ControlRequest`, ``type = "reply"``; ``error`` is one line when not ok."""
+
+    ok: bool
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: str = ""
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    "frame": FrameHeader,
+    "result": Result,
+    "peaks": PeakUpdate,
+    "eos": EndOfStream,
+    "release": SlotRelease,
+    "heartbeat": Heartbeat,
+    "stop": Stop,
+    "request": ControlRequest,
+    "reply": ControlReply,
+}
+"""Wire ``type`` tag -> dataclass."""
+
+Message = FrameHeader | Result | PeakUpdate | EndOfStream | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply

@@ -1,0 +1,116 @@
+"""ZeroMQ sockets carrying protocol messages: creation with bounded queues, send/receive, counting bad messages.
+
+Zero-copy sending and buffer reuse: ``send_message(..., copy=False)`` hands numpy buffers to libzmq by reference
+and returns *before* they are on the wire. The caller must not write to those arrays afterwards (allocate a new
+array per frame, or pass ``copy=True``); writing to them corrupts the message in flight. Shared-memory frames avoid
+the question: only the header travels, and the ring slot is reused only after the worker's ``SlotRelease``.
+Headers and small messages are always copied (cheaper than tracking them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from ringstream.protocol import ERROR_KINDS, Message, ProtocolError, decode, encode
+
+_KINDS = {
+    "PUSH": zmq.PUSH,
+    "PULL": zmq.PULL,
+    "ROUTER": zmq.ROUTER,
+    "DEALER": zmq.DEALER,
+    "REQ": zmq.REQ,
+    "REP": zmq.REP,
+    "PUB": zmq.PUB,
+    "SUB": zmq.SUB,
+    "PAIR": zmq.PAIR,
+}
+
+ZERO_COPY_MIN_BYTES = 65536
+"""Buffers smaller than this are copied even with ``copy=False`` (pyzmq's own threshold)."""
+
+
+def make_socket(
+    ctx: zmq.Context, kind: int | str, endpoint: str, *, bind: bool, hwm: int, linger: int = 0
+) -> zmq.Socket:
+    """A ``kind`` socket (``zmq.PUSH`` or ``"PUSH"``) bound or connected to ``endpoint``.
+
+    SNDHWM and RCVHWM are both ``hwm`` messages (set before bind/connect, when libzmq reads them); ``linger`` is
+    in ms (0: pending messages are dropped at close, so a dead peer never blocks shutdown). A failed bind or
+    connect closes the socket and raises ``zmq.ZMQError``.
+    """
+    sock_type = _KINDS[kind.upper()] if isinstance(kind, str) else kind
+    sock = ctx.socket(sock_type)
+    try:
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.LINGER, linger)
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def send_message(
+    sock: zmq.Socket, msg: Message, buffers: Iterable[Any] = (), copy: bool = False, flags: int = 0
+) -> None:
+    """Send ``msg`` and its buffers as one multipart message.
+
+    With ``copy=False`` buffers of ``ZERO_COPY_MIN_BYTES`` or more are sent by reference: do not write to them
+    afterwards (see the module docstring). ``flags=zmq.NOBLOCK`` raises ``zmq.Again`` when the queue is full (HWM);
+    the message is then not sent, in whole. Raises :class:`ProtocolError` for a message the peer would reject.
+    """
+    frames = encode(msg, buffers)
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        more = zmq.SNDMORE if i < last else 0
+        small = i == 0 or frame.nbytes < ZERO_COPY_MIN_BYTES
+        sock.send(frame, flags | more, copy=copy or small)
+
+
+def recv_message(sock: zmq.Socket, flags: int = 0) -> tuple[Message, list[memoryview]]:
+    """The next message on ``sock`` and its buffers (views of the received frames, no copy).
+
+    ``flags=zmq.NOBLOCK`` raises ``zmq.Again`` when nothing is waiting. A message that does not decode raises
+    :class:`ProtocolError`; it has been consumed whole, so the socket stays usable.
+    """
+    frames = sock.recv_multipart(flags, copy=False)
+    return decode([frame.buffer for frame in frames])
+
+
+class RejectLog:
+    """Counts protocol errors by kind for one receiving place (``where``, e.g. ``"writer results"``).
+
+    The first error of each kind is logged at WARNING, later ones at DEBUG, so a misbehaving peer cannot flood
+    the log; the counts go into heartbeats as ``protocol_errors_<kind>``.
+    """
+
+    def __init__(self, logger: logging.Logger, where: str) -> None:
+        self._logger = logger
+        self._where = where
+        self._counts = dict.fromkeys(ERROR_KINDS, 0)
+
+    def record(self, err: ProtocolError) -> None:
+        """Count ``err`` and log it (WARNING the first time for its kind, DEBUG after)."""
+        self._counts[err.kind] += 1
+        if self._counts[err.kind] == 1:
+            self._logger.warning(
+                "%s: rejected a message (%s): %s; further %s errors are counted and logged at DEBUG",
+                self._where,
+                err.kind,
+                err,
+                err.kind,
+            )
+        else:
+            self._logger.debug("%s: rejected a message (%s): %s", self._where, err.kind, err)
+
+    def counters(self) -> dict[str, int]:
+        """``{"protocol_errors_<kind>": count}`` for every kind (zeros included)."""
+        return {f"protocol_errors_{kind}": n for kind, n in self._counts.items()}

@@ -1,0 +1,335 @@
+"""The worker process: FrameHeaders in, Results out (docs/DAEMON.md, "worker i").
+
+Sockets: frames PULL (connect to ingest), release PUSH (connect to ingest), results PUSH (connect to the writer),
+heartbeat PUSH (connect to the supervisor). For each frame the worker views the pixels in place (the ring segment is
+attached by name on first sight and kept, untracked by the resource tracker) or in the inline buffer, checks the
+shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, releases
+the slot and sends a Result: lineout float32 ``[n_r]`` (and the cake float32 ``[n_r, n_eta]`` with ``Write2D 1``),
+``timings = {"integrate": s, "queue": s from the ingest timestamp to the start of integration, "total": s}``.
+With an engine that has ``integrate_many`` (the GPU one) the worker takes the waiting frame and up to
+``engine.batch - 1`` more arriving within ``GATHER_S``, integrates them in one call (``integrate`` is the batch's
+time per frame), then releases the slots and sends one Result per frame; each ring it attaches is page-locked with
+``engine.register_host_memory`` (unregistered before it is unmapped) so frames go to the device by DMA.
+
+A frame it cannot use (a shape other than the map's, an unsupported dtype, an engine exception) becomes a Result with
+``status="rejected"`` and a one-line reason, so the writer can account for every index; the worker carries on.
+Garbage on the frames socket (no frame_index to answer for) is counted under ``protocol_errors_<kind>``.
+Counters: ``integrated``, ``rejected``, ``protocol_errors_<kind>``. The worker exits when ``stop`` is set and no
+message arrived for ~0.2 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import zmq
+
+from ..engines.registry import create_engine
+from ..errors import RingstreamError
+from ..geometry.cache import load_or_build
+from ..ingest.images import load_dark
+from ..ingest.process import HeartbeatSender, child_setup
+from ..protocol import FrameHeader, ProtocolError, Result, SlotRelease, frame_array, result_buffers
+from ..transport.shm_ring import FrameRing
+from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from .fitting import WorkerFitting
+
+log = logging.getLogger("ringstream.worker")
+
+#: how long the worker waits for a frame before looking at ``stop`` again, in ms
+IDLE_MS = 200
+
+#: with a batching engine: how long the worker waits for more frames to fill a batch after the first, in s
+GATHER_S = 0.002
+
+#: after ``stop``, a message that could not be sent for this long (the peer is gone) is dropped, in s
+GIVE_UP_S = 5.0
+
+
+def run(config, ready, stop, index: int = 0) -> int:
+    """Entry point of worker ``index`` (see the module docstring). Returns the exit code."""
+    child_setup(config, f"worker-{index}")
+    try:
+        return _Worker(config, int(index)).run(ready, stop)
+    except RingstreamError as exc:
+        log.error("worker-%d: %s", index, exc)
+        return int(getattr(exc, "exit_code", 1))
+
+
+class _Worker:
+    def __init__(self, config, index: int) -> None:
+        self.config = config
+        self.index = index
+        self.counters: dict[str, int] = {"integrated": 0, "rejected": 0}
+        self.rings: dict[str, FrameRing] = {}
+        self._registered: set[str] = set()  # rings page-locked with the engine (register_host_memory)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def snapshot(self) -> dict:
+        fitting = self.fitting.snapshot() if getattr(self, "fitting", None) is not None else {}
+        return {**self.counters, **self.rejects.counters(), **fitting}
+
+    def run(self, ready, stop) -> int:
+        cfg = self.config
+        params = cfg.load_params()
+        imap, from_cache = load_or_build(params)
+        self.shape = (int(imap.shape[0]), int(imap.shape[1]))
+        self.n_r, self.n_eta = int(imap.n_r), int(imap.n_eta)
+        dark_path = getattr(cfg.run, "dark", None) or params.Dark
+        dark = load_dark(dark_path, self.shape) if dark_path else None
+        self.engine = create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize)
+        self.engine_name = str(getattr(self.engine, "name", cfg.workers.engine))
+        self.write_2d = bool(params.Write2D)
+        # an engine with integrate_many (the GPU one) takes up to engine.batch frames from different slots at once
+        self.batch = int(getattr(self.engine, "batch", 1)) if hasattr(self.engine, "integrate_many") else 1
+        log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
+                 cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
+                 f", dark {dark_path}" if dark_path else "")
+        t = cfg.transport
+        hwm = max(1, int(t.queue_depth or t.ring_slots))
+        ctx = zmq.Context()
+        self.rejects = RejectLog(log, f"worker-{self.index} frames socket")
+        try:
+            # peak fitting (issue 5): None when the parameter file asks for none
+            self.fitting = WorkerFitting.create(cfg, params, imap, self.engine_name, ctx, f"worker-{self.index}")
+            frames = make_socket(ctx, zmq.PULL, t.frames_endpoint, bind=False, hwm=hwm)
+            self.release = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=max(hwm, int(t.ring_slots)))
+            self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=hwm)
+            self.hb = hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
+                                           "worker", self.index, cfg.supervisor.heartbeat_interval)
+            hb.beat(self.snapshot(), state="starting", force=True)
+            self.stop = stop
+            ready.set()
+            while True:
+                if frames.poll(IDLE_MS, zmq.POLLIN):
+                    if self.batch > 1:
+                        self.handle_many(frames)
+                    else:
+                        self.handle(frames)
+                elif stop.is_set():
+                    break
+                hb.beat(self.snapshot())
+            hb.beat(self.snapshot(), state="done", force=True)
+            log.info("worker-%d: done: integrated %d, rejected %d", self.index, self.counters["integrated"],
+                     self.counters["rejected"])
+            return 0
+        finally:
+            ctx.destroy(linger=2000)  # results and releases already queued must go out
+            for ring in self.rings.values():
+                self.unregister(ring)
+                ring.close()
+
+    # ------------------------------------------------------------------------------------------------ a frame
+    def handle(self, sock) -> None:
+        try:
+            msg, buffers = recv_message(sock)
+        except ProtocolError as exc:
+            self.rejects.record(exc)
+            return
+        if not isinstance(msg, FrameHeader):
+            what = f"unexpected {type(msg).__name__} message on the frames socket"
+            self.rejects.record(ProtocolError("unknown_type", what))
+            return
+        t_start = time.time()
+        lineout = cake = None
+        reason = ""
+        t_int = 0.0
+        try:
+            pixels = self.pixels(msg, buffers)
+            t0 = time.perf_counter()
+            lineout, cake = self.engine.integrate(pixels)
+            t_int = time.perf_counter() - t0
+            del pixels  # drop the view of the slot before releasing it
+        except RingstreamError as exc:
+            reason = str(exc)
+        except Exception as exc:  # an engine failure on one frame must never kill the worker
+            reason = f"frame {msg.frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
+            log.exception("worker-%d: frame %d", self.index, msg.frame_index)
+        finally:
+            if msg.location == "shm":
+                self.release_slot(msg)
+        timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
+                   "integrate": t_int, "total": time.time() - t_start}
+        fitted = self.fit([msg], [lineout], timings)[0] if not reason else None
+        self.send_result(msg, reason, lineout, cake, timings, fitted)
+
+    # ------------------------------------------------------------------------------------- a batch of frames
+    def handle_many(self, sock) -> None:
+        """Take the waiting frame and up to ``batch - 1`` more that arrive within ``GATHER_S``, integrate the usable
+        ones in one ``integrate_many`` call, release their slots and send one Result per frame (as :meth:`handle`)."""
+        got: list = []  # (header, t_start, pixels or None, reason)
+        deadline = time.monotonic() + GATHER_S
+        while len(got) < self.batch:
+            try:
+                msg, buffers = recv_message(sock, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if not got:  # poll() said a message was waiting
+                    left = max(left, IDLE_MS / 1e3)
+                if left <= 0 or not sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
+                    break
+                continue
+            except ProtocolError as exc:
+                self.rejects.record(exc)
+                continue
+            if not isinstance(msg, FrameHeader):
+                what = f"unexpected {type(msg).__name__} message on the frames socket"
+                self.rejects.record(ProtocolError("unknown_type", what))
+                continue
+            t_start = time.time()
+            try:
+                got.append([msg, t_start, self.pixels(msg, buffers), ""])
+            except RingstreamError as exc:
+                got.append([msg, t_start, None, str(exc)])
+        if not got:
+            return
+        # frames of the batch's first usable dtype go together; any others one by one
+        usable = [g for g in got if g[2] is not None]
+        dt0 = usable[0][2].dtype if usable else None
+        together = [g for g in usable if g[2].dtype == dt0]
+        results: dict[int, tuple] = {}
+        t_int = 0.0
+        if together:
+            t0 = time.perf_counter()
+            try:
+                lines, cakes = self.engine.integrate_many([g[2] for g in together])
+                t_int = (time.perf_counter() - t0) / len(together)
+                for i, g in enumerate(together):
+                    results[id(g)] = (lines[i], cakes[i], t_int)
+            except Exception:  # find the frame(s) at fault: one by one, as handle() would
+                log.debug("worker-%d: batch of %d failed; integrating one by one", self.index, len(together),
+                          exc_info=True)
+        for g in usable:
+            if id(g) in results:
+                continue
+            t0 = time.perf_counter()
+            try:
+                lineout, cake = self.engine.integrate(g[2])
+                results[id(g)] = (lineout, cake, time.perf_counter() - t0)
+            except RingstreamError as exc:
+                g[3] = str(exc)
+            except Exception as exc:  # an engine failure on one frame must never kill the worker
+                g[3] = f"frame {g[0].frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
+                log.exception("worker-%d: frame %d", self.index, g[0].frame_index)
+        for g in got:
+            g[2] = None  # drop the views of the slots before releasing them
+        del usable, together
+        for msg, _, _, _ in got:
+            if msg.location == "shm":
+                self.release_slot(msg)
+        ok = [g for g in got if not g[3] and id(g) in results]
+        fitted = dict(zip(map(id, ok), self.fit([g[0] for g in ok], [results[id(g)][0] for g in ok], None)))
+        for g in got:
+            msg, t_start, _, reason = g
+            lineout, cake, t = results.get(id(g), (None, None, 0.0))
+            timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
+                       "integrate": t, "total": time.time() - t_start}
+            self.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)))
+
+    def fit(self, headers, lineouts, timings) -> list:
+        """The FrameFits of frames just integrated (one call per frame or batch), or Nones without fitting."""
+        if self.fitting is None or not headers:
+            return [None] * len(headers)
+        t0 = time.perf_counter()
+        fits = self.fitting.fit_frames(headers, lineouts, beat=lambda: self.hb.beat(self.snapshot()))
+        if timings is not None:
+            timings["fit"] = time.perf_counter() - t0
+        return fits
+
+    def send_result(self, msg, reason, lineout, cake, timings, fitted=None) -> None:
+        common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
+                      timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
+                      metadata=dict(msg.metadata))
+        if reason:
+            self.count("rejected")
+            if self.counters["rejected"] <= 5:
+                log.warning("worker-%d: rejected %s", self.index, reason)
+            result, bufs = Result(status="rejected", reason=reason, **common), ()
+        else:
+            self.count("integrated")
+            fit = fitted.fit if fitted is not None else None
+            bufs = result_buffers(lineout, cake if self.write_2d else None, fit,
+                                  fitted.curves if fitted is not None else None)
+            result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d,
+                            n_peaks=0 if fit is None else int(fit.shape[0]),
+                            n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
+                            n_curve_points=0 if fitted is None else int(fitted.values.size), **common)
+        self.send(self.results, result, bufs)
+
+    def register(self, ring: FrameRing) -> None:
+        """Page-lock the ring's segment for the engine (when it can), so frames go to the device by DMA."""
+        if not hasattr(self.engine, "register_host_memory"):
+            return
+        try:
+            self.engine.register_host_memory(ring._segment.buf)
+            self._registered.add(ring.name)
+            log.info("worker-%d: registered ring %s (%d bytes) with the engine", self.index, ring.name,
+                     len(ring._segment.buf))
+        except Exception as exc:  # not fatal: pageable frames go through the engine's staging buffer
+            log.warning("worker-%d: cannot register ring %s with the engine (%s); staging instead", self.index,
+                        ring.name, exc)
+
+    def unregister(self, ring: FrameRing) -> None:
+        if ring.name not in self._registered:
+            return
+        try:
+            self.engine.unregister_host_memory(ring._segment.buf)
+        except Exception as exc:  # pragma: no cover
+            log.warning("worker-%d: cannot unregister ring %s (%s)", self.index, ring.name, exc)
+        self._registered.discard(ring.name)
+
+    def pixels(self, msg, buffers) -> np.ndarray:
+        """The frame's pixels as ``[nZ, nY]`` (a view of the slot or of the inline buffer), after the checks."""
+        where = f"frame {msg.frame_index} ({msg.source_id})"
+        shape = tuple(int(s) for s in msg.shape)
+        if shape != self.shape:
+            raise FrameRejected(f"{where}: shape {shape} differs from the map's (NrPixelsZ, NrPixelsY) = {self.shape}")
+        dtype = np.dtype(msg.dtype)
+        if dtype.kind not in "uif":
+            raise FrameRejected(f"{where}: dtype {msg.dtype} is not an integer or float image")
+        if msg.location == "inline":
+            return frame_array(msg, buffers[0])
+        ring = self.rings.get(msg.shm_name)
+        if ring is None:
+            try:
+                ring = FrameRing.attach(msg.shm_name)
+            except (OSError, ValueError) as exc:
+                raise FrameRejected(f"{where}: cannot attach shared memory {msg.shm_name!r} ({exc})") from None
+            self.rings[msg.shm_name] = ring
+            self.register(ring)
+        try:
+            return ring.view(int(msg.slot), shape, dtype, offset=msg.offset)
+        except (ValueError, IndexError) as exc:
+            raise FrameRejected(f"{where}: slot {msg.slot} of {msg.shm_name!r} cannot hold it ({exc})") from None
+
+    def release_slot(self, msg) -> None:
+        if msg.shm_name is None or msg.slot is None:
+            return
+        release = SlotRelease(shm_name=msg.shm_name, slot=int(msg.slot), frame_index=int(msg.frame_index))
+        self.send(self.release, release)
+
+    def send(self, sock, msg, buffers=()) -> None:
+        """Send, waiting while the peer's queue is full (backpressure) but never so long that heartbeats stop;
+        after ``stop``, a peer that takes nothing for ``GIVE_UP_S`` seconds (gone) gets the message dropped."""
+        waited_since = None
+        while True:
+            try:
+                send_message(sock, msg, buffers, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            now = time.monotonic()
+            waited_since = waited_since or now
+            if self.stop.is_set() and now - waited_since > GIVE_UP_S:
+                self.count(f"dropped_{type(msg).__name__.lower()}")
+                return
+            self.hb.beat(self.snapshot())
+            sock.poll(IDLE_MS // 2, zmq.POLLOUT)
+
+
+class FrameRejected(RingstreamError):
+    """A frame this worker cannot integrate; its message is the Result's one-line reason."""

@@ -1,0 +1,404 @@
+"""The real ``ringstream run`` daemon, started as a subprocess on a 128 x 128 simulated detector.
+
+Each test starts the console script in its own session (process group), polls its control socket for readiness
+with a deadline, and a fixture kills whatever is left of the group at teardown; a test whose daemon leaves a process
+behind fails. Covered (docs/DAEMON.md): a complete run equal to the reference engine; a SWMR reader following the
+file; SIGTERM and a ``stop`` request drain; ``kill -9`` of a worker is detected within 2 s and stops the run with exit 5; garbage, wrong
+versions and wrong sizes on the writer's results socket and the control socket are rejected, counted and logged
+once; bad configuration is one line with exit 2; ``ringstream status`` exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from common import NY, NZ, SMALL_PARAMS, ringstream_command
+
+from ringstream.daemon.status import NoDaemon, is_healthy, query_status
+from ringstream.protocol import ControlRequest, Result, encode, result_buffers
+from ringstream.transport.endpoints import free_tcp_endpoint
+
+PARAMS = SMALL_PARAMS
+COUNTS = re.compile(r"ringstream: run (\S+) finished: received (\d+), integrated (\d+), written (\d+), "
+                    r"rejected (\d+), dropped (\d+) \(([^)]*)\), ([\d.]+) s, ([\d.]+) frames/s")
+
+
+_script = ringstream_command
+
+
+def write_params(folder: Path) -> Path:
+    path = folder / "setup.txt"
+    path.write_text(PARAMS.format(nz=NZ, ny=NY))
+    return path
+
+
+class Daemon:
+    """One ``ringstream run`` subprocess: its stderr lines (with arrival times) are collected by a thread."""
+
+    def __init__(self, args, cwd: Path) -> None:
+        self.control = free_tcp_endpoint()
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.proc = subprocess.Popen(_script() + ["run", *map(str, args), "--control", self.control], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     start_new_session=True)
+        self.lines: list[tuple[float, str]] = []
+        self.stdout = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def wait_ready(self, deadline_s: float = 40.0) -> dict:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"daemon exited early ({self.proc.returncode}):\n{self.stderr}"
+            try:
+                status = query_status(self.control, timeout=0.5)
+            except NoDaemon:
+                time.sleep(0.2)
+                continue
+            if is_healthy(status):
+                return status
+            time.sleep(0.2)
+        raise AssertionError(f"daemon not ready within {deadline_s} s:\n{self.stderr}")
+
+    def status(self) -> dict:
+        return query_status(self.control, timeout=2.0)
+
+    def wait(self, timeout: float = 40.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        self.stdout = self.proc.stdout.read()
+        return rc
+
+    def counts(self) -> tuple[int, ...]:
+        m = COUNTS.search(self.stderr)
+        assert m, f"no counts line in:\n{self.stderr}"
+        return tuple(int(m.group(i)) for i in range(2, 7))  # received, integrated, written, rejected, dropped
+
+    def line_time(self, pattern: str, timeout: float = 10.0) -> float:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for t, line in list(self.lines):
+                if rx.search(line):
+                    return t
+            time.sleep(0.01)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.stderr}")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture
+def daemons():
+    """Start daemons with ``daemons(args, cwd)``; at teardown kill every process left in their groups (a leak
+    fails the test)."""
+    started: list[Daemon] = []
+
+    def start(args, cwd) -> Daemon:
+        d = Daemon(args, cwd)
+        started.append(d)
+        return d
+
+    yield start
+    leaked = []
+    for d in started:
+        pgid = d.proc.pid
+        if d.proc.poll() is None:
+            leaked.append(f"daemon pid {pgid} still running")
+            os.killpg(pgid, signal.SIGKILL)
+            d.proc.wait(10)
+        deadline = time.monotonic() + 5
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            leaked.append(f"processes left in group {pgid}")
+            os.killpg(pgid, signal.SIGKILL)
+    assert not leaked, "; ".join(leaked)
+
+
+def reference_lineouts(params_path: Path, n: int) -> np.ndarray:
+    from ringstream.engines.reference import ReferenceEngine
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.ingest.simulated import SimulatedSource
+    from ringstream.params import load_params
+
+    p = load_params(params_path)
+    imap, _ = load_or_build(p)
+    source = SimulatedSource(p, n_frames=n, seed=0, dtype="int32", precompute=False)
+    engine = ReferenceEngine(imap, normalize=bool(p.Normalize))
+    frames = np.stack([source.make_frame(k) for k in range(n)])
+    lineouts, _ = engine.integrate_batch(frames)
+    return lineouts
+
+
+def read_output(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        data = f["/entry/data"]
+        return {
+            "I": data["I"][()],
+            "frame_index": data["frame_index"][()],
+            "frames_written": int(data["I"].attrs["frames_written"]),
+            "run_complete": bool(data["I"].attrs["run_complete"]),
+        }
+
+
+def assert_equals_reference(out: dict, params_path: Path, n: int) -> None:
+    assert out["I"].shape[0] == n
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+    ref = reference_lineouts(params_path, n).astype(np.float32)
+    np.testing.assert_allclose(out["I"], ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
+
+
+# --------------------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.timeout(60)
+def test_complete_run_equals_reference(tmp_path, daemons):
+    params = write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 300, "--workers", 2, "--output-h5", "out.h5"], tmp_path)
+    rc = d.wait(50)
+    assert rc == 0, d.stderr
+    assert d.counts() == (300, 300, 300, 0, 0)
+    out = read_output(tmp_path / "out.h5")
+    assert out["frames_written"] == 300 and out["run_complete"]
+    assert_equals_reference(out, params, 300)
+
+
+READER = textwrap.dedent("""
+    import json, sys, time
+    import h5py
+    path, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+    seen = []
+    f = None
+    while time.monotonic() < deadline:
+        if f is None:
+            try:
+                f = h5py.File(path, "r", libver="latest", swmr=True)
+                ds = f["/entry/data/I"]
+            except (OSError, KeyError):
+                f = None
+                time.sleep(0.05)
+                continue
+        ds.refresh()
+        n = int(ds.shape[0])
+        if not seen or n != seen[-1]:
+            seen.append(n)
+        if bool(ds.attrs["run_complete"]):
+            break
+        time.sleep(0.1)
+    print(json.dumps(seen))
+""")
+
+
+@pytest.mark.timeout(60)
+def test_swmr_reader_sees_the_file_grow(tmp_path, daemons):
+    params = write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 500, "--rate", 100, "--output-h5", "out.h5",
+                 "--save-interval", 20], tmp_path)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "out.h5"), "40"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = reader.communicate(timeout=50)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    assert d.wait(30) == 0, d.stderr
+    seen = json.loads(out)
+    assert len(seen) >= 4, (seen, err)  # at 100 Hz over 5 s the reader sees several sizes
+    assert seen == sorted(seen) and seen[-1] == 500, seen
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_and_status_exit_codes(tmp_path, daemons):
+    params = write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
+    d.wait_ready()
+    deadline = time.monotonic() + 20
+    while d.status()["totals"]["written"] < 50:
+        assert time.monotonic() < deadline, d.stderr
+        time.sleep(0.2)
+    st = subprocess.run(_script() + ["status", "--control", d.control], capture_output=True, text=True, timeout=20)
+    assert st.returncode == 0, st.stderr
+    assert "running" in st.stdout and "worker-1" in st.stdout
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(30) == 0, d.stderr
+    received, integrated, written, rejected, dropped = d.counts()
+    out = read_output(tmp_path / "out.h5")
+    assert out["run_complete"]
+    assert out["frames_written"] == out["I"].shape[0] == written == integrated > 50
+    assert rejected == 0 and dropped == 0
+    assert received - integrated <= 1  # at most the one frame the pacer held when the stop came
+    np.testing.assert_array_equal(out["frame_index"], np.arange(written))
+    after = subprocess.run(_script() + ["status", "--control", d.control], capture_output=True, text=True, timeout=20)
+    assert after.returncode == 1
+    assert after.stderr.strip() == f"ringstream: error: no daemon answering on {d.control}"
+
+
+@pytest.mark.timeout(60)
+def test_stop_request_drains_like_sigterm(tmp_path, daemons):
+    from ringstream.daemon.status import request
+
+    params = write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
+    d.wait_ready()
+    time.sleep(1.0)
+    reply = request(d.control, "stop")
+    assert reply.ok and reply.data["state"] == "draining"
+    assert d.wait(30) == 0, d.stderr
+    _, integrated, written, _, _ = d.counts()
+    out = read_output(tmp_path / "out.h5")
+    assert out["run_complete"] and out["frames_written"] == written == integrated > 0
+
+
+@pytest.mark.timeout(60)
+def test_killed_worker_is_detected_and_stops_the_run(tmp_path, daemons):
+    params = write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
+    d.wait_ready()
+    time.sleep(1.0)
+    pid = d.status()["children"]["worker-1"]["pid"]
+    t_kill = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    t_line = d.line_time(rf"worker-1 \(pid {pid}\) died: killed by signal 9")
+    rc = d.wait(30)
+    t_exit = time.monotonic()
+    assert t_line - t_kill < 2.0, f"detected after {t_line - t_kill:.2f} s"
+    print(f"kill -9 detected after {t_line - t_kill:.3f} s; daemon exited after {t_exit - t_kill:.2f} s")
+    assert rc == 5, d.stderr
+    assert len([line for _, line in d.lines if "died" in line]) == 1
+    out = read_output(tmp_path / "out.h5")
+    assert out["frames_written"] == out["I"].shape[0] > 0
+    index = out["frame_index"].astype(np.int64)
+    assert np.all(np.diff(index) > 0)  # in order; frames the dead worker held are gaps
+    # run_complete is true only when every frame ingest sent was written: the dead worker may have held none
+    # (then the writer accounted for all of them before the supervisor stopped it), else it is false
+    contiguous = bool(index[0] == 0 and index[-1] == len(index) - 1)
+    if out["run_complete"]:
+        assert contiguous
+    _, _, written, _, _ = d.counts()
+    assert written == out["frames_written"]
+
+
+def _bad_messages(kind: str) -> list[list[bytes]]:
+    """Garbage, a wrong protocol version and a header whose size does not match its buffers."""
+    if kind == "result":
+        lineout = np.arange(56, dtype=np.float32)
+        good = [bytes(f) for f in encode(Result(run_id="intruder", frame_index=10**9, n_r=56, n_eta=18),
+                                         result_buffers(lineout, None))]
+        short = [good[0], good[1][:40]]
+    else:
+        good = [bytes(f) for f in encode(ControlRequest(command="status"))]
+        short = [good[0], b"\x00" * 16]  # a request carries no buffer
+    header = msgpack.unpackb(good[0], raw=False)
+    header["version"] = 99
+    wrong_version = [msgpack.packb(header, use_bin_type=True), *good[1:]]
+    return [[b"\xde\xad\xbe\xef garbage"], wrong_version, short]
+
+
+@pytest.mark.timeout(60)
+def test_bad_messages_are_rejected_counted_and_logged_once(tmp_path, daemons):
+    params = write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 400, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
+    d.wait_ready()
+    endpoints = json.loads(subprocess.run(_script() + ["status", "--control", d.control, "--json"],
+                                          capture_output=True, text=True, timeout=20).stdout)["endpoints"]
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(endpoints["results_endpoint"])
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoints["control_endpoint"])
+        for _ in range(2):  # twice each: counted twice, logged once
+            for msg in _bad_messages("result"):
+                push.send_multipart(msg)
+            for msg in _bad_messages("request"):
+                dealer.send_multipart([b"", *msg])
+                assert dealer.poll(5000), "no reply to a bad control request"
+                dealer.recv_multipart()  # an error reply: the control socket stays up
+        time.sleep(1.5)  # a heartbeat or two carries the writer's counters
+        status = d.status()
+    finally:
+        ctx.destroy(linger=0)
+    writer = status["children"]["writer"]["counters"]
+    for k in ("malformed", "version", "size"):
+        assert writer[f"protocol_errors_{k}"] == 2, writer
+        assert status["supervisor"][f"control_protocol_errors_{k}"] == 2, status["supervisor"]
+    assert status["totals"]["protocol_errors"] == 12
+    assert d.wait(40) == 0, d.stderr
+    for place in ("writer", "supervisor control socket"):
+        for k in ("malformed", "version", "size"):
+            hits = [line for _, line in d.lines if place in line and f"rejected a message ({k})" in line]
+            assert len(hits) == 1, (place, k, d.stderr)
+    out = read_output(tmp_path / "out.h5")
+    assert out["run_complete"] and out["frames_written"] == 400
+    assert_equals_reference(out, params, 400)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_param_file", "folder_not_yet"])
+def test_bad_configuration_is_one_line_exit_2(tmp_path, case):
+    params = write_params(tmp_path)
+    toml = tmp_path / "daemon.toml"
+    args = ["run", "--param-file", params, "--simulate", 10, "--control", free_tcp_endpoint()]
+    expect: tuple[str, ...]
+    if case == "unknown_key":
+        toml.write_text("[workers]\ncount = 2\ncuont = 3\n")
+        args += ["--config", toml]
+        expect = (str(toml), "cuont")
+    elif case == "wrong_type":
+        toml.write_text("[workers]\ncount = \"two\"\n")
+        args += ["--config", toml]
+        expect = (str(toml), "count")
+    elif case == "missing_param_file":
+        args[2] = tmp_path / "nope.txt"
+        expect = ("nope.txt", "param_file")
+    else:
+        args += ["--folder", tmp_path]
+        expect = ("--folder", "not available yet")
+    out = subprocess.run(_script() + [str(a) for a in args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ringstream: error: "), out.stderr
+    for word in expect:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.timeout(30)
+def test_status_with_nothing_running_exits_1(tmp_path):
+    endpoint = free_tcp_endpoint()
+    out = subprocess.run(_script() + ["status", "--control", endpoint, "--timeout", "0.5"], capture_output=True,
+                         text=True, timeout=20)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"ringstream: error: no daemon answering on {endpoint}"

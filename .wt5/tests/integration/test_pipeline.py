@@ -1,0 +1,493 @@
+"""The three daemon roles end to end, started here as spawn processes (no supervisor) on loopback TCP ports.
+
+Ingest (simulated or replay source, shared-memory ring or inline frames) -> 1..2 workers (reference engine) -> the
+writer's HDF5 file, checked row by row against the reference engine applied to the same frames recomputed in the
+test. The test binds the events PULL itself and reads the children's counters from their heartbeats. Every test
+has a timeout, and a child still alive at the end is killed and fails the test.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import h5py
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from common import NY, NZ, SMALL_PARAMS
+
+from ringstream.config import DaemonConfig
+from ringstream.engines.reference import ReferenceEngine
+from ringstream.geometry.cache import load_or_build
+from ringstream.ingest import process as ingest_process
+from ringstream.ingest.simulated import SimulatedSource
+from ringstream.protocol import EndOfStream, FrameHeader, Heartbeat, Result, SlotRelease, decode, encode
+from ringstream.transport import free_tcp_endpoint
+from ringstream.workers import process as worker_process
+from ringstream.writer import process as writer_process
+
+pytestmark = pytest.mark.timeout(120)
+
+PARAMS = SMALL_PARAMS
+
+CTX = mp.get_context("spawn")
+
+
+def slow_worker_run(config, ready, stop, index=0):
+    """A worker whose engine takes >= 20 ms per frame (importable by name, so a spawn child can run it)."""
+    real = worker_process.create_engine
+
+    class Slow:
+        def __init__(self, engine):
+            self.engine, self.name = engine, engine.name
+
+        def integrate(self, frame):
+            time.sleep(0.02)
+            return self.engine.integrate(frame)
+
+    worker_process.create_engine = lambda *a, **k: Slow(real(*a, **k))
+    return worker_process.run(config, ready, stop, index=index)
+
+
+class Pipeline:
+    """Writer, workers and ingest as spawn children of this process, plus the events PULL they report to."""
+
+    def __init__(self, config: DaemonConfig, n_workers: int = 2, worker_target=worker_process.run) -> None:
+        self.config = config
+        self.zctx = zmq.Context()
+        self.events = self.zctx.socket(zmq.PULL)
+        self.events.setsockopt(zmq.LINGER, 0)
+        self.events.bind(config.transport.events_endpoint)
+        self.beats: dict[tuple[str, int], Heartbeat] = {}
+        self.procs: dict[str, mp.Process] = {}
+        self.stops: dict[str, object] = {}
+        self.n_workers = n_workers
+        self.worker_target = worker_target
+
+    def _start(self, name, target, **kwargs):
+        ready, stop = CTX.Event(), CTX.Event()
+        proc = CTX.Process(target=target, args=(self.config, ready, stop), kwargs=kwargs, name=name, daemon=True)
+        proc.start()
+        self.procs[name], self.stops[name] = proc, stop
+        deadline = time.monotonic() + 60
+        while not ready.wait(0.05):
+            self.pump()
+            assert proc.is_alive(), f"{name} exited with {proc.exitcode} before it was ready"
+            assert time.monotonic() < deadline, f"{name} not ready within 60 s"
+
+    def start(self, ingest: bool = True) -> Pipeline:
+        self._start("writer", writer_process.run)
+        for i in range(self.n_workers):
+            self._start(f"worker-{i}", self.worker_target, index=i)
+        self.t0 = time.monotonic()
+        if ingest:
+            self._start("ingest", ingest_process.run)
+        return self
+
+    def pump(self, timeout_ms: int = 0) -> None:
+        """Read every heartbeat waiting on the events socket (keeping the latest per child)."""
+        while self.events.poll(timeout_ms):
+            timeout_ms = 0
+            msg, _ = decode(self.events.recv_multipart())
+            assert isinstance(msg, Heartbeat)
+            self.beats[(msg.role, msg.index)] = msg
+
+    def counters(self, role: str, index: int = 0) -> dict:
+        self.pump()
+        beat = self.beats.get((role, index))
+        return dict(beat.counters) if beat else {}
+
+    def wait_for(self, name: str, timeout: float = 60) -> int:
+        proc = self.procs[name]
+        deadline = time.monotonic() + timeout
+        while proc.is_alive():
+            self.pump(50)
+            assert time.monotonic() < deadline, f"{name} still running after {timeout} s"
+        proc.join()
+        return proc.exitcode
+
+    def finish(self, timeout: float = 60) -> dict[str, int]:
+        """Wait for the writer (end of run), then stop the workers; every exit code, by name."""
+        codes = {"writer": self.wait_for("writer", timeout)}
+        self.seconds = time.monotonic() - self.t0
+        if "ingest" in self.procs:
+            codes["ingest"] = self.wait_for("ingest", timeout)
+        for name in self.procs:
+            if name.startswith("worker"):
+                self.stops[name].set()
+        for name in self.procs:
+            if name.startswith("worker"):
+                codes[name] = self.wait_for(name, 10)
+        self.pump(100)
+        return codes
+
+    def cleanup(self) -> list[str]:
+        """Kill whatever is still running; the names of the leaked children."""
+        leaked = []
+        for name, proc in self.procs.items():
+            if proc.is_alive():
+                leaked.append(name)
+                proc.kill()
+                proc.join(5)
+        self.events.close(linger=0)
+        self.zctx.term()
+        return leaked
+
+
+@pytest.fixture
+def pipelines():
+    made: list[Pipeline] = []
+
+    def make(config, ingest: bool = True, **kwargs) -> Pipeline:
+        pipe = Pipeline(config, **kwargs)
+        made.append(pipe)
+        return pipe.start(ingest=ingest)
+
+    yield make
+    leaked = [name for pipe in made for name in pipe.cleanup()]
+    assert not leaked, f"child processes left running (killed): {leaked}"
+
+
+def setup_run(tmp_path: Path, name: str = "out.h5", extra_params: str = "", **sections) -> DaemonConfig:
+    """A config over a 128 x 128 detector with fresh loopback endpoints; the map is built here (children hit it)."""
+    pfile = tmp_path / "setup.txt"
+    pfile.write_text(PARAMS.format(nz=NZ, ny=NY) + extra_params)
+    data = {
+        "run": {"param_file": str(pfile), "output_h5": str(tmp_path / name), "save_interval": 50},
+        "source": {"kind": "simulated", "frames": 200},
+        "workers": {"count": 2, "engine": "cpu"},
+        "transport": {k: free_tcp_endpoint() for k in
+                      ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint")},
+        "supervisor": {"heartbeat_interval": 0.1},
+        "logging": {"level": "WARNING"},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    config = DaemonConfig.from_dict(data)
+    load_or_build(config.load_params())
+    return config
+
+
+def reference_lineouts(config: DaemonConfig, frames) -> np.ndarray:
+    params = config.load_params()
+    imap, from_cache = load_or_build(params)
+    assert from_cache
+    engine = ReferenceEngine(imap, normalize=params.Normalize)
+    return np.stack([engine.integrate(f)[0] for f in frames])
+
+
+def read_h5(path) -> dict:
+    with h5py.File(path, "r") as f:
+        data = f["/entry/data"]
+        out = {
+            "I": data["I"][()],
+            "frame_index": data["frame_index"][()],
+            "source_id": [s.decode() if isinstance(s, bytes) else s for s in data["source_id"][()]],
+            "run_complete": bool(f["/entry"].attrs["run_complete"]),
+            "frames_written": int(f["/entry"].attrs["frames_written"]),
+            "engine": f["/entry/reduction/engine"][()].decode(),
+        }
+        if "cake" in f["/entry"]:
+            out["cake"] = f["/entry/cake/I"][()]
+    return out
+
+
+def my_shm_segments() -> list[str]:
+    try:
+        return [n for n in os.listdir("/dev/shm") if n.startswith("ringstream-")]
+    except FileNotFoundError:
+        return []
+
+
+def assert_clean_exit(codes: dict[str, int]) -> None:
+    assert all(code == 0 for code in codes.values()), codes
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+
+
+def test_simulated_two_workers_every_frame_once_in_order(tmp_path, pipelines):
+    # paced at 500 Hz (0.4 s), so that the second worker's connection (retried every 100 ms until the ingest binds)
+    # is up long before the end and both workers take part
+    config = setup_run(tmp_path, source={"rate": 500.0})
+    shm_before = set(my_shm_segments())
+    pipe = pipelines(config, n_workers=2)
+    codes = pipe.finish()
+    assert_clean_exit(codes)
+    out = read_h5(config.run.output_h5)
+    n = 200
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n, dtype=np.uint64))
+    assert out["run_complete"] and out["frames_written"] == n
+    assert out["engine"] == "cpu"
+    assert out["source_id"][:2] == ["simulated:0", "simulated:1"]
+    source = SimulatedSource.from_config(config, config.load_params())
+    ref = reference_lineouts(config, [source.make_frame(k) for k in range(n)])
+    assert out["I"].dtype == np.float32
+    np.testing.assert_allclose(out["I"], ref, rtol=1e-6, atol=0)
+    # both workers took part, nothing was dropped or rejected, the ring is gone
+    done = [pipe.counters("worker", i).get("integrated", 0) for i in range(2)]
+    assert sum(done) == n and min(done) > 0, done
+    ingest = pipe.counters("ingest")
+    assert ingest["sent"] == n and ingest["received"] == n
+    assert not any(v for k, v in ingest.items() if k.startswith("dropped_"))
+    writer = pipe.counters("writer")
+    assert writer["written"] == n and writer["rejected"] == 0 and writer["pending"] == 0
+    assert pipe.beats[("writer", 0)].state == "done"
+    assert set(my_shm_segments()) - shm_before == set()
+
+
+def test_replay_npy_stack_looped_with_cakes(tmp_path, pipelines):
+    rng = np.random.default_rng(3)
+    stack = rng.poisson(200, size=(5, NZ, NY)).astype(np.uint16)
+    np.save(tmp_path / "stack.npy", stack)
+    n = 23
+    config = setup_run(tmp_path, extra_params="Write2D 1\n",
+                       source={"kind": "replay", "replay_path": str(tmp_path / "stack.npy"), "frames": n,
+                               "loop": True})
+    codes = pipelines(config, n_workers=2).finish()
+    assert_clean_exit(codes)
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+    assert out["source_id"] == [f"stack.npy:{k % 5}" for k in range(n)]
+    params = config.load_params()
+    engine = ReferenceEngine(load_or_build(params)[0])
+    refs = [engine.integrate(stack[k % 5]) for k in range(n)]
+    np.testing.assert_allclose(out["I"], np.stack([lineout for lineout, _ in refs]), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(out["cake"], np.stack([cake for _, cake in refs]), rtol=1e-6, atol=0)
+    assert out["run_complete"]
+
+
+def test_replay_once_through_without_loop(tmp_path, pipelines):
+    stack = np.random.default_rng(4).poisson(100, size=(4, NZ, NY)).astype(np.int32)
+    np.save(tmp_path / "stack.npy", stack)
+    config = setup_run(tmp_path, source={"kind": "replay", "replay_path": str(tmp_path / "stack.npy"),
+                                         "frames": 0, "loop": False})
+    assert_clean_exit(pipelines(config, n_workers=1).finish())
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(4))
+    np.testing.assert_allclose(out["I"], reference_lineouts(config, stack), rtol=1e-6, atol=0)
+
+
+def test_inline_frames_give_identical_lineouts(tmp_path, pipelines):
+    n = 40
+    shm_dir, inline_dir = tmp_path / "shm", tmp_path / "inline"
+    shm_dir.mkdir()
+    inline_dir.mkdir()
+    results = {}
+    for folder, shared in ((shm_dir, True), (inline_dir, False)):
+        config = setup_run(folder, source={"frames": n, "seed": 7, "dtype": "uint16"},
+                           transport={"shared_memory": shared})
+        assert_clean_exit(pipelines(config).finish())
+        results[shared] = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(results[False]["frame_index"], np.arange(n))
+    np.testing.assert_array_equal(results[True]["I"], results[False]["I"])
+    assert results[False]["run_complete"]
+
+
+def _garbage_messages(kind: str) -> list[list[bytes]]:
+    """Three bad messages for a socket: not msgpack, another protocol version, buffers not matching the header."""
+    if kind == "result":
+        good = encode(Result(run_id="x", frame_index=10**6, status="ok", n_r=4), [np.zeros(4, "<f4")])
+        bad_size = [bytes(good[0]), b"\x00" * 3]
+    else:
+        good = encode(SlotRelease(shm_name="nope", slot=0, frame_index=0))
+        bad_size = [bytes(good[0]), b"unexpected buffer"]
+    header = msgpack.unpackb(bytes(good[0]))
+    header["version"] = 99
+    return [[b"\xc1 this is not msgpack"], [msgpack.packb(header)], bad_size]
+
+
+def test_garbage_is_counted_and_ignored(tmp_path, pipelines):
+    n = 60
+    config = setup_run(tmp_path, source={"frames": n, "rate": 40.0})
+    pipe = pipelines(config, n_workers=1)
+    push = {}
+    for name, endpoint, kind in (("writer", config.transport.results_endpoint, "result"),
+                                 ("ingest", config.transport.release_endpoint, "release")):
+        sock = pipe.zctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(endpoint)
+        for msg in _garbage_messages(kind):
+            sock.send_multipart(msg)
+        push[name] = sock
+    # a well-formed release of a slot that is not in flight is not taken for a real one
+    push["ingest"].send_multipart(encode(SlotRelease(shm_name="ringstream-0-none", slot=0, frame_index=3)))
+    codes = pipe.finish()
+    for sock in push.values():
+        sock.close()
+    assert_clean_exit(codes)
+    for role in ("writer", "ingest"):
+        c = pipe.counters(role)
+        for kind in ("malformed", "version", "size"):
+            assert c[f"protocol_errors_{kind}"] == 1, (role, c)
+    assert pipe.counters("ingest")["releases_unexpected"] == 1
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+    source = SimulatedSource.from_config(config, config.load_params())
+    ref = reference_lineouts(config, [source.make_frame(k) for k in range(n)])
+    np.testing.assert_allclose(out["I"], ref, rtol=1e-6, atol=0)
+    assert out["run_complete"]
+
+
+def test_backpressure_small_ring_slow_worker_loses_nothing(tmp_path, pipelines):
+    n = 40
+    config = setup_run(tmp_path, source={"frames": n}, transport={"ring_slots": 2, "queue_depth": 2})
+    pipe = pipelines(config, n_workers=1, worker_target=slow_worker_run)
+    assert_clean_exit(pipe.finish())
+    assert pipe.seconds >= n * 0.02
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+    ingest = pipe.counters("ingest")
+    assert ingest["sent"] == n and not any(v for k, v in ingest.items() if k.startswith("dropped_"))
+    assert out["run_complete"]
+
+
+def test_stop_mid_run_sends_eos_and_everything_is_written(tmp_path, pipelines):
+    config = setup_run(tmp_path, source={"frames": 0, "rate": 100.0})  # forever, until stopped
+    pipe = pipelines(config, n_workers=2)
+    deadline = time.monotonic() + 30
+    while pipe.counters("writer").get("written", 0) < 20:
+        pipe.pump(50)
+        assert time.monotonic() < deadline, "nothing written"
+    pipe.stops["ingest"].set()
+    codes = pipe.finish()
+    assert_clean_exit(codes)
+    sent = pipe.counters("ingest")["sent"]
+    assert sent >= 20
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(sent))
+    assert out["run_complete"]
+    assert pipe.counters("writer")["eos_frames"] == sent
+
+
+def test_writer_stopped_early_keeps_what_it_has(tmp_path, pipelines):
+    config = setup_run(tmp_path, source={"frames": 0, "rate": 50.0})
+    pipe = pipelines(config, n_workers=1)
+    deadline = time.monotonic() + 30
+    while pipe.counters("writer").get("written", 0) < 5:
+        pipe.pump(50)
+        assert time.monotonic() < deadline, "nothing written"
+    # a failure elsewhere: the supervisor stops ingest, workers, then the writer without waiting for the EOS
+    for name in ("ingest", "worker-0", "writer"):
+        pipe.stops[name].set()
+    for name in ("ingest", "worker-0", "writer"):
+        assert pipe.wait_for(name, 30) == 0
+    out = read_h5(config.run.output_h5)
+    idx = out["frame_index"]
+    assert len(idx) >= 5 and np.all(np.diff(idx.astype(np.int64)) > 0)
+
+
+def test_worker_rejects_a_frame_of_the_wrong_shape_and_carries_on(tmp_path, pipelines):
+    """The test plays the ingest: inline frames 0 (wrong shape), 1 (good), 2 (good); EOS(3) to the writer."""
+    config = setup_run(tmp_path, source={"frames": 3}, transport={"shared_memory": False})
+    zctx = zmq.Context.instance()
+    frames = zctx.socket(zmq.PUSH)
+    frames.setsockopt(zmq.LINGER, 1000)
+    frames.bind(config.transport.frames_endpoint)
+    try:
+        pipe = pipelines(config, ingest=False, n_workers=1)
+        good = SimulatedSource.from_config(config, config.load_params())
+        pixels = [np.zeros((NZ // 2, NY), np.int32), good.make_frame(1), good.make_frame(2)]
+        for k, img in enumerate(pixels):
+            header = FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(),
+                                 shape=img.shape, dtype=img.dtype.str)
+            frames.send_multipart(encode(header, [img]))
+        eos = zctx.socket(zmq.PUSH)
+        eos.setsockopt(zmq.LINGER, 1000)
+        eos.connect(config.transport.results_endpoint)
+        eos.send_multipart(encode(EndOfStream(run_id="t", n_frames=3)))
+        codes = pipe.finish()
+        eos.close()
+    finally:
+        frames.close()
+    assert_clean_exit(codes)
+    assert pipe.counters("worker")["rejected"] == 1 and pipe.counters("worker")["integrated"] == 2
+    writer = pipe.counters("writer")
+    assert writer["rejected"] == 1 and writer["written"] == 2
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], [1, 2])
+    assert out["run_complete"]
+    np.testing.assert_allclose(out["I"], reference_lineouts(config, pixels[1:]), rtol=1e-6, atol=0)
+
+
+class _FormsSource:
+    """Frames of SimulatedSource in the three SourceFrame forms: k % 3 == 0 pixels, 1 fill (into the slot or a
+    fresh array), 2 lease (copied into a slot from the allocator); frame 7's fill raises, as a file gone bad."""
+
+    name = "forms"
+    pausable = True
+    rate = 0.0
+
+    def __init__(self, params, n: int) -> None:
+        self.sim = SimulatedSource(params, dtype="uint16")
+        self.shape, self.dtype, self.n = self.sim.shape, self.sim.dtype, n
+        self.allocator = None
+        self.leases = 0
+
+    def attach_ring(self, allocator) -> None:
+        self.allocator = allocator
+
+    def counters(self) -> dict:
+        return {"source_leases": self.leases}
+
+    def frames(self, stop=None):
+        from ringstream.ingest.sources import SourceFrame
+
+        for k in range(self.n):
+            img = self.sim.make_frame(k)
+            sid = f"forms:{k}"
+            if k == 7:
+                def bad(out):
+                    raise OSError("forms:7 truncated")
+                yield SourceFrame(None, sid, 0.0, fill=bad, shape=self.shape, dtype=self.dtype)
+            elif k % 3 == 1 or (k % 3 == 2 and self.allocator is None):
+                yield SourceFrame(None, sid, 0.0, fill=lambda out, img=img: np.copyto(out, img),
+                                  shape=self.shape, dtype=self.dtype)
+            elif k % 3 == 2:
+                lease = self.allocator.acquire(self.shape, self.dtype)
+                while lease is None:  # the ring is full: wait for the workers (a pausable source may)
+                    time.sleep(0.005)
+                    lease = self.allocator.acquire(self.shape, self.dtype)
+                np.copyto(lease.array, img)
+                self.leases += 1
+                yield SourceFrame(lease.array, sid, 0.0, lease=lease)
+            else:
+                yield SourceFrame(img, sid, 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def forms_ingest_run(config, ready, stop):
+    """The real ingest with make_source replaced by _FormsSource (importable by name for a spawn child)."""
+    ingest_process.make_source = lambda cfg, params: _FormsSource(params, 30)
+    return ingest_process.run(config, ready, stop)
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["ring", "inline"])
+def test_fill_and_lease_frames_arrive_intact_and_a_failed_fill_is_counted(tmp_path, shared_memory):
+    config = setup_run(tmp_path, transport={"shared_memory": shared_memory, "ring_slots": 4})
+    shm_before = set(my_shm_segments())
+    pipe = Pipeline(config, n_workers=2)
+    try:
+        pipe.start(ingest=False)
+        pipe._start("ingest", forms_ingest_run)
+        codes = pipe.finish()
+        assert_clean_exit(codes)
+        ingest = pipe.counters("ingest")
+        assert ingest["received"] == 30 and ingest["sent"] == 29 and ingest["dropped_read_error"] == 1
+        assert ingest["source_leases"] == (10 if shared_memory else 0)  # k = 2, 5, ... 29
+        out = read_h5(config.run.output_h5)
+        keep = [k for k in range(30) if k != 7]
+        assert out["source_id"] == [f"forms:{k}" for k in keep]
+        np.testing.assert_array_equal(out["frame_index"], np.arange(29))
+        sim = SimulatedSource(config.load_params(), dtype="uint16", precompute=False)
+        expected = reference_lineouts(config, [sim.make_frame(k) for k in keep])
+        np.testing.assert_allclose(out["I"], expected, rtol=1e-5, atol=1e-6)
+        assert set(my_shm_segments()) - shm_before == set()
+    finally:
+        assert not pipe.cleanup()
