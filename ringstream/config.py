@@ -782,7 +782,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    help="send pixels inline, not through shared memory ([transport] shared_memory = false)")
     g.add_argument("--ring-slots", type=int, metavar="N", help="[transport] ring_slots")
     g.add_argument("--log-level", metavar="LEVEL", help="[logging] level")
-    f = parser.add_argument_group("folder source (issue 7): --folder DIR or --file PATH")
+    f = parser.add_argument_group("folder input: --folder DIR or --file PATH")
     f.add_argument("--folder", metavar="DIR", help="watch DIR: its images first, in natural order, then new ones "
                    "([source] kind = folder, folder)")
     f.add_argument("--file", dest="folder_file", metavar="PATH", help="read this one image file and end "
