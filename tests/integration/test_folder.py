@@ -100,12 +100,15 @@ def finish(d: Daemon, timeout: float = 40) -> tuple[int, ...]:
     return d.counts()
 
 
-def write_slowly(path: Path, data: bytes, chunks: int = 5, pause: float = 0.15) -> None:
-    """Write ``data`` to ``path`` in chunks with pauses, flushed each time (a detector writing a file)."""
-    step = -(-len(data) // chunks)
+def write_slowly(path: Path, data: bytes | list[bytes], chunks: int = 5, pause: float = 0.15) -> None:
+    """Write ``data`` to ``path`` in ``chunks`` pieces (or the pieces of a list) with pauses, flushed each time
+    (a detector writing a file)."""
+    if isinstance(data, bytes):
+        step = -(-len(data) // chunks)
+        data = [data[k:k + step] for k in range(0, len(data), step)]
     with open(path, "wb") as fh:
-        for k in range(0, len(data), step):
-            fh.write(data[k:k + step])
+        for piece in data:
+            fh.write(piece)
             fh.flush()
             os.fsync(fh.fileno())
             time.sleep(pause)
@@ -175,12 +178,16 @@ def test_new_files_after_existing_slow_writes_renames_and_rewrites(tmp_path, dae
         tifffile.imwrite(folder / name, data[k])
     make_old(*folder.iterdir())
     monkeypatch.setenv("RINGSTREAM_SOURCE_POLL_INTERVAL", "0.3")  # poll: complete when stable for 0.3 s
-    d = daemons(run_args(params, "--folder", folder, "--count", 5, "--watch", watch), tmp_path)
+    d = daemons(run_args(params, "--folder", folder, "--count", 6, "--watch", watch), tmp_path)
     d.wait_ready()
     wait_written(d, 3)
     # a file written slowly in chunks: never read before its writer is done (inotify: closed; poll: size stable)
     write_slowly(folder / "c_slow.tif", tiff_bytes(data[3], tmp_path / "t.tif"), chunks=6, pause=0.12)
     wait_written(d, 4)
+    # a GE file written one whole frame at a time: every prefix parses, so only completeness keeps it whole
+    ge = frames(3, np.uint16, 12)
+    write_slowly(folder / "d_slow.ge2", [b"\0" * 8192 + ge[0].tobytes(), ge[1].tobytes(), ge[2].tobytes()])
+    wait_written(d, 7)
     # a processed file rewritten in place: ignored, counted; the next file still comes
     tifffile.imwrite(folder / "a_1.tif", data[5])
     time.sleep(0.8 if watch == "poll" else 0.3)
@@ -188,10 +195,11 @@ def test_new_files_after_existing_slow_writes_renames_and_rewrites(tmp_path, dae
     tifffile.imwrite(folder / ".b_5.tif.part", data[4])
     os.rename(folder / ".b_5.tif.part", folder / "b_5.tif")
     received, integrated, written, rejected, dropped = finish(d)
-    assert (received, written, rejected, dropped) == (5, 5, 0, 0)
+    assert (received, written, rejected, dropped) == (8, 8, 0, 0)
     ids, lineouts = read_out(tmp_path / "out.h5")
-    assert ids == ["a_1.tif", "a_9.tif", "a_10.tif", "c_slow.tif", "b_5.tif"]
-    assert_same_pixels(params, lineouts, list(data[:5]))
+    assert ids == ["a_1.tif", "a_9.tif", "a_10.tif", "c_slow.tif", "d_slow.ge2:0", "d_slow.ge2:1", "d_slow.ge2:2",
+                   "b_5.tif"]
+    assert_same_pixels(params, lineouts, [*data[:4], *ge, data[4]])
     if watch == "inotify":
         assert len([line for _, line in d.lines if "a_1.tif: already processed in this run" in line]) == 1
     assert not [line for _, line in d.lines if "c_slow.tif" in line and "WARNING" in line], d.stderr
