@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "results file. Usage: integrate --param-file P [options] IMAGE... [Key Value overrides].",
     )
     common(i)
-    i.add_argument("--dark", metavar="D", help="dark frame(s): TIFF/HDF5/npy (a stack is averaged) or MIDAS "
+    i.add_argument("--dark", metavar="D", help="dark frame(s): TIFF/CBF/GE/HDF5/npy (a stack is averaged) or MIDAS "
                    "raw int64 (overrides the Dark key)")
     i.add_argument("--output-h5", metavar="OUT.h5", help="results file (default: first image's stem + "
                    "'_integrated.h5' in the current folder)")

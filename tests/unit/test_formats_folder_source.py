@@ -275,3 +275,50 @@ def test_no_inotify_watch_falls_back_to_polling_or_is_an_error(tmp_path, caplog)
         assert "inotify unavailable" in caplog.text and "polling every 0.1 s" in caplog.text
         with pytest.raises(InputError, match=r"cannot watch with inotify .*use \[source\] watch = 'poll'"):
             collect(source(tmp_path, count=1, watch="inotify"))
+
+
+# --- configuration: [source] keys and the run flags of the folder source --------------------------------------
+
+
+def _config(tmp_path, argv, env=None):
+    import argparse
+
+    from ringstream.config import add_config_arguments, config_from_args
+
+    params = tmp_path / "setup.txt"
+    params.write_text("NrPixelsY 6\nNrPixelsZ 8\nLsd 1000000\npx 200\nBC 3 4\nRMax 5\nWavelength 0.2\n")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args, extra = parser.parse_known_args(["--param-file", str(params), *map(str, argv)])
+    return config_from_args(args, extra, env=env or {})
+
+
+def test_run_flags_map_to_source_keys(tmp_path):
+    cfg = _config(tmp_path, ["--folder", tmp_path, "--extension", "tif,cbf", "--extension", "h5", "--recursive",
+                             "--count", 7, "--idle-timeout", 2.5, "--hdf5-dataset", "/entry/data", "--watch", "poll"],
+                  env={"RINGSTREAM_SOURCE_RETRY_TIME": "3", "RINGSTREAM_SOURCE_RAW_SHAPE": "8x6"})
+    s = cfg.source
+    assert (s.kind, s.folder, s.extensions, s.recursive, s.file_count, s.idle_timeout, s.hdf5_dataset, s.watch,
+            s.retry_time, s.raw_shape) == ("folder", str(tmp_path), ("tif", "cbf", "h5"), True, 7, 2.5,
+                                           "/entry/data", "poll", 3.0, "8x6")
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, image(1))
+    cfg = _config(tmp_path, ["--file", one])
+    assert (cfg.source.kind, cfg.source.file, cfg.source.folder) == ("folder", str(one), "")
+
+
+def test_bad_folder_settings_are_reported_together_naming_the_flag_or_variable(tmp_path):
+    env = {"RINGSTREAM_SOURCE_POLL_INTERVAL": "0", "RINGSTREAM_SOURCE_RAW_DTYPE": "complex64",
+           "RINGSTREAM_SOURCE_RAW_SHAPE": "2048"}
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, ["--folder", tmp_path / "nope", "--extension", "jpg"], env=env)
+    msg = str(err.value)
+    assert msg.startswith("5 configuration problems: ")
+    for part in ("command line (--folder): [source] folder:", "nope' is not an existing folder",
+                 "environment (RINGSTREAM_SOURCE_POLL_INTERVAL): [source] poll_interval: expected > 0 (s)",
+                 "environment (RINGSTREAM_SOURCE_RAW_DTYPE): [source] raw_dtype: expected an integer or float",
+                 "environment (RINGSTREAM_SOURCE_RAW_SHAPE): [source] raw_shape: expected ROWSxCOLS",
+                 "command line (--extension): [source] extensions: 'jpg' is not a supported image extension"):
+        assert part in msg, msg
+    with pytest.raises(ConfigError, match=r"^command line \(--folder\): give one source, not also --simulate$"):
+        _config(tmp_path, ["--folder", tmp_path, "--simulate", 3])
