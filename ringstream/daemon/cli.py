@@ -7,9 +7,9 @@ Subcommands::
                          [--engine auto|cpu|gpu] [--overwrite] IMAGE... [Key Value ...]
     ringstream run --param-file P (--simulate N | --replay PATH | --pva --pva-channel PV [--pva-ip ADDR]
                    | --midas-socket [PORT] [--listen ADDR]) [--rate HZ] [--workers N] [--engine E]
-    ringstream run --param-file P --folder DIR [--extension EXT] [--recursive] [--count N] [--idle-timeout S]
-    ringstream run --param-file P --file PATH
                    [--output-h5 OUT.h5] [--config FILE.toml] [--control ENDPOINT] [Key Value ...]
+    ringstream run --param-file P (--folder DIR [--extension EXT] [--recursive] [--count N] [--idle-timeout S]
+                   | --file PATH) [the options above]
     ringstream status [--control ENDPOINT] [--json]
     ringstream check-config [the options of run]
 
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "results file. Usage: integrate --param-file P [options] IMAGE... [Key Value overrides].",
     )
     common(i)
-    i.add_argument("--dark", metavar="D", help="dark frame(s): TIFF/CBF/GE/HDF5/npy (a stack is averaged) or MIDAS "
-                   "raw int64 (overrides the Dark key)")
+    i.add_argument("--dark", metavar="D", help="dark frame(s): TIFF/CBF/GE/HDF5/npy (a stack is averaged) or "
+                   "MIDAS raw int64 (overrides the Dark key)")
     i.add_argument("--output-h5", metavar="OUT.h5", help="results file (default: first image's stem + "
                    "'_integrated.h5' in the current folder)")
     i.add_argument("--import-midas", metavar="DIR", help="use MIDAS Map.bin/nMap.bin from DIR instead of "
