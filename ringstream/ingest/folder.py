@@ -214,7 +214,7 @@ class FolderSource:
             self.root = Path(options.folder)
             if not self.root.is_dir():
                 raise InputError(f"{self.root}: no such folder ([source] folder)")
-            first = next(iter(self._listing()), None)
+            first = self._start()
         self.dtype = self._slot_dtype(first, dtype)
 
     @classmethod
@@ -329,26 +329,34 @@ class FolderSource:
                 yield from self._emit(path, result, stop, n_sent=0)
             return
 
-    def _watch_folder(self, stop: StopFlag | None) -> Iterator[SourceFrame]:
-        opts, st = self.opts, self._state
-        mode = opts.watch
-        if mode in ("auto", "inotify"):
+    def _start(self) -> Path | None:
+        """Watch the folder (inotify, else polling), then take stock of the files already there (after the watch
+        is set up, so that nothing falls in between): old ones are queued in natural order, young ones wait.
+        Runs before the ingest reports ready, so a large folder does not hold up its heartbeat. Returns the first
+        file (None: none yet)."""
+        opts = self.opts
+        if opts.watch in ("auto", "inotify"):
             try:
                 self._watch = _Inotify(self.root, opts.recursive)
             except (ImportError, OSError) as exc:
-                if mode == "inotify":
+                if opts.watch == "inotify":
                     raise InputError(f"{self.root}: cannot watch with inotify ({exc}); use [source] watch = "
                                      "'poll'") from exc
                 log.warning("%s: inotify unavailable (%s); polling every %g s", self.root, exc, opts.poll_interval)
-        poll = self._watch is None
-        log.info("folder %s: %s, extensions %s%s", self.root, "polling" if poll else "inotify",
+        log.info("folder %s: %s, extensions %s%s", self.root, "inotify" if self._watch else "polling",
                  " ".join(self.extensions), ", recursive" if opts.recursive else "")
         settle_ns = int(opts.poll_interval * 1e9)
         now_ns = time.time_ns()
-        for path in self._listing():  # after the watch is set up, so that nothing falls in between
+        listing = self._listing()
+        for path in listing:
             stat = self._stat(path)
             old = stat is not None and now_ns - stat[1] >= settle_ns
             self._seen(path, complete=old)
+        return listing[0] if listing else None
+
+    def _watch_folder(self, stop: StopFlag | None) -> Iterator[SourceFrame]:
+        opts, st = self.opts, self._state
+        poll = self._watch is None
         sent = 0
         last_new = time.monotonic()
         next_tick = time.monotonic() + opts.poll_interval
@@ -365,6 +373,7 @@ class FolderSource:
                 if result is None:
                     if w.failed_since is None:
                         w.failed_since = time.monotonic()
+                    yield IDLE  # a long run of bad files must not starve the ingest's heartbeat
                     continue
                 del st.waiting[key]
                 st.done.add(key)
@@ -379,6 +388,8 @@ class FolderSource:
                                 return
                     finally:
                         emit.close()
+                else:
+                    yield IDLE
                 continue
             now = time.monotonic()
             if opts.idle_timeout and now - last_new >= opts.idle_timeout and not st.waiting:
