@@ -18,6 +18,7 @@ on the release socket that is not a valid SlotRelease for a slot in flight: reje
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -131,7 +132,7 @@ class _Ingest:
         source = make_source(cfg, params)
         shape = tuple(int(s) for s in source.shape)
         dtype = np.dtype(source.dtype)
-        slot_bytes = int(np.prod(shape)) * dtype.itemsize
+        slot_bytes = math.prod(shape) * dtype.itemsize
         log.info("source %s: %s %s, pausable=%s, rate=%s Hz; ring %s", source.name, shape, dtype,
                  source.pausable, source.rate or "max",
                  f"{self.n_slots} x {slot_bytes} bytes" if self.shm else "off (inline frames)")
@@ -232,7 +233,7 @@ class _Ingest:
         if lease is not None:
             self.announce_copies(pausable, stop, wait=True)  # frames before it go first
             return self.announce(frame, int(lease.slot), pausable, stop)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > self.ring.slot_bytes:
             self.count("dropped_too_large")
             log.warning("frame %s: %d bytes do not fit a %d-byte ring slot; dropped",
@@ -265,7 +266,7 @@ class _Ingest:
         return dict(
             run_id=self.run_id, frame_index=self.counters["sent"], source_id=str(frame.source_id),
             timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, codec="none",
-            metadata=dict(frame.metadata or {}), nbytes=int(np.prod(shape)) * dtype.itemsize,
+            metadata=dict(frame.metadata or {}), nbytes=math.prod(shape) * dtype.itemsize,
         )
 
     def announce(self, frame, slot: int, pausable: bool, stop) -> bool:
@@ -402,7 +403,7 @@ class _RingAllocator:
     def acquire(self, shape, dtype) -> SlotLease | None:
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
-        if int(np.prod(shape)) * dtype.itemsize > self.ring.slot_bytes:
+        if math.prod(shape) * dtype.itemsize > self.ring.slot_bytes:
             return None
         slot = self.ring.acquire()
         if slot is None:

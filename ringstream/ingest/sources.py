@@ -58,7 +58,9 @@ class SourceFrame:
     lease: SlotLease | None = None
 
     def frame_shape(self) -> tuple[int, int]:
-        return tuple(int(n) for n in (self.pixels.shape if self.pixels is not None else self.shape))
+        if self.pixels is not None:
+            return self.pixels.shape  # already a tuple of ints
+        return tuple(int(n) for n in self.shape)
 
     def frame_dtype(self) -> np.dtype:
         return np.dtype(self.pixels.dtype if self.pixels is not None else self.dtype)

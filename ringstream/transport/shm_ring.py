@@ -22,6 +22,7 @@ its exit, or, shared with the creator by a ``spawn`` parent, forget the creator'
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import secrets
@@ -150,7 +151,7 @@ class FrameRing:
         """
         start = self.slot_offset(slot)
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
         if offset is None:
             offset = start
         if not start <= offset or offset + nbytes > start + self.slot_bytes:
