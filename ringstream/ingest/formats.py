@@ -425,13 +425,23 @@ class _Hdf5(ImageFile):
             self._h5.close()
             raise
 
+    def _get(self, h5py, group, name: str, where: str):
+        """``group[name]``, None when there is no such link; IncompleteFile for a link whose target cannot be
+        opened (an EIGER data file not written yet: h5py's ``get`` would say None)."""
+        try:
+            obj = group.get(name)
+            if obj is None and group.get(name, getlink=True) is not None:
+                link = group.get(name, getlink=True)
+                target = f" -> {link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else ""
+                raise IncompleteFile(f"{self.path}: {where}{target} cannot be opened (not written yet?)")
+        except (KeyError, OSError) as exc:
+            raise IncompleteFile(f"{self.path}: cannot open {where} ({_reason(exc)})") from exc
+        return obj
+
     def _datasets(self, h5py, where: str) -> list:
         candidates = (where,) if where else HDF5_DATASET_PATHS
         for name in candidates:
-            try:
-                obj = self._h5.get(name)
-            except (KeyError, OSError) as exc:  # a dangling external link (a data file not written yet)
-                raise IncompleteFile(f"{self.path}: cannot open {name} ({_reason(exc)})") from exc
+            obj = self._get(h5py, self._h5, name, name) if name.strip("/") else self._h5
             if isinstance(obj, h5py.Dataset):
                 if obj.ndim not in (2, 3):
                     raise InputError(f"{self.path}: dataset {name} has shape {obj.shape}; expected a 2-D image "
@@ -440,10 +450,7 @@ class _Hdf5(ImageFile):
             if isinstance(obj, h5py.Group):
                 parts = []
                 for key in sorted(obj.keys(), key=natural_key):
-                    try:
-                        child = obj.get(key)
-                    except (KeyError, OSError) as exc:
-                        raise IncompleteFile(f"{self.path}: cannot open {name}/{key} ({_reason(exc)})") from exc
+                    child = self._get(h5py, obj, key, f"{name.rstrip('/')}/{key}")
                     if isinstance(child, h5py.Dataset) and child.ndim in (2, 3):
                         parts.append(child)
                 if parts:

@@ -267,3 +267,23 @@ def test_cbf_other_element_types_and_unsupported_compression(tmp_path):
     (tmp_path / "packed.cbf").write_bytes(raw.replace(b"x-CBF_BYTE_OFFSET", b"x-CBF_PACKED"))
     with pytest.raises(InputError, match=r"packed\.cbf: CBF compression 'x-cbf_packed' is not supported"):
         open_image(tmp_path / "packed.cbf")
+
+
+@pytest.mark.timeout(30)
+def test_hdf5_master_whose_data_file_is_missing_is_incomplete(tmp_path):
+    data = stack(2, np.uint16)
+    with h5py.File(tmp_path / "s_data_000001.h5", "w") as h5:
+        h5.create_dataset("entry/data/data", data=data)
+    with h5py.File(tmp_path / "s_master.h5", "w") as h5:
+        grp = h5.create_group("entry/data")
+        grp["data_000001"] = h5py.ExternalLink("s_data_000001.h5", "/entry/data/data")
+        grp["data_000002"] = h5py.ExternalLink("s_data_000002.h5", "/entry/data/data")  # not written yet
+    opts = FormatOptions(hdf5_dataset="/entry/data")
+    with pytest.raises(IncompleteFile, match=r"s_master\.h5: /entry/data/data_000002 -> s_data_000002\.h5:"
+                                             r"/entry/data/data cannot be opened"):
+        open_image(tmp_path / "s_master.h5", opts)
+    with h5py.File(tmp_path / "s_data_000002.h5", "w") as h5:
+        h5.create_dataset("entry/data/data", data=data[::-1])
+    ids, got = read_all(tmp_path / "s_master.h5", opts)
+    assert len(ids) == 4
+    np.testing.assert_array_equal(got, np.concatenate([data, data[::-1]]))
