@@ -11,8 +11,8 @@
 Rows follow the peak list sorted by R (PeakLocation mode) or the peaks found, sorted by R (automatic mode). Every slot
 not fitted is NaN with one counted reason (``fit_nan_<reason>``), logged once per reason:
 ``peak_outside_r_range``, ``more_peaks_than_slots``, ``roi_wider_than_lineout``, ``roi_too_short``,
-``nan_in_lineout``, ``flat_lineout``, ``not_found`` (automatic mode: fewer peaks than slots, not an error, counted
-only), ``fit_failed`` (both optimisers failed the honest tests), ``peak_list_unknown`` (the daemon could not learn the
+``nan_in_lineout``, ``flat_lineout``, ``not_found`` (automatic mode: fewer peaks than slots) and ``unused_slot`` (a
+peak list shorter than the slots; both not errors, counted only), ``fit_failed`` (both optimisers failed the honest tests), ``fit_error`` (an exception in the fitting code: a bug, logged), ``peak_list_unknown`` (the daemon could not learn the
 frame's peak list). Engines: ``"nlopt"`` (one ROI at a time, :mod:`.nlopt_fitter`), ``"lm"`` (the batched algorithm in
 NumPy, :mod:`.batched`) and ``"gpu"`` (the same on the device, :mod:`.gpu_fitter`); a ROI the batched fitters fail
 is refitted with nlopt (counted ``fit_fallback_nlopt``).
@@ -35,7 +35,7 @@ log = logging.getLogger("ringstream.fitting")
 FIT_ENGINES = ("nlopt", "lm", "gpu")
 
 #: reasons of a NaN row that are not problems (counted, never logged as warnings)
-QUIET_REASONS = ("not_found",)
+QUIET_REASONS = ("not_found", "unused_slot")
 
 
 @dataclasses.dataclass
@@ -146,6 +146,7 @@ class FrameFitter:
                 self.reject("more_peaks_than_slots", len(peaks) - self.slots, where,
                             f"{len(peaks)} peaks for {self.slots} rows; the largest R dropped")
                 peaks = peaks[: self.slots]
+            self.reject("unused_slot", self.slots - len(peaks), where)
             bins = snap_locations(peaks, self.r_px, self.bin_size)
             for loc, b in zip(peaks, bins):
                 if b < 0:
@@ -168,7 +169,7 @@ class FrameFitter:
         for start, stop, members in group_rois(found, halves, n):
             slots = [found[j][0] for j in members]
             bins_ = [found[j][1] for j in members]
-            if stop - start < 2 * (N_BG + PER_PEAK * len(slots)):
+            if stop - start < N_BG + PER_PEAK * len(slots) + 3:
                 self.reject("roi_too_short", len(slots), where, f"bins {start}..{stop - 1} for {len(slots)} peak(s)")
                 continue
             plan.problems.append(initial_problem(self.r_px, y, start, stop, slots, bins_))

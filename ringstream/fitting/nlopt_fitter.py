@@ -114,7 +114,7 @@ def _run(algorithm, obj: _Objective, q0: np.ndarray, ftol: float, xtol: float, m
             obj.best_q = np.asarray(q)
     except nlopt.RoundoffLimited:
         pass  # the best point seen is kept by the objective (spec/FIELD.md)
-    except (nlopt.ForcedStop, ValueError, RuntimeError, MemoryError) as exc:
+    except Exception as exc:  # any other nlopt exception (failure, invalid argument, forced stop) is a failure
         err = f"nlopt_{type(exc).__name__}"
     return obj.best_q, err
 

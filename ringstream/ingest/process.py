@@ -30,6 +30,7 @@ from ..errors import RingstreamError
 from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotRelease
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from .peaks import SEQ_KEY, IngestPeaks
 from .sources import Pacer, SlotLease, make_source
 
 log = logging.getLogger("ringstream.ingest")
@@ -144,6 +145,7 @@ class _Ingest:
             self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
             hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
             self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
+            self.peaks = IngestPeaks(ctx, cfg, self.run_id, hb)  # peak-list seqs stamped into frames (issue 5)
             self.hb.beat(self.snapshot(), state="starting", force=True)
             ready.set()
             t0 = time.monotonic()
@@ -184,6 +186,7 @@ class _Ingest:
             self.count("received")
             self.poll_releases(0)
             self.hb.beat(self.snapshot())
+            self.peaks.poll(self.counters["sent"])
             self.publish(frame, source.pausable, stop)
             if stop.is_set():
                 break
@@ -200,7 +203,8 @@ class _Ingest:
         nbytes = int(np.prod(shape)) * dtype.itemsize
         header = dict(
             run_id=self.run_id, frame_index=idx, source_id=str(frame.source_id), timestamp=float(frame.timestamp),
-            shape=list(shape), dtype=dtype.str, codec="none", metadata=dict(frame.metadata or {}), nbytes=nbytes,
+            shape=list(shape), dtype=dtype.str, codec="none", nbytes=nbytes,
+            metadata={**(frame.metadata or {}), SEQ_KEY: self.peaks.seq_for(idx)},
         )
         if not self.shm:
             pixels = frame.pixels
@@ -263,6 +267,7 @@ class _Ingest:
                 return None
             self.poll_releases(POLL_MS)
             self.hb.beat(self.snapshot())
+            self.peaks.poll(self.counters["sent"])
             slot = self.ring.acquire()
         return slot
 
