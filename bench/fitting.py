@@ -127,6 +127,31 @@ def kernel_rate(gpu, kind: str, n_rois: int) -> dict:
             "iterations_mean": float(cp.asnumpy(res["iterations"]).mean())}
 
 
+def per_frame_latency(engine: str, gpu=None, batch: int = 8, frames: int = 96) -> dict:
+    """The daemon's case: lineouts of 990 bins with 3 separate rings (Γ 3.5 bins, SNR 300), fitted ``batch`` frames
+    per call as a worker does (the GPU worker integrates up to 8 frames per call); ms per frame, wall clock."""
+    rng = np.random.default_rng(0)
+    x = np.arange(990.0) + 10.5
+    ys = []
+    for _ in range(frames):
+        y = np.full(990, 100.0)
+        for c in (206.1, 402.8, 600.3):
+            cs = make_case(rng, "single", snr=300, gamma=3.5, slope=False, n_bins=990)
+            y += np.roll(cs.y - cs.truth[0], int(round(c - 10.5 - cs.centres[0])))
+        ys.append(y)
+    p = parse_params(BASE.replace("RMax 200", "RMax 1000").replace("RMin 0", "RMin 10")
+                     + "PeakLocation 206.1\nPeakLocation 402.8\nPeakLocation 600.3\n")
+    ff = FrameFitter(p, x, engine=engine, gpu=gpu)
+    ff.fit_many(ys[:batch])  # warm-up (kernel compilation)
+    t0 = time.perf_counter()
+    for i in range(0, frames, batch):
+        ff.fit_many(ys[i:i + batch])
+    dt = (time.perf_counter() - t0) / frames
+    return {"engine": engine, "frames_per_call": batch, "peaks_per_frame": 3, "ms_per_frame": round(dt * 1e3, 3),
+            "frames_per_s": round(1 / dt, 1), "fallback_nlopt": ff.counters["fit_fallback_nlopt"],
+            "rows_nan": ff.counters["fit_rows_nan"]}
+
+
 def ring_radii(param_file: Path, n: int = 3) -> list[float]:
     """R (px) of the first ``n`` simulated rings (20/40/60 % of the 2θ span of [RMin, RMax], 2θ = atan(R·px/Lsd))."""
     p = parse_params(param_file.read_text(), param_file)
@@ -193,6 +218,10 @@ def main(argv=None) -> int:
 
         gpu = GpuFitter()
     result = {"benchmark": "fitting", "machine": machine(gpu.device_name if gpu else None), "cpu": [], "gpu": []}
+    if gpu is not None:
+        for k in (1, 2, 3):  # compile the kernels before anything is timed
+            fitter_for(cases(1, ("single", "double", "triple")[k - 1])[0], "gpu", gpu).fit(
+                cases(1, ("single", "double", "triple")[k - 1])[0].y)
     print(f"{'kind':8} {'engine':7} {'frames':>6} {'peaks':>6} {'ok':>6} {'peak fits/CPU s':>16} {'frames/s':>9} "
           f"{'NM fallbacks':>12}")
     for kind in ("single", "double", "triple"):
@@ -221,6 +250,12 @@ def main(argv=None) -> int:
             result["gpu"].append({"path": "kernel only (packed, on the device)", **k})
             print(f"{kind:8} {k['rois']:8d} {k['points_per_roi']:4d} {k['peaks_per_roi']:5d} {k['kernel_s']:9.5f} "
                   f"{k['peak_fits_per_s']:14.1f} {k['converged_fraction']:9.4f}")
+    print(f"\n{'per-frame latency':18} {'engine':7} {'frames/call':>11} {'ms/frame':>9} {'frames/s':>9}")
+    result["latency"] = []
+    for engine, batch in (("nlopt", 1), ("lm", 1), ("lm", 8)) + ((("gpu", 1), ("gpu", 8)) if gpu else ()):
+        r = per_frame_latency(engine, gpu, batch)
+        result["latency"].append(r)
+        print(f"{'3 rings, 990 bins':18} {engine:7} {batch:11d} {r['ms_per_frame']:9.3f} {r['frames_per_s']:9.1f}")
     if args.daemon:
         radii = ring_radii(REPO / "configs" / "demo-pilatus2m.txt")
         result["daemon"] = [daemon_run(args.daemon, args.workers, []), daemon_run(args.daemon, args.workers, radii)]
