@@ -47,10 +47,11 @@ def choose_engine(asked: str, integration_engine: str) -> str:
 class WorkerFitting:
     """Fitting for one worker. Build with :meth:`create` (None when the run fits nothing)."""
 
-    def __init__(self, fitter: FrameFitter, sub, label: str) -> None:
+    def __init__(self, fitter: FrameFitter, sub, label: str, wait_s: float = PEAK_WAIT_S) -> None:
         self.fitter = fitter
         self.sub = sub
         self.label = label
+        self.wait_s = float(wait_s)
         self.lists: dict[int, tuple[float, ...] | None] = {0: None}
         self.counters = {"peak_updates_received": 0, "peak_waits": 0}
 
@@ -89,6 +90,8 @@ class WorkerFitting:
     def poll(self, timeout_ms: int = 0) -> bool:
         """Take the PeakUpdates waiting (waiting up to ``timeout_ms`` for the first); True if one was new."""
         if self.sub is None:
+            if timeout_ms:
+                time.sleep(timeout_ms / 1e3)
             return False
         new = False
         while self.sub.poll(timeout_ms, zmq.POLLIN):
@@ -97,11 +100,16 @@ class WorkerFitting:
                 msg, _ = recv_message(self.sub, zmq.NOBLOCK)
             except (zmq.Again, ProtocolError):
                 continue
-            if isinstance(msg, PeakUpdate) and int(msg.seq) not in self.lists:
-                self.lists[int(msg.seq)] = tuple(float(v) for v in msg.peaks)
-                self.counters["peak_updates_received"] += 1
-                new = True
+            new |= self.take(msg)
         return new
+
+    def take(self, msg) -> bool:
+        """Keep a PeakUpdate's list under its seq (once); True if it was new."""
+        if not isinstance(msg, PeakUpdate) or int(msg.seq) in self.lists:
+            return False
+        self.lists[int(msg.seq)] = tuple(float(v) for v in msg.peaks)
+        self.counters["peak_updates_received"] += 1
+        return True
 
     def fit_frames(self, headers, lineouts, beat=None) -> list[FrameFit]:
         """One FrameFit per (header, lineout); ``beat()`` is called while waiting for a peak list."""
@@ -109,7 +117,7 @@ class WorkerFitting:
         seqs = [int((h.metadata or {}).get(SEQ_KEY, 0) or 0) for h in headers]
         if any(s not in self.lists for s in seqs):
             self.counters["peak_waits"] += 1
-            deadline = time.monotonic() + PEAK_WAIT_S
+            deadline = time.monotonic() + self.wait_s
             while any(s not in self.lists for s in seqs) and time.monotonic() < deadline:
                 self.poll(100)
                 if beat is not None:
