@@ -119,8 +119,10 @@ class FrameFitter:
             return
         key = f"fit_nan_{reason}"
         self.counters[key] = self.counters.get(key, 0) + n
-        if reason not in self._logged and reason not in QUIET_REASONS:
-            self._logged.add(reason)
+        # once per reason; a location outside the R range once per location (the warning names it)
+        once = reason + detail if reason == "peak_outside_r_range" else reason
+        if once not in self._logged and reason not in QUIET_REASONS:
+            self._logged.add(once)
             log.warning("%s: %d peak row(s) not fitted: %s%s (logged once per reason; counted as %s)",
                         where or "frame", n, reason, f" ({detail})" if detail else "", key)
 
