@@ -78,7 +78,7 @@ def pack(problems: list[RoiProblem], xs: list[np.ndarray], ys: list[np.ndarray])
     pk = np.zeros(b, np.int32)
     xmid = np.zeros(b)
     hw = np.ones(b)
-    for i, (prob, xi, yi) in enumerate(zip(problems, xs, ys)):
+    for i, (prob, xi, yi) in enumerate(zip(problems, xs, ys, strict=False)):
         k = prob.n_points
         x[i, :k], y[i, :k] = xi, yi
         x[i, k:] = xi[-1]

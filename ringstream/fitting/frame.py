@@ -22,13 +22,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+
 import numpy as np
 
 from . import FIT_COLUMNS, peak_slots
 from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, model_jacobian, peak_area
 from .nlopt_fitter import RoiFit, failure_reason, fit_roi
-from .peaks import (RoiProblem, bg_under_peaks, find_peaks_auto, group_rois, initial_problem, roi_half_width,
-                    snap_locations)
+from .peaks import (
+    RoiProblem,
+    bg_under_peaks,
+    find_peaks_auto,
+    group_rois,
+    initial_problem,
+    roi_half_width,
+    snap_locations,
+)
 
 log = logging.getLogger("ringstream.fitting")
 
@@ -93,12 +101,12 @@ class FrameFitter:
         n = len(lineouts)
         peak_lists = list(peak_lists) if peak_lists is not None else [None] * n
         wheres = list(wheres) if wheres is not None else [""] * n
-        plans = [self.plan(np.asarray(y, dtype=np.float64), pl, w) for y, pl, w in zip(lineouts, peak_lists, wheres)]
+        plans = [self.plan(np.asarray(y, dtype=np.float64), pl, w) for y, pl, w in zip(lineouts, peak_lists, wheres, strict=False)]
         work = [(k, prob) for k, plan in enumerate(plans) for prob in plan.problems]
         ys = [np.asarray(y, dtype=np.float64) for y in lineouts]
         fits = self.solve([prob for _, prob in work], [ys[k] for k, _ in work])
         per_frame: list[list[tuple[RoiProblem, RoiFit]]] = [[] for _ in range(n)]
-        for (k, prob), rf in zip(work, fits):
+        for (k, prob), rf in zip(work, fits, strict=False):
             per_frame[k].append((prob, rf))
         return [self.assemble(plans[k], per_frame[k]) for k in range(n)]
 
@@ -150,7 +158,7 @@ class FrameFitter:
                 peaks = peaks[: self.slots]
             self.reject("unused_slot", self.slots - len(peaks), where)
             bins = snap_locations(peaks, self.r_px, self.bin_size)
-            for loc, b in zip(peaks, bins):
+            for loc, b in zip(peaks, bins, strict=False):
                 if b < 0:
                     self.reject("peak_outside_r_range", 1, where,
                                 f"PeakLocation {loc:g} px has no R bin within 2·RBinSize = {2 * self.bin_size:g} px "
@@ -182,9 +190,9 @@ class FrameFitter:
         if not problems:
             return []
         xs = [self.r_px[p.start:p.stop] for p in problems]
-        ys = [y[p.start:p.stop] for p, y in zip(problems, lineouts)]
+        ys = [y[p.start:p.stop] for p, y in zip(problems, lineouts, strict=False)]
         if self.engine == "nlopt":
-            fits = [fit_roi(x, y, p) for x, y, p in zip(xs, ys, problems)]
+            fits = [fit_roi(x, y, p) for x, y, p in zip(xs, ys, problems, strict=False)]
             self.counters["fit_fallback_neldermead"] += sum(f.fallback for f in fits)
             return fits
         from .batched import CONVERGED, fit_batch, pack

@@ -105,7 +105,7 @@ def _maxima(y: np.ndarray, prominence: float) -> list[tuple[int, float]]:
     if not np.isfinite(prominence) or prominence <= 0:
         prominence = 1e-300
     idx, props = find_peaks(y, prominence=prominence)
-    return [(int(i), float(p)) for i, p in zip(idx, props["prominences"])]
+    return [(int(i), float(p)) for i, p in zip(idx, props["prominences"], strict=False)]
 
 
 def find_peaks_auto(y: np.ndarray, max_peaks: int, smoothing: bool = False) -> list[int]:
@@ -158,7 +158,7 @@ def group_rois(peaks: list[tuple[int, int]], half_widths: list[int], n: int) -> 
     neighbouring peaks."""
     groups: list[list[int]] = []
     spans: list[list[int]] = []
-    for k, ((_, b), h) in enumerate(zip(peaks, half_widths)):
+    for k, ((_, b), h) in enumerate(zip(peaks, half_widths, strict=False)):
         s, e = max(0, b - h), min(n, b + h + 1)
         if spans and s < spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], e)
@@ -167,7 +167,7 @@ def group_rois(peaks: list[tuple[int, int]], half_widths: list[int], n: int) -> 
             spans.append([s, e])
             groups.append([k])
     out = []
-    for (s, e), members in zip(spans, groups):
+    for (s, e), members in zip(spans, groups, strict=False):
         chunks = [members[i:i + MAX_PEAKS_PER_ROI] for i in range(0, len(members), MAX_PEAKS_PER_ROI)]
         start = s
         for j, chunk in enumerate(chunks):

@@ -133,7 +133,7 @@ class WorkerFitting:
                 log.debug("%s: fitting failed", self.label, exc_info=True)
                 fits = [self.fitter.nan_frame("fit_error", f"{self.label}: frame {headers[i].frame_index}: "
                                               f"{type(exc).__name__}: {exc}") for i in known]
-            for i, f in zip(known, fits):
+            for i, f in zip(known, fits, strict=False):
                 out[i] = f
         for i, s in enumerate(seqs):
             if out[i] is None:

@@ -222,7 +222,8 @@ class _Worker:
             if msg.location == "shm":
                 self.release_slot(msg)
         ok = [g for g in got if not g[3] and id(g) in results]
-        fitted = dict(zip(map(id, ok), self.fit([g[0] for g in ok], [results[id(g)][0] for g in ok], None)))
+        fits = self.fit([g[0] for g in ok], [results[id(g)][0] for g in ok], None)  # peak fitting (issue 5)
+        fitted = dict(zip(map(id, ok), fits, strict=True))
         for g in got:
             msg, t_start, _, reason = g
             lineout, cake, t = results.get(id(g), (None, None, 0.0))

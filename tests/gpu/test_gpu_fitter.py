@@ -72,7 +72,7 @@ def test_one_launch_for_many_frames(gpu):
     cases = [make_case(np.random.default_rng(5), "double", snr=300) for _ in range(64)]
     ff = FrameFitter(parse_params(BASE + "DoPeakFit 1\nMultiplePeaks 1\n"), X, slots=4, engine="gpu", gpu=gpu)
     fits = ff.fit_many([c.y for c in cases], [tuple(c.centres) for c in cases])
-    for c, f in zip(cases, fits):
+    for c, f in zip(cases, fits, strict=False):
         np.testing.assert_allclose(f.fit[:2, 3], c.truth[[4, 8]], atol=0.2)
         assert np.all(np.isnan(f.fit[2:]))
     assert ff.counters["fit_rois"] == 64 and ff.counters["fit_fallback_nlopt"] == 0

@@ -98,7 +98,7 @@ def test_peak_list_changes_take_effect_exactly_from_their_frame(tmp_path, procs)
     refused = peaks_cmd(control, "add", "20", "30")  # 3 peaks for 2 rows: refused, the run goes on
     assert refused.returncode == 3 and "do not fit the run's 2 rows per frame" in refused.stderr
     wait_frames(control, first + 100)
-    (tmp_path / "peak_update.txt").write_text("mode append\n%g\n" % RINGS[3])
+    (tmp_path / "peak_update.txt").write_text(f"mode append\n{RINGS[3]:g}\n")
     deadline = time.monotonic() + 10
     while (tmp_path / "peak_update.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

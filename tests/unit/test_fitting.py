@@ -81,7 +81,7 @@ def accuracy_runs():
     out = {}
     for snr, counts in ((20, (100, 60, 40)), (100, (300, 200, 120)), (1000, (150, 100, 80))):
         errs, nan = [], 0
-        for kind, n in zip(("single", "double", "triple"), counts):
+        for kind, n in zip(("single", "double", "triple"), counts, strict=False):
             for _ in range(n):
                 case = make_case(rng, kind, snr=snr)
                 fit = located(case).fit(case.y).fit
