@@ -86,9 +86,11 @@ def cpu_rate(frames, engine: str, batch: int = 1, gpu=None) -> dict:
 def agreement(a, b) -> dict:
     ra = np.stack([f.fit for f in a])
     rb = np.stack([f.fit for f in b])
-    return {"max_abs_dRcen_bins": float(np.nanmax(np.abs(ra[..., 3] - rb[..., 3]))),
-            "max_rel_dImax": float(np.nanmax(np.abs(ra[..., 0] / rb[..., 0] - 1))),
-            "rows_compared": int(np.isfinite(ra[..., 0] + rb[..., 0]).sum())}
+    d_rc = np.abs(ra[..., 3] - rb[..., 3])
+    d_i = np.abs(ra[..., 0] / rb[..., 0] - 1)
+    return {"max_abs_dRcen_bins": float(np.nanmax(d_rc)), "max_rel_dImax": float(np.nanmax(d_i)),
+            "rows_compared": int(np.isfinite(ra[..., 0] + rb[..., 0]).sum()),
+            "rows_beyond_0.001bin_or_0.1pct": int(np.sum((d_rc > 1e-3) | (d_i > 1e-3)))}
 
 
 def kernel_rate(gpu, kind: str, n_rois: int) -> dict:
