@@ -155,6 +155,7 @@ class TransportConfig:
     release_endpoint: str = _opt("auto", "str", "workers -> ingest (ring slots freed)")
     events_endpoint: str = _opt("auto", "str", "children -> supervisor (heartbeats)")
     control_endpoint: str = _opt("tcp://127.0.0.1:5557", "str", "ringstream status / stop")
+    peaks_endpoint: str = _opt("auto", "str", "supervisor -> ingest, workers, writer (peak-list updates, PUB)")
     shared_memory: bool = _opt(True, "bool", "pass frames through the shared-memory ring (false: inline)")
     ring_slots: int = _opt(32, "int", "frames in flight (shared-memory slots)")
     copy_threads: int = _opt(0, "int", "ingest threads copying frames into the ring (0 = auto: 1 under 8 CPUs, else CPUs/2, at most 8)")

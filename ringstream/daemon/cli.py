@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_check_config_parser = None
     if add_check_config_parser is not None:
         add_check_config_parser(sub)
+    from .peaks_cli import add_peaks_parser
+
+    add_peaks_parser(sub)  # issue 5
     return parser
 
 
@@ -251,6 +254,9 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     n = 0
     writer = Hdf5Writer(output, imap, p, engine_name=engine.name, write_2d=write_2d,
                         overwrite=args.overwrite, note="ringstream integrate (offline, image files)")
+    from .offline_fit import OfflineFitting
+
+    fitting = OfflineFitting.create(p, imap, engine.name, output)  # issue 5: None without peak fitting
     ok = False
     try:
         batch: list[np.ndarray] = []
@@ -264,6 +270,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
             stamp = time.time()
             writer.append_many(np.arange(n, n + len(batch)), ids, np.full(len(batch), stamp), lineouts,
                                cakes if write_2d else None)
+            if fitting is not None:
+                fitting.fit_batch(n, ids, lineouts)
             n += len(batch)
             log.debug("integrated %d frames (last %s)", n, ids[-1])
             batch.clear()
@@ -292,6 +300,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
         raise
     finally:
         writer.close(run_complete=ok)
+        if fitting is not None:
+            fitting.close()
         if not ok and n == 0:
             output.unlink(missing_ok=True)  # nothing in it: do not leave a file that blocks the rerun
     seconds = time.perf_counter() - t0
@@ -348,8 +358,14 @@ def cmd_check_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return check_config(args, extra)
 
 
+def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .peaks_cli import cmd_peaks as run_peaks
+
+    return run_peaks(args, extra)
+
+
 COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
-            "check-config": cmd_check_config}
+            "check-config": cmd_check_config, "peaks": cmd_peaks}
 
 
 # --------------------------------------------------------------------------------------------------- main

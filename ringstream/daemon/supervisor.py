@@ -38,7 +38,7 @@ from typing import Any
 import zmq
 
 from ..errors import ConfigError, RingstreamError
-from ..protocol import ControlReply, ControlRequest, Heartbeat, ProtocolError, decode, encode
+from ..protocol import ControlReply, ControlRequest, Heartbeat, PeakUpdate, ProtocolError, decode, encode
 from ..transport.endpoints import free_tcp_endpoint
 from ..transport.sockets import RejectLog, make_socket, recv_message
 
@@ -130,7 +130,8 @@ def resolve_config(config: Any) -> Any:
     t = config.transport
     changes = {}
     taken: set[str] = set()
-    for key in ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint"):
+    for key in ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
+                "peaks_endpoint"):
         value = str(getattr(t, key))
         if value == "auto":
             value = free_tcp_endpoint()
@@ -207,6 +208,7 @@ class Supervisor:
         self.rejects_events = RejectLog(log, "supervisor events socket")
         self.rejects_control = RejectLog(log, "supervisor control socket")
         self.hard_exit: int | None = None  # 130/143 after a second signal
+        self.peaks = None  # PeakControl (issue 5), set up in run()
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
@@ -225,6 +227,7 @@ class Supervisor:
                 raise ConfigError(f"[transport] control_endpoint {t.control_endpoint}: cannot bind ({exc}); "
                                   "is another daemon running there? (ringstream status --control "
                                   f"{t.control_endpoint})") from None
+            self._open_peaks(ctx)  # issue 5: peak-list updates (ringstream peaks, peak_update.txt)
             self.poller = zmq.Poller()
             self.poller.register(self.events, zmq.POLLIN)
             self.poller.register(self.control, zmq.POLLIN)
@@ -444,6 +447,8 @@ class Supervisor:
             self._drain_events()
         if self.control in events:
             self._drain_control()
+        if self.peaks is not None:
+            self.peaks.tick(self._ingest_running())
 
     def _drain_events(self) -> None:
         while True:
@@ -453,6 +458,9 @@ class Supervisor:
                 return
             except ProtocolError as exc:
                 self.rejects_events.record(exc)
+                continue
+            if isinstance(msg, PeakUpdate) and self.peaks is not None:
+                self.peaks.on_confirmed(msg)  # the ingest fixed where a peak-list change starts
                 continue
             if not isinstance(msg, Heartbeat):
                 self.rejects_events.record(ProtocolError(
@@ -484,7 +492,12 @@ class Supervisor:
                 self.rejects_control.record(exc)
                 reply = ControlReply(ok=False, error=f"rejected ({exc.kind}): {exc}")
             else:
-                reply = self._answer(msg)
+                if msg.command == "peaks" and self.peaks is not None:
+                    reply = self.peaks.request(dict(msg.args), (identity, envelope), self._ingest_running())
+                    if reply is None:
+                        continue  # answered once the ingest confirms (PeakControl.on_confirmed)
+                else:
+                    reply = self._answer(msg)
             try:
                 self.control.send_multipart([identity, *envelope, *encode(reply)], zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -501,7 +514,33 @@ class Supervisor:
                 self.signals.append(signal.SIGTERM)
                 return ControlReply(ok=True, data={"state": "stopping"})
             return ControlReply(ok=True, data={"state": self.state})
-        return ControlReply(ok=False, error=f"unknown command {req.command!r}; expected 'status' or 'stop'")
+        return ControlReply(ok=False, error=f"unknown command {req.command!r}; expected 'status', 'stop' or 'peaks'")
+
+    # ------------------------------------------------------------------------------------------ peaks (issue 5)
+    def _open_peaks(self, ctx) -> None:
+        """Bind the peaks PUB socket and set up :class:`~.peaks.PeakControl` (docs/DAEMON.md, peak-list updates)."""
+        from .peaks import PeakControl
+
+        t = self.config.transport
+        try:
+            pub = make_socket(ctx, zmq.PUB, t.peaks_endpoint, bind=True, hwm=1000)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"[transport] peaks_endpoint {t.peaks_endpoint}: cannot bind ({exc})") from None
+        self.peaks = PeakControl(self.config, self.config.load_params(), pub, self._reply_later)
+
+    def _reply_later(self, waiter, reply: ControlReply) -> None:
+        identity, envelope = waiter
+        try:
+            self.control.send_multipart([identity, *envelope, *encode(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client went away
+
+    def _ingest_running(self) -> bool:
+        if self.state == "starting":
+            return True  # a request made now is published until the ingest, once up, confirms it
+        ingest = self._child("ingest")
+        return ingest is not None and ingest.alive() and ingest.state != "done" and self.state in ("starting",
+                                                                                                    "running")
 
     # ------------------------------------------------------------------------------------------ status
     def totals(self) -> dict[str, float]:
@@ -572,6 +611,7 @@ class Supervisor:
                                f"{cfg.source.midas_listen}:{cfg.source.midas_port}"
                                if cfg.source.kind == "midas_socket" else ""),
             "engine": cfg.workers.engine,
+            "peaks": self.peaks.status() if self.peaks is not None else {},
             "supervisor": {**self.rejects_events.counters(),
                            **{k.replace("protocol_errors_", "control_protocol_errors_"): v
                               for k, v in self.rejects_control.counters().items()}},

@@ -32,6 +32,7 @@ from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotR
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
 from .copier import SlotCopier, auto_threads
+from .peaks import SEQ_KEY, IngestPeaks
 from .sources import IDLE, Pacer, SlotLease, make_source
 
 log = logging.getLogger("ringstream.ingest")
@@ -157,6 +158,7 @@ class _Ingest:
             self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
             hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
             self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
+            self.peaks = IngestPeaks(ctx, cfg, self.run_id, hb)  # peak-list seqs stamped into frames (issue 5)
             self.hb.beat(self.snapshot(), state="starting", force=True)
             ready.set()
             t0 = time.monotonic()
@@ -199,11 +201,13 @@ class _Ingest:
                 self.poll_releases(0)
                 self.announce_copies(source.pausable, stop)
                 self.hb.beat(self.snapshot)
+                self.peaks.poll(self.counters["sent"])
                 continue
             k += 1
             self.count("received")
             self.poll_releases(0)
             self.hb.beat(self.snapshot)
+            self.peaks.poll(self.counters["sent"])
             self.publish(frame, source.pausable, stop)
             if stop.is_set():
                 break
@@ -263,10 +267,12 @@ class _Ingest:
     def header(self, frame) -> dict:
         """The FrameHeader fields of ``frame`` as the next frame of the run (its index: frames sent so far)."""
         shape, dtype = frame.frame_shape(), frame.frame_dtype()
+        idx = self.counters["sent"]
         return dict(
-            run_id=self.run_id, frame_index=self.counters["sent"], source_id=str(frame.source_id),
+            run_id=self.run_id, frame_index=idx, source_id=str(frame.source_id),
             timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, codec="none",
-            metadata=dict(frame.metadata or {}), nbytes=math.prod(shape) * dtype.itemsize,
+            metadata={**(frame.metadata or {}), SEQ_KEY: self.peaks.seq_for(idx)},
+            nbytes=math.prod(shape) * dtype.itemsize,
         )
 
     def announce(self, frame, slot: int, pausable: bool, stop) -> bool:
@@ -325,6 +331,7 @@ class _Ingest:
             self.announce_copies(pausable, stop)  # copied frames hold slots until announced
             self.poll_releases(POLL_MS)
             self.hb.beat(self.snapshot)
+            self.peaks.poll(self.counters["sent"])
             slot = self.ring.acquire()
         return slot
 

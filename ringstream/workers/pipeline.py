@@ -126,13 +126,17 @@ class PipelinedLoop:
         for g in got:
             if g[0].location == "shm":
                 w.release_slot(g[0])
+        # peak fitting (issue 5), one call per batch
+        ok = [g for g in got if not g[3] and id(g) in results]
+        fitted = dict(zip(map(id, ok), w.fit([g[0] for g in ok], [results[id(g)][0] for g in ok], None),
+                          strict=True))
         # the results are views of the stream's pinned buffers: send_result encodes them before the stream is reused
         for g in got:
             msg, t_start, _, reason = g
             lineout, cake, t = results.get(id(g), (None, None, 0.0))
             timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                        "integrate": t, "total": time.time() - t_start}
-            w.send_result(msg, reason, lineout, cake, timings)
+            w.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)))
 
 
 def w_recv(sock):

@@ -34,6 +34,7 @@ from ..ingest.process import HeartbeatSender, child_setup
 from ..protocol import FrameHeader, ProtocolError, Result, SlotRelease, frame_array, result_buffers
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from .fitting import WorkerFitting
 from .pipeline import PipelinedLoop
 
 log = logging.getLogger("ringstream.worker")
@@ -70,7 +71,8 @@ class _Worker:
         self.counters[key] = self.counters.get(key, 0) + n
 
     def snapshot(self) -> dict:
-        return {**self.counters, **self.rejects.counters()}
+        fitting = self.fitting.snapshot() if getattr(self, "fitting", None) is not None else {}
+        return {**self.counters, **self.rejects.counters(), **fitting}
 
     def run(self, ready, stop) -> int:
         cfg = self.config
@@ -94,6 +96,8 @@ class _Worker:
         ctx = zmq.Context()
         self.rejects = RejectLog(log, f"worker-{self.index} frames socket")
         try:
+            # peak fitting (issue 5): None when the parameter file asks for none
+            self.fitting = WorkerFitting.create(cfg, params, imap, self.engine_name, ctx, f"worker-{self.index}")
             frames = make_socket(ctx, zmq.PULL, t.frames_endpoint, bind=False, hwm=hwm)
             self.release = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=max(hwm, int(t.ring_slots)))
             self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=hwm)
@@ -157,7 +161,8 @@ class _Worker:
                 self.release_slot(msg)
         timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                    "integrate": t_int, "total": time.time() - t_start}
-        self.send_result(msg, reason, lineout, cake, timings)
+        fitted = self.fit([msg], [lineout], timings)[0] if not reason else None
+        self.send_result(msg, reason, lineout, cake, timings, fitted)
 
     # ------------------------------------------------------------------------------------- a batch of frames
     def handle_many(self, sock) -> None:
@@ -223,14 +228,27 @@ class _Worker:
         for msg, _, _, _ in got:
             if msg.location == "shm":
                 self.release_slot(msg)
+        ok = [g for g in got if not g[3] and id(g) in results]
+        fits = self.fit([g[0] for g in ok], [results[id(g)][0] for g in ok], None)  # peak fitting (issue 5)
+        fitted = dict(zip(map(id, ok), fits, strict=True))
         for g in got:
             msg, t_start, _, reason = g
             lineout, cake, t = results.get(id(g), (None, None, 0.0))
             timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                        "integrate": t, "total": time.time() - t_start}
-            self.send_result(msg, reason, lineout, cake, timings)
+            self.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)))
 
-    def send_result(self, msg, reason, lineout, cake, timings) -> None:
+    def fit(self, headers, lineouts, timings) -> list:
+        """The FrameFits of frames just integrated (one call per frame or batch), or Nones without fitting."""
+        if self.fitting is None or not headers:
+            return [None] * len(headers)
+        t0 = time.perf_counter()
+        fits = self.fitting.fit_frames(headers, lineouts, beat=lambda: self.hb.beat(self.snapshot))
+        if timings is not None:
+            timings["fit"] = time.perf_counter() - t0
+        return fits
+
+    def send_result(self, msg, reason, lineout, cake, timings, fitted=None) -> None:
         common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
                       timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
                       metadata=dict(msg.metadata))
@@ -241,8 +259,13 @@ class _Worker:
             result, bufs = Result(status="rejected", reason=reason, **common), ()
         else:
             self.count("integrated")
-            bufs = result_buffers(lineout, cake if self.write_2d else None)
-            result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d, **common)
+            fit = fitted.fit if fitted is not None else None
+            bufs = result_buffers(lineout, cake if self.write_2d else None, fit,
+                                  fitted.curves if fitted is not None else None)
+            result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d,
+                            n_peaks=0 if fit is None else int(fit.shape[0]),
+                            n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
+                            n_curve_points=0 if fitted is None else int(fitted.values.size), **common)
         self.send(self.results, result, bufs)
 
     def register(self, ring: FrameRing) -> None:

@@ -30,8 +30,9 @@ import zmq
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
 from ..ingest.process import HeartbeatSender, child_setup
-from ..protocol import EndOfStream, ProtocolError, Result, Stop, result_arrays
+from ..protocol import EndOfStream, PeakUpdate, ProtocolError, Result, Stop, result_arrays, result_curves
 from ..transport.sockets import RejectLog, make_socket, recv_message
+from .fit_hook import FitHook
 from .hdf5 import Hdf5Writer, check_output_path
 
 log = logging.getLogger("ringstream.writer")
@@ -68,6 +69,8 @@ class _Writer:
         self.unflushed = 0
         self.first_unflushed = 0.0
         self.t_first = 0.0  # monotonic time of the first result
+        self.fits: FitHook | None = None  # issue 5 interim fit streams
+        self.peaks_sub = None
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -95,8 +98,10 @@ class _Writer:
             hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16), "writer", 0,
                                  cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
+            self.open_fitting(ctx)  # issue 5: PeakUpdates in, fit rows out (interim hook until issue 8)
             ready.set()
             while not self.finished():
+                self.take_peak_updates()
                 if stop.is_set():
                     while sock.poll(0, zmq.POLLIN) and not self.finished():
                         self.take_waiting(sock)  # what is already queued still counts
@@ -121,6 +126,8 @@ class _Writer:
         finally:
             if self.h5 is not None:  # an exception on the way: keep what was written, marked incomplete
                 self.h5.close(run_complete=False)
+            if getattr(self, "fits", None) is not None:
+                self.fits.close()
             ctx.destroy(linger=500)
 
     def finished(self) -> bool:
@@ -206,6 +213,8 @@ class _Writer:
             return
         h5.append(msg.frame_index, msg.source_id, msg.timestamp or None, lineout,
                   cake if self.write_2d else None)
+        if self.fits is not None:
+            self.fits.append(msg.frame_index, result_arrays(msg, buffers)[2], result_curves(msg, buffers))
         self.count("written")
         if self.unflushed == 0:
             self.first_unflushed = time.monotonic()
@@ -216,7 +225,37 @@ class _Writer:
     def flush(self) -> None:
         if self.h5 is not None:
             self.h5.flush()
+        if self.fits is not None:
+            self.fits.flush()
         self.unflushed = 0
+
+    # ----------------------------------------------------------------------------- fitting (issue 5, interim)
+    def open_fitting(self, ctx) -> None:
+        """With fitting on: the fit streams beside the HDF5 file and a SUB socket for PeakUpdates."""
+        from ..fitting import peak_slots
+
+        self.fits, self.peaks_sub = None, None
+        slots = peak_slots(self.params, int(getattr(self.config.fit, "slots", 0) or 0))
+        if not slots:
+            return
+        self.fits = FitHook(self.path.parent, slots)
+        endpoint = str(getattr(self.config.transport, "peaks_endpoint", "") or "")
+        if endpoint and endpoint != "auto":
+            self.peaks_sub = ctx.socket(zmq.SUB)
+            self.peaks_sub.setsockopt(zmq.LINGER, 0)
+            self.peaks_sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self.peaks_sub.connect(endpoint)
+
+    def take_peak_updates(self) -> None:
+        while self.peaks_sub is not None:
+            try:
+                msg, _ = recv_message(self.peaks_sub, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ProtocolError:
+                continue
+            if isinstance(msg, PeakUpdate):
+                self.fits.peak_update(msg, self.h5)
 
     def maybe_flush(self) -> None:
         if self.unflushed and time.monotonic() - self.first_unflushed >= FLUSH_PERIOD:

@@ -1,0 +1,275 @@
+"""Benchmark: per-frame peak fitting (issue 5): nlopt on one CPU core, the batched LM in NumPy, and on a GPU the
+batched LM kernel and the daemon end to end with 3 peaks per frame.
+
+1. CPU, one core (BLAS/OpenMP threads pinned to 1, the process pinned to one CPU where possible): ``FrameFitter``
+   with engine nlopt on synthetic lineouts (``ringstream.fitting.synthetic``: single, overlapping double and triple
+   peaks, Γ 2–20 bins, μ 0–1, flat and sloped backgrounds, Poisson noise at SNR 100), the whole per-frame path
+   (planning, L-BFGS, fallbacks, rows and curves). peak fits/s = peak rows fitted / CPU seconds. The same frames with
+   engine "lm" (the kernel's algorithm in NumPy, all ROIs of a batch of frames at once) for comparison.
+2. ``--gpu``: (a) the kernel alone: B ROIs already packed and on the device, ``GpuFitter.fit_device`` timed with a
+   device synchronize (best of 5); peak fits/s = B · peaks per ROI / s; (b) the whole ``FrameFitter(engine="gpu")``
+   path (plan, pack, copy, kernel, copy back, rows) on batches of frames; (c) agreement with nlopt on the same
+   lineouts (max |ΔRcen| in bins, max relative ΔImax).
+3. ``--daemon N``: ``ringstream run --engine gpu`` on N simulated PILATUS 2M frames (configs/demo-pilatus2m.txt), once
+   without fitting and once with 3 PeakLocation lines (3 of the simulated rings); frames/s from the run's own final
+   line and whether every frame was written (no growing backlog: the run with fitting keeps the rate without).
+
+Prints a table and writes ``bench/results/fitting-<machine>.json`` (``--name`` sets the machine name; default "vm",
+or the GPU's name with ``--gpu``).
+
+Run: ``python bench/fitting.py [--frames 300] [--gpu] [--daemon 3000] [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ringstream.fitting.frame import FrameFitter  # noqa: E402
+from ringstream.fitting.synthetic import make_case  # noqa: E402
+from ringstream.params import parse_params  # noqa: E402
+
+BASE = "NrPixelsY 128\nNrPixelsZ 128\nLsd 1000000\npx 200\nBC 63 61\nRMin 0\nRMax 200\nRBinSize 1\n"
+X = np.arange(200.0)
+COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+), rejected (\d+), dropped (\d+) "
+                    r"\([^)]*\), ([\d.]+) s, ([\d.]+) frames/s")
+
+
+def cases(n: int, kind: str, snr: float = 100.0, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    return [make_case(rng, kind, snr=snr) for _ in range(n)]
+
+
+def fitter_for(case, engine: str, gpu=None) -> FrameFitter:
+    p = parse_params(BASE + "".join(f"PeakLocation {c:.2f}\n" for c in case.centres))
+    return FrameFitter(p, X, engine=engine, gpu=gpu)
+
+
+def cpu_rate(frames, engine: str, batch: int = 1, gpu=None) -> dict:
+    """Fit ``frames`` (cases of one kind: same peak count) with ``engine``; rates per CPU second and wall second."""
+    ff = fitter_for(frames[0], engine, gpu)
+    lists = [tuple(c.centres) for c in frames]
+    ys = [c.y for c in frames]
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = []
+    for i in range(0, len(frames), batch):
+        out += ff.fit_many(ys[i:i + batch], lists[i:i + batch])
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    peaks = sum(len(c.centres) for c in frames)
+    ok = sum(int(np.isfinite(f.fit[:, 0]).sum()) for f in out)
+    return {"engine": engine, "frames": len(frames), "peaks": peaks, "rows_ok": ok,
+            "cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "peak_fits_per_cpu_s": round(peaks / cpu, 1),
+            "peak_fits_per_s": round(peaks / wall, 1), "frames_per_s": round(len(frames) / wall, 1),
+            "fallback_neldermead": ff.counters["fit_fallback_neldermead"],
+            "fallback_nlopt": ff.counters["fit_fallback_nlopt"], "fits": out}
+
+
+def agreement(a, b) -> dict:
+    ra = np.stack([f.fit for f in a])
+    rb = np.stack([f.fit for f in b])
+    d_rc = np.abs(ra[..., 3] - rb[..., 3])
+    d_i = np.abs(ra[..., 0] / rb[..., 0] - 1)
+    return {"max_abs_dRcen_bins": float(np.nanmax(d_rc)), "max_rel_dImax": float(np.nanmax(d_i)),
+            "rows_compared": int(np.isfinite(ra[..., 0] + rb[..., 0]).sum()),
+            "rows_beyond_0.001bin_or_0.1pct": int(np.sum((d_rc > 1e-3) | (d_i > 1e-3)))}
+
+
+def kernel_rate(gpu, kind: str, n_rois: int) -> dict:
+    """The kernel alone on ``n_rois`` packed ROIs (copies of 1024 distinct cases), best of 5."""
+    import cupy as cp
+
+    from ringstream.fitting.batched import CONVERGED, Packed, pack
+
+    base = cases(1024, kind, seed=3)
+    probs, xs, ys = [], [], []
+    for c in base:
+        ff = fitter_for(c, "lm")
+        plan = ff.plan(c.y, None, "")
+        for pr in plan.problems:
+            probs.append(pr)
+            xs.append(X[pr.start:pr.stop])
+            ys.append(c.y[pr.start:pr.stop])
+    pk = pack(probs, xs, ys)
+    reps = int(math.ceil(n_rois / pk.size))
+    big = Packed(*(np.concatenate([getattr(pk, f)] * reps)[:n_rois] for f in
+                   ("x", "y", "npts", "p", "lo", "hi", "xmid", "hw", "n_peaks")))
+    times = []
+    for _ in range(6):
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        res = gpu.fit_device(big)
+        cp.cuda.Device().synchronize()
+        times.append(time.perf_counter() - t0)
+    best = min(times[1:])  # the first includes the kernel's compilation
+    status = cp.asnumpy(res["status"])
+    peaks_per_roi = int(big.n_peaks.mean().round())
+    return {"kind": kind, "rois": n_rois, "points_per_roi": int(big.npts.mean()), "peaks_per_roi": peaks_per_roi,
+            "kernel_s": round(best, 5), "roi_fits_per_s": round(n_rois / best, 1),
+            "peak_fits_per_s": round(n_rois * peaks_per_roi / best, 1),
+            "converged_fraction": float(np.mean(status == CONVERGED)),
+            "iterations_mean": float(cp.asnumpy(res["iterations"]).mean())}
+
+
+def per_frame_latency(engine: str, gpu=None, batch: int = 8, frames: int = 96) -> dict:
+    """The daemon's case: lineouts of 990 bins with 3 separate rings (Γ 3.5 bins, SNR 300), fitted ``batch`` frames
+    per call as a worker does (the GPU worker integrates up to 8 frames per call); ms per frame, wall clock."""
+    rng = np.random.default_rng(0)
+    x = np.arange(990.0) + 10.5
+    ys = []
+    for _ in range(frames):
+        y = np.full(990, 100.0)
+        for c in (206.1, 402.8, 600.3):
+            cs = make_case(rng, "single", snr=300, gamma=3.5, slope=False, n_bins=990)
+            y += np.roll(cs.y - cs.truth[0], int(round(c - 10.5 - cs.centres[0])))
+        ys.append(y)
+    p = parse_params(BASE.replace("RMax 200", "RMax 1000").replace("RMin 0", "RMin 10")
+                     + "PeakLocation 206.1\nPeakLocation 402.8\nPeakLocation 600.3\n")
+    ff = FrameFitter(p, x, engine=engine, gpu=gpu)
+    ff.fit_many(ys[:batch])  # warm-up (kernel compilation)
+    t0 = time.perf_counter()
+    for i in range(0, frames, batch):
+        ff.fit_many(ys[i:i + batch])
+    dt = (time.perf_counter() - t0) / frames
+    return {"engine": engine, "frames_per_call": batch, "peaks_per_frame": 3, "ms_per_frame": round(dt * 1e3, 3),
+            "frames_per_s": round(1 / dt, 1), "fallback_nlopt": ff.counters["fit_fallback_nlopt"],
+            "rows_nan": ff.counters["fit_rows_nan"]}
+
+
+def ring_radii(param_file: Path, n: int = 3) -> list[float]:
+    """R (px) of the first ``n`` simulated rings (20/40/60 % of the 2θ span of [RMin, RMax], 2θ = atan(R·px/Lsd))."""
+    p = parse_params(param_file.read_text(), param_file)
+    t = [math.atan(r * p.px / p.Lsd) for r in (p.RMin, p.RMax)]
+    return [p.Lsd * math.tan(t[0] + f * (t[1] - t[0])) / p.px for f in (0.2, 0.4, 0.6, 0.8)[:n]]
+
+
+def daemon_run(frames: int, workers: int, peaks: list[float]) -> dict:
+    exe = Path(sys.executable).with_name("ringstream")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ringstream.daemon.cli"]
+    src = REPO / "configs" / "demo-pilatus2m.txt"
+    with tempfile.TemporaryDirectory() as d:
+        pf = Path(d) / "setup.txt"
+        pf.write_text(src.read_text() + "".join(f"PeakLocation {r:.3f}\n" for r in peaks))
+        out = Path(d) / "bench.h5"
+        cmd += ["run", "--param-file", str(pf), "--simulate", str(frames), "--workers", str(workers), "--engine",
+                "gpu", "--output-h5", str(out), "--control", "auto", "--log-level", "WARNING"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+        fit_rows = None
+        if peaks and (Path(d) / "fit.bin").exists():
+            fit = np.fromfile(Path(d) / "fit.bin").reshape(-1, len(peaks), 7)
+            fit_rows = {"frames": int(fit.shape[0]), "rows_ok": int(np.isfinite(fit[..., 0]).sum()),
+                        "rcen_mean": [round(float(v), 3) for v in np.nanmean(fit[..., 3], axis=0)]}
+    m = COUNTS.search(proc.stderr)
+    if proc.returncode != 0 or not m:
+        return {"peaks": peaks, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
+    return {"peaks": [round(r, 3) for r in peaks], "workers": workers, "frames": frames,
+            "written": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)),
+            "fit_bin": fit_rows}
+
+
+def machine(gpu_name: str | None) -> dict:
+    import nlopt
+    import scipy
+
+    info = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "nlopt": getattr(nlopt, "__version__", "?"), "nproc": os.cpu_count(), "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if gpu_name:
+        import cupy
+
+        info.update(device=gpu_name, cupy=cupy.__version__)
+    return info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=300, help="synthetic frames per kind on the CPU (300)")
+    ap.add_argument("--gpu", action="store_true", help="also the GPU kernel and the GPU FrameFitter path")
+    ap.add_argument("--rois", type=int, default=1 << 18, help="ROIs per kernel launch for --gpu (262144)")
+    ap.add_argument("--daemon", type=int, default=0, help="also the daemon end to end on N frames (GPU engine)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--name", default="", help="machine name in the JSON file name")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        except OSError:
+            pass
+    gpu = None
+    if args.gpu:
+        from ringstream.fitting.gpu_fitter import GpuFitter
+
+        gpu = GpuFitter()
+    result = {"benchmark": "fitting", "machine": machine(gpu.device_name if gpu else None), "cpu": [], "gpu": []}
+    if gpu is not None:
+        for k in (1, 2, 3):  # compile the kernels before anything is timed
+            fitter_for(cases(1, ("single", "double", "triple")[k - 1])[0], "gpu", gpu).fit(
+                cases(1, ("single", "double", "triple")[k - 1])[0].y)
+    print(f"{'kind':8} {'engine':7} {'frames':>6} {'peaks':>6} {'ok':>6} {'peak fits/CPU s':>16} {'frames/s':>9} "
+          f"{'NM fallbacks':>12}")
+    for kind in ("single", "double", "triple"):
+        frames = cases(args.frames, kind)
+        runs = {}
+        for engine, batch in (("nlopt", 1), ("lm", 64)):
+            r = cpu_rate(frames, engine, batch)
+            runs[engine] = r.pop("fits")
+            r["kind"] = kind
+            result["cpu"].append(r)
+            print(f"{kind:8} {engine:7} {r['frames']:6d} {r['peaks']:6d} {r['rows_ok']:6d} "
+                  f"{r['peak_fits_per_cpu_s']:16.1f} {r['frames_per_s']:9.1f} {r['fallback_neldermead']:12d}")
+        result["cpu"][-1]["agreement_with_nlopt"] = agreement(runs["lm"], runs["nlopt"])
+        if gpu is not None:
+            g = cpu_rate(frames, "gpu", batch=256, gpu=gpu)
+            g["kind"] = kind
+            g["agreement_with_nlopt"] = agreement(g.pop("fits"), runs["nlopt"])
+            result["gpu"].append({"path": "FrameFitter(engine=gpu), 256 frames per call", **g})
+            print(f"{kind:8} {'gpu':7} {g['frames']:6d} {g['peaks']:6d} {g['rows_ok']:6d} "
+                  f"{'(wall) ' + str(g['peak_fits_per_s']):>16} {g['frames_per_s']:9.1f} "
+                  f"{g['fallback_nlopt']:12d}  vs nlopt {g['agreement_with_nlopt']}")
+    if gpu is not None:
+        print(f"\n{'kernel':8} {'ROIs':>8} {'pts':>4} {'peaks':>5} {'s':>9} {'peak fits/s':>14} {'converged':>9}")
+        for kind in ("single", "double", "triple"):
+            k = kernel_rate(gpu, kind, args.rois)
+            result["gpu"].append({"path": "kernel only (packed, on the device)", **k})
+            print(f"{kind:8} {k['rois']:8d} {k['points_per_roi']:4d} {k['peaks_per_roi']:5d} {k['kernel_s']:9.5f} "
+                  f"{k['peak_fits_per_s']:14.1f} {k['converged_fraction']:9.4f}")
+    print(f"\n{'per-frame latency':18} {'engine':7} {'frames/call':>11} {'ms/frame':>9} {'frames/s':>9}")
+    result["latency"] = []
+    for engine, batch in (("nlopt", 1), ("lm", 1), ("lm", 8)) + ((("gpu", 1), ("gpu", 8)) if gpu else ()):
+        r = per_frame_latency(engine, gpu, batch)
+        result["latency"].append(r)
+        print(f"{'3 rings, 990 bins':18} {engine:7} {batch:11d} {r['ms_per_frame']:9.3f} {r['frames_per_s']:9.1f}")
+    if args.daemon:
+        radii = ring_radii(REPO / "configs" / "demo-pilatus2m.txt")
+        result["daemon"] = [daemon_run(args.daemon, args.workers, []), daemon_run(args.daemon, args.workers, radii)]
+        for d in result["daemon"]:
+            print("daemon:", d, flush=True)
+    name = args.name or (re.sub(r"[^A-Za-z0-9]+", "-", gpu.device_name).strip("-") if gpu else "vm")
+    out = Path(args.out) / f"fitting-{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

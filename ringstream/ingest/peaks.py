@@ -1,0 +1,84 @@
+"""The ingest's side of peak-list updates: decide where each change starts and stamp it into every frame.
+
+See :mod:`ringstream.daemon.peaks` for the whole protocol. The ingest subscribes to ``transport.peaks_endpoint``;
+for each ``ControlRequest("peaks", {seq, peaks, from_frame, origin})`` not seen before it fixes
+``from_frame = max(asked, next frame_index)`` and confirms with a ``PeakUpdate`` on its events socket (again when the
+request is published again, in case the confirmation was lost). :meth:`IngestPeaks.seq_for` is the
+``metadata["peak_seq"]`` of a frame: the highest seq whose from_frame <= its index (0: the parameter file's list).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from ..fitting.peaklist import peak_list_for_frame
+from ..protocol import ControlRequest, PeakUpdate, ProtocolError
+from ..transport.sockets import recv_message, send_message
+
+log = logging.getLogger("ringstream.ingest")
+
+#: the FrameHeader metadata key that carries the peak-list seq
+SEQ_KEY = "peak_seq"
+
+
+class IngestPeaks:
+    """Peak-list requests in, confirmations out, seqs onto frames. ``ctx``: the ingest's zmq context;
+    ``events``: its PUSH socket to the supervisor (the heartbeats' socket)."""
+
+    def __init__(self, ctx, config, run_id: str, events) -> None:
+        self.run_id = run_id
+        self.events = events
+        self.updates: dict[int, tuple[int, tuple[float, ...]]] = {}  # seq -> (from_frame, peaks)
+        self.origins: dict[int, str] = {}
+        self.sub = None
+        endpoint = str(getattr(config.transport, "peaks_endpoint", "") or "")
+        if endpoint and endpoint != "auto":
+            self.sub = ctx.socket(zmq.SUB)
+            self.sub.setsockopt(zmq.LINGER, 0)
+            self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self.sub.connect(endpoint)
+        self.errors = 0
+
+    def poll(self, next_index: int) -> None:
+        """Take every request waiting (never blocks); ``next_index`` is the frame_index the next frame will get."""
+        if self.sub is None:
+            return
+        while True:
+            try:
+                msg, _ = recv_message(self.sub, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ProtocolError:
+                self.errors += 1
+                continue
+            if not isinstance(msg, ControlRequest) or msg.command != "peaks":
+                continue  # confirmed PeakUpdates on the same socket are for the workers and the writer
+            try:
+                seq = int(msg.args["seq"])
+                peaks = tuple(float(v) for v in msg.args.get("peaks") or ())
+                asked = int(msg.args.get("from_frame") or 0)
+                origin = str(msg.args.get("origin") or "control")
+            except (KeyError, TypeError, ValueError):
+                self.errors += 1
+                continue
+            if seq not in self.updates:
+                self.updates[seq] = (max(asked, int(next_index)), peaks)
+                self.origins[seq] = origin
+                log.info("peak list %d in force from frame %d", seq, self.updates[seq][0])
+            start, peaks = self.updates[seq]
+            update = PeakUpdate(run_id=self.run_id, seq=seq, from_frame=start, peaks=list(peaks),
+                                origin=self.origins[seq])
+            try:
+                send_message(self.events, update, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the supervisor publishes the request again until it is confirmed
+
+    def seq_for(self, frame_index: int) -> int:
+        """The peak-list seq in force for ``frame_index``."""
+        return peak_list_for_frame(self.updates, frame_index) if self.updates else 0
+
+    def close(self) -> None:
+        if self.sub is not None:
+            self.sub.close(0)

@@ -1,0 +1,142 @@
+"""The worker's peak fitting: one call per frame or batch that fills the Result's fit buffers (issue 5).
+
+:meth:`WorkerFitting.fit_frames` takes the FrameHeaders and lineouts of the frames just integrated and returns one
+:class:`~ringstream.fitting.frame.FrameFit` per frame (fit float64 ``[slots, 7]``, ROI table int32 ``[n_rois, 2]``,
+model values float64 ``[n_curve_points]``). Each frame is fitted with the peak list of its
+``metadata["peak_seq"]`` (stamped by the ingest; see :mod:`ringstream.daemon.peaks`): seq 0 is the parameter
+file's list; a higher seq comes as a PeakUpdate on the peaks SUB socket. A frame whose seq has not arrived yet is
+held until it does (up to :data:`PEAK_WAIT_S`, heartbeats going on), never fitted with another list; after that its
+rows are NaN, counted ``fit_nan_peak_list_unknown``.
+
+Fit engine (``[fit] engine``): ``nlopt``; ``gpu`` (the batched LM kernel on the worker's device, every ROI of a batch
+of frames in one launch; a ConfigError with the install line without CuPy/a device); ``auto``: gpu when the worker
+integrates on the GPU, else nlopt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import zmq
+
+from ..errors import ConfigError
+from ..fitting import peak_slots
+from ..fitting.frame import FrameFit, FrameFitter
+from ..ingest.peaks import SEQ_KEY
+from ..protocol import PeakUpdate, ProtocolError
+from ..transport.sockets import recv_message
+
+log = logging.getLogger("ringstream.worker")
+
+#: the longest a frame waits for the PeakUpdate of its peak_seq, in s
+PEAK_WAIT_S = 5.0
+
+
+def choose_engine(asked: str, integration_engine: str) -> str:
+    """The fit engine for ``[fit] engine = asked`` on a worker whose integration engine is ``integration_engine``."""
+    asked = str(asked or "auto").lower()
+    if asked == "auto":
+        return "gpu" if str(integration_engine).lower().startswith(("gpu", "cupy")) else "nlopt"
+    if asked not in ("nlopt", "gpu"):
+        raise ConfigError(f"[fit] engine {asked!r}: expected auto, nlopt or gpu")
+    return asked
+
+
+class WorkerFitting:
+    """Fitting for one worker. Build with :meth:`create` (None when the run fits nothing)."""
+
+    def __init__(self, fitter: FrameFitter, sub, label: str, wait_s: float = PEAK_WAIT_S) -> None:
+        self.fitter = fitter
+        self.sub = sub
+        self.label = label
+        self.wait_s = float(wait_s)
+        self.lists: dict[int, tuple[float, ...] | None] = {0: None}
+        self.counters = {"peak_updates_received": 0, "peak_waits": 0}
+
+    @classmethod
+    def create(cls, config, params, imap, integration_engine: str, ctx, label: str = "worker"):
+        slots = peak_slots(params, int(getattr(config.fit, "slots", 0) or 0))
+        if slots == 0:
+            return None
+        engine = choose_engine(getattr(config.fit, "engine", "auto"), integration_engine)
+        gpu = None
+        if engine == "gpu":
+            from ..fitting.gpu_fitter import GpuFitter
+
+            gpu = GpuFitter()
+        fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu)
+        sub = None
+        endpoint = str(getattr(config.transport, "peaks_endpoint", "") or "")
+        if ctx is not None and endpoint and endpoint != "auto":
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(endpoint)
+        log.info("%s: fitting %d peak rows per frame with %s (asked %r)%s", label, slots, engine,
+                 getattr(config.fit, "engine", "auto"),
+                 f", peaks {', '.join(f'{v:g}' for v in fitter.default_peaks)}" if fitter.default_peaks else
+                 ", peaks found automatically")
+        return cls(fitter, sub, label)
+
+    @property
+    def engine(self) -> str:
+        return self.fitter.engine
+
+    def snapshot(self) -> dict:
+        return {**self.fitter.counters, **self.counters}
+
+    def poll(self, timeout_ms: int = 0) -> bool:
+        """Take the PeakUpdates waiting (waiting up to ``timeout_ms`` for the first); True if one was new."""
+        if self.sub is None:
+            if timeout_ms:
+                time.sleep(timeout_ms / 1e3)
+            return False
+        new = False
+        while self.sub.poll(timeout_ms, zmq.POLLIN):
+            timeout_ms = 0
+            try:
+                msg, _ = recv_message(self.sub, zmq.NOBLOCK)
+            except (zmq.Again, ProtocolError):
+                continue
+            new |= self.take(msg)
+        return new
+
+    def take(self, msg) -> bool:
+        """Keep a PeakUpdate's list under its seq (once); True if it was new."""
+        if not isinstance(msg, PeakUpdate) or int(msg.seq) in self.lists:
+            return False
+        self.lists[int(msg.seq)] = tuple(float(v) for v in msg.peaks)
+        self.counters["peak_updates_received"] += 1
+        return True
+
+    def fit_frames(self, headers, lineouts, beat=None) -> list[FrameFit]:
+        """One FrameFit per (header, lineout); ``beat()`` is called while waiting for a peak list."""
+        self.poll(0)
+        seqs = [int((h.metadata or {}).get(SEQ_KEY, 0) or 0) for h in headers]
+        if any(s not in self.lists for s in seqs):
+            self.counters["peak_waits"] += 1
+            deadline = time.monotonic() + self.wait_s
+            while any(s not in self.lists for s in seqs) and time.monotonic() < deadline:
+                self.poll(100)
+                if beat is not None:
+                    beat()
+        known = [i for i, s in enumerate(seqs) if s in self.lists]
+        out: list[FrameFit | None] = [None] * len(headers)
+        if known:
+            try:
+                fits = self.fitter.fit_many([np.asarray(lineouts[i], dtype=np.float64) for i in known],
+                                            [self.lists[seqs[i]] for i in known],
+                                            [f"{self.label}: frame {headers[i].frame_index}" for i in known])
+            except Exception as exc:  # a fitting bug must never stop the worker: NaN rows, counted, logged once
+                log.debug("%s: fitting failed", self.label, exc_info=True)
+                fits = [self.fitter.nan_frame("fit_error", f"{self.label}: frame {headers[i].frame_index}: "
+                                              f"{type(exc).__name__}: {exc}") for i in known]
+            for i, f in zip(known, fits, strict=False):
+                out[i] = f
+        for i, s in enumerate(seqs):
+            if out[i] is None:
+                out[i] = self.fitter.nan_frame("peak_list_unknown", f"{self.label}: frame {headers[i].frame_index}"
+                                               f" (peak list {s} never arrived)")
+        return out  # type: ignore[return-value]

@@ -1,0 +1,202 @@
+"""Fitting in the real daemon (issue 5): every frame fitted with the peak list in force for its frame_index while the
+list changes under a running stream (``ringstream peaks set`` and MIDAS's ``peak_update.txt``), fit.bin readable
+with the MIDAS reshape, and fitting in offline ``ringstream integrate``.
+
+The 128 x 128 simulated detector of ``common.SMALL_PARAMS`` has rings at R bins 11, 22, 33, 44 (R = 15.5, 26.5,
+37.5, 48.5 px; Γ ≈ 3.5 px). Each test starts the console script in its own session and kills its group at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from common import NY, NZ, SMALL_PARAMS, ringstream_command
+
+from ringstream.daemon.status import NoDaemon, query_status
+from ringstream.transport.endpoints import free_tcp_endpoint
+
+RINGS = (15.5, 26.5, 37.5, 48.5)
+FIT = "FitROIPadding 5\n"
+
+
+def start(tmp: Path, params: str, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    (tmp / "setup.txt").write_text(SMALL_PARAMS.format(nz=NZ, ny=NY) + params)
+    control = free_tcp_endpoint()
+    proc = subprocess.Popen(ringstream_command() + ["run", "--param-file", "setup.txt", "--output-h5", "out.h5",
+                                                    "--engine", "cpu", "--control", control, *args],
+                            cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})), start_new_session=True)
+    return proc, control
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture
+def procs():
+    """Daemons started by a test; at teardown whatever is left of their process groups is killed, and a leak (a
+    group still alive 5 s after the daemon exited) fails the test."""
+    started: list[subprocess.Popen] = []
+    yield started
+    leaked = []
+    for p in started:
+        if p.poll() is None:
+            leaked.append(f"daemon pid {p.pid} still running")
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+        deadline = time.monotonic() + 5
+        while _group_alive(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(p.pid):
+            leaked.append(f"processes left in group {p.pid}")
+            os.killpg(p.pid, signal.SIGKILL)
+    assert not leaked, "; ".join(leaked)
+
+
+def wait_frames(control: str, n: int, deadline_s: float = 40.0) -> dict:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            st = query_status(control, timeout=0.5)
+            if st["state"] == "running" and st["totals"]["sent"] >= n:
+                return st
+        except NoDaemon:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the daemon did not send {n} frames within {deadline_s} s")
+
+
+def peaks_cmd(control: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(ringstream_command() + ["peaks", *args, "--control", control], capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_peak_list_changes_take_effect_exactly_from_their_frame(tmp_path, procs):
+    proc, control = start(tmp_path, f"PeakLocation {RINGS[0]}\n{FIT}", "--simulate", "0", "--rate", "150",
+                          "--workers", "2", env={"RINGSTREAM_FIT_SLOTS": "2"})
+    procs.append(proc)
+    wait_frames(control, 60)
+    done = peaks_cmd(control, "set", str(RINGS[2]))
+    assert done.returncode == 0, done.stderr
+    first = int(done.stdout.split("from frame ")[1].split(":")[0])
+    assert done.stdout.strip() == f"peak list 1 in force from frame {first}: {RINGS[2]:g}"
+    refused = peaks_cmd(control, "add", "20", "30")  # 3 peaks for 2 rows: refused, the run goes on
+    assert refused.returncode == 3 and "do not fit the run's 2 rows per frame" in refused.stderr
+    wait_frames(control, first + 100)
+    (tmp_path / "peak_update.txt").write_text(f"mode append\n{RINGS[3]:g}\n")
+    deadline = time.monotonic() + 10
+    while (tmp_path / "peak_update.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (tmp_path / "peak_update.txt").exists(), "peak_update.txt was not taken"
+    st = wait_frames(control, 1)
+    wait_frames(control, st["totals"]["sent"] + 100)  # frames well past the second change
+    proc.send_signal(signal.SIGTERM)  # drain: every frame sent is fitted and written
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    written = int(err.split("written ")[-1].split(",")[0])
+    updates = {}
+    for line in err.splitlines():
+        if "ringstream.writer: peak list" in line:
+            seq = int(line.split("peak list ")[1].split()[0])
+            updates[seq] = int(line.split("from frame ")[1].split(":")[0])
+    assert sorted(updates) == [1, 2] and updates[1] == first and updates[2] > first
+    fit = np.fromfile(tmp_path / "fit.bin").reshape(-1, 2, 7)
+    assert fit.shape == (written, 2, 7) and written > updates[2] + 50
+    for k in range(written):
+        want = [RINGS[0]] if k < updates[1] else [RINGS[2]] if k < updates[2] else [RINGS[2], RINGS[3]]
+        got = fit[k, :, 3]
+        assert np.all(np.abs(got[:len(want)] - want) < 0.5), (k, got, want)
+        assert np.all(np.isnan(fit[k, len(want):])), (k, fit[k])
+    assert (tmp_path / "active_peaks.txt").read_text() == f"{RINGS[2]:.4f}\n{RINGS[3]:.4f}\n"
+    curves = (tmp_path / "fit_curves.bin").read_bytes()
+    assert len(curves) > 0
+
+
+@pytest.mark.timeout(120)
+def test_status_counts_fit_reasons_and_bad_peak_update_files(tmp_path, procs):
+    proc, control = start(tmp_path, f"PeakLocation {RINGS[1]}\nPeakLocation 900\n{FIT}", "--simulate", "0",
+                          "--rate", "50", "--workers", "1")
+    procs.append(proc)
+    wait_frames(control, 20)
+    (tmp_path / "peak_update.txt").write_text("mode sideways\n12\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = query_status(control)
+        if st["peaks"]["peak_update_file_rejected"] == 1:
+            break
+        time.sleep(0.1)
+    st = query_status(control)
+    assert st["peaks"]["peak_update_file_rejected"] == 1 and st["peaks"]["seq"] == 0
+    counters = st["children"]["worker-0"]["counters"]
+    assert counters["fit_nan_peak_outside_r_range"] == counters["fit_frames"] >= 10
+    assert counters["fit_rows_ok"] == counters["fit_frames"]
+    assert subprocess.run(ringstream_command() + ["status", "--control", control, "--json"], capture_output=True,
+                          text=True, timeout=30).returncode == 0
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert err.count("PeakLocation 900") == 1  # logged once, not per frame
+    assert "mode 'sideways'" in err
+    n = json.loads(json.dumps(counters))["fit_frames"]
+    assert np.fromfile(tmp_path / "fit.bin").reshape(-1, 2, 7).shape[0] >= n
+
+
+@pytest.mark.timeout(120)
+def test_offline_integrate_fits_with_the_same_code(tmp_path):
+    import tifffile
+
+    from ringstream.ingest.simulated import SimulatedSource
+    from ringstream.params import parse_params
+
+    text = SMALL_PARAMS.format(nz=NZ, ny=NY) + f"PeakLocation {RINGS[1]}\nPeakLocation {RINGS[3]}\n{FIT}"
+    (tmp_path / "setup.txt").write_text(text)
+    src = SimulatedSource(parse_params(text), n_frames=3)
+    for k in range(3):
+        tifffile.imwrite(tmp_path / f"img_{k:03d}.tif", src.make_frame(k))
+    done = subprocess.run(ringstream_command() + ["integrate", "--param-file", "setup.txt", "--output-h5", "o.h5",
+                                                  "--engine", "cpu", "img_000.tif", "img_001.tif", "img_002.tif"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    fit = np.fromfile(tmp_path / "fit.bin").reshape(-1, 2, 7)
+    assert fit.shape == (3, 2, 7)
+    np.testing.assert_allclose(fit[:, :, 3], [[RINGS[1], RINGS[3]]] * 3, atol=0.5)
+    # the same code as the daemon's workers: FrameFitter on the same lineouts
+    from ringstream.fitting.frame import FrameFitter
+
+    ff = FrameFitter(parse_params(text), _r_px(text))
+    ref = np.stack([ff.fit(y).fit for y in _lineouts(text, tmp_path)])
+    np.testing.assert_allclose(fit, ref, rtol=1e-6, atol=1e-9)
+
+
+def _r_px(text):
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.params import parse_params
+
+    return load_or_build(parse_params(text))[0].r_px
+
+
+def _lineouts(text, folder):
+    import tifffile
+
+    from ringstream.engines.reference import ReferenceEngine
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.params import parse_params
+
+    p = parse_params(text)
+    eng = ReferenceEngine(load_or_build(p)[0], normalize=p.Normalize)
+    return [eng.integrate(tifffile.imread(folder / f"img_{k:03d}.tif"))[0] for k in range(3)]
