@@ -143,7 +143,7 @@ class WorkersConfig:
     count: int = _opt(2, "int", "worker processes")
     engine: str = _opt("auto", "str", " | ".join(ENGINES))
     gpus: tuple[int, ...] = _opt((), "list[int]", "CUDA devices for GPU workers: worker i uses gpus[i % len]; [] = device 0")
-    batches_in_flight: int = _opt(1, "int", "GPU engine: batches submitted at once, one per CUDA stream (1 = one at a time)")
+    batches_in_flight: int = _opt(4, "int", "GPU engine: batches submitted at once, one per CUDA stream (1 = one at a time)")
 
 
 @dataclass(frozen=True)
