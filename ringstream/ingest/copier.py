@@ -13,30 +13,33 @@ flight; :meth:`SlotCopier.submit` waits for the oldest when that many are.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 
-@dataclass
 class CopyJob:
     """One frame being copied into ``slot``; ``error`` is set (and the slot unused) when the copy failed."""
 
-    frame: Any  # the SourceFrame
-    slot: int
-    future: Future | None = None
-    error: BaseException | None = None
+    __slots__ = ("frame", "slot", "done", "error")
+
+    def __init__(self, frame, slot: int) -> None:
+        self.frame, self.slot = frame, int(slot)
+        self.done = False
+        self.error: BaseException | None = None
 
 
 class SlotCopier:
     """``threads`` copy threads, at most ``depth`` jobs in flight (default ``2 * threads``).
 
     ``copy(frame, out)`` does the work of one job (``out`` is the slot's view, the frame's shape and dtype); it runs on
-    a pool thread and may raise, which marks the job failed.
+    a copy thread and may raise, which marks the job failed. The threads take jobs from one queue and report each
+    finished job on another (C ``SimpleQueue`` s: no futures or condition variables per frame, so the ingest thread
+    and the copiers take the GIL as briefly as possible).
     """
 
     def __init__(self, threads: int, copy: Callable[[Any, np.ndarray], None],
@@ -44,52 +47,76 @@ class SlotCopier:
         self.threads = max(1, int(threads))
         self.depth = max(1, int(depth or 2 * self.threads))
         self._copy, self._view = copy, view
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ringstream-slot-copy")
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: deque[CopyJob] = deque()
+        self._workers = [threading.Thread(target=self._work, name=f"ringstream-slot-copy-{i}", daemon=True)
+                         for i in range(self.threads)]
+        for t in self._workers:
+            t.start()
 
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def _run(self, job: CopyJob) -> None:
-        out = self._view(job.slot, job.frame.frame_shape(), job.frame.frame_dtype())
-        try:
-            self._copy(job.frame, out)
-        finally:
-            del out  # no view of the slot outlives the copy
+    def _work(self) -> None:
+        while True:
+            job = self._todo.get()
+            if job is None:
+                return
+            try:
+                out = self._view(job.slot, job.frame.frame_shape(), job.frame.frame_dtype())
+                try:
+                    self._copy(job.frame, out)
+                finally:
+                    del out  # no view of the slot outlives the copy
+            except BaseException as exc:  # a file that went bad between listing and reading
+                job.error = exc
+            job.done = True
+            self._finished.put(None)
 
     def submit(self, frame, slot: int) -> Iterator[CopyJob]:
         """Start copying ``frame`` into ``slot``; yields the jobs that had to complete first to make room
         (in order), which the caller announces (or drops) as it would those from :meth:`done`."""
         while len(self._jobs) >= self.depth:
-            yield self._finish(self._jobs.popleft())
-        job = CopyJob(frame, int(slot))
-        job.future = self._pool.submit(self._run, job)
+            yield self._wait_head()
+        job = CopyJob(frame, slot)
         self._jobs.append(job)
+        self._todo.put(job)
 
     def done(self, wait: bool = False) -> Iterator[CopyJob]:
         """The completed jobs at the head of the queue, in submission order; with ``wait``, all of them."""
-        while self._jobs and (wait or self._jobs[0].future.done()):
-            yield self._finish(self._jobs.popleft())
+        self._drain()
+        while self._jobs:
+            if self._jobs[0].done:
+                yield self._jobs.popleft()
+            elif wait:
+                yield self._wait_head()
+            else:
+                return
 
-    @staticmethod
-    def _finish(job: CopyJob) -> CopyJob:
+    def _drain(self) -> None:
+        """Drop the wake-up tokens of jobs already seen done (a token only says "look again"; without this they
+        would pile up, one per frame). Safe: a job's token is put after its ``done`` is set."""
         try:
-            job.future.result()
-        except Exception as exc:  # a file that went bad between listing and reading
-            job.error = exc
-        job.future = None
-        return job
+            while True:
+                self._finished.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _wait_head(self) -> CopyJob:
+        """The oldest job, once it is done (each finished job puts one token on ``_finished``)."""
+        head = self._jobs[0]
+        while not head.done:
+            self._finished.get()
+        return self._jobs.popleft()
 
     def close(self) -> None:
         """Wait for every copy still running (their slots are still the caller's) and stop the threads."""
-        for job in self._jobs:
-            if job.future is not None:
-                try:
-                    job.future.result()
-                except Exception:
-                    pass
+        for _ in self._workers:
+            self._todo.put(None)
+        for t in self._workers:
+            t.join()
         self._jobs.clear()
-        self._pool.shutdown(wait=True)
 
 
 def auto_threads(cpus: int | None) -> int:

@@ -97,3 +97,18 @@ def test_depth_bounds_the_jobs_in_flight():
 
 def test_auto_threads():
     assert [auto_threads(n) for n in (None, 1, 2, 4, 7, 8, 16, 32, 128)] == [1, 1, 1, 1, 1, 4, 8, 8, 8]
+
+
+def test_wake_up_tokens_do_not_pile_up():
+    # most jobs are harvested by done() without waiting; their tokens must not accumulate over a long run
+    copier, ring, _ = make(threads=2, depth=4, slots=8)
+    try:
+        n = 0
+        for k in range(400):
+            for job in list(copier.submit(frame(k), k % 8)) + list(copier.done()):
+                n += 1
+                assert job.frame.k == n - 1
+        n += len(list(copier.done(wait=True)))
+        assert n == 400 and copier._finished.qsize() <= 4
+    finally:
+        copier.close()
