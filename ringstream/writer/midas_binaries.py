@@ -15,6 +15,7 @@ HDF5 file. :func:`read_fit_curves` reads fit_curves.bin back.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ INT2D_BIN = "Int2D.bin"
 MAP_BIN = "RTthEtaAreaMap.bin"
 
 _CURVE_HEAD = np.dtype([("frame_index", "<i4"), ("start_bin", "<i4"), ("n_points", "<i4")])
+_HEAD = struct.Struct("<iii")
 
 #: bytes each file keeps in memory before a write
 _BUFFER = 8 << 20
@@ -95,18 +97,19 @@ class MidasStreams:
                 raise ValueError(f"frame {frame_index}: Int2D.bin needs the cake of every frame")
             self._cakes.append(np.asarray(cake, dtype="<f8").reshape(-1))
         if self.n_peaks:
-            rows = np.full((self.n_peaks, 7), np.nan, dtype="<f8")
-            if fit is not None and len(fit):
-                rows[: len(fit)] = fit
+            if fit is not None and np.shape(fit) == (self.n_peaks, 7):
+                rows = np.array(fit, dtype="<f8")
+            else:
+                rows = np.full((self.n_peaks, 7), np.nan, dtype="<f8")
+                if fit is not None and len(fit):
+                    rows[: len(fit)] = fit
             self._fits.append(rows)
             if curves is not None and len(curves[0]):
-                table = np.asarray(curves[0]).reshape(-1, 2)
                 values = np.asarray(curves[1], dtype="<f8")
                 at = 0
-                for start, n in table:
-                    head = np.array([(frame_index, start, n)], dtype=_CURVE_HEAD)
-                    self._curves.append(head.tobytes() + values[at:at + int(n)].tobytes())
-                    at += int(n)
+                for start, n in np.asarray(curves[0]).reshape(-1, 2).tolist():
+                    self._curves.append(_HEAD.pack(frame_index, start, n) + values[at:at + n].tobytes())
+                    at += n
         self.frames += 1
 
     def flush(self) -> None:

@@ -120,12 +120,13 @@ class OmegaSums:
         return p
 
     def add_cake(self, frame_index: int, cake: np.ndarray) -> None:
-        """Add one frame's normalised cake ``[n_r, n_eta]`` to its group (NaN counts as 0)."""
+        """Add one frame's normalised cake ``[n_r, n_eta]`` to its group (a bin that is NaN in any frame is 0 in
+        the sum: GSAS-II reads no NaN)."""
         g = self.group_of(frame_index)
         if g < self._done_below:
             raise ValueError(f"frame {frame_index}: its omega-sum group {g} was already written")
         p = self._get(g)
-        p.sum += np.nan_to_num(np.asarray(cake, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        np.add(p.sum, cake, out=p.sum)  # float32 cakes added in float64, no temporary
         p.summed += 1
 
     def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
@@ -136,7 +137,7 @@ class OmegaSums:
         if partial.shape != self.shape:
             raise ValueError(f"partial sum of group {g}: shape {partial.shape} != {self.shape}")
         p = self._get(g)
-        p.sum += np.nan_to_num(np.asarray(partial, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        np.add(p.sum, partial, out=p.sum)
         p.summed += int(n_frames)
 
     def note_frame(self, frame_index: int, ok: bool, omega: float) -> None:
@@ -160,6 +161,8 @@ class OmegaSums:
         p = self._pending.pop(g)
         if p.summed <= 0 or p.first_frame < 0:
             return None
+        if not np.isfinite(p.sum).all():  # no NaN in the outputs: a bin that was NaN in a frame is 0
+            np.nan_to_num(p.sum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return OmegaGroup(g, p.sum, p.summed, p.first_frame, p.last_frame, p.first_omega, p.last_omega)
 
     def pop_complete(self) -> list[OmegaGroup]:

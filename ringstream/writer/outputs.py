@@ -205,8 +205,13 @@ class RunOutputs:
     def save(self) -> None:
         """:meth:`flush` and publish the zarr.zip (the save interval)."""
         self.flush()
-        if self.zarr is not None and self._guard(str(self.zarr.path), self.zarr.publish):
+        if self.zarr is not None and self._guard(str(self.zarr.path), lambda: self.zarr.publish(wait=False)):
             self.counters["zarr_published"] += 1
+
+    def wait_published(self) -> None:
+        """Wait until a zarr.zip publication running in the background is done (errors raised here)."""
+        if self.zarr is not None:
+            self.zarr._join(True)
 
     def close(self, run_complete: bool) -> None:
         """End of run: every group still held (complete or not) is written, everything saved and closed.

@@ -209,24 +209,35 @@ def _cut_to_common(group: h5py.Group, names: tuple[str, ...]) -> int:
     return n
 
 
+#: above this many groups, :func:`link_omega_groups` leaves the rows unnamed (about 1 ms per group)
+MAX_NAMED_GROUPS = 20000
+
+
 def link_omega_groups(path: str | os.PathLike) -> int:
     """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/LastFrameNumber_<k>`` (a virtual
     dataset of that row, with the zarr.zip attributes), so the file has one dataset per group. Run on a closed
-    file (it opens it without SWMR). Returns the number of groups."""
+    file (it opens it without SWMR). Returns the number of groups named (0 above :data:`MAX_NAMED_GROUPS`)."""
     with h5py.File(path, "r+") as f:
         g = f["entry/omega_sum"]
-        n = min(g[k].shape[0] for k in ("I", "name"))
-        nr, ne = g["I"].shape[1:]
-        for k in range(n):
-            name = g["name"][k]
-            name = name.decode() if isinstance(name, bytes) else str(name)
+        n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega",
+                                        "name"))
+        if n > MAX_NAMED_GROUPS:
+            log.info("%s: %d omega-sum groups: rows of /entry/omega_sum/I only (named datasets up to %d groups)",
+                     path, n, MAX_NAMED_GROUPS)
+            return 0
+        names = [v.decode() if isinstance(v, bytes) else str(v) for v in g["name"][:n]]
+        cols = {k: g[k][:n] for k in ("n_frames", "last_frame", "first_omega", "last_omega")}
+        shape = g["I"].shape
+        source = h5py.VirtualSource(".", "/entry/omega_sum/I", shape=shape)
+        for k, name in enumerate(names):
             if name in g:
                 continue
-            layout = h5py.VirtualLayout(shape=(nr, ne), dtype=np.float64)
-            layout[:, :] = h5py.VirtualSource(".", "/entry/omega_sum/I", shape=g["I"].shape)[k, :, :]
+            layout = h5py.VirtualLayout(shape=shape[1:], dtype=np.float64)
+            layout[:, :] = source[k, :, :]
             d = g.create_virtual_dataset(name, layout, fillvalue=0.0)
-            d.attrs["Number Of Frames Summed"] = np.int64(g["n_frames"][k])
-            d.attrs["LastFrameNumber"] = np.int64(g["last_frame"][k])
-            d.attrs["FirstOme"] = np.float64(g["first_omega"][k])
-            d.attrs["LastOme"] = np.float64(g["last_omega"][k])
+            a = d.attrs
+            a["Number Of Frames Summed"] = np.int64(cols["n_frames"][k])
+            a["LastFrameNumber"] = np.int64(cols["last_frame"][k])
+            a["FirstOme"] = np.float64(cols["first_omega"][k])
+            a["LastOme"] = np.float64(cols["last_omega"][k])
         return n

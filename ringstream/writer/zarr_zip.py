@@ -18,7 +18,10 @@ and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's 
 
 Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end): a new ZIP is made next to the
 output (the first time from the folder, later by copying the last published ZIP and appending the new groups'
-members) and renamed over the output. A crash at any moment leaves the last published file whole.
+members) and renamed over the output. A crash at any moment leaves the last published file whole (no fsync:
+this protects against a killed process, not a power cut). The copy grows with the file, so during a run it
+runs in a background thread; a save interval that comes while the previous copy is still being written is
+skipped (counted in ``skipped``) and its groups go into the next one. The end of the run always publishes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -133,6 +137,9 @@ class ZarrZipSink:
         self._names: set[str] = set()
         self.groups_published = 0
         self.groups_total = 0
+        self.skipped = 0  # publications skipped because the previous one was still being written
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def add_group(self, group: Any) -> None:
         """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`."""
@@ -167,46 +174,78 @@ class ZarrZipSink:
             ]
         self.groups_total += 1
 
-    def publish(self) -> bool:
-        """Write a new ZIP with every group so far and rename it over the output. False if nothing changed."""
+    def publish(self, wait: bool = True) -> bool:
+        """Write a new ZIP with every group so far and rename it over the output. False if nothing changed, or
+        (``wait=False``) if the previous publication is still being written: the ZIP is then published at the next
+        call. With ``wait=False`` the copy runs in a thread (file I/O, which releases the GIL), so the writer keeps
+        taking frames; an error of that thread is raised by the next call."""
+        self._join(wait)
+        if self._thread is not None:
+            self.skipped += 1
+            return False
         if self._published and not self._pending:
             return False
+        pending, self._pending = self._pending, []
+        first = not self._published
+        self._published = True
+        total = self.groups_total
+        if wait:
+            self._write(pending, first, total)
+        else:
+            self._thread = threading.Thread(target=self._run, args=(pending, first, total),
+                                            name="zarr-publish", daemon=True)
+            self._thread.start()
+        return True
+
+    def _join(self, wait: bool) -> None:
+        t = self._thread
+        if t is not None and (wait or not t.is_alive()):
+            t.join()
+            self._thread = None
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def _run(self, pending, first, total) -> None:
+        try:
+            self._write(pending, first, total)
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
+            self._error = exc
+
+    def _write(self, pending: list[tuple[str, bytes]], first: bool, total: int) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         try:
-            if self._published:
+            if not first:
                 shutil.copyfile(self.path, tmp)
-                mode = "a"
-            else:
-                mode = "w"
-            with zipfile.ZipFile(tmp, mode, compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-                if not self._published:
+            with zipfile.ZipFile(tmp, "a" if not first else "w", compression=zipfile.ZIP_STORED,
+                                 allowZip64=True) as z:
+                if first:
                     for p in sorted(self._store.rglob("*")):
                         if p.is_file():
                             z.write(p, str(p.relative_to(self._store)))
-                for member, data in self._pending:
+                for member, data in pending:
                     z.writestr(member, data)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.path)  # atomic for readers; a killed writer leaves the last ZIP whole
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._pending = []
-        self._published = True
-        self.groups_published = self.groups_total
-        return True
+        self.groups_published = total
 
     def close(self) -> None:
-        """Publish what is left and remove the private folder."""
+        """Publish what is left (waiting for it) and remove the private folder."""
         try:
-            self.publish()
+            self.publish(wait=True)
         finally:
             shutil.rmtree(self._work, ignore_errors=True)
 
     def abandon(self) -> None:
-        """Remove the private folder without publishing (the last published ZIP stays)."""
+        """Remove the private folder without publishing more (the last published ZIP stays whole)."""
+        try:
+            self._join(True)
+        except BaseException:  # noqa: BLE001 - abandoning anyway
+            pass
         shutil.rmtree(self._work, ignore_errors=True)

@@ -134,13 +134,15 @@ def test_zarr_published_by_rename_stays_valid_between_saves(tmp_path, geo):
     recs = records(13, imap)
     for r in recs[:6]:
         out.append(r)
-    out.save()  # one complete group (0..3)
+    out.save()  # one complete group (0..3), published in the background
+    out.wait_published()
     assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003"]
     inode = zpath.stat().st_ino
     for r in recs[6:11]:
         out.append(r)
     assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003"]  # not yet published
     out.save()
+    out.wait_published()
     assert zpath.stat().st_ino != inode  # a new file renamed over the old one
     assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003", "LastFrameNumber_000000007"]
     for r in recs[11:]:
