@@ -302,6 +302,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
             if not batch:
                 return
             lineouts, cakes = engine.integrate_batch(np.stack(batch))
+            # float32, as a worker's Result carries them: both paths give the same files
+            lineouts, cakes = np.asarray(lineouts, dtype=np.float32), np.asarray(cakes, dtype=np.float32)
             stamp = time.time()
             for k in range(len(batch)):  # the same sinks as the daemon's writer (ringstream/writer/outputs.py)
                 writer.append(FrameRecord(n + k, lineouts[k], ids[k], stamp, cakes[k]))

@@ -152,10 +152,12 @@ class OmegaSums:
         p.last_frame, p.last_omega = idx, float(omega)
         p.integrated += 1
 
-    def waiting(self) -> int:
-        """Frames integrated in finished frame ranges whose sums have not all arrived yet."""
+    def waiting(self, end: int | None = None) -> int:
+        """Frames integrated in finished frame ranges whose sums have not all arrived yet; with ``end`` (the run's
+        frame count, once known) the last, shorter range counts as finished too."""
+        done = self._accounted if end is None or self._accounted < end else 2**63
         return sum(p.integrated - p.summed for g, p in self._pending.items()
-                   if (g + 1) * self.size <= self._accounted and p.integrated > p.summed)
+                   if ((g + 1) * self.size <= done or done == 2**63) and p.integrated > p.summed)
 
     def _emit(self, g: int) -> OmegaGroup | None:
         p = self._pending.pop(g)

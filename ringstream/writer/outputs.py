@@ -194,6 +194,10 @@ class RunOutputs:
         """Integrated frames of finished groups whose partial sums have not arrived."""
         return self.sums.waiting()
 
+    def sums_waiting_at_end(self, n_frames: int) -> int:
+        """:attr:`sums_waiting` at the end of a run of ``n_frames`` (the last group counts as finished)."""
+        return self.sums.waiting(end=n_frames)
+
     # ------------------------------------------------------------------------------------------------ output
     def flush(self) -> None:
         """Make every frame so far visible: HDF5 flush (``@frames_written``), MIDAS streams written."""

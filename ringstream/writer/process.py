@@ -177,7 +177,7 @@ class _Writer:
     def finished(self) -> bool:
         if self.eos is None or self.next_index < int(self.eos.n_frames):
             return False
-        waiting = self.h5.sums_waiting if self.h5 is not None else 0
+        waiting = self.h5.sums_waiting_at_end(int(self.eos.n_frames)) if self.h5 is not None else 0
         if not waiting:
             return True
         now = time.monotonic()
