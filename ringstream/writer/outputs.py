@@ -21,6 +21,7 @@ import dataclasses
 import errno
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,15 @@ class FrameRecord:
     curves: tuple[np.ndarray, np.ndarray] | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reason: str = ""
+
+
+def _short(exc: BaseException) -> str:
+    """One line for an OS or HDF5 write error: the OS's message when HDF5 quotes it, else the text collapsed."""
+    text = " ".join(str(exc).split())
+    m = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    if m:
+        return f"[Errno {m.group(1)}] {m.group(2)}"
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -144,8 +154,8 @@ class RunOutputs:
         except (OSError, RuntimeError) as exc:
             if _disk_full(exc):
                 self.failed = True
-                raise OutputError(f"{what}: disk full or file size limit ({exc}); {self.frames_flushed} frames "
-                                  f"were flushed before it") from exc
+                raise OutputError(f"{what}: disk full or file size limit ({_short(exc)}); {self.frames_flushed} "
+                                  f"frames were flushed before it") from exc
             raise
 
     # ------------------------------------------------------------------------------------------------- input
@@ -244,4 +254,4 @@ class RunOutputs:
         if failed is not None:
             if isinstance(failed, OutputError) or not _disk_full(failed):
                 raise failed
-            raise OutputError(f"{self.path}: disk full while closing ({failed})") from failed
+            raise OutputError(f"{self.path}: disk full while closing ({_short(failed)})") from failed

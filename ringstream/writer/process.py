@@ -34,6 +34,7 @@ fitting).
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -159,20 +160,24 @@ class _Writer:
             hb.beat(self.snapshot(), state="done", force=True)
             return 0
         except OutputError as exc:  # a full disk: close what can be closed, one error line, exit 3
-            log.error("%s", exc)
-            self.abort()
-            return int(exc.exit_code)
+            log.error("%s; the files hold what was flushed before it (run 'ringstream repair %s' if it does not "
+                      "open)", exc, self.path)
+            self.abort(quiet=True)
+            logging.shutdown()
+            # HDF5 may crash tearing down a file whose last writes failed: leave now, the file is as flushed
+            os._exit(int(exc.exit_code))
         finally:
             self.abort()  # an exception on the way: keep what was written, marked incomplete
             ctx.destroy(linger=500)
 
-    def abort(self) -> None:
+    def abort(self, quiet: bool = False) -> None:
+        """Close the files marked incomplete (``quiet``: a failure to close is not reported again)."""
         h5, self.h5 = self.h5, None
         if h5 is not None:
             try:
                 h5.close(run_complete=False)
-            except RingstreamError as exc:
-                log.error("%s", exc)
+            except (RingstreamError, OSError, RuntimeError) as exc:
+                (log.debug if quiet else log.error)("%s", exc)
 
     def finished(self) -> bool:
         if self.eos is None or self.next_index < int(self.eos.n_frames):

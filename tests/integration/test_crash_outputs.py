@@ -265,3 +265,64 @@ def test_kill_9_of_the_whole_daemon(tmp_path):
                     groups += 1
             totals.append((n, groups))
     assert len(totals) == REPEATS and sum(n for n, _ in totals) > 0 and sum(g for _, g in totals) > 0, totals
+
+
+@pytest.mark.timeout(60)
+def test_a_full_disk_stops_the_writer_with_one_clear_error(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE: writes fail with EFBIG, as with a full disk, no root needed): the writer
+    stops with exit code 3 and one error line naming the file; what was flushed stays readable."""
+    import json
+    import resource
+
+    from ringstream.geometry.cache import load_or_build
+
+    data = _writer_config(tmp_path)
+    data["run"]["save_interval"] = 20
+    load_or_build(DaemonConfig.from_dict(data).load_params())
+    limit = 400 << 10
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    ctx = zmq.Context()
+    events = ctx.socket(zmq.PULL)
+    events.bind(data["transport"]["events_endpoint"])
+    proc = subprocess.Popen([sys.executable, "-c", HARNESS, json.dumps(data)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=small_files)
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        push.connect(data["transport"]["results_endpoint"])
+        k = 0
+        while proc.poll() is None and k < 20000:
+            lineout, fit, curves, _ = _frame(k)
+            msg = Result(run_id="c", frame_index=k, timestamp=time.time(), n_r=N_R, n_eta=N_ETA, n_peaks=N_PEAKS,
+                         n_rois=1, n_curve_points=3)
+            try:
+                push.send_multipart(encode(msg, result_buffers(lineout, None, fit, curves)), zmq.NOBLOCK)
+                k += 1
+            except zmq.Again:
+                time.sleep(0.01)
+            time.sleep(0.0005)
+        rc = proc.wait(20)
+        err = proc.stderr.read()
+    finally:
+        push.close()
+        events.close(linger=0)
+        ctx.destroy(linger=0)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 3, (rc, err)
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "out.h5" in errors[0] and "file size limit" in errors[0], err
+    repair(tmp_path / "out.h5")
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        e = f["entry"]
+        n = int(e.attrs["frames_written"])
+        assert 0 < n < k and not e.attrs["run_complete"]
+        np.testing.assert_array_equal(e["data/frame_index"][:], np.arange(n))
+        for i in range(n):
+            np.testing.assert_array_equal(e["data/I"][i], _frame(i)[0])
+    assert (tmp_path / "out.h5").stat().st_size <= limit
