@@ -104,7 +104,7 @@ class RunOutputs:
                  n_peaks: int = 0, zarr_path: str | os.PathLike | None = None,
                  midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
-                 block: int = 64) -> None:
+                 block: int = 0) -> None:
         self.write_2d = bool(getattr(params, "Write2D", False))
         self.digits = name_digits(expected_frames)
         self.sums_from_workers = bool(sums_from_workers)
@@ -166,6 +166,8 @@ class RunOutputs:
         if rec.lineout is None:
             self.counters["rejected"] += 1
             self.sums.note_frame(idx, False, omega)
+            if (idx + 1) % self.sums.size == 0:  # the last frame of a group: it may be complete now
+                self._take_groups(self.sums.pop_complete())
             return
         self._guard(str(self.path), lambda: self.h5.append(
             idx, rec.source_id, rec.timestamp, rec.lineout, rec.cake if self.write_2d else None,
@@ -178,7 +180,8 @@ class RunOutputs:
             self.sums.add_cake(idx, np.asarray(rec.cake, dtype=np.float32))  # as stored, as the workers sum
         self.sums.note_frame(idx, True, omega)
         self.counters["written"] += 1
-        self._take_groups(self.sums.pop_complete())
+        if (idx + 1) % self.sums.size == 0:  # the last frame of a group: it may be complete now
+            self._take_groups(self.sums.pop_complete())
 
     def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
         """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``."""

@@ -20,8 +20,9 @@ Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end):
 output (the first time from the folder, later by copying the last published ZIP and appending the new groups'
 members) and renamed over the output. A crash at any moment leaves the last published file whole (no fsync:
 this protects against a killed process, not a power cut). The copy grows with the file, so during a run it
-runs in a background thread; a save interval that comes while the previous copy is still being written is
-skipped (counted in ``skipped``) and its groups go into the next one. The end of the run always publishes.
+runs in a background thread; a save interval that comes while the previous copy is still being written, or
+sooner after it than ``DUTY`` (10) times its duration, is skipped (counted in ``skipped``) and its groups go
+into the next one: copying never takes more than about a tenth of the time. The end of the run always publishes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,10 @@ class ZarrZipSink:
     ``name_digits`` the zero-padding of group names.
     """
 
+    #: a background publication waits until DUTY times the last copy's duration has passed since it ended, so
+    #: copying a large file takes at most ~1/DUTY of the writer's time
+    DUTY = 10.0
+
     def __init__(self, path: str | os.PathLike, remap: np.ndarray, instrument: dict[str, float],
                  name_digits: int, overwrite: bool = True) -> None:
         try:
@@ -140,6 +146,8 @@ class ZarrZipSink:
         self.skipped = 0  # publications skipped because the previous one was still being written
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._last_end = 0.0  # monotonic end of the last publication, and how long it took (s)
+        self._last_seconds = 0.0
 
     def add_group(self, group: Any) -> None:
         """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`."""
@@ -185,6 +193,9 @@ class ZarrZipSink:
             return False
         if self._published and not self._pending:
             return False
+        if not wait and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
+            self.skipped += 1  # the last copy took more than 1/DUTY of the time since: publish later
+            return False
         pending, self._pending = self._pending, []
         first = not self._published
         self._published = True
@@ -213,6 +224,7 @@ class ZarrZipSink:
             self._error = exc
 
     def _write(self, pending: list[tuple[str, bytes]], first: bool, total: int) -> None:
+        t0 = time.monotonic()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         try:
@@ -234,6 +246,8 @@ class ZarrZipSink:
             Path(tmp).unlink(missing_ok=True)
             raise
         self.groups_published = total
+        self._last_end = time.monotonic()
+        self._last_seconds = self._last_end - t0
 
     def close(self) -> None:
         """Publish what is left (waiting for it) and remove the private folder."""
