@@ -297,7 +297,7 @@ class _Writer:
             return
         try:
             lineout, cake, fit = result_arrays(msg, buffers)
-            curves = result_curves(msg, buffers)
+            curves = result_curves(msg, buffers) if msg.n_rois else None
             h5 = out.h5
             if msg.n_r != h5.n_r or (self.write_2d and (cake is None or msg.n_eta != h5.n_eta)):
                 raise ProtocolError("size", f"result {msg.frame_index}: n_r {msg.n_r}, n_eta {msg.n_eta}, "

@@ -182,18 +182,19 @@ class ZarrZipSink:
             ]
         self.groups_total += 1
 
-    def publish(self, wait: bool = True) -> bool:
+    def publish(self, wait: bool = True, force: bool = False) -> bool:
         """Write a new ZIP with every group so far and rename it over the output. False if nothing changed, or
         (``wait=False``) if the previous publication is still being written: the ZIP is then published at the next
         call. With ``wait=False`` the copy runs in a thread (file I/O, which releases the GIL), so the writer keeps
-        taking frames; an error of that thread is raised by the next call."""
-        self._join(wait)
+        taking frames; an error of that thread is raised by the next call. ``force``: wait for a running copy and
+        publish now, in the background (the end of a run; :meth:`close` joins it)."""
+        self._join(wait or force)
         if self._thread is not None:
             self.skipped += 1
             return False
         if self._published and not self._pending:
             return False
-        if not wait and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
+        if not (wait or force) and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
             self.skipped += 1  # the last copy took more than 1/DUTY of the time since: publish later
             return False
         pending, self._pending = self._pending, []
