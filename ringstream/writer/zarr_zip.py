@@ -122,6 +122,7 @@ class ZarrZipSink:
             raise InputError(f"{self.path}: output file already exists; pass --overwrite to replace it")
         self.digits = int(name_digits)
         self.shape = tuple(remap.shape[1:])
+        self._remove_leftovers()
         self._zarr = zarr
         self._work = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         self._store = self._work / "store"
@@ -148,6 +149,20 @@ class ZarrZipSink:
         self._error: BaseException | None = None
         self._last_end = 0.0  # monotonic end of the last publication, and how long it took (s)
         self._last_seconds = 0.0
+
+    def _remove_leftovers(self) -> None:
+        """Remove the private folders and temporary ZIPs a killed writer of this output left beside it."""
+        for p in self.path.parent.glob(f".{self.path.name}.*"):
+            try:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.suffix == ".tmp":
+                    p.unlink()
+                else:
+                    continue
+                log.info("removed %s, left by an earlier writer of %s", p, self.path)
+            except OSError as exc:
+                log.warning("cannot remove %s (%s)", p, exc)
 
     def add_group(self, group: Any) -> None:
         """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`."""

@@ -177,3 +177,27 @@ def test_disk_full_is_one_clear_error_and_the_file_stays_readable(tmp_path, geo,
         assert f["entry"].attrs["frames_written"] == 8 and not f["entry"].attrs["run_complete"]
         np.testing.assert_array_equal(f["entry/data/frame_index"][:], np.arange(8))
     assert np.fromfile(tmp_path / "fit.bin").reshape(-1, N_PEAKS, 7).shape[0] == 8
+
+
+def test_zarr_copies_are_throttled_and_leftovers_of_a_killed_writer_removed(tmp_path, geo):
+    p, imap = geo
+    zpath = tmp_path / "t.zarr.zip"
+    (tmp_path / ".t.zarr.zip.abc123").mkdir()  # what a killed writer leaves: its folder and a temporary ZIP
+    (tmp_path / ".t.zarr.zip.def456.tmp").write_bytes(b"partial")
+    out = RunOutputs(tmp_path / "t.h5", imap, p, engine_name="cpu", zarr_path=zpath, n_peaks=N_PEAKS)
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".")) == [out.zarr._work.name]
+    recs = records(12, imap)
+    for r in recs[:4]:
+        out.append(r)
+    out.save()
+    out.wait_published()
+    out.zarr._last_seconds = 3600.0  # as if the last copy took an hour: the next saves wait
+    for r in recs[4:8]:
+        out.append(r)
+    out.save()
+    out.wait_published()
+    assert out.zarr.skipped == 1 and list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003"]
+    for r in recs[8:]:
+        out.append(r)
+    out.close(True)  # the end of the run always publishes
+    assert list(_zarr(zpath)["OmegaSumFrame"].keys())[-1] == "LastFrameNumber_000000011"
