@@ -197,18 +197,39 @@ def _reference(params: Path, n: int):
     return lines.astype(np.float32), cakes.astype(np.float32).astype(np.float64), K
 
 
+def _ready(d: Daemon, timeout: float = 90.0) -> float | None:
+    """When (monotonic) the daemon logged that it is ready; None if it exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t, line in list(d.lines):
+            if "ready (writer=" in line:
+                return t
+        if d.proc.poll() is not None:
+            time.sleep(0.2)  # the last lines
+            return None
+        time.sleep(0.02)
+    raise AssertionError(f"daemon not ready within {timeout} s:\n{d.stderr}")
+
+
 def _kill_batch(tmp_path: Path, params: Path, reps: range, rnd: random.Random) -> list[tuple[Path, float, Daemon]]:
+    args = ["--param-file", params, "--simulate", 0, "--rate", 100, "--workers", 1, "--output-h5", "out.h5",
+            "--save-interval", 50]
     ds = []
     for rep in reps:
         tmp = tmp_path / f"rep{rep}"
         tmp.mkdir()
-        ds.append((tmp, Daemon(["--param-file", params, "--simulate", 0, "--rate", 100, "--workers", 1,
-                                "--output-h5", "out.h5", "--save-interval", 50], tmp)))
+        ds.append((tmp, Daemon(args, tmp)))
     out = []
     try:
         plan = []
-        for tmp, d in ds:
-            t_ready = d.line_time(r"ready \(writer=", timeout=60)
+        for i, (tmp, d) in enumerate(ds):
+            t_ready = _ready(d)
+            if t_ready is None and "Address already in use" in d.stderr:  # two daemons drew the same free port
+                d.proc.wait(10)
+                d = Daemon(args, tmp)
+                ds[i] = (tmp, d)
+                t_ready = _ready(d)
+            assert t_ready is not None, f"{tmp.name}: daemon exited before it was ready:\n{d.stderr}"
             plan.append((t_ready + rnd.uniform(0.3, 1.5), tmp, d))
         for t_at, tmp, d in sorted(plan, key=lambda x: x[0]):
             time.sleep(max(0.0, t_at - time.monotonic()))
