@@ -13,8 +13,8 @@ Each case is timed two ways, from pre-built inputs (what is timed is the writer'
 MIDAS streams, zarr.zip published) and ``close``, reported as the steady rate (appends and saves up to the last
 frame: what keeps up with the GPU), the close (the last flush, the final zarr.zip copy, the named omega-sum
 datasets: once per run) and the total rate including the close (the target is judged on the total); ``messages`` = the same plus what the writer process does per
-message before that: ``decode`` of the zmq frames (msgpack header + buffer views) and ``result_arrays`` /
-``result_curves``. Both wall time and the process's CPU time (all its threads) are reported: this 2-core box is
+message before that: ``decode`` of the zmq frames (msgpack header + buffer views) and
+``record_from_result`` (the buffers checked against the header and viewed as arrays), the writer process's code. Both wall time and the process's CPU time (all its threads) are reported: this 2-core box is
 shared, so the wall time depends on what else runs. The files go to a temporary folder on the box's disk (``--dir``), and the time includes
 closing them (data handed to the OS page cache, as during a run). Prints a table; writes
 ``bench/results/writer-<machine>.json``.
@@ -42,11 +42,9 @@ from ringstream.protocol import (
     Result,
     decode,
     encode,
-    result_arrays,
     result_buffers,
-    result_curves,
 )
-from ringstream.writer.outputs import FrameRecord, RunOutputs
+from ringstream.writer.outputs import RunOutputs, record_from_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -112,12 +110,7 @@ def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dic
         results = [encode(m, b) for m, b in results]
         partials = [encode(m, b) for m, b in partials]
     else:  # the sinks alone: the records the writer process makes of each message, made beforehand
-        records = []
-        for m, b in results:
-            lineout, cake, fit = result_arrays(m, b)
-            records.append(FrameRecord(m.frame_index, lineout, m.source_id, m.timestamp, cake, fit,
-                                       result_curves(m, b), m.metadata))
-        results = records
+        results = [record_from_result(m, b) for m, b in results]
     osf = case["osf"]
     work = Path(tempfile.mkdtemp(dir=folder, prefix=f"writer-{name}-"))
     try:
@@ -128,9 +121,7 @@ def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dic
         for i, item in enumerate(results):
             if messages:  # as writer/process.py does with each message
                 msg, bufs = decode(item)
-                lineout, cake, fit = result_arrays(msg, bufs)
-                item = FrameRecord(msg.frame_index, lineout, msg.source_id, msg.timestamp, cake, fit,
-                                   result_curves(msg, bufs) if msg.n_rois else None, msg.metadata)
+                item = record_from_result(msg, bufs)
             out.append(item)
             if partials and (i + 1) % osf == 0:
                 pm, pb = decode(partials[i // osf]) if messages else partials[i // osf]

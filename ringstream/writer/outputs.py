@@ -73,6 +73,20 @@ class FrameRecord:
     reason: str = ""
 
 
+def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
+    """The :class:`FrameRecord` of an ok :class:`~ringstream.protocol.Result` and its buffers (views, no copy);
+    ProtocolError if the buffers do not match the header."""
+    from ..protocol import result_arrays
+
+    lineout, cake, fit = result_arrays(msg, buffers)  # checks every buffer against the header
+    curves = None
+    if msg.n_rois:  # the last two buffers: ROI table i4 [n_rois, 2], model values f8 (already size-checked)
+        table = np.frombuffer(buffers[-2], dtype="<i4").reshape(msg.n_rois, 2)
+        curves = (table, np.frombuffer(buffers[-1], dtype="<f8"))
+    return FrameRecord(int(msg.frame_index), lineout, msg.source_id, msg.timestamp or None, cake, fit, curves,
+                       msg.metadata)
+
+
 def _short(exc: BaseException) -> str:
     """One line for an OS or HDF5 write error: the OS's message when HDF5 quotes it, else the text collapsed."""
     text = " ".join(str(exc).split())

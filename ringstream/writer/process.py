@@ -51,12 +51,10 @@ from ..protocol import (
     ProtocolError,
     Result,
     Stop,
-    result_arrays,
-    result_curves,
 )
 from ..transport.sockets import RejectLog, make_socket, recv_message
 from .hdf5 import check_output_path
-from .outputs import FrameRecord, OutputError, RunOutputs, default_zarr_path, numeric_keys
+from .outputs import FrameRecord, OutputError, RunOutputs, default_zarr_path, numeric_keys, record_from_result
 
 log = logging.getLogger("ringstream.writer")
 
@@ -296,10 +294,9 @@ class _Writer:
                                    reason=msg.reason))
             return
         try:
-            lineout, cake, fit = result_arrays(msg, buffers)
-            curves = result_curves(msg, buffers) if msg.n_rois else None
+            rec = record_from_result(msg, buffers)
             h5 = out.h5
-            if msg.n_r != h5.n_r or (self.write_2d and (cake is None or msg.n_eta != h5.n_eta)):
+            if msg.n_r != h5.n_r or (self.write_2d and (rec.cake is None or msg.n_eta != h5.n_eta)):
                 raise ProtocolError("size", f"result {msg.frame_index}: n_r {msg.n_r}, n_eta {msg.n_eta}, "
                                             f"has_cake {msg.has_cake}; the file has {h5.n_r} x {h5.n_eta} bins"
                                             f"{' and cakes' if self.write_2d else ''}")
@@ -312,8 +309,9 @@ class _Writer:
             out.append(FrameRecord(int(msg.frame_index), None, msg.source_id, metadata=msg.metadata,
                                    reason=str(exc)))
             return
-        out.append(FrameRecord(int(msg.frame_index), lineout, msg.source_id, msg.timestamp or None,
-                               cake if self.write_2d else None, fit, curves, msg.metadata))
+        if not self.write_2d:
+            rec.cake = None
+        out.append(rec)
         self.count("written")
         if self.unflushed == 0:
             self.first_unflushed = time.monotonic()
