@@ -251,7 +251,7 @@ class _Worker:
             bufs = result_buffers(lineout, cake if self.write_2d else None)
             result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d, **common)
         self.send(self.results, result, bufs)
-        if not reason and self.partials is not None:
+        if not reason and self.partials is not None and cake is not None:
             self.partials.add(int(msg.frame_index), cake)
             self.send_partials()
 
