@@ -347,3 +347,83 @@ def test_a_full_disk_stops_the_writer_with_one_clear_error(tmp_path):
         for i in range(n):
             np.testing.assert_array_equal(e["data/I"][i], _frame(i)[0])
     assert (tmp_path / "out.h5").stat().st_size <= limit
+
+
+@pytest.mark.timeout(60)
+def test_the_writer_process_records_every_result_buffer(tmp_path):
+    """The real writer process, fed out of order: fits with NaN rows, ROI curves, a rejected frame, partial omega
+    sums, a PeakUpdate and the EndOfStream: every buffer lands in the HDF5 file, fit.bin, fit_curves.bin and the
+    zarr.zip, in frame_index order, and the run completes (exit 0, run_complete)."""
+    import json
+
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.protocol import EndOfStream, PeakUpdate
+    from ringstream.writer.midas_binaries import read_fit_curves
+
+    data = _writer_config(tmp_path)
+    load_or_build(DaemonConfig.from_dict(data).load_params())
+    ctx = zmq.Context()
+    events = ctx.socket(zmq.PULL)
+    events.bind(data["transport"]["events_endpoint"])
+    proc = subprocess.Popen([sys.executable, "-c", HARNESS, json.dumps(data)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    push = ctx.socket(zmq.PUSH)
+    n, rejected = 30, 17
+    order = list(range(n))
+    random.Random(3).shuffle(order[:12])  # early frames arrive out of order
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        push.connect(data["transport"]["results_endpoint"])
+        partial: dict[int, np.ndarray] = {}
+        for k in order:
+            lineout, fit, curves, cake = _frame(k)
+            if k == rejected:
+                push.send_multipart(encode(Result(run_id="c", frame_index=k, status="rejected", reason="test")))
+                continue
+            msg = Result(run_id="c", frame_index=k, source_id=f"c:{k}", timestamp=1.7e9 + k, n_r=N_R, n_eta=N_ETA,
+                         n_peaks=N_PEAKS, n_rois=1, n_curve_points=3, metadata={"omega": 0.5 * k, "I0": 7.0})
+            push.send_multipart(encode(msg, result_buffers(lineout, None, fit, curves)))
+            partial[k // OSF] = partial.get(k // OSF, 0) + cake
+        push.send_multipart(encode(PeakUpdate(seq=1, from_frame=12, peaks=[4.5, 8.0], origin="control")))
+        for g, total in partial.items():
+            m = sum(1 for k in range(OSF * g, min(n, OSF * g + OSF)) if k != rejected)
+            push.send_multipart(encode(OmegaPartial(group=g, n_frames=m, n_r=N_R, n_eta=N_ETA), [total]))
+        push.send_multipart(encode(EndOfStream(run_id="c", n_frames=n)))
+        rc = proc.wait(30)
+        err = proc.stderr.read()
+    finally:
+        push.close(linger=0)
+        events.close(linger=0)
+        ctx.destroy(linger=0)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 0, err
+    keep = [k for k in range(n) if k != rejected]
+    with h5py.File(tmp_path / "out.h5", "r") as f:  # opens without repair: a clean end
+        e = f["entry"]
+        assert bool(e.attrs["run_complete"]) and int(e.attrs["frames_written"]) == n - 1
+        np.testing.assert_array_equal(e["data/frame_index"][:], keep)
+        np.testing.assert_array_equal(e["data/I"][:], np.stack([_frame(k)[0] for k in keep]))
+        np.testing.assert_array_equal(e["fit/peaks"][:], np.stack([_frame(k)[1] for k in keep]))
+        np.testing.assert_array_equal(e["data/omega"][:], [0.5 * k for k in keep])
+        np.testing.assert_array_equal(e["data/metadata/I0"][:], np.full(n - 1, 7.0))
+        np.testing.assert_array_equal(e["fit/curve_rois"][:], [[k, 2, 3] for k in keep])
+        u = e["fit/peak_updates"]
+        assert list(u["seq"][:]) == [1] and list(u["from_frame"][:]) == [12] and u["origin"][0] == b"control"
+        np.testing.assert_array_equal(u["peaks"][0], [4.5, 8.0])
+        assert list(e["omega_sum/n_frames"][:]) == [10, 9, 10]
+        for g in range(3):
+            np.testing.assert_array_equal(e["omega_sum/I"][g], partial[g])
+    fits = np.fromfile(tmp_path / "fit.bin").reshape(-1, N_PEAKS, 7)
+    np.testing.assert_array_equal(fits, np.stack([_frame(k)[1] for k in keep]))
+    curves = list(read_fit_curves(tmp_path / "fit_curves.bin"))
+    assert [(c[0], c[1]) for c in curves] == [(k, 2) for k in keep]
+    for c, k in zip(curves, keep, strict=True):
+        np.testing.assert_array_equal(c[2], _frame(k)[2][1])
+    z = zarr.open_group(zarr.storage.ZipStore(str(tmp_path / "out.zarr.zip"), mode="r"), mode="r", zarr_format=2)
+    names = list(z["OmegaSumFrame"].keys())
+    assert names == [f"LastFrameNumber_{k:09d}" for k in (9, 19, 29)]
+    assert [z["OmegaSumFrame"][x].attrs["Number Of Frames Summed"] for x in names] == [10, 9, 10]
+    for g, name in enumerate(names):
+        np.testing.assert_array_equal(z["OmegaSumFrame"][name][...], partial[g])

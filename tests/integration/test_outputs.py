@@ -205,7 +205,8 @@ def reference_cakes(params_path: Path, n: int) -> np.ndarray:
 @pytest.mark.parametrize("write_2d", [0, 1], ids=["worker-sums", "cakes"])
 def test_daemon_writes_every_output(tmp_path, daemons, write_2d):  # noqa: F811
     params = tmp_path / "setup.txt"
-    params.write_text(PARAMS + f"Write2D {write_2d}\nOmegaSumFrames 7\n")
+    fitting = "" if write_2d else "PeakLocation 6\nPeakLocation 11\n"  # /entry/fit and fit.bin in a daemon run
+    params.write_text(PARAMS + f"Write2D {write_2d}\nOmegaSumFrames 7\n" + fitting)
     mdir = tmp_path / "midas"
     mdir.mkdir()
     d = daemons(["--param-file", params, "--simulate", 40, "--workers", 2, "--output-h5", "out.h5",
@@ -214,8 +215,10 @@ def test_daemon_writes_every_output(tmp_path, daemons, write_2d):  # noqa: F811
     ref = reference_cakes(params, 40).astype(np.float64)
     zpath = tmp_path / "out.zarr.zip"
     with h5py.File(tmp_path / "out.h5") as f:
-        check_layout(f, 40, cakes=bool(write_2d), n_peaks=0)
+        check_layout(f, 40, cakes=bool(write_2d), n_peaks=0 if write_2d else 2)
         e = f["entry"]
+        if not write_2d:  # fit.bin holds the file's fit rows (NaN where a peak was not fitted)
+            np.testing.assert_array_equal(np.fromfile(mdir / "fit.bin").reshape(-1, 2, 7), e["fit/peaks"][:])
         np.testing.assert_array_equal(e["data/frame_index"][:], np.arange(40))
         np.testing.assert_array_equal(e["data/metadata/realisation"][:], np.arange(40) % 8)  # source metadata
         np.testing.assert_array_equal(e["data/omega"][:], np.arange(40))  # no omega keys: the frame index
@@ -231,7 +234,8 @@ def test_daemon_writes_every_output(tmp_path, daemons, write_2d):  # noqa: F811
                 np.testing.assert_array_equal(o["I"][g], mine)
         check_zarr_equals_h5(zpath, f)
     assert sorted(p.name for p in mdir.iterdir()) == (
-        ["Int2D.bin", "RTthEtaAreaMap.bin", "lineout.bin"] if write_2d else ["RTthEtaAreaMap.bin", "lineout.bin"])
+        ["Int2D.bin", "RTthEtaAreaMap.bin", "lineout.bin"] if write_2d
+        else ["RTthEtaAreaMap.bin", "fit.bin", "fit_curves.bin", "lineout.bin"])
     check_export(tmp_path / "out.h5", tmp_path, zpath, mdir, tmp_path)
 
 
