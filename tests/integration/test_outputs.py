@@ -292,6 +292,7 @@ def test_reader_follows_a_growing_file_and_never_sees_a_torn_frame(tmp_path, dae
             reader.kill()
     assert d.wait(30) == 0, d.stderr
     got = json.loads(out)
+    print(f"reader: {len(got['seen'])} sizes seen, max latency {got['max_latency']:.3f} s, torn {got['torn']}")
     assert got["checked"] == 300 and got["torn"] == 0, (got, err)
     assert len(got["seen"]) >= 5 and got["seen"] == sorted(got["seen"])  # it grew while the reader watched
     # each frame visible within ~1 s of its ingest (flush every 0.5 s at the latest; slack for this shared box)
