@@ -74,15 +74,30 @@ class FrameRecord:
 
 
 def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
-    """The :class:`FrameRecord` of an ok :class:`~ringstream.protocol.Result` and its buffers (views, no copy);
-    ProtocolError if the buffers do not match the header."""
-    from ..protocol import result_arrays
+    """The :class:`FrameRecord` of an ok :class:`~ringstream.protocol.Result` and its buffers (views, no copy):
+    lineout f4 ``[n_r]``, cake f4 ``[n_r, n_eta]`` if ``has_cake``, fit f8 ``[n_peaks, 7]`` if ``n_peaks``, ROI
+    table i4 ``[n_rois, 2]`` and model values f8 if ``n_rois``. ``decode`` has checked every buffer's size against
+    the header; a count or size that still does not match is a ProtocolError of kind "size"."""
+    from ..protocol import ProtocolError
 
-    lineout, cake, fit = result_arrays(msg, buffers)  # checks every buffer against the header
-    curves = None
-    if msg.n_rois:  # the last two buffers: ROI table i4 [n_rois, 2], model values f8 (already size-checked)
-        table = np.frombuffer(buffers[-2], dtype="<i4").reshape(msg.n_rois, 2)
-        curves = (table, np.frombuffer(buffers[-1], dtype="<f8"))
+    n_r, n_eta = int(msg.n_r), int(msg.n_eta)
+    want = 1 + bool(msg.has_cake) + bool(msg.n_peaks) + (2 if msg.n_rois else 0)
+    if len(buffers) != want:
+        raise ProtocolError("size", f"result {msg.frame_index}: {len(buffers)} buffers, expected {want}")
+    try:
+        lineout = np.frombuffer(buffers[0], dtype="<f4").reshape(n_r)
+        i, cake, fit, curves = 1, None, None, None
+        if msg.has_cake:
+            cake = np.frombuffer(buffers[1], dtype="<f4").reshape(n_r, n_eta)
+            i = 2
+        if msg.n_peaks:
+            fit = np.frombuffer(buffers[i], dtype="<f8").reshape(int(msg.n_peaks), 7)
+            i += 1
+        if msg.n_rois:
+            table = np.frombuffer(buffers[i], dtype="<i4").reshape(int(msg.n_rois), 2)
+            curves = (table, np.frombuffer(buffers[i + 1], dtype="<f8").reshape(int(msg.n_curve_points)))
+    except ValueError as exc:
+        raise ProtocolError("size", f"result {msg.frame_index}: buffers do not match the header ({exc})") from None
     return FrameRecord(int(msg.frame_index), lineout, msg.source_id, msg.timestamp or None, cake, fit, curves,
                        msg.metadata)
 
