@@ -95,6 +95,7 @@ class RunConfig:
     zarr_output: str = _opt("", "str", "zarr.zip output (\"\" = next to output_h5)")
     no_zarr: bool = _opt(False, "bool", "write no zarr.zip")
     save_interval: int = _opt(500, "int", "flush the outputs every N frames (and at least every second)")
+    midas_binaries: str = _opt("", "str", "folder for MIDAS lineout.bin, Int2D.bin, RTthEtaAreaMap.bin (\"\" = none)")
     dark: str = _opt("", "str", "dark frame file (\"\" = the parameter file's Dark key, if any)")
     run_id: str = _opt("", "str", "run identifier (\"\" = generated)")
 
@@ -209,6 +210,7 @@ CLI_FLAGS: dict[str, str] = {
     "run.zarr_output": "--zarr-output",
     "run.no_zarr": "--no-zarr",
     "run.save_interval": "--save-interval",
+    "run.midas_binaries": "--midas-binaries",
     "run.dark": "--dark",
     "run.run_id": "--run-id",
     "source.kind": "--source",
@@ -765,6 +767,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zarr-output", metavar="OUT.zarr.zip", help="[run] zarr_output")
     g.add_argument("--no-zarr", action="store_true", default=None, help="write no zarr.zip ([run] no_zarr)")
     g.add_argument("--save-interval", type=int, metavar="N", help="flush every N frames ([run] save_interval)")
+    g.add_argument("--midas-binaries", metavar="DIR", help="also write MIDAS lineout.bin, Int2D.bin and "
+                   "RTthEtaAreaMap.bin into DIR ([run] midas_binaries)")
     g.add_argument("--dark", metavar="D", help="dark frame file ([run] dark)")
     g.add_argument("--run-id", metavar="ID", help="[run] run_id")
     g.add_argument("--source", metavar="KIND", help="frame source: " + ", ".join(SOURCE_KINDS) + " ([source] kind)")
@@ -823,6 +827,7 @@ def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict
         "param_file": ("run", "param_file"), "output_h5": ("run", "output_h5"),
         "zarr_output": ("run", "zarr_output"), "no_zarr": ("run", "no_zarr"),
         "save_interval": ("run", "save_interval"), "dark": ("run", "dark"), "run_id": ("run", "run_id"),
+        "midas_binaries": ("run", "midas_binaries"),
         "source": ("source", "kind"), "frames": ("source", "frames"), "rate": ("source", "rate"),
         "workers": ("workers", "count"), "engine": ("workers", "engine"),
         "control_endpoint": ("transport", "control_endpoint"), "ring_slots": ("transport", "ring_slots"),

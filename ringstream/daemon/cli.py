@@ -11,6 +11,8 @@ Subcommands::
     ringstream run --param-file P (--folder DIR [--extension EXT] [--recursive] [--count N] [--idle-timeout S]
                    | --file PATH) [the options above]
     ringstream status [--control ENDPOINT] [--json]
+    ringstream export OUT.h5 [--zarr-zip Z] [--midas-binaries DIR] [--csv DIR] [--overwrite]
+    ringstream repair OUT.h5
     ringstream check-config [the options of run]
 
 Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file (MIDAS manual 3.5). For ``integrate``,
@@ -94,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cache-dir", metavar="D", help="map cache folder")
     i.add_argument("--no-cache", action="store_true", help="always build the map; do not use the cache")
     i.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    i.add_argument("--zarr-output", metavar="Z.zarr.zip", help="GSAS-II zarr.zip (default: the HDF5 name with "
+                   ".zarr.zip)")
+    i.add_argument("--no-zarr", action="store_true", help="write no zarr.zip")
+    i.add_argument("--midas-binaries", metavar="DIR", help="also write MIDAS lineout.bin, Int2D.bin and "
+                   "RTthEtaAreaMap.bin into DIR")
 
     r = sub.add_parser(
         "run", allow_abbrev=False,
@@ -119,6 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"control endpoint (default ${CONTROL_ENV}, else {DEFAULT_CONTROL})")
     s.add_argument("--json", action="store_true", help="print the whole status as JSON")
     s.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for an answer")
+
+    x = sub.add_parser(
+        "export", allow_abbrev=False,
+        help="regenerate the zarr.zip, MIDAS binaries or CSV files from a results HDF5 file",
+        description="Regenerate the other products from the HDF5 file, the record of truth.",
+    )
+    x.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="DEBUG logs and tracebacks on errors")
+    x.add_argument("h5", metavar="OUT.h5", help="ringstream results file")
+    x.add_argument("--zarr-zip", metavar="Z.zarr.zip", help="write the GSAS-II zarr.zip")
+    x.add_argument("--midas-binaries", metavar="DIR", help="write lineout.bin, Int2D.bin, RTthEtaAreaMap.bin, "
+                   "fit.bin, fit_curves.bin into DIR")
+    x.add_argument("--csv", metavar="DIR", help="write lineouts.csv, radial_axis.csv (and peaks.csv) into DIR")
+    x.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    rp = sub.add_parser(
+        "repair", allow_abbrev=False,
+        help="make a results file a killed writer left readable (clears the SWMR status flag, cuts partial rows)",
+        description="Clear the HDF5 status flags a killed writer left and cut every per-frame dataset to the "
+        "frames that were complete; prints what it found.",
+    )
+    rp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                    help="DEBUG logs and tracebacks on errors")
+    rp.add_argument("h5", metavar="OUT.h5", help="ringstream results file")
 
     try:
         from .check_config import add_check_config_parser
@@ -225,7 +256,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     from ..engines.registry import create_engine
     from ..ingest.images import iter_images, load_dark
-    from ..writer.hdf5 import Hdf5Writer, check_output_path
+    from ..writer.hdf5 import check_output_path
+    from ..writer.outputs import FrameRecord, RunOutputs, default_zarr_path
 
     images, overrides = split_images(extra)
     if not images:
@@ -248,15 +280,18 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     dark_path = args.dark if args.dark else getattr(p, "Dark", None)
     dark = load_dark(dark_path, shape) if dark_path else None
     engine = create_engine(args.engine, imap, dark=dark, normalize=bool(p.Normalize))
-    write_2d = bool(p.Write2D)
 
     t0 = time.perf_counter()
     n = 0
-    writer = Hdf5Writer(output, imap, p, engine_name=engine.name, write_2d=write_2d,
-                        overwrite=args.overwrite, note="ringstream integrate (offline, image files)")
     from .offline_fit import OfflineFitting
 
-    fitting = OfflineFitting.create(p, imap, engine.name, output)  # issue 5: None without peak fitting
+    fitting = OfflineFitting.create(p, imap, engine.name)  # issue 5: None without peak fitting
+    if args.midas_binaries:
+        Path(args.midas_binaries).mkdir(parents=True, exist_ok=True)
+    zarr_path = None if args.no_zarr else (args.zarr_output or default_zarr_path(output))
+    writer = RunOutputs(output, imap, p, engine_name=engine.name, n_peaks=fitting.slots if fitting else 0,
+                        zarr_path=zarr_path, midas_dir=args.midas_binaries or None, overwrite=args.overwrite,
+                        note="ringstream integrate (offline, image files)")
     ok = False
     try:
         batch: list[np.ndarray] = []
@@ -267,11 +302,14 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
             if not batch:
                 return
             lineouts, cakes = engine.integrate_batch(np.stack(batch))
+            # float32, as a worker's Result carries them: both paths give the same files
+            lineouts, cakes = np.asarray(lineouts, dtype=np.float32), np.asarray(cakes, dtype=np.float32)
             stamp = time.time()
-            writer.append_many(np.arange(n, n + len(batch)), ids, np.full(len(batch), stamp), lineouts,
-                               cakes if write_2d else None)
-            if fitting is not None:
-                fitting.fit_batch(n, ids, lineouts)
+            fits = fitting.fit_batch(n, ids, lineouts) if fitting is not None else [None] * len(batch)
+            for k, fit in enumerate(fits):  # the same sinks as the daemon's writer (ringstream/writer/outputs.py)
+                writer.append(FrameRecord(n + k, lineouts[k], ids[k], stamp, cakes[k],
+                                          fit=fit.fit if fit is not None else None,
+                                          curves=fit.curves if fit is not None else None))
             n += len(batch)
             log.debug("integrated %d frames (last %s)", n, ids[-1])
             batch.clear()
@@ -304,6 +342,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
             fitting.close()
         if not ok and n == 0:
             output.unlink(missing_ok=True)  # nothing in it: do not leave a file that blocks the rerun
+            if zarr_path is not None:
+                Path(zarr_path).unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("inf")
     print(f"integrated {n} frames in {seconds:.2f} s ({rate:.1f} frames/s) -> {output}", flush=True)
@@ -358,6 +398,38 @@ def cmd_check_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return check_config(args, extra)
 
 
+def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ..errors import ConfigError
+    from ..writer.export import export_csv, export_midas, export_zarr
+
+    if extra:
+        raise ConfigError(f"export: unexpected arguments: {' '.join(extra)}")
+    if not (args.zarr_zip or args.midas_binaries or args.csv):
+        raise ConfigError("export: nothing to do; give --zarr-zip Z, --midas-binaries DIR and/or --csv DIR")
+    lines = []
+    if args.zarr_zip:
+        n = export_zarr(args.h5, args.zarr_zip, overwrite=args.overwrite)
+        lines.append(f"zarr.zip: {args.zarr_zip} ({n} omega-sum groups)")
+    if args.midas_binaries:
+        names = export_midas(args.h5, args.midas_binaries, overwrite=args.overwrite)
+        lines.append(f"MIDAS binaries in {args.midas_binaries}: {' '.join(names)}")
+    if args.csv:
+        names = export_csv(args.h5, args.csv, overwrite=args.overwrite)
+        lines.append(f"CSV in {args.csv}: {' '.join(names)}")
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ..errors import ConfigError
+    from ..writer.repair import repair
+
+    if extra:
+        raise ConfigError(f"repair: unexpected arguments: {' '.join(extra)}")
+    print(repair(args.h5).line(), flush=True)
+    return 0
+
+
 def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from .peaks_cli import cmd_peaks as run_peaks
 
@@ -365,7 +437,7 @@ def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
-            "check-config": cmd_check_config, "peaks": cmd_peaks}
+            "check-config": cmd_check_config, "peaks": cmd_peaks, "export": cmd_export, "repair": cmd_repair}
 
 
 # --------------------------------------------------------------------------------------------------- main

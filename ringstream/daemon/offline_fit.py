@@ -2,16 +2,16 @@
 
 Each batch's lineouts go through the same :class:`~ringstream.fitting.frame.FrameFitter` the daemon's workers use
 (engine ``[fit] engine`` semantics: ``auto`` = gpu with the GPU integration engine, else nlopt; the environment
-variable ``RINGSTREAM_FIT_ENGINE`` and ``RINGSTREAM_FIT_SLOTS`` apply as for the daemon), and the Result-shaped
-arrays (fit ``[slots, 7]``, ROI table, model values) are handed to the fit hook of the writer
-(:class:`~ringstream.writer.fit_hook.FitHook`: fit.bin and fit_curves.bin beside the HDF5 file), in frame order.
+variable ``RINGSTREAM_FIT_ENGINE`` and ``RINGSTREAM_FIT_SLOTS`` apply as for the daemon); the Result-shaped arrays
+(fit ``[slots, 7]``, ROI table, model values) go into each frame's
+:class:`~ringstream.writer.outputs.FrameRecord`, so the offline run writes fit.bin, fit_curves.bin and
+``/entry/fit`` through the same sinks as the daemon's writer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -23,14 +23,13 @@ log = logging.getLogger("ringstream.integrate")
 class OfflineFitting:
     """Fits every frame of an offline run; build with :meth:`create` (None when the parameters ask for no fit)."""
 
-    def __init__(self, fitter, hook) -> None:
-        self.fitter, self.hook = fitter, hook
+    def __init__(self, fitter, slots: int) -> None:
+        self.fitter, self.slots = fitter, int(slots)
 
     @classmethod
-    def create(cls, params, imap, integration_engine: str, output: Path):
+    def create(cls, params, imap, integration_engine: str):
         from ..fitting.frame import FrameFitter
         from ..workers.fitting import choose_engine
-        from ..writer.fit_hook import FitHook
 
         slots = peak_slots(params, int(os.environ.get("RINGSTREAM_FIT_SLOTS", "0") or 0))
         if not slots:
@@ -42,18 +41,15 @@ class OfflineFitting:
 
             gpu = GpuFitter()
         fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu)
-        log.info("fitting %d peak rows per frame with %s -> %s", slots, engine, Path(output).parent / "fit.bin")
-        return cls(fitter, FitHook(Path(output).parent, slots))
+        log.info("fitting %d peak rows per frame with %s", slots, engine)
+        return cls(fitter, slots)
 
-    def fit_batch(self, first_index: int, ids, lineouts: np.ndarray) -> None:
-        """Fit a batch of lineouts ``[n, n_r]`` (frames ``first_index ..``) and append them to fit.bin."""
-        fits = self.fitter.fit_many(list(np.asarray(lineouts, dtype=np.float64)), None,
+    def fit_batch(self, first_index: int, ids, lineouts: np.ndarray) -> list:
+        """The fits (``.fit [slots, 7]``, ``.curves``) of a batch of lineouts ``[n, n_r]``, frames ``first_index ..``."""
+        return self.fitter.fit_many(list(np.asarray(lineouts, dtype=np.float64)), None,
                                     [f"frame {first_index + i} ({sid})" for i, sid in enumerate(ids)])
-        for i, f in enumerate(fits):
-            self.hook.append(first_index + i, f.fit, f.curves)
 
     def close(self) -> None:
         c = self.fitter.counters
         log.info("fitted %d frames: %d rows ok, %d NaN, %d Nelder-Mead fallbacks", c["fit_frames"], c["fit_rows_ok"],
                  c["fit_rows_nan"], c["fit_fallback_neldermead"])
-        self.hook.close()

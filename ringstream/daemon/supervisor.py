@@ -262,6 +262,9 @@ class Supervisor:
         else:
             log.info("map: built in %.2f s and cached (%d x %d bins, key %s)",
                      float(getattr(imap, "build_seconds", dt)), imap.n_r, imap.n_eta, imap.key[:12])
+        from ..writer.repair import clear_if_crashed
+
+        clear_if_crashed(cfg.run.output_h5)  # a file a killed writer left: readable again (it is still not replaced)
         check_output_path(cfg.run.output_h5, overwrite=False)
         log.info("run %s: source %s, %d workers, engine %s, output %s, control %s", cfg.run.run_id,
                  cfg.source.kind, cfg.workers.count, cfg.workers.engine, cfg.run.output_h5,

@@ -155,6 +155,8 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "metadata": _METADATA,
     },
     "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
+    "omegasum": {"run_id": _STR, "group": _COUNT, "n_frames": _COUNT, "first_frame": _INDEX, "last_frame": _INDEX,
+                 "worker": _COUNT, "n_r": _COUNT, "n_eta": _COUNT},
     "eos": {"run_id": _STR, "n_frames": _COUNT, "counters": _INT_COUNTERS},
     "release": {"shm_name": _STR, "slot": _COUNT, "frame_index": _INDEX},
     "heartbeat": {
@@ -264,6 +266,11 @@ def _check_buffers(tag: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
         _check_frame(kwargs, sizes)
     elif tag == "result":
         _check_result(kwargs, sizes)
+    elif tag == "omegasum":
+        expected = [kwargs["n_r"] * kwargs["n_eta"] * 8]
+        if sizes != expected:
+            raise ProtocolError("size", f"omegasum of group {kwargs['group']}: buffers of {sizes} bytes, expected "
+                                        f"{expected} (n_r x n_eta float64)")
     elif sizes:
         raise ProtocolError("size", f"{tag} message: carries no buffers, got {len(sizes)}")
 

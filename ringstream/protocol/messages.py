@@ -116,6 +116,23 @@ class PeakUpdate:
 
 
 @_message
+class OmegaPartial:
+    """A worker's partial omega sum, ``type = "omegasum"``: the sum of the ``n_frames`` cakes of omega-sum group
+    ``group`` (frames ``group * OmegaSumFrames ..``) that this worker integrated, one float64 buffer
+    ``[n_r, n_eta]`` (little-endian). Sent to the writer when cakes are not sent per frame (``Write2D 0``);
+    ``first_frame`` / ``last_frame`` are the first and last frame_index summed."""
+
+    run_id: str = ""
+    group: int
+    n_frames: int
+    first_frame: int = 0
+    last_frame: int = 0
+    worker: int = 0
+    n_r: int
+    n_eta: int
+
+
+@_message
 class EndOfStream:
     """Ingest sent frames ``0 .. n_frames-1`` and no more, ``type = "eos"``."""
 
@@ -173,6 +190,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "frame": FrameHeader,
     "result": Result,
     "peaks": PeakUpdate,
+    "omegasum": OmegaPartial,
     "eos": EndOfStream,
     "release": SlotRelease,
     "heartbeat": Heartbeat,
@@ -182,4 +200,4 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | PeakUpdate | EndOfStream | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply

@@ -35,7 +35,8 @@ class PipelinedLoop:
         self.engine = worker.engine
         self.depth = max(1, min(int(depth), int(getattr(self.engine, "n_streams", depth))))
         self.batch = max(1, int(getattr(self.engine, "batch", 1)))
-        self.want_cake = bool(worker.write_2d)
+        # cakes come back when they are written or summed per omega group on this side (Write2D 0)
+        self.want_cake = bool(worker.write_2d or getattr(worker, "partials", None) is not None)
         self.inflight: deque = deque()  # (submission or None, [[header, t_start, pixels, reason], ...])
 
     def run(self, sock, stop, idle_ms: int) -> None:
@@ -57,8 +58,11 @@ class PipelinedLoop:
                 del sub
             elif stop.is_set():
                 return
+            else:
+                w.send_partials(idle=True)  # nothing to do: the omega sums held here go out
             while self.inflight and (self.inflight[0][0] is None or self.inflight[0][0].ready()):
                 self.finish(self.inflight.popleft())
+            w.send_partials()
             w.hb.beat(w.snapshot)
 
     def gather(self, sock) -> list:

@@ -31,7 +31,15 @@ from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
 from ..ingest.images import load_dark
 from ..ingest.process import HeartbeatSender, child_setup
-from ..protocol import FrameHeader, ProtocolError, Result, SlotRelease, frame_array, result_buffers
+from ..protocol import (
+    FrameHeader,
+    OmegaPartial,
+    ProtocolError,
+    Result,
+    SlotRelease,
+    frame_array,
+    result_buffers,
+)
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
 from .fitting import WorkerFitting
@@ -86,6 +94,8 @@ class _Worker:
         self.engine = create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device)
         self.engine_name = str(getattr(self.engine, "name", cfg.workers.engine))
         self.write_2d = bool(params.Write2D)
+        # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (writer/omega.py)
+        self.partials = None if self.write_2d else _OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta)
         # an engine with integrate_many (the GPU one) takes up to engine.batch frames from different slots at once
         self.batch = int(getattr(self.engine, "batch", 1)) if hasattr(self.engine, "integrate_many") else 1
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
@@ -119,7 +129,11 @@ class _Worker:
                             self.handle(frames)
                     elif stop.is_set():
                         break
+                    else:
+                        self.send_partials(idle=True)
+                    self.send_partials()
                     hb.beat(self.snapshot)
+            self.send_partials(idle=True)
             hb.beat(self.snapshot(), state="done", force=True)
             log.info("worker-%d: done: integrated %d, rejected %d", self.index, self.counters["integrated"],
                      self.counters["rejected"])
@@ -267,6 +281,19 @@ class _Worker:
                             n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
                             n_curve_points=0 if fitted is None else int(fitted.values.size), **common)
         self.send(self.results, result, bufs)
+        if not reason and self.partials is not None and cake is not None:
+            self.partials.add(int(msg.frame_index), cake)
+            self.send_partials()
+
+    def send_partials(self, idle: bool = False) -> None:
+        """Send the partial omega sums that are due (another group started, held too long, or ``idle``)."""
+        if self.partials is None:
+            return
+        for group, (n, first, last, total) in self.partials.due(idle):
+            msg = OmegaPartial(group=group, n_frames=n, first_frame=first, last_frame=last, worker=self.index,
+                               n_r=self.n_r, n_eta=self.n_eta)
+            self.send(self.results, msg, [total])
+            self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:
         """Page-lock the ring's segment for the engine (when it can), so frames go to the device by DMA."""
@@ -341,3 +368,37 @@ class _Worker:
 
 class FrameRejected(RingstreamError):
     """A frame this worker cannot integrate; its message is the Result's one-line reason."""
+
+
+class _OmegaPartials:
+    """This worker's running sums of its cakes per omega-sum group (frame_index // OmegaSumFrames; -1 = one group),
+    float64 ``[n_r, n_eta]``. A group's sum is due when a frame of a later group arrives, when it has been held for
+    ``MAX_AGE`` s, or when the worker is idle or stopping."""
+
+    MAX_AGE = 0.5
+
+    def __init__(self, omega_sum_frames: int, n_r: int, n_eta: int) -> None:
+        self.size = 2**62 if int(omega_sum_frames) == -1 else max(1, int(omega_sum_frames))
+        self.shape = (n_r, n_eta)
+        self.held: dict[int, list] = {}  # group -> [n, first, last, sum, since]
+
+    def add(self, frame_index: int, cake) -> None:
+        g = frame_index // self.size
+        h = self.held.get(g)
+        if h is None:
+            h = self.held[g] = [0, frame_index, frame_index, np.zeros(self.shape, dtype="<f8"), time.monotonic()]
+        h[3] += np.asarray(cake, dtype=np.float32)  # the float32 cake a Result carries, summed in float64
+        h[0] += 1
+        h[1], h[2] = min(h[1], frame_index), max(h[2], frame_index)
+
+    def due(self, idle: bool = False):
+        """Pop and yield ``(group, (n, first, last, sum))`` of every due group."""
+        if not self.held:
+            return
+        newest, now = max(self.held), time.monotonic()
+        for g in sorted(self.held):
+            h = self.held[g]
+            if idle or g < newest or now - h[4] >= self.MAX_AGE:
+                del self.held[g]
+                yield g, (h[0], h[1], h[2], h[3])
+

@@ -14,6 +14,7 @@ process both drive :class:`Hdf5Writer`.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import time
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 #: hc in keV·Å: E [keV] = HC_KEV_A / λ [Å].
 HC_KEV_A = 12.398419843320026
 
-#: Largest cake chunk, in bytes (the chunk holds several frames' cakes).
-_CAKE_CHUNK_BYTES = 4 << 20
+#: Chunk cache of the file, bytes.
+_CHUNK_CACHE = 64 << 20
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -95,13 +96,41 @@ def _wavelength(params: Any) -> float:
     return lam if np.isfinite(lam) and lam > 0 else 0.0
 
 
+class _Col:
+    """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text).
+
+    ``direct``: the dataset has one row per chunk and no filter, and ``buf`` is a list of C-contiguous rows of the
+    dataset's dtype, written with ``write_direct_chunk`` (no copy into a buffer, none into the chunk cache: the
+    cakes, 4x faster than a block write here)."""
+
+    __slots__ = ("ds", "buf", "direct")
+
+    def __init__(self, ds: h5py.Dataset, block: int, direct: bool = False) -> None:
+        self.ds = ds
+        self.direct = direct
+        self.buf: Any = [] if ds.dtype.kind == "O" or direct else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
+
+    def write(self, a: int, b: int, rows: Any) -> None:
+        self.ds.resize(b, axis=0)
+        if self.direct:
+            zeros = (0,) * (self.ds.ndim - 1)
+            for k, row in enumerate(rows):
+                self.ds.id.write_direct_chunk((a + k, *zeros), row)
+        else:
+            self.ds[a:b] = np.array(rows, dtype=object) if self.ds.dtype.kind == "O" else rows
+
+
 class Hdf5Writer:
     """Write one run's results to ``path`` in the OUTPUTS.md layout.
 
     Parameters: ``imap`` the IntegrationMap (bins and geometry planes), ``params`` the Params used (recorded under
     ``/entry/reduction/input``), ``engine_name`` recorded in ``reduction/engine``, ``write_2d`` whether cakes
-    ``[n, n_r, n_eta]`` are stored, ``swmr`` turn on SWMR after creating the layout, ``block`` rows per append
-    (and per chunk), ``overwrite`` replace an existing file, ``note`` free text for ``reduction/note``.
+    ``[n, n_r, n_eta]`` are stored, ``swmr`` turn on SWMR after creating the layout, ``block`` rows buffered per
+    append (0: a few MB worth; chunks hold at most 64 rows), ``overwrite`` replace an existing file, ``note`` free text for ``reduction/note``.
+    ``n_peaks`` peak rows per frame (``fitting.peak_slots``; 0 = no ``/entry/fit``), ``peak_locations`` the R (px)
+    of the configured peaks, ``metadata_keys`` numeric per-frame metadata stored as ``/entry/data/metadata/<key>``
+    (every frame's whole metadata is also kept as JSON text in ``/entry/data/metadata_json``),
+    ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``.
     """
 
     def __init__(
@@ -113,33 +142,44 @@ class Hdf5Writer:
         engine_name: str,
         write_2d: bool,
         swmr: bool = True,
-        block: int = 64,
+        block: int = 0,
         overwrite: bool = False,
         note: str = "",
+        n_peaks: int = 0,
+        peak_locations: Sequence[float] = (),
+        metadata_keys: Sequence[str] = (),
+        omega_sum_frames: int | None = None,
+        name_digits: int = 9,
     ) -> None:
         self.path = check_output_path(path, overwrite)
         self.n_r = int(imap.n_r)
         self.n_eta = int(imap.n_eta)
         self.write_2d = bool(write_2d)
-        self.block = max(1, int(block))
+        # rows buffered per write: a few MB of the widest row (one h5py call per dataset per block costs ~0.1 ms)
+        row_bytes = 4 * self.n_r * (self.n_eta if self.write_2d else 1) + 56 * max(0, int(n_peaks))
+        self.block = max(1, int(block)) if block else max(16, min(1024, (8 << 20) // max(row_bytes, 1)))
+        self.chunk_rows = min(self.block, 64)
         self.swmr = bool(swmr)
+        self.n_peaks = max(0, int(n_peaks))
+        self.metadata_keys = tuple(dict.fromkeys(str(k) for k in metadata_keys))
         self._written = 0
         self._last_index = -1
         self._closed = False
         self._buf_n = 0
-        self._buf_index = np.zeros(self.block, dtype=np.uint64)
-        self._buf_ts = np.zeros(self.block, dtype=np.float64)
-        self._buf_sid: list[str] = []
-        self._buf_I = np.zeros((self.block, self.n_r), dtype=np.float32)
-        self._buf_cake = (
-            np.zeros((self.block, self.n_r, self.n_eta), dtype=np.float32) if self.write_2d else None
-        )
+        self._rois: list[np.ndarray] = []  # buffered fit-curve ROI rows [k, 3] (frame_index, start_bin, n_points)
+        self._vals: list[np.ndarray] = []  # buffered fit-curve model values
+        self._n_groups = 0
+        self._groups: list[tuple[Any, str]] = []  # omega-sum groups waiting for the next flush
+        self._digits = int(name_digits)
+        self._n_updates = 0
         try:
-            self._f = h5py.File(self.path, "w", libver="latest")
+            # a chunk cache that holds every partly filled chunk (a flush can end a block mid-chunk)
+            self._f = h5py.File(self.path, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
             raise InputError(f"{self.path}: cannot create output file ({exc})") from exc
         try:
-            self._create_layout(imap, params, engine_name, note)
+            osf = int(getattr(params, "OmegaSumFrames", 1) if omega_sum_frames is None else omega_sum_frames)
+            self._create_layout(imap, params, engine_name, note, peak_locations, osf, int(name_digits))
             self._f.flush()
             if self.swmr:
                 self._f.swmr_mode = True
@@ -149,9 +189,14 @@ class Hdf5Writer:
 
     # --- layout ------------------------------------------------------------------------------------------------
 
-    def _create_layout(self, imap: Any, params: Any, engine_name: str, note: str) -> None:
+    def _rows(self, group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any, chunk_rows: int) -> h5py.Dataset:
+        return group.create_dataset(name, shape=(0,) + row, maxshape=(None,) + row, dtype=dtype,
+                                    chunks=(max(1, chunk_rows),) + tuple(max(1, n) for n in row))
+
+    def _create_layout(self, imap: Any, params: Any, engine_name: str, note: str,
+                       peak_locations: Sequence[float], osf: int, digits: int) -> None:
         f = self._f
-        nR, nE, blk = self.n_r, self.n_eta, self.block
+        nR, nE, blk = self.n_r, self.n_eta, self.chunk_rows
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
         entry.attrs["default"] = "data"
@@ -206,10 +251,9 @@ class Hdf5Writer:
         data.attrs["signal"] = "I"
         data.attrs["axes"] = np.array([".", "radial_axis"], dtype=_STR)
         data.attrs["interpretation"] = "spectrum"
-        d = data.create_dataset(
-            "I", shape=(0, nR), maxshape=(None, nR), dtype=np.float32, chunks=(blk, max(nR, 1))
-        )
+        d = self._rows(data, "I", (nR,), np.float32, blk)
         d.attrs["long_name"] = "area-weighted mean intensity over eta (MIDAS lineout)"
+        self._I = d
         self._add_radial(data, two_theta)
         d = data.create_dataset("r_px", data=r_px)
         d.attrs["units"] = "pixel"
@@ -217,16 +261,26 @@ class Hdf5Writer:
         if q_known:
             d = data.create_dataset("q", data=q)
             d.attrs["units"] = "1/angstrom"
-        c1 = max(blk, 1024)
-        data.create_dataset("frame_index", shape=(0,), maxshape=(None,), dtype=np.uint64, chunks=(c1,))
-        data.create_dataset("source_id", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(c1,))
-        d = data.create_dataset("timestamp", shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(c1,))
-        d.attrs["units"] = "s"
-        d.attrs["long_name"] = "seconds since the epoch"
-        self._I, self._index = data["I"], data["frame_index"]
-        self._sid, self._ts = data["source_id"], data["timestamp"]
+        c1 = 1024
+        self._index = self._rows(data, "frame_index", (), np.uint64, c1)
+        sid = self._rows(data, "source_id", (), _STR, c1)
+        ts = self._rows(data, "timestamp", (), np.float64, c1)
+        ts.attrs["units"] = "s"
+        ts.attrs["long_name"] = "seconds since the epoch"
+        om = self._rows(data, "omega", (), np.float64, c1)
+        om.attrs["units"] = "deg"
+        om.attrs["long_name"] = "omega of the frame (metadata 'omega', else Omega / OmegaStart + i*OmegaStep)"
+        mj = self._rows(data, "metadata_json", (), _STR, c1)
+        mj.attrs["long_name"] = "the frame's metadata from the source, as JSON"
+        self._meta = {}
+        meta = data.create_group("metadata")
+        meta.attrs["NX_class"] = "NXcollection"
+        for key in self.metadata_keys:
+            self._meta[key] = self._rows(meta, key, (), np.float64, c1)
+        # every per-frame dataset, written in this order; frame_index last (a reader that sees row k sees its data)
+        cols = {"I": self._I, "timestamp": ts, "source_id": sid, "omega": om, "metadata_json": mj}
+        cols.update({f"metadata/{k}": d for k, d in self._meta.items()})
 
-        self._cake = None
         if self.write_2d:
             cake = entry.create_group("cake")
             cake.attrs["NX_class"] = "NXdata"
@@ -234,16 +288,40 @@ class Hdf5Writer:
             cake.attrs["axes"] = np.array([".", "radial_axis", "azimuthal_axis"], dtype=_STR)
             cake.attrs["interpretation"] = "image"
             cake.attrs["definition"] = "NXazint2d"
-            row_bytes = max(nR * nE * 4, 1)
-            crows = max(1, min(blk, _CAKE_CHUNK_BYTES // row_bytes))
-            self._cake = cake.create_dataset(
-                "I", shape=(0, nR, nE), maxshape=(None, nR, nE), dtype=np.float32,
-                chunks=(crows, max(nR, 1), max(nE, 1)),
-            )
+            cols["cake"] = self._rows(cake, "I", (nR, nE), np.dtype("<f4"), 1)  # one cake per chunk
             self._add_radial(cake, two_theta)
             d = cake.create_dataset("azimuthal_axis", data=eta)
             d.attrs["long_name"] = "eta"
             d.attrs["units"] = "deg"
+
+        if self.n_peaks:
+            fit = entry.create_group("fit")
+            fit.attrs["NX_class"] = "NXprocess"
+            fit.attrs["description"] = "pseudo-Voigt peak fits of the lineouts (MIDAS fit.bin); NaN row = not fitted"
+            d = self._rows(fit, "peaks", (self.n_peaks, 7), np.float64, blk)
+            d.attrs["columns"] = "Imax,BG,Mu,Rcen,Sigma,GoF,Area"
+            cols["fit"] = d
+            locs = np.full(self.n_peaks, np.nan)
+            given = np.asarray(list(peak_locations), dtype=np.float64)[: self.n_peaks]
+            locs[: given.size] = given
+            d = fit.create_dataset("peak_locations", data=locs)
+            d.attrs["units"] = "pixel"
+            d.attrs["note"] = "PeakLocation of the parameter file (NaN: found automatically)"
+            self._curve_rois = self._rows(fit, "curve_rois", (3,), np.int64, c1)
+            self._curve_rois.attrs["columns"] = "frame_index,start_bin,n_points"
+            self._curve_vals = self._rows(fit, "curve_values", (), np.float64, 1 << 14)
+            self._curve_vals.attrs["note"] = "model values of every ROI, in curve_rois order (MIDAS fit_curves.bin)"
+            upd = fit.create_group("peak_updates")
+            upd.attrs["description"] = "the peak list in force from from_frame onward (ringstream peaks)"
+            self._upd = {
+                "peaks": self._rows(upd, "peaks", (), h5py.vlen_dtype(np.float64), 64),
+                "origin": self._rows(upd, "origin", (), _STR, 64),
+                "from_frame": self._rows(upd, "from_frame", (), np.uint64, 64),
+                "seq": self._rows(upd, "seq", (), np.uint64, 64),
+            }
+        self._cols = {k: _Col(d, self.block, direct=(k == "cake")) for k, d in cols.items()}
+        self._meta_bufs = [(key, self._cols[f"metadata/{key}"].buf) for key in self.metadata_keys]
+        self._idx_col = _Col(self._index, self.block)
 
         geo = entry.create_group("geometry")
         geo.attrs["NX_class"] = "NXcollection"
@@ -261,6 +339,23 @@ class Hdf5Writer:
         d.attrs["units"] = "1/angstrom"
         if not q_known:
             d.attrs["note"] = "Wavelength unknown: q is NaN"
+
+        osum = entry.create_group("omega_sum")
+        osum.attrs["NX_class"] = "NXcollection"
+        osum.attrs["description"] = ("sums of the normalised cakes of each OmegaSumFrames group (zarr.zip "
+                                     "OmegaSumFrame); row g of every dataset is group g; after the run, one "
+                                     "dataset per group named like the zarr.zip member")
+        osum.attrs["omega_sum_frames"] = np.int64(osf)
+        osum.attrs["name_digits"] = np.int64(digits)
+        self._osum = {
+            "I": self._rows(osum, "I", (nR, nE), np.dtype("<f8"), 1),
+            "n_frames": self._rows(osum, "n_frames", (), np.int64, 256),
+            "first_frame": self._rows(osum, "first_frame", (), np.uint64, 256),
+            "last_frame": self._rows(osum, "last_frame", (), np.uint64, 256),
+            "first_omega": self._rows(osum, "first_omega", (), np.float64, 256),
+            "last_omega": self._rows(osum, "last_omega", (), np.float64, 256),
+            "name": self._rows(osum, "name", (), _STR, 256),
+        }
 
         # The run's progress lives on /entry (the contract) and is mirrored on /entry/data/I, because a SWMR reader
         # can refresh a dataset (and with it the dataset's attributes) but not a group.
@@ -290,7 +385,23 @@ class Hdf5Writer:
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
 
-    def _check_next_index(self, frame_index: int) -> int:
+    def append(
+        self,
+        frame_index: int,
+        source_id: str,
+        timestamp: float | None,
+        lineout: np.ndarray,
+        cake: np.ndarray | None = None,
+        *,
+        fit: np.ndarray | None = None,
+        curves: tuple[np.ndarray, np.ndarray] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        omega: float = float("nan"),
+    ) -> None:
+        """Buffer one frame's row: lineout ``[n_r]``; cake ``[n_r, n_eta]`` (required when ``write_2d``); fit
+        ``[k <= n_peaks, 7]`` (missing rows are NaN); curves = (ROI table int ``[n_rois, 2]`` of (start_bin,
+        n_points), model values float64 ``[sum n_points]``); the source's metadata; ω in degrees."""
+        self._check_open()
         idx = int(frame_index)
         if idx < 0:
             raise ValueError(f"frame_index {idx} is negative")
@@ -299,35 +410,54 @@ class Hdf5Writer:
                 f"frame_index {idx} is not greater than the previous one ({self._last_index}); "
                 "rows must be appended in strictly increasing frame_index order"
             )
-        return idx
-
-    def append(
-        self,
-        frame_index: int,
-        source_id: str,
-        timestamp: float | None,
-        lineout: np.ndarray,
-        cake: np.ndarray | None = None,
-    ) -> None:
-        """Buffer one frame's row: lineout ``[n_r]``, cake ``[n_r, n_eta]`` (required when ``write_2d``)."""
-        self._check_open()
-        idx = self._check_next_index(frame_index)
         lineout = np.asarray(lineout)
         if lineout.shape != (self.n_r,):
-            raise ValueError(f"lineout shape {lineout.shape} != ({self.n_r},)")
+            raise ValueError(f"frame {idx}: lineout shape {lineout.shape} != ({self.n_r},)")
+        cols, k = self._cols, self._buf_n
         if self.write_2d:
             if cake is None:
-                raise ValueError("write_2d is on: a cake is required for every frame")
-            cake = np.asarray(cake)
-            if cake.shape != (self.n_r, self.n_eta):
-                raise ValueError(f"cake shape {cake.shape} != ({self.n_r}, {self.n_eta})")
-        k = self._buf_n
-        self._buf_index[k] = idx
-        self._buf_ts[k] = time.time() if timestamp is None else float(timestamp)
-        self._buf_sid.append(str(source_id))
-        self._buf_I[k] = lineout
-        if self._buf_cake is not None:
-            self._buf_cake[k] = cake
+                raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
+            if np.shape(cake) != (self.n_r, self.n_eta):
+                raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
+            cols["cake"].buf.append(np.ascontiguousarray(cake, dtype="<f4"))
+        if self.n_peaks:
+            row = cols["fit"].buf[k]
+            if fit is None or not len(fit):
+                row[:] = np.nan
+            else:
+                fit = np.asarray(fit, dtype=np.float64)
+                if fit.shape == row.shape:
+                    row[:] = fit
+                elif fit.ndim == 2 and fit.shape[1] == 7 and fit.shape[0] <= self.n_peaks:
+                    row[:] = np.nan
+                    row[: fit.shape[0]] = fit
+                else:
+                    raise ValueError(f"frame {idx}: fit shape {fit.shape} does not fit [{self.n_peaks}, 7]")
+            if curves is not None and len(curves[0]):
+                table = np.asarray(curves[0]).reshape(-1, 2)
+                values = np.asarray(curves[1], dtype=np.float64).reshape(-1)
+                points = int(table[:, 1].sum())
+                if points != values.size:
+                    raise ValueError(f"frame {idx}: the ROI table counts {points} points, the model values hold "
+                                     f"{values.size}")
+                self._rois.append((idx, table))
+                self._vals.append(values)
+        elif fit is not None and len(fit):
+            raise ValueError(f"frame {idx}: a fit arrived but the file was created without fitting (n_peaks 0)")
+        self._idx_col.buf[k] = idx
+        cols["timestamp"].buf[k] = time.time() if timestamp is None else timestamp
+        cols["source_id"].buf.append(source_id if isinstance(source_id, str) else str(source_id))
+        cols["I"].buf[k] = lineout
+        cols["omega"].buf[k] = omega
+        if metadata:
+            cols["metadata_json"].buf.append(json.dumps(metadata, default=str))
+            for key, buf in self._meta_bufs:
+                v = metadata.get(key)
+                buf[k] = v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+        else:
+            cols["metadata_json"].buf.append("")
+            for _, buf in self._meta_bufs:
+                buf[k] = np.nan
         self._buf_n = k + 1
         self._last_index = idx
         if self._buf_n == self.block:
@@ -347,77 +477,108 @@ class Hdf5Writer:
         n = idx.size
         if n == 0:
             return
-        if n and (idx[0] <= self._last_index or (n > 1 and np.any(np.diff(idx) <= 0))):
+        if idx[0] <= self._last_index or (n > 1 and np.any(np.diff(idx) <= 0)):
             raise ValueError(
                 f"frame_index values {idx.tolist()[:8]}... are not strictly increasing after {self._last_index}"
             )
-        if idx[0] < 0:
-            raise ValueError(f"frame_index {int(idx[0])} is negative")
-        sids = [str(s) for s in source_ids]
-        if len(sids) != n:
-            raise ValueError(f"{len(sids)} source ids for {n} frames")
-        ts = (
-            np.full(n, time.time())
-            if timestamps is None
-            else np.asarray(timestamps, dtype=np.float64).reshape(-1)
-        )
+        if len(source_ids) != n:
+            raise ValueError(f"{len(source_ids)} source ids for {n} frames")
+        ts = np.full(n, time.time()) if timestamps is None else np.asarray(timestamps, dtype=np.float64).ravel()
         if ts.size != n:
             raise ValueError(f"{ts.size} timestamps for {n} frames")
-        lineouts = np.asarray(lineouts)
-        if lineouts.shape != (n, self.n_r):
-            raise ValueError(f"lineouts shape {lineouts.shape} != ({n}, {self.n_r})")
-        if self.write_2d:
-            if cakes is None:
-                raise ValueError("write_2d is on: cakes are required")
-            cakes = np.asarray(cakes)
-            if cakes.shape != (n, self.n_r, self.n_eta):
-                raise ValueError(f"cakes shape {cakes.shape} != ({n}, {self.n_r}, {self.n_eta})")
-        if n < self.block - self._buf_n:
-            for k in range(n):
-                self.append(int(idx[k]), sids[k], float(ts[k]), lineouts[k], None if cakes is None else cakes[k])
-            return
-        self._write_buffer()
-        self._write_rows(idx.astype(np.uint64), sids, ts, lineouts, cakes if self.write_2d else None)
-        self._last_index = int(idx[-1])
+        if np.shape(lineouts) != (n, self.n_r):
+            raise ValueError(f"lineouts shape {np.shape(lineouts)} != ({n}, {self.n_r})")
+        if self.write_2d and (cakes is None or np.shape(cakes) != (n, self.n_r, self.n_eta)):
+            raise ValueError(f"cakes shape {np.shape(cakes)} != ({n}, {self.n_r}, {self.n_eta})")
+        for k in range(n):
+            self.append(int(idx[k]), source_ids[k], float(ts[k]), lineouts[k], None if cakes is None else cakes[k])
+        if n >= self.block:  # a large batch goes straight to the datasets
+            self._write_buffer()
 
     def _write_buffer(self) -> None:
         n = self._buf_n
         if n == 0:
             return
-        self._write_rows(
-            self._buf_index[:n], self._buf_sid, self._buf_ts[:n], self._buf_I[:n],
-            None if self._buf_cake is None else self._buf_cake[:n],
-        )
-        self._buf_n = 0
-        self._buf_sid = []
-
-    def _write_rows(self, idx, sids, ts, lineouts, cakes) -> None:
-        n = len(sids)
         a, b = self._written, self._written + n
-        # Data first, the index datasets last: a reader that sees frame_index row k sees its data.
-        self._I.resize(b, axis=0)
-        self._I[a:b] = lineouts
-        if self._cake is not None:
-            self._cake.resize(b, axis=0)
-            self._cake[a:b] = cakes
-        self._ts.resize(b, axis=0)
-        self._ts[a:b] = ts
-        self._sid.resize(b, axis=0)
-        self._sid[a:b] = np.array(sids, dtype=object)
-        self._index.resize(b, axis=0)
-        self._index[a:b] = idx
+        if self._rois:  # the curves first: a reader that sees frame_index row k sees its curves
+            vals = np.concatenate(self._vals)
+            tables = np.concatenate([t for _, t in self._rois])
+            rois = np.empty((len(tables), 3), dtype=np.int64)
+            rois[:, 0] = np.repeat([i for i, _ in self._rois], [len(t) for _, t in self._rois])
+            rois[:, 1:] = tables
+            n0, m0 = self._curve_vals.shape[0], self._curve_rois.shape[0]
+            _Col(self._curve_vals, 0).write(n0, n0 + vals.size, vals)
+            _Col(self._curve_rois, 0).write(m0, m0 + len(rois), rois)
+            self._rois, self._vals = [], []
+        for col in self._cols.values():
+            col.write(a, b, col.buf if isinstance(col.buf, list) else col.buf[:n])
+            if isinstance(col.buf, list):
+                col.buf = []  # (the cakes: drop the references to the rows just written)
+        self._idx_col.write(a, b, self._idx_col.buf[:n])
         self._written = b
+        self._buf_n = 0
+
+    def discard_buffer(self) -> None:
+        """Drop the rows not yet written (after a disk-full error: the file keeps what was flushed)."""
+        self._buf_n = 0
+        self._groups = []
+        self._rois, self._vals = [], []
+        for col in self._cols.values():
+            if isinstance(col.buf, list):
+                col.buf = []
+
+    def add_omega_group(self, group: Any, digits: int | None = None) -> None:
+        """Queue one omega-sum group (an :class:`~ringstream.writer.omega.OmegaGroup`); it is written, and seen
+        by readers, at the next :meth:`flush`."""
+        self._check_open()
+        if np.shape(group.sum) != (self.n_r, self.n_eta):
+            raise ValueError(f"omega-sum group {group.index}: shape {np.shape(group.sum)} != ({self.n_r}, {self.n_eta})")
+        self._groups.append((group, group.name(int(digits or self._digits))))
+
+    def _write_groups(self) -> None:
+        if not self._groups:
+            return
+        g0, groups = self._n_groups, self._groups
+        g1 = g0 + len(groups)
+        d = self._osum
+        _Col(d["I"], 0, direct=True).write(g0, g1, [np.ascontiguousarray(g.sum, dtype="<f8") for g, _ in groups])
+        values = {"n_frames": [g.n_frames for g, _ in groups], "first_frame": [g.first_frame for g, _ in groups],
+                  "last_frame": [g.last_frame for g, _ in groups], "first_omega": [g.first_omega for g, _ in groups],
+                  "last_omega": [g.last_omega for g, _ in groups], "name": [name for _, name in groups]}
+        for key, rows in values.items():  # "name" last: a reader that sees the name sees the group
+            _Col(d[key], 0).write(g0, g1, rows if key == "name" else np.asarray(rows, dtype=d[key].dtype))
+        self._n_groups = g1
+        self._groups = []
+
+    def add_peak_update(self, seq: int, from_frame: int, peaks: Sequence[float], origin: str) -> None:
+        """Record a PeakUpdate under ``/entry/fit/peak_updates`` (only in a file with fitting)."""
+        self._check_open()
+        if not self.n_peaks:
+            raise ValueError("peak update in a file without fitting (n_peaks 0)")
+        u = self._n_updates
+        values = {"peaks": [np.asarray(list(peaks), dtype=np.float64)], "origin": [str(origin)],
+                  "from_frame": [int(from_frame)], "seq": [int(seq)]}
+        for key, ds in self._upd.items():
+            if key == "peaks":
+                ds.resize(u + 1, axis=0)
+                ds[u] = values["peaks"][0]
+            else:
+                _Col(ds, 0).write(u, u + 1, values[key])
+        self._n_updates = u + 1
 
     def flush(self) -> None:
         """Write the buffered rows, update ``@frames_written`` and flush the file so SWMR readers see them."""
         self._check_open()
         self._write_buffer()
+        self._write_groups()
         for obj in self._progress:
             obj.attrs.modify("frames_written", np.int64(self._written))
         self._f.flush()
 
     def close(self, run_complete: bool = True) -> None:
-        """Flush, set ``@run_complete`` (true only after a clean end of run) and close the file. Idempotent."""
+        """Flush, set ``@run_complete`` (true only after a clean end of run) and close the file. Idempotent.
+        Then name each omega-sum group (:func:`~ringstream.writer.repair.link_omega_groups`; skipped with a
+        warning while another process holds the file open, e.g. a SWMR reader)."""
         if self._closed:
             return
         try:
@@ -428,6 +589,14 @@ class Hdf5Writer:
         finally:
             self._closed = True
             self._f.close()
+        if self._n_groups:
+            from .repair import link_omega_groups
+
+            try:
+                link_omega_groups(self.path)
+            except OSError as exc:  # a reader still has it open (HDF5 file lock): the rows hold the same data
+                log.warning("%s: per-group /entry/omega_sum datasets not added (%s); 'ringstream repair %s' "
+                            "adds them once no reader has the file open", self.path, exc, self.path)
         log.debug("closed %s: %d frames, run_complete=%s", self.path, self._written, run_complete)
 
     def __enter__(self) -> Hdf5Writer:

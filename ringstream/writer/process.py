@@ -1,4 +1,13 @@
-"""The writer process: Results (and the EndOfStream) in, one NeXus HDF5 file out (docs/DAEMON.md, "writer").
+"""The writer process: Results (and the EndOfStream) in, the run's output files out (docs/DAEMON.md, "writer").
+
+Every output goes through :class:`~ringstream.writer.outputs.RunOutputs`, the same sinks as the offline
+``ringstream integrate``: the NeXus HDF5 file, the GSAS-II zarr.zip (``[run] zarr_output``, unless ``no_zarr``),
+fit.bin / fit_curves.bin when fitting, and the MIDAS binaries with ``[run] midas_binaries``. With ``Write2D 0`` the
+workers send partial omega sums (:class:`~ringstream.protocol.OmegaPartial`) instead of per-frame cakes; the
+writer waits up to ``SUMS_WAIT_S`` after the last frame for the last of them. PeakUpdates are recorded under
+``/entry/fit/peak_updates``. The zarr.zip is published every ``run.save_interval`` frames and at the end; the
+other files are flushed then and at least every ``FLUSH_PERIOD``. A full disk stops the writer with exit code 3
+after closing what it could (one error line names the file and the frames flushed).
 
 Sockets: results PULL (bind; the workers' Results and the ingest's EndOfStream arrive here), heartbeat PUSH
 (connect to the supervisor). Results arrive in any order; the writer keeps the next expected ``frame_index`` and a
@@ -17,23 +26,35 @@ elsewhere) the writer takes what is already queued, writes every result it holds
 
 Anything on the socket that does not decode (garbage, another protocol version, buffers that do not match the
 header) is counted under ``protocol_errors_<kind>`` (logged once per kind) and ignored: the output is unaffected.
-Counters: ``written``, ``rejected``, ``pending`` (held out of order), ``protocol_errors_<kind>``, ``duplicates``.
+Counters: ``written``, ``rejected``, ``pending`` (held out of order), ``protocol_errors_<kind>``, ``duplicates``,
+``omega_groups``, ``omega_partials``, ``zarr_published``, ``peak_updates`` (``peak_updates_ignored`` without
+fitting).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
+import numpy as np
 import zmq
 
 from ..errors import RingstreamError
+from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
 from ..ingest.process import HeartbeatSender, child_setup
-from ..protocol import EndOfStream, PeakUpdate, ProtocolError, Result, Stop, result_arrays, result_curves
+from ..protocol import (
+    EndOfStream,
+    OmegaPartial,
+    PeakUpdate,
+    ProtocolError,
+    Result,
+    Stop,
+)
 from ..transport.sockets import RejectLog, make_socket, recv_message
-from .fit_hook import FitHook
-from .hdf5 import Hdf5Writer, check_output_path
+from .hdf5 import check_output_path
+from .outputs import FrameRecord, OutputError, RunOutputs, default_zarr_path, numeric_keys, record_from_result
 
 log = logging.getLogger("ringstream.writer")
 
@@ -45,6 +66,9 @@ POLL_MS = 100
 
 #: the longest the writer handles queued messages before it looks at its timers (flush, heartbeat), in s
 BATCH_S = 0.1
+
+#: after the last frame, how long the writer waits for the workers' last partial omega sums, in s
+SUMS_WAIT_S = 5.0
 
 
 def run(config, ready, stop) -> int:
@@ -65,18 +89,25 @@ class _Writer:
         self.held: dict[int, tuple[Result, list]] = {}  # frame_index -> (result, buffers), early arrivals
         self.next_index = 0
         self.eos: EndOfStream | None = None
-        self.h5: Hdf5Writer | None = None
+        self.h5: RunOutputs | None = None
+        self.early: list[tuple[str, tuple]] = []  # partial sums and peak updates that came before the first Result
+        self.t_frames_done = 0.0  # monotonic time every frame was accounted for (waiting for partial sums)
+        self.unsaved = 0
         self.unflushed = 0
         self.first_unflushed = 0.0
         self.t_first = 0.0  # monotonic time of the first result
-        self.fits: FitHook | None = None  # issue 5 interim fit streams
-        self.peaks_sub = None
+        self.sums_missing = 0
+        self.peaks_sub = None  # PeakUpdates published by the supervisor (issue 5)
+        self.peak_seqs: set[int] = set()  # recorded once each (the supervisor publishes them again)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
 
     def snapshot(self) -> dict:
         out = {**self.counters, **self.rejects.counters(), "pending": len(self.held), "next_index": self.next_index}
+        if self.h5 is not None:
+            out.update(omega_groups=self.h5.counters["omega_groups"], zarr_published=self.h5.counters["zarr_published"],
+                       sums_waiting=self.h5.sums_waiting)
         if self.eos is not None:
             out["eos_frames"] = int(self.eos.n_frames)
         return out
@@ -86,8 +117,12 @@ class _Writer:
         cfg = self.config
         self.params = cfg.load_params()
         self.imap, _ = load_or_build(self.params)
-        self.path = check_output_path(cfg.run.output_h5, overwrite=bool(getattr(cfg.run, "overwrite", False)))
+        self.overwrite = bool(getattr(cfg.run, "overwrite", False))
+        self.path = check_output_path(cfg.run.output_h5, overwrite=self.overwrite)
         self.write_2d = bool(self.params.Write2D)
+        self.n_peaks = peak_slots(self.params, int(getattr(getattr(cfg, "fit", None), "slots", 0) or 0))
+        self.zarr_path = None if cfg.run.no_zarr else (cfg.run.zarr_output or default_zarr_path(self.path))
+        self.midas_dir = getattr(cfg.run, "midas_binaries", "") or None
         t = cfg.transport
         hwm = max(1, int(t.queue_depth or t.ring_slots))
         ctx = zmq.Context()
@@ -98,7 +133,7 @@ class _Writer:
             hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16), "writer", 0,
                                  cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
-            self.open_fitting(ctx)  # issue 5: PeakUpdates in, fit rows out (interim hook until issue 8)
+            self.open_peaks(ctx)  # issue 5: peak-list changes, recorded under /entry/fit
             ready.set()
             while not self.finished():
                 self.take_peak_updates()
@@ -116,6 +151,9 @@ class _Writer:
                 log.warning("stopped before the end of the run: %d frames written, run_complete false",
                             self.counters["written"])
             self.close(complete)
+            if self.sums_missing:
+                log.warning("%d integrated frames had no partial omega sum after %.0f s (a worker stopped?); "
+                            "their groups hold the frames that arrived", self.sums_missing, SUMS_WAIT_S)
             n = self.next_index
             dt = time.monotonic() - self.t_first if self.t_first else 0.0
             log.info("%s: %d frames written, %d rejected, run_complete %s (%.1f frames/s after the first)",
@@ -123,15 +161,38 @@ class _Writer:
                      (n - 1) / dt if dt > 0 else 0.0)
             hb.beat(self.snapshot(), state="done", force=True)
             return 0
+        except OutputError as exc:  # a full disk: close what can be closed, one error line, exit 3
+            log.error("%s; the files hold what was flushed before it (run 'ringstream repair %s' if it does not "
+                      "open)", exc, self.path)
+            self.abort(quiet=True)
+            logging.shutdown()
+            # HDF5 may crash tearing down a file whose last writes failed: leave now, the file is as flushed
+            os._exit(int(exc.exit_code))
         finally:
-            if self.h5 is not None:  # an exception on the way: keep what was written, marked incomplete
-                self.h5.close(run_complete=False)
-            if getattr(self, "fits", None) is not None:
-                self.fits.close()
+            self.abort()  # an exception on the way: keep what was written, marked incomplete
             ctx.destroy(linger=500)
 
+    def abort(self, quiet: bool = False) -> None:
+        """Close the files marked incomplete (``quiet``: a failure to close is not reported again)."""
+        h5, self.h5 = self.h5, None
+        if h5 is not None:
+            try:
+                h5.close(run_complete=False)
+            except (RingstreamError, OSError, RuntimeError) as exc:
+                (log.debug if quiet else log.error)("%s", exc)
+
     def finished(self) -> bool:
-        return self.eos is not None and self.next_index >= int(self.eos.n_frames)
+        if self.eos is None or self.next_index < int(self.eos.n_frames):
+            return False
+        waiting = self.h5.sums_waiting_at_end(int(self.eos.n_frames)) if self.h5 is not None else 0
+        if not waiting:
+            return True
+        now = time.monotonic()
+        self.t_frames_done = self.t_frames_done or now
+        if now - self.t_frames_done < SUMS_WAIT_S:
+            return False
+        self.sums_missing = waiting
+        return True
 
     def take_waiting(self, sock) -> None:
         """Handle the messages already queued on ``sock`` (without waiting), for at most ``BATCH_S`` seconds so
@@ -150,6 +211,13 @@ class _Writer:
     def on_message(self, msg, buffers) -> None:
         if isinstance(msg, Result):
             self.on_result(msg, buffers)
+        elif isinstance(msg, OmegaPartial):
+            self.count("omega_partials")
+            self.on_side(("partial", (msg, buffers)))
+        elif isinstance(msg, PeakUpdate):
+            if int(msg.seq) not in self.peak_seqs:
+                self.peak_seqs.add(int(msg.seq))
+                self.on_side(("peaks", (msg,)))
         elif isinstance(msg, EndOfStream):
             if self.eos is None:
                 log.info("end of stream: %d frames", msg.n_frames)
@@ -178,6 +246,26 @@ class _Writer:
             self.emit(*self.held.pop(self.next_index))
             self.next_index += 1
 
+    def on_side(self, item) -> None:
+        """A partial omega sum or a PeakUpdate: handled now, or kept until the files exist."""
+        if self.h5 is None:
+            self.early.append(item)
+            return
+        kind, args = item
+        if kind == "partial":
+            msg, buffers = args
+            partial = np.frombuffer(buffers[0], dtype="<f8").reshape(msg.n_r, msg.n_eta)
+            try:
+                self.h5.add_partial(msg.group, msg.n_frames, partial)
+            except ValueError as exc:
+                self.rejects.record(ProtocolError("size", f"omegasum from worker {msg.worker}: {exc}"))
+        else:
+            (msg,) = args
+            ok = self.h5.peak_update(msg.seq, msg.from_frame, msg.peaks, msg.origin)
+            self.count("peak_updates" if ok else "peak_updates_ignored")
+            if ok:
+                log.info("peak update %d from frame %d (%s): %s", msg.seq, msg.from_frame, msg.origin, msg.peaks)
+
     def drop_beyond_eos(self) -> None:
         n = int(self.eos.n_frames)
         for idx in [i for i in self.held if i >= n]:
@@ -185,77 +273,94 @@ class _Writer:
             self.count("beyond_eos")
 
     # ------------------------------------------------------------------------------------------- the file
-    def writer(self, engine_name: str) -> Hdf5Writer:
+    def writer(self, engine_name: str, metadata=None) -> RunOutputs:
         if self.h5 is None:
-            self.h5 = Hdf5Writer(self.path, self.imap, self.params, engine_name=engine_name or
-                                 str(self.config.workers.engine), write_2d=self.write_2d)
-            log.info("writing %s (engine %s, %d x %d bins%s)", self.path, engine_name, self.imap.n_r,
-                     self.imap.n_eta, ", cakes" if self.write_2d else "")
+            frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" else 0
+            self.h5 = RunOutputs(self.path, self.imap, self.params, engine_name=engine_name or
+                                 str(self.config.workers.engine), n_peaks=self.n_peaks, zarr_path=self.zarr_path,
+                                 midas_dir=self.midas_dir, overwrite=self.overwrite,
+                                 metadata_keys=numeric_keys(metadata), expected_frames=frames,
+                                 sums_from_workers=not self.write_2d)
+            log.info("writing %s (engine %s, %d x %d bins%s%s%s)", self.path, engine_name, self.imap.n_r,
+                     self.imap.n_eta, ", cakes" if self.write_2d else "", f", {self.n_peaks} peaks" if self.n_peaks
+                     else "", f", zarr {self.zarr_path}" if self.zarr_path else "")
+            early, self.early = self.early, []
+            for item in early:
+                self.on_side(item)
         return self.h5
 
     def emit(self, msg: Result, buffers) -> None:
         """Append one result's row (ok) or account for it (rejected); in frame_index order."""
-        h5 = self.writer(msg.engine)
+        out = self.writer(msg.engine, msg.metadata)
         if msg.status != "ok":
             self.count("rejected")
             if self.counters["rejected"] <= 5:
                 log.warning("frame %d rejected: %s", msg.frame_index, msg.reason)
+            out.append(FrameRecord(int(msg.frame_index), None, msg.source_id, metadata=msg.metadata,
+                                   reason=msg.reason))
             return
         try:
-            lineout, cake, _ = result_arrays(msg, buffers)
-            if msg.n_r != h5.n_r or (self.write_2d and (cake is None or msg.n_eta != h5.n_eta)):
+            rec = record_from_result(msg, buffers)
+            h5 = out.h5
+            if msg.n_r != h5.n_r or (self.write_2d and (rec.cake is None or msg.n_eta != h5.n_eta)):
                 raise ProtocolError("size", f"result {msg.frame_index}: n_r {msg.n_r}, n_eta {msg.n_eta}, "
                                             f"has_cake {msg.has_cake}; the file has {h5.n_r} x {h5.n_eta} bins"
                                             f"{' and cakes' if self.write_2d else ''}")
+            if msg.n_peaks > self.n_peaks:
+                raise ProtocolError("size", f"result {msg.frame_index}: {msg.n_peaks} peak rows, the run has "
+                                            f"{self.n_peaks} (fitting.peak_slots)")
         except ProtocolError as exc:
             self.rejects.record(exc)
             self.count("rejected")
+            out.append(FrameRecord(int(msg.frame_index), None, msg.source_id, metadata=msg.metadata,
+                                   reason=str(exc)))
             return
-        h5.append(msg.frame_index, msg.source_id, msg.timestamp or None, lineout,
-                  cake if self.write_2d else None)
-        if self.fits is not None:
-            self.fits.append(msg.frame_index, result_arrays(msg, buffers)[2], result_curves(msg, buffers))
+        if not self.write_2d:
+            rec.cake = None
+        out.append(rec)
         self.count("written")
         if self.unflushed == 0:
             self.first_unflushed = time.monotonic()
         self.unflushed += 1
-        if self.unflushed >= self.save_interval:
-            self.flush()
+        self.unsaved += 1
+        if self.unsaved >= self.save_interval:
+            self.save()
+
+    def save(self) -> None:
+        if self.h5 is not None:
+            self.h5.save()
+        self.unflushed = self.unsaved = 0
 
     def flush(self) -> None:
         if self.h5 is not None:
             self.h5.flush()
-        if self.fits is not None:
-            self.fits.flush()
         self.unflushed = 0
 
-    # ----------------------------------------------------------------------------- fitting (issue 5, interim)
-    def open_fitting(self, ctx) -> None:
-        """With fitting on: the fit streams beside the HDF5 file and a SUB socket for PeakUpdates."""
-        from ..fitting import peak_slots
-
-        self.fits, self.peaks_sub = None, None
-        slots = peak_slots(self.params, int(getattr(self.config.fit, "slots", 0) or 0))
-        if not slots:
-            return
-        self.fits = FitHook(self.path.parent, slots)
+    # ------------------------------------------------------------------------------------- peak-list updates
+    def open_peaks(self, ctx) -> None:
+        """With fitting on: a SUB socket for the PeakUpdates the supervisor publishes (issue 5)."""
+        self.peaks_sub = None
         endpoint = str(getattr(self.config.transport, "peaks_endpoint", "") or "")
-        if endpoint and endpoint != "auto":
-            self.peaks_sub = ctx.socket(zmq.SUB)
-            self.peaks_sub.setsockopt(zmq.LINGER, 0)
-            self.peaks_sub.setsockopt(zmq.SUBSCRIBE, b"")
-            self.peaks_sub.connect(endpoint)
+        if not self.n_peaks or not endpoint or endpoint == "auto":
+            return
+        self.peaks_sub = ctx.socket(zmq.SUB)
+        self.peaks_sub.setsockopt(zmq.LINGER, 0)
+        self.peaks_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.peaks_sub.connect(endpoint)
 
     def take_peak_updates(self) -> None:
+        """Record each PeakUpdate waiting on the SUB socket once (the same socket carries the ingest's requests)."""
         while self.peaks_sub is not None:
             try:
                 msg, _ = recv_message(self.peaks_sub, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            except ProtocolError:
+            except ProtocolError as exc:
+                self.rejects.record(exc)
                 continue
-            if isinstance(msg, PeakUpdate):
-                self.fits.peak_update(msg, self.h5)
+            if isinstance(msg, PeakUpdate) and int(msg.seq) not in self.peak_seqs:
+                self.peak_seqs.add(int(msg.seq))
+                self.on_side(("peaks", (msg,)))
 
     def maybe_flush(self) -> None:
         if self.unflushed and time.monotonic() - self.first_unflushed >= FLUSH_PERIOD:

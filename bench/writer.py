@@ -1,0 +1,198 @@
+"""Writer throughput alone: how many frames per second the writer's sinks take, so writing never limits the GPU.
+
+Two cases (issue 8, item 6):
+
+- ``lineouts``: 2,000 radial bins, ``Write2D 0``, 3 fitted peaks per frame (fit [3, 7] float64 and one ROI of 40
+  model values), omega sums from the workers (one partial sum per ``OmegaSumFrames`` = 100 frames);
+  outputs: HDF5 (lineout, fit, curves, metadata, omega), fit.bin, fit_curves.bin, zarr.zip. Target 20,000/s.
+- ``cakes``: 1,000 x 72 bins, ``Write2D 1``, no fitting, ``OmegaSumFrames`` 10 summed by the writer from the
+  cakes; outputs: HDF5 (lineouts and cakes), zarr.zip. Target 2,000/s.
+
+Each case is timed two ways, from pre-built inputs (what is timed is the writer's work, not making inputs):
+``sinks`` = ``RunOutputs.append`` per frame, ``save`` every 500 frames (the default save interval: HDF5 flush,
+MIDAS streams, zarr.zip published) and ``close``, reported as the steady rate (appends and saves up to the last
+frame: what keeps up with the GPU), the close (the last flush, the final zarr.zip copy, the named omega-sum
+datasets: once per run) and the total rate including the close (the target is judged on the total); ``messages`` = the same plus what the writer process does per
+message before that: ``decode`` of the zmq frames (msgpack header + buffer views) and
+``record_from_result`` (the buffers checked against the header and viewed as arrays), the writer process's code.
+The prebuilt inputs are frozen out of the garbage collector's scans (``gc.freeze``) during the timing: tens of
+thousands of live input objects are the harness's, not the writer's, and would otherwise be rescanned. Both wall time and the process's CPU time (all its threads) are reported: this 2-core box is
+shared, so the wall time depends on what else runs. The files go to a temporary folder on the box's disk (``--dir``), and the time includes
+closing them (data handed to the OS page cache, as during a run). Prints a table; writes
+``bench/results/writer-<machine>.json``.
+
+    python bench/writer.py [--frames N] [--machine vm] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+from ringstream.params import parse_params
+from ringstream.protocol import (
+    OmegaPartial,
+    Result,
+    decode,
+    encode,
+    result_buffers,
+)
+from ringstream.writer.outputs import RunOutputs, record_from_result
+
+HERE = Path(__file__).resolve().parent
+
+CASES = {
+    "lineouts": dict(n_r=2000, n_eta=72, write_2d=False, n_peaks=3, osf=100, target=20000),
+    "cakes": dict(n_r=1000, n_eta=72, write_2d=True, n_peaks=0, osf=10, target=2000),
+}
+
+
+def params_for(case: dict):
+    lines = [
+        "NrPixelsY 2048", "NrPixelsZ 2048", "Lsd 1000000", "px 200", "BC 1024 1024", "Wavelength 0.2",
+        "RMin 10", f"RMax {10 + case['n_r']}", "RBinSize 1", f"EtaBinSize {360 / case['n_eta']}",
+        f"Write2D {int(case['write_2d'])}", f"OmegaSumFrames {case['osf']}", "OmegaStep 0.1",
+    ]
+    if case["n_peaks"]:
+        lines += [f"PeakLocation {100 + 500 * k}" for k in range(case["n_peaks"])]
+    return parse_params("\n".join(lines) + "\n", source="bench.txt")
+
+
+def fake_map(n_r: int, n_eta: int):
+    """The IntegrationMap attributes the writer reads (no pixel map needed to measure writing)."""
+    r = 10.5 + np.arange(n_r, dtype=np.float64)
+    return types.SimpleNamespace(n_r=n_r, n_eta=n_eta, r_px=r, two_theta=np.degrees(np.arctan(r * 200 / 1e6)),
+                                 eta=-180 + (np.arange(n_eta) + 0.5) * 360 / n_eta, q=0.01 * r,
+                                 bin_area=np.ones((n_r, n_eta)))
+
+
+def inputs(case: dict, n: int, seed: int = 0):
+    """``n`` (Result, buffers) pairs as a worker sends them, plus the partial omega sums (Write2D 0)."""
+    rng = np.random.default_rng(seed)
+    n_r, n_eta = case["n_r"], case["n_eta"]
+    k = min(n, 64)  # a few distinct arrays, reused: making inputs is not what is timed
+    lines = rng.random((k, n_r), dtype=np.float32)
+    cakes = rng.random((k, n_r, n_eta), dtype=np.float32) if case["write_2d"] else None
+    fits = rng.normal(size=(k, case["n_peaks"], 7)) if case["n_peaks"] else None
+    table = np.array([[80, 40]], dtype=np.int32)
+    values = rng.random(40)
+    out = []
+    for i in range(n):
+        j = i % k
+        curves = (table, values) if fits is not None else None
+        bufs = result_buffers(lines[j], None if cakes is None else cakes[j], None if fits is None else fits[j],
+                              curves)
+        msg = Result(run_id="bench", frame_index=i, source_id=f"bench:{i}", timestamp=1.7e9 + i, engine="gpu",
+                     n_r=n_r, n_eta=n_eta, has_cake=cakes is not None, n_peaks=case["n_peaks"],
+                     n_rois=1 if curves else 0, n_curve_points=40 if curves else 0, metadata={"I0": 1.0 * i})
+        out.append((msg, bufs))
+    partials = []
+    if not case["write_2d"]:
+        total = rng.random((n_r, n_eta))
+        for g in range((n + case["osf"] - 1) // case["osf"]):
+            m = min(case["osf"], n - g * case["osf"])
+            partials.append((OmegaPartial(group=g, n_frames=m, n_r=n_r, n_eta=n_eta), [total]))
+    return out, partials
+
+
+def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dict:
+    p = params_for(case)
+    imap = fake_map(case["n_r"], case["n_eta"])
+    results, partials = inputs(case, n)
+    if messages:  # what arrives on the socket: lists of frames
+        results = [encode(m, b) for m, b in results]
+        partials = [encode(m, b) for m, b in partials]
+    else:  # the sinks alone: the records the writer process makes of each message, made beforehand
+        results = [record_from_result(m, b) for m, b in results]
+    osf = case["osf"]
+    work = Path(tempfile.mkdtemp(dir=folder, prefix=f"writer-{name}-"))
+    try:
+        # the prebuilt inputs (tens of thousands of live objects) are not the writer's: keep the cyclic GC from
+        # rescanning them during the timing (a writer process holds a handful of messages at a time)
+        gc.collect()
+        gc.freeze()
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = RunOutputs(work / "out.h5", imap, p, engine_name="gpu", n_peaks=case["n_peaks"],
+                         zarr_path=work / "out.zarr.zip", metadata_keys=["I0"], expected_frames=n,
+                         sums_from_workers=not case["write_2d"])
+        for i, item in enumerate(results):
+            if messages:  # as writer/process.py does with each message
+                msg, bufs = decode(item)
+                item = record_from_result(msg, bufs)
+            out.append(item)
+            if partials and (i + 1) % osf == 0:
+                pm, pb = decode(partials[i // osf]) if messages else partials[i // osf]
+                out.add_partial(pm.group, pm.n_frames, np.frombuffer(pb[0], "<f8").reshape(pm.n_r, pm.n_eta))
+            if (i + 1) % 500 == 0:
+                out.save()
+        if partials and n % osf:
+            pm, pb = decode(partials[-1]) if messages else partials[-1]
+            out.add_partial(pm.group, pm.n_frames, np.frombuffer(pb[0], "<f8").reshape(pm.n_r, pm.n_eta))
+        t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
+        out.close(run_complete=True)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        size = sum(f.stat().st_size for f in work.iterdir() if f.is_file())
+    finally:
+        gc.unfreeze()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"case": name, "timed": "messages" if messages else "sinks", "frames": n, "seconds": round(seconds, 3),
+            "frames_per_s": round(n / seconds, 1), "run_s": round(t_run, 3), "run_cpu_s": round(c_run, 3),
+            "steady_frames_per_s": round(n / t_run, 1), "close_s": round(seconds - t_run, 3), "cpu_s": round(cpu, 3),
+            "frames_per_cpu_s": round(n / cpu, 1), "target_per_s": case["target"],
+            "meets_target": n / seconds >= case["target"], "bytes_written": size,
+            "MB_per_s": round(size / seconds / 1e6, 1), "omega_groups": out.counters["omega_groups"],
+            "zarr_published": out.counters["zarr_published"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=0, help="frames per case (default 40,000 lineouts, 6,000 cakes)")
+    ap.add_argument("--machine", default="vm")
+    ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder for the temporary output files")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per case and way; the best is reported")
+    args = ap.parse_args()
+    import zarr  # imported once, as the writer process does at start, not inside the timing
+
+    rows = []
+    for name, case in CASES.items():
+        n = args.frames or (40000 if name == "lineouts" else 6000)
+        for messages in (False, True):
+            best = max((run_case(name, case, n, Path(args.dir), messages) for _ in range(args.repeat)),
+                       key=lambda r: r["frames_per_s"])
+            rows.append(best)
+    print(f"{'case':10} {'timed':9} {'frames':>7} {'run s':>6} {'steady/s':>9} {'close s':>8} {'total/s':>8} "
+          f"{'cpu s':>6} {'frames/cpu-s':>12} {'target':>7} {'ok':>4} {'MB/s':>6}")
+    for r in rows:
+        print(f"{r['case']:10} {r['timed']:9} {r['frames']:7d} {r['run_s']:6.2f} {r['steady_frames_per_s']:9.0f} "
+              f"{r['close_s']:8.2f} {r['frames_per_s']:8.0f} {r['cpu_s']:6.2f} {r['frames_per_cpu_s']:12.0f} "
+              f"{r['target_per_s']:7d} {'yes' if r['meets_target'] else 'NO':>4} {r['MB_per_s']:6.1f}")
+    import h5py
+
+    result = {
+        "benchmark": "writer",
+        "what": "RunOutputs (the writer's sinks) alone, and with the per-message decode, from pre-built inputs; "
+                "save every 500 frames; time includes close",
+        "cases": CASES,
+        "machine": {"hostname": args.machine, "nproc": os.cpu_count(), "sched_cpus": len(os.sched_getaffinity(0)),
+                    "python": platform.python_version(), "numpy": np.__version__, "h5py": h5py.__version__,
+                    "hdf5": h5py.version.hdf5_version, "zarr": zarr.__version__, "platform": platform.platform(),
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())},
+        "runs": rows,
+    }
+    path = HERE / "results" / f"writer-{args.machine}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

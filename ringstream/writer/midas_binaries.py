@@ -1,0 +1,155 @@
+"""MIDAS binary streams (MIDAS-COMPAT section 6), appended in frame_index order, little-endian.
+
+- ``fit.bin``: float64, per frame ``n_peaks`` rows of (Imax, BG, Mu, Rcen, Sigma, GoF, Area); a peak not fitted is a
+  row of NaN, so ``np.fromfile("fit.bin").reshape(-1, n_peaks, 7)`` always works. Written whenever fitting.
+- ``fit_curves.bin``: per ROI per frame ``int32 frame_index, int32 start_bin, int32 n_points`` then ``n_points``
+  float64 model values.
+- with ``--midas-binaries``: ``lineout.bin`` (per frame ``n_r`` pairs (R px, I) float64), ``Int2D.bin`` (per frame
+  the cake, ``n_r * n_eta`` float64 in bin order r*n_eta + e; needs the cakes: ``Write2D 1``) and
+  ``RTthEtaAreaMap.bin`` (written once: float64 planes R, 2θ, η, area, each ``[n_r, n_eta]``).
+
+Rows are buffered and written at :meth:`MidasStreams.flush` (the writer's save points), so the files grow with the
+HDF5 file. :func:`read_fit_curves` reads fit_curves.bin back.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+FIT_BIN = "fit.bin"
+FIT_CURVES_BIN = "fit_curves.bin"
+LINEOUT_BIN = "lineout.bin"
+INT2D_BIN = "Int2D.bin"
+MAP_BIN = "RTthEtaAreaMap.bin"
+
+_CURVE_HEAD = np.dtype([("frame_index", "<i4"), ("start_bin", "<i4"), ("n_points", "<i4")])
+_HEAD = struct.Struct("<iii")
+
+#: bytes each file keeps in memory before a write
+_BUFFER = 8 << 20
+
+
+def _open(path: Path, overwrite: bool):
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: output file already exists; pass --overwrite to replace it")
+    try:
+        return open(path, "wb", buffering=_BUFFER)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create output file ({exc})") from exc
+
+
+class MidasStreams:
+    """The MIDAS streams of one run in ``folder``.
+
+    ``n_peaks`` > 0 writes fit.bin and fit_curves.bin; ``binaries`` also writes lineout.bin, RTthEtaAreaMap.bin and,
+    with ``cakes``, Int2D.bin. ``r_px`` ``[n_r]`` are the bin-centre radii of lineout.bin; ``remap`` the REtaMap
+    ``(>=4, n_r, n_eta)`` whose first four planes make RTthEtaAreaMap.bin.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, n_r: int, n_eta: int, r_px: np.ndarray, remap: np.ndarray,
+                 n_peaks: int, binaries: bool, cakes: bool, overwrite: bool = False) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise InputError(f"{self.folder}: MIDAS output folder does not exist")
+        self.n_r, self.n_eta, self.n_peaks = int(n_r), int(n_eta), int(n_peaks)
+        self.files: dict[str, Any] = {}
+        self._r = np.asarray(r_px, dtype="<f8")
+        self._lines: list[np.ndarray] = []
+        self._cakes: list[np.ndarray] = []
+        self._fits: list[np.ndarray] = []
+        self._curves: list[bytes] = []
+        self.frames = 0
+        names = ([FIT_BIN, FIT_CURVES_BIN] if self.n_peaks else []) + ([LINEOUT_BIN] if binaries else []) + (
+            [INT2D_BIN] if binaries and cakes else [])
+        try:
+            for name in names:
+                self.files[name] = _open(self.folder / name, overwrite)
+            if binaries:
+                with _open(self.folder / MAP_BIN, overwrite) as fh:
+                    fh.write(np.ascontiguousarray(remap[:4], dtype="<f8").tobytes())
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    def append(self, frame_index: int, lineout: np.ndarray, cake: np.ndarray | None = None,
+               fit: np.ndarray | None = None, curves: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Buffer one frame (in frame_index order): lineout ``[n_r]``, cake ``[n_r, n_eta]``, fit ``[k, 7]``
+        (rows k..n_peaks-1 become NaN), curves (ROI table ``[n_rois, 2]`` of (start_bin, n_points), values)."""
+        if LINEOUT_BIN in self.files:
+            pair = np.empty((self.n_r, 2), dtype="<f8")
+            pair[:, 0] = self._r
+            pair[:, 1] = lineout
+            self._lines.append(pair)
+        if INT2D_BIN in self.files:
+            if cake is None:
+                raise ValueError(f"frame {frame_index}: Int2D.bin needs the cake of every frame")
+            self._cakes.append(np.asarray(cake, dtype="<f8").reshape(-1))
+        if self.n_peaks:
+            if fit is not None and np.shape(fit) == (self.n_peaks, 7):
+                rows = np.array(fit, dtype="<f8")
+            else:
+                rows = np.full((self.n_peaks, 7), np.nan, dtype="<f8")
+                if fit is not None and len(fit):
+                    rows[: len(fit)] = fit
+            self._fits.append(rows)
+            if curves is not None and len(curves[0]):
+                values = np.asarray(curves[1], dtype="<f8")
+                at = 0
+                for start, n in np.asarray(curves[0]).reshape(-1, 2).tolist():
+                    self._curves.append(_HEAD.pack(frame_index, start, n) + values[at:at + n].tobytes())
+                    at += n
+        self.frames += 1
+
+    def flush(self) -> None:
+        """Write the buffered frames and flush the files (OSError, e.g. ENOSPC, propagates)."""
+        for name, parts in ((LINEOUT_BIN, self._lines), (INT2D_BIN, self._cakes), (FIT_BIN, self._fits)):
+            if parts and name in self.files:
+                self.files[name].write(np.concatenate([p.reshape(-1) for p in parts]).tobytes())
+        if self._curves:
+            self.files[FIT_CURVES_BIN].write(b"".join(self._curves))
+        self._lines, self._cakes, self._fits, self._curves = [], [], [], []
+        for fh in self.files.values():
+            fh.flush()
+
+    def discard(self) -> None:
+        """Drop the buffered frames (after a failure elsewhere, so the streams hold what the HDF5 file holds)."""
+        self._lines, self._cakes, self._fits, self._curves = [], [], [], []
+
+    def close(self) -> None:
+        """Flush and close every file (idempotent)."""
+        try:
+            if self.files:
+                self.flush()
+        finally:
+            for fh in self.files.values():
+                try:
+                    fh.close()
+                except OSError:
+                    pass
+            self.files = {}
+
+
+def read_fit_curves(path: str | os.PathLike) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(frame_index, start_bin, values float64 [n_points])`` of each record of a fit_curves.bin file."""
+    raw = Path(path).read_bytes()
+    at = 0
+    while at + _CURVE_HEAD.itemsize <= len(raw):
+        head = np.frombuffer(raw, dtype=_CURVE_HEAD, count=1, offset=at)[0]
+        at += _CURVE_HEAD.itemsize
+        n = int(head["n_points"])
+        if at + 8 * n > len(raw):
+            raise InputError(f"{path}: truncated record of frame {int(head['frame_index'])} at byte {at}")
+        yield int(head["frame_index"]), int(head["start_bin"]), np.frombuffer(raw, "<f8", n, at).copy()
+        at += 8 * n

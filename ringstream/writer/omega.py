@@ -1,0 +1,187 @@
+"""Omega sums: the per-frame cakes of each ``OmegaSumFrames`` group added up (MIDAS-COMPAT section 7).
+
+Group ``g`` holds frames ``g*N .. (g+1)*N - 1`` by run-wide ``frame_index`` (N = ``OmegaSumFrames``; -1 = the whole
+run is one group; 0 is taken as 1). A group's sum is float64 ``[n_r, n_eta]``: the sum of the normalised cakes of
+its frames that were integrated (rejected frames add nothing and are not counted).
+
+The sums come from one of two places, which :class:`OmegaSums` accepts in any order:
+
+- the cakes themselves (:meth:`OmegaSums.add_cake`; the writer has them when ``Write2D 1``, the offline path always);
+- partial sums the workers made of the cakes they integrated (:meth:`OmegaSums.add_partial`; the daemon with
+  ``Write2D 0``, so that no per-frame cake crosses the socket).
+
+The writer also reports every frame it accounts for, in frame_index order (:meth:`OmegaSums.note_frame`), with its
+ω; a group is complete once every frame of its range has been accounted for and the frames summed equal the frames
+integrated. :meth:`OmegaSums.pop_complete` hands out complete groups in order; :meth:`OmegaSums.pop_all` (end of
+run) also hands out the groups that are not, with the frames actually summed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+#: digits of ``LastFrameNumber_<k>`` when the run's length is not known (up to 10**9 frames in string order)
+DEFAULT_NAME_DIGITS = 9
+
+#: the metadata key a source uses for a frame's ω, in degrees
+OMEGA_KEY = "omega"
+
+
+@dataclasses.dataclass
+class OmegaGroup:
+    """One summed group. ``sum`` float64 ``[n_r, n_eta]``; ``n_frames`` frames summed (≥ 1); frame indices and ω
+    (deg) of the first and last frame integrated in the group."""
+
+    index: int
+    sum: np.ndarray
+    n_frames: int
+    first_frame: int
+    last_frame: int
+    first_omega: float
+    last_omega: float
+
+    def name(self, digits: int = DEFAULT_NAME_DIGITS) -> str:
+        """The zarr.zip / HDF5 name ``LastFrameNumber_<last_frame>``, zero-padded to ``digits``."""
+        return f"LastFrameNumber_{self.last_frame:0{digits}d}"
+
+
+def group_size(omega_sum_frames: int) -> int:
+    """Frames per group for ``OmegaSumFrames`` (-1 = all: a group as large as any run)."""
+    n = int(omega_sum_frames)
+    if n == -1:
+        return 2**62
+    return max(1, n)
+
+
+def name_digits(expected_frames: int = 0) -> int:
+    """Zero-padding of group names: enough for ``expected_frames`` (when known and > 0), else 9 digits."""
+    if expected_frames and expected_frames > 0:
+        return max(1, len(str(int(expected_frames) - 1)))
+    return DEFAULT_NAME_DIGITS
+
+
+class OmegaStamps:
+    """ω of a frame in degrees: the frame metadata ``omega`` when the source gives it, else the parameter file's
+    ``Omega`` (fixed), else ``OmegaStart + frame_index * OmegaStep`` when either was set, else the frame index
+    (MIDAS's fallback)."""
+
+    def __init__(self, params: Any) -> None:
+        given = {k for k, _ in getattr(params, "locations", ())}
+        self.fixed = getattr(params, "Omega", None)
+        self.start = float(getattr(params, "OmegaStart", 0.0) or 0.0)
+        self.step = float(getattr(params, "OmegaStep", 0.0) or 0.0)
+        self.ramp = bool(self.step) or "OmegaStart" in given or "OmegaStep" in given
+
+    def __call__(self, frame_index: int, metadata: Mapping[str, Any] | None = None) -> float:
+        if metadata:
+            value = metadata.get(OMEGA_KEY)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return float(value)
+        if self.fixed is not None:
+            return float(self.fixed)
+        if self.ramp:
+            return self.start + int(frame_index) * self.step
+        return float(frame_index)
+
+
+@dataclasses.dataclass
+class _Pending:
+    sum: np.ndarray
+    summed: int = 0  # frames added (cakes or partial counts)
+    integrated: int = 0  # ok frames accounted for by the writer
+    first_frame: int = -1
+    last_frame: int = -1
+    first_omega: float = 0.0
+    last_omega: float = 0.0
+
+
+class OmegaSums:
+    """Collects the groups of one run (see the module docstring). ``shape`` = ``(n_r, n_eta)``."""
+
+    def __init__(self, omega_sum_frames: int, shape: tuple[int, int]) -> None:
+        self.size = group_size(omega_sum_frames)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._pending: dict[int, _Pending] = {}
+        self._accounted = 0  # frames 0 .. _accounted-1 have been noted
+        self._done_below = 0  # groups < this have been handed out
+
+    def group_of(self, frame_index: int) -> int:
+        return int(frame_index) // self.size
+
+    def _get(self, g: int) -> _Pending:
+        p = self._pending.get(g)
+        if p is None:
+            p = self._pending[g] = _Pending(np.zeros(self.shape, dtype=np.float64))
+        return p
+
+    def add_cake(self, frame_index: int, cake: np.ndarray) -> None:
+        """Add one frame's normalised cake ``[n_r, n_eta]`` to its group (a bin that is NaN in any frame is 0 in
+        the sum: GSAS-II reads no NaN)."""
+        g = self.group_of(frame_index)
+        if g < self._done_below:
+            raise ValueError(f"frame {frame_index}: its omega-sum group {g} was already written")
+        p = self._get(g)
+        np.add(p.sum, cake, out=p.sum)  # float32 cakes added in float64, no temporary
+        p.summed += 1
+
+    def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
+        """Add a worker's partial sum of ``n_frames`` cakes of group ``group``."""
+        g = int(group)
+        if g < self._done_below:
+            raise ValueError(f"partial sum of group {g} arrived after the group was written")
+        if partial.shape != self.shape:
+            raise ValueError(f"partial sum of group {g}: shape {partial.shape} != {self.shape}")
+        p = self._get(g)
+        np.add(p.sum, partial, out=p.sum)
+        p.summed += int(n_frames)
+
+    def note_frame(self, frame_index: int, ok: bool, omega: float) -> None:
+        """The writer accounted for ``frame_index`` (in increasing order; gaps allowed at a stop)."""
+        idx = int(frame_index)
+        self._accounted = max(self._accounted, idx + 1)
+        if not ok:
+            return
+        p = self._get(self.group_of(idx))
+        if p.first_frame < 0:
+            p.first_frame, p.first_omega = idx, float(omega)
+        p.last_frame, p.last_omega = idx, float(omega)
+        p.integrated += 1
+
+    def waiting(self, end: int | None = None) -> int:
+        """Frames integrated in finished frame ranges whose sums have not all arrived yet; with ``end`` (the run's
+        frame count, once known) the last, shorter range counts as finished too."""
+        done = self._accounted if end is None or self._accounted < end else 2**63
+        return sum(p.integrated - p.summed for g, p in self._pending.items()
+                   if ((g + 1) * self.size <= done or done == 2**63) and p.integrated > p.summed)
+
+    def _emit(self, g: int) -> OmegaGroup | None:
+        p = self._pending.pop(g)
+        if p.summed <= 0 or p.first_frame < 0:
+            return None
+        if not np.isfinite(p.sum).all():  # no NaN in the outputs: a bin that was NaN in a frame is 0
+            np.nan_to_num(p.sum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return OmegaGroup(g, p.sum, p.summed, p.first_frame, p.last_frame, p.first_omega, p.last_omega)
+
+    def pop_complete(self) -> list[OmegaGroup]:
+        """Complete groups (every frame of the range accounted for, every integrated frame summed), in order."""
+        out: list[OmegaGroup] = []
+        for g in sorted(self._pending):
+            p = self._pending[g]
+            if (g + 1) * self.size > self._accounted or p.summed < p.integrated:
+                break
+            group = self._emit(g)
+            self._done_below = g + 1
+            if group is not None:
+                out.append(group)
+        return out
+
+    def pop_all(self) -> list[OmegaGroup]:
+        """Every group still held, complete or not (the end of a run), in order."""
+        out = [grp for g in sorted(self._pending) if (grp := self._emit(g)) is not None]
+        self._done_below = max([self._done_below] + [g.index + 1 for g in out])
+        return out

@@ -1,0 +1,291 @@
+"""The one set of sinks every path writes through: the offline ``ringstream integrate`` and the daemon's writer.
+
+A run hands :class:`RunOutputs` one :class:`FrameRecord` per frame in frame_index order (integrated or rejected)
+and, from the daemon, the workers' partial omega sums and the PeakUpdates. :class:`RunOutputs` feeds:
+
+- the NeXus HDF5 file (:class:`~ringstream.writer.hdf5.Hdf5Writer`): lineouts, cakes, fits and curves, metadata,
+  ω, omega-sum groups, peak updates;
+- the omega sums (:class:`~ringstream.writer.omega.OmegaSums`): from each record's cake, or from the partial sums;
+- the GSAS-II zarr.zip (:class:`~ringstream.writer.zarr_zip.ZarrZipSink`), published at every :meth:`RunOutputs.save`;
+- the MIDAS streams (:class:`~ringstream.writer.midas_binaries.MidasStreams`): fit.bin and fit_curves.bin when
+  fitting, lineout.bin, Int2D.bin and RTthEtaAreaMap.bin with ``midas_dir``.
+
+:meth:`RunOutputs.flush` makes every frame so far visible (HDF5 flush, binaries written); :meth:`RunOutputs.save`
+also publishes the zarr.zip. A full disk (ENOSPC, EDQUOT, EFBIG) is an :class:`OutputError` naming the file and
+the frames safely written; the caller stops the run and calls :meth:`RunOutputs.close` with ``run_complete=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .hdf5 import Hdf5Writer
+from .midas_binaries import MidasStreams
+from .omega import OmegaStamps, OmegaSums, name_digits
+from .zarr_zip import ZarrZipSink, instrument_parameters, reta_map
+
+log = logging.getLogger(__name__)
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class OutputError(InputError):
+    """An output file cannot be written (disk full, quota, file size limit); exit code 3."""
+
+
+def default_zarr_path(h5_path: str | os.PathLike) -> Path:
+    """``NAME.zarr.zip`` beside ``NAME.h5`` (OUTPUTS.md)."""
+    p = Path(h5_path)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(f"{stem}.zarr.zip")
+
+
+def numeric_keys(metadata: Mapping[str, Any] | None) -> list[str]:
+    """The keys of ``metadata`` whose values are numbers (stored as ``/entry/data/metadata/<key>``)."""
+    return sorted(k for k, v in (metadata or {}).items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k.isidentifier())
+
+
+@dataclasses.dataclass
+class FrameRecord:
+    """One frame's results. ``lineout`` float ``[n_r]`` (None: the frame was rejected, ``reason`` says why);
+    ``cake`` ``[n_r, n_eta]`` or None; ``fit`` float64 ``[k <= n_peaks, 7]`` or None; ``curves`` = (ROI table
+    int ``[n_rois, 2]`` of (start_bin, n_points), model values float64) or None; ``timestamp`` s since the epoch."""
+
+    frame_index: int
+    lineout: np.ndarray | None
+    source_id: str = ""
+    timestamp: float | None = None
+    cake: np.ndarray | None = None
+    fit: np.ndarray | None = None
+    curves: tuple[np.ndarray, np.ndarray] | None = None
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reason: str = ""
+
+
+def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
+    """The :class:`FrameRecord` of an ok :class:`~ringstream.protocol.Result` and its buffers (views, no copy):
+    lineout f4 ``[n_r]``, cake f4 ``[n_r, n_eta]`` if ``has_cake``, fit f8 ``[n_peaks, 7]`` if ``n_peaks``, ROI
+    table i4 ``[n_rois, 2]`` and model values f8 if ``n_rois``. ``decode`` has checked every buffer's size against
+    the header; a count or size that still does not match is a ProtocolError of kind "size"."""
+    from ..protocol import ProtocolError
+
+    n_r, n_eta = int(msg.n_r), int(msg.n_eta)
+    want = 1 + bool(msg.has_cake) + bool(msg.n_peaks) + (2 if msg.n_rois else 0)
+    if len(buffers) != want:
+        raise ProtocolError("size", f"result {msg.frame_index}: {len(buffers)} buffers, expected {want}")
+    try:
+        lineout = np.frombuffer(buffers[0], dtype="<f4").reshape(n_r)
+        i, cake, fit, curves = 1, None, None, None
+        if msg.has_cake:
+            cake = np.frombuffer(buffers[1], dtype="<f4").reshape(n_r, n_eta)
+            i = 2
+        if msg.n_peaks:
+            fit = np.frombuffer(buffers[i], dtype="<f8").reshape(int(msg.n_peaks), 7)
+            i += 1
+        if msg.n_rois:
+            table = np.frombuffer(buffers[i], dtype="<i4").reshape(int(msg.n_rois), 2)
+            curves = (table, np.frombuffer(buffers[i + 1], dtype="<f8").reshape(int(msg.n_curve_points)))
+    except ValueError as exc:
+        raise ProtocolError("size", f"result {msg.frame_index}: buffers do not match the header ({exc})") from None
+    return FrameRecord(int(msg.frame_index), lineout, msg.source_id, msg.timestamp or None, cake, fit, curves,
+                       msg.metadata)
+
+
+def _short(exc: BaseException) -> str:
+    """One line for an OS or HDF5 write error: the OS's message when HDF5 quotes it, else the text collapsed."""
+    text = " ".join(str(exc).split())
+    m = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    if m:
+        return f"[Errno {m.group(1)}] {m.group(2)}"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "file too large" in text or "quota" in text
+
+
+class RunOutputs:
+    """Every output file of one run (see the module docstring).
+
+    ``h5_path`` the HDF5 file; ``imap`` the IntegrationMap; ``params`` the Params; ``engine_name`` recorded in the
+    file; ``n_peaks`` fit rows per frame (``fitting.peak_slots``; 0 = no fitting); ``zarr_path`` the zarr.zip
+    (None: none); ``midas_dir`` folder of lineout.bin/Int2D.bin/RTthEtaAreaMap.bin (None: only fit.bin and
+    fit_curves.bin, beside the HDF5 file, when fitting); ``metadata_keys`` numeric metadata datasets;
+    ``expected_frames`` the run's length when known (0: not; sets the zero-padding of group names);
+    ``sums_from_workers`` the omega sums come from :meth:`add_partial`, not from the records' cakes.
+    """
+
+    def __init__(self, h5_path: str | os.PathLike, imap: Any, params: Any, *, engine_name: str,
+                 n_peaks: int = 0, zarr_path: str | os.PathLike | None = None,
+                 midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
+                 metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
+                 block: int = 0) -> None:
+        self.write_2d = bool(getattr(params, "Write2D", False))
+        self.digits = name_digits(expected_frames)
+        self.sums_from_workers = bool(sums_from_workers)
+        self.omega_of = OmegaStamps(params)
+        self.sums = OmegaSums(int(getattr(params, "OmegaSumFrames", 1)), (imap.n_r, imap.n_eta))
+        self.counters = {"written": 0, "rejected": 0, "omega_groups": 0, "zarr_published": 0}
+        self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
+                             overwrite=overwrite, note=note, n_peaks=n_peaks, block=block,
+                             peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
+                             metadata_keys=metadata_keys, name_digits=self.digits)
+        self.path = self.h5.path
+        self.zarr: ZarrZipSink | None = None
+        self.midas: MidasStreams | None = None
+        try:
+            q = np.asarray(imap.q, dtype=np.float64) if getattr(imap, "q", None) is not None else None
+            remap = reta_map(imap.r_px, imap.two_theta, imap.eta, np.asarray(imap.bin_area).reshape(imap.n_r,
+                             imap.n_eta), q)
+            if zarr_path is not None:
+                self.zarr = ZarrZipSink(zarr_path, remap, instrument_parameters(params), self.digits,
+                                        overwrite=overwrite or not Path(zarr_path).exists())
+            if n_peaks or midas_dir is not None:
+                self.midas = MidasStreams(midas_dir if midas_dir is not None else self.path.parent,
+                                          n_r=imap.n_r, n_eta=imap.n_eta, r_px=imap.r_px, remap=remap,
+                                          n_peaks=n_peaks, binaries=midas_dir is not None, cakes=self.write_2d,
+                                          overwrite=overwrite)
+                if midas_dir is not None and not self.write_2d:
+                    log.warning("%s: Int2D.bin needs per-frame cakes (Write2D 1); not written", midas_dir)
+        except BaseException:
+            self._abort()
+            raise
+        self.frames_flushed = 0
+        self.failed = False  # a disk-full error happened: close keeps only what was flushed
+
+    def _abort(self) -> None:
+        for sink in (self.midas, self.h5):
+            try:
+                if sink is not None:
+                    sink.close(*(() if sink is self.midas else (False,)))
+            except Exception:  # noqa: BLE001 - already failing: keep the first error
+                pass
+        if self.zarr is not None:
+            self.zarr.abandon()
+
+    def _guard(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except (OSError, RuntimeError) as exc:
+            if _disk_full(exc):
+                self.failed = True
+                raise OutputError(f"{what}: disk full or file size limit ({_short(exc)}); {self.frames_flushed} "
+                                  f"frames were flushed before it") from exc
+            raise
+
+    # ------------------------------------------------------------------------------------------------- input
+    def append(self, rec: FrameRecord) -> None:
+        """One frame, in increasing frame_index order; a rejected frame (``lineout`` None) writes no row."""
+        idx = int(rec.frame_index)
+        omega = self.omega_of(idx, rec.metadata)
+        if rec.lineout is None:
+            self.counters["rejected"] += 1
+            self.sums.note_frame(idx, False, omega)
+            if (idx + 1) % self.sums.size == 0:  # the last frame of a group: it may be complete now
+                self._take_groups(self.sums.pop_complete())
+            return
+        self._guard(str(self.path), lambda: self.h5.append(
+            idx, rec.source_id, rec.timestamp, rec.lineout, rec.cake if self.write_2d else None,
+            fit=rec.fit, curves=rec.curves, metadata=rec.metadata, omega=omega))
+        if self.midas is not None:
+            self.midas.append(idx, rec.lineout, rec.cake, rec.fit, rec.curves)
+        if not self.sums_from_workers:
+            if rec.cake is None:
+                raise ValueError(f"frame {idx}: omega sums need the cake (or partial sums from the workers)")
+            self.sums.add_cake(idx, np.asarray(rec.cake, dtype=np.float32))  # as stored, as the workers sum
+        self.sums.note_frame(idx, True, omega)
+        self.counters["written"] += 1
+        if (idx + 1) % self.sums.size == 0:  # the last frame of a group: it may be complete now
+            self._take_groups(self.sums.pop_complete())
+
+    def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
+        """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``."""
+        self.sums.add_partial(group, n_frames, partial)
+        self._take_groups(self.sums.pop_complete())
+
+    def peak_update(self, seq: int, from_frame: int, peaks: Sequence[float], origin: str) -> bool:
+        """Record a PeakUpdate; False (and nothing recorded) when the run does not fit peaks."""
+        if not self.h5.n_peaks:
+            return False
+        self.h5.add_peak_update(seq, from_frame, peaks, origin)
+        return True
+
+    def _take_groups(self, groups) -> None:
+        for g in groups:
+            self.h5.add_omega_group(g, self.digits)
+            if self.zarr is not None:
+                self.zarr.add_group(g)
+            self.counters["omega_groups"] += 1
+
+    @property
+    def sums_waiting(self) -> int:
+        """Integrated frames of finished groups whose partial sums have not arrived."""
+        return self.sums.waiting()
+
+    def sums_waiting_at_end(self, n_frames: int) -> int:
+        """:attr:`sums_waiting` at the end of a run of ``n_frames`` (the last group counts as finished)."""
+        return self.sums.waiting(end=n_frames)
+
+    # ------------------------------------------------------------------------------------------------ output
+    def flush(self) -> None:
+        """Make every frame so far visible: HDF5 flush (``@frames_written``), MIDAS streams written."""
+        self._guard(str(self.path), self.h5.flush)
+        if self.midas is not None:
+            self._guard(str(self.midas.folder), self.midas.flush)
+        self.frames_flushed = self.h5.frames_written
+
+    def save(self) -> None:
+        """:meth:`flush` and publish the zarr.zip (the save interval)."""
+        self.flush()
+        if self.zarr is not None and self._guard(str(self.zarr.path), lambda: self.zarr.publish(wait=False)):
+            self.counters["zarr_published"] += 1
+
+    def wait_published(self) -> None:
+        """Wait until a zarr.zip publication running in the background is done (errors raised here)."""
+        if self.zarr is not None:
+            self.zarr._join(True)
+
+    def close(self, run_complete: bool) -> None:
+        """End of run: every group still held (complete or not) is written, everything saved and closed.
+        After a disk-full error, closes what can be closed and keeps the last published zarr.zip."""
+        failed: BaseException | None = None
+        if self.failed:  # the disk filled up: keep what was flushed, write nothing more
+            if self.midas is not None:
+                self.midas.discard()
+            self.h5.discard_buffer()
+        else:
+            try:
+                self._take_groups(self.sums.pop_all())
+                self.flush()
+                if self.zarr is not None:  # the last copy runs while the HDF5 file is closed; joined below
+                    self.zarr.publish(wait=False, force=True)
+            except BaseException as exc:  # noqa: BLE001 - close the rest, then report the first error
+                failed = exc
+        for step in ("midas", "h5", "zarr"):
+            try:
+                if step == "midas" and self.midas is not None:
+                    self.midas.close()
+                elif step == "h5":
+                    self.h5.close(run_complete=run_complete and failed is None)
+                elif step == "zarr" and self.zarr is not None:
+                    self.zarr.abandon() if failed else self.zarr.close()
+            except BaseException as exc:  # noqa: BLE001
+                failed = failed or exc
+        if failed is not None:
+            if isinstance(failed, OutputError) or not _disk_full(failed):
+                raise failed
+            raise OutputError(f"{self.path}: disk full while closing ({_short(failed)})") from failed

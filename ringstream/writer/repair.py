@@ -1,0 +1,243 @@
+"""Make a results file that a crashed writer left behind readable again (``ringstream repair OUT.h5``).
+
+A writer killed while it held the file in SWMR-write mode leaves the superblock's file-consistency flags set, and
+every later open without ``swmr=True`` fails ("file is already open for write"). :func:`clear_status_flags` clears
+them as ``h5clear -s`` does: it rewrites the flags byte of the version-2/3 superblock and its Jenkins lookup3
+checksum (HDF5 file format spec, "Superblock"); no HDF5 tools are needed.
+
+:func:`repair` then makes the file consistent: every per-frame dataset is cut to the rows that were complete in all
+of them (and to ``@frames_written``, the count the writer published at its last flush), ``frame_index`` must be
+strictly increasing, the fit curves and omega-sum groups are cut to match, ``@frames_written`` is set to the
+result, and :func:`link_omega_groups` names each omega-sum group. ``@run_complete`` stays false.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+log = logging.getLogger(__name__)
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & 0xFFFFFFFF
+
+
+def lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' ``hashlittle`` (lookup3.c), the checksum of HDF5 metadata: a 32-bit int of ``data``."""
+    m = 0xFFFFFFFF
+    n = len(data)
+    a = b = c = (0xDEADBEEF + n + initval) & m
+    i = 0
+    while n - i > 12:
+        a = (a + int.from_bytes(data[i:i + 4], "little")) & m
+        b = (b + int.from_bytes(data[i + 4:i + 8], "little")) & m
+        c = (c + int.from_bytes(data[i + 8:i + 12], "little")) & m
+        a = (a - c) & m; a ^= _rot(c, 4); c = (c + b) & m  # noqa: E702
+        b = (b - a) & m; b ^= _rot(a, 6); a = (a + c) & m  # noqa: E702
+        c = (c - b) & m; c ^= _rot(b, 8); b = (b + a) & m  # noqa: E702
+        a = (a - c) & m; a ^= _rot(c, 16); c = (c + b) & m  # noqa: E702
+        b = (b - a) & m; b ^= _rot(a, 19); a = (a + c) & m  # noqa: E702
+        c = (c - b) & m; c ^= _rot(b, 4); b = (b + a) & m  # noqa: E702
+        i += 12
+    if n - i == 0:
+        return c
+    tail = data[i:] + b"\0" * (12 - (n - i))
+    a = (a + int.from_bytes(tail[0:4], "little")) & m
+    b = (b + int.from_bytes(tail[4:8], "little")) & m
+    c = (c + int.from_bytes(tail[8:12], "little")) & m
+    c ^= b; c = (c - _rot(b, 14)) & m  # noqa: E702
+    a ^= c; a = (a - _rot(c, 11)) & m  # noqa: E702
+    b ^= a; b = (b - _rot(a, 25)) & m  # noqa: E702
+    c ^= b; c = (c - _rot(b, 16)) & m  # noqa: E702
+    a ^= c; a = (a - _rot(c, 4)) & m  # noqa: E702
+    b ^= a; b = (b - _rot(a, 14)) & m  # noqa: E702
+    c ^= b; c = (c - _rot(b, 24)) & m  # noqa: E702
+    return c
+
+
+def _superblock_offset(fh) -> int:
+    for offset in [0] + [512 << k for k in range(20)]:
+        fh.seek(offset)
+        if fh.read(8) == _SIGNATURE:
+            return offset
+        if offset > os.fstat(fh.fileno()).st_size:
+            break
+    raise InputError(f"{fh.name}: not an HDF5 file (no superblock signature)")
+
+
+def clear_status_flags(path: str | os.PathLike) -> bool:
+    """Clear the superblock's file-consistency flags (``h5clear -s``). True if they were set, False if clear.
+    Only superblock versions 2 and 3 have them (files written with ``libver="latest"``, as ringstream's)."""
+    path = Path(path)
+    try:
+        fh = open(path, "r+b")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open for repair ({exc})") from exc
+    with fh:
+        base = _superblock_offset(fh)
+        fh.seek(base)
+        head = fh.read(12)
+        version, size_off = head[8], head[9]
+        if version not in (2, 3):
+            return False  # versions 0/1 keep no flags a crash could leave set
+        n = 12 + 4 * size_off  # signature .. root object header address
+        fh.seek(base)
+        block = bytearray(fh.read(n + 4))
+        if block[11] == 0:
+            return False
+        stored = int.from_bytes(block[n:n + 4], "little")
+        if lookup3(bytes(block[:n])) != stored:
+            raise InputError(f"{path}: superblock checksum does not match; not repairing a damaged file")
+        block[11] = 0
+        block[n:n + 4] = lookup3(bytes(block[:n])).to_bytes(4, "little")
+        fh.seek(base)
+        fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def clear_if_crashed(path: str | os.PathLike) -> bool:
+    """If ``path`` is an HDF5 file a killed writer left (status flags set), :func:`repair` it and log one line.
+    True if it was repaired. Anything else (no file, not HDF5, flags clear) is left alone."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            base = _superblock_offset(fh)
+            fh.seek(base + 8)
+            head = fh.read(4)
+    except (OSError, InputError):
+        return False
+    if len(head) < 4 or head[0] not in (2, 3) or head[3] == 0:
+        return False
+    report = repair(path)
+    log.warning("repaired the results file a killed writer left: %s", report.line())
+    return True
+
+
+@dataclasses.dataclass
+class RepairReport:
+    """What :func:`repair` found and did."""
+
+    path: Path
+    flags_cleared: bool
+    frames: int  # complete frames kept
+    cut: int  # rows removed beyond them (partly written rows)
+    groups: int  # omega-sum groups kept
+    run_complete: bool
+
+    def line(self) -> str:
+        return (f"{self.path}: {'status flags cleared, ' if self.flags_cleared else ''}{self.frames} frames "
+                f"(frame_index increasing, {self.cut} partial rows cut), {self.groups} omega-sum groups, "
+                f"run_complete {str(self.run_complete).lower()}")
+
+
+def _per_frame(f: h5py.File) -> list[h5py.Dataset]:
+    e = f["entry"]
+    out = [d for d in e["data"].values() if isinstance(d, h5py.Dataset) and d.maxshape and d.maxshape[0] is None]
+    if "metadata" in e["data"]:
+        out += list(e["data/metadata"].values())
+    for path in ("cake/I", "fit/peaks"):
+        if path in e:
+            out.append(e[path])
+    return out
+
+
+def repair(path: str | os.PathLike) -> RepairReport:
+    """Clear the status flags and cut the file to its complete, increasing frames (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    cleared = clear_status_flags(path)
+    try:
+        f = h5py.File(path, "r+")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open after clearing the status flags ({exc})") from exc
+    with f:
+        if "entry/data/frame_index" not in f:
+            raise InputError(f"{path}: not a ringstream results file (no /entry/data/frame_index)")
+        e = f["entry"]
+        rows = _per_frame(f)
+        longest = max(d.shape[0] for d in rows)
+        n = min([d.shape[0] for d in rows] + [int(e.attrs.get("frames_written", longest))])
+        idx = e["data/frame_index"][:n].astype(np.int64)
+        bad = np.nonzero(np.diff(idx) <= 0)[0]
+        if bad.size:
+            n = int(bad[0]) + 1
+        for d in rows:
+            if d.shape[0] != n:
+                d.resize(n, axis=0)
+        if "fit/curve_rois" in e:
+            rois, vals = e["fit/curve_rois"], e["fit/curve_values"]
+            table = rois[...]
+            last = int(idx[n - 1]) if n else -1
+            keep = int(np.searchsorted(table[:, 0], last, side="right")) if len(table) else 0
+            points = int(table[:keep, 2].sum()) if keep else 0
+            while keep and points > vals.shape[0]:  # the values of the last ROIs did not make it
+                keep -= 1
+                points -= int(table[keep, 2])
+            rois.resize(keep, axis=0)
+            vals.resize(points, axis=0)
+        groups = _cut_to_common(e["omega_sum"], ("I", "n_frames", "first_frame", "last_frame", "first_omega",
+                                                 "last_omega", "name"))
+        if "fit/peak_updates" in e:
+            _cut_to_common(e["fit/peak_updates"], ("peaks", "origin", "from_frame", "seq"))
+        for obj in (e, e["data/I"]):
+            obj.attrs.modify("frames_written", np.int64(n))
+        complete = bool(e.attrs.get("run_complete", False)) and n == longest
+        for obj in (e, e["data/I"]):
+            obj.attrs.modify("run_complete", np.bool_(complete))
+    link_omega_groups(path)
+    return RepairReport(path, cleared, n, longest - n, groups, complete)
+
+
+def _cut_to_common(group: h5py.Group, names: tuple[str, ...]) -> int:
+    n = min(group[k].shape[0] for k in names)
+    for k in names:
+        if group[k].shape[0] != n:
+            group[k].resize(n, axis=0)
+    return n
+
+
+#: above this many groups, :func:`link_omega_groups` leaves the rows unnamed (about 1 ms per group)
+MAX_NAMED_GROUPS = 20000
+
+
+def link_omega_groups(path: str | os.PathLike) -> int:
+    """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/LastFrameNumber_<k>`` (a virtual
+    dataset of that row, with the zarr.zip attributes), so the file has one dataset per group. Run on a closed
+    file (it opens it without SWMR). Returns the number of groups named (0 above :data:`MAX_NAMED_GROUPS`)."""
+    with h5py.File(path, "r+") as f:
+        g = f["entry/omega_sum"]
+        n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega",
+                                        "name"))
+        if n > MAX_NAMED_GROUPS:
+            log.info("%s: %d omega-sum groups: rows of /entry/omega_sum/I only (named datasets up to %d groups)",
+                     path, n, MAX_NAMED_GROUPS)
+            return 0
+        names = [v.decode() if isinstance(v, bytes) else str(v) for v in g["name"][:n]]
+        cols = {k: g[k][:n] for k in ("n_frames", "last_frame", "first_omega", "last_omega")}
+        shape = g["I"].shape
+        source = h5py.VirtualSource(".", "/entry/omega_sum/I", shape=shape)
+        for k, name in enumerate(names):
+            if name in g:
+                continue
+            layout = h5py.VirtualLayout(shape=shape[1:], dtype=np.float64)
+            layout[:, :] = source[k, :, :]
+            d = g.create_virtual_dataset(name, layout, fillvalue=0.0)
+            a = d.attrs
+            a["Number Of Frames Summed"] = np.int64(cols["n_frames"][k])
+            a["LastFrameNumber"] = np.int64(cols["last_frame"][k])
+            a["FirstOme"] = np.float64(cols["first_omega"][k])
+            a["LastOme"] = np.float64(cols["last_omega"][k])
+        return n

@@ -1,0 +1,281 @@
+"""The GSAS-II ``NAME.zarr.zip`` (MIDAS-COMPAT section 7), published by rename so a reader never sees half a ZIP.
+
+Layout (zarr format 2, uncompressed arrays in an uncompressed ZIP)::
+
+    REtaMap                              float64 (5, n_r, n_eta): R px, 2θ deg, η deg, bin area px², Q 1/Å
+    OmegaSumFrame/LastFrameNumber_<k>    float64 (n_r, n_eta): the sum of a group's normalised cakes, attrs
+                                         "Number Of Frames Summed", "LastFrameNumber", "FirstOme", "LastOme" (deg)
+    InstrumentParameters/{Lam, Polariz, SH_L, U, V, W, X, Y, Z, Distance}   float64 (1,); Distance in µm
+
+``k`` is zero-padded (``name_digits``) so string order is numeric order. No NaN anywhere: an empty bin is 0 with
+area 0, an unknown wavelength gives Q = 0 and ``Lam`` 0.
+
+How it is written: zarr 3 (``zarr_format=2``) builds the fixed part (root, REtaMap, InstrumentParameters, the
+OmegaSumFrame group) and the first group's array in a private folder beside the output. Every later group has the
+same array metadata, so its members are that ``.zarray`` text, its own ``.zattrs`` (written as zarr writes them)
+and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation costs ~7 ms per
+1000 x 72 group here, too slow for ``OmegaSumFrames 1`` at thousands of frames/s). A ZIP member is written once.
+
+Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end): a new ZIP is made next to the
+output (the first time from the folder, later by copying the last published ZIP and appending the new groups'
+members) and renamed over the output. A crash at any moment leaves the last published file whole (no fsync:
+this protects against a killed process, not a power cut). The copy grows with the file, so during a run it
+runs in a background thread; a save interval that comes while the previous copy is still being written, or
+sooner after it than ``DUTY`` (10) times its duration, is skipped (counted in ``skipped``) and its groups go
+into the next one: copying never takes more than about a tenth of the time. The end of the run always publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: write every chunk, even one equal to the fill value (a zero X, Y, Z or an empty group still has its member)
+_EVERY_CHUNK = {"write_empty_chunks": True}
+
+#: GSAS-II instrument parameter -> (parameter-file key, default) (MIDAS integrator_stream_process_h5 defaults)
+INSTRUMENT_KEYS: dict[str, tuple[str, float]] = {
+    "Lam": ("Wavelength", 0.413263),
+    "Polariz": ("Polariz", 0.99),
+    "SH_L": ("SHpL", 0.002),
+    "U": ("U", 1.163),
+    "V": ("V", -0.126),
+    "W": ("W", 0.063),
+    "X": ("X", 0.0),
+    "Y": ("Y", 0.0),
+    "Z": ("Z", 0.0),
+    "Distance": ("Lsd", 1_000_000.0),
+}
+
+
+def instrument_parameters(params: Any) -> dict[str, float]:
+    """The InstrumentParameters values from the parameter file (``Wavelength`` 0 = unknown keeps the default)."""
+    out = {}
+    for name, (key, default) in INSTRUMENT_KEYS.items():
+        try:
+            value = float(getattr(params, key, default))
+        except (TypeError, ValueError):
+            value = default
+        out[name] = value if np.isfinite(value) and (value != 0 or key != "Wavelength") else default
+    return out
+
+
+def reta_map(r_px: np.ndarray, two_theta: np.ndarray, eta: np.ndarray, area: np.ndarray,
+             q: np.ndarray | None) -> np.ndarray:
+    """REtaMap float64 ``(5, n_r, n_eta)`` from bin centres ``[n_r]``, ``[n_r]``, ``[n_eta]``, the bin areas
+    ``[n_r, n_eta]`` and Q ``[n_r]`` (None or NaN: 0); NaN anywhere becomes 0."""
+    nr, ne = np.shape(area)
+    out = np.zeros((5, nr, ne), dtype=np.float64)
+    out[0] = np.asarray(r_px, dtype=np.float64)[:, None]
+    out[1] = np.asarray(two_theta, dtype=np.float64)[:, None]
+    out[2] = np.asarray(eta, dtype=np.float64)[None, :]
+    out[3] = area
+    if q is not None:
+        out[4] = np.asarray(q, dtype=np.float64)[:, None]
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def group_attrs(group: Any) -> dict[str, Any]:
+    """The four attributes GSAS-II reads from an OmegaSumFrame array."""
+    return {"Number Of Frames Summed": int(group.n_frames), "LastFrameNumber": int(group.last_frame),
+            "FirstOme": float(group.first_omega), "LastOme": float(group.last_omega)}
+
+
+class ZarrZipSink:
+    """Collect omega-sum groups and publish ``path`` (see the module docstring).
+
+    ``remap`` is the REtaMap ``(5, n_r, n_eta)``, ``instrument`` the InstrumentParameters (:func:`instrument_parameters`),
+    ``name_digits`` the zero-padding of group names.
+    """
+
+    #: a background publication waits until DUTY times the last copy's duration has passed since it ended, so
+    #: copying a large file takes at most ~1/DUTY of the writer's time
+    DUTY = 10.0
+
+    def __init__(self, path: str | os.PathLike, remap: np.ndarray, instrument: dict[str, float],
+                 name_digits: int, overwrite: bool = True) -> None:
+        try:
+            import zarr
+            from zarr.storage import LocalStore
+        except ImportError as exc:  # pragma: no cover - a dependency
+            raise InputError(f"{path}: writing zarr.zip needs zarr >= 3 (pip install 'zarr>=3')") from exc
+        self.path = Path(path)
+        if not self.path.name.endswith(".zarr.zip"):
+            raise InputError(f"{self.path}: a GSAS-II zarr file name must end in .zarr.zip")
+        if not self.path.parent.is_dir():
+            raise InputError(f"{self.path}: output folder {self.path.parent} does not exist")
+        if self.path.exists() and not overwrite:
+            raise InputError(f"{self.path}: output file already exists; pass --overwrite to replace it")
+        self.digits = int(name_digits)
+        self.shape = tuple(remap.shape[1:])
+        self._remove_leftovers()
+        self._zarr = zarr
+        self._work = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self._store = self._work / "store"
+        root = zarr.open_group(LocalStore(str(self._store)), mode="w", zarr_format=2)
+        a = root.create_array("REtaMap", shape=remap.shape, dtype="float64", chunks=remap.shape,
+                              compressors=None, fill_value=0.0, config=_EVERY_CHUNK)
+        a[...] = remap
+        ip = root.create_group("InstrumentParameters")
+        for name, value in instrument.items():
+            arr = ip.create_array(name, shape=(1,), dtype="float64", chunks=(1,), compressors=None, fill_value=0.0,
+                                  config=_EVERY_CHUNK)
+            arr[...] = np.array([value], dtype=np.float64)
+        self._groups = root.create_group("OmegaSumFrame")
+        self._template: bytes | None = None  # the .zarray text of a group array
+        self._indent = zarr.config.get("json_indent")
+        self._pending: list[tuple[str, bytes]] = []  # members not yet in a published ZIP
+        self._first: list[str] = []  # members of the first group, written by zarr into the folder
+        self._published = False
+        self._names: set[str] = set()
+        self.groups_published = 0
+        self.groups_total = 0
+        self.skipped = 0  # publications skipped because the previous one was still being written
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._last_end = 0.0  # monotonic end of the last publication, and how long it took (s)
+        self._last_seconds = 0.0
+
+    def _remove_leftovers(self) -> None:
+        """Remove the private folders and temporary ZIPs a killed writer of this output left beside it."""
+        for p in self.path.parent.glob(f".{self.path.name}.*"):
+            try:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.suffix == ".tmp":
+                    p.unlink()
+                else:
+                    continue
+                log.info("removed %s, left by an earlier writer of %s", p, self.path)
+            except OSError as exc:
+                log.warning("cannot remove %s (%s)", p, exc)
+
+    def add_group(self, group: Any) -> None:
+        """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`."""
+        data = np.nan_to_num(np.asarray(group.sum, dtype="<f8"), nan=0.0, posinf=0.0, neginf=0.0)
+        if data.shape != self.shape:
+            raise ValueError(f"omega-sum group {group.index}: shape {data.shape} != {self.shape}")
+        name = group.name(self.digits)
+        if name in self._names:
+            raise ValueError(f"{self.path}: group {name} written twice")
+        self._names.add(name)
+        attrs = group_attrs(group)
+        if self._template is None:
+            arr = self._groups.create_array(name, shape=data.shape, dtype="float64", chunks=data.shape,
+                                            compressors=None, fill_value=0.0, attributes=attrs,
+                                            config=_EVERY_CHUNK)
+            arr[...] = data
+            folder = self._store / "OmegaSumFrame" / name
+            self._template = (folder / ".zarray").read_bytes()
+            self._first = sorted(str(p.relative_to(self._store)) for p in folder.rglob("*") if p.is_file())
+            if not self._published:  # the first ZIP is built from the folder, this group included
+                self.groups_total += 1
+                return
+            for member in self._first:
+                self._pending.append((member, (self._store / member).read_bytes()))
+        else:
+            chunk = ".".join("0" * len(data.shape))
+            base = f"OmegaSumFrame/{name}/"
+            self._pending += [
+                (base + ".zarray", self._template),
+                (base + ".zattrs", json.dumps(attrs, indent=self._indent, allow_nan=True).encode()),
+                (base + chunk, np.ascontiguousarray(data).tobytes()),
+            ]
+        self.groups_total += 1
+
+    def publish(self, wait: bool = True, force: bool = False) -> bool:
+        """Write a new ZIP with every group so far and rename it over the output. False if nothing changed, or
+        (``wait=False``) if the previous publication is still being written: the ZIP is then published at the next
+        call. With ``wait=False`` the copy runs in a thread (file I/O, which releases the GIL), so the writer keeps
+        taking frames; an error of that thread is raised by the next call. ``force``: wait for a running copy and
+        publish now, in the background (the end of a run; :meth:`close` joins it)."""
+        self._join(wait or force)
+        if self._thread is not None:
+            self.skipped += 1
+            return False
+        if self._published and not self._pending:
+            return False
+        if not (wait or force) and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
+            self.skipped += 1  # the last copy took more than 1/DUTY of the time since: publish later
+            return False
+        pending, self._pending = self._pending, []
+        first = not self._published
+        self._published = True
+        total = self.groups_total
+        if wait:
+            self._write(pending, first, total)
+        else:
+            self._thread = threading.Thread(target=self._run, args=(pending, first, total),
+                                            name="zarr-publish", daemon=True)
+            self._thread.start()
+        return True
+
+    def _join(self, wait: bool) -> None:
+        t = self._thread
+        if t is not None and (wait or not t.is_alive()):
+            t.join()
+            self._thread = None
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def _run(self, pending, first, total) -> None:
+        try:
+            self._write(pending, first, total)
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
+            self._error = exc
+
+    def _write(self, pending: list[tuple[str, bytes]], first: bool, total: int) -> None:
+        t0 = time.monotonic()
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        try:
+            if not first:
+                shutil.copyfile(self.path, tmp)
+            with zipfile.ZipFile(tmp, "a" if not first else "w", compression=zipfile.ZIP_STORED,
+                                 allowZip64=True) as z:
+                if first:
+                    for p in sorted(self._store.rglob("*")):
+                        if p.is_file():
+                            z.write(p, str(p.relative_to(self._store)))
+                for member, data in pending:
+                    z.writestr(member, data)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, self.path)  # atomic for readers; a killed writer leaves the last ZIP whole
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.groups_published = total
+        self._last_end = time.monotonic()
+        self._last_seconds = self._last_end - t0
+
+    def close(self) -> None:
+        """Publish what is left (waiting for it) and remove the private folder."""
+        try:
+            self.publish(wait=True)
+        finally:
+            shutil.rmtree(self._work, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """Remove the private folder without publishing more (the last published ZIP stays whole)."""
+        try:
+            self._join(True)
+        except BaseException:  # noqa: BLE001 - abandoning anyway
+            pass
+        shutil.rmtree(self._work, ignore_errors=True)

@@ -1,0 +1,122 @@
+"""Omega-sum grouping and stamps, the OmegaPartial message, and repairing a file a killed writer left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+from outputs_common import make, records
+
+from ringstream.errors import InputError
+from ringstream.params import parse_params
+from ringstream.protocol import OmegaPartial, ProtocolError, decode, encode
+from ringstream.writer.omega import OmegaStamps, OmegaSums, name_digits
+from ringstream.writer.repair import clear_status_flags, lookup3, repair
+
+
+def test_lookup3_matches_the_reference_vectors():
+    # lookup3.c driver: hashlittle("", 0) = 0xdeadbeef; "Four score and seven years ago" with 0 and 1
+    assert lookup3(b"") == 0xDEADBEEF
+    assert lookup3(b"Four score and seven years ago", 0) == 0x17770551
+    assert lookup3(b"Four score and seven years ago", 1) == 0xCD628161
+
+
+def test_omega_partial_round_trip_and_size_check():
+    msg = OmegaPartial(run_id="r", group=3, n_frames=2, first_frame=6, last_frame=8, worker=1, n_r=4, n_eta=3)
+    buf = np.arange(12, dtype="<f8").reshape(4, 3)
+    back, views = decode(encode(msg, [buf]))
+    assert back == msg
+    np.testing.assert_array_equal(np.frombuffer(views[0], "<f8").reshape(4, 3), buf)
+    with pytest.raises(ProtocolError) as err:
+        encode(msg, [buf[:2]])
+    assert err.value.kind == "size" and "n_r x n_eta float64" in str(err.value)
+
+
+def test_group_completion_waits_for_every_integrated_frame():
+    s = OmegaSums(3, (2, 2))
+    one = np.ones((2, 2))
+    for i in range(3):
+        s.note_frame(i, ok=(i != 1), omega=10.0 + i)
+    s.add_partial(0, 1, one)
+    assert s.pop_complete() == [] and s.waiting() == 1  # frames 0 and 2 integrated, one summed
+    s.add_partial(0, 1, 2 * one)
+    (g,) = s.pop_complete()
+    assert (g.n_frames, g.first_frame, g.last_frame, g.first_omega, g.last_omega) == (2, 0, 2, 10.0, 12.0)
+    np.testing.assert_array_equal(g.sum, 3 * one)
+    with pytest.raises(ValueError, match="after the group was written"):
+        s.add_partial(0, 1, one)
+    s.note_frame(3, True, 13.0)
+    s.add_cake(3, np.full((2, 2), np.nan))  # NaN counts as 0 (GSAS-II reads no NaN)
+    (last,) = s.pop_all()
+    assert last.n_frames == 1 and last.name(4) == "LastFrameNumber_0003" and not np.isnan(last.sum).any()
+    assert OmegaSums(-1, (1, 1)).group_of(10**12) == 0 and name_digits(1000) == 3 and name_digits(0) == 9
+
+
+def test_omega_stamps_precedence():
+    base = "NrPixelsY 8\nNrPixelsZ 8\nLsd 1e6\npx 200\nBC 4 4\nRMin 1\nRMax 4\nRBinSize 1\n"
+    assert OmegaStamps(parse_params(base))(7) == 7.0  # nothing given: the frame index (MIDAS)
+    ramp = OmegaStamps(parse_params(base + "OmegaStart -5\nOmegaStep 0.25\n"))
+    assert ramp(8) == -3.0 and ramp(8, {"omega": 1.5}) == 1.5  # the source's omega wins
+    assert OmegaStamps(parse_params(base + "Omega 30\nOmegaStep 1\n"))(4) == 30.0
+
+
+_KILL = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    from outputs_common import make, records, N_PEAKS
+    from ringstream.writer.outputs import RunOutputs
+    p, imap = make("Write2D 1\\nOmegaSumFrames 4\\n")
+    out = RunOutputs({path!r}, imap, p, engine_name="cpu", n_peaks=N_PEAKS, block=4)
+    recs = records(23, imap)
+    for r in recs[:13]:
+        out.append(r)
+    out.flush()             # 13 frames published
+    for r in recs[13:]:
+        out.append(r)       # 10 more: 8 in the datasets (two blocks), 2 buffered, none flushed
+    os._exit(9)             # the writer dies holding the file in SWMR-write mode
+""")
+
+
+def test_repair_a_file_a_killed_writer_left(tmp_path):
+    path = tmp_path / "k.h5"
+    tests = os.path.dirname(__file__)
+    subprocess.run([sys.executable, "-c", _KILL.format(tests=tests, path=str(path))], check=False, timeout=60)
+    with pytest.raises(OSError):
+        h5py.File(path, "r")  # the status flags block a normal open
+    report = repair(path)
+    assert report.flags_cleared and report.frames >= 13 and not report.run_complete
+    p, imap = make("Write2D 1\nOmegaSumFrames 4\n")
+    recs = records(23, imap)
+    with h5py.File(path, "r") as f:
+        e = f["entry"]
+        n = int(e.attrs["frames_written"])
+        assert n == report.frames and not e.attrs["run_complete"]
+        np.testing.assert_array_equal(e["data/frame_index"][:], np.arange(n))
+        for name in ("data/I", "cake/I", "fit/peaks", "data/timestamp", "data/source_id", "data/omega"):
+            assert e[name].shape[0] == n, name
+        np.testing.assert_array_equal(e["data/I"][:], np.stack([r.lineout for r in recs[:n]]))
+        np.testing.assert_array_equal(e["fit/peaks"][:], np.stack([r.fit for r in recs[:n]]))
+        assert e["fit/curve_rois"][-1, 0] == n - 1
+        assert e["fit/curve_values"].shape[0] == int(e["fit/curve_rois"][:, 2].sum())
+        assert list(e["omega_sum/last_frame"][:]) == [3, 7, 11][: len(e["omega_sum/last_frame"])]
+        assert "LastFrameNumber_000000003" in e["omega_sum"]
+    assert not clear_status_flags(path)  # a second repair finds nothing to clear
+    assert repair(path).frames == n
+
+
+def test_repair_refuses_what_it_cannot_fix(tmp_path):
+    (tmp_path / "x.h5").write_bytes(b"not hdf5 at all" * 10)
+    with pytest.raises(InputError, match="x.h5: not an HDF5 file"):
+        repair(tmp_path / "x.h5")
+    with pytest.raises(InputError, match="no such file"):
+        repair(tmp_path / "missing.h5")
+    with h5py.File(tmp_path / "other.h5", "w", libver="latest") as f:
+        f["a"] = 1
+    with pytest.raises(InputError, match="not a ringstream results file"):
+        repair(tmp_path / "other.h5")
+

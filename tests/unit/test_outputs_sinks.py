@@ -1,0 +1,203 @@
+"""RunOutputs: the one set of sinks: HDF5 (fit, curves, metadata, omega, omega sums, peak updates), zarr.zip and the
+MIDAS streams, written from Result-like records, agree with each other and with the records bit for bit."""
+
+from __future__ import annotations
+
+import errno
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from outputs_common import N_PEAKS, make, records
+
+from ringstream.writer import midas_binaries as mb
+from ringstream.writer.hdf5 import Hdf5Writer
+from ringstream.writer.outputs import OutputError, RunOutputs
+
+
+@pytest.fixture(scope="module")
+def geo():
+    return make("Write2D 1\nOmegaSumFrames 4\nOmegaStart 10\nOmegaStep 0.5\n")
+
+
+def _zarr(path):
+    return zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r", zarr_format=2)
+
+
+def test_every_sink_agrees_with_the_records(tmp_path, geo):
+    p, imap = geo
+    recs = records(11, imap, rejected=(5,))
+    out = RunOutputs(tmp_path / "r.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, zarr_path=tmp_path / "r.zarr.zip",
+                     midas_dir=tmp_path, metadata_keys=["I0", "omega"], expected_frames=11)
+    for r in recs:
+        out.append(r)
+    out.peak_update(1, 7, [6.5, 11.0], "control")
+    out.close(run_complete=True)
+    ok = [r for r in recs if r.lineout is not None]
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        e = f["entry"]
+        assert e.attrs["frames_written"] == 10 and bool(e.attrs["run_complete"])
+        np.testing.assert_array_equal(e["data/frame_index"][:], [r.frame_index for r in ok])
+        np.testing.assert_array_equal(e["data/I"][:], np.stack([r.lineout for r in ok]))
+        np.testing.assert_array_equal(e["cake/I"][:], np.stack([r.cake for r in ok]))
+        np.testing.assert_array_equal(e["fit/peaks"][:], np.stack([r.fit for r in ok]))
+        assert np.isnan(e["fit/peaks"][0, 1]).all() and not np.isnan(e["fit/peaks"][1]).any()
+        assert e["fit/peaks"].attrs["columns"] == "Imax,BG,Mu,Rcen,Sigma,GoF,Area"
+        np.testing.assert_array_equal(e["fit/peak_locations"][:], [6, 11, 15])
+        # the omega of each frame: the metadata value wins over OmegaStart + i * OmegaStep
+        np.testing.assert_array_equal(e["data/omega"][:], [0.25 * r.frame_index for r in ok])
+        np.testing.assert_array_equal(e["data/metadata/I0"][:], [1000.0 + r.frame_index for r in ok])
+        assert "note" not in e["data/metadata"] and '"note": "x"' in e["data/metadata_json"][0].decode()
+        rois = e["fit/curve_rois"][:]
+        exp = np.concatenate([np.column_stack([np.full(len(r.curves[0]), r.frame_index), r.curves[0]]) for r in ok])
+        np.testing.assert_array_equal(rois, exp)
+        np.testing.assert_array_equal(e["fit/curve_values"][:], np.concatenate([r.curves[1] for r in ok]))
+        u = e["fit/peak_updates"]
+        assert list(u["seq"][:]) == [1] and list(u["from_frame"][:]) == [7] and u["origin"][0] == b"control"
+        np.testing.assert_array_equal(u["peaks"][0], [6.5, 11.0])
+        # omega sums: groups of 4 frames by frame_index; frame 5 was rejected
+        o = e["omega_sum"]
+        assert list(o["n_frames"][:]) == [4, 3, 3] and list(o["last_frame"][:]) == [3, 7, 10]
+        assert list(o["first_frame"][:]) == [0, 4, 8]
+        np.testing.assert_array_equal(o["first_omega"][:], [0.0, 1.0, 2.0])
+        cakes = {r.frame_index: r.cake.astype(np.float64) for r in ok}
+        for g, frames in enumerate(([0, 1, 2, 3], [4, 6, 7], [8, 9, 10])):
+            want = np.zeros_like(cakes[0])
+            for i in frames:
+                want += cakes[i]
+            np.testing.assert_array_equal(o["I"][g], want)
+            name = f"LastFrameNumber_{frames[-1]:02d}"
+            np.testing.assert_array_equal(o[name][...], want)
+            assert o[name].attrs["Number Of Frames Summed"] == len(frames)
+        h5_sums = o["I"][:]
+        lines = np.stack([r.lineout for r in ok]).astype(np.float64)
+        r_px = e["data/r_px"][:]
+    # zarr.zip: same sums, zero-padded names in order
+    z = _zarr(tmp_path / "r.zarr.zip")
+    assert sorted(z.keys()) == ["InstrumentParameters", "OmegaSumFrame", "REtaMap"]
+    assert list(z["OmegaSumFrame"].keys()) == ["LastFrameNumber_03", "LastFrameNumber_07", "LastFrameNumber_10"]
+    for g, name in enumerate(z["OmegaSumFrame"].keys()):
+        np.testing.assert_array_equal(z["OmegaSumFrame"][name][...], h5_sums[g])
+    assert dict(z["OmegaSumFrame/LastFrameNumber_07"].attrs) == {
+        "Number Of Frames Summed": 3, "LastFrameNumber": 7, "FirstOme": 1.0, "LastOme": 1.75}
+    # MIDAS streams
+    fit = np.fromfile(tmp_path / "fit.bin").reshape(-1, N_PEAKS, 7)
+    np.testing.assert_array_equal(fit, np.stack([r.fit for r in ok]))
+    lo = np.fromfile(tmp_path / "lineout.bin").reshape(-1, imap.n_r, 2)
+    np.testing.assert_array_equal(lo[:, :, 1], lines)
+    np.testing.assert_array_equal(lo[:, :, 0], np.broadcast_to(r_px, lo[:, :, 0].shape))
+    int2d = np.fromfile(tmp_path / "Int2D.bin").reshape(-1, imap.n_r, imap.n_eta)
+    np.testing.assert_array_equal(int2d, np.stack([r.cake for r in ok]).astype(np.float64))
+    m = np.fromfile(tmp_path / "RTthEtaAreaMap.bin").reshape(4, imap.n_r, imap.n_eta)
+    np.testing.assert_array_equal(m[3], imap.bin_area)
+    curves = list(mb.read_fit_curves(tmp_path / "fit_curves.bin"))
+    want = [(r.frame_index, int(s), r.curves[1][a:a + int(n)]) for r in ok
+            for (s, n), a in zip(r.curves[0], np.concatenate([[0], np.cumsum(r.curves[0][:, 1])[:-1]]), strict=True)]
+    assert [(c[0], c[1]) for c in curves] == [(w[0], w[1]) for w in want]
+    for c, w in zip(curves, want, strict=True):
+        np.testing.assert_array_equal(c[2], w[2])
+
+
+def test_partial_sums_from_workers_equal_cake_sums(tmp_path):
+    p, imap = make("OmegaSumFrames 3\n")  # Write2D 0: the writer has no cakes, the workers sum them
+    recs = records(8, imap, seed=3)
+    out = RunOutputs(tmp_path / "w.h5", imap, p, engine_name="cpu", zarr_path=tmp_path / "w.zarr.zip",
+                     sums_from_workers=True, expected_frames=8)
+    # two workers: even and odd frames, partial sums arrive before and after the frames
+    for g in range(3):
+        for parity in (0, 1):
+            frames = [r for r in recs if r.frame_index // 3 == g and r.frame_index % 2 == parity]
+            if frames and parity == 0:
+                out.add_partial(g, len(frames), sum(r.cake.astype(np.float64) for r in frames))
+        for r in recs[g * 3:(g + 1) * 3]:
+            out.append(type(r)(r.frame_index, r.lineout, r.source_id, r.timestamp, None, None, None, r.metadata))
+        odd = [r for r in recs if r.frame_index // 3 == g and r.frame_index % 2 == 1]
+        assert out.counters["omega_groups"] == g  # group g waits for the second worker's sum
+        if odd:
+            out.add_partial(g, len(odd), sum(r.cake.astype(np.float64) for r in odd))
+        assert out.counters["omega_groups"] == (g + 1 if g < 2 else 2)  # the last group ends with the run
+    assert out.sums_waiting == 0
+    out.close(True)
+    with h5py.File(tmp_path / "w.h5") as f:
+        o = f["entry/omega_sum"]
+        assert list(o["n_frames"][:]) == [3, 3, 2] and "cake" not in f["entry"]
+        for g in range(3):
+            np.testing.assert_allclose(o["I"][g], sum(r.cake.astype(np.float64) for r in recs[g * 3:g * 3 + 3]),
+                                       rtol=1e-15)
+
+
+def test_zarr_published_by_rename_stays_valid_between_saves(tmp_path, geo):
+    p, imap = geo
+    zpath = tmp_path / "s.zarr.zip"
+    out = RunOutputs(tmp_path / "s.h5", imap, p, engine_name="cpu", zarr_path=zpath, n_peaks=N_PEAKS)
+    out.zarr.DUTY = 0.0  # publish at every save, however long the last copy took (the default throttles)
+    recs = records(13, imap)
+    for r in recs[:6]:
+        out.append(r)
+    out.save()  # one complete group (0..3), published in the background
+    out.wait_published()
+    assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003"]
+    inode = zpath.stat().st_ino
+    for r in recs[6:11]:
+        out.append(r)
+    assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003"]  # not yet published
+    out.save()
+    out.wait_published()
+    assert zpath.stat().st_ino != inode  # a new file renamed over the old one
+    assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003", "LastFrameNumber_000000007"]
+    for r in recs[11:]:
+        out.append(r)
+    out.close(True)
+    z = _zarr(zpath)
+    assert list(z["OmegaSumFrame"].keys())[2:] == ["LastFrameNumber_000000011", "LastFrameNumber_000000012"]
+    assert z["OmegaSumFrame/LastFrameNumber_000000012"].attrs["Number Of Frames Summed"] == 1
+    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]  # no temporary left
+
+
+def test_disk_full_is_one_clear_error_and_the_file_stays_readable(tmp_path, geo, monkeypatch):
+    p, imap = geo
+    out = RunOutputs(tmp_path / "d.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, block=4)
+    recs = records(12, imap)
+    for r in recs[:8]:
+        out.append(r)
+    out.flush()
+    real = Hdf5Writer._write_buffer
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Hdf5Writer, "_write_buffer", full)
+    with pytest.raises(OutputError, match=r"d\.h5: disk full .*8 frames were flushed"):
+        for r in recs[8:]:
+            out.append(r)
+    monkeypatch.setattr(Hdf5Writer, "_write_buffer", real)
+    out.close(run_complete=False)
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        assert f["entry"].attrs["frames_written"] == 8 and not f["entry"].attrs["run_complete"]
+        np.testing.assert_array_equal(f["entry/data/frame_index"][:], np.arange(8))
+    assert np.fromfile(tmp_path / "fit.bin").reshape(-1, N_PEAKS, 7).shape[0] == 8
+
+
+def test_zarr_copies_are_throttled_and_leftovers_of_a_killed_writer_removed(tmp_path, geo):
+    p, imap = geo
+    zpath = tmp_path / "t.zarr.zip"
+    (tmp_path / ".t.zarr.zip.abc123").mkdir()  # what a killed writer leaves: its folder and a temporary ZIP
+    (tmp_path / ".t.zarr.zip.def456.tmp").write_bytes(b"partial")
+    out = RunOutputs(tmp_path / "t.h5", imap, p, engine_name="cpu", zarr_path=zpath, n_peaks=N_PEAKS)
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".")) == [out.zarr._work.name]
+    recs = records(12, imap)
+    for r in recs[:4]:
+        out.append(r)
+    out.save()
+    out.wait_published()
+    out.zarr._last_seconds = 3600.0  # as if the last copy took an hour: the next saves wait
+    for r in recs[4:8]:
+        out.append(r)
+    out.save()
+    out.wait_published()
+    assert out.zarr.skipped == 1 and list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003"]
+    for r in recs[8:]:
+        out.append(r)
+    out.close(True)  # the end of the run always publishes
+    assert list(_zarr(zpath)["OmegaSumFrame"].keys())[-1] == "LastFrameNumber_000000011"
