@@ -302,10 +302,10 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
             if not batch:
                 return
             lineouts, cakes = engine.integrate_batch(np.stack(batch))
-            # float32, as a worker's Result carries them: both paths give the same files
+            # fitted in float64 as a worker fits them, then float32 as a worker's Result carries them
+            fits = fitting.fit_batch(n, ids, lineouts) if fitting is not None else [None] * len(batch)
             lineouts, cakes = np.asarray(lineouts, dtype=np.float32), np.asarray(cakes, dtype=np.float32)
             stamp = time.time()
-            fits = fitting.fit_batch(n, ids, lineouts) if fitting is not None else [None] * len(batch)
             for k, fit in enumerate(fits):  # the same sinks as the daemon's writer (ringstream/writer/outputs.py)
                 writer.append(FrameRecord(n + k, lineouts[k], ids[k], stamp, cakes[k],
                                           fit=fit.fit if fit is not None else None,

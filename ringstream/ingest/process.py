@@ -17,10 +17,12 @@ on the release socket that is not a valid SlotRelease for a slot in flight: reje
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal
+import threading
 import time
 import uuid
 
@@ -76,6 +78,24 @@ class HeartbeatSender:
         self.sock, self.role, self.index = sock, role, int(index)
         self.interval = max(0.01, float(interval))
         self.last = 0.0
+
+    @contextlib.contextmanager
+    def beating(self, counters: dict, state: str = "running"):
+        """Beat with ``counters`` from a background thread while the block runs (a long close must not look like a
+        hang to the supervisor); the block must not use this sender meanwhile."""
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(self.interval):
+                self.beat(counters, state=state, force=True)
+
+        thread = threading.Thread(target=loop, name=f"{self.role}-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def beat(self, counters, state: str = "running", force: bool = False) -> None:
         """Send a beat if one is due (or ``force``); ``counters`` is a dict or a function returning one, called

@@ -30,6 +30,7 @@ from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
 from ..ingest.images import load_dark
+from ..ingest.peaks import SEQ_KEY
 from ..ingest.process import HeartbeatSender, child_setup
 from ..protocol import (
     FrameHeader,
@@ -265,7 +266,7 @@ class _Worker:
     def send_result(self, msg, reason, lineout, cake, timings, fitted=None) -> None:
         common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
                       timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
-                      metadata=dict(msg.metadata))
+                      metadata={k: v for k, v in msg.metadata.items() if k != SEQ_KEY})  # the source's own
         if reason:
             self.count("rejected")
             if self.counters["rejected"] <= 5:

@@ -150,7 +150,8 @@ class _Writer:
                 self.write_held()
                 log.warning("stopped before the end of the run: %d frames written, run_complete false",
                             self.counters["written"])
-            self.close(complete)
+            with hb.beating(self.snapshot()):  # closing (the last omega groups, the zarr.zip) can take seconds
+                self.close(complete)
             if self.sums_missing:
                 log.warning("%d integrated frames had no partial omega sum after %.0f s (a worker stopped?); "
                             "their groups hold the frames that arrived", self.sums_missing, SUMS_WAIT_S)

@@ -226,6 +226,8 @@ def _kill_batch(tmp_path: Path, params: Path, reps: range, rnd: random.Random) -
             t_ready = _ready(d)
             if t_ready is None and "Address already in use" in d.stderr:  # two daemons drew the same free port
                 d.proc.wait(10)
+                for name in ("out.h5", "out.zarr.zip"):  # what the failed start may have created
+                    (tmp / name).unlink(missing_ok=True)
                 d = Daemon(args, tmp)
                 ds[i] = (tmp, d)
                 t_ready = _ready(d)

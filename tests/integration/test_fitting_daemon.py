@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from common import NY, NZ, SMALL_PARAMS, ringstream_command
@@ -109,12 +110,13 @@ def test_peak_list_changes_take_effect_exactly_from_their_frame(tmp_path, procs)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     written = int(err.split("written ")[-1].split(",")[0])
-    updates = {}
-    for line in err.splitlines():
-        if "ringstream.writer: peak list" in line:
-            seq = int(line.split("peak list ")[1].split()[0])
-            updates[seq] = int(line.split("from frame ")[1].split(":")[0])
+    with h5py.File(tmp_path / "out.h5", "r") as f:  # the writer's record of the changes
+        upd = f["/entry/fit/peak_updates"]
+        updates = {int(q): int(k) for q, k in zip(upd["seq"][()], upd["from_frame"][()], strict=True)}
+        origins = [o.decode() if isinstance(o, bytes) else o for o in upd["origin"][()]]
+        lists = [list(v) for v in upd["peaks"][()]]
     assert sorted(updates) == [1, 2] and updates[1] == first and updates[2] > first
+    assert origins == ["control", "peak_update.txt"] and lists == [[RINGS[2]], [RINGS[2], RINGS[3]]]
     fit = np.fromfile(tmp_path / "fit.bin").reshape(-1, 2, 7)
     assert fit.shape == (written, 2, 7) and written > updates[2] + 50
     for k in range(written):
