@@ -10,7 +10,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pc
 nproc
 python -m pytest -q tests/gpu -p no:cacheprovider 2>&1 | tee "$out/gpu-tests.log" | tail -5
 python bench/host_copy.py --seconds 1.0 --threads 1,2,4,8 --out "$out" | tail -8
-python bench/gpu_engine.py --reps 4 --daemon 20000 --daemon-workers 1,2 --daemon-copy-threads 1,0 \
+python bench/gpu_engine.py --reps 4 --daemon 15000 --daemon-workers 1,2 --daemon-copy-threads 1,0,10 \
     --daemon-in-flight 1,4 --out "$out" 2>&1 | tail -30
-if [ -f bench/fitting.py ]; then python bench/fitting.py --gpu --out "$out" 2>&1 | tail -12; fi
+python bench/fitting.py --gpu --frames 100 --out "$out" 2>&1 | tail -12
+python bench/fitting_daemon.py --frames 10000 --workers 1,2 --out "$out" 2>&1 | tail -8
 ls -la "$out"
