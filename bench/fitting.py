@@ -161,18 +161,26 @@ def ring_radii(param_file: Path, n: int = 3) -> list[float]:
     return [p.Lsd * math.tan(t[0] + f * (t[1] - t[0])) / p.px for f in (0.2, 0.4, 0.6, 0.8)[:n]]
 
 
-def daemon_run(frames: int, workers: int, peaks: list[float]) -> dict:
+def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: int = 1) -> dict:
     exe = Path(sys.executable).with_name("ringstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ringstream.daemon.cli"]
     src = REPO / "configs" / "demo-pilatus2m.txt"
     with tempfile.TemporaryDirectory() as d:
         pf = Path(d) / "setup.txt"
-        pf.write_text(src.read_text() + "".join(f"PeakLocation {r:.3f}\n" for r in peaks))
+        pf.write_text(src.read_text() + "".join(f"PeakLocation {r:.3f}\n" for r in peaks)
+                      + f"OmegaSumFrames {omega_sum_frames}\n")
         out = Path(d) / "bench.h5"
         cmd += ["run", "--param-file", str(pf), "--simulate", str(frames), "--workers", str(workers), "--engine",
                 "gpu", "--output-h5", str(out), "--control", "auto", "--log-level", "WARNING"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
         fit_rows = None
+        rate = None
+        if out.exists():
+            import h5py
+
+            with h5py.File(out, "r") as f:
+                ts = f["/entry/data/timestamp"][()]
+            rate = round((ts.size - 1) / float(ts[-1] - ts[0]), 1) if ts.size > 1 and ts[-1] > ts[0] else None
         if peaks and (Path(d) / "fit.bin").exists():
             fit = np.fromfile(Path(d) / "fit.bin").reshape(-1, len(peaks), 7)
             fit_rows = {"frames": int(fit.shape[0]), "rows_ok": int(np.isfinite(fit[..., 0]).sum()),
@@ -181,7 +189,9 @@ def daemon_run(frames: int, workers: int, peaks: list[float]) -> dict:
     if proc.returncode != 0 or not m:
         return {"peaks": peaks, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
     return {"peaks": [round(r, 3) for r in peaks], "workers": workers, "frames": frames,
+            "omega_sum_frames": omega_sum_frames,
             "written": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)),
+            "sustained_fps": rate,
             "fit_bin": fit_rows}
 
 

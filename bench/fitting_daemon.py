@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=10000)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--omega-sum-frames", type=int, default=-1,
+                    help="OmegaSumFrames of the runs (-1: one running sum, as a fast stream would use)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
     import cupy
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
     rows = []
     for w in (int(x) for x in args.workers.split(",")):
         for peaks in ([], radii):
-            r = daemon_run(args.frames, w, peaks)
+            r = daemon_run(args.frames, w, peaks, args.omega_sum_frames)
             rows.append(r)
             print(json.dumps(r), flush=True)
     out = Path(args.out)
@@ -44,10 +46,11 @@ def main(argv=None) -> int:
     path = out / f"fitting_daemon-{re.sub(r'[^A-Za-z0-9]+', '-', dev).strip('-')}.json"
     path.write_text(json.dumps({"benchmark": "fitting_daemon", "machine": machine(dev), "results": rows}, indent=2)
                     + "\n")
-    print(f"\n{'workers':>7} {'peaks':>5} {'frames/s':>9} {'written':>8} {'fit rows ok':>11}")
+    print(f"\n{'workers':>7} {'peaks':>5} {'frames/s':>9} {'sustained':>9} {'written':>8} {'fit rows ok':>11}")
     for r in rows:
         fb = r.get("fit_bin") or {}
         print(f"{r.get('workers', '?'):>7} {len(r.get('peaks', [])):>5} {r.get('frames_per_s', 0):>9} "
+              f"{r.get('sustained_fps') or 0:>9} "
               f"{r.get('written', 0):>8} {fb.get('rows_ok', '-'):>11}  {r.get('error', '')[:200]}")
     print(f"wrote {path}")
     return 0

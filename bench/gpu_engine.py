@@ -11,7 +11,9 @@ already on the GPU, rotating over several input sets, CUDA events, median; targe
 few ``bmax``; (4) agreement with the float64 reference engine on random frames. Random frames, never zeros.
 Optionally (``--daemon N``) the end-to-end ``ringstream run`` with ``--engine gpu`` on N PILATUS 2M int32 frames
 replayed from an .npy stack (or simulated), for each combination of workers, ingest copy threads and batches in
-flight given, with the frames lost (must be 0) and whether the HDF5 is complete and in order.
+flight given, with the frames lost (must be 0), whether the HDF5 is complete and in order, the run's own frames/s
+(start of running to the end, closing included) and the sustained frames/s between the first and last frame's
+timestamps.
 
 Writes ``<out>/gpu_engine-<device>.json`` and prints a table. Run: ``python bench/gpu_engine.py [--out DIR]``.
 """
@@ -235,12 +237,14 @@ def ingest_ceiling(seconds: float = 1.5) -> dict:
 
 
 def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: int = 0,
-               in_flight: int = 1, gpus: str = "") -> dict:
+               in_flight: int = 1, gpus: str = "", omega_sum_frames: int = 1) -> dict:
     """End-to-end ``ringstream run --engine gpu`` on PILATUS 2M int32 frames through the shared-memory ring:
     ``source`` "replay" (a 32-frame .npy stack of random frames, looped: replay -> ingest -> ring -> GPU workers ->
     writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per worker,
-    ``gpus`` ("" = device 0). frames/s is the run's own figure (ready -> last frame written); lost = frames the
-    source produced that the HDF5 does not hold."""
+    ``gpus`` ("" = device 0), ``omega_sum_frames`` (the parameter file's OmegaSumFrames: 1, MIDAS's default, sums
+    every frame's cake on its own, so 576 KB per frame go to /entry/omega_sum; -1 keeps one running sum). frames/s is
+    the run's own figure (ready -> last frame written); lost = frames the source produced that the HDF5 does not
+    hold."""
     import h5py
 
     exe = Path(sys.executable).with_name("ringstream")
@@ -258,6 +262,7 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
                 "--log-level", "WARNING", "--no-zarr", "--copy-threads", str(copy_threads)]
         if gpus:
             cmd += ["--gpus", gpus]
+        cmd += ["OmegaSumFrames", str(omega_sum_frames)]  # a parameter override (after every flag)
         env = dict(os.environ, RINGSTREAM_WORKERS_BATCHES_IN_FLIGHT=str(in_flight))
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -267,12 +272,25 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
             return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
         with h5py.File(out, "r") as f:
             idx = f["/entry/data/frame_index"][()]
+            stamps = f["/entry/data/timestamp"][()]
             complete = bool(f["/entry"].attrs["run_complete"])
     written = int(m.group(3))
     return {"source": source, "workers": workers, "copy_threads": copy_threads, "batches_in_flight": in_flight,
+            "omega_sum_frames": omega_sum_frames,
             "gpus": gpus or "0", "frames": frames, "written": written, "lost": frames - written,
             "in_order": bool(np.array_equal(idx, np.arange(frames))), "run_complete": complete,
-            "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)), "wall_s": round(wall, 2)}
+            "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)), "wall_s": round(wall, 2),
+            "sustained_fps": sustained(stamps)}
+
+
+def sustained(stamps) -> float:
+    """Frames/s between the first and the last frame's source timestamp (the replay source stamps a frame when it
+    yields it, and the ring bounds how far it runs ahead): the steady rate of the whole pipeline, without the
+    start-up and the end of run (draining, the last omega sums, closing the files) that the run's own figure
+    includes."""
+    stamps = np.asarray(stamps, dtype=np.float64)
+    span = float(stamps[-1] - stamps[0]) if stamps.size > 1 else 0.0
+    return round((stamps.size - 1) / span, 1) if span > 0 else 0.0
 
 
 def main(argv=None) -> int:
@@ -287,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("--daemon-copy-threads", default="0", help="comma-separated [transport] copy_threads (0 = auto)")
     ap.add_argument("--daemon-in-flight", default="1,4", help="comma-separated [workers] batches_in_flight (1,4)")
     ap.add_argument("--daemon-gpus", default="", help="[workers] gpus for the daemon runs, e.g. 0,1")
+    ap.add_argument("--daemon-omega-sum-frames", default="1", help="comma-separated OmegaSumFrames values (1)")
     ap.add_argument("--sweep", action="store_true", help="also time chunk sizes 8/16/32 and 2x frames per call")
     args = ap.parse_args(argv)
 
@@ -312,9 +331,9 @@ def main(argv=None) -> int:
     if args.daemon:
         out["ingest_ceiling"] = ingest_ceiling()
         print("ingest ceiling (one ring write per frame, PILATUS 2M int32):", out["ingest_ceiling"], flush=True)
-        out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus)
+        out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus, int(o))
                          for w in args.daemon_workers.split(",") for c in args.daemon_copy_threads.split(",")
-                         for q in args.daemon_in_flight.split(",")]
+                         for q in args.daemon_in_flight.split(",") for o in args.daemon_omega_sum_frames.split(",")]
         for d in out["daemon"]:
             print("daemon:", d, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
