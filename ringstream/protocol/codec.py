@@ -74,15 +74,27 @@ def _short(value: Any) -> str:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    t = type(v)  # exact types first: msgpack gives plain int/float, and this runs for every field of every message
+    return t is int or (t is not bool and isinstance(v, int))
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    t = type(v)
+    return t is float or t is int or (t is not bool and isinstance(v, (int, float)))
 
 
 def _map_of(value_ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and value_ok(x) for k, x in v.items())
+    def ok(v: Any) -> bool:
+        if not isinstance(v, dict):
+            return False
+        for k, x in v.items():
+            if type(k) is not str and not isinstance(k, str):
+                return False
+            if not value_ok(x):
+                return False
+        return True
+
+    return ok
 
 
 def _optional(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -186,15 +198,23 @@ assert all(
 )
 
 
+#: per tag, (name, predicate, expected, required) of each field: the loop below reads this flat table
+_FIELD_TABLE: dict[str, tuple[tuple[str, Callable[[Any], bool], str, bool], ...]] = {
+    tag: tuple((name, ok, expected, name in _REQUIRED[tag]) for name, (ok, expected) in checks.items())
+    for tag, checks in _CHECKS.items()
+}
+_MISSING = object()
+
+
 def _check_fields(tag: str, header: dict) -> dict[str, Any]:
     """The dataclass keyword arguments of a header of type ``tag``; unknown keys are ignored."""
     kwargs: dict[str, Any] = {}
-    for name, (ok, expected) in _CHECKS[tag].items():
-        if name not in header:
-            if name in _REQUIRED[tag]:
+    for name, ok, expected, required in _FIELD_TABLE[tag]:
+        value = header.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
                 raise ProtocolError("malformed", f"{tag} message: required field {name!r} is missing")
             continue
-        value = header[name]
         if not ok(value):
             raise ProtocolError(
                 "malformed", f"{tag} message: field {name!r} must be {expected}, got {_short(value)}"

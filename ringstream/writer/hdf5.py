@@ -96,6 +96,10 @@ def _wavelength(params: Any) -> float:
     return lam if np.isfinite(lam) and lam > 0 else 0.0
 
 
+#: bytes of the fixed-length JSON string /entry/reduction/source_counters
+SOURCE_COUNTERS_BYTES = 4096
+
+
 class _Col:
     """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text).
 
@@ -228,6 +232,12 @@ class Hdf5Writer:
             "note", data=note or "azimuthal integration with exact-area pixel splitting (MIDAS-compatible)"
         )
         red.create_dataset("engine", data=str(engine_name))
+        # the ingest's counters at the end of the stream (frames received, PVA uniqueId gaps and frames missed,
+        # overruns, drops by reason): JSON, written by set_source_counters; created now, as SWMR needs
+        d = red.create_dataset("source_counters", shape=(), dtype=h5py.string_dtype(length=SOURCE_COUNTERS_BYTES))
+        d[()] = b"{}"
+        d.attrs["note"] = "JSON: the ingest's counters (received, sent, dropped_<reason>, the source's own)"
+        self._source_counters = d
         inp = red.create_group("input")
         inp.attrs["NX_class"] = "NXparameters"
         for key, value in _params_used(params).items():
@@ -565,6 +575,17 @@ class Hdf5Writer:
             else:
                 _Col(ds, 0).write(u, u + 1, values[key])
         self._n_updates = u + 1
+
+    def set_source_counters(self, counters: Mapping[str, Any]) -> None:
+        """Record the ingest's counters (``EndOfStream.counters``) in ``/entry/reduction/source_counters`` as JSON
+        (numbers only; cut to the dataset's fixed size, keeping whole entries)."""
+        self._check_open()
+        items = {str(k): v for k, v in sorted(counters.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        text = json.dumps(items, separators=(",", ":"))
+        while len(text) > SOURCE_COUNTERS_BYTES and items:
+            items.popitem()
+            text = json.dumps(items, separators=(",", ":"))
+        self._source_counters[()] = text.encode()
 
     def flush(self) -> None:
         """Write the buffered rows, update ``@frames_written`` and flush the file so SWMR readers see them."""

@@ -259,6 +259,11 @@ class RunOutputs:
         if self.zarr is not None:
             self.zarr._join(True)
 
+    def source_counters(self, counters: Mapping[str, Any]) -> None:
+        """The ingest's counters at the end of the stream, into the HDF5 (``/entry/reduction/source_counters``)."""
+        if not self.failed:
+            self.h5.set_source_counters(counters)
+
     def close(self, run_complete: bool) -> None:
         """End of run: every group still held (complete or not) is written, everything saved and closed.
         After a disk-full error, closes what can be closed and keeps the last published zarr.zip."""

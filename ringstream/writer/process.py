@@ -376,4 +376,6 @@ class _Writer:
     def close(self, complete: bool) -> None:
         h5 = self.writer(str(self.config.workers.engine))
         self.h5 = None
+        if self.eos is not None and self.eos.counters:
+            h5.source_counters(self.eos.counters)  # PVA gaps, frames missed, drops by reason: into the file
         h5.close(run_complete=complete)

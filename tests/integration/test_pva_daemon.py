@@ -8,6 +8,7 @@ every lineout in the HDF5 equals the offline reference integration of the frame 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -130,6 +131,9 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
     # uniqueId u of the server's cycle carries frames[(u - 1) % N]: each row's source id names its frame
     with h5py.File(tmp_path / "out.h5", "r") as f:
         ids = [int(s.decode() if isinstance(s, bytes) else s) for s in f["/entry/data/source_id"][()]]
+        recorded = json.loads(f["/entry/reduction/source_counters"][()])  # the source's counts, in the file
+    assert recorded["received"] == received and recorded["dropped_wrong_shape"] == wrong
+    assert recorded["pva_connects"] == 3 and recorded["pva_resets"] >= 1 and recorded["pva_missed"] == 0
     assert len(ids) == written >= 60 and ids[0] == 1
     for row, uid in zip(out["I"], ids, strict=True):
         np.testing.assert_allclose(row, ref[(uid - 1) % N_DISTINCT], rtol=1e-6, atol=1e-6 * ref.max())
