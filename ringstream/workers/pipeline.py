@@ -103,9 +103,10 @@ class PipelinedLoop:
         self.inflight.append((sub, got, together if sub is not None else []))
 
     def finish(self, item) -> None:
-        """Collect a submitted batch (or integrate its frames one by one), release its slots, send its Results."""
+        """Collect a submitted batch (its frames the batch could not take are integrated one by one), then release
+        its slots and send its Results (``_Worker.finish_batch``). The results are views of the stream's pinned
+        buffers: they are encoded before the stream is used again."""
         sub, got, together = item
-        w = self.w
         results: dict[int, tuple] = {}
         if sub is not None:
             t0 = time.perf_counter()
@@ -113,34 +114,7 @@ class PipelinedLoop:
             t_int = (time.perf_counter() - t0) / max(1, len(together))
             for i, g in enumerate(together):
                 results[id(g)] = (lines[i], cakes[i] if cakes is not None else None, t_int)
-        for g in got:
-            if g[2] is None or id(g) in results:
-                continue
-            t0 = time.perf_counter()
-            try:
-                lineout, cake = self.engine.integrate(g[2])
-                results[id(g)] = (lineout, cake, time.perf_counter() - t0)
-            except RingstreamError as exc:
-                g[3] = str(exc)
-            except Exception as exc:  # an engine failure on one frame must never kill the worker
-                g[3] = f"frame {g[0].frame_index}: engine {w.engine_name} failed: {type(exc).__name__}: {exc}"
-                log.exception("worker-%d: frame %d", w.index, g[0].frame_index)
-        for g in got:
-            g[2] = None  # drop the views of the slots before releasing them
-        for g in got:
-            if g[0].location == "shm":
-                w.release_slot(g[0])
-        # peak fitting (issue 5), one call per batch
-        ok = [g for g in got if not g[3] and id(g) in results]
-        fitted = dict(zip(map(id, ok), w.fit([g[0] for g in ok], [results[id(g)][0] for g in ok], None),
-                          strict=True))
-        # the results are views of the stream's pinned buffers: send_result encodes them before the stream is reused
-        for g in got:
-            msg, t_start, _, reason = g
-            lineout, cake, t = results.get(id(g), (None, None, 0.0))
-            timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
-                       "integrate": t, "total": time.time() - t_start}
-            w.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)))
+        self.w.finish_batch(got, results)
 
 
 def w_recv(sock):

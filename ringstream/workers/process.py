@@ -225,8 +225,16 @@ class _Worker:
             except Exception:  # find the frame(s) at fault: one by one, as handle() would
                 log.debug("worker-%d: batch of %d failed; integrating one by one", self.index, len(together),
                           exc_info=True)
-        for g in usable:
-            if id(g) in results:
+        del usable, together
+        self.finish_batch(got, results)
+
+    def finish_batch(self, got: list, results: dict) -> None:
+        """The end of a batch (``handle_many`` and the pipelined loop): usable frames of ``got`` (``[header,
+        t_start, pixels or None, reason]``) that ``results`` (``id(item) -> (lineout, cake, seconds)``) lacks are
+        integrated one by one (an engine error rejects that frame alone), the views of the slots are dropped and
+        the slots released, the batch is fitted in one call, and one Result per frame goes out, in ``got`` order."""
+        for g in got:
+            if g[2] is None or id(g) in results:
                 continue
             t0 = time.perf_counter()
             try:
@@ -239,7 +247,6 @@ class _Worker:
                 log.exception("worker-%d: frame %d", self.index, g[0].frame_index)
         for g in got:
             g[2] = None  # drop the views of the slots before releasing them
-        del usable, together
         for msg, _, _, _ in got:
             if msg.location == "shm":
                 self.release_slot(msg)
