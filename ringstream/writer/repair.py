@@ -93,6 +93,14 @@ def clear_status_flags(path: str | os.PathLike) -> bool:
         n = 12 + 4 * size_off  # signature .. root object header address
         fh.seek(base)
         block = bytearray(fh.read(n + 4))
+        # a write that did not fit (a full disk) can leave the file shorter than the end the superblock records,
+        # which HDF5 refuses to open: give it back its length (a sparse, zero tail past the flushed rows)
+        eof = base + int.from_bytes(block[12 + 2 * size_off:12 + 3 * size_off], "little")
+        size = os.fstat(fh.fileno()).st_size
+        if eof > size:
+            fh.truncate(eof)
+            log.warning("%s: %d bytes shorter than its recorded end (a write that did not fit); extended to %d "
+                        "bytes", path, eof - size, eof)
         if block[11] == 0:
             return False
         stored = int.from_bytes(block[n:n + 4], "little")

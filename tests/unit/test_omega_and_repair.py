@@ -120,3 +120,25 @@ def test_repair_refuses_what_it_cannot_fix(tmp_path):
     with pytest.raises(InputError, match="not a ringstream results file"):
         repair(tmp_path / "other.h5")
 
+
+
+def test_a_file_shorter_than_its_recorded_end_is_given_back_its_length(tmp_path):
+    # a full disk: HDF5 recorded a larger end of file than the last write reached; h5py then refuses the file
+    path = tmp_path / "short.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_dataset("x", data=np.arange(1000.0))
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        block = bytearray(fh.read(12 + 4 * 8 + 4))
+        assert block[8] in (2, 3) and block[9] == 8
+        eof = int.from_bytes(block[28:36], "little")
+        block[28:36] = (eof + 4096).to_bytes(8, "little")
+        block[44:48] = lookup3(bytes(block[:44])).to_bytes(4, "little")
+        fh.seek(0)
+        fh.write(block)
+    with pytest.raises(OSError, match="truncated file"):
+        h5py.File(path, "r")
+    assert clear_status_flags(path) is False  # the flags were clear; the length is restored all the same
+    assert path.stat().st_size == eof + 4096 and eof == size
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["x"][()], np.arange(1000.0))
