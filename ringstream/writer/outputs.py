@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..protocol import ProtocolError
 from .hdf5 import Hdf5Writer
 from .midas_binaries import MidasStreams
 from .omega import OmegaStamps, OmegaSums, name_digits
@@ -78,8 +79,6 @@ def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
     lineout f4 ``[n_r]``, cake f4 ``[n_r, n_eta]`` if ``has_cake``, fit f8 ``[n_peaks, 7]`` if ``n_peaks``, ROI
     table i4 ``[n_rois, 2]`` and model values f8 if ``n_rois``. ``decode`` has checked every buffer's size against
     the header; a count or size that still does not match is a ProtocolError of kind "size"."""
-    from ..protocol import ProtocolError
-
     n_r, n_eta = int(msg.n_r), int(msg.n_eta)
     want = 1 + bool(msg.has_cake) + bool(msg.n_peaks) + (2 if msg.n_rois else 0)
     if len(buffers) != want:
