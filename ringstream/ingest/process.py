@@ -42,6 +42,9 @@ log = logging.getLogger("ringstream.ingest")
 #: how long one blocking wait (for a slot, for a send) lasts before ``stop`` is checked again, in ms
 POLL_MS = 50
 
+#: before the first frame, how long the ingest waits for a worker to connect to its frames socket, in s
+WORKERS_WAIT_S = 10.0
+
 #: after the EndOfStream, stop waiting for the workers' releases when none came for this long (a dead worker never
 #: releases its slots), in s; the whole wait is bounded by ``supervisor.drain_timeout``
 RELEASE_IDLE_S = 10.0
@@ -181,6 +184,7 @@ class _Ingest:
             self.peaks = IngestPeaks(ctx, cfg, self.run_id, hb)  # peak-list seqs stamped into frames (issue 5)
             self.hb.beat(self.snapshot(), state="starting", force=True)
             ready.set()
+            self.wait_for_workers(stop)
             t0 = time.monotonic()
             self.stream(source, stop)
             n = self.counters["sent"]
@@ -202,6 +206,18 @@ class _Ingest:
                     log.warning("%s", exc)
                 finally:
                     self.ring.unlink()
+
+    def wait_for_workers(self, stop) -> None:
+        """Before the first frame, wait (up to ``WORKERS_WAIT_S``) until a worker is connected to the frames socket:
+        the workers connect only once this process has bound it, and a live source's frames would otherwise meet a
+        socket with no peer and be dropped (``dropped_queue_full``) in the first moments of a run."""
+        deadline = time.monotonic() + WORKERS_WAIT_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            if self.frames.poll(POLL_MS, zmq.POLLOUT):  # a PUSH socket can send only with a peer connected
+                return
+            self.hb.beat(self.snapshot)
+        if not stop.is_set():
+            log.warning("no worker connected to the frames socket within %.0f s; starting anyway", WORKERS_WAIT_S)
 
     def snapshot(self) -> dict:
         own = getattr(self.source, "counters", None)
