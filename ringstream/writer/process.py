@@ -216,9 +216,7 @@ class _Writer:
             self.count("omega_partials")
             self.on_side(("partial", (msg, buffers)))
         elif isinstance(msg, PeakUpdate):
-            if int(msg.seq) not in self.peak_seqs:
-                self.peak_seqs.add(int(msg.seq))
-                self.on_side(("peaks", (msg,)))
+            self.on_peak_update(msg)
         elif isinstance(msg, EndOfStream):
             if self.eos is None:
                 log.info("end of stream: %d frames", msg.n_frames)
@@ -359,9 +357,14 @@ class _Writer:
             except ProtocolError as exc:
                 self.rejects.record(exc)
                 continue
-            if isinstance(msg, PeakUpdate) and int(msg.seq) not in self.peak_seqs:
-                self.peak_seqs.add(int(msg.seq))
-                self.on_side(("peaks", (msg,)))
+            if isinstance(msg, PeakUpdate):
+                self.on_peak_update(msg)
+
+    def on_peak_update(self, msg: PeakUpdate) -> None:
+        """Record a PeakUpdate once per seq, whichever socket it came on (the supervisor publishes it again)."""
+        if int(msg.seq) not in self.peak_seqs:
+            self.peak_seqs.add(int(msg.seq))
+            self.on_side(("peaks", (msg,)))
 
     def maybe_flush(self) -> None:
         if self.unflushed and time.monotonic() - self.first_unflushed >= FLUSH_PERIOD:

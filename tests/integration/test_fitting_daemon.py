@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 from common import NY, NZ, SMALL_PARAMS, ringstream_command
+from test_daemon import _group_alive
 
 from ringstream.daemon.status import NoDaemon, query_status
 from ringstream.transport.endpoints import free_tcp_endpoint
@@ -35,16 +36,6 @@ def start(tmp: Path, params: str, *args: str, env: dict | None = None) -> tuple[
                             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})), start_new_session=True)
     return proc, control
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pytest.fixture
