@@ -237,14 +237,15 @@ def ingest_ceiling(seconds: float = 1.5) -> dict:
 
 
 def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: int = 0,
-               in_flight: int = 1, gpus: str = "", omega_sum_frames: int = 1) -> dict:
+               in_flight: int = 1, gpus: str = "", omega_sum_frames: int = 1, timeline: bool = False) -> dict:
     """End-to-end ``ringstream run --engine gpu`` on PILATUS 2M int32 frames through the shared-memory ring:
     ``source`` "replay" (a 32-frame .npy stack of random frames, looped: replay -> ingest -> ring -> GPU workers ->
     writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per worker,
     ``gpus`` ("" = device 0), ``omega_sum_frames`` (the parameter file's OmegaSumFrames: 1, MIDAS's default, sums
     every frame's cake on its own, so 576 KB per frame go to /entry/omega_sum; -1 keeps one running sum). frames/s is
     the run's own figure (ready -> last frame written); lost = frames the source produced that the HDF5 does not
-    hold."""
+    hold. ``timeline``: run at log level INFO and split the run into stages from the supervisor's log stamps and the
+    frames' source stamps (see :func:`timeline_of`)."""
     import h5py
 
     exe = Path(sys.executable).with_name("ringstream")
@@ -259,7 +260,7 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
         else:
             cmd += ["--simulate", str(frames)]
         cmd += ["--workers", str(workers), "--engine", "gpu", "--output-h5", str(out), "--control", "auto",
-                "--log-level", "WARNING", "--no-zarr", "--copy-threads", str(copy_threads)]
+                "--log-level", "INFO" if timeline else "WARNING", "--no-zarr", "--copy-threads", str(copy_threads)]
         if gpus:
             cmd += ["--gpus", gpus]
         cmd += ["OmegaSumFrames", str(omega_sum_frames)]  # a parameter override (after every flag)
@@ -267,6 +268,7 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         wall = time.perf_counter() - t0
+        t_end = time.time()
         m = COUNTS.search(proc.stderr)
         if proc.returncode != 0 or not m:
             return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
@@ -280,7 +282,40 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
             "gpus": gpus or "0", "frames": frames, "written": written, "lost": frames - written,
             "in_order": bool(np.array_equal(idx, np.arange(frames))), "run_complete": complete,
             "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)), "wall_s": round(wall, 2),
-            "sustained_fps": sustained(stamps)}
+            "sustained_fps": sustained(stamps),
+            **({"timeline": timeline_of(proc.stderr, stamps, t_end)} if timeline else {})}
+
+
+LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?: (.*)$", re.M)
+
+
+def timeline_of(log_text: str, stamps, t_end: float) -> dict:
+    """Where a daemon run's time goes, in s, from the supervisor's INFO log (local-time stamps to the ms) and the
+    frames' source stamps (``time.time()`` when the replay yields a frame): ready -> first frame yielded,
+    first -> last frame yielded (the stream), last frame -> the writer's exit (drain + closing the files), writer
+    exit -> the end of the command (stopping the workers), and when each worker's loop ended and its process exited,
+    counted from the writer's exit."""
+    events = {}
+    for when, text in LOG_STAMP.findall(log_text):
+        t = datetime.datetime.strptime(when, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if ": ready (" in text:
+            events.setdefault("ready", t)
+        elif m := re.match(r"(\S+) \(pid \d+\) exited cleanly", text):
+            events.setdefault(f"{m.group(1)}_exit", t)
+        elif m := re.match(r"(worker-\d+): done", text):
+            events.setdefault(f"{m.group(1)}_done", t)
+    stamps = np.asarray(stamps, dtype=np.float64)
+    out = {"stream_s": round(float(stamps[-1] - stamps[0]), 3)}
+    if "ready" in events:
+        out["ready_to_first_frame_s"] = round(float(stamps[0]) - events["ready"], 3)
+    if "writer_exit" in events:
+        w = events["writer_exit"]
+        out["last_frame_to_writer_exit_s"] = round(w - float(stamps[-1]), 3)
+        out["writer_exit_to_end_s"] = round(t_end - w, 3)
+        # each worker: its loop's end ("done") and its process's exit (engine and ring teardown), after the writer's
+        out["after_writer_exit_s"] = {k: round(v - w, 3) for k, v in sorted(events.items())
+                                      if k.startswith(("worker", "ingest"))}
+    return out
 
 
 def sustained(stamps) -> float:
@@ -306,6 +341,9 @@ def main(argv=None) -> int:
     ap.add_argument("--daemon-in-flight", default="1,4", help="comma-separated [workers] batches_in_flight (1,4)")
     ap.add_argument("--daemon-gpus", default="", help="[workers] gpus for the daemon runs, e.g. 0,1")
     ap.add_argument("--daemon-omega-sum-frames", default="1", help="comma-separated OmegaSumFrames values (1)")
+    ap.add_argument("--daemon-timeline", action="store_true",
+                    help="run the daemon at log level INFO and report where its time goes (ready, stream, drain, stop)")
+    ap.add_argument("--no-engine", action="store_true", help="skip the engine benchmarks (daemon runs only)")
     ap.add_argument("--sweep", action="store_true", help="also time chunk sizes 8/16/32 and 2x frames per call")
     args = ap.parse_args(argv)
 
@@ -320,7 +358,7 @@ def main(argv=None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     rng = np.random.default_rng(2026)
     results = []
-    names = [n for n in GEOMS if not args.only or n in args.only.split(",")]
+    names = [n for n in GEOMS if (not args.only or n in args.only.split(",")) and not args.no_engine]
     for name in names:
         dtype, text = GEOMS[name]
         r = bench_one(cp, cupyx, name, dtype, text, args.frames, args.reps, rng, sweep=args.sweep)
@@ -331,7 +369,8 @@ def main(argv=None) -> int:
     if args.daemon:
         out["ingest_ceiling"] = ingest_ceiling()
         print("ingest ceiling (one ring write per frame, PILATUS 2M int32):", out["ingest_ceiling"], flush=True)
-        out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus, int(o))
+        out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus, int(o),
+                                    args.daemon_timeline)
                          for w in args.daemon_workers.split(",") for c in args.daemon_copy_threads.split(",")
                          for q in args.daemon_in_flight.split(",") for o in args.daemon_omega_sum_frames.split(",")]
         for d in out["daemon"]:

@@ -101,6 +101,24 @@ class DmaLoad:
         self.cp.cuda.runtime.hostUnregister(self.base)
 
 
+def thp_settings() -> dict:
+    """The kernel's transparent-huge-page settings and the huge pages in use (what --hugepage can get)."""
+    out = {}
+    for name in ("enabled", "shmem_enabled"):
+        try:
+            out[name] = Path(f"/sys/kernel/mm/transparent_hugepage/{name}").read_text().strip()
+        except OSError:
+            out[name] = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(("AnonHugePages", "ShmemHugePages", "HugePages_Total", "Hugepagesize")):
+                k, v = line.split(":", 1)
+                out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
 def main(argv=None) -> int:
     import sys
 
@@ -111,6 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--threads", default="1,2,4,8")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--hugepage", action="store_true",
+                    help="madvise(MADV_HUGEPAGE) on the ring before touching it (transparent huge pages for shmem)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (e.g. -hugepage)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(7)
     frames = [rng.integers(1, 4000, SHAPE, dtype=np.int32) for _ in range(16)]
@@ -125,6 +146,15 @@ def main(argv=None) -> int:
     except Exception:
         dma = None
     rows = []
+    hugepage = None
+    if args.hugepage:
+        import mmap
+
+        try:
+            ring._segment._mmap.madvise(mmap.MADV_HUGEPAGE)
+            hugepage = "madvised"
+        except (AttributeError, OSError) as exc:
+            hugepage = f"madvise refused: {exc}"
     try:
         for ring_slot in range(ring.n_slots):  # touch every page once
             ring.view(ring_slot, SHAPE, np.int32)[:] = 1
@@ -150,10 +180,10 @@ def main(argv=None) -> int:
         ring.unlink()
     machine = {"hostname": socket.gethostname(), "nproc": os.cpu_count(), "python": platform.python_version(),
                "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "gpu": dma is not None}
+               "gpu": dma is not None, "thp": thp_settings(), "hugepage": hugepage}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"host_copy-{machine['hostname']}.json"
+    path = out / f"host_copy-{machine['hostname']}{args.tag}.json"
     path.write_text(json.dumps({"benchmark": "host_copy", "frame": "PILATUS 2M int32", "frame_bytes": fbytes,
                                 "machine": machine, "results": rows}, indent=2) + "\n")
     print(f"\n{'threads':>7} {'copy fps':>9} {'GB/s':>6} {'fps w/ DMA':>10} {'DMA GB/s':>8}")

@@ -18,6 +18,11 @@ How (one fused kernel per batch of frames, then a tiny one):
   to float64, dark subtracted), so the map is read once per ``BMAX`` frames. A warp shuffle reduces the sums,
   which are divided by the bin area (0 for an empty bin) and written to the cake.
 - ``lineout_rows``: one thread per (frame, ring): ``Σ_e cake·A / Σ_e A``.
+- ``omega_add`` (:meth:`CupyEngine.omega_add`): the omega sums on the device. A worker that does not write per-frame
+  cakes (``Write2D 0``) still sums them per OmegaSumFrames group; adding a collected submission's cakes (each
+  rounded to float32, as the cake a Result carries, and summed in float64) into a device accumulator of its group
+  saves the 570 KB copy back per frame and the host's add; :meth:`CupyEngine.omega_take` brings a group's sum back
+  once, when it is sent.
 - Raw integer frames go host→device as they are (no host-side cast; float16 alone is widened to float32 on the
   host). Input that is already page-locked (``cupyx.empty_pinned``, or a buffer passed to
   :meth:`CupyEngine.register_host_memory`) is copied straight from where it lies; pageable input is first copied
@@ -116,6 +121,16 @@ lineout_rows(const double* __restrict__ cake, const double* __restrict__ lw, con
     for (int e = 0; e < n_eta; ++e) num = fma(c[e], w[e], num);
     const double ra = ring_area[r];
     lineout[t] = ra > 0.0 ? num / ra : 0.0;
+}
+
+extern "C" __global__ void
+omega_add(const double* __restrict__ cake, const int k0, const int k1, const int n_bins, double* __restrict__ acc)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_bins) return;
+    double s = acc[i];
+    for (int k = k0; k < k1; ++k) s += (double)(float)cake[(long long)k * n_bins + i];
+    acc[i] = s;
 }
 """
 _KERNEL_SOURCE = f"#define EMPTY_BIN_AREA {EMPTY_BIN_AREA!r}\n" + _KERNEL_SOURCE
@@ -253,9 +268,15 @@ class CupyEngine:
             self._h_line = [cupyx.empty_pinned((self.batch, self.n_r), np.float64) for _ in range(self.n_streams)]
             key = (self.device_id, "lineout")
             if key not in _KERNEL_CACHE:
-                _KERNEL_CACHE[key] = cp.RawModule(code=_KERNEL_SOURCE, options=("-std=c++17",)
-                                                  ).get_function("lineout_rows")
+                mod = cp.RawModule(code=_KERNEL_SOURCE, options=("-std=c++17",))
+                _KERNEL_CACHE[key] = mod.get_function("lineout_rows")
+                _KERNEL_CACHE[(self.device_id, "omega_add")] = mod.get_function("omega_add")
             self._lineout_kernel = _KERNEL_CACHE[key]
+            self._omega_kernel = _KERNEL_CACHE[(self.device_id, "omega_add")]
+            # the omega sums (omega_add): per (stream, group) a float64 [n_bins] accumulator; the event recorded
+            # after each stream's last add (a sum is read back once the adds before it are done, not the later work)
+            self._omega_acc: dict[tuple[int, int], object] = {}
+            self._omega_events = [cp.cuda.Event(disable_timing=True) for _ in range(self.n_streams)]
         # per stream, grown on demand: raw device input bytes and pinned staging bytes
         self._d_in_mem: list = [None] * self.n_streams
         self._d_in_cap = [0] * self.n_streams
@@ -553,6 +574,53 @@ class CupyEngine:
         lines = self._h_line[s][:sub.n]
         cakes = self._h_cake[s][:sub.n].reshape(sub.n, self.n_r, self.n_eta) if sub.want_cake else None
         return lines, cakes
+
+    def omega_add(self, sub: Submission, groups) -> None:
+        """Add the cakes of the submission just collected into the device omega sum of each frame's group
+        (``groups[k]``: the group of frame ``k`` of ``sub``; each cake rounded to float32, summed in float64).
+
+        Call it after :meth:`collect` and before the next :meth:`submit` on that stream (the adds are enqueued on the
+        submission's stream, so they read its cakes before the next submission there overwrites them). One
+        accumulator per (stream, group): the streams' adds never touch the same memory, so need no ordering between
+        them. A group's sum comes back with :meth:`omega_take`."""
+        cp = self._cp
+        s = sub.stream
+        groups = [int(g) for g in groups]
+        if len(groups) != sub.n:
+            raise ValueError(f"omega_add: {len(groups)} groups for {sub.n} frames")
+        stream = self._streams[s]
+        with self.device, stream:
+            k0 = 0
+            while k0 < sub.n:  # one launch per run of frames of one group (frames come in order: usually one)
+                k1 = k0 + 1
+                while k1 < sub.n and groups[k1] == groups[k0]:
+                    k1 += 1
+                acc = self._omega_acc.get((s, groups[k0]))
+                if acc is None:
+                    acc = self._omega_acc[(s, groups[k0])] = cp.zeros(self.n_bins, np.float64)
+                self._omega_kernel(((self.n_bins + 255) // 256,), (256,),
+                                   (self._d_cake[s], np.int32(k0), np.int32(k1), np.int32(self.n_bins), acc))
+                k0 = k1
+            self._omega_events[s].record(stream)
+
+    def omega_take(self, group: int) -> np.ndarray | None:
+        """The device omega sum of ``group`` (float64 ``[n_r, n_eta]``, every stream's accumulator added in stream
+        order), removed from the device; None when no cake of that group was added."""
+        group = int(group)
+        total = None
+        with self.device:
+            for s in range(self.n_streams):
+                acc = self._omega_acc.pop((s, group), None)
+                if acc is None:
+                    continue
+                self._omega_events[s].synchronize()
+                part = acc.get()
+                total = part if total is None else total + part
+        return None if total is None else total.reshape(self.n_r, self.n_eta)
+
+    def omega_groups(self) -> list[int]:
+        """The groups with a device omega sum not yet taken."""
+        return sorted({g for _, g in self._omega_acc})
 
     def _pipeline(self, n: int, dt: np.dtype, copy_in, staging: bool, lines: np.ndarray, cakes: np.ndarray) -> None:
         """Chunks of ``batch`` frames dealt round-robin to the streams: ``copy_in(s, c0, cnt, device_ptr, stream)``

@@ -35,8 +35,13 @@ class PipelinedLoop:
         self.engine = worker.engine
         self.depth = max(1, min(int(depth), int(getattr(self.engine, "n_streams", depth))))
         self.batch = max(1, int(getattr(self.engine, "batch", 1)))
-        # cakes come back when they are written or summed per omega group on this side (Write2D 0)
-        self.want_cake = bool(worker.write_2d or getattr(worker, "partials", None) is not None)
+        # cakes come back when they are written (Write2D 1); the omega sums of a worker that writes none are summed
+        # on the device (engine.omega_add), or on this side with an engine that cannot
+        partials = getattr(worker, "partials", None)
+        self.device_sums = partials is not None and not worker.write_2d and hasattr(self.engine, "omega_add")
+        if self.device_sums:
+            partials.device = self.engine
+        self.want_cake = bool(worker.write_2d or (partials is not None and not self.device_sums))
         self.inflight: deque = deque()  # (submission or None, [[header, t_start, pixels, reason], ...])
 
     def run(self, sock, stop, idle_ms: int) -> None:
@@ -114,6 +119,11 @@ class PipelinedLoop:
             t_int = (time.perf_counter() - t0) / max(1, len(together))
             for i, g in enumerate(together):
                 results[id(g)] = (lines[i], cakes[i] if cakes is not None else None, t_int)
+            if self.device_sums:  # before the stream's next submit: the adds read this submission's cakes
+                partials = self.w.partials
+                idx = [int(g[0].frame_index) for g in together]
+                self.engine.omega_add(sub, [partials.group(i) for i in idx])
+                partials.count(idx)
         self.w.finish_batch(got, results)
 
 

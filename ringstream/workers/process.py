@@ -49,7 +49,7 @@ from .pipeline import PipelinedLoop
 log = logging.getLogger("ringstream.worker")
 
 #: how long the worker waits for a frame before looking at ``stop`` again, in ms
-IDLE_MS = 200
+IDLE_MS = 50
 
 #: with a batching engine: how long the worker waits for more frames to fill a batch after the first, in s
 GATHER_S = 0.002
@@ -381,23 +381,42 @@ class FrameRejected(RingstreamError):
 class _OmegaPartials:
     """This worker's running sums of its cakes per omega-sum group (frame_index // OmegaSumFrames; -1 = one group),
     float64 ``[n_r, n_eta]``. A group's sum is due when a frame of a later group arrives, when it has been held for
-    ``MAX_AGE`` s, or when the worker is idle or stopping."""
+    ``MAX_AGE`` s, or when the worker is idle or stopping.
+
+    Cakes come two ways: ``add(frame_index, cake)`` sums a host cake here; ``count(frame_indices)`` counts frames
+    whose cakes the engine summed on the device (``engine.omega_add``), whose sum ``engine.omega_take(group)`` brings
+    back when the group is due (``device``: that engine). A group may hold both (a batch the GPU failed, integrated
+    one by one on the host): its sum is their total."""
 
     MAX_AGE = 0.5
 
-    def __init__(self, omega_sum_frames: int, n_r: int, n_eta: int) -> None:
+    def __init__(self, omega_sum_frames: int, n_r: int, n_eta: int, device=None) -> None:
         self.size = 2**62 if int(omega_sum_frames) == -1 else max(1, int(omega_sum_frames))
         self.shape = (n_r, n_eta)
-        self.held: dict[int, list] = {}  # group -> [n, first, last, sum, since]
+        self.device = device
+        self.held: dict[int, list] = {}  # group -> [n, first, last, host sum or None, since]
 
-    def add(self, frame_index: int, cake) -> None:
+    def group(self, frame_index: int) -> int:
+        return int(frame_index) // self.size
+
+    def _held(self, frame_index: int) -> list:
         g = frame_index // self.size
         h = self.held.get(g)
         if h is None:
-            h = self.held[g] = [0, frame_index, frame_index, np.zeros(self.shape, dtype="<f8"), time.monotonic()]
-        h[3] += np.asarray(cake, dtype=np.float32)  # the float32 cake a Result carries, summed in float64
+            h = self.held[g] = [0, frame_index, frame_index, None, time.monotonic()]
         h[0] += 1
         h[1], h[2] = min(h[1], frame_index), max(h[2], frame_index)
+        return h
+
+    def add(self, frame_index: int, cake) -> None:
+        h = self._held(int(frame_index))
+        if h[3] is None:
+            h[3] = np.zeros(self.shape, dtype="<f8")
+        h[3] += np.asarray(cake, dtype=np.float32)  # the float32 cake a Result carries, summed in float64
+
+    def count(self, frame_indices) -> None:
+        for i in frame_indices:
+            self._held(int(i))
 
     def due(self, idle: bool = False):
         """Pop and yield ``(group, (n, first, last, sum))`` of every due group."""
@@ -408,5 +427,10 @@ class _OmegaPartials:
             h = self.held[g]
             if idle or g < newest or now - h[4] >= self.MAX_AGE:
                 del self.held[g]
-                yield g, (h[0], h[1], h[2], h[3])
-
+                total = h[3]
+                dev = self.device.omega_take(g) if self.device is not None else None
+                if dev is not None:
+                    total = dev if total is None else total + dev
+                if total is None:
+                    total = np.zeros(self.shape, dtype="<f8")
+                yield g, (h[0], h[1], h[2], total)

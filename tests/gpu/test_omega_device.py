@@ -1,0 +1,103 @@
+"""Omega sums on the device (``CupyEngine.omega_add`` / ``omega_take``, used by a GPU worker that writes no per-frame
+cakes): equal to the float64 sum of the reference engine's float32-rounded cakes, per group, across streams and
+groups split inside a batch; and end to end, a GPU daemon's /entry/omega_sum equals the reference sums."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+from test_cupy_engine import _frames, _random_map
+
+from ringstream.engines.reference import ReferenceEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from common import ringstream_command  # noqa: E402
+
+
+def test_device_omega_sums_equal_the_reference_sums():
+    from ringstream.engines.cupy_engine import CupyEngine
+
+    rng = np.random.default_rng(73)
+    shape = (64, 72)
+    imap = _random_map(rng, shape, 12, 18)
+    eng = CupyEngine(imap, batch=4, n_streams=4)
+    ref = ReferenceEngine(imap)
+    stack = _frames(rng, "i4", 30, shape)
+    _, rc = ref.integrate_batch(stack)
+    size = 7  # OmegaSumFrames: groups split inside batches of 4
+    try:
+        eng._poison()
+        pending = []
+        for k0 in range(0, 30, 4):
+            idx = list(range(k0, min(30, k0 + 4)))
+            pending.append((eng.submit([stack[i] for i in idx], want_cake=False), idx))
+            if len(pending) == 4:  # every stream busy, then oldest first, as the pipelined worker does
+                sub, ids = pending.pop(0)
+                lines, cakes = eng.collect(sub)
+                assert cakes is None
+                eng.omega_add(sub, [i // size for i in ids])
+        for sub, ids in pending:
+            eng.collect(sub)
+            eng.omega_add(sub, [i // size for i in ids])
+        assert eng.omega_groups() == [0, 1, 2, 3, 4]
+        for g in range(5):
+            got = eng.omega_take(g)
+            want = rc[size * g:size * g + size].astype(np.float32).astype(np.float64).sum(axis=0)
+            assert got.shape == want.shape == (12, 18)
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * np.abs(want).max())
+        assert eng.omega_groups() == [] and eng.omega_take(0) is None
+    finally:
+        eng.close()
+
+
+PARAMS = """\
+NrPixelsY 40
+NrPixelsZ 36
+Lsd 1000000
+px 200
+BC 19.6 17.3
+ty 0.2
+RMin 2
+RMax 18
+RBinSize 1
+EtaBinSize 30
+Wavelength 0.2
+Write2D 0
+OmegaSumFrames 7
+"""
+
+
+def test_gpu_daemon_omega_sums_match_the_reference(tmp_path):
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.ingest.simulated import SimulatedSource
+    from ringstream.params import load_params
+
+    params = tmp_path / "setup.txt"
+    params.write_text(PARAMS)
+    n = 200
+    out = subprocess.run(ringstream_command() + ["run", "--param-file", str(params), "--simulate", str(n),
+                                                 "--workers", "2", "--engine", "gpu", "--output-h5", "out.h5",
+                                                 "--no-zarr", "--control", "auto"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    p = load_params(params)
+    imap, _ = load_or_build(p)
+    source = SimulatedSource(p, n_frames=n, seed=0, dtype="int32", precompute=False)
+    _, cakes = ReferenceEngine(imap, normalize=bool(p.Normalize)).integrate_batch(
+        np.stack([source.make_frame(k) for k in range(n)]))
+    cakes = cakes.astype(np.float32).astype(np.float64)
+    with h5py.File(tmp_path / "out.h5") as f:
+        e = f["entry"]
+        np.testing.assert_array_equal(e["data/frame_index"][:], np.arange(n))
+        assert "gpu" in str(e["reduction/engine"][()])
+        o = e["omega_sum"]
+        groups = (n + 6) // 7
+        assert list(o["n_frames"][:]) == [7] * (groups - 1) + [n - 7 * (groups - 1)]
+        assert list(o["first_frame"][:]) == list(range(0, n, 7))
+        for g in range(groups):
+            want = cakes[7 * g:7 * g + 7].sum(axis=0)
+            np.testing.assert_allclose(o["I"][g], want, rtol=2e-6, atol=1e-6 * np.abs(want).max())
