@@ -180,7 +180,8 @@ def main(argv=None) -> int:
         ring.unlink()
     machine = {"hostname": socket.gethostname(), "nproc": os.cpu_count(), "python": platform.python_version(),
                "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "gpu": dma is not None, "thp": thp_settings(), "hugepage": hugepage}
+               "gpu": dma is not None, "thp": thp_settings(), "hugepage": hugepage,
+               "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"host_copy-{machine['hostname']}{args.tag}.json"

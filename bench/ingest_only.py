@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from ringstream.config import DaemonConfig  # noqa: E402
 from ringstream.geometry.cache import load_or_build  # noqa: E402
 from ringstream.ingest import process as ingest_process  # noqa: E402
+from ringstream.ingest.copier import environment, nontemporal_env  # noqa: E402
 from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
 from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
 
@@ -88,7 +89,9 @@ def run_one(args, tmp: Path, threads: int) -> dict:
     prof_path = tmp / f"profile-{threads}.txt"
     target, extra = (_profiled_ingest, (str(prof_path),)) if args.profile else (ingest_process.run, ())
     child = spawn.Process(target=target, args=(config, ready, stop, *extra), daemon=True)
-    child.start()
+    env = nontemporal_env() if not args.no_nontemporal else {}  # as the supervisor starts the ingest
+    with environment(env):
+        child.start()
     if not ready.wait(120):
         raise SystemExit("ingest did not become ready")
 
@@ -114,7 +117,8 @@ def run_one(args, tmp: Path, threads: int) -> dict:
     fps = (n - 1) / (t_end - t_first) if n > 1 else 0.0
     params = config.load_params()
     frame_bytes = int(np.prod(params.shape)) * 4
-    row = {"source": args.source, "copy_threads": threads, "frames": n, "shape": list(params.shape),
+    row = {"source": args.source, "copy_threads": threads, "nontemporal": not args.no_nontemporal, "frames": n,
+           "shape": list(params.shape),
            "dtype": "int32", "ring_slots": args.slots,
            "ingest_fps": round(fps, 1), "GB_s": round(fps * frame_bytes / 1e9, 2), "exit_code": child.exitcode}
     # the copy alone, for comparison: one numpy copy of a frame into a preallocated buffer
@@ -139,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--copy-threads", default="1", help="comma-separated [transport] copy_threads values (1)")
+    ap.add_argument("--no-nontemporal", action="store_true",
+                    help="start the ingest without the non-temporal copy tunable ([transport] nontemporal_copy = false)")
     ap.add_argument("--source", choices=("simulated", "replay"), default="simulated")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)

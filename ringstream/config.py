@@ -160,6 +160,7 @@ class TransportConfig:
     shared_memory: bool = _opt(True, "bool", "pass frames through the shared-memory ring (false: inline)")
     ring_slots: int = _opt(32, "int", "frames in flight (shared-memory slots)")
     copy_threads: int = _opt(0, "int", "ingest threads copying frames into the ring (0 = auto: 1 under 8 CPUs, else CPUs/2, at most 8)")
+    nontemporal_copy: bool = _opt(True, "bool", "start the ingest with glibc's non-temporal memcpy threshold at 256 KiB, so frame copies into the ring bypass the CPU caches (x86-64 glibc)")
     queue_depth: int = _opt(32, "int", "ZeroMQ high-water mark of every queue (default: ring_slots)")
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import zmq
 
 from ..errors import ConfigError, RingstreamError
+from ..ingest.copier import environment, nontemporal_env
 from ..protocol import ControlReply, ControlRequest, Heartbeat, PeakUpdate, ProtocolError, decode, encode
 from ..transport.endpoints import free_tcp_endpoint
 from ..transport.sockets import RejectLog, make_socket, recv_message
@@ -292,9 +293,12 @@ class Supervisor:
         proc = mp.Process(target=child_main, args=(role, self.config, ready, stop, kwargs), name=f"ringstream-{name}",
                           daemon=False)
         blocked = {signal.SIGINT, signal.SIGTERM}
+        # the ingest's frame copies bypass the CPU caches (glibc reads its tunables when the process starts)
+        env = nontemporal_env() if role == "ingest" and bool(self.config.transport.nontemporal_copy) else {}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            proc.start()
+            with environment(env):
+                proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         child = Child(name=name, role=role, index=index, process=proc, ready=ready, stop=stop,

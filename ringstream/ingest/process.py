@@ -33,7 +33,7 @@ from ..errors import RingstreamError
 from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotRelease
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
-from .copier import SlotCopier, auto_threads
+from .copier import NONTEMPORAL_TUNABLE, SlotCopier, auto_threads
 from .peaks import SEQ_KEY, IngestPeaks
 from .sources import IDLE, Pacer, SlotLease, make_source
 
@@ -174,6 +174,9 @@ class _Ingest:
                     self.copier = SlotCopier(threads, self.copy_into, self.ring.view,
                                              depth=min(2 * threads, max(1, self.n_slots // 2)))
                     log.info("ingest: %d copy threads", threads)
+                tunables = os.environ.get("GLIBC_TUNABLES", "")
+                if NONTEMPORAL_TUNABLE in tunables:  # set by the supervisor ([transport] nontemporal_copy)
+                    log.info("ingest: frame copies bypass the CPU caches (GLIBC_TUNABLES=%s)", tunables)
             self.source = source
             t = cfg.transport
             self.frames = make_socket(ctx, zmq.PUSH, t.frames_endpoint, bind=True, hwm=self.hwm)

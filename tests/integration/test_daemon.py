@@ -188,6 +188,9 @@ def test_complete_run_equals_reference(tmp_path, daemons):
     rc = d.wait(50)
     assert rc == 0, d.stderr
     assert d.counts() == (300, 300, 300, 0, 0)
+    # the ingest started with glibc's non-temporal copy threshold ([transport] nontemporal_copy, the default)
+    assert "ingest: frame copies bypass the CPU caches (GLIBC_TUNABLES=glibc.cpu.x86_non_temporal_threshold=0x40000)" \
+        in d.stderr, d.stderr
     out = read_output(tmp_path / "out.h5")
     assert out["frames_written"] == 300 and out["run_complete"]
     assert_equals_reference(out, params, 300)
@@ -220,8 +223,9 @@ READER = textwrap.dedent("""
 
 
 @pytest.mark.timeout(60)
-def test_swmr_reader_sees_the_file_grow(tmp_path, daemons):
+def test_swmr_reader_sees_the_file_grow(tmp_path, daemons, monkeypatch):
     params = write_params(tmp_path)
+    monkeypatch.setenv("RINGSTREAM_TRANSPORT_NONTEMPORAL_COPY", "false")  # the plain copy (checked below)
     d = daemons(["--param-file", params, "--simulate", 500, "--rate", 100, "--output-h5", "out.h5",
                  "--save-interval", 20], tmp_path)
     reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "out.h5"), "40"],
@@ -235,6 +239,7 @@ def test_swmr_reader_sees_the_file_grow(tmp_path, daemons):
     seen = json.loads(out)
     assert len(seen) >= 4, (seen, err)  # at 100 Hz over 5 s the reader sees several sizes
     assert seen == sorted(seen) and seen[-1] == 500, seen
+    assert "bypass the CPU caches" not in d.stderr, d.stderr
 
 
 @pytest.mark.timeout(60)

@@ -112,3 +112,15 @@ def test_wake_up_tokens_do_not_pile_up():
         assert n == 400 and copier._finished.qsize() <= 4
     finally:
         copier.close()
+
+
+def test_nontemporal_env_sets_the_threshold_and_keeps_the_users():
+    from ringstream.ingest.copier import NONTEMPORAL_THRESHOLD, nontemporal_env
+
+    assert NONTEMPORAL_THRESHOLD == 256 * 1024
+    assert nontemporal_env({}) == {"GLIBC_TUNABLES": "glibc.cpu.x86_non_temporal_threshold=0x40000"}
+    # other tunables the user set are kept, the threshold appended
+    assert nontemporal_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.cpu.x86_non_temporal_threshold=0x40000"}
+    # a threshold the user chose wins: nothing changes
+    assert nontemporal_env({"GLIBC_TUNABLES": "glibc.cpu.x86_non_temporal_threshold=0x100000"}) == {}
