@@ -9,9 +9,12 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv || true
 nproc
 python -m pytest -q tests/gpu -p no:cacheprovider 2>&1 | tee "$out/gpu-tests.log" | tail -5
-python bench/host_copy.py --seconds 1.0 --threads 1,2,4,8 --out "$out" | tail -8
-python bench/gpu_engine.py --reps 4 --daemon 15000 --daemon-workers 1,2 --daemon-copy-threads 1,0,10 \
-    --daemon-in-flight 1,4 --out "$out" 2>&1 | tail -30
+# the host copy into the ring: plain glibc memcpy, then with the threshold the ingest runs with
+python bench/host_copy.py --seconds 1.0 --threads 1,4,8 --out "$out" --tag=-plain | tail -5
+GLIBC_TUNABLES=glibc.cpu.x86_non_temporal_threshold=0x40000 \
+    python bench/host_copy.py --seconds 1.0 --threads 1,4,8 --out "$out" --tag=-nontemporal | tail -5
+python bench/gpu_engine.py --reps 4 --daemon 30000 --daemon-workers 1,2 --daemon-copy-threads 0 \
+    --daemon-in-flight 4 --daemon-omega-sum-frames -1,1 --daemon-timeline --out "$out" 2>&1 | tail -12
 python bench/fitting.py --gpu --frames 100 --out "$out" 2>&1 | tail -12
-python bench/fitting_daemon.py --frames 10000 --workers 1,2 --out "$out" 2>&1 | tail -8
+python bench/fitting_daemon.py --frames 15000 --workers 1,2 --out "$out" 2>&1 | tail -8
 ls -la "$out"

@@ -300,10 +300,10 @@ def timeline_of(log_text: str, stamps, t_end: float) -> dict:
         t = datetime.datetime.strptime(when, "%Y-%m-%d %H:%M:%S,%f").timestamp()
         if ": ready (" in text:
             events.setdefault("ready", t)
-        elif m := re.match(r"(\S+) \(pid \d+\) exited cleanly", text):
+        elif m := re.match(r"(\S+) \(pid \d+\) (?:exited cleanly|stopped)", text):
             events.setdefault(f"{m.group(1)}_exit", t)
-        elif m := re.match(r"(worker-\d+): done", text):
-            events.setdefault(f"{m.group(1)}_done", t)
+        elif m := re.match(r"(worker-\d+): (done|sockets closed)", text):
+            events.setdefault(f"{m.group(1)}_{m.group(2).replace(' ', '_')}", t)
     stamps = np.asarray(stamps, dtype=np.float64)
     out = {"stream_s": round(float(stamps[-1] - stamps[0]), 3)}
     if "ready" in events:

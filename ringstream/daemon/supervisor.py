@@ -647,6 +647,8 @@ class Supervisor:
             log.warning("%s (pid %d) ignored SIGTERM; killing it", child.name, proc.pid)
             proc.kill()
             proc.join(2.0)
+        elif not child.exit_seen:
+            log.info("%s (pid %d) stopped (exit code %s)", child.name, proc.pid, proc.exitcode)
         child.exit_seen = True
 
     def _join_serving(self, child: Child, timeout: float) -> None:

@@ -140,10 +140,13 @@ class _Worker:
                      self.counters["rejected"])
             return 0
         finally:
+            t0 = time.monotonic()
             ctx.destroy(linger=2000)  # results and releases already queued must go out
             for ring in self.rings.values():
                 self.unregister(ring)
                 ring.close()
+            log.info("worker-%d: sockets closed and %d ring(s) released in %.3f s", self.index, len(self.rings),
+                     time.monotonic() - t0)
 
     # ------------------------------------------------------------------------------------------------ a frame
     def handle(self, sock) -> None:
