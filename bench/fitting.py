@@ -11,8 +11,8 @@ batched LM kernel and the daemon end to end with 3 peaks per frame.
    path (plan, pack, copy, kernel, copy back, rows) on batches of frames; (c) agreement with nlopt on the same
    lineouts (max |ΔRcen| in bins, max relative ΔImax).
 3. ``--micro``: the host-side cost of fitting per frame, as a worker pays it: ``WorkerFitting.fit_frames`` (the real
-   path: FrameHeaders with ``peak_seq`` 0, float32 lineouts of the daemon's 3-ring case, 990 bins) on batches of 16
-   and 64 frames, µs per frame (best of 3), once with the fast path (fixed peak list: cached ROI layout, planning,
+   path: FrameHeaders with ``peak_seq`` 0, float64 lineouts of the daemon's 3-ring case, 990 bins) on batches of 8
+   (the GPU engine's default batch, so what a GPU worker fits per call), 16 and 64 frames, µs per frame (best of 3), once with the fast path (fixed peak list: cached ROI layout, planning,
    packing, failure tests and assembly vectorized over the batch) and once with the per-frame planning
    (``FrameFitter(fast_path=False)``). Solvers: ``lm`` (the NumPy LM, whose solve costs CPU), ``host only`` (the
    solver replaced by a replay of the lm results recorded on the same batches: everything but the solve, i.e. what
@@ -210,14 +210,14 @@ def _time_calls(calls, repeat: int = 3) -> float:
     return best
 
 
-def micro(gpu=None, batches=(16, 64), frames: int = 512, repeat: int = 3) -> list[dict]:
+def micro(gpu=None, batches=(8, 16, 64), frames: int = 512, repeat: int = 3) -> list[dict]:
     """The host-side micro-benchmark (module docstring, item 3): µs per frame of ``WorkerFitting.fit_frames``."""
     from ringstream.fitting.batched import fit_batch
     from ringstream.protocol import FrameHeader
     from ringstream.workers.fitting import WorkerFitting
 
     params = parse_params(RING_PARAMS)
-    ys = [y.astype(np.float32) for y in ring_lineouts(frames, seed=5)]  # the engines' lineouts are float32
+    ys = ring_lineouts(frames, seed=5)  # float64, as the engines return them
     headers = [FrameHeader(run_id="bench", frame_index=k, shape=(1, 1), dtype="<i4", metadata={"peak_seq": 0})
                for k in range(frames)]
     rows = []
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
                   f"{'' if r['fallback_nlopt'] is None else r['fallback_nlopt']:>25}")
         out = Path(args.out) / f"fitting-micro-{name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        result = {"benchmark": "fitting-micro", "case": "3 rings, 990 bins, WorkerFitting.fit_frames, float32 "
+        result = {"benchmark": "fitting-micro", "case": "3 rings, 990 bins, WorkerFitting.fit_frames, float64 "
                   "lineouts; us_per_frame = best of 3 wall times / frames", "machine": machine(
                       gpu.device_name if gpu else None), "micro": rows}
         out.write_text(json.dumps(result, indent=2) + "\n")

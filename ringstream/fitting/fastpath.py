@@ -33,23 +33,34 @@ from .batched import CONVERGED, Packed
 from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, model_jacobian, n_params, peak_area
 from .peaks import EDGE_POINTS, NATURAL_BOUNDS, group_rois, snap_locations
 
+#: batch sizes whose shared Packed arrays a layout keeps (:meth:`RoiLayout.tiles`; starts afresh when full)
+TILE_CACHE = 16
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RoiLayout:
     """The ROIs of one peak list on one lineout's bins (``r_px [n]``), what every valid frame rejects, and the index
-    arrays that gather each ROI's points from a batch of lineouts.
+    arrays and constants that gather each ROI's points from a batch of lineouts and place the parameters.
 
-    ROIs (R of them, in bin order): ``starts``, ``stops``, ``npts`` int ``[R]``, ``slots`` / ``bins`` (per ROI, its
-    peaks' output rows and bins), ``n_peaks [R]``, ``table`` int32 ``[R, 2]`` (start, n_points), ``idx [R, N]`` the
-    lineout bin of each padded point (the last real point repeated, as :func:`.batched.pack` pads ``x``),
-    ``mask [R, N]`` the real points, ``x [R, N]`` = ``r_px[idx]``, ``xmid``, ``hw``, ``dx``, ``width``, ``x0``,
-    ``x1`` ``[R]`` (px, as :func:`.peaks.initial_problem` computes them), ``base [R, M]`` (zeros, and in each
-    ROI's unused peak slots the fixed values :func:`.batched.pack` gives them: Imax 0 = lo = hi), ``edges``: (ne, ROIs, left bins
-    ``[R_ne, ne]``, right bins) per edge-point count. Peaks (Q, ROI by ROI): ``q_roi``, ``q_k`` (position in its
-    ROI), ``q_slot``, ``q_bin``, ``q_u`` ((x_c − xmid)/hw), ``q_gap`` (px to the nearest other peak of its ROI, inf
-    when alone), ``q_xc``; the half-maximum walks: ``left_idx [Q, WL+1]`` = bins c−1, c−2, … down to the ROI's
-    start, ``left_ok`` (real entries; the last column is always False), ``left_len [Q]``, and ``right_*`` likewise
-    c+1 … stop−1. ``rejects``: (reason, rows, detail) that every valid frame counts, in the per-frame path's order.
+    ROIs (R of them, in bin order): ``starts``, ``stops``, ``npts`` ``[R]``, ``slots`` / ``bins`` (per ROI, its
+    peaks' output rows and bins), ``n_peaks [R]``, ``table`` int32 ``[R, 2]`` (start, n_points; read-only),
+    ``idx [R, N]`` the lineout bin of each padded point (the last real point repeated, as :func:`.batched.pack` pads
+    ``x``), ``mask [R, N]`` the real points, ``x [R, N]`` = ``r_px[idx]``, ``xmid``, ``hw`` ``[R]`` (px),
+    ``base3 [3, 1, R·M]`` (p0, lo, hi: zeros, and in each ROI's unused peak slots the fixed values pack() gives
+    them), ``edges``: (ne, ROIs, bins ``[2, R_ne, ne]`` of the left and right edge points) per edge-point count
+    (``edges_all``: one count for every ROI, in ROI order). Peaks (Q of them, ROI by ROI): ``q_roi``, ``q_k``
+    (position in its ROI), ``q_slot``, ``q_bin``, ``q_u`` = (x_c − xmid)/hw, ``q_gap`` (px to the nearest other peak
+    of its ROI, inf when alone), ``q_xc``, and their ROI's ``q_xmid``, ``q_hw``, ``q_dx`` (mean bin width),
+    ``q_glo`` (0.5·dx, Γ's lower bound), ``q_width`` (Γ's upper bound), ``q_x0``, ``q_x1`` (the ROI's first and last
+    x), all computed with :func:`.peaks.initial_problem`'s own float arithmetic; ``walk_idx [2, Q, W+1]``: the bins
+    :func:`.peaks.half_max_width` visits from c, down to the ROI's start (side 0) and up to its end (side 1),
+    ``walk_ok`` the real ones (the last column never), ``walk_len [2, Q]``, ``walk_step [2, 1]`` (−1, +1);
+    ``pk_const [3, 1, Q, 4]`` the constant parts of each peak block's p0, lo, hi and ``cols_pk [Q·4]`` where the
+    blocks go in a frame's ``R·M`` parameters; ``cols_rows [6, Q]`` the columns of (b0, b1, Imax, μ, Rc, Γ) of each
+    peak; ``unused``, ``pin`` ``[R, M]`` the padding parameters and those the pinned test looks at;
+    ``real_blocks [R, P]``; ``single_peak`` (one peak per ROI: nothing to sort), ``slots_direct`` (the peaks fill
+    the slots in order), ``dense`` (every ROI has N points). ``rejects``: (reason, rows, detail) that every valid
+    frame counts, in the per-frame path's order.
     """
 
     peaks: tuple[float, ...]
@@ -67,12 +78,9 @@ class RoiLayout:
     x: np.ndarray
     xmid: np.ndarray
     hw: np.ndarray
-    dx: np.ndarray
-    width: np.ndarray
-    x0: np.ndarray
-    x1: np.ndarray
-    base: np.ndarray
+    base3: np.ndarray
     edges: tuple
+    edges_all: bool
     q_roi: np.ndarray
     q_k: np.ndarray
     q_slot: np.ndarray
@@ -80,12 +88,41 @@ class RoiLayout:
     q_u: np.ndarray
     q_gap: np.ndarray
     q_xc: np.ndarray
-    left_idx: np.ndarray
-    left_ok: np.ndarray
-    left_len: np.ndarray
-    right_idx: np.ndarray
-    right_ok: np.ndarray
-    right_len: np.ndarray
+    q_xmid: np.ndarray
+    q_hw: np.ndarray
+    q_dx: np.ndarray
+    q_glo: np.ndarray
+    q_width: np.ndarray
+    q_x0: np.ndarray
+    q_x1: np.ndarray
+    walk_idx: np.ndarray
+    walk_ok: np.ndarray
+    walk_len: np.ndarray
+    walk_step: np.ndarray
+    pk_const: np.ndarray
+    cols_pk: np.ndarray
+    cols_rows: np.ndarray
+    unused: np.ndarray
+    pin: np.ndarray
+    real_blocks: np.ndarray
+    single_peak: bool
+    slots_direct: bool
+    dense: bool
+    _tiles: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def tiles(self, f_n: int) -> dict[str, np.ndarray]:
+        """The Packed arrays that depend only on the layout and the batch's F frames (``x [F·R, N]``, ``npts``,
+        ``xmid``, ``hw``, ``n_peaks [F·R]``), built once per F and shared (read-only)."""
+        t = self._tiles.get(f_n)
+        if t is None:
+            if len(self._tiles) >= TILE_CACHE:
+                self._tiles.clear()
+            r_n, n = self.x.shape
+            t = self._tiles[f_n] = {k: _readonly(v) for k, v in (
+                ("x", np.broadcast_to(self.x, (f_n, r_n, n)).reshape(f_n * r_n, n)),
+                ("npts", np.tile(self.npts, f_n)), ("xmid", np.tile(self.xmid, f_n)), ("hw", np.tile(self.hw, f_n)),
+                ("n_peaks", np.tile(self.n_peaks, f_n)))}
+        return t
 
     @property
     def n_rois(self) -> int:
@@ -93,7 +130,7 @@ class RoiLayout:
 
     @property
     def n_params(self) -> int:
-        return n_params(int(self.n_peaks.max()) if self.n_peaks.size else 1)
+        return int(self.base3.shape[2] // self.n_rois) if self.n_rois else n_params(1)
 
 
 def build_layout(r_px: np.ndarray, peaks: tuple[float, ...], n_slots: int, pad: int, bin_size: float) -> RoiLayout:
@@ -136,13 +173,16 @@ def _layout_arrays(x: np.ndarray, peaks, n_slots: int, rejects, rois) -> RoiLayo
     stops = np.array([r[1] for r in rois], dtype=np.intp)
     npts = stops - starts
     n_pts = int(npts.max()) if n_r else 1
+    n_pk = np.array([len(r[2]) for r in rois], dtype=np.int32)
+    p_max = int(n_pk.max()) if n_r else 1
+    m = n_params(p_max)
     t = np.arange(n_pts)
     idx = starts[:, None] + np.minimum(t[None, :], npts[:, None] - 1)
     mask = t[None, :] < npts[:, None]
     # the ROI's constants, with initial_problem's own float arithmetic
     xmid, hw, dx, width, x0, x1 = (np.empty(n_r) for _ in range(6))
     edges: dict[int, list[int]] = {}
-    q_roi, q_k, q_slot, q_bin, q_u, q_gap = [], [], [], [], [], []
+    peaks_of: list[tuple[int, int, int, int, float, float]] = []  # roi, k, slot, bin, u, gap
     for j, (start, stop, slots, bins) in enumerate(rois):
         xs = x[start:stop]
         xmid[j] = 0.5 * (float(xs[0]) + float(xs[-1]))
@@ -153,46 +193,58 @@ def _layout_arrays(x: np.ndarray, peaks, n_slots: int, rejects, rois) -> RoiLayo
         edges.setdefault(min(EDGE_POINTS, max(1, (stop - start) // 4)), []).append(j)
         for k, (s, c) in enumerate(zip(slots, bins, strict=True)):
             gaps = [abs(float(x[c]) - float(x[o])) for o in bins if o != c]
-            q_roi.append(j)
-            q_k.append(k)
-            q_slot.append(s)
-            q_bin.append(c)
-            q_u.append((float(x[c]) - xmid[j]) / hw[j])
-            q_gap.append(min(gaps) if gaps else np.inf)
+            peaks_of.append((j, k, s, c, (float(x[c]) - xmid[j]) / hw[j], min(gaps) if gaps else np.inf))
     edge_groups = []
     for ne, members in sorted(edges.items()):
         js = np.array(members, dtype=np.intp)
-        left = starts[js, None] + np.arange(ne)[None, :]
-        right = stops[js, None] - ne + np.arange(ne)[None, :]
-        edge_groups.append((ne, js, left, right))
-    q_roi_a = np.array(q_roi, dtype=np.intp)
-    q_bin_a = np.array(q_bin, dtype=np.intp)
-    walks = []
-    for step in (-1, 1):
-        # bins the walk of half_max_width visits from c in direction step, inside [start, stop)
-        length = (q_bin_a - starts[q_roi_a]) if step < 0 else (stops[q_roi_a] - 1 - q_bin_a)
-        w = int(length.max()) if length.size else 0
-        s = np.arange(1, w + 2)
-        ok = (s[None, :] <= length[:, None]) & (s[None, :] <= w)
-        wi = np.where(ok, q_bin_a[:, None] + step * s[None, :], q_bin_a[:, None])
-        walks.append((wi, ok, length))
-    (li, lok, llen), (ri, rok, rlen) = walks
-    n_pk = np.array([len(r[2]) for r in rois], dtype=np.int32)
-    base = np.zeros((n_r, n_params(int(n_pk.max()) if n_r else 1)))
+        e = np.arange(ne)[None, :]
+        edge_groups.append((ne, js, np.stack([starts[js, None] + e, stops[js, None] - ne + e])))
+    q_roi = np.array([q[0] for q in peaks_of], dtype=np.intp)
+    q_k = np.array([q[1] for q in peaks_of], dtype=np.intp)
+    q_slot = np.array([q[2] for q in peaks_of], dtype=np.intp)
+    q_bin = np.array([q[3] for q in peaks_of], dtype=np.intp)
+    q_xc = x[q_bin].astype(np.float64)
+    # the walks of half_max_width from c, inside [start, stop): down (side 0) and up (side 1)
+    lengths = np.stack([q_bin - starts[q_roi], stops[q_roi] - 1 - q_bin]) if n_r else np.zeros((2, 0), np.intp)
+    w = int(lengths.max()) if lengths.size else 0
+    steps = np.array([[-1], [1]])
+    s_ = np.arange(1, w + 2)
+    walk_ok = s_[None, None, :] <= np.minimum(lengths, w)[:, :, None]
+    walk_ok[:, :, -1] = False
+    walk_idx = np.where(walk_ok, q_bin[None, :, None] + steps[:, :, None] * s_[None, None, :], q_bin[None, :, None])
+    base = np.zeros((n_r, m))
     for j in range(n_r):
-        for s_ in range(int(n_pk[j]), (base.shape[1] - N_BG) // PER_PEAK):
-            o = N_BG + PER_PEAK * s_
+        for k in range(int(n_pk[j]), p_max):
+            o = N_BG + PER_PEAK * k
             base[j, o:o + 4] = (0.0, 0.5, xmid[j], 1.0)
+    q_n = q_bin.size
+    pk_const = np.zeros((3, 1, q_n, PER_PEAK))
+    pk_const[0, 0, :, MU], pk_const[2, 0, :, MU] = 0.5, 1.0
+    pk_const[0, 0, :, RC] = q_xc
+    pk_const[1, 0, :, GAMMA], pk_const[2, 0, :, GAMMA] = 0.5 * dx[q_roi], width[q_roi]
+    block = q_roi * m + N_BG + PER_PEAK * q_k
+    cols_pk = (block[:, None] + np.arange(PER_PEAK)[None, :]).reshape(-1)
+    cols_rows = np.stack([q_roi * m, q_roi * m + 1, block + IMAX, block + MU, block + RC, block + GAMMA])
+    used = np.arange(m)[None, :] < (N_BG + PER_PEAK * n_pk)[:, None]
+    pin = used.copy()
+    for k in range(N_BG, m):
+        if (k - N_BG) % PER_PEAK in NATURAL_BOUNDS:
+            pin[:, k] = False
     return RoiLayout(
         peaks=peaks, n_slots=int(n_slots), rejects=rejects, starts=starts, stops=stops, npts=npts.astype(np.int32),
-        slots=tuple(tuple(r[2]) for r in rois), bins=tuple(tuple(r[3]) for r in rois),
-        n_peaks=n_pk,
+        slots=tuple(tuple(r[2]) for r in rois), bins=tuple(tuple(r[3]) for r in rois), n_peaks=n_pk,
         table=_readonly(np.stack([starts, npts], axis=1).astype(np.int32).reshape(-1, 2)),
-        idx=idx, mask=mask, x=x[idx], xmid=xmid, hw=hw, dx=dx, width=width, x0=x0, x1=x1, base=base,
-        edges=tuple(edge_groups),
-        q_roi=q_roi_a, q_k=np.array(q_k, dtype=np.intp), q_slot=np.array(q_slot, dtype=np.intp), q_bin=q_bin_a,
-        q_u=np.array(q_u), q_gap=np.array(q_gap), q_xc=x[q_bin_a].astype(np.float64),
-        left_idx=li, left_ok=lok, left_len=llen, right_idx=ri, right_ok=rok, right_len=rlen)
+        idx=idx, mask=mask, x=x[idx], xmid=xmid, hw=hw, base3=base.reshape(1, 1, -1).repeat(3, axis=0),
+        edges=tuple(edge_groups), edges_all=len(edge_groups) == 1,
+        q_roi=q_roi, q_k=q_k, q_slot=q_slot, q_bin=q_bin,
+        q_u=np.array([q[4] for q in peaks_of]), q_gap=np.array([q[5] for q in peaks_of]), q_xc=q_xc,
+        q_xmid=xmid[q_roi], q_hw=hw[q_roi], q_dx=dx[q_roi], q_glo=0.5 * dx[q_roi], q_width=width[q_roi],
+        q_x0=x0[q_roi], q_x1=x1[q_roi],
+        walk_idx=walk_idx, walk_ok=walk_ok, walk_len=lengths, walk_step=steps,
+        pk_const=pk_const, cols_pk=cols_pk, cols_rows=cols_rows, unused=~used, pin=pin,
+        real_blocks=np.arange(p_max)[None, :] < n_pk[:, None], single_peak=bool(np.all(n_pk == 1)),
+        slots_direct=bool(q_n == n_slots and np.array_equal(q_slot, np.arange(n_slots))),
+        dense=bool(np.all(npts == n_pts)))
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -202,80 +254,82 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 def half_max_widths(lay: RoiLayout, x: np.ndarray, y: np.ndarray, bg: np.ndarray) -> np.ndarray:
     """:func:`.peaks.half_max_width` of every peak of the layout in every lineout: ``y [F, n]``, ``bg [F, Q]`` ->
-    FWHM ``[F, Q]`` (px; NaN where neither crossing lies inside the ROI)."""
+    FWHM ``[F, Q]`` (px; NaN where neither crossing lies inside the ROI). Both sides at once: side 0 walks down
+    from the peak's bin c, side 1 up; the walk's length is the number of bins above the half maximum before the
+    first that is not (``argmin`` over the mask, whose last column is always False)."""
     c = lay.q_bin
-    yc = y[:, c]
-    half = bg + 0.5 * (yc - bg)
-    rows = np.arange(y.shape[0])[:, None]
-    sides = []
-    for wi, ok, length, step in ((lay.left_idx, lay.left_ok, lay.left_len, -1),
-                                 (lay.right_idx, lay.right_ok, lay.right_len, 1)):
-        above = (y[:, wi] > half[:, :, None]) & ok  # [F, Q, W+1]; the last column is never "above"
-        cnt = np.argmax(~above, axis=2)  # bins walked: the first that is not above the half maximum
-        found = cnt < length  # the crossing's outer bin j = i + step is inside the ROI
-        i = c + step * cnt
-        j = np.where(found, i + step, i)
-        y1, y2 = y[rows, i], y[rows, j]
-        xi, xj = x[i], x[j]
-        same = y1 == y2
-        frac = np.where(same, 0.5, (y1 - half) / np.where(same, 1.0, y1 - y2))
-        sides.append((found, np.abs(xi + frac * (xj - xi) - x[c])))
-    (fl, sl), (fr, sr) = sides
-    return np.where(fl & fr, sl + sr, np.where(fl, 2.0 * sl, np.where(fr, 2.0 * sr, np.nan)))
+    half = bg + 0.5 * (y[:, c] - bg)
+    above = (y[:, lay.walk_idx] > half[:, None, :, None]) & lay.walk_ok  # [F, 2, Q, W+1]
+    cnt = np.argmin(above, axis=3)  # [F, 2, Q]: bins walked
+    found = cnt < lay.walk_len  # the crossing's outer bin j = i + step is inside the ROI
+    step = lay.walk_step  # [2, 1]
+    i = c + step * cnt
+    j = np.where(found, i + step, i)
+    rows = np.arange(y.shape[0])[:, None, None]
+    y1, y2 = y[rows, i], y[rows, j]
+    xi = x[i]
+    same = y1 == y2
+    frac = np.where(same, 0.5, (y1 - half[:, None]) / np.where(same, 1.0, y1 - y2))
+    side = np.abs(xi + frac * (x[j] - xi) - x[c])
+    # both crossings: left + right; one: twice its side (side + side, exactly 2·side); none: NaN
+    side = np.where(found, side, side[:, ::-1])
+    return np.where(found.any(axis=1), side[:, 0] + side[:, 1], np.nan)
 
 
 def initial_guesses(lay: RoiLayout, x: np.ndarray, y: np.ndarray):
     """:func:`.peaks.initial_problem` for every ROI of the layout in every lineout ``y [F, n]`` (valid: finite, not
-    flat) on bins ``x [n]``. Returns ``p0, lo, hi [F, R, M]`` and the gathered points ``yg [F, R, N]``."""
-    f_n, r_n = y.shape[0], lay.n_rois
+    flat) on bins ``x [n]``. Returns ``params [3, F, R, M]`` (p0, lo, hi) and the gathered points ``yg [F, R, N]``;
+    each line below is the one of initial_problem it is named after."""
+    f_n, r_n, m = y.shape[0], lay.n_rois, lay.n_params
     yg = y[:, lay.idx]
-    ymin = np.where(lay.mask, yg, np.inf).min(axis=2)
-    ymax = np.where(lay.mask, yg, -np.inf).max(axis=2)
+    ymin, ymax = yg.min(axis=2), yg.max(axis=2)  # the padding repeats a real point
     span = np.maximum(ymax - ymin, 1e-12 * np.maximum(np.abs(ymax), 1.0))
-    left, right = np.empty((f_n, r_n)), np.empty((f_n, r_n))
-    for _, js, li, ri in lay.edges:
-        left[:, js] = y[:, li].mean(axis=2)
-        right[:, js] = y[:, ri].mean(axis=2)
+    if lay.edges_all:  # every ROI has the same number of edge points (np.mean = sum / count)
+        ne, _, lr = lay.edges[0]
+        means = y[:, lr].sum(axis=3) / ne  # [F, 2, R]
+        left, right = means[:, 0], means[:, 1]
+    else:
+        left, right = np.empty((f_n, r_n)), np.empty((f_n, r_n))
+        for ne, js, lr in lay.edges:
+            means = y[:, lr].sum(axis=3) / ne
+            left[:, js], right[:, js] = means[:, 0], means[:, 1]
     bg0 = 0.5 * (left + right)
-    b1 = 0.5 * (right - left)
-    # zeros, and in unused peak slots the fixed values batched.pack gives them
-    p0, lo, hi = (np.repeat(lay.base[None], f_n, axis=0) for _ in range(3))
-    p0[:, :, 0], lo[:, :, 0], hi[:, :, 0] = bg0, ymin - span, ymax + span
-    p0[:, :, 1], lo[:, :, 1], hi[:, :, 1] = b1, -2.0 * span, 2.0 * span
+    b1 = 0.5 * (right - left)  # p0[1]
+    out = np.empty((3, f_n, r_n * m))
+    out[:] = lay.base3
+    a4 = out.reshape(3, f_n, r_n, m)
+    a4[0, :, :, 0], a4[1, :, :, 0], a4[2, :, :, 0] = bg0, ymin - span, ymax + span
+    a4[0, :, :, 1], a4[1, :, :, 1], a4[2, :, :, 1] = b1, -2.0 * span, 2.0 * span
     # peaks [F, Q]
     j = lay.q_roi
-    o = N_BG + PER_PEAK * lay.q_k
-    bg_c = bg0[:, j] + b1[:, j] * lay.q_u
-    imax0 = np.maximum(y[:, lay.q_bin] - bg_c, 0.05 * span[:, j])
+    span_q = span.take(j, axis=1)
+    bg_c = bg0.take(j, axis=1) + b1.take(j, axis=1) * lay.q_u
+    imax0 = np.maximum(y[:, lay.q_bin] - bg_c, 0.05 * span_q)
     g0 = half_max_widths(lay, x, y, bg_c)
-    g0 = np.where(np.isfinite(g0) & (g0 > 0), g0, lay.width[j] / 4.0)
+    g0 = np.where(np.isfinite(g0) & (g0 > 0), g0, lay.q_width / 4.0)
     g0 = np.minimum(g0, lay.q_gap)  # an overlapping neighbour stretches the crossings
-    g_lo, g_hi = 0.5 * lay.dx[j], lay.width[j]
-    g0 = np.minimum(np.maximum(g0, g_lo * 1.5), g_hi * 0.9)
-    w = np.maximum(3.0 * lay.dx[j], g0)
-    rc0 = lay.q_xc
-    p0[:, j, o + IMAX], hi[:, j, o + IMAX] = imax0, 4.0 * span[:, j]  # lo 0
-    p0[:, j, o + MU], hi[:, j, o + MU] = 0.5, 1.0  # lo 0
-    p0[:, j, o + RC] = rc0
-    lo[:, j, o + RC], hi[:, j, o + RC] = np.maximum(rc0 - w, lay.x0[j]), np.minimum(rc0 + w, lay.x1[j])
-    p0[:, j, o + GAMMA] = g0
-    lo[:, j, o + GAMMA], hi[:, j, o + GAMMA] = g_lo, g_hi
-    return np.clip(p0, lo, hi), lo, hi, yg
+    g0 = np.minimum(np.maximum(g0, lay.q_glo * 1.5), lay.q_width * 0.9)
+    w = np.maximum(3.0 * lay.q_dx, g0)
+    pk = np.empty((3, f_n, lay.q_bin.size, PER_PEAK))
+    pk[:] = lay.pk_const  # mu 0.5 in [0, 1], Imax >= 0, Rc0, Γ in [g_lo, g_hi]
+    pk[0, :, :, IMAX], pk[2, :, :, IMAX] = imax0, 4.0 * span_q
+    pk[1, :, :, RC], pk[2, :, :, RC] = np.maximum(lay.q_xc - w, lay.q_x0), np.minimum(lay.q_xc + w, lay.q_x1)
+    pk[0, :, :, GAMMA] = g0
+    out[:, :, lay.cols_pk] = pk.reshape(3, f_n, -1)
+    np.clip(out[0], out[1], out[2], out=out[0])
+    return a4, yg
 
 
-def pack_batch(lay: RoiLayout, yg: np.ndarray, p0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Packed:
+def pack_batch(lay: RoiLayout, yg: np.ndarray, params: np.ndarray) -> Packed:
     """The :class:`~.batched.Packed` batch of every ROI of every frame (row f·R + r), as :func:`.batched.pack`
-    builds it from the same problems."""
+    builds it from the same problems; ``params [3, F, R, M]`` from :func:`initial_guesses`. The arrays that depend
+    only on the layout and F are shared between batches (read-only)."""
     f_n, r_n, n = yg.shape
-    b, m = f_n * r_n, p0.shape[2]
-    return Packed(x=np.broadcast_to(lay.x, (f_n, r_n, n)).reshape(b, n), y=np.where(lay.mask, yg, 0.0).reshape(b, n),
-                  npts=np.tile(lay.npts, f_n), p=p0.reshape(b, m), lo=lo.reshape(b, m), hi=hi.reshape(b, m),
-                  xmid=np.tile(lay.xmid, f_n), hw=np.tile(lay.hw, f_n), n_peaks=np.tile(lay.n_peaks, f_n))
-
-
-def used_params(lay: RoiLayout) -> np.ndarray:
-    """``[R, M]``: the parameters each ROI really has (2 + 4·its peaks)."""
-    return np.arange(lay.n_params)[None, :] < (N_BG + PER_PEAK * lay.n_peaks)[:, None]
+    b, m = f_n * r_n, params.shape[3]
+    t = lay.tiles(f_n)
+    p0, lo, hi = (a.reshape(b, m) for a in params)
+    return Packed(x=t["x"], y=np.where(lay.mask, yg, 0.0).reshape(b, n), npts=t["npts"], p=p0, lo=lo, hi=hi,
+                  xmid=t["xmid"], hw=t["hw"], n_peaks=t["n_peaks"])
 
 
 def failed(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, start_cost: np.ndarray, status: np.ndarray,
@@ -283,28 +337,24 @@ def failed(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, start_cost: np.ndarr
     """``[F, R]`` True where the batched fit failed: not converged, or :func:`.nlopt_fitter.failure_reason` is not
     "" (a non-finite parameter or cost, a parameter other than μ within ``rel`` of its bound interval of a bound,
     :func:`.peaks.is_pinned`, or a cost no lower than the start). ``p``, ``lo``, ``hi`` ``[F, R, M]``."""
-    used = used_params(lay)
-    pin = used.copy()
-    for k in range(pin.shape[1]):
-        if k >= N_BG and (k - N_BG) % PER_PEAK in NATURAL_BOUNDS:
-            pin[:, k] = False
-    finite = np.all(np.isfinite(p) | ~used, axis=2) & np.isfinite(cost)
+    finite = (np.isfinite(p) | lay.unused).all(axis=2) & np.isfinite(cost)
     with np.errstate(invalid="ignore"):
         tol = rel * (hi - lo)
         at = (p <= lo + tol) | (p >= hi - tol)
-        pinned = np.any(at & pin & (hi > lo), axis=2)
+        pinned = (at & lay.pin & (hi > lo)).any(axis=2)
         improved = cost < start_cost
     return (status != CONVERGED) | ~finite | pinned | ~improved
 
 
 def sort_blocks(lay: RoiLayout, p: np.ndarray) -> np.ndarray:
     """``p [F, R, M]`` with each ROI's real peak blocks in increasing Rc (:func:`.frame.sort_peaks`; the unused
-    blocks stay behind them)."""
+    blocks stay behind them). A layout of one peak per ROI has nothing to sort."""
+    if lay.single_peak:
+        return p
     f_n, r_n, m = p.shape
     n_pk = (m - N_BG) // PER_PEAK
     blocks = p[:, :, N_BG:].reshape(f_n, r_n, n_pk, PER_PEAK)
-    real = np.arange(n_pk)[None, :] < lay.n_peaks[:, None]
-    key = np.where(real, blocks[..., RC], np.inf)
+    key = np.where(lay.real_blocks, blocks[..., RC], np.inf)
     order = np.argsort(key, axis=2, kind="stable")
     out = p.copy()
     out[:, :, N_BG:] = np.take_along_axis(blocks, order[..., None], axis=2).reshape(f_n, r_n, m - N_BG)
@@ -317,16 +367,23 @@ def assemble_rows(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, ok: np.ndarra
     (sorted here) and ``cost [F, R]``."""
     f_n, r_n, m = p.shape
     ps = sort_blocks(lay, p)
-    j, o = lay.q_roi, N_BG + PER_PEAK * lay.q_k
-    imax, mu, rc, gam = (ps[:, j, o + a] for a in (IMAX, MU, RC, GAMMA))
-    bg = ps[:, j, 0] + ps[:, j, 1] * (rc - lay.xmid[j]) / lay.hw[j]  # bg_under_peaks
-    rows = np.stack([imax, bg, mu, rc, gam / SIGMA_FROM_GAMMA, cost[:, j], peak_area(imax, mu, gam)], axis=2)
-    fit = np.full((f_n, lay.n_slots, 7), np.nan)
-    fit[:, lay.q_slot] = np.where(ok[:, j, None], rows, np.nan)
+    b0, b1, imax, mu, rc, gam = ps.reshape(f_n, r_n * m)[:, lay.cols_rows].transpose(1, 0, 2)  # [F, Q] each
+    rows = np.empty((f_n, lay.q_bin.size, 7))
+    rows[..., 0], rows[..., 2], rows[..., 3] = imax, mu, rc
+    rows[..., 1] = b0 + b1 * (rc - lay.q_xmid) / lay.q_hw  # bg_under_peaks
+    rows[..., 4] = gam / SIGMA_FROM_GAMMA
+    rows[..., 5] = cost.take(lay.q_roi, axis=1)
+    rows[..., 6] = peak_area(imax, mu, gam)
+    if not ok.all():
+        rows[~ok.take(lay.q_roi, axis=1)] = np.nan
+    if lay.slots_direct:  # every slot filled, in order
+        fit = rows
+    else:
+        fit = np.full((f_n, lay.n_slots, 7), np.nan)
+        fit[:, lay.q_slot] = rows
     curves = None
     if want_curves:
-        b = f_n * r_n
-        f, _ = model_jacobian(np.broadcast_to(lay.x, (f_n, r_n, lay.x.shape[1])).reshape(b, -1), ps.reshape(b, m),
-                              np.tile(lay.xmid, f_n), np.tile(lay.hw, f_n), want_jac=False)
+        t = lay.tiles(f_n)
+        f, _ = model_jacobian(t["x"], ps.reshape(f_n * r_n, m), t["xmid"], t["hw"], want_jac=False)
         curves = f.reshape(f_n, r_n, -1)
     return fit, curves

@@ -119,12 +119,22 @@ class FrameFitter:
         if self.fast_path and self.engine in ("lm", "gpu") and not self.auto_roi and self.slots > 0:
             groups: dict[int, tuple[object, list[int]]] = {}
             slow = []
-            for k, pl in enumerate(peak_lists):
-                lay = self.layout(pl)
-                if lay is None or np.shape(lineouts[k]) != self.r_px.shape:
-                    slow.append(k)
-                else:
-                    groups.setdefault(id(lay), (lay, []))[1].append(k)
+            shape = self.r_px.shape
+            first = peak_lists[0] if n else None
+            if all(pl is first for pl in peak_lists):  # the usual batch: one peak list for every frame
+                lay = self.layout(first)
+                for k, y in enumerate(lineouts):
+                    if lay is None or _shape(y) != shape:
+                        slow.append(k)
+                    else:
+                        groups.setdefault(id(lay), (lay, []))[1].append(k)
+            else:
+                for k, pl in enumerate(peak_lists):
+                    lay = self.layout(pl)
+                    if lay is None or _shape(lineouts[k]) != shape:
+                        slow.append(k)
+                    else:
+                        groups.setdefault(id(lay), (lay, []))[1].append(k)
             for lay, ks in groups.values():
                 for k, fit in zip(ks, self.fit_fast(lay, [lineouts[k] for k in ks], [peak_lists[k] for k in ks],
                                                     lambda i, ks=ks: where(ks[i])), strict=True):
@@ -161,8 +171,8 @@ class FrameFitter:
         is not finite or flat goes through :meth:`plan`'s reject path; ``where(i) -> str`` names frame ``i``."""
         y = np.asarray(lineouts, dtype=np.float64)
         out: list[FrameFit | None] = [None] * len(lineouts)
-        valid = np.isfinite(y).all(axis=1)
-        valid[valid] = y[valid].max(axis=1) > y[valid].min(axis=1)
+        with np.errstate(invalid="ignore"):  # a NaN frame's max and min are NaN: not valid
+            valid = np.isfinite(y).all(axis=1) & (y.max(axis=1) > y.min(axis=1))
         good = np.flatnonzero(valid)
         for i in np.flatnonzero(~valid):
             out[i] = self.assemble(self.plan(y[i], peak_lists[i], where(i)), [])
@@ -195,15 +205,18 @@ class FrameFitter:
         from .batched import fit_batch
 
         f_n, r_n, m = y.shape[0], lay.n_rois, lay.n_params
-        p0, lo, hi, yg = fastpath.initial_guesses(lay, self.r_px, y)
-        packed = fastpath.pack_batch(lay, yg, p0, lo, hi)
+        params, yg = fastpath.initial_guesses(lay, self.r_px, y)
+        packed = fastpath.pack_batch(lay, yg, params)
         res = self.gpu.fit_packed(packed) if self.engine == "gpu" else fit_batch(packed)
-        p = np.array(res["p"], dtype=np.float64).reshape(f_n, r_n, m)
-        cost = np.array(res["cost"], dtype=np.float64).reshape(f_n, r_n)
+        p = np.asarray(res["p"], dtype=np.float64).reshape(f_n, r_n, m)
+        cost = np.asarray(res["cost"], dtype=np.float64).reshape(f_n, r_n)
+        p0, lo, hi = params
         bad = fastpath.failed(lay, p, cost, np.asarray(res["start_cost"], dtype=np.float64).reshape(f_n, r_n),
                               np.asarray(res["status"]).reshape(f_n, r_n), lo, hi)
         ok = ~bad
         failures = []
+        if bad.any():
+            p, cost = p.copy(), cost.copy()
         for i, j in zip(*np.nonzero(bad), strict=True):  # rare: refitted one by one, as the per-frame path does
             q = n_params(int(lay.n_peaks[j]))
             prob = RoiProblem(int(lay.starts[j]), int(lay.stops[j]), list(lay.slots[j]), list(lay.bins[j]),
@@ -222,15 +235,13 @@ class FrameFitter:
         n_ok = int(np.count_nonzero(np.isfinite(fit[:, :, 0])))
         self.counters["fit_rows_ok"] += n_ok
         self.counters["fit_rows_nan"] += fit.shape[0] * fit.shape[1] - n_ok
-        vals = curves[:, lay.mask]  # [F, Σ n_points]: each frame's ROIs' points, ROI after ROI
+        # each frame's ROIs' points, ROI after ROI: [F, Σ n_points]
+        vals = curves.reshape(f_n, -1) if lay.dense else curves[:, lay.mask]
+        if not failures:
+            return [FrameFit(fit[i], lay.table, vals[i]) for i in range(f_n)]
         every = ok.all(axis=1)
-        out = []
-        for i in range(f_n):
-            if every[i]:
-                out.append(FrameFit(fit[i], lay.table, vals[i]))
-            else:
-                out.append(FrameFit(fit[i], lay.table[ok[i]], curves[i][lay.mask & ok[i][:, None]]))
-        return out
+        return [FrameFit(fit[i], lay.table, vals[i]) if every[i] else
+                FrameFit(fit[i], lay.table[ok[i]], curves[i][lay.mask & ok[i][:, None]]) for i in range(f_n)]
 
     def nan_frame(self, reason: str, where: str = "") -> FrameFit:
         """Every row NaN for ``reason`` (counted and logged like any other), no curves."""
@@ -363,6 +374,10 @@ class FrameFitter:
         table = np.array(rois, dtype=np.int32).reshape(-1, 2)
         vals = np.concatenate(values) if values else np.zeros(0)
         return FrameFit(out, table, vals)
+
+
+def _shape(y) -> tuple[int, ...]:
+    return y.shape if isinstance(y, np.ndarray) else np.shape(y)
 
 
 def _namer(wheres):

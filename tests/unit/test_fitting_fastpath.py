@@ -93,7 +93,7 @@ def test_initial_guesses_and_packing_equal_the_per_roi_planning(case):
     ref = FrameFitter(p, X, engine="lm", fast_path=False)
     lay = FrameFitter(p, X, engine="lm").layout(None)
     y = np.asarray(ys)
-    p0, lo, hi, yg = fastpath.initial_guesses(lay, X, y)
+    (p0, lo, hi), yg = fastpath.initial_guesses(lay, X, y)
     probs, xs, yss = [], [], []
     for i, yi in enumerate(ys):
         plan = ref.plan(yi, None, "")
@@ -110,7 +110,7 @@ def test_initial_guesses_and_packing_equal_the_per_roi_planning(case):
             xs.append(X[prob.start:prob.stop])
             yss.append(yi[prob.start:prob.stop])
     want = pack(probs, xs, yss)
-    got = fastpath.pack_batch(lay, yg, p0, lo, hi)
+    got = fastpath.pack_batch(lay, yg, np.stack([p0, lo, hi]))
     for name in ("x", "y", "npts", "p", "lo", "hi", "xmid", "hw", "n_peaks"):
         a, b = getattr(got, name), getattr(want, name)
         assert a.shape == b.shape, name
