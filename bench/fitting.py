@@ -10,14 +10,23 @@ batched LM kernel and the daemon end to end with 3 peaks per frame.
    device synchronize (best of 5); peak fits/s = B · peaks per ROI / s; (b) the whole ``FrameFitter(engine="gpu")``
    path (plan, pack, copy, kernel, copy back, rows) on batches of frames; (c) agreement with nlopt on the same
    lineouts (max |ΔRcen| in bins, max relative ΔImax).
-3. ``--daemon N``: ``ringstream run --engine gpu`` on N simulated PILATUS 2M frames (configs/demo-pilatus2m.txt), once
+3. ``--micro``: the host-side cost of fitting per frame, as a worker pays it: ``WorkerFitting.fit_frames`` (the real
+   path: FrameHeaders with ``peak_seq`` 0, float64 lineouts of the daemon's 3-ring case, 990 bins) on batches of 8
+   (the GPU engine's default batch, so what a GPU worker fits per call), 16 and 64 frames, µs per frame (best of 3), once with the fast path (fixed peak list: cached ROI layout, planning,
+   packing, failure tests and assembly vectorized over the batch) and once with the per-frame planning
+   (``FrameFitter(fast_path=False)``). Solvers: ``lm`` (the NumPy LM, whose solve costs CPU), ``host only`` (the
+   solver replaced by a replay of the lm results recorded on the same batches: everything but the solve, i.e. what
+   the worker's host pays around the GPU kernel), ``lm solve`` (``fit_batch`` alone on the same packed batches) and
+   with ``--gpu`` the ``gpu`` engine (kernel, copies and host work). Writes ``fitting-micro-<machine>.json``.
+4. ``--daemon N``: ``ringstream run --engine gpu`` on N simulated PILATUS 2M frames (configs/demo-pilatus2m.txt), once
    without fitting and once with 3 PeakLocation lines (3 of the simulated rings); frames/s from the run's own final
    line and whether every frame was written (no growing backlog: the run with fitting keeps the rate without).
 
 Prints a table and writes ``bench/results/fitting-<machine>.json`` (``--name`` sets the machine name; default "vm",
 or the GPU's name with ``--gpu``).
 
-Run: ``python bench/fitting.py [--frames 300] [--gpu] [--daemon 3000] [--out DIR]``
+Run: ``python bench/fitting.py [--frames 300] [--gpu] [--daemon 3000] [--out DIR]``;
+``python bench/fitting.py --micro [--gpu]`` for the host-side micro-benchmark alone.
 """
 
 from __future__ import annotations
@@ -129,11 +138,15 @@ def kernel_rate(gpu, kind: str, n_rois: int) -> dict:
             "iterations_mean": float(cp.asnumpy(res["iterations"]).mean())}
 
 
-def per_frame_latency(engine: str, gpu=None, batch: int = 8, frames: int = 96) -> dict:
-    """The daemon's case: lineouts of 990 bins with 3 separate rings (Γ 3.5 bins, SNR 300), fitted ``batch`` frames
-    per call as a worker does (the GPU worker integrates up to 8 frames per call); ms per frame, wall clock."""
-    rng = np.random.default_rng(0)
-    x = np.arange(990.0) + 10.5
+RING_X = np.arange(990.0) + 10.5
+RING_PARAMS = (BASE.replace("RMax 200", "RMax 1000").replace("RMin 0", "RMin 10")
+               + "PeakLocation 206.1\nPeakLocation 402.8\nPeakLocation 600.3\n")
+
+
+def ring_lineouts(frames: int, seed: int = 0) -> list[np.ndarray]:
+    """The daemon's case: lineouts of 990 bins (R 10.5 .. 999.5 px) with 3 separate rings at 206.1, 402.8 and
+    600.3 px (Γ 3.5 bins, SNR 300) on a background of 100 counts."""
+    rng = np.random.default_rng(seed)
     ys = []
     for _ in range(frames):
         y = np.full(990, 100.0)
@@ -141,8 +154,15 @@ def per_frame_latency(engine: str, gpu=None, batch: int = 8, frames: int = 96) -
             cs = make_case(rng, "single", snr=300, gamma=3.5, slope=False, n_bins=990)
             y += np.roll(cs.y - cs.truth[0], int(round(c - 10.5 - cs.centres[0])))
         ys.append(y)
-    p = parse_params(BASE.replace("RMax 200", "RMax 1000").replace("RMin 0", "RMin 10")
-                     + "PeakLocation 206.1\nPeakLocation 402.8\nPeakLocation 600.3\n")
+    return ys
+
+
+def per_frame_latency(engine: str, gpu=None, batch: int = 8, frames: int = 96) -> dict:
+    """The daemon's case (:func:`ring_lineouts`), fitted ``batch`` frames per call as a worker does (the GPU worker
+    integrates up to 8 frames per call); ms per frame, wall clock."""
+    ys = ring_lineouts(frames)
+    x = RING_X
+    p = parse_params(RING_PARAMS)
     ff = FrameFitter(p, x, engine=engine, gpu=gpu)
     ff.fit_many(ys[:batch])  # warm-up (kernel compilation)
     t0 = time.perf_counter()
@@ -152,6 +172,89 @@ def per_frame_latency(engine: str, gpu=None, batch: int = 8, frames: int = 96) -
     return {"engine": engine, "frames_per_call": batch, "peaks_per_frame": 3, "ms_per_frame": round(dt * 1e3, 3),
             "frames_per_s": round(1 / dt, 1), "fallback_nlopt": ff.counters["fit_fallback_nlopt"],
             "rows_nan": ff.counters["fit_rows_nan"]}
+
+
+class ReplaySolver:
+    """A stand-in for the GPU fitter (``fit_packed``) that costs no solve: while ``recording`` it runs the NumPy LM
+    (``fit_batch``) and keeps each batch's result; afterwards it hands the kept results back in the same order. The
+    fitter then does all its host work (planning, packing, failure tests, nlopt refits of failed ROIs, assembly) on
+    real results. Bench only: the numbers it gives are labelled "host only"."""
+
+    def __init__(self) -> None:
+        self.recording = True
+        self.kept: list[dict] = []
+        self.packed: list = []
+        self.next = 0
+
+    def fit_packed(self, pk) -> dict:
+        from ringstream.fitting.batched import fit_batch
+
+        if self.recording:
+            res = fit_batch(pk)
+            self.kept.append(res)
+            self.packed.append(pk)
+            return res
+        res = self.kept[self.next % len(self.kept)]
+        self.next += 1
+        return {k: v.copy() for k, v in res.items()}
+
+
+def _time_calls(calls, repeat: int = 3) -> float:
+    """Best wall time (s) of running every call of ``calls`` in turn, over ``repeat`` rounds."""
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for c in calls:
+            c()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def micro(gpu=None, batches=(8, 16, 64), frames: int = 512, repeat: int = 3) -> list[dict]:
+    """The host-side micro-benchmark (module docstring, item 3): µs per frame of ``WorkerFitting.fit_frames``."""
+    from ringstream.fitting.batched import fit_batch
+    from ringstream.protocol import FrameHeader
+    from ringstream.workers.fitting import WorkerFitting
+
+    params = parse_params(RING_PARAMS)
+    ys = ring_lineouts(frames, seed=5)  # float64, as the engines return them
+    headers = [FrameHeader(run_id="bench", frame_index=k, shape=(1, 1), dtype="<i4", metadata={"peak_seq": 0})
+               for k in range(frames)]
+    rows = []
+    for batch in batches:
+        spans = [(i, min(frames, i + batch)) for i in range(0, frames, batch)]
+        for fast in (False, True):
+            path = "fast" if fast else "per-frame"
+
+            def worker(engine, solver, fast=fast):
+                return WorkerFitting(FrameFitter(params, RING_X, engine=engine, gpu=solver, fast_path=fast),
+                                     None, "bench")
+
+            def calls(wf, spans=spans):
+                return [lambda a=a, b=b: wf.fit_frames(headers[a:b], ys[a:b]) for a, b in spans]
+
+            runs = []
+            lm = worker("lm", None)
+            runs.append(("lm", lm, _time_calls(calls(lm), repeat)))
+            replay = ReplaySolver()
+            host = worker("gpu", replay)
+            for c in calls(host):  # record the lm results of these very batches
+                c()
+            replay.recording = False
+            runs.append(("host only (solve replayed)", host, _time_calls(calls(host), repeat)))
+            solve = _time_calls([lambda pk=pk: fit_batch(pk) for pk in replay.packed], repeat)
+            runs.append(("lm solve alone (fit_batch)", None, solve))
+            if gpu is not None:
+                g = worker("gpu", gpu)
+                calls(g)[0]()  # warm-up: kernel compilation, memory pool
+                runs.append(("gpu", g, _time_calls(calls(g), repeat)))
+            for solver, wf, dt in runs:
+                c = wf.snapshot() if wf is not None else {}
+                rows.append({"batch": batch, "path": path, "solver": solver, "frames": frames,
+                             "us_per_frame": round(dt / frames * 1e6, 2),
+                             "fast_path_frames": c.get("fit_fast_frames"),
+                             "fallback_nlopt": c.get("fit_fallback_nlopt"), "rows_nan": c.get("fit_rows_nan")})
+    return rows
 
 
 def ring_radii(param_file: Path, n: int = 3) -> list[float]:
@@ -214,6 +317,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=300, help="synthetic frames per kind on the CPU (300)")
     ap.add_argument("--gpu", action="store_true", help="also the GPU kernel and the GPU FrameFitter path")
     ap.add_argument("--rois", type=int, default=1 << 18, help="ROIs per kernel launch for --gpu (262144)")
+    ap.add_argument("--micro", action="store_true", help="only the host-side micro-benchmark (µs/frame)")
+    ap.add_argument("--micro-frames", type=int, default=512, help="frames per batch size for --micro (512)")
     ap.add_argument("--daemon", type=int, default=0, help="also the daemon end to end on N frames (GPU engine)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--name", default="", help="machine name in the JSON file name")
@@ -229,6 +334,23 @@ def main(argv=None) -> int:
         from ringstream.fitting.gpu_fitter import GpuFitter
 
         gpu = GpuFitter()
+    name = args.name or (re.sub(r"[^A-Za-z0-9]+", "-", gpu.device_name).strip("-") if gpu else "vm")
+    if args.micro:
+        rows = micro(gpu, frames=args.micro_frames)
+        print(f"{'batch':>5} {'path':10} {'solver':28} {'us/frame':>9} {'fast frames':>11} "
+              f"{'nlopt refits (all rounds)':>25}")
+        for r in rows:
+            print(f"{r['batch']:5d} {r['path']:10} {r['solver']:28} {r['us_per_frame']:9.2f} "
+                  f"{'' if r['fast_path_frames'] is None else r['fast_path_frames']:>11} "
+                  f"{'' if r['fallback_nlopt'] is None else r['fallback_nlopt']:>25}")
+        out = Path(args.out) / f"fitting-micro-{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"benchmark": "fitting-micro", "case": "3 rings, 990 bins, WorkerFitting.fit_frames, float64 "
+                  "lineouts; us_per_frame = best of 3 wall times / frames", "machine": machine(
+                      gpu.device_name if gpu else None), "micro": rows}
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     result = {"benchmark": "fitting", "machine": machine(gpu.device_name if gpu else None), "cpu": [], "gpu": []}
     if gpu is not None:
         for k in (1, 2, 3):  # compile the kernels before anything is timed
@@ -273,7 +395,6 @@ def main(argv=None) -> int:
         result["daemon"] = [daemon_run(args.daemon, args.workers, []), daemon_run(args.daemon, args.workers, radii)]
         for d in result["daemon"]:
             print("daemon:", d, flush=True)
-    name = args.name or (re.sub(r"[^A-Za-z0-9]+", "-", gpu.device_name).strip("-") if gpu else "vm")
     out = Path(args.out) / f"fitting-{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -25,8 +25,8 @@ import logging
 
 import numpy as np
 
-from . import FIT_COLUMNS, peak_slots
-from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, model_jacobian, peak_area
+from . import FIT_COLUMNS, fastpath, peak_slots
+from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, model_jacobian, n_params, peak_area
 from .nlopt_fitter import RoiFit, failure_reason, fit_roi
 from .peaks import (
     RoiProblem,
@@ -44,6 +44,8 @@ FIT_ENGINES = ("nlopt", "lm", "gpu")
 
 #: reasons of a NaN row that are not problems (counted, never logged as warnings)
 QUIET_REASONS = ("not_found", "unused_slot")
+#: peak lists whose ROI layout a fitter keeps (the cache starts afresh when full)
+LAYOUT_CACHE = 64
 
 
 @dataclasses.dataclass
@@ -71,9 +73,11 @@ class FrameFitter:
     FitROIPadding, FitROIAuto, DoSmoothing, MultiplePeaks); ``r_px``: the lineout's bin centres ``[n_r]`` (px);
     ``slots``: rows per frame (``[fit] slots``, 0 = :func:`~ringstream.fitting.peak_slots`); ``engine``: one of
     :data:`FIT_ENGINES`; ``gpu``: an object with ``fit_packed(Packed) -> dict`` (a :class:`.gpu_fitter.GpuFitter`)
-    for ``engine="gpu"``."""
+    for ``engine="gpu"``; ``fast_path``: let the batched engines use :mod:`.fastpath` where it applies (see
+    :meth:`fit_many`; False plans every frame on its own, the reference the tests compare it with)."""
 
-    def __init__(self, params, r_px: np.ndarray, slots: int = 0, engine: str = "nlopt", gpu=None) -> None:
+    def __init__(self, params, r_px: np.ndarray, slots: int = 0, engine: str = "nlopt", gpu=None,
+                 fast_path: bool = True) -> None:
         if engine not in FIT_ENGINES:
             raise ValueError(f"fit engine {engine!r}: expected one of {', '.join(FIT_ENGINES)}")
         self.params = params
@@ -81,6 +85,7 @@ class FrameFitter:
         self.slots = peak_slots(params, slots)
         self.engine = engine
         self.gpu = gpu
+        self.fast_path = bool(fast_path)
         self.pad = int(params.FitROIPadding)
         self.auto_roi = bool(params.FitROIAuto)
         self.smoothing = bool(getattr(params, "DoSmoothing", False))
@@ -88,8 +93,10 @@ class FrameFitter:
         self.bin_size = float(params.RBinSize)
         self.default_peaks = tuple(sorted(float(v) for v in params.PeakLocation))
         self.counters: dict[str, int] = {"fit_frames": 0, "fit_rows_ok": 0, "fit_rows_nan": 0, "fit_rois": 0,
-                                         "fit_fallback_neldermead": 0, "fit_fallback_nlopt": 0}
+                                         "fit_fallback_neldermead": 0, "fit_fallback_nlopt": 0,
+                                         "fit_fast_frames": 0}
         self._logged: set[str] = set()
+        self._layouts: dict = {}
 
     # ----------------------------------------------------------------------------------------------- public
     def fit(self, lineout: np.ndarray, peaks=None, where: str = "") -> FrameFit:
@@ -97,18 +104,144 @@ class FrameFitter:
         return self.fit_many([lineout], [peaks], [where])[0]
 
     def fit_many(self, lineouts, peak_lists=None, wheres=None) -> list[FrameFit]:
-        """Fit several lineouts; the batched engines fit every ROI of every frame in one call."""
+        """Fit several lineouts; the batched engines fit every ROI of every frame in one call. ``wheres``: the frames'
+        names for log lines, a sequence of str or a callable ``k -> str`` (called only for a frame that is logged).
+
+        With a batched engine, a peak list and FitROIAuto 0, the frames of one peak list take the fast path
+        (:mod:`.fastpath`: the ROI layout cached per list, planning, packing, failure tests and assembly over the
+        whole batch; counted ``fit_fast_frames``); the others (automatic peak finding, FitROIAuto 1, a lineout of
+        another size, engine nlopt, ``fast_path=False``) are planned frame by frame."""
         n = len(lineouts)
         peak_lists = list(peak_lists) if peak_lists is not None else [None] * n
-        wheres = list(wheres) if wheres is not None else [""] * n
-        plans = [self.plan(np.asarray(y, dtype=np.float64), pl, w) for y, pl, w in zip(lineouts, peak_lists, wheres, strict=False)]
-        work = [(k, prob) for k, plan in enumerate(plans) for prob in plan.problems]
-        ys = [np.asarray(y, dtype=np.float64) for y in lineouts]
-        fits = self.solve([prob for _, prob in work], [ys[k] for k, _ in work])
-        per_frame: list[list[tuple[RoiProblem, RoiFit]]] = [[] for _ in range(n)]
-        for (k, prob), rf in zip(work, fits, strict=False):
-            per_frame[k].append((prob, rf))
-        return [self.assemble(plans[k], per_frame[k]) for k in range(n)]
+        where = _namer(wheres)
+        out: list[FrameFit | None] = [None] * n
+        slow = list(range(n))
+        if self.fast_path and self.engine in ("lm", "gpu") and not self.auto_roi and self.slots > 0:
+            groups: dict[int, tuple[object, list[int]]] = {}
+            slow = []
+            shape = self.r_px.shape
+            first = peak_lists[0] if n else None
+            if all(pl is first for pl in peak_lists):  # the usual batch: one peak list for every frame
+                lay = self.layout(first)
+                for k, y in enumerate(lineouts):
+                    if lay is None or _shape(y) != shape:
+                        slow.append(k)
+                    else:
+                        groups.setdefault(id(lay), (lay, []))[1].append(k)
+            else:
+                for k, pl in enumerate(peak_lists):
+                    lay = self.layout(pl)
+                    if lay is None or _shape(lineouts[k]) != shape:
+                        slow.append(k)
+                    else:
+                        groups.setdefault(id(lay), (lay, []))[1].append(k)
+            for lay, ks in groups.values():
+                for k, fit in zip(ks, self.fit_fast(lay, [lineouts[k] for k in ks], [peak_lists[k] for k in ks],
+                                                    lambda i, ks=ks: where(ks[i])), strict=True):
+                    out[k] = fit
+        if slow:
+            ys = [np.asarray(lineouts[k], dtype=np.float64) for k in slow]
+            plans = [self.plan(y, peak_lists[k], where(k)) for y, k in zip(ys, slow, strict=True)]
+            work = [(i, prob) for i, plan in enumerate(plans) for prob in plan.problems]
+            fits = self.solve([prob for _, prob in work], [ys[i] for i, _ in work])
+            per_frame: list[list[tuple[RoiProblem, RoiFit]]] = [[] for _ in slow]
+            for (i, prob), rf in zip(work, fits, strict=True):
+                per_frame[i].append((prob, rf))
+            for i, k in enumerate(slow):
+                out[k] = self.assemble(plans[i], per_frame[i])
+        return out  # type: ignore[return-value]
+
+    def layout(self, peaks) -> fastpath.RoiLayout | None:
+        """The cached ROI layout of peak list ``peaks`` (None = the parameter file's) on this fitter's bins, or None
+        when the ROIs depend on the data (automatic peak finding: an empty list)."""
+        key = peaks if peaks is None or isinstance(peaks, tuple) else tuple(peaks)
+        try:
+            return self._layouts[key]
+        except KeyError:
+            pass
+        resolved = self.default_peaks if peaks is None else tuple(sorted(float(v) for v in peaks))
+        lay = fastpath.build_layout(self.r_px, resolved, self.slots, self.pad, self.bin_size) if resolved else None
+        if len(self._layouts) >= LAYOUT_CACHE:
+            self._layouts.clear()
+        self._layouts[key] = lay
+        return lay
+
+    def fit_fast(self, lay: fastpath.RoiLayout, lineouts, peak_lists, where) -> list[FrameFit]:
+        """The fast path (see :meth:`fit_many`) for lineouts of ``n_r`` bins sharing the layout ``lay``; a frame that
+        is not finite or flat goes through :meth:`plan`'s reject path; ``where(i) -> str`` names frame ``i``."""
+        y = np.asarray(lineouts, dtype=np.float64)
+        out: list[FrameFit | None] = [None] * len(lineouts)
+        with np.errstate(invalid="ignore"):  # a NaN frame's max and min are NaN: not valid
+            valid = np.isfinite(y).all(axis=1) & (y.max(axis=1) > y.min(axis=1))
+        good = np.flatnonzero(valid)
+        for i in np.flatnonzero(~valid):
+            out[i] = self.assemble(self.plan(y[i], peak_lists[i], where(i)), [])
+        if good.size == 0:
+            return out  # type: ignore[return-value]
+        if good.size < y.shape[0]:
+            y = y[good]
+        f_n, r_n = good.size, lay.n_rois
+        self.counters["fit_fast_frames"] += f_n
+        if any(rows > 0 for _, rows, _ in lay.rejects):
+            w0 = where(int(good[0]))
+            for reason, rows, detail in lay.rejects:
+                self.reject(reason, rows, w0, detail)  # logs as the per-frame path does, once
+                if rows > 0:
+                    self.counters[f"fit_nan_{reason}"] += rows * (f_n - 1)
+        if r_n == 0:  # no ROI to fit (every peak outside the R range, ROIs too wide or too short)
+            fit = np.full((f_n, self.slots, len(FIT_COLUMNS)), np.nan)
+            fits = [FrameFit(fit[i], np.zeros((0, 2), np.int32), np.zeros(0)) for i in range(f_n)]
+            self.counters["fit_rows_nan"] += f_n * self.slots
+        else:
+            fits = self._fit_layout(lay, y, lambda i: where(int(good[i])))
+        self.counters["fit_frames"] += f_n
+        for i, ff in zip(good, fits, strict=True):
+            out[i] = ff
+        return out  # type: ignore[return-value]
+
+    def _fit_layout(self, lay: fastpath.RoiLayout, y: np.ndarray, where) -> list[FrameFit]:
+        """Fit every ROI of ``lay`` in the valid lineouts ``y [F, n_r]``: one batched call, failures refitted with
+        nlopt one by one, the rows and curves assembled over the batch."""
+        from .batched import fit_batch
+
+        f_n, r_n, m = y.shape[0], lay.n_rois, lay.n_params
+        params, yg = fastpath.initial_guesses(lay, self.r_px, y)
+        packed = fastpath.pack_batch(lay, yg, params)
+        res = self.gpu.fit_packed(packed) if self.engine == "gpu" else fit_batch(packed)
+        p = np.asarray(res["p"], dtype=np.float64).reshape(f_n, r_n, m)
+        cost = np.asarray(res["cost"], dtype=np.float64).reshape(f_n, r_n)
+        p0, lo, hi = params
+        bad = fastpath.failed(lay, p, cost, np.asarray(res["start_cost"], dtype=np.float64).reshape(f_n, r_n),
+                              np.asarray(res["status"]).reshape(f_n, r_n), lo, hi)
+        ok = ~bad
+        failures = []
+        if bad.any():
+            p, cost = p.copy(), cost.copy()
+        for i, j in zip(*np.nonzero(bad), strict=True):  # rare: refitted one by one, as the per-frame path does
+            q = n_params(int(lay.n_peaks[j]))
+            prob = RoiProblem(int(lay.starts[j]), int(lay.stops[j]), list(lay.slots[j]), list(lay.bins[j]),
+                              p0[i, j, :q].copy(), lo[i, j, :q].copy(), hi[i, j, :q].copy(), float(lay.xmid[j]),
+                              float(lay.hw[j]))
+            rf = fit_roi(self.r_px[prob.start:prob.stop], y[i, prob.start:prob.stop], prob)
+            self.counters["fit_fallback_nlopt"] += 1
+            self.counters["fit_fallback_neldermead"] += int(rf.method == "neldermead")
+            p[i, j, :q], cost[i, j], ok[i, j] = rf.p, rf.cost, rf.ok
+            if not rf.ok:
+                failures.append((i, j, rf.reason))
+        self.counters["fit_rois"] += f_n * r_n
+        for i, j, reason in failures:
+            self.reject("fit_failed", int(lay.n_peaks[j]), where(i), reason)
+        fit, curves = fastpath.assemble_rows(lay, p, cost, ok)
+        n_ok = int(np.count_nonzero(np.isfinite(fit[:, :, 0])))
+        self.counters["fit_rows_ok"] += n_ok
+        self.counters["fit_rows_nan"] += fit.shape[0] * fit.shape[1] - n_ok
+        # each frame's ROIs' points, ROI after ROI: [F, Σ n_points]
+        vals = curves.reshape(f_n, -1) if lay.dense else curves[:, lay.mask]
+        if not failures:
+            return [FrameFit(fit[i], lay.table, vals[i]) for i in range(f_n)]
+        every = ok.all(axis=1)
+        return [FrameFit(fit[i], lay.table, vals[i]) if every[i] else
+                FrameFit(fit[i], lay.table[ok[i]], curves[i][lay.mask & ok[i][:, None]]) for i in range(f_n)]
 
     def nan_frame(self, reason: str, where: str = "") -> FrameFit:
         """Every row NaN for ``reason`` (counted and logged like any other), no curves."""
@@ -241,6 +374,20 @@ class FrameFitter:
         table = np.array(rois, dtype=np.int32).reshape(-1, 2)
         vals = np.concatenate(values) if values else np.zeros(0)
         return FrameFit(out, table, vals)
+
+
+def _shape(y) -> tuple[int, ...]:
+    return y.shape if isinstance(y, np.ndarray) else np.shape(y)
+
+
+def _namer(wheres):
+    """``wheres`` (None, a sequence of str, or a callable ``k -> str``) as a callable ``k -> str``."""
+    if callable(wheres):
+        return wheres
+    if wheres is None:
+        return lambda k: ""
+    names = list(wheres)
+    return names.__getitem__
 
 
 def sort_peaks(p: np.ndarray) -> np.ndarray:

@@ -4,7 +4,9 @@ a batch of frames in one launch (a ``cupy.RawKernel``), float64 throughout.
 The NumPy expression the kernel computes is :func:`ringstream.fitting.batched.fit_batch` (same model, bounds, active
 set, damping schedule, Cholesky solve and stopping rules; the module docstring there states them); the GPU tests check
 the two agree. At most :data:`~.peaks.MAX_PEAKS_PER_ROI` peaks per ROI (``MAXP``), so a thread's normal matrix is at
-most 18 × 18. Device buffers come from CuPy's memory pool and are reused from batch to batch.
+most 18 × 18. The inputs of a batch go to the device in one copy from a pinned staging buffer that, with its device
+twin, is allocated once and grown as batches need (:meth:`GpuFitter._staging`); the results come from CuPy's memory
+pool. One GpuFitter per thread (the worker fits from one).
 """
 
 from __future__ import annotations
@@ -214,9 +216,14 @@ class GpuFitter:
                 self.device_name)
         except Exception as exc:
             raise ConfigError(f"fit engine gpu: no usable CUDA device ({exc}); {GPU_INSTALL_HINT}") from None
+        from cupyx import empty_pinned
+
         self.cp = cupy
+        self.empty_pinned = empty_pinned
         self.kernels: dict[int, object] = {}  # peak slots per ROI -> compiled kernel
         self.threads = int(threads)
+        self._host = None  # pinned input staging buffer and its device twin (uint8), see _staging
+        self._dev = None
 
     def kernel(self, n_peaks: int):
         """The kernel for ROIs of ``n_peaks`` slots (compiled on first use)."""
@@ -227,15 +234,19 @@ class GpuFitter:
 
     def fit_packed(self, pk: batched.Packed, max_iter: int = batched.MAX_ITER) -> dict[str, np.ndarray]:
         """Fit every ROI of ``pk`` in one launch; the same result dict as :func:`.batched.fit_batch`. Inputs go to the
-        device in two copies (one float64 block, the point counts) and results come back in one."""
+        device in one copy from a reused pinned buffer (one float64 block and the point counts) and results come
+        back in one."""
         b, m = pk.p.shape
         out = self.cp.asnumpy(self._launch(pk, max_iter))
         return self._split(out, b, m, np)
 
     def fit_device(self, pk: batched.Packed, max_iter: int = batched.MAX_ITER) -> dict:
-        """As :meth:`fit_packed`, leaving the results on the device (CuPy arrays), for timing the kernel alone."""
+        """As :meth:`fit_packed`, leaving the results on the device (CuPy arrays), for timing the kernel alone. Waits
+        for the kernel (the staging buffers it read are the next call's)."""
         b, m = pk.p.shape
-        return self._split(self._launch(pk, max_iter), b, m, self.cp)
+        out = self._launch(pk, max_iter)
+        self.cp.cuda.get_current_stream().synchronize()
+        return self._split(out, b, m, self.cp)
 
     @staticmethod
     def _split(out, b: int, m: int, xp) -> dict:
@@ -243,6 +254,17 @@ class GpuFitter:
         rest = out[b * m:].reshape(4, b)
         return {"p": p, "cost": rest[0], "start_cost": rest[1], "status": rest[2].astype(np.int32),
                 "iterations": rest[3].astype(np.int32)}
+
+    def _staging(self, nbytes: int):
+        """A pinned host buffer and a device buffer of at least ``nbytes`` bytes (uint8), kept and grown (to the next
+        power of two) as batches need, so that a batch costs no allocation and its inputs go over in one copy from
+        pinned memory. Safe to reuse: every call ends with the blocking copy of its results, after the kernel that
+        read these."""
+        if self._host is None or self._host.size < nbytes:
+            size = 1 << max(16, (int(nbytes) - 1).bit_length())
+            self._host = self.empty_pinned((size,), dtype=np.uint8)
+            self._dev = self.cp.empty((size,), dtype=np.uint8)
+        return self._host, self._dev
 
     def _launch(self, pk: batched.Packed, max_iter: int):
         cp = self.cp
@@ -252,18 +274,24 @@ class GpuFitter:
             raise ValueError(f"{n_peaks} peaks in a ROI; the kernel takes at most {MAX_PEAKS_PER_ROI}")
         if b == 0:
             return cp.zeros(0)
+        kernel = self.kernel(n_peaks)  # compiled before the staging buffers are touched
         n = pk.x.shape[1]
-        host = np.concatenate([pk.x.ravel(), pk.y.ravel(), pk.xmid, pk.hw, pk.p.ravel(), pk.lo.ravel(),
-                               pk.hi.ravel()])
-        dev = cp.asarray(host)
-        npts = cp.asarray(pk.npts.astype(np.int32))
+        # one float64 block [x, y, xmid, hw, p, lo, hi] followed by the int32 point counts, copied over in one go
         cuts = np.cumsum([0, b * n, b * n, b, b, b * m, b * m, b * m])
-        x, y, xmid, hw, p, lo, hi = (dev[cuts[i]:cuts[i + 1]] for i in range(7))
+        nf = int(cuts[-1])
+        nbytes = 8 * nf + 4 * b
+        host, dev = self._staging(nbytes)
+        np.concatenate([pk.x.ravel(), pk.y.ravel(), pk.xmid, pk.hw, pk.p.ravel(), pk.lo.ravel(), pk.hi.ravel()],
+                       out=host[: 8 * nf].view(np.float64))
+        host[8 * nf: nbytes].view(np.int32)[:] = pk.npts
+        dev[:nbytes].set(host[:nbytes])
+        block = dev[: 8 * nf].view(cp.float64)
+        npts = dev[8 * nf: nbytes].view(cp.int32)
+        x, y, xmid, hw, p, lo, hi = (block[cuts[i]:cuts[i + 1]] for i in range(7))
         out = cp.empty(b * m + 4 * b)
         p_out, cost, cost0, status, iters = (out[: b * m], out[b * m: b * m + b], out[b * m + b: b * m + 2 * b],
                                              out[b * m + 2 * b: b * m + 3 * b], out[b * m + 3 * b:])
         blocks = (b + self.threads - 1) // self.threads
-        self.kernel(n_peaks)((blocks,), (self.threads,), (x, y, npts, xmid, hw, p, lo, hi, p_out, cost, cost0,
-                                                          status, iters, np.int32(b), np.int32(n),
-                                                          np.int32(max_iter)))
+        kernel((blocks,), (self.threads,), (x, y, npts, xmid, hw, p, lo, hi, p_out, cost, cost0, status, iters,
+                                            np.int32(b), np.int32(n), np.int32(max_iter)))
         return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import zmq
 
 from ..errors import ConfigError
@@ -125,10 +124,12 @@ class WorkerFitting:
         known = [i for i, s in enumerate(seqs) if s in self.lists]
         out: list[FrameFit | None] = [None] * len(headers)
         if known:
+            every = len(known) == len(headers)
             try:
-                fits = self.fitter.fit_many([np.asarray(lineouts[i], dtype=np.float64) for i in known],
+                # the frames' names are built only for a frame that is logged
+                fits = self.fitter.fit_many(list(lineouts) if every else [lineouts[i] for i in known],
                                             [self.lists[seqs[i]] for i in known],
-                                            [f"{self.label}: frame {headers[i].frame_index}" for i in known])
+                                            lambda k: f"{self.label}: frame {headers[known[k]].frame_index}")
             except Exception as exc:  # a fitting bug must never stop the worker: NaN rows, counted, logged once
                 log.debug("%s: fitting failed", self.label, exc_info=True)
                 fits = [self.fitter.nan_frame("fit_error", f"{self.label}: frame {headers[i].frame_index}: "

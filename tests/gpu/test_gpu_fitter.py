@@ -76,3 +76,26 @@ def test_one_launch_for_many_frames(gpu):
         np.testing.assert_allclose(f.fit[:2, 3], c.truth[[4, 8]], atol=0.2)
         assert np.all(np.isnan(f.fit[2:]))
     assert ff.counters["fit_rois"] == 64 and ff.counters["fit_fallback_nlopt"] == 0
+
+
+def test_fast_path_on_the_device_gives_the_per_frame_fits(gpu):
+    """The gpu engine's fast path (fixed peak list) and its per-frame planning pack the same batch, so the kernel
+    returns the same results and the FrameFits agree; batches of several sizes reuse (and grow) the staging
+    buffers."""
+    for kind, n in (("single", 7), ("triple", 64), ("double", 3), ("single", 200)):
+        rng = np.random.default_rng(len(kind) * n)
+        cases = [make_case(rng, kind, snr=200) for _ in range(n)]
+        ys = [c.y for c in cases]
+        ys[1] = np.full(X.size, np.nan)
+        p = parse_params(BASE + "".join(f"PeakLocation {c:.2f}\n" for c in cases[0].centres))
+        fast = FrameFitter(p, X, engine="gpu", gpu=gpu)
+        ref = FrameFitter(p, X, engine="gpu", gpu=gpu, fast_path=False)
+        a, b = fast.fit_many(ys), ref.fit_many(ys)
+        for fa, fb in zip(a, b, strict=True):
+            np.testing.assert_allclose(fa.fit, fb.fit, rtol=1e-12, atol=0, equal_nan=True)
+            np.testing.assert_array_equal(fa.rois, fb.rois)
+            np.testing.assert_allclose(fa.values, fb.values, rtol=1e-12, atol=1e-9)
+        counts = dict(fast.counters)
+        assert counts.pop("fit_fast_frames") == n - 1
+        ref.counters.pop("fit_fast_frames")
+        assert counts == ref.counters

@@ -81,3 +81,95 @@ def test_kernel_source_runs_the_numpy_algorithm(tmp_path, kind):
     np.testing.assert_allclose(out["cost"], ref["cost"], rtol=1e-10)
     span = np.where(pk.hi > pk.lo, pk.hi - pk.lo, 1.0)
     assert np.max(np.abs(p_out - ref["p"]) / span) < 1e-5
+
+
+class _DeviceArray(np.ndarray):
+    """A stand-in for a CuPy array: a NumPy array with ``set`` (the host-to-device copy)."""
+
+    def set(self, arr):
+        assert arr.dtype == self.dtype and arr.shape == self.shape
+        self[...] = arr
+
+
+class _FakeCupy:
+    """Just enough of CuPy for GpuFitter's host side, with the kernel source built on the CPU as its RawKernel."""
+
+    float64, int32 = np.float64, np.int32
+
+    def __init__(self, tmp_path):
+        self.tmp_path, self.launches, self.copies = tmp_path, 0, 0
+        outer = self
+
+        class _Stream:
+            def synchronize(self):
+                pass
+
+        class _Cuda:
+            @staticmethod
+            def get_current_stream():
+                return _Stream()
+
+        self.cuda = _Cuda()
+
+        class _Kernel:
+            def __init__(self, src, name):
+                assert name == "lm_fit"
+                self.lib = build(outer.tmp_path, int(src.split("#define MAXP ")[1].split()[0]))
+
+            def __call__(self, grid, block, args):
+                outer.launches += 1
+                *arrays, b, n, max_iter = args
+                assert all(isinstance(a, _DeviceArray) and a.flags.c_contiguous for a in arrays)
+                assert arrays[2].dtype == np.int32 and all(a.dtype == np.float64 for i, a in enumerate(arrays)
+                                                           if i != 2)
+                ptr = [a.ctypes.data_as(ctypes.c_void_p) for a in arrays]
+                self.lib.run_all(*ptr, ctypes.c_int(int(b)), ctypes.c_int(int(n)), ctypes.c_int(int(max_iter)))
+
+        self.RawKernel = _Kernel
+
+    def empty(self, shape, dtype=np.float64):
+        return np.full(shape, 0xFF if np.dtype(dtype) == np.uint8 else np.nan, dtype=dtype).view(_DeviceArray)
+
+    def zeros(self, shape, dtype=np.float64):
+        return np.zeros(shape, dtype=dtype).view(_DeviceArray)
+
+    def asnumpy(self, a):
+        self.copies += 1
+        return np.array(a)
+
+
+def test_gpu_fitter_host_side_packs_one_copy_that_the_kernel_reads_right(tmp_path):
+    """GpuFitter's staging (one float64 block and the int32 point counts in one pinned buffer, one copy, buffers
+    grown and reused) with a stand-in for CuPy whose kernel is the CUDA source built on the CPU: the same results as
+    the NumPy algorithm, for batches of several sizes and peak counts in any order, and through the fast path."""
+    from ringstream.fitting.gpu_fitter import GpuFitter
+
+    gpu = object.__new__(GpuFitter)
+    gpu.cp, gpu.empty_pinned, gpu.kernels, gpu.threads, gpu._host, gpu._dev = (
+        _FakeCupy(tmp_path), lambda shape, dtype: np.full(shape, 0xFF, dtype), {}, 64, None, None)
+    rng = np.random.default_rng(3)
+    for kind, n in (("single", 3), ("triple", 40), ("double", 2), ("single", 300), ("double", 9)):
+        probs, xs, ys = [], [], []
+        for _ in range(n):
+            c = make_case(rng, kind, snr=100)
+            ff = FrameFitter(parse_params(BASE + "".join(f"PeakLocation {v:.2f}\n" for v in c.centres)), X)
+            for pr in ff.plan(c.y, None, "").problems:
+                probs.append(pr)
+                xs.append(X[pr.start:pr.stop])
+                ys.append(c.y[pr.start:pr.stop])
+        pk = pack(probs, xs, ys)
+        ref, got = fit_batch(pk), gpu.fit_packed(pk)
+        assert set(got) == set(ref) and got["status"].dtype == got["iterations"].dtype == np.int32
+        np.testing.assert_array_equal(got["status"], ref["status"])
+        np.testing.assert_allclose(got["start_cost"], ref["start_cost"], rtol=1e-12)
+        np.testing.assert_allclose(got["cost"], ref["cost"], rtol=1e-9)
+        span = np.where(pk.hi > pk.lo, pk.hi - pk.lo, 1.0)
+        assert np.max(np.abs(got["p"] - ref["p"]) / span) < 1e-5
+    assert gpu.cp.launches == gpu.cp.copies == 5 and gpu._host.size >= 8 * 300 * 41 * 2
+    # the worker's path: the fast path with engine gpu against the NumPy LM
+    cases = [make_case(rng, "double", snr=300) for _ in range(16)]
+    p = parse_params(BASE + "".join(f"PeakLocation {v:.2f}\n" for v in cases[0].centres))
+    a = FrameFitter(p, X, engine="gpu", gpu=gpu).fit_many([c.y for c in cases])
+    b = FrameFitter(p, X, engine="lm").fit_many([c.y for c in cases])
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_allclose(fa.fit, fb.fit, rtol=1e-6, atol=1e-6, equal_nan=True)
