@@ -14,7 +14,8 @@ python bench/host_copy.py --seconds 1.0 --threads 1,4,8 --out "$out" --tag=-plai
 GLIBC_TUNABLES=glibc.cpu.x86_non_temporal_threshold=0x40000 \
     python bench/host_copy.py --seconds 1.0 --threads 1,4,8 --out "$out" --tag=-nontemporal | tail -5
 python bench/gpu_engine.py --reps 4 --daemon 30000 --daemon-workers 1,2 --daemon-copy-threads 0 \
-    --daemon-in-flight 4 --daemon-omega-sum-frames -1,1 --daemon-timeline --out "$out" 2>&1 | tail -12
+    --daemon-in-flight 4 --daemon-omega-sum-frames=-1 --daemon-timeline --out "$out" 2>&1 | tail -12
 python bench/fitting.py --gpu --frames 100 --out "$out" 2>&1 | tail -12
-python bench/fitting_daemon.py --frames 15000 --workers 1,2 --out "$out" 2>&1 | tail -8
+python bench/fitting.py --micro --gpu --out "$out" 2>&1 | tail -12
+python bench/fitting_daemon.py --frames 15000 --workers 1,2,3 --out "$out" 2>&1 | tail -8
 ls -la "$out"

@@ -52,7 +52,7 @@ class WorkerFitting:
         self.label = label
         self.wait_s = float(wait_s)
         self.lists: dict[int, tuple[float, ...] | None] = {0: None}
-        self.counters = {"peak_updates_received": 0, "peak_waits": 0}
+        self.counters = {"peak_updates_received": 0, "peak_waits": 0, "fit_calls": 0}
 
     @classmethod
     def create(cls, config, params, imap, integration_engine: str, ctx, label: str = "worker"):
@@ -113,6 +113,7 @@ class WorkerFitting:
     def fit_frames(self, headers, lineouts, beat=None) -> list[FrameFit]:
         """One FrameFit per (header, lineout); ``beat()`` is called while waiting for a peak list."""
         self.poll(0)
+        self.counters["fit_calls"] += 1
         seqs = [int((h.metadata or {}).get(SEQ_KEY, 0) or 0) for h in headers]
         if any(s not in self.lists for s in seqs):
             self.counters["peak_waits"] += 1

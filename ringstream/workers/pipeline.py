@@ -10,6 +10,12 @@ with it, oldest first. ``[workers] batches_in_flight`` sets ``depth`` (1: the pl
 
 Frames the batch cannot take (a shape or dtype the map does not fit, a second dtype in one batch) are handled as
 ``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``.
+
+With peak fitting and no per-frame cakes, finished batches are held (their slots released, their lineouts copied
+out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call: a fit call costs a
+fixed part per call (the GPU fitter's launch and copy back, NumPy's per-call overhead) that an engine batch of 8
+frames pays 8 times more often. Held frames go out as soon as :data:`FIT_FRAMES` are held, nothing is left in
+flight (a slow stream waits for nothing), or the oldest has been held :data:`HOLD_S`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ from ..errors import RingstreamError
 from ..protocol import FrameHeader, ProtocolError
 
 log = logging.getLogger("ringstream.worker")
+
+#: frames fitted in one call when fitting is held across batches
+FIT_FRAMES = 128
+#: the longest a finished batch is held for fitting with later ones, in s
+HOLD_S = 0.05
 
 
 class PipelinedLoop:
@@ -42,6 +53,11 @@ class PipelinedLoop:
         if self.device_sums:
             partials.device = self.engine
         self.want_cake = bool(worker.write_2d or (partials is not None and not self.device_sums))
+        # finished batches held to be fitted together (only without cakes coming back: a held cake would be a copy)
+        self.hold_fits = getattr(worker, "fitting", None) is not None and not self.want_cake
+        self.held: list = []
+        self.held_frames = 0
+        self.held_since = 0.0
         self.inflight: deque = deque()  # (submission or None, [[header, t_start, pixels, reason], ...])
 
     def run(self, sock, stop, idle_ms: int) -> None:
@@ -62,12 +78,17 @@ class PipelinedLoop:
                     self.finish(self.inflight.popleft())
                 del sub
             elif stop.is_set():
+                self.send_held()
                 return
             else:
                 w.send_partials(idle=True)  # nothing to do: the omega sums held here go out
             while self.inflight and (self.inflight[0][0] is None or self.inflight[0][0].ready()):
                 self.finish(self.inflight.popleft())
-            w.send_partials()
+            if self.held and (self.held_frames >= FIT_FRAMES or not self.inflight
+                              or time.monotonic() - self.held_since >= HOLD_S):
+                self.send_held()
+            if not self.held:  # a group's omega sum goes out after the Results of its frames
+                w.send_partials()
             w.hb.beat(w.snapshot)
 
     def gather(self, sock) -> list:
@@ -118,13 +139,28 @@ class PipelinedLoop:
             lines, cakes = self.engine.collect(sub)
             t_int = (time.perf_counter() - t0) / max(1, len(together))
             for i, g in enumerate(together):
-                results[id(g)] = (lines[i], cakes[i] if cakes is not None else None, t_int)
+                # held for fitting: the lineout is copied out of the stream's pinned buffer (reused at its next
+                # submit); otherwise the Result is encoded from the view before that
+                line = lines[i].copy() if self.hold_fits else lines[i]
+                results[id(g)] = (line, cakes[i] if cakes is not None else None, t_int)
             if self.device_sums:  # before the stream's next submit: the adds read this submission's cakes
                 partials = self.w.partials
                 idx = [int(g[0].frame_index) for g in together]
                 self.engine.omega_add(sub, [partials.group(i) for i in idx])
                 partials.count(idx)
-        self.w.finish_batch(got, results)
+        if not self.hold_fits:
+            self.w.finish_batch(got, results)
+            return
+        if not self.held:
+            self.held_since = time.monotonic()
+        self.w.finish_batch(got, results, hold=self.held)
+        self.held_frames += len(got)
+
+    def send_held(self) -> None:
+        """Fit the held batches in one call and send their Results."""
+        if self.held:
+            batches, self.held, self.held_frames = self.held, [], 0
+            self.w.send_batches(batches)
 
 
 def w_recv(sock):

@@ -231,11 +231,13 @@ class _Worker:
         del usable, together
         self.finish_batch(got, results)
 
-    def finish_batch(self, got: list, results: dict) -> None:
+    def finish_batch(self, got: list, results: dict, hold: list | None = None) -> None:
         """The end of a batch (``handle_many`` and the pipelined loop): usable frames of ``got`` (``[header,
         t_start, pixels or None, reason]``) that ``results`` (``id(item) -> (lineout, cake, seconds)``) lacks are
         integrated one by one (an engine error rejects that frame alone), the views of the slots are dropped and
-        the slots released, the batch is fitted in one call, and one Result per frame goes out, in ``got`` order."""
+        the slots released; then the batch is fitted in one call and one Result per frame goes out, in ``got``
+        order (:meth:`send_batches`) — or, with ``hold`` (a list), the batch is appended to it to be fitted and
+        sent later with the batches after it (its results must then own their memory)."""
         for g in got:
             if g[2] is None or id(g) in results:
                 continue
@@ -253,15 +255,24 @@ class _Worker:
         for msg, _, _, _ in got:
             if msg.location == "shm":
                 self.release_slot(msg)
-        ok = [g for g in got if not g[3] and id(g) in results]
-        fits = self.fit([g[0] for g in ok], [results[id(g)][0] for g in ok], None)  # peak fitting (issue 5)
-        fitted = dict(zip(map(id, ok), fits, strict=True))
-        for g in got:
-            msg, t_start, _, reason = g
-            lineout, cake, t = results.get(id(g), (None, None, 0.0))
-            timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
-                       "integrate": t, "total": time.time() - t_start}
-            self.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)))
+        if hold is not None:
+            hold.append((got, results))
+        else:
+            self.send_batches([(got, results)])
+
+    def send_batches(self, batches: list) -> None:
+        """Fit the integrated frames of ``batches`` (``[(got, results)]``, as :meth:`finish_batch`) in one call (peak
+        fitting, issue 5), then send one Result per frame, batch by batch in ``got`` order."""
+        ok = [(g, results) for got, results in batches for g in got if not g[3] and id(g) in results]
+        fits = self.fit([g[0] for g, _ in ok], [results[id(g)][0] for g, results in ok], None)
+        fitted = {id(g): f for (g, _), f in zip(ok, fits, strict=True)}
+        for got, results in batches:
+            for g in got:
+                msg, t_start, _, reason = g
+                lineout, cake, t = results.get(id(g), (None, None, 0.0))
+                timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
+                           "integrate": t, "total": time.time() - t_start}
+                self.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)))
 
     def fit(self, headers, lineouts, timings) -> list:
         """The FrameFits of frames just integrated (one call per frame or batch), or Nones without fitting."""

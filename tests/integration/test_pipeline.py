@@ -82,6 +82,49 @@ class _DeferredEngine:
         return lines, (cakes if sub.want_cake else None)
 
 
+class _DeviceSumEngine(_DeferredEngine):
+    """``_DeferredEngine`` with the GPU engine's result buffers and device omega sums: ``collect`` returns views of
+    its stream's result buffers, which the next ``submit`` on that stream poisons with NaN (as the next copy back
+    overwrites a CupyEngine stream's pinned buffers), and ``omega_add`` / ``omega_take`` sum float32-rounded cakes
+    per (stream, group) on this side."""
+
+    def __init__(self, engine, batch=4, n_streams=3):
+        super().__init__(engine, batch, n_streams)
+        self.next, self.buffers, self.cakes, self.sums = 0, {}, {}, {}
+
+    def submit(self, frames, want_cake=True):
+        sub = super().submit(frames, want_cake)
+        sub.stream, self.next = self.next, (self.next + 1) % self.n_streams
+        if sub.stream in self.buffers:
+            self.buffers[sub.stream][...] = np.nan
+        return sub
+
+    def collect(self, sub):
+        want = sub.want_cake
+        sub.want_cake = True  # the device has the cakes either way
+        lines, cakes = super().collect(sub)
+        sub.want_cake = want
+        self.buffers[sub.stream] = buf = np.array(lines)
+        self.cakes[sub.stream] = cakes.astype(np.float32).astype(np.float64)
+        return buf, (cakes if want else None)
+
+    def omega_add(self, sub, groups):
+        for k, g in enumerate(groups):
+            key = (sub.stream, g)
+            self.sums[key] = self.sums.get(key, 0.0) + self.cakes[sub.stream][k]
+
+    def omega_take(self, group):
+        parts = [self.sums.pop(k) for k in sorted(self.sums) if k[1] == group]
+        return sum(parts[1:], parts[0]) if parts else None
+
+
+def device_sum_worker_run(config, ready, stop, index=0):
+    """A worker whose engine has the GPU engine's result buffers and device omega sums (see _DeviceSumEngine)."""
+    real = worker_process.create_engine
+    worker_process.create_engine = lambda *a, **k: _DeviceSumEngine(real(*a, **k))
+    return worker_process.run(config, ready, stop, index=index)
+
+
 def types_ns(**kw):
     import types
 
@@ -590,3 +633,38 @@ def test_pipelined_worker_keeps_batches_in_flight_and_releases_slots_only_when_d
     done = [pipe.counters("worker", i).get("integrated", 0) for i in range(2)]
     assert sum(done) == n
     assert pipe.counters("writer")["rejected"] == 0
+
+
+def test_pipelined_worker_fits_held_batches_together_and_sums_omega_on_the_device(tmp_path, pipelines):
+    # Write2D 0 with two peaks: the pipelined worker sums the cakes with the engine (omega_add) and holds finished
+    # batches to fit several in one call; their lineouts must be copies (the engine's buffers are poisoned at the
+    # next submit), every frame's fit equal to fitting the reference lineout, every omega group's sum exact
+    n, osf = 240, 10
+    config = setup_run(tmp_path, extra_params=f"Write2D 0\nOmegaSumFrames {osf}\nPeakLocation 20\nPeakLocation 35\n",
+                       source={"kind": "simulated", "frames": n}, workers={"batches_in_flight": 3})
+    pipe = pipelines(config, n_workers=2, worker_target=device_sum_worker_run)
+    codes = pipe.finish()
+    assert_clean_exit(codes)
+    params = config.load_params()
+    imap = load_or_build(params)[0]
+    sim = SimulatedSource(params, n_frames=n, seed=0, dtype="int32", precompute=False)
+    lines, cakes = ReferenceEngine(imap, normalize=params.Normalize).integrate_batch(
+        np.stack([sim.make_frame(k) for k in range(n)]))
+    with h5py.File(config.run.output_h5, "r") as f:
+        e = f["entry"]
+        np.testing.assert_array_equal(e["data/frame_index"][()], np.arange(n))
+        np.testing.assert_allclose(e["data/I"][()], lines, rtol=1e-6, atol=0)
+        from ringstream.fitting.frame import FrameFitter
+
+        want = FrameFitter(params, imap.r_px, engine="nlopt").fit_many(list(lines))
+        rows = e["fit/peaks"][()]
+        assert rows.shape == (n, 2, 7) and np.isfinite(rows[:, :, 3]).all()
+        np.testing.assert_allclose(rows, np.stack([w.fit for w in want]), rtol=1e-6, atol=1e-9)
+        o = e["omega_sum"]
+        assert list(o["n_frames"][()]) == [osf] * (n // osf)
+        ref = cakes.astype(np.float32).astype(np.float64).reshape(n // osf, osf, *cakes.shape[1:]).sum(axis=1)
+        np.testing.assert_allclose(o["I"][()], ref, rtol=1e-9, atol=0)
+    workers = [pipe.counters("worker", i) for i in range(2)]
+    assert sum(w["integrated"] for w in workers) == n
+    # held batches were fitted together: fewer fit calls than batches of 4
+    assert sum(w["fit_calls"] for w in workers) < n / 4, workers
