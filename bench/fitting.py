@@ -264,7 +264,11 @@ def ring_radii(param_file: Path, n: int = 3) -> list[float]:
     return [p.Lsd * math.tan(t[0] + f * (t[1] - t[0])) / p.px for f in (0.2, 0.4, 0.6, 0.8)[:n]]
 
 
-def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: int = 1) -> dict:
+def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: int = 1,
+               source: str = "simulated") -> dict:
+    """The real ``ringstream run --engine gpu`` on ``frames`` PILATUS 2M frames: ``source`` "simulated" (the
+    simulated detector, computed by the ingest) or "replay" (32 frames of that detector saved as an .npy stack and
+    replayed in a loop: the ingest only copies, so the source does not limit the rate)."""
     exe = Path(sys.executable).with_name("ringstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ringstream.daemon.cli"]
     src = REPO / "configs" / "demo-pilatus2m.txt"
@@ -273,7 +277,16 @@ def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: 
         pf.write_text(src.read_text() + "".join(f"PeakLocation {r:.3f}\n" for r in peaks)
                       + f"OmegaSumFrames {omega_sum_frames}\n")
         out = Path(d) / "bench.h5"
-        cmd += ["run", "--param-file", str(pf), "--simulate", str(frames), "--workers", str(workers), "--engine",
+        if source == "replay":
+            from ringstream.ingest.simulated import SimulatedSource
+            from ringstream.params import load_params
+
+            sim = SimulatedSource(load_params(pf), n_frames=32, seed=0, dtype="int32", precompute=False)
+            np.save(Path(d) / "stack.npy", np.stack([sim.make_frame(k) for k in range(32)]))
+            feed = ["--replay", str(Path(d) / "stack.npy"), "--frames", str(frames)]
+        else:
+            feed = ["--simulate", str(frames)]
+        cmd += ["run", "--param-file", str(pf), *feed, "--workers", str(workers), "--engine",
                 "gpu", "--output-h5", str(out), "--control", "auto", "--log-level", "WARNING"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
         fit_rows = None
@@ -291,7 +304,7 @@ def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: 
     m = COUNTS.search(proc.stderr)
     if proc.returncode != 0 or not m:
         return {"peaks": peaks, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
-    return {"peaks": [round(r, 3) for r in peaks], "workers": workers, "frames": frames,
+    return {"peaks": [round(r, 3) for r in peaks], "workers": workers, "frames": frames, "source": source,
             "omega_sum_frames": omega_sum_frames,
             "written": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)),
             "sustained_fps": rate,

@@ -3,7 +3,7 @@ rate" check), for several worker counts, on simulated PILATUS 2M int32 frames (`
 rings at its simulated ring radii). Uses ``bench/fitting.py``'s ``daemon_run`` (the real ``ringstream run
 --engine gpu``, zarr.zip and HDF5 written, fit.bin read back). Needs CuPy and a GPU.
 
-    python bench/fitting_daemon.py [--frames 10000] [--workers 1,2] [--out DIR]
+    python bench/fitting_daemon.py [--frames 10000] [--workers 1,2] [--source simulated|replay] [--out DIR]
 
 Writes ``<out>/fitting_daemon-<device>.json`` and prints a table.
 """
@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--omega-sum-frames", type=int, default=-1,
                     help="OmegaSumFrames of the runs (-1: one running sum, as a fast stream would use)")
+    ap.add_argument("--source", choices=("simulated", "replay"), default="simulated",
+                    help="simulated detector, or 32 of its frames replayed (the ingest only copies)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
     import cupy
@@ -38,12 +40,13 @@ def main(argv=None) -> int:
     rows = []
     for w in (int(x) for x in args.workers.split(",")):
         for peaks in ([], radii):
-            r = daemon_run(args.frames, w, peaks, args.omega_sum_frames)
+            r = daemon_run(args.frames, w, peaks, args.omega_sum_frames, args.source)
             rows.append(r)
             print(json.dumps(r), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"fitting_daemon-{re.sub(r'[^A-Za-z0-9]+', '-', dev).strip('-')}.json"
+    tag = "" if args.source == "simulated" else f"-{args.source}"
+    path = out / f"fitting_daemon-{re.sub(r'[^A-Za-z0-9]+', '-', dev).strip('-')}{tag}.json"
     path.write_text(json.dumps({"benchmark": "fitting_daemon", "machine": machine(dev), "results": rows}, indent=2)
                     + "\n")
     print(f"\n{'workers':>7} {'peaks':>5} {'frames/s':>9} {'sustained':>9} {'written':>8} {'fit rows ok':>11}")
