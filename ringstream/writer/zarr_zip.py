@@ -138,7 +138,7 @@ class ZarrZipSink:
         self._groups = root.create_group("OmegaSumFrame")
         self._template: bytes | None = None  # the .zarray text of a group array
         self._indent = zarr.config.get("json_indent")
-        self._pending: list[tuple[str, bytes]] = []  # members not yet in a published ZIP
+        self._pending: list[tuple[str, bytes | memoryview]] = []  # members not yet in a published ZIP
         self._first: list[str] = []  # members of the first group, written by zarr into the folder
         self._published = False
         self._names: set[str] = set()
@@ -165,8 +165,13 @@ class ZarrZipSink:
                 log.warning("cannot remove %s (%s)", p, exc)
 
     def add_group(self, group: Any) -> None:
-        """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`."""
-        data = np.nan_to_num(np.asarray(group.sum, dtype="<f8"), nan=0.0, posinf=0.0, neginf=0.0)
+        """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`. The ZIP member is
+        the group's (finite, float64, C-contiguous) sum array itself until it is published: the sum must not be
+        changed after this call (:class:`~ringstream.writer.omega.OmegaSums` never touches a group it handed
+        out)."""
+        data = np.ascontiguousarray(group.sum, dtype="<f8")
+        if not np.isfinite(data).all():  # (OmegaSums hands out finite sums: no copy of 1 MB a group for them)
+            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
         if data.shape != self.shape:
             raise ValueError(f"omega-sum group {group.index}: shape {data.shape} != {self.shape}")
         name = group.name(self.digits)
@@ -193,7 +198,7 @@ class ZarrZipSink:
             self._pending += [
                 (base + ".zarray", self._template),
                 (base + ".zattrs", json.dumps(attrs, indent=self._indent, allow_nan=True).encode()),
-                (base + chunk, np.ascontiguousarray(data).tobytes()),
+                (base + chunk, memoryview(data).cast("B")),  # the sum itself, not a copy of it
             ]
         self.groups_total += 1
 
@@ -239,7 +244,7 @@ class ZarrZipSink:
         except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
             self._error = exc
 
-    def _write(self, pending: list[tuple[str, bytes]], first: bool, total: int) -> None:
+    def _write(self, pending: list[tuple[str, bytes | memoryview]], first: bool, total: int) -> None:
         t0 = time.monotonic()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
