@@ -295,7 +295,7 @@ class RunOutputs:
                 self._take_groups(self.sums.pop_all())
                 self.flush()
                 if self.zarr is not None:  # the last copy runs while the HDF5 file is closed; joined below
-                    self.zarr.publish(wait=False, force=True)
+                    self.zarr.publish(wait=False, force=True, final=True)
             except BaseException as exc:  # noqa: BLE001 - close the rest, then report the first error
                 failed = exc
         for step in ("midas", "h5", "zarr"):
