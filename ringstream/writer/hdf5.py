@@ -24,6 +24,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5s
 
 from .. import __version__
 from ..errors import InputError
@@ -115,13 +116,28 @@ class _Col:
         self.buf: Any = [] if ds.dtype.kind == "O" or direct else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
 
     def write(self, a: int, b: int, rows: Any) -> None:
-        self.ds.resize(b, axis=0)
+        """Grow the dataset to ``b`` rows and write ``rows`` (``b - a`` of them) at ``a``. Numbers go through
+        HDF5's own write of one hyperslab (what ``ds[a:b] = rows`` ends in, without h5py's selection machinery:
+        ~0.2 ms less a call, a dozen calls a flush); text through h5py."""
+        ds = self.ds
+        dsid = ds.id
+        row = dsid.shape[1:]
+        dsid.set_extent((b,) + row)
+        if b == a:
+            return
         if self.direct:
-            zeros = (0,) * (self.ds.ndim - 1)
-            for k, row in enumerate(rows):
-                self.ds.id.write_direct_chunk((a + k, *zeros), row)
+            zeros = (0,) * len(row)
+            for k, r in enumerate(rows):
+                dsid.write_direct_chunk((a + k, *zeros), r)
+        elif ds.dtype.kind == "O":
+            ds[a:b] = np.array(rows, dtype=object)
         else:
-            self.ds[a:b] = np.array(rows, dtype=object) if self.ds.dtype.kind == "O" else rows
+            arr = np.ascontiguousarray(rows, dtype=ds.dtype)
+            if arr.shape != (b - a,) + row:
+                raise ValueError(f"{ds.name}: {arr.shape} rows written to rows {a}..{b} of {row}")
+            fspace = dsid.get_space()
+            fspace.select_hyperslab((a,) + (0,) * len(row), arr.shape)
+            dsid.write(h5s.create_simple(arr.shape), fspace, arr)
 
 
 class Hdf5Writer:
