@@ -10,8 +10,10 @@ and validates everything a peer could get wrong, raising :class:`ProtocolError` 
 - ``"version"``: a ``version`` other than :data:`PROTOCOL_VERSION`;
 - ``"size"``: the buffers do not match the header (count or bytes), or the header itself is too large.
 
-Encoding applies the same rules, so a sender's mistake fails at the sender. Nothing here touches a socket; the
-buffers returned by :func:`decode` are views of the frames given (no copy).
+A Result (one per frame) that is exactly what :func:`encode` writes takes a fast path of exact-type checks that
+accepts a subset of what the field table accepts, with the same values; anything else goes through the table, so
+every error reads the same. Encoding applies the same rules, so a sender's mistake fails at the sender. Nothing
+here touches a socket; the buffers returned by :func:`decode` are views of the frames given (no copy).
 """
 
 from __future__ import annotations
@@ -352,7 +354,9 @@ def decode(frames: Sequence[Any]) -> tuple[Message, list[memoryview]]:
     Raises :class:`ProtocolError` (never anything else) for anything a peer could get wrong.
     """
     try:
-        views = [_as_bytes_view(f) for f in frames]
+        # zmq frames' buffers are already 1-d byte views: taken as they are, without a call each
+        views = [f if type(f) is memoryview and f.ndim == 1 and f.format == "B" else _as_bytes_view(f)
+                 for f in frames]
     except (TypeError, ValueError) as exc:
         raise ProtocolError("malformed", f"message frames are not byte buffers ({exc})") from None
     if not views:
@@ -380,16 +384,88 @@ def decode(frames: Sequence[Any]) -> tuple[Message, list[memoryview]]:
             "version",
             f"{_short(tag)} message of protocol version {version}, this side speaks {PROTOCOL_VERSION}",
         )
+    if tag == "result":  # one per frame: the exact-type fast path; anything it does not accept is checked below
+        msg = _fast_result(header, buffers)
+        if msg is not None:
+            return msg, buffers
     cls = MESSAGE_TYPES.get(tag)
     if cls is None:
         raise ProtocolError("unknown_type", f"unknown message type {_short(tag)}")
+    return _checked(tag, cls, header, buffers), buffers
+
+
+def _checked(tag: str, cls: type, header: dict, buffers: list[memoryview]) -> Message:
+    """The message of type ``tag`` from a parsed header, every field and the buffer sizes checked (the general
+    path, which names what is wrong)."""
     kwargs = _check_fields(tag, header)
     _check_buffers(tag, kwargs, [b.nbytes for b in buffers])
     try:
         msg = cls(**kwargs)
     except Exception as exc:  # validation above should make this unreachable; a peer must never crash us
         raise ProtocolError("malformed", f"{tag} message: {type(exc).__name__}: {exc}") from None
-    return msg, buffers
+    return msg
+
+
+#: the Result fields in declaration order, and each one's slot descriptor (what the frozen ``__init__`` sets)
+_RESULT_SLOTS = tuple((f.name, getattr(Result, f.name).__set__) for f in dataclasses.fields(Result))
+assert not hasattr(Result, "__post_init__"), "_fast_result fills Result's slots without calling __init__"
+_STATUSES = ("ok", "rejected")
+
+
+def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
+    """A Result header as :func:`encode` writes it (every field present, of its exact type, buffers of the right
+    sizes) made into a :class:`Result` without the per-field table walk; None for anything else, which the general
+    path then accepts or rejects with its message. Accepts a subset of what :func:`_checked` accepts, with the same
+    values (bool is not taken for an int here: the general path decides)."""
+    try:
+        index, n_r, n_eta = h["frame_index"], h["n_r"], h["n_eta"]
+        n_peaks, n_rois, n_points = h["n_peaks"], h["n_rois"], h["n_curve_points"]
+        worker, ts, status, cake = h["worker"], h["timestamp"], h["status"], h["has_cake"]
+        timings, metadata = h["timings"], h["metadata"]
+        if not (type(h["run_id"]) is str and type(h["source_id"]) is str and type(h["reason"]) is str
+                and type(h["engine"]) is str):
+            return None
+    except KeyError:
+        return None
+    int_ = int
+    if not (type(index) is int_ and type(n_r) is int_ and type(n_eta) is int_ and type(n_peaks) is int_
+            and type(n_rois) is int_ and type(n_points) is int_ and type(worker) is int_
+            and 0 <= index < _U64 and 0 <= n_r < _U64 and 0 <= n_eta < _U64 and 0 <= n_peaks < _U64
+            and 0 <= n_rois < _U64 and 0 <= n_points < _U64 and 0 <= worker < _U64):
+        return None
+    if not ((type(ts) is float or type(ts) is int_) and type(status) is str and status in _STATUSES
+            and type(cake) is bool and type(timings) is dict and type(metadata) is dict):
+        return None
+    for k, v in timings.items():
+        if type(k) is not str or (type(v) is not float and type(v) is not int_):
+            return None
+    for k, v in metadata.items():
+        if type(k) is not str or (type(v) is not float and type(v) is not int_ and type(v) is not str):
+            return None
+    n = len(buffers)
+    if status == "ok":
+        if n != 1 + cake + (n_peaks > 0) + 2 * (n_rois > 0) or buffers[0].nbytes != 4 * n_r:
+            return None
+        i = 1
+        if cake:
+            if buffers[1].nbytes != 4 * n_r * n_eta:
+                return None
+            i = 2
+        if n_peaks:
+            if buffers[i].nbytes != 8 * FIT_COLUMNS * n_peaks:
+                return None
+            i += 1
+        if n_rois and (buffers[i].nbytes != 8 * n_rois or buffers[i + 1].nbytes != 8 * n_points):
+            return None
+    elif n:
+        return None
+    msg = _new(Result)
+    for name, put in _RESULT_SLOTS:
+        put(msg, h[name])
+    return msg
+
+
+_new = object.__new__
 
 
 # ---------------------------------------------------------------------------------------------------------------

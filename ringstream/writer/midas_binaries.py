@@ -64,7 +64,9 @@ class MidasStreams:
         self._r = np.asarray(r_px, dtype="<f8")
         self._lines: list[np.ndarray] = []
         self._cakes: list[np.ndarray] = []
-        self._fits: list[np.ndarray] = []
+        # fit.bin rows of the frames since the last flush, in a block that grows by doubling (no array per frame)
+        self._fits = np.empty((64 if self.n_peaks else 0, self.n_peaks, 7), dtype="<f8")
+        self._n_fits = 0
         self._curves: list[bytes] = []
         self.frames = 0
         names = ([FIT_BIN, FIT_CURVES_BIN] if self.n_peaks else []) + ([LINEOUT_BIN] if binaries else []) + (
@@ -97,35 +99,50 @@ class MidasStreams:
                 raise ValueError(f"frame {frame_index}: Int2D.bin needs the cake of every frame")
             self._cakes.append(np.asarray(cake, dtype="<f8").reshape(-1))
         if self.n_peaks:
-            if fit is not None and np.shape(fit) == (self.n_peaks, 7):
-                rows = np.array(fit, dtype="<f8")
+            k = self._n_fits
+            if k == len(self._fits):
+                grown = np.empty((2 * k, self.n_peaks, 7), dtype="<f8")
+                grown[:k] = self._fits
+                self._fits = grown
+            row = self._fits[k]
+            if fit is None or not len(fit):
+                row[...] = np.nan
+            elif np.shape(fit) == (self.n_peaks, 7):
+                row[...] = fit
             else:
-                rows = np.full((self.n_peaks, 7), np.nan, dtype="<f8")
-                if fit is not None and len(fit):
-                    rows[: len(fit)] = fit
-            self._fits.append(rows)
+                row[...] = np.nan
+                row[: len(fit)] = fit
+            self._n_fits = k + 1
             if curves is not None and len(curves[0]):
                 values = np.asarray(curves[1], dtype="<f8")
-                at = 0
-                for start, n in np.asarray(curves[0]).reshape(-1, 2).tolist():
-                    self._curves.append(_HEAD.pack(frame_index, start, n) + values[at:at + n].tobytes())
-                    at += n
+                table = np.asarray(curves[0]).reshape(-1, 2)
+                if len(table) == 1:  # (one ROI: no list of rows)
+                    self._curves.append(_HEAD.pack(frame_index, int(table[0, 0]), int(table[0, 1]))
+                                        + values[: int(table[0, 1])].tobytes())
+                else:
+                    at = 0
+                    for start, n in table.tolist():
+                        self._curves.append(_HEAD.pack(frame_index, start, n) + values[at:at + n].tobytes())
+                        at += n
         self.frames += 1
 
     def flush(self) -> None:
         """Write the buffered frames and flush the files (OSError, e.g. ENOSPC, propagates)."""
-        for name, parts in ((LINEOUT_BIN, self._lines), (INT2D_BIN, self._cakes), (FIT_BIN, self._fits)):
+        for name, parts in ((LINEOUT_BIN, self._lines), (INT2D_BIN, self._cakes)):
             if parts and name in self.files:
                 self.files[name].write(np.concatenate([p.reshape(-1) for p in parts]).tobytes())
+        if self._n_fits and FIT_BIN in self.files:
+            self.files[FIT_BIN].write(memoryview(self._fits[: self._n_fits]).cast("B"))
         if self._curves:
             self.files[FIT_CURVES_BIN].write(b"".join(self._curves))
-        self._lines, self._cakes, self._fits, self._curves = [], [], [], []
+        self.discard()
         for fh in self.files.values():
             fh.flush()
 
     def discard(self) -> None:
         """Drop the buffered frames (after a failure elsewhere, so the streams hold what the HDF5 file holds)."""
-        self._lines, self._cakes, self._fits, self._curves = [], [], [], []
+        self._lines, self._cakes, self._curves = [], [], []
+        self._n_fits = 0
 
     def close(self) -> None:
         """Flush and close every file (idempotent)."""

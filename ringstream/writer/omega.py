@@ -91,7 +91,7 @@ class OmegaStamps:
 
 @dataclasses.dataclass
 class _Pending:
-    sum: np.ndarray
+    sum: np.ndarray | None = None  # made by the first cake or partial sum (a group's frames are noted before)
     summed: int = 0  # frames added (cakes or partial counts)
     integrated: int = 0  # ok frames accounted for by the writer
     first_frame: int = -1
@@ -116,8 +116,17 @@ class OmegaSums:
     def _get(self, g: int) -> _Pending:
         p = self._pending.get(g)
         if p is None:
-            p = self._pending[g] = _Pending(np.zeros(self.shape, dtype=np.float64))
+            p = self._pending[g] = _Pending()
         return p
+
+    def _add(self, p: _Pending, x: np.ndarray) -> None:
+        """``p.sum += x`` in float64; the first time into a new array, written once (0.0 + x, as a sum started
+        from zeros would give, -0.0 included), not zeros read and then written (twice the page faults)."""
+        if p.sum is None:
+            p.sum = np.empty(self.shape, dtype=np.float64)
+            np.add(x, 0.0, out=p.sum, dtype=np.float64)
+        else:
+            np.add(p.sum, x, out=p.sum)  # float32 cakes added in float64, no temporary
 
     def add_cake(self, frame_index: int, cake: np.ndarray) -> None:
         """Add one frame's normalised cake ``[n_r, n_eta]`` to its group (a bin that is NaN in any frame is 0 in
@@ -126,7 +135,7 @@ class OmegaSums:
         if g < self._done_below:
             raise ValueError(f"frame {frame_index}: its omega-sum group {g} was already written")
         p = self._get(g)
-        np.add(p.sum, cake, out=p.sum)  # float32 cakes added in float64, no temporary
+        self._add(p, cake)
         p.summed += 1
 
     def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
@@ -137,7 +146,7 @@ class OmegaSums:
         if partial.shape != self.shape:
             raise ValueError(f"partial sum of group {g}: shape {partial.shape} != {self.shape}")
         p = self._get(g)
-        np.add(p.sum, partial, out=p.sum)
+        self._add(p, partial)
         p.summed += int(n_frames)
 
     def note_frame(self, frame_index: int, ok: bool, omega: float) -> None:
@@ -161,7 +170,7 @@ class OmegaSums:
 
     def _emit(self, g: int) -> OmegaGroup | None:
         p = self._pending.pop(g)
-        if p.summed <= 0 or p.first_frame < 0:
+        if p.summed <= 0 or p.first_frame < 0 or p.sum is None:
             return None
         if not np.isfinite(p.sum).all():  # no NaN in the outputs: a bin that was NaN in a frame is 0
             np.nan_to_num(p.sum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)

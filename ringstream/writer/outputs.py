@@ -57,7 +57,7 @@ def numeric_keys(metadata: Mapping[str, Any] | None) -> list[str]:
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k.isidentifier())
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class FrameRecord:
     """One frame's results. ``lineout`` float ``[n_r]`` (None: the frame was rejected, ``reason`` says why);
     ``cake`` ``[n_r, n_eta]`` or None; ``fit`` float64 ``[k <= n_peaks, 7]`` or None; ``curves`` = (ROI table
@@ -79,26 +79,36 @@ def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
     lineout f4 ``[n_r]``, cake f4 ``[n_r, n_eta]`` if ``has_cake``, fit f8 ``[n_peaks, 7]`` if ``n_peaks``, ROI
     table i4 ``[n_rois, 2]`` and model values f8 if ``n_rois``. ``decode`` has checked every buffer's size against
     the header; a count or size that still does not match is a ProtocolError of kind "size"."""
-    n_r, n_eta = int(msg.n_r), int(msg.n_eta)
-    want = 1 + bool(msg.has_cake) + bool(msg.n_peaks) + (2 if msg.n_rois else 0)
+    n_r, n_eta, n_peaks, n_rois = int(msg.n_r), int(msg.n_eta), int(msg.n_peaks), int(msg.n_rois)
+    cake_ = bool(msg.has_cake)
+    want = 1 + cake_ + (n_peaks > 0) + (2 if n_rois else 0)
     if len(buffers) != want:
         raise ProtocolError("size", f"result {msg.frame_index}: {len(buffers)} buffers, expected {want}")
+    frombuffer = np.frombuffer
     try:
-        lineout = np.frombuffer(buffers[0], dtype="<f4").reshape(n_r)
+        lineout = frombuffer(buffers[0], _F4)
+        if lineout.size != n_r:
+            raise ValueError(f"lineout of {lineout.size} values for n_r {n_r}")
         i, cake, fit, curves = 1, None, None, None
-        if msg.has_cake:
-            cake = np.frombuffer(buffers[1], dtype="<f4").reshape(n_r, n_eta)
+        if cake_:
+            cake = frombuffer(buffers[1], _F4).reshape(n_r, n_eta)
             i = 2
-        if msg.n_peaks:
-            fit = np.frombuffer(buffers[i], dtype="<f8").reshape(int(msg.n_peaks), 7)
+        if n_peaks:
+            fit = frombuffer(buffers[i], _F8).reshape(n_peaks, 7)
             i += 1
-        if msg.n_rois:
-            table = np.frombuffer(buffers[i], dtype="<i4").reshape(int(msg.n_rois), 2)
-            curves = (table, np.frombuffer(buffers[i + 1], dtype="<f8").reshape(int(msg.n_curve_points)))
+        if n_rois:
+            table = frombuffer(buffers[i], _I4).reshape(n_rois, 2)
+            values = frombuffer(buffers[i + 1], _F8)
+            if values.size != msg.n_curve_points:
+                raise ValueError(f"{values.size} model values for n_curve_points {msg.n_curve_points}")
+            curves = (table, values)
     except ValueError as exc:
         raise ProtocolError("size", f"result {msg.frame_index}: buffers do not match the header ({exc})") from None
     return FrameRecord(int(msg.frame_index), lineout, msg.source_id, msg.timestamp or None, cake, fit, curves,
                        msg.metadata)
+
+
+_F4, _F8, _I4 = np.dtype("<f4"), np.dtype("<f8"), np.dtype("<i4")
 
 
 def _short(exc: BaseException) -> str:
@@ -180,36 +190,45 @@ class RunOutputs:
         try:
             return fn(*args)
         except (OSError, RuntimeError) as exc:
-            if _disk_full(exc):
-                self.failed = True
-                raise OutputError(f"{what}: disk full or file size limit ({_short(exc)}); {self.frames_flushed} "
-                                  f"frames were flushed before it") from exc
+            self._raise_full(what, exc)
             raise
+
+    def _raise_full(self, what: str, exc: BaseException) -> None:
+        """Raise the OutputError of a write to ``what`` that failed with ``exc`` if the disk is full (else return:
+        the caller re-raises ``exc``)."""
+        if _disk_full(exc):
+            self.failed = True
+            raise OutputError(f"{what}: disk full or file size limit ({_short(exc)}); {self.frames_flushed} "
+                              f"frames were flushed before it") from exc
 
     # ------------------------------------------------------------------------------------------------- input
     def append(self, rec: FrameRecord) -> None:
         """One frame, in increasing frame_index order; a rejected frame (``lineout`` None) writes no row."""
         idx = int(rec.frame_index)
         omega = self.omega_of(idx, rec.metadata)
+        sums = self.sums
         if rec.lineout is None:
             self.counters["rejected"] += 1
-            self.sums.note_frame(idx, False, omega)
-            if (idx + 1) % self.sums.size == 0:  # the last frame of a group: it may be complete now
-                self._take_groups(self.sums.pop_complete())
+            sums.note_frame(idx, False, omega)
+            if (idx + 1) % sums.size == 0:  # the last frame of a group: it may be complete now
+                self._take_groups(sums.pop_complete())
             return
-        self._guard(str(self.path), lambda: self.h5.append(
-            idx, rec.source_id, rec.timestamp, rec.lineout, rec.cake if self.write_2d else None,
-            fit=rec.fit, curves=rec.curves, metadata=rec.metadata, omega=omega))
+        try:  # (what _guard does, without a closure per frame)
+            self.h5.append(idx, rec.source_id, rec.timestamp, rec.lineout, rec.cake if self.write_2d else None,
+                           fit=rec.fit, curves=rec.curves, metadata=rec.metadata, omega=omega)
+        except (OSError, RuntimeError) as exc:
+            self._raise_full(str(self.path), exc)
+            raise
         if self.midas is not None:
             self.midas.append(idx, rec.lineout, rec.cake, rec.fit, rec.curves)
         if not self.sums_from_workers:
             if rec.cake is None:
                 raise ValueError(f"frame {idx}: omega sums need the cake (or partial sums from the workers)")
-            self.sums.add_cake(idx, np.asarray(rec.cake, dtype=np.float32))  # as stored, as the workers sum
-        self.sums.note_frame(idx, True, omega)
+            sums.add_cake(idx, np.asarray(rec.cake, dtype=np.float32))  # as stored, as the workers sum
+        sums.note_frame(idx, True, omega)
         self.counters["written"] += 1
-        if (idx + 1) % self.sums.size == 0:  # the last frame of a group: it may be complete now
-            self._take_groups(self.sums.pop_complete())
+        if (idx + 1) % sums.size == 0:  # the last frame of a group: it may be complete now
+            self._take_groups(sums.pop_complete())
 
     def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
         """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``."""
@@ -276,7 +295,7 @@ class RunOutputs:
                 self._take_groups(self.sums.pop_all())
                 self.flush()
                 if self.zarr is not None:  # the last copy runs while the HDF5 file is closed; joined below
-                    self.zarr.publish(wait=False, force=True)
+                    self.zarr.publish(wait=False, force=True, final=True)
             except BaseException as exc:  # noqa: BLE001 - close the rest, then report the first error
                 failed = exc
         for step in ("midas", "h5", "zarr"):

@@ -16,13 +16,17 @@ same array metadata, so its members are that ``.zarray`` text, its own ``.zattrs
 and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation costs ~7 ms per
 1000 x 72 group here, too slow for ``OmegaSumFrames 1`` at thousands of frames/s). A ZIP member is written once.
 
-Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end): a new ZIP is made next to the
-output (the first time from the folder, later by copying the last published ZIP and appending the new groups'
-members) and renamed over the output. A crash at any moment leaves the last published file whole (no fsync:
-this protects against a killed process, not a power cut). The copy grows with the file, so during a run it
-runs in a background thread; a save interval that comes while the previous copy is still being written, or
-sooner after it than ``DUTY`` (10) times its duration, is skipped (counted in ``skipped``) and its groups go
-into the next one: copying never takes more than about a tenth of the time. The end of the run always publishes.
+Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end): the new groups' members are
+appended to a private ZIP next to the output (the "next" ZIP: the first time built from the folder, later a copy
+of the last published ZIP made right after that publication), which is then renamed over the output; after every
+publication but the last, the published ZIP is copied to make the next one. A crash at any moment leaves the last
+published file whole (no fsync: this protects against a killed process, not a power cut); the private ZIP is
+never seen by a reader. The copy grows with the file, so during a run publications run in a background thread;
+a save interval that comes while the previous publication is still being written, or sooner after it than
+``DUTY`` (10) times its duration, is skipped (counted in ``skipped``) and its groups go into the next one:
+copying never takes more than about a tenth of the time. The end of the run always publishes, and copies nothing
+(the next ZIP is renamed over the output; only a copy still running then is waited for). The next ZIP takes as
+much disk as the published one during the run (a copy made at each publication did too, while it was made).
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ class ZarrZipSink:
         self._groups = root.create_group("OmegaSumFrame")
         self._template: bytes | None = None  # the .zarray text of a group array
         self._indent = zarr.config.get("json_indent")
-        self._pending: list[tuple[str, bytes]] = []  # members not yet in a published ZIP
+        self._pending: list[tuple[str, bytes | memoryview]] = []  # members not yet in a published ZIP
         self._first: list[str] = []  # members of the first group, written by zarr into the folder
         self._published = False
         self._names: set[str] = set()
@@ -149,6 +153,7 @@ class ZarrZipSink:
         self._error: BaseException | None = None
         self._last_end = 0.0  # monotonic end of the last publication, and how long it took (s)
         self._last_seconds = 0.0
+        self._next: str | None = None  # the private copy of the published ZIP the next publication appends to
 
     def _remove_leftovers(self) -> None:
         """Remove the private folders and temporary ZIPs a killed writer of this output left beside it."""
@@ -165,8 +170,13 @@ class ZarrZipSink:
                 log.warning("cannot remove %s (%s)", p, exc)
 
     def add_group(self, group: Any) -> None:
-        """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`."""
-        data = np.nan_to_num(np.asarray(group.sum, dtype="<f8"), nan=0.0, posinf=0.0, neginf=0.0)
+        """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`. The ZIP member is
+        the group's (finite, float64, C-contiguous) sum array itself until it is published: the sum must not be
+        changed after this call (:class:`~ringstream.writer.omega.OmegaSums` never touches a group it handed
+        out)."""
+        data = np.ascontiguousarray(group.sum, dtype="<f8")
+        if not np.isfinite(data).all():  # (OmegaSums hands out finite sums: no copy of 1 MB a group for them)
+            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
         if data.shape != self.shape:
             raise ValueError(f"omega-sum group {group.index}: shape {data.shape} != {self.shape}")
         name = group.name(self.digits)
@@ -193,16 +203,17 @@ class ZarrZipSink:
             self._pending += [
                 (base + ".zarray", self._template),
                 (base + ".zattrs", json.dumps(attrs, indent=self._indent, allow_nan=True).encode()),
-                (base + chunk, np.ascontiguousarray(data).tobytes()),
+                (base + chunk, memoryview(data).cast("B")),  # the sum itself, not a copy of it
             ]
         self.groups_total += 1
 
-    def publish(self, wait: bool = True, force: bool = False) -> bool:
+    def publish(self, wait: bool = True, force: bool = False, final: bool = False) -> bool:
         """Write a new ZIP with every group so far and rename it over the output. False if nothing changed, or
         (``wait=False``) if the previous publication is still being written: the ZIP is then published at the next
-        call. With ``wait=False`` the copy runs in a thread (file I/O, which releases the GIL), so the writer keeps
-        taking frames; an error of that thread is raised by the next call. ``force``: wait for a running copy and
-        publish now, in the background (the end of a run; :meth:`close` joins it)."""
+        call. With ``wait=False`` the work runs in a thread (file I/O, which releases the GIL), so the writer keeps
+        taking frames; an error of that thread is raised by the next call. ``force``: wait for a running
+        publication and publish now, in the background (the end of a run; :meth:`close` joins it). ``final``: no
+        more groups come (the end of a run): the published ZIP is not copied for a next publication."""
         self._join(wait or force)
         if self._thread is not None:
             self.skipped += 1
@@ -217,9 +228,9 @@ class ZarrZipSink:
         self._published = True
         total = self.groups_total
         if wait:
-            self._write(pending, first, total)
+            self._write(pending, first, total, final)
         else:
-            self._thread = threading.Thread(target=self._run, args=(pending, first, total),
+            self._thread = threading.Thread(target=self._run, args=(pending, first, total, final),
                                             name="zarr-publish", daemon=True)
             self._thread.start()
         return True
@@ -233,19 +244,27 @@ class ZarrZipSink:
             exc, self._error = self._error, None
             raise exc
 
-    def _run(self, pending, first, total) -> None:
+    def _run(self, pending, first, total, final) -> None:
         try:
-            self._write(pending, first, total)
+            self._write(pending, first, total, final)
         except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
             self._error = exc
 
-    def _write(self, pending: list[tuple[str, bytes]], first: bool, total: int) -> None:
-        t0 = time.monotonic()
+    def _temporary(self) -> str:
+        """A new empty private file beside the output (removed by :meth:`_remove_leftovers` if we are killed)."""
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
+        return tmp
+
+    def _write(self, pending: list[tuple[str, bytes | memoryview]], first: bool, total: int,
+               final: bool = False) -> None:
+        t0 = time.monotonic()
+        tmp, self._next = self._next, None
         try:
-            if not first:
-                shutil.copyfile(self.path, tmp)
+            if tmp is None:  # the first publication, or the copy after the last one failed: make the next ZIP
+                tmp = self._temporary()
+                if not first:
+                    shutil.copyfile(self.path, tmp)
             with zipfile.ZipFile(tmp, "a" if not first else "w", compression=zipfile.ZIP_STORED,
                                  allowZip64=True) as z:
                 if first:
@@ -262,20 +281,43 @@ class ZarrZipSink:
             Path(tmp).unlink(missing_ok=True)
             raise
         self.groups_published = total
+        if not final:  # the next publication appends to a copy of this one
+            tmp = self._temporary()
+            try:
+                shutil.copyfile(self.path, tmp)
+                self._next = tmp
+            except OSError as exc:  # (a full disk: the next publication copies again, and reports it if it fails)
+                Path(tmp).unlink(missing_ok=True)
+                log.debug("%s: copy for the next publication failed (%s)", self.path, exc)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         self._last_end = time.monotonic()
         self._last_seconds = self._last_end - t0
 
+    def _drop_next(self) -> None:
+        tmp, self._next = self._next, None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
     def close(self) -> None:
-        """Publish what is left (waiting for it) and remove the private folder."""
+        """Publish what is left (waiting for it) and remove the private folder and the next ZIP."""
         try:
-            self.publish(wait=True)
+            self.publish(wait=True, final=True)
         finally:
+            self._join_quietly()
+            self._drop_next()
             shutil.rmtree(self._work, ignore_errors=True)
 
-    def abandon(self) -> None:
-        """Remove the private folder without publishing more (the last published ZIP stays whole)."""
+    def _join_quietly(self) -> None:
         try:
             self._join(True)
-        except BaseException:  # noqa: BLE001 - abandoning anyway
+        except BaseException:  # noqa: BLE001 - closing or abandoning anyway
             pass
+
+    def abandon(self) -> None:
+        """Remove the private folder and the next ZIP without publishing more (the last published ZIP stays
+        whole)."""
+        self._join_quietly()
+        self._drop_next()
         shutil.rmtree(self._work, ignore_errors=True)

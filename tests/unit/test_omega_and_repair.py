@@ -57,6 +57,31 @@ def test_group_completion_waits_for_every_integrated_frame():
     assert OmegaSums(-1, (1, 1)).group_of(10**12) == 0 and name_digits(1000) == 3 and name_digits(0) == 9
 
 
+def test_sums_are_float64_sums_from_zero_bit_for_bit_whatever_arrives_first():
+    rng = np.random.default_rng(4)
+    cakes = [rng.normal(size=(3, 2)).astype(np.float32) for _ in range(3)]
+    cakes[0][0, 0], cakes[0][1, 1] = -0.0, 1e-45  # the first contribution: -0.0 becomes 0.0 as in 0.0 + x
+    partial = rng.normal(size=(3, 2))
+    partial[2, 0] = -0.0
+    s = OmegaSums(3, (3, 2))
+    for i, c in enumerate(cakes):
+        s.note_frame(i, True, 0.0)
+        s.add_cake(i, c)
+    s.note_frame(3, True, 0.0)
+    s.add_partial(1, 1, partial)
+    g0, g1 = s.pop_all()
+    want0 = np.zeros((3, 2))
+    for c in cakes:
+        want0 += c.astype(np.float64)
+    assert g0.sum.dtype == np.float64 and g0.sum.tobytes() == want0.tobytes()
+    assert np.signbit(g0.sum[0, 0]) == np.signbit(0.0 + cakes[0][0, 0].astype(np.float64) + cakes[1][0, 0]
+                                                   + cakes[2][0, 0])
+    assert g1.sum.tobytes() == (np.zeros((3, 2)) + partial).tobytes() and not np.signbit(g1.sum[2, 0])
+    empty = OmegaSums(3, (3, 2))
+    empty.note_frame(0, True, 0.0)
+    assert empty.waiting(end=1) == 1 and empty.pop_all() == []  # a frame noted, nothing summed: no group
+
+
 def test_omega_stamps_precedence():
     base = "NrPixelsY 8\nNrPixelsZ 8\nLsd 1e6\npx 200\nBC 4 4\nRMin 1\nRMax 4\nRBinSize 1\n"
     assert OmegaStamps(parse_params(base))(7) == 7.0  # nothing given: the frame index (MIDAS)

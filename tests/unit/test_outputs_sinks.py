@@ -3,6 +3,7 @@ MIDAS streams, written from Result-like records, agree with each other and with 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 
 import h5py
@@ -11,9 +12,10 @@ import pytest
 import zarr
 from outputs_common import N_PEAKS, make, records
 
+from ringstream.protocol import ProtocolError, Result, decode, encode, result_buffers
 from ringstream.writer import midas_binaries as mb
 from ringstream.writer.hdf5 import Hdf5Writer
-from ringstream.writer.outputs import OutputError, RunOutputs
+from ringstream.writer.outputs import FrameRecord, OutputError, RunOutputs, record_from_result
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +203,95 @@ def test_zarr_copies_are_throttled_and_leftovers_of_a_killed_writer_removed(tmp_
         out.append(r)
     out.close(True)  # the end of the run always publishes
     assert list(_zarr(zpath)["OmegaSumFrame"].keys())[-1] == "LastFrameNumber_000000011"
+
+
+def test_record_from_result_views_the_buffers_and_names_the_frame_on_a_mismatch():
+    fit, table, values = np.arange(14.0).reshape(2, 7), np.array([[3, 4]], dtype=np.int32), np.arange(4.0)
+    msg = Result(run_id="r", frame_index=9, source_id="s", timestamp=1.5, n_r=5, n_eta=3, has_cake=True,
+                 n_peaks=2, n_rois=1, n_curve_points=4, metadata={"I0": 2.0})
+    bufs = result_buffers(np.arange(5.0), np.ones((5, 3)), fit, (table, values))
+    back, views = decode(encode(msg, bufs))
+    rec = record_from_result(back, views)
+    assert (rec.frame_index, rec.source_id, rec.timestamp, rec.metadata) == (9, "s", 1.5, {"I0": 2.0})
+    assert rec.lineout.dtype == np.dtype("<f4") and rec.lineout.shape == (5,)
+    assert rec.cake.shape == (5, 3) and rec.fit.shape == (2, 7) and rec.curves[0].shape == (1, 2)
+    np.testing.assert_array_equal(rec.fit, fit)
+    np.testing.assert_array_equal(rec.curves[1], values)
+    assert np.shares_memory(rec.lineout, np.frombuffer(views[0], np.uint8))  # a view, no copy
+    cases = [(dict(), bufs[:-1], "4 buffers, expected 5"),
+             (dict(n_r=6), bufs, "buffers do not match the header"),
+             (dict(n_curve_points=5), bufs, "4 model values for n_curve_points 5"),
+             (dict(n_peaks=3), bufs, "buffers do not match the header")]
+    for change, buffers, text in cases:
+        with pytest.raises(ProtocolError, match=f"^result 9: .*{text}") as info:
+            record_from_result(dataclasses.replace(msg, **change), [memoryview(b).cast("B") for b in buffers])
+        assert info.value.kind == "size"
+
+
+def test_fit_rows_of_every_shape_survive_block_growth_and_flushes(tmp_path, geo):
+    p, imap = geo
+    out = RunOutputs(tmp_path / "f.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, block=32)
+    rng = np.random.default_rng(5)
+    want = []
+    for i in range(150):  # more rows than the MIDAS block holds before it grows, across flushes
+        kind = i % 4
+        fit = (None, rng.normal(size=(N_PEAKS, 7)).astype(np.float32), rng.normal(size=(1, 7)),
+               np.zeros((0, 7)))[kind]
+        row = np.full((N_PEAKS, 7), np.nan)
+        if fit is not None and len(fit):
+            row[: len(fit)] = fit
+        want.append(row)
+        out.append(FrameRecord(i, rng.random(imap.n_r).astype(np.float32), f"f{i}", 1.0 + i,
+                               rng.random((imap.n_r, imap.n_eta)).astype(np.float32), fit))
+        if i in (20, 99):
+            out.flush()
+    out.close(True)
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "fit.bin").reshape(-1, N_PEAKS, 7), np.stack(want))
+    with h5py.File(tmp_path / "f.h5") as f:
+        np.testing.assert_array_equal(f["entry/fit/peaks"][:], np.stack(want))
+        assert list(f["entry/data/source_id"].asstr()[:]) == [f"f{i}" for i in range(150)]
+        np.testing.assert_array_equal(f["entry/data/timestamp"][:], 1.0 + np.arange(150))
+
+
+def test_named_omega_groups_are_virtual_rows_with_typed_attributes(tmp_path, geo):
+    p, imap = geo
+    out = RunOutputs(tmp_path / "n.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, expected_frames=10)
+    for r in records(10, imap):
+        out.append(r)
+    out.close(True)
+    with h5py.File(tmp_path / "n.h5") as f:
+        o = f["entry/omega_sum"]
+        assert sorted(k for k in o if k.startswith("Last")) == ["LastFrameNumber_3", "LastFrameNumber_7",
+                                                                 "LastFrameNumber_9"]
+        for g, name in enumerate(["LastFrameNumber_3", "LastFrameNumber_7", "LastFrameNumber_9"]):
+            d = o[name]
+            assert d.is_virtual and d.shape == (imap.n_r, imap.n_eta) and d.dtype == np.float64
+            assert d.fillvalue == 0.0
+            (src,) = d.virtual_sources()
+            assert (src.file_name, src.dset_name) == (".", "/entry/omega_sum/I")
+            assert src.src_space.get_select_bounds() == ((g, 0, 0), (g, imap.n_r - 1, imap.n_eta - 1))
+            np.testing.assert_array_equal(d[...], o["I"][g])
+            a = d.attrs
+            assert list(a) == ["FirstOme", "LastFrameNumber", "LastOme", "Number Of Frames Summed"]
+            assert [a.get_id(k).dtype for k in a] == [np.dtype("<f8"), np.dtype("<i8"), np.dtype("<f8"),
+                                                      np.dtype("<i8")]
+            assert [a.get_id(k).shape for k in a] == [()] * 4
+            assert (a["Number Of Frames Summed"], a["LastFrameNumber"]) == (o["n_frames"][g], o["last_frame"][g])
+            assert (a["FirstOme"], a["LastOme"]) == (o["first_omega"][g], o["last_omega"][g])
+
+
+def test_zarr_group_with_nan_is_zero_there_and_the_sum_handed_in_is_unchanged(tmp_path):
+    from ringstream.writer.omega import OmegaGroup
+    from ringstream.writer.zarr_zip import ZarrZipSink
+
+    sink = ZarrZipSink(tmp_path / "n.zarr.zip", np.zeros((5, 3, 2)), {"Lam": 0.2}, 2)
+    sums = [np.arange(6.0).reshape(3, 2) + g for g in range(3)]
+    sums[1][0, 1], sums[2][2, 0] = np.nan, np.inf
+    for g, s in enumerate(sums):
+        sink.add_group(OmegaGroup(g, s, 2, 2 * g, 2 * g + 1, 0.0, 1.0))
+    sink.close()
+    assert np.isnan(sums[1][0, 1]) and np.isinf(sums[2][2, 0])
+    z = _zarr(tmp_path / "n.zarr.zip")
+    for g, s in enumerate(sums):
+        np.testing.assert_array_equal(z[f"OmegaSumFrame/LastFrameNumber_{2 * g + 1:02d}"][...],
+                                      np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0))

@@ -26,6 +26,7 @@ from ringstream.protocol import (
     Result,
     SlotRelease,
     Stop,
+    codec,
     decode,
     encode,
     frame_array,
@@ -425,6 +426,102 @@ def test_encode_refuses_what_decode_would_refuse():
         encode({"type": "stop"})
     with pytest.raises(ValueError, match="contiguous"):
         encode(_frame(shape=(3, 2)), [np.zeros((3, 4), "<i4")[:, ::2]])
+
+
+# --- the Result fast path ---------------------------------------------------------------------------------------
+
+
+def _outcome(decoder, frames):
+    """What decoding gives: the message, each field's type and the buffer sizes, or the error's kind and text."""
+    try:
+        msg, buffers = decoder(frames)
+    except ProtocolError as err:
+        return ("error", err.kind, str(err))
+    types = {f.name: type(getattr(msg, f.name)) for f in dataclasses.fields(msg)}
+    return ("ok", type(msg), repr(msg), types, [b.nbytes for b in buffers])  # (repr: NaN != NaN)
+
+
+def _general(frames):
+    """decode through the per-field table only (the path every message but a well-formed Result takes)."""
+    header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
+    views = [memoryview(f).cast("B") for f in frames[1:]]
+    return codec._checked(header["type"], Result, header, views), views
+
+
+_FIELD_VALUES = [True, False, 0, 1, -1, 2**64 - 1, 1.5, float("nan"), "", "ok", "rejected", "x", None, [1], {},
+                 {"a": 1}, {"a": True}, {"a": "s"}, {"a": None}, {"a": [1]}, {"a": 1.5}]
+
+
+def _result_variants():
+    """Well-formed Results (every kind of buffer list) and every field of them replaced by odd values or left out,
+    with the right and with wrong buffers."""
+    fit, table, values = np.ones((2, 7)), np.array([[1, 3]]), np.arange(3.0)
+    goods = [
+        encode(_result(), result_buffers(np.zeros(5), np.zeros((5, 3)), fit)),
+        encode(_result(has_cake=False, n_peaks=2, n_rois=1, n_curve_points=3),
+               result_buffers(np.zeros(5), None, fit, (table, values))),
+        encode(_result(has_cake=False, n_peaks=0, timings={}, metadata={}), result_buffers(np.zeros(5))),
+        encode(Result(run_id="r", frame_index=2**64 - 1, status="rejected", reason="bad")),
+    ]
+    for frames in goods:
+        header, buffers = _header(frames), list(frames[1:])
+        yield frames
+        yield [frames[0], *buffers[:-1]]  # a buffer short
+        yield [*frames, b"\0" * 8]  # one too many
+        if buffers:
+            yield [frames[0], *buffers[:-1], bytes(buffers[-1].nbytes + 8)]
+        for name in header:
+            if name in ("type", "version"):
+                continue
+            yield _pack({k: v for k, v in header.items() if k != name}, *buffers)
+            for value in _FIELD_VALUES:
+                yield _pack({**header, name: value}, *buffers)
+        yield _pack({**header, "added_later": 1}, *buffers)
+        yield _pack({**header, "metadata": {"a": 1, "b": 2.5, "c": "s", "d": False}}, *buffers)
+
+
+def test_result_fast_path_agrees_with_the_field_checks():
+    n = 0
+    for frames in _result_variants():
+        assert _outcome(decode, frames) == _outcome(_general, frames), _header(frames)
+        n += 1
+    assert n > 1000
+
+
+def test_result_fast_path_takes_a_well_formed_result_and_makes_a_frozen_message(monkeypatch):
+    frames = encode(_result(n_peaks=2, n_rois=1, n_curve_points=3),
+                    result_buffers(np.zeros(5), np.zeros((5, 3)), np.ones((2, 7)), (np.array([[1, 3]]), np.ones(3))))
+
+    def walked(*args):
+        raise AssertionError("the field table was walked for a well-formed Result")
+
+    monkeypatch.setattr(codec, "_check_fields", walked)
+    msg, buffers = decode(frames)
+    assert msg == _result(n_peaks=2, n_rois=1, n_curve_points=3) and type(msg) is Result
+    assert repr(msg) == repr(_result(n_peaks=2, n_rois=1, n_curve_points=3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.frame_index = 8
+    assert dataclasses.replace(msg, frame_index=8).frame_index == 8
+    assert [b.nbytes for b in buffers] == [20, 60, 112, 8, 24]
+    with pytest.raises(AssertionError, match="walked"):  # anything else still goes through the table
+        decode(_pack({**_header(frames), "worker": True}, *frames[1:]))
+
+
+def test_result_fuzz_fast_path_agrees_with_the_field_checks():
+    rng = random.Random(8)
+    frames = encode(_result(), result_buffers(np.zeros(5), np.zeros((5, 3)), np.ones((2, 7))))
+    for _ in range(2000):
+        data = bytearray(frames[0])
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.getrandbits(8)
+        mutated = [bytes(data), *frames[1:]]
+        try:
+            header = msgpack.unpackb(mutated[0], raw=False, strict_map_key=True)
+        except Exception:  # noqa: BLE001 - not msgpack: not the fast path's business
+            continue
+        if not isinstance(header, dict) or header.get("type") != "result" or header.get("version") != 1:
+            continue
+        assert _outcome(decode, mutated) == _outcome(_general, mutated), header
 
 
 # --- fuzz ------------------------------------------------------------------------------------------------------

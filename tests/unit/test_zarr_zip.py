@@ -35,3 +35,73 @@ def test_group_members_equal_what_zarr_writes(tmp_path):
                 assert z.read(name) == (tmp_path / "ref" / name).read_bytes(), name
         assert [n for n in z.namelist() if n.startswith("OmegaSumFrame/") and n.endswith("/.zarray")] == [
             f"OmegaSumFrame/LastFrameNumber_{k:04d}/.zarray" for k in (2, 5, 8)]
+
+
+def test_each_publication_appends_to_a_private_copy_and_the_last_copies_nothing(tmp_path, monkeypatch):
+    from ringstream.writer import zarr_zip
+
+    copies = []
+    real_copy = zarr_zip.shutil.copyfile
+    monkeypatch.setattr(zarr_zip.shutil, "copyfile", lambda a, b: copies.append((a, b)) or real_copy(a, b))
+    rng = np.random.default_rng(1)
+    path = tmp_path / "p.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(4)]
+
+    def private():
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+
+    for k, g in enumerate(groups[:3]):
+        sink.add_group(g)
+        assert sink.publish(wait=True)
+        assert len(copies) == k + 1 and copies[-1][0] == path  # the published ZIP, copied for the next one
+        (nxt,) = private()
+        with zipfile.ZipFile(path) as z, zipfile.ZipFile(tmp_path / nxt) as c:
+            assert z.namelist() == c.namelist() and [z.read(n) for n in z.namelist()] == [c.read(n) for n in
+                                                                                          c.namelist()]
+            assert f"OmegaSumFrame/{g.name(4)}/0.0" in z.namelist()
+    inode = path.stat().st_ino
+    sink.add_group(groups[3])
+    assert sink.publish(wait=False, force=True, final=True)
+    sink.close()
+    assert len(copies) == 3 and private() == []  # the last publication renamed the private ZIP: no copy
+    assert path.stat().st_ino != inode
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        for g in groups:
+            assert np.array_equal(np.frombuffer(z.read(f"OmegaSumFrame/{g.name(4)}/0.0")).reshape(6, 4), g.sum)
+
+
+def test_a_failed_copy_for_the_next_publication_is_made_again_by_it(tmp_path, monkeypatch):
+    from ringstream.writer import zarr_zip
+
+    rng = np.random.default_rng(2)
+    path = tmp_path / "q.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.0, 1.0) for g in range(2)]
+    real_copy = zarr_zip.shutil.copyfile
+
+    def full(a, b):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zarr_zip.shutil, "copyfile", full)
+    sink.add_group(groups[0])
+    assert sink.publish(wait=True)  # published; the copy for the next one failed and was removed
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    sink.add_group(groups[1])
+    try:
+        sink.publish(wait=True)  # the disk is still full: this publication says so, the last ZIP stays
+    except OSError as exc:
+        assert exc.errno == 28
+    else:
+        raise AssertionError("a publication that cannot copy the last ZIP must fail")
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None and f"OmegaSumFrame/{groups[1].name(4)}/0.0" not in z.namelist()
+    monkeypatch.setattr(zarr_zip.shutil, "copyfile", real_copy)
+    sink.add_group(OmegaGroup(2, rng.random((6, 4)), 3, 6, 8, 0.0, 1.0))
+    assert sink.publish(wait=True, final=True)
+    sink.close()
+    with zipfile.ZipFile(path) as z:  # made from a fresh copy of the last published ZIP
+        assert z.testzip() is None
+        assert {"OmegaSumFrame/LastFrameNumber_0002/0.0", "OmegaSumFrame/LastFrameNumber_0008/0.0"} <= set(
+            z.namelist())
