@@ -192,9 +192,15 @@ class Hdf5Writer:
         self._groups: list[tuple[Any, str]] = []  # omega-sum groups waiting for the next flush
         self._digits = int(name_digits)
         self._n_updates = 0
+        # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
+        # mode: a writer killed while making it (before SWMR, HDF5 keeps most of the new metadata in memory and the
+        # superblock's end of file at 2 KB) leaves no half-made output file, only the hidden one, which the next
+        # writer in that folder removes. Once renamed, the file is never in a state a kill -9 cannot leave.
+        making = making_path(self.path)
+        remove_stale_making(self.path)
         try:
             # a chunk cache that holds every partly filled chunk (a flush can end a block mid-chunk)
-            self._f = h5py.File(self.path, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
+            self._f = h5py.File(making, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
             raise InputError(f"{self.path}: cannot create output file ({exc})") from exc
         try:
@@ -203,8 +209,10 @@ class Hdf5Writer:
             self._f.flush()
             if self.swmr:
                 self._f.swmr_mode = True
+            os.replace(making, self.path)
         except BaseException:
             self._f.close()
+            making.unlink(missing_ok=True)
             raise
 
     # --- layout ------------------------------------------------------------------------------------------------
@@ -656,3 +664,34 @@ class Hdf5Writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(run_complete=exc_type is None)
+
+
+def making_path(path: Path) -> Path:
+    """The hidden name an output file is made under before it is renamed to ``path`` (see ``Hdf5Writer``)."""
+    return path.with_name(f".{path.name}.making-{os.getpid()}")
+
+
+def remove_stale_making(path: Path) -> list[Path]:
+    """Remove the hidden half-made files of ``path`` that writers no longer running left (a kill -9 while making
+    the layout); returns them."""
+    gone = []
+    for p in path.parent.glob(f".{path.name}.making-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -226,3 +227,46 @@ def test_swmr_reader_sees_frames_grow(tmp_path, built):
             reader.kill()
             reader.wait()
     assert seen == [["12", "12", "11", "False"], ["30", "30", "29", "False"], ["30", "30", "29", "True"]]
+
+
+def test_layout_is_made_under_a_hidden_name_and_renamed_once_in_swmr_mode(tmp_path, built, monkeypatch):
+    import os
+
+    import ringstream.writer.hdf5 as hdf5
+
+    p, imap = built
+    path = tmp_path / "o.h5"
+    # a draft a writer killed while making the layout left (pid 2**22 + 7: not a running process)
+    stale = tmp_path / ".o.h5.making-4194311"
+    stale.write_bytes(b"\x89HDF\r\n\x1a\n half-made")
+    seen = {}
+    real = os.replace
+
+    def spy(src, dst):  # when the rename comes, the draft is complete and already in SWMR mode
+        with open(src, "rb") as fh:
+            seen["flags"] = fh.read(12)[11]
+        seen["src"] = Path(src).name
+        return real(src, dst)
+
+    monkeypatch.setattr(hdf5.os, "replace", spy)
+    with Hdf5Writer(path, imap, p, engine_name="cpu", write_2d=False) as w:
+        assert path.exists() and not stale.exists()
+        assert sorted(q.name for q in tmp_path.iterdir()) == ["o.h5"]
+        w.append(0, "a", None, np.ones(imap.n_r))
+    assert seen["src"] == f".o.h5.making-{os.getpid()}" and seen["flags"] & 4  # SWMR-write flag set
+    with h5py.File(path, "r") as f:
+        assert f["entry/data/I"].shape == (1, imap.n_r)
+
+
+def test_a_layout_that_fails_leaves_no_file(tmp_path, built, monkeypatch):
+    import ringstream.writer.hdf5 as hdf5
+
+    p, imap = built
+
+    def boom(self, *a, **k):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(hdf5.Hdf5Writer, "_create_layout", boom)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        Hdf5Writer(tmp_path / "o.h5", imap, p, engine_name="cpu", write_2d=False)
+    assert list(tmp_path.iterdir()) == []
