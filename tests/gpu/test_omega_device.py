@@ -16,6 +16,7 @@ from ringstream.engines.reference import ReferenceEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from common import ringstream_command  # noqa: E402
+from test_outputs import PARAMS as OUTPUTS_PARAMS  # noqa: E402
 
 
 def test_device_omega_sums_equal_the_reference_sums():
@@ -54,21 +55,7 @@ def test_device_omega_sums_equal_the_reference_sums():
         eng.close()
 
 
-PARAMS = """\
-NrPixelsY 40
-NrPixelsZ 36
-Lsd 1000000
-px 200
-BC 19.6 17.3
-ty 0.2
-RMin 2
-RMax 18
-RBinSize 1
-EtaBinSize 30
-Wavelength 0.2
-Write2D 0
-OmegaSumFrames 7
-"""
+PARAMS = OUTPUTS_PARAMS + "Write2D 0\nOmegaSumFrames 7\n"  # the 40 x 36 detector of test_outputs.py
 
 
 def test_gpu_daemon_omega_sums_match_the_reference(tmp_path):
