@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -161,17 +162,36 @@ def _per_frame(f: h5py.File) -> list[h5py.Dataset]:
     return out
 
 
+#: how long :func:`repair` waits for another process's lock on the file to go (seconds)
+LOCK_WAIT_S = 3.0
+
+
+def _open_rw(path: Path, what: str, wait: float | None = None) -> h5py.File:
+    """``h5py.File(path, "r+")``, waiting up to ``wait`` s (:data:`LOCK_WAIT_S`) while another process holds the
+    file's lock. HDF5 takes an exclusive lock and does not wait; the lock can be held for a moment by a process
+    that was forked while this one (or another) had the file open, until that child closes its inherited
+    descriptors. A lock held longer is a clear error: some process still has the file open."""
+    wait = LOCK_WAIT_S if wait is None else wait
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return h5py.File(path, "r+")
+        except BlockingIOError as exc:
+            if time.monotonic() >= deadline:
+                raise InputError(f"{path}: locked by another process for {wait:g} s {what} (is a writer or "
+                                 f"reader still running on it?)") from exc
+            time.sleep(0.05)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot open {what} ({exc})") from exc
+
+
 def repair(path: str | os.PathLike) -> RepairReport:
     """Clear the status flags and cut the file to its complete, increasing frames (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     cleared = clear_status_flags(path)
-    try:
-        f = h5py.File(path, "r+")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open after clearing the status flags ({exc})") from exc
-    with f:
+    with _open_rw(path, "after clearing the status flags") as f:
         if "entry/data/frame_index" not in f:
             raise InputError(f"{path}: not a ringstream results file (no /entry/data/frame_index)")
         e = f["entry"]
@@ -225,7 +245,7 @@ def link_omega_groups(path: str | os.PathLike) -> int:
     """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/LastFrameNumber_<k>`` (a virtual
     dataset of that row, with the zarr.zip attributes), so the file has one dataset per group. Run on a closed
     file (it opens it without SWMR). Returns the number of groups named (0 above :data:`MAX_NAMED_GROUPS`)."""
-    with h5py.File(path, "r+") as f:
+    with _open_rw(Path(path), "to name the omega-sum groups") as f:
         g = f["entry/omega_sum"]
         n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega",
                                         "name"))

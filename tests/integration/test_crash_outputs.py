@@ -189,7 +189,10 @@ def test_kill_9_of_the_writer_alone(tmp_path):
 
     ctx = zmq.Context()
     try:
-        with ThreadPoolExecutor(max_workers=BATCH) as pool:  # BATCH writers at a time, each killed on its own
+        # BATCH writers at a time, each killed on its own. A writer started in one thread while another thread's
+        # repair has its file open inherits that descriptor, and with it HDF5's lock, until it execs: repair waits
+        # for such a lock to go (``LOCK_WAIT_S``) instead of failing with BlockingIOError, as it did in CI
+        with ThreadPoolExecutor(max_workers=BATCH) as pool:
             totals = list(pool.map(lambda rep: _writer_rep(tmp_path / f"rep{rep}", 800 + rep, ctx), range(REPEATS)))
     finally:
         ctx.destroy(linger=0)

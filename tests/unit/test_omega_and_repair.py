@@ -133,6 +133,33 @@ def test_repair_a_file_a_killed_writer_left(tmp_path):
     assert not clear_status_flags(path)  # a second repair finds nothing to clear
     assert repair(path).frames == n
 
+    # another process holds the file's lock: repair waits for it to go, and names the file when it does not
+    hold = ("import h5py, sys, time\nf = h5py.File(sys.argv[1], 'r')\nprint('open', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n")
+    reader = subprocess.Popen([sys.executable, "-c", hold, str(path), "0.6"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        with pytest.raises(BlockingIOError):
+            h5py.File(path, "r+")  # HDF5 itself does not wait
+        assert repair(path).frames == n  # returns once the reader has exited
+        assert reader.poll() == 0
+    finally:
+        reader.kill()
+        reader.wait(10)
+    reader = subprocess.Popen([sys.executable, "-c", hold, str(path), "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        import ringstream.writer.repair as rep
+        old, rep.LOCK_WAIT_S = rep.LOCK_WAIT_S, 0.3
+        try:
+            with pytest.raises(InputError, match=r"k\.h5: locked by another process for 0\.3 s"):
+                repair(path)
+        finally:
+            rep.LOCK_WAIT_S = old
+    finally:
+        reader.kill()
+        reader.wait(10)
+
 
 def test_repair_refuses_what_it_cannot_fix(tmp_path):
     (tmp_path / "x.h5").write_bytes(b"not hdf5 at all" * 10)
