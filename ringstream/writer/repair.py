@@ -21,6 +21,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5p, h5s, h5t
 
 from ..errors import InputError
 
@@ -254,18 +255,29 @@ def link_omega_groups(path: str | os.PathLike) -> int:
                      path, n, MAX_NAMED_GROUPS)
             return 0
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in g["name"][:n]]
-        cols = {k: g[k][:n] for k in ("n_frames", "last_frame", "first_omega", "last_omega")}
         shape = g["I"].shape
-        source = h5py.VirtualSource(".", "/entry/omega_sum/I", shape=shape)
+        # HDF5's own calls (what create_virtual_dataset and attrs[...] = make of the same arguments), without the
+        # high-level selection and attribute machinery: ~3x less time a group, which counts at close
+        scalar = h5s.create(h5s.SCALAR)
+        f8, i8 = h5t.py_create(np.dtype("<f8")), h5t.py_create(np.dtype("<i8"))
+        attrs = [(b"Number Of Frames Summed", i8, g["n_frames"][:n].astype("<i8")),
+                 (b"LastFrameNumber", i8, g["last_frame"][:n].astype("<i8")),
+                 (b"FirstOme", f8, g["first_omega"][:n].astype("<f8")),
+                 (b"LastOme", f8, g["last_omega"][:n].astype("<f8"))]
+        vspace = h5s.create_simple(shape[1:])  # the whole [n_r, n_eta] of the named dataset ...
+        source = h5s.create_simple(shape)  # ... maps row k of /entry/omega_sum/I
+        dcpl0 = h5p.create(h5p.DATASET_CREATE)
+        dcpl0.set_layout(h5d.VIRTUAL)
+        dcpl0.set_fill_value(np.array([0.0]))
+        gid = g.id
         for k, name in enumerate(names):
-            if name in g:
+            key = name.encode()
+            if key in gid:
                 continue
-            layout = h5py.VirtualLayout(shape=shape[1:], dtype=np.float64)
-            layout[:, :] = source[k, :, :]
-            d = g.create_virtual_dataset(name, layout, fillvalue=0.0)
-            a = d.attrs
-            a["Number Of Frames Summed"] = np.int64(cols["n_frames"][k])
-            a["LastFrameNumber"] = np.int64(cols["last_frame"][k])
-            a["FirstOme"] = np.float64(cols["first_omega"][k])
-            a["LastOme"] = np.float64(cols["last_omega"][k])
+            source.select_hyperslab((k,) + (0,) * (len(shape) - 1), (1,) + shape[1:])
+            dcpl = dcpl0.copy()
+            dcpl.set_virtual(vspace, b".", b"/entry/omega_sum/I", source)
+            dsid = h5d.create(gid, key, f8, vspace, dcpl=dcpl)
+            for attr, tid, values in attrs:
+                h5a.create(dsid, attr, tid, scalar).write(values[k : k + 1].reshape(()))
         return n

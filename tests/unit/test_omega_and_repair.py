@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -139,10 +140,11 @@ def test_repair_a_file_a_killed_writer_left(tmp_path):
     reader = subprocess.Popen([sys.executable, "-c", hold, str(path), "0.6"], stdout=subprocess.PIPE, text=True)
     try:
         assert reader.stdout.readline().strip() == "open"
+        t0 = time.monotonic()
         with pytest.raises(BlockingIOError):
             h5py.File(path, "r+")  # HDF5 itself does not wait
-        assert repair(path).frames == n  # returns once the reader has exited
-        assert reader.poll() == 0
+        assert repair(path).frames == n  # returns once the reader has closed the file
+        assert time.monotonic() - t0 >= 0.5 and reader.wait(10) == 0
     finally:
         reader.kill()
         reader.wait(10)
