@@ -15,13 +15,16 @@ Slot lifecycle (ingest owns the ring, workers only read it):
 So a slot is never rewritten while a worker may still read it.
 
 Resource tracking: the creator's segment is registered with multiprocessing's resource tracker, which unlinks it
-(with a "leaked shared_memory" warning) should the creator die without ``unlink()``. Attaching does *not* register
+(with a "leaked shared_memory" warning) should the creator die without ``unlink()``. A ``kill -9`` of the whole
+daemon kills the tracker too, and the ring stays in ``/dev/shm`` (hundreds of MB of memory): :meth:`FrameRing.create`
+first removes the rings whose creator (the pid in the name) is no longer running (:func:`remove_stale_rings`). Attaching does *not* register
 (Python < 3.13 registers every attachment, and the tracker of a process that attached would unlink the segment at
 its exit, or, shared with the creator by a ``spawn`` parent, forget the creator's registration).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import mmap
 import os
@@ -33,10 +36,58 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
+#: where POSIX shared memory lives on Linux
+SHM_DIR = "/dev/shm"
+
 _MAGIC = b"RSRING01"
 _HEADER = struct.Struct("<8sQQQ")
 _DATA_START = 64
 _ALIGN = 64
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_rings(prefix: str = "ringstream", folder: str = SHM_DIR) -> list[str]:
+    """Unlink the rings named ``<prefix>-<pid>-<hex>`` whose creator ``pid`` is not running (a daemon killed with
+    ``kill -9`` could not unlink its ring) and that hold a ring's header; returns their names. A ring of a running
+    process is never touched."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:  # no /dev/shm (not Linux): nothing to look at
+        return removed
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != prefix or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(len(_MAGIC))
+            size = os.path.getsize(path)
+            if magic != _MAGIC:
+                continue
+            os.unlink(path)
+        except OSError as exc:
+            log.debug("cannot remove stale ring %s (%s)", path, exc)
+            continue
+        log.warning("removed the frame ring %s (%.0f MB), left by process %d that is no longer running "
+                    "(killed?)", path, size / 1e6, pid)
+        removed.append(name)
+    return removed
 
 
 class _AttachedSegment:
@@ -102,6 +153,7 @@ class FrameRing:
             raise ValueError(f"a ring needs n_slots >= 1 and slot_bytes >= 1, got {n_slots}, {slot_bytes}")
         stride = -(-slot_bytes // _ALIGN) * _ALIGN
         size = _DATA_START + n_slots * stride
+        remove_stale_rings(prefix)
         while True:
             name = f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
             try:

@@ -358,3 +358,40 @@ def test_attaching_processes_neither_unlink_nor_warn(tmp_path):
             creator.wait()
     with pytest.raises(FileNotFoundError):
         FrameRing.attach(name)
+
+
+def test_a_ring_left_by_a_killed_daemon_is_removed_by_the_next_one(caplog):
+    """kill -9 of the whole daemon kills the resource tracker too: the ring stays in /dev/shm until the next
+    ring's creation removes it; a ring whose creator runs, and a segment that is not a ring, stay."""
+    from ringstream.transport import shm_ring
+
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os
+        from ringstream.transport.shm_ring import FrameRing
+        ring = FrameRing.create(2, 4096, prefix="rstest")
+        print(ring.name, flush=True)
+        os.killpg(0, 9)  # the whole group, its resource tracker too, as kill -9 of a daemon's group does
+    """)], capture_output=True, text=True, timeout=60, start_new_session=True)
+    name = child.stdout.strip()
+    assert child.returncode == -9 and name.startswith("rstest-"), child.stderr
+    # an impostor with a dead pid that is not a ring
+    other = shared_memory.SharedMemory(name=f"rstest-{name.split('-')[1]}-00000000", create=True, size=4096)
+    live = None
+    try:
+        ring = FrameRing.attach(name)  # still there after the kill
+        assert ring.n_slots == 2
+        ring.close()
+        with caplog.at_level(logging.WARNING, logger="ringstream.transport.shm_ring"):
+            live = FrameRing.create(1, 64, prefix="rstest")  # the next daemon's ring
+        assert f"/dev/shm/{name}" in caplog.text and "no longer running" in caplog.text
+        with pytest.raises(FileNotFoundError):
+            FrameRing.attach(name)
+        assert shm_ring.remove_stale_rings("rstest") == []  # the live ring's creator runs; the impostor stays
+        assert FrameRing.attach(live.name).n_slots == 1
+        assert shared_memory.SharedMemory(name=other.name).size >= 4096
+    finally:
+        if live is not None:
+            live.close()
+            live.unlink()
+        other.close()
+        other.unlink()
