@@ -24,9 +24,15 @@ published file whole (no fsync: this protects against a killed process, not a po
 never seen by a reader. The copy grows with the file, so during a run publications run in a background thread;
 a save interval that comes while the previous publication is still being written, or sooner after it than
 ``DUTY`` (10) times its duration, is skipped (counted in ``skipped``) and its groups go into the next one:
-copying never takes more than about a tenth of the time. The end of the run always publishes, and copies nothing
-(the next ZIP is renamed over the output; only a copy still running then is waited for). The next ZIP takes as
-much disk as the published one during the run (a copy made at each publication did too, while it was made).
+copying never takes more than about a tenth of the time. A skipped save interval still *spools* its groups: they
+are appended to the next ZIP in the background (counted in ``spooled``), without a rename and without a copy, so
+their sums are not held in memory until the next publication (a run's worth of 1000 x 72 float64 sums when the
+copies are slow) and the end of the run writes only the groups since the last save. The end of the run always
+publishes, and copies nothing (the next ZIP is renamed over the output; only a copy still running then is waited
+for). The next ZIP takes as much disk as the published one during the run (a copy made at each publication did
+too, while it was made). A spool that fails (a full disk) loses the next ZIP and the groups in it since the last
+publication: the error is raised by the next call, as a failed publication's is, the published ZIP stays whole,
+and every later publication of this sink raises it again (``ringstream export`` makes the zarr.zip from the HDF5).
 """
 
 from __future__ import annotations
@@ -149,6 +155,8 @@ class ZarrZipSink:
         self.groups_published = 0
         self.groups_total = 0
         self.skipped = 0  # publications skipped because the previous one was still being written
+        self.spooled = 0  # groups appended to the next ZIP between publications
+        self._broken: BaseException | None = None  # a spool failed: the next ZIP and its groups are gone
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._last_end = 0.0  # monotonic end of the last publication, and how long it took (s)
@@ -215,6 +223,10 @@ class ZarrZipSink:
         publication and publish now, in the background (the end of a run; :meth:`close` joins it). ``final``: no
         more groups come (the end of a run): the published ZIP is not copied for a next publication."""
         self._join(wait or force)
+        if self._broken is not None:
+            raise OSError(f"{self.path}: the omega-sum groups after the last publication were lost with the "
+                          f"private ZIP ({self._broken}); the published file holds {self.groups_published} "
+                          f"groups ('ringstream export' writes a complete one from the HDF5)")
         if self._thread is not None:
             self.skipped += 1
             return False
@@ -222,6 +234,11 @@ class ZarrZipSink:
             return False
         if not (wait or force) and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
             self.skipped += 1  # the last copy took more than 1/DUTY of the time since: publish later
+            if self._next is not None and self._pending:  # but write its groups into the next ZIP now
+                pending, self._pending = self._pending, []
+                self._thread = threading.Thread(target=self._run_spool, args=(pending,), name="zarr-spool",
+                                                daemon=True)
+                self._thread.start()
             return False
         pending, self._pending = self._pending, []
         first = not self._published
@@ -248,6 +265,18 @@ class ZarrZipSink:
         try:
             self._write(pending, first, total, final)
         except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
+            self._error = exc
+
+    def _run_spool(self, pending: list[tuple[str, bytes | memoryview]]) -> None:
+        """Append ``pending`` to the next ZIP (the thread of a skipped publication; see the module docstring)."""
+        try:
+            with zipfile.ZipFile(self._next, "a", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+                for member, data in pending:
+                    z.writestr(member, data)
+            self.spooled += sum(1 for member, _ in pending if member.endswith("/.zarray"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
+            self._broken = exc
+            self._drop_next()
             self._error = exc
 
     def _temporary(self) -> str:

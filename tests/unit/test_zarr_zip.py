@@ -105,3 +105,73 @@ def test_a_failed_copy_for_the_next_publication_is_made_again_by_it(tmp_path, mo
         assert z.testzip() is None
         assert {"OmegaSumFrame/LastFrameNumber_0002/0.0", "OmegaSumFrame/LastFrameNumber_0008/0.0"} <= set(
             z.namelist())
+
+
+def test_skipped_publications_spool_their_groups_into_the_next_zip_without_a_copy(tmp_path, monkeypatch):
+    from ringstream.writer import zarr_zip
+
+    copies = []
+    real_copy = zarr_zip.shutil.copyfile
+    monkeypatch.setattr(zarr_zip.shutil, "copyfile", lambda a, b: copies.append((a, b)) or real_copy(a, b))
+    rng = np.random.default_rng(3)
+    path = tmp_path / "s.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(5)]
+    sink.add_group(groups[0])
+    assert sink.publish(wait=True) and len(copies) == 1
+    sink._last_seconds = 3600.0  # as if the last copy took an hour: the next saves do not publish
+    for g in groups[1:4]:
+        sink.add_group(g)
+        assert not sink.publish(wait=False)
+        sink._join(True)
+        assert sink._pending == []  # written into the next ZIP: nothing of it held here any more
+    assert sink.skipped == 3 and sink.spooled == 3 and len(copies) == 1  # no copy for a spool
+    with zipfile.ZipFile(path) as z:  # the published file is the one of the first publication
+        assert [n for n in z.namelist() if n.endswith("/0.0")] == [f"OmegaSumFrame/{groups[0].name(4)}/0.0"]
+    sink.add_group(groups[4])
+    assert sink.publish(wait=False, force=True, final=True)
+    sink.close()
+    assert len(copies) == 1 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        names = [n for n in z.namelist() if n.endswith("/0.0")]
+        assert names == [f"OmegaSumFrame/{g.name(4)}/0.0" for g in groups]  # each once, in order
+        for g in groups:
+            assert np.array_equal(np.frombuffer(z.read(f"OmegaSumFrame/{g.name(4)}/0.0")).reshape(6, 4), g.sum)
+    z = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r", zarr_format=2)
+    assert list(z["OmegaSumFrame"].keys()) == [g.name(4) for g in groups]
+    assert z["OmegaSumFrame"][groups[2].name(4)].attrs["LastFrameNumber"] == 8
+
+
+def test_a_failed_spool_is_raised_and_leaves_the_published_zip_whole(tmp_path, monkeypatch):
+    import pytest
+
+    from ringstream.writer import zarr_zip
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "f.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.0, 1.0) for g in range(3)]
+    sink.add_group(groups[0])
+    assert sink.publish(wait=True)
+    published = path.read_bytes()
+    sink._last_seconds = 3600.0
+
+    class Full(zipfile.ZipFile):
+        def writestr(self, *a, **k):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zarr_zip.zipfile, "ZipFile", Full)
+    sink.add_group(groups[1])
+    assert not sink.publish(wait=False)  # the spool runs, and fails, in the background
+    with pytest.raises(OSError) as first:
+        sink._join(True)
+    assert first.value.errno == 28
+    monkeypatch.setattr(zarr_zip.zipfile, "ZipFile", zipfile.ZipFile)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # the next ZIP is gone
+    sink.add_group(groups[2])
+    with pytest.raises(OSError, match=r"f\.zarr\.zip: the omega-sum groups after the last publication were lost "
+                                      r".*the published file holds 1 groups"):
+        sink.publish(wait=True, final=True)
+    assert path.read_bytes() == published  # whole, untouched
+    sink.abandon()
