@@ -1,10 +1,13 @@
 """Writer throughput alone: how many frames per second the writer's sinks take, so writing never limits the GPU.
 
-Two cases (issue 8, item 6):
+Three cases (issue 8, item 6):
 
 - ``lineouts``: 2,000 radial bins, ``Write2D 0``, 3 fitted peaks per frame (fit [3, 7] float64 and one ROI of 40
-  model values), omega sums from the workers (one partial sum per ``OmegaSumFrames`` = 100 frames);
+  model values), ``OmegaSumFrames -1`` (one sum of the run, from the workers, as in the GPU daemon benchmarks);
   outputs: HDF5 (lineout, fit, curves, metadata, omega), fit.bin, fit_curves.bin, zarr.zip. Target 20,000/s.
+- ``lineouts-sums100``: the same with a worker's partial sum every ``OmegaSumFrames`` = 100 frames: 1.15 MB of
+  float64 sum per 100 frames into the HDF5 and again into the zarr.zip, 23 KB a frame on top of the lineout's 8 KB.
+  Shown for the cost of the sums (what a beamline writes at 20,000 frames/s with groups of 100: 460 MB/s).
 - ``cakes``: 1,000 x 72 bins, ``Write2D 1``, no fitting, ``OmegaSumFrames`` 10 summed by the writer from the
   cakes; outputs: HDF5 (lineouts and cakes), zarr.zip. Target 2,000/s.
 
@@ -52,7 +55,8 @@ from ringstream.writer.outputs import RunOutputs, record_from_result
 HERE = Path(__file__).resolve().parent
 
 CASES = {
-    "lineouts": dict(n_r=2000, n_eta=72, write_2d=False, n_peaks=3, osf=100, target=20000),
+    "lineouts": dict(n_r=2000, n_eta=72, write_2d=False, n_peaks=3, osf=-1, target=20000),
+    "lineouts-sums100": dict(n_r=2000, n_eta=72, write_2d=False, n_peaks=3, osf=100, target=20000),
     "cakes": dict(n_r=1000, n_eta=72, write_2d=True, n_peaks=0, osf=10, target=2000),
 }
 
@@ -99,10 +103,16 @@ def inputs(case: dict, n: int, seed: int = 0):
     partials = []
     if not case["write_2d"]:
         total = rng.random((n_r, n_eta))
-        for g in range((n + case["osf"] - 1) // case["osf"]):
-            m = min(case["osf"], n - g * case["osf"])
+        size = group_frames(case, n)
+        for g in range((n + size - 1) // size):
+            m = min(size, n - g * size)
             partials.append((OmegaPartial(group=g, n_frames=m, n_r=n_r, n_eta=n_eta), [total]))
     return out, partials
+
+
+def group_frames(case: dict, n: int) -> int:
+    """Frames per omega-sum group (``OmegaSumFrames -1``: the whole run)."""
+    return case["osf"] if case["osf"] > 0 else n
 
 
 def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dict:
@@ -114,7 +124,7 @@ def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dic
         partials = [encode(m, b) for m, b in partials]
     else:  # the sinks alone: the records the writer process makes of each message, made beforehand
         results = [record_from_result(m, b) for m, b in results]
-    osf = case["osf"]
+    osf = group_frames(case, n)
     work = Path(tempfile.mkdtemp(dir=folder, prefix=f"writer-{name}-"))
     try:
         # the prebuilt inputs (tens of thousands of live objects) are not the writer's: keep the cyclic GC from
@@ -160,20 +170,27 @@ def main() -> None:
     ap.add_argument("--machine", default="vm")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder for the temporary output files")
     ap.add_argument("--repeat", type=int, default=2, help="runs per case and way; the best is reported")
+    ap.add_argument("--note", default="", help="what to know about the machine or the run, kept in the JSON")
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated cases to run (default: all)")
     args = ap.parse_args()
+    unknown = set(args.cases.split(",")) - set(CASES)
+    if unknown:
+        ap.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join(CASES)}")
     import zarr  # imported once, as the writer process does at start, not inside the timing
 
     rows = []
     for name, case in CASES.items():
-        n = args.frames or (40000 if name == "lineouts" else 6000)
+        if name not in args.cases.split(","):
+            continue
+        n = args.frames or (6000 if name == "cakes" else 40000)
         for messages in (False, True):
             best = max((run_case(name, case, n, Path(args.dir), messages) for _ in range(args.repeat)),
                        key=lambda r: r["frames_per_s"])
             rows.append(best)
-    print(f"{'case':10} {'timed':9} {'frames':>7} {'run s':>6} {'steady/s':>9} {'close s':>8} {'total/s':>8} "
+    print(f"{'case':16} {'timed':9} {'frames':>7} {'run s':>6} {'steady/s':>9} {'close s':>8} {'total/s':>8} "
           f"{'cpu s':>6} {'frames/cpu-s':>12} {'target':>7} {'ok':>4} {'MB/s':>6}")
     for r in rows:
-        print(f"{r['case']:10} {r['timed']:9} {r['frames']:7d} {r['run_s']:6.2f} {r['steady_frames_per_s']:9.0f} "
+        print(f"{r['case']:16} {r['timed']:9} {r['frames']:7d} {r['run_s']:6.2f} {r['steady_frames_per_s']:9.0f} "
               f"{r['close_s']:8.2f} {r['frames_per_s']:8.0f} {r['cpu_s']:6.2f} {r['frames_per_cpu_s']:12.0f} "
               f"{r['target_per_s']:7d} {'yes' if r['meets_target'] else 'NO':>4} {r['MB_per_s']:6.1f}")
     import h5py
@@ -189,6 +206,8 @@ def main() -> None:
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())},
         "runs": rows,
     }
+    if args.note:
+        result["note"] = args.note
     path = HERE / "results" / f"writer-{args.machine}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
