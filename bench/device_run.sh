@@ -18,4 +18,6 @@ python bench/gpu_engine.py --reps 4 --daemon 30000 --daemon-workers 1,2 --daemon
 python bench/fitting.py --gpu --frames 100 --out "$out" 2>&1 | tail -12
 python bench/fitting.py --micro --gpu --out "$out" 2>&1 | tail -12
 python bench/fitting_daemon.py --frames 15000 --workers 1,2,3 --out "$out" 2>&1 | tail -8
+# issue 5's check: 3 peaks a frame at the replay rate (the ingest only copies), with each worker's frames per fit call
+python bench/fitting_daemon.py --source replay --frames 30000 --workers 2,3 --out "$out" 2>&1 | tail -8
 ls -la "$out"

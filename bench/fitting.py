@@ -264,6 +264,10 @@ def ring_radii(param_file: Path, n: int = 3) -> list[float]:
     return [p.Lsd * math.tan(t[0] + f * (t[1] - t[0])) / p.px for f in (0.2, 0.4, 0.6, 0.8)[:n]]
 
 
+#: a worker's last line with fitting: "worker-0: done: integrated N, rejected M, fitted in C calls (F frames a call)"
+FIT_CALLS = re.compile(r"worker-\d+: done: .*fitted in \d+ calls \(([0-9.]+) frames a call\)")
+
+
 def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: int = 1,
                source: str = "simulated") -> dict:
     """The real ``ringstream run --engine gpu`` on ``frames`` PILATUS 2M frames: ``source`` "simulated" (the
@@ -287,7 +291,7 @@ def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: 
         else:
             feed = ["--simulate", str(frames)]
         cmd += ["run", "--param-file", str(pf), *feed, "--workers", str(workers), "--engine",
-                "gpu", "--output-h5", str(out), "--control", "auto", "--log-level", "WARNING"]
+                "gpu", "--output-h5", str(out), "--control", "auto", "--log-level", "INFO"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
         fit_rows = None
         rate = None
@@ -308,6 +312,8 @@ def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: 
             "omega_sum_frames": omega_sum_frames,
             "written": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)),
             "sustained_fps": rate,
+            # each worker's frames per fit call (its "done" line): few frames a call cost more per frame
+            "frames_per_fit_call": [float(v) for v in FIT_CALLS.findall(proc.stderr)],
             "fit_bin": fit_rows}
 
 

@@ -136,8 +136,11 @@ class _Worker:
                     hb.beat(self.snapshot)
             self.send_partials(idle=True)
             hb.beat(self.snapshot(), state="done", force=True)
-            log.info("worker-%d: done: integrated %d, rejected %d", self.index, self.counters["integrated"],
-                     self.counters["rejected"])
+            fitting = getattr(self, "fitting", None)
+            calls = fitting.counters["fit_calls"] if fitting is not None else 0
+            log.info("worker-%d: done: integrated %d, rejected %d%s", self.index, self.counters["integrated"],
+                     self.counters["rejected"], f", fitted in {calls} calls "
+                     f"({self.counters['integrated'] / calls:.1f} frames a call)" if calls else "")
             return 0
         finally:
             t0 = time.monotonic()
