@@ -355,7 +355,9 @@ def decode(frames: Sequence[Any]) -> tuple[Message, list[memoryview]]:
     """
     try:
         # zmq frames' buffers are already 1-d byte views: taken as they are, without a call each
-        views = [f if type(f) is memoryview and f.ndim == 1 and f.format == "B" else _as_bytes_view(f)
+        # (and bytes, as recv_multipart(copy=True) gives them, are viewed without a call each)
+        views = [memoryview(f) if type(f) is bytes else
+                 f if type(f) is memoryview and f.ndim == 1 and f.format == "B" else _as_bytes_view(f)
                  for f in frames]
     except (TypeError, ValueError) as exc:
         raise ProtocolError("malformed", f"message frames are not byte buffers ({exc})") from None
