@@ -194,21 +194,24 @@ class MidasSocketSource:
         """One sender: frames until it closes, misbehaves or the source closes."""
         frames = 0
         base = np.empty(self.n_pixels, np.dtype("<u2"))  # hybrid scratch, reused
+        counter = None
         try:
             while True:
                 self._read_frame(conn, name, base)
                 frames += 1
         except _Disconnect as exc:
-            if exc.counter is None:
+            counter = exc.counter
+            if counter is None:
                 log.info("MIDAS socket: sender %s disconnected after %d frames%s", name, frames,
                          f" ({exc})" if str(exc) else "")
             else:
-                self.count(exc.counter)
                 log.warning("MIDAS socket: sender %s disconnected after %d good frames: %s", name, frames, exc)
         finally:
-            with self._lock:
+            with self._lock:  # the reason and the disconnection in one update: a snapshot never has one alone
                 self._conns.discard(conn)
                 self._counters["midas_connected"] -= 1
+                if counter is not None:
+                    self._counters[counter] = self._counters.get(counter, 0) + 1
             conn.close()
 
     def _read_frame(self, conn: socket.socket, name: str, base: np.ndarray) -> None:
