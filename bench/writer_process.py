@@ -33,6 +33,7 @@ import zmq
 from ringstream.config import DaemonConfig
 from ringstream.protocol import EndOfStream, OmegaPartial, Result, encode, result_buffers
 from ringstream.transport.endpoints import free_tcp_endpoint
+from ringstream.transport.sockets import results_hwm
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,12 +59,13 @@ PeakLocation 150
 N_R, N_ETA, N_PEAKS = 2000, 72, 3
 
 
-def config(folder: Path) -> dict:
+def config(folder: Path, queue_mb: int = 8) -> dict:
     (folder / "setup.txt").write_text(PARAMS)
     return {"run": {"param_file": str(folder / "setup.txt"), "output_h5": str(folder / "out.h5"),
                     "save_interval": 500},
             "source": {"kind": "simulated", "frames": 0},  # (the writer reads only the run length, from the EOS)
-            "transport": {"results_endpoint": free_tcp_endpoint(), "events_endpoint": free_tcp_endpoint()},
+            "transport": {"results_endpoint": free_tcp_endpoint(), "events_endpoint": free_tcp_endpoint(),
+                          "results_queue_mb": queue_mb},
             "supervisor": {"heartbeat_interval": 0.5}, "logging": {"level": "INFO"}}
 
 
@@ -101,9 +103,9 @@ def messages(n: int) -> tuple[list, list]:
     return out, tail
 
 
-def run_once(n: int, folder: Path, msgs: list, tail: list) -> dict:
+def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8) -> dict:
     work = Path(tempfile.mkdtemp(dir=folder, prefix="writer-process-"))
-    data = config(work)
+    data = config(work, queue_mb)
     from ringstream.geometry.cache import load_or_build
 
     load_or_build(DaemonConfig.from_dict(data).load_params())  # the map is cached: the child only loads it
@@ -117,7 +119,8 @@ def run_once(n: int, folder: Path, msgs: list, tail: list) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc.start()
     push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 32)
+    t = DaemonConfig.from_dict(data).transport  # the high-water mark a worker's results socket gets
+    push.setsockopt(zmq.SNDHWM, results_hwm(t.results_queue_mb, t.queue_depth, N_R, N_ETA, False, N_PEAKS, 40))
     try:
         if not ready.wait(120):
             raise RuntimeError(f"the writer did not start: {Path(log_path).read_text()[-2000:]}")
@@ -162,17 +165,25 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported, every run is kept")
     ap.add_argument("--machine", default="vm")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder for the temporary output files")
+    ap.add_argument("--results-queue-mb", default="8",
+                    help="[transport] results_queue_mb (comma-separated: each value in turn, every repeat)")
     ap.add_argument("--note", default="", help="what to know about the machine or the run, kept in the JSON")
     args = ap.parse_args()
     msgs, tail = messages(args.frames)
-    runs = [run_once(args.frames, Path(args.dir), msgs, tail) for _ in range(args.repeat)]
-    best = max(runs, key=lambda r: r["frames_per_s"])
-    print(f"{'run':>4} {'frames':>7} {'s':>6} {'frames/s':>9} {'writer cpu s':>12} {'writer log fps':>14} "
+    sizes = [int(v) for v in args.results_queue_mb.split(",")]
+    runs = []
+    for _ in range(args.repeat):  # the sizes interleaved, so that each sees the same moments of a noisy machine
+        for mb in sizes:
+            runs.append({"results_queue_mb": mb, **run_once(args.frames, Path(args.dir), msgs, tail, mb)})
+    best = max((r for r in runs if r["results_queue_mb"] == sizes[0]), key=lambda r: r["frames_per_s"])
+    print(f"{'run':>4} {'queue MB':>8} {'frames':>7} {'s':>6} {'frames/s':>9} {'writer cpu s':>12} {'writer log fps':>14} "
           f"{'in file':>8} {'in order':>8}")
     for k, r in enumerate(runs):
-        print(f"{k:4d} {r['frames']:7d} {r['seconds']:6.2f} {r['frames_per_s']:9.0f} {r['writer_cpu_s']:12.2f} "
+        print(f"{k:4d} {r['results_queue_mb']:8d} {r['frames']:7d} {r['seconds']:6.2f} {r['frames_per_s']:9.0f} {r['writer_cpu_s']:12.2f} "
               f"{r['writer_log_frames_per_s'] or 0:14.0f} {r['frames_in_file']:8d} {str(r['in_order']):>8}")
-    print(f"best: {best['frames_per_s']:.0f} frames/s (target 20,000)")
+    for mb in sizes:
+        b = max(r["frames_per_s"] for r in runs if r["results_queue_mb"] == mb)
+        print(f"best with results_queue_mb {mb}: {b:.0f} frames/s (target 20,000)")
     import h5py
     import zarr
 

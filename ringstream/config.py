@@ -162,6 +162,9 @@ class TransportConfig:
     copy_threads: int = _opt(0, "int", "ingest threads copying frames into the ring (0 = auto: 1 under 8 CPUs, else CPUs/2, at most 8)")
     nontemporal_copy: bool = _opt(True, "bool", "start the ingest with glibc's non-temporal memcpy threshold at 256 KiB, so frame copies into the ring bypass the CPU caches (x86-64 glibc)")
     queue_depth: int = _opt(32, "int", "ZeroMQ high-water mark of every queue (default: ring_slots)")
+    results_queue_mb: int = _opt(8, "int", "the workers -> writer queue holds about this many MB of Results on each "
+                                           "side (its high-water mark: at least queue_depth, at most 4096 messages); "
+                                           "what a kill -9 of the writer can lose beyond the last flush")
 
 
 @dataclass(frozen=True)
@@ -644,6 +647,7 @@ def _problems(cfg: dict[str, dict[str, object]], origin: dict[tuple[str, str], s
         seen.setdefault(value, key)
     at_least("transport", "ring_slots", 2)
     at_least("transport", "queue_depth", 1)
+    at_least("transport", "results_queue_mb", 0)
     at_least("transport", "copy_threads", 0)
     for key in ("heartbeat_interval", "heartbeat_timeout", "ready_timeout", "drain_timeout"):
         at_least("supervisor", key, 0, strict=True)

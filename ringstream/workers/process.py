@@ -42,7 +42,7 @@ from ..protocol import (
     result_buffers,
 )
 from ..transport.shm_ring import FrameRing
-from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
+from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
 from .fitting import WorkerFitting
 from .pipeline import PipelinedLoop
 
@@ -111,7 +111,10 @@ class _Worker:
             self.fitting = WorkerFitting.create(cfg, params, imap, self.engine_name, ctx, f"worker-{self.index}")
             frames = make_socket(ctx, zmq.PULL, t.frames_endpoint, bind=False, hwm=hwm)
             self.release = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=max(hwm, int(t.ring_slots)))
-            self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=hwm)
+            n_peaks = self.fitting.fitter.slots if self.fitting is not None else 0
+            self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False,
+                                       hwm=results_hwm(t.results_queue_mb, hwm, self.n_r, self.n_eta, self.write_2d,
+                                                       n_peaks))
             self.hb = hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "worker", self.index, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)

@@ -53,7 +53,7 @@ from ..protocol import (
     Result,
     Stop,
 )
-from ..transport.sockets import RejectLog, make_socket, recv_message
+from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm
 from .hdf5 import check_output_path
 from .outputs import FrameRecord, OutputError, RunOutputs, default_zarr_path, numeric_keys, record_from_result
 
@@ -130,7 +130,9 @@ class _Writer:
         self.rejects = RejectLog(log, "writer results socket")
         complete = False
         try:
-            sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True, hwm=hwm)
+            sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True,
+                               hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
+                                               self.write_2d, self.n_peaks))
             hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16), "writer", 0,
                                  cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)

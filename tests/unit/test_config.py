@@ -144,6 +144,18 @@ def test_queue_depth_follows_ring_slots_unless_given(setup):
     assert (cfg.transport.ring_slots, cfg.transport.queue_depth) == (8, 4)
 
 
+def test_the_results_queue_is_sized_in_bytes(setup):
+    from ringstream.transport.sockets import MAX_RESULTS_HWM, results_hwm
+
+    cfg = load_config(None, {}, {"run": {"param_file": str(setup)}})
+    assert cfg.transport.results_queue_mb == 8
+    # 2,000-bin lineouts with 3 peaks and 40 model values: 9,016 bytes a message -> 887 of them in 8 MB
+    assert results_hwm(8, 32, 2000, 72, False, 3, 40) == 8_000_000 // (512 + 8000 + 168 + 320 + 16) == 887
+    assert results_hwm(8, 32, 1000, 72, True, 0) == 32  # cakes of 288 kB: 27 fit, queue_depth is the floor
+    assert results_hwm(8, 32, 10, 8, False, 0) == MAX_RESULTS_HWM  # tiny lineouts: the cap
+    assert results_hwm(0, 5, 2000, 72, False, 0) == 5  # 0 MB: queue_depth, as every other queue
+
+
 def test_relative_input_paths_in_toml_resolve_next_to_the_file(tmp_path, setup, monkeypatch):
     conf = tmp_path / "etc"
     conf.mkdir()
