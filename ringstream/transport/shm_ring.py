@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from ..procs import pid_alive
+
 log = logging.getLogger(__name__)
 
 #: where POSIX shared memory lives on Linux
@@ -45,16 +47,6 @@ _MAGIC = b"RSRING01"
 _HEADER = struct.Struct("<8sQQQ")
 _DATA_START = 64
 _ALIGN = 64
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def remove_stale_rings(prefix: str = "ringstream", folder: str = SHM_DIR) -> list[str]:
@@ -71,7 +63,7 @@ def remove_stale_rings(prefix: str = "ringstream", folder: str = SHM_DIR) -> lis
         if len(parts) != 3 or parts[0] != prefix or not parts[1].isdigit():
             continue
         pid = int(parts[1])
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         path = os.path.join(folder, name)
         try:

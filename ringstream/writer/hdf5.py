@@ -28,6 +28,7 @@ from h5py import h5s
 
 from .. import __version__
 from ..errors import InputError
+from ..procs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -680,18 +681,8 @@ def remove_stale_making(path: Path) -> list[Path]:
             pid = int(p.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         p.unlink(missing_ok=True)
         gone.append(p)
     return gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
