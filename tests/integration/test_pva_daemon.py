@@ -134,7 +134,10 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
         recorded = json.loads(f["/entry/reduction/source_counters"][()])  # the source's counts, in the file
     assert recorded["received"] == received and recorded["dropped_wrong_shape"] == wrong
     assert recorded["pva_connects"] == 3 and recorded["pva_resets"] >= 1 and recorded["pva_missed"] == 0
-    assert len(ids) == written >= 60 and ids[0] == 1
+    # a monitor starts at the value current when it subscribes: on a loaded box the server (0.5 s start delay) may
+    # publish its first frames before the daemon's channel search finds it (CI once saw the first id 11); they were
+    # never the daemon's to lose. From the first frame it got, every frame is in the file (no gap, checked below)
+    assert len(ids) == written >= 60 and ids[0] >= 1
     for row, uid in zip(out["I"], ids, strict=True):
         np.testing.assert_allclose(row, ref[(uid - 1) % N_DISTINCT], rtol=1e-6, atol=1e-6 * ref.max())
     # two server sessions, each without a gap: uniqueIds rise by one except once, where the restart reset them
