@@ -52,7 +52,7 @@ def machine_info() -> dict:
         "scipy": scipy.__version__,
         "pyzmq": zmq.__version__,
         "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -323,7 +323,7 @@ def machine(gpu_name: str | None) -> dict:
 
     info = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
             "nlopt": getattr(nlopt, "__version__", "?"), "nproc": os.cpu_count(), "platform": platform.platform(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     if gpu_name:
         import cupy
 

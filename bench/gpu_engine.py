@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     info = {"device": dev, "hostname": socket.gethostname(), "cupy": cp.__version__, "numpy": np.__version__,
             "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(), "python": platform.python_version(),
             "nproc": os.cpu_count(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     rng = np.random.default_rng(2026)
     results = []
     names = [n for n in GEOMS if (not args.only or n in args.only.split(",")) and not args.no_engine]

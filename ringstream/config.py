@@ -38,15 +38,11 @@ import json
 import math
 import os
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (dependency: tomli>=2; python_version<'3.11')
-    import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import ConfigError
 

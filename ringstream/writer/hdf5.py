@@ -252,7 +252,7 @@ class Hdf5Writer:
         red.attrs["NX_class"] = "NXprocess"
         red.create_dataset("program", data="ringstream")
         red.create_dataset("version", data=__version__)
-        red.create_dataset("date", data=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        red.create_dataset("date", data=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         red.create_dataset(
             "note", data=note or "azimuthal integration with exact-area pixel splitting (MIDAS-compatible)"
         )

@@ -6,6 +6,7 @@ import argparse
 import pickle
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,6 @@ from ringstream.config import (
     load_config,
 )
 from ringstream.errors import EXIT_CONFIG, ConfigError, ParamError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(30)
 
