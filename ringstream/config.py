@@ -49,6 +49,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (dependency: tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import ConfigError
+from .source_kinds import SOURCE_KINDS
 
 __all__ = [
     "CLI_FLAGS",
@@ -68,7 +69,6 @@ __all__ = [
 ENV_PREFIX = "RINGSTREAM_"
 DEFAULTS = "defaults"
 
-SOURCE_KINDS = ("simulated", "replay", "folder", "pva", "midas_socket")
 ENGINES = ("auto", "cpu", "gpu")
 DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
