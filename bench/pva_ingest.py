@@ -46,7 +46,7 @@ def run_case(name: str, nx: int, ny: int, dtype: str, fps: int, seconds: float, 
              env: dict) -> dict:
     from ringstream.ingest.process import _RingAllocator
     from ringstream.ingest.pva import PvaSource
-    from ringstream.ingest.sources import IDLE
+    from ringstream.ingest.source_base import IDLE
     from ringstream.transport.shm_ring import FrameRing
 
     channel = f"bench{os.getpid()}:{nx}x{ny}{dtype}:Image"

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .source_kinds import SOURCE_KINDS
 
 __all__ = [
     "CLI_FLAGS",
@@ -64,7 +65,6 @@ __all__ = [
 ENV_PREFIX = "RINGSTREAM_"
 DEFAULTS = "defaults"
 
-SOURCE_KINDS = ("simulated", "replay", "folder", "pva", "midas_socket")
 ENGINES = ("auto", "cpu", "gpu")
 DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

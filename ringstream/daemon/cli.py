@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import EXIT_INTERNAL, InputError, RingstreamError
+from .control import add_control_argument, control_endpoint
 
 log = logging.getLogger("ringstream.cli")
 
@@ -122,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="DEBUG logs and tracebacks on errors")
-    s.add_argument("--control", "--control-endpoint", dest="control_endpoint", metavar="ENDPOINT",
-                   help=f"control endpoint (default ${CONTROL_ENV}, else {DEFAULT_CONTROL})")
+    add_control_argument(s)
     s.add_argument("--json", action="store_true", help="print the whole status as JSON")
     s.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for an answer")
 
@@ -162,9 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_peaks_parser(sub)  # issue 5
     return parser
 
-
-CONTROL_ENV = "RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT"
-DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
 
 #: sources that are planned, by their option -> the issue that brings them
 _NOT_YET: dict[str, tuple[str, int]] = {}
@@ -380,15 +377,13 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    import os
-
     from .status import print_status
 
     if extra:
         from ..errors import ConfigError
 
         raise ConfigError(f"status: unexpected arguments: {' '.join(extra)}")
-    endpoint = args.control_endpoint or os.environ.get(CONTROL_ENV) or DEFAULT_CONTROL
+    endpoint = control_endpoint(args.control_endpoint)
     return print_status(endpoint, as_json=bool(args.json), timeout=float(args.timeout))
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 
 from ..errors import InputError
+from .control import add_control_argument, control_endpoint
 
 #: a reply waits for the ingest's confirmation (up to 5 s at the supervisor), so the client waits a little longer
 TIMEOUT_S = 8.0
@@ -33,8 +33,6 @@ def _radius(text: str) -> float:
 
 def add_peaks_parser(sub) -> None:
     """The ``peaks`` sub-command on the ``ringstream`` parser's subparsers ``sub``."""
-    from .cli import DEFAULT_CONTROL
-
     p = sub.add_parser(
         "peaks", allow_abbrev=False,
         help="change a running daemon's peak list (set|add|clear) from a stated frame on",
@@ -46,14 +44,12 @@ def add_peaks_parser(sub) -> None:
     p.add_argument("action", choices=("set", "add", "clear"), help="replace, extend or empty the list")
     p.add_argument("radii", nargs="*", type=_radius, metavar="R", help="peak locations in px")
     p.add_argument("--from-frame", type=int, default=None, metavar="N", help="first frame_index to use the list")
-    p.add_argument("--control", "--control-endpoint", dest="control_endpoint", metavar="ENDPOINT",
-                   help=f"control endpoint (default $RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT, else {DEFAULT_CONTROL})")
+    add_control_argument(p)
     p.add_argument("--timeout", type=float, default=TIMEOUT_S, metavar="S", help="seconds to wait for an answer")
 
 
 def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ..errors import ConfigError
-    from .cli import CONTROL_ENV, DEFAULT_CONTROL
     from .status import NoDaemon, request
 
     if extra:
@@ -64,7 +60,7 @@ def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
         raise ConfigError("peaks clear: takes no radii")
     if args.from_frame is not None and args.from_frame < 0:
         raise ConfigError(f"peaks: --from-frame {args.from_frame}: expected a frame_index >= 0")
-    endpoint = args.control_endpoint or os.environ.get(CONTROL_ENV) or DEFAULT_CONTROL
+    endpoint = control_endpoint(args.control_endpoint)
     payload = {"action": args.action, "peaks": list(args.radii)}
     if args.from_frame is not None:
         payload["from_frame"] = int(args.from_frame)

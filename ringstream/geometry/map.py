@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from ..errors import MapError
 from .bins import bin_centres, eta_edges, radial_edges
 from .detector import DetectorGeometry, polarization
+from .map_key import map_cache_key
 from .masks import load_mask
 
 #: the tag and layout version written into every saved map
@@ -181,14 +182,6 @@ def candidate_pixels(cx: np.ndarray, cy: np.ndarray, r_lo: float, r_hi: float) -
     return out
 
 
-def _map_key(p) -> str:
-    try:
-        from .cache import map_cache_key
-    except ImportError:
-        return ""
-    return map_cache_key(p)
-
-
 def build_map(p) -> IntegrationMap:
     """Build the integration map of a :class:`~ringstream.params.Params` (see the module docstring)."""
     from .splitting import split_pixels
@@ -258,5 +251,5 @@ def build_map(p) -> IntegrationMap:
     return IntegrationMap(
         shape=(nz, ny), n_r=n_r, n_eta=n_eta, weights=weights, areas=areas, bin_area=bin_area,
         r_edges=r_edges, eta_edges=e_edges, r_px=r_px, two_theta=two_theta, q=q, eta=eta, mask=mask,
-        key=_map_key(p), build_seconds=time.perf_counter() - t0, info=info,
+        key=map_cache_key(p), build_seconds=time.perf_counter() - t0, info=info,
     )

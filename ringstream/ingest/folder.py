@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .formats import FORMAT_EXTS, FormatOptions, ImageFile, IncompleteFile, format_of, natural_key, open_image
-from .sources import IDLE, SourceFrame, StopFlag, stopped
+from .source_base import IDLE, SourceFrame, StopFlag, stopped
 
 log = logging.getLogger("ringstream.ingest.folder")
 
@@ -305,7 +305,7 @@ class FolderSource:
 
     # ------------------------------------------------------------------------------------------------ frames
     def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]:
-        """Frames in the order of the module docstring; :data:`~.sources.IDLE` while waiting (at least every 0.1 s),
+        """Frames in the order of the module docstring; :data:`~.source_base.IDLE` while waiting (at least every 0.1 s),
         so that the ingest keeps reading releases and beating its heartbeat."""
         if self.opts.file:
             yield from self._one_file(Path(self.opts.file), stop)

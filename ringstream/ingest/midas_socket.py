@@ -22,18 +22,17 @@ frame) is disconnected with a logged reason naming it and the frame; its partial
 from __future__ import annotations
 
 import logging
-import queue
 import select
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 
 from ..errors import InputError
-from .sources import IDLE, HeapAllocator, SlotAllocator, SourceFrame, StopFlag, stopped
+from .live_queue import QueuedLiveSource
+from .source_base import SourceFrame
 
 log = logging.getLogger("ringstream.ingest.midas_socket")
 
@@ -52,9 +51,6 @@ STALL_S = 5.0
 #: how often blocked reads and the accept loop look at the stop flag, in s
 POLL_S = 0.2
 
-#: how often the generator wakes up with nothing to yield (the ingest then reads releases and beats), in s
-IDLE_S = 0.01
-
 _HEADER = struct.Struct("<HH")
 _COUNT = struct.Struct("<I")
 
@@ -69,23 +65,18 @@ class _Disconnect(Exception):
         self.counter = counter
 
 
-class MidasSocketSource:
+class MidasSocketSource(QueuedLiveSource):
     """Frames of ``shape`` = (NrPixelsZ, NrPixelsY) from MIDAS-protocol senders on ``host:port`` (see the module
     docstring). ``n_frames`` > 0: end after that many frames."""
 
     pausable = True
-    rate = 0.0
 
     def __init__(self, shape: tuple[int, int], host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  n_frames: int = 0) -> None:
+        super().__init__(COUNTER_NAMES, n_frames)
         self.shape = (int(shape[0]), int(shape[1]))
         self.n_pixels = self.shape[0] * self.shape[1]
         self.dtype = np.dtype("<f8")  # ring slots fit the widest wire type (8 bytes a pixel)
-        self.n_frames = int(n_frames)
-        self._counters = dict.fromkeys(COUNTER_NAMES, 0)
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._alloc: SlotAllocator | None = None
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
@@ -110,34 +101,12 @@ class MidasSocketSource:
                    port=int(s.midas_port), n_frames=int(s.frames))
 
     # ---------------------------------------------------------------------------------------------- interface
-    def attach_ring(self, allocator: SlotAllocator) -> None:
-        self._alloc = allocator
-
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counters)
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._counters[key] = self._counters.get(key, 0) + n
-
-    def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]:
-        """Accept senders and yield their frames (or :data:`~.sources.IDLE`) until ``stop`` or ``n_frames``."""
-        if self._alloc is None:
-            self._alloc = HeapAllocator()
+    # attach_ring, counters and frames (accept senders, yield their frames, close): QueuedLiveSource
+    def start_receiving(self) -> None:
         self._start(self._accept_loop, "midas-accept")
-        n = 0
-        try:
-            while not stopped(stop) and (self.n_frames <= 0 or n < self.n_frames):
-                try:
-                    frame = self._queue.get(timeout=IDLE_S)
-                except queue.Empty:
-                    yield IDLE
-                    continue
-                n += 1
-                yield frame
-        finally:
-            self.close()
+
+    def stop_receiving(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop accepting, disconnect every sender, give back the slots of frames never yielded."""
@@ -157,13 +126,7 @@ class MidasSocketSource:
                 pass
         for t in self._threads:
             t.join(2 * POLL_S + 1)
-        while True:
-            try:
-                frame = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if frame.lease is not None and self._alloc is not None:
-                self._alloc.release(frame.lease)
+        self.release_queued()
 
     # ---------------------------------------------------------------------------------------------- threads
     def _start(self, target, name: str, *args) -> None:
@@ -222,7 +185,7 @@ class MidasSocketSource:
         if code != HYBRID and code not in WIRE_DTYPES:
             raise _Disconnect("midas_malformed", f"{where}: dtype {code} is not one of 0..6 (MIDAS-COMPAT 5)")
         dtype = WIRE_DTYPES.get(code, np.dtype("<i8"))
-        lease = self._lease(dtype)
+        lease = self.wait_for_slot(self.shape, dtype, self._closing.is_set)  # the sender waits: TCP pushes back
         if lease is None:
             raise _Disconnect(None, "the source is closing")
         try:
@@ -249,17 +212,8 @@ class MidasSocketSource:
             self._alloc.release(lease)
             raise
         self.count("midas_received")
-        self._queue.put(SourceFrame(pixels=lease.array, source_id=f"{name}#{dataset}", timestamp=time.time(),
-                                    metadata={"dataset_num": int(dataset)}, lease=lease))
-
-    def _lease(self, dtype: np.dtype):
-        """A slot for one frame; waits (the sender waits, TCP pushes back) until one frees or the source closes."""
-        while not self._closing.is_set():
-            lease = self._alloc.acquire(self.shape, dtype)
-            if lease is not None:
-                return lease
-            time.sleep(0.001)
-        return None
+        self.queue_frame(SourceFrame(pixels=lease.array, source_id=f"{name}#{dataset}", timestamp=time.time(),
+                                     metadata={"dataset_num": int(dataset)}, lease=lease))
 
     def _recv_into(self, conn: socket.socket, view: memoryview, where: str | None) -> None:
         """Fill ``view`` from ``conn``. ``where`` None: at a frame boundary (a close there is clean)."""

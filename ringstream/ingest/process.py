@@ -35,7 +35,8 @@ from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
 from .copier import NONTEMPORAL_TUNABLE, SlotCopier, auto_threads
 from .peaks import SEQ_KEY, IngestPeaks
-from .sources import IDLE, Pacer, SlotLease, make_source
+from .source_base import IDLE, Pacer, SlotLease
+from .sources import make_source
 
 log = logging.getLogger("ringstream.ingest")
 

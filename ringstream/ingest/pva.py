@@ -41,17 +41,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
 from .ntnd_codecs import CodecError, decode_into
-from .sources import IDLE, SlotAllocator, SourceFrame, StopFlag, stopped
+from .live_queue import QueuedLiveSource
+from .source_base import SourceFrame
 
 log = logging.getLogger("ringstream.ingest.pva")
 
@@ -76,9 +75,6 @@ RING_WAIT_S = 0.25
 
 #: after the first message of a kind, at most one summary line per this many seconds, in s
 LOG_EVERY_S = 10.0
-
-#: how often the generator wakes up with nothing to yield (the ingest then reads releases and beats), in s
-IDLE_S = 0.01
 
 #: pvapy's overrun counter is read at most this often (counters() is called for every heartbeat attempt), in s
 OVERRUN_POLL_S = 0.25
@@ -146,18 +142,18 @@ def attribute_value(attr: Any) -> Any:
     return None
 
 
-class PvaSource:
+class PvaSource(QueuedLiveSource):
     """Frames from an NTNDArray PVA channel (see the module docstring). ``shape``: the detector's
     ``(NrPixelsZ, NrPixelsY)``; ``dtype``: the expected pixel type, or None for any (the ring is then sized for
     8-byte pixels); ``attributes``: NDAttribute names to keep (``("*",)``: all scalar ones)."""
 
     pausable = False
-    rate = 0.0
 
     def __init__(self, channel: str, shape: tuple[int, int], dtype: Any = None, queue_size: int = 16,
                  attributes: Sequence[str] = (), n_frames: int = 0) -> None:
         if not channel:
             raise ConfigError("[source] pva_channel: the PVA source needs a channel name (e.g. 13SIM1:Pva1:Image)")
+        super().__init__(COUNTER_NAMES, n_frames)
         self.channel_name = str(channel)
         self.name = f"pva:{self.channel_name}"
         self.shape = (int(shape[0]), int(shape[1]))
@@ -165,12 +161,7 @@ class PvaSource:
         self.dtype = self.expected_dtype if self.expected_dtype is not None else np.dtype("float64")
         self.queue_size = max(1, int(queue_size))
         self.attributes = tuple(str(a) for a in attributes)
-        self.n_frames = int(n_frames)
         self.request = f"record[queueSize={self.queue_size}]field()"
-        self._counters = dict.fromkeys(COUNTER_NAMES, 0)
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._alloc: SlotAllocator | None = None
         self._channel = None
         self._last_id: int | None = None
         self._overrun_base = 0  # overruns pvapy counted before its counters were last reset
@@ -191,37 +182,19 @@ class PvaSource:
                    queue_size=int(s.pva_queue_size), attributes=tuple(s.pva_attributes), n_frames=int(s.frames))
 
     # ---------------------------------------------------------------------------------------------- interface
-    def attach_ring(self, allocator: SlotAllocator) -> None:
-        """Frames are copied into slots of ``allocator`` in the monitor callback (see :class:`~.sources.Source`)."""
-        self._alloc = allocator
-
-    def counters(self) -> dict[str, int]:
-        """``pva_*`` and ``dropped_*`` counters (ints), a snapshot."""
-        self._poll_overruns()
-        with self._lock:
-            return dict(self._counters)
-
-    def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]:
-        """Subscribe, then yield the frames the callback queued (or :data:`~.sources.IDLE` every
-        :data:`IDLE_S` while none come) until ``stop`` is set, or ``n_frames`` were yielded when that is > 0."""
-        if self._alloc is None:
-            from .sources import HeapAllocator  # no ring (inline frames): slots on the heap
-
-            self._alloc = HeapAllocator()
+    # attach_ring, counters (``pva_*`` and ``dropped_*``) and frames (subscribe, yield the frames the callback
+    # queued, unsubscribe): QueuedLiveSource
+    def start_receiving(self) -> None:
         self.subscribe()
-        n = 0
-        try:
-            while not stopped(stop) and (self.n_frames <= 0 or n < self.n_frames):
-                try:
-                    frame = self._queue.get(timeout=IDLE_S)
-                except queue.Empty:
-                    self._poll_overruns()
-                    yield IDLE
-                    continue
-                n += 1
-                yield frame
-        finally:
-            self.unsubscribe()
+
+    def stop_receiving(self) -> None:
+        self.unsubscribe()
+
+    def on_idle(self) -> None:
+        self._poll_overruns()
+
+    def refresh_counters(self) -> None:
+        self._poll_overruns()
 
     def close(self) -> None:
         """Stop the monitor and give back the slots of frames never yielded."""
@@ -250,13 +223,7 @@ class PvaSource:
                 ch.stopMonitor()
             except Exception as exc:  # stopping a monitor of a channel that never connected
                 log.debug("stopMonitor: %s", exc)
-        while True:  # frames queued but never yielded: their slots go back
-            try:
-                frame = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if frame.lease is not None and self._alloc is not None:
-                self._alloc.release(frame.lease)
+        self.release_queued()
 
     def on_connection(self, connected: bool) -> None:
         """pvapy's connection callback: log and count each transition."""
@@ -294,10 +261,6 @@ class PvaSource:
                                           f"{self._counters['pva_overruns']} in all)")
 
     # ---------------------------------------------------------------------------------------------- callback
-    def count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._counters[key] = self._counters.get(key, 0) + n
-
     def on_update(self, pv) -> None:
         """The monitor callback (pvapy's thread): take one NTNDArray update; never raises."""
         try:
@@ -314,7 +277,7 @@ class PvaSource:
                                             f"({type(exc).__name__}: {exc}); dropped")
             return
         if frame is not None:
-            self._queue.put(frame)
+            self.queue_frame(frame)
 
     def take(self, pv) -> SourceFrame | None:
         """One update -> a SourceFrame in a leased slot, None (a duplicate), or :class:`_Reject`."""
@@ -346,7 +309,7 @@ class PvaSource:
             raise _Reject("dropped_wrong_dtype", f"{where}: pixel type {dtype} differs from [source] pva_dtype "
                                                  f"{self.expected_dtype}; rejected")
         data = pv["value"][0][member]
-        lease = self._lease(shape, dtype)
+        lease = self.wait_for_slot(shape, dtype, lambda: self._closed, timeout=RING_WAIT_S)
         if lease is None:
             raise _Reject("dropped_ring_full", f"{where}: no free ring slot for {RING_WAIT_S:g} s (the pipeline "
                                                f"is slower than the detector); dropped")
@@ -397,14 +360,6 @@ class PvaSource:
             raise _Reject("dropped_decode_error", f"{where}: codec {codec.get('name')!r} without a known original "
                                                   f"pixel type in codec.parameters ({params!r}); dropped")
         return dtype
-
-    def _lease(self, shape, dtype):
-        deadline = time.monotonic() + RING_WAIT_S
-        while True:
-            lease = self._alloc.acquire(shape, dtype)
-            if lease is not None or self._closed or time.monotonic() >= deadline:
-                return lease
-            time.sleep(0.001)
 
     @staticmethod
     def _timestamp(pv) -> float:

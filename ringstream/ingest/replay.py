@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .images import NPY_EXTS, iter_images
-from .sources import SourceFrame, StopFlag, stopped
+from .source_base import SourceFrame, StopFlag, stopped
 
 
 class ReplaySource:

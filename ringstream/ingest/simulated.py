@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..geometry.detector import DetectorGeometry
-from .sources import SourceFrame, StopFlag, stopped
+from .source_base import SourceFrame, StopFlag, stopped
 
 #: number of distinct noise realisations the source cycles through
 K = 8

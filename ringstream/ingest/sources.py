@@ -1,216 +1,36 @@
-"""Frame sources for the ingest process: one interface, a registry by kind.
+"""The registry of frame sources: :func:`make_source` makes the source that ``[source] kind`` names.
 
-A :class:`Source` yields raw detector frames ``img[z, y]`` of shape ``(NrPixelsZ, NrPixelsY)`` as
-:class:`SourceFrame` records. The ingest process sizes its shared-memory ring from ``shape`` and ``dtype``, paces the
-source at ``rate`` Hz when that is positive (0: as fast as the source yields), and uses ``pausable`` to decide what a
-full ring means: a pausable source (files, simulation) waits for a free slot; a non-pausable one (a live detector
-stream) keeps going and the frame is dropped and counted.
-
-Kinds: ``simulated`` (:mod:`.simulated`), ``replay`` (:mod:`.replay`), ``folder`` (:mod:`.folder`),
-``pva`` (:mod:`.pva`), ``midas_socket`` (:mod:`.midas_socket`).
+Kinds (:data:`~ringstream.source_kinds.SOURCE_KINDS`): ``simulated`` (:mod:`.simulated`), ``replay``
+(:mod:`.replay`), ``folder`` (:mod:`.folder`), ``pva`` (:mod:`.pva`), ``midas_socket`` (:mod:`.midas_socket`).
+Each source class makes itself from the configuration with ``from_config(config, params)``; what a source is and
+what it yields: :mod:`.source_base`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
-
 from ..errors import ConfigError
+from ..source_kinds import SOURCE_KINDS
+from .folder import FolderSource
+from .midas_socket import MidasSocketSource
+from .pva import PvaSource
+from .replay import ReplaySource
+from .simulated import SimulatedSource
+from .source_base import Source
 
-
-class StopFlag(Protocol):
-    """What ``frames(stop)`` reads: a ``multiprocessing.Event`` / ``threading.Event`` (or None: never stop)."""
-
-    def is_set(self) -> bool: ...
-
-
-@dataclass
-class SourceFrame:
-    """One frame from a source, in one of three forms (the ingest copies a frame at most once on the host):
-
-    - ``pixels``: ``[NrPixelsZ, NrPixelsY]`` in the source's dtype (may be a read-only view: the ingest copies it
-      once into the ring, or with inline frames sends it by reference, so a source never writes into an array it
-      has yielded: a source that reuses a buffer yields a copy);
-    - ``pixels=None`` with ``shape``, ``dtype`` and ``fill``: ``fill(out)`` writes the frame into ``out``, a
-      writable C-contiguous array of that shape and dtype (a ring slot, or a fresh array for inline frames), so a
-      file is read straight into shared memory. An exception from ``fill`` drops the frame; the ingest logs it
-      with the source id and counts ``dropped_read_error``;
-    - ``lease``: the pixels already sit in a ring slot handed out by the :class:`SlotAllocator` the ingest gave
-      :meth:`Source.attach_ring` (a live stream copies each frame once, in its callback, into the slot);
-      ``pixels`` is then ``lease.array``.
-
-    ``source_id``: where it came from (``simulated:17``, ``stack.npy:3``, a PVA uniqueId); ``timestamp``: seconds
-    since the epoch (the time it was produced when the source has no clock of its own); ``metadata``:
-    ``{str: number | str}``, carried in the FrameHeader.
-    """
-
-    pixels: np.ndarray | None
-    source_id: str
-    timestamp: float
-    metadata: dict[str, Any] = field(default_factory=dict)
-    fill: Callable[[np.ndarray], None] | None = None
-    shape: tuple[int, int] | None = None
-    dtype: Any = None
-    lease: SlotLease | None = None
-
-    def frame_shape(self) -> tuple[int, int]:
-        if self.pixels is not None:
-            return self.pixels.shape  # already a tuple of ints
-        return tuple(int(n) for n in self.shape)
-
-    def frame_dtype(self) -> np.dtype:
-        return np.dtype(self.pixels.dtype if self.pixels is not None else self.dtype)
-
-
-@dataclass
-class SlotLease:
-    """A ring slot lent to a source: ``array`` (writable, the requested shape and dtype) views slot ``slot``."""
-
-    slot: int
-    array: np.ndarray
-
-
-class SlotAllocator(Protocol):
-    """What :meth:`Source.attach_ring` receives. Both calls are thread-safe and never block.
-
-    ``acquire(shape, dtype)``: a :class:`SlotLease`, or None when every slot is busy (a live source then drops the
-    frame and counts it) or the frame does not fit a slot. ``release(lease)``: give back a lease the source will
-    not yield (a frame it rejected after copying). A yielded lease belongs to the ingest.
-    """
-
-    def acquire(self, shape: tuple[int, int], dtype: Any) -> SlotLease | None: ...
-
-    def release(self, lease: SlotLease) -> None: ...
-
-
-@runtime_checkable
-class Source(Protocol):
-    """A stream of frames. ``frames(stop)`` returns when the source is exhausted or ``stop.is_set()``."""
-
-    name: str
-    pausable: bool
-    shape: tuple[int, int]
-    dtype: np.dtype
-    rate: float  # Hz the ingest paces this source at; 0 = as fast as it yields
-
-    def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]: ...
-
-    def close(self) -> None: ...
-
-
-# Optional source methods, looked up with getattr by the ingest:
-#   attach_ring(allocator: SlotAllocator) -> None   called before frames() when frames go through the ring; the
-#                                                    source may then yield SourceFrame(lease=...) frames
-#   counters() -> dict[str, int | float]             the source's own counters (gaps, overruns, rejected frames,
-#                                                    connection state), merged into the ingest's heartbeat and
-#                                                    so shown by `ringstream status`
-
-
-#: what a live source's ``frames()`` yields when it has had nothing new for a moment: the ingest then reads slot
-#: releases and sends its heartbeat, and asks again (it is not a frame and is not counted)
-IDLE = SourceFrame(pixels=None, source_id="", timestamp=0.0)
-
-
-class HeapAllocator:
-    """A :class:`SlotAllocator` on the heap, for a leasing source when the ingest has no ring (inline frames):
-    every lease is a fresh array (slot -1); releasing does nothing."""
-
-    def acquire(self, shape: tuple[int, int], dtype: Any) -> SlotLease | None:
-        return SlotLease(-1, np.empty(tuple(int(n) for n in shape), np.dtype(dtype)))
-
-    def release(self, lease: SlotLease) -> None:
-        pass
-
-
-def stopped(stop: StopFlag | None) -> bool:
-    """True when ``stop`` is set (None never is)."""
-    return stop is not None and stop.is_set()
-
-
-class Pacer:
-    """A monotonic schedule: frame k is released at ``t0 + k / rate`` (no drift, no catch-up bursts beyond it).
-
-    ``wait(k, stop)`` sleeps until frame k's time in short steps so that ``stop`` is noticed within ~50 ms; it
-    returns False when stopped. ``rate <= 0`` never waits.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = float(rate or 0.0)
-        self.clock = clock
-        self.t0: float | None = None
-
-    def wait(self, k: int, stop: StopFlag | None = None) -> bool:
-        if self.rate <= 0:
-            return not stopped(stop)
-        now = self.clock()
-        if self.t0 is None:
-            self.t0 = now
-        due = self.t0 + k / self.rate
-        while True:
-            if stopped(stop):
-                return False
-            left = due - self.clock()
-            if left <= 0:
-                return True
-            time.sleep(min(left, 0.05))
-
-
-# --- the registry ------------------------------------------------------------------------------------------------
-
-#: kinds that are planned but not written yet -> the issue that tracks them.
-_PLANNED: dict[str, int] = {}
-
-
-def _simulated(config, params) -> Source:
-    from .simulated import SimulatedSource
-
-    return SimulatedSource.from_config(config, params)
-
-
-def _replay(config, params) -> Source:
-    from .replay import ReplaySource
-
-    return ReplaySource.from_config(config, params)
-
-
-def _folder(config, params) -> Source:
-    from .folder import FolderSource
-
-    return FolderSource.from_config(config, params)
-
-
-def _pva(config, params) -> Source:
-    from .pva import PvaSource
-
-    return PvaSource.from_config(config, params)
-
-
-def _midas_socket(config, params) -> Source:
-    from .midas_socket import MidasSocketSource
-
-    return MidasSocketSource.from_config(config, params)
-
-
-_FACTORIES: dict[str, Callable[[Any, Any], Source]] = {"simulated": _simulated, "replay": _replay}
-_FACTORIES.update(pva=_pva, midas_socket=_midas_socket)
-_FACTORIES["folder"] = _folder
-
-SOURCE_KINDS = tuple(_FACTORIES) + tuple(_PLANNED)
+#: ``[source] kind`` -> the source class; the keys are :data:`SOURCE_KINDS`, in its order
+SOURCE_CLASSES: dict[str, type] = {
+    "simulated": SimulatedSource,
+    "replay": ReplaySource,
+    "folder": FolderSource,
+    "pva": PvaSource,
+    "midas_socket": MidasSocketSource,
+}
 
 
 def make_source(config, params) -> Source:
     """The source named by ``config.source.kind`` for the detector of ``params`` (a Params)."""
     kind = str(config.source.kind).strip().lower()
-    factory = _FACTORIES.get(kind)
-    if factory is not None:
-        return factory(config, params)
-    if kind in _PLANNED:
-        raise ConfigError(
-            f"source.kind {kind!r}: the {kind} source is not available yet (issue {_PLANNED[kind]}); "
-            f"use 'simulated' or 'replay'"
-        )
-    raise ConfigError(f"source.kind {kind!r}: unknown source; expected one of {', '.join(SOURCE_KINDS)}")
+    cls = SOURCE_CLASSES.get(kind)
+    if cls is None:
+        raise ConfigError(f"source.kind {kind!r}: unknown source; expected one of {', '.join(SOURCE_KINDS)}")
+    return cls.from_config(config, params)

@@ -100,7 +100,7 @@ class Consumer:
         self.frames = source.frames(self.stop)
 
     def take(self, n: int, timeout: float = 10.0) -> list[tuple]:
-        from ringstream.ingest.sources import IDLE
+        from ringstream.ingest.source_base import IDLE
 
         out: list[tuple] = []
         deadline = time.monotonic() + timeout
@@ -115,7 +115,7 @@ class Consumer:
 
     def idle(self, seconds: float) -> None:
         """Keep the generator turning for ``seconds`` (nothing is expected)."""
-        from ringstream.ingest.sources import IDLE
+        from ringstream.ingest.source_base import IDLE
 
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

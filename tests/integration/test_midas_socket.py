@@ -166,7 +166,7 @@ def test_several_senders_every_dtype_lineouts_equal_offline(tmp_path, daemons): 
 def test_a_stalled_short_frame_is_cut_off(monkeypatch):
     """Source level (no daemon): a sender that stops inside a frame is disconnected after STALL_S."""
     import ringstream.ingest.midas_socket as ms
-    from ringstream.ingest.sources import IDLE
+    from ringstream.ingest.source_base import IDLE
 
     monkeypatch.setattr(ms, "STALL_S", 0.5)
     src = ms.MidasSocketSource((NZ, NY), port=0, n_frames=1)

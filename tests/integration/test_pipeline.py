@@ -525,7 +525,7 @@ class _FormsSource:
         return {"source_leases": self.leases}
 
     def frames(self, stop=None):
-        from ringstream.ingest.sources import IDLE, SourceFrame
+        from ringstream.ingest.source_base import IDLE, SourceFrame
 
         for k in range(self.n):
             img = self.sim.make_frame(k)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from ringstream.errors import InputError
-from ringstream.geometry import cache
-from ringstream.geometry.cache import MAP_FORMAT_VERSION, default_cache_dir, load_or_build, map_cache_key
+from ringstream.geometry import map_key
+from ringstream.geometry.cache import default_cache_dir, load_or_build
+from ringstream.geometry.map_key import MAP_FORMAT_VERSION, map_cache_key
 from ringstream.params import parse_params
 
 BASE = """\
@@ -67,7 +68,7 @@ def test_same_inputs_same_key_and_second_call_loads(tmp_path):
 def test_format_version_is_part_of_the_key(monkeypatch):
     p = _p()
     k = map_cache_key(p)
-    monkeypatch.setattr(cache, "MAP_FORMAT_VERSION", MAP_FORMAT_VERSION + 1)
+    monkeypatch.setattr(map_key, "MAP_FORMAT_VERSION", MAP_FORMAT_VERSION + 1)
     assert map_cache_key(p) != k
 
 

@@ -132,3 +132,16 @@ def test_pva_ip_sets_the_search_list_only_when_given():
 ])
 def test_attribute_values(attr, value):
     assert attribute_value(attr) == value
+
+
+def test_registry_has_one_source_class_per_kind():
+    """The configuration's kinds (``ringstream.source_kinds``) and the ingest's registry name the same sources."""
+    from types import SimpleNamespace
+
+    from ringstream.ingest.sources import SOURCE_CLASSES, make_source
+    from ringstream.source_kinds import SOURCE_KINDS
+
+    assert tuple(SOURCE_CLASSES) == SOURCE_KINDS
+    assert all(callable(getattr(cls, "from_config", None)) for cls in SOURCE_CLASSES.values())
+    with pytest.raises(ConfigError, match=r"^source\.kind 'camera': unknown source; expected one of simulated, "):
+        make_source(SimpleNamespace(source=SimpleNamespace(kind="camera")), None)
