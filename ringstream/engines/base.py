@@ -47,7 +47,7 @@ class Capabilities:
     batch: bool = False
     #: :class:`AsyncEngine`: ``submit`` / ``collect`` on up to ``n_streams`` open submissions
     asynchronous: bool = False
-    #: :class:`DeviceOmegaSums`: ``omega_add`` / ``omega_take`` / ``omega_groups``
+    #: :class:`DeviceOmegaSums`: ``omega_add`` / ``omega_take``
     device_omega_sums: bool = False
     #: :class:`HostMemory`: ``register_host_memory`` / ``unregister_host_memory``
     host_memory: bool = False
@@ -111,10 +111,6 @@ class DeviceOmegaSums(Protocol):
 
     def omega_take(self, group: int) -> np.ndarray | None:
         """The sum of ``group`` (float64 ``[n_r, n_eta]``), removed; None when nothing was added to it."""
-        ...
-
-    def omega_groups(self) -> list[int]:
-        """The groups with a sum not yet taken."""
         ...
 
 
