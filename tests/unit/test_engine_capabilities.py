@@ -74,6 +74,31 @@ def test_the_registry_table():
                                                        host_memory=True)
 
 
+def test_gpu_log_lines_name_the_device(monkeypatch, caplog):
+    """The registry's log lines for the GPU engine, with CuPy and the engine replaced by stand-ins."""
+    from ringstream.engines import cupy_engine, registry
+
+    class FakeGpu:
+        def __init__(self, imap, dark=None, normalize=True, device=0):
+            self.device_id, self.device_name = device, f"fake GPU {device}"
+
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)))
+    monkeypatch.setattr(cupy_engine, "_import_cupy", lambda: fake_cupy)
+    monkeypatch.setattr(cupy_engine, "gpu_available", lambda: (True, "fake GPU 0"))
+    monkeypatch.setattr(cupy_engine, "CupyEngine", FakeGpu)
+    monkeypatch.delenv("RINGSTREAM_GPU", raising=False)
+    with caplog.at_level("INFO", logger="ringstream.engines"):
+        registry.create_engine("gpu", None, device=1)
+        registry.create_engine(" AUTO ", None)
+        registry.create_engine("cpu", _tiny_map())
+    assert [r.getMessage() for r in caplog.records] == [
+        "engine: gpu (CuPy) on device 1, fake GPU 1",
+        "engine: auto -> gpu (CuPy) on device 0, fake GPU 0",
+        "engine: cpu (reference NumPy/SciPy)",
+    ]
+
+
 def test_reference_instance_passes_the_check():
     from ringstream.engines.reference import ReferenceEngine
 
