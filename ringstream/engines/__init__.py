@@ -1,7 +1,8 @@
-"""Integration engines behind one interface: the NumPy/SciPy reference (CuPy to come), chosen by a registry."""
+"""Integration engines behind one interface: the NumPy/SciPy reference and the CuPy (CUDA) engine, chosen by a
+registry; each engine class declares its :class:`Capabilities` beyond the interface."""
 
-from .base import Engine
+from .base import Capabilities, Engine
 from .reference import ReferenceEngine
-from .registry import ENGINE_NAMES, create_engine
+from .registry import ENGINE_NAMES, ENGINES, create_engine
 
-__all__ = ["ENGINE_NAMES", "Engine", "ReferenceEngine", "create_engine"]
+__all__ = ["ENGINES", "ENGINE_NAMES", "Capabilities", "Engine", "ReferenceEngine", "create_engine"]

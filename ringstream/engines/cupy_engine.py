@@ -7,21 +7,18 @@ What it computes (the NumPy expression, for frames ``X`` ``[n, nZ, nY]`` of any 
     cake   = np.where(A > 1e-9, S / A, 0).reshape(n, n_r, n_eta)         # Normalize 1 (else cake = S)
     lineout = (cake * Aw).sum(-1) / Aw.sum(-1)   (0 where a ring has no area; Aw = A on non-empty bins, else 0)
 
-How (one fused kernel per batch of frames, then a tiny one):
+How (one fused kernel per batch of frames, then a tiny one; the CUDA source is in :mod:`.cupy_kernels`, the
+pinned host memory in :mod:`.cupy_staging`):
 
 - The map lives on the device as CSR by bin row: ``indptr`` int32 ``[n_bins+1]``, ``indices`` int32, ``weights``
   **float32** (halves the map's bytes; each product and the whole row sum are accumulated in float64, so the error
   stays near 1e-7, far under the 1e-5 the tests allow). Uploaded once.
-- ``integrate_rows<T, BMAX>`` (compiled per input dtype with ``cupy.RawModule`` name expressions): one warp per
-  bin row; the lanes stride over the row's nonzeros (coalesced reads of indices and weights), and every nonzero
-  is applied to up to ``BMAX`` frames at once (``img[k, col]`` read through the read-only cache, cast from ``T``
-  to float64, dark subtracted), so the map is read once per ``BMAX`` frames. A warp shuffle reduces the sums,
-  which are divided by the bin area (0 for an empty bin) and written to the cake.
-- ``lineout_rows``: one thread per (frame, ring): ``Σ_e cake·A / Σ_e A``.
+- ``integrate_rows<T, BMAX>`` computes the cake (one warp per bin row, each nonzero applied to up to ``BMAX``
+  frames, so the map is read once per ``BMAX`` frames); ``lineout_rows`` the lineouts.
 - ``omega_add`` (:meth:`CupyEngine.omega_add`): the omega sums on the device. A worker that does not write per-frame
   cakes (``Write2D 0``) still sums them per OmegaSumFrames group; adding a collected submission's cakes (each
   rounded to float32, as the cake a Result carries, and summed in float64) into a device accumulator of its group
-  saves the 570 KB copy back per frame and the host's add; :meth:`CupyEngine.omega_take` brings a group's sum back
+  saves the copy back of every cake and the host's add; :meth:`CupyEngine.omega_take` brings a group's sum back
   once, when it is sent.
 - Raw integer frames go host→device as they are (no host-side cast; float16 alone is widened to float32 on the
   host). Input that is already page-locked (``cupyx.empty_pinned``, or a buffer passed to
@@ -42,98 +39,12 @@ import logging
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .base import check_batch, check_dark, check_frame
+from .base import GPU_INSTALL_HINT, Capabilities, check_batch, check_dark, check_frame
+from .cupy_kernels import BMAX, CTYPES, WARPS_PER_BLOCK, lineout_and_omega_kernels, row_kernel
+from .cupy_staging import HostStaging
 from .reference import EMPTY_BIN_AREA
 
 log = logging.getLogger("ringstream.engines")
-
-GPU_INSTALL_HINT = "pip install 'ringstream[gpu]'"
-
-#: numpy dtype (native byte order) -> the C type of the kernel's template argument
-_CTYPES = {
-    "u1": "unsigned char", "u2": "unsigned short", "u4": "unsigned int", "u8": "unsigned long long",
-    "i1": "signed char", "i2": "short", "i4": "int", "i8": "long long",
-    "f4": "float", "f8": "double",
-}
-
-#: frames one warp applies each nonzero to (compile-time: the per-frame sums live in registers)
-BMAX = 8
-_WARPS_PER_BLOCK = 8
-#: compiled kernels, shared by the engines of a process: (device, dtype code, bmax) or (device, "lineout")
-_KERNEL_CACHE: dict = {}
-
-_KERNEL_SOURCE = r"""
-template<typename T, int BMAX>
-__global__ void __launch_bounds__(256)
-integrate_rows(const T* __restrict__ img, const long long npix, const int nframes,
-               const int* __restrict__ indptr, const int* __restrict__ indices,
-               const float* __restrict__ weights, const double* __restrict__ dark, const int has_dark,
-               const double* __restrict__ bin_area, const int n_bins, const int normalize,
-               double* __restrict__ cake)
-{
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= n_bins) return;                    // a whole warp has one row
-    const int f0 = blockIdx.y * BMAX;
-    int nb = nframes - f0;
-    if (nb > BMAX) nb = BMAX;
-    const T* __restrict__ base = img + (long long)f0 * npix;
-    double acc[BMAX];
-#pragma unroll
-    for (int k = 0; k < BMAX; ++k) acc[k] = 0.0;
-    const int start = __ldg(indptr + row), end = __ldg(indptr + row + 1);
-    for (int j = start + lane; j < end; j += 32) {
-        const int c = __ldg(indices + j);
-        const double w = (double)__ldg(weights + j);
-        const double d = has_dark ? __ldg(dark + c) : 0.0;
-#pragma unroll
-        for (int k = 0; k < BMAX; ++k) {
-            if (k < nb) acc[k] = fma(w, (double)__ldg(base + (long long)k * npix + c) - d, acc[k]);
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < BMAX; ++k) {
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], off);
-    }
-    double a = 0.0;
-    if (normalize) a = __ldg(bin_area + row);
-#pragma unroll
-    for (int k = 0; k < BMAX; ++k) {
-        if (lane == k && k < nb) {
-            double v = acc[k];
-            if (normalize) v = (a > EMPTY_BIN_AREA) ? v / a : 0.0;
-            cake[(long long)(f0 + k) * n_bins + row] = v;
-        }
-    }
-}
-
-extern "C" __global__ void
-lineout_rows(const double* __restrict__ cake, const double* __restrict__ lw, const double* __restrict__ ring_area,
-             const int n_r, const int n_eta, const int nframes, double* __restrict__ lineout)
-{
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (long long)nframes * n_r) return;
-    const int r = (int)(t % n_r);
-    const double* c = cake + t * n_eta;           // cake[f, r, :] starts at (f*n_r + r)*n_eta = t*n_eta
-    const double* w = lw + (long long)r * n_eta;
-    double num = 0.0;
-    for (int e = 0; e < n_eta; ++e) num = fma(c[e], w[e], num);
-    const double ra = ring_area[r];
-    lineout[t] = ra > 0.0 ? num / ra : 0.0;
-}
-
-extern "C" __global__ void
-omega_add(const double* __restrict__ cake, const int k0, const int k1, const int n_bins, double* __restrict__ acc)
-{
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_bins) return;
-    double s = acc[i];
-    for (int k = k0; k < k1; ++k) s += (double)(float)cake[(long long)k * n_bins + i];
-    acc[i] = s;
-}
-"""
-_KERNEL_SOURCE = f"#define EMPTY_BIN_AREA {EMPTY_BIN_AREA!r}\n" + _KERNEL_SOURCE
 
 
 def _import_cupy():
@@ -202,16 +113,17 @@ class CupyEngine:
     n_streams:
         CUDA streams the chunks of a batch are dealt to (copy-in / compute / copy-out overlap).
     batch:
-        frames per chunk (per stream); device and pinned buffers hold this many frames. 8 measured best on an
-        H100 (0.95-0.96 of the pinned copy ceiling for 128 frames per call; 16: 0.92-0.95; 32: 0.67-0.92).
+        frames per chunk (per stream); device and pinned buffers hold this many frames (bench/gpu_engine.py
+        measures the choice).
     bmax:
         frames each warp applies a nonzero to (the kernel's compile-time ``BMAX``).
     copy_threads:
-        host threads that copy pageable input into the pinned staging buffer (one memcpy thread tops out near
-        10 GB/s, under the 55 GB/s of the PCIe link); 1 copies in the calling thread.
+        host threads that copy pageable input into the pinned staging buffer (:mod:`.cupy_staging`); 1 copies in
+        the calling thread.
     """
 
     name = "gpu"
+    capabilities = Capabilities(batch=True, asynchronous=True, device_omega_sums=True, host_memory=True)
 
     def __init__(self, imap, dark: np.ndarray | None = None, normalize: bool = True, device: int = 0,
                  n_streams: int = 4, batch: int = 8, bmax: int = BMAX, copy_threads: int = 4) -> None:
@@ -219,7 +131,6 @@ class CupyEngine:
         self._cp = cp
         import cupyx
 
-        self._cupyx = cupyx
         self.shape: tuple[int, int] = (int(imap.shape[0]), int(imap.shape[1]))
         self.n_r, self.n_eta = int(imap.n_r), int(imap.n_eta)
         self.n_bins = self.n_r * self.n_eta
@@ -266,60 +177,38 @@ class CupyEngine:
             self._h_cake = [cupyx.empty_pinned((self.batch, self.n_bins), np.float64)
                             for _ in range(self.n_streams)]
             self._h_line = [cupyx.empty_pinned((self.batch, self.n_r), np.float64) for _ in range(self.n_streams)]
-            key = (self.device_id, "lineout")
-            if key not in _KERNEL_CACHE:
-                mod = cp.RawModule(code=_KERNEL_SOURCE, options=("-std=c++17",))
-                _KERNEL_CACHE[key] = mod.get_function("lineout_rows")
-                _KERNEL_CACHE[(self.device_id, "omega_add")] = mod.get_function("omega_add")
-            self._lineout_kernel = _KERNEL_CACHE[key]
-            self._omega_kernel = _KERNEL_CACHE[(self.device_id, "omega_add")]
+            self._lineout_kernel, self._omega_kernel = lineout_and_omega_kernels(cp, self.device_id)
             # the omega sums (omega_add): per (stream, group) a float64 [n_bins] accumulator; the event recorded
             # after each stream's last add (a sum is read back once the adds before it are done, not the later work)
             self._omega_acc: dict[tuple[int, int], object] = {}
             self._omega_events = [cp.cuda.Event(disable_timing=True) for _ in range(self.n_streams)]
-        # per stream, grown on demand: raw device input bytes and pinned staging bytes
+        # per stream, grown on demand: raw device input bytes (and, in staging, pinned staging bytes)
         self._d_in_mem: list = [None] * self.n_streams
         self._d_in_cap = [0] * self.n_streams
-        self._h_in: list = [None] * self.n_streams
-        self._registered: list[int] = []
-        self._reg_size: dict[int, int] = {}
-        self.copy_threads = max(1, int(copy_threads))
-        self._pool = None
+        self.staging = HostStaging(cp, cupyx, self.device, self.n_streams, copy_threads)
         # the asynchronous API: the stream the next submit() takes, and each stream's uncollected submission
         self._next_stream = 0
         self._subs: list[Submission | None] = [None] * self.n_streams
 
     # ------------------------------------------------------------------------------------------------ kernels
-    def _row_kernel(self, dtype: np.dtype):
-        key = (self.device_id, dtype.str[1:], self.bmax)
-        k = _KERNEL_CACHE.get(key)
-        if k is None:
-            ctype = _CTYPES[key[1]]
-            expr = f"integrate_rows<{ctype},{self.bmax}>"
-            with self.device:
-                mod = self._cp.RawModule(code=_KERNEL_SOURCE, options=("-std=c++17",), name_expressions=[expr])
-                k = mod.get_function(expr)
-            _KERNEL_CACHE[key] = k
-        return k
-
     @staticmethod
     def _device_dtype(dtype: np.dtype) -> np.dtype:
         """The dtype frames travel as: native byte order; float16 widened to float32 (no half kernel)."""
         dt = np.dtype(dtype).newbyteorder("=")
         if dt.kind == "f" and dt.itemsize == 2:
             return np.dtype(np.float32)
-        if dt.str[1:] not in _CTYPES:
+        if dt.str[1:] not in CTYPES:
             raise InputError(f"frames: dtype {dtype} is not supported by the GPU engine")
         return dt
 
     def _launch(self, d_frames, n: int, d_cake, d_line, stream) -> None:
         """Enqueue the two kernels on ``stream`` for ``n`` frames in ``d_frames`` (device, any supported dtype)."""
-        kern = self._row_kernel(d_frames.dtype)
+        kern = row_kernel(self._cp, self.device, self.device_id, d_frames.dtype, self.bmax)
         has_dark = self._dark is not None
         dark = self._dark if has_dark else self._bin_area
-        grid = ((self.n_bins + _WARPS_PER_BLOCK - 1) // _WARPS_PER_BLOCK, (n + self.bmax - 1) // self.bmax)
+        grid = ((self.n_bins + WARPS_PER_BLOCK - 1) // WARPS_PER_BLOCK, (n + self.bmax - 1) // self.bmax)
         with stream:
-            kern(grid, (32 * _WARPS_PER_BLOCK,),
+            kern(grid, (32 * WARPS_PER_BLOCK,),
                  (d_frames, np.int64(self.npix), np.int32(n), self._indptr, self._indices, self._weights,
                   dark, np.int32(has_dark), self._bin_area, np.int32(self.n_bins), np.int32(self.normalize),
                   d_cake))
@@ -338,7 +227,7 @@ class CupyEngine:
         n = int(d_frames.shape[0])
         if tuple(d_frames.shape[1:]) != self.shape:
             raise InputError(f"frames: expected shape (n, {self.shape[0]}, {self.shape[1]}), found {d_frames.shape}")
-        if d_frames.dtype.str[1:] not in _CTYPES:
+        if d_frames.dtype.str[1:] not in CTYPES:
             raise InputError(f"frames: dtype {d_frames.dtype} is not supported by the GPU engine")
         d_frames = cp.ascontiguousarray(d_frames)
         if out is None:
@@ -357,69 +246,17 @@ class CupyEngine:
         the pinned staging copy. Call :meth:`close` (or :meth:`unregister_host_memory`) before the buffer goes.
         The worker registers each shared-memory ring it attaches (and unregisters it before unmapping it).
         """
-        arr = np.frombuffer(buffer, dtype=np.uint8)
-        ptr, size = int(arr.ctypes.data), int(arr.nbytes)
-        with self.device:
-            self._cp.cuda.runtime.hostRegister(ptr, size, 0)
-        self._registered.append(ptr)
-        self._reg_size[ptr] = size
+        self.staging.register(buffer)
 
     def unregister_host_memory(self, buffer) -> None:
-        arr = np.frombuffer(buffer, dtype=np.uint8)
-        ptr = int(arr.ctypes.data)
-        if ptr in self._registered:
-            with self.device:
-                self._cp.cuda.runtime.hostUnregister(ptr)
-            self._registered.remove(ptr)
-            self._reg_size.pop(ptr, None)
+        """Undo :meth:`register_host_memory` for ``buffer`` (nothing when it is not registered here)."""
+        self.staging.unregister(buffer)
 
     def close(self) -> None:
         """Synchronise the streams and unregister any host memory registered here."""
         for s in self._streams:
             s.synchronize()
-        with self.device:
-            for ptr in self._registered:
-                try:
-                    self._cp.cuda.runtime.hostUnregister(ptr)
-                except Exception:  # pragma: no cover
-                    pass
-        self._registered.clear()
-        self._reg_size.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def _is_pinned(self, arr: np.ndarray) -> bool:
-        """True when the whole of ``arr`` (C-contiguous) is page-locked host memory known to CUDA."""
-        ptr = int(arr.ctypes.data)
-        for base, size in self._reg_size.items():  # registered here: no driver query
-            if base <= ptr and ptr + arr.nbytes <= base + size:
-                return True
-        rt = self._cp.cuda.runtime
-        host_type = getattr(rt, "memoryTypeHost", 1)
-        try:
-            for p in (ptr, ptr + max(arr.nbytes, 1) - 1):
-                if rt.pointerGetAttributes(p).type != host_type:
-                    return False
-            return True
-        except Exception:
-            return False
-
-    def _stage_copy(self, dst: np.ndarray, src: np.ndarray) -> None:
-        """``dst[:] = src`` (uint8, same size), split over ``copy_threads`` threads when large."""
-        n = src.size
-        if self.copy_threads <= 1 or n < (4 << 20):
-            np.copyto(dst, src)
-            return
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.copy_threads, thread_name_prefix="ringstream-h2d-stage")
-        step = -(-n // self.copy_threads)
-        step = (step + 4095) & ~4095
-        futs = [self._pool.submit(np.copyto, dst[i:i + step], src[i:i + step]) for i in range(0, n, step)]
-        for f in futs:
-            f.result()
+        self.staging.close()
 
     def _ensure_in(self, s: int, nbytes: int, staging: bool) -> None:
         cp = self._cp
@@ -427,8 +264,8 @@ class CupyEngine:
             with self.device:
                 self._d_in_mem[s] = cp.cuda.alloc(nbytes)
             self._d_in_cap[s] = nbytes
-        if staging and (self._h_in[s] is None or self._h_in[s].nbytes < nbytes):
-            self._h_in[s] = self._cupyx.empty_pinned((nbytes,), np.uint8)
+        if staging:
+            self.staging.ensure(s, nbytes)
 
     # ---------------------------------------------------------------------------------------- host API
     def integrate(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -451,7 +288,7 @@ class CupyEngine:
         lines, cakes = self._outputs(n, out)
         if n == 0:
             return lines, cakes
-        pinned = self._is_pinned(frames)
+        pinned = self.staging.is_pinned(frames)
         fbytes = self.npix * dt.itemsize
 
         def copy_in(s: int, c0: int, cnt: int, dptr: int, stream) -> None:
@@ -460,9 +297,7 @@ class CupyEngine:
             if pinned:
                 src = int(chunk.ctypes.data)
             else:
-                stage = self._h_in[s]
-                self._stage_copy(stage[:nbytes], chunk.reshape(-1).view(np.uint8))
-                src = int(stage.ctypes.data)
+                src = self.staging.stage(s, 0, chunk.reshape(-1).view(np.uint8))
             rt = self._cp.cuda.runtime
             rt.memcpyAsync(dptr, src, nbytes, rt.memcpyHostToDevice, stream.ptr)
 
@@ -497,7 +332,7 @@ class CupyEngine:
         fbytes = self.npix * dt.itemsize
 
         def copy_in(s: int, c0: int, cnt: int, dptr: int, stream) -> None:
-            self._copy_frames(frames[c0:c0 + cnt], pinned[c0:c0 + cnt], fbytes, s, dptr, stream)
+            self.staging.copy_frames(frames[c0:c0 + cnt], pinned[c0:c0 + cnt], fbytes, s, dptr, stream)
 
         self._pipeline(n, dt, copy_in, staging, lines, cakes)
         return lines, cakes
@@ -509,20 +344,7 @@ class CupyEngine:
             raise InputError("frames: integrate_many needs frames of one dtype")
         dt = self._device_dtype(frames[0].dtype) if frames else np.dtype(np.float64)
         frames = [np.ascontiguousarray(f if f.dtype == dt else f.astype(dt)) for f in frames]
-        return frames, dt, [self._is_pinned(f) for f in frames]
-
-    def _copy_frames(self, frames, pinned, fbytes: int, s: int, dptr: int, stream) -> None:
-        """Enqueue frame k's host→device copy to ``dptr + k·fbytes`` on ``stream``: straight from page-locked
-        memory, else through stream ``s``'s pinned staging buffer (a host copy done here, before returning)."""
-        rt = self._cp.cuda.runtime
-        for k, f in enumerate(frames):
-            if pinned[k]:
-                src = int(f.ctypes.data)
-            else:
-                stage = self._h_in[s][k * fbytes:(k + 1) * fbytes]
-                self._stage_copy(stage, f.reshape(-1).view(np.uint8))
-                src = int(stage.ctypes.data)
-            rt.memcpyAsync(dptr + k * fbytes, src, fbytes, rt.memcpyHostToDevice, stream.ptr)
+        return frames, dt, [self.staging.is_pinned(f) for f in frames]
 
     # ------------------------------------------------------------------------------------ asynchronous API
     def submit(self, frames, want_cake: bool = True) -> Submission:
@@ -548,7 +370,7 @@ class CupyEngine:
         with self.device:
             self._ensure_in(s, n * fbytes, staging=not all(pinned))
             dmem = self._d_in_mem[s]
-            self._copy_frames(frames, pinned, fbytes, s, int(dmem.ptr), stream)
+            self.staging.copy_frames(frames, pinned, fbytes, s, int(dmem.ptr), stream)
             d_frames = self._cp.ndarray((n, self.npix), dtype=dt, memptr=dmem)
             d_cake, d_line = self._d_cake[s], self._d_line[s]
             self._launch(d_frames, n, d_cake, d_line, stream)

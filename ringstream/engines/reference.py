@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .base import check_batch, check_dark, check_frame
+from .base import Capabilities, check_batch, check_dark, check_frame
 
 #: a bin whose area (px²) is at most this is empty: its cake value is 0 (MIDAS-COMPAT section 3).
 EMPTY_BIN_AREA = 1e-9
@@ -45,6 +45,8 @@ class ReferenceEngine:
     """
 
     name = "cpu"
+    #: one frame or one stacked array per call, synchronously: nothing beyond :class:`~.base.Engine`
+    capabilities = Capabilities()
 
     def __init__(self, imap, dark: np.ndarray | None = None, normalize: bool = True) -> None:
         self.imap = imap

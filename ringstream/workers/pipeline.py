@@ -2,11 +2,11 @@
 
 The plain batching loop (``_Worker.handle_many``) integrates a batch and waits for it before it takes the next, so
 the host→device copy of batch k+1 never overlaps the kernels and copy-back of batch k, and the worker's own Python
-work (receiving headers, sending results) adds to every batch. Here, with an engine that has ``submit`` /
-``collect`` (:class:`~ringstream.engines.cupy_engine.CupyEngine`), the worker keeps up to ``depth`` batches
-submitted, one per stream; it gathers the next batch from the frames socket while the device works, and finishes a
-batch (releases its ring slots, sends its Results, in frame order within the batch) as soon as the device is done
-with it, oldest first. ``[workers] batches_in_flight`` sets ``depth`` (1: the plain loop).
+work (receiving headers, sending results) adds to every batch. Here, with an engine that declares ``asynchronous``
+(``submit`` / ``collect``, :class:`~ringstream.engines.base.AsyncEngine`; the CuPy engine), the worker keeps up to
+``depth`` batches submitted, one per stream; it gathers the next batch from the frames socket while the device
+works, and finishes a batch (releases its ring slots, sends its Results, in frame order within the batch) as soon as
+the device is done with it, oldest first. ``[workers] batches_in_flight`` sets ``depth`` (1: the plain loop).
 
 Frames the batch cannot take (a shape or dtype the map does not fit, a second dtype in one batch) are handled as
 ``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``.
@@ -40,18 +40,22 @@ HOLD_S = 0.05
 
 
 class PipelinedLoop:
-    """Drives ``worker`` (a ``_Worker``: its ``pixels``, ``release_slot``, ``send_result``, ``engine``) with up to
-    ``depth`` submitted batches of at most ``engine.batch`` frames."""
+    """Drives ``worker`` (a ``_Worker``: its ``pixels``, ``release_slot``, ``send_result``, ``engine``, ``caps``)
+    with up to ``depth`` submitted batches of at most ``engine.batch`` frames; the engine must declare
+    ``asynchronous``."""
 
     def __init__(self, worker, depth: int) -> None:
         self.w = worker
         self.engine = worker.engine
-        self.depth = max(1, min(int(depth), int(getattr(self.engine, "n_streams", depth))))
-        self.batch = max(1, int(getattr(self.engine, "batch", 1)))
+        caps = worker.caps
+        if not caps.asynchronous:
+            raise TypeError(f"the pipelined loop needs an asynchronous engine; {self.engine.name} is not")
+        self.depth = max(1, min(int(depth), int(self.engine.n_streams)))
+        self.batch = max(1, int(self.engine.batch))
         # cakes come back when they are written (Write2D 1); the omega sums of a worker that writes none are summed
-        # on the device (engine.omega_add), or on this side with an engine that cannot
+        # on the device by an engine that declares device_omega_sums (engine.omega_add), else on this side
         partials = getattr(worker, "partials", None)
-        self.device_sums = partials is not None and not worker.write_2d and hasattr(self.engine, "omega_add")
+        self.device_sums = partials is not None and not worker.write_2d and caps.device_omega_sums
         if self.device_sums:
             partials.device = self.engine
         self.want_cake = bool(worker.write_2d or (partials is not None and not self.device_sums))

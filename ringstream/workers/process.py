@@ -6,10 +6,13 @@ attached by name on first sight and kept, untracked by the resource tracker) or 
 shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, releases
 the slot and sends a Result: lineout float32 ``[n_r]`` (and the cake float32 ``[n_r, n_eta]`` with ``Write2D 1``),
 ``timings = {"integrate": s, "queue": s from the ingest timestamp to the start of integration, "total": s}``.
-With an engine that has ``integrate_many`` (the GPU one) the worker takes the waiting frame and up to
+The worker reads the engine's declared capabilities (:class:`~ringstream.engines.base.Capabilities`) once and
+branches on them. With ``batch`` (``integrate_many``; the GPU engine) the worker takes the waiting frame and up to
 ``engine.batch - 1`` more arriving within ``GATHER_S``, integrates them in one call (``integrate`` is the batch's
-time per frame), then releases the slots and sends one Result per frame; each ring it attaches is page-locked with
-``engine.register_host_memory`` (unregistered before it is unmapped) so frames go to the device by DMA.
+time per frame), then releases the slots and sends one Result per frame; with ``asynchronous`` and
+``[workers] batches_in_flight`` > 1 it runs the pipelined loop (:mod:`.pipeline`) instead; with ``host_memory`` each
+ring it attaches is page-locked with ``engine.register_host_memory`` (unregistered before it is unmapped) so frames
+go to the device by DMA.
 
 A frame it cannot use (a shape other than the map's, an unsupported dtype, an engine exception) becomes a Result with
 ``status="rejected"`` and a one-line reason, so the writer can account for every index; the worker carries on.
@@ -26,6 +29,7 @@ import time
 import numpy as np
 import zmq
 
+from ..engines.base import Capabilities, check_capabilities
 from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
@@ -68,6 +72,15 @@ def run(config, ready, stop, index: int = 0) -> int:
         return int(getattr(exc, "exit_code", 1))
 
 
+def choose_path(caps: Capabilities, batch: int, batches_in_flight: int) -> str:
+    """How a worker integrates with an engine that declares ``caps`` and takes ``batch`` frames a call:
+    ``"pipelined"`` (asynchronous, and ``[workers] batches_in_flight`` > 1: :class:`.pipeline.PipelinedLoop`),
+    ``"batched"`` (several frames a call: ``_Worker.handle_many``) or ``"single"`` (``_Worker.handle``)."""
+    if batches_in_flight > 1 and caps.asynchronous:
+        return "pipelined"
+    return "batched" if batch > 1 else "single"
+
+
 class _Worker:
     def __init__(self, config, index: int) -> None:
         self.config = config
@@ -92,13 +105,10 @@ class _Worker:
         dark_path = getattr(cfg.run, "dark", None) or params.Dark
         dark = load_dark(dark_path, self.shape) if dark_path else None
         device = device_for_worker(getattr(cfg.workers, "gpus", ()), self.index)
-        self.engine = create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device)
-        self.engine_name = str(getattr(self.engine, "name", cfg.workers.engine))
+        self.use_engine(create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device))
         self.write_2d = bool(params.Write2D)
         # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (writer/omega.py)
         self.partials = None if self.write_2d else _OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta)
-        # an engine with integrate_many (the GPU one) takes up to engine.batch frames from different slots at once
-        self.batch = int(getattr(self.engine, "batch", 1)) if hasattr(self.engine, "integrate_many") else 1
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -121,13 +131,14 @@ class _Worker:
             self.stop = stop
             ready.set()
             depth = int(getattr(cfg.workers, "batches_in_flight", 1) or 1)
-            if depth > 1 and hasattr(self.engine, "submit"):
+            path = choose_path(self.caps, self.batch, depth)
+            if path == "pipelined":
                 log.info("worker-%d: up to %d batches of %d frames in flight", self.index, depth, self.batch)
                 PipelinedLoop(self, depth).run(frames, stop, IDLE_MS)
             else:
                 while True:
                     if frames.poll(IDLE_MS, zmq.POLLIN):
-                        if self.batch > 1:
+                        if path == "batched":
                             self.handle_many(frames)
                         else:
                             self.handle(frames)
@@ -153,6 +164,15 @@ class _Worker:
                 ring.close()
             log.info("worker-%d: sockets closed and %d ring(s) released in %.3f s", self.index, len(self.rings),
                      time.monotonic() - t0)
+
+    def use_engine(self, engine) -> None:
+        """Take ``engine`` in use: its name (recorded in every Result), its declared capabilities (checked against
+        its methods, once) and the frames one call takes (``engine.batch`` for a batch engine, else 1)."""
+        self.engine = engine
+        self.engine_name = str(engine.name)
+        self.caps = check_capabilities(engine)
+        # a batch engine (the GPU one) takes up to engine.batch frames from different slots at once
+        self.batch = int(engine.batch) if self.caps.batch else 1
 
     # ------------------------------------------------------------------------------------------------ a frame
     def handle(self, sock) -> None:
@@ -324,8 +344,9 @@ class _Worker:
             self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:
-        """Page-lock the ring's segment for the engine (when it can), so frames go to the device by DMA."""
-        if not hasattr(self.engine, "register_host_memory"):
+        """Page-lock the ring's segment for the engine (when it declares ``host_memory``), so frames go to the
+        device by DMA."""
+        if not self.caps.host_memory:
             return
         try:
             self.engine.register_host_memory(ring._segment.buf)

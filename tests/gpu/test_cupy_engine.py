@@ -128,7 +128,7 @@ def test_pinned_input_and_out_arrays():
     host = _frames(rng, "i4", 19, shape)
     pinned = cupyx.empty_pinned(host.shape, host.dtype)
     pinned[...] = host
-    assert eng._is_pinned(pinned) and not eng._is_pinned(host)
+    assert eng.staging.is_pinned(pinned) and not eng.staging.is_pinned(host)
     lines = np.full((19, 25), np.nan)
     cakes = np.full((19, 25, 18), np.nan)
     l2, c2 = eng.integrate_batch(pinned, out=(lines, cakes))
@@ -149,7 +149,7 @@ def test_registered_host_memory():
     arr[...] = _frames(rng, "u2", 6, shape)
     eng.register_host_memory(buf)
     try:
-        assert eng._is_pinned(arr)
+        assert eng.staging.is_pinned(arr)
         lines, cakes = eng.integrate_batch(arr)
     finally:
         eng.close()

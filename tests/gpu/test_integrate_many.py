@@ -32,7 +32,7 @@ def test_integrate_many_pageable_and_registered_ring():
             ring.view(int(s), shape, np.int32)[...] = stack[i]
         eng.register_host_memory(ring._segment.buf)
         views = [ring.view(int(s), shape, np.int32) for s in slots]
-        assert all(eng._is_pinned(v) for v in views)
+        assert all(eng.staging.is_pinned(v) for v in views)
         eng._poison()
         lines, cakes = eng.integrate_many(views)
         assert _rel(cakes, rc) <= RTOL and _rel(lines, rl) <= RTOL
@@ -40,7 +40,7 @@ def test_integrate_many_pageable_and_registered_ring():
         assert _rel(one_c, rc[3]) <= RTOL
         del views
         eng.unregister_host_memory(ring._segment.buf)
-        assert not eng._reg_size
+        assert not eng.staging.registered
     finally:
         eng.close()
         ring.close()

@@ -21,6 +21,7 @@ import zmq
 from common import NY, NZ, SMALL_PARAMS
 
 from ringstream.config import DaemonConfig
+from ringstream.engines.base import Capabilities
 from ringstream.engines.reference import ReferenceEngine
 from ringstream.geometry.cache import load_or_build
 from ringstream.ingest import process as ingest_process
@@ -42,6 +43,8 @@ def slow_worker_run(config, ready, stop, index=0):
     real = worker_process.create_engine
 
     class Slow:
+        capabilities = Capabilities()
+
         def __init__(self, engine):
             self.engine, self.name = engine, engine.name
 
@@ -57,6 +60,8 @@ class _DeferredEngine:
     """The reference engine behind the GPU engine's asynchronous API (submit / collect / ready, ``batch`` frames,
     ``n_streams`` submissions open at most). It reads a submission's frames only when collected, as a device may
     read them until it is done, so a worker that released slots early would integrate overwritten pixels."""
+
+    capabilities = Capabilities(asynchronous=True)
 
     def __init__(self, engine, batch=4, n_streams=3):
         self.engine, self.name, self.batch, self.n_streams = engine, engine.name, batch, n_streams
@@ -87,6 +92,8 @@ class _DeviceSumEngine(_DeferredEngine):
     its stream's result buffers, which the next ``submit`` on that stream poisons with NaN (as the next copy back
     overwrites a CupyEngine stream's pinned buffers), and ``omega_add`` / ``omega_take`` sum float32-rounded cakes
     per (stream, group) on this side."""
+
+    capabilities = Capabilities(asynchronous=True, device_omega_sums=True)
 
     def __init__(self, engine, batch=4, n_streams=3):
         super().__init__(engine, batch, n_streams)
