@@ -44,7 +44,7 @@ class Option:
     kind: str  # int, float, bool, str, list[str], list[int], list[float]
     default: object
     help: str
-    flags: tuple[str, ...] = ()  # command-line options setting it ("" none: file and environment only)
+    flags: tuple[str, ...] = ()  # command-line options setting it (none: file and environment only)
     metavar: str = ""
     group: str = ""  # the --help group of its flags: "" configuration, "folder" or "live"
     selects: str = ""  # its flag also sets [source] kind to this source

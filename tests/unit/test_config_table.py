@@ -64,15 +64,15 @@ def test_help_lists_every_flag_of_the_table_with_its_help(command):
 
 
 def test_every_flag_sets_its_key():
-    samples = {"int": "3", "float": "1.5", "str": "x", "list[str]": "a,b", "list[int]": "0,1", "list[float]": "1,2"}
+    samples = {"int": ("3", 3), "float": ("1.5", 1.5), "str": ("x", "x"), "list[str]": ("a,b", ["a", "b"]),
+               "list[int]": ("0,1", [0, 1]), "list[float]": ("1,2", [1.0, 2.0])}
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     for o in OPTIONS:
         for flag in o.flags:
-            argv = [flag] if o.kind == "bool" else [flag, samples[o.kind]]
-            cli, flags = cli_layer(parser.parse_args(argv))
-            value = cli[o.section][o.key]
-            assert value == (not o.default if o.kind == "bool" else value) and flags[o.name] == o.flag, o.name
+            text, expected = (None, not o.default) if o.kind == "bool" else samples[o.kind]
+            cli, flags = cli_layer(parser.parse_args([flag] if text is None else [flag, text]))
+            assert cli[o.section][o.key] == expected and flags[o.name] == o.flag, o.name
             if o.selects:
                 assert cli["source"]["kind"] == o.selects and flags["source.kind"] == o.flag
 
