@@ -102,8 +102,11 @@ def _chosen_kind(a: Mapping[str, object]) -> tuple[str, str] | None:
     if len(classic) > 1:
         raise ConfigError(f"command line ({classic[0]}): give one of --simulate, --replay and --source")
     for flag, kind in chosen:
-        others = [f for f, k in chosen if f != flag and not (k == kind and "--source" not in (f, flag))]
-        if flag not in _CLASSIC and others:
+        if flag in _CLASSIC:
+            continue
+        # --folder and --file choose the same source and go together; --source beside any other is a second choice
+        others = [f for f, k in chosen if f != flag and (k != kind or "--source" in (f, flag))]
+        if others:
             raise ConfigError(f"command line ({flag}): give one source, not also {others[0]}")
     return (chosen[0][1], chosen[0][0]) if chosen else None
 
