@@ -163,17 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: sources that are planned, by their option -> the issue that brings them
-_NOT_YET: dict[str, tuple[str, int]] = {}
-
 
 def _add_run_arguments(r: argparse.ArgumentParser) -> None:
     from ..config import add_config_arguments
 
-    add_config_arguments(r)
-    r.add_argument("--control", dest="control_endpoint", metavar="ENDPOINT",
-                   help="control endpoint for 'ringstream status' ([transport] control_endpoint; 'auto' = a free "
-                   "port, printed in the log)")
+    add_config_arguments(r)  # --control is one of them: [transport] control_endpoint
 
 
 def split_images(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -347,15 +341,6 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
-def _check_not_yet(args: argparse.Namespace) -> None:
-    from ..errors import ConfigError
-
-    for flag, (what, issue) in _NOT_YET.items():
-        if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
-            raise ConfigError(f"command line ({flag}): {what} is not available yet (issue {issue}); "
-                              "use --simulate N or --replay PATH")
-
-
 def _run_logging(level: str, verbose: bool) -> None:
     """Logs of the run: stderr, INFO (or the configured level; DEBUG with -v), the process role in every line."""
     root = logging.getLogger()
@@ -369,7 +354,6 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ..params import parse_overrides
     from .supervisor import run_daemon
 
-    _check_not_yet(args)
     parse_overrides(extra)  # a stray token is a ParamError naming it, before anything starts
     config = config_from_args(args, extra)
     _run_logging(config.logging.level, bool(args.verbose))

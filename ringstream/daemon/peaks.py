@@ -55,7 +55,7 @@ class PeakControl:
 
     def __init__(self, config: Any, params: Any, pub, reply) -> None:
         self.run_id = str(config.run.run_id)
-        self.slots = peak_slots(params, int(getattr(config.fit, "slots", 0) or 0))
+        self.slots = peak_slots(params, config.fit.slots)
         self.initial: tuple[float, ...] = tuple(sorted(float(v) for v in params.PeakLocation))
         self.current = self.initial
         self.seq = 0

@@ -142,7 +142,7 @@ def resolve_config(config: Any) -> Any:
         taken.add(value)
     transport = dataclasses.replace(t, **changes) if changes else t
     run = config.run
-    if not str(getattr(run, "run_id", "") or ""):
+    if not run.run_id:
         run = dataclasses.replace(run, run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     return dataclasses.replace(config, transport=transport, run=run)
 

@@ -221,18 +221,14 @@ class FolderSource:
     def from_config(cls, config, params) -> FolderSource:
         """The source of ``config.source`` (kind ``folder``) for the detector of ``params``."""
         s = config.source
-        raw_shape = parse_shape(getattr(s, "raw_shape", "") or "")
+        raw_shape = parse_shape(s.raw_shape)
         opts = FolderOptions(
-            folder=s.folder, file=getattr(s, "file", ""), extensions=tuple(getattr(s, "extensions", ())),
-            recursive=bool(getattr(s, "recursive", False)), count=int(getattr(s, "file_count", 0)),
-            frames=int(s.frames), idle_timeout=float(getattr(s, "idle_timeout", 0.0)),
-            watch=str(getattr(s, "watch", "auto")), poll_interval=float(getattr(s, "poll_interval", 1.0)),
-            retry_time=float(getattr(s, "retry_time", 10.0)),
-            exclude=tuple(str(p) for p in (config.run.output_h5, getattr(config.run, "zarr_output", "")) if p))
+            folder=s.folder, file=s.file, extensions=s.extensions, recursive=s.recursive, count=s.file_count,
+            frames=s.frames, idle_timeout=s.idle_timeout, watch=s.watch, poll_interval=s.poll_interval,
+            retry_time=s.retry_time, exclude=tuple(str(p) for p in (config.run.output_h5, config.run.zarr_output) if p))
         shape = (int(params.NrPixelsZ), int(params.NrPixelsY))
-        fmt = FormatOptions(detector_shape=shape, hdf5_dataset=str(getattr(s, "hdf5_dataset", "")),
-                            raw_dtype=str(getattr(s, "raw_dtype", "uint16")), raw_shape=raw_shape,
-                            raw_header=int(getattr(s, "raw_header", 0)))
+        fmt = FormatOptions(detector_shape=shape, hdf5_dataset=s.hdf5_dataset, raw_dtype=s.raw_dtype,
+                            raw_shape=raw_shape, raw_header=s.raw_header)
         return cls(opts, fmt, shape, dtype=s.dtype, rate=float(s.rate))
 
     def _slot_dtype(self, first: Path | None, configured: str) -> np.dtype:

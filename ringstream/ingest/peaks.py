@@ -33,7 +33,7 @@ class IngestPeaks:
         self.updates: dict[int, tuple[int, tuple[float, ...]]] = {}  # seq -> (from_frame, peaks)
         self.origins: dict[int, str] = {}
         self.sub = None
-        endpoint = str(getattr(config.transport, "peaks_endpoint", "") or "")
+        endpoint = config.transport.peaks_endpoint
         if endpoint and endpoint != "auto":
             self.sub = ctx.socket(zmq.SUB)
             self.sub.setsockopt(zmq.LINGER, 0)

@@ -54,7 +54,7 @@ RELEASE_IDLE_S = 10.0
 def child_setup(config, role: str) -> None:
     """Per-child process setup: stderr logging with the role in every line, SIGINT left to the supervisor, and
     SIGTERM turned into SystemExit so that ``finally`` blocks run (the ring is unlinked, the HDF5 file closed)."""
-    level = str(getattr(getattr(config, "logging", None), "level", "INFO") or "INFO").upper()
+    level = config.logging.level
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(
@@ -119,8 +119,7 @@ class HeartbeatSender:
 
 
 def run_id_of(config) -> str:
-    rid = str(getattr(config.run, "run_id", "") or "")
-    return rid or uuid.uuid4().hex[:12]
+    return config.run.run_id or uuid.uuid4().hex[:12]
 
 
 def run(config, ready, stop) -> int:
@@ -169,7 +168,7 @@ class _Ingest:
                 attach = getattr(source, "attach_ring", None)
                 if attach is not None:
                     attach(_RingAllocator(self.ring))
-                threads = int(getattr(cfg.transport, "copy_threads", 0) or 0) or auto_threads(os.cpu_count())
+                threads = cfg.transport.copy_threads or auto_threads(os.cpu_count())
                 if threads > 1:
                     # in flight: at most half the ring, so copied frames never hold every slot
                     self.copier = SlotCopier(threads, self.copy_into, self.ring.view,
@@ -426,7 +425,7 @@ class _Ingest:
         """Wait until the workers have released every slot (they read the pixels in place), or the grace period."""
         if not self.in_flight:
             return
-        grace = float(getattr(self.config.supervisor, "drain_timeout", 60.0) or 60.0)
+        grace = self.config.supervisor.drain_timeout
         now = time.monotonic()
         deadline, last_progress = now + grace, now
         while self.in_flight:

@@ -172,7 +172,7 @@ class PvaSource(QueuedLiveSource):
     @classmethod
     def from_config(cls, config, params) -> PvaSource:
         s = config.source
-        apply_pva_address(str(getattr(s, "pva_ip", "") or ""))  # before pvaccess reads the EPICS variables
+        apply_pva_address(s.pva_ip)  # before pvaccess reads the EPICS variables
         try:
             import pvaccess  # noqa: F401
         except ImportError as exc:

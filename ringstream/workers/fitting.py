@@ -56,10 +56,10 @@ class WorkerFitting:
 
     @classmethod
     def create(cls, config, params, imap, integration_engine: str, ctx, label: str = "worker"):
-        slots = peak_slots(params, int(getattr(config.fit, "slots", 0) or 0))
+        slots = peak_slots(params, config.fit.slots)
         if slots == 0:
             return None
-        engine = choose_engine(getattr(config.fit, "engine", "auto"), integration_engine)
+        engine = choose_engine(config.fit.engine, integration_engine)
         gpu = None
         if engine == "gpu":
             from ..fitting.gpu_fitter import GpuFitter
@@ -67,14 +67,14 @@ class WorkerFitting:
             gpu = GpuFitter()
         fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu)
         sub = None
-        endpoint = str(getattr(config.transport, "peaks_endpoint", "") or "")
+        endpoint = config.transport.peaks_endpoint
         if ctx is not None and endpoint and endpoint != "auto":
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             sub.connect(endpoint)
         log.info("%s: fitting %d peak rows per frame with %s (asked %r)%s", label, slots, engine,
-                 getattr(config.fit, "engine", "auto"),
+                 config.fit.engine,
                  f", peaks {', '.join(f'{v:g}' for v in fitter.default_peaks)}" if fitter.default_peaks else
                  ", peaks found automatically")
         return cls(fitter, sub, label)

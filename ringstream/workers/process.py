@@ -102,9 +102,9 @@ class _Worker:
         imap, from_cache = load_or_build(params)
         self.shape = (int(imap.shape[0]), int(imap.shape[1]))
         self.n_r, self.n_eta = int(imap.n_r), int(imap.n_eta)
-        dark_path = getattr(cfg.run, "dark", None) or params.Dark
+        dark_path = cfg.run.dark or params.Dark
         dark = load_dark(dark_path, self.shape) if dark_path else None
-        device = device_for_worker(getattr(cfg.workers, "gpus", ()), self.index)
+        device = device_for_worker(cfg.workers.gpus, self.index)
         self.use_engine(create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device))
         self.write_2d = bool(params.Write2D)
         # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (writer/omega.py)
@@ -130,7 +130,7 @@ class _Worker:
             hb.beat(self.snapshot(), state="starting", force=True)
             self.stop = stop
             ready.set()
-            depth = int(getattr(cfg.workers, "batches_in_flight", 1) or 1)
+            depth = cfg.workers.batches_in_flight
             path = choose_path(self.caps, self.batch, depth)
             if path == "pipelined":
                 log.info("worker-%d: up to %d batches of %d frames in flight", self.index, depth, self.batch)

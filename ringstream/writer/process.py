@@ -118,12 +118,12 @@ class _Writer:
         cfg = self.config
         self.params = cfg.load_params()
         self.imap, _ = load_or_build(self.params)
-        self.overwrite = bool(getattr(cfg.run, "overwrite", False))
-        self.path = check_output_path(cfg.run.output_h5, overwrite=self.overwrite)
+        # never replaces an existing results file: a rerun or a restart must not destroy the last run's results
+        self.path = check_output_path(cfg.run.output_h5)
         self.write_2d = bool(self.params.Write2D)
-        self.n_peaks = peak_slots(self.params, int(getattr(getattr(cfg, "fit", None), "slots", 0) or 0))
+        self.n_peaks = peak_slots(self.params, cfg.fit.slots)
         self.zarr_path = None if cfg.run.no_zarr else (cfg.run.zarr_output or default_zarr_path(self.path))
-        self.midas_dir = getattr(cfg.run, "midas_binaries", "") or None
+        self.midas_dir = cfg.run.midas_binaries or None
         t = cfg.transport
         hwm = max(1, int(t.queue_depth or t.ring_slots))
         ctx = zmq.Context()
@@ -299,7 +299,7 @@ class _Writer:
             frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" else 0
             self.h5 = RunOutputs(self.path, self.imap, self.params, engine_name=engine_name or
                                  str(self.config.workers.engine), n_peaks=self.n_peaks, zarr_path=self.zarr_path,
-                                 midas_dir=self.midas_dir, overwrite=self.overwrite,
+                                 midas_dir=self.midas_dir,
                                  metadata_keys=numeric_keys(metadata), expected_frames=frames,
                                  sums_from_workers=not self.write_2d)
             log.info("writing %s (engine %s, %d x %d bins%s%s%s)", self.path, engine_name, self.imap.n_r,
@@ -361,7 +361,7 @@ class _Writer:
     def open_peaks(self, ctx) -> None:
         """With fitting on: a SUB socket for the PeakUpdates the supervisor publishes (issue 5)."""
         self.peaks_sub = None
-        endpoint = str(getattr(self.config.transport, "peaks_endpoint", "") or "")
+        endpoint = self.config.transport.peaks_endpoint
         if not self.n_peaks or not endpoint or endpoint == "auto":
             return
         self.peaks_sub = ctx.socket(zmq.SUB)

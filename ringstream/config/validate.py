@@ -1,0 +1,127 @@
+"""The checks of the merged configuration: the option table's choices and limits, then what one key alone cannot say
+(endpoints, the source a kind needs, heartbeat timing, the folder source's paths and formats).
+
+Every problem is one line naming where the value came from and the key; :func:`problems` returns them all, so they
+are reported together.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import ConfigError
+from .layers import describe_value, did_you_mean
+from .schema import OPTIONS, Option
+
+Merged = dict[str, dict[str, object]]
+Origins = dict[tuple[str, str], str]
+
+ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
+                 "peaks_endpoint")
+#: the key a source kind cannot do without
+_NEEDS = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel"}
+
+_TCP = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+
+
+def _endpoint_problem(value: str) -> str | None:
+    if value == "auto":
+        return None
+    m = _TCP.match(value)
+    if m:
+        return None if 1 <= int(m.group(2)) <= 65535 else f"port {m.group(2)} is not in 1..65535"
+    if value.startswith("ipc://") and len(value) > len("ipc://") and not any(c.isspace() for c in value):
+        return None
+    return "expected \"auto\", tcp://HOST:PORT or ipc://PATH"
+
+
+def _table_problem(o: Option, value: object) -> str | None:
+    """What is wrong with ``value`` by the row's choices and limits, as ``expected ...``; None if nothing."""
+    if o.choices and not (value == "" and o.default == ""):  # "" = not set, where that is the default
+        if value not in o.choices:
+            hint = did_you_mean(str(value), o.choices)
+            return "one of " + ", ".join(repr(c) for c in o.choices) + (f" ({hint[2:]})" if hint else "")
+    low = o.above if o.above is not None else o.at_least
+    if low is not None and (value < low or (o.above is not None and value == low)):  # type: ignore[operator]
+        return o.limit + (f" ({o.unit})" if o.unit else "")
+    return None
+
+
+def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[str]:
+    """Every choice / range / consistency problem of the merged values ``cfg``, one line each.
+
+    ``origin`` names where each value came from; ``given`` holds the keys some layer set (not defaults).
+    ``[logging] level`` is upper-cased in ``cfg``.
+    """
+    out: list[str] = []
+
+    def bad(section: str, key: str, expected: str) -> None:
+        out.append(f"{origin[(section, key)]}: [{section}] {key}: expected {expected}, "
+                   f"got {describe_value(cfg[section][key])}")
+
+    cfg["logging"]["level"] = str(cfg["logging"]["level"]).upper()
+    for o in OPTIONS:
+        expected = _table_problem(o, cfg[o.section][o.key])
+        if expected:
+            bad(o.section, o.key, expected)
+
+    src = cfg["source"]
+    if any(not 0 < t < 180 for t in src["rings_2theta"]):  # type: ignore[union-attr]
+        bad("source", "rings_2theta", "angles in 0 < 2theta < 180 (deg)")
+    kind = src["kind"]
+    if kind in _NEEDS and not src[_NEEDS[kind]] and not (kind == "folder" and src["file"]):
+        out.append(f"{origin[('source', 'kind')]}: [source] kind = {kind!r} needs [source] {_NEEDS[kind]}")
+    if kind == "folder":
+        out.extend(_folder_problems(cfg, origin))
+    if not 1 <= src["midas_port"] <= 65535:  # type: ignore[operator]
+        bad("source", "midas_port", "a TCP port in 1..65535")
+    if any(g < 0 for g in cfg["workers"]["gpus"]):  # type: ignore[union-attr]
+        bad("workers", "gpus", "CUDA device numbers >= 0")
+
+    seen: dict[str, str] = {}
+    for key in ENDPOINT_KEYS:
+        value = str(cfg["transport"][key])
+        problem = _endpoint_problem(value)
+        if problem:
+            out.append(f"{origin[('transport', key)]}: [transport] {key}: {problem}, got {value!r}")
+        elif value != "auto" and value in seen:
+            first, second = seen[value], key
+            if ("transport", second) not in given and ("transport", first) in given:
+                first, second = second, first  # blame the one that was set, not a default
+            out.append(f"{origin[('transport', second)]}: [transport] {second}: {value!r} is also [transport] "
+                       f"{first} ({origin[('transport', first)]}); each endpoint needs its own address")
+        seen.setdefault(value, key)
+
+    sup = cfg["supervisor"]
+    if 0 < sup["heartbeat_interval"] and sup["heartbeat_timeout"] <= sup["heartbeat_interval"]:  # type: ignore
+        key = "heartbeat_timeout" if ("supervisor", "heartbeat_timeout") in given else "heartbeat_interval"
+        out.append(f"{origin[('supervisor', key)]}: [supervisor] heartbeat_timeout ({sup['heartbeat_timeout']:g} s) "
+                   f"must be longer than heartbeat_interval ({sup['heartbeat_interval']:g} s)")
+    return out
+
+
+def _folder_problems(cfg: Merged, origin: Origins) -> list[str]:
+    """The folder source's paths exist and its raw-file and extension settings name formats it can read."""
+    import numpy as np
+
+    from ..ingest.folder import normalize_extensions, parse_shape
+
+    src, out = cfg["source"], []
+    if src["file"] and not Path(str(src["file"])).is_file():
+        out.append(f"{origin[('source', 'file')]}: [source] file: {str(src['file'])!r} is not an existing file")
+    elif not src["file"] and src["folder"] and not Path(str(src["folder"])).is_dir():
+        out.append(f"{origin[('source', 'folder')]}: [source] folder: {str(src['folder'])!r} is not an existing "
+                   "folder")
+    try:
+        if np.dtype(str(src["raw_dtype"])).kind not in "uif":
+            raise TypeError(src["raw_dtype"])
+    except TypeError:
+        out.append(f"{origin[('source', 'raw_dtype')]}: [source] raw_dtype: expected an integer or float numpy dtype "
+                   f"(uint16, <i4, float32, ...), got {describe_value(src['raw_dtype'])}")
+    for key, check in (("raw_shape", parse_shape), ("extensions", normalize_extensions)):
+        try:
+            check(src[key])
+        except ConfigError as exc:
+            out.append(f"{origin[('source', key)]}: {exc}")
+    return out
