@@ -29,7 +29,6 @@ from collections import deque
 import zmq
 
 from ..errors import RingstreamError
-from ..protocol import FrameHeader, ProtocolError
 
 log = logging.getLogger("ringstream.worker")
 
@@ -40,7 +39,7 @@ HOLD_S = 0.05
 
 
 class PipelinedLoop:
-    """Drives ``worker`` (a ``_Worker``: its ``pixels``, ``release_slot``, ``send_result``, ``engine``) with up to
+    """Drives ``worker`` (a ``_Worker``: its ``receive``, ``pixels``, ``finish_batch``, ``engine``) with up to
     ``depth`` submitted batches of at most ``engine.batch`` frames."""
 
     def __init__(self, worker, depth: int) -> None:
@@ -101,16 +100,12 @@ class PipelinedLoop:
         got: list = []
         while len(got) < self.batch:
             try:
-                msg, buffers = w_recv(sock)
+                one = w.receive(sock, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            except ProtocolError as exc:
-                w.rejects.record(exc)
+            if one is None:
                 continue
-            if not isinstance(msg, FrameHeader):
-                w.rejects.record(ProtocolError("unknown_type",
-                                               f"unexpected {type(msg).__name__} message on the frames socket"))
-                continue
+            msg, buffers = one
             t_start = time.time()
             try:
                 got.append([msg, t_start, w.pixels(msg, buffers), ""])
@@ -165,10 +160,3 @@ class PipelinedLoop:
         if self.held:
             batches, self.held, self.held_frames = self.held, [], 0
             self.w.send_batches(batches)
-
-
-def w_recv(sock):
-    """One message from ``sock`` without waiting (zmq.Again when none)."""
-    from ..transport.sockets import recv_message
-
-    return recv_message(sock, flags=zmq.NOBLOCK)

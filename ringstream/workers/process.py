@@ -29,20 +29,19 @@ import zmq
 from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
-from ..ingest.images import load_dark
-from ..ingest.peaks import SEQ_KEY
-from ..ingest.process import HeartbeatSender, child_setup
+from ..images.files import load_dark
 from ..protocol import (
+    PEAK_SEQ_KEY,
     FrameHeader,
     OmegaPartial,
-    ProtocolError,
     Result,
     SlotRelease,
     frame_array,
     result_buffers,
 )
+from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.shm_ring import FrameRing
-from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
+from ..transport.sockets import RejectLog, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
 from .pipeline import PipelinedLoop
 
@@ -60,12 +59,8 @@ GIVE_UP_S = 5.0
 
 def run(config, ready, stop, index: int = 0) -> int:
     """Entry point of worker ``index`` (see the module docstring). Returns the exit code."""
-    child_setup(config, f"worker-{index}")
-    try:
-        return _Worker(config, int(index)).run(ready, stop)
-    except RingstreamError as exc:
-        log.error("worker-%d: %s", index, exc)
-        return int(getattr(exc, "exit_code", 1))
+    return run_child(config, f"worker-{index}", lambda: _Worker(config, int(index)).run(ready, stop), log,
+                     prefix=f"worker-{index}: ")
 
 
 class _Worker:
@@ -155,16 +150,16 @@ class _Worker:
                      time.monotonic() - t0)
 
     # ------------------------------------------------------------------------------------------------ a frame
+    def receive(self, sock, flags: int = 0):
+        """The next FrameHeader on ``sock`` and its buffers, or None for a message rejected (counted);
+        ``zmq.Again`` with ``flags=zmq.NOBLOCK`` when nothing is waiting."""
+        return receive(sock, self.rejects, FrameHeader, flags=flags, where="on the frames socket")
+
     def handle(self, sock) -> None:
-        try:
-            msg, buffers = recv_message(sock)
-        except ProtocolError as exc:
-            self.rejects.record(exc)
+        got = self.receive(sock)
+        if got is None:
             return
-        if not isinstance(msg, FrameHeader):
-            what = f"unexpected {type(msg).__name__} message on the frames socket"
-            self.rejects.record(ProtocolError("unknown_type", what))
-            return
+        msg, buffers = got
         t_start = time.time()
         lineout = cake = None
         reason = ""
@@ -196,7 +191,7 @@ class _Worker:
         deadline = time.monotonic() + GATHER_S
         while len(got) < self.batch:
             try:
-                msg, buffers = recv_message(sock, flags=zmq.NOBLOCK)
+                one = self.receive(sock, zmq.NOBLOCK)
             except zmq.Again:
                 left = deadline - time.monotonic()
                 if not got:  # poll() said a message was waiting
@@ -204,13 +199,9 @@ class _Worker:
                 if left <= 0 or not sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
                     break
                 continue
-            except ProtocolError as exc:
-                self.rejects.record(exc)
+            if one is None:
                 continue
-            if not isinstance(msg, FrameHeader):
-                what = f"unexpected {type(msg).__name__} message on the frames socket"
-                self.rejects.record(ProtocolError("unknown_type", what))
-                continue
+            msg, buffers = one
             t_start = time.time()
             try:
                 got.append([msg, t_start, self.pixels(msg, buffers), ""])
@@ -293,7 +284,7 @@ class _Worker:
     def send_result(self, msg, reason, lineout, cake, timings, fitted=None) -> None:
         common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
                       timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
-                      metadata={k: v for k, v in msg.metadata.items() if k != SEQ_KEY})  # the source's own
+                      metadata={k: v for k, v in msg.metadata.items() if k != PEAK_SEQ_KEY})  # the source's own
         if reason:
             self.count("rejected")
             if self.counters["rejected"] <= 5:

@@ -44,7 +44,6 @@ import zmq
 from ..errors import RingstreamError
 from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
-from ..ingest.process import HeartbeatSender, child_setup
 from ..protocol import (
     EndOfStream,
     OmegaPartial,
@@ -53,9 +52,11 @@ from ..protocol import (
     Result,
     Stop,
 )
+from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm
 from .hdf5 import check_output_path
 from .outputs import FrameRecord, OutputError, RunOutputs, default_zarr_path, numeric_keys, record_from_result
+from .repair import clear_if_crashed
 
 log = logging.getLogger("ringstream.writer")
 
@@ -74,12 +75,15 @@ SUMS_WAIT_S = 5.0
 
 def run(config, ready, stop) -> int:
     """Entry point of the writer process (see the module docstring). Returns the exit code."""
-    child_setup(config, "writer")
-    try:
-        return _Writer(config).run(ready, stop)
-    except RingstreamError as exc:
-        log.error("%s", exc)
-        return int(getattr(exc, "exit_code", 1))
+    return run_child(config, "writer", lambda: _Writer(config).run(ready, stop), log)
+
+
+def prepare_outputs(config) -> None:
+    """What the supervisor checks before any child starts: a results file a killed writer left is made readable
+    again (:func:`~.repair.clear_if_crashed`; it is still not replaced), and the output path is free and writable
+    (:func:`~.hdf5.check_output_path`), so that a problem with it stops the run before it starts."""
+    clear_if_crashed(config.run.output_h5)
+    check_output_path(config.run.output_h5, overwrite=False)
 
 
 class _Writer:
@@ -373,14 +377,11 @@ class _Writer:
         """Record each PeakUpdate waiting on the SUB socket once (the same socket carries the ingest's requests)."""
         while self.peaks_sub is not None:
             try:
-                msg, _ = recv_message(self.peaks_sub, zmq.NOBLOCK)
+                got = receive(self.peaks_sub, self.rejects, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            except ProtocolError as exc:
-                self.rejects.record(exc)
-                continue
-            if isinstance(msg, PeakUpdate):
-                self.on_peak_update(msg)
+            if got is not None and isinstance(got[0], PeakUpdate):
+                self.on_peak_update(got[0])
 
     def on_peak_update(self, msg: PeakUpdate) -> None:
         """Record a PeakUpdate once per seq, whichever socket it came on (the supervisor publishes it again)."""
