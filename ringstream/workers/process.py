@@ -43,6 +43,7 @@ from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
+from .omega import OmegaPartials
 from .pipeline import PipelinedLoop
 
 log = logging.getLogger("ringstream.worker")
@@ -90,8 +91,8 @@ class _Worker:
         self.engine = create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device)
         self.engine_name = str(getattr(self.engine, "name", cfg.workers.engine))
         self.write_2d = bool(params.Write2D)
-        # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (writer/omega.py)
-        self.partials = None if self.write_2d else _OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta)
+        # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (workers/omega.py)
+        self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta)
         # an engine with integrate_many (the GPU one) takes up to engine.batch frames from different slots at once
         self.batch = int(getattr(self.engine, "batch", 1)) if hasattr(self.engine, "integrate_many") else 1
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
@@ -308,10 +309,10 @@ class _Worker:
         """Send the partial omega sums that are due (another group started, held too long, or ``idle``)."""
         if self.partials is None:
             return
-        for group, (n, first, last, total) in self.partials.due(idle):
-            msg = OmegaPartial(group=group, n_frames=n, first_frame=first, last_frame=last, worker=self.index,
-                               n_r=self.n_r, n_eta=self.n_eta)
-            self.send(self.results, msg, [total])
+        for p in self.partials.due(idle):
+            msg = OmegaPartial(group=p.group, n_frames=p.frames.n_frames, first_frame=p.frames.first_frame,
+                               last_frame=p.frames.last_frame, worker=self.index, n_r=self.n_r, n_eta=self.n_eta)
+            self.send(self.results, msg, [p.total])
             self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:
@@ -388,60 +389,3 @@ class _Worker:
 class FrameRejected(RingstreamError):
     """A frame this worker cannot integrate; its message is the Result's one-line reason."""
 
-
-class _OmegaPartials:
-    """This worker's running sums of its cakes per omega-sum group (frame_index // OmegaSumFrames; -1 = one group),
-    float64 ``[n_r, n_eta]``. A group's sum is due when a frame of a later group arrives, when it has been held for
-    ``MAX_AGE`` s, or when the worker is idle or stopping.
-
-    Cakes come two ways: ``add(frame_index, cake)`` sums a host cake here; ``count(frame_indices)`` counts frames
-    whose cakes the engine summed on the device (``engine.omega_add``), whose sum ``engine.omega_take(group)`` brings
-    back when the group is due (``device``: that engine). A group may hold both (a batch the GPU failed, integrated
-    one by one on the host): its sum is their total."""
-
-    MAX_AGE = 0.5
-
-    def __init__(self, omega_sum_frames: int, n_r: int, n_eta: int, device=None) -> None:
-        self.size = 2**62 if int(omega_sum_frames) == -1 else max(1, int(omega_sum_frames))
-        self.shape = (n_r, n_eta)
-        self.device = device
-        self.held: dict[int, list] = {}  # group -> [n, first, last, host sum or None, since]
-
-    def group(self, frame_index: int) -> int:
-        return int(frame_index) // self.size
-
-    def _held(self, frame_index: int) -> list:
-        g = frame_index // self.size
-        h = self.held.get(g)
-        if h is None:
-            h = self.held[g] = [0, frame_index, frame_index, None, time.monotonic()]
-        h[0] += 1
-        h[1], h[2] = min(h[1], frame_index), max(h[2], frame_index)
-        return h
-
-    def add(self, frame_index: int, cake) -> None:
-        h = self._held(int(frame_index))
-        if h[3] is None:
-            h[3] = np.zeros(self.shape, dtype="<f8")
-        h[3] += np.asarray(cake, dtype=np.float32)  # the float32 cake a Result carries, summed in float64
-
-    def count(self, frame_indices) -> None:
-        for i in frame_indices:
-            self._held(int(i))
-
-    def due(self, idle: bool = False):
-        """Pop and yield ``(group, (n, first, last, sum))`` of every due group."""
-        if not self.held:
-            return
-        newest, now = max(self.held), time.monotonic()
-        for g in sorted(self.held):
-            h = self.held[g]
-            if idle or g < newest or now - h[4] >= self.MAX_AGE:
-                del self.held[g]
-                total = h[3]
-                dev = self.device.omega_take(g) if self.device is not None else None
-                if dev is not None:
-                    total = dev if total is None else total + dev
-                if total is None:
-                    total = np.zeros(self.shape, dtype="<f8")
-                yield g, (h[0], h[1], h[2], total)
