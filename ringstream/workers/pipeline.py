@@ -28,8 +28,6 @@ from collections import deque
 
 import zmq
 
-from ..errors import RingstreamError
-
 log = logging.getLogger("ringstream.worker")
 
 #: frames fitted in one call when fitting is held across batches
@@ -39,7 +37,7 @@ HOLD_S = 0.05
 
 
 class PipelinedLoop:
-    """Drives ``worker`` (a ``_Worker``: its ``receive``, ``pixels``, ``finish_batch``, ``engine``) with up to
+    """Drives ``worker`` (a ``_Worker``: its ``receive_frame``, ``finish_batch``, ``engine``) with up to
     ``depth`` submitted batches of at most ``engine.batch`` frames."""
 
     def __init__(self, worker, depth: int) -> None:
@@ -100,17 +98,11 @@ class PipelinedLoop:
         got: list = []
         while len(got) < self.batch:
             try:
-                one = w.receive(sock, zmq.NOBLOCK)
+                item = w.receive_frame(sock, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if one is None:
-                continue
-            msg, buffers = one
-            t_start = time.time()
-            try:
-                got.append([msg, t_start, w.pixels(msg, buffers), ""])
-            except RingstreamError as exc:
-                got.append([msg, t_start, None, str(exc)])
+            if item is not None:
+                got.append(item)
         return got
 
     def start(self, got: list) -> None:

@@ -156,6 +156,19 @@ class _Worker:
         ``zmq.Again`` with ``flags=zmq.NOBLOCK`` when nothing is waiting."""
         return receive(sock, self.rejects, FrameHeader, flags=flags, where="on the frames socket")
 
+    def receive_frame(self, sock, flags: int = 0) -> list | None:
+        """The next frame on ``sock`` as a batch item ``[header, t_start, pixels or None, reason]`` (pixels: a view
+        of its slot after the checks; None with the reason it is rejected), or None for a message rejected."""
+        got = self.receive(sock, flags)
+        if got is None:
+            return None
+        msg, buffers = got
+        t_start = time.time()
+        try:
+            return [msg, t_start, self.pixels(msg, buffers), ""]
+        except RingstreamError as exc:
+            return [msg, t_start, None, str(exc)]
+
     def handle(self, sock) -> None:
         got = self.receive(sock)
         if got is None:
@@ -192,7 +205,7 @@ class _Worker:
         deadline = time.monotonic() + GATHER_S
         while len(got) < self.batch:
             try:
-                one = self.receive(sock, zmq.NOBLOCK)
+                item = self.receive_frame(sock, zmq.NOBLOCK)
             except zmq.Again:
                 left = deadline - time.monotonic()
                 if not got:  # poll() said a message was waiting
@@ -200,14 +213,8 @@ class _Worker:
                 if left <= 0 or not sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
                     break
                 continue
-            if one is None:
-                continue
-            msg, buffers = one
-            t_start = time.time()
-            try:
-                got.append([msg, t_start, self.pixels(msg, buffers), ""])
-            except RingstreamError as exc:
-                got.append([msg, t_start, None, str(exc)])
+            if item is not None:
+                got.append(item)
         if not got:
             return
         # frames of the batch's first usable dtype go together; any others one by one
