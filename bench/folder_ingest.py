@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ringstream.config import DaemonConfig  # noqa: E402
-from ringstream.ingest import process as ingest_process  # noqa: E402
 from ringstream.images.formats import open_image  # noqa: E402
+from ringstream.ingest import process as ingest_process  # noqa: E402
 from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
 from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
 

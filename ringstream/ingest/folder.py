@@ -49,7 +49,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..images.formats import FORMAT_EXTS, FormatOptions, ImageFile, IncompleteFile, format_of, natural_key, open_image
+from ..images.formats import (
+    FORMAT_EXTS,
+    FormatOptions,
+    ImageFile,
+    IncompleteFile,
+    format_of,
+    natural_key,
+    open_image,
+)
 from .sources import IDLE, SourceFrame, StopFlag, stopped
 
 log = logging.getLogger("ringstream.ingest.folder")
