@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ringstream.config import DaemonConfig  # noqa: E402
+from ringstream.images.formats import open_image  # noqa: E402
 from ringstream.ingest import process as ingest_process  # noqa: E402
-from ringstream.ingest.formats import open_image  # noqa: E402
 from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
 from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
 
@@ -134,7 +134,7 @@ def warm(folder: Path) -> int:
 
 def reader_rate(folder: Path, shape) -> tuple[float, int]:
     """frames/s of open_image + read_into over every file of ``folder`` (sorted)."""
-    from ringstream.ingest.formats import FormatOptions
+    from ringstream.images.formats import FormatOptions
 
     opts = FormatOptions(detector_shape=shape)
     files = sorted(folder.iterdir())

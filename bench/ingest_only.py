@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 from ringstream.config import DaemonConfig  # noqa: E402
 from ringstream.geometry.cache import load_or_build  # noqa: E402
 from ringstream.ingest import process as ingest_process  # noqa: E402
-from ringstream.ingest.copier import environment, nontemporal_env  # noqa: E402
 from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
 from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
+from ringstream.transport.child import environment, nontemporal_env  # noqa: E402
 
 
 def _profiled_ingest(config, ready, stop, out_path):

@@ -246,7 +246,7 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import numpy as np
 
     from ..engines.registry import create_engine
-    from ..ingest.images import iter_images, load_dark
+    from ..images.files import iter_images, load_dark
     from ..writer.hdf5 import check_output_path
     from ..writer.outputs import FrameRecord, RunOutputs, default_zarr_path
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from ..fitting import peak_slots
+from ..fitting import choose_engine, peak_slots
 
 log = logging.getLogger("ringstream.integrate")
 
@@ -29,7 +29,6 @@ class OfflineFitting:
     @classmethod
     def create(cls, params, imap, integration_engine: str):
         from ..fitting.frame import FrameFitter
-        from ..workers.fitting import choose_engine
 
         slots = peak_slots(params, int(os.environ.get("RINGSTREAM_FIT_SLOTS", "0") or 0))
         if not slots:

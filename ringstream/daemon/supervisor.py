@@ -38,10 +38,10 @@ from typing import Any
 import zmq
 
 from ..errors import ConfigError, RingstreamError
-from ..ingest.copier import environment, nontemporal_env
 from ..protocol import ControlReply, ControlRequest, Heartbeat, PeakUpdate, ProtocolError, decode, encode
+from ..transport.child import environment, nontemporal_env, receive
 from ..transport.endpoints import free_tcp_endpoint
-from ..transport.sockets import RejectLog, make_socket, recv_message
+from ..transport.sockets import RejectLog, make_socket
 
 log = logging.getLogger("ringstream.supervisor")
 
@@ -248,7 +248,7 @@ class Supervisor:
     def _prepare(self) -> None:
         """Parameters and the map (through the cache), before any child starts."""
         from ..geometry.cache import load_or_build
-        from ..writer.hdf5 import check_output_path
+        from ..writer.process import prepare_outputs
 
         cfg = self.config
         params = cfg.load_params()
@@ -263,10 +263,7 @@ class Supervisor:
         else:
             log.info("map: built in %.2f s and cached (%d x %d bins, key %s)",
                      float(getattr(imap, "build_seconds", dt)), imap.n_r, imap.n_eta, imap.key[:12])
-        from ..writer.repair import clear_if_crashed
-
-        clear_if_crashed(cfg.run.output_h5)  # a file a killed writer left: readable again (it is still not replaced)
-        check_output_path(cfg.run.output_h5, overwrite=False)
+        prepare_outputs(cfg)  # a file a killed writer left: readable again (it is still not replaced)
         log.info("run %s: source %s, %d workers, engine %s, output %s, control %s", cfg.run.run_id,
                  cfg.source.kind, cfg.workers.count, cfg.workers.engine, cfg.run.output_h5,
                  cfg.transport.control_endpoint)
@@ -460,18 +457,16 @@ class Supervisor:
     def _drain_events(self) -> None:
         while True:
             try:
-                msg, _ = recv_message(self.events, zmq.NOBLOCK)
+                got = receive(self.events, self.rejects_events, (Heartbeat, PeakUpdate), flags=zmq.NOBLOCK,
+                              where="on the events socket")
             except zmq.Again:
                 return
-            except ProtocolError as exc:
-                self.rejects_events.record(exc)
+            if got is None:
                 continue
-            if isinstance(msg, PeakUpdate) and self.peaks is not None:
-                self.peaks.on_confirmed(msg)  # the ingest fixed where a peak-list change starts
-                continue
-            if not isinstance(msg, Heartbeat):
-                self.rejects_events.record(ProtocolError(
-                    "unknown_type", f"unexpected {type(msg).__name__} on the events socket"))
+            msg = got[0]
+            if isinstance(msg, PeakUpdate):
+                if self.peaks is not None:
+                    self.peaks.on_confirmed(msg)  # the ingest fixed where a peak-list change starts
                 continue
             name = msg.role if msg.role != "worker" else f"worker-{msg.index}"
             child = self._child(name)

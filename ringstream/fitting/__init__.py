@@ -6,6 +6,8 @@ The one rule every part of the product shares: how many peak rows each frame has
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 #: peak rows per frame when peaks are found automatically (DoPeakFit 1 + MultiplePeaks 1, no PeakLocation)
 AUTO_SLOTS = 16
 
@@ -29,3 +31,14 @@ def peak_slots(params, configured: int = 0) -> int:
     if params.PeakLocation:
         return len(params.PeakLocation)
     return AUTO_SLOTS if params.MultiplePeaks else 1
+
+
+def choose_engine(asked: str, integration_engine: str) -> str:
+    """The fit engine for ``[fit] engine = asked`` on a worker whose integration engine is ``integration_engine``:
+    ``auto`` is gpu with the GPU integration engine, else nlopt; the offline ``ringstream integrate`` chooses alike."""
+    asked = str(asked or "auto").lower()
+    if asked == "auto":
+        return "gpu" if str(integration_engine).lower().startswith(("gpu", "cupy")) else "nlopt"
+    if asked not in ("nlopt", "gpu"):
+        raise ConfigError(f"[fit] engine {asked!r}: expected auto, nlopt or gpu")
+    return asked

@@ -13,8 +13,6 @@ flight; :meth:`SlotCopier.submit` waits for the oldest when that many are.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
 import threading
 from collections import deque
@@ -119,47 +117,6 @@ class SlotCopier:
         for t in self._workers:
             t.join()
         self._jobs.clear()
-
-
-#: glibc's tunable: copies larger than this many bytes use non-temporal (cache-bypassing) stores
-NONTEMPORAL_TUNABLE = "glibc.cpu.x86_non_temporal_threshold"
-#: the threshold the ingest runs with (``[transport] nontemporal_copy``): every frame copy, none of the small ones
-NONTEMPORAL_THRESHOLD = 0x40000  # 256 KiB
-
-
-def nontemporal_env(environ=None) -> dict[str, str]:
-    """The environment the ingest process starts with so that its frame copies bypass the CPU caches.
-
-    glibc's memcpy switches to non-temporal stores only above ``x86_non_temporal_threshold``, by default 3/4 of the
-    shared cache: on the H200 host (a VM that reports a 300 MB L3) about 225 MB, so every 10 MB frame copy went
-    through the cache, reading each destination line before writing it (3 bytes of memory traffic per byte
-    copied, where 2 suffice) and evicting what the other processes use. At 256 KiB, 8 copy threads move 8,642
-    PILATUS 2M frames/s instead of 3,705 (``bench/host_copy.py``). A frame in its slot is next read by the GPU's
-    DMA or another process, never by this one from its cache, so bypassing the cache costs nothing. glibc reads
-    tunables only at start-up, so the supervisor passes them to the ingest process it starts. A threshold the user
-    already set in ``GLIBC_TUNABLES`` is kept; elsewhere (another libc, another CPU) the variable is ignored.
-    Returns the variables to set (empty when nothing changes)."""
-    environ = os.environ if environ is None else environ
-    current = environ.get("GLIBC_TUNABLES", "")
-    if NONTEMPORAL_TUNABLE in current:
-        return {}
-    item = f"{NONTEMPORAL_TUNABLE}={NONTEMPORAL_THRESHOLD:#x}"
-    return {"GLIBC_TUNABLES": f"{current}:{item}" if current else item}
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str]):
-    """``os.environ`` with ``env`` set for the block (a process started inside inherits it), then as it was."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def auto_threads(cpus: int | None) -> int:

@@ -11,9 +11,9 @@ then new files in the order they complete. A file is complete when
 
 A file present at the start whose mtime is younger than ``poll_interval`` may still be open for writing: it waits
 for its close event or for a stable size, like a polled file. Names starting with ``.`` and extensions outside
-``extensions`` (default: every format of :mod:`.formats`) are ignored.
+``extensions`` (default: every format of :mod:`ringstream.images.formats`) are ignored.
 
-Every file is validated by :func:`~.formats.open_image` before any of its frames is sent. A file that is short or
+Every file is validated by :func:`~ringstream.images.formats.open_image` before any of its frames is sent. A file that is short or
 does not parse is retried (on its next event and every ``poll_interval``) until ``retry_time`` seconds have passed
 since its first failure or its last change of size or mtime, then skipped: one warning naming the file and the
 reason, counted ``dropped_corrupt_file``. A file whose images are not the detector's shape is rejected at once: a
@@ -49,7 +49,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .formats import FORMAT_EXTS, FormatOptions, ImageFile, IncompleteFile, format_of, natural_key, open_image
+from ..images.formats import (
+    FORMAT_EXTS,
+    FormatOptions,
+    ImageFile,
+    IncompleteFile,
+    format_of,
+    natural_key,
+    open_image,
+)
 from .source_base import IDLE, SourceFrame, StopFlag, stopped
 
 log = logging.getLogger("ringstream.ingest.folder")

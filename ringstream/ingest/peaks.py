@@ -19,10 +19,6 @@ from ..transport.sockets import recv_message, send_message
 
 log = logging.getLogger("ringstream.ingest")
 
-#: the FrameHeader metadata key that carries the peak-list seq
-SEQ_KEY = "peak_seq"
-
-
 class IngestPeaks:
     """Peak-list requests in, confirmations out, seqs onto frames. ``ctx``: the ingest's zmq context;
     ``events``: its PUSH socket to the supervisor (the heartbeats' socket)."""

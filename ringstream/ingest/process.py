@@ -17,24 +17,21 @@ on the release socket that is not a valid SlotRelease for a slot in flight: reje
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import signal
-import threading
 import time
 import uuid
 
 import numpy as np
 import zmq
 
-from ..errors import RingstreamError
-from ..protocol import EndOfStream, FrameHeader, Heartbeat, ProtocolError, SlotRelease
+from ..protocol import PEAK_SEQ_KEY, EndOfStream, FrameHeader, SlotRelease
+from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, receive, run_child
 from ..transport.shm_ring import FrameRing
-from ..transport.sockets import RejectLog, make_socket, recv_message, send_message
-from .copier import NONTEMPORAL_TUNABLE, SlotCopier, auto_threads
-from .peaks import SEQ_KEY, IngestPeaks
+from ..transport.sockets import RejectLog, make_socket, send_message
+from .copier import SlotCopier, auto_threads
+from .peaks import IngestPeaks
 from .source_base import IDLE, Pacer, SlotLease
 from .sources import make_source
 
@@ -51,85 +48,13 @@ WORKERS_WAIT_S = 10.0
 RELEASE_IDLE_S = 10.0
 
 
-def child_setup(config, role: str) -> None:
-    """Per-child process setup: stderr logging with the role in every line, SIGINT left to the supervisor, and
-    SIGTERM turned into SystemExit so that ``finally`` blocks run (the ring is unlinked, the HDF5 file closed)."""
-    level = config.logging.level
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=getattr(logging, level, logging.INFO),
-            format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s",
-        )
-    else:
-        root.setLevel(getattr(logging, level, logging.INFO))
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, _sigterm)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (ValueError, AttributeError, OSError):  # not the main thread, or no such call on this platform
-        pass
-
-
-def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-class HeartbeatSender:
-    """Sends a Heartbeat every ``interval`` s (never blocking: a full queue drops the beat)."""
-
-    def __init__(self, sock, role: str, index: int, interval: float) -> None:
-        self.sock, self.role, self.index = sock, role, int(index)
-        self.interval = max(0.01, float(interval))
-        self.last = 0.0
-
-    @contextlib.contextmanager
-    def beating(self, counters: dict, state: str = "running"):
-        """Beat with ``counters`` from a background thread while the block runs (a long close must not look like a
-        hang to the supervisor); the block must not use this sender meanwhile."""
-        done = threading.Event()
-
-        def loop() -> None:
-            while not done.wait(self.interval):
-                self.beat(counters, state=state, force=True)
-
-        thread = threading.Thread(target=loop, name=f"{self.role}-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-
-    def beat(self, counters, state: str = "running", force: bool = False) -> None:
-        """Send a beat if one is due (or ``force``); ``counters`` is a dict or a function returning one, called
-        only when a beat goes out (so a hot loop can pass its snapshot method for free)."""
-        now = time.monotonic()
-        if not force and now - self.last < self.interval:
-            return
-        self.last = now
-        if callable(counters):
-            counters = counters()
-        msg = Heartbeat(role=self.role, index=self.index, pid=os.getpid(), state=state, time=time.time(),
-                        counters=dict(counters))
-        try:
-            send_message(self.sock, msg, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-
-
 def run_id_of(config) -> str:
     return config.run.run_id or uuid.uuid4().hex[:12]
 
 
 def run(config, ready, stop) -> int:
     """Entry point of the ingest process (see the module docstring). Returns the exit code."""
-    child_setup(config, "ingest")
-    try:
-        return _Ingest(config).run(ready, stop)
-    except RingstreamError as exc:
-        log.error("%s", exc)
-        return int(getattr(exc, "exit_code", 1))
+    return run_child(config, "ingest", lambda: _Ingest(config).run(ready, stop), log)
 
 
 class _Ingest:
@@ -310,7 +235,7 @@ class _Ingest:
         return dict(
             run_id=self.run_id, frame_index=idx, source_id=str(frame.source_id),
             timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, codec="none",
-            metadata={**(frame.metadata or {}), SEQ_KEY: self.peaks.seq_for(idx)},
+            metadata={**(frame.metadata or {}), PEAK_SEQ_KEY: self.peaks.seq_for(idx)},
             nbytes=math.prod(shape) * dtype.itemsize,
         )
 
@@ -396,16 +321,9 @@ class _Ingest:
         n = 0
         while self.release.poll(timeout_ms if n == 0 else 0, zmq.POLLIN):
             n += 1
-            try:
-                msg, _ = recv_message(self.release)
-            except ProtocolError as exc:
-                self.rejects.record(exc)
-                continue
-            if not isinstance(msg, SlotRelease):
-                what = f"unexpected {type(msg).__name__} message on the release socket"
-                self.rejects.record(ProtocolError("unknown_type", what))
-                continue
-            self.on_release(msg)
+            got = receive(self.release, self.rejects, SlotRelease, where="on the release socket")
+            if got is not None:
+                self.on_release(got[0])
         return n
 
     def on_release(self, msg) -> None:

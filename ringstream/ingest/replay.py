@@ -4,7 +4,7 @@
 (0 = once through without looping, forever with looping); ``source.rate`` Hz paces it (0 = as fast as possible).
 Frames keep their stored dtype; every frame must have the detector shape (NrPixelsZ, NrPixelsY), else
 :class:`~ringstream.errors.InputError` naming the file. Source ids are ``name:k`` for a stack, the file name for a
-single image (as :func:`~.images.iter_images` gives them); ``metadata["pass"]`` counts the loops from 0.
+single image (as :func:`~ringstream.images.files.iter_images` gives them); ``metadata["pass"]`` counts the loops from 0.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .images import NPY_EXTS, iter_images
+from ..images.files import NPY_EXTS, iter_images
 from .source_base import SourceFrame, StopFlag, stopped
 
 

@@ -18,6 +18,7 @@ from ringstream.protocol.codec import (
 from ringstream.protocol.messages import (
     FIT_COLUMNS,
     MESSAGE_TYPES,
+    PEAK_SEQ_KEY,
     PROTOCOL_VERSION,
     ControlReply,
     ControlRequest,
@@ -37,6 +38,7 @@ __all__ = [
     "FIT_COLUMNS",
     "FRAME_DTYPES",
     "MESSAGE_TYPES",
+    "PEAK_SEQ_KEY",
     "PROTOCOL_VERSION",
     "ControlReply",
     "ControlRequest",

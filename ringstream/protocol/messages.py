@@ -24,6 +24,10 @@ PROTOCOL_VERSION = 1
 FIT_COLUMNS = 7
 """Columns of a :class:`Result`'s fit array, shape ``[n_peaks, 7]`` float64."""
 
+PEAK_SEQ_KEY = "peak_seq"
+"""The :class:`FrameHeader` metadata key the ingest stamps with the peak-list seq in force for the frame (0: the
+parameter file's list); the worker fits the frame with that list and leaves the key out of its Result."""
+
 _message = dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 
 

@@ -20,27 +20,15 @@ import time
 
 import zmq
 
-from ..errors import ConfigError
-from ..fitting import peak_slots
+from ..fitting import choose_engine, peak_slots
 from ..fitting.frame import FrameFit, FrameFitter
-from ..ingest.peaks import SEQ_KEY
-from ..protocol import PeakUpdate, ProtocolError
+from ..protocol import PEAK_SEQ_KEY, PeakUpdate, ProtocolError
 from ..transport.sockets import recv_message
 
 log = logging.getLogger("ringstream.worker")
 
 #: the longest a frame waits for the PeakUpdate of its peak_seq, in s
 PEAK_WAIT_S = 5.0
-
-
-def choose_engine(asked: str, integration_engine: str) -> str:
-    """The fit engine for ``[fit] engine = asked`` on a worker whose integration engine is ``integration_engine``."""
-    asked = str(asked or "auto").lower()
-    if asked == "auto":
-        return "gpu" if str(integration_engine).lower().startswith(("gpu", "cupy")) else "nlopt"
-    if asked not in ("nlopt", "gpu"):
-        raise ConfigError(f"[fit] engine {asked!r}: expected auto, nlopt or gpu")
-    return asked
 
 
 class WorkerFitting:
@@ -114,7 +102,7 @@ class WorkerFitting:
         """One FrameFit per (header, lineout); ``beat()`` is called while waiting for a peak list."""
         self.poll(0)
         self.counters["fit_calls"] += 1
-        seqs = [int((h.metadata or {}).get(SEQ_KEY, 0) or 0) for h in headers]
+        seqs = [int((h.metadata or {}).get(PEAK_SEQ_KEY, 0) or 0) for h in headers]
         if any(s not in self.lists for s in seqs):
             self.counters["peak_waits"] += 1
             deadline = time.monotonic() + self.wait_s

@@ -28,9 +28,6 @@ from collections import deque
 
 import zmq
 
-from ..errors import RingstreamError
-from ..protocol import FrameHeader, ProtocolError
-
 log = logging.getLogger("ringstream.worker")
 
 #: frames fitted in one call when fitting is held across batches
@@ -40,9 +37,8 @@ HOLD_S = 0.05
 
 
 class PipelinedLoop:
-    """Drives ``worker`` (a ``_Worker``: its ``pixels``, ``release_slot``, ``send_result``, ``engine``, ``caps``)
-    with up to ``depth`` submitted batches of at most ``engine.batch`` frames; the engine must declare
-    ``asynchronous``."""
+    """Drives ``worker`` (a ``_Worker``: its ``receive_frame``, ``finish_batch``, ``engine``, ``caps``) with up to
+    ``depth`` submitted batches of at most ``engine.batch`` frames; the engine must declare ``asynchronous``."""
 
     def __init__(self, worker, depth: int) -> None:
         self.w = worker
@@ -105,21 +101,11 @@ class PipelinedLoop:
         got: list = []
         while len(got) < self.batch:
             try:
-                msg, buffers = w_recv(sock)
+                item = w.receive_frame(sock, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            except ProtocolError as exc:
-                w.rejects.record(exc)
-                continue
-            if not isinstance(msg, FrameHeader):
-                w.rejects.record(ProtocolError("unknown_type",
-                                               f"unexpected {type(msg).__name__} message on the frames socket"))
-                continue
-            t_start = time.time()
-            try:
-                got.append([msg, t_start, w.pixels(msg, buffers), ""])
-            except RingstreamError as exc:
-                got.append([msg, t_start, None, str(exc)])
+            if item is not None:
+                got.append(item)
         return got
 
     def start(self, got: list) -> None:
@@ -169,10 +155,3 @@ class PipelinedLoop:
         if self.held:
             batches, self.held, self.held_frames = self.held, [], 0
             self.w.send_batches(batches)
-
-
-def w_recv(sock):
-    """One message from ``sock`` without waiting (zmq.Again when none)."""
-    from ..transport.sockets import recv_message
-
-    return recv_message(sock, flags=zmq.NOBLOCK)

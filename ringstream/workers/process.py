@@ -33,21 +33,21 @@ from ..engines.base import Capabilities, check_capabilities
 from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
-from ..ingest.images import load_dark
-from ..ingest.peaks import SEQ_KEY
-from ..ingest.process import HeartbeatSender, child_setup
+from ..images.files import load_dark
 from ..protocol import (
+    PEAK_SEQ_KEY,
     FrameHeader,
     OmegaPartial,
-    ProtocolError,
     Result,
     SlotRelease,
     frame_array,
     result_buffers,
 )
+from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.shm_ring import FrameRing
-from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
+from ..transport.sockets import RejectLog, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
+from .omega import OmegaPartials
 from .pipeline import PipelinedLoop
 
 log = logging.getLogger("ringstream.worker")
@@ -64,12 +64,8 @@ GIVE_UP_S = 5.0
 
 def run(config, ready, stop, index: int = 0) -> int:
     """Entry point of worker ``index`` (see the module docstring). Returns the exit code."""
-    child_setup(config, f"worker-{index}")
-    try:
-        return _Worker(config, int(index)).run(ready, stop)
-    except RingstreamError as exc:
-        log.error("worker-%d: %s", index, exc)
-        return int(getattr(exc, "exit_code", 1))
+    return run_child(config, f"worker-{index}", lambda: _Worker(config, int(index)).run(ready, stop), log,
+                     prefix=f"worker-{index}: ")
 
 
 def choose_path(caps: Capabilities, batch: int, batches_in_flight: int) -> str:
@@ -107,8 +103,8 @@ class _Worker:
         device = device_for_worker(cfg.workers.gpus, self.index)
         self.use_engine(create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device))
         self.write_2d = bool(params.Write2D)
-        # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (writer/omega.py)
-        self.partials = None if self.write_2d else _OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta)
+        # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (workers/omega.py)
+        self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta)
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -175,16 +171,29 @@ class _Worker:
         self.batch = int(engine.batch) if self.caps.batch else 1
 
     # ------------------------------------------------------------------------------------------------ a frame
-    def handle(self, sock) -> None:
+    def receive(self, sock, flags: int = 0):
+        """The next FrameHeader on ``sock`` and its buffers, or None for a message rejected (counted);
+        ``zmq.Again`` with ``flags=zmq.NOBLOCK`` when nothing is waiting."""
+        return receive(sock, self.rejects, FrameHeader, flags=flags, where="on the frames socket")
+
+    def receive_frame(self, sock, flags: int = 0) -> list | None:
+        """The next frame on ``sock`` as a batch item ``[header, t_start, pixels or None, reason]`` (pixels: a view
+        of its slot after the checks; None with the reason it is rejected), or None for a message rejected."""
+        got = self.receive(sock, flags)
+        if got is None:
+            return None
+        msg, buffers = got
+        t_start = time.time()
         try:
-            msg, buffers = recv_message(sock)
-        except ProtocolError as exc:
-            self.rejects.record(exc)
+            return [msg, t_start, self.pixels(msg, buffers), ""]
+        except RingstreamError as exc:
+            return [msg, t_start, None, str(exc)]
+
+    def handle(self, sock) -> None:
+        got = self.receive(sock)
+        if got is None:
             return
-        if not isinstance(msg, FrameHeader):
-            what = f"unexpected {type(msg).__name__} message on the frames socket"
-            self.rejects.record(ProtocolError("unknown_type", what))
-            return
+        msg, buffers = got
         t_start = time.time()
         lineout = cake = None
         reason = ""
@@ -216,7 +225,7 @@ class _Worker:
         deadline = time.monotonic() + GATHER_S
         while len(got) < self.batch:
             try:
-                msg, buffers = recv_message(sock, flags=zmq.NOBLOCK)
+                item = self.receive_frame(sock, zmq.NOBLOCK)
             except zmq.Again:
                 left = deadline - time.monotonic()
                 if not got:  # poll() said a message was waiting
@@ -224,18 +233,8 @@ class _Worker:
                 if left <= 0 or not sock.poll(max(1, int(left * 1e3)), zmq.POLLIN):
                     break
                 continue
-            except ProtocolError as exc:
-                self.rejects.record(exc)
-                continue
-            if not isinstance(msg, FrameHeader):
-                what = f"unexpected {type(msg).__name__} message on the frames socket"
-                self.rejects.record(ProtocolError("unknown_type", what))
-                continue
-            t_start = time.time()
-            try:
-                got.append([msg, t_start, self.pixels(msg, buffers), ""])
-            except RingstreamError as exc:
-                got.append([msg, t_start, None, str(exc)])
+            if item is not None:
+                got.append(item)
         if not got:
             return
         # frames of the batch's first usable dtype go together; any others one by one
@@ -313,7 +312,7 @@ class _Worker:
     def send_result(self, msg, reason, lineout, cake, timings, fitted=None) -> None:
         common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
                       timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
-                      metadata={k: v for k, v in msg.metadata.items() if k != SEQ_KEY})  # the source's own
+                      metadata={k: v for k, v in msg.metadata.items() if k != PEAK_SEQ_KEY})  # the source's own
         if reason:
             self.count("rejected")
             if self.counters["rejected"] <= 5:
@@ -337,10 +336,10 @@ class _Worker:
         """Send the partial omega sums that are due (another group started, held too long, or ``idle``)."""
         if self.partials is None:
             return
-        for group, (n, first, last, total) in self.partials.due(idle):
-            msg = OmegaPartial(group=group, n_frames=n, first_frame=first, last_frame=last, worker=self.index,
-                               n_r=self.n_r, n_eta=self.n_eta)
-            self.send(self.results, msg, [total])
+        for p in self.partials.due(idle):
+            msg = OmegaPartial(group=p.group, n_frames=p.frames.n_frames, first_frame=p.frames.first_frame,
+                               last_frame=p.frames.last_frame, worker=self.index, n_r=self.n_r, n_eta=self.n_eta)
+            self.send(self.results, msg, [p.total])
             self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:
@@ -418,60 +417,3 @@ class _Worker:
 class FrameRejected(RingstreamError):
     """A frame this worker cannot integrate; its message is the Result's one-line reason."""
 
-
-class _OmegaPartials:
-    """This worker's running sums of its cakes per omega-sum group (frame_index // OmegaSumFrames; -1 = one group),
-    float64 ``[n_r, n_eta]``. A group's sum is due when a frame of a later group arrives, when it has been held for
-    ``MAX_AGE`` s, or when the worker is idle or stopping.
-
-    Cakes come two ways: ``add(frame_index, cake)`` sums a host cake here; ``count(frame_indices)`` counts frames
-    whose cakes the engine summed on the device (``engine.omega_add``), whose sum ``engine.omega_take(group)`` brings
-    back when the group is due (``device``: that engine). A group may hold both (a batch the GPU failed, integrated
-    one by one on the host): its sum is their total."""
-
-    MAX_AGE = 0.5
-
-    def __init__(self, omega_sum_frames: int, n_r: int, n_eta: int, device=None) -> None:
-        self.size = 2**62 if int(omega_sum_frames) == -1 else max(1, int(omega_sum_frames))
-        self.shape = (n_r, n_eta)
-        self.device = device
-        self.held: dict[int, list] = {}  # group -> [n, first, last, host sum or None, since]
-
-    def group(self, frame_index: int) -> int:
-        return int(frame_index) // self.size
-
-    def _held(self, frame_index: int) -> list:
-        g = frame_index // self.size
-        h = self.held.get(g)
-        if h is None:
-            h = self.held[g] = [0, frame_index, frame_index, None, time.monotonic()]
-        h[0] += 1
-        h[1], h[2] = min(h[1], frame_index), max(h[2], frame_index)
-        return h
-
-    def add(self, frame_index: int, cake) -> None:
-        h = self._held(int(frame_index))
-        if h[3] is None:
-            h[3] = np.zeros(self.shape, dtype="<f8")
-        h[3] += np.asarray(cake, dtype=np.float32)  # the float32 cake a Result carries, summed in float64
-
-    def count(self, frame_indices) -> None:
-        for i in frame_indices:
-            self._held(int(i))
-
-    def due(self, idle: bool = False):
-        """Pop and yield ``(group, (n, first, last, sum))`` of every due group."""
-        if not self.held:
-            return
-        newest, now = max(self.held), time.monotonic()
-        for g in sorted(self.held):
-            h = self.held[g]
-            if idle or g < newest or now - h[4] >= self.MAX_AGE:
-                del self.held[g]
-                total = h[3]
-                dev = self.device.omega_take(g) if self.device is not None else None
-                if dev is not None:
-                    total = dev if total is None else total + dev
-                if total is None:
-                    total = np.zeros(self.shape, dtype="<f8")
-                yield g, (h[0], h[1], h[2], total)

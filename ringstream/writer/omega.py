@@ -1,8 +1,9 @@
 """Omega sums: the per-frame cakes of each ``OmegaSumFrames`` group added up (MIDAS-COMPAT section 7).
 
 Group ``g`` holds frames ``g*N .. (g+1)*N - 1`` by run-wide ``frame_index`` (N = ``OmegaSumFrames``; -1 = the whole
-run is one group; 0 is taken as 1). A group's sum is float64 ``[n_r, n_eta]``: the sum of the normalised cakes of
-its frames that were integrated (rejected frames add nothing and are not counted).
+run is one group; 0 is taken as 1): :class:`~ringstream.protocol.omega.OmegaGrouping`, the rule the workers' partial
+sums follow too. A group's sum is float64 ``[n_r, n_eta]``: the sum of the normalised cakes of its frames that were
+integrated (rejected frames add nothing and are not counted).
 
 The sums come from one of two places, which :class:`OmegaSums` accepts in any order:
 
@@ -24,6 +25,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from ..protocol.omega import FrameSpan, OmegaGrouping
 
 #: digits of ``LastFrameNumber_<k>`` when the run's length is not known (up to 10**9 frames in string order)
 DEFAULT_NAME_DIGITS = 9
@@ -48,14 +51,6 @@ class OmegaGroup:
     def name(self, digits: int = DEFAULT_NAME_DIGITS) -> str:
         """The zarr.zip / HDF5 name ``LastFrameNumber_<last_frame>``, zero-padded to ``digits``."""
         return f"LastFrameNumber_{self.last_frame:0{digits}d}"
-
-
-def group_size(omega_sum_frames: int) -> int:
-    """Frames per group for ``OmegaSumFrames`` (-1 = all: a group as large as any run)."""
-    n = int(omega_sum_frames)
-    if n == -1:
-        return 2**62
-    return max(1, n)
 
 
 def name_digits(expected_frames: int = 0) -> int:
@@ -93,9 +88,7 @@ class OmegaStamps:
 class _Pending:
     sum: np.ndarray | None = None  # made by the first cake or partial sum (a group's frames are noted before)
     summed: int = 0  # frames added (cakes or partial counts)
-    integrated: int = 0  # ok frames accounted for by the writer
-    first_frame: int = -1
-    last_frame: int = -1
+    integrated: FrameSpan = dataclasses.field(default_factory=FrameSpan)  # ok frames accounted for by the writer
     first_omega: float = 0.0
     last_omega: float = 0.0
 
@@ -104,14 +97,14 @@ class OmegaSums:
     """Collects the groups of one run (see the module docstring). ``shape`` = ``(n_r, n_eta)``."""
 
     def __init__(self, omega_sum_frames: int, shape: tuple[int, int]) -> None:
-        self.size = group_size(omega_sum_frames)
+        self.grouping = OmegaGrouping.of(omega_sum_frames)
         self.shape = (int(shape[0]), int(shape[1]))
         self._pending: dict[int, _Pending] = {}
         self._accounted = 0  # frames 0 .. _accounted-1 have been noted
         self._done_below = 0  # groups < this have been handed out
 
     def group_of(self, frame_index: int) -> int:
-        return int(frame_index) // self.size
+        return self.grouping.group_of(frame_index)
 
     def _get(self, g: int) -> _Pending:
         p = self._pending.get(g)
@@ -156,32 +149,33 @@ class OmegaSums:
         if not ok:
             return
         p = self._get(self.group_of(idx))
-        if p.first_frame < 0:
-            p.first_frame, p.first_omega = idx, float(omega)
-        p.last_frame, p.last_omega = idx, float(omega)
-        p.integrated += 1
+        if p.integrated.n_frames == 0:
+            p.first_omega = float(omega)
+        p.last_omega = float(omega)
+        p.integrated.add(idx)
 
     def waiting(self, end: int | None = None) -> int:
         """Frames integrated in finished frame ranges whose sums have not all arrived yet; with ``end`` (the run's
         frame count, once known) the last, shorter range counts as finished too."""
         done = self._accounted if end is None or self._accounted < end else 2**63
-        return sum(p.integrated - p.summed for g, p in self._pending.items()
-                   if ((g + 1) * self.size <= done or done == 2**63) and p.integrated > p.summed)
+        return sum(p.integrated.n_frames - p.summed for g, p in self._pending.items()
+                   if (self.grouping.end_of(g) <= done or done == 2**63) and p.integrated.n_frames > p.summed)
 
     def _emit(self, g: int) -> OmegaGroup | None:
         p = self._pending.pop(g)
-        if p.summed <= 0 or p.first_frame < 0 or p.sum is None:
+        if p.summed <= 0 or p.integrated.n_frames == 0 or p.sum is None:
             return None
         if not np.isfinite(p.sum).all():  # no NaN in the outputs: a bin that was NaN in a frame is 0
             np.nan_to_num(p.sum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        return OmegaGroup(g, p.sum, p.summed, p.first_frame, p.last_frame, p.first_omega, p.last_omega)
+        return OmegaGroup(g, p.sum, p.summed, p.integrated.first_frame, p.integrated.last_frame, p.first_omega,
+                          p.last_omega)
 
     def pop_complete(self) -> list[OmegaGroup]:
         """Complete groups (every frame of the range accounted for, every integrated frame summed), in order."""
         out: list[OmegaGroup] = []
         for g in sorted(self._pending):
             p = self._pending[g]
-            if (g + 1) * self.size > self._accounted or p.summed < p.integrated:
+            if self.grouping.end_of(g) > self._accounted or p.summed < p.integrated.n_frames:
                 break
             group = self._emit(g)
             self._done_below = g + 1

@@ -210,7 +210,7 @@ class RunOutputs:
         if rec.lineout is None:
             self.counters["rejected"] += 1
             sums.note_frame(idx, False, omega)
-            if (idx + 1) % sums.size == 0:  # the last frame of a group: it may be complete now
+            if sums.grouping.ends_group(idx):  # the last frame of a group: it may be complete now
                 self._take_groups(sums.pop_complete())
             return
         try:  # (what _guard does, without a closure per frame)
@@ -227,7 +227,7 @@ class RunOutputs:
             sums.add_cake(idx, np.asarray(rec.cake, dtype=np.float32))  # as stored, as the workers sum
         sums.note_frame(idx, True, omega)
         self.counters["written"] += 1
-        if (idx + 1) % sums.size == 0:  # the last frame of a group: it may be complete now
+        if sums.grouping.ends_group(idx):  # the last frame of a group: it may be complete now
             self._take_groups(sums.pop_complete())
 
     def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:

@@ -44,7 +44,6 @@ import zmq
 from ..errors import RingstreamError
 from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
-from ..ingest.process import HeartbeatSender, child_setup
 from ..protocol import (
     EndOfStream,
     OmegaPartial,
@@ -53,9 +52,11 @@ from ..protocol import (
     Result,
     Stop,
 )
+from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm
 from .hdf5 import check_output_path
 from .outputs import FrameRecord, OutputError, RunOutputs, default_zarr_path, numeric_keys, record_from_result
+from .repair import clear_if_crashed
 
 log = logging.getLogger("ringstream.writer")
 
@@ -74,12 +75,15 @@ SUMS_WAIT_S = 5.0
 
 def run(config, ready, stop) -> int:
     """Entry point of the writer process (see the module docstring). Returns the exit code."""
-    child_setup(config, "writer")
-    try:
-        return _Writer(config).run(ready, stop)
-    except RingstreamError as exc:
-        log.error("%s", exc)
-        return int(getattr(exc, "exit_code", 1))
+    return run_child(config, "writer", lambda: _Writer(config).run(ready, stop), log)
+
+
+def prepare_outputs(config) -> None:
+    """What the supervisor checks before any child starts: a results file a killed writer left is made readable
+    again (:func:`~.repair.clear_if_crashed`; it is still not replaced), and the output path is free and writable
+    (:func:`~.hdf5.check_output_path`), so that a problem with it stops the run before it starts."""
+    clear_if_crashed(config.run.output_h5)
+    check_output_path(config.run.output_h5, overwrite=False)
 
 
 class _Writer:
@@ -90,7 +94,7 @@ class _Writer:
         self.held: dict[int, tuple[Result, list]] = {}  # frame_index -> (result, buffers), early arrivals
         self.next_index = 0
         self.eos: EndOfStream | None = None
-        self.h5: RunOutputs | None = None
+        self.outputs: RunOutputs | None = None
         self.early: list[tuple[str, tuple]] = []  # partial sums and peak updates that came before the first Result
         self.t_frames_done = 0.0  # monotonic time every frame was accounted for (waiting for partial sums)
         self.unsaved = 0
@@ -106,9 +110,10 @@ class _Writer:
 
     def snapshot(self) -> dict:
         out = {**self.counters, **self.rejects.counters(), "pending": len(self.held), "next_index": self.next_index}
-        if self.h5 is not None:
-            out.update(omega_groups=self.h5.counters["omega_groups"], zarr_published=self.h5.counters["zarr_published"],
-                       sums_waiting=self.h5.sums_waiting)
+        outputs = self.outputs
+        if outputs is not None:
+            out.update(omega_groups=outputs.counters["omega_groups"], zarr_published=outputs.counters["zarr_published"],
+                       sums_waiting=outputs.sums_waiting)
         if self.eos is not None:
             out["eos_frames"] = int(self.eos.n_frames)
         return out
@@ -180,17 +185,17 @@ class _Writer:
 
     def abort(self, quiet: bool = False) -> None:
         """Close the files marked incomplete (``quiet``: a failure to close is not reported again)."""
-        h5, self.h5 = self.h5, None
-        if h5 is not None:
+        outputs, self.outputs = self.outputs, None
+        if outputs is not None:
             try:
-                h5.close(run_complete=False)
+                outputs.close(run_complete=False)
             except (RingstreamError, OSError, RuntimeError) as exc:
                 (log.debug if quiet else log.error)("%s", exc)
 
     def finished(self) -> bool:
         if self.eos is None or self.next_index < int(self.eos.n_frames):
             return False
-        waiting = self.h5.sums_waiting_at_end(int(self.eos.n_frames)) if self.h5 is not None else 0
+        waiting = self.outputs.sums_waiting_at_end(int(self.eos.n_frames)) if self.outputs is not None else 0
         if not waiting:
             return True
         now = time.monotonic()
@@ -269,7 +274,7 @@ class _Writer:
 
     def on_side(self, item) -> None:
         """A partial omega sum or a PeakUpdate: handled now, or kept until the files exist."""
-        if self.h5 is None:
+        if self.outputs is None:
             self.early.append(item)
             return
         kind, args = item
@@ -277,12 +282,12 @@ class _Writer:
             msg, buffers = args
             partial = np.frombuffer(buffers[0], dtype="<f8").reshape(msg.n_r, msg.n_eta)
             try:
-                self.h5.add_partial(msg.group, msg.n_frames, partial)
+                self.outputs.add_partial(msg.group, msg.n_frames, partial)
             except ValueError as exc:
                 self.rejects.record(ProtocolError("size", f"omegasum from worker {msg.worker}: {exc}"))
         else:
             (msg,) = args
-            ok = self.h5.peak_update(msg.seq, msg.from_frame, msg.peaks, msg.origin)
+            ok = self.outputs.peak_update(msg.seq, msg.from_frame, msg.peaks, msg.origin)
             self.count("peak_updates" if ok else "peak_updates_ignored")
             if ok:
                 log.info("peak update %d from frame %d (%s): %s", msg.seq, msg.from_frame, msg.origin, msg.peaks)
@@ -294,25 +299,26 @@ class _Writer:
             self.count("beyond_eos")
 
     # ------------------------------------------------------------------------------------------- the file
-    def writer(self, engine_name: str, metadata=None) -> RunOutputs:
-        if self.h5 is None:
+    def open_outputs(self, engine_name: str, metadata=None) -> RunOutputs:
+        """The run's outputs, created by the first call (with the engine the workers used)."""
+        if self.outputs is None:
             frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" else 0
-            self.h5 = RunOutputs(self.path, self.imap, self.params, engine_name=engine_name or
-                                 str(self.config.workers.engine), n_peaks=self.n_peaks, zarr_path=self.zarr_path,
-                                 midas_dir=self.midas_dir,
-                                 metadata_keys=numeric_keys(metadata), expected_frames=frames,
-                                 sums_from_workers=not self.write_2d)
+            self.outputs = RunOutputs(self.path, self.imap, self.params, engine_name=engine_name or
+                                      str(self.config.workers.engine), n_peaks=self.n_peaks, zarr_path=self.zarr_path,
+                                      midas_dir=self.midas_dir,
+                                      metadata_keys=numeric_keys(metadata), expected_frames=frames,
+                                      sums_from_workers=not self.write_2d)
             log.info("writing %s (engine %s, %d x %d bins%s%s%s)", self.path, engine_name, self.imap.n_r,
                      self.imap.n_eta, ", cakes" if self.write_2d else "", f", {self.n_peaks} peaks" if self.n_peaks
                      else "", f", zarr {self.zarr_path}" if self.zarr_path else "")
             early, self.early = self.early, []
             for item in early:
                 self.on_side(item)
-        return self.h5
+        return self.outputs
 
     def emit(self, msg: Result, buffers) -> None:
         """Append one result's row (ok) or account for it (rejected); in frame_index order."""
-        out = self.h5 if self.h5 is not None else self.writer(msg.engine, msg.metadata)
+        out = self.outputs if self.outputs is not None else self.open_outputs(msg.engine, msg.metadata)
         if msg.status != "ok":
             self.count("rejected")
             if self.counters["rejected"] <= 5:
@@ -348,13 +354,13 @@ class _Writer:
             self.save()
 
     def save(self) -> None:
-        if self.h5 is not None:
-            self.h5.save()
+        if self.outputs is not None:
+            self.outputs.save()
         self.unflushed = self.unsaved = 0
 
     def flush(self) -> None:
-        if self.h5 is not None:
-            self.h5.flush()
+        if self.outputs is not None:
+            self.outputs.flush()
         self.unflushed = 0
 
     # ------------------------------------------------------------------------------------- peak-list updates
@@ -373,14 +379,11 @@ class _Writer:
         """Record each PeakUpdate waiting on the SUB socket once (the same socket carries the ingest's requests)."""
         while self.peaks_sub is not None:
             try:
-                msg, _ = recv_message(self.peaks_sub, zmq.NOBLOCK)
+                got = receive(self.peaks_sub, self.rejects, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            except ProtocolError as exc:
-                self.rejects.record(exc)
-                continue
-            if isinstance(msg, PeakUpdate):
-                self.on_peak_update(msg)
+            if got is not None and isinstance(got[0], PeakUpdate):
+                self.on_peak_update(got[0])
 
     def on_peak_update(self, msg: PeakUpdate) -> None:
         """Record a PeakUpdate once per seq, whichever socket it came on (the supervisor publishes it again)."""
@@ -399,8 +402,8 @@ class _Writer:
             self.next_index = idx + 1
 
     def close(self, complete: bool) -> None:
-        h5 = self.writer(str(self.config.workers.engine))
-        self.h5 = None
+        outputs = self.open_outputs(str(self.config.workers.engine))
+        self.outputs = None
         if self.eos is not None and self.eos.counters:
-            h5.source_counters(self.eos.counters)  # PVA gaps, frames missed, drops by reason: into the file
-        h5.close(run_complete=complete)
+            outputs.source_counters(self.eos.counters)  # PVA gaps, frames missed, drops by reason: into the file
+        outputs.close(run_complete=complete)

@@ -115,7 +115,7 @@ def test_wake_up_tokens_do_not_pile_up():
 
 
 def test_nontemporal_env_sets_the_threshold_and_keeps_the_users():
-    from ringstream.ingest.copier import NONTEMPORAL_THRESHOLD, nontemporal_env
+    from ringstream.transport.child import NONTEMPORAL_THRESHOLD, nontemporal_env
 
     assert NONTEMPORAL_THRESHOLD == 256 * 1024
     assert nontemporal_env({}) == {"GLIBC_TUNABLES": "glibc.cpu.x86_non_temporal_threshold=0x40000"}

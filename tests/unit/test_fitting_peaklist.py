@@ -11,11 +11,12 @@ import pytest
 
 from ringstream.daemon.peaks import PeakControl
 from ringstream.errors import InputError
+from ringstream.fitting import choose_engine
 from ringstream.fitting.frame import FrameFitter
 from ringstream.fitting.peaklist import apply_action, check_list, parse_peak_update, peak_list_for_frame
 from ringstream.params import parse_params
 from ringstream.protocol import ControlRequest, FrameHeader, PeakUpdate, decode
-from ringstream.workers.fitting import WorkerFitting, choose_engine
+from ringstream.workers.fitting import WorkerFitting
 
 BASE = "NrPixelsY 128\nNrPixelsZ 128\nLsd 1000000\npx 200\nBC 63 61\nRMin 0\nRMax 200\nRBinSize 1\n"
 

@@ -1,4 +1,4 @@
-"""Image readers (ringstream/ingest/formats.py): every format bit-exact into a caller's array, frame by frame;
+"""Image readers (ringstream/images/formats.py): every format bit-exact into a caller's array, frame by frame;
 short or corrupt files are IncompleteFile naming the file; darks in every format."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pytest
 import tifffile
 
 from ringstream.errors import InputError
-from ringstream.ingest.formats import (
+from ringstream.images.formats import (
     GE_HEADER_BYTES,
     FormatOptions,
     IncompleteFile,
     format_of,
     open_image,
 )
-from ringstream.ingest.images import load_dark
+from ringstream.images.files import load_dark
 
 SHAPE = (24, 20)  # (NrPixelsZ, NrPixelsY)
 OPTS = FormatOptions(detector_shape=SHAPE)

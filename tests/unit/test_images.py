@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from ringstream.errors import InputError
-from ringstream.ingest.images import GE_HEADER_BYTES, iter_images, load_dark, natural_key
+from ringstream.images.files import GE_HEADER_BYTES, iter_images, load_dark, natural_key
 
 SHAPE = (12, 10)  # (NrPixelsZ, NrPixelsY): deliberately not square
 

@@ -1,0 +1,176 @@
+"""What every process of the daemon shares: child setup, heartbeats, receiving and counting bad messages.
+
+The roles (ingest, workers, writer) and the supervisor all use this module and none of them imports another role:
+
+- :func:`run_child` is the body of each role's ``run(config, ready, stop)``: :func:`child_setup` (stderr logging
+  with the role in every line, SIGINT left to the supervisor, SIGTERM raising SystemExit so that ``finally`` blocks
+  run), then the role's loop; a :class:`~ringstream.errors.RingstreamError` becomes one error line and its exit
+  code.
+- :class:`HeartbeatSender` sends the role's ``Heartbeat`` (state and counters) to the supervisor's events socket.
+- :func:`receive` takes one message from a socket and counts what is not a valid message of the expected types in
+  a :class:`~ringstream.transport.sockets.RejectLog` (``protocol_errors_<kind>``), so a bad peer never stops a loop.
+- :func:`nontemporal_env` and :func:`environment`: the environment the supervisor starts the ingest process with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from ringstream.errors import RingstreamError
+from ringstream.protocol import Heartbeat, Message, ProtocolError
+from ringstream.transport.sockets import RejectLog, recv_message, send_message
+
+# --------------------------------------------------------------------------------------------- process setup
+
+
+def child_setup(config, role: str) -> None:
+    """Per-child process setup: stderr logging with the role in every line, SIGINT left to the supervisor, and
+    SIGTERM turned into SystemExit so that ``finally`` blocks run (the ring is unlinked, the HDF5 file closed)."""
+    level = config.logging.level
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=getattr(logging, level, logging.INFO),
+            format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        )
+    else:
+        root.setLevel(getattr(logging, level, logging.INFO))
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _sigterm)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (ValueError, AttributeError, OSError):  # not the main thread, or no such call on this platform
+        pass
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def run_child(config, role: str, body: Callable[[], int], logger: logging.Logger, prefix: str = "") -> int:
+    """A role's entry point: :func:`child_setup` for ``role`` (the name in every log line), then ``body()``; a
+    :class:`~ringstream.errors.RingstreamError` is logged as one line (after ``prefix``) and gives its exit code."""
+    child_setup(config, role)
+    try:
+        return body()
+    except RingstreamError as exc:
+        logger.error("%s%s", prefix, exc)
+        return int(getattr(exc, "exit_code", 1))
+
+
+# ------------------------------------------------------------------------------------------------ heartbeats
+
+
+class HeartbeatSender:
+    """Sends a Heartbeat every ``interval`` s (never blocking: a full queue drops the beat)."""
+
+    def __init__(self, sock, role: str, index: int, interval: float) -> None:
+        self.sock, self.role, self.index = sock, role, int(index)
+        self.interval = max(0.01, float(interval))
+        self.last = 0.0
+
+    @contextlib.contextmanager
+    def beating(self, counters: dict, state: str = "running"):
+        """Beat with ``counters`` from a background thread while the block runs (a long close must not look like a
+        hang to the supervisor); the block must not use this sender meanwhile."""
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(self.interval):
+                self.beat(counters, state=state, force=True)
+
+        thread = threading.Thread(target=loop, name=f"{self.role}-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def beat(self, counters, state: str = "running", force: bool = False) -> None:
+        """Send a beat if one is due (or ``force``); ``counters`` is a dict or a function returning one, called
+        only when a beat goes out (so a hot loop can pass its snapshot method for free)."""
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        if callable(counters):
+            counters = counters()
+        msg = Heartbeat(role=self.role, index=self.index, pid=os.getpid(), state=state, time=time.time(),
+                        counters=dict(counters))
+        try:
+            send_message(self.sock, msg, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+
+# ------------------------------------------------------------------------------------------------- receiving
+
+
+def receive(sock: zmq.Socket, rejects: RejectLog, expected: type | tuple[type, ...] | None = None, *,
+            flags: int = 0, copy: bool = False, where: str = "") -> tuple[Message, list] | None:
+    """The next message on ``sock`` and its buffers (:func:`~ringstream.transport.sockets.recv_message`), or None
+    when it was rejected: it does not decode, or it is not an instance of ``expected`` (None: any message). A
+    rejected message is consumed, counted and logged by ``rejects``; the socket stays usable. ``where`` names the
+    socket in the rejection of an unexpected type (``"on the frames socket"``). With ``flags=zmq.NOBLOCK``,
+    ``zmq.Again`` when nothing is waiting."""
+    try:
+        msg, buffers = recv_message(sock, flags, copy)
+    except ProtocolError as exc:
+        rejects.record(exc)
+        return None
+    if expected is not None and not isinstance(msg, expected):
+        what = f"unexpected {type(msg).__name__} message" + (f" {where}" if where else "")
+        rejects.record(ProtocolError("unknown_type", what))
+        return None
+    return msg, buffers
+
+
+# ---------------------------------------------------------------------------------------- a child's environment
+
+#: glibc's tunable: copies larger than this many bytes use non-temporal (cache-bypassing) stores
+NONTEMPORAL_TUNABLE = "glibc.cpu.x86_non_temporal_threshold"
+#: the threshold the ingest runs with (``[transport] nontemporal_copy``): every frame copy, none of the small ones
+NONTEMPORAL_THRESHOLD = 0x40000  # 256 KiB
+
+
+def nontemporal_env(environ=None) -> dict[str, str]:
+    """The environment the ingest process starts with so that its frame copies bypass the CPU caches.
+
+    glibc's memcpy switches to non-temporal stores only above ``x86_non_temporal_threshold``, by default 3/4 of the
+    shared cache, so on a host with a large last-level cache every frame copy goes through the cache, reading each
+    destination line before writing it (3 bytes of memory traffic per byte copied, where 2 suffice) and evicting
+    what the other processes use (``bench/host_copy.py`` measures the difference). A frame in its slot is next read
+    by the GPU's DMA or another process, never by this one from its cache, so bypassing the cache costs nothing.
+    glibc reads tunables only at start-up, so the supervisor passes them to the ingest process it starts. A
+    threshold the user already set in ``GLIBC_TUNABLES`` is kept; elsewhere (another libc, another CPU) the variable
+    is ignored. Returns the variables to set (empty when nothing changes)."""
+    environ = os.environ if environ is None else environ
+    current = environ.get("GLIBC_TUNABLES", "")
+    if NONTEMPORAL_TUNABLE in current:
+        return {}
+    item = f"{NONTEMPORAL_TUNABLE}={NONTEMPORAL_THRESHOLD:#x}"
+    return {"GLIBC_TUNABLES": f"{current}:{item}" if current else item}
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]):
+    """``os.environ`` with ``env`` set for the block (a process started inside inherits it), then as it was."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
