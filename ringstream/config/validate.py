@@ -105,7 +105,7 @@ def _folder_problems(cfg: Merged, origin: Origins) -> list[str]:
     """The folder source's paths exist and its raw-file and extension settings name formats it can read."""
     import numpy as np
 
-    from ..ingest.folder import normalize_extensions, parse_shape
+    from ..images.formats import normalize_extensions, parse_shape
 
     src, out = cfg["source"], []
     if src["file"] and not Path(str(src["file"])).is_file():

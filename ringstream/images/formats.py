@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 TIFF_EXTS = (".tif", ".tiff")
 CBF_EXTS = (".cbf",)
@@ -511,3 +511,35 @@ def open_image(path: str | os.PathLike, options: FormatOptions | None = None) ->
         f.close()
         raise IncompleteFile(f"{path}: the file holds no frames")
     return f
+
+
+def normalize_extensions(exts) -> tuple[str, ...]:
+    """``["tif", ".CBF", "h5,nxs"]`` -> ``(".tif", ".cbf", ".h5", ".nxs")``; ConfigError for an unsupported one."""
+    out: list[str] = []
+    for item in exts or ():
+        for part in str(item).split(","):
+            part = part.strip().lower()
+            if not part:
+                continue
+            ext = part if part.startswith(".") else "." + part
+            if ext not in FORMAT_EXTS:
+                raise ConfigError(f"[source] extensions: {part!r} is not a supported image extension; supported: "
+                                  f"{' '.join(FORMAT_EXTS)}")
+            out.append(ext)
+    return tuple(dict.fromkeys(out))
+
+
+def parse_shape(text: str) -> tuple[int, int] | None:
+    """``"2048x2048"`` (NrPixelsZ x NrPixelsY) -> (2048, 2048); ``""`` -> None; ConfigError otherwise."""
+    text = str(text).strip().lower()
+    if not text:
+        return None
+    parts = text.replace("*", "x").replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) < 1:
+        raise ConfigError(f"[source] raw_shape: expected ROWSxCOLS (NrPixelsZ x NrPixelsY), e.g. 2048x2048, "
+                          f"got {text!r}")
+    return shape  # type: ignore[return-value]

@@ -56,7 +56,9 @@ from ..images.formats import (
     IncompleteFile,
     format_of,
     natural_key,
+    normalize_extensions,
     open_image,
+    parse_shape,
 )
 from .source_base import IDLE, SourceFrame, StopFlag, stopped
 
@@ -83,22 +85,6 @@ class FolderOptions:
     poll_interval: float = 1.0
     retry_time: float = 10.0
     exclude: tuple[str, ...] = ()  # paths never read: the run's own output files, when they are in the folder
-
-
-def normalize_extensions(exts) -> tuple[str, ...]:
-    """``["tif", ".CBF", "h5,nxs"]`` -> ``(".tif", ".cbf", ".h5", ".nxs")``; ConfigError for an unsupported one."""
-    out: list[str] = []
-    for item in exts or ():
-        for part in str(item).split(","):
-            part = part.strip().lower()
-            if not part:
-                continue
-            ext = part if part.startswith(".") else "." + part
-            if ext not in FORMAT_EXTS:
-                raise ConfigError(f"[source] extensions: {part!r} is not a supported image extension; supported: "
-                                  f"{' '.join(FORMAT_EXTS)}")
-            out.append(ext)
-    return tuple(dict.fromkeys(out))
 
 
 @dataclass
@@ -570,19 +556,3 @@ class _Fill:
             self.handle.f.read_into(self.k, out)
         finally:
             self.handle.filled()
-
-
-def parse_shape(text: str) -> tuple[int, int] | None:
-    """``"2048x2048"`` (NrPixelsZ x NrPixelsY) -> (2048, 2048); ``""`` -> None; ConfigError otherwise."""
-    text = str(text).strip().lower()
-    if not text:
-        return None
-    parts = text.replace("*", "x").replace(",", "x").split("x")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if len(shape) != 2 or min(shape) < 1:
-        raise ConfigError(f"[source] raw_shape: expected ROWSxCOLS (NrPixelsZ x NrPixelsY), e.g. 2048x2048, "
-                          f"got {text!r}")
-    return shape  # type: ignore[return-value]

@@ -31,7 +31,6 @@ ALLOWED = {
         "offline `ringstream integrate` checks its output path as the writer does",
     ("ringstream.daemon.cli", "ringstream.writer.export"): "`ringstream export` is the writer's export",
     ("ringstream.daemon.cli", "ringstream.writer.repair"): "`ringstream repair` is the writer's repair",
-    ("ringstream.config", "ringstream.ingest.folder"): "the folder source's option parsing, used to validate them",
 }
 
 
