@@ -23,7 +23,7 @@ from ..errors import InputError
 log = logging.getLogger("ringstream.map")
 
 #: bump when the meaning or layout of a saved map changes: every cached map is then rebuilt.
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2
 
 _FILE_KEYS = ("MaskFile", "GapFile", "BadPxFile", "DistortionFile")
 
