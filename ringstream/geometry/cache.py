@@ -95,6 +95,7 @@ def canonical_inputs(p) -> dict:
         "SolidAngleCorrection": int(p.SolidAngleCorrection),
         "PolarizationCorrection": int(p.PolarizationCorrection),
         "PolarizationFraction": _f(p.PolarizationFraction),
+        "PolarizationAngle": _f(p.PolarizationAngle),
         "files": {k: file_sha256(getattr(p, k), k) for k in _FILE_KEYS},
     }
 
