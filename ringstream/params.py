@@ -109,6 +109,7 @@ _SPEC: dict[str, _Key] = {
     "SolidAngleCorrection": _flag(False),
     "PolarizationCorrection": _flag(False),
     "PolarizationFraction": _num(0.99),
+    "PolarizationAngle": _num(0.0, "deg"),
     "Normalize": _flag(True),
     "Write2D": _flag(False),
     "OmegaSumFrames": _int(1, "frames, -1 = all"),
@@ -202,6 +203,7 @@ class Params:
     SolidAngleCorrection: bool
     PolarizationCorrection: bool
     PolarizationFraction: float
+    PolarizationAngle: float  # deg: η of the polarization direction; 0 = MIDAS's form (docs/POLARIZATION.md)
     Normalize: bool
     Write2D: bool
     OmegaSumFrames: int  # frames per summed cake; -1 = all
@@ -580,6 +582,10 @@ def _check(p: Params) -> list[str]:
         fail(("OmegaSumFrames",), f"OmegaSumFrames must be ≥ 1, or -1 for all frames, got {p.OmegaSumFrames}")
     if not 0 <= p.PolarizationFraction <= 1:
         fail(("PolarizationFraction",), f"PolarizationFraction must be in 0..1, got {p.PolarizationFraction:g}")
+    if not -180 <= p.PolarizationAngle <= 180:
+        fail(("PolarizationAngle",), f"PolarizationAngle must be in -180..180 (deg, the η of the polarization "
+             f"direction: 0 for MIDAS's form, 90 for a horizontally polarized beam with Z up), "
+             f"got {p.PolarizationAngle:g}")
     if p.FitROIPadding < 1:
         fail(("FitROIPadding",), f"FitROIPadding must be ≥ 1 (radial bins), got {p.FitROIPadding}")
 

@@ -38,10 +38,16 @@ def rotation_matrix(tx: float, ty: float, tz: float) -> np.ndarray:
     return rx @ ry @ rz
 
 
-def polarization(two_theta: np.ndarray, eta: np.ndarray, f: float) -> np.ndarray:
-    """Polarization factor P = 1 - f·sin²(2θ)·cos²(η) (MIDAS form); 2θ and η in degrees."""
+def polarization(two_theta: np.ndarray, eta: np.ndarray, f: float, angle: float = 0.0) -> np.ndarray:
+    """Polarization factor P = 1 - f·sin²(2θ)·cos²(η - angle); 2θ, η and angle in degrees.
+
+    ``angle`` is the η of the beam's polarization direction (its electric field), η = 0 toward +Z and η = 90° toward
+    -Y; P = 0 for f = 1 at 2θ = 90° in that direction. ``angle = 0`` is MIDAS's form 1 - f·sin²(2θ)·cos²(η), right
+    for a beam polarized along Z; a synchrotron's horizontal polarization with Z vertical is ``angle = 90``.
+    docs/POLARIZATION.md relates this to pyFAI's ``polarization_factor`` and ``axis_offset``.
+    """
     s = np.sin(np.radians(two_theta))
-    c = np.cos(np.radians(eta))
+    c = np.cos(np.radians(eta - angle))
     return 1.0 - f * s * s * c * c
 
 

@@ -223,7 +223,8 @@ def build_map(p) -> IntegrationMap:
             factor *= geom.solid_angle(yc, zc)
         if use_pol:
             rc, ec = geom.r_eta(yc, zc)
-            factor *= polarization(geom.two_theta_deg(rc), ec, float(p.PolarizationFraction))
+            factor *= polarization(geom.two_theta_deg(rc), ec, float(p.PolarizationFraction),
+                                   float(p.PolarizationAngle))
         weights = sp.csr_matrix((areas.data / factor[areas.indices], areas.indices.copy(), areas.indptr.copy()),
                                 shape=areas.shape)
     else:
@@ -239,7 +240,8 @@ def build_map(p) -> IntegrationMap:
         },
         "corrections": {
             "SolidAngleCorrection": use_sa, "PolarizationCorrection": use_pol,
-            "PolarizationFraction": float(p.PolarizationFraction), "solid_angle_form": "tilt-aware (n.P/|P|)^3",
+            "PolarizationFraction": float(p.PolarizationFraction), "PolarizationAngle": float(p.PolarizationAngle),
+            "solid_angle_form": "tilt-aware (n.P/|P|)^3",
         },
         "files": {k: (str(getattr(p, k)) if getattr(p, k, None) else None)
                   for k in ("MaskFile", "GapFile", "BadPxFile", "DistortionFile")},

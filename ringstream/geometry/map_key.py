@@ -15,7 +15,7 @@ import json
 from ..errors import InputError
 
 #: bump when the meaning or layout of a saved map changes: every cached map is then rebuilt.
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2
 
 _FILE_KEYS = ("MaskFile", "GapFile", "BadPxFile", "DistortionFile")
 
@@ -87,6 +87,7 @@ def canonical_inputs(p) -> dict:
         "SolidAngleCorrection": int(p.SolidAngleCorrection),
         "PolarizationCorrection": int(p.PolarizationCorrection),
         "PolarizationFraction": _f(p.PolarizationFraction),
+        "PolarizationAngle": _f(p.PolarizationAngle),
         "files": {k: file_sha256(getattr(p, k), k) for k in _FILE_KEYS},
     }
 

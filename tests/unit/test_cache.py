@@ -100,6 +100,7 @@ def test_format_version_is_part_of_the_key(monkeypatch):
         "SolidAngleCorrection 1",
         "PolarizationCorrection 1",
         "PolarizationFraction 0.5",
+        "PolarizationAngle 90",
         "QMin 0.5\nQMax 3\nQBinSize 0.01",
         "NPanelsY 2\nNPanelsZ 1\nPanelSizeY 31\nPanelSizeZ 64\nPanelGapsY 2",
     ],

@@ -253,6 +253,8 @@ def test_pxy_alone_satisfies_px():
         ("RhoD 0\n", "setup.txt:7: RhoD must be > 0 (µm), got 0"),
         ("OmegaSumFrames 0\n", "setup.txt:7: OmegaSumFrames must be ≥ 1, or -1 for all frames, got 0"),
         ("PolarizationFraction 1.5\n", "setup.txt:7: PolarizationFraction must be in 0..1, got 1.5"),
+        ("PolarizationAngle 270\n", "setup.txt:7: PolarizationAngle must be in -180..180 (deg, the η of the "
+         "polarization direction: 0 for MIDAS's form, 90 for a horizontally polarized beam with Z up), got 270"),
         ("FitROIPadding 0\n", "setup.txt:7: FitROIPadding must be ≥ 1 (radial bins), got 0"),
     ],
 )
