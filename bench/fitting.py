@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ringstream.fitting.frame import FrameFitter  # noqa: E402
 from ringstream.fitting.synthetic import make_case  # noqa: E402
@@ -271,8 +272,9 @@ FIT_CALLS = re.compile(r"worker-\d+: done: .*fitted in \d+ calls \(([0-9.]+) fra
 def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: int | None = 1,
                source: str = "simulated", zarr: bool = True, settings: str = "") -> dict:
     """The real ``ringstream run --engine gpu`` on ``frames`` PILATUS 2M frames: ``source`` "simulated" (the
-    simulated detector, computed by the ingest) or "replay" (32 frames of that detector saved as an .npy stack and
-    replayed in a loop: the ingest only copies, so the source does not limit the rate); ``omega_sum_frames`` None
+    simulated detector, computed by the ingest) or "replay" (frames of that detector saved as an .npy stack of at
+    least 32, and at least twice the last-level cache, replayed in a loop: the ingest only copies, so the source does
+    not limit the rate); ``omega_sum_frames`` None
     keeps the demo parameter file's OmegaSumFrames, ``zarr`` False passes ``--no-zarr``; ``settings`` names them in
     the row."""
     exe = Path(sys.executable).with_name("ringstream")
@@ -289,8 +291,11 @@ def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: 
             from ringstream.ingest.simulated import SimulatedSource
             from ringstream.params import load_params
 
+            from workload import frames_to_exceed, last_level_cache
+
             sim = SimulatedSource(load_params(pf), n_frames=32, seed=0, dtype="int32", precompute=False)
-            np.save(Path(d) / "stack.npy", np.stack([sim.make_frame(k) for k in range(32)]))
+            n_stack = frames_to_exceed(sim.mean.size * 4, last_level_cache(), minimum=32)
+            np.save(Path(d) / "stack.npy", np.stack([sim.make_frame(k) for k in range(n_stack)]))
             feed = ["--replay", str(Path(d) / "stack.npy"), "--frames", str(frames)]
         else:
             feed = ["--simulate", str(frames)]

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--omega-sum-frames", default="-1",
                     help="comma-separated OmegaSumFrames of the fast-path rows (-1: one running sum)")
     ap.add_argument("--source", choices=("simulated", "replay"), default="simulated",
-                    help="simulated detector, or 32 of its frames replayed (the ingest only copies)")
+                    help="simulated detector, or its frames replayed (the ingest only copies; at least 32 frames, "
+                         "and at least twice the last-level cache)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
     import cupy

@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     fbytes = int(np.prod(SHAPE)) * 4
     frames = distinct_frames(frames_to_exceed(fbytes, llc, minimum=16), SHAPE, np.int32, seed=7)
     ring = FrameRing.create(frames_to_exceed(fbytes, llc, minimum=32), fbytes, prefix="ringstream-bench")
-    sets = {"source_frames": working_set(len(frames), fbytes, llc), "ring_slots": working_set(ring.n_slots, fbytes, llc)}
+    sets = {"source_frames": working_set(len(frames), fbytes, llc),
+            "ring_slots": working_set(ring.n_slots, fbytes, llc)}
     print(f"{len(frames)} distinct source frames ({sets['source_frames']['times_llc']} x LLC) into {ring.n_slots} "
           f"slots ({sets['ring_slots']['times_llc']} x LLC)")
     dma = None

@@ -151,8 +151,9 @@ def main() -> int:
         "python": platform.python_version(), "pvapy": _version("pvapy"), "numpy": np.__version__,
         "last_level_cache": llc,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds_per_case": args.seconds,
-        "note": "pvapy-ad-sim-server subprocess on loopback, same cores; PvaSource + FrameRing, slots released at "
-                "in order, all but 4 held (no workers). frames_per_s = (received - 1) / (last arrival - first arrival). At full rate the "
+        "note": "pvapy-ad-sim-server subprocess on loopback, same cores; PvaSource + FrameRing, slots released "
+                "in order, all but 4 held (no workers). frames_per_s = (received - 1) / (last arrival - first "
+                "arrival). At full rate the "
                 "server publishes far faster than one consumer can take (pvapy coalesces updates: the uniqueId "
                 "gaps and overruns), so 'lost' there is the server outrunning the receiver; at 100 fps it must be 0.",
         "results": rows,
