@@ -41,17 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workload import (  # noqa: E402
-    DEFAULT,
-    DaemonSettings,
-    HeldSlots,
-    daemon_settings,
-    describe_llc,
-    distinct_frames,
-    frames_to_exceed,
-    last_level_cache,
-    working_set,
-)
+import workload  # noqa: E402
 
 GEOMS = {
     "pilatus2m_int32": ("int32", "NrPixelsY 1475\nNrPixelsZ 1679\npx 172\nLsd 1000000\nBC 737 839\nty 1\n"
@@ -239,10 +229,10 @@ def ingest_ceiling(llc: dict, seconds: float = 1.5) -> dict:
 
     shape = (1679, 1475)
     nbytes = int(np.prod(shape)) * 4
-    n_set = frames_to_exceed(nbytes, llc, minimum=32)
-    frames = distinct_frames(n_set, shape, np.int32, seed=5)
+    n_set = workload.frames_to_exceed(nbytes, llc, minimum=32)
+    frames = workload.distinct_frames(n_set, shape, np.int32, seed=5)
     ring = FrameRing.create(n_set, nbytes, prefix="ringstream-bench")
-    held = HeldSlots(ring.release, n_set - 1)
+    held = workload.HeldSlots(ring.release, n_set - 1)
     try:
         for k in range(n_set):  # first touch of every slot's pages, untimed
             slot = ring.acquire()
@@ -260,12 +250,12 @@ def ingest_ceiling(llc: dict, seconds: float = 1.5) -> dict:
         ring.close()
         ring.unlink()
     return {"ring_write_fps": round(n / dt, 1), "GB_s": round(n * nbytes / dt / 1e9, 2),
-            "working_set": working_set(n_set, nbytes, llc)}
+            "working_set": workload.working_set(n_set, nbytes, llc)}
 
 
 def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: int = 0,
-               in_flight: int = 1, gpus: str = "", settings: DaemonSettings = DEFAULT, timeline: bool = False,
-               replay_frames: int = 32) -> dict:
+               in_flight: int = 1, gpus: str = "", settings: workload.DaemonSettings = workload.DEFAULT,
+               timeline: bool = False, replay_frames: int = 32) -> dict:
     """End-to-end ``ringstream run --engine gpu`` on PILATUS 2M int32 frames through the shared-memory ring:
     ``source`` "replay" (an .npy stack of ``replay_frames`` distinct frames, looped: replay -> ingest -> ring -> GPU
     workers -> writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per
@@ -283,7 +273,7 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
         cmd += ["run", "--param-file", str(REPO / "configs" / "demo-pilatus2m.txt")]
         if source == "replay":
             stack = Path(d) / "replay.npy"
-            np.save(stack, distinct_frames(replay_frames, (1679, 1475), np.int32, seed=9))
+            np.save(stack, workload.distinct_frames(replay_frames, (1679, 1475), np.int32, seed=9))
             cmd += ["--replay", str(stack), "--frames", str(frames)]
         else:
             cmd += ["--simulate", str(frames)]
@@ -400,17 +390,17 @@ def main(argv=None) -> int:
     out = {"benchmark": "gpu_engine", "machine": info, "results": results,
            "targets": {"ratio_to_ceiling": 0.9, "resident_Gpx_per_s_2048sq": 100}}
     if args.daemon:
-        llc = last_level_cache()
-        print(describe_llc(llc), flush=True)
+        llc = workload.last_level_cache()
+        print(workload.describe_llc(llc), flush=True)
         out["machine"]["last_level_cache"] = llc
         out["ingest_ceiling"] = ingest_ceiling(llc)
         print("ingest ceiling (one ring write per frame, PILATUS 2M int32):", out["ingest_ceiling"], flush=True)
-        replay_frames = frames_to_exceed(1679 * 1475 * 4, llc, minimum=32)
+        replay_frames = workload.frames_to_exceed(1679 * 1475 * 4, llc, minimum=32)
         out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus, s,
                                     args.daemon_timeline, replay_frames)
                          for w in args.daemon_workers.split(",") for c in args.daemon_copy_threads.split(",")
                          for q in args.daemon_in_flight.split(",")
-                         for s in daemon_settings(args.daemon_settings, args.daemon_omega_sum_frames)]
+                         for s in workload.daemon_settings(args.daemon_settings, args.daemon_omega_sum_frames)]
         for d in out["daemon"]:
             print("daemon:", d, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
