@@ -3,17 +3,21 @@ goes (ingest, transport, integration, writing).
 
 1. End to end: the real ``ringstream run`` on ``configs/demo-pilatus2m.txt`` (1679 x 1475 int32, 990 R x 72 eta bins)
    with the simulated source, ``--workers 2 --engine cpu``, N frames (1,000 by default), through the shared-memory
-   ring; and once more with ``--no-shm`` (pixels inline in the zmq message) for comparison. frames/s is the run's own
-   number from the final counts line (ready -> last frame written; start-up excluded); start-up is reported apart.
-2. Stages, timed one at a time in this process on the same frames (the daemon's heartbeats carry counts, not times):
-   ingest = copy a frame into a ring slot + encode its FrameHeader; transport = FrameHeader -> worker, SlotRelease ->
+   ring. The first (headline) row has the default settings (``OmegaSumFrames`` as the demo parameter file gives it,
+   the zarr.zip written); the next the fast-path settings (``OmegaSumFrames -1``, ``--no-zarr``; see
+   ``bench/workload.py``); then the default settings once more with ``--no-shm`` (pixels inline in the zmq message)
+   for comparison. frames/s is the run's own number from the final counts line (ready -> last frame written;
+   start-up excluded); start-up is reported apart.
+2. Stages, timed one at a time in this process (the daemon's heartbeats carry counts, not times): ingest = copy a
+   frame into a ring slot + encode its FrameHeader, over distinct frames and slots that each total at least twice
+   the last-level cache (read from sysfs, printed); transport = FrameHeader -> worker, SlotRelease ->
    ingest, Result (lineout) -> writer over tcp loopback zmq (and, for comparison, the 9.9 MB inline frame);
    integration = ``ReferenceEngine.integrate`` of one frame; writing = ``Hdf5Writer.append`` + flush per frame.
    The share of each is its CPU seconds per frame over their sum.
 
-Prints a table and writes ``bench/results/daemon_cpu-<hostname>.json``.
+Prints a table and writes ``<out>/daemon_cpu-<hostname>.json`` (``--out``, default ``bench/results``).
 
-Run: ``python bench/daemon_cpu.py [--frames N] [--no-inline]``
+Run: ``python bench/daemon_cpu.py [--frames N] [--settings default,fast-path] [--no-inline]``
 """
 
 from __future__ import annotations
@@ -33,7 +37,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = REPO / "configs" / "demo-pilatus2m.txt"
+sys.path.insert(0, str(REPO / "bench"))
+
+from workload import (  # noqa: E402
+    DEFAULT,
+    DEMO_PARAMS,
+    DaemonSettings,
+    HeldSlots,
+    daemon_settings,
+    describe_llc,
+    distinct_frames,
+    frames_to_exceed,
+    last_level_cache,
+    working_set,
+)
+
+PARAMS = DEMO_PARAMS
 COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+), rejected (\d+), dropped (\d+) "
                     r"\([^)]*\), ([\d.]+) s, ([\d.]+) frames/s")
 
@@ -64,23 +83,32 @@ def _script() -> list[str]:
     return [found] if found else [sys.executable, "-m", "ringstream.daemon.cli"]
 
 
-def end_to_end(frames: int, workers: int, shm: bool, folder: Path) -> dict:
-    """One daemon run; its counts line and wall time."""
-    out = folder / f"bench-{'shm' if shm else 'inline'}.h5"
+def end_to_end(frames: int, workers: int, shm: bool, folder: Path, settings: DaemonSettings = DEFAULT) -> dict:
+    """One daemon run with ``settings``; its counts line and wall time."""
+    out = folder / f"bench-{settings.name}-{'shm' if shm else 'inline'}.h5"
     out.unlink(missing_ok=True)
+    for stale in folder.glob("bench-*.zarr.zip"):
+        stale.unlink()
     cmd = _script() + ["run", "--param-file", str(PARAMS), "--simulate", str(frames), "--workers", str(workers),
-                       "--engine", "cpu", "--output-h5", str(out), "--control", "auto", "--log-level", "WARNING"]
+                       "--engine", "cpu", "--output-h5", str(out), "--control", "auto", "--log-level", "WARNING",
+                       *settings.flags()]
     if not shm:
         cmd.append("--no-shm")
+    cmd += settings.overrides()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
     m = COUNTS.search(proc.stderr)
-    if proc.returncode != 0 or not m:
-        raise SystemExit(f"daemon run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    row = {**settings.describe(PARAMS), "transport": "shm" if shm else "inline"}
+    if proc.returncode != 0 or not m:  # reported in its row (a run of these settings that fails is a result too)
+        print(f"daemon run ({settings.name}, {row['transport']}) failed (exit {proc.returncode}):\n"
+              f"{proc.stderr[-3000:]}", file=sys.stderr)
+        return {**row, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}", "frames": 0, "run_s": 0.0,
+                "frames_per_s": 0.0, "wall_s": round(wall, 2), "startup_and_exit_s": 0.0}
     written, run_s, fps = int(m.group(3)), float(m.group(6)), float(m.group(7))
-    return {"transport": "shm" if shm else "inline", "frames": written, "run_s": run_s, "frames_per_s": fps,
-            "wall_s": round(wall, 2), "startup_and_exit_s": round(wall - run_s, 2)}
+    return {**row, "frames": written,
+            "run_s": run_s, "frames_per_s": fps, "wall_s": round(wall, 2),
+            "startup_and_exit_s": round(wall - run_s, 2)}
 
 
 def _per_frame(fn, n: int) -> tuple[float, float]:
@@ -91,7 +119,7 @@ def _per_frame(fn, n: int) -> tuple[float, float]:
     return (time.perf_counter() - w0) / n, (time.process_time() - c0) / n
 
 
-def stages(n: int, folder: Path) -> dict:
+def stages(n: int, folder: Path, llc: dict) -> dict:
     import numpy as np
     import zmq
 
@@ -113,18 +141,27 @@ def stages(n: int, folder: Path) -> dict:
     nbytes = frames[0].nbytes
     out: dict[str, dict] = {}
 
-    # ingest: ring copy + header
-    ring = FrameRing.create(8, nbytes)
+    # ingest: ring copy + header, from distinct frames into slots held as workers hold them, each set at least
+    # twice the last-level cache
+    n_set = frames_to_exceed(nbytes, llc, minimum=8)
+    sources = distinct_frames(n_set, shape, dtype, seed=5)
+    ring = FrameRing.create(n_set, nbytes)
     try:
+        held = HeldSlots(ring.release, n_set - 1)  # the workers' SlotReleases, oldest frame first
+
         def ingest(k):
             slot = ring.acquire()
-            offset, nb = ring.write(slot, frames[k % 8])
+            offset, nb = ring.write(slot, sources[k % n_set])
             encode(FrameHeader(run_id="b", frame_index=k, shape=shape, dtype=dtype.str, location="shm",
                                shm_name=ring.name, slot=slot, offset=offset, nbytes=nb))
-            ring.release(slot)  # the worker's SlotRelease, in the daemon
-        w, c = _per_frame(ingest, n)
-        out["ingest"] = {"wall_s": w, "cpu_s": c, "what": "copy into a ring slot + FrameHeader"}
+            held.add(slot)
+        for k in range(n_set):  # every slot written once (first touch of its pages) before timing
+            ingest(k)
+        w, c = _per_frame(ingest, max(n, 2 * n_set))
+        out["ingest"] = {"wall_s": w, "cpu_s": c, "what": "copy into a ring slot + FrameHeader",
+                         "working_set": working_set(n_set, nbytes, llc)}
     finally:
+        del sources
         ring.close()
         ring.unlink()
 
@@ -196,17 +233,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=1000, help="frames per daemon run (1000)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--settings", default="default,fast-path",
+                    help="daemon settings, the first is the headline row (default,fast-path; see bench/workload.py)")
     ap.add_argument("--no-inline", action="store_true", help="skip the --no-shm daemon run")
+    ap.add_argument("--stage-frames", type=int, default=200, help="calls per timed stage (200)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
+    llc = last_level_cache()
+    print(describe_llc(llc))
 
     with tempfile.TemporaryDirectory(prefix="ringstream-bench-") as tmp:
         folder = Path(tmp)
         # the map is built once here (cached for the children); not part of the numbers
         subprocess.run(_script() + ["map", "--param-file", str(PARAMS)], check=True, capture_output=True)
-        runs = [end_to_end(args.frames, args.workers, True, folder)]
+        chosen = daemon_settings(args.settings)
+        runs = [end_to_end(args.frames, args.workers, True, folder, s) for s in chosen]
         if not args.no_inline:
-            runs.append(end_to_end(args.frames, args.workers, False, folder))
-        st = stages(200, folder)
+            runs.append(end_to_end(args.frames, args.workers, False, folder, chosen[0]))
+        st = stages(args.stage_frames, folder, llc)
 
     core = ("ingest", "transport", "integration", "writing")
     total_cpu = sum(st[k]["cpu_s"] for k in core)
@@ -216,27 +260,33 @@ def main() -> int:
 
     print(f"ringstream daemon, PILATUS 2M int32 (1679 x 1475), {args.workers} workers, CPU engine, "
           f"{os.cpu_count()} cores")
-    print(f"{'run':<10} {'frames':>7} {'run s':>7} {'frames/s':>9} {'start+exit s':>13}")
+    print(f"{'settings':<12} {'OmegaSum':>8} {'zarr':>5} {'transport':<10} {'frames':>7} {'run s':>7} "
+          f"{'frames/s':>9} {'start+exit s':>13}")
     for r in runs:
-        print(f"{r['transport']:<10} {r['frames']:>7} {r['run_s']:>7.1f} {r['frames_per_s']:>9.1f} "
-              f"{r['startup_and_exit_s']:>13.1f}")
+        print(f"{r['settings']:<12} {r['omega_sum_frames']:>8} {'on' if r['zarr'] else 'off':>5} "
+              f"{r['transport']:<10} {r['frames']:>7} {r['run_s']:>7.1f} {r['frames_per_s']:>9.1f} "
+              f"{r['startup_and_exit_s']:>13.1f}{'  FAILED: ' + r['error'][:60] if 'error' in r else ''}")
     print(f"\n{'stage':<24} {'ms/frame (wall)':>16} {'ms/frame (CPU)':>15} {'share':>7}")
     for k in (*core, "transport_inline_frame"):
         share = f"{100 * st[k]['share']:6.1f}%" if "share" in st[k] else "      -"
         print(f"{k:<24} {1e3 * st[k]['wall_s']:>16.2f} {1e3 * st[k]['cpu_s']:>15.2f} {share:>7}  {st[k]['what']}")
+    print(f"ingest working set: {st['ingest']['working_set']['distinct_frames']} distinct frames and slots, "
+          f"{st['ingest']['working_set']['times_llc']} x the last-level cache")
     print(f"\nintegration bound with {args.workers} workers on dedicated cores: {bound:.1f} frames/s; "
-          f"measured {runs[0]['frames_per_s']:.1f} frames/s ({os.cpu_count()} cores shared by the ingest, "
+          f"measured {runs[0]['frames_per_s']:.1f} frames/s with the {runs[0]['settings']} settings "
+          f"({os.cpu_count()} cores shared by the ingest, "
           f"{args.workers} workers, the writer and the supervisor)")
 
     result = {"benchmark": "daemon_cpu", "config": {"params": str(PARAMS.relative_to(REPO)), "frames": args.frames,
-              "workers": args.workers, "engine": "cpu", "dtype": "int32", "shape": [1679, 1475]},
-              "machine": machine_info(), "runs": runs, "stages": st,
+              "workers": args.workers, "engine": "cpu", "dtype": "int32", "shape": [1679, 1475],
+              "settings": args.settings.split(",")},
+              "machine": {**machine_info(), "last_level_cache": llc}, "runs": runs, "stages": st,
               "integration_bound_frames_per_s": bound}
-    dest = REPO / "bench" / "results" / f"daemon_cpu-{socket.gethostname()}.json"
+    dest = Path(args.out) / f"daemon_cpu-{socket.gethostname()}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {dest}")
-    return 0
+    return 1 if any("error" in r for r in runs) else 0
 
 
 if __name__ == "__main__":

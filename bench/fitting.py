@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ringstream.fitting.frame import FrameFitter  # noqa: E402
 from ringstream.fitting.synthetic import make_case  # noqa: E402
@@ -268,30 +269,39 @@ def ring_radii(param_file: Path, n: int = 3) -> list[float]:
 FIT_CALLS = re.compile(r"worker-\d+: done: .*fitted in \d+ calls \(([0-9.]+) frames a call\)")
 
 
-def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: int = 1,
-               source: str = "simulated") -> dict:
+def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: int | None = 1,
+               source: str = "simulated", zarr: bool = True, settings: str = "") -> dict:
     """The real ``ringstream run --engine gpu`` on ``frames`` PILATUS 2M frames: ``source`` "simulated" (the
-    simulated detector, computed by the ingest) or "replay" (32 frames of that detector saved as an .npy stack and
-    replayed in a loop: the ingest only copies, so the source does not limit the rate)."""
+    simulated detector, computed by the ingest) or "replay" (frames of that detector saved as an .npy stack of at
+    least 32, and at least twice the last-level cache, replayed in a loop: the ingest only copies, so the source does
+    not limit the rate); ``omega_sum_frames`` None
+    keeps the demo parameter file's OmegaSumFrames, ``zarr`` False passes ``--no-zarr``; ``settings`` names them in
+    the row."""
     exe = Path(sys.executable).with_name("ringstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ringstream.daemon.cli"]
     src = REPO / "configs" / "demo-pilatus2m.txt"
     with tempfile.TemporaryDirectory() as d:
         pf = Path(d) / "setup.txt"
         pf.write_text(src.read_text() + "".join(f"PeakLocation {r:.3f}\n" for r in peaks)
-                      + f"OmegaSumFrames {omega_sum_frames}\n")
+                      + ("" if omega_sum_frames is None else f"OmegaSumFrames {omega_sum_frames}\n"))
+        if omega_sum_frames is None:
+            omega_sum_frames = int(parse_params(pf.read_text(), pf).OmegaSumFrames)
         out = Path(d) / "bench.h5"
         if source == "replay":
             from ringstream.ingest.simulated import SimulatedSource
             from ringstream.params import load_params
 
+            from workload import frames_to_exceed, last_level_cache
+
             sim = SimulatedSource(load_params(pf), n_frames=32, seed=0, dtype="int32", precompute=False)
-            np.save(Path(d) / "stack.npy", np.stack([sim.make_frame(k) for k in range(32)]))
+            n_stack = frames_to_exceed(sim.mean.size * 4, last_level_cache(), minimum=32)
+            np.save(Path(d) / "stack.npy", np.stack([sim.make_frame(k) for k in range(n_stack)]))
             feed = ["--replay", str(Path(d) / "stack.npy"), "--frames", str(frames)]
         else:
             feed = ["--simulate", str(frames)]
         cmd += ["run", "--param-file", str(pf), *feed, "--workers", str(workers), "--engine",
-                "gpu", "--output-h5", str(out), "--control", "auto", "--log-level", "INFO"]
+                "gpu", "--output-h5", str(out), "--control", "auto", "--log-level", "INFO",
+                *([] if zarr else ["--no-zarr"])]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
         fit_rows = None
         rate = None
@@ -307,9 +317,12 @@ def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: 
                         "rcen_mean": [round(float(v), 3) for v in np.nanmean(fit[..., 3], axis=0)]}
     m = COUNTS.search(proc.stderr)
     if proc.returncode != 0 or not m:
-        return {"peaks": peaks, "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
-    return {"peaks": [round(r, 3) for r in peaks], "workers": workers, "frames": frames, "source": source,
-            "omega_sum_frames": omega_sum_frames,
+        return {**({"settings": settings} if settings else {}), "peaks": peaks, "workers": workers,
+                "omega_sum_frames": omega_sum_frames, "zarr": zarr,
+                "error": f"exit {proc.returncode}: {proc.stderr[-1500:]}"}
+    return {**({"settings": settings} if settings else {}), "peaks": [round(r, 3) for r in peaks],
+            "workers": workers, "frames": frames, "source": source, "omega_sum_frames": omega_sum_frames,
+            "zarr": zarr,
             "written": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)),
             "sustained_fps": rate,
             # each worker's frames per fit call (its "done" line): few frames a call cost more per frame

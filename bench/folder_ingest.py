@@ -7,15 +7,18 @@ Cases (data: Poisson background plus rings, so that the compressed formats compr
 - ``hdf5``: a multi-frame HDF5 file, 2048 x 2048 uint32 frames, bitshuffle-LZ4 chunks of one frame (as EIGER);
 - ``ge``: 2048 x 2048 uint16 frames in one GE ``.ge2`` file (8192-byte header), read frame by frame.
 
-Every file is read once before timing, so it is in the page cache. Two rates per case:
+Every file is read once before timing, so it is in the page cache. Every frame is distinct, and each case has at
+least enough frames to total twice the last-level cache (read from sysfs or ``lscpu``, printed and in the JSON), so
+that no copy runs from the CPU caches. Two rates per case:
 
-- *reader*: ``open_image`` + ``read_into`` a preallocated array for every frame, in this process (what the format
-  costs: parse, decode, copy);
+- *reader*: ``open_image`` + ``read_into`` preallocated arrays (rotating over a set of at least twice the
+  last-level cache), for every frame, in this process (what the format costs: parse, decode, copy);
 - *ingest*: the real ``ringstream.ingest.process.run`` with the folder source over the same folder, in a spawned
-  child, every ring slot released the moment its header arrives here (as ``bench/ingest_only.py`` does): the rate
-  at which the folder source can feed the daemon, whatever the engine.
+  child, its ring slots released in order as busy workers release them, all but 4 held (as ``bench/ingest_only.py``
+  does; the held slots total at least twice the last-level cache): the rate at which the folder source can feed the
+  daemon, whatever the engine.
 
-    python bench/folder_ingest.py [--files N] [--cases tiff,cbf,hdf5,ge] [--repeat 5] [--profile]
+    python bench/folder_ingest.py [--files N] [--cases tiff,cbf,hdf5,ge] [--repeat 5] [--slots N] [--profile]
 
 Each rate is the median of ``--repeat`` runs (the runs are in the JSON too).
 
@@ -48,6 +51,9 @@ from ringstream.ingest import process as ingest_process  # noqa: E402
 from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
 from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from workload import HeldSlots, describe_llc, frames_to_exceed, last_level_cache, working_set  # noqa: E402
+
 PARAMS = """NrPixelsY {ny}
 NrPixelsZ {nz}
 Lsd 1000000
@@ -73,35 +79,34 @@ CASES = {
 DEFAULT_FRAMES = {"tiff": 128, "cbf": 96, "hdf5": 128, "ge": 256}
 
 
-def make_frames(shape, dtype, n: int, seed: int = 0) -> list[np.ndarray]:
-    """``n`` distinct frames: Poisson background (mean 3) plus three rings of a few hundred counts."""
+def make_frames(shape, dtype, n: int, seed: int = 0):
+    """``n`` distinct frames, one at a time: Poisson background (mean 3) plus three rings of a few hundred counts,
+    with 2,000 random pixels of frame k raised by k + 1."""
     rng = np.random.default_rng(seed)
     z, y = np.indices(shape)
     r = np.hypot(z - shape[0] / 2, y - shape[1] / 2)
     rings = sum(400 * np.exp(-((r - r0) / 3.0) ** 2) for r0 in (300, 550, 800))
     base = rng.poisson(3 + rings).astype(dtype)
-    out = []
     for k in range(n):
         f = base.copy()
         f.flat[rng.integers(0, f.size, 2000)] += dtype(k + 1)  # frames differ
-        out.append(f)
-    return out
+        yield f
 
 
 def write_case(case: str, folder: Path, n: int) -> int:
-    """Write case ``case`` into ``folder``; returns the number of frames."""
+    """Write case ``case`` (``n`` distinct frames) into ``folder``; returns the number of frames."""
     nz, ny, dtype, _ = CASES[case]
-    frames = make_frames((nz, ny), dtype, min(n, 8))
+    frames = make_frames((nz, ny), dtype, n)
     if case == "tiff":
         import tifffile
 
-        for k in range(n):
-            tifffile.imwrite(folder / f"img_{k:05d}.tif", frames[k % len(frames)])
+        for k, frame in enumerate(frames):
+            tifffile.imwrite(folder / f"img_{k:05d}.tif", frame)
     elif case == "cbf":
         from fabio.cbfimage import CbfImage
 
-        for k in range(n):
-            CbfImage(data=frames[k % len(frames)]).write(str(folder / f"img_{k:05d}.cbf"))
+        for k, frame in enumerate(frames):
+            CbfImage(data=frame).write(str(folder / f"img_{k:05d}.cbf"))
     elif case == "hdf5":
         import h5py
         import hdf5plugin
@@ -109,13 +114,13 @@ def write_case(case: str, folder: Path, n: int) -> int:
         with h5py.File(folder / "scan_000001.h5", "w") as f:
             ds = f.create_dataset("entry/data/data", shape=(n, nz, ny), dtype=dtype, chunks=(1, nz, ny),
                                   **hdf5plugin.Bitshuffle(cname="lz4"))
-            for k in range(n):
-                ds[k] = frames[k % len(frames)]
+            for k, frame in enumerate(frames):
+                ds[k] = frame
     else:
         with open(folder / "scan_00001.ge2", "wb") as fh:
             fh.write(b"\0" * 8192)
-            for k in range(n):
-                fh.write(frames[k % len(frames)].astype("<u2").tobytes())
+            for frame in frames:
+                fh.write(frame.astype("<u2").tobytes())
     return n
 
 
@@ -132,21 +137,22 @@ def warm(folder: Path) -> int:
     return total
 
 
-def reader_rate(folder: Path, shape) -> tuple[float, int]:
-    """frames/s of open_image + read_into over every file of ``folder`` (sorted)."""
+def reader_rate(folder: Path, shape, dtype, llc: dict) -> tuple[float, int]:
+    """frames/s of open_image + read_into over every file of ``folder`` (sorted), into destination arrays taken in
+    turn from a set of at least twice the last-level cache."""
     from ringstream.images.formats import FormatOptions
 
     opts = FormatOptions(detector_shape=shape)
     files = sorted(folder.iterdir())
-    buf = None
+    dest = np.ones((frames_to_exceed(int(np.prod(shape)) * np.dtype(dtype).itemsize, llc, minimum=2),) + shape,
+                   dtype)  # touched: no first-touch page faults in the timing
     n = 0
     t0 = time.perf_counter()
     for p in files:
         with open_image(p, opts) as f:
-            if buf is None or buf.dtype != f.dtype:
-                buf = np.empty(f.shape, f.dtype)
             for k in range(f.n_frames):
-                f.read_into(k, buf)
+                buf = dest[n % len(dest)]
+                f.read_into(k, buf if buf.dtype == f.dtype else np.empty(f.shape, f.dtype))
                 n += 1
     return n / (time.perf_counter() - t0), n
 
@@ -165,7 +171,7 @@ def _profiled_ingest(config, ready, stop, out_path):
 
 def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: int, tmp: Path,
                 profile: bool = False) -> dict:
-    """frames/s of the real ingest process with the folder source, every slot released on arrival."""
+    """frames/s of the real ingest process with the folder source, the slots released in order, all but 4 held."""
     ep = {k: free_tcp_endpoint() for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
                                            "events_endpoint")}
     config = DaemonConfig.from_dict({
@@ -195,6 +201,8 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
     poller = zmq.Poller()
     poller.register(frames, zmq.POLLIN)
     poller.register(results, zmq.POLLIN)
+    held = HeldSlots(lambda m: send_message(release, SlotRelease(shm_name=m.shm_name, slot=m.slot,
+                                                                 frame_index=m.frame_index)), slots - 4)
     n, t_first, t_end, eos = 0, None, None, None
     while eos is None or n < eos.n_frames:
         events_ready = poller.poll(10000)
@@ -208,11 +216,12 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
                 t_first = t_first or now
                 t_end = now
                 n += 1
-                send_message(release, SlotRelease(shm_name=msg.shm_name, slot=msg.slot, frame_index=msg.frame_index))
+                held.add(msg)
             else:
                 msg, _ = recv_message(results)
                 if isinstance(msg, EndOfStream):
                     eos = msg
+    held.flush()
     child.join(60)
     for s in (frames, release, results, events):
         s.close(0)
@@ -229,13 +238,16 @@ def main(argv=None) -> int:
     ap.add_argument("--files", type=int, default=0, help="files (tiff, cbf) or frames (hdf5, ge) per case "
                     f"(default {DEFAULT_FRAMES})")
     ap.add_argument("--cases", default="tiff,cbf,hdf5,ge")
-    ap.add_argument("--slots", type=int, default=16)
+    ap.add_argument("--slots", type=int, default=0,
+                    help="ring slots (0: enough that the held slots total at least twice the last-level cache, >= 16)")
     ap.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")
     ap.add_argument("--profile", action="store_true", help="print where the ingest child's time goes")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
     rows = []
     load_at_start = list(os.getloadavg())  # the box is shared: say how busy it was
+    llc = last_level_cache()
+    print(describe_llc(llc))
     root = Path(tempfile.mkdtemp(prefix="folder-ingest-"))
     try:
         for case in args.cases.split(","):
@@ -244,20 +256,23 @@ def main(argv=None) -> int:
             folder.mkdir()
             params = root / f"{case}.txt"
             params.write_text(PARAMS.format(ny=ny, nz=nz, bcy=ny / 2, bcz=nz / 2))
-            n = write_case(case, folder, args.files or DEFAULT_FRAMES[case])
+            frame_bytes = nz * ny * np.dtype(dtype).itemsize
+            n = write_case(case, folder, frames_to_exceed(frame_bytes, llc, args.files or DEFAULT_FRAMES[case]))
             disk = warm(folder)
-            reader_rate(folder, (nz, ny))  # once more: warm imports and caches
-            reads = [reader_rate(folder, (nz, ny)) for _ in range(args.repeat)]
+            reader_rate(folder, (nz, ny), dtype, llc)  # once more: warm imports and caches
+            reads = [reader_rate(folder, (nz, ny), dtype, llc) for _ in range(args.repeat)]
             fps, n_read = float(np.median([r[0] for r in reads])), reads[0][1]
             n_files = len(list(folder.iterdir()))
-            runs = [ingest_rate(folder, params, n, n_files, args.slots, root, args.profile and j == 0)
+            slots = args.slots or frames_to_exceed(frame_bytes, llc, minimum=12) + 4
+            runs = [ingest_rate(folder, params, n, n_files, slots, root, args.profile and j == 0)
                     for j in range(args.repeat)]
             ing = dict(runs[0], ingest_fps=float(np.median([r["ingest_fps"] for r in runs])),
                        ingest_fps_runs=[r["ingest_fps"] for r in runs],
                        ingest_frames=min(r["ingest_frames"] for r in runs),
                        ingest_exit_code=max(r["ingest_exit_code"] or 0 for r in runs))
-            frame_bytes = nz * ny * np.dtype(dtype).itemsize
             rows.append({"case": case, "what": what, "frames": n_read, "files": n_files,
+                         "frame_set": working_set(n, frame_bytes, llc), "ring_slots": slots,
+                         "slot_set": working_set(slots - 3, frame_bytes, llc),
                          "MB_on_disk_per_frame": round(disk / n / 1e6, 2), "frame_MB": round(frame_bytes / 1e6, 2),
                          "reader_fps": round(fps, 1), "reader_fps_runs": [round(r[0], 1) for r in reads],
                          "reader_GB_s": round(fps * frame_bytes / 1e9, 2), **ing,
@@ -267,7 +282,8 @@ def main(argv=None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     machine = {"hostname": socket.gethostname(), "nproc": os.cpu_count(), "python": platform.python_version(),
                "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())}
+               "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()),
+               "last_level_cache": llc}
     for mod in ("tifffile", "fabio", "h5py", "hdf5plugin"):
         m = __import__(mod)
         machine[mod] = getattr(m, "__version__", None) or str(getattr(m, "version", ""))

@@ -10,10 +10,13 @@ integrate, copy the lineouts and cakes back into caller-owned arrays; wall clock
 already on the GPU, rotating over several input sets, CUDA events, median; target >= 100 Gpx/s for 2048²) for a
 few ``bmax``; (4) agreement with the float64 reference engine on random frames. Random frames, never zeros.
 Optionally (``--daemon N``) the end-to-end ``ringstream run`` with ``--engine gpu`` on N PILATUS 2M int32 frames
-replayed from an .npy stack (or simulated), for each combination of workers, ingest copy threads and batches in
-flight given, with the frames lost (must be 0), whether the HDF5 is complete and in order, the run's own frames/s
-(start of running to the end, closing included) and the sustained frames/s between the first and last frame's
-timestamps.
+replayed from an .npy stack of distinct frames (at least 32, and at least twice the last-level cache) or simulated,
+for each combination of workers, ingest copy threads and batches in flight given, each with the default settings
+first (the headline row: ``OmegaSumFrames`` as the demo parameter file gives it, the zarr.zip written) and then
+the fast-path settings (``OmegaSumFrames -1``, ``--no-zarr``; ``bench/workload.py``), with the frames lost (must be
+0), whether the HDF5 is complete and in order, the run's own frames/s (start of running to the end, closing
+included) and the sustained frames/s between the first and last frame's timestamps; and the ingest's copy ceiling
+(distinct frames into rotating ring slots, each set at least twice the last-level cache, which is printed).
 
 Writes ``<out>/gpu_engine-<device>.json`` and prints a table. Run: ``python bench/gpu_engine.py [--out DIR]``.
 """
@@ -36,6 +39,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import workload  # noqa: E402
 
 GEOMS = {
     "pilatus2m_int32": ("int32", "NrPixelsY 1475\nNrPixelsZ 1679\npx 172\nLsd 1000000\nBC 737 839\nty 1\n"
@@ -215,37 +221,49 @@ COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+),
                     r"\([^)]*\), ([\d.]+) s, ([\d.]+) frames/s")
 
 
-def ingest_ceiling(seconds: float = 1.5) -> dict:
+def ingest_ceiling(llc: dict, seconds: float = 1.5) -> dict:
     """Frames/s of the ingest's one copy per frame (``FrameRing.write`` of a PILATUS 2M int32 frame into a slot),
-    the most the single-threaded ingest can feed the workers."""
+    the most the single-threaded ingest can feed the workers: distinct frames into slots held as workers hold them,
+    each set at least twice the last-level cache ``llc``."""
     from ringstream.transport.shm_ring import FrameRing
 
-    frame = random_frames(np.random.default_rng(5), 1, (1679, 1475), np.int32)[0]
-    ring = FrameRing.create(32, frame.nbytes, prefix="ringstream-bench")
+    shape = (1679, 1475)
+    nbytes = int(np.prod(shape)) * 4
+    n_set = workload.frames_to_exceed(nbytes, llc, minimum=32)
+    frames = workload.distinct_frames(n_set, shape, np.int32, seed=5)
+    ring = FrameRing.create(n_set, nbytes, prefix="ringstream-bench")
+    held = workload.HeldSlots(ring.release, n_set - 1)
     try:
+        for k in range(n_set):  # first touch of every slot's pages, untimed
+            slot = ring.acquire()
+            ring.write(slot, frames[k])
+            held.add(slot)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             slot = ring.acquire()
-            ring.write(slot, frame)
-            ring.release(slot)
+            ring.write(slot, frames[n % n_set])
+            held.add(slot)
             n += 1
         dt = time.perf_counter() - t0
     finally:
+        del frames
         ring.close()
         ring.unlink()
-    return {"ring_write_fps": round(n / dt, 1), "GB_s": round(n * frame.nbytes / dt / 1e9, 2)}
+    return {"ring_write_fps": round(n / dt, 1), "GB_s": round(n * nbytes / dt / 1e9, 2),
+            "working_set": workload.working_set(n_set, nbytes, llc)}
 
 
 def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: int = 0,
-               in_flight: int = 1, gpus: str = "", omega_sum_frames: int = 1, timeline: bool = False) -> dict:
+               in_flight: int = 1, gpus: str = "", settings: workload.DaemonSettings = workload.DEFAULT,
+               timeline: bool = False, replay_frames: int = 32) -> dict:
     """End-to-end ``ringstream run --engine gpu`` on PILATUS 2M int32 frames through the shared-memory ring:
-    ``source`` "replay" (a 32-frame .npy stack of random frames, looped: replay -> ingest -> ring -> GPU workers ->
-    writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per worker,
-    ``gpus`` ("" = device 0), ``omega_sum_frames`` (the parameter file's OmegaSumFrames: 1, MIDAS's default, sums
-    every frame's cake on its own, so 576 KB per frame go to /entry/omega_sum; -1 keeps one running sum). frames/s is
-    the run's own figure (ready -> last frame written); lost = frames the source produced that the HDF5 does not
-    hold. ``timeline``: run at log level INFO and split the run into stages from the supervisor's log stamps and the
-    frames' source stamps (see :func:`timeline_of`)."""
+    ``source`` "replay" (an .npy stack of ``replay_frames`` distinct frames, looped: replay -> ingest -> ring -> GPU
+    workers -> writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per
+    worker, ``gpus`` ("" = device 0), ``settings`` (OmegaSumFrames and zarr.zip: the default ones sum every frame's
+    cake on its own, OmegaSumFrames 1, so 576 KB per frame go to /entry/omega_sum and the zarr.zip; the fast path
+    keeps one running sum and writes no zarr.zip). frames/s is the run's own figure (ready -> last frame written);
+    lost = frames the source produced that the HDF5 does not hold. ``timeline``: run at log level INFO and split the
+    run into stages from the supervisor's log stamps and the frames' source stamps (see :func:`timeline_of`)."""
     import h5py
 
     exe = Path(sys.executable).with_name("ringstream")
@@ -255,15 +273,16 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
         cmd += ["run", "--param-file", str(REPO / "configs" / "demo-pilatus2m.txt")]
         if source == "replay":
             stack = Path(d) / "replay.npy"
-            np.save(stack, random_frames(np.random.default_rng(9), 32, (1679, 1475), np.int32))
+            np.save(stack, workload.distinct_frames(replay_frames, (1679, 1475), np.int32, seed=9))
             cmd += ["--replay", str(stack), "--frames", str(frames)]
         else:
             cmd += ["--simulate", str(frames)]
         cmd += ["--workers", str(workers), "--engine", "gpu", "--output-h5", str(out), "--control", "auto",
-                "--log-level", "INFO" if timeline else "WARNING", "--no-zarr", "--copy-threads", str(copy_threads)]
+                "--log-level", "INFO" if timeline else "WARNING", "--copy-threads", str(copy_threads),
+                *settings.flags()]
         if gpus:
             cmd += ["--gpus", gpus]
-        cmd += ["OmegaSumFrames", str(omega_sum_frames)]  # a parameter override (after every flag)
+        cmd += settings.overrides()  # parameter overrides (after every flag)
         env = dict(os.environ, RINGSTREAM_WORKERS_BATCHES_IN_FLIGHT=str(in_flight))
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -271,14 +290,15 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
         t_end = time.time()
         m = COUNTS.search(proc.stderr)
         if proc.returncode != 0 or not m:
-            return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+            return {**settings.describe(), "source": source, "workers": workers,
+                    "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
         with h5py.File(out, "r") as f:
             idx = f["/entry/data/frame_index"][()]
             stamps = f["/entry/data/timestamp"][()]
             complete = bool(f["/entry"].attrs["run_complete"])
     written = int(m.group(3))
-    return {"source": source, "workers": workers, "copy_threads": copy_threads, "batches_in_flight": in_flight,
-            "omega_sum_frames": omega_sum_frames,
+    return {**settings.describe(), "source": source, "workers": workers, "copy_threads": copy_threads,
+            "batches_in_flight": in_flight, **({"replay_frames": replay_frames} if source == "replay" else {}),
             "gpus": gpus or "0", "frames": frames, "written": written, "lost": frames - written,
             "in_order": bool(np.array_equal(idx, np.arange(frames))), "run_complete": complete,
             "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)), "wall_s": round(wall, 2),
@@ -340,7 +360,10 @@ def main(argv=None) -> int:
     ap.add_argument("--daemon-copy-threads", default="0", help="comma-separated [transport] copy_threads (0 = auto)")
     ap.add_argument("--daemon-in-flight", default="1,4", help="comma-separated [workers] batches_in_flight (1,4)")
     ap.add_argument("--daemon-gpus", default="", help="[workers] gpus for the daemon runs, e.g. 0,1")
-    ap.add_argument("--daemon-omega-sum-frames", default="1", help="comma-separated OmegaSumFrames values (1)")
+    ap.add_argument("--daemon-settings", default="default,fast-path",
+                    help="daemon settings of each combination, the first the headline row (default,fast-path)")
+    ap.add_argument("--daemon-omega-sum-frames", default="-1",
+                    help="comma-separated OmegaSumFrames of the fast-path rows (-1: one running sum)")
     ap.add_argument("--daemon-timeline", action="store_true",
                     help="run the daemon at log level INFO and report where its time goes (ready, stream, drain, stop)")
     ap.add_argument("--no-engine", action="store_true", help="skip the engine benchmarks (daemon runs only)")
@@ -367,12 +390,17 @@ def main(argv=None) -> int:
     out = {"benchmark": "gpu_engine", "machine": info, "results": results,
            "targets": {"ratio_to_ceiling": 0.9, "resident_Gpx_per_s_2048sq": 100}}
     if args.daemon:
-        out["ingest_ceiling"] = ingest_ceiling()
+        llc = workload.last_level_cache()
+        print(workload.describe_llc(llc), flush=True)
+        out["machine"]["last_level_cache"] = llc
+        out["ingest_ceiling"] = ingest_ceiling(llc)
         print("ingest ceiling (one ring write per frame, PILATUS 2M int32):", out["ingest_ceiling"], flush=True)
-        out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus, int(o),
-                                    args.daemon_timeline)
+        replay_frames = workload.frames_to_exceed(1679 * 1475 * 4, llc, minimum=32)
+        out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus, s,
+                                    args.daemon_timeline, replay_frames)
                          for w in args.daemon_workers.split(",") for c in args.daemon_copy_threads.split(",")
-                         for q in args.daemon_in_flight.split(",") for o in args.daemon_omega_sum_frames.split(",")]
+                         for q in args.daemon_in_flight.split(",")
+                         for s in workload.daemon_settings(args.daemon_settings, args.daemon_omega_sum_frames)]
         for d in out["daemon"]:
             print("daemon:", d, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)

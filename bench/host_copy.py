@@ -4,8 +4,10 @@ The daemon copies every frame once on the host (source buffer -> ring slot), and
 from the registered ring. So the end-to-end ceiling is min(host copy rate, host->device copy rate), and the two share
 the host's memory bandwidth. This measures, for PILATUS 2M int32 frames (9.9 MB):
 
-- ``copy``: frames/s of ``np.copyto`` from 16 distinct source frames into the 32 slots of a shared-memory segment,
-  with 1, 2, 4, 8 threads, each thread copying whole frames (numpy releases the GIL for the copy);
+- ``copy``: frames/s of ``np.copyto`` from distinct source frames (at least 16) into the slots (at least 32) of a
+  shared-memory segment, with 1, 2, 4, 8 threads, each thread copying whole frames (numpy releases the GIL for the
+  copy); the source frames and the slots each total at least twice the last-level cache (read from sysfs or
+  ``lscpu``, printed and in the JSON), so that the copies go to and from memory, as the ingest's do;
 - ``copy+dma`` (only with CuPy and a device): the same while another thread keeps the GPU reading the registered
   ring by ``cudaMemcpyAsync`` host->device as fast as it can, and the DMA rate achieved meanwhile.
 
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +33,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1679, 1475)
+sys.path.insert(0, str(REPO / "bench"))
+
+from workload import describe_llc, distinct_frames, frames_to_exceed, last_level_cache, working_set  # noqa: E402
 
 
 def copy_rate(ring, frames, threads: int, seconds: float) -> float:
@@ -120,8 +126,6 @@ def thp_settings() -> dict:
 
 
 def main(argv=None) -> int:
-    import sys
-
     sys.path.insert(0, str(REPO))
     from ringstream.transport.shm_ring import FrameRing
 
@@ -133,10 +137,15 @@ def main(argv=None) -> int:
                     help="madvise(MADV_HUGEPAGE) on the ring before touching it (transparent huge pages for shmem)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (e.g. -hugepage)")
     args = ap.parse_args(argv)
-    rng = np.random.default_rng(7)
-    frames = [rng.integers(1, 4000, SHAPE, dtype=np.int32) for _ in range(16)]
-    fbytes = frames[0].nbytes
-    ring = FrameRing.create(32, fbytes, prefix="ringstream-bench")
+    llc = last_level_cache()
+    print(describe_llc(llc))
+    fbytes = int(np.prod(SHAPE)) * 4
+    frames = distinct_frames(frames_to_exceed(fbytes, llc, minimum=16), SHAPE, np.int32, seed=7)
+    ring = FrameRing.create(frames_to_exceed(fbytes, llc, minimum=32), fbytes, prefix="ringstream-bench")
+    sets = {"source_frames": working_set(len(frames), fbytes, llc),
+            "ring_slots": working_set(ring.n_slots, fbytes, llc)}
+    print(f"{len(frames)} distinct source frames ({sets['source_frames']['times_llc']} x LLC) into {ring.n_slots} "
+          f"slots ({sets['ring_slots']['times_llc']} x LLC)")
     dma = None
     try:
         import cupy  # noqa: F401
@@ -180,13 +189,13 @@ def main(argv=None) -> int:
         ring.unlink()
     machine = {"hostname": socket.gethostname(), "nproc": os.cpu_count(), "python": platform.python_version(),
                "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "gpu": dma is not None, "thp": thp_settings(), "hugepage": hugepage,
+               "gpu": dma is not None, "thp": thp_settings(), "hugepage": hugepage, "last_level_cache": llc,
                "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"host_copy-{machine['hostname']}{args.tag}.json"
     path.write_text(json.dumps({"benchmark": "host_copy", "frame": "PILATUS 2M int32", "frame_bytes": fbytes,
-                                "machine": machine, "results": rows}, indent=2) + "\n")
+                                "working_sets": sets, "machine": machine, "results": rows}, indent=2) + "\n")
     print(f"\n{'threads':>7} {'copy fps':>9} {'GB/s':>6} {'fps w/ DMA':>10} {'DMA GB/s':>8}")
     for r in rows:
         print(f"{r['threads']:>7} {r['copy_fps']:>9.0f} {r['copy_GBps']:>6.1f} {r.get('copy_fps_with_dma', 0):>10.0f} "

@@ -91,8 +91,11 @@ def _killed_while_making(path: Path) -> bool:
 def _check_h5(path: Path, sent: int, t_kill: float, sent_at: list[float]) -> int:
     """Repair, then: contiguous from 0, equal to what was sent, at most the last second lost. Returns n.
     No file: the writer was killed while making the layout, before its first frame; only its hidden draft is left."""
+    assert sent == len(sent_at) > 0, (sent, len(sent_at))  # the harness sends until the kill, at least once
+    # every frame sent more than LOSS_BOUND_S before the kill is in the file
+    old = sum(1 for t in sent_at if t < t_kill - LOSS_BOUND_S - SLACK_S)
     if _killed_while_making(path):
-        assert t_kill - sent_at[0] < LOSS_BOUND_S + SLACK_S if sent_at else True
+        assert old == 0, f"no file, yet {old} frames were sent more than {LOSS_BOUND_S} s before the kill"
         return 0
     report = repair(path)
     with h5py.File(path, "r") as f:
@@ -106,8 +109,6 @@ def _check_h5(path: Path, sent: int, t_kill: float, sent_at: list[float]) -> int
             np.testing.assert_array_equal(e["data/I"][k], lineout)
             np.testing.assert_array_equal(e["fit/peaks"][k], fit)
         assert e["fit/curve_rois"].shape[0] == n and e["fit/curve_values"].shape[0] == 3 * n
-        # every frame sent more than LOSS_BOUND_S before the kill is in the file
-        old = sum(1 for t in sent_at if t < t_kill - LOSS_BOUND_S - SLACK_S)
         assert n >= old, f"{n} frames in the file, {old} were sent more than {LOSS_BOUND_S} s before the kill"
         groups = e["omega_sum/n_frames"][:]
         assert list(groups) == [OSF] * len(groups) and len(groups) <= n // OSF

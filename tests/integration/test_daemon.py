@@ -85,6 +85,21 @@ class Daemon:
     def status(self) -> dict:
         return query_status(self.control, timeout=2.0)
 
+    def wait_status(self, condition, what: str, deadline_s: float = 20.0) -> dict:
+        """Poll the status until ``condition(status)`` holds; fail after ``deadline_s`` naming ``what``."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            status = self.status()
+            if condition(status):
+                return status
+            assert self.proc.poll() is None, f"daemon exited ({self.proc.returncode}) before {what}:\n{self.stderr}"
+            assert time.monotonic() < deadline, f"no {what} within {deadline_s} s: {status}\n{self.stderr}"
+            time.sleep(0.05)
+
+    def wait_written(self, n: int, deadline_s: float = 20.0) -> dict:
+        """Wait until the writer has written at least ``n`` frames."""
+        return self.wait_status(lambda st: st["totals"]["written"] >= n, f"{n} frames written", deadline_s)
+
     def wait(self, timeout: float = 40.0) -> int:
         rc = self.proc.wait(timeout)
         self._reader.join(5)
@@ -247,10 +262,7 @@ def test_sigterm_drains_and_status_exit_codes(tmp_path, daemons):
     params = write_params(tmp_path)
     d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
     d.wait_ready()
-    deadline = time.monotonic() + 20
-    while d.status()["totals"]["written"] < 50:
-        assert time.monotonic() < deadline, d.stderr
-        time.sleep(0.2)
+    d.wait_written(50)
     st = subprocess.run(_script() + ["status", "--control", d.control], capture_output=True, text=True, timeout=20)
     assert st.returncode == 0, st.stderr
     assert "running" in st.stdout and "worker-1" in st.stdout
@@ -275,13 +287,13 @@ def test_stop_request_drains_like_sigterm(tmp_path, daemons):
     params = write_params(tmp_path)
     d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
     d.wait_ready()
-    time.sleep(1.0)
+    d.wait_written(20)  # mid-run: frames written and more coming
     reply = request(d.control, "stop")
     assert reply.ok and reply.data["state"] == "draining"
     assert d.wait(30) == 0, d.stderr
     _, integrated, written, _, _ = d.counts()
     out = read_output(tmp_path / "out.h5")
-    assert out["run_complete"] and out["frames_written"] == written == integrated > 0
+    assert out["run_complete"] and out["frames_written"] == written == integrated >= 20
 
 
 @pytest.mark.timeout(60)
@@ -289,8 +301,8 @@ def test_killed_worker_is_detected_and_stops_the_run(tmp_path, daemons):
     params = write_params(tmp_path)
     d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
     d.wait_ready()
-    time.sleep(1.0)
-    pid = d.status()["children"]["worker-1"]["pid"]
+    st = d.wait_written(20)  # mid-run: both workers busy
+    pid = st["children"]["worker-1"]["pid"]
     t_kill = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     t_line = d.line_time(rf"worker-1 \(pid {pid}\) died: killed by signal 9")
@@ -351,8 +363,10 @@ def test_bad_messages_are_rejected_counted_and_logged_once(tmp_path, daemons):
                 dealer.send_multipart([b"", *msg])
                 assert dealer.poll(5000), "no reply to a bad control request"
                 dealer.recv_multipart()  # an error reply: the control socket stays up
-        time.sleep(1.5)  # a heartbeat or two carries the writer's counters
-        status = d.status()
+        kinds = ("malformed", "version", "size")
+        # the writer's counters arrive with its heartbeats: wait for the last of them, then check each exactly
+        status = d.wait_status(lambda st: all(st["children"]["writer"]["counters"].get(f"protocol_errors_{k}", 0)
+                                              >= 2 for k in kinds), "writer protocol error counts")
     finally:
         ctx.destroy(linger=0)
     writer = status["children"]["writer"]["counters"]

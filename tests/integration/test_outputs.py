@@ -37,6 +37,10 @@ Wavelength 0.2
 
 N_R, N_ETA = 16, 12
 
+#: the rings of the simulated frames these tests integrate (px): one on a bin edge, one mid-bin; the fits look there
+RINGS_R = (6.0, 11.0)
+FIT = "PeakLocation 6\nPeakLocation 11\nFitROIPadding 4\n"
+
 
 def run_cli(args, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     out = subprocess.run(ringstream_command() + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
@@ -97,6 +101,55 @@ def check_layout(f: h5py.File, n: int, cakes: bool, n_peaks: int) -> None:
     assert int(e.attrs["frames_written"]) == n and bool(e.attrs["run_complete"])
 
 
+def rings_2theta(params) -> list[float]:
+    """The 2θ (deg) of :data:`RINGS_R` on the detector of ``params``."""
+    from ringstream.geometry.detector import DetectorGeometry
+
+    return [float(t) for t in DetectorGeometry.from_params(params).two_theta_deg(np.array(RINGS_R))]
+
+
+def ring_source(params, n: int, rings: list[float] | None = None):
+    """The simulated frames of these tests: rings at :data:`RINGS_R` (or at ``rings`` 2θ), seed 0, int32."""
+    from ringstream.ingest.simulated import SimulatedSource
+
+    return SimulatedSource(params, n_frames=n, seed=0, dtype="int32", precompute=False,
+                           rings_2theta=rings_2theta(params) if rings is None else rings)
+
+
+def check_fits_the_rings(fit: np.ndarray, params_path: Path) -> None:
+    """The fit rows ``[n, 2, 7]`` (Imax, BG, Mu, Rcen, Sigma, GoF, Area) of frames with rings at :data:`RINGS_R`
+    against the truth of the simulated pattern: the ring radius, its Gaussian width σ (spread over bins of 1 px:
+    σ_eff² = σ² + 1/12), and the area, height and background of the noise-free pattern integrated by the reference
+    engine, each ring alone (a Poisson draw of it is what the fitter saw)."""
+    from ringstream.engines.reference import ReferenceEngine
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.geometry.detector import DetectorGeometry
+    from ringstream.params import load_params
+
+    p = load_params(params_path)
+    imap, _ = load_or_build(p)
+    engine = ReferenceEngine(imap, normalize=bool(p.Normalize))
+    r = np.asarray(imap.r_px, dtype=np.float64)
+    rings = ring_source(p, 1)
+    bg = engine.integrate(ring_source(p, 1, [179.0]).mean)[0].astype(np.float64)  # no ring on the detector
+    tth = DetectorGeometry.from_params(p).two_theta_deg
+    assert fit.shape[1:] == (2, 7) and np.isfinite(fit).all(), fit
+    for j, (rc, t) in enumerate(zip(RINGS_R, rings.rings_2theta, strict=True)):
+        ring = engine.integrate(ring_source(p, 1, [t]).mean)[0].astype(np.float64) - bg
+        sigma = rings.sigma_2theta / float(tth(np.array([rc + 0.5]))[0] - tth(np.array([rc - 0.5]))[0])
+        sigma_eff = np.sqrt(sigma**2 + 1 / 12)
+        area = ring.sum() * float(p.RBinSize)  # the ring's counts·px: pixel splitting conserves it
+        imax, bg_at, mu, rcen, sig, _, got_area = fit[:, j].T
+        np.testing.assert_allclose(rcen, rc, rtol=0, atol=0.06, err_msg=f"Rcen of ring {j}")
+        np.testing.assert_allclose(sig, sigma_eff, rtol=0.05, err_msg=f"Sigma of ring {j}")
+        np.testing.assert_allclose(imax, area / (sigma_eff * np.sqrt(2 * np.pi)), rtol=0.06, err_msg=f"Imax {j}")
+        np.testing.assert_allclose(got_area, area, rtol=0.15, err_msg=f"Area of ring {j}")
+        # over the frames the noise averages out
+        assert abs(got_area.mean() / area - 1) < 0.04, (j, got_area, area)
+        assert mu.mean() < 0.1, (j, mu)  # a Gaussian ring: the Lorentzian fraction stays small
+        assert abs(bg_at.mean() / np.interp(rc, r, bg) - 1) < 0.15, (j, bg_at, np.interp(rc, r, bg))
+
+
 def check_zarr_equals_h5(zpath: Path, f: h5py.File) -> list[str]:
     """The zarr.zip has exactly the arrays, shapes, attributes and order of MIDAS-COMPAT section 7, and its
     OmegaSumFrame groups are the HDF5 file's /entry/omega_sum rows."""
@@ -149,13 +202,14 @@ def check_export(h5: Path, tmp_path: Path, zpath: Path, mdir: Path, cwd: Path) -
 def test_offline_integrate_writes_every_output(tmp_path):
     import tifffile
 
-    (tmp_path / "setup.txt").write_text(PARAMS + "Write2D 1\nOmegaSumFrames 3\nOmegaStart 5\nOmegaStep 0.5\n"
-                                                 "PeakLocation 6\nPeakLocation 11\n")
-    rng = np.random.default_rng(1)
+    from ringstream.params import load_params
+
+    (tmp_path / "setup.txt").write_text(PARAMS + "Write2D 1\nOmegaSumFrames 3\nOmegaStart 5\nOmegaStep 0.5\n" + FIT)
+    source = ring_source(load_params(tmp_path / "setup.txt"), 8)
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for k in range(8):
-        tifffile.imwrite(imgs / f"frame_{k:03d}.tif", rng.poisson(50, (36, 40)).astype(np.uint16))
+        tifffile.imwrite(imgs / f"frame_{k:03d}.tif", source.make_frame(k))
     mdir = tmp_path / "midas"
     run_cli(["integrate", "--param-file", "setup.txt", "--output-h5", "out.h5", "--midas-binaries", mdir,
              "--engine", "cpu", imgs], tmp_path)
@@ -165,7 +219,8 @@ def test_offline_integrate_writes_every_output(tmp_path):
         e = f["entry"]
         assert e["data/source_id"][0] == b"frame_000.tif"
         np.testing.assert_array_equal(e["data/omega"][:], 5 + 0.5 * np.arange(8))
-        assert np.isnan(e["fit/peaks"][:]).all()  # fitting asked for, no fitter on this path yet: NaN rows
+        check_fits_the_rings(e["fit/peaks"][:], tmp_path / "setup.txt")
+        fits = e["fit/peaks"][:]
         cakes = e["cake/I"][:].astype(np.float64)
         for g, (a, b) in enumerate(((0, 3), (3, 6), (6, 8))):  # the sums are the sums of the file's cakes
             want = np.zeros((N_R, N_ETA))
@@ -178,24 +233,23 @@ def test_offline_integrate_writes_every_output(tmp_path):
         assert names == ["LastFrameNumber_000000002", "LastFrameNumber_000000005", "LastFrameNumber_000000007"]
         assert e["omega_sum"][names[1]].attrs["Number Of Frames Summed"] == 3
         lines = e["data/I"][:].astype(np.float64)
-    assert np.fromfile(mdir / "fit.bin").reshape(-1, 2, 7).shape == (8, 2, 7)
+    np.testing.assert_array_equal(np.fromfile(mdir / "fit.bin").reshape(-1, 2, 7), fits)
     lo = np.fromfile(mdir / "lineout.bin").reshape(8, N_R, 2)
     np.testing.assert_array_equal(lo[:, :, 1], lines)
     np.testing.assert_array_equal(np.fromfile(mdir / "Int2D.bin").reshape(8, N_R, N_ETA), cakes)
     assert (mdir / "RTthEtaAreaMap.bin").stat().st_size == 4 * N_R * N_ETA * 8
-    assert list(read_fit_curves(mdir / "fit_curves.bin")) == []
+    assert [c[0] for c in read_fit_curves(mdir / "fit_curves.bin")] == list(range(8))  # one ROI around both rings
     check_export(tmp_path / "out.h5", tmp_path, zpath, mdir, tmp_path)
 
 
 def reference_cakes(params_path: Path, n: int) -> np.ndarray:
     from ringstream.engines.reference import ReferenceEngine
     from ringstream.geometry.cache import load_or_build
-    from ringstream.ingest.simulated import SimulatedSource
     from ringstream.params import load_params
 
     p = load_params(params_path)
     imap, _ = load_or_build(p)
-    source = SimulatedSource(p, n_frames=n, seed=0, dtype="int32", precompute=False)
+    source = ring_source(p, n)
     engine = ReferenceEngine(imap, normalize=bool(p.Normalize))
     _, cakes = engine.integrate_batch(np.stack([source.make_frame(k) for k in range(n)]))
     return cakes.astype(np.float32)
@@ -204,20 +258,25 @@ def reference_cakes(params_path: Path, n: int) -> np.ndarray:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("write_2d", [0, 1], ids=["worker-sums", "cakes"])
 def test_daemon_writes_every_output(tmp_path, daemons, write_2d):  # noqa: F811
+    from ringstream.params import load_params
+
     params = tmp_path / "setup.txt"
-    fitting = "" if write_2d else "PeakLocation 6\nPeakLocation 11\n"  # /entry/fit and fit.bin in a daemon run
+    fitting = "" if write_2d else FIT  # /entry/fit and fit.bin in a daemon run
     params.write_text(PARAMS + f"Write2D {write_2d}\nOmegaSumFrames 7\n" + fitting)
+    rings = ", ".join(repr(t) for t in rings_2theta(load_params(params)))
+    (tmp_path / "daemon.toml").write_text(f"[source]\nrings_2theta = [{rings}]\n")
     mdir = tmp_path / "midas"
     mdir.mkdir()
-    d = daemons(["--param-file", params, "--simulate", 40, "--workers", 2, "--output-h5", "out.h5",
-                 "--save-interval", 10, "--midas-binaries", mdir], tmp_path)
+    d = daemons(["--param-file", params, "--config", tmp_path / "daemon.toml", "--simulate", 40, "--workers", 2,
+                 "--output-h5", "out.h5", "--save-interval", 10, "--midas-binaries", mdir], tmp_path)
     assert d.wait(60) == 0, d.stderr
     ref = reference_cakes(params, 40).astype(np.float64)
     zpath = tmp_path / "out.zarr.zip"
     with h5py.File(tmp_path / "out.h5") as f:
         check_layout(f, 40, cakes=bool(write_2d), n_peaks=0 if write_2d else 2)
         e = f["entry"]
-        if not write_2d:  # fit.bin holds the file's fit rows (NaN where a peak was not fitted)
+        if not write_2d:  # the workers fitted both rings of every frame; fit.bin holds the file's fit rows
+            check_fits_the_rings(e["fit/peaks"][:], params)
             np.testing.assert_array_equal(np.fromfile(mdir / "fit.bin").reshape(-1, 2, 7), e["fit/peaks"][:])
         np.testing.assert_array_equal(e["data/frame_index"][:], np.arange(40))
         np.testing.assert_array_equal(e["data/metadata/realisation"][:], np.arange(40) % 8)  # source metadata
