@@ -17,7 +17,7 @@ fixed part per call (the GPU fitter's launch and copy back, NumPy's per-call ove
 frames pays 8 times more often. Held frames go out as soon as :data:`FIT_FRAMES` are held, the oldest has been held
 :data:`HOLD_S`, or no frame arrived while nothing was in flight (a slow stream waits at most :data:`HOLD_S`). An
 empty pipeline is no reason to send: with a shared ring of 32 slots, two workers often drain theirs between frames,
-and fitting each batch on its own costs ~5x more per frame (73 us at 16 frames a call, 25 at 64, on the H200).
+and fitting each of those small batches on its own would pay the fixed part of a fit call for every few frames.
 """
 
 from __future__ import annotations
