@@ -102,7 +102,7 @@ class _Writer:
         self.first_unflushed = 0.0
         self.t_first = 0.0  # monotonic time of the first result
         self.sums_missing = 0
-        self.peaks_sub = None  # PeakUpdates published by the supervisor (issue 5)
+        self.peaks_sub = None  # PeakUpdates published by the supervisor
         self.peak_seqs: set[int] = set()  # recorded once each (the supervisor publishes them again)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -141,7 +141,7 @@ class _Writer:
             hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16), "writer", 0,
                                  cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
-            self.open_peaks(ctx)  # issue 5: peak-list changes, recorded under /entry/fit
+            self.open_peaks(ctx)  # peak-list changes, recorded under /entry/fit
             gc.collect()
             gc.freeze()  # what exists now (modules, the map, the files) lives as long as the process: not rescanned
             ready.set()
@@ -365,7 +365,7 @@ class _Writer:
 
     # ------------------------------------------------------------------------------------- peak-list updates
     def open_peaks(self, ctx) -> None:
-        """With fitting on: a SUB socket for the PeakUpdates the supervisor publishes (issue 5)."""
+        """With fitting on: a SUB socket for the PeakUpdates the supervisor publishes."""
         self.peaks_sub = None
         endpoint = self.config.transport.peaks_endpoint
         if not self.n_peaks or not endpoint or endpoint == "auto":
