@@ -1,4 +1,4 @@
-"""MIDAS binary streams (MIDAS-COMPAT section 6), appended in frame_index order, little-endian.
+"""MIDAS binary streams (docs/MIDAS-FORMATS.md section 6), appended in frame_index order, little-endian.
 
 - ``fit.bin``: float64, per frame ``n_peaks`` rows of (Imax, BG, Mu, Rcen, Sigma, GoF, Area); a peak not fitted is a
   row of NaN, so ``np.fromfile("fit.bin").reshape(-1, n_peaks, 7)`` always works. Written whenever fitting.
