@@ -60,7 +60,8 @@ from .repair import clear_if_crashed
 
 log = logging.getLogger("ringstream.writer")
 
-#: the longest a written row waits before it is flushed to readers, in s (OUTPUTS.md: a reader sees it within 1 s)
+#: the longest a written row waits before it is flushed to readers, in s (docs/OUTPUTS.md: a reader sees it
+#: within 1 s)
 FLUSH_PERIOD = 0.5
 
 #: how long one wait for a message lasts before timers and ``stop`` are looked at, in ms
@@ -209,14 +210,14 @@ class _Writer:
         """Handle the messages already queued on ``sock`` (without waiting), for at most ``BATCH_S`` seconds so
         that flushes and heartbeats keep their pace under a continuous stream."""
         t_end = time.monotonic() + BATCH_S
-        copy = not self.write_2d  # lineouts: small frames, received as bytes (half the time of Frame objects)
+        copy = not self.write_2d  # lineouts: small frames, received as bytes (cheaper than Frame objects)
         on_result, on_message = self.on_result, self.on_message
         k = 0
         while True:
             if self.eos is not None and self.finished():  # (nothing is finished before the end of stream)
                 return
             k += 1
-            if k % 16 == 0 and time.monotonic() >= t_end:  # the clock every 16 messages: ~0.1 ms apart
+            if k % 16 == 0 and time.monotonic() >= t_end:  # the clock every 16 messages, not every one
                 return
             try:
                 msg, buffers = recv_message(sock, zmq.NOBLOCK, copy)
