@@ -29,7 +29,7 @@ import numpy as np
 from h5py import h5s
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, OutputExists
 from ..procs import pid_alive
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,11 @@ _STR = h5py.string_dtype("utf-8")
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Return ``path`` as a Path; InputError if it exists and ``overwrite`` is false, or its folder is missing."""
+    """Return ``path`` as a Path; :class:`~ringstream.errors.OutputExists` if it exists and ``overwrite`` is false,
+    InputError if its folder is missing."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InputError(f"{path}: output file already exists; pass --overwrite to replace it")
+        raise OutputExists(path)
     if path.is_dir():
         raise InputError(f"{path}: output path is a folder")
     if not path.parent.exists() and str(path.parent) != "":

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputExists
 
 FIT_BIN = "fit.bin"
 FIT_CURVES_BIN = "fit_curves.bin"
@@ -39,7 +39,7 @@ _BUFFER = 8 << 20
 
 def _open(path: Path, overwrite: bool):
     if path.exists() and not overwrite:
-        raise InputError(f"{path}: output file already exists; pass --overwrite to replace it")
+        raise OutputExists(path)
     try:
         return open(path, "wb", buffering=_BUFFER)
     except OSError as exc:

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputExists
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class ZarrZipSink:
         if not self.path.parent.is_dir():
             raise InputError(f"{self.path}: output folder {self.path.parent} does not exist")
         if self.path.exists() and not overwrite:
-            raise InputError(f"{self.path}: output file already exists; pass --overwrite to replace it")
+            raise OutputExists(self.path)
         self.digits = int(name_digits)
         self.shape = tuple(remap.shape[1:])
         self._remove_leftovers()
