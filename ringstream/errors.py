@@ -49,9 +49,9 @@ class InputError(RingstreamError):
 
 
 class OutputExists(InputError):
-    """An output file exists and may not be replaced. ``how`` says what the user can do: the default is the remedy
-    of the commands that can replace files (``integrate``, ``export``); ``ringstream run`` never replaces results
-    and says so instead."""
+    """An output file exists and may not be replaced. ``how`` says what the user can do: the default is the
+    remedy of the commands that can replace files (``integrate``, ``export``); ``ringstream run`` never
+    replaces results and says so instead."""
 
     def __init__(self, path: object, how: str = "pass --overwrite to replace it") -> None:
         self.path = path

@@ -22,9 +22,9 @@ contain spaces. A relative path from the file is resolved against the parameter 
 there, else against the current directory; a relative path from the command line is resolved against the current
 directory if it exists there, else against the parameter file's folder. Files are not read here.
 
-Command-line overrides, as MIDAS's integrator scripts take them: ``Key Value [Value ...]`` or ``--Key Value ...``
-(``--Key=Value`` too) replace the file's value; for a repeatable key, the overrides replace the whole list. Errors
-name ``<command line>``.
+Command-line overrides, as MIDAS's integrator scripts take them: ``Key Value [Value ...]`` or
+``--Key Value ...`` (``--Key=Value`` too) replace the file's value; for a repeatable key, the overrides
+replace the whole list. Errors name ``<command line>``.
 """
 
 from __future__ import annotations
@@ -513,8 +513,8 @@ def _unknown_warnings(unknown: list[tuple[str, int, str]]) -> list[str]:
 
 
 def _derive(p: Params) -> Params:
-    """PeakLocation given -> DoPeakFit = MultiplePeaks = 1 and DoSmoothing = 0 (the peaks to fit are named; smoothing
-    serves only the peak search)."""
+    """PeakLocation given -> DoPeakFit = MultiplePeaks = 1 and DoSmoothing = 0 (the peaks to fit are named;
+    smoothing serves only the peak search)."""
     if p.PeakLocation:
         return dataclasses.replace(p, DoPeakFit=True, MultiplePeaks=True, DoSmoothing=False)
     return p

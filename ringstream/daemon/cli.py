@@ -15,8 +15,9 @@ Subcommands::
     ringstream repair OUT.h5
     ringstream check-config [the options of run]
 
-Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file, as in MIDAS's integrator scripts. For ``integrate``,
-the images come first: they end at the first token that is a parameter key or starts with ``--``.
+Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file, as in MIDAS's integrator
+scripts. For ``integrate``, the images come first: they end at the first token that is a parameter key or
+starts with ``--``.
 
 Errors are the interface: any :class:`~ringstream.errors.RingstreamError` is printed as one line
 ``ringstream: error: <message>`` on stderr and the process exits with the error's documented code (see

@@ -520,7 +520,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------------ peaks
     def _open_peaks(self, ctx) -> None:
-        """Bind the peaks PUB socket and set up :class:`~.peaks.PeakControl` (docs/DAEMON.md, "Peak fitting and peak-list updates")."""
+        """Bind the peaks PUB socket and set up :class:`~.peaks.PeakControl` (docs/DAEMON.md, "Peak fitting
+        and peak-list updates")."""
         from .peaks import PeakControl
 
         t = self.config.transport

@@ -1,10 +1,10 @@
 """The CPU fitter: nlopt LD_LBFGS with the analytic gradient and bounds, LN_NELDERMEAD when L-BFGS fails.
 
-"Fails" is decided by these tests, not by nlopt's result code alone (LD_LBFGS can report success when stuck, and
-raises ``RoundoffLimited`` instead of returning its point): an nlopt exception other than RoundoffLimited or a
-negative result code, a non-finite result, a parameter pinned at a bound (μ excepted: 0 and 1 are the model's own
-range, see :data:`.peaks.NATURAL_BOUNDS`), or a final cost no better than the start. The objective keeps the best
-point it was called with, so RoundoffLimited returns that point.
+"Fails" is decided by these tests, not by nlopt's result code alone (LD_LBFGS can report success when stuck,
+and raises ``RoundoffLimited`` instead of returning its point): an nlopt exception other than RoundoffLimited
+or a negative result code, a non-finite result, a parameter pinned at a bound (μ excepted: 0 and 1 are the
+model's own range, see :data:`.peaks.NATURAL_BOUNDS`), or a final cost no better than the start. The objective
+keeps the best point it was called with, so RoundoffLimited returns that point.
 
 Both optimisers work in scaled coordinates q = (p − lo)/(hi − lo) ∈ [0, 1]^n and on the cost divided by the start
 cost, so that a peak height of 1e5 and a mixing of 0.5 weigh alike.

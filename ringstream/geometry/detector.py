@@ -1,7 +1,7 @@
 """Detector geometry: transformed-frame pixel coordinates -> corrected radius R (px) and azimuth η (deg).
 
-The equations are MIDAS's (docs/MIDAS-FORMATS.md section 2), for a pixel at (Y = column, Z = row) of the transformed frame,
-pixel centres at integer indices:
+The equations are MIDAS's (docs/MIDAS-FORMATS.md section 2), for a pixel at (Y = column, Z = row) of the
+transformed frame, pixel centres at integer indices:
 
     y0 = (Ycen - Y)·px,  z0 = (Z - Zcen)·px                                   (µm; note the sign of y0)
     (vx, vy, vz) = Rx(tx)·Ry(ty)·Rz(tz)·(0, y0, z0);  X = Lsd + vx, Y' = vy, Z' = vz

@@ -1,13 +1,13 @@
 """The NeXus HDF5 results file (docs/OUTPUTS.md): NXazint1d lineouts, optional NXazint2d cakes, written with
 SWMR.
 
-The whole layout (every group, dataset and attribute) is created up front, then the file switches to SWMR mode, so a
-reader opened with ``swmr=True`` can follow the run: it refreshes ``/entry/data/I`` and reads
-``/entry@frames_written`` (the number of complete rows). A long-lived reader cannot refresh a group's attributes, so
-``@frames_written`` and ``@run_complete`` are mirrored on ``/entry/data/I``: call ``I.refresh()`` and read
-``I.attrs["frames_written"]`` (or reopen the file). Rows are buffered and appended in blocks (each HDF5
-write has a fixed cost that one row at a time would pay per frame); :meth:`Hdf5Writer.flush` publishes the buffered
-rows.
+The whole layout (every group, dataset and attribute) is created up front, then the file switches to SWMR
+mode, so a reader opened with ``swmr=True`` can follow the run: it refreshes ``/entry/data/I`` and reads
+``/entry@frames_written`` (the number of complete rows). A long-lived reader cannot refresh a group's
+attributes, so ``@frames_written`` and ``@run_complete`` are mirrored on ``/entry/data/I``: call
+``I.refresh()`` and read ``I.attrs["frames_written"]`` (or reopen the file). Rows are buffered and appended in
+blocks (each HDF5 write has a fixed cost that one row at a time would pay per frame); :meth:`Hdf5Writer.flush`
+publishes the buffered rows.
 
 This module knows nothing of processes or sockets: the offline ``ringstream integrate`` and the daemon's writer
 process both drive :class:`Hdf5Writer`.
@@ -44,8 +44,8 @@ _STR = h5py.string_dtype("utf-8")
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Return ``path`` as a Path; :class:`~ringstream.errors.OutputExists` if it exists and ``overwrite`` is false,
-    InputError if its folder is missing."""
+    """Return ``path`` as a Path; :class:`~ringstream.errors.OutputExists` if it exists and ``overwrite`` is
+    false, InputError if its folder is missing."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExists(path)
@@ -121,8 +121,8 @@ class _Col:
 
     def write(self, a: int, b: int, rows: Any) -> None:
         """Grow the dataset to ``b`` rows and write ``rows`` (``b - a`` of them) at ``a``. Numbers go through
-        HDF5's own write of one hyperslab (what ``ds[a:b] = rows`` ends in, without h5py's selection machinery,
-        whose per-call cost a flush pays a dozen times); text through h5py."""
+        HDF5's own write of one hyperslab (what ``ds[a:b] = rows`` ends in, without h5py's selection
+        machinery, whose per-call cost a flush pays a dozen times); text through h5py."""
         ds = self.ds
         dsid = ds.id
         row = dsid.shape[1:]
@@ -179,7 +179,8 @@ class Hdf5Writer:
         self.n_r = int(imap.n_r)
         self.n_eta = int(imap.n_eta)
         self.write_2d = bool(write_2d)
-        # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block has a fixed cost)
+        # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block costs the
+        # same whatever its size)
         row_bytes = 4 * self.n_r * (self.n_eta if self.write_2d else 1) + 56 * max(0, int(n_peaks))
         self.block = max(1, int(block)) if block else max(16, min(1024, (8 << 20) // max(row_bytes, 1)))
         self.chunk_rows = min(self.block, 64)

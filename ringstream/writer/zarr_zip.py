@@ -12,10 +12,10 @@ Layout (zarr format 2, uncompressed arrays in an uncompressed ZIP)::
 area 0, an unknown wavelength gives Q = 0 (and ``Lam`` MIDAS's default, 0.413263 Å: :data:`INSTRUMENT_KEYS`).
 
 How it is written: zarr 3 (``zarr_format=2``) builds the fixed part (root, REtaMap, InstrumentParameters, the
-OmegaSumFrame group) and the first group's array in a private folder beside the output. Every later group has the
-same array metadata, so its members are that ``.zarray`` text, its own ``.zattrs`` (written as zarr writes them)
-and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation, once per group,
-cannot keep up with ``OmegaSumFrames 1`` at streaming frame rates). A ZIP member is written once.
+OmegaSumFrame group) and the first group's array in a private folder beside the output. Every later group has
+the same array metadata, so its members are that ``.zarray`` text, its own ``.zattrs`` (written as zarr writes
+them) and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation, once
+per group, cannot keep up with ``OmegaSumFrames 1`` at streaming frame rates). A ZIP member is written once.
 
 Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end): the new groups' members are
 appended to a private ZIP next to the output (the "next" ZIP: the first time built from the folder, later a copy
@@ -31,10 +31,10 @@ their sums are not held in memory until the next publication (a run's worth of 1
 copies are slow) and the end of the run writes only the groups since the last save. The end of the run always
 publishes, and copies nothing (the next ZIP is renamed over the output; only a copy still running then is waited
 for). The next ZIP takes as much disk as the published one during the run (so would a copy made at each
-publication, while it was made). A spool that fails (a full disk) loses the next ZIP and the groups in it since the
-last publication: the error is raised by the next call, as a failed publication's is, the published ZIP stays
-whole, and every later publication of this sink raises it again (``ringstream export`` makes the zarr.zip from the
-HDF5).
+publication, while it was made). A spool that fails (a full disk) loses the next ZIP and the groups in it
+since the last publication: the error is raised by the next call, as a failed publication's is, the published
+ZIP stays whole, and every later publication of this sink raises it again (``ringstream export`` makes the
+zarr.zip from the HDF5).
 """
 
 from __future__ import annotations

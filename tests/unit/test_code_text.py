@@ -1,5 +1,6 @@
-"""The package's comments, docstrings and messages stand on their own: they cite the repository's docs, not files
-users do not have or issue numbers, and the configuration's docstrings name every section of the option table."""
+"""The package's comments, docstrings and messages stand on their own: they cite the repository's docs, not
+files users do not have or issue numbers, and the configuration's docstrings name every section of the option
+table."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.timeout(30)
 
 PACKAGE = Path(ringstream.__file__).resolve().parent
 
-#: what the package's text must not contain: the development specs, the MIDAS manual by section number (not in the
-#: repository: docs/MIDAS-FORMATS.md says what it says), issue tags, benchmark hosts
+#: what the package's text must not contain: the development specs, the MIDAS manual by section number (not in
+#: the repository: docs/MIDAS-FORMATS.md says what it says), issue tags, benchmark hosts
 FORBIDDEN = re.compile(r"MIDAS-COMPAT|spec/|shared/|seeds/|FIELD\.md|[Mm]anual \d|\bissue \d|H100|H200")
 
 
