@@ -43,8 +43,8 @@ class RoiFit:
 
 
 def failure_reason(p, cost: float, start_cost: float, prob: RoiProblem) -> str:
-    """"" when the result passes the honest tests, else the first test it fails (``non_finite``,
-    ``pinned_at_bound``, ``no_improvement``)."""
+    """"" when the result passes the failure tests of the module docstring, else the first test it fails
+    (``non_finite``, ``pinned_at_bound``, ``no_improvement``)."""
     if p is None or not np.all(np.isfinite(p)) or not math.isfinite(cost):
         return "non_finite"
     if is_pinned(p, prob.lo, prob.hi, len(prob.slots)):
