@@ -48,6 +48,16 @@ class InputError(RingstreamError):
     exit_code = EXIT_INPUT
 
 
+class OutputExists(InputError):
+    """An output file exists and may not be replaced. ``how`` says what the user can do: the default is the
+    remedy of the commands that can replace files (``integrate``, ``export``); ``ringstream run`` never
+    replaces results and says so instead."""
+
+    def __init__(self, path: object, how: str = "pass --overwrite to replace it") -> None:
+        self.path = path
+        super().__init__(f"{path}: output file already exists; {how}")
+
+
 class MapError(RingstreamError):
     """An integration map cannot be used: stale MIDAS map, corrupt cache file, inconsistent layout."""
 

@@ -1,6 +1,6 @@
 """MIDAS parameter files -> one typed, validated, frozen :class:`Params`.
 
-The reader follows ``MIDAS-COMPAT.md`` section 1, a superset of every MIDAS reader:
+The reader accepts everything any MIDAS reader accepts (docs/MIDAS-FORMATS.md section 1):
 
 - one ``Key value [value ...]`` per line, separated by any whitespace; keys are case-sensitive;
 - ``#`` starts a comment anywhere on a line; blank lines are ignored; a trailing ``;`` on a value is dropped;
@@ -22,8 +22,9 @@ contain spaces. A relative path from the file is resolved against the parameter 
 there, else against the current directory; a relative path from the command line is resolved against the current
 directory if it exists there, else against the parameter file's folder. Files are not read here.
 
-Command-line overrides (manual 3.5): ``Key Value [Value ...]`` or ``--Key Value ...`` (``--Key=Value`` too) replace
-the file's value; for a repeatable key, the overrides replace the whole list. Errors name ``<command line>``.
+Command-line overrides, as MIDAS's integrator scripts take them: ``Key Value [Value ...]`` or
+``--Key Value ...`` (``--Key=Value`` too) replace the file's value; for a repeatable key, the overrides
+replace the whole list. Errors name ``<command line>``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _flag(default: bool) -> _Key:
 _PATH = _Key("path")
 _PHASES = (3, 6, 8, 10, 12, 14)  # distortion terms that are phases, in degrees
 
-# The one table of keys (MIDAS-COMPAT section 1; defaults are MIDAS DetectorMapper's).
+# The one table of keys (docs/MIDAS-FORMATS.md section 1; defaults are MIDAS DetectorMapper's).
 _SPEC: dict[str, _Key] = {
     "NrPixelsY": _int(None, "columns"),
     "NrPixelsZ": _int(None, "rows"),
@@ -465,9 +466,11 @@ def parse_params(text: str, source: str | Path | None = None, overrides: Sequenc
     warnings = _unknown_warnings(unknown)
     peaks = bool(values_["PeakLocation"])
     if peaks and "DoSmoothing" in given and values_["DoSmoothing"]:
-        warnings.append(f"{given['DoSmoothing'][-1][1]}: DoSmoothing 1 ignored: PeakLocation is given (manual 2.5)")
+        warnings.append(f"{given['DoSmoothing'][-1][1]}: DoSmoothing 1 ignored: PeakLocation is given "
+                        "(smoothing serves only the peak search)")
     if peaks and "DoPeakFit" in given and not values_["DoPeakFit"]:
-        warnings.append(f"{given['DoPeakFit'][-1][1]}: DoPeakFit 0 overridden: PeakLocation is given (manual 2.5)")
+        warnings.append(f"{given['DoPeakFit'][-1][1]}: DoPeakFit 0 overridden: PeakLocation is given "
+                        "(the named peaks are fitted)")
 
     params = Params(
         source=Path(source) if source is not None else None,
@@ -510,7 +513,8 @@ def _unknown_warnings(unknown: list[tuple[str, int, str]]) -> list[str]:
 
 
 def _derive(p: Params) -> Params:
-    """PeakLocation given -> DoPeakFit = MultiplePeaks = 1 and DoSmoothing = 0 (manual 2.5)."""
+    """PeakLocation given -> DoPeakFit = MultiplePeaks = 1 and DoSmoothing = 0 (the peaks to fit are named;
+    smoothing serves only the peak search)."""
     if p.PeakLocation:
         return dataclasses.replace(p, DoPeakFit=True, MultiplePeaks=True, DoSmoothing=False)
     return p

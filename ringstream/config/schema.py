@@ -5,6 +5,11 @@ command-line flag(s), choices and limits. Everything else is derived from it: th
 (``RINGSTREAM_<SECTION>_<KEY>``), the argparse options of ``ringstream run`` / ``check-config``, the range checks,
 and ``systemd/example.toml``. :data:`OPTIONS` lists the table row by row (section order, then field order).
 
+Sections (:data:`SECTIONS`, in this order): ``[run]`` what to integrate and where the results go, ``[source]``
+where frames come from, ``[workers]`` the integrating processes, ``[transport]`` the ZeroMQ endpoints and the
+shared-memory frame ring, ``[supervisor]`` liveness and shutdown timing, ``[fit]`` how peaks are fitted,
+``[logging]`` log output. ``systemd/example.toml`` shows every key of each with its default and help.
+
 It imports nothing else of ringstream, so the configuration loads without any process role.
 """
 

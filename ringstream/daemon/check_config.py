@@ -66,6 +66,10 @@ def describe_params(p) -> list[str]:
         radial = (f"Q {p.QMin:g}..{p.QMax:g} 1/A step {p.QBinSize:g} ({n_r} bins, R {r[0]:.6g}..{r[-1]:.6g} px)")
     else:
         radial = f"R {p.RMin:g}..{p.RMax:g} px step {p.RBinSize:g} ({n_r} bins)"
+    polarization = _yes(p.PolarizationCorrection)
+    if p.PolarizationCorrection:
+        polarization += (f" (PolarizationFraction {p.PolarizationFraction:g}, "
+                         f"PolarizationAngle {p.PolarizationAngle:g} deg)")
     lines = [
         f"parameter file: {p.source}",
         f"detector: {p.NrPixelsZ} x {p.NrPixelsY} pixels (NrPixelsZ x NrPixelsY), px {p.px:g} um, "
@@ -73,7 +77,7 @@ def describe_params(p) -> list[str]:
         f"Wavelength {p.Wavelength:g} A",
         f"bins: {radial} x eta {p.EtaMin:g}..{p.EtaMax:g} deg step {p.EtaBinSize:g} ({n_eta} bins) "
         f"= {n_r * n_eta} bins",
-        f"corrections: solid angle {_yes(p.SolidAngleCorrection)}, polarization {_yes(p.PolarizationCorrection)}, "
+        f"corrections: solid angle {_yes(p.SolidAngleCorrection)}, polarization {polarization}, "
         f"normalize {_yes(p.Normalize)}, ImTransOpt {list(p.ImTransOpt) or [0]}, write 2D {_yes(p.Write2D)}",
     ]
     files = [f"{k} {getattr(p, k)}" for k in ("MaskFile", "GapFile", "BadPxFile", "DistortionFile", "Dark")

@@ -15,8 +15,9 @@ Subcommands::
     ringstream repair OUT.h5
     ringstream check-config [the options of run]
 
-Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file (MIDAS manual 3.5). For ``integrate``,
-the images come first: they end at the first token that is a parameter key or starts with ``--``.
+Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file, as in MIDAS's integrator
+scripts. For ``integrate``, the images come first: they end at the first token that is a parameter key or
+starts with ``--``.
 
 Errors are the interface: any :class:`~ringstream.errors.RingstreamError` is printed as one line
 ``ringstream: error: <message>`` on stderr and the process exits with the error's documented code (see
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_check_config_parser(sub)
     from .peaks_cli import add_peaks_parser
 
-    add_peaks_parser(sub)  # issue 5
+    add_peaks_parser(sub)
     return parser
 
 
@@ -276,7 +277,7 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     n = 0
     from .offline_fit import OfflineFitting
 
-    fitting = OfflineFitting.create(p, imap, engine.name)  # issue 5: None without peak fitting
+    fitting = OfflineFitting.create(p, imap, engine.name)  # None without peak fitting
     if args.midas_binaries:
         Path(args.midas_binaries).mkdir(parents=True, exist_ok=True)
     zarr_path = None if args.no_zarr else (args.zarr_output or default_zarr_path(output))

@@ -23,8 +23,8 @@ from .status import NoDaemon, query_status
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "configs" / "demo-pilatus2m.txt"
-#: ~2-3 minutes on a 2-core machine with the CPU engine (measured: 85-90 frames/s end to end when the machine is
-#: otherwise idle, ~45 when it is shared); much less on a GPU
+#: a few minutes of streaming on a small machine with the CPU engine, long enough to watch the status change;
+#: much less on a GPU
 DEFAULT_FRAMES = 10000
 
 

@@ -1,4 +1,4 @@
-"""Fitting in offline ``ringstream integrate`` (issue 5): the worker's code on each batch of lineouts.
+"""Fitting in offline ``ringstream integrate``: the worker's code on each batch of lineouts.
 
 Each batch's lineouts go through the same :class:`~ringstream.fitting.frame.FrameFitter` the daemon's workers use
 (engine ``[fit] engine`` semantics: ``auto`` = gpu with the GPU integration engine, else nlopt; the environment

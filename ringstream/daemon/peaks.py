@@ -1,4 +1,5 @@
-"""The supervisor's side of changing the peak list while running (issue 5; docs/DAEMON.md, "Peak-list updates").
+"""The supervisor's side of changing the peak list while running (docs/DAEMON.md, "Peak fitting and
+peak-list updates").
 
 Why it is built this way: frames are already in flight to several workers when a change is made, and a worker must
 never fit frame k with a list other than the one in force for k. So the **ingest** decides where a change starts and

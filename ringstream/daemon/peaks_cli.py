@@ -1,4 +1,4 @@
-"""``ringstream peaks set|add|clear``: change a running daemon's peak list from a stated frame on (issue 5).
+"""``ringstream peaks set|add|clear``: change a running daemon's peak list from a stated frame on.
 
 ``set R...`` replaces the list, ``add R...`` adds to it, ``clear`` empties it (automatic finding, or no fitting, as
 the parameter file says); ``--from-frame N`` asks for a start no earlier than frame N (default: the next frame the

@@ -209,7 +209,7 @@ class Supervisor:
         self.rejects_events = RejectLog(log, "supervisor events socket")
         self.rejects_control = RejectLog(log, "supervisor control socket")
         self.hard_exit: int | None = None  # 130/143 after a second signal
-        self.peaks = None  # PeakControl (issue 5), set up in run()
+        self.peaks = None  # PeakControl, set up in run()
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
@@ -228,7 +228,7 @@ class Supervisor:
                 raise ConfigError(f"[transport] control_endpoint {t.control_endpoint}: cannot bind ({exc}); "
                                   "is another daemon running there? (ringstream status --control "
                                   f"{t.control_endpoint})") from None
-            self._open_peaks(ctx)  # issue 5: peak-list updates (ringstream peaks, peak_update.txt)
+            self._open_peaks(ctx)  # peak-list updates (ringstream peaks, peak_update.txt)
             self.poller = zmq.Poller()
             self.poller.register(self.events, zmq.POLLIN)
             self.poller.register(self.control, zmq.POLLIN)
@@ -518,9 +518,10 @@ class Supervisor:
             return ControlReply(ok=True, data={"state": self.state})
         return ControlReply(ok=False, error=f"unknown command {req.command!r}; expected 'status', 'stop' or 'peaks'")
 
-    # ------------------------------------------------------------------------------------------ peaks (issue 5)
+    # ------------------------------------------------------------------------------------------ peaks
     def _open_peaks(self, ctx) -> None:
-        """Bind the peaks PUB socket and set up :class:`~.peaks.PeakControl` (docs/DAEMON.md, peak-list updates)."""
+        """Bind the peaks PUB socket and set up :class:`~.peaks.PeakControl` (docs/DAEMON.md, "Peak fitting
+        and peak-list updates")."""
         from .peaks import PeakControl
 
         t = self.config.transport

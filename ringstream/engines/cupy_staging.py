@@ -4,8 +4,7 @@ A host→device copy runs asynchronously, by DMA, only from page-locked memory. 
 ``cupyx.empty_pinned`` array, or a buffer registered in place with :meth:`HostStaging.register`, e.g. the
 shared-memory frame ring) are copied straight from where they lie; pageable frames are first copied into a pinned
 staging buffer of the stream that takes them (one per stream, allocated once and grown only when a larger chunk
-arrives), by ``copy_threads`` host threads when large (one memcpy thread tops out near 10 GB/s, under a PCIe
-link's rate).
+arrives), by ``copy_threads`` host threads when large (one memcpy thread cannot keep up with a PCIe link).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The reference integration engine: NumPy/SciPy, float64 throughout. It defines the numbers.
 
-Notation (MIDAS-COMPAT section 3):
+Notation (docs/MIDAS-FORMATS.md section 3):
 
 - ``x_p``      intensity of raw pixel p (flat index ``p = z * NrPixelsY + y``) after dark subtraction,
                ``x_p = img_p − dark_p``;
@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from .base import Capabilities, check_batch, check_dark, check_frame
 
-#: a bin whose area (px²) is at most this is empty: its cake value is 0 (MIDAS-COMPAT section 3).
+#: a bin whose area (px²) is at most this is empty: its cake value is 0 (docs/MIDAS-FORMATS.md section 3).
 EMPTY_BIN_AREA = 1e-9
 
 

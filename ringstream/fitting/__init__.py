@@ -1,4 +1,4 @@
-"""Per-frame peak fitting of the 1D lineout (manual 2.5; MIDAS-COMPAT section 6).
+"""Per-frame peak fitting of the 1D lineout (docs/MIDAS-FORMATS.md section 6).
 
 The one rule every part of the product shares: how many peak rows each frame has (fit.bin is read with
 ``np.fromfile(f).reshape(-1, n_peaks, 7)``, so the number is fixed for a run and known before the first frame).
@@ -16,7 +16,7 @@ FIT_COLUMNS = ("Imax", "BG", "Mu", "Rcen", "Sigma", "GoF", "Area")
 
 
 def fitting_enabled(params) -> bool:
-    """True when the parameter file asks for peak fitting (PeakLocation implies DoPeakFit, manual 2.5)."""
+    """True when the parameter file asks for peak fitting (PeakLocation implies DoPeakFit)."""
     return bool(params.DoPeakFit or params.PeakLocation)
 
 

@@ -1,5 +1,5 @@
 """The batched engines' fast path: a batch of frames with one fixed peak list, planned, packed, tested and assembled
-with array operations over the whole batch instead of per frame and per ROI (issue 5).
+with array operations over the whole batch instead of per frame and per ROI.
 
 With a peak list and FitROIAuto 0 the ROIs of a frame (snapping, ±FitROIPadding intervals, merging, cutting, the
 ``roi_too_short`` / ``peak_outside_r_range`` / ... rejections) depend only on the peak list and the lineout's bins,

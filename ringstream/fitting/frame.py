@@ -12,8 +12,9 @@ Rows follow the peak list sorted by R (PeakLocation mode) or the peaks found, so
 not fitted is NaN with one counted reason (``fit_nan_<reason>``), logged once per reason:
 ``peak_outside_r_range``, ``more_peaks_than_slots``, ``roi_wider_than_lineout``, ``roi_too_short``,
 ``nan_in_lineout``, ``flat_lineout``, ``not_found`` (automatic mode: fewer peaks than slots) and ``unused_slot`` (a
-peak list shorter than the slots; both not errors, counted only), ``fit_failed`` (both optimisers failed the honest tests), ``fit_error`` (an exception in the fitting code: a bug, logged), ``peak_list_unknown`` (the daemon could not learn the
-frame's peak list). Engines: ``"nlopt"`` (one ROI at a time, :mod:`.nlopt_fitter`), ``"lm"`` (the batched algorithm in
+peak list shorter than the slots; both not errors, counted only), ``fit_failed`` (both optimisers failed the tests
+of :mod:`.nlopt_fitter`), ``fit_error`` (an exception in the fitting code: a bug, logged), ``peak_list_unknown``
+(the daemon could not learn the frame's peak list). Engines: ``"nlopt"`` (one ROI at a time, :mod:`.nlopt_fitter`), ``"lm"`` (the batched algorithm in
 NumPy, :mod:`.batched`) and ``"gpu"`` (the same on the device, :mod:`.gpu_fitter`); a ROI the batched fitters fail
 is refitted with nlopt (counted ``fit_fallback_nlopt``).
 """

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engines.base import GPU_INSTALL_HINT
 from ..errors import ConfigError
 from . import batched
 from .peaks import MAX_PEAKS_PER_ROI
-
-GPU_INSTALL_HINT = "pip install 'ringstream[gpu]'"
 
 _SOURCE = r"""
 // One thread per ROI; MAXP peaks per ROI fixed at compile time (one kernel per peak count), so M = 2 + 4 MAXP is a

@@ -1,6 +1,6 @@
 """The peak model and its analytic Jacobian: the one place both fitters (nlopt, batched LM on CPU and GPU) take it from.
 
-Model of one ROI (manual 2.5, MIDAS-COMPAT section 6), at radii ``x`` (px, the lineout's bin centres):
+Model of one ROI (docs/MIDAS-FORMATS.md section 6), at radii ``x`` (px, the lineout's bin centres):
 
     t_k(x)  = (x - Rc_k)^2 / Γ_k^2
     L_k(x)  = 1 / (1 + 4 t_k)                       Lorentzian, height 1 at Rc_k, FWHM Γ_k
@@ -8,7 +8,7 @@ Model of one ROI (manual 2.5, MIDAS-COMPAT section 6), at radii ``x`` (px, the l
     I(x)    = b0 + b1 * (x - xmid) / hw  +  Σ_k Imax_k [μ_k L_k(x) + (1 - μ_k) G_k(x)]
 
 ``xmid``/``hw`` are the ROI's centre and half-width (px), so ``b1`` is the background change from the centre to the
-edge of the ROI. The background is one per ROI, as in the manual, but linear rather than constant: a sloped
+edge of the ROI. The background is one per ROI, as in MIDAS, but linear rather than constant: a sloped
 background under a peak biases Rcen and Γ of a constant-background fit, and a flat one simply fits ``b1 ≈ 0``. The
 ``BG`` column of fit.bin is the background under the peak, ``b0 + b1 (Rc_k - xmid) / hw``.
 
@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 LN2_4 = 4.0 * math.log(2.0)
-#: Γ / SIGMA_FROM_GAMMA is fit.bin's "Sigma" column (manual 2.5: σ = Γ / 2.355)
+#: Γ / SIGMA_FROM_GAMMA is fit.bin's "Sigma" column (MIDAS's σ = Γ / 2.355)
 SIGMA_FROM_GAMMA = 2.355
 #: ∫ L dx = Γ·π/2 and ∫ G dx = Γ·sqrt(π / (4 ln2)) for height-1 profiles of FWHM Γ
 AREA_L = math.pi / 2.0

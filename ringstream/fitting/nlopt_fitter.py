@@ -1,10 +1,10 @@
 """The CPU fitter: nlopt LD_LBFGS with the analytic gradient and bounds, LN_NELDERMEAD when L-BFGS fails.
 
-"Fails" is decided honestly (spec/FIELD.md: LD_LBFGS reports success when stuck, and raises ``RoundoffLimited``
-instead of returning its point): an nlopt exception other than RoundoffLimited or a negative result code, a
-non-finite result, a parameter pinned at a bound (μ excepted: 0 and 1 are the model's own range, see
-:data:`.peaks.NATURAL_BOUNDS`), or a final cost no better than the start. The objective keeps the best point it was
-called with, so RoundoffLimited returns that point.
+"Fails" is decided by these tests, not by nlopt's result code alone (LD_LBFGS can report success when stuck,
+and raises ``RoundoffLimited`` instead of returning its point): an nlopt exception other than RoundoffLimited
+or a negative result code, a non-finite result, a parameter pinned at a bound (μ excepted: 0 and 1 are the
+model's own range, see :data:`.peaks.NATURAL_BOUNDS`), or a final cost no better than the start. The objective
+keeps the best point it was called with, so RoundoffLimited returns that point.
 
 Both optimisers work in scaled coordinates q = (p − lo)/(hi − lo) ∈ [0, 1]^n and on the cost divided by the start
 cost, so that a peak height of 1e5 and a mixing of 0.5 weigh alike.
@@ -43,8 +43,8 @@ class RoiFit:
 
 
 def failure_reason(p, cost: float, start_cost: float, prob: RoiProblem) -> str:
-    """"" when the result passes the honest tests, else the first test it fails (``non_finite``,
-    ``pinned_at_bound``, ``no_improvement``)."""
+    """"" when the result passes the failure tests of the module docstring, else the first test it fails
+    (``non_finite``, ``pinned_at_bound``, ``no_improvement``)."""
     if p is None or not np.all(np.isfinite(p)) or not math.isfinite(cost):
         return "non_finite"
     if is_pinned(p, prob.lo, prob.hi, len(prob.slots)):
@@ -113,7 +113,7 @@ def _run(algorithm, obj: _Objective, q0: np.ndarray, ftol: float, xtol: float, m
         elif obj.best_q is None or obj.best_f > opt.last_optimum_value():
             obj.best_q = np.asarray(q)
     except nlopt.RoundoffLimited:
-        pass  # the best point seen is kept by the objective (spec/FIELD.md)
+        pass  # the best point seen is kept by the objective
     except Exception as exc:  # any other nlopt exception (failure, invalid argument, forced stop) is a failure
         err = f"nlopt_{type(exc).__name__}"
     return obj.best_q, err

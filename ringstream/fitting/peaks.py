@@ -1,6 +1,6 @@
 """From a lineout and a peak list to fit problems: snapping, automatic peak finding, ROIs, initial guesses, bounds.
 
-Manual 2.5 / MIDAS-COMPAT section 6, in the order a frame goes through it:
+docs/MIDAS-FORMATS.md section 6, in the order a frame goes through it:
 
 1. peaks: each PeakLocation (px) snapped to the nearest R bin centre, dropped (a NaN row, reason
    ``peak_outside_r_range``) when no bin centre is within 2·RBinSize; or, with no list (``DoPeakFit 1`` +
@@ -26,13 +26,13 @@ from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, n_params
 
 #: most peaks fitted jointly in one ROI (the GPU kernel's fixed maximum; the CPU fitter uses the same)
 MAX_PEAKS_PER_ROI = 4
-#: edge points averaged for the initial background (manual 2.5: "up to 5")
+#: edge points averaged for the initial background (MIDAS: "up to 5")
 EDGE_POINTS = 5
 #: FitROIAuto: half-width max(AUTO_ROI_MIN, AUTO_ROI_FWHM · FWHM) bins
 AUTO_ROI_MIN, AUTO_ROI_FWHM = 15, 1.5
 #: automatic finding: a maximum counts when its prominence exceeds this many noise sigmas
 PROMINENCE_SIGMAS = 5.0
-#: Savitzky–Golay windows tried by DoSmoothing (manual 2.5), polynomial order 2
+#: Savitzky–Golay windows tried by DoSmoothing, polynomial order 2
 SMOOTHING_WINDOWS = (5, 7, 9)
 
 
@@ -182,7 +182,7 @@ def group_rois(peaks: list[tuple[int, int]], half_widths: list[int], n: int) -> 
 
 def initial_problem(x: np.ndarray, y: np.ndarray, start: int, stop: int, slots: list[int],
                     bins: list[int]) -> RoiProblem:
-    """The initial guess and bounds of one ROI (manual 2.5 step 4).
+    """The initial guess and bounds of one ROI (step 3 of the module docstring).
 
     Bounds, with span = max(y) − min(y) over the ROI and dx its mean bin width (px): b0 ∈ [min − span, max + span],
     b1 ∈ [−2 span, 2 span], Imax ∈ [0, 4 span], μ ∈ [0, 1], Rc ∈ Rc0 ± max(3 dx, Γ0) (inside the ROI),

@@ -1,4 +1,5 @@
-"""Bin edges and centres of the (R, η) grid, in R mode or Q mode (MIDAS-COMPAT section 1, DESIGN.md "Bins").
+"""Bin edges and centres of the (R, η) grid, in R mode or Q mode (docs/MIDAS-FORMATS.md section 2, "Bins";
+docs/DESIGN.md, "Bins").
 
 - R mode: edges ``RMin + i·RBinSize``, i = 0..n_R with ``n_R = ceil((RMax - RMin)/RBinSize)``; centres are the
   midpoints; 2θ = atan(R·px/Lsd), Q = 4π/λ·sin θ (NaN when the Wavelength is unknown).

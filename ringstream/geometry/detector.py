@@ -1,7 +1,7 @@
 """Detector geometry: transformed-frame pixel coordinates -> corrected radius R (px) and azimuth η (deg).
 
-The equations are MIDAS's (MIDAS-COMPAT section 2), for a pixel at (Y = column, Z = row) of the transformed frame,
-pixel centres at integer indices:
+The equations are MIDAS's (docs/MIDAS-FORMATS.md section 2), for a pixel at (Y = column, Z = row) of the
+transformed frame, pixel centres at integer indices:
 
     y0 = (Ycen - Y)·px,  z0 = (Z - Zcen)·px                                   (µm; note the sign of y0)
     (vx, vy, vz) = Rx(tx)·Ry(ty)·Rz(tz)·(0, y0, z0);  X = Lsd + vx, Y' = vy, Z' = vz
@@ -136,7 +136,7 @@ class DetectorGeometry:
         return xl, yl, zl
 
     def _distortion(self, rad: np.ndarray, eta: np.ndarray) -> np.ndarray | float:
-        """The 15-term D(ρ, ψ) of MIDAS-COMPAT section 2 (0.0 when every coefficient is 0)."""
+        """The 15-term D(ρ, ψ) of docs/MIDAS-FORMATS.md section 2 (0.0 when every coefficient is 0)."""
         p = self.p
         if not any(p[i] for i in (0, 1, 2, 4, 5, 7, 9, 11, 13)):
             return 0.0

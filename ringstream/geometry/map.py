@@ -1,6 +1,6 @@
 """The integration map: for every (R, η) bin, which raw pixels fall in it and with what weight.
 
-``build_map(p)`` runs the whole chain (DESIGN.md, MIDAS-COMPAT sections 2-3)::
+``build_map(p)`` runs the whole chain (docs/DESIGN.md, docs/MIDAS-FORMATS.md sections 2-3)::
 
     geometry (tilts, distortion, parallax, DistortionFile)  ->  pixel quadrilaterals in the corrected plane
     -> exact area of each quadrilateral ∩ annular sector (split_pixels), unmasked pixels only

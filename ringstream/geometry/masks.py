@@ -1,4 +1,4 @@
-"""The pixel mask: which raw pixels never contribute (MIDAS-COMPAT section 1).
+"""The pixel mask: which raw pixels never contribute (docs/MIDAS-FORMATS.md section 1).
 
 Sources, combined with OR:
 

@@ -1,4 +1,5 @@
-"""MIDAS ``Map.bin`` / ``nMap.bin`` (v3): export a map for MIDAS, import a MIDAS-built map (MIDAS-COMPAT section 4).
+"""MIDAS ``Map.bin`` / ``nMap.bin`` (v3): export a map for MIDAS, import a MIDAS-built map
+(docs/MIDAS-FORMATS.md section 4).
 
 Both files start with the same 64-byte little-endian header::
 

@@ -2,7 +2,7 @@
 
 A raw frame is ``img[z, y]`` of shape ``(NrPixelsZ, NrPixelsY)``; raw flat pixel index ``p = z * NrPixelsY + y``.
 ``ImTransOpt`` is a list of operations applied in file order to give the *transformed* frame, where BC, tilts and
-panel gaps are defined (MIDAS-COMPAT section 2):
+panel gaps are defined (docs/MIDAS-FORMATS.md section 2):
 
 ====  =========================================  ==============================
 0     nothing

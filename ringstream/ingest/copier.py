@@ -1,9 +1,9 @@
 """Copying frames into ring slots on several threads, announcing them in order.
 
-One thread copies a PILATUS 2M int32 frame (9.9 MB) into shared memory at ~7–13 GB/s (``bench/host_copy.py``), so a
-single-threaded ingest tops out near 1,000 frames/s, far under the ~5,500 frames/s a 55 GB/s host→device link takes.
-``np.copyto`` (and a file read into a slot) releases the GIL, so the copies of several frames can run at once on
-``threads`` threads while the ingest's own thread acquires slots and sends headers.
+One thread copying every frame into shared memory would hold the ingest to one memcpy's bandwidth, well under
+what a host→device link takes (``bench/host_copy.py`` measures both). ``np.copyto`` (and a file read into a
+slot) releases the GIL, so the copies of several frames can run at once on ``threads`` threads while the
+ingest's own thread acquires slots and sends headers.
 
 The ingest submits ``(frame, slot)`` jobs; :meth:`SlotCopier.done` hands completed jobs back strictly in submission
 order (first in, first out), so frame indices — assigned when a frame is announced — stay in source order, and a job

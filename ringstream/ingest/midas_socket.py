@@ -1,10 +1,10 @@
 """The MIDAS socket source: frames over TCP in MIDAS's stream protocol (``[source] kind = "midas_socket"``).
 
-Wire protocol (spec/MIDAS-COMPAT.md section 5; what MIDAS's ``integrator_server.py`` senders speak): per frame a
-4-byte little-endian header ``<uint16 dataset_num><uint16 dtype>``, then exactly NrPixelsY·NrPixelsZ pixels
-row-major; no length field, no reply; dataset_num wraps at 65536. dtype (:data:`WIRE_DTYPES`): 0 u8, 1 u16,
-2 u32, 3 i64, 4 f32, 5 f64, 6 hybrid = ``<u32 C>``, N × u16 base pixels, C × i32 flat indices, C × i64 values that
-replace those pixels (the frame is then int64).
+Wire protocol (docs/MIDAS-FORMATS.md section 5; what MIDAS's ``integrator_server.py`` senders speak): per
+frame a 4-byte little-endian header ``<uint16 dataset_num><uint16 dtype>``, then exactly NrPixelsY·NrPixelsZ
+pixels row-major; no length field, no reply; dataset_num wraps at 65536. dtype (:data:`WIRE_DTYPES`): 0 u8, 1
+u16, 2 u32, 3 i64, 4 f32, 5 f64, 6 hybrid = ``<u32 C>``, N × u16 base pixels, C × i32 flat indices, C × i64
+values that replace those pixels (the frame is then int64).
 
 The source listens on ``[source] midas_listen`` (127.0.0.1 unless configured) port ``[source] midas_port``
 (60439); the socket is bound when the source is made, so a port in use fails the start with one line. Any number of
@@ -183,7 +183,7 @@ class MidasSocketSource(QueuedLiveSource):
         dataset, code = _HEADER.unpack(header)
         where = f"frame dataset_num {dataset}"
         if code != HYBRID and code not in WIRE_DTYPES:
-            raise _Disconnect("midas_malformed", f"{where}: dtype {code} is not one of 0..6 (MIDAS-COMPAT 5)")
+            raise _Disconnect("midas_malformed", f"{where}: dtype {code} is not a MIDAS socket dtype (0..6)")
         dtype = WIRE_DTYPES.get(code, np.dtype("<i8"))
         lease = self.wait_for_slot(self.shape, dtype, self._closing.is_set)  # the sender waits: TCP pushes back
         if lease is None:

@@ -3,7 +3,7 @@
 Sockets: frames PUSH (bind), release PULL (bind), eos PUSH (connect to the writer's results PULL), heartbeat PUSH
 (connect to the supervisor's events PULL). Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
 is copied once into a free ring slot (or read or copied straight into it by the source: see
-:class:`~.sources.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
+:class:`~.source_base.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
 ``transport.shared_memory = false`` the pixels travel inline in the message instead.
 
 No free slot: a pausable source waits, reading ``SlotRelease`` messages until one frees a slot (backpressure); a
@@ -109,7 +109,7 @@ class _Ingest:
             self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
             hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
             self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
-            self.peaks = IngestPeaks(ctx, cfg, self.run_id, hb)  # peak-list seqs stamped into frames (issue 5)
+            self.peaks = IngestPeaks(ctx, cfg, self.run_id, hb)  # peak-list seqs stamped into frames
             self.hb.beat(self.snapshot(), state="starting", force=True)
             ready.set()
             self.wait_for_workers(stop)
@@ -180,7 +180,7 @@ class _Ingest:
     def publish(self, frame, pausable: bool, stop) -> bool:
         """Put one frame in the ring (or inline) and send its header; False if it was dropped.
 
-        The three forms of :class:`~.sources.SourceFrame`: pixels (copied once into a slot), ``fill`` (the source
+        The three forms of :class:`~.source_base.SourceFrame`: pixels (copied once into a slot), ``fill`` (the source
         writes into the slot), ``lease`` (already in a slot the source took from the allocator). With copy threads
         (:class:`~.copier.SlotCopier`) a pixels or fill frame is handed to them and announced once its copy is done,
         in source order; a True return then means "accepted", and a fill that fails later is dropped and counted.
@@ -358,7 +358,7 @@ class _Ingest:
 
 
 class _RingAllocator:
-    """The :class:`~.sources.SlotAllocator` a source gets from :meth:`Source.attach_ring`: thread-safe, never
+    """The :class:`~.source_base.SlotAllocator` a source gets from :meth:`Source.attach_ring`: thread-safe, never
     blocks (the ring's free list has its own lock)."""
 
     def __init__(self, ring: FrameRing) -> None:

@@ -6,9 +6,10 @@ The noise-free mean of raw pixel p, with 2θ_p its scattering angle (deg) from t
     B(2θ) = b0 · (1 + exp(−(2θ − 2θ_lo) / w))                         (a smooth decreasing background)
 
 and frame k is a Poisson draw ``img = Poisson(μ)`` from ``numpy.random.default_rng([seed, k % K])``, cast to
-``source.dtype``. Drawing 2.5 Mpx of Poisson noise costs ~50 ms, so the source draws its ``K = 8`` realisations
-once at start and frame k is realisation ``k % K``; :meth:`SimulatedSource.make_frame` recomputes any frame from
-scratch (same seed, same numbers), which is what tests compare the daemon's output against.
+``source.dtype``. Drawing megapixels of Poisson noise takes longer than a frame may, so the source draws its
+``K = 8`` realisations once at start and frame k is realisation ``k % K``; :meth:`SimulatedSource.make_frame`
+recomputes any frame from scratch (same seed, same numbers), which is what tests compare the daemon's output
+against.
 
 Without ``rings_2theta`` the rings sit at 20 %, 40 %, 60 % and 80 % of the 2θ span of the radial range
 [RMin, RMax]; σ is the 2θ width of ~1.5 px at mid-range.

@@ -1,6 +1,6 @@
-"""Omega-sum groups: which frames go into which group (MIDAS-COMPAT section 7), the one rule shared by the workers,
-which send partial sums of their cakes per group (:class:`~ringstream.protocol.OmegaPartial` carries the group
-number), and the writer, which completes each group's sum.
+"""Omega-sum groups: which frames go into which group (docs/MIDAS-FORMATS.md section 7), the one rule shared
+by the workers, which send partial sums of their cakes per group (:class:`~ringstream.protocol.OmegaPartial`
+carries the group number), and the writer, which completes each group's sum.
 
 Group ``g`` holds frames ``g*N .. (g+1)*N - 1`` by run-wide ``frame_index``, ``N`` = ``OmegaSumFrames``; -1 makes the
 whole run one group, and 0 or less is taken as 1. Pure: no I/O, no arrays.

@@ -81,12 +81,12 @@ MAX_RESULTS_HWM = 4096
 
 def results_hwm(queue_mb: float, floor: int, n_r: int, n_eta: int, cakes: bool, n_peaks: int,
                 curve_points: int = 0) -> int:
-    """The high-water mark of the workers -> writer queue: about ``queue_mb`` MB of Results of ``n_r`` bins (and
-    ``n_r x n_eta`` cakes when ``cakes``, ``n_peaks`` fit rows, ``curve_points`` model values), at least ``floor``
-    (``queue_depth``), at most :data:`MAX_RESULTS_HWM`. A queue of 32 lineouts made the writer wake up for every few
-    messages; a deeper one lets it take them in runs (1-15 % more frames/s, run by run, on the 2-core box), and
-    absorbs a slow flush without holding up the workers and the ring. It is also what a kill -9 of the writer can
-    lose beyond its last flush: 8 MB (the default) of 2,000-bin lineouts is ~890 messages a side."""
+    """The high-water mark of the workers -> writer queue: about ``queue_mb`` MB of Results of ``n_r`` bins
+    (and ``n_r x n_eta`` cakes when ``cakes``, ``n_peaks`` fit rows, ``curve_points`` model values), at least
+    ``floor`` (``queue_depth``), at most :data:`MAX_RESULTS_HWM`. A shallow queue (32 lineouts) makes the
+    writer wake up for every few messages; a deeper one lets it take them in runs, and absorbs a slow flush
+    without holding up the workers and the ring. It is also what a kill -9 of the writer can lose beyond its
+    last flush: 8 MB (the default) of 2,000-bin lineouts is ~890 messages a side."""
     size = 512 + 4 * n_r + (4 * n_r * n_eta if cakes else 0) + 56 * n_peaks + 8 * curve_points + 16
     return int(max(int(floor), min(MAX_RESULTS_HWM, int(float(queue_mb) * 1e6) // size)))
 

@@ -1,4 +1,4 @@
-"""The worker's peak fitting: one call per frame or batch that fills the Result's fit buffers (issue 5).
+"""The worker's peak fitting: one call per frame or batch that fills the Result's fit buffers.
 
 :meth:`WorkerFitting.fit_frames` takes the FrameHeaders and lineouts of the frames just integrated and returns one
 :class:`~ringstream.fitting.frame.FrameFit` per frame (fit float64 ``[slots, 7]``, ROI table int32 ``[n_rois, 2]``,

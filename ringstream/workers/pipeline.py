@@ -11,13 +11,14 @@ the device is done with it, oldest first. ``[workers] batches_in_flight`` sets `
 Frames the batch cannot take (a shape or dtype the map does not fit, a second dtype in one batch) are handled as
 ``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``.
 
-With peak fitting and no per-frame cakes, finished batches are held (their slots released, their lineouts copied
-out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call: a fit call costs a
-fixed part per call (the GPU fitter's launch and copy back, NumPy's per-call overhead) that an engine batch of 8
-frames pays 8 times more often. Held frames go out as soon as :data:`FIT_FRAMES` are held, the oldest has been held
-:data:`HOLD_S`, or no frame arrived while nothing was in flight (a slow stream waits at most :data:`HOLD_S`). An
-empty pipeline is no reason to send: with a shared ring of 32 slots, two workers often drain theirs between frames,
-and fitting each batch on its own costs ~5x more per frame (73 us at 16 frames a call, 25 at 64, on the H200).
+With peak fitting and no per-frame cakes, finished batches are held (their slots released, their lineouts
+copied out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call: a fit
+call costs a fixed part per call (the GPU fitter's launch and copy back, NumPy's per-call overhead) that an
+engine batch of 8 frames pays 8 times more often. Held frames go out as soon as :data:`FIT_FRAMES` are held,
+the oldest has been held :data:`HOLD_S`, or no frame arrived while nothing was in flight (a slow stream waits
+at most :data:`HOLD_S`). An empty pipeline is no reason to send: with a shared ring of 32 slots, two workers
+often drain theirs between frames, and fitting each of those small batches on its own would pay the fixed part
+of a fit call for every few frames.
 """
 
 from __future__ import annotations

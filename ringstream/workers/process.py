@@ -113,7 +113,7 @@ class _Worker:
         ctx = zmq.Context()
         self.rejects = RejectLog(log, f"worker-{self.index} frames socket")
         try:
-            # peak fitting (issue 5): None when the parameter file asks for none
+            # peak fitting: None when the parameter file asks for none
             self.fitting = WorkerFitting.create(cfg, params, imap, self.engine_name, ctx, f"worker-{self.index}")
             frames = make_socket(ctx, zmq.PULL, t.frames_endpoint, bind=False, hwm=hwm)
             self.release = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=max(hwm, int(t.ring_slots)))
@@ -287,7 +287,7 @@ class _Worker:
 
     def send_batches(self, batches: list) -> None:
         """Fit the integrated frames of ``batches`` (``[(got, results)]``, as :meth:`finish_batch`) in one call (peak
-        fitting, issue 5), then send one Result per frame, batch by batch in ``got`` order."""
+        fitting), then send one Result per frame, batch by batch in ``got`` order."""
         ok = [(g, results) for got, results in batches for g in got if not g[3] and id(g) in results]
         fits = self.fit([g[0] for g, _ in ok], [results[id(g)][0] for g, results in ok], None)
         fitted = {id(g): f for (g, _), f in zip(ok, fits, strict=True)}

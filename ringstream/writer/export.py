@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputExists
 from .midas_binaries import MidasStreams
 from .omega import OmegaGroup
 from .zarr_zip import INSTRUMENT_KEYS, ZarrZipSink, instrument_parameters, reta_map
@@ -150,7 +150,7 @@ def export_csv(h5_path: str | os.PathLike, folder: str | os.PathLike, overwrite:
             names.append("peaks.csv")
         for name in names:
             if (folder / name).exists() and not overwrite:
-                raise InputError(f"{folder / name}: output file already exists; pass --overwrite to replace it")
+                raise OutputExists(folder / name)
         tth = e["data/radial_axis"][...]
         q = e["data/q"][...] if "data/q" in e else np.full(tth.shape, np.nan)
         with open(folder / "radial_axis.csv", "w", newline="") as fh:

@@ -1,11 +1,13 @@
-"""The NeXus HDF5 results file (OUTPUTS.md): NXazint1d lineouts, optional NXazint2d cakes, written with SWMR.
+"""The NeXus HDF5 results file (docs/OUTPUTS.md): NXazint1d lineouts, optional NXazint2d cakes, written with
+SWMR.
 
-The whole layout (every group, dataset and attribute) is created up front, then the file switches to SWMR mode, so a
-reader opened with ``swmr=True`` can follow the run: it refreshes ``/entry/data/I`` and reads
-``/entry@frames_written`` (the number of complete rows). A long-lived reader cannot refresh a group's attributes, so
-``@frames_written`` and ``@run_complete`` are mirrored on ``/entry/data/I``: call ``I.refresh()`` and read
-``I.attrs["frames_written"]`` (or reopen the file). Rows are buffered and appended in blocks (one row at a
-time is ~30x slower); :meth:`Hdf5Writer.flush` publishes the buffered rows.
+The whole layout (every group, dataset and attribute) is created up front, then the file switches to SWMR
+mode, so a reader opened with ``swmr=True`` can follow the run: it refreshes ``/entry/data/I`` and reads
+``/entry@frames_written`` (the number of complete rows). A long-lived reader cannot refresh a group's
+attributes, so ``@frames_written`` and ``@run_complete`` are mirrored on ``/entry/data/I``: call
+``I.refresh()`` and read ``I.attrs["frames_written"]`` (or reopen the file). Rows are buffered and appended in
+blocks (each HDF5 write has a fixed cost that one row at a time would pay per frame); :meth:`Hdf5Writer.flush`
+publishes the buffered rows.
 
 This module knows nothing of processes or sockets: the offline ``ringstream integrate`` and the daemon's writer
 process both drive :class:`Hdf5Writer`.
@@ -27,7 +29,7 @@ import numpy as np
 from h5py import h5s
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, OutputExists
 from ..procs import pid_alive
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,11 @@ _STR = h5py.string_dtype("utf-8")
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Return ``path`` as a Path; InputError if it exists and ``overwrite`` is false, or its folder is missing."""
+    """Return ``path`` as a Path; :class:`~ringstream.errors.OutputExists` if it exists and ``overwrite`` is
+    false, InputError if its folder is missing."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InputError(f"{path}: output file already exists; pass --overwrite to replace it")
+        raise OutputExists(path)
     if path.is_dir():
         raise InputError(f"{path}: output path is a folder")
     if not path.parent.exists() and str(path.parent) != "":
@@ -107,7 +110,7 @@ class _Col:
 
     ``direct``: the dataset has one row per chunk and no filter, and ``buf`` is a list of C-contiguous rows of the
     dataset's dtype, written with ``write_direct_chunk`` (no copy into a buffer, none into the chunk cache: the
-    cakes, 4x faster than a block write here)."""
+    cakes, whose rows are large enough that those copies dominate a block write)."""
 
     __slots__ = ("ds", "buf", "direct")
 
@@ -118,8 +121,8 @@ class _Col:
 
     def write(self, a: int, b: int, rows: Any) -> None:
         """Grow the dataset to ``b`` rows and write ``rows`` (``b - a`` of them) at ``a``. Numbers go through
-        HDF5's own write of one hyperslab (what ``ds[a:b] = rows`` ends in, without h5py's selection machinery:
-        ~0.2 ms less a call, a dozen calls a flush); text through h5py."""
+        HDF5's own write of one hyperslab (what ``ds[a:b] = rows`` ends in, without h5py's selection
+        machinery, whose per-call cost a flush pays a dozen times); text through h5py."""
         ds = self.ds
         dsid = ds.id
         row = dsid.shape[1:]
@@ -142,7 +145,7 @@ class _Col:
 
 
 class Hdf5Writer:
-    """Write one run's results to ``path`` in the OUTPUTS.md layout.
+    """Write one run's results to ``path`` in the docs/OUTPUTS.md layout.
 
     Parameters: ``imap`` the IntegrationMap (bins and geometry planes), ``params`` the Params used (recorded under
     ``/entry/reduction/input``), ``engine_name`` recorded in ``reduction/engine``, ``write_2d`` whether cakes
@@ -176,7 +179,8 @@ class Hdf5Writer:
         self.n_r = int(imap.n_r)
         self.n_eta = int(imap.n_eta)
         self.write_2d = bool(write_2d)
-        # rows buffered per write: a few MB of the widest row (one h5py call per dataset per block costs ~0.1 ms)
+        # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block costs the
+        # same whatever its size)
         row_bytes = 4 * self.n_r * (self.n_eta if self.write_2d else 1) + 56 * max(0, int(n_peaks))
         self.block = max(1, int(block)) if block else max(16, min(1024, (8 << 20) // max(row_bytes, 1)))
         self.chunk_rows = min(self.block, 64)

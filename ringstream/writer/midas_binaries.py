@@ -1,4 +1,4 @@
-"""MIDAS binary streams (MIDAS-COMPAT section 6), appended in frame_index order, little-endian.
+"""MIDAS binary streams (docs/MIDAS-FORMATS.md section 6), appended in frame_index order, little-endian.
 
 - ``fit.bin``: float64, per frame ``n_peaks`` rows of (Imax, BG, Mu, Rcen, Sigma, GoF, Area); a peak not fitted is a
   row of NaN, so ``np.fromfile("fit.bin").reshape(-1, n_peaks, 7)`` always works. Written whenever fitting.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputExists
 
 FIT_BIN = "fit.bin"
 FIT_CURVES_BIN = "fit_curves.bin"
@@ -39,7 +39,7 @@ _BUFFER = 8 << 20
 
 def _open(path: Path, overwrite: bool):
     if path.exists() and not overwrite:
-        raise InputError(f"{path}: output file already exists; pass --overwrite to replace it")
+        raise OutputExists(path)
     try:
         return open(path, "wb", buffering=_BUFFER)
     except OSError as exc:

@@ -1,4 +1,5 @@
-"""Omega sums: the per-frame cakes of each ``OmegaSumFrames`` group added up (MIDAS-COMPAT section 7).
+"""Omega sums: the per-frame cakes of each ``OmegaSumFrames`` group added up (docs/MIDAS-FORMATS.md
+section 7).
 
 Group ``g`` holds frames ``g*N .. (g+1)*N - 1`` by run-wide ``frame_index`` (N = ``OmegaSumFrames``; -1 = the whole
 run is one group; 0 is taken as 1): :class:`~ringstream.protocol.omega.OmegaGrouping`, the rule the workers' partial

@@ -45,7 +45,7 @@ class OutputError(InputError):
 
 
 def default_zarr_path(h5_path: str | os.PathLike) -> Path:
-    """``NAME.zarr.zip`` beside ``NAME.h5`` (OUTPUTS.md)."""
+    """``NAME.zarr.zip`` beside ``NAME.h5`` (docs/OUTPUTS.md)."""
     p = Path(h5_path)
     stem = p.name[: -len(p.suffix)] if p.suffix else p.name
     return p.with_name(f"{stem}.zarr.zip")

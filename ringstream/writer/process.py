@@ -37,11 +37,13 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import zmq
 
-from ..errors import RingstreamError
+from ..errors import OutputExists, RingstreamError
 from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
 from ..protocol import (
@@ -60,8 +62,14 @@ from .repair import clear_if_crashed
 
 log = logging.getLogger("ringstream.writer")
 
-#: the longest a written row waits before it is flushed to readers, in s (OUTPUTS.md: a reader sees it within 1 s)
+#: the longest a written row waits before it is flushed to readers, in s (docs/OUTPUTS.md: a reader sees it
+#: within 1 s)
 FLUSH_PERIOD = 0.5
+
+#: what ``ringstream run`` says of an output file that exists: it has no ``--overwrite``, since a rerun or a
+#: restart must not destroy the last run's results
+KEEP_RESULTS = ("ringstream run never replaces results: move it away or choose other outputs "
+                "(--output-h5, --zarr-output or --no-zarr, --midas-binaries)")
 
 #: how long one wait for a message lasts before timers and ``stop`` are looked at, in ms
 POLL_MS = 100
@@ -83,7 +91,18 @@ def prepare_outputs(config) -> None:
     again (:func:`~.repair.clear_if_crashed`; it is still not replaced), and the output path is free and writable
     (:func:`~.hdf5.check_output_path`), so that a problem with it stops the run before it starts."""
     clear_if_crashed(config.run.output_h5)
-    check_output_path(config.run.output_h5, overwrite=False)
+    with never_replace():
+        check_output_path(config.run.output_h5, overwrite=False)
+
+
+@contextmanager
+def never_replace() -> Iterator[None]:
+    """Around the daemon's creation of output files: an :class:`~ringstream.errors.OutputExists` names
+    :data:`KEEP_RESULTS` as the remedy, not ``--overwrite`` (which only ``integrate`` and ``export`` have)."""
+    try:
+        yield
+    except OutputExists as exc:
+        raise OutputExists(exc.path, KEEP_RESULTS) from None
 
 
 class _Writer:
@@ -102,7 +121,7 @@ class _Writer:
         self.first_unflushed = 0.0
         self.t_first = 0.0  # monotonic time of the first result
         self.sums_missing = 0
-        self.peaks_sub = None  # PeakUpdates published by the supervisor (issue 5)
+        self.peaks_sub = None  # PeakUpdates published by the supervisor
         self.peak_seqs: set[int] = set()  # recorded once each (the supervisor publishes them again)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -123,8 +142,8 @@ class _Writer:
         cfg = self.config
         self.params = cfg.load_params()
         self.imap, _ = load_or_build(self.params)
-        # never replaces an existing results file: a rerun or a restart must not destroy the last run's results
-        self.path = check_output_path(cfg.run.output_h5)
+        with never_replace():  # a rerun or a restart must not destroy the last run's results
+            self.path = check_output_path(cfg.run.output_h5)
         self.write_2d = bool(self.params.Write2D)
         self.n_peaks = peak_slots(self.params, cfg.fit.slots)
         self.zarr_path = None if cfg.run.no_zarr else (cfg.run.zarr_output or default_zarr_path(self.path))
@@ -141,7 +160,7 @@ class _Writer:
             hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16), "writer", 0,
                                  cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
-            self.open_peaks(ctx)  # issue 5: peak-list changes, recorded under /entry/fit
+            self.open_peaks(ctx)  # peak-list changes, recorded under /entry/fit
             gc.collect()
             gc.freeze()  # what exists now (modules, the map, the files) lives as long as the process: not rescanned
             ready.set()
@@ -209,14 +228,14 @@ class _Writer:
         """Handle the messages already queued on ``sock`` (without waiting), for at most ``BATCH_S`` seconds so
         that flushes and heartbeats keep their pace under a continuous stream."""
         t_end = time.monotonic() + BATCH_S
-        copy = not self.write_2d  # lineouts: small frames, received as bytes (half the time of Frame objects)
+        copy = not self.write_2d  # lineouts: small frames, received as bytes (cheaper than Frame objects)
         on_result, on_message = self.on_result, self.on_message
         k = 0
         while True:
             if self.eos is not None and self.finished():  # (nothing is finished before the end of stream)
                 return
             k += 1
-            if k % 16 == 0 and time.monotonic() >= t_end:  # the clock every 16 messages: ~0.1 ms apart
+            if k % 16 == 0 and time.monotonic() >= t_end:  # the clock every 16 messages, not every one
                 return
             try:
                 msg, buffers = recv_message(sock, zmq.NOBLOCK, copy)
@@ -303,11 +322,12 @@ class _Writer:
         """The run's outputs, created by the first call (with the engine the workers used)."""
         if self.outputs is None:
             frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" else 0
-            self.outputs = RunOutputs(self.path, self.imap, self.params, engine_name=engine_name or
-                                      str(self.config.workers.engine), n_peaks=self.n_peaks, zarr_path=self.zarr_path,
-                                      midas_dir=self.midas_dir,
-                                      metadata_keys=numeric_keys(metadata), expected_frames=frames,
-                                      sums_from_workers=not self.write_2d)
+            with never_replace():
+                self.outputs = RunOutputs(self.path, self.imap, self.params, engine_name=engine_name or
+                                          str(self.config.workers.engine), n_peaks=self.n_peaks,
+                                          zarr_path=self.zarr_path, midas_dir=self.midas_dir,
+                                          metadata_keys=numeric_keys(metadata), expected_frames=frames,
+                                          sums_from_workers=not self.write_2d)
             log.info("writing %s (engine %s, %d x %d bins%s%s%s)", self.path, engine_name, self.imap.n_r,
                      self.imap.n_eta, ", cakes" if self.write_2d else "", f", {self.n_peaks} peaks" if self.n_peaks
                      else "", f", zarr {self.zarr_path}" if self.zarr_path else "")
@@ -365,7 +385,7 @@ class _Writer:
 
     # ------------------------------------------------------------------------------------- peak-list updates
     def open_peaks(self, ctx) -> None:
-        """With fitting on: a SUB socket for the PeakUpdates the supervisor publishes (issue 5)."""
+        """With fitting on: a SUB socket for the PeakUpdates the supervisor publishes."""
         self.peaks_sub = None
         endpoint = self.config.transport.peaks_endpoint
         if not self.n_peaks or not endpoint or endpoint == "auto":

@@ -238,7 +238,7 @@ def _cut_to_common(group: h5py.Group, names: tuple[str, ...]) -> int:
     return n
 
 
-#: above this many groups, :func:`link_omega_groups` leaves the rows unnamed (about 1 ms per group)
+#: above this many groups, :func:`link_omega_groups` leaves the rows unnamed (each name adds to the close)
 MAX_NAMED_GROUPS = 20000
 
 
@@ -257,7 +257,7 @@ def link_omega_groups(path: str | os.PathLike) -> int:
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in g["name"][:n]]
         shape = g["I"].shape
         # HDF5's own calls (what create_virtual_dataset and attrs[...] = make of the same arguments), without the
-        # high-level selection and attribute machinery: ~3x less time a group, which counts at close
+        # high-level selection and attribute machinery, whose per-group cost counts at close
         scalar = h5s.create(h5s.SCALAR)
         f8, i8 = h5t.py_create(np.dtype("<f8")), h5t.py_create(np.dtype("<i8"))
         attrs = [(b"Number Of Frames Summed", i8, g["n_frames"][:n].astype("<i8")),

@@ -1,4 +1,5 @@
-"""The GSAS-II ``NAME.zarr.zip`` (MIDAS-COMPAT section 7), published by rename so a reader never sees half a ZIP.
+"""The GSAS-II ``NAME.zarr.zip`` (docs/MIDAS-FORMATS.md section 7), published by rename so a reader never sees
+half a ZIP.
 
 Layout (zarr format 2, uncompressed arrays in an uncompressed ZIP)::
 
@@ -8,13 +9,13 @@ Layout (zarr format 2, uncompressed arrays in an uncompressed ZIP)::
     InstrumentParameters/{Lam, Polariz, SH_L, U, V, W, X, Y, Z, Distance}   float64 (1,); Distance in µm
 
 ``k`` is zero-padded (``name_digits``) so string order is numeric order. No NaN anywhere: an empty bin is 0 with
-area 0, an unknown wavelength gives Q = 0 and ``Lam`` 0.
+area 0, an unknown wavelength gives Q = 0 (and ``Lam`` MIDAS's default, 0.413263 Å: :data:`INSTRUMENT_KEYS`).
 
 How it is written: zarr 3 (``zarr_format=2``) builds the fixed part (root, REtaMap, InstrumentParameters, the
-OmegaSumFrame group) and the first group's array in a private folder beside the output. Every later group has the
-same array metadata, so its members are that ``.zarray`` text, its own ``.zattrs`` (written as zarr writes them)
-and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation costs ~7 ms per
-1000 x 72 group here, too slow for ``OmegaSumFrames 1`` at thousands of frames/s). A ZIP member is written once.
+OmegaSumFrame group) and the first group's array in a private folder beside the output. Every later group has
+the same array metadata, so its members are that ``.zarray`` text, its own ``.zattrs`` (written as zarr writes
+them) and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation, once
+per group, cannot keep up with ``OmegaSumFrames 1`` at streaming frame rates). A ZIP member is written once.
 
 Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end): the new groups' members are
 appended to a private ZIP next to the output (the "next" ZIP: the first time built from the folder, later a copy
@@ -29,10 +30,11 @@ are appended to the next ZIP in the background (counted in ``spooled``), without
 their sums are not held in memory until the next publication (a run's worth of 1000 x 72 float64 sums when the
 copies are slow) and the end of the run writes only the groups since the last save. The end of the run always
 publishes, and copies nothing (the next ZIP is renamed over the output; only a copy still running then is waited
-for). The next ZIP takes as much disk as the published one during the run (a copy made at each publication did
-too, while it was made). A spool that fails (a full disk) loses the next ZIP and the groups in it since the last
-publication: the error is raised by the next call, as a failed publication's is, the published ZIP stays whole,
-and every later publication of this sink raises it again (``ringstream export`` makes the zarr.zip from the HDF5).
+for). The next ZIP takes as much disk as the published one during the run (so would a copy made at each
+publication, while it was made). A spool that fails (a full disk) loses the next ZIP and the groups in it
+since the last publication: the error is raised by the next call, as a failed publication's is, the published
+ZIP stays whole, and every later publication of this sink raises it again (``ringstream export`` makes the
+zarr.zip from the HDF5).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputExists
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,7 @@ class ZarrZipSink:
         if not self.path.parent.is_dir():
             raise InputError(f"{self.path}: output folder {self.path.parent} does not exist")
         if self.path.exists() and not overwrite:
-            raise InputError(f"{self.path}: output file already exists; pass --overwrite to replace it")
+            raise OutputExists(self.path)
         self.digits = int(name_digits)
         self.shape = tuple(remap.shape[1:])
         self._remove_leftovers()

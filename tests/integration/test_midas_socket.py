@@ -119,7 +119,7 @@ def test_several_senders_every_dtype_lineouts_equal_offline(tmp_path, daemons): 
     c = wait_counter(d, "midas_malformed", 2)
     assert c["received"] == 0 and c["midas_senders"] == 4
     d.line_time(r"sender 127\.0\.0\.1:\d+ disconnected after 0 good frames: frame dataset_num 1: dtype 9 is not "
-                r"one of 0\.\.6")
+                r"a MIDAS socket dtype \(0\.\.6\)")
     d.line_time(r"frame dataset_num 2: hybrid count 16385 exceeds the 16384 pixels")
     d.line_time(r"frame dataset_num 65535: connection closed after \d+ of 32768 bytes of this part \(a short "
                 r"frame\); dropped")

@@ -336,7 +336,8 @@ def test_peak_location_implies_fit_and_no_smoothing():
     p = parse("DoSmoothing 1\nPeakLocation 245.3\nPeakLocation 347.1\n")
     assert (p.DoPeakFit, p.MultiplePeaks, p.DoSmoothing) == (True, True, False)
     assert p.PeakLocation == (245.3, 347.1)
-    assert p.warnings == ("setup.txt:7: DoSmoothing 1 ignored: PeakLocation is given (manual 2.5)",)
+    assert p.warnings == ("setup.txt:7: DoSmoothing 1 ignored: PeakLocation is given "
+                          "(smoothing serves only the peak search)",)
 
 
 def test_auto_peak_discovery_keeps_flags():
