@@ -19,7 +19,7 @@ python bench/gpu_engine.py --reps 4 --daemon 20000 --daemon-workers 1,2 --daemon
 python bench/fitting.py --gpu --frames 100 --out "$out" 2>&1 | tail -12
 python bench/fitting.py --micro --gpu --out "$out" 2>&1 | tail -12
 python bench/fitting_daemon.py --frames 10000 --workers 1,2,3 --settings default,fast-path --out "$out" 2>&1 | tail -14
-# issue 5's check: 3 peaks a frame at the replay rate (the ingest only copies), with each worker's frames per fit call
+# 3 peaks a frame at the replay rate (the ingest only copies), with each worker's frames per fit call
 python bench/fitting_daemon.py --source replay --frames 20000 --workers 2,3 --settings default,fast-path \
     --out "$out" 2>&1 | tail -10
 ls -la "$out"

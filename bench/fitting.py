@@ -1,4 +1,4 @@
-"""Benchmark: per-frame peak fitting (issue 5): nlopt on one CPU core, the batched LM in NumPy, and on a GPU the
+"""Benchmark: per-frame peak fitting: nlopt on one CPU core, the batched LM in NumPy, and on a GPU the
 batched LM kernel and the daemon end to end with 3 peaks per frame.
 
 1. CPU, one core (BLAS/OpenMP threads pinned to 1, the process pinned to one CPU where possible): ``FrameFitter``

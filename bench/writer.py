@@ -1,6 +1,6 @@
 """Writer throughput alone: how many frames per second the writer's sinks take, so writing never limits the GPU.
 
-Three cases (issue 8, item 6):
+Three cases:
 
 - ``lineouts``: 2,000 radial bins, ``Write2D 0``, 3 fitted peaks per frame (fit [3, 7] float64 and one ROI of 40
   model values), ``OmegaSumFrames -1`` (one sum of the run, from the workers, as in the GPU daemon benchmarks);

@@ -1,4 +1,4 @@
-"""The batched LM kernel on the device against its NumPy twin and against nlopt (issue 5). Skipped without CuPy/a
+"""The batched LM kernel on the device against its NumPy twin and against nlopt. Skipped without CuPy/a
 CUDA device (tests/gpu/conftest.py)."""
 
 from __future__ import annotations

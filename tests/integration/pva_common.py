@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-#: the EPICS address variables (spec/FIELD.md): everything on loopback; ports picked per test session
+#: the EPICS address variables: everything on loopback; ports picked per test session
 LOOPBACK = {
     "EPICS_PVA_AUTO_ADDR_LIST": "NO",
     "EPICS_PVA_ADDR_LIST": "127.0.0.1",

@@ -1,4 +1,4 @@
-"""Fitting in the real daemon (issue 5): every frame fitted with the peak list in force for its frame_index while the
+"""Fitting in the real daemon: every frame fitted with the peak list in force for its frame_index while the
 list changes under a running stream (``ringstream peaks set`` and MIDAS's ``peak_update.txt``), fit.bin readable
 with the MIDAS reshape, and fitting in offline ``ringstream integrate``.
 

@@ -1,4 +1,4 @@
-"""The MIDAS socket source (spec/MIDAS-COMPAT.md section 5) in the real ``ringstream run --midas-socket`` daemon.
+"""The MIDAS socket source (docs/MIDAS-FORMATS.md section 5) in the real ``ringstream run --midas-socket`` daemon.
 
 Senders speaking the protocol send frames of every wire dtype (0 u8 … 5 f64) and the hybrid dtype 6, several
 at once; the HDF5 lineouts equal the same frames integrated offline (ringstream.engines.reference). Senders that

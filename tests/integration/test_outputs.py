@@ -1,5 +1,5 @@
 """The files users open, from the real console script: ``ringstream integrate`` (offline) and ``ringstream run``
-(the daemon) write the whole OUTPUTS.md layout, the zarr.zip of MIDAS-COMPAT section 7 and the MIDAS binaries;
+(the daemon) write the whole docs/OUTPUTS.md layout, the zarr.zip of docs/MIDAS-FORMATS.md section 7 and the MIDAS binaries;
 ``ringstream export`` regenerates them from the HDF5 file bit for bit; a reader following a growing file never sees
 a torn frame and sees each frame within about a second."""
 
@@ -151,7 +151,7 @@ def check_fits_the_rings(fit: np.ndarray, params_path: Path) -> None:
 
 
 def check_zarr_equals_h5(zpath: Path, f: h5py.File) -> list[str]:
-    """The zarr.zip has exactly the arrays, shapes, attributes and order of MIDAS-COMPAT section 7, and its
+    """The zarr.zip has exactly the arrays, shapes, attributes and order of docs/MIDAS-FORMATS.md section 7, and its
     OmegaSumFrame groups are the HDF5 file's /entry/omega_sum rows."""
     z = _zarr(zpath)
     assert sorted(z.keys()) == ["InstrumentParameters", "OmegaSumFrame", "REtaMap"]

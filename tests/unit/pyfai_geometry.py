@@ -1,4 +1,4 @@
-"""MIDAS geometry -> pyFAI geometry, for the pyFAI cross-check tests (MIDAS-COMPAT section 2).
+"""MIDAS geometry -> pyFAI geometry, for the pyFAI cross-check tests (docs/MIDAS-FORMATS.md section 2).
 
 MIDAS: pixel (Y = column, Z = row), centre at the integer index; y0 = (BCy - Y)*px, z0 = (Z - BCz)*px;
 (X, Y, Z) = (Lsd, 0, 0) + Rx(tx) Ry(ty) Rz(tz) (0, y0, z0); Rad = Lsd*sqrt(Y^2+Z^2)/X; 2theta = atan(Rad/Lsd).
@@ -29,7 +29,7 @@ def midas_two_theta_deg(
     ty: float = 0.0,
     tz: float = 0.0,
 ) -> np.ndarray:
-    """Independent restatement of MIDAS-COMPAT section 2 (no distortion, no parallax): 2theta in degrees.
+    """Independent restatement of docs/MIDAS-FORMATS.md section 2 (no distortion, no parallax): 2theta in degrees.
 
     ``y``, ``z``: transformed-frame pixel coordinates (centres at integer indices); lengths in um, angles in deg.
     """

@@ -1,5 +1,5 @@
 """Peak fitting on the CPU: the model, the nlopt fitter and its fallback, the batched LM algorithm (the GPU kernel's
-NumPy twin) against nlopt, peak finding, ROIs, and bad input (issue 5)."""
+NumPy twin) against nlopt, peak finding, ROIs, and bad input."""
 
 from __future__ import annotations
 

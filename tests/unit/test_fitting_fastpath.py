@@ -1,4 +1,4 @@
-"""The batched engines' fast path (issue 5): a batch of frames with one fixed peak list planned, packed, tested and
+"""The batched engines' fast path: a batch of frames with one fixed peak list planned, packed, tested and
 assembled over the whole batch gives the same FrameFits, counters and log lines as planning every frame on its own
 (``FrameFitter(fast_path=False)``, the reference), and it is the path actually taken."""
 

@@ -1,5 +1,5 @@
 """The CUDA kernel's source, built as plain C++ on the CPU (one loop over the "threads"), runs the same algorithm as
-its NumPy twin :func:`ringstream.fitting.batched.fit_batch` (issue 5): the port is checked here, the device only has
+its NumPy twin :func:`ringstream.fitting.batched.fit_batch`: the port is checked here, the device only has
 to run it. Skipped when no C++ compiler is installed."""
 
 from __future__ import annotations

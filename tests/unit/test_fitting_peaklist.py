@@ -1,4 +1,4 @@
-"""Peak-list changes (issue 5) without sockets: the set/add/clear rules, MIDAS peak_update.txt, the seq in force for a
+"""Peak-list changes without sockets: the set/add/clear rules, MIDAS peak_update.txt, the seq in force for a
 frame, the supervisor's PeakControl bookkeeping and the worker waiting for a list it has not received."""
 
 from __future__ import annotations

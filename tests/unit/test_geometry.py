@@ -1,4 +1,4 @@
-"""Geometry (MIDAS-COMPAT section 2), ImTransOpt, DistortionFile, bins and masks, against direct implementations."""
+"""Geometry (docs/MIDAS-FORMATS.md section 2), ImTransOpt, DistortionFile, bins and masks, against direct implementations."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_tilt_about_beam_only_rotates_eta():
     r0, e0 = g0.r_eta(y, z)
     r1, e1 = g1.r_eta(y, z)
     assert np.allclose(r0, r1, rtol=1e-13)
-    # with T = Rx(tx) (MIDAS-COMPAT section 2) the rotated point is yy = c·y0 − s·z0, zz = s·y0 + c·z0, so
+    # with T = Rx(tx) (docs/MIDAS-FORMATS.md section 2) the rotated point is yy = c·y0 − s·z0, zz = s·y0 + c·z0, so
     # zz − i·yy = (c + i·s)(z0 − i·y0) = e^(i·tx)(z0 − i·y0): η = atan2(−yy, zz) grows by exactly +tx
     np.testing.assert_allclose(((e1 - e0 + 180) % 360) - 180, 12.0, rtol=0, atol=1e-10)
 

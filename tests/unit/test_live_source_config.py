@@ -1,4 +1,4 @@
-"""Configuration of the live sources (issue 6): the [source] pva_* / midas_* keys, the --pva / --midas-socket
+"""Configuration of the live sources: the [source] pva_* / midas_* keys, the --pva / --midas-socket
 flags, their errors, and the registry making the sources (no sockets opened except the MIDAS listener on port 0)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Cross-check of the geometry, the map and the reference engine against pyFAI (a test dependency only).
 
-For an untilted and a tilted detector (MIDAS-COMPAT section 2, pyFAI equivalence paragraph):
+For an untilted and a tilted detector (docs/MIDAS-FORMATS.md section 2, pyFAI equivalence paragraph):
 
 - the MIDAS geometry converts to a pyFAI geometry whose 2theta map equals ringstream's (closed form untilted,
   least-squares fit tilted, with rot1 = -tz and rot2 = ty);
@@ -59,7 +59,7 @@ SHARP_RINGS = [(2.5, 0.08, 200.0), (4.5, 0.06, 150.0), (6.5, 0.1, 120.0), (8.3, 
 
 RMS_TOL = 0.005  # 0.5 % relative RMS (acceptance)
 CENTRE_TOL = 0.005  # deg (acceptance)
-# the level a correct map reaches (MIDAS-COMPAT section 2 measured 2e-5 deg, 0.001 %; here ~1e-5 deg, 0.002 %):
+# the level a correct map reaches (docs/MIDAS-FORMATS.md section 2 measured 2e-5 deg, 0.001 %; here ~1e-5 deg, 0.002 %):
 # ten-fold and more tighter than the acceptance, so a regression shows long before the acceptance fails
 RMS_EXPECTED = 5e-4
 CENTRE_EXPECTED = 5e-4  # deg
@@ -218,7 +218,7 @@ def test_two_theta_maps_agree(case: Case) -> None:
     spec = midas_two_theta_deg(yy, zz, lsd=LSD, px=PX, bc_y=BC_Y, bc_z=BC_Z, tx=tx, ty=ty, tz=tz)
     d_spec = float(np.max(np.abs(case.rs_tth - spec)))
     assert d_spec < 1e-10, (
-        f"{case.name}: ringstream 2theta differs from MIDAS-COMPAT section 2 by {d_spec:.3g} deg"
+        f"{case.name}: ringstream 2theta differs from docs/MIDAS-FORMATS.md section 2 by {d_spec:.3g} deg"
     )
 
     d = float(np.max(np.abs(case.pf_tth - case.rs_tth)))
