@@ -56,7 +56,7 @@ class RunIndex:
         line = json.dumps(record, default=str, separators=(", ", ": ")).encode() + b"\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise OutputFolderError(f"{self.path}: cannot open the index of runs ({exc.strerror or exc})") from None
         try:
