@@ -118,18 +118,33 @@ class RunConfig:
                           example="/etc/ringstream/beamline.txt")
     overrides: tuple[str, ...] = opt((), "\"Key Value\" strings applied over the parameter file, e.g. "
                                      "[\"RBinSize 0.5\"] (command line: trailing Key Value tokens)")
-    output_h5: str = opt("ringstream.h5", "NeXus HDF5 results file (SWMR: readable while it is written)",
-                         flags="--output-h5", metavar="OUT.h5")
-    zarr_output: str = opt("", "zarr.zip output; \"\" = next to output_h5", flags="--zarr-output",
-                           metavar="OUT.zarr.zip")
+    output_h5: str = opt("ringstream.h5", "NeXus HDF5 results file of each run (SWMR), a template: {run} (e.g. "
+                         "{run:05d}), {name}, {date}, {time}, {run_id}, {attr[NAME]}; without {run}/{run_id} a service "
+                         "of several runs adds _{run:05d}; an existing file is never replaced (docs/DAEMON.md)",
+                         flags="--output-h5", metavar="OUT.h5", example="/data/ringstream/{date}/run_{run:05d}.h5")
+    zarr_output: str = opt("", "zarr.zip output, a template as output_h5; \"\" = next to the HDF5 file, same name",
+                           flags="--zarr-output", metavar="OUT.zarr.zip")
     no_zarr: bool = opt(False, "write no zarr.zip", flags="--no-zarr")
     save_interval: int = opt(500, "flush the outputs every N frames (and at least every second)",
                              flags="--save-interval", metavar="N", at_least=1)
-    midas_binaries: str = opt("", "folder for MIDAS lineout.bin, Int2D.bin, RTthEtaAreaMap.bin; \"\" = none",
-                              flags="--midas-binaries", metavar="DIR")
+    midas_binaries: str = opt("", "folder for MIDAS lineout.bin, Int2D.bin, RTthEtaAreaMap.bin (and fit.bin), a "
+                              "template as output_h5; \"\" = none", flags="--midas-binaries", metavar="DIR")
     dark: str = opt("", "dark frame file; \"\" = the parameter file's Dark key, if any", flags="--dark", metavar="D",
                     path=True)
     run_id: str = opt("", "run identifier recorded in the outputs; \"\" = generated", flags="--run-id", metavar="ID")
+    state_dir: str = opt("", "folder keeping the run number and the index of runs (runs.jsonl) across restarts; "
+                         "\"\" = $STATE_DIRECTORY (systemd StateDirectory=), else .ringstream in the first folders "
+                         "of output_h5 (those before any {field})", flags="--state-dir", metavar="DIR")
+    idle_split_s: float = opt(0.0, "live sources: a run ends after this many seconds without a frame, the next "
+                              "frame starts a new run; 0 = never", at_least=0, unit="s")
+    max_frames: int = opt(0, "a run ends after this many frames and the next frame starts a new run (a long "
+                          "acquisition in parts); 0 = no limit", at_least=0)
+    max_seconds: float = opt(0.0, "a run ends this many seconds after its first frame and the next frame starts a "
+                             "new run; 0 = no limit", at_least=0, unit="s")
+    split_attribute: str = opt("", "pva: a new run starts when the value of this NDAttribute changes (e.g. a scan "
+                               "number or file name attribute); \"\" = off")
+    split_on_restart: bool = opt(True, "pva: a new run starts when the detector's acquisition starts again "
+                                 "(its uniqueId goes back)")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The checks of the merged configuration: the option table's choices and limits, then what one key alone cannot say
-(endpoints, the source a kind needs, heartbeat timing, the folder source's paths and formats).
+(endpoints, the source a kind needs, heartbeat timing, the folder source's paths and formats, the output path
+templates).
 
 Every problem is one line naming where the value came from and the key; :func:`problems` returns them all, so they
 are reported together.
@@ -11,6 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..runs.naming import OutputTemplate
 from .layers import describe_value, did_you_mean
 from .schema import OPTIONS, Option
 
@@ -66,6 +68,7 @@ def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[
         if expected:
             bad(o.section, o.key, expected)
 
+    out.extend(_template_problems(cfg, origin))
     src = cfg["source"]
     if any(not 0 < t < 180 for t in src["rings_2theta"]):  # type: ignore[union-attr]
         bad("source", "rings_2theta", "angles in 0 < 2theta < 180 (deg)")
@@ -98,6 +101,25 @@ def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[
         key = "heartbeat_timeout" if ("supervisor", "heartbeat_timeout") in given else "heartbeat_interval"
         out.append(f"{origin[('supervisor', key)]}: [supervisor] heartbeat_timeout ({sup['heartbeat_timeout']:g} s) "
                    f"must be longer than heartbeat_interval ({sup['heartbeat_interval']:g} s)")
+    return out
+
+
+#: the ``[run]`` keys that are output path templates, and whether each names a folder; "" = not set (none, or
+#: derived from output_h5), except for output_h5
+TEMPLATE_KEYS = (("output_h5", False), ("zarr_output", False), ("midas_binaries", True))
+
+
+def _template_problems(cfg: Merged, origin: Origins) -> list[str]:
+    """Each output template names known fields with format specs that fit them (docs/DAEMON.md)."""
+    out = []
+    for key, folder in TEMPLATE_KEYS:
+        text = cfg["run"][key]
+        if not isinstance(text, str) or (not text and key != "output_h5"):
+            continue
+        try:
+            OutputTemplate(text, f"[run] {key}", folder=folder)
+        except ConfigError as exc:
+            out.append(f"{origin[('run', key)]}: {exc}")
     return out
 
 

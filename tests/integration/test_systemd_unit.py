@@ -52,6 +52,10 @@ def test_unit_has_the_required_settings():
     assert any(v.startswith("char-nvidia-frontend") for v in s["DeviceAllow"])
     assert any(v.startswith("char-nvidia-uvm") for v in s["DeviceAllow"])
     assert "MemoryDenyWriteExecute" not in s and "PrivateDevices" not in s
+    # only what a restart cannot fix keeps the service down: configuration (2) and map (4) errors
+    assert s["RestartPreventExitStatus"] == ["2 4"]
+    # the run number and the index of runs of each instance; the per-instance folder is $STATE_DIRECTORY's last
+    assert s["StateDirectory"] == ["ringstream ringstream/%i"]
     assert s["NoNewPrivileges"] == ["yes"] and s["ProtectSystem"] == ["strict"] and s["ReadWritePaths"]
 
 

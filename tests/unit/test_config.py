@@ -253,6 +253,33 @@ def test_out_of_range_and_choices_name_the_option(setup, cli, flag, expected):
     assert expected in msg
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("output_h5", "scan_{foo}.h5", "[run] output_h5: unknown field {foo} in 'scan_{foo}.h5'; known: run, name, "
+                                       "date, time, run_id, attr[NAME]"),
+        ("output_h5", "run_{run:x5}.h5", "[run] output_h5: bad format spec {run:x5}"),
+        ("zarr_output", "run_{run.zarr.zip", "[run] zarr_output: malformed template"),
+        ("midas_binaries", "/data/{scan}", "[run] midas_binaries: unknown field {scan}"),
+    ],
+)
+def test_output_templates_are_checked_at_start(tmp_path, setup, key, value, expected):
+    toml = write_toml(tmp_path, f'[run]\nparam_file = "{setup}"\n{key} = "{value}"\n')
+    msg = error(toml, {})
+    assert msg.startswith(f"{toml}:3: "), msg
+    assert expected in msg
+
+
+def test_output_templates_and_run_keys_load(tmp_path, setup):
+    cli = {"run": {"param_file": str(setup), "output_h5": "/data/{date}/{name}_{run:05d}_{attr[scan]}.h5",
+                   "midas_binaries": "/data/{date}/midas_{run}", "idle_split_s": 2.5, "max_frames": 1000,
+                   "split_attribute": "ScanNumber", "split_on_restart": False}}
+    cfg = load_config(None, {"RINGSTREAM_RUN_STATE_DIR": "/var/lib/ringstream/x"}, cli)
+    assert cfg.run.state_dir == "/var/lib/ringstream/x" and cfg.run.idle_split_s == 2.5
+    assert cfg.run.max_frames == 1000 and cfg.run.max_seconds == 0.0
+    assert cfg.run.split_attribute == "ScanNumber" and cfg.run.split_on_restart is False
+
+
 def test_timeouts_must_be_positive_and_ordered(tmp_path, setup):
     toml = write_toml(tmp_path, f'[run]\nparam_file = "{setup}"\n[supervisor]\nready_timeout = 0\n')
     assert f"{toml}:4: [supervisor] ready_timeout: expected > 0, got 0.0" in error(toml, {})

@@ -19,7 +19,8 @@ PACKAGE = Path(ringstream.__file__).parent
 ROLES = ("ingest", "workers", "writer", "daemon")
 
 #: what lies below the roles: it imports none of them
-BELOW = ("protocol", "transport", "geometry", "engines", "fitting", "images", "errors", "params", "procs", "config")
+BELOW = ("protocol", "transport", "geometry", "engines", "fitting", "images", "errors", "params", "procs", "config",
+         "runs")
 
 #: (importing module, imported module) pairs that cross the rule on purpose
 ALLOWED = {
