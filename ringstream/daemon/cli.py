@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     if add_check_config_parser is not None:
         add_check_config_parser(sub)
     from .peaks_cli import add_peaks_parser
+    from .runs_cli import add_runs_parser
 
     add_peaks_parser(sub)
+    add_runs_parser(sub)
     return parser
 
 
@@ -410,6 +412,12 @@ def cmd_repair(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .runs_cli import cmd_runs as run_runs
+
+    return run_runs(args, extra)
+
+
 def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from .peaks_cli import cmd_peaks as run_peaks
 
@@ -417,7 +425,7 @@ def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
-            "check-config": cmd_check_config, "peaks": cmd_peaks, "export": cmd_export, "repair": cmd_repair}
+            "check-config": cmd_check_config, "peaks": cmd_peaks, "runs": cmd_runs, "export": cmd_export, "repair": cmd_repair}
 
 
 # --------------------------------------------------------------------------------------------------- main

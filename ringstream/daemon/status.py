@@ -56,10 +56,12 @@ def query_status(endpoint: str, timeout: float = 2.0) -> dict[str, Any]:
 
 
 def is_healthy(status: dict[str, Any]) -> bool:
-    """True when the state is running or draining and every child is alive."""
+    """True when the state is running or draining, every child is alive and the last run did not fail (its
+    outputs could not be written: the service goes on and tries again with the next run)."""
     children = status.get("children") or {}
+    runs = status.get("runs") or {}
     return status.get("state") in HEALTHY_STATES and bool(children) and all(
-        c.get("alive") for c in children.values())
+        c.get("alive") for c in children.values()) and not runs.get("last_failed")
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -75,6 +77,16 @@ def format_status(status: dict[str, Any]) -> str:
     channel = channel_line(status)
     if channel:
         lines.append(channel)
+    runs = status.get("runs") or {}
+    cur = runs.get("current") or {}
+    if cur:
+        lines.append(f"current run {cur.get('run')}{' ' + repr(cur.get('name')) if cur.get('name') else ''}: "
+                     f"{cur.get('frames', 0)} frames, {cur.get('frames_per_s', 0):.1f} frames/s, {cur.get('file')}")
+    elif runs:
+        lines.append("between runs")
+    for r in runs.get("last") or []:
+        lines.append(f"  run {r.get('run')} {r.get('status')}: {r.get('frames', 0)} frames, "
+                     f"{(r.get('files') or {}).get('h5', '-')}{' (' + r['reason'] + ')' if r.get('reason') else ''}")
     for name, c in (status.get("children") or {}).items():
         alive = "alive" if c.get("alive") else f"exited ({c.get('exitcode')})"
         counters = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"

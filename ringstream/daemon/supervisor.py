@@ -210,6 +210,7 @@ class Supervisor:
         self.rejects_control = RejectLog(log, "supervisor control socket")
         self.hard_exit: int | None = None  # 130/143 after a second signal
         self.peaks = None  # PeakControl, set up in run()
+        self._run_seq = 0  # the seq of the last ``runs start|stop`` request
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
@@ -516,7 +517,60 @@ class Supervisor:
                 self.signals.append(signal.SIGTERM)
                 return ControlReply(ok=True, data={"state": "stopping"})
             return ControlReply(ok=True, data={"state": self.state})
-        return ControlReply(ok=False, error=f"unknown command {req.command!r}; expected 'status', 'stop' or 'peaks'")
+        if req.command == "runs":
+            return self._runs(dict(req.args))
+        return ControlReply(ok=False, error=f"unknown command {req.command!r}; expected 'status', 'stop', 'peaks' "
+                                            f"or 'runs'")
+
+    # ------------------------------------------------------------------------------------------ runs
+    def _runs(self, args: dict) -> ControlReply:
+        """``ringstream runs start|stop|list``: start and stop go to the ingest (on the peaks socket, which it
+        subscribes to), which ends the current run at once; list reads the index of runs."""
+        action = str(args.get("action", ""))
+        if action == "list":
+            return ControlReply(ok=True, data={"runs": self._run_index().runs()})
+        if action not in ("start", "stop"):
+            return ControlReply(ok=False, error=f"runs: unknown action {action!r}; expected start, stop or list")
+        if self.peaks is None or not self._ingest_running():
+            return ControlReply(ok=False, error="runs: the ingest is not running")
+        self._run_seq += 1
+        meta = args.get("meta") or {}
+        request = ControlRequest(command="runs", args={"seq": self._run_seq, "action": action,
+                                                       "name": str(args.get("name", "")), "meta": dict(meta)})
+        for _ in range(3):  # a SUB that just joined may miss one; the ingest takes each seq once
+            try:
+                self.peaks.pub.send_multipart(encode(request), zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                return ControlReply(ok=False, error=f"runs: cannot reach the ingest ({exc})")
+        log.info("runs %s%s requested", action, f" {args.get('name')!r}" if args.get("name") else "")
+        return ControlReply(ok=True, data={"action": action, "name": str(args.get("name", ""))})
+
+    def _run_index(self):
+        from ..runs.index import RunIndex
+        from ..runs.state import state_dir_of
+
+        return RunIndex.in_state_dir(state_dir_of(self.config.run))
+
+    def _runs_status(self) -> dict:
+        """The current run (from the writer's heartbeat and the index) and the last runs (from the index)."""
+        writer = self._child("writer")
+        wc = writer.counters if writer else {}
+        try:
+            runs = self._run_index().runs()
+        except Exception:  # the status never fails for the index
+            runs = []
+        number = int(_num(wc, "run_number"))
+        current = {}
+        if number:
+            entry = next((r for r in runs if r.get("run") == number), {})
+            current = {"run": number, "name": entry.get("name", ""), "file": (entry.get("files") or {}).get("h5", ""),
+                       "frames": int(_num(wc, "run_frames")), "frames_per_s": round(self.rate, 2)}
+        last = [{k: r.get(k) for k in ("run", "name", "status", "frames", "files", "reason")}
+                for r in runs if r.get("run") != number][-5:]
+        closed = [r for r in runs if r.get("status") != "open"]
+        return {"current": current, "last": last, "failed": int(_num(wc, "runs_failed")),
+                "complete": int(_num(wc, "runs_complete")),
+                "last_failed": bool(closed and closed[-1].get("status") == "failed")}
 
     # ------------------------------------------------------------------------------------------ peaks
     def _open_peaks(self, ctx) -> None:
@@ -615,6 +669,7 @@ class Supervisor:
                                if cfg.source.kind == "midas_socket" else ""),
             "engine": cfg.workers.engine,
             "peaks": self.peaks.status() if self.peaks is not None else {},
+            "runs": self._runs_status(),
             "supervisor": {**self.rejects_events.counters(),
                            **{k.replace("protocol_errors_", "control_protocol_errors_"): v
                               for k, v in self.rejects_control.counters().items()}},
@@ -624,8 +679,13 @@ class Supervisor:
 
     def _status_line(self) -> str:
         tot = self.totals()
-        return (f"{self.state}: {tot['written']} frames written, {self.rate:.1f} frames/s, "
-                f"integrated {tot['integrated']}, rejected {tot['rejected']}, dropped {tot['dropped']}")
+        writer = self._child("writer")
+        wc = writer.counters if writer else {}
+        run = int(_num(wc, "run_number"))
+        where = f"run {run} ({int(_num(wc, 'run_frames'))} frames)" if run else "between runs"
+        return (f"{self.state}: {where}; {tot['written']} frames written, {self.rate:.1f} frames/s, "
+                f"integrated {tot['integrated']}, rejected {tot['rejected']}, dropped {tot['dropped']}, "
+                f"runs complete {int(_num(wc, 'runs_complete'))}, failed {int(_num(wc, 'runs_failed'))}")
 
     # ------------------------------------------------------------------------------------------ stopping
     def _join(self, child: Child, timeout: float, waited: float | None = None) -> None:

@@ -1,6 +1,7 @@
 """The ingest's side of peak-list updates: decide where each change starts and stamp it into every frame.
 
-See :mod:`ringstream.daemon.peaks` for the whole protocol. The ingest subscribes to ``transport.peaks_endpoint``;
+See :mod:`ringstream.daemon.peaks` for the whole protocol. The same socket carries ``ControlRequest("runs",
+{seq, action, name, meta})`` (``ringstream runs start|stop``), handed to the ingest's runs by :meth:`IngestPeaks.poll`. The ingest subscribes to ``transport.peaks_endpoint``;
 for each ``ControlRequest("peaks", {seq, peaks, from_frame, origin})`` not seen before it fixes
 ``from_frame = max(asked, next frame_index)`` and confirms with a ``PeakUpdate`` on its events socket (again when the
 request is published again, in case the confirmation was lost). :meth:`IngestPeaks.seq_for` is the
@@ -36,18 +37,27 @@ class IngestPeaks:
             self.sub.setsockopt(zmq.SUBSCRIBE, b"")
             self.sub.connect(endpoint)
         self.errors = 0
+        self.run_requests: set = set()  # seqs of the ``runs`` requests taken (the supervisor may publish them again)
 
-    def poll(self, next_index: int) -> None:
-        """Take every request waiting (never blocks); ``next_index`` is the frame_index the next frame will get."""
+    def poll(self, next_index: int) -> list[dict]:
+        """Take every request waiting (never blocks); ``next_index`` is the frame_index the next frame will get.
+        Returns the ``runs`` requests (their args: action, name, meta), once each, for the ingest's runs."""
+        runs: list[dict] = []
         if self.sub is None:
-            return
+            return runs
         while True:
             try:
                 msg, _ = recv_message(self.sub, zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return runs
             except ProtocolError:
                 self.errors += 1
+                continue
+            if isinstance(msg, ControlRequest) and msg.command == "runs":
+                seq = msg.args.get("seq")
+                if seq not in self.run_requests:
+                    self.run_requests.add(seq)
+                    runs.append(dict(msg.args))
                 continue
             if not isinstance(msg, ControlRequest) or msg.command != "peaks":
                 continue  # confirmed PeakUpdates on the same socket are for the workers and the writer

@@ -32,6 +32,7 @@ from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
 from .copier import SlotCopier, auto_threads
 from .peaks import IngestPeaks
+from .runs import END_OF_SOURCE, STOPPED, RunSplitter
 from .source_base import IDLE, Pacer, SlotLease
 from .sources import make_source
 
@@ -66,6 +67,7 @@ class _Ingest:
         self.hwm = max(1, int(t.queue_depth or self.n_slots))
         self.counters: dict[str, int] = {"received": 0, "sent": 0}
         self.run_id = run_id_of(config)
+        self.runs = RunSplitter(config.run, self.run_id)
         self.in_flight: dict[int, int] = {}  # slot -> frame_index
         self.ring = None
         self.source = None
@@ -116,7 +118,7 @@ class _Ingest:
             t0 = time.monotonic()
             self.stream(source, stop)
             n = self.counters["sent"]
-            self.send_eos(n)
+            self.send_eos(self.runs.end(n, STOPPED if stop.is_set() else END_OF_SOURCE, self.snapshot(), final=True))
             dt = time.monotonic() - t0
             log.info("end of stream after %d frames in %.2f s (%.1f frames/s)", n, dt, n / dt if dt > 0 else 0.0)
             self.drain_releases()
@@ -154,6 +156,7 @@ class _Ingest:
 
     # -------------------------------------------------------------------------------------------- the loop
     def stream(self, source, stop) -> None:
+        self.stop = stop
         pacer = Pacer(getattr(source, "rate", 0.0))
         frames = iter(source.frames(stop))
         k = 0  # frames taken from the source (the pacing schedule)
@@ -165,13 +168,17 @@ class _Ingest:
                 self.poll_releases(0)
                 self.announce_copies(source.pausable, stop)
                 self.hb.beat(self.snapshot)
-                self.peaks.poll(self.counters["sent"])
+                self.poll_requests()
+                if self.copier is None or len(self.copier) == 0:  # copies under way: frames still coming
+                    eos = self.runs.on_idle(self.counters["sent"], self.snapshot())
+                    if eos is not None:
+                        self.send_eos(eos)
                 continue
             k += 1
             self.count("received")
             self.poll_releases(0)
             self.hb.beat(self.snapshot)
-            self.peaks.poll(self.counters["sent"])
+            self.poll_requests()
             self.publish(frame, source.pausable, stop)
             if stop.is_set():
                 break
@@ -195,6 +202,7 @@ class _Ingest:
                     return False
             msg = FrameHeader(location="inline", shm_name="", slot=0, offset=0, **self.header(frame))
             if not self.send(msg, (np.ascontiguousarray(pixels),), pausable, stop):
+                self.runs.frame_not_sent()
                 return False
             self.count("sent")
             return True
@@ -229,13 +237,19 @@ class _Ingest:
         return self.announce(frame, slot, pausable, stop)
 
     def header(self, frame) -> dict:
-        """The FrameHeader fields of ``frame`` as the next frame of the run (its index: frames sent so far)."""
+        """The FrameHeader fields of ``frame`` as the next frame (its index: frames sent so far). Where the frame
+        starts a new run (:mod:`.runs`), the EndOfStream of the run before it and the RunStart of its run go to the
+        writer first."""
         shape, dtype = frame.frame_shape(), frame.frame_dtype()
         idx = self.counters["sent"]
+        metadata = frame.metadata or {}
+        messages, run_id, run_start = self.runs.before_frame(idx, frame.new_run, metadata, self.counters)
+        for msg in messages:
+            self.send_eos(msg)
         return dict(
-            run_id=self.run_id, frame_index=idx, source_id=str(frame.source_id),
+            run_id=run_id, run_start=run_start, frame_index=idx, source_id=str(frame.source_id),
             timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, codec="none",
-            metadata={**(frame.metadata or {}), PEAK_SEQ_KEY: self.peaks.seq_for(idx)},
+            metadata={**metadata, PEAK_SEQ_KEY: self.peaks.seq_for(idx)},
             nbytes=math.prod(shape) * dtype.itemsize,
         )
 
@@ -247,6 +261,7 @@ class _Ingest:
                           **fields)
         self.in_flight[slot] = idx
         if not self.send(msg, (), pausable, stop):
+            self.runs.frame_not_sent()
             del self.in_flight[slot]
             self.ring.release(slot)
             return False
@@ -295,7 +310,7 @@ class _Ingest:
             self.announce_copies(pausable, stop)  # copied frames hold slots until announced
             self.poll_releases(POLL_MS)
             self.hb.beat(self.snapshot)
-            self.peaks.poll(self.counters["sent"])
+            self.poll_requests()
             slot = self.ring.acquire()
         return slot
 
@@ -335,9 +350,25 @@ class _Ingest:
         del self.in_flight[slot]
         ring.release(slot)
 
-    def send_eos(self, n: int) -> None:
-        msg = EndOfStream(run_id=self.run_id, n_frames=int(n), counters=self.snapshot())
+    def send_eos(self, msg) -> None:
+        """A RunStart or EndOfStream to the writer (a run's start or end: :mod:`.runs`)."""
+        if isinstance(msg, EndOfStream) and msg.run_id:
+            log.info("run %s ended (%s): frames %d..%d", msg.run_id, msg.reason, msg.first_frame,
+                     msg.first_frame + msg.n_frames - 1)
         send_message(self.eos, msg)
+
+    def poll_requests(self) -> None:
+        """Peak-list changes and ``ringstream runs start|stop`` from the supervisor (never blocks)."""
+        for args in self.peaks.poll(self.counters["sent"]):
+            action = str(args.get("action", ""))
+            if action not in ("start", "stop"):
+                continue
+            self.announce_copies(self.source.pausable, self.stop, wait=True)  # the frames before it end the run
+            eos = self.runs.request(action, str(args.get("name", "")), dict(args.get("meta") or {}),
+                                    self.counters["sent"], self.snapshot())
+            if eos is not None:
+                self.send_eos(eos)
+            log.info("runs %s%s", action, f" {args.get('name')!r}" if args.get("name") else "")
 
     def drain_releases(self) -> None:
         """Wait until the workers have released every slot (they read the pixels in place), or the grace period."""

@@ -164,6 +164,7 @@ class PvaSource(QueuedLiveSource):
         self.request = f"record[queueSize={self.queue_size}]field()"
         self._channel = None
         self._last_id: int | None = None
+        self._restarted = ""  # set when uniqueId went back: the reason the next accepted frame starts a run
         self._overrun_base = 0  # overruns pvapy counted before its counters were last reset
         self._overrun_polled = 0.0
         self._logs = _RateLimitedLog(log)
@@ -326,8 +327,9 @@ class PvaSource(QueuedLiveSource):
         except BaseException:
             self._alloc.release(lease)
             raise
+        new_run, self._restarted = self._restarted, ""
         return SourceFrame(pixels=lease.array, source_id=str(uid), timestamp=self._timestamp(pv),
-                           metadata=self._metadata(pv, where), lease=lease)
+                           metadata=self._metadata(pv, where), lease=lease, new_run=new_run)
 
     def track_id(self, uid: int) -> bool:
         """Gap, reset and duplicate accounting of ``uniqueId``; False for a duplicate (drop it)."""
@@ -349,6 +351,7 @@ class PvaSource(QueuedLiveSource):
                                       f"frame(s) sent by the detector never arrived ({total} in all)")
             return True
         self.count("pva_resets")
+        self._restarted = "acquisition restarted"  # the next frame accepted starts a new run
         log.info("PVA channel %s: uniqueId went back from %d to %d: a new acquisition", self.channel_name, last, uid)
         return True
 

@@ -43,7 +43,8 @@ class SourceFrame:
 
     ``source_id``: where it came from (``simulated:17``, ``stack.npy:3``, a PVA uniqueId); ``timestamp``: seconds
     since the epoch (the time it was produced when the source has no clock of its own); ``metadata``:
-    ``{str: number | str}``, carried in the FrameHeader.
+    ``{str: number | str}``, carried in the FrameHeader. ``new_run``: why this frame starts a new acquisition ("" when
+    it does not; PVA's ``uniqueId`` going back); the ingest then ends the current run before it (:mod:`.runs`).
     """
 
     pixels: np.ndarray | None
@@ -54,6 +55,7 @@ class SourceFrame:
     shape: tuple[int, int] | None = None
     dtype: Any = None
     lease: SlotLease | None = None
+    new_run: str = ""
 
     def frame_shape(self) -> tuple[int, int]:
         if self.pixels is not None:

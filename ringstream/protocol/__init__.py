@@ -29,6 +29,7 @@ from ringstream.protocol.messages import (
     OmegaPartial,
     PeakUpdate,
     Result,
+    RunStart,
     SlotRelease,
     Stop,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "PeakUpdate",
     "ProtocolError",
     "Result",
+    "RunStart",
     "SlotRelease",
     "Stop",
     "decode",

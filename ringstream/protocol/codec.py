@@ -138,6 +138,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "frame": {
         "run_id": _STR,
         "frame_index": _INDEX,
+        "run_start": _INDEX,
         "source_id": _STR,
         "timestamp": _NUM,
         "shape": _SHAPE,
@@ -171,7 +172,9 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
     "omegasum": {"run_id": _STR, "group": _COUNT, "n_frames": _COUNT, "first_frame": _INDEX, "last_frame": _INDEX,
                  "worker": _COUNT, "n_r": _COUNT, "n_eta": _COUNT},
-    "eos": {"run_id": _STR, "n_frames": _COUNT, "counters": _INT_COUNTERS},
+    "eos": {"run_id": _STR, "n_frames": _COUNT, "first_frame": _INDEX, "final": _BOOL, "reason": _STR,
+            "counters": _INT_COUNTERS},
+    "runstart": {"run_id": _STR, "first_frame": _INDEX, "name": _STR, "reason": _STR, "meta": _METADATA},
     "release": {"shm_name": _STR, "slot": _COUNT, "frame_index": _INDEX},
     "heartbeat": {
         "role": _one_of("ingest", "worker", "writer"),
@@ -182,7 +185,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "counters": _NUM_COUNTERS,
     },
     "stop": {"reason": _STR},
-    "request": {"command": _one_of("status", "stop", "peaks"), "args": _ANY_MAP},
+    "request": {"command": _one_of("status", "stop", "peaks", "runs"), "args": _ANY_MAP},
     "reply": {"ok": _BOOL, "data": _ANY_MAP, "error": _STR},
 }
 

@@ -40,10 +40,15 @@ class FrameHeader:
     ``nz * ny * itemsize`` bytes (``location="inline"``) or sit in slot ``slot`` of the shared-memory ring
     ``shm_name`` at byte ``offset`` of the segment (``location="shm"``, no buffer). ``nbytes`` is computed when left
     out. ``timestamp`` is seconds since the epoch; ``metadata`` maps str to numbers or str.
+
+    ``frame_index`` counts every frame of the daemon's life (0, 1, 2 ...) across runs; ``run_start`` is the
+    ``frame_index`` of the first frame of the frame's run (``run_id``), so ``frame_index - run_start`` is the frame's
+    index in its run's files.
     """
 
     run_id: str
     frame_index: int
+    run_start: int = 0
     source_id: str = ""
     timestamp: float = 0.0
     shape: tuple[int, int]
@@ -138,11 +143,31 @@ class OmegaPartial:
 
 @_message
 class EndOfStream:
-    """Ingest sent frames ``0 .. n_frames-1`` and no more, ``type = "eos"``."""
+    """The end of a run, ``type = "eos"``: the ingest sent frames ``first_frame .. first_frame + n_frames - 1`` as
+    run ``run_id`` and no more. ``final``: the stream ends too (the daemon stops once this run is written); otherwise
+    frames that come later belong to a new run. ``counters``: the ingest's and the source's counters over the run;
+    ``reason``: why the run ended (``end of source``, ``stop``, ``idle``, ``max_frames``, ``max_seconds``,
+    ``acquisition restarted``, ``attribute NAME changed``, ``runs start``, ``runs stop``)."""
 
     run_id: str
     n_frames: int
+    first_frame: int = 0
+    final: bool = True
+    reason: str = ""
     counters: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@_message
+class RunStart:
+    """A run begins, ``type = "runstart"``: sent by the ingest to the writer before the run's first frame goes to a
+    worker. ``first_frame`` is that frame's ``frame_index``; ``name`` and ``meta`` come from ``ringstream runs start
+    --name --meta`` (empty otherwise); ``reason`` says what started it (see :class:`EndOfStream`)."""
+
+    run_id: str
+    first_frame: int
+    name: str = ""
+    reason: str = ""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @_message
@@ -196,6 +221,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "peaks": PeakUpdate,
     "omegasum": OmegaPartial,
     "eos": EndOfStream,
+    "runstart": RunStart,
     "release": SlotRelease,
     "heartbeat": Heartbeat,
     "stop": Stop,
@@ -204,4 +230,4 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply

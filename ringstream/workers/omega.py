@@ -19,9 +19,12 @@ from ..protocol.omega import FrameSpan, OmegaGrouping
 @dataclasses.dataclass
 class PartialSum:
     """One group's partial sum on this worker: the frames counted, their summed cakes (float64 ``[n_r, n_eta]``;
-    None while every frame was summed on the device) and since when it is held (monotonic s)."""
+    None while every frame was summed on the device) and since when it is held (monotonic s). ``group`` is the group
+    within its run ``run_id``; ``key`` the ``frame_index`` of the group's first frame, unique across runs."""
 
     group: int
+    run_id: str = ""
+    key: int = 0
     frames: FrameSpan = dataclasses.field(default_factory=FrameSpan)
     total: np.ndarray | None = None
     since: float = 0.0
@@ -32,9 +35,10 @@ class OmegaPartials:
     when a frame of a later group arrives, when it has been held for ``MAX_AGE`` s, or when the worker is idle or
     stopping.
 
-    Cakes come two ways: ``add(frame_index, cake)`` sums a host cake here; ``count(frame_indices)`` counts frames
-    whose cakes the engine summed on the device (``engine.omega_add``), whose sum ``engine.omega_take(group)`` brings
-    back when the group is due (``device``: that engine). A group may hold both (a batch the GPU failed, integrated
+    Cakes come two ways: ``add(header, cake)`` sums a host cake here; ``count(headers)`` counts frames whose cakes
+    the engine summed on the device (``engine.omega_add`` under :meth:`key`), whose sum ``engine.omega_take(key)``
+    brings back when the group is due (``device``: that engine). A partial sum carries its run and its frames'
+    indices within the run. A group may hold both (a batch the GPU failed, integrated
     one by one on the host): its sum is their total."""
 
     MAX_AGE = 0.5
@@ -45,26 +49,35 @@ class OmegaPartials:
         self.device = device
         self.held: dict[int, PartialSum] = {}
 
-    def group(self, frame_index: int) -> int:
-        return self.grouping.group_of(frame_index)
+    def key(self, header) -> int:
+        """The key of the group of the frame of ``header`` (a FrameHeader): the ``frame_index`` of that group's first
+        frame. Groups are counted from each run's first frame (``header.run_start``), so the keys of different runs
+        never meet, and a later run's keys are larger."""
+        start = int(header.run_start)
+        size = self.grouping.size
+        return start + self.grouping.group_of(int(header.frame_index) - start) * size
 
-    def _held(self, frame_index: int) -> PartialSum:
-        g = self.grouping.group_of(frame_index)
-        h = self.held.get(g)
+    def _held(self, header) -> PartialSum:
+        k = self.key(header)
+        h = self.held.get(k)
         if h is None:
-            h = self.held[g] = PartialSum(g, since=time.monotonic())
-        h.frames.add(frame_index)
+            start = int(header.run_start)
+            h = self.held[k] = PartialSum(self.grouping.group_of(int(header.frame_index) - start), str(header.run_id),
+                                          k, since=time.monotonic())
+        h.frames.add(int(header.frame_index) - int(header.run_start))
         return h
 
-    def add(self, frame_index: int, cake) -> None:
-        h = self._held(int(frame_index))
+    def add(self, header, cake) -> None:
+        """Sum the cake of the frame of ``header`` (a FrameHeader) into its group."""
+        h = self._held(header)
         if h.total is None:
             h.total = np.zeros(self.shape, dtype="<f8")
         h.total += np.asarray(cake, dtype=np.float32)  # the float32 cake a Result carries, summed in float64
 
-    def count(self, frame_indices: Iterable[int]) -> None:
-        for i in frame_indices:
-            self._held(int(i))
+    def count(self, headers: Iterable) -> None:
+        """Count the frames of ``headers`` whose cakes the engine summed on the device (under :meth:`key`)."""
+        for h in headers:
+            self._held(h)
 
     def due(self, idle: bool = False) -> Iterator[PartialSum]:
         """Pop and yield every due group, its ``total`` the whole sum (host and device; zeros when empty)."""
@@ -75,7 +88,7 @@ class OmegaPartials:
             h = self.held[g]
             if idle or g < newest or now - h.since >= self.MAX_AGE:
                 del self.held[g]
-                dev = self.device.omega_take(g) if self.device is not None else None
+                dev = self.device.omega_take(h.key) if self.device is not None else None
                 if dev is not None:
                     h.total = dev if h.total is None else h.total + dev
                 if h.total is None:

@@ -140,9 +140,9 @@ class PipelinedLoop:
                 results[id(g)] = (line, cakes[i] if cakes is not None else None, t_int)
             if self.device_sums:  # before the stream's next submit: the adds read this submission's cakes
                 partials = self.w.partials
-                idx = [int(g[0].frame_index) for g in together]
-                self.engine.omega_add(sub, [partials.group(i) for i in idx])
-                partials.count(idx)
+                headers = [g[0] for g in together]
+                self.engine.omega_add(sub, [partials.key(h) for h in headers])
+                partials.count(headers)
         if not self.hold_fits:
             self.w.finish_batch(got, results)
             return

@@ -329,7 +329,7 @@ class _Worker:
                             n_curve_points=0 if fitted is None else int(fitted.values.size), **common)
         self.send(self.results, result, bufs)
         if not reason and self.partials is not None and cake is not None:
-            self.partials.add(int(msg.frame_index), cake)
+            self.partials.add(msg, cake)
             self.send_partials()
 
     def send_partials(self, idle: bool = False) -> None:
@@ -337,7 +337,7 @@ class _Worker:
         if self.partials is None:
             return
         for p in self.partials.due(idle):
-            msg = OmegaPartial(group=p.group, n_frames=p.frames.n_frames, first_frame=p.frames.first_frame,
+            msg = OmegaPartial(run_id=p.run_id, group=p.group, n_frames=p.frames.n_frames, first_frame=p.frames.first_frame,
                                last_frame=p.frames.last_frame, worker=self.index, n_r=self.n_r, n_eta=self.n_eta)
             self.send(self.results, msg, [p.total])
             self.count("omega_partials")

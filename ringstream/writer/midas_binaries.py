@@ -51,11 +51,12 @@ class MidasStreams:
 
     ``n_peaks`` > 0 writes fit.bin and fit_curves.bin; ``binaries`` also writes lineout.bin, RTthEtaAreaMap.bin and,
     with ``cakes``, Int2D.bin. ``r_px`` ``[n_r]`` are the bin-centre radii of lineout.bin; ``remap`` the REtaMap
-    ``(>=4, n_r, n_eta)`` whose first four planes make RTthEtaAreaMap.bin.
+    ``(>=4, n_r, n_eta)`` whose first four planes make RTthEtaAreaMap.bin. ``fit_prefix`` goes before the names
+    fit.bin and fit_curves.bin (``STEM_``: runs that share a folder never share these files).
     """
 
     def __init__(self, folder: str | os.PathLike, *, n_r: int, n_eta: int, r_px: np.ndarray, remap: np.ndarray,
-                 n_peaks: int, binaries: bool, cakes: bool, overwrite: bool = False) -> None:
+                 n_peaks: int, binaries: bool, cakes: bool, overwrite: bool = False, fit_prefix: str = "") -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise InputError(f"{self.folder}: MIDAS output folder does not exist")
@@ -73,7 +74,8 @@ class MidasStreams:
             [INT2D_BIN] if binaries and cakes else [])
         try:
             for name in names:
-                self.files[name] = _open(self.folder / name, overwrite)
+                on_disk = fit_prefix + name if name in (FIT_BIN, FIT_CURVES_BIN) else name
+                self.files[name] = _open(self.folder / on_disk, overwrite)
             if binaries:
                 with _open(self.folder / MAP_BIN, overwrite) as fh:
                     fh.write(np.ascontiguousarray(remap[:4], dtype="<f8").tobytes())

@@ -135,14 +135,15 @@ class RunOutputs:
     (None: none); ``midas_dir`` folder of lineout.bin/Int2D.bin/RTthEtaAreaMap.bin (None: only fit.bin and
     fit_curves.bin, beside the HDF5 file, when fitting); ``metadata_keys`` numeric metadata datasets;
     ``expected_frames`` the run's length when known (0: not; sets the zero-padding of group names);
-    ``sums_from_workers`` the omega sums come from :meth:`add_partial`, not from the records' cakes.
+    ``sums_from_workers`` the omega sums come from :meth:`add_partial`, not from the records' cakes;
+    ``fit_prefix`` goes before the names fit.bin and fit_curves.bin.
     """
 
     def __init__(self, h5_path: str | os.PathLike, imap: Any, params: Any, *, engine_name: str,
                  n_peaks: int = 0, zarr_path: str | os.PathLike | None = None,
                  midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
-                 block: int = 0) -> None:
+                 block: int = 0, fit_prefix: str = "") -> None:
         self.write_2d = bool(getattr(params, "Write2D", False))
         self.digits = name_digits(expected_frames)
         self.sums_from_workers = bool(sums_from_workers)
@@ -167,7 +168,7 @@ class RunOutputs:
                 self.midas = MidasStreams(midas_dir if midas_dir is not None else self.path.parent,
                                           n_r=imap.n_r, n_eta=imap.n_eta, r_px=imap.r_px, remap=remap,
                                           n_peaks=n_peaks, binaries=midas_dir is not None, cakes=self.write_2d,
-                                          overwrite=overwrite)
+                                          overwrite=overwrite, fit_prefix=fit_prefix)
                 if midas_dir is not None and not self.write_2d:
                     log.warning("%s: Int2D.bin needs per-frame cakes (Write2D 1); not written", midas_dir)
         except BaseException:

@@ -52,13 +52,15 @@ from ..protocol import (
     PeakUpdate,
     ProtocolError,
     Result,
+    RunStart,
     Stop,
 )
 from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm
-from .hdf5 import check_output_path
-from .outputs import FrameRecord, OutputError, RunOutputs, default_zarr_path, numeric_keys, record_from_result
-from .repair import clear_if_crashed
+from ..runs.naming import OutputFolderError
+from .midas_binaries import FIT_BIN
+from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
+from .runs import Run, RunBook
 
 log = logging.getLogger("ringstream.writer")
 
@@ -77,6 +79,9 @@ POLL_MS = 100
 #: the longest the writer handles queued messages before it looks at its timers (flush, heartbeat), in s
 BATCH_S = 0.1
 
+#: the writer's exit code when the last run's outputs failed (a full disk, a folder that cannot be written)
+EXIT_OUTPUT_FAILED = 3
+
 #: after the last frame, how long the writer waits for the workers' last partial omega sums, in s
 SUMS_WAIT_S = 5.0
 
@@ -86,13 +91,11 @@ def run(config, ready, stop) -> int:
     return run_child(config, "writer", lambda: _Writer(config).run(ready, stop), log)
 
 
-def prepare_outputs(config) -> None:
-    """What the supervisor checks before any child starts: a results file a killed writer left is made readable
-    again (:func:`~.repair.clear_if_crashed`; it is still not replaced), and the output path is free and writable
-    (:func:`~.hdf5.check_output_path`), so that a problem with it stops the run before it starts."""
-    clear_if_crashed(config.run.output_h5)
-    with never_replace():
-        check_output_path(config.run.output_h5, overwrite=False)
+def prepare_outputs(config) -> list[dict]:
+    """What the supervisor does before any child starts: the output templates and the state directory are checked
+    (a problem stops the daemon before it starts), and the runs a previous service left open (killed, crashed,
+    power lost) are repaired and marked interrupted (:meth:`~.runs.RunBook.recover`). Returns those runs."""
+    return RunBook(config).recover()
 
 
 @contextmanager
@@ -109,13 +112,15 @@ class _Writer:
     def __init__(self, config) -> None:
         self.config = config
         self.save_interval = max(1, int(config.run.save_interval))
-        self.counters: dict[str, int] = {"written": 0, "rejected": 0, "duplicates": 0}
+        self.counters: dict[str, int] = {"written": 0, "rejected": 0, "duplicates": 0, "runs_complete": 0,
+                                         "runs_failed": 0, "dropped_output_failed": 0}
         self.held: dict[int, tuple[Result, list]] = {}  # frame_index -> (result, buffers), early arrivals
         self.next_index = 0
-        self.eos: EndOfStream | None = None
-        self.outputs: RunOutputs | None = None
-        self.early: list[tuple[str, tuple]] = []  # partial sums and peak updates that came before the first Result
-        self.t_frames_done = 0.0  # monotonic time every frame was accounted for (waiting for partial sums)
+        self.eos: EndOfStream | None = None  # the final EndOfStream: the daemon stops after its run
+        self.runs: dict[str, Run] = {}  # announced or seen, not yet closed
+        self.current: Run | None = None  # the run the in-order frames go to
+        self.closing: list[Run] = []  # runs whose frames are all written, waiting for their last partial sums
+        self.last_runs: list[dict] = []  # the last runs closed (for the status)
         self.unsaved = 0
         self.unflushed = 0
         self.first_unflushed = 0.0
@@ -123,6 +128,14 @@ class _Writer:
         self.sums_missing = 0
         self.peaks_sub = None  # PeakUpdates published by the supervisor
         self.peak_seqs: set[int] = set()  # recorded once each (the supervisor publishes them again)
+        self.last_failed = False  # the last run's outputs failed (the exit code says so at the end)
+        self.pending_peaks: list = []  # peak updates that came between runs (for the next run)
+        self.broken: list = []  # outputs of failed runs, never closed (HDF5 may crash closing a file that failed)
+
+    @property
+    def outputs(self) -> RunOutputs | None:
+        """The outputs of the run the in-order frames go to (None between runs)."""
+        return self.current.outputs if self.current is not None else None
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -134,7 +147,10 @@ class _Writer:
             out.update(omega_groups=outputs.counters["omega_groups"], zarr_published=outputs.counters["zarr_published"],
                        sums_waiting=outputs.sums_waiting)
         if self.eos is not None:
-            out["eos_frames"] = int(self.eos.n_frames)
+            out["eos_frames"] = int(self.eos.first_frame) + int(self.eos.n_frames)
+        run = self.current
+        if run is not None and run.paths is not None:  # (numbers only: the file and name are in the index of runs)
+            out.update(run_number=run.number, run_frames=run.n_frames)
         return out
 
     # ---------------------------------------------------------------------------------------------- the loop
@@ -142,12 +158,9 @@ class _Writer:
         cfg = self.config
         self.params = cfg.load_params()
         self.imap, _ = load_or_build(self.params)
-        with never_replace():  # a rerun or a restart must not destroy the last run's results
-            self.path = check_output_path(cfg.run.output_h5)
+        self.book = RunBook(cfg)
         self.write_2d = bool(self.params.Write2D)
         self.n_peaks = peak_slots(self.params, cfg.fit.slots)
-        self.zarr_path = None if cfg.run.no_zarr else (cfg.run.zarr_output or default_zarr_path(self.path))
-        self.midas_dir = cfg.run.midas_binaries or None
         t = cfg.transport
         hwm = max(1, int(t.queue_depth or t.ring_slots))
         ctx = zmq.Context()
@@ -172,6 +185,7 @@ class _Writer:
                     break
                 if sock.poll(POLL_MS, zmq.POLLIN):
                     self.take_waiting(sock)
+                self.close_finished_runs()
                 self.maybe_flush()
                 hb.beat(self.snapshot())
             complete = self.finished()
@@ -186,43 +200,63 @@ class _Writer:
                             "their groups hold the frames that arrived", self.sums_missing, SUMS_WAIT_S)
             n = self.next_index
             dt = time.monotonic() - self.t_first if self.t_first else 0.0
-            log.info("%s: %d frames written, %d rejected, run_complete %s (%.1f frames/s after the first)",
-                     self.path, self.counters["written"], self.counters["rejected"], complete,
+            log.info("%d frames written, %d rejected in %d run(s), the last complete %s (%.1f frames/s after the "
+                     "first)", self.counters["written"], self.counters["rejected"], self.book.opened, complete,
                      (n - 1) / dt if dt > 0 else 0.0)
             hb.beat(self.snapshot(), state="done", force=True)
-            return 0
-        except OutputError as exc:  # a full disk: close what can be closed, one error line, exit 3
-            log.error("%s; the files hold what was flushed before it (run 'ringstream repair %s' if it does not "
-                      "open)", exc, self.path)
-            self.abort(quiet=True)
-            logging.shutdown()
-            # HDF5 may crash tearing down a file whose last writes failed: leave now, the file is as flushed
-            os._exit(int(exc.exit_code))
+            code = EXIT_OUTPUT_FAILED if self.last_failed else 0
+            if self.broken:
+                logging.shutdown()
+                # HDF5 may crash tearing down a file whose writes failed: leave now, each such file is as flushed
+                os._exit(code)
+            return code
         finally:
             self.abort()  # an exception on the way: keep what was written, marked incomplete
             ctx.destroy(linger=500)
 
     def abort(self, quiet: bool = False) -> None:
-        """Close the files marked incomplete (``quiet``: a failure to close is not reported again)."""
-        outputs, self.outputs = self.outputs, None
-        if outputs is not None:
-            try:
-                outputs.close(run_complete=False)
-            except (RingstreamError, OSError, RuntimeError) as exc:
-                (log.debug if quiet else log.error)("%s", exc)
+        """Close the open runs' files marked incomplete (``quiet``: a failure to close is not reported again)."""
+        runs = ([self.current] if self.current is not None else []) + self.closing
+        self.current, self.closing = None, []
+        for run in runs:
+            outputs, run.outputs = run.outputs, None
+            if outputs is not None:
+                try:
+                    outputs.close(run_complete=False)
+                except (RingstreamError, OSError, RuntimeError) as exc:
+                    (log.debug if quiet else log.error)("%s", exc)
 
     def finished(self) -> bool:
-        if self.eos is None or self.next_index < int(self.eos.n_frames):
+        """The final run is written and closed (or nothing is left to wait for)."""
+        if self.eos is None or self.next_index < int(self.eos.first_frame) + int(self.eos.n_frames):
             return False
-        waiting = self.outputs.sums_waiting_at_end(int(self.eos.n_frames)) if self.outputs is not None else 0
-        if not waiting:
-            return True
-        now = time.monotonic()
-        self.t_frames_done = self.t_frames_done or now
-        if now - self.t_frames_done < SUMS_WAIT_S:
-            return False
-        self.sums_missing = waiting
-        return True
+        self.end_current()
+        self.close_finished_runs()
+        return not self.closing
+
+    def end_current(self) -> None:
+        """The current run's frames are all written (its end is known and reached): it waits for its sums."""
+        run = self.current
+        if run is not None and run.end is not None and self.next_index >= run.end:
+            self.current = None
+            self.closing.append(run)
+
+    def close_finished_runs(self, wait: bool = True) -> None:
+        """Close each run whose frames are all written once its partial omega sums are in (or ``SUMS_WAIT_S``
+        after its last frame)."""
+        self.end_current()
+        for run in list(self.closing):
+            waiting = 0
+            if run.outputs is not None and run.end is not None:
+                waiting = run.outputs.sums_waiting_at_end(run.end - run.first_frame)
+            if waiting and wait:
+                now = time.monotonic()
+                run.t_frames_done = run.t_frames_done or now
+                if now - run.t_frames_done < SUMS_WAIT_S:
+                    continue
+                self.sums_missing += waiting
+            self.closing.remove(run)
+            self.close_run(run, complete=True)
 
     def take_waiting(self, sock) -> None:
         """Handle the messages already queued on ``sock`` (without waiting), for at most ``BATCH_S`` seconds so
@@ -257,16 +291,34 @@ class _Writer:
             self.on_side(("partial", (msg, buffers)))
         elif isinstance(msg, PeakUpdate):
             self.on_peak_update(msg)
+        elif isinstance(msg, RunStart):
+            run = self.run_of(msg.run_id, int(msg.first_frame))
+            run.first_frame, run.name, run.meta, run.reason = int(msg.first_frame), msg.name, dict(msg.meta), \
+                msg.reason
         elif isinstance(msg, EndOfStream):
-            if self.eos is None:
-                log.info("end of stream: %d frames", msg.n_frames)
+            if msg.run_id:
+                run = self.run_of(msg.run_id, int(msg.first_frame))
+                if run.eos is not None:
+                    self.count("duplicates")
+                    return
+                run.eos = msg
+            if msg.final:
+                if self.eos is not None:
+                    self.count("duplicates")
+                    return
+                log.info("end of stream: %d frames", int(msg.first_frame) + int(msg.n_frames))
                 self.eos = msg
                 self.drop_beyond_eos()
-            else:
-                self.count("duplicates")
+            self.end_current()
         elif isinstance(msg, Stop):
             log.info("stop message: %s", msg.reason or "(no reason)")
-            self.eos = self.eos or EndOfStream(run_id="", n_frames=self.next_index)
+            if self.eos is None:
+                run = self.current
+                first = run.first_frame if run is not None else self.next_index
+                self.eos = EndOfStream(run_id=run.run_id if run is not None else "", first_frame=first,
+                                       n_frames=self.next_index - first)
+                if run is not None and run.eos is None:
+                    run.eos = self.eos
         else:
             self.rejects.record(ProtocolError("unknown_type", f"unexpected {type(msg).__name__} message"))
 
@@ -277,7 +329,7 @@ class _Writer:
         if idx < self.next_index or idx in self.held:
             self.count("duplicates")
             return
-        if self.eos is not None and idx >= int(self.eos.n_frames):
+        if self.eos is not None and idx >= int(self.eos.first_frame) + int(self.eos.n_frames):
             self.count("beyond_eos")
             return
         if idx == self.next_index:  # in order: written now, without a stay in the dict
@@ -291,81 +343,150 @@ class _Writer:
             self.emit(*self.held.pop(self.next_index))
             self.next_index += 1
 
+    def run_of(self, run_id: str, first_frame: int) -> Run:
+        """The run ``run_id`` (made when first heard of)."""
+        run = self.runs.get(run_id)
+        if run is None:
+            run = self.runs[run_id] = Run(run_id, first_frame)
+        return run
+
     def on_side(self, item) -> None:
-        """A partial omega sum or a PeakUpdate: handled now, or kept until the files exist."""
-        if self.outputs is None:
-            self.early.append(item)
-            return
+        """A partial omega sum (to its run) or a PeakUpdate (to the current run): handled now, or kept until the
+        run's files exist."""
         kind, args = item
+        if kind == "partial":  # to its run; one of no run known (a sender that names none): the current one
+            run = self.runs.get(args[0].run_id) or self.current or self.run_of(args[0].run_id, 0)
+        else:
+            run = self.current
+            if run is None:  # between runs: it applies to the next one (its frames are after it)
+                self.pending_peaks.append(item)
+                return
+        if run.outputs is None:
+            if not run.failed:
+                run.early.append(item)
+            return
         if kind == "partial":
             msg, buffers = args
             partial = np.frombuffer(buffers[0], dtype="<f8").reshape(msg.n_r, msg.n_eta)
             try:
-                self.outputs.add_partial(msg.group, msg.n_frames, partial)
+                run.outputs.add_partial(msg.group, msg.n_frames, partial)
             except ValueError as exc:
                 self.rejects.record(ProtocolError("size", f"omegasum from worker {msg.worker}: {exc}"))
+            except OutputError as exc:
+                self.fail_run(run, exc)
         else:
             (msg,) = args
-            ok = self.outputs.peak_update(msg.seq, msg.from_frame, msg.peaks, msg.origin)
+            ok = run.outputs.peak_update(msg.seq, max(0, int(msg.from_frame) - run.first_frame), msg.peaks,
+                                         msg.origin)
             self.count("peak_updates" if ok else "peak_updates_ignored")
             if ok:
                 log.info("peak update %d from frame %d (%s): %s", msg.seq, msg.from_frame, msg.origin, msg.peaks)
 
     def drop_beyond_eos(self) -> None:
-        n = int(self.eos.n_frames)
+        n = int(self.eos.first_frame) + int(self.eos.n_frames)
         for idx in [i for i in self.held if i >= n]:
             del self.held[idx]
             self.count("beyond_eos")
 
     # ------------------------------------------------------------------------------------------- the file
-    def open_outputs(self, engine_name: str, metadata=None) -> RunOutputs:
-        """The run's outputs, created by the first call (with the engine the workers used)."""
-        if self.outputs is None:
-            frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" else 0
+    def open_outputs(self, run: Run, engine_name: str, metadata=None) -> RunOutputs | None:
+        """Name ``run`` and create its outputs (with the engine the workers used); None when that fails (the run
+        is failed: counted, logged, the service goes on)."""
+        engine = engine_name or str(self.config.workers.engine)
+        try:
+            attrs = {k: v for k, v in (metadata or {}).items() if isinstance(v, (int, float, str))}
+            self.book.name(run, attrs)
+            paths = run.paths
+            frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" and \
+                not self.book.multi_run else 0
+            fit_prefix = "" if paths.fit_bin.name == FIT_BIN else paths.fit_bin.name[: -len(FIT_BIN)]
             with never_replace():
-                self.outputs = RunOutputs(self.path, self.imap, self.params, engine_name=engine_name or
-                                          str(self.config.workers.engine), n_peaks=self.n_peaks,
-                                          zarr_path=self.zarr_path, midas_dir=self.midas_dir,
-                                          metadata_keys=numeric_keys(metadata), expected_frames=frames,
-                                          sums_from_workers=not self.write_2d)
-            log.info("writing %s (engine %s, %d x %d bins%s%s%s)", self.path, engine_name, self.imap.n_r,
-                     self.imap.n_eta, ", cakes" if self.write_2d else "", f", {self.n_peaks} peaks" if self.n_peaks
-                     else "", f", zarr {self.zarr_path}" if self.zarr_path else "")
-            early, self.early = self.early, []
-            for item in early:
-                self.on_side(item)
-        return self.outputs
+                run.outputs = RunOutputs(paths.h5, self.imap, self.params, engine_name=engine, n_peaks=self.n_peaks,
+                                         zarr_path=paths.zarr, midas_dir=paths.midas_dir,
+                                         metadata_keys=numeric_keys(metadata), expected_frames=frames,
+                                         sums_from_workers=not self.write_2d, fit_prefix=fit_prefix)
+        except (OutputError, OutputFolderError, OutputExists) as exc:
+            self.fail_run(run, exc)
+            return None
+        log.info("run %d%s: writing %s (engine %s, %d x %d bins%s%s%s)", run.number,
+                 f" {run.name!r}" if run.name else "", paths.h5, engine, self.imap.n_r, self.imap.n_eta,
+                 ", cakes" if self.write_2d else "", f", {self.n_peaks} peaks" if self.n_peaks else "",
+                 f", zarr {paths.zarr}" if paths.zarr else "")
+        early, run.early = run.early, []
+        for item in early:
+            self.on_side(item)
+        pending, self.pending_peaks = self.pending_peaks, []
+        for item in pending:
+            self.on_side(item)
+        return run.outputs
+
+    def start_run(self, msg: Result) -> Run:
+        """The first in-order frame of a run that is not the current one: the current run (all of whose frames
+        are written) waits for its sums, and ``msg``'s run becomes the current one."""
+        run = self.current
+        if run is not None:
+            if run.eos is None:  # its EndOfStream is still on its way: the run ends where this frame begins
+                run.eos = EndOfStream(run_id=run.run_id, first_frame=run.first_frame,
+                                      n_frames=int(msg.frame_index) - run.first_frame, final=False)
+            self.current = None
+            self.closing.append(run)
+        run = self.runs.get(msg.run_id)
+        if run is None:  # its RunStart is still on its way: this is its first frame
+            run = self.run_of(msg.run_id, int(msg.frame_index))
+        self.current = run
+        if run.outputs is None and not run.failed:
+            self.open_outputs(run, msg.engine, msg.metadata)
+        return run
 
     def emit(self, msg: Result, buffers) -> None:
-        """Append one result's row (ok) or account for it (rejected); in frame_index order."""
-        out = self.outputs if self.outputs is not None else self.open_outputs(msg.engine, msg.metadata)
-        if msg.status != "ok":
-            self.count("rejected")
-            if self.counters["rejected"] <= 5:
-                log.warning("frame %d rejected: %s", msg.frame_index, msg.reason)
-            out.append(FrameRecord(int(msg.frame_index), None, msg.source_id, metadata=msg.metadata,
-                                   reason=msg.reason))
+        """Append one result's row (ok) or account for it (rejected) in its run's files; in frame_index order."""
+        run = self.current
+        if run is None or msg.run_id != run.run_id:
+            run = self.start_run(msg)
+        out = run.outputs
+        local = int(msg.frame_index) - run.first_frame
+        ts = float(msg.timestamp)
+        run.t_first = run.t_first or ts
+        run.t_last = ts
+        if out is None:  # the run failed: its frames are counted, not written
+            run.dropped += 1
+            self.count("dropped_output_failed")
             return
         try:
-            rec = record_from_result(msg, buffers)
-            h5 = out.h5
-            if msg.n_r != h5.n_r or (self.write_2d and (rec.cake is None or msg.n_eta != h5.n_eta)):
-                raise ProtocolError("size", f"result {msg.frame_index}: n_r {msg.n_r}, n_eta {msg.n_eta}, "
-                                            f"has_cake {msg.has_cake}; the file has {h5.n_r} x {h5.n_eta} bins"
-                                            f"{' and cakes' if self.write_2d else ''}")
-            if msg.n_peaks > self.n_peaks:
-                raise ProtocolError("size", f"result {msg.frame_index}: {msg.n_peaks} peak rows, the run has "
-                                            f"{self.n_peaks} (fitting.peak_slots)")
-        except ProtocolError as exc:
-            self.rejects.record(exc)
-            self.count("rejected")
-            out.append(FrameRecord(int(msg.frame_index), None, msg.source_id, metadata=msg.metadata,
-                                   reason=str(exc)))
+            if msg.status != "ok":
+                self.count("rejected")
+                run.rejected += 1
+                if self.counters["rejected"] <= 5:
+                    log.warning("frame %d rejected: %s", msg.frame_index, msg.reason)
+                out.append(FrameRecord(local, None, msg.source_id, metadata=msg.metadata, reason=msg.reason))
+                return
+            try:
+                rec = record_from_result(msg, buffers)
+                h5 = out.h5
+                if msg.n_r != h5.n_r or (self.write_2d and (rec.cake is None or msg.n_eta != h5.n_eta)):
+                    raise ProtocolError("size", f"result {msg.frame_index}: n_r {msg.n_r}, n_eta {msg.n_eta}, "
+                                                f"has_cake {msg.has_cake}; the file has {h5.n_r} x {h5.n_eta} bins"
+                                                f"{' and cakes' if self.write_2d else ''}")
+                if msg.n_peaks > self.n_peaks:
+                    raise ProtocolError("size", f"result {msg.frame_index}: {msg.n_peaks} peak rows, the run has "
+                                                f"{self.n_peaks} (fitting.peak_slots)")
+            except ProtocolError as exc:
+                self.rejects.record(exc)
+                self.count("rejected")
+                run.rejected += 1
+                out.append(FrameRecord(local, None, msg.source_id, metadata=msg.metadata, reason=str(exc)))
+                return
+            rec.frame_index = local
+            if not self.write_2d:
+                rec.cake = None
+            out.append(rec)
+        except OutputError as exc:
+            self.fail_run(run, exc)
+            run.dropped += 1
+            self.count("dropped_output_failed")
             return
-        if not self.write_2d:
-            rec.cake = None
-        out.append(rec)
         self.count("written")
+        run.written += 1
         if self.unflushed == 0:
             self.first_unflushed = time.monotonic()
         self.unflushed += 1
@@ -373,14 +494,39 @@ class _Writer:
         if self.unsaved >= self.save_interval:
             self.save()
 
+    def fail_run(self, run: Run, exc: Exception) -> None:
+        """``run``'s outputs cannot be written (a full disk, a folder that cannot be written): its files are left
+        as flushed (repairable), the rest of its frames are counted as dropped, the service goes on and tries again
+        at the next run."""
+        if run.failed:
+            return
+        run.failed = str(exc)
+        self.count("runs_failed")
+        self.last_failed = True
+        log.error("run %d failed: %s; its files hold what was flushed before it ('ringstream repair' makes them "
+                  "readable); its remaining frames are dropped and counted; the next run starts new files",
+                  run.number, exc)
+        if run.outputs is not None:
+            self.broken.append(run.outputs)  # never closed: HDF5 may crash closing a file whose writes failed
+            run.outputs = None
+        self.book.record(run, "failed", reason=run.failed)
+
     def save(self) -> None:
-        if self.outputs is not None:
-            self.outputs.save()
+        run = self.current
+        if run is not None and run.outputs is not None:
+            try:
+                run.outputs.save()
+            except OutputError as exc:
+                self.fail_run(run, exc)
         self.unflushed = self.unsaved = 0
 
     def flush(self) -> None:
-        if self.outputs is not None:
-            self.outputs.flush()
+        run = self.current
+        if run is not None and run.outputs is not None:
+            try:
+                run.outputs.flush()
+            except OutputError as exc:
+                self.fail_run(run, exc)
         self.unflushed = 0
 
     # ------------------------------------------------------------------------------------- peak-list updates
@@ -422,8 +568,44 @@ class _Writer:
             self.next_index = idx + 1
 
     def close(self, complete: bool) -> None:
-        outputs = self.open_outputs(str(self.config.workers.engine))
-        self.outputs = None
-        if self.eos is not None and self.eos.counters:
-            outputs.source_counters(self.eos.counters)  # PVA gaps, frames missed, drops by reason: into the file
-        outputs.close(run_complete=complete)
+        """The end of the daemon's stream: every run still open is closed (the current one ``complete`` or not);
+        a stream that brought no frame at all still leaves one (empty) run's files, as a record that it ran."""
+        run = self.current
+        self.current = None
+        if run is not None:
+            self.closing.insert(0, run)
+        if not complete:
+            for r in self.closing:
+                r.t_frames_done = r.t_frames_done or time.monotonic() - SUMS_WAIT_S
+        for r in list(self.closing):
+            self.closing.remove(r)
+            self.close_run(r, complete=complete or r is not run)
+        if self.book.opened == 0 and self.eos is not None:
+            empty = self.run_of(self.eos.run_id or "empty", int(self.eos.first_frame))
+            empty.eos = empty.eos or self.eos
+            if self.open_outputs(empty, str(self.config.workers.engine)) is not None:
+                self.close_run(empty, complete=complete)
+
+    def close_run(self, run: Run, complete: bool) -> None:
+        """Close ``run``'s files (``run_complete`` = ``complete``) and record it in the index of runs."""
+        self.runs.pop(run.run_id, None)
+        outputs, run.outputs = run.outputs, None
+        if outputs is not None:
+            if run.eos is not None and run.eos.counters:
+                outputs.source_counters(run.eos.counters)  # PVA gaps, frames missed, drops by reason: into the file
+            try:
+                outputs.close(run_complete=complete)
+            except OutputError as exc:
+                self.broken.append(outputs)
+                self.fail_run(run, exc)
+                return
+        if run.failed or run.number == 0:
+            return
+        self.last_failed = False
+        status = "complete" if complete else "interrupted"
+        self.count("runs_complete" if complete else "runs_interrupted")
+        reason = run.eos.reason if run.eos is not None else ""
+        self.book.record(run, status, reason=reason or ("stopped" if not complete else ""))
+        self.last_runs = (self.last_runs + [{**run.summary(), "status": status}])[-5:]
+        log.info("run %d %s: %s, %d frames written, %d rejected%s", run.number, status,
+                 run.paths.h5 if run.paths else "-", run.written, run.rejected, f" ({reason})" if reason else "")

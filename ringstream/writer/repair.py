@@ -186,8 +186,9 @@ def _open_rw(path: Path, what: str, wait: float | None = None) -> h5py.File:
             raise InputError(f"{path}: cannot open {what} ({exc})") from exc
 
 
-def repair(path: str | os.PathLike) -> RepairReport:
-    """Clear the status flags and cut the file to its complete, increasing frames (see the module docstring)."""
+def repair(path: str | os.PathLike, interrupted: bool = False) -> RepairReport:
+    """Clear the status flags and cut the file to its complete, increasing frames (see the module docstring).
+    ``interrupted``: the service that wrote the file stopped before the run ended; ``/entry@run_status`` says so."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -226,6 +227,8 @@ def repair(path: str | os.PathLike) -> RepairReport:
         complete = bool(e.attrs.get("run_complete", False)) and n == longest
         for obj in (e, e["data/I"]):
             obj.attrs.modify("run_complete", np.bool_(complete))
+        if interrupted:
+            e.attrs["run_status"] = "interrupted"
     link_omega_groups(path)
     return RepairReport(path, cleared, n, longest - n, groups, complete)
 

@@ -22,7 +22,7 @@ import zmq
 from test_daemon import Daemon, _group_alive
 
 from ringstream.config import DaemonConfig
-from ringstream.protocol import OmegaPartial, Result, encode, result_buffers
+from ringstream.protocol import EndOfStream, OmegaPartial, Result, decode, encode, result_buffers
 from ringstream.transport.endpoints import free_tcp_endpoint
 from ringstream.writer.repair import repair
 
@@ -281,11 +281,16 @@ def test_kill_9_of_the_whole_daemon(tmp_path):
             if _killed_while_making(path):  # before the first frame: no output file, no frame lost beyond the bound
                 totals.append((0, 0))
                 continue
-            if tmp.name == "rep0":  # the next run clears the status flag (it still refuses to replace the file)
-                again = subprocess.run(d.proc.args[:-2] + ["--control", free_tcp_endpoint()], cwd=tmp,
+            if tmp.name == "rep0":  # the next start repairs the file, marks it interrupted and writes the next run
+                args = list(d.proc.args[:-2])
+                args[args.index("--simulate") + 1] = "5"
+                again = subprocess.run(args + ["--control", free_tcp_endpoint()], cwd=tmp,
                                        capture_output=True, text=True, timeout=60)
-                assert again.returncode == 3 and "already exists" in again.stderr, again.stderr
-                h5py.File(path, "r").close()
+                assert again.returncode == 0, again.stderr
+                with h5py.File(path, "r") as f:
+                    assert f["entry"].attrs["run_status"] == "interrupted"
+                with h5py.File(tmp / "out_00002.h5", "r") as f:
+                    assert f["entry/data/I"].shape[0] == 5 and f["entry"].attrs["run_complete"]
             else:
                 with pytest.raises(OSError):
                     h5py.File(path, "r")  # a kill -9 in SWMR-write mode leaves the status flag
@@ -312,9 +317,10 @@ def test_kill_9_of_the_whole_daemon(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_full_disk_stops_the_writer_with_one_clear_error(tmp_path):
-    """A file-size limit (RLIMIT_FSIZE: writes fail with EFBIG, as with a full disk, no root needed): the writer
-    stops with exit code 3 and one error line naming the file; what was flushed stays readable."""
+def test_a_full_disk_fails_the_run_with_one_clear_error(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE: writes fail with EFBIG, as with a full disk, no root needed): the run fails
+    with one error line naming the file, the writer goes on (its frames counted as dropped) and, the stream ending
+    with that run, exits with code 3; what was flushed stays readable."""
     import json
     import resource
 
@@ -338,8 +344,8 @@ def test_a_full_disk_stops_the_writer_with_one_clear_error(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
         push.connect(data["transport"]["results_endpoint"])
-        k = 0
-        while proc.poll() is None and k < 20000:
+        k, failed = 0, False
+        while proc.poll() is None and k < 20000 and not failed:
             lineout, fit, curves, _ = _frame(k)
             msg = Result(run_id="c", frame_index=k, timestamp=time.time(), n_r=N_R, n_eta=N_ETA, n_peaks=N_PEAKS,
                          n_rois=1, n_curve_points=3)
@@ -349,6 +355,11 @@ def test_a_full_disk_stops_the_writer_with_one_clear_error(tmp_path):
             except zmq.Again:
                 time.sleep(0.01)
             time.sleep(0.0005)
+            while events.poll(0):  # the run fails; the writer goes on (ready for the next run)
+                beat, _ = decode(events.recv_multipart())
+                failed = failed or beat.counters.get("runs_failed", 0) >= 1
+        assert failed and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no failure"
+        push.send_multipart(encode(EndOfStream(run_id="c", n_frames=k)))  # the end: the last run failed, exit 3
         rc = proc.wait(20)
         err = proc.stderr.read()
     finally:

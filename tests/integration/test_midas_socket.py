@@ -148,11 +148,11 @@ def test_several_senders_every_dtype_lineouts_equal_offline(tmp_path, daemons): 
         s.close()
     assert d.counts() == (len(frames), len(frames), len(frames), 0, 0)
 
-    out = read_output(tmp_path / "out.h5")
+    out = read_output(tmp_path / "out_00001.h5")
     assert out["frames_written"] == len(frames) and out["run_complete"]
     ref = reference(params, [img for _n, img, _w in frames])
     # the senders interleave; each row's source id HOST:PORT#dataset_num names the frame it must equal
-    with h5py.File(tmp_path / "out.h5", "r") as f:
+    with h5py.File(tmp_path / "out_00001.h5", "r") as f:
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["/entry/data/source_id"][()]]
     by_num = {num: k for k, (num, _img, _w) in enumerate(frames)}
     assert len(by_num) == len(frames)

@@ -18,7 +18,7 @@ from pva_common import ntnd, session_epics_env  # noqa: E402
 from test_pipeline import Pipeline, reference_lineouts, setup_run  # noqa: E402
 
 from ringstream.ingest import process as ingest_process  # noqa: E402
-from ringstream.protocol import EndOfStream, OmegaPartial, Result, decode, result_arrays  # noqa: E402
+from ringstream.protocol import EndOfStream, OmegaPartial, Result, RunStart, decode, result_arrays  # noqa: E402
 from ringstream.workers import process as worker_process  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def test_attributes_reach_result_metadata(tmp_path):
             if isinstance(msg, EndOfStream):
                 eos = msg
                 continue
-            if isinstance(msg, OmegaPartial):  # the worker's omega sums (Write2D 0) share the socket
+            if isinstance(msg, (OmegaPartial, RunStart)):  # omega sums (Write2D 0) and run starts share the socket
                 continue
             assert isinstance(msg, Result) and msg.status == "ok", msg
             got.append((msg, result_arrays(msg, buffers)[0].copy()))

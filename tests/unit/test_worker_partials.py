@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ringstream.protocol import FrameHeader
 from ringstream.protocol.omega import FrameSpan, OmegaGrouping
 from ringstream.workers.omega import OmegaPartials
 from ringstream.writer.omega import OmegaSums
+
+
+def header(k: int, run_start: int = 0, run_id: str = "r") -> FrameHeader:
+    return FrameHeader(run_id=run_id, frame_index=k, run_start=run_start, shape=(1, 1), dtype="<i4")
 
 
 class FakeDevice:
@@ -31,11 +36,11 @@ def test_device_counted_frames_and_host_cakes_sum_per_group():
     dev = FakeDevice()
     p = OmegaPartials(5, 3, 4, device=dev)
     for k in range(12):  # frames 0..11 on the device, frame 12 integrated on the host (a failed batch)
-        dev.add(p.group(k), cakes[k])
-    p.count(range(12))
-    p.add(12, cakes[12])
+        dev.add(p.key(header(k)), cakes[k])
+    p.count([header(k) for k in range(12)])
+    p.add(header(12), cakes[12])
     due = {h.group: h for h in p.due(idle=False)}  # groups 0 and 1 are due (group 2 is the newest and young)
-    assert sorted(due) == [0, 1] and dev.taken == [0, 1]
+    assert sorted(due) == [0, 1] and dev.taken == [0, 5]  # the keys: each group's first frame_index
     for g in (0, 1):
         assert due[g].frames == FrameSpan(5, 5 * g, 5 * g + 4)
         np.testing.assert_array_equal(due[g].total,
@@ -50,8 +55,8 @@ def test_device_counted_frames_and_host_cakes_sum_per_group():
 def test_host_only_partials_unchanged():
     cakes = np.arange(2 * 3 * 4, dtype=np.float64).reshape(2, 3, 4) + 0.1
     p = OmegaPartials(-1, 3, 4)
-    p.add(0, cakes[0])
-    p.add(1, cakes[1])
+    p.add(header(0), cakes[0])
+    p.add(header(1), cakes[1])
     (h,) = list(p.due(idle=True))
     assert h.group == 0 and h.frames == FrameSpan(2, 0, 1)
     np.testing.assert_array_equal(h.total, cakes.astype(np.float32).astype(np.float64).sum(0))
@@ -63,7 +68,7 @@ def test_workers_and_writer_group_frames_by_one_rule():
         worker, writer = OmegaPartials(n, 1, 1), OmegaSums(n, (1, 1))
         grouping = OmegaGrouping.of(n)
         for k in (0, 1, 2, 3, 9, 10, 11, 10**12):
-            assert worker.group(k) == writer.group_of(k) == grouping.group_of(k)
+            assert worker._held(header(k)).group == writer.group_of(k) == grouping.group_of(k)
             assert grouping.ends_group(k) == (grouping.group_of(k + 1) != grouping.group_of(k))
     assert OmegaGrouping.of(-1).group_of(10**15) == 0 and OmegaGrouping.of(0).size == 1
 
@@ -73,3 +78,29 @@ def test_frame_span_counts_frames_in_any_order():
     for k in (7, 5, 9, 6):
         span.add(k)
     assert span == FrameSpan(n_frames=4, first_frame=5, last_frame=9)
+
+
+def test_groups_of_two_runs_never_meet():
+    """Frames of two runs (the second starting at frame_index 7) are grouped from each run's first frame: the
+    partial sums carry their run and the frames' indices within it, and the device keys of the runs differ."""
+    cakes = np.arange(14 * 2, dtype=np.float64).reshape(14, 1, 2)
+    for n in (-1, 3):
+        dev = FakeDevice()
+        p = OmegaPartials(n, 1, 2, device=dev)
+        heads = [header(k, 0, "a") for k in range(7)] + [header(k, 7, "b") for k in range(7, 14)]
+        for h in heads:
+            dev.add(p.key(h), cakes[h.frame_index])
+        p.count(heads)
+        got = list(p.due(idle=True))
+        grouping = OmegaGrouping.of(n)
+        want = {}
+        for h in heads:
+            local = h.frame_index - h.run_start
+            want.setdefault((h.run_id, grouping.group_of(local)), []).append(local)
+        assert {(g.run_id, g.group): (g.frames.n_frames, g.frames.first_frame, g.frames.last_frame) for g in got} \
+            == {k: (len(v), min(v), max(v)) for k, v in want.items()}
+        for g in got:
+            start = 0 if g.run_id == "a" else 7
+            rows = [start + i for i in range(g.frames.first_frame, g.frames.last_frame + 1)]
+            np.testing.assert_array_equal(g.total, cakes[rows].sum(0))
+        assert len({g.key for g in got}) == len(got)

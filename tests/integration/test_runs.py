@@ -1,0 +1,149 @@
+"""Runs of the real daemon (``ringstream run`` as a subprocess): one set of files per run, cut where the ingest cuts
+the stream (rotation by frame count, ``ringstream runs start|stop``), every frame in exactly one run, run numbers
+that only grow across starts, the index of runs, and a start after a kill -9 of the whole process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+from common import ringstream_command
+from test_daemon import daemons, reference_lineouts, write_params  # noqa: F401  (daemons is a fixture)
+
+from ringstream.runs.index import RunIndex
+
+
+def read_run(path) -> dict:
+    with h5py.File(path, "r") as f:
+        e = f["/entry"]
+        return {"I": e["data/I"][()], "frame_index": e["data/frame_index"][()],
+                "source_id": [s.decode() if isinstance(s, bytes) else str(s) for s in e["data/source_id"][()]],
+                "run_complete": bool(e["data/I"].attrs["run_complete"]),
+                "run_status": e.attrs.get("run_status", "")}
+
+
+def wait_flushed(path, n: int, deadline_s: float = 20.0) -> int:
+    """Wait until a SWMR reader of ``path`` sees at least ``n`` rows; returns the rows seen."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            with h5py.File(path, "r", libver="latest", swmr=True) as f:
+                rows = int(f["/entry/data/I"].shape[0])
+            if rows >= n:
+                return rows
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: fewer than {n} rows flushed within {deadline_s} s")
+
+
+def index_of(folder) -> list[dict]:
+    return RunIndex.in_state_dir(folder / ".ringstream").runs()
+
+
+@pytest.mark.timeout(90)
+def test_rotation_cuts_runs_of_max_frames_and_loses_nothing(tmp_path, daemons):
+    """250 simulated frames with [run] max_frames 100: three runs of 100, 100 and 50 frames, each in its own file
+    numbered from the state, each frame once, in order, equal to the reference engine's lineouts."""
+    params = write_params(tmp_path)
+    env_file = tmp_path / "c.toml"
+    env_file.write_text('[run]\nmax_frames = 100\noutput_h5 = "scan.h5"\n')
+    d = daemons(["--config", env_file, "--param-file", params, "--simulate", 250, "--workers", 2], tmp_path)
+    rc = d.wait(70)
+    assert rc == 0, d.stderr
+    runs = index_of(tmp_path)
+    assert [(r["run"], r["status"], r["frames"]) for r in runs] == [(1, "complete", 100), (2, "complete", 100),
+                                                                     (3, "complete", 50)], runs
+    ref = reference_lineouts(params, 250).astype(np.float32)
+    start = 0
+    for r in runs:
+        path = tmp_path / f"scan_{r['run']:05d}.h5"
+        assert r["files"]["h5"] == str(path)
+        out = read_run(path)
+        n = r["frames"]
+        assert out["run_complete"]
+        np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+        assert out["source_id"] == [f"simulated:{k}" for k in range(start, start + n)]
+        np.testing.assert_allclose(out["I"], ref[start:start + n], rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
+        start += n
+    assert "max_frames" in runs[0]["reason"]
+
+
+def _runs_cmd(tmp_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([*ringstream_command(), "runs", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=20)
+
+
+@pytest.mark.timeout(120)
+def test_runs_start_stop_list_and_numbers_across_starts(tmp_path, daemons):
+    """An endless simulated source: ``runs start --name`` and ``runs stop`` cut runs at once; ``runs list`` prints
+    them; every frame sent is in exactly one file; a second start with yesterday's files there goes on with the
+    next run numbers."""
+    params = write_params(tmp_path)
+    args = ["--param-file", params, "--simulate", 0, "--rate", 100, "--workers", 2, "--output-h5", "s_{run:03d}.h5"]
+    d = daemons(args, tmp_path)
+    control = d.control
+    d.wait_ready()
+    d.wait_written(30)
+    r = _runs_cmd(tmp_path, "start", "--name", "ramp", "--meta", "T=300", "--control", control)
+    assert r.returncode == 0, r.stderr
+    d.wait_status(lambda s: (s.get("runs") or {}).get("current", {}).get("name") == "ramp", "run 'ramp' open")
+    time.sleep(0.3)
+    r = _runs_cmd(tmp_path, "stop", "--control", control)
+    assert r.returncode == 0, r.stderr
+    d.wait_status(lambda s: (s.get("runs") or {}).get("current", {}).get("run", 0) >= 3, "run 3 open")
+    listed = _runs_cmd(tmp_path, "list", "--json", "--control", control)
+    assert listed.returncode == 0, listed.stderr
+    assert [e["run"] for e in json.loads(listed.stdout)][:2] == [1, 2]
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(40) == 0, d.stderr
+    runs = index_of(tmp_path)
+    assert [r["status"] for r in runs] == ["complete", "complete", "complete"], runs  # SIGTERM drains
+    assert runs[2]["reason"] == "stop"
+    assert runs[1]["name"] == "ramp" and runs[1]["meta"] == {"T": "300"}
+    assert runs[1]["reason"] == "runs stop" and runs[0]["reason"] == "runs start"
+    ids = []
+    for r in runs:
+        out = read_run(tmp_path / f"s_{r['run']:03d}.h5")
+        assert len(out["source_id"]) == r["frames"] > 0
+        np.testing.assert_array_equal(out["frame_index"], np.arange(r["frames"]))
+        ids += out["source_id"]
+    assert ids == [f"simulated:{k}" for k in range(len(ids))]  # every frame once, in order, across the runs
+
+    # a second start in the same folder: the numbers go on, nothing is replaced
+    d2 = daemons([*args[:2], "--simulate", 20, *args[4:]], tmp_path)  # a finite source this time
+    assert d2.wait(60) == 0, d2.stderr
+    runs = index_of(tmp_path)
+    assert [r["run"] for r in runs] == [1, 2, 3, 4] and runs[-1]["frames"] == 20
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_of_the_group_then_the_next_start_repairs_and_moves_on(tmp_path, daemons):
+    """SIGKILL to the whole process group mid-run: the next start repairs the run's file, marks it interrupted in
+    the file and in the index, and serves the next run under the next number."""
+    params = write_params(tmp_path)
+    args = ["--param-file", params, "--workers", 2, "--output-h5", "k.h5"]
+    d = daemons([*args, "--simulate", 0, "--rate", 200], tmp_path)
+    d.wait_ready()
+    d.wait_written(50)
+    flushed = wait_flushed(tmp_path / "k.h5", 20)
+    os.killpg(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(10)
+    runs = index_of(tmp_path)
+    assert [(r["run"], r["status"]) for r in runs] == [(1, "open")]
+    d2 = daemons([*args, "--simulate", 30], tmp_path)
+    assert d2.wait(60) == 0, d2.stderr
+    runs = index_of(tmp_path)
+    assert [(r["run"], r["status"]) for r in runs] == [(1, "interrupted"), (2, "complete")], runs
+    first = read_run(tmp_path / "k.h5")
+    assert first["run_status"] == "interrupted" and not first["run_complete"]
+    assert len(first["frame_index"]) >= flushed  # what a reader saw flushed before the kill is still there
+    np.testing.assert_array_equal(first["frame_index"], np.arange(len(first["frame_index"])))
+    second = read_run(tmp_path / "k_00002.h5")
+    assert second["run_complete"] and len(second["frame_index"]) == 30
