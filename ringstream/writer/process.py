@@ -166,6 +166,7 @@ class _Writer:
         ctx = zmq.Context()
         self.rejects = RejectLog(log, "writer results socket")
         complete = False
+        code = None
         try:
             sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True,
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
@@ -205,14 +206,17 @@ class _Writer:
                      (n - 1) / dt if dt > 0 else 0.0)
             hb.beat(self.snapshot(), state="done", force=True)
             code = EXIT_OUTPUT_FAILED if self.last_failed else 0
-            if self.broken:
-                logging.shutdown()
-                # HDF5 may crash tearing down a file whose writes failed: leave now, each such file is as flushed
-                os._exit(code)
             return code
+        except SystemExit as exc:  # SIGTERM (child_setup): the files are closed below, then the process ends
+            code = exc.code if isinstance(exc.code, int) else 1
+            raise
         finally:
             self.abort()  # an exception on the way: keep what was written, marked incomplete
             ctx.destroy(linger=500)
+            if self.broken:
+                logging.shutdown()
+                # HDF5 may crash tearing down a file whose writes failed: leave now, each such file is as flushed
+                os._exit(code if code is not None else EXIT_OUTPUT_FAILED)
 
     def abort(self, quiet: bool = False) -> None:
         """Close the open runs' files marked incomplete (``quiet``: a failure to close is not reported again)."""

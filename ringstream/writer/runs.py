@@ -18,7 +18,7 @@ from typing import Any
 
 from ..protocol import EndOfStream
 from ..runs.index import RunIndex
-from ..runs.naming import RunPaths, RunTemplates, choose_run
+from ..runs.naming import RunPaths, RunTemplates, choose_run, make_folders
 from ..runs.state import RunState, state_dir_of
 from .repair import repair
 
@@ -98,10 +98,12 @@ class RunBook:
         multi = self.multi_run or self.opened > 0
         above = self.index.last_run()
         number, paths = choose_run(self.templates, _Above(self.state, above), multi_run=multi, name=run.name,
-                                   run_id=run.run_id, when=dt.datetime.now(), attrs={**attrs, **run.meta})
+                                   run_id=run.run_id, when=dt.datetime.now(), attrs={**attrs, **run.meta},
+                                   create=False)
         run.number, run.paths = number, paths
         self.opened += 1
         self.record(run, "open", reason=run.reason)
+        make_folders(paths)
 
     def record(self, run: Run, status: str, **fields: Any) -> None:
         """Append ``run``'s state to the index (a failure to write it is logged, never fatal)."""

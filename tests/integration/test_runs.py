@@ -16,6 +16,7 @@ import pytest
 from common import ringstream_command
 from test_daemon import daemons, reference_lineouts, write_params  # noqa: F401  (daemons is a fixture)
 
+from ringstream.daemon.status import is_healthy
 from ringstream.runs.index import RunIndex
 
 
@@ -147,3 +148,70 @@ def test_kill_9_of_the_group_then_the_next_start_repairs_and_moves_on(tmp_path, 
     np.testing.assert_array_equal(first["frame_index"], np.arange(len(first["frame_index"])))
     second = read_run(tmp_path / "k_00002.h5")
     assert second["run_complete"] and len(second["frame_index"]) == 30
+
+
+@pytest.mark.timeout(120)
+def test_a_folder_that_cannot_be_written_fails_that_run_and_the_next_run_goes_on(tmp_path, daemons):
+    """``{name}/x.h5`` with a run named after a regular file: that run fails (one error line naming the folder, its
+    frames counted as dropped, the status unhealthy), the daemon keeps serving, and the next run is written."""
+    params = write_params(tmp_path)
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--workers", 1, "--output-h5",
+                 "{name}/x.h5", "--no-zarr"], tmp_path)
+    d.wait_ready()
+    assert _runs_cmd(tmp_path, "start", "--name", "blocked", "--control", d.control).returncode == 0
+    st = d.wait_status(lambda s: s["runs"]["last_failed"], "the failed run")
+    assert not is_healthy(st)
+    d.wait_status(lambda s: s["children"]["writer"]["counters"].get("dropped_output_failed", 0) >= 10,
+                  "frames of the failed run counted")
+    assert _runs_cmd(tmp_path, "start", "--name", "ok", "--control", d.control).returncode == 0
+    d.wait_status(lambda s: s["runs"]["current"].get("name") == "ok" and s["runs"]["current"]["frames"] >= 10,
+                  "the next run written")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(40) == 0, d.stderr
+    runs = index_of(tmp_path)
+    assert [(r["name"], r["status"]) for r in runs] == [("", "complete"), ("blocked", "failed"), ("ok", "complete")]
+    assert "blocked: output folder cannot be created or written" in runs[1]["reason"]
+    errors = [line for line in d.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "blocked" in errors[0], errors
+    assert runs[2]["files"]["h5"] == str(tmp_path / "ok" / "x_00003.h5")  # a second run: numbered
+    assert read_run(runs[2]["files"]["h5"])["run_complete"]
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 2 MB tmpfs made by the test (needs root and a kernel that lets this process mount; skipped otherwise)."""
+    where = tmp_path / "small"
+    where.mkdir()  # the run named "small" writes here
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
+                         text=True)
+    if got.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {got.stderr.strip() or got.returncode}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_a_disk_that_fills_fails_that_run_and_the_next_run_goes_on(tmp_path, daemons, small_fs):
+    """A run whose folder is a small file system that fills: the run fails (its file repairable), the daemon keeps
+    serving, and the next run, in a folder with room, is complete."""
+    from ringstream.writer.repair import repair
+
+    params = write_params(tmp_path)
+    (tmp_path / "room").mkdir()
+    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 200, "--workers", 1, "--output-h5",
+                 "{name}/r_{run:03d}.h5", "--no-zarr"], tmp_path)
+    d.wait_ready()
+    assert _runs_cmd(tmp_path, "start", "--name", "small", "--control", d.control).returncode == 0
+    d.wait_status(lambda s: s["runs"]["last_failed"], "the run that fills the disk", 60)
+    assert _runs_cmd(tmp_path, "start", "--name", "room", "--control", d.control).returncode == 0
+    d.wait_status(lambda s: s["runs"]["current"].get("name") == "room" and s["runs"]["current"]["frames"] >= 10,
+                  "the next run written", 60)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(40) == 0, d.stderr
+    runs = index_of(tmp_path)
+    assert [(r["name"], r["status"]) for r in runs] == [("", "complete"), ("small", "failed"), ("room", "complete")]
+    assert "No space left on device" in runs[1]["reason"], runs[1]
+    report = repair(runs[1]["files"]["h5"])  # what was flushed before the disk filled
+    assert report.frames > 0 and read_run(runs[1]["files"]["h5"])["frame_index"].tolist() == list(range(report.frames))
+    assert read_run(runs[2]["files"]["h5"])["run_complete"]
