@@ -149,7 +149,8 @@ class OutputTemplate:
         """The path of run ``run``: ``name`` the run's name; ``run_id`` its identifier; ``when`` its start (default:
         now; a naive datetime is local time); ``attrs`` the NDAttribute / metadata values of its first frame.
         A missing ``attr[NAME]`` renders as ``"unknown"``; in every value, ``/`` and NUL become ``_`` and so does
-        a leading dot, so a value never adds a folder or hides the file."""
+        a leading dot, so a value never adds a folder or hides the file; an empty value never makes a relative
+        template absolute (``{name}/x.h5`` of an unnamed run is ``x.h5``)."""
         when = when or dt.datetime.now()
         values = {"run": int(run), "name": str(name), "run_id": str(run_id), "date": when.strftime("%Y%m%d"),
                   "time": when.strftime("%H%M%S")}
@@ -165,7 +166,11 @@ class OutputTemplate:
             except (TypeError, ValueError):
                 text = str(value)  # an attribute whose value does not fit the spec: its plain text
             out.append(_file_name_safe(text))
-        return Path("".join(out))
+        path = Path("".join(out))
+        if path.is_absolute() and not self.text.startswith("/"):
+            # an empty value at the start ({name} of an unnamed run): the path stays relative, never at the root
+            path = Path(*path.parts[1:]) if len(path.parts) > 1 else Path(".")
+        return path
 
 
 def _formats(value: Any, spec: str) -> bool:

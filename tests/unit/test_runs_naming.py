@@ -252,3 +252,15 @@ def test_choosing_without_creating(tmp_path):
     templates = RunTemplates.from_config(run_cfg(f"{tmp_path}/new/run_{{run}}.h5"))
     choose_run(templates, Counter(), multi_run=True, create=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_an_empty_value_never_makes_a_relative_template_absolute():
+    """``{name}/x.h5`` of an unnamed run is ``x.h5`` beside the others, never ``/x.h5`` at the file system's root."""
+    import datetime as dt
+
+    from ringstream.runs.naming import OutputTemplate
+
+    when = dt.datetime(2026, 12, 4, 10, 0, 0)
+    assert OutputTemplate("{name}/x.h5").render(1, "", "r", when) == Path("x.h5")
+    assert OutputTemplate("{name}/x.h5").render(1, "ramp", "r", when) == Path("ramp/x.h5")
+    assert OutputTemplate("/data/{name}/x.h5").render(1, "", "r", when) == Path("/data/x.h5")
