@@ -8,7 +8,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -215,3 +217,25 @@ def test_a_disk_that_fills_fails_that_run_and_the_next_run_goes_on(tmp_path, dae
     report = repair(runs[1]["files"]["h5"])  # what was flushed before the disk filled
     assert report.frames > 0 and read_run(runs[1]["files"]["h5"])["frame_index"].tolist() == list(range(report.frames))
     assert read_run(runs[2]["files"]["h5"])["run_complete"]
+
+
+@pytest.mark.timeout(120)
+def test_twenty_switches_at_500_frames_per_s_lose_no_frame(tmp_path, daemons):
+    """512 x 512 frames at 500 frames/s cut every 50 frames: 21 runs, every frame sent in exactly one file, in
+    order (the switch rate and timing are measured by bench/runs.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from runs import params_text
+
+    (tmp_path / "p.txt").write_text(params_text(512) + "OmegaSumFrames -1\n")
+    (tmp_path / "c.toml").write_text('[run]\nmax_frames = 50\noutput_h5 = "r_{run:03d}.h5"\n')
+    d = daemons(["--config", "c.toml", "--param-file", "p.txt", "--simulate", 1050, "--rate", 500, "--workers", 2,
+                 "--no-zarr"], tmp_path)
+    assert d.wait(100) == 0, d.stderr
+    received, integrated, written, rejected, dropped = d.counts()
+    assert received == integrated == written == 1050 and rejected == dropped == 0
+    runs = index_of(tmp_path)
+    assert [(r["run"], r["status"], r["frames"]) for r in runs] == [(k, "complete", 50) for k in range(1, 22)]
+    ids = []
+    for r in runs:
+        ids += read_run(r["files"]["h5"])["source_id"]
+    assert ids == [f"simulated:{k}" for k in range(1050)]
