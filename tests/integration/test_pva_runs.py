@@ -108,3 +108,34 @@ def test_an_attribute_change_starts_a_run(tmp_path, daemons):  # noqa: F811
         assert ids == list(range(first, first + r["frames"]))
         first += r["frames"]
     del server
+
+
+@pytest.mark.timeout(120)
+def test_no_frame_for_idle_split_s_ends_the_run(tmp_path, daemons):  # noqa: F811
+    """[run] idle_split_s 1: frames, a pause of 2 s, frames: two runs; the first ends during the pause."""
+    params = write_params(tmp_path)
+    name = f"rsidle{os.getpid()}:Image"
+    server = pva.PvaServer()
+    server.addRecord(name, pva.NtNdArray())
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[run]\nidle_split_s = 1.0\noutput_h5 = "i_{run:02d}.h5"\n[source]\npva_dtype = "uint16"\n')
+    d = daemons(["--config", cfg, "--param-file", params, "--pva", "--pva-channel", name, "--workers", 1, "--no-zarr"],
+                tmp_path)
+    d.wait_ready(60)
+    d.wait_status(lambda s: s["children"]["ingest"]["counters"].get("pva_connected") == 1, "the PVA connection")
+    img = np.random.default_rng(4).poisson(30.0, (NZ, NY)).astype(np.uint16)
+    uid = 1
+    for burst in (6, 4):
+        for _ in range(burst):
+            server.update(name, ntnd(uid, img))
+            d.wait_status(lambda s, u=uid: s["totals"]["received"] >= u, f"frame {uid}")
+            uid += 1
+        # the run ends after 1 s without a frame: the writer closes it while no frame comes
+        d.wait_status(lambda s: s["runs"]["complete"] >= (1 if burst == 6 else 2), "the idle split", 20)
+    os.kill(d.proc.pid, signal.SIGTERM)
+    assert d.wait(60) == 0, d.stderr
+    runs = runs_of(tmp_path)
+    assert [(r["status"], r["frames"], r["reason"]) for r in runs] == [("complete", 6, "idle"), ("complete", 4, "idle")]
+    assert source_ids(tmp_path / "i_01.h5") == list(range(1, 7))
+    assert source_ids(tmp_path / "i_02.h5") == list(range(7, 11))
+    del server

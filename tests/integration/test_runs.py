@@ -239,3 +239,41 @@ def test_twenty_switches_at_500_frames_per_s_lose_no_frame(tmp_path, daemons):
     for r in runs:
         ids += read_run(r["files"]["h5"])["source_id"]
     assert ids == [f"simulated:{k}" for k in range(1050)]
+
+
+@pytest.mark.timeout(180)
+def test_the_example_configuration_started_stopped_killed_and_started_again(tmp_path, daemons):
+    """systemd/example.toml with its paths moved here (the output template with a {date} folder and {run:05d}, a
+    simulated detector for the PVA channel): start, SIGTERM, start, SIGKILL to the whole process group, start.
+    Every start serves; the killed run's file is readable and marked interrupted; run numbers never repeat."""
+    import tomllib
+
+    params = write_params(tmp_path)
+    example = tomllib.loads((Path(__file__).resolve().parents[2] / "systemd" / "example.toml").read_text())
+    run = example["run"]
+    assert "{run:05d}" in run["output_h5"] and "{date}" in run["output_h5"]
+    lines = [f'[run]\nparam_file = "{params}"\noutput_h5 = "{tmp_path}/data/{{date}}/run_{{run:05d}}.h5"\n',
+             f'state_dir = "{tmp_path}/state"\nsave_interval = {run["save_interval"]}\n',
+             '[source]\nkind = "simulated"\nrate = 100\n', '[workers]\ncount = 2\n']
+    (tmp_path / "service.toml").write_text("".join(lines))
+    served = []
+    for how in ("SIGTERM", "SIGKILL", "SIGTERM"):
+        d = daemons(["--config", tmp_path / "service.toml"], tmp_path)
+        d.wait_ready()
+        served.append(d.wait_written(20)["runs"]["current"]["run"])
+        if how == "SIGTERM":
+            d.proc.send_signal(signal.SIGTERM)
+            assert d.wait(40) == 0, d.stderr
+        else:
+            wait_flushed(Path(d.status()["runs"]["current"]["file"]), 1)
+            os.killpg(d.proc.pid, signal.SIGKILL)
+            d.proc.wait(10)
+    assert served == [1, 2, 3]  # each start served a run under a new number
+    runs = RunIndex.in_state_dir(tmp_path / "state").runs()
+    assert [(r["run"], r["status"]) for r in runs] == [(1, "complete"), (2, "interrupted"), (3, "complete")], runs
+    killed = read_run(runs[1]["files"]["h5"])
+    assert killed["run_status"] == "interrupted" and not killed["run_complete"]
+    np.testing.assert_array_equal(killed["frame_index"], np.arange(len(killed["frame_index"])))
+    for r in (runs[0], runs[2]):
+        assert read_run(r["files"]["h5"])["run_complete"]
+    assert len({r["files"]["h5"] for r in runs}) == 3
