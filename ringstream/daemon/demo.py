@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     h5 = out / "pilatus2m.h5"
     log_path = out / "daemon.log"
-    for old in (h5, log_path):
+    for old in [log_path, *out.glob("pilatus2m*")]:  # the last demo's run (its files would push this one to _00002)
         old.unlink(missing_ok=True)
+    shutil.rmtree(out / ".ringstream", ignore_errors=True)  # its run number and index of runs
     control = free_tcp_endpoint()
     cmd = _command() + ["run", "--param-file", str(PARAMS), "--simulate", str(args.frames),
                         "--workers", str(args.workers), "--engine", args.engine, "--output-h5", str(h5),
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{frames} frames integrated and written in {wall:.0f} s wall time (start-up included); "
           f"the run itself: {rate}")
     print("\nfiles:")
-    for f in sorted(out.iterdir()):
+    for f in sorted(p for p in out.iterdir() if p.is_file()):
         print(f"  {f}  ({f.stat().st_size / 1e6:.1f} MB)")
     print(f"""
 look at them:

@@ -1,6 +1,6 @@
 """The supervisor: the ``ringstream run`` process that starts, watches and stops the daemon's children.
 
-See docs/DAEMON.md ("Roles", "Ending a run"). In order, :meth:`Supervisor.run`:
+See docs/DAEMON.md ("Roles", "Stopping the daemon", "Runs and file names"). In order, :meth:`Supervisor.run`:
 
 1. resolves the configuration into a concrete one (``"auto"`` endpoints become free ``tcp://127.0.0.1:<port>``, an
    empty run id becomes a generated one) so that every child sees the same addresses and the same run id;
@@ -11,7 +11,8 @@ See docs/DAEMON.md ("Roles", "Ending a run"). In order, :meth:`Supervisor.run`:
 5. loops every <= 0.2 s over the child sentinels, the events and control sockets, sending ``WATCHDOG=1`` each turn
    and a ``STATUS=`` line about once a second.
 
-Ending a run: the writer finishing (end of source, or after a drain) ends it with exit 0. The first SIGTERM/SIGINT (or
+Stopping: the writer finishing (the end of a finite source's last run, or after a drain) ends the daemon with exit
+0. The first SIGTERM/SIGINT (or
 a ``stop`` request) drains: ingest stops and sends EndOfStream, the workers finish what was sent, the writer
 completes. The second one stops everything at once (exit 130/143). A child that exits non-zero, dies by a signal or
 stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line naming it, then ingest, workers and
@@ -607,6 +608,8 @@ class Supervisor:
         wc = writer.counters if writer else {}
         workers = [c for c in self.children if c.role == "worker"]
         dropped = {k[len("dropped_"):]: int(v) for k, v in ic.items() if k.startswith("dropped_")}
+        if _num(wc, "dropped_output_failed"):  # frames of runs whose outputs failed (a full disk ...)
+            dropped["output_failed"] = int(_num(wc, "dropped_output_failed"))
         errors = 0
         for c in self.children:
             errors += sum(int(_num(c.counters, k)) for k in c.counters if k.startswith("protocol_errors_"))

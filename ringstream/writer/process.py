@@ -603,13 +603,18 @@ class _Writer:
                 self.broken.append(outputs)
                 self.fail_run(run, exc)
                 return
-        if run.failed or run.number == 0:
+        if run.number == 0:
+            return
+        counters = dict(run.eos.counters) if run.eos is not None else {}
+        if run.failed:  # its end: the frames it dropped, counted
+            self.book.record(run, "failed", reason=run.failed, counters=counters)
+            self.last_runs = (self.last_runs + [{**run.summary(), "status": "failed"}])[-5:]
             return
         self.last_failed = False
         status = "complete" if complete else "interrupted"
         self.count("runs_complete" if complete else "runs_interrupted")
         reason = run.eos.reason if run.eos is not None else ""
-        self.book.record(run, status, reason=reason or ("stopped" if not complete else ""))
+        self.book.record(run, status, reason=reason or ("stopped" if not complete else ""), counters=counters)
         self.last_runs = (self.last_runs + [{**run.summary(), "status": status}])[-5:]
         log.info("run %d %s: %s, %d frames written, %d rejected%s", run.number, status,
                  run.paths.h5 if run.paths else "-", run.written, run.rejected, f" ({reason})" if reason else "")

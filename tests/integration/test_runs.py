@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,9 @@ def test_a_folder_that_cannot_be_written_fails_that_run_and_the_next_run_goes_on
     runs = index_of(tmp_path)
     assert [(r["name"], r["status"]) for r in runs] == [("", "complete"), ("blocked", "failed"), ("ok", "complete")]
     assert "blocked: output folder cannot be created or written" in runs[1]["reason"]
+    received, integrated, written, rejected, dropped = d.counts()  # the failed run's frames: dropped, with the reason
+    assert dropped == runs[1]["frames"] >= 10 and written == runs[0]["frames"] + runs[2]["frames"]
+    assert re.search(rf"output_failed={dropped}\b", d.stderr), d.stderr[-500:]
     errors = [line for line in d.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "blocked" in errors[0], errors
     assert runs[2]["files"]["h5"] == str(tmp_path / "ok" / "x_00003.h5")  # a second run: numbered
