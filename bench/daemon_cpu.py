@@ -161,7 +161,7 @@ def stages(n: int, folder: Path, llc: dict) -> dict:
         out["ingest"] = {"wall_s": w, "cpu_s": c, "what": "copy into a ring slot + FrameHeader",
                          "working_set": working_set(n_set, nbytes, llc)}
     finally:
-        del sources
+        sources = None  # the frame set's memory back before the next stage
         ring.close()
         ring.unlink()
 

@@ -288,10 +288,10 @@ def daemon_run(frames: int, workers: int, peaks: list[float], omega_sum_frames: 
             omega_sum_frames = int(parse_params(pf.read_text(), pf).OmegaSumFrames)
         out = Path(d) / "bench.h5"
         if source == "replay":
+            from workload import frames_to_exceed, last_level_cache
+
             from ringstream.ingest.simulated import SimulatedSource
             from ringstream.params import load_params
-
-            from workload import frames_to_exceed, last_level_cache
 
             sim = SimulatedSource(load_params(pf), n_frames=32, seed=0, dtype="int32", precompute=False)
             n_stack = frames_to_exceed(sim.mean.size * 4, last_level_cache(), minimum=32)

@@ -147,7 +147,7 @@ def main() -> int:
     path = out / f"runs-{host}.json"
     path.write_text(json.dumps({
         "benchmark": "runs", "machine": {"hostname": host, "nproc": os.cpu_count(), "python": platform.python_version(),
-                                         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                                         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
         "command": " ".join(sys.argv), "size": SIZE, "frames_per_run": per_run, "results": rows}, indent=1))
     print(f"wrote {path}")
     return 0 if all("error" not in r and r["lost"] == 0 for r in rows) else 1

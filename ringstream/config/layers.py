@@ -12,11 +12,10 @@ import difflib
 import math
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import tomllib
 
 from ..errors import ConfigError
 from .schema import ENV_PREFIX, OPTIONS, SECTIONS, option_of, options_of

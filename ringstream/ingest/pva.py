@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .ntnd_codecs import CodecError, decode_into
 from .live_queue import QueuedLiveSource
+from .ntnd_codecs import CodecError, decode_into
 from .source_base import SourceFrame
 
 log = logging.getLogger("ringstream.ingest.pva")

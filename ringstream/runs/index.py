@@ -52,7 +52,7 @@ class RunIndex:
         if status not in STATUSES:
             raise ValueError(f"run status {status!r}: expected one of {', '.join(STATUSES)}")
         record = {"run": int(run), "status": status, **fields,
-                  "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
+                  "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")}
         line = json.dumps(record, default=str, separators=(", ", ": ")).encode() + b"\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,9 +55,9 @@ from ..protocol import (
     RunStart,
     Stop,
 )
+from ..runs.naming import OutputFolderError
 from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm
-from ..runs.naming import OutputFolderError
 from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
 from .runs import Run, RunBook
@@ -516,22 +516,22 @@ class _Writer:
         self.book.record(run, "failed", reason=run.failed)
 
     def save(self) -> None:
-        run = self.current
-        if run is not None and run.outputs is not None:
-            try:
-                run.outputs.save()
-            except OutputError as exc:
-                self.fail_run(run, exc)
+        """Publish the current run's outputs (zarr.zip) and flush them."""
+        self._sync("save")
         self.unflushed = self.unsaved = 0
 
     def flush(self) -> None:
+        """Flush the current run's outputs to readers."""
+        self._sync("flush")
+        self.unflushed = 0
+
+    def _sync(self, how: str) -> None:
         run = self.current
         if run is not None and run.outputs is not None:
             try:
-                run.outputs.flush()
+                getattr(run.outputs, how)()
             except OutputError as exc:
                 self.fail_run(run, exc)
-        self.unflushed = 0
 
     # ------------------------------------------------------------------------------------- peak-list updates
     def open_peaks(self, ctx) -> None:

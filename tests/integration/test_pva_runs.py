@@ -8,30 +8,24 @@ starts a new run too. The daemon keeps running between runs and exits 0 on SIGTE
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import time
+import subprocess
+import sys
+import textwrap
 
 import h5py
 import numpy as np
 import pytest
 
-pva = pytest.importorskip("pvaccess")
+pytest.importorskip("pvaccess")
 from common import NY, NZ  # noqa: E402
-from pva_common import ntnd, session_epics_env, start_sim_server, stop_process  # noqa: E402
+from pva_common import start_sim_server, stop_process  # noqa: E402
 from test_daemon import daemons, write_params  # noqa: E402,F401  (daemons: the fixture)
+from test_pva_daemon import loopback_epics  # noqa: E402,F401  (the module's EPICS environment, autouse)
 
 from ringstream.runs.index import RunIndex  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def loopback_epics(pytestconfig):
-    """Every EPICS address variable on loopback with non-default ports (children inherit them)."""
-    with pytest.MonkeyPatch.context() as mp:
-        env = session_epics_env(pytestconfig)
-        for key, value in env.items():
-            mp.setenv(key, value)
-        yield env
 
 
 def runs_of(folder) -> list[dict]:
@@ -42,6 +36,69 @@ def source_ids(path) -> list[int]:
     with h5py.File(path, "r") as f:
         assert bool(f["/entry/data/I"].attrs["run_complete"])
         return [int(s.decode() if isinstance(s, bytes) else s) for s in f["/entry/data/source_id"][()]]
+
+
+SERVER = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import pvaccess as pva
+    from pva_common import ntnd
+    name = sys.argv[1]
+    server = pva.PvaServer()
+    server.addRecord(name, pva.NtNdArray())
+    print("up", flush=True)
+    for line in sys.stdin:  # one frame per line: [uniqueId, seed, {attributes}]
+        uid, seed, attrs = json.loads(line)
+        img = np.random.default_rng(seed).poisson(30.0, (int(sys.argv[2]), int(sys.argv[3]))).astype(np.uint16)
+        server.update(name, ntnd(uid, img, attrs))
+        print("sent", flush=True)
+""")
+
+
+class ServerProcess:
+    """A PVA server in a process of its own (fresh for each test: PVA servers left in the test process from other
+    tests must not answer this test's channel search), publishing on ``name`` the frames :meth:`send` asks for."""
+
+    def __init__(self, name: str) -> None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, name, str(NZ), str(NY)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=here, start_new_session=True,
+                                     env={**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")})
+        assert self.proc.stdout.readline().strip() == "up"
+
+    def send(self, uid: int, attrs: dict | None = None) -> None:
+        self.proc.stdin.write(json.dumps([uid, 2, attrs or {}]) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "sent"
+
+    def close(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def pva_server():
+    servers = []
+
+    def start(name: str) -> ServerProcess:
+        servers.append(ServerProcess(name))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def served(tmp_path, daemons, server, toml: str):  # noqa: F811
+    """A daemon on the channel of ``server`` (``toml``: its configuration), connected."""
+    params = write_params(tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    d = daemons(["--config", cfg, "--param-file", params, "--pva", "--pva-channel", server.name, "--workers", 1,
+                 "--no-zarr"], tmp_path)
+    d.wait_ready(60)
+    d.wait_status(lambda s: s["children"]["ingest"]["counters"].get("pva_connected") == 1, "the PVA connection")
+    return d
 
 
 def wait_runs(d, pred, what: str, timeout: float = 30.0) -> dict:
@@ -62,7 +119,8 @@ def test_three_acquisitions_three_files(tmp_path, daemons, loopback_epics):  # n
         srv = start_sim_server(chan, "-nx", NY, "-ny", NZ, "-dt", "uint16", "-fps", 100, "-nf", 8, "-cs", 8,
                                "-rt", n / 100 + 1.5, env=loopback_epics, log=log)
         try:
-            wait_runs(d, lambda r, c, k=k: c.get("received", 0) >= sum(sent) + n, f"acquisition {k + 1}", 60)
+            want = sum(sent) + n
+            wait_runs(d, lambda r, c, want=want: c.get("received", 0) >= want, f"acquisition {k + 1}", 60)
         finally:
             stop_process(srv, signal.SIGKILL)
         c = wait_runs(d, lambda r, c: c.get("pva_connected") == 0, f"disconnect {k + 1}")
@@ -80,21 +138,14 @@ def test_three_acquisitions_three_files(tmp_path, daemons, loopback_epics):  # n
 
 
 @pytest.mark.timeout(120)
-def test_an_attribute_change_starts_a_run(tmp_path, daemons):  # noqa: F811
-    params = write_params(tmp_path)
-    name = f"rsattr{os.getpid()}:Image"
-    server = pva.PvaServer()
-    server.addRecord(name, pva.NtNdArray())
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[run]\nsplit_attribute = "ScanNumber"\noutput_h5 = "scan_{attr[ScanNumber]}.h5"\n'
-                   '[source]\npva_attributes = ["ScanNumber"]\npva_dtype = "uint16"\n')
-    d = daemons(["--config", cfg, "--param-file", params, "--pva", "--pva-channel", name, "--workers", 1, "--no-zarr"], tmp_path)
-    d.wait_ready(60)
-    d.wait_status(lambda s: s["children"]["ingest"]["counters"].get("pva_connected") == 1, "the PVA connection")
+def test_an_attribute_change_starts_a_run(tmp_path, daemons, pva_server):  # noqa: F811
+    server = pva_server(f"rsattr{os.getpid()}:Image")
+    d = served(tmp_path, daemons, server, '[run]\nsplit_attribute = "ScanNumber"\n'
+                       'output_h5 = "scan_{attr[ScanNumber]}.h5"\n[source]\npva_attributes = ["ScanNumber"]\n'
+                       'pva_dtype = "uint16"\n')
     scans = [7] * 5 + [8] * 4 + [9] * 6
-    img = np.random.default_rng(2).poisson(30.0, (NZ, NY)).astype(np.uint16)
     for k, scan in enumerate(scans):
-        server.update(name, ntnd(100 + k, img, {"ScanNumber": scan}))
+        server.send(100 + k, {"ScanNumber": scan})
         d.wait_status(lambda s, k=k: s["totals"]["received"] >= k + 1, f"frame {k}")
     d.wait_written(len(scans))
     os.kill(d.proc.pid, signal.SIGTERM)
@@ -107,35 +158,25 @@ def test_an_attribute_change_starts_a_run(tmp_path, daemons):  # noqa: F811
         ids = source_ids(tmp_path / f"scan_{scan}_{r['run']:05d}.h5")
         assert ids == list(range(first, first + r["frames"]))
         first += r["frames"]
-    del server
 
 
 @pytest.mark.timeout(120)
-def test_no_frame_for_idle_split_s_ends_the_run(tmp_path, daemons):  # noqa: F811
+def test_no_frame_for_idle_split_s_ends_the_run(tmp_path, daemons, pva_server):  # noqa: F811
     """[run] idle_split_s 1: frames, a pause of 2 s, frames: two runs; the first ends during the pause."""
-    params = write_params(tmp_path)
-    name = f"rsidle{os.getpid()}:Image"
-    server = pva.PvaServer()
-    server.addRecord(name, pva.NtNdArray())
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[run]\nidle_split_s = 1.0\noutput_h5 = "i_{run:02d}.h5"\n[source]\npva_dtype = "uint16"\n')
-    d = daemons(["--config", cfg, "--param-file", params, "--pva", "--pva-channel", name, "--workers", 1, "--no-zarr"],
-                tmp_path)
-    d.wait_ready(60)
-    d.wait_status(lambda s: s["children"]["ingest"]["counters"].get("pva_connected") == 1, "the PVA connection")
-    img = np.random.default_rng(4).poisson(30.0, (NZ, NY)).astype(np.uint16)
+    server = pva_server(f"rsidle{os.getpid()}:Image")
+    d = served(tmp_path, daemons, server,
+                       '[run]\nidle_split_s = 1.0\noutput_h5 = "i_{run:02d}.h5"\n[source]\npva_dtype = "uint16"\n')
     uid = 1
     for burst in (6, 4):
         for _ in range(burst):
-            server.update(name, ntnd(uid, img))
+            server.send(uid)
             d.wait_status(lambda s, u=uid: s["totals"]["received"] >= u, f"frame {uid}")
             uid += 1
         # the run ends after 1 s without a frame: the writer closes it while no frame comes
-        d.wait_status(lambda s: s["runs"]["complete"] >= (1 if burst == 6 else 2), "the idle split", 20)
+        d.wait_status(lambda s, m=(1 if burst == 6 else 2): s["runs"]["complete"] >= m, "the idle split", 20)
     os.kill(d.proc.pid, signal.SIGTERM)
     assert d.wait(60) == 0, d.stderr
     runs = runs_of(tmp_path)
     assert [(r["status"], r["frames"], r["reason"]) for r in runs] == [("complete", 6, "idle"), ("complete", 4, "idle")]
     assert source_ids(tmp_path / "i_01.h5") == list(range(1, 7))
     assert source_ids(tmp_path / "i_02.h5") == list(range(7, 11))
-    del server

@@ -52,7 +52,7 @@ def index_of(folder) -> list[dict]:
 
 
 @pytest.mark.timeout(90)
-def test_rotation_cuts_runs_of_max_frames_and_loses_nothing(tmp_path, daemons):
+def test_rotation_cuts_runs_of_max_frames_and_loses_nothing(tmp_path, daemons):  # noqa: F811
     """250 simulated frames with [run] max_frames 100: three runs of 100, 100 and 50 frames, each in its own file
     numbered from the state, each frame once, in order, equal to the reference engine's lineouts."""
     params = write_params(tmp_path)
@@ -85,7 +85,7 @@ def _runs_cmd(tmp_path, *args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(120)
-def test_runs_start_stop_list_and_numbers_across_starts(tmp_path, daemons):
+def test_runs_start_stop_list_and_numbers_across_starts(tmp_path, daemons):  # noqa: F811
     """An endless simulated source: ``runs start --name`` and ``runs stop`` cut runs at once; ``runs list`` prints
     them; every frame sent is in exactly one file; a second start with yesterday's files there goes on with the
     next run numbers."""
@@ -128,7 +128,7 @@ def test_runs_start_stop_list_and_numbers_across_starts(tmp_path, daemons):
 
 
 @pytest.mark.timeout(120)
-def test_kill_9_of_the_group_then_the_next_start_repairs_and_moves_on(tmp_path, daemons):
+def test_kill_9_of_the_group_then_the_next_start_repairs_and_moves_on(tmp_path, daemons):  # noqa: F811
     """SIGKILL to the whole process group mid-run: the next start repairs the run's file, marks it interrupted in
     the file and in the index, and serves the next run under the next number."""
     params = write_params(tmp_path)
@@ -154,7 +154,7 @@ def test_kill_9_of_the_group_then_the_next_start_repairs_and_moves_on(tmp_path, 
 
 
 @pytest.mark.timeout(120)
-def test_a_folder_that_cannot_be_written_fails_that_run_and_the_next_run_goes_on(tmp_path, daemons):
+def test_a_folder_that_cannot_be_written_fails_that_run_and_the_next_run_goes_on(tmp_path, daemons):  # noqa: F811
     """``{name}/x.h5`` with a run named after a regular file: that run fails (one error line naming the folder, its
     frames counted as dropped, the status unhealthy), the daemon keeps serving, and the next run is written."""
     params = write_params(tmp_path)
@@ -198,7 +198,7 @@ def small_fs(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_disk_that_fills_fails_that_run_and_the_next_run_goes_on(tmp_path, daemons, small_fs):
+def test_a_disk_that_fills_fails_that_run_and_the_next_run_goes_on(tmp_path, daemons, small_fs):  # noqa: F811
     """A run whose folder is a small file system that fills: the run fails (its file repairable), the daemon keeps
     serving, and the next run, in a folder with room, is complete."""
     from ringstream.writer.repair import repair
@@ -224,7 +224,7 @@ def test_a_disk_that_fills_fails_that_run_and_the_next_run_goes_on(tmp_path, dae
 
 
 @pytest.mark.timeout(120)
-def test_twenty_switches_at_500_frames_per_s_lose_no_frame(tmp_path, daemons):
+def test_twenty_switches_at_500_frames_per_s_lose_no_frame(tmp_path, daemons):  # noqa: F811
     """512 x 512 frames at 500 frames/s cut every 50 frames: 21 runs, every frame sent in exactly one file, in
     order (the switch rate and timing are measured by bench/runs.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -246,7 +246,7 @@ def test_twenty_switches_at_500_frames_per_s_lose_no_frame(tmp_path, daemons):
 
 
 @pytest.mark.timeout(180)
-def test_the_example_configuration_started_stopped_killed_and_started_again(tmp_path, daemons):
+def test_the_example_configuration_started_stopped_killed_and_started_again(tmp_path, daemons):  # noqa: F811
     """systemd/example.toml with its paths moved here (the output template with a {date} folder and {run:05d}, a
     simulated detector for the PVA channel): start, SIGTERM, start, SIGKILL to the whole process group, start.
     Every start serves; the killed run's file is readable and marked interrupted; run numbers never repeat."""

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from ringstream.errors import InputError
+from ringstream.images.files import load_dark
 from ringstream.images.formats import (
     GE_HEADER_BYTES,
     FormatOptions,
@@ -17,7 +18,6 @@ from ringstream.images.formats import (
     format_of,
     open_image,
 )
-from ringstream.images.files import load_dark
 
 SHAPE = (24, 20)  # (NrPixelsZ, NrPixelsY)
 OPTS = FormatOptions(detector_shape=SHAPE)

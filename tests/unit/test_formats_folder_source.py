@@ -13,8 +13,8 @@ import pytest
 import tifffile
 
 from ringstream.errors import ConfigError, InputError
-from ringstream.ingest.folder import FolderOptions, FolderSource, normalize_extensions, parse_shape
 from ringstream.images.formats import FormatOptions
+from ringstream.ingest.folder import FolderOptions, FolderSource, normalize_extensions, parse_shape
 from ringstream.ingest.source_base import IDLE
 
 SHAPE = (8, 6)
