@@ -212,6 +212,7 @@ class Supervisor:
         self.hard_exit: int | None = None  # 130/143 after a second signal
         self.peaks = None  # PeakControl, set up in run()
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
+        self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
@@ -552,6 +553,16 @@ class Supervisor:
 
         return RunIndex.in_state_dir(state_dir_of(self.config.run))
 
+    def _run_entry(self, number: int) -> dict:
+        """The index's entry of run ``number`` (read once per run: the STATUS= line asks every second)."""
+        if self._run_cache[0] != number:
+            try:
+                entry = next((r for r in self._run_index().runs() if r.get("run") == number), {})
+            except Exception:  # the status never fails for the index
+                entry = {}
+            self._run_cache = (number, entry)
+        return self._run_cache[1]
+
     def _runs_status(self) -> dict:
         """The current run (from the writer's heartbeat and the index) and the last runs (from the index)."""
         writer = self._child("writer")
@@ -685,7 +696,12 @@ class Supervisor:
         writer = self._child("writer")
         wc = writer.counters if writer else {}
         run = int(_num(wc, "run_number"))
-        where = f"run {run} ({int(_num(wc, 'run_frames'))} frames)" if run else "between runs"
+        where = "between runs"
+        if run:
+            entry = self._run_entry(run)
+            name = f" {entry.get('name')!r}" if entry.get("name") else ""
+            where = (f"run {run}{name} {(entry.get('files') or {}).get('h5', '')} "
+                     f"({int(_num(wc, 'run_frames'))} frames)")
         return (f"{self.state}: {where}; {tot['written']} frames written, {self.rate:.1f} frames/s, "
                 f"integrated {tot['integrated']}, rejected {tot['rejected']}, dropped {tot['dropped']}, "
                 f"runs complete {int(_num(wc, 'runs_complete'))}, failed {int(_num(wc, 'runs_failed'))}")

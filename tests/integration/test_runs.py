@@ -281,3 +281,34 @@ def test_the_example_configuration_started_stopped_killed_and_started_again(tmp_
     for r in (runs[0], runs[2]):
         assert read_run(r["files"]["h5"])["run_complete"]
     assert len({r["files"]["h5"] for r in runs}) == 3
+
+
+@pytest.mark.timeout(90)
+def test_the_systemd_status_line_names_the_current_run(tmp_path, daemons, monkeypatch):  # noqa: F811
+    """Under systemd (NOTIFY_SOCKET: a datagram socket of this test) the STATUS= line shows the current run: its
+    number, name, file and frames."""
+    import socket as so
+
+    sock = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    params = write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 50, "--workers", 1, "--output-h5",
+                 "n_{run:02d}.h5", "--no-zarr"], tmp_path)
+    d.wait_ready()
+    assert _runs_cmd(tmp_path, "start", "--name", "ramp", "--control", d.control).returncode == 0
+    want = re.compile(r"running: run 2 'ramp' \S*n_02\.h5 \(\d+ frames\); \d+ frames written")
+    deadline = time.monotonic() + 20
+    seen = []
+    while time.monotonic() < deadline:
+        fields = dict(x.split("=", 1) for x in sock.recv(4096).decode().splitlines() if "=" in x)
+        if "STATUS" in fields:
+            seen.append(fields["STATUS"])
+            if want.match(fields["STATUS"]):
+                break
+    else:
+        raise AssertionError(f"no STATUS line naming run 2: {seen[-3:]}")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(40) == 0, d.stderr
+    sock.close()
