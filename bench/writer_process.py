@@ -139,7 +139,8 @@ def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8) ->
         text = Path(log_path).read_text()
         if proc.exitcode != 0:
             raise RuntimeError(f"writer exit {proc.exitcode}: {text[-2000:]}")
-        m = re.search(r"(\d+) frames written, (\d+) rejected, run_complete (\w+) \(([0-9.]+) frames/s", text)
+        m = re.search(r"(\d+) frames written, (\d+) rejected in \d+ run\(s\), the last complete (\w+) "
+                      r"\(([0-9.]+) frames/s", text)
         import h5py
 
         with h5py.File(work / "out.h5", "r") as f:
