@@ -56,7 +56,6 @@ class RunSplitter:
         self.runs_started = 0
         self.t_last_frame = 0.0
         self.pending_start: dict[str, Any] | None = None  # a ``runs start`` for the next frame: name, meta
-        self.ended: list[dict[str, Any]] = []  # the last runs ended here: id, frames, reason (for the status)
         self.counted: dict[str, int] = {}  # the counters when the last run ended: each run's own are the rest
 
     @property
@@ -144,7 +143,6 @@ class RunSplitter:
         own = {k: v - cur.counters_at_start.get(k, 0) for k, v in now.items()}
         self.counted = now
         n = int(next_index) - cur.first_frame
-        self.ended = (self.ended + [{"run_id": cur.run_id, "frames": n, "reason": reason}])[-10:]
         return EndOfStream(run_id=cur.run_id, n_frames=n, first_frame=cur.first_frame, final=final,
                            reason=reason, counters=own)
 

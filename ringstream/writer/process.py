@@ -120,7 +120,6 @@ class _Writer:
         self.runs: dict[str, Run] = {}  # announced or seen, not yet closed
         self.current: Run | None = None  # the run the in-order frames go to
         self.closing: list[Run] = []  # runs whose frames are all written, waiting for their last partial sums
-        self.last_runs: list[dict] = []  # the last runs closed (for the status)
         self.unsaved = 0
         self.unflushed = 0
         self.first_unflushed = 0.0
@@ -234,7 +233,6 @@ class _Writer:
         """The final run is written and closed (or nothing is left to wait for)."""
         if self.eos is None or self.next_index < int(self.eos.first_frame) + int(self.eos.n_frames):
             return False
-        self.end_current()
         self.close_finished_runs()
         return not self.closing
 
@@ -245,7 +243,7 @@ class _Writer:
             self.current = None
             self.closing.append(run)
 
-    def close_finished_runs(self, wait: bool = True) -> None:
+    def close_finished_runs(self) -> None:
         """Close each run whose frames are all written once its partial omega sums are in (or ``SUMS_WAIT_S``
         after its last frame)."""
         self.end_current()
@@ -253,7 +251,7 @@ class _Writer:
             waiting = 0
             if run.outputs is not None and run.end is not None:
                 waiting = run.outputs.sums_waiting_at_end(run.end - run.first_frame)
-            if waiting and wait:
+            if waiting:
                 now = time.monotonic()
                 run.t_frames_done = run.t_frames_done or now
                 if now - run.t_frames_done < SUMS_WAIT_S:
@@ -578,11 +576,8 @@ class _Writer:
         self.current = None
         if run is not None:
             self.closing.insert(0, run)
-        if not complete:
-            for r in self.closing:
-                r.t_frames_done = r.t_frames_done or time.monotonic() - SUMS_WAIT_S
-        for r in list(self.closing):
-            self.closing.remove(r)
+        closing, self.closing = self.closing, []
+        for r in closing:
             self.close_run(r, complete=complete or r is not run)
         if self.book.opened == 0 and self.eos is not None:
             empty = self.run_of(self.eos.run_id or "empty", int(self.eos.first_frame))
@@ -608,13 +603,11 @@ class _Writer:
         counters = dict(run.eos.counters) if run.eos is not None else {}
         if run.failed:  # its end: the frames it dropped, counted
             self.book.record(run, "failed", reason=run.failed, counters=counters)
-            self.last_runs = (self.last_runs + [{**run.summary(), "status": "failed"}])[-5:]
             return
         self.last_failed = False
         status = "complete" if complete else "interrupted"
         self.count("runs_complete" if complete else "runs_interrupted")
         reason = run.eos.reason if run.eos is not None else ""
         self.book.record(run, status, reason=reason or ("stopped" if not complete else ""), counters=counters)
-        self.last_runs = (self.last_runs + [{**run.summary(), "status": status}])[-5:]
         log.info("run %d %s: %s, %d frames written, %d rejected%s", run.number, status,
                  run.paths.h5 if run.paths else "-", run.written, run.rejected, f" ({reason})" if reason else "")

@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-import time
 from typing import Any
 
 from ..protocol import EndOfStream
@@ -143,7 +142,3 @@ class _Above:
 
     def next_number(self) -> int:
         return self.state.next_number(above=self.above)
-
-
-def monotonic() -> float:
-    return time.monotonic()
