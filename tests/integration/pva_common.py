@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ringstream.transport.endpoints import free_tcp_port
+
 #: the EPICS address variables: everything on loopback; ports picked per test session
 LOOPBACK = {
     "EPICS_PVA_AUTO_ADDR_LIST": "NO",
@@ -26,9 +28,7 @@ LOOPBACK = {
 def free_port_pair() -> tuple[int, int]:
     """Two free, non-default ports (TCP server port, UDP broadcast port), away from EPICS' 5075/5076."""
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_tcp_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
         if port in (5075, 5076) or port >= 65535:
             continue
         try:

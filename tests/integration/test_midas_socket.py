@@ -20,14 +20,13 @@ from common import NY, NZ
 from test_daemon import daemons, read_output, write_params  # noqa: F401  (daemons: the fixture)
 
 from ringstream.ingest.midas_socket import WIRE_DTYPES, encode_frame, expand_hybrid
+from ringstream.transport.endpoints import free_tcp_port
 
 N_PIX = NZ * NY
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_tcp_port()
 
 
 def make_frames(seed: int = 0) -> list[tuple[int, np.ndarray, bytes]]:

@@ -66,6 +66,11 @@ def test_free_tcp_endpoint_and_resolve():
     endpoint = free_tcp_endpoint()
     assert endpoint.startswith("tcp://127.0.0.1:") and int(endpoint.rsplit(":", 1)[1]) > 0
     assert resolve("auto").startswith("tcp://127.0.0.1:")
+    # below the kernel's ephemeral range, so no outgoing connection of this host takes it before the bind; and
+    # never the same port twice from one process
+    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = [int(free_tcp_endpoint().rsplit(":", 1)[1]) for _ in range(200)]
+    assert all(10000 <= p < lo for p in ports) and len(set(ports)) == len(ports)
     assert resolve("ipc:///tmp/x") == "ipc:///tmp/x"
     assert resolve("tcp://127.0.0.1:5557") == "tcp://127.0.0.1:5557"
     with pytest.raises(ValueError, match="auto"):
