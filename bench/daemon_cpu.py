@@ -10,8 +10,8 @@ goes (ingest, transport, integration, writing).
    start-up excluded); start-up is reported apart.
 2. Stages, timed one at a time in this process (the daemon's heartbeats carry counts, not times): ingest = copy a
    frame into a ring slot + encode its FrameHeader, over distinct frames and slots that each total at least twice
-   the last-level cache (read from sysfs, printed); transport = FrameHeader -> worker, SlotRelease ->
-   ingest, Result (lineout) -> writer over tcp loopback zmq (and, for comparison, the 9.9 MB inline frame);
+   the last-level cache (read from sysfs, printed); transport = FrameHeader -> worker, Credit ->
+   ingest, Result (lineout) -> writer, FrameAck -> ingest over tcp loopback zmq (and, for comparison, the 9.9 MB inline frame);
    integration = ``ReferenceEngine.integrate`` of one frame; writing = ``Hdf5Writer.append`` + flush per frame.
    The share of each is its CPU seconds per frame over their sum.
 
@@ -54,7 +54,7 @@ from workload import (  # noqa: E402
 
 PARAMS = DEMO_PARAMS
 COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+), rejected (\d+), dropped (\d+) "
-                    r"\([^)]*\), ([\d.]+) s, ([\d.]+) frames/s")
+                    r"\([^)]*\), worker restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
 
 
 def machine_info() -> dict:
@@ -127,7 +127,7 @@ def stages(n: int, folder: Path, llc: dict) -> dict:
     from ringstream.geometry.cache import load_or_build
     from ringstream.ingest.simulated import SimulatedSource
     from ringstream.params import load_params
-    from ringstream.protocol import FrameHeader, Result, SlotRelease, encode, result_buffers
+    from ringstream.protocol import Credit, FrameAck, FrameHeader, Result, encode, result_buffers
     from ringstream.transport.endpoints import free_tcp_endpoint
     from ringstream.transport.shm_ring import FrameRing
     from ringstream.transport.sockets import make_socket, recv_message, send_message
@@ -147,7 +147,7 @@ def stages(n: int, folder: Path, llc: dict) -> dict:
     sources = distinct_frames(n_set, shape, dtype, seed=5)
     ring = FrameRing.create(n_set, nbytes)
     try:
-        held = HeldSlots(ring.release, n_set - 1)  # the workers' SlotReleases, oldest frame first
+        held = HeldSlots(ring.release, n_set - 1)  # the writer's acknowledgements, oldest frame first
 
         def ingest(k):
             slot = ring.acquire()
@@ -175,11 +175,11 @@ def stages(n: int, folder: Path, llc: dict) -> dict:
     w, c = _per_frame(integrate, m)
     out["integration"] = {"wall_s": w, "cpu_s": c, "what": "ReferenceEngine.integrate (one frame, CPU)"}
 
-    # transport: header -> worker, release -> ingest, result -> writer (tcp loopback)
+    # transport: header -> worker, credit -> ingest, result -> writer, acknowledgement -> ingest (tcp loopback)
     ctx = zmq.Context()
     try:
         socks = {}
-        for name in ("frames", "release", "results"):
+        for name in ("frames", "credit", "ack", "results"):
             ep = free_tcp_endpoint()
             socks[name] = (make_socket(ctx, zmq.PUSH, ep, bind=True, hwm=64),
                            make_socket(ctx, zmq.PULL, ep, bind=False, hwm=64))
@@ -191,14 +191,16 @@ def stages(n: int, folder: Path, llc: dict) -> dict:
         def transport(k):
             send_message(socks["frames"][0], header)
             recv_message(socks["frames"][1])
-            send_message(socks["release"][0], SlotRelease(shm_name="x", slot=0, frame_index=k))
-            recv_message(socks["release"][1])
+            send_message(socks["credit"][0], Credit(worker=0, pid=1, n=1))
+            recv_message(socks["credit"][1])
             send_message(socks["results"][0], Result(run_id="b", frame_index=k, n_r=imap.n_r, n_eta=imap.n_eta,
                                                      timings={"integrate": 0.1}), result_buffers(lineout, None))
             recv_message(socks["results"][1])
+            send_message(socks["ack"][0], FrameAck(frames=[k]))
+            recv_message(socks["ack"][1])
         w, c = _per_frame(transport, n)
         out["transport"] = {"wall_s": w, "cpu_s": c,
-                            "what": "FrameHeader + SlotRelease + Result over tcp loopback (both ends)"}
+                            "what": "FrameHeader + Credit + Result + FrameAck over tcp loopback (both ends)"}
         inline = FrameHeader(run_id="b", frame_index=0, shape=shape, dtype=dtype.str, location="inline",
                              nbytes=nbytes)
 

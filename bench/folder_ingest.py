@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from ringstream.config import DaemonConfig  # noqa: E402
 from ringstream.images.formats import open_image  # noqa: E402
 from ringstream.ingest import process as ingest_process  # noqa: E402
-from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
+from ringstream.protocol import Credit, EndOfStream, FrameAck, FrameHeader  # noqa: E402
 from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -171,7 +171,8 @@ def _profiled_ingest(config, ready, stop, out_path):
 
 def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: int, tmp: Path,
                 profile: bool = False) -> dict:
-    """frames/s of the real ingest process with the folder source, the slots released in order, all but 4 held."""
+    """frames/s of the real ingest process with the folder source; this process plays the worker (credit) and the
+    writer (acknowledgements in order, all but 4 frames held)."""
     ep = {k: free_tcp_endpoint() for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
                                            "events_endpoint")}
     config = DaemonConfig.from_dict({
@@ -182,8 +183,10 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
         "logging": {"level": "WARNING"},
     })
     ctx = zmq.Context()
-    frames = ctx.socket(zmq.PULL)
+    frames = ctx.socket(zmq.DEALER)
+    frames.setsockopt(zmq.ROUTING_ID, f"worker-0-{os.getpid()}".encode())
     frames.connect(ep["frames_endpoint"])
+    send_message(frames, Credit(worker=0, pid=os.getpid(), n=slots))
     release = ctx.socket(zmq.PUSH)
     release.connect(ep["release_endpoint"])
     results = ctx.socket(zmq.PULL)
@@ -201,8 +204,11 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
     poller = zmq.Poller()
     poller.register(frames, zmq.POLLIN)
     poller.register(results, zmq.POLLIN)
-    held = HeldSlots(lambda m: send_message(release, SlotRelease(shm_name=m.shm_name, slot=m.slot,
-                                                                 frame_index=m.frame_index)), slots - 4)
+    def acknowledge(m):
+        send_message(release, FrameAck(frames=[m.frame_index]))
+        send_message(frames, Credit(worker=0, pid=os.getpid(), n=1))
+
+    held = HeldSlots(acknowledge, slots - 4)
     n, t_first, t_end, eos = 0, None, None, None
     while eos is None or n < eos.n_frames:
         events_ready = poller.poll(10000)

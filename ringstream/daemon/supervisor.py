@@ -14,10 +14,13 @@ See docs/DAEMON.md ("Roles", "Stopping the daemon", "Runs and file names"). In o
 Stopping: the writer finishing (the end of a finite source's last run, or after a drain) ends the daemon with exit
 0. The first SIGTERM/SIGINT (or
 a ``stop`` request) drains: ingest stops and sends EndOfStream, the workers finish what was sent, the writer
-completes. The second one stops everything at once (exit 130/143). A child that exits non-zero, dies by a signal or
-stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line naming it, then ingest, workers and
-the writer (last: it flushes and closes) are stopped in that order, exit 5. No child outlives the supervisor: every
-join has a timeout, followed by terminate, then kill.
+completes. The second one stops everything at once (exit 130/143). A worker that dies (or stops answering: it is
+killed) is replaced at once: the writer and the ingest are told (``WorkerGone`` on the peaks socket), the frames it
+held go to the other workers (docs/DAEMON.md, "Delivery"), and the run goes on; ``MAX_RESTARTS`` deaths of one
+worker within ``RESTART_WINDOW_S`` stop the daemon with exit 5 and a line naming the cause. Any other child that
+exits non-zero, dies by a signal or stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line
+naming it, then ingest, workers and the writer (last: it flushes and closes) are stopped in that order, exit 5. No
+child outlives the supervisor: every join has a timeout, followed by terminate, then kill.
 
 Exit codes: 0 ok; 1 internal error; 2 configuration; 3 input; 4 map; 5 a child process failed; 130/143 interrupted
 twice.
@@ -39,7 +42,16 @@ from typing import Any
 import zmq
 
 from ..errors import ConfigError, RingstreamError
-from ..protocol import ControlReply, ControlRequest, Heartbeat, PeakUpdate, ProtocolError, decode, encode
+from ..protocol import (
+    ControlReply,
+    ControlRequest,
+    Heartbeat,
+    PeakUpdate,
+    ProtocolError,
+    WorkerGone,
+    decode,
+    encode,
+)
 from ..transport.child import environment, nontemporal_env, receive
 from ..transport.endpoints import free_tcp_endpoint
 from ..transport.sockets import RejectLog, make_socket
@@ -59,6 +71,11 @@ STATUS_PERIOD = 1.0
 KILL_GRACE = 2.0
 #: how long each role gets to exit after its ``stop`` in an orderly stop before terminate(), s
 JOIN_TIMEOUT = {"ingest": 3.0, "worker": 5.0, "writer": 15.0}
+#: a worker that dies this many times within ``RESTART_WINDOW_S`` seconds stops the daemon (exit 5)
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+#: the counters of a worker that are totals over its life (kept when it dies and is replaced)
+WORKER_TOTALS = ("integrated", "rejected")
 
 _ROLE_TARGETS = {
     "ingest": "ringstream.ingest.process",
@@ -213,6 +230,9 @@ class Supervisor:
         self.peaks = None  # PeakControl, set up in run()
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
+        self.deaths: dict[int, list[float]] = {}  # worker index -> monotonic times it died
+        self.worker_restarts = 0
+        self.retired: dict[str, float] = {}  # WORKER_TOTALS of the workers that died
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
@@ -325,7 +345,7 @@ class Supervisor:
 
     def _start_and_loop(self) -> int:
         cfg = self.config
-        mp = multiprocessing.get_context("spawn")
+        mp = self.mp = multiprocessing.get_context("spawn")
         # The writer and the workers start together (they only connect or bind their own sockets); the ingest
         # starts once they are all ready, so that the first frames find every worker connected.
         consumers = [("writer", 0)] + [("worker", i) for i in range(int(cfg.workers.count))]
@@ -387,6 +407,11 @@ class Supervisor:
                 child.exit_seen = True
                 code = child.process.exitcode
                 expected = code == 0 and (child.role in ("ingest", "writer") or child.stop.is_set())
+                if not expected and child.role == "worker" and self.state in ("running", "draining"):
+                    if self._replace_worker(child):
+                        continue
+                    self._orderly_stop()
+                    return EXIT_CHILD_FAILED
                 if not expected:
                     self.failure = _exit_text(child)
                     log.error("%s", self.failure)
@@ -402,7 +427,21 @@ class Supervisor:
             for child in self.children:
                 if child.exit_seen or not child.alive() or child.state == "done":
                     continue
+                if not child.ready.is_set():  # a replacement worker starting (the first start waited in order)
+                    if now - child.started > float(cfg.supervisor.ready_timeout):
+                        self.failure = (f"{child.name} (pid {child.pid}) was not ready within "
+                                        f"{cfg.supervisor.ready_timeout:g} s of its restart")
+                        log.error("%s", self.failure)
+                        self._orderly_stop()
+                        return EXIT_CHILD_FAILED
+                    continue
                 age = now - child.last_beat
+                if age > hb_timeout and child.role == "worker" and self.state in ("running", "draining"):
+                    log.error("%s (pid %d) stopped answering for %.1f s; killing it to replace it", child.name,
+                              child.pid, age)
+                    child.process.kill()
+                    child.last_beat = now  # its exit is handled (and it replaced) on the next turn
+                    continue
                 if age > hb_timeout:
                     self.failure = f"{child.name} (pid {child.pid}) stopped answering for {age:.1f} s"
                     log.error("%s", self.failure)
@@ -417,6 +456,35 @@ class Supervisor:
                 log.error("%s; stopping", self.failure)
                 self._orderly_stop()
                 return EXIT_CHILD_FAILED
+
+    def _replace_worker(self, child: Child) -> bool:
+        """``child``, a worker, died during the run: tell the writer and the ingest (``WorkerGone``) and start a
+        replacement with the same index. False (with ``self.failure`` set) when it died ``MAX_RESTARTS`` times
+        within ``RESTART_WINDOW_S``."""
+        now = time.monotonic()
+        times = [t for t in self.deaths.get(child.index, []) if now - t < RESTART_WINDOW_S] + [now]
+        self.deaths[child.index] = times
+        what = _exit_text(child)
+        for key in WORKER_TOTALS:
+            self.retired[key] = self.retired.get(key, 0) + _num(child.counters, key)
+        if self.peaks is not None:
+            gone = encode(WorkerGone(worker=child.index, pid=int(child.pid)))
+            for _ in range(3):  # a SUB may miss one; the writer acts on each process once
+                try:
+                    self.peaks.pub.send_multipart(gone, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+        if len(times) >= MAX_RESTARTS:
+            self.failure = (f"{child.name} keeps dying: {len(times)} times in {RESTART_WINDOW_S:g} s (last: "
+                            f"{what.split(' died: ', 1)[-1]}); stopping")
+            log.error("%s", self.failure)
+            return False
+        self.children.remove(child)
+        self.worker_restarts += 1
+        new = self._spawn(self.mp, "worker", child.index)
+        log.error("%s; replaced by pid %d (restart %d of %s in %g s); the frames it held go to the other workers",
+                  what, new.pid, len(times), child.name, RESTART_WINDOW_S)
+        return True
 
     def _begin_drain(self, why: str) -> None:
         log.info("%s: draining (ingest stops, the frames already sent are finished; a second signal stops now)",
@@ -628,16 +696,19 @@ class Supervisor:
             errors += sum(rl.counters().values())
         rejected = wc.get("rejected")
         if rejected is None:
-            rejected = sum(_num(c.counters, "rejected") for c in workers)
+            rejected = sum(_num(c.counters, "rejected") for c in workers) + self.retired.get("rejected", 0)
         return {
             "received": int(_num(ic, "received")),
             "sent": int(_num(ic, "sent")),
-            "integrated": int(sum(_num(c.counters, "integrated") for c in workers)),
+            "integrated": int(sum(_num(c.counters, "integrated") for c in workers) + self.retired.get("integrated", 0)),
             "written": int(_num(wc, "written")),
             "rejected": int(rejected),
             "dropped": int(sum(dropped.values())),
             "dropped_by_reason": dropped,
             "protocol_errors": int(errors),
+            "worker_restarts": int(self.worker_restarts),
+            "resent": int(_num(ic, "resent")),
+            "duplicates": int(_num(wc, "duplicates")),
         }
 
     def _mark_rate(self) -> None:
@@ -782,7 +853,8 @@ class Supervisor:
         fps = tot["written"] / seconds if seconds > 0 else 0.0
         return (f"ringstream: run {self.config.run.run_id} finished: received {tot['received']}, "
                 f"integrated {tot['integrated']}, written {tot['written']}, rejected {tot['rejected']}, "
-                f"dropped {tot['dropped']} ({reasons}), {seconds:.1f} s, {fps:.1f} frames/s")
+                f"dropped {tot['dropped']} ({reasons}), worker restarts {tot['worker_restarts']}, re-sent "
+                f"{tot['resent']}, {seconds:.1f} s, {fps:.1f} frames/s")
 
 
 class _StopNow(Exception):

@@ -1,18 +1,24 @@
 """The ingest process: source -> shared-memory ring -> FrameHeaders to the workers (docs/DAEMON.md, "ingest").
 
-Sockets: frames PUSH (bind), release PULL (bind), eos PUSH (connect to the writer's results PULL), heartbeat PUSH
-(connect to the supervisor's events PULL). Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
+Sockets: frames ROUTER (bind; the workers connect DEALERs and send credit on them), acknowledgements PULL (bind,
+``release_endpoint``: the writer's FrameAcks and WorkerGone notices), eos PUSH (connect to the writer's results
+PULL), heartbeat PUSH (connect to the supervisor's events PULL). Which worker gets which frame, and what is sent
+again when a worker dies: :mod:`.dispatch`. Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
 is copied once into a free ring slot (or read or copied straight into it by the source: see
 :class:`~.source_base.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
 ``transport.shared_memory = false`` the pixels travel inline in the message instead.
 
-No free slot: a pausable source waits, reading ``SlotRelease`` messages until one frees a slot (backpressure); a
-non-pausable source drops the frame and counts ``dropped_ring_full``. At the end of the source, or on ``stop``, the
-ingest sends ``EndOfStream(n_frames = frames sent)`` to the writer, then waits (up to ``supervisor.drain_timeout``)
-until the workers have released every slot, because they read the pixels in place; the segment is unlinked at exit.
+A frame's slot is free again once the writer acknowledges the frame (its results are in the writer's hands), not
+when a worker has read it: until then the pixels may have to go to another worker. No free slot: a pausable source
+waits, reading acknowledgements until one frees a slot (backpressure); a non-pausable source drops the frame and
+counts ``dropped_ring_full``. No worker with credit: the same, counted ``dropped_queue_full``. At the end of the
+source, or on ``stop``, the ingest sends ``EndOfStream(n_frames = frames sent)`` to the writer, then waits (up to
+``supervisor.drain_timeout``) until the writer has acknowledged every frame; the segment is unlinked at exit.
 
-Counters: ``received`` (frames from the source), ``sent``, ``dropped_<reason>``, ``protocol_errors_<kind>`` (anything
-on the release socket that is not a valid SlotRelease for a slot in flight: rejected, counted and ignored).
+Counters: ``received`` (frames from the source), ``sent``, ``resent`` (frames of dead workers sent again),
+``workers_lost``, ``unacknowledged``, ``dropped_<reason>``, ``protocol_errors_<kind>`` (anything on the frames or
+acknowledgement sockets that is not a valid Credit, FrameAck or WorkerGone: rejected, counted and ignored),
+``acks_unexpected`` (an acknowledgement of a frame not in flight).
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import uuid
 import numpy as np
 import zmq
 
-from ..protocol import PEAK_SEQ_KEY, EndOfStream, FrameHeader, SlotRelease
-from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, receive, run_child
+from ..protocol import PEAK_SEQ_KEY, EndOfStream, FrameHeader
+from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
 from .copier import SlotCopier, auto_threads
+from .dispatch import Dispatcher
 from .peaks import IngestPeaks
 from .runs import END_OF_SOURCE, STOPPED, RunSplitter
 from .source_base import IDLE, Pacer, SlotLease
@@ -44,9 +51,12 @@ POLL_MS = 50
 #: before the first frame, how long the ingest waits for a worker to connect to its frames socket, in s
 WORKERS_WAIT_S = 10.0
 
-#: after the EndOfStream, stop waiting for the workers' releases when none came for this long (a dead worker never
-#: releases its slots), in s; the whole wait is bounded by ``supervisor.drain_timeout``
+#: after the EndOfStream, stop waiting for the writer's acknowledgements when none came for this long, in s; the whole
+#: wait is bounded by ``supervisor.drain_timeout``
 RELEASE_IDLE_S = 10.0
+
+#: the frames socket's high-water mark: credit, not the queue, bounds what each worker holds
+FRAMES_HWM = 100_000
 
 
 def run_id_of(config) -> str:
@@ -88,7 +98,7 @@ class _Ingest:
                  source.pausable, source.rate or "max",
                  f"{self.n_slots} x {slot_bytes} bytes" if self.shm else "off (inline frames)")
         ctx = zmq.Context()
-        self.rejects = RejectLog(log, "ingest release socket")
+        self.rejects = RejectLog(log, "ingest frames and acknowledgement sockets")
         try:
             if self.shm:
                 self.ring = FrameRing.create(self.n_slots, slot_bytes)
@@ -106,8 +116,9 @@ class _Ingest:
                     log.info("ingest: frame copies bypass the CPU caches (GLIBC_TUNABLES=%s)", tunables)
             self.source = source
             t = cfg.transport
-            self.frames = make_socket(ctx, zmq.PUSH, t.frames_endpoint, bind=True, hwm=self.hwm)
-            self.release = make_socket(ctx, zmq.PULL, t.release_endpoint, bind=True, hwm=max(self.hwm, self.n_slots))
+            self.frames = make_socket(ctx, zmq.ROUTER, t.frames_endpoint, bind=True, hwm=FRAMES_HWM)
+            acks = make_socket(ctx, zmq.PULL, t.release_endpoint, bind=True, hwm=max(self.hwm, self.n_slots))
+            self.dispatch = Dispatcher(self.frames, acks, self.rejects, self.on_acknowledged, self.count)
             self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
             hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
             self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
@@ -121,7 +132,7 @@ class _Ingest:
             self.send_eos(self.runs.end(n, STOPPED if stop.is_set() else END_OF_SOURCE, self.snapshot(), final=True))
             dt = time.monotonic() - t0
             log.info("end of stream after %d frames in %.2f s (%.1f frames/s)", n, dt, n / dt if dt > 0 else 0.0)
-            self.drain_releases()
+            self.drain_acknowledgements()
             self.hb.beat(self.snapshot(), state="done", force=True)
             return 0
         finally:
@@ -138,12 +149,13 @@ class _Ingest:
                     self.ring.unlink()
 
     def wait_for_workers(self, stop) -> None:
-        """Before the first frame, wait (up to ``WORKERS_WAIT_S``) until a worker is connected to the frames socket:
-        the workers connect only once this process has bound it, and a live source's frames would otherwise meet a
-        socket with no peer and be dropped (``dropped_queue_full``) in the first moments of a run."""
+        """Before the first frame, wait (up to ``WORKERS_WAIT_S``) until a worker has announced its credit on the
+        frames socket: the workers connect only once this process has bound it, and a live source's frames would
+        otherwise find nobody to take them and be dropped (``dropped_queue_full``) in the first moments of a run."""
         deadline = time.monotonic() + WORKERS_WAIT_S
         while not stop.is_set() and time.monotonic() < deadline:
-            if self.frames.poll(POLL_MS, zmq.POLLOUT):  # a PUSH socket can send only with a peer connected
+            self.dispatch.poll(POLL_MS)
+            if self.dispatch.credit:
                 return
             self.hb.beat(self.snapshot)
         if not stop.is_set():
@@ -152,7 +164,8 @@ class _Ingest:
     def snapshot(self) -> dict:
         own = getattr(self.source, "counters", None)
         extra = own() if own is not None else {}
-        return {**extra, **self.counters, **self.rejects.counters(), "in_flight": len(self.in_flight)}
+        dispatch = self.dispatch.counters() if getattr(self, "dispatch", None) is not None else {}
+        return {**extra, **self.counters, **self.rejects.counters(), **dispatch, "in_flight": len(self.in_flight)}
 
     # -------------------------------------------------------------------------------------------- the loop
     def stream(self, source, stop) -> None:
@@ -165,7 +178,7 @@ class _Ingest:
             if frame is None:
                 break
             if frame is IDLE:  # a live source with nothing new: keep releases, copies and heartbeats going
-                self.poll_releases(0)
+                self.dispatch.poll(0)
                 self.announce_copies(source.pausable, stop)
                 self.hb.beat(self.snapshot)
                 self.poll_requests()
@@ -176,7 +189,7 @@ class _Ingest:
                 continue
             k += 1
             self.count("received")
-            self.poll_releases(0)
+            self.dispatch.poll(0)
             self.hb.beat(self.snapshot)
             self.poll_requests()
             self.publish(frame, source.pausable, stop)
@@ -308,47 +321,36 @@ class _Ingest:
             if not pausable or stop.is_set():
                 return None
             self.announce_copies(pausable, stop)  # copied frames hold slots until announced
-            self.poll_releases(POLL_MS)
+            self.dispatch.poll(POLL_MS)
             self.hb.beat(self.snapshot)
             self.poll_requests()
             slot = self.ring.acquire()
         return slot
 
     def send(self, msg, buffers, pausable: bool, stop) -> bool:
-        """Send a frame message; a full queue blocks (pausable, checking ``stop``) or drops (not pausable)."""
+        """Send a frame message to a worker with credit (frames of dead workers first); none: wait (pausable,
+        checking ``stop``) or drop (not pausable)."""
+        dispatch = self.dispatch
         while True:
-            try:
-                send_message(self.frames, msg, buffers, flags=zmq.NOBLOCK)
+            if not dispatch.resend and dispatch.try_send(msg, buffers):
                 return True
-            except zmq.Again:
-                if not pausable:
-                    self.count("dropped_queue_full")
-                    return False
-                if stop.is_set():
-                    return False
-                self.poll_releases(0)
-                self.hb.beat(self.snapshot)
-                self.frames.poll(POLL_MS, zmq.POLLOUT)
+            if not pausable:
+                self.count("dropped_queue_full")
+                return False
+            if stop.is_set():
+                return False
+            dispatch.poll(POLL_MS)
+            self.hb.beat(self.snapshot)
 
-    # ------------------------------------------------------------------------------------------- releases
-    def poll_releases(self, timeout_ms: int) -> int:
-        """Handle every release message waiting (waiting up to ``timeout_ms`` for the first). Returns the count."""
-        n = 0
-        while self.release.poll(timeout_ms if n == 0 else 0, zmq.POLLIN):
-            n += 1
-            got = receive(self.release, self.rejects, SlotRelease, where="on the release socket")
-            if got is not None:
-                self.on_release(got[0])
-        return n
-
-    def on_release(self, msg) -> None:
-        slot = int(msg.slot)
-        ring = self.ring
-        if ring is None or msg.shm_name != ring.name or self.in_flight.get(slot) != int(msg.frame_index):
-            self.count("releases_unexpected")
+    # ------------------------------------------------------------------------------------ acknowledgements
+    def on_acknowledged(self, idx: int, msg) -> None:
+        """The writer has frame ``idx`` (its header ``msg``): its slot is free again."""
+        if msg.location != "shm":
             return
-        del self.in_flight[slot]
-        ring.release(slot)
+        slot = int(msg.slot)
+        if self.in_flight.get(slot) == idx:
+            del self.in_flight[slot]
+            self.ring.release(slot)
 
     def send_eos(self, msg) -> None:
         """A RunStart or EndOfStream to the writer (a run's start or end: :mod:`.runs`)."""
@@ -370,20 +372,20 @@ class _Ingest:
                 self.send_eos(eos)
             log.info("runs %s%s", action, f" {args.get('name')!r}" if args.get("name") else "")
 
-    def drain_releases(self) -> None:
-        """Wait until the workers have released every slot (they read the pixels in place), or the grace period."""
-        if not self.in_flight:
-            return
+    def drain_acknowledgements(self) -> None:
+        """Wait until the writer has acknowledged every frame sent (frames of a worker that dies meanwhile go to
+        another), or the grace period."""
+        pending = self.dispatch.pending
         grace = self.config.supervisor.drain_timeout
         now = time.monotonic()
         deadline, last_progress = now + grace, now
-        while self.in_flight:
+        while pending:
             now = time.monotonic()
             if now >= deadline or now - last_progress >= RELEASE_IDLE_S:
-                log.warning("%d ring slots still in use (no release for %.0f s); unlinking the ring anyway",
-                            len(self.in_flight), now - last_progress)
+                log.warning("%d frames sent were not acknowledged by the writer (nothing for %.0f s); ending with "
+                            "them unacknowledged", len(pending), now - last_progress)
                 return
-            if self.poll_releases(POLL_MS):
+            if self.dispatch.poll(POLL_MS):
                 last_progress = time.monotonic()
             self.hb.beat(self.snapshot)
 

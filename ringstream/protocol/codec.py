@@ -132,6 +132,8 @@ _METADATA = _map_of(lambda x: isinstance(x, (int, float, str))), "a map of str t
 _INT_COUNTERS = _map_of(_is_int), "a map of str to int"
 _NUM_COUNTERS = _map_of(_is_num), "a map of str to number"
 _ANY_MAP = _map_of(lambda x: True), "a map with str keys"
+_INDEX_LIST = (lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and 0 <= x < _U64 for x in v)), \
+    "a list of non-negative ints"
 _NUM_LIST = (lambda v: isinstance(v, (list, tuple)) and all(_is_num(x) for x in v)), "a list of numbers"
 
 _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -160,6 +162,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "reason": _STR,
         "engine": _STR,
         "worker": _COUNT,
+        "worker_pid": _COUNT,
         "n_r": _COUNT,
         "n_eta": _COUNT,
         "has_cake": _BOOL,
@@ -171,11 +174,13 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     },
     "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
     "omegasum": {"run_id": _STR, "group": _COUNT, "n_frames": _COUNT, "first_frame": _INDEX, "last_frame": _INDEX,
-                 "worker": _COUNT, "n_r": _COUNT, "n_eta": _COUNT},
+                 "worker": _COUNT, "worker_pid": _COUNT, "frames": _INDEX_LIST, "n_r": _COUNT, "n_eta": _COUNT},
     "eos": {"run_id": _STR, "n_frames": _COUNT, "first_frame": _INDEX, "final": _BOOL, "reason": _STR,
             "counters": _INT_COUNTERS},
     "runstart": {"run_id": _STR, "first_frame": _INDEX, "name": _STR, "reason": _STR, "meta": _METADATA},
-    "release": {"shm_name": _STR, "slot": _COUNT, "frame_index": _INDEX},
+    "credit": {"worker": _COUNT, "pid": _COUNT, "n": _COUNT},
+    "ack": {"frames": _INDEX_LIST},
+    "gone": {"worker": _COUNT, "pid": _COUNT},
     "heartbeat": {
         "role": _one_of("ingest", "worker", "writer"),
         "index": _COUNT,
@@ -426,6 +431,7 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
         index, n_r, n_eta = h["frame_index"], h["n_r"], h["n_eta"]
         n_peaks, n_rois, n_points = h["n_peaks"], h["n_rois"], h["n_curve_points"]
         worker, ts, status, cake = h["worker"], h["timestamp"], h["status"], h["has_cake"]
+        wpid = h["worker_pid"]
         timings, metadata = h["timings"], h["metadata"]
         if not (type(h["run_id"]) is str and type(h["source_id"]) is str and type(h["reason"]) is str
                 and type(h["engine"]) is str):
@@ -434,9 +440,9 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
         return None
     int_ = int
     if not (type(index) is int_ and type(n_r) is int_ and type(n_eta) is int_ and type(n_peaks) is int_
-            and type(n_rois) is int_ and type(n_points) is int_ and type(worker) is int_
+            and type(n_rois) is int_ and type(n_points) is int_ and type(worker) is int_ and type(wpid) is int_
             and 0 <= index < _U64 and 0 <= n_r < _U64 and 0 <= n_eta < _U64 and 0 <= n_peaks < _U64
-            and 0 <= n_rois < _U64 and 0 <= n_points < _U64 and 0 <= worker < _U64):
+            and 0 <= n_rois < _U64 and 0 <= n_points < _U64 and 0 <= worker < _U64 and 0 <= wpid < _U64):
         return None
     if not ((type(ts) is float or type(ts) is int_) and type(status) is str and status in _STATUSES
             and type(cake) is bool and type(timings) is dict and type(metadata) is dict):

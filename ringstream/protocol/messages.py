@@ -97,6 +97,7 @@ class Result:
     reason: str = ""
     engine: str = ""
     worker: int = 0
+    worker_pid: int = 0
     n_r: int = 0
     n_eta: int = 0
     has_cake: bool = False
@@ -128,8 +129,10 @@ class PeakUpdate:
 class OmegaPartial:
     """A worker's partial omega sum, ``type = "omegasum"``: the sum of the ``n_frames`` cakes of omega-sum group
     ``group`` (frames ``group * OmegaSumFrames ..``) that this worker integrated, one float64 buffer
-    ``[n_r, n_eta]`` (little-endian). Sent to the writer when cakes are not sent per frame (``Write2D 0``);
-    ``first_frame`` / ``last_frame`` are the first and last frame_index summed."""
+    ``[n_r, n_eta]`` (little-endian). Sent to the writer when cakes are not sent per frame (``Write2D 0``), always
+    after the Results of its frames; ``first_frame`` / ``last_frame`` are the first and last frame_index summed
+    (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame summed (what the writer
+    acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""
 
     run_id: str = ""
     group: int
@@ -137,6 +140,8 @@ class OmegaPartial:
     first_frame: int = 0
     last_frame: int = 0
     worker: int = 0
+    worker_pid: int = 0
+    frames: list[int] = dataclasses.field(default_factory=list)
     n_r: int
     n_eta: int
 
@@ -171,12 +176,33 @@ class RunStart:
 
 
 @_message
-class SlotRelease:
-    """A worker is done with ``slot`` of ring ``shm_name`` (it held ``frame_index``), ``type = "release"``."""
+class Credit:
+    """A worker can take ``n`` more frames, ``type = "credit"``: sent by worker ``worker`` (process ``pid``) on its
+    frames socket, first when it starts (its queue depth), then once per frame it has finished. The ingest sends a
+    worker a frame only against credit, so it knows which worker holds which frame (docs/DAEMON.md, "Delivery")."""
 
-    shm_name: str
-    slot: int
-    frame_index: int
+    worker: int
+    pid: int
+    n: int
+
+
+@_message
+class FrameAck:
+    """The writer holds the results of ``frames`` (daemon-wide ``frame_index``), ``type = "ack"``: their Result, and
+    with partial omega sums their sum too. Sent to the ingest, which then frees their ring slots; a frame never
+    acknowledged is still the ingest's, and goes to another worker should its worker die."""
+
+    frames: list[int]
+
+
+@_message
+class WorkerGone:
+    """Worker ``worker`` (process ``pid``) is dead, ``type = "gone"``. The supervisor publishes it; the writer then
+    ignores every later message of that process and passes it on to the ingest, which sends the frames that
+    process held and the writer has not acknowledged to the other workers."""
+
+    worker: int
+    pid: int
 
 
 @_message
@@ -222,7 +248,9 @@ MESSAGE_TYPES: dict[str, type] = {
     "omegasum": OmegaPartial,
     "eos": EndOfStream,
     "runstart": RunStart,
-    "release": SlotRelease,
+    "credit": Credit,
+    "ack": FrameAck,
+    "gone": WorkerGone,
     "heartbeat": Heartbeat,
     "stop": Stop,
     "request": ControlRequest,
@@ -230,4 +258,4 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | SlotRelease | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Heartbeat | Stop | ControlRequest | ControlReply

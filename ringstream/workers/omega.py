@@ -26,14 +26,16 @@ class PartialSum:
     run_id: str = ""
     key: int = 0
     frames: FrameSpan = dataclasses.field(default_factory=FrameSpan)
+    indices: list[int] = dataclasses.field(default_factory=list)  # the daemon-wide frame_index of each frame
     total: np.ndarray | None = None
     since: float = 0.0
 
 
 class OmegaPartials:
     """This worker's running sums of its cakes per omega-sum group, float64 ``[n_r, n_eta]``. A group's sum is due
-    when a frame of a later group arrives, when it has been held for ``MAX_AGE`` s, or when the worker is idle or
-    stopping.
+    when a frame of a later group arrives, when it has been held for ``MAX_AGE`` s, when it holds ``max_frames``
+    frames (the ring slots of its frames stay taken until the writer has the sum), or when the worker is idle or
+    stopping; a group may thus go out in several parts.
 
     Cakes come two ways: ``add(header, cake)`` sums a host cake here; ``count(headers)`` counts frames whose cakes
     the engine summed on the device (``engine.omega_add`` under :meth:`key`), whose sum ``engine.omega_take(key)``
@@ -43,8 +45,9 @@ class OmegaPartials:
 
     MAX_AGE = 0.5
 
-    def __init__(self, omega_sum_frames: int, n_r: int, n_eta: int, device=None) -> None:
+    def __init__(self, omega_sum_frames: int, n_r: int, n_eta: int, device=None, max_frames: int = 2**62) -> None:
         self.grouping = OmegaGrouping.of(omega_sum_frames)
+        self.max_frames = max(1, int(max_frames))
         self.shape = (n_r, n_eta)
         self.device = device
         self.held: dict[int, PartialSum] = {}
@@ -65,6 +68,7 @@ class OmegaPartials:
             h = self.held[k] = PartialSum(self.grouping.group_of(int(header.frame_index) - start), str(header.run_id),
                                           k, since=time.monotonic())
         h.frames.add(int(header.frame_index) - int(header.run_start))
+        h.indices.append(int(header.frame_index))
         return h
 
     def add(self, header, cake) -> None:
@@ -86,7 +90,7 @@ class OmegaPartials:
         newest, now = max(self.held), time.monotonic()
         for g in sorted(self.held):
             h = self.held[g]
-            if idle or g < newest or now - h.since >= self.MAX_AGE:
+            if idle or g < newest or now - h.since >= self.MAX_AGE or h.frames.n_frames >= self.max_frames:
                 del self.held[g]
                 dev = self.device.omega_take(h.key) if self.device is not None else None
                 if dev is not None:

@@ -1,15 +1,16 @@
 """The worker process: FrameHeaders in, Results out (docs/DAEMON.md, "worker i").
 
-Sockets: frames PULL (connect to ingest), release PUSH (connect to ingest), results PUSH (connect to the writer),
-heartbeat PUSH (connect to the supervisor). For each frame the worker views the pixels in place (the ring segment is
+Sockets: frames DEALER (connect to the ingest's ROUTER: FrameHeaders in; the worker's Credit out, first its queue
+depth, then one per frame finished: docs/DAEMON.md, "Delivery"), results PUSH (connect to the writer), heartbeat PUSH
+(connect to the supervisor). For each frame the worker views the pixels in place (the ring segment is
 attached by name on first sight and kept, untracked by the resource tracker) or in the inline buffer, checks the
-shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, releases
-the slot and sends a Result: lineout float32 ``[n_r]`` (and the cake float32 ``[n_r, n_eta]`` with ``Write2D 1``),
+shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, gives
+the ingest one credit back and sends a Result (the slot is freed by the ingest once the writer has the Result): lineout float32 ``[n_r]`` (and the cake float32 ``[n_r, n_eta]`` with ``Write2D 1``),
 ``timings = {"integrate": s, "queue": s from the ingest timestamp to the start of integration, "total": s}``.
 The worker reads the engine's declared capabilities (:class:`~ringstream.engines.base.Capabilities`) once and
 branches on them. With ``batch`` (``integrate_many``; the GPU engine) the worker takes the waiting frame and up to
 ``engine.batch - 1`` more arriving within ``GATHER_S``, integrates them in one call (``integrate`` is the batch's
-time per frame), then releases the slots and sends one Result per frame; with ``asynchronous`` and
+time per frame), then returns the batch's credit and sends one Result per frame; with ``asynchronous`` and
 ``[workers] batches_in_flight`` > 1 it runs the pipelined loop (:mod:`.pipeline`) instead; with ``host_memory`` each
 ring it attaches is page-locked with ``engine.register_host_memory`` (unregistered before it is unmapped) so frames
 go to the device by DMA.
@@ -24,6 +25,7 @@ message arrived for ~0.2 s.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -36,10 +38,10 @@ from ..geometry.cache import load_or_build
 from ..images.files import load_dark
 from ..protocol import (
     PEAK_SEQ_KEY,
+    Credit,
     FrameHeader,
     OmegaPartial,
     Result,
-    SlotRelease,
     frame_array,
     result_buffers,
 )
@@ -104,7 +106,10 @@ class _Worker:
         self.use_engine(create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device))
         self.write_2d = bool(params.Write2D)
         # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (workers/omega.py)
-        self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta)
+        # a partial sum holds its frames' ring slots until the writer has it: at most half the ring, over the workers
+        hold = max(1, int(cfg.transport.ring_slots) // (2 * max(1, int(cfg.workers.count))))
+        self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta,
+                                                                 max_frames=hold)
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -115,8 +120,14 @@ class _Worker:
         try:
             # peak fitting: None when the parameter file asks for none
             self.fitting = WorkerFitting.create(cfg, params, imap, self.engine_name, ctx, f"worker-{self.index}")
-            frames = make_socket(ctx, zmq.PULL, t.frames_endpoint, bind=False, hwm=hwm)
-            self.release = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=max(hwm, int(t.ring_slots)))
+            self.pid = os.getpid()
+            # the identity the ingest knows this process by (ringstream.ingest.dispatch.identity_of)
+            frames = ctx.socket(zmq.DEALER)
+            frames.setsockopt(zmq.ROUTING_ID, f"worker-{self.index}-{self.pid}".encode())
+            frames.setsockopt(zmq.LINGER, 0)
+            frames.setsockopt(zmq.RCVHWM, 0)  # credit bounds what the ingest sends
+            frames.connect(t.frames_endpoint)
+            self.frames = frames
             n_peaks = self.fitting.fitter.slots if self.fitting is not None else 0
             self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False,
                                        hwm=results_hwm(t.results_queue_mb, hwm, self.n_r, self.n_eta, self.write_2d,
@@ -125,9 +136,12 @@ class _Worker:
                                            "worker", self.index, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
             self.stop = stop
-            ready.set()
             depth = cfg.workers.batches_in_flight
             path = choose_path(self.caps, self.batch, depth)
+            # the frames this worker may hold at once: its queue, and enough for every batch it keeps in flight
+            self.send(frames, Credit(worker=self.index, pid=self.pid,
+                                     n=max(hwm, self.batch * (depth if path == "pipelined" else 1))))
+            ready.set()
             if path == "pipelined":
                 log.info("worker-%d: up to %d batches of %d frames in flight", self.index, depth, self.batch)
                 PipelinedLoop(self, depth).run(frames, stop, IDLE_MS)
@@ -210,8 +224,7 @@ class _Worker:
             reason = f"frame {msg.frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
             log.exception("worker-%d: frame %d", self.index, msg.frame_index)
         finally:
-            if msg.location == "shm":
-                self.release_slot(msg)
+            self.give_credit(1)
         timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                    "integrate": t_int, "total": time.time() - t_start}
         fitted = self.fit([msg], [lineout], timings)[0] if not reason else None
@@ -276,10 +289,8 @@ class _Worker:
                 g[3] = f"frame {g[0].frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
                 log.exception("worker-%d: frame %d", self.index, g[0].frame_index)
         for g in got:
-            g[2] = None  # drop the views of the slots before releasing them
-        for msg, _, _, _ in got:
-            if msg.location == "shm":
-                self.release_slot(msg)
+            g[2] = None  # drop the views of the slots: the ingest may reuse them once the writer has the Results
+        self.give_credit(len(got))
         if hold is not None:
             hold.append((got, results))
         else:
@@ -311,7 +322,8 @@ class _Worker:
 
     def send_result(self, msg, reason, lineout, cake, timings, fitted=None) -> None:
         common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
-                      timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, timings=timings,
+                      timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, worker_pid=self.pid,
+                      timings=timings,
                       metadata={k: v for k, v in msg.metadata.items() if k != PEAK_SEQ_KEY})  # the source's own
         if reason:
             self.count("rejected")
@@ -337,8 +349,9 @@ class _Worker:
         if self.partials is None:
             return
         for p in self.partials.due(idle):
-            msg = OmegaPartial(run_id=p.run_id, group=p.group, n_frames=p.frames.n_frames, first_frame=p.frames.first_frame,
-                               last_frame=p.frames.last_frame, worker=self.index, n_r=self.n_r, n_eta=self.n_eta)
+            msg = OmegaPartial(run_id=p.run_id, group=p.group, n_frames=p.frames.n_frames,
+                               first_frame=p.frames.first_frame, last_frame=p.frames.last_frame, worker=self.index,
+                               worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta)
             self.send(self.results, msg, [p.total])
             self.count("omega_partials")
 
@@ -389,11 +402,10 @@ class _Worker:
         except (ValueError, IndexError) as exc:
             raise FrameRejected(f"{where}: slot {msg.slot} of {msg.shm_name!r} cannot hold it ({exc})") from None
 
-    def release_slot(self, msg) -> None:
-        if msg.shm_name is None or msg.slot is None:
-            return
-        release = SlotRelease(shm_name=msg.shm_name, slot=int(msg.slot), frame_index=int(msg.frame_index))
-        self.send(self.release, release)
+    def give_credit(self, n: int) -> None:
+        """Tell the ingest this worker can take ``n`` more frames (it finished ``n``)."""
+        if n > 0:
+            self.send(self.frames, Credit(worker=self.index, pid=self.pid, n=int(n)))
 
     def send(self, sock, msg, buffers=()) -> None:
         """Send, waiting while the peer's queue is full (backpressure) but never so long that heartbeats stop;

@@ -9,8 +9,15 @@ writer waits up to ``SUMS_WAIT_S`` after the last frame for the last of them. Pe
 other files are flushed then and at least every ``FLUSH_PERIOD``. A full disk stops the writer with exit code 3
 after closing what it could (one error line names the file and the frames flushed).
 
-Sockets: results PULL (bind; the workers' Results and the ingest's EndOfStream arrive here), heartbeat PUSH
-(connect to the supervisor). Results arrive in any order; the writer keeps the next expected ``frame_index`` and a
+Sockets: results PULL (bind; the workers' Results and the ingest's EndOfStream arrive here), acknowledgements PUSH
+(connect to the ingest's ``release_endpoint``), peaks SUB (the supervisor's PeakUpdates and WorkerGone notices),
+heartbeat PUSH (connect to the supervisor).
+
+Delivery (docs/DAEMON.md, "Delivery"): the writer acknowledges each frame to the ingest once it holds the frame's
+Result (and, when workers send partial omega sums, the sum that holds the frame: a partial sum follows the Results
+of its frames), so that the ingest frees its ring slot; an unacknowledged frame is sent again should its worker
+die. On a WorkerGone from the supervisor the writer ignores every later message of that worker process
+(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent. Results arrive in any order; the writer keeps the next expected ``frame_index`` and a
 dict of early arrivals, and appends rows to :class:`~ringstream.writer.hdf5.Hdf5Writer` strictly in frame_index
 order (a rejected frame is accounted for but writes no row). Rows are flushed to SWMR readers every
 ``run.save_interval`` frames and at least every second.
@@ -26,7 +33,8 @@ elsewhere) the writer takes what is already queued, writes every result it holds
 
 Anything on the socket that does not decode (garbage, another protocol version, buffers that do not match the
 header) is counted under ``protocol_errors_<kind>`` (logged once per kind) and ignored: the output is unaffected.
-Counters: ``written``, ``rejected``, ``pending`` (held out of order), ``protocol_errors_<kind>``, ``duplicates``,
+Counters: ``written``, ``rejected``, ``pending`` (held out of order), ``protocol_errors_<kind>``, ``duplicates`` (a
+frame's Result again: a frame sent again after its worker died), ``fenced_dropped``, ``acknowledged``,
 ``omega_groups``, ``omega_partials``, ``zarr_published``, ``peak_updates`` (``peak_updates_ignored`` without
 fitting).
 """
@@ -48,16 +56,18 @@ from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
 from ..protocol import (
     EndOfStream,
+    FrameAck,
     OmegaPartial,
     PeakUpdate,
     ProtocolError,
     Result,
     RunStart,
     Stop,
+    WorkerGone,
 )
 from ..runs.naming import OutputFolderError
 from ..transport.child import HeartbeatSender, receive, run_child
-from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm
+from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
 from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
 from .runs import Run, RunBook
@@ -130,6 +140,11 @@ class _Writer:
         self.last_failed = False  # the last run's outputs failed (the exit code says so at the end)
         self.pending_peaks: list = []  # peak updates that came between runs (for the next run)
         self.broken: list = []  # outputs of failed runs, never closed (HDF5 may crash closing a file that failed)
+        self.acks = None  # PUSH to the ingest: FrameAcks and WorkerGone notices
+        self.to_ack: list[int] = []  # frames held now, to acknowledge
+        self.awaiting_sum: set[int] = set()  # frames whose Result is here and whose partial omega sum is not
+        self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
+        self.fenced: set[tuple[int, int]] = set()  # (worker, pid) of dead worker processes
 
     @property
     def outputs(self) -> RunOutputs | None:
@@ -173,7 +188,9 @@ class _Writer:
             hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16), "writer", 0,
                                  cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
-            self.open_peaks(ctx)  # peak-list changes, recorded under /entry/fit
+            self.open_peaks(ctx)  # peak-list changes (recorded under /entry/fit) and dead workers
+            if t.release_endpoint and t.release_endpoint != "auto":
+                self.acks = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=100_000)
             gc.collect()
             gc.freeze()  # what exists now (modules, the map, the files) lives as long as the process: not rescanned
             ready.set()
@@ -185,9 +202,11 @@ class _Writer:
                     break
                 if sock.poll(POLL_MS, zmq.POLLIN):
                     self.take_waiting(sock)
+                self.send_acks()
                 self.close_finished_runs()
                 self.maybe_flush()
                 hb.beat(self.snapshot())
+            self.send_acks()
             complete = self.finished()
             if not complete:
                 self.write_held()
@@ -271,8 +290,10 @@ class _Writer:
             if self.eos is not None and self.finished():  # (nothing is finished before the end of stream)
                 return
             k += 1
-            if k % 16 == 0 and time.monotonic() >= t_end:  # the clock every 16 messages, not every one
-                return
+            if k % 16 == 0:
+                self.send_acks()  # the ingest reuses the slots of frames acknowledged
+                if time.monotonic() >= t_end:  # the clock every 16 messages, not every one
+                    return
             try:
                 msg, buffers = recv_message(sock, zmq.NOBLOCK, copy)
             except zmq.Again:
@@ -289,8 +310,18 @@ class _Writer:
         if isinstance(msg, Result):
             self.on_result(msg, buffers)
         elif isinstance(msg, OmegaPartial):
+            if (int(msg.worker), int(msg.worker_pid)) in self.fenced:
+                self.count("fenced_dropped")
+                return
             self.count("omega_partials")
             self.on_side(("partial", (msg, buffers)))
+            for f in msg.frames:
+                f = int(f)
+                if f in self.awaiting_sum:
+                    self.awaiting_sum.discard(f)
+                    self.to_ack.append(f)
+                else:
+                    self.summed.add(f)
         elif isinstance(msg, PeakUpdate):
             self.on_peak_update(msg)
         elif isinstance(msg, RunStart):
@@ -326,6 +357,17 @@ class _Writer:
 
     def on_result(self, msg: Result, buffers) -> None:
         idx = int(msg.frame_index)
+        if self.fenced and (int(msg.worker), int(msg.worker_pid)) in self.fenced:
+            self.count("fenced_dropped")  # its frame went to another worker
+            return
+        if not self.write_2d and msg.status == "ok":  # acknowledged with the partial sum that holds it
+            if idx in self.summed:
+                self.summed.discard(idx)
+                self.to_ack.append(idx)
+            else:
+                self.awaiting_sum.add(idx)
+        else:
+            self.to_ack.append(idx)
         if not self.t_first:
             self.t_first = time.monotonic()
         if idx < self.next_index or idx in self.held:
@@ -533,10 +575,10 @@ class _Writer:
 
     # ------------------------------------------------------------------------------------- peak-list updates
     def open_peaks(self, ctx) -> None:
-        """With fitting on: a SUB socket for the PeakUpdates the supervisor publishes."""
+        """A SUB socket for what the supervisor publishes: PeakUpdates (recorded with fitting on) and WorkerGone."""
         self.peaks_sub = None
         endpoint = self.config.transport.peaks_endpoint
-        if not self.n_peaks or not endpoint or endpoint == "auto":
+        if not endpoint or endpoint == "auto":
             return
         self.peaks_sub = ctx.socket(zmq.SUB)
         self.peaks_sub.setsockopt(zmq.LINGER, 0)
@@ -544,7 +586,8 @@ class _Writer:
         self.peaks_sub.connect(endpoint)
 
     def take_peak_updates(self) -> None:
-        """Record each PeakUpdate waiting on the SUB socket once (the same socket carries the ingest's requests)."""
+        """Record each PeakUpdate waiting on the SUB socket once, and act on each WorkerGone (the same socket carries
+        the ingest's requests)."""
         while self.peaks_sub is not None:
             try:
                 got = receive(self.peaks_sub, self.rejects, flags=zmq.NOBLOCK)
@@ -552,6 +595,38 @@ class _Writer:
                 return
             if got is not None and isinstance(got[0], PeakUpdate):
                 self.on_peak_update(got[0])
+            elif got is not None and isinstance(got[0], WorkerGone):
+                self.on_worker_gone(got[0])
+
+    def on_worker_gone(self, msg: WorkerGone) -> None:
+        """A worker process died: from now on its messages are ignored, and the ingest, told after every
+        acknowledgement of its frames, sends the frames it held again (once per process: the supervisor publishes
+        the notice more than once)."""
+        key = (int(msg.worker), int(msg.pid))
+        if key in self.fenced:
+            return
+        self.fenced.add(key)
+        self.count("workers_fenced")
+        log.info("worker-%d (pid %d) is gone: its later messages are ignored; its unacknowledged frames go to "
+                 "another worker", key[0], key[1])
+        self.send_acks()
+        if self.acks is not None:
+            try:
+                send_message(self.acks, msg, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("the ingest takes no acknowledgements: worker-%d's frames cannot be sent again", key[0])
+
+    def send_acks(self) -> None:
+        """Acknowledge the frames held since the last call to the ingest (dropped when it takes nothing: gone)."""
+        if not self.to_ack:
+            return
+        frames, self.to_ack = self.to_ack, []
+        self.count("acknowledged", len(frames))
+        if self.acks is not None:
+            try:
+                send_message(self.acks, FrameAck(frames=frames), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def on_peak_update(self, msg: PeakUpdate) -> None:
         """Record a PeakUpdate once per seq, whichever socket it came on (the supervisor publishes it again)."""

@@ -34,7 +34,7 @@ from ringstream.transport.endpoints import free_tcp_endpoint
 
 PARAMS = SMALL_PARAMS
 COUNTS = re.compile(r"ringstream: run (\S+) finished: received (\d+), integrated (\d+), written (\d+), "
-                    r"rejected (\d+), dropped (\d+) \(([^)]*)\), ([\d.]+) s, ([\d.]+) frames/s")
+                    r"rejected (\d+), dropped (\d+) \(([^)]*)\), worker restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
 
 
 _script = ringstream_command
@@ -299,35 +299,6 @@ def test_stop_request_drains_like_sigterm(tmp_path, daemons):
     _, integrated, written, _, _ = d.counts()
     out = read_output(tmp_path / "out.h5")
     assert out["run_complete"] and out["frames_written"] == written == integrated >= 20
-
-
-@pytest.mark.timeout(60)
-def test_killed_worker_is_detected_and_stops_the_run(tmp_path, daemons):
-    params = write_params(tmp_path)
-    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--output-h5", "out.h5"], tmp_path)
-    d.wait_ready()
-    st = d.wait_written(20)  # mid-run: both workers busy
-    pid = st["children"]["worker-1"]["pid"]
-    t_kill = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    t_line = d.line_time(rf"worker-1 \(pid {pid}\) died: killed by signal 9")
-    rc = d.wait(30)
-    t_exit = time.monotonic()
-    assert t_line - t_kill < 2.0, f"detected after {t_line - t_kill:.2f} s"
-    print(f"kill -9 detected after {t_line - t_kill:.3f} s; daemon exited after {t_exit - t_kill:.2f} s")
-    assert rc == 5, d.stderr
-    assert len([line for _, line in d.lines if "died" in line]) == 1
-    out = read_output(tmp_path / "out.h5")
-    assert out["frames_written"] == out["I"].shape[0] > 0
-    index = out["frame_index"].astype(np.int64)
-    assert np.all(np.diff(index) > 0)  # in order; frames the dead worker held are gaps
-    # run_complete is true only when every frame ingest sent was written: the dead worker may have held none
-    # (then the writer accounted for all of them before the supervisor stopped it), else it is false
-    contiguous = bool(index[0] == 0 and index[-1] == len(index) - 1)
-    if out["run_complete"]:
-        assert contiguous
-    _, _, written, _, _ = d.counts()
-    assert written == out["frames_written"]
 
 
 def _bad_messages(kind: str) -> list[list[bytes]]:

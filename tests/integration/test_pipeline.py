@@ -26,7 +26,7 @@ from ringstream.engines.reference import ReferenceEngine
 from ringstream.geometry.cache import load_or_build
 from ringstream.ingest import process as ingest_process
 from ringstream.ingest.simulated import SimulatedSource
-from ringstream.protocol import EndOfStream, FrameHeader, Heartbeat, Result, SlotRelease, decode, encode
+from ringstream.protocol import Credit, EndOfStream, FrameAck, FrameHeader, Heartbeat, Result, decode, encode
 from ringstream.transport import free_tcp_endpoint
 from ringstream.workers import process as worker_process
 from ringstream.writer import process as writer_process
@@ -391,7 +391,7 @@ def _garbage_messages(kind: str) -> list[list[bytes]]:
         good = encode(Result(run_id="x", frame_index=10**6, status="ok", n_r=4), [np.zeros(4, "<f4")])
         bad_size = [bytes(good[0]), b"\x00" * 3]
     else:
-        good = encode(SlotRelease(shm_name="nope", slot=0, frame_index=0))
+        good = encode(FrameAck(frames=[10**6]))
         bad_size = [bytes(good[0]), b"unexpected buffer"]
     header = msgpack.unpackb(bytes(good[0]))
     header["version"] = 99
@@ -411,8 +411,8 @@ def test_garbage_is_counted_and_ignored(tmp_path, pipelines):
         for msg in _garbage_messages(kind):
             sock.send_multipart(msg)
         push[name] = sock
-    # a well-formed release of a slot that is not in flight is not taken for a real one
-    push["ingest"].send_multipart(encode(SlotRelease(shm_name="ringstream-0-none", slot=0, frame_index=3)))
+    # a well-formed acknowledgement of a frame that is not in flight is not taken for a real one
+    push["ingest"].send_multipart(encode(FrameAck(frames=[10**6])))
     codes = pipe.finish()
     for sock in push.values():
         sock.close()
@@ -421,7 +421,7 @@ def test_garbage_is_counted_and_ignored(tmp_path, pipelines):
         c = pipe.counters(role)
         for kind in ("malformed", "version", "size"):
             assert c[f"protocol_errors_{kind}"] == 1, (role, c)
-    assert pipe.counters("ingest")["releases_unexpected"] == 1
+    assert pipe.counters("ingest")["acks_unexpected"] == 1
     out = read_h5(config.run.output_h5)
     np.testing.assert_array_equal(out["frame_index"], np.arange(n))
     source = SimulatedSource.from_config(config, config.load_params())
@@ -482,17 +482,21 @@ def test_worker_rejects_a_frame_of_the_wrong_shape_and_carries_on(tmp_path, pipe
     """The test plays the ingest: inline frames 0 (wrong shape), 1 (good), 2 (good); EOS(3) to the writer."""
     config = setup_run(tmp_path, source={"frames": 3}, transport={"shared_memory": False})
     zctx = zmq.Context.instance()
-    frames = zctx.socket(zmq.PUSH)
+    frames = zctx.socket(zmq.ROUTER)
     frames.setsockopt(zmq.LINGER, 1000)
     frames.bind(config.transport.frames_endpoint)
     try:
         pipe = pipelines(config, ingest=False, n_workers=1)
+        assert frames.poll(30_000), "the worker announced no credit"
+        identity, *hello = frames.recv_multipart()
+        credit = decode(hello)[0]
+        assert isinstance(credit, Credit) and credit.n >= 3 and identity == f"worker-0-{credit.pid}".encode()
         good = SimulatedSource.from_config(config, config.load_params())
         pixels = [np.zeros((NZ // 2, NY), np.int32), good.make_frame(1), good.make_frame(2)]
         for k, img in enumerate(pixels):
             header = FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(),
                                  shape=img.shape, dtype=img.dtype.str)
-            frames.send_multipart(encode(header, [img]))
+            frames.send_multipart([identity, *encode(header, [img])])
         eos = zctx.socket(zmq.PUSH)
         eos.setsockopt(zmq.LINGER, 1000)
         eos.connect(config.transport.results_endpoint)

@@ -1,0 +1,235 @@
+"""Which worker holds which frame: the ingest's side of delivery (docs/DAEMON.md, "Delivery").
+
+The ingest binds a ROUTER socket for frames; each worker connects a DEALER and announces itself with a
+:class:`~ringstream.protocol.Credit` (its queue depth), then returns one credit per frame it has finished. A frame
+goes to a worker only against credit, round-robin over the workers that have some, so the ingest knows at every
+moment which process holds which frame.
+
+A frame stays the ingest's until the writer acknowledges it (:class:`~ringstream.protocol.FrameAck`: its Result,
+and with partial omega sums its sum, are in the writer's hands); only then is its ring slot free again. When a
+worker dies, the supervisor tells the writer (:class:`~ringstream.protocol.WorkerGone`), which from then on ignores
+that process and passes the news on, on the same socket as its acknowledgements (so after every acknowledgement of
+that process's frames). The frames the dead process held and the writer has not acknowledged then go to the other
+workers again, oldest first, before any new frame. Every frame the ingest accepted is thus integrated and written
+once: a frame's results count only from the one process that held it when they reached the writer.
+
+This class is the bookkeeping and the sockets' traffic; the ingest process (:mod:`.process`) owns the ring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+
+from ..protocol import Credit, FrameAck, ProtocolError, WorkerGone, decode, encode
+from ..transport.child import receive
+from ..transport.sockets import RejectLog
+
+log = logging.getLogger("ringstream.ingest")
+
+
+@dataclass
+class Peer:
+    """One worker process as the ingest sees it: its credit and the frames it holds (sent, not acknowledged)."""
+
+    worker: int
+    pid: int
+    credit: int = 0
+    frames: set[int] = field(default_factory=set)
+    unreachable: bool = False  # a send failed: the process is gone (its WorkerGone is on its way)
+
+
+def identity_of(worker: int, pid: int) -> bytes:
+    """The routing id a worker process connects with: ``b"worker-<index>-<pid>"``."""
+    return f"worker-{int(worker)}-{int(pid)}".encode()
+
+
+class Dispatcher:
+    """Frames to workers against credit, acknowledgements from the writer, re-sending after a worker's death.
+
+    ``frames``: the ROUTER socket (bound; ``ROUTER_MANDATORY`` is set here); ``acks``: the PULL socket the writer's
+    acknowledgements and WorkerGone notices arrive on; ``freed(frame_index, message)`` is called once per frame
+    acknowledged (the ingest frees its slot); ``count(key, n)`` counts.
+    """
+
+    def __init__(self, frames: zmq.Socket, acks: zmq.Socket, rejects: RejectLog,
+                 freed: Callable[[int, object], None], count: Callable[..., None]) -> None:
+        self.frames, self.acks, self.rejects = frames, acks, rejects
+        frames.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a process that is gone raises instead of vanishing
+        self.freed, self.count = freed, count
+        self.peers: dict[bytes, Peer] = {}
+        self.order: deque[bytes] = deque()  # round-robin over the peers
+        self.gone: set[bytes] = set()  # processes declared dead: a late Credit of theirs is ignored
+        self.pending: dict[int, tuple[object, tuple]] = {}  # frame_index -> (FrameHeader, buffers), unacknowledged
+        self.holder: dict[int, bytes] = {}  # frame_index -> the peer holding it
+        self.resend: deque[int] = deque()  # frames of dead workers, to go out again before new ones
+        self.poller = zmq.Poller()
+        self.poller.register(frames, zmq.POLLIN)
+        self.poller.register(acks, zmq.POLLIN)
+
+    # ------------------------------------------------------------------------------------------------ state
+    @property
+    def credit(self) -> int:
+        """Frames the live workers can take now."""
+        return sum(p.credit for p in self.peers.values() if not p.unreachable)
+
+    def counters(self) -> dict[str, int]:
+        return {"unacknowledged": len(self.pending), "workers_connected": sum(not p.unreachable
+                                                                              for p in self.peers.values())}
+
+    # ------------------------------------------------------------------------------------------------ sending
+    def _next_peer(self) -> bytes | None:
+        for _ in range(len(self.order)):
+            ident = self.order[0]
+            self.order.rotate(-1)
+            peer = self.peers.get(ident)
+            if peer is not None and peer.credit > 0 and not peer.unreachable:
+                return ident
+        return None
+
+    def try_send(self, msg, buffers=()) -> bool:
+        """Send ``msg`` (a FrameHeader; ``buffers``: its inline pixels) to a worker with credit; False when none
+        has any. The frame is then held by that worker until acknowledged."""
+        frames = encode(msg, buffers)
+        while True:
+            ident = self._next_peer()
+            if ident is None:
+                return False
+            try:
+                self.frames.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the process is gone; EAGAIN: its queue is full
+                peer = self.peers[ident]
+                if exc.errno == zmq.EHOSTUNREACH:
+                    peer.unreachable = True
+                    log.info("worker-%d (pid %d) is unreachable; its %d frames go to the others once the writer "
+                             "has its last results", peer.worker, peer.pid, len(peer.frames))
+                else:
+                    peer.credit = 0
+                continue
+            peer = self.peers[ident]
+            peer.credit -= 1
+            idx = int(msg.frame_index)
+            peer.frames.add(idx)
+            self.holder[idx] = ident
+            self.pending[idx] = (msg, tuple(buffers))
+            return True
+
+    def send_resends(self) -> int:
+        """Send the frames of dead workers again, as far as credit goes; returns how many went."""
+        n = 0
+        while self.resend:
+            idx = self.resend[0]
+            entry = self.pending.pop(idx, None)
+            if entry is None:  # acknowledged meanwhile
+                self.resend.popleft()
+                continue
+            if not self.try_send(*entry):
+                self.pending[idx] = entry
+                break
+            self.resend.popleft()
+            n += 1
+        if n:
+            self.count("resent", n)
+        return n
+
+    # ------------------------------------------------------------------------------------------------ receiving
+    def poll(self, timeout_ms: int) -> int:
+        """Handle every message waiting on both sockets (waiting up to ``timeout_ms`` for the first); then send what
+        is to be sent again. Returns the number of messages handled."""
+        n = 0
+        while True:
+            events = dict(self.poller.poll(timeout_ms if n == 0 else 0))
+            if not events:
+                break
+            if self.frames in events:
+                n += self._take_credits()
+            if self.acks in events:
+                n += self._take_acks()
+        if self.resend:
+            self.send_resends()
+        return n
+
+    def _take_credits(self) -> int:
+        n = 0
+        while True:
+            try:
+                parts = self.frames.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return n
+            n += 1
+            ident, rest = parts[0], parts[1:]
+            try:
+                msg, _ = decode(rest)
+            except ProtocolError as exc:
+                self.rejects.record(exc)
+                continue
+            if not isinstance(msg, Credit) or identity_of(msg.worker, msg.pid) != ident:
+                self.rejects.record(ProtocolError("unknown_type", f"unexpected {type(msg).__name__} message on the "
+                                                                  f"frames socket from {ident!r}"))
+                continue
+            if ident in self.gone:
+                continue
+            peer = self.peers.get(ident)
+            if peer is None:
+                peer = self.peers[ident] = Peer(int(msg.worker), int(msg.pid))
+                self.order.append(ident)
+                log.info("worker-%d (pid %d) connected with %d credit", peer.worker, peer.pid, int(msg.n))
+            peer.credit += int(msg.n)
+
+    def _take_acks(self) -> int:
+        n = 0
+        while True:
+            try:
+                got = receive(self.acks, self.rejects, (FrameAck, WorkerGone), flags=zmq.NOBLOCK,
+                              where="on the acknowledgement socket")
+            except zmq.Again:
+                return n
+            n += 1
+            if got is None:
+                continue
+            msg = got[0]
+            if isinstance(msg, FrameAck):
+                for idx in msg.frames:
+                    self._acknowledged(int(idx))
+            else:
+                self._worker_gone(int(msg.worker), int(msg.pid))
+
+    def _acknowledged(self, idx: int) -> None:
+        entry = self.pending.pop(idx, None)
+        if entry is None:
+            self.count("acks_unexpected")
+            return
+        ident = self.holder.pop(idx, None)
+        peer = self.peers.get(ident) if ident is not None else None
+        if peer is not None:
+            peer.frames.discard(idx)
+        self.freed(idx, entry[0])
+
+    def _worker_gone(self, worker: int, pid: int) -> None:
+        ident = identity_of(worker, pid)
+        self.gone.add(ident)
+        peer = self.peers.pop(ident, None)
+        try:
+            self.order.remove(ident)
+        except ValueError:
+            pass
+        self.count("workers_lost")
+        held = sorted(peer.frames) if peer is not None else []
+        for idx in held:
+            self.holder.pop(idx, None)
+        self.resend.extend(held)
+        if len(self.resend) > len(held):  # earlier re-sends still waiting: oldest first
+            self.resend = deque(sorted(set(self.resend)))
+        log.warning("worker-%d (pid %d) is gone: %d frames it held go to the other workers", worker, pid, len(held))
+        self.send_resends()
+
+    def drop_all(self) -> None:
+        """Forget every unacknowledged frame (the end: nobody will acknowledge them any more)."""
+        self.pending.clear()
+        self.holder.clear()
+        self.resend.clear()
+
