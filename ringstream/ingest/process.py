@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from ..protocol import PEAK_SEQ_KEY, EndOfStream, FrameHeader, SlotRelease
-from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, receive, run_child
+from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
 from .copier import SlotCopier, auto_threads
@@ -128,7 +128,7 @@ class _Ingest:
             if self.copier is not None:
                 self.copier.close()
             source.close()
-            ctx.destroy(linger=2000)  # the EOS must reach the writer
+            ctx.destroy(linger=0 if supervisor_gone() else 2000)  # the EOS must reach the writer
             if self.ring is not None:
                 try:
                     self.ring.close()

@@ -43,7 +43,7 @@ from ..protocol import (
     frame_array,
     result_buffers,
 )
-from ..transport.child import HeartbeatSender, receive, run_child
+from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
@@ -154,7 +154,7 @@ class _Worker:
             return 0
         finally:
             t0 = time.monotonic()
-            ctx.destroy(linger=2000)  # results and releases already queued must go out
+            ctx.destroy(linger=0 if supervisor_gone() else 2000)  # results and releases queued must go out
             for ring in self.rings.values():
                 self.unregister(ring)
                 ring.close()
