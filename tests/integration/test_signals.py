@@ -62,9 +62,9 @@ def rings_of(pid: int) -> list[str]:
     return [name for name in os.listdir(SHM_DIR) if name.startswith(f"ringstream-{pid}-")]
 
 
-def start_endless(daemons, tmp_path: Path):
+def start_endless(start, tmp_path: Path):
     params = write_params(tmp_path)
-    d = daemons(["--param-file", params, "--simulate", 0, "--rate", RATE, "--workers", 2, "--output-h5", "out.h5"],
+    d = start(["--param-file", params, "--simulate", 0, "--rate", RATE, "--workers", 2, "--output-h5", "out.h5"],
                 tmp_path)
     d.wait_ready()
     return d
@@ -75,7 +75,7 @@ def start_endless(daemons, tmp_path: Path):
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
-def test_a_stop_signal_to_the_whole_group_drains(tmp_path, daemons, sig):
+def test_a_stop_signal_to_the_whole_group_drains(tmp_path, daemons, sig):  # noqa: F811
     d = start_endless(daemons, tmp_path)
     d.wait_written(30)  # mid-run: frames written and more coming
     os.killpg(d.proc.pid, sig)  # the supervisor, the children and the resource tracker, all at once
@@ -92,7 +92,7 @@ def test_a_stop_signal_to_the_whole_group_drains(tmp_path, daemons, sig):
 
 
 @pytest.mark.timeout(60)
-def test_two_sighups_stop_at_once_with_129(tmp_path, daemons):
+def test_two_sighups_stop_at_once_with_129(tmp_path, daemons):  # noqa: F811
     d = start_endless(daemons, tmp_path)
     d.wait_written(10)
     os.killpg(d.proc.pid, signal.SIGHUP)
@@ -108,7 +108,7 @@ def test_two_sighups_stop_at_once_with_129(tmp_path, daemons):
 
 
 @pytest.mark.timeout(90)
-def test_kill_9_of_the_supervisor_ends_every_child(tmp_path, daemons):
+def test_kill_9_of_the_supervisor_ends_every_child(tmp_path, daemons):  # noqa: F811
     d = start_endless(daemons, tmp_path)
     st = d.wait_written(10)
     children = {name: c["pid"] for name, c in st["children"].items()}
