@@ -71,8 +71,9 @@ def child_setup(config, role: str) -> None:
         return
     parent = multiprocessing.parent_process()
     supervisor = parent.pid if parent is not None else None
+    handler = stop_signal_handler(supervisor)
     for sig in STOP_SIGNALS:
-        signal.signal(sig, stop_signal_handler(supervisor))
+        signal.signal(sig, handler)
     signal.signal(STOP_NOW_SIGNAL, _exit_on_signal)
     if hasattr(signal, "pthread_sigmask"):  # the supervisor starts its children with the stop signals blocked:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {*STOP_SIGNALS, STOP_NOW_SIGNAL})  # one sent meanwhile lands here

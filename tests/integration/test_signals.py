@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from test_daemon import daemons, read_output, write_params  # noqa: F401  (daemons is a fixture)
 
+from ringstream.transport import child as child_module
 from ringstream.transport.child import STOP_NOW_SIGNAL, child_setup, end_with_supervisor, stop_now
 from ringstream.transport.shm_ring import SHM_DIR
 
@@ -138,8 +139,11 @@ def test_kill_9_of_the_supervisor_ends_every_child(tmp_path, daemons):  # noqa: 
 CONFIG = SimpleNamespace(logging=SimpleNamespace(level="WARNING"))  # what child_setup reads of the configuration
 
 
-def supervised(ready, marker: str) -> None:
-    """A child as the roles run: set up by child_setup, then a loop; its ``finally`` leaves ``marker``."""
+def supervised(ready, marker: str, without_prctl: bool = False) -> None:
+    """A child as the roles run: set up by child_setup, then a loop; its ``finally`` leaves ``marker``.
+    ``without_prctl``: as where there is no prctl (the thread watching the parent's pipe)."""
+    if without_prctl:
+        child_module._set_parent_death_signal = lambda sig: False
     child_setup(CONFIG, "test-child")
     try:
         ready.set()
@@ -149,12 +153,12 @@ def supervised(ready, marker: str) -> None:
         Path(marker).write_text("finally ran")
 
 
-def middle(pid, ready, marker: str) -> None:
+def middle(pid, ready, marker: str, without_prctl: bool) -> None:
     """A stand-in supervisor: starts :func:`supervised`, tells its pid, waits."""
-    child = SPAWN.Process(target=supervised, args=(ready, marker))
-    child.start()
-    pid.value = child.pid
-    child.join()
+    proc = SPAWN.Process(target=supervised, args=(ready, marker, without_prctl))
+    proc.start()
+    pid.value = proc.pid
+    proc.join()
 
 
 @pytest.mark.timeout(60)
@@ -179,9 +183,10 @@ def test_a_child_ignores_stop_signals_while_its_parent_lives_and_ends_on_stop_no
 
 
 @pytest.mark.timeout(60)
-def test_a_child_ends_when_its_parent_is_killed(tmp_path):
+@pytest.mark.parametrize("without_prctl", [False, True], ids=["prctl", "pipe"])
+def test_a_child_ends_when_its_parent_is_killed(tmp_path, without_prctl):
     pid, ready, marker = SPAWN.Value("i", 0), SPAWN.Event(), tmp_path / "marker"
-    parent = SPAWN.Process(target=middle, args=(pid, ready, str(marker)))
+    parent = SPAWN.Process(target=middle, args=(pid, ready, str(marker), without_prctl))
     parent.start()
     try:
         assert ready.wait(30)
