@@ -128,7 +128,8 @@ class _Ingest:
             if self.copier is not None:
                 self.copier.close()
             source.close()
-            ctx.destroy(linger=0 if supervisor_gone() else 2000)  # the EOS must reach the writer
+            # the EOS must reach the writer; once the supervisor is gone the writer goes too and nothing waits for it
+            ctx.destroy(linger=0 if supervisor_gone() else 2000)
             if self.ring is not None:
                 try:
                     self.ring.close()

@@ -154,7 +154,8 @@ class _Worker:
             return 0
         finally:
             t0 = time.monotonic()
-            ctx.destroy(linger=0 if supervisor_gone() else 2000)  # results and releases queued must go out
+            # results and releases already queued must go out, unless the supervisor is gone (and the others with it)
+            ctx.destroy(linger=0 if supervisor_gone() else 2000)
             for ring in self.rings.values():
                 self.unregister(ring)
                 ring.close()
