@@ -75,8 +75,9 @@ def child_setup(config, role: str) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     signal.signal(STOP_NOW_SIGNAL, _exit_on_signal)
-    if hasattr(signal, "pthread_sigmask"):  # the supervisor starts its children with the stop signals blocked:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*STOP_SIGNALS, STOP_NOW_SIGNAL})  # one sent meanwhile lands here
+    # the supervisor starts its children with the stop signals blocked: one sent meanwhile reaches the handler now
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*STOP_SIGNALS, STOP_NOW_SIGNAL})
     if supervisor is not None:
         end_with_supervisor(supervisor, parent.sentinel)
 
