@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", allow_abbrev=False,
         help="run the streaming daemon: source -> workers -> HDF5 (docs/DAEMON.md)",
         description="Start the supervisor, the ingest, the workers and the writer; stop at the end of the source, "
-        "on SIGTERM/SIGINT (first: drain, second: stop now) or on 'ringstream status'-side 'stop'. Trailing "
-        "'Key Value' tokens override the parameter file. Exit: 0 ok, 2 configuration, 3 input, 4 map, "
-        "5 a child process failed, 130/143 interrupted twice.",
+        "on SIGTERM/SIGINT/SIGHUP (first: drain, second: stop now) or on 'ringstream status'-side 'stop'. "
+        "Trailing 'Key Value' tokens override the parameter file. Exit: 0 ok, 2 configuration, 3 input, 4 map, "
+        "5 a child process failed, 129/130/143 interrupted twice.",
     )
     r.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="DEBUG logs and tracebacks on errors")

@@ -6,24 +6,26 @@ See docs/DAEMON.md ("Roles", "Stopping the daemon", "Runs and file names"). In o
    empty run id becomes a generated one) so that every child sees the same addresses and the same run id;
 2. loads the parameters and builds (or loads) the map through the cache, so the children hit the cache;
 3. binds the events PULL (heartbeats) and the control ROUTER (``ringstream status``, ``stop``);
-4. starts writer, workers, ingest (start method ``spawn``) with SIGINT/SIGTERM blocked around each spawn, and waits
-   for each one's ``ready`` within ``supervisor.ready_timeout``; then sd_notify ``READY=1``;
+4. starts writer, workers, ingest (start method ``spawn``, from the main thread) with the stop signals blocked around
+   each spawn, and waits for each one's ``ready`` within ``supervisor.ready_timeout``; then sd_notify ``READY=1``;
 5. loops every <= 0.2 s over the child sentinels, the events and control sockets, sending ``WATCHDOG=1`` each turn
    and a ``STATUS=`` line about once a second.
 
 Stopping: the writer finishing (the end of a finite source's last run, or after a drain) ends the daemon with exit
-0. The first SIGTERM/SIGINT (or
-a ``stop`` request) drains: ingest stops and sends EndOfStream, the workers finish what was sent, the writer
-completes. The second one stops everything at once (exit 130/143). A worker that dies (or stops answering: it is
+0. The first SIGTERM, SIGINT or SIGHUP (or a ``stop`` request) drains: ingest stops and sends EndOfStream, the
+workers finish what was sent, the writer completes. The second one stops everything at once (exit 128 + the
+signal). The children ignore these signals while the supervisor lives, so one sent to the whole process group
+drains the same way (``ringstream.transport.child.child_setup``). A worker that dies (or stops answering: it is
 killed) is replaced at once: the writer and the ingest are told (``WorkerGone`` on the peaks socket), the frames it
 held go to the other workers (docs/DAEMON.md, "Delivery"), and the run goes on; ``MAX_RESTARTS`` deaths of one
 worker within ``RESTART_WINDOW_S`` stop the daemon with exit 5 and a line naming the cause. Any other child that
 exits non-zero, dies by a signal or stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line
 naming it, then ingest, workers and the writer (last: it flushes and closes) are stopped in that order, exit 5. No
-child outlives the supervisor: every join has a timeout, followed by terminate, then kill.
+child outlives the supervisor: every join has a timeout, followed by the stop-now signal (``STOP_NOW_SIGNAL``,
+SIGUSR1), then SIGKILL; a supervisor killed outright takes its children with it (their parent-death signal).
 
-Exit codes: 0 ok; 1 internal error; 2 configuration; 3 input; 4 map; 5 a child process failed; 130/143 interrupted
-twice.
+Exit codes: 0 ok; 1 internal error; 2 configuration; 3 input; 4 map; 5 a child process failed; 129/130/143
+interrupted twice (SIGHUP/SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..transport.child import environment, nontemporal_env, receive
+from ..transport.child import STOP_NOW_SIGNAL, STOP_SIGNALS, environment, nontemporal_env, receive, stop_now
 from ..transport.endpoints import free_tcp_endpoint
 from ..transport.sockets import RejectLog, make_socket
 
@@ -60,6 +62,7 @@ log = logging.getLogger("ringstream.supervisor")
 
 EXIT_OK = 0
 EXIT_CHILD_FAILED = 5
+EXIT_SIGHUP = 129
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -67,9 +70,9 @@ EXIT_SIGTERM = 143
 TICK = 0.2
 #: STATUS= line period, s
 STATUS_PERIOD = 1.0
-#: after a second signal: how long the children get before terminate(), s
+#: after a second signal: how long the children get before the stop-now signal, s
 KILL_GRACE = 2.0
-#: how long each role gets to exit after its ``stop`` in an orderly stop before terminate(), s
+#: how long each role gets to exit after its ``stop`` in an orderly stop before the stop-now signal, s
 JOIN_TIMEOUT = {"ingest": 3.0, "worker": 5.0, "writer": 15.0}
 #: a worker that dies this many times within ``RESTART_WINDOW_S`` seconds stops the daemon (exit 5)
 MAX_RESTARTS = 5
@@ -200,6 +203,11 @@ def _call(fn, *args) -> None:
         log.debug("sd_notify failed: %s", exc)
 
 
+def interrupted_exit(sig: int) -> int:
+    """The exit code after a second stop signal ``sig``: ``128 + sig`` (129 SIGHUP, 130 SIGINT, 143 SIGTERM)."""
+    return 128 + int(sig)
+
+
 def _num(counters: dict, key: str) -> float:
     v = counters.get(key, 0)
     return v if isinstance(v, (int, float)) else 0
@@ -226,7 +234,7 @@ class Supervisor:
         self.notifier = _notifier()
         self.rejects_events = RejectLog(log, "supervisor events socket")
         self.rejects_control = RejectLog(log, "supervisor control socket")
-        self.hard_exit: int | None = None  # 130/143 after a second signal
+        self.hard_exit: int | None = None  # interrupted_exit(signal) after a second signal
         self.peaks = None  # PeakControl, set up in run()
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
@@ -293,8 +301,17 @@ class Supervisor:
 
     def _install_handlers(self) -> None:
         self._old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._old[sig] = signal.signal(sig, self._on_signal)
+        # multiprocessing's resource tracker (a child that outlives every other one to unlink what they leaked)
+        # ignores SIGINT and SIGTERM but not SIGHUP: started with the stop signals blocked, it keeps SIGHUP blocked
+        from multiprocessing import resource_tracker
+
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _restore_handlers(self) -> None:
         for sig, old in getattr(self, "_old", {}).items():
@@ -312,7 +329,7 @@ class Supervisor:
         kwargs = {"index": index} if role == "worker" else {}
         proc = mp.Process(target=child_main, args=(role, self.config, ready, stop, kwargs), name=f"ringstream-{name}",
                           daemon=False)
-        blocked = {signal.SIGINT, signal.SIGTERM}
+        blocked = set(STOP_SIGNALS)  # until the child's own handlers are in place (child_setup)
         # the ingest's frame copies bypass the CPU caches (glibc reads its tunables when the process starts)
         env = nontemporal_env() if role == "ingest" and bool(self.config.transport.nontemporal_copy) else {}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
@@ -361,7 +378,7 @@ class Supervisor:
                     sig = self.signals[0]
                     log.warning("interrupted by %s during start; stopping", signal.Signals(sig).name)
                     self._orderly_stop()
-                    return EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM
+                    return interrupted_exit(sig)
                 log.error("%s; stopping the others", problem)
                 self.failure = problem
                 self._orderly_stop()
@@ -396,7 +413,7 @@ class Supervisor:
                 else:
                     log.warning("second %s: stopping now", signal.Signals(sig).name)
                     self._hard_stop()
-                    return EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM
+                    return interrupted_exit(sig)
 
             # children that exited
             writer = self._child("writer")
@@ -779,18 +796,19 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------------ stopping
     def _join(self, child: Child, timeout: float, waited: float | None = None) -> None:
-        """Join ``child`` within ``timeout`` s; then terminate (SIGTERM), then kill."""
+        """Join ``child`` within ``timeout`` s; then the stop-now signal (the children ignore SIGTERM while the
+        supervisor lives), then kill."""
         proc = child.process
         if proc.pid is None:
             return
         proc.join(timeout)
         if proc.is_alive():
-            log.warning("%s (pid %d) did not exit within %.1f s of its stop; terminating it", child.name, proc.pid,
-                        timeout if waited is None else waited)
-            proc.terminate()
+            log.warning("%s (pid %d) did not exit within %.1f s of its stop; stopping it now (%s)", child.name,
+                        proc.pid, timeout if waited is None else waited, STOP_NOW_SIGNAL.name)
+            stop_now(proc)
             proc.join(2.0)
         if proc.is_alive():
-            log.warning("%s (pid %d) ignored SIGTERM; killing it", child.name, proc.pid)
+            log.warning("%s (pid %d) ignored %s; killing it", child.name, proc.pid, STOP_NOW_SIGNAL.name)
             proc.kill()
             proc.join(2.0)
         elif not child.exit_seen:
@@ -822,12 +840,12 @@ class Supervisor:
                 for c in group:
                     self._join_serving(c, JOIN_TIMEOUT[role])
         except _StopNow as stop_now:
-            self.hard_exit = EXIT_SIGINT if stop_now.sig == signal.SIGINT else EXIT_SIGTERM
+            self.hard_exit = interrupted_exit(stop_now.sig)
             self._hard_stop()
         self._drain_events()  # the children's last heartbeats carry the final counters
 
     def _hard_stop(self) -> None:
-        """Second signal: every ``stop`` set, ``KILL_GRACE`` s, then terminate and kill."""
+        """Second signal: every ``stop`` set, ``KILL_GRACE`` s, then the stop-now signal and kill."""
         self.state = "stopping"
         for c in self.children:
             c.stop.set()

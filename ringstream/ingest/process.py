@@ -33,7 +33,7 @@ import numpy as np
 import zmq
 
 from ..protocol import PEAK_SEQ_KEY, EndOfStream, FrameHeader
-from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child
+from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
 from .copier import SlotCopier, auto_threads
@@ -139,7 +139,8 @@ class _Ingest:
             if self.copier is not None:
                 self.copier.close()
             source.close()
-            ctx.destroy(linger=2000)  # the EOS must reach the writer
+            # the EOS must reach the writer; once the supervisor is gone the writer goes too and nothing waits for it
+            ctx.destroy(linger=0 if supervisor_gone() else 2000)
             if self.ring is not None:
                 try:
                     self.ring.close()

@@ -3,9 +3,11 @@
 The roles (ingest, workers, writer) and the supervisor all use this module and none of them imports another role:
 
 - :func:`run_child` is the body of each role's ``run(config, ready, stop)``: :func:`child_setup` (stderr logging
-  with the role in every line, SIGINT left to the supervisor, SIGTERM raising SystemExit so that ``finally`` blocks
-  run), then the role's loop; a :class:`~ringstream.errors.RingstreamError` becomes one error line and its exit
-  code.
+  with the role in every line, the stop signals left to the supervisor while it lives, the end of the process when
+  it dies), then the role's loop; a :class:`~ringstream.errors.RingstreamError` becomes one error line and its
+  exit code.
+- :func:`stop_now`: how the supervisor ends a child at once (``STOP_NOW_SIGNAL``; the child's ``finally`` blocks
+  run).
 - :class:`HeartbeatSender` sends the role's ``Heartbeat`` (state and counters) to the supervisor's events socket.
 - :func:`receive` takes one message from a socket and counts what is not a valid message of the expected types in
   a :class:`~ringstream.transport.sockets.RejectLog` (``protocol_errors_<kind>``), so a bad peer never stops a loop.
@@ -15,12 +17,16 @@ The roles (ingest, workers, writer) and the supervisor all use this module and n
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import wait
 
 import zmq
 
@@ -30,10 +36,28 @@ from ringstream.transport.sockets import RejectLog, recv_message, send_message
 
 # --------------------------------------------------------------------------------------------- process setup
 
+#: the signals that stop the daemon. To the supervisor the first one means "drain", a second "stop now"; a child
+#: ignores them while the supervisor lives (a signal to the whole process group, from a shell's ``kill %1``, a
+#: closed terminal or systemd, must drain, not end every child at once) and ends when it is gone
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: what the supervisor sends one child to end it now (SystemExit: its ``finally`` blocks run); SIGKILL follows
+#: when it does not end
+STOP_NOW_SIGNAL: signal.Signals = getattr(signal, "SIGUSR1", signal.SIGTERM)
+
+#: ``prctl(2)`` option: the signal the calling process gets when its parent ends (Linux)
+_PR_SET_PDEATHSIG = 1
+
 
 def child_setup(config, role: str) -> None:
-    """Per-child process setup: stderr logging with the role in every line, SIGINT left to the supervisor, and
-    SIGTERM turned into SystemExit so that ``finally`` blocks run (the ring is unlinked, the HDF5 file closed)."""
+    """Per-child process setup: stderr logging with the role in every line, and the signals.
+
+    The supervisor is the process that started this one (``multiprocessing.parent_process()``). While it lives,
+    ``STOP_SIGNALS`` are ignored here: the supervisor drains the daemon and stops each child through its ``stop``
+    event, or at once through ``STOP_NOW_SIGNAL``. Once it is gone (killed), a stop signal raises SystemExit so that
+    ``finally`` blocks run (the ring is unlinked, the HDF5 file closed), and the supervisor's end itself brings one:
+    :func:`end_with_supervisor`. A process not started by ``multiprocessing`` has no supervisor: a stop signal ends
+    it. Signals need the main thread; elsewhere only the logging is set up."""
     level = config.logging.level
     root = logging.getLogger()
     if not root.handlers:
@@ -43,16 +67,85 @@ def child_setup(config, role: str) -> None:
         )
     else:
         root.setLevel(getattr(logging, level, logging.INFO))
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, _sigterm)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (ValueError, AttributeError, OSError):  # not the main thread, or no such call on this platform
-        pass
+    if threading.current_thread() is not threading.main_thread():
+        return
+    parent = multiprocessing.parent_process()
+    supervisor = parent.pid if parent is not None else None
+    handler = stop_signal_handler(supervisor)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    signal.signal(STOP_NOW_SIGNAL, _exit_on_signal)
+    # the supervisor starts its children with the stop signals blocked: one sent meanwhile reaches the handler now
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*STOP_SIGNALS, STOP_NOW_SIGNAL})
+    if supervisor is not None:
+        end_with_supervisor(supervisor, parent.sentinel)
 
 
-def _sigterm(signum, frame):
+def stop_signal_handler(supervisor: int | None) -> Callable:
+    """The handler of ``STOP_SIGNALS`` in a child of ``supervisor`` (a pid; None: no supervisor): nothing while
+    the supervisor is this process's parent, else SystemExit with the code ``128 + signal``."""
+
+    def handler(signum, frame) -> None:
+        if supervisor is not None and os.getppid() == supervisor:
+            return
+        _exit_on_signal(signum, frame)
+
+    return handler
+
+
+def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)
+
+
+def end_with_supervisor(supervisor: int, sentinel: int | None = None) -> None:
+    """End this process (SIGTERM to itself, which :func:`stop_signal_handler` turns into SystemExit) when the
+    ``supervisor`` ends, however it ends.
+
+    On Linux the kernel sends the signal: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``. It comes when the *thread* that
+    started this process ends, so the supervisor starts its children from its main thread. The supervisor may
+    have ended before the prctl: then this process already has another parent and ends now. Elsewhere a daemon
+    thread waits on ``sentinel``, the read end of a pipe whose write end only the supervisor holds
+    (``multiprocessing.parent_process().sentinel``), and sends the signal when the pipe closes; without a
+    sentinel there is no fallback, and the supervisor's stop signals and ``stop_now`` still work."""
+    if not _set_parent_death_signal(signal.SIGTERM) and sentinel is not None:
+        threading.Thread(target=_signal_when_closed, args=(sentinel,), name="supervisor-watch", daemon=True).start()
+    if os.getppid() != supervisor:
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """``prctl(PR_SET_PDEATHSIG, sig)`` through the C library; False where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(int(sig)), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _signal_when_closed(sentinel: int) -> None:
+    wait([sentinel])
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def supervisor_gone() -> bool:
+    """True in a child whose supervisor (the process that started it) has ended: what is still queued for the
+    supervisor and the other children will never be read, so closing sockets need not linger."""
+    parent = multiprocessing.parent_process()
+    return parent is not None and os.getppid() != parent.pid
+
+
+def stop_now(process) -> None:
+    """End the child ``process`` (a started ``multiprocessing.Process``) at once: ``STOP_NOW_SIGNAL``, which
+    :func:`child_setup` turns into SystemExit (its ``finally`` blocks run; a child still starting, before
+    :func:`child_setup`, ends by the signal's default action). Follow with ``process.kill()`` if it lingers."""
+    try:
+        os.kill(process.pid, STOP_NOW_SIGNAL)
+    except ProcessLookupError:
+        pass
 
 
 def run_child(config, role: str, body: Callable[[], int], logger: logging.Logger, prefix: str = "") -> int:

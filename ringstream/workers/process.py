@@ -45,7 +45,7 @@ from ..protocol import (
     frame_array,
     result_buffers,
 )
-from ..transport.child import HeartbeatSender, receive, run_child
+from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
@@ -168,7 +168,8 @@ class _Worker:
             return 0
         finally:
             t0 = time.monotonic()
-            ctx.destroy(linger=2000)  # results and releases already queued must go out
+            # results and releases already queued must go out, unless the supervisor is gone (and the others with it)
+            ctx.destroy(linger=0 if supervisor_gone() else 2000)
             for ring in self.rings.values():
                 self.unregister(ring)
                 ring.close()

@@ -225,7 +225,7 @@ class _Writer:
             hb.beat(self.snapshot(), state="done", force=True)
             code = EXIT_OUTPUT_FAILED if self.last_failed else 0
             return code
-        except SystemExit as exc:  # SIGTERM (child_setup): the files are closed below, then the process ends
+        except SystemExit as exc:  # stopped at once or the supervisor is gone (child_setup): files closed below
             code = exc.code if isinstance(exc.code, int) else 1
             raise
         finally:
