@@ -181,9 +181,9 @@ def check_run(record: dict) -> RunCheck:
     increasing = bool(np.all(np.diff(fi) > 0))
     c.indices_ok = bool(increasing and (fi.size == 0 or (fi[0] >= 0 and fi[-1] < n)) and c.rows + c.rejected == n)
     if not c.indices_ok:
-        c.problem = (f"{path}: {c.rows} rows + {c.rejected} rejected for {n} frames; frame_index "
-                     f"{'increasing' if increasing else 'NOT increasing'}, from {fi[:1].tolist()} to "
-                     f"{fi[-1:].tolist()}")
+        span = f"{fi[0]}..{fi[-1]}" if fi.size else "none"
+        c.problem = (f"{Path(path).name}: frame_index {span} ({'increasing' if increasing else 'NOT increasing'}) "
+                     f"in {c.rows} rows + {c.rejected} rejected; the run has {n} frames")
     return c
 
 
