@@ -226,13 +226,13 @@ def group_alive(pgid: int) -> bool:
 
 
 def restart_counters(status: dict, path: str = "") -> dict[str, float]:
-    """Every number in the daemon's status whose key speaks of restarts or re-sent frames, by its path."""
+    """Every number in the daemon's status whose key speaks of restarts, re-sent or duplicate frames, by its path."""
     out: dict[str, float] = {}
     for k, v in status.items():
         where = f"{path}.{k}" if path else str(k)
         if isinstance(v, dict):
             out.update(restart_counters(v, where))
-        elif isinstance(v, (int, float)) and any(w in str(k) for w in ("restart", "resen", "re_sen")):
+        elif isinstance(v, (int, float)) and any(w in str(k) for w in ("restart", "resen", "re_sen", "duplicate")):
             out[where] = v
     return out
 
@@ -452,17 +452,18 @@ def check_fds(summary: dict[str, dict]) -> tuple:
     return not bad, "descriptors grew: " + "; ".join(bad) if bad else f"no growth ({len(measured)} roles)"
 
 
-def check_restarts(kills: list[dict], series: dict[str, Series]) -> tuple:
+def check_restarts(kills: list[dict], series: dict[str, Series], counted: dict[str, float]) -> tuple:
     made = [k for k in kills if k["pid"] is not None]
+    said = f" (the daemon's counters: {', '.join(f'{k} {v:g}' for k, v in counted.items())})" if counted else ""
     if not made:
-        return True, "no process killed"
+        return True, "no process killed" + said
     missing = []
     for k in made:
         s = series.get(k["role"])
         if s is None or not any(pid != k["pid"] and t > k["t"] for pid, t in s.first_seen.items()):
             missing.append(f"{k['role']} (pid {k['pid']}) at {k['t']:.0f} s")
     return not missing, (f"{len(made)} killed, each replaced by a new pid" if not missing else
-                         f"{len(missing)} of {len(made)} killed not replaced: {', '.join(missing[:4])}")
+                         f"{len(missing)} of {len(made)} killed not replaced: {', '.join(missing[:4])}") + said
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -479,7 +480,7 @@ def main() -> int:
     ap.add_argument("--sample-every", type=float, default=10.0, help="RSS and descriptor sample period, s (10)")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up, s (default: the first 20 %% of --seconds)")
     ap.add_argument("--settle", type=float, default=10.0, help="a replacement process's samples count after S s (10)")
-    ap.add_argument("--run-seconds", type=float, default=30.0, help="frames per run = rate x S ([run] max_frames; 30)")
+    ap.add_argument("--run-seconds", type=float, default=10.0, help="frames per run = rate x S ([run] max_frames; 10)")
     ap.add_argument("--size", type=int, default=512, help="detector side, pixels (512)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--settings", choices=sorted(SETTINGS), default="default",
@@ -537,22 +538,21 @@ def main() -> int:
         "runs": check_runs(runs),
         "rss": check_rss(summary),
         "fds": check_fds(summary),
-        "restarts": check_restarts(soak.kills, soak.series),
+        "restarts": check_restarts(soak.kills, soak.series, restart_counters(soak.last_status)),
     }
 
     kills_of = {role: sum(1 for k in soak.kills if k["role"] == role) for role in summary}
-    print(f"\n{'role':<11} {'pids':>4} {'kills':>5} {'RSS warm MB':>11} {'RSS end MB':>10} {'growth':>7} "
-          f"{'fds warm':>8} {'fds end':>7}")
+    print(f"\n{'role':<11} {'RSS warm MB':>11} {'RSS end MB':>10} {'growth':>7} {'fds warm':>8} {'fds end':>7} "
+          f"{'kills':>5} {'restarts':>8}")
     for role, s in summary.items():
+        tail = f"{kills_of[role]:>5} {s['restarts_seen']:>8}"
         if "problem" in s:
-            print(f"{role:<11} {len(s['pids']):>4} {kills_of[role]:>5}  {s['problem']}")
+            print(f"{role:<11} {s['problem']:<52} {tail}")
             continue
-        print(f"{role:<11} {len(s['pids']):>4} {kills_of[role]:>5} {s['rss_after_warmup_kb'] / 1024:>11.1f} "
-              f"{s['rss_end_kb'] / 1024:>10.1f} {100 * s['rss_growth']:>6.1f}% {s['fds_after_warmup']:>8g} "
-              f"{s['fds_end']:>7g}")
+        print(f"{role:<11} {s['rss_after_warmup_kb'] / 1024:>11.1f} {s['rss_end_kb'] / 1024:>10.1f} "
+              f"{100 * s['rss_growth']:>6.1f}% {s['fds_after_warmup']:>8g} {s['fds_end']:>7g} {tail}")
     rate_kept = received / end if received and end > 0 else 0.0
-    print(f"frames received {received}, {rate_kept:.1f} frames/s over {end:.0f} s ({args.rate:g} asked); "
-          f"daemon's restart counters: {restart_counters(soak.last_status) or 'none'}")
+    print(f"frames received {received}, {rate_kept:.1f} frames/s over {end:.0f} s ({args.rate:g} asked)")
     for name, (ok, detail) in checks.items():
         print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
 
