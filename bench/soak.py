@@ -497,6 +497,8 @@ def main() -> int:
     warmup = 0.2 * args.seconds if args.warmup is None else args.warmup
     width = max(3 * args.sample_every, 0.1 * args.seconds)  # the windows the medians are taken over
     settings = SETTINGS[args.settings]
+    # a SIGTERM to this script ends it through the finally below, which kills the daemon's process group
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     with tempfile.TemporaryDirectory(prefix="ringstream-soak-") as tmp:
         folder = Path(args.dir) if args.dir else Path(tmp)
