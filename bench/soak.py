@@ -555,6 +555,10 @@ def main() -> int:
         "fds": check_fds(summary),
         "restarts": check_restarts(soak.kills, soak.series, restart_counters(soak.last_status)),
     }
+    if ended_at is not None:  # the windows are cut short: say over what they were read
+        for name in ("rss", "fds"):
+            ok, detail = checks[name]
+            checks[name] = ok, f"{detail} (until the daemon ended, at {ended_at:.0f} s)"
 
     kills_of = {role: sum(1 for k in soak.kills if k["role"] == role) for role in summary}
     print(f"\n{'':<11} {'RSS MB (VmRSS)':>15} {'private MB (no ring)':>27}")
