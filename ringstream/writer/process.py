@@ -141,6 +141,7 @@ class _Writer:
         self.pending_peaks: list = []  # peak updates that came between runs (for the next run)
         self.broken: list = []  # outputs of failed runs, never closed (HDF5 may crash closing a file that failed)
         self.acks = None  # PUSH to the ingest: FrameAcks and WorkerGone notices
+        self.hb: HeartbeatSender | None = None
         self.to_ack: list[int] = []  # frames held now, to acknowledge
         self.awaiting_sum: set[int] = set()  # frames whose Result is here and whose partial omega sum is not
         self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
@@ -185,8 +186,8 @@ class _Writer:
             sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True,
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
                                                self.write_2d, self.n_peaks))
-            hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16), "writer", 0,
-                                 cfg.supervisor.heartbeat_interval)
+            hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
+                                           "writer", 0, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
             self.open_peaks(ctx)  # peak-list changes (recorded under /entry/fit) and dead workers
             if t.release_endpoint and t.release_endpoint != "auto":
@@ -277,7 +278,11 @@ class _Writer:
                     continue
                 self.sums_missing += waiting
             self.closing.remove(run)
-            self.close_run(run, complete=True)
+            if self.hb is None:
+                self.close_run(run, complete=True)
+                continue
+            with self.hb.beating(self.snapshot()):  # closing a long run (its zarr.zip, its last groups) can take seconds
+                self.close_run(run, complete=True)
 
     def take_waiting(self, sock) -> None:
         """Handle the messages already queued on ``sock`` (without waiting), for at most ``BATCH_S`` seconds so
