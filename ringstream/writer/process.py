@@ -295,9 +295,9 @@ class _Writer:
             if self.eos is not None and self.finished():  # (nothing is finished before the end of stream)
                 return
             k += 1
-            if k % 16 == 0:
-                self.send_acks()  # the ingest reuses the slots of frames acknowledged
-                if time.monotonic() >= t_end:  # the clock every 16 messages, not every one
+            if k % 4 == 0:
+                self.send_acks()  # the ingest reuses the slots of frames acknowledged: every few messages
+                if k % 16 == 0 and time.monotonic() >= t_end:  # the clock every 16 messages, not every one
                     return
             try:
                 msg, buffers = recv_message(sock, zmq.NOBLOCK, copy)
@@ -571,6 +571,7 @@ class _Writer:
         self.unflushed = 0
 
     def _sync(self, how: str) -> None:
+        self.send_acks()  # the ingest's ring slots are not held up by the flush
         run = self.current
         if run is not None and run.outputs is not None:
             try:
