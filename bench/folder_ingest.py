@@ -14,7 +14,7 @@ that no copy runs from the CPU caches. Two rates per case:
 - *reader*: ``open_image`` + ``read_into`` preallocated arrays (rotating over a set of at least twice the
   last-level cache), for every frame, in this process (what the format costs: parse, decode, copy);
 - *ingest*: the real ``ringstream.ingest.process.run`` with the folder source over the same folder, in a spawned
-  child, its ring slots released in order as busy workers release them, all but 4 held (as ``bench/ingest_only.py``
+  child, its ring slots freed in order as the writer acknowledges frames, all but 4 held (as ``bench/ingest_only.py``
   does; the held slots total at least twice the last-level cache): the rate at which the folder source can feed the
   daemon, whatever the engine.
 
@@ -48,11 +48,11 @@ sys.path.insert(0, str(REPO))
 from ringstream.config import DaemonConfig  # noqa: E402
 from ringstream.images.formats import open_image  # noqa: E402
 from ringstream.ingest import process as ingest_process  # noqa: E402
-from ringstream.protocol import Credit, EndOfStream, FrameAck, FrameHeader  # noqa: E402
-from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
+from ringstream.protocol import EndOfStream, FrameHeader  # noqa: E402
+from ringstream.transport import free_tcp_endpoint, recv_message  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from workload import HeldSlots, describe_llc, frames_to_exceed, last_level_cache, working_set  # noqa: E402
+from workload import HeldSlots, PlayWorker, describe_llc, frames_to_exceed, last_level_cache, working_set  # noqa: E402
 
 PARAMS = """NrPixelsY {ny}
 NrPixelsZ {nz}
@@ -183,12 +183,8 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
         "logging": {"level": "WARNING"},
     })
     ctx = zmq.Context()
-    frames = ctx.socket(zmq.DEALER)
-    frames.setsockopt(zmq.ROUTING_ID, f"worker-0-{os.getpid()}".encode())
-    frames.connect(ep["frames_endpoint"])
-    send_message(frames, Credit(worker=0, pid=os.getpid(), n=slots))
-    release = ctx.socket(zmq.PUSH)
-    release.connect(ep["release_endpoint"])
+    player = PlayWorker(ctx, ep["frames_endpoint"], ep["release_endpoint"], slots)
+    frames = player.frames
     results = ctx.socket(zmq.PULL)
     results.bind(ep["results_endpoint"])
     events = ctx.socket(zmq.PULL)
@@ -204,11 +200,7 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
     poller = zmq.Poller()
     poller.register(frames, zmq.POLLIN)
     poller.register(results, zmq.POLLIN)
-    def acknowledge(m):
-        send_message(release, FrameAck(frames=[m.frame_index]))
-        send_message(frames, Credit(worker=0, pid=os.getpid(), n=1))
-
-    held = HeldSlots(acknowledge, slots - 4)
+    held = HeldSlots(player.acknowledge, slots - 4)
     n, t_first, t_end, eos = 0, None, None, None
     while eos is None or n < eos.n_frames:
         events_ready = poller.poll(10000)
@@ -229,7 +221,8 @@ def ingest_rate(folder: Path, params: Path, n_frames: int, n_files: int, slots: 
                     eos = msg
     held.flush()
     child.join(60)
-    for s in (frames, release, results, events):
+    player.close()
+    for s in (results, events):
         s.close(0)
     ctx.term()
     fps = (n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0

@@ -42,13 +42,14 @@ sys.path.insert(0, str(REPO))
 from ringstream.config import DaemonConfig  # noqa: E402
 from ringstream.geometry.cache import load_or_build  # noqa: E402
 from ringstream.ingest import process as ingest_process  # noqa: E402
-from ringstream.protocol import EndOfStream, FrameHeader, SlotRelease  # noqa: E402
-from ringstream.transport import free_tcp_endpoint, recv_message, send_message  # noqa: E402
+from ringstream.protocol import EndOfStream, FrameHeader  # noqa: E402
+from ringstream.transport import free_tcp_endpoint, recv_message  # noqa: E402
 from ringstream.transport.child import environment, nontemporal_env  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from workload import (  # noqa: E402
     HeldSlots,
+    PlayWorker,
     describe_llc,
     distinct_frames,
     frames_to_exceed,
@@ -99,10 +100,8 @@ def run_one(args, tmp: Path, threads: int, llc: dict) -> dict:
     load_or_build(config.load_params())
 
     ctx = zmq.Context()
-    frames = ctx.socket(zmq.PULL)
-    frames.connect(ep["frames_endpoint"])
-    release = ctx.socket(zmq.PUSH)
-    release.connect(ep["release_endpoint"])
+    player = PlayWorker(ctx, ep["frames_endpoint"], ep["release_endpoint"], slots)
+    frames = player.frames
     results = ctx.socket(zmq.PULL)
     results.bind(ep["results_endpoint"])
     events = ctx.socket(zmq.PULL)
@@ -122,8 +121,7 @@ def run_one(args, tmp: Path, threads: int, llc: dict) -> dict:
     poller = zmq.Poller()
     poller.register(frames, zmq.POLLIN)
     poller.register(results, zmq.POLLIN)
-    held = HeldSlots(lambda m: send_message(release, SlotRelease(shm_name=m.shm_name, slot=m.slot,
-                                                                 frame_index=m.frame_index)), hold)
+    held = HeldSlots(player.acknowledge, hold)
     n, t_first, eos, t_end = 0, None, None, None
     while eos is None or n < eos.n_frames:
         for sock, _ in poller.poll(5000):
@@ -149,7 +147,8 @@ def run_one(args, tmp: Path, threads: int, llc: dict) -> dict:
     row["copy_only_fps"] = copy_only_fps(shape, llc)
     if args.profile and prof_path.exists():
         row["profile_top"] = prof_path.read_text()
-    for sock in (frames, release, results, events):
+    player.close()
+    for sock in (results, events):
         sock.close(0)
     ctx.term()
     return row

@@ -178,3 +178,36 @@ class HeldSlots:
         """Release every slot still kept (the end of a run)."""
         while self.kept:
             self.release(self.kept.popleft())
+
+
+class PlayWorker:
+    """A benchmark's stand-in for a worker and the writer, facing a real ingest process: a DEALER on the frames
+    endpoint that announces ``credit`` (the ingest sends a frame only against credit) and a PUSH on the
+    acknowledgement endpoint (``release_endpoint``). :meth:`acknowledge` of a FrameHeader frees its slot and gives
+    one credit back, as the writer's FrameAck and the worker's Credit do."""
+
+    def __init__(self, ctx, frames_endpoint: str, release_endpoint: str, credit: int) -> None:
+        import os
+
+        import zmq
+
+        from ringstream.protocol import Credit
+        from ringstream.transport.sockets import send_message
+
+        self.pid, self._send, self._credit = os.getpid(), send_message, Credit
+        self.frames = ctx.socket(zmq.DEALER)
+        self.frames.setsockopt(zmq.ROUTING_ID, f"worker-0-{self.pid}".encode())
+        self.frames.connect(frames_endpoint)
+        self.acks = ctx.socket(zmq.PUSH)
+        self.acks.connect(release_endpoint)
+        send_message(self.frames, Credit(worker=0, pid=self.pid, n=int(credit)))
+
+    def acknowledge(self, header) -> None:
+        from ringstream.protocol import FrameAck
+
+        self._send(self.acks, FrameAck(frames=[int(header.frame_index)]))
+        self._send(self.frames, self._credit(worker=0, pid=self.pid, n=1))
+
+    def close(self) -> None:
+        self.frames.close(0)
+        self.acks.close(0)

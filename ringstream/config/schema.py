@@ -223,7 +223,7 @@ class TransportConfig:
 
     frames_endpoint: str = opt("auto", "ingest -> workers")
     results_endpoint: str = opt("auto", "workers -> writer")
-    release_endpoint: str = opt("auto", "workers -> ingest (shared-memory slots freed)")
+    release_endpoint: str = opt("auto", "writer -> ingest (frames acknowledged: their shared-memory slots are freed)")
     events_endpoint: str = opt("auto", "every process -> supervisor (heartbeats)")
     control_endpoint: str = opt("tcp://127.0.0.1:5557", "`ringstream status` / stop requests (\"auto\" = a free "
                                 "port, printed in the log)", flags=("--control-endpoint", "--control"),

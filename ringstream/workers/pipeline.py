@@ -5,16 +5,17 @@ the host→device copy of batch k+1 never overlaps the kernels and copy-back of 
 work (receiving headers, sending results) adds to every batch. Here, with an engine that declares ``asynchronous``
 (``submit`` / ``collect``, :class:`~ringstream.engines.base.AsyncEngine`; the CuPy engine), the worker keeps up to
 ``depth`` batches submitted, one per stream; it gathers the next batch from the frames socket while the device
-works, and finishes a batch (releases its ring slots, sends its Results, in frame order within the batch) as soon as
+works, and finishes a batch (gives its credit back, sends its Results, in frame order within the batch) as soon as
 the device is done with it, oldest first. ``[workers] batches_in_flight`` sets ``depth`` (1: the plain loop).
 
 Frames the batch cannot take (a shape or dtype the map does not fit, a second dtype in one batch) are handled as
 ``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``.
 
-With peak fitting and no per-frame cakes, finished batches are held (their slots released, their lineouts
-copied out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call: a fit
+With peak fitting and no per-frame cakes, finished batches are held (their credit given back, their lineouts
+copied out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call (fewer when
+the worker's share of the ring is smaller: held frames keep their slots until the writer has their Results): a fit
 call costs a fixed part per call (the GPU fitter's launch and copy back, NumPy's per-call overhead) that an
-engine batch of 8 frames pays 8 times more often. Held frames go out as soon as :data:`FIT_FRAMES` are held,
+engine batch of 8 frames pays 8 times more often. Held frames go out as soon as that many are held,
 the oldest has been held :data:`HOLD_S`, or no frame arrived while nothing was in flight (a slow stream waits
 at most :data:`HOLD_S`). An empty pipeline is no reason to send: with a shared ring of 32 slots, two workers
 often drain theirs between frames, and fitting each of those small batches on its own would pay the fixed part
@@ -60,6 +61,8 @@ class PipelinedLoop:
         self.hold_fits = getattr(worker, "fitting", None) is not None and not self.want_cake
         self.held: list = []
         self.held_frames = 0
+        # held frames keep their ring slots until the writer has their Results: no more than the worker's share
+        self.fit_frames = max(1, min(FIT_FRAMES, int(getattr(worker, "hold_limit", FIT_FRAMES))))
         self.held_since = 0.0
         self.inflight: deque = deque()  # (submission or None, [[header, t_start, pixels, reason], ...])
 
@@ -90,7 +93,7 @@ class PipelinedLoop:
                 w.send_partials(idle=True)
             while self.inflight and (self.inflight[0][0] is None or self.inflight[0][0].ready()):
                 self.finish(self.inflight.popleft())
-            if self.held and (self.held_frames >= FIT_FRAMES or time.monotonic() - self.held_since >= HOLD_S):
+            if self.held and (self.held_frames >= self.fit_frames or time.monotonic() - self.held_since >= HOLD_S):
                 self.send_held()
             if not self.held:  # a group's omega sum goes out after the Results of its frames
                 w.send_partials()
@@ -124,8 +127,8 @@ class PipelinedLoop:
         self.inflight.append((sub, got, together if sub is not None else []))
 
     def finish(self, item) -> None:
-        """Collect a submitted batch (its frames the batch could not take are integrated one by one), then release
-        its slots and send its Results (``_Worker.finish_batch``). The results are views of the stream's pinned
+        """Collect a submitted batch (its frames the batch could not take are integrated one by one), then give back
+        its credit and send its Results (``_Worker.finish_batch``). The results are views of the stream's pinned
         buffers: they are encoded before the stream is used again."""
         sub, got, together = item
         results: dict[int, tuple] = {}

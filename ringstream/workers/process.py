@@ -106,10 +106,11 @@ class _Worker:
         self.use_engine(create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device))
         self.write_2d = bool(params.Write2D)
         # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (workers/omega.py)
-        # a partial sum holds its frames' ring slots until the writer has it: at most half the ring, over the workers
-        hold = max(1, int(cfg.transport.ring_slots) // (2 * max(1, int(cfg.workers.count))))
+        # frames whose Results or partial sum this worker holds keep their ring slots until the writer has them: at
+        # most half the ring, over the workers
+        self.hold_limit = max(1, int(cfg.transport.ring_slots) // (2 * max(1, int(cfg.workers.count))))
         self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta,
-                                                                 max_frames=hold)
+                                                                 max_frames=self.hold_limit)
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
