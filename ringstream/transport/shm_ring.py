@@ -8,11 +8,12 @@ Slot lifecycle (ingest owns the ring, workers only read it):
 1. ingest ``acquire()`` s a free slot (``None``: the ring is full, wait for a release or drop the frame);
 2. ingest ``write(slot, frame)`` s the pixels (one copy) and sends a ``FrameHeader`` with ``location="shm"``, the
    ring's ``name``, the slot and the returned offset;
-3. a worker ``attach(name)`` es once, ``view(slot, shape, dtype, offset=...)`` s the pixels in place, and when it no
-   longer needs them (the engine has copied them to the device) sends ``SlotRelease``;
-4. ingest ``release(slot)`` s on that message; only then can ``acquire()`` hand the slot out again.
+3. a worker ``attach(name)`` es once and ``view(slot, shape, dtype, offset=...)`` s the pixels in place;
+4. ingest ``release(slot)`` s once the writer acknowledges the frame (its results are safe: docs/DAEMON.md,
+   "Delivery"); only then can ``acquire()`` hand the slot out again.
 
-So a slot is never rewritten while a worker may still read it.
+So a slot is never rewritten while a worker may still read it, and its frame can go to another worker should the
+first one die.
 
 Resource tracking: the creator's segment is registered with multiprocessing's resource tracker, which unlinks it
 (with a "leaked shared_memory" warning) should the creator die without ``unlink()``. A ``kill -9`` of the whole
@@ -244,7 +245,7 @@ class FrameRing:
             return slot
 
     def release(self, slot: int) -> None:
-        """Make ``slot`` free again (on the worker's ``SlotRelease``); ``ValueError`` if it is not busy."""
+        """Make ``slot`` free again (the writer acknowledged its frame); ``ValueError`` if it is not busy."""
         self._check_owner()
         with self._lock:
             if slot not in self._busy:

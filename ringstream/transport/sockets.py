@@ -3,7 +3,7 @@
 Zero-copy sending and buffer reuse: ``send_message(..., copy=False)`` hands numpy buffers to libzmq by reference
 and returns *before* they are on the wire. The caller must not write to those arrays afterwards (allocate a new
 array per frame, or pass ``copy=True``); writing to them corrupts the message in flight. Shared-memory frames avoid
-the question: only the header travels, and the ring slot is reused only after the worker's ``SlotRelease``.
+the question: only the header travels, and the ring slot is reused only after the writer's ``FrameAck``.
 Headers and small messages are always copied (cheaper than tracking them).
 """
 
