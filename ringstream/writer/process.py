@@ -613,6 +613,9 @@ class _Writer:
             return
         self.fenced.add(key)
         self.count("workers_fenced")
+        for run in {id(r): r for r in [*self.runs.values(), *self.closing] + [self.current]
+                    if r is not None}.values():  # the runs still open: their files record it
+            run.workers_lost += 1
         log.info("worker-%d (pid %d) is gone: its later messages are ignored; its unacknowledged frames go to "
                  "another worker", key[0], key[1])
         self.send_acks()
@@ -671,8 +674,11 @@ class _Writer:
         self.runs.pop(run.run_id, None)
         outputs, run.outputs = run.outputs, None
         if outputs is not None:
-            if run.eos is not None and run.eos.counters:
-                outputs.source_counters(run.eos.counters)  # PVA gaps, frames missed, drops by reason: into the file
+            counters = dict(run.eos.counters) if run.eos is not None else {}
+            if run.workers_lost or "workers_lost" in counters:  # a worker may die after the run's EndOfStream
+                counters["workers_lost"] = run.workers_lost
+            if counters:
+                outputs.source_counters(counters)  # PVA gaps, frames missed, drops by reason: into the file
             try:
                 outputs.close(run_complete=complete)
             except OutputError as exc:

@@ -48,6 +48,7 @@ class Run:
     t_frames_done: float = 0.0  # monotonic time every frame was accounted for (waiting for partial sums)
     failed: str = ""  # why the run's outputs failed (a full disk, a folder that cannot be written)
     dropped: int = 0  # frames of a failed run not written
+    workers_lost: int = 0  # worker processes that died while the run was open (their frames went to others)
 
     @property
     def end(self) -> int | None:

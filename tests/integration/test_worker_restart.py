@@ -47,8 +47,9 @@ def _reference(params: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     return lineouts, cakes
 
 
-def _check_file(path: Path, lineouts: np.ndarray, cakes: np.ndarray) -> dict:
+def _check_file(path: Path, lineouts: np.ndarray, cakes: np.ndarray, groups: int | None = None) -> dict:
     n = lineouts.shape[0]
+    groups = n // OSF if groups is None else groups
     with h5py.File(path, "r") as f:
         e = f["/entry"]
         assert bool(e.attrs["run_complete"]) and int(e.attrs["frames_written"]) == n
@@ -57,10 +58,11 @@ def _check_file(path: Path, lineouts: np.ndarray, cakes: np.ndarray) -> dict:
         np.testing.assert_allclose(e["data/I"][()], ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
         sums, counts = e["omega_sum/I"][()], e["omega_sum/n_frames"][()]
         counters = json.loads(e["reduction/source_counters"][()])
-    assert list(counts) == [OSF] * (n // OSF)
+    assert list(counts[:groups]) == [OSF] * groups and len(counts) == -(-n // OSF)
     # the workers sum float32 cakes in float64: the group sums agree with the reference's to float32 rounding
-    expected = cakes.astype(np.float32).astype(np.float64).reshape(n // OSF, OSF, *cakes.shape[1:]).sum(axis=1)
-    np.testing.assert_allclose(sums, expected, rtol=1e-6, atol=1e-6 * float(np.abs(expected).max()))
+    whole = cakes[:groups * OSF].astype(np.float32).astype(np.float64)
+    expected = whole.reshape(groups, OSF, *cakes.shape[1:]).sum(axis=1)
+    np.testing.assert_allclose(sums[:groups], expected, rtol=1e-6, atol=1e-6 * float(np.abs(expected).max()))
     return counters
 
 
@@ -117,3 +119,38 @@ def test_a_worker_that_keeps_dying_stops_the_daemon(tmp_path, daemons):  # noqa:
     assert rc == 5, d.stderr
     assert "worker-0 keeps dying: 5 times in 60 s (last: killed by signal 9)" in d.stderr
     assert len(killed) == 5
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("variant", ["inline", "cakes", "drain"])
+def test_kill_9_of_a_worker_in_other_settings(tmp_path, daemons, variant):  # noqa: F811
+    """Frames inline (no ring: the ingest keeps their pixels until acknowledged), cakes per frame (``Write2D 1``:
+    acknowledged on the Result alone) and a worker killed while the daemon drains after SIGTERM."""
+    params = _params(tmp_path)
+    if variant == "cakes":
+        params.write_text(params.read_text() + "Write2D 1\n")
+    args = ["--param-file", params, "--simulate", 0 if variant == "drain" else N_FRAMES, "--rate", RATE,
+            "--workers", 2, "--engine", "cpu", "--output-h5", "out.h5"] + (["--no-shm"] if variant == "inline" else [])
+    d = daemons(args, tmp_path)
+    d.wait_ready()
+    d.wait_written(60)
+    if variant == "drain":
+        os.kill(d.proc.pid, signal.SIGTERM)
+        d.line_time("draining")
+    pid = d.status()["children"]["worker-1"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    d.line_time(rf"worker-1 \(pid {pid}\) died: killed by signal 9; replaced by pid")
+    assert d.wait(60) == 0, d.stderr
+    received, integrated, written, rejected, dropped = d.counts()
+    assert received == written and rejected == dropped == 0, d.stderr
+    n = received
+    if variant != "drain":
+        assert n == N_FRAMES
+    n_whole = n - n % OSF  # the last, shorter group of a drained run is checked by its frames alone
+    lineouts, cakes = _reference(params, n)
+    counters = _check_file(tmp_path / "out.h5", lineouts, cakes, groups=n_whole // OSF)
+    assert counters.get("workers_lost") == 1, counters
+    if variant == "cakes":
+        with h5py.File(tmp_path / "out.h5", "r") as f:
+            ref = cakes.astype(np.float32)
+            np.testing.assert_allclose(f["/entry/cake/I"][()], ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
