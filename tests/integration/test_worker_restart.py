@@ -21,6 +21,8 @@ import pytest
 from common import SMALL_PARAMS
 from test_daemon import NY, NZ, daemons  # noqa: F401  (daemons: the fixture)
 
+from ringstream.daemon.status import format_status
+
 N_FRAMES = 240
 RATE = 120.0
 OSF = 4
@@ -140,6 +142,9 @@ def test_kill_9_of_a_worker_in_other_settings(tmp_path, daemons, variant):  # no
     pid = d.status()["children"]["worker-1"]["pid"]
     os.kill(pid, signal.SIGKILL)
     d.line_time(rf"worker-1 \(pid {pid}\) died: killed by signal 9; replaced by pid")
+    if variant != "drain":  # the status counts the restart while the run goes on
+        st = d.wait_status(lambda st: st["totals"]["worker_restarts"] == 1, "the restart in the status")
+        assert "worker restarts 1, re-sent" in format_status(st)
     assert d.wait(60) == 0, d.stderr
     received, integrated, written, rejected, dropped = d.counts()
     assert received == written and rejected == dropped == 0, d.stderr
