@@ -15,7 +15,7 @@ from test_cupy_engine import _frames, _random_map
 from ringstream.engines.reference import ReferenceEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from common import ringstream_command  # noqa: E402
+from common import ringstream_command, simulated_reference  # noqa: E402
 from test_outputs import PARAMS as OUTPUTS_PARAMS  # noqa: E402
 
 
@@ -59,10 +59,6 @@ PARAMS = OUTPUTS_PARAMS + "Write2D 0\nOmegaSumFrames 7\n"  # the 40 x 36 detecto
 
 
 def test_gpu_daemon_omega_sums_match_the_reference(tmp_path):
-    from ringstream.geometry.cache import load_or_build
-    from ringstream.ingest.simulated import SimulatedSource
-    from ringstream.params import load_params
-
     params = tmp_path / "setup.txt"
     params.write_text(PARAMS)
     n = 200
@@ -71,11 +67,7 @@ def test_gpu_daemon_omega_sums_match_the_reference(tmp_path):
                                                  "--no-zarr", "--control", "auto"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
-    p = load_params(params)
-    imap, _ = load_or_build(p)
-    source = SimulatedSource(p, n_frames=n, seed=0, dtype="int32", precompute=False)
-    _, cakes = ReferenceEngine(imap, normalize=bool(p.Normalize)).integrate_batch(
-        np.stack([source.make_frame(k) for k in range(n)]))
+    _, cakes = simulated_reference(params, n)
     cakes = cakes.astype(np.float32).astype(np.float64)
     with h5py.File(tmp_path / "out.h5") as f:
         e = f["entry"]

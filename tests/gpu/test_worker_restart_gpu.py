@@ -16,9 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ringstream.engines.reference import ReferenceEngine
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from common import simulated_reference  # noqa: E402
 from test_daemon import Daemon  # noqa: E402
 from test_outputs import PARAMS as OUTPUTS_PARAMS  # noqa: E402
 
@@ -28,17 +27,9 @@ OSF = 7
 
 
 def test_kill_9_of_a_gpu_worker_loses_nothing(tmp_path):
-    from ringstream.geometry.cache import load_or_build
-    from ringstream.ingest.simulated import SimulatedSource
-    from ringstream.params import load_params
-
     params = tmp_path / "setup.txt"
     params.write_text(PARAMS)
-    p = load_params(params)
-    imap, _ = load_or_build(p)
-    source = SimulatedSource(p, n_frames=N, seed=0, dtype="int32", precompute=False)
-    lineouts, cakes = ReferenceEngine(imap, normalize=bool(p.Normalize)).integrate_batch(
-        np.stack([source.make_frame(k) for k in range(N)]))
+    lineouts, cakes = simulated_reference(params, N)
     cakes = cakes.astype(np.float32).astype(np.float64)
     rnd = random.Random(17)
     resent = []

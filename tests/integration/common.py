@@ -32,3 +32,20 @@ def ringstream_command() -> list[str]:
         return [str(exe)]
     found = shutil.which("ringstream")
     return [found] if found else [sys.executable, "-m", "ringstream.daemon.cli"]
+
+
+def simulated_reference(params_path, n: int):
+    """(lineouts, cakes) of the reference engine over the first ``n`` frames of the simulated source (seed 0, int32)
+    for the parameter file ``params_path``: what a daemon run with ``--simulate n`` must write."""
+    import numpy as np
+
+    from ringstream.engines.reference import ReferenceEngine
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.ingest.simulated import SimulatedSource
+    from ringstream.params import load_params
+
+    p = load_params(params_path)
+    imap, _ = load_or_build(p)
+    source = SimulatedSource(p, n_frames=n, seed=0, dtype="int32", precompute=False)
+    engine = ReferenceEngine(imap, normalize=bool(p.Normalize))
+    return engine.integrate_batch(np.stack([source.make_frame(k) for k in range(n)]))

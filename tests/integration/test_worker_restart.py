@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from common import SMALL_PARAMS
+from common import SMALL_PARAMS, simulated_reference
 from test_daemon import NY, NZ, daemons  # noqa: F401  (daemons: the fixture)
 
 from ringstream.daemon.status import format_status
@@ -36,17 +36,7 @@ def _params(folder: Path) -> Path:
 
 
 def _reference(params: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from ringstream.engines.reference import ReferenceEngine
-    from ringstream.geometry.cache import load_or_build
-    from ringstream.ingest.simulated import SimulatedSource
-    from ringstream.params import load_params
-
-    p = load_params(params)
-    imap, _ = load_or_build(p)
-    source = SimulatedSource(p, n_frames=n, seed=0, dtype="int32", precompute=False)
-    engine = ReferenceEngine(imap, normalize=bool(p.Normalize))
-    lineouts, cakes = engine.integrate_batch(np.stack([source.make_frame(k) for k in range(n)]))
-    return lineouts, cakes
+    return simulated_reference(params, n)
 
 
 def _check_file(path: Path, lineouts: np.ndarray, cakes: np.ndarray, groups: int | None = None) -> dict:
