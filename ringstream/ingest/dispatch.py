@@ -100,7 +100,7 @@ class Dispatcher:
             if ident is None:
                 return False
             try:
-                self.frames.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+                self.frames.send_multipart([ident, *frames], zmq.NOBLOCK, copy=not buffers)  # pixels by reference
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the process is gone; EAGAIN: its queue is full
                 peer = self.peers[ident]
                 if exc.errno == zmq.EHOSTUNREACH:

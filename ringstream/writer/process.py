@@ -295,7 +295,7 @@ class _Writer:
             if self.eos is not None and self.finished():  # (nothing is finished before the end of stream)
                 return
             k += 1
-            if k % 4 == 0:
+            if k % 8 == 0:
                 self.send_acks()  # the ingest reuses the slots of frames acknowledged: every few messages
                 if k % 16 == 0 and time.monotonic() >= t_end:  # the clock every 16 messages, not every one
                     return
