@@ -191,12 +191,12 @@ class PlayWorker:
 
         import zmq
 
-        from ringstream.protocol import Credit
+        from ringstream.protocol import Credit, worker_identity
         from ringstream.transport.sockets import send_message
 
         self.pid, self._send, self._credit = os.getpid(), send_message, Credit
         self.frames = ctx.socket(zmq.DEALER)
-        self.frames.setsockopt(zmq.ROUTING_ID, f"worker-0-{self.pid}".encode())
+        self.frames.setsockopt(zmq.ROUTING_ID, worker_identity(0, self.pid))
         self.frames.connect(frames_endpoint)
         self.acks = ctx.socket(zmq.PUSH)
         self.acks.connect(release_endpoint)

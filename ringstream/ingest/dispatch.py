@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from ..protocol import Credit, FrameAck, ProtocolError, WorkerGone, decode, encode
+from ..protocol import Credit, FrameAck, ProtocolError, WorkerGone, decode, encode, worker_identity
 from ..transport.child import receive
 from ..transport.sockets import RejectLog
 
@@ -41,11 +41,6 @@ class Peer:
     credit: int = 0
     frames: set[int] = field(default_factory=set)
     unreachable: bool = False  # a send failed: the process is gone (its WorkerGone is on its way)
-
-
-def identity_of(worker: int, pid: int) -> bytes:
-    """The routing id a worker process connects with: ``b"worker-<index>-<pid>"``."""
-    return f"worker-{int(worker)}-{int(pid)}".encode()
 
 
 class Dispatcher:
@@ -167,7 +162,7 @@ class Dispatcher:
             except ProtocolError as exc:
                 self.rejects.record(exc)
                 continue
-            if not isinstance(msg, Credit) or identity_of(msg.worker, msg.pid) != ident:
+            if not isinstance(msg, Credit) or worker_identity(msg.worker, msg.pid) != ident:
                 self.rejects.record(ProtocolError("unknown_type", f"unexpected {type(msg).__name__} message on the "
                                                                   f"frames socket from {ident!r}"))
                 continue
@@ -210,7 +205,7 @@ class Dispatcher:
         self.freed(idx, entry[0])
 
     def _worker_gone(self, worker: int, pid: int) -> None:
-        ident = identity_of(worker, pid)
+        ident = worker_identity(worker, pid)
         self.gone.add(ident)
         peer = self.peers.pop(ident, None)
         try:

@@ -34,6 +34,7 @@ from ringstream.protocol.messages import (
     RunStart,
     Stop,
     WorkerGone,
+    worker_identity,
 )
 
 __all__ = [
@@ -64,4 +65,5 @@ __all__ = [
     "result_arrays",
     "result_buffers",
     "result_curves",
+    "worker_identity",
 ]

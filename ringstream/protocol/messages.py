@@ -186,6 +186,11 @@ class Credit:
     n: int
 
 
+def worker_identity(worker: int, pid: int) -> bytes:
+    """The routing id worker ``worker`` (process ``pid``) connects to the ingest's frames socket with."""
+    return f"worker-{int(worker)}-{int(pid)}".encode()
+
+
 @_message
 class FrameAck:
     """The writer holds the results of ``frames`` (daemon-wide ``frame_index``), ``type = "ack"``: their Result, and

@@ -5,7 +5,8 @@ depth, then one per frame finished: docs/DAEMON.md, "Delivery"), results PUSH (c
 (connect to the supervisor). For each frame the worker views the pixels in place (the ring segment is
 attached by name on first sight and kept, untracked by the resource tracker) or in the inline buffer, checks the
 shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, gives
-the ingest one credit back and sends a Result (the slot is freed by the ingest once the writer has the Result): lineout float32 ``[n_r]`` (and the cake float32 ``[n_r, n_eta]`` with ``Write2D 1``),
+the ingest one credit back and sends a Result (the ingest frees the slot once the writer has the Result): lineout
+float32 ``[n_r]`` (and the cake float32 ``[n_r, n_eta]`` with ``Write2D 1``),
 ``timings = {"integrate": s, "queue": s from the ingest timestamp to the start of integration, "total": s}``.
 The worker reads the engine's declared capabilities (:class:`~ringstream.engines.base.Capabilities`) once and
 branches on them. With ``batch`` (``integrate_many``; the GPU engine) the worker takes the waiting frame and up to
@@ -44,6 +45,7 @@ from ..protocol import (
     Result,
     frame_array,
     result_buffers,
+    worker_identity,
 )
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
@@ -122,9 +124,8 @@ class _Worker:
             # peak fitting: None when the parameter file asks for none
             self.fitting = WorkerFitting.create(cfg, params, imap, self.engine_name, ctx, f"worker-{self.index}")
             self.pid = os.getpid()
-            # the identity the ingest knows this process by (ringstream.ingest.dispatch.identity_of)
             frames = ctx.socket(zmq.DEALER)
-            frames.setsockopt(zmq.ROUTING_ID, f"worker-{self.index}-{self.pid}".encode())
+            frames.setsockopt(zmq.ROUTING_ID, worker_identity(self.index, self.pid))  # how the ingest knows it
             frames.setsockopt(zmq.LINGER, 0)
             frames.setsockopt(zmq.RCVHWM, 0)  # credit bounds what the ingest sends
             frames.connect(t.frames_endpoint)
@@ -169,7 +170,7 @@ class _Worker:
             return 0
         finally:
             t0 = time.monotonic()
-            # results and releases already queued must go out, unless the supervisor is gone (and the others with it)
+            # results and credit already queued must go out, unless the supervisor is gone (and the others with it)
             ctx.destroy(linger=0 if supervisor_gone() else 2000)
             for ring in self.rings.values():
                 self.unregister(ring)

@@ -17,9 +17,11 @@ Delivery (docs/DAEMON.md, "Delivery"): the writer acknowledges each frame to the
 Result (and, when workers send partial omega sums, the sum that holds the frame: a partial sum follows the Results
 of its frames), so that the ingest frees its ring slot; an unacknowledged frame is sent again should its worker
 die. On a WorkerGone from the supervisor the writer ignores every later message of that worker process
-(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent. Results arrive in any order; the writer keeps the next expected ``frame_index`` and a
-dict of early arrivals, and appends rows to :class:`~ringstream.writer.hdf5.Hdf5Writer` strictly in frame_index
-order (a rejected frame is accounted for but writes no row). Rows are flushed to SWMR readers every
+(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent.
+
+Results arrive in any order; the writer keeps the next expected ``frame_index`` and a dict of early arrivals, and
+appends rows to :class:`~ringstream.writer.hdf5.Hdf5Writer` strictly in frame_index order (a rejected frame is
+accounted for but writes no row). Rows are flushed to SWMR readers every
 ``run.save_interval`` frames and at least every second.
 
 The HDF5 file is created on the first Result, so that ``reduction/engine`` records the engine the workers actually
@@ -41,6 +43,7 @@ fitting).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -278,10 +281,8 @@ class _Writer:
                     continue
                 self.sums_missing += waiting
             self.closing.remove(run)
-            if self.hb is None:
-                self.close_run(run, complete=True)
-                continue
-            with self.hb.beating(self.snapshot()):  # closing a long run (its zarr.zip, its last groups) can take seconds
+            # closing a long run (its zarr.zip, its last groups) can take seconds: the heartbeat goes on meanwhile
+            with self.hb.beating(self.snapshot()) if self.hb is not None else contextlib.nullcontext():
                 self.close_run(run, complete=True)
 
     def take_waiting(self, sock) -> None:
@@ -613,8 +614,7 @@ class _Writer:
             return
         self.fenced.add(key)
         self.count("workers_fenced")
-        for run in {id(r): r for r in [*self.runs.values(), *self.closing] + [self.current]
-                    if r is not None}.values():  # the runs still open: their files record it
+        for run in self.runs.values():  # the runs not closed yet: their files record it
             run.workers_lost += 1
         log.info("worker-%d (pid %d) is gone: its later messages are ignored; its unacknowledged frames go to "
                  "another worker", key[0], key[1])
