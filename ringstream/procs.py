@@ -1,4 +1,5 @@
-"""Facts about other processes that several parts need (a stale file's or ring's creator still running?)."""
+"""Facts about processes that several parts need (a stale file's or ring's creator still running?) and this
+process's memory."""
 
 from __future__ import annotations
 
@@ -14,3 +15,26 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def return_free_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``); False where there is no such call.
+
+    A long-lived process that allocates and frees large buffers in bursts (a run's last omega groups and zarr.zip
+    while the next run starts) keeps its heap at the high-water mark of those bursts: freed, but still resident.
+    Trimming at quiet moments keeps the resident size what is in use."""
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim is False:
+        return False
+    _trim(0)
+    return True
+
+
+_trim = None

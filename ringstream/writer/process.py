@@ -57,6 +57,7 @@ import zmq
 from ..errors import OutputExists, RingstreamError
 from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
+from ..procs import return_free_memory
 from ..protocol import (
     EndOfStream,
     FrameAck,
@@ -698,3 +699,4 @@ class _Writer:
         self.book.record(run, status, reason=reason or ("stopped" if not complete else ""), counters=counters)
         log.info("run %d %s: %s, %d frames written, %d rejected%s", run.number, status,
                  run.paths.h5 if run.paths else "-", run.written, run.rejected, f" ({reason})" if reason else "")
+        return_free_memory()  # the run's buffers, freed, back to the system (the service runs for days)
