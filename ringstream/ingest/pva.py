@@ -209,12 +209,17 @@ class PvaSource(QueuedLiveSource):
         if self._channel is not None:
             return
         ch = pva.Channel(self.channel_name, pva.PVA)
-        ch.setConnectionCallback(self.on_connection)
         log.info("monitoring PVA channel %s (request %s, detector %s, pixel type %s, attributes %s)",
                  self.channel_name, self.request, self.shape,
                  self.expected_dtype or "any", ", ".join(self.attributes) or "none")
         ch.monitor(self.on_update, self.request)
+        # The connection callback is set only once monitor() has returned: the ingest aborted inside monitor()
+        # ("PyThreadState_Get: ... the GIL is released") when the callback ran on pvapy's thread at that moment
+        # (seen under load in test runs; not reproduced on demand). A connection made meanwhile is read here.
+        ch.setConnectionCallback(self.on_connection)
         self._channel = ch
+        if ch.isConnected():
+            self.on_connection(True)
 
     def unsubscribe(self) -> None:
         ch, self._channel = self._channel, None
