@@ -99,6 +99,10 @@ EXIT_OUTPUT_FAILED = 3
 #: after the last frame, how long the writer waits for the workers' last partial omega sums, in s
 SUMS_WAIT_S = 5.0
 
+#: after a worker died, how long the writer waits for the partial sums of the frames it held (they are integrated
+#: again by another worker, which may itself be starting), in s
+RESENT_SUMS_WAIT_S = 60.0
+
 
 def run(config, ready, stop) -> int:
     """Entry point of the writer process (see the module docstring). Returns the exit code."""
@@ -150,6 +154,7 @@ class _Writer:
         self.awaiting_sum: set[int] = set()  # frames whose Result is here and whose partial omega sum is not
         self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
         self.fenced: set[tuple[int, int]] = set()  # (worker, pid) of dead worker processes
+        self.last_fence = 0.0  # monotonic time of the last WorkerGone
 
     @property
     def outputs(self) -> RunOutputs | None:
@@ -269,7 +274,8 @@ class _Writer:
 
     def close_finished_runs(self) -> None:
         """Close each run whose frames are all written once its partial omega sums are in (or ``SUMS_WAIT_S``
-        after its last frame)."""
+        after its last frame; ``RESENT_SUMS_WAIT_S`` after the last worker death while frames of the run await
+        their sums: a dead worker's frames are integrated again, and their sums come late but come)."""
         self.end_current()
         for run in list(self.closing):
             waiting = 0
@@ -278,7 +284,9 @@ class _Writer:
             if waiting:
                 now = time.monotonic()
                 run.t_frames_done = run.t_frames_done or now
-                if now - run.t_frames_done < SUMS_WAIT_S:
+                since = max(run.t_frames_done, self.last_fence)
+                resent = self.last_fence and any(run.first_frame <= f < run.end for f in self.awaiting_sum)
+                if now - since < (RESENT_SUMS_WAIT_S if resent else SUMS_WAIT_S):
                     continue
                 self.sums_missing += waiting
             self.closing.remove(run)
@@ -615,6 +623,7 @@ class _Writer:
             return
         self.fenced.add(key)
         self.count("workers_fenced")
+        self.last_fence = time.monotonic()
         for run in self.runs.values():  # the runs not closed yet: their files record it
             run.workers_lost += 1
         log.info("worker-%d (pid %d) is gone: its later messages are ignored; its unacknowledged frames go to "
