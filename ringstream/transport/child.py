@@ -87,7 +87,7 @@ def stop_signal_handler(supervisor: int | None) -> Callable:
     the supervisor is this process's parent, else SystemExit with the code ``128 + signal``."""
 
     def handler(signum, frame) -> None:
-        if supervisor is not None and os.getppid() == supervisor:
+        if supervisor is not None and os.getppid() == supervisor and not _PIPE_CLOSED.is_set():
             return
         _exit_on_signal(signum, frame)
 
@@ -128,7 +128,14 @@ def _set_parent_death_signal(sig: int) -> bool:
 
 def _signal_when_closed(sentinel: int) -> None:
     wait([sentinel])
+    # the dying supervisor's descriptors close before its children are given another parent: getppid() may still
+    # name it for a moment, so the handler is told here that it is gone
+    _PIPE_CLOSED.set()
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: set by the watching thread once the supervisor's pipe has closed (where there is no prctl)
+_PIPE_CLOSED = threading.Event()
 
 
 def supervisor_gone() -> bool:
