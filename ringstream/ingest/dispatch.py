@@ -221,10 +221,3 @@ class Dispatcher:
             self.resend = deque(sorted(set(self.resend)))
         log.warning("worker-%d (pid %d) is gone: %d frames it held go to the other workers", worker, pid, len(held))
         self.send_resends()
-
-    def drop_all(self) -> None:
-        """Forget every unacknowledged frame (the end: nobody will acknowledge them any more)."""
-        self.pending.clear()
-        self.holder.clear()
-        self.resend.clear()
-
