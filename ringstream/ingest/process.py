@@ -23,6 +23,7 @@ acknowledgement sockets that is not a valid Credit, FrameAck or WorkerGone: reje
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import uuid
 import numpy as np
 import zmq
 
-from ..protocol import PEAK_SEQ_KEY, EndOfStream, FrameHeader
+from ..protocol import PEAK_SEQ_KEY, RUN_START_KEY, EndOfStream, FrameHeader
 from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
@@ -260,10 +261,13 @@ class _Ingest:
         messages, run_id, run_start = self.runs.before_frame(idx, frame.new_run, metadata, self.counters)
         for msg in messages:
             self.send_eos(msg)
+        metadata = {**metadata, PEAK_SEQ_KEY: self.peaks.seq_for(idx)}
+        if idx == run_start:  # the run's first frame: its RunStart's fields too (which of the two arrives first?)
+            metadata[RUN_START_KEY] = json.dumps(self.runs.run_start_fields)
         return dict(
             run_id=run_id, run_start=run_start, frame_index=idx, source_id=str(frame.source_id),
             timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, codec="none",
-            metadata={**metadata, PEAK_SEQ_KEY: self.peaks.seq_for(idx)},
+            metadata=metadata,
             nbytes=math.prod(shape) * dtype.itemsize,
         )
 

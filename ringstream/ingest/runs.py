@@ -38,6 +38,7 @@ class _Open:
     counters_at_start: dict[str, int]
     n_frames: int = 0
     split_value: Any = None
+    start: dict[str, Any] = dataclasses.field(default_factory=dict)  # its RunStart's name, meta, reason
 
 
 class RunSplitter:
@@ -57,6 +58,11 @@ class RunSplitter:
         self.t_last_frame = 0.0
         self.pending_start: dict[str, Any] | None = None  # a ``runs start`` for the next frame: name, meta
         self.counted: dict[str, int] = {}  # the counters when the last run ended: each run's own are the rest
+
+    @property
+    def run_start_fields(self) -> dict[str, Any]:
+        """The current run's RunStart fields (name, meta, reason): its first frame carries them too."""
+        return dict(self.current.start) if self.current is not None else {}
 
     @property
     def run_id(self) -> str:
@@ -97,10 +103,11 @@ class RunSplitter:
             self.pending_start = None
             self.current = _Open(self._next_id(), int(frame_index), now, dict(self.counted),
                                  split_value=metadata.get(self.split_attribute) if self.split_attribute else None)
-            out.append(RunStart(run_id=self.current.run_id, first_frame=int(frame_index),
-                                name=str(start.get("name", "")), meta=dict(start.get("meta") or {}),
-                                reason=reason or start.get("reason", "") or ("first frame" if
-                                                                            self.runs_started == 1 else "next frame")))
+            self.current.start = dict(name=str(start.get("name", "")), meta=dict(start.get("meta") or {}),
+                                      reason=reason or start.get("reason", "") or ("first frame" if
+                                                                                   self.runs_started == 1 else
+                                                                                   "next frame"))
+            out.append(RunStart(run_id=self.current.run_id, first_frame=int(frame_index), **self.current.start))
         cur = self.current
         if cur.n_frames == 0 and self.split_attribute:
             cur.split_value = metadata.get(self.split_attribute)

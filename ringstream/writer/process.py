@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import time
@@ -59,6 +60,7 @@ from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
 from ..procs import return_free_memory
 from ..protocol import (
+    RUN_START_KEY,
     EndOfStream,
     FrameAck,
     OmegaPartial,
@@ -124,6 +126,17 @@ def never_replace() -> Iterator[None]:
         yield
     except OutputExists as exc:
         raise OutputExists(exc.path, KEEP_RESULTS) from None
+
+
+def _run_start_fields(text) -> dict:
+    """The RunStart fields a run's first frame carries (JSON text under ``RUN_START_KEY``); {} for none or junk."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) and isinstance(fields.get("meta", {}), dict) else {}
 
 
 class _Writer:
@@ -479,9 +492,10 @@ class _Writer:
             self.on_side(item)
         return run.outputs
 
-    def start_run(self, msg: Result) -> Run:
+    def start_run(self, msg: Result, start: str | None) -> Run:
         """The first in-order frame of a run that is not the current one: the current run (all of whose frames
-        are written) waits for its sums, and ``msg``'s run becomes the current one."""
+        are written) waits for its sums, and ``msg``'s run becomes the current one. ``start``: the RunStart fields
+        the frame carries (its run's first frame), used when the RunStart itself is still on its way."""
         run = self.current
         if run is not None:
             if run.eos is None:  # its EndOfStream is still on its way: the run ends where this frame begins
@@ -490,8 +504,12 @@ class _Writer:
             self.current = None
             self.closing.append(run)
         run = self.runs.get(msg.run_id)
-        if run is None:  # its RunStart is still on its way: this is its first frame
+        if run is None:  # its RunStart is still on its way: this is its first frame, which carries its fields
             run = self.run_of(msg.run_id, int(msg.frame_index))
+            fields = _run_start_fields(start)
+            if fields:
+                run.name, run.reason = str(fields.get("name", "")), str(fields.get("reason", ""))
+                run.meta = dict(fields.get("meta") or {})
         self.current = run
         if run.outputs is None and not run.failed:
             self.open_outputs(run, msg.engine, msg.metadata)
@@ -499,9 +517,10 @@ class _Writer:
 
     def emit(self, msg: Result, buffers) -> None:
         """Append one result's row (ok) or account for it (rejected) in its run's files; in frame_index order."""
+        start = msg.metadata.pop(RUN_START_KEY, None) if msg.metadata else None  # (not the source's metadata)
         run = self.current
         if run is None or msg.run_id != run.run_id:
-            run = self.start_run(msg)
+            run = self.start_run(msg, start)
         out = run.outputs
         local = int(msg.frame_index) - run.first_frame
         ts = float(msg.timestamp)

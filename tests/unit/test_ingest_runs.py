@@ -94,6 +94,8 @@ def test_runs_start_and_stop_requests():
     assert (eos.first_frame, eos.n_frames, eos.reason) == (0, 3, "runs start")
     msgs, run_id, start = s.before_frame(3, "", {}, {"received": 4})
     assert msgs == [RunStart(run_id="b.2", first_frame=3, name="ramp", reason="runs start", meta={"T": "300"})]
+    # the run's first frame carries the same fields (the writer may get it before the RunStart)
+    assert s.run_start_fields == {"name": "ramp", "reason": "runs start", "meta": {"T": "300"}}
     eos = s.request("stop", next_index=4, counters={"received": 4})
     assert (eos.run_id, eos.first_frame, eos.n_frames, eos.reason) == ("b.2", 3, 1, "runs stop")
     assert s.request("stop", next_index=4) is None  # no run open: nothing to end
