@@ -18,7 +18,15 @@ from pva_common import ntnd, session_epics_env  # noqa: E402
 from test_pipeline import Pipeline, reference_lineouts, setup_run  # noqa: E402
 
 from ringstream.ingest import process as ingest_process  # noqa: E402
-from ringstream.protocol import EndOfStream, OmegaPartial, Result, RunStart, decode, result_arrays  # noqa: E402
+from ringstream.protocol import (  # noqa: E402
+    RUN_START_KEY,
+    EndOfStream,
+    OmegaPartial,
+    Result,
+    RunStart,
+    decode,
+    result_arrays,
+)
 from ringstream.workers import process as worker_process  # noqa: E402
 
 
@@ -71,6 +79,8 @@ def test_attributes_reach_result_metadata(tmp_path):
         got.sort(key=lambda r: r[0].frame_index)
         assert [r.source_id for r, _ in got] == [str(500 + k) for k in range(n)]
         for k, (r, _) in enumerate(got):
+            run_start = r.metadata.pop(RUN_START_KEY, None)  # the run's first frame carries its RunStart's fields
+            assert (run_start is not None) == (k == 0)
             assert r.metadata == {"omega": 0.1 * k, "I0": 20000 + k}
         expected = reference_lineouts(config, frames)
         np.testing.assert_allclose(np.stack([lo for _, lo in got]), expected, rtol=1e-6, atol=1e-6)
