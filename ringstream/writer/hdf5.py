@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from h5py import h5s
 from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
+from .omega import OmegaGroup
 
 log = logging.getLogger(__name__)
 
@@ -652,6 +653,17 @@ class Hdf5Writer:
             _Col(d[key], 0).write(g0, g1, rows if key == "name" else np.asarray(rows, dtype=d[key].dtype))
         self._n_groups = g1
         self._groups = []
+
+    def omega_groups(self, group_of: Callable[[int], int]) -> Iterator[OmegaGroup]:
+        """The omega-sum groups written to the file, in order, read one at a time (``group_of`` gives a group's
+        index from its first frame)."""
+        d = self._osum
+        n = self._n_groups
+        meta = {key: d[key][:n] for key in ("n_frames", "first_frame", "last_frame", "first_omega", "last_omega")}
+        for k in range(n):
+            first = int(meta["first_frame"][k])
+            yield OmegaGroup(group_of(first), d["I"][k], int(meta["n_frames"][k]), first,
+                             int(meta["last_frame"][k]), float(meta["first_omega"][k]), float(meta["last_omega"][k]))
 
     def add_peak_update(self, seq: int, from_frame: int, peaks: Sequence[float], origin: str) -> None:
         """Record a PeakUpdate under ``/entry/fit/peak_updates`` (only in a file with fitting)."""
