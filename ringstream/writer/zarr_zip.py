@@ -255,8 +255,8 @@ class ZarrZipSink:
         if self._thread is not None:
             self.skipped += 1
             return False
-        if self._published and not self._pending:
-            return False
+        if self._published and not self._pending and self.groups_published == self.groups_total:
+            return False  # (groups spooled into the next ZIP since the last publication still need one)
         if not (wait or force) and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
             self.skipped += 1  # the last copy took more than 1/DUTY of the time since: publish later
             if self._next is not None and self._pending:  # but write its groups into the next ZIP now
