@@ -33,7 +33,7 @@ from ..protocol import ProtocolError
 from .hdf5 import Hdf5Writer
 from .midas_binaries import MidasStreams
 from .omega import OmegaStamps, OmegaSums, name_digits
-from .repair import cut_for_resume
+from .repair import check_resumable, cut_for_resume
 from .zarr_zip import ZarrZipSink, instrument_parameters, reta_map
 
 log = logging.getLogger(__name__)
@@ -206,11 +206,12 @@ class RunOutputs:
         self = cls.__new__(cls)
         self._start(imap, params, expected_frames, sums_from_workers)
         self.path = Path(h5_path)
+        layout = {"n_r": int(imap.n_r), "n_eta": int(imap.n_eta), "n_peaks": int(n_peaks),
+                  "Write2D": int(self.write_2d), "OmegaSumFrames": int(getattr(params, "OmegaSumFrames", 1))}
+        check_resumable(self.path, layout)
         try:
             if n_peaks or midas_dir is not None:
                 self.midas = self._midas(imap, n_peaks, midas_dir, fit_prefix, resume=True)
-            layout = {"n_r": int(imap.n_r), "n_eta": int(imap.n_eta), "n_peaks": int(n_peaks),
-                      "Write2D": int(self.write_2d), "OmegaSumFrames": int(getattr(params, "OmegaSumFrames", 1))}
             cut = cut_for_resume(self.path, layout, self.midas.whole() if self.midas is not None else (None, None))
             if self.midas is not None:
                 self.midas.cut(cut.rows, cut.curve_rois)

@@ -330,6 +330,23 @@ def file_layout(e: h5py.Group) -> dict[str, int]:
             "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1))}
 
 
+def check_resumable(path: str | os.PathLike, layout: dict[str, int]) -> None:
+    """InputError naming ``path`` unless it is a ringstream results file of ``layout`` (:func:`file_layout`) that
+    opens once its status flags are cleared (as a killed writer leaves them set)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; cannot continue its run")
+    clear_status_flags(path)
+    with _open_rw(path, "to continue its run") as f:
+        e = _entry(f, path)
+        if not str(f.attrs.get("creator", "")).startswith("ringstream"):
+            raise InputError(f"{path}: not a ringstream results file (creator {f.attrs.get('creator', 'unknown')!r})")
+        found = file_layout(e)
+    differ = [f"{k} {found[k]} in the file, {v} in the run" for k, v in layout.items() if found.get(k) != v]
+    if differ:
+        raise InputError(f"{path}: the file's layout differs from the run's ({'; '.join(differ)}); cannot continue it")
+
+
 def cut_for_resume(path: str | os.PathLike, layout: dict[str, int], streams: tuple[int | None, int | None] = (None, None)
                    ) -> ResumeCut:
     """Cut the file a killed writer left to what a replacement continues from, the run's resume point W.
@@ -345,18 +362,10 @@ def cut_for_resume(path: str | os.PathLike, layout: dict[str, int], streams: tup
     from ..protocol.omega import OmegaGrouping
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; cannot continue its run")
-    clear_status_flags(path)
+    check_resumable(path, layout)
     with _open_rw(path, "to continue its run") as f:
         e = _entry(f, path)
-        if not str(f.attrs.get("creator", "")).startswith("ringstream"):
-            raise InputError(f"{path}: not a ringstream results file (creator {f.attrs.get('creator', 'unknown')!r})")
         found = file_layout(e)
-        differ = [f"{k} {found[k]} in the file, {v} in the run" for k, v in layout.items() if found.get(k) != v]
-        if differ:
-            raise InputError(f"{path}: the file's layout differs from the run's ({'; '.join(differ)}); cannot "
-                             "continue it")
         n, _, groups = _cut_consistent(e)
         idx = e["data/frame_index"][:n].astype(np.int64)
         durable = int(idx[-1]) + 1 if n else 0  # frames below this have their rows in every file
