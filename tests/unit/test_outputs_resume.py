@@ -93,17 +93,19 @@ def _uninterrupted(folder: Path, run: Run) -> Path:
     return folder
 
 
-def _killed(folder: Path, run: Run, frames: int, unflushed: int) -> None:
+def _killed(folder: Path, run: Run, frames: int, unflushed: int, resume: bool = False) -> None:
     """A writer (a forked child) that appends ``frames`` frames with a save every 5, flushes, appends ``unflushed``
-    more (rows written in blocks of 4, not flushed) and is killed (SIGKILL)."""
-    folder.mkdir()
+    more (rows written in blocks of 4, not flushed) and is killed (SIGKILL). ``resume``: it continues the run in
+    ``folder`` (from its resume frame to ``frames``) instead of starting one."""
+    folder.mkdir(exist_ok=resume)
     pid = os.fork()
     if pid == 0:  # the child: never returns
         try:
-            out = _outputs(folder, run)
-            _start(out, run)
+            out = _outputs(folder, run, resume)
+            if not resume:
+                _start(out, run)
             recs = _records(run)
-            _feed(out, run, recs[:frames], every=5)
+            _feed(out, run, recs[out.resume_frame:frames], every=5)
             out.flush()
             _feed(out, run, recs[frames:frames + unflushed])
         except BaseException:  # noqa: BLE001 - reported to the parent through the folder
@@ -173,6 +175,14 @@ def _assert_same_files(got: Path, want: Path) -> None:
     assert leftovers == []
 
 
+def _durable_end(run: Run, flushed: int) -> int:
+    """W after a kill once ``flushed`` frames were flushed: the end of the last group written, one whose frames
+    all came and not all were rejected."""
+    ends = [g + run.osf for g in range(0, flushed - run.osf + 1, run.osf)
+            if any(i not in REJECTED for i in range(g, g + run.osf))]
+    return max(ends, default=0)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     base = tmp_path_factory.mktemp("uninterrupted")
@@ -189,8 +199,14 @@ def test_a_killed_writer_is_continued_to_the_uninterrupted_files(tmp_path, run, 
         folder = tmp_path / f"k{frames}-{unflushed}"
         _killed(folder, run, frames, unflushed)
         w = _resume(folder, run)
-        assert w % run.osf == 0 and w <= frames, (frames, w)
+        assert w == _durable_end(run, frames), (frames, w)
         _assert_same_files(folder, reference[run])
+    # killed again after continuing a run, itself killed with rows not flushed
+    folder = tmp_path / "twice"
+    _killed(folder, run, 11, 3)
+    _killed(folder, run, 23, 2, resume=True)
+    assert _resume(folder, run) == _durable_end(run, 23)
+    _assert_same_files(folder, reference[run])
 
 
 def test_the_resume_frame_is_the_end_of_the_last_durable_group(tmp_path):
