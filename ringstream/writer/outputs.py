@@ -10,6 +10,9 @@ and, from the daemon, the workers' partial omega sums and the PeakUpdates. :clas
 - the MIDAS streams (:class:`~ringstream.writer.midas_binaries.MidasStreams`): fit.bin and fit_curves.bin when
   fitting, lineout.bin, Int2D.bin and RTthEtaAreaMap.bin with ``midas_dir``.
 
+:meth:`RunOutputs.resume` continues a run whose writer was killed, in the same files, from the end of its last
+omega-sum group written (:attr:`RunOutputs.resume_frame`); the frames from there on are appended again.
+
 :meth:`RunOutputs.flush` makes every frame so far visible (HDF5 flush, binaries written); :meth:`RunOutputs.save`
 also publishes the zarr.zip. A full disk (ENOSPC, EDQUOT, EFBIG) is an :class:`OutputError` naming the file and
 the frames safely written; the caller stops the run and calls :meth:`RunOutputs.close` with ``run_complete=False``.

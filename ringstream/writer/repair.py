@@ -9,6 +9,10 @@ checksum (HDF5 file format spec, "Superblock"); no HDF5 tools are needed.
 of them (and to ``@frames_written``, the count the writer published at its last flush), ``frame_index`` must be
 strictly increasing, the fit curves and omega-sum groups are cut to match, ``@frames_written`` is set to the
 result, and :func:`link_omega_groups` names each omega-sum group. ``@run_complete`` stays false.
+
+:func:`cut_for_resume` cuts a killed writer's file further, to the frames a replacement writer continues the run
+after (the resume frame W: the end of the last omega-sum group written, see
+:meth:`~ringstream.writer.outputs.RunOutputs.resume`).
 """
 
 from __future__ import annotations
@@ -347,8 +351,8 @@ def check_resumable(path: str | os.PathLike, layout: dict[str, int]) -> None:
         raise InputError(f"{path}: the file's layout differs from the run's ({'; '.join(differ)}); cannot continue it")
 
 
-def cut_for_resume(path: str | os.PathLike, layout: dict[str, int], streams: tuple[int | None, int | None] = (None, None)
-                   ) -> ResumeCut:
+def cut_for_resume(path: str | os.PathLike, layout: dict[str, int],
+                   streams: tuple[int | None, int | None] = (None, None)) -> ResumeCut:
     """Cut the file a killed writer left to what a replacement continues from, the run's resume point W.
 
     As :func:`repair` (status flags cleared, rows complete and increasing, at most ``@frames_written``), then to the
