@@ -107,6 +107,13 @@ class OmegaSums:
     def group_of(self, frame_index: int) -> int:
         return self.grouping.group_of(frame_index)
 
+    def resume(self, frame: int, done_below: int) -> None:
+        """Continue a run from ``frame`` (W): frames below it are accounted for, groups below ``done_below`` were
+        written (at least those below ``group_of(frame)``), nothing is pending."""
+        self._pending.clear()
+        self._accounted = int(frame)
+        self._done_below = max(int(done_below), self.group_of(frame))
+
     def _get(self, g: int) -> _Pending:
         p = self._pending.get(g)
         if p is None:
