@@ -181,6 +181,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "credit": {"worker": _COUNT, "pid": _COUNT, "n": _COUNT},
     "ack": {"frames": _INDEX_LIST},
     "gone": {"worker": _COUNT, "pid": _COUNT},
+    "flushed": {"below": _INDEX, "writer_pid": _COUNT, "restart": _BOOL},
     "heartbeat": {
         "role": _one_of("ingest", "worker", "writer"),
         "index": _COUNT,

@@ -217,6 +217,21 @@ class WorkerGone:
 
 
 @_message
+class Flushed:
+    """The writer's files hold every frame below ``below`` (daemon-wide ``frame_index``) for good, ``type =
+    "flushed"``: its row is flushed and so is every omega-sum group that holds it (a group still summing in memory
+    would die with the writer: its frames are not below). Sent by writer process ``writer_pid`` after each flush to
+    the ingest, which passes it on to every worker: a worker keeps each Result and partial sum it sent until its
+    frames are below, to send them again to a replacement writer. ``restart``: this writer is a replacement that
+    reopened the runs' files at ``below``; every worker sends again what it kept from ``below`` on, and the ingest
+    the RunStart and EndOfStream messages of the runs not yet written in full."""
+
+    below: int
+    writer_pid: int
+    restart: bool = False
+
+
+@_message
 class Heartbeat:
     """A child is alive, ``type = "heartbeat"``; ``time`` is seconds since the epoch, ``counters`` str to number."""
 
@@ -262,6 +277,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "credit": Credit,
     "ack": FrameAck,
     "gone": WorkerGone,
+    "flushed": Flushed,
     "heartbeat": Heartbeat,
     "stop": Stop,
     "request": ControlRequest,
@@ -269,4 +285,4 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Flushed | Heartbeat | Stop | ControlRequest | ControlReply
