@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from ..protocol import Credit, FrameAck, ProtocolError, WorkerGone, decode, encode, worker_identity
+from ..protocol import Credit, Flushed, FrameAck, ProtocolError, WorkerGone, decode, encode, worker_identity
 from ..transport.child import receive
 from ..transport.sockets import RejectLog
 
@@ -48,12 +48,15 @@ class Dispatcher:
 
     ``frames``: the ROUTER socket (bound; ``ROUTER_MANDATORY`` is set here); ``acks``: the PULL socket the writer's
     acknowledgements and WorkerGone notices arrive on; ``freed(frame_index, message)`` is called once per frame
-    acknowledged (the ingest frees its slot); ``count(key, n)`` counts.
+    acknowledged (the ingest frees its slot); ``count(key, n)`` counts; ``flushed(message)`` is called with each
+    of the writer's :class:`~ringstream.protocol.Flushed` notices, once they are passed on to every worker.
     """
 
     def __init__(self, frames: zmq.Socket, acks: zmq.Socket, rejects: RejectLog,
-                 freed: Callable[[int, object], None], count: Callable[..., None]) -> None:
+                 freed: Callable[[int, object], None], count: Callable[..., None],
+                 flushed: Callable[[Flushed], None] | None = None) -> None:
         self.frames, self.acks, self.rejects = frames, acks, rejects
+        self.flushed = flushed
         frames.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a process that is gone raises instead of vanishing
         self.freed, self.count = freed, count
         self.peers: dict[bytes, Peer] = {}
@@ -179,7 +182,7 @@ class Dispatcher:
         n = 0
         while True:
             try:
-                got = receive(self.acks, self.rejects, (FrameAck, WorkerGone), flags=zmq.NOBLOCK,
+                got = receive(self.acks, self.rejects, (FrameAck, WorkerGone, Flushed), flags=zmq.NOBLOCK,
                               where="on the acknowledgement socket")
             except zmq.Again:
                 return n
@@ -190,8 +193,24 @@ class Dispatcher:
             if isinstance(msg, FrameAck):
                 for idx in msg.frames:
                     self._acknowledged(int(idx))
+            elif isinstance(msg, Flushed):
+                self.broadcast(msg)
+                if self.flushed is not None:
+                    self.flushed(msg)
             else:
                 self._worker_gone(int(msg.worker), int(msg.pid))
+
+    def broadcast(self, msg) -> None:
+        """``msg`` to every worker connected (behind the frames already sent to it); one that is gone misses it."""
+        frames = encode(msg)
+        for ident, peer in self.peers.items():
+            if peer.unreachable:
+                continue
+            try:
+                self.frames.send_multipart([ident, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    peer.unreachable = True
 
     def _acknowledged(self, idx: int) -> None:
         entry = self.pending.pop(idx, None)

@@ -80,6 +80,9 @@ class _Ingest:
         self.run_id = run_id_of(config)
         self.runs = RunSplitter(config.run, self.run_id)
         self.in_flight: dict[int, int] = {}  # slot -> frame_index
+        self.run_messages: list = []  # RunStart / EndOfStream sent, kept until the writer has their runs for good
+        self.run_ends: dict[str, int] = {}  # run_id -> the first frame after the run (its EndOfStream was sent)
+        self.durable_below = 0  # the writer's files hold every frame below this for good (its Flushed notices)
         self.ring = None
         self.source = None
         self.copier = None
@@ -119,7 +122,8 @@ class _Ingest:
             t = cfg.transport
             self.frames = make_socket(ctx, zmq.ROUTER, t.frames_endpoint, bind=True, hwm=FRAMES_HWM)
             acks = make_socket(ctx, zmq.PULL, t.release_endpoint, bind=True, hwm=max(self.hwm, self.n_slots))
-            self.dispatch = Dispatcher(self.frames, acks, self.rejects, self.on_acknowledged, self.count)
+            self.dispatch = Dispatcher(self.frames, acks, self.rejects, self.on_acknowledged, self.count,
+                                       flushed=self.on_flushed)
             self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
             hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
             self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
@@ -358,11 +362,34 @@ class _Ingest:
             self.ring.release(slot)
 
     def send_eos(self, msg) -> None:
-        """A RunStart or EndOfStream to the writer (a run's start or end: :mod:`.runs`)."""
+        """A RunStart or EndOfStream to the writer (a run's start or end: :mod:`.runs`), kept until the writer has
+        the run's frames for good (a replacement writer gets it again: :meth:`on_flushed`)."""
         if isinstance(msg, EndOfStream) and msg.run_id:
             log.info("run %s ended (%s): frames %d..%d", msg.run_id, msg.reason, msg.first_frame,
                      msg.first_frame + msg.n_frames - 1)
+        if isinstance(msg, EndOfStream):
+            self.run_ends[msg.run_id] = int(msg.first_frame) + int(msg.n_frames)
+        self.run_messages.append(msg)
         send_message(self.eos, msg)
+
+    def on_flushed(self, msg) -> None:
+        """The writer's files hold every frame below ``msg.below`` for good (the workers were told): the messages
+        of the runs that end there are no longer kept; a replacement writer (``msg.restart``) gets the others
+        again, in order."""
+        below = int(msg.below)
+        self.durable_below = max(self.durable_below, below) if not msg.restart else below
+        ends = self.run_ends
+        kept = [m for m in self.run_messages if (isinstance(m, EndOfStream) and m.final) or
+                ends.get(m.run_id) is None or ends[m.run_id] > below]
+        if len(kept) < len(self.run_messages):
+            self.run_messages = kept
+            live = {m.run_id for m in kept}
+            self.run_ends = {k: v for k, v in ends.items() if k in live}
+        if msg.restart:
+            log.warning("a new writer (pid %d) reopened its files at frame %d: sending it the %d run messages of "
+                        "the runs not written in full", msg.writer_pid, below, len(kept))
+            for m in kept:
+                send_message(self.eos, m)
 
     def poll_requests(self) -> None:
         """Peak-list changes and ``ringstream runs start|stop`` from the supervisor (never blocks)."""
@@ -379,12 +406,14 @@ class _Ingest:
 
     def drain_acknowledgements(self) -> None:
         """Wait until the writer has acknowledged every frame sent (frames of a worker that dies meanwhile go to
-        another), or the grace period."""
+        another) and has them in its files for good (a writer that dies meanwhile gets them again from the workers
+        through this process), or the grace period."""
         pending = self.dispatch.pending
         grace = self.config.supervisor.drain_timeout
         now = time.monotonic()
         deadline, last_progress = now + grace, now
-        while pending:
+        sent = self.counters["sent"]
+        while pending or self.durable_below < sent:
             now = time.monotonic()
             if now >= deadline or now - last_progress >= RELEASE_IDLE_S:
                 log.warning("%d frames sent were not acknowledged by the writer (nothing for %.0f s); ending with "

@@ -665,6 +665,10 @@ class Hdf5Writer:
             yield OmegaGroup(group_of(first), d["I"][k], int(meta["n_frames"][k]), first,
                              int(meta["last_frame"][k]), float(meta["first_omega"][k]), float(meta["last_omega"][k]))
 
+    def peak_update_seqs(self) -> list[int]:
+        """The seqs of the PeakUpdates recorded in the file (a reopened one included)."""
+        return [int(v) for v in self._upd["seq"][: self._n_updates]] if self.n_peaks else []
+
     def add_peak_update(self, seq: int, from_frame: int, peaks: Sequence[float], origin: str) -> None:
         """Record a PeakUpdate under ``/entry/fit/peak_updates`` (only in a file with fitting)."""
         self._check_open()

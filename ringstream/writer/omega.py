@@ -178,6 +178,11 @@ class OmegaSums:
         return OmegaGroup(g, p.sum, p.summed, p.integrated.first_frame, p.integrated.last_frame, p.first_omega,
                           p.last_omega)
 
+    def handed_out_below(self) -> int:
+        """The first frame not covered by what was handed out: every frame below it is accounted for and every group
+        that holds one of them was handed out (:meth:`pop_complete`); the frames of a group still summing are not."""
+        return min(self._accounted, self._done_below * self.grouping.size)
+
     def pop_complete(self) -> list[OmegaGroup]:
         """Complete groups (every frame of the range accounted for, every integrated frame summed), in order."""
         out: list[OmegaGroup] = []

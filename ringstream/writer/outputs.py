@@ -180,6 +180,7 @@ class RunOutputs:
                                np.asarray(imap.bin_area).reshape(imap.n_r, imap.n_eta), q)
         self.resume_frame = 0  # the frame the run continues from (:meth:`resume`)
         self.frames_flushed = 0
+        self.durable_frames = 0  # run-local frames below this are in the files for good (rows and groups flushed)
         self.failed = False  # a disk-full error happened: close keeps only what was flushed
 
     def _midas(self, imap: Any, n_peaks: int, midas_dir: str | os.PathLike | None, fit_prefix: str, *,
@@ -232,7 +233,7 @@ class RunOutputs:
             raise
         self.counters.update(written=cut.rows, omega_groups=cut.groups, rejected=cut.frame - cut.rows)
         self.frames_flushed = cut.rows
-        self.resume_frame = cut.frame
+        self.resume_frame = self.durable_frames = cut.frame
         log.info("%s: continuing the run from frame %d (%d frames and %d omega-sum groups kept)", self.path,
                  cut.frame, cut.rows, cut.groups)
         return self
@@ -321,11 +322,14 @@ class RunOutputs:
 
     # ------------------------------------------------------------------------------------------------ output
     def flush(self) -> None:
-        """Make every frame so far visible: HDF5 flush (``@frames_written``), MIDAS streams written."""
+        """Make every frame so far visible: HDF5 flush (``@frames_written``), MIDAS streams written;
+        :attr:`durable_frames` moves to the frames whose rows and omega-sum groups this flush wrote."""
+        durable = self.sums.handed_out_below()
         self._guard(str(self.path), self.h5.flush)
         if self.midas is not None:
             self._guard(str(self.midas.folder), self.midas.flush)
         self.frames_flushed = self.h5.frames_written
+        self.durable_frames = durable
 
     def save(self) -> None:
         """:meth:`flush` and publish the zarr.zip (the save interval)."""
