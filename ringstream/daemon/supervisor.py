@@ -18,7 +18,9 @@ signal). The children ignore these signals while the supervisor lives, so one se
 drains the same way (``ringstream.transport.child.child_setup``). A worker that dies (or stops answering: it is
 killed) is replaced at once: the writer and the ingest are told (``WorkerGone`` on the peaks socket), the frames it
 held go to the other workers (docs/DAEMON.md, "Delivery"), and the run goes on; ``MAX_RESTARTS`` deaths of one
-worker within ``RESTART_WINDOW_S`` stop the daemon with exit 5 and a line naming the cause. Any other child that
+worker within ``RESTART_WINDOW_S`` stop the daemon with exit 5 and a line naming the cause. A writer killed by a
+signal (or ended by an unexpected exception) is replaced too, with ``resume``: it continues the open runs in their
+files and gets again what was not flushed (``writer.process``), within the same limit. Any other child that
 exits non-zero, dies by a signal or stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line
 naming it, then ingest, workers and the writer (last: it flushes and closes) are stopped in that order, exit 5. No
 child outlives the supervisor: every join has a timeout, followed by the stop-now signal (``STOP_NOW_SIGNAL``,
@@ -43,7 +45,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import ConfigError, RingstreamError
+from ..errors import EXIT_INTERNAL, ConfigError, RingstreamError
 from ..protocol import (
     ControlReply,
     ControlRequest,
@@ -240,6 +242,7 @@ class Supervisor:
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
         self.deaths: dict[int, list[float]] = {}  # worker index -> monotonic times it died
         self.worker_restarts = 0
+        self.writer_restarts = 0
         self.retired: dict[str, float] = {}  # WORKER_TOTALS of the workers that died
 
     # ------------------------------------------------------------------------------------------ public
@@ -323,10 +326,11 @@ class Supervisor:
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)  # handled by the main loop (never do work in a handler)
 
-    def _spawn(self, mp, role: str, index: int = 0) -> Child:
+    def _spawn(self, mp, role: str, index: int = 0, **extra) -> Child:
         name = role if role != "worker" else f"worker-{index}"
         ready, stop = mp.Event(), mp.Event()
         kwargs = {"index": index} if role == "worker" else {}
+        kwargs.update(extra)
         proc = mp.Process(target=child_main, args=(role, self.config, ready, stop, kwargs), name=f"ringstream-{name}",
                           daemon=False)
         blocked = set(STOP_SIGNALS)  # until the child's own handlers are in place (child_setup)
@@ -416,8 +420,7 @@ class Supervisor:
                     return interrupted_exit(sig)
 
             # children that exited
-            writer = self._child("writer")
-            for child in self.children:
+            for child in list(self.children):
                 if child.alive() or child.exit_seen:
                     continue
                 child.process.join(0)
@@ -429,12 +432,21 @@ class Supervisor:
                         continue
                     self._orderly_stop()
                     return EXIT_CHILD_FAILED
+                # a writer killed (a signal: kill -9, the OOM killer, a crash) or ended by an unexpected exception
+                # is replaced; one that stopped on its outputs (a full disk: exit 3) or its input is not
+                if not expected and child.role == "writer" and (code is None or code < 0 or code == EXIT_INTERNAL) \
+                        and self.state in ("running", "draining"):
+                    if self._replace_writer(child):
+                        continue
+                    self._orderly_stop()
+                    return EXIT_CHILD_FAILED
                 if not expected:
                     self.failure = _exit_text(child)
                     log.error("%s", self.failure)
                     self._orderly_stop()
                     return EXIT_CHILD_FAILED
                 log.info("%s (pid %d) exited cleanly", child.name, child.pid)
+            writer = self._child("writer")
             if writer is not None and writer.exit_seen:
                 self.state = "stopping"
                 self._orderly_stop()  # the run is complete: workers and ingest are told to stop, then joined
@@ -478,9 +490,6 @@ class Supervisor:
         """``child``, a worker, died during the run: tell the writer and the ingest (``WorkerGone``) and start a
         replacement with the same index. False (with ``self.failure`` set) when it died ``MAX_RESTARTS`` times
         within ``RESTART_WINDOW_S``."""
-        now = time.monotonic()
-        times = [t for t in self.deaths.get(child.index, []) if now - t < RESTART_WINDOW_S] + [now]
-        self.deaths[child.index] = times
         what = _exit_text(child)
         for key in WORKER_TOTALS:
             self.retired[key] = self.retired.get(key, 0) + _num(child.counters, key)
@@ -491,16 +500,45 @@ class Supervisor:
                     self.peaks.pub.send_multipart(gone, zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
-        if len(times) >= MAX_RESTARTS:
-            self.failure = (f"{child.name} keeps dying: {len(times)} times in {RESTART_WINDOW_S:g} s (last: "
-                            f"{what.split(' died: ', 1)[-1]}); stopping")
-            log.error("%s", self.failure)
+        if not self._restarts_left(child.index, child):
             return False
         self.children.remove(child)
         self.worker_restarts += 1
         new = self._spawn(self.mp, "worker", child.index)
         log.error("%s; replaced by pid %d (restart %d of %s in %g s); the frames it held go to the other workers",
-                  what, new.pid, len(times), child.name, RESTART_WINDOW_S)
+                  what, new.pid, len(self.deaths[child.index]), child.name, RESTART_WINDOW_S)
+        return True
+
+    def _restarts_left(self, key, child: Child) -> bool:
+        """Note ``child``'s death; False (with ``self.failure`` set) when it is the ``MAX_RESTARTS``-th of ``key``
+        within ``RESTART_WINDOW_S``."""
+        now = time.monotonic()
+        times = [t for t in self.deaths.get(key, []) if now - t < RESTART_WINDOW_S] + [now]
+        self.deaths[key] = times
+        if len(times) < MAX_RESTARTS:
+            return True
+        self.failure = (f"{child.name} keeps dying: {len(times)} times in {RESTART_WINDOW_S:g} s (last: "
+                        f"{_exit_text(child).split(' died: ', 1)[-1]}); stopping")
+        log.error("%s", self.failure)
+        return False
+
+    def _replace_writer(self, child: Child) -> bool:
+        """``child``, the writer, died during the run: start a replacement that continues the open runs in their
+        files (the workers send it again what it lacks, through the ingest). False (with ``self.failure`` set) when
+        it died ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S``."""
+        if not self._restarts_left("writer", child):
+            return False
+        what = _exit_text(child)
+        self.children.remove(child)
+        self.writer_restarts += 1
+        ingest = self._child("ingest")
+        extra = {"resume": True}
+        if ingest is not None and ingest.exit_seen and ingest.process.exitcode == 0:
+            extra["stream_end"] = int(_num(ingest.counters, "sent"))  # nobody will send the end again
+        new = self._spawn(self.mp, "writer", 0, **extra)
+        log.error("%s; replaced by pid %d (restart %d of the writer in %g s): it continues the open runs in their "
+                  "files, and gets again from the workers what was not flushed", what, new.pid,
+                  len(self.deaths["writer"]), RESTART_WINDOW_S)
         return True
 
     def _begin_drain(self, why: str) -> None:
@@ -724,6 +762,7 @@ class Supervisor:
             "dropped_by_reason": dropped,
             "protocol_errors": int(errors),
             "worker_restarts": int(self.worker_restarts),
+            "writer_restarts": int(self.writer_restarts),
             "resent": int(_num(ic, "resent")),
             "duplicates": int(_num(wc, "duplicates")),
         }
@@ -871,8 +910,8 @@ class Supervisor:
         fps = tot["written"] / seconds if seconds > 0 else 0.0
         return (f"ringstream: run {self.config.run.run_id} finished: received {tot['received']}, "
                 f"integrated {tot['integrated']}, written {tot['written']}, rejected {tot['rejected']}, "
-                f"dropped {tot['dropped']} ({reasons}), worker restarts {tot['worker_restarts']}, re-sent "
-                f"{tot['resent']}, {seconds:.1f} s, {fps:.1f} frames/s")
+                f"dropped {tot['dropped']} ({reasons}), worker restarts {tot['worker_restarts']}, writer restarts "
+                f"{tot['writer_restarts']}, re-sent {tot['resent']}, {seconds:.1f} s, {fps:.1f} frames/s")
 
 
 class _StopNow(Exception):
