@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from ..protocol import Credit, FrameAck, ProtocolError, WorkerGone, decode, encode, worker_identity
+from ..protocol import Credit, FrameAck, Missing, ProtocolError, WorkerGone, decode, encode, worker_identity
 from ..transport.child import receive
 from ..transport.sockets import RejectLog
 
@@ -62,6 +62,7 @@ class Dispatcher:
         self.pending: dict[int, tuple[object, tuple]] = {}  # frame_index -> (FrameHeader, buffers), unacknowledged
         self.holder: dict[int, bytes] = {}  # frame_index -> the peer holding it
         self.resend: deque[int] = deque()  # frames of dead workers, to go out again before new ones
+        self.missing: Missing | None = None  # the writer's answer to a replacement ingest's ResumeQuery
         self.poller = zmq.Poller()
         self.poller.register(frames, zmq.POLLIN)
         self.poller.register(acks, zmq.POLLIN)
@@ -179,7 +180,7 @@ class Dispatcher:
         n = 0
         while True:
             try:
-                got = receive(self.acks, self.rejects, (FrameAck, WorkerGone), flags=zmq.NOBLOCK,
+                got = receive(self.acks, self.rejects, (FrameAck, WorkerGone, Missing), flags=zmq.NOBLOCK,
                               where="on the acknowledgement socket")
             except zmq.Again:
                 return n
@@ -190,6 +191,8 @@ class Dispatcher:
             if isinstance(msg, FrameAck):
                 for idx in msg.frames:
                     self._acknowledged(int(idx))
+            elif isinstance(msg, Missing):
+                self.missing = self.missing or msg  # the first answer counts (the query may go out more than once)
             else:
                 self._worker_gone(int(msg.worker), int(msg.pid))
 

@@ -96,6 +96,7 @@ class Source(Protocol):
     shape: tuple[int, int]
     dtype: np.dtype
     rate: float  # Hz the ingest paces this source at; 0 = as fast as it yields
+    resumable: bool  # it can go on after an ingest restart: resume() and frame_again() (below)
 
     def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]: ...
 
@@ -108,6 +109,12 @@ class Source(Protocol):
 #   counters() -> dict[str, int | float]             the source's own counters (gaps, overruns, rejected frames,
 #                                                    connection state), merged into the ingest's heartbeat and
 #                                                    so shown by `ringstream status`
+#
+# A source that declares ``resumable = True`` has two more methods, used by a replacement ingest (ingest/resume.py):
+#   resume(source_ids: list[str]) -> None           called before frames(): these frames were announced by the
+#                                                    ingest that died; frames() goes on after them
+#   frame_again(source_id: str) -> SourceFrame | None  one announced frame made again (None: it cannot be; the
+#                                                    ingest writes it as lost and counts dropped_ingest_restart)
 
 
 #: what a live source's ``frames()`` yields when it has had nothing new for a moment: the ingest then reads slot

@@ -17,7 +17,10 @@ Delivery (docs/DAEMON.md, "Delivery"): the writer acknowledges each frame to the
 Result (and, when workers send partial omega sums, the sum that holds the frame: a partial sum follows the Results
 of its frames), so that the ingest frees its ring slot; an unacknowledged frame is sent again should its worker
 die. On a WorkerGone from the supervisor the writer ignores every later message of that worker process
-(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent.
+(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent. A replacement
+ingest's :class:`~ringstream.protocol.ResumeQuery` is answered (:class:`~ringstream.protocol.Missing`, on the
+acknowledgement socket, after the acknowledgements) once every worker process it names is fenced: the frames asked
+about whose Result, or whose partial omega sum, the writer does not hold (:func:`missing_frames`).
 
 Results arrive in any order; the writer keeps the next expected ``frame_index`` and a dict of early arrivals, and
 appends rows to :class:`~ringstream.writer.hdf5.Hdf5Writer` strictly in frame_index order (a rejected frame is
@@ -64,9 +67,11 @@ from ..protocol import (
     EndOfStream,
     FrameAck,
     OmegaPartial,
+    Missing,
     PeakUpdate,
     ProtocolError,
     Result,
+    ResumeQuery,
     RunStart,
     Stop,
     WorkerGone,
@@ -104,6 +109,18 @@ SUMS_WAIT_S = 5.0
 #: after a worker died, how long the writer waits for the partial sums of the frames it held (they are integrated
 #: again by another worker, which may itself be starting), in s
 RESENT_SUMS_WAIT_S = 60.0
+
+#: how long a ResumeQuery waits for the WorkerGone notices of the workers it names before it is answered anyway, s
+FENCE_WAIT_S = 10.0
+
+
+def missing_frames(first: int, end: int, next_index: int, held, awaiting_sum) -> list[int]:
+    """The frames ``first .. end - 1`` the writer lacks, in increasing order: those not written (every index below
+    ``next_index`` is) and not ``held`` (early arrivals), and those whose Result is here but whose partial omega sum
+    is not (``awaiting_sum``: the worker that would have sent it is gone)."""
+    lacking = {i for i in range(max(int(first), int(next_index)), int(end)) if i not in held}
+    lacking.update(i for i in awaiting_sum if first <= i < end)
+    return sorted(lacking)
 
 
 def run(config, ready, stop) -> int:
@@ -168,6 +185,7 @@ class _Writer:
         self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
         self.fenced: set[tuple[int, int]] = set()  # (worker, pid) of dead worker processes
         self.last_fence = 0.0  # monotonic time of the last WorkerGone
+        self.resume_queries: list[tuple[ResumeQuery, float]] = []  # waiting for their fences: (query, when)
 
     @property
     def outputs(self) -> RunOutputs | None:
@@ -226,6 +244,8 @@ class _Writer:
                 if sock.poll(POLL_MS, zmq.POLLIN):
                     self.take_waiting(sock)
                 self.send_acks()
+                if self.resume_queries:
+                    self.answer_resume_queries()
                 self.close_finished_runs()
                 self.maybe_flush()
                 hb.beat(self.snapshot())
@@ -371,6 +391,8 @@ class _Writer:
                 self.eos = msg
                 self.drop_beyond_eos()
             self.end_current()
+        elif isinstance(msg, ResumeQuery):
+            self.resume_queries.append((msg, time.monotonic()))
         elif isinstance(msg, Stop):
             log.info("stop message: %s", msg.reason or "(no reason)")
             if self.eos is None:
@@ -653,6 +675,30 @@ class _Writer:
                 send_message(self.acks, msg, flags=zmq.NOBLOCK)
             except zmq.Again:
                 log.warning("the ingest takes no acknowledgements: worker-%d's frames cannot be sent again", key[0])
+
+    def answer_resume_queries(self) -> None:
+        """Answer each ResumeQuery whose worker processes are all fenced (so that no later message of theirs
+        counts), or that waited ``FENCE_WAIT_S`` for it; behind the acknowledgements sent so far."""
+        fenced = {pid for _, pid in self.fenced}
+        waiting = []
+        for query, t in self.resume_queries:
+            unfenced = set(int(p) for p in query.pids) - fenced
+            if unfenced and time.monotonic() - t < FENCE_WAIT_S:
+                waiting.append((query, t))
+                continue
+            if unfenced:
+                log.warning("no notice of the end of worker processes %s after %.0f s; answering the ingest all the "
+                            "same", sorted(unfenced), FENCE_WAIT_S)
+            lacking = missing_frames(query.first_frame, query.end, self.next_index, self.held, self.awaiting_sum)
+            log.info("a replacement ingest asks about frames %d..%d: %d missing", query.first_frame, query.end - 1,
+                     len(lacking))
+            self.send_acks()
+            if self.acks is not None:
+                try:
+                    send_message(self.acks, Missing(run_id=query.run_id, frames=lacking), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # the ingest asks again
+        self.resume_queries = waiting
 
     def send_acks(self) -> None:
         """Acknowledge the frames held since the last call to the ingest (dropped when it takes nothing: gone)."""

@@ -1,0 +1,78 @@
+"""What a replacement ingest reads and asks (docs/DAEMON.md, "Delivery"): the journal, the resumed run, the folder
+source ids, and the writer's answer of the frames it lacks. No sockets."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from ringstream.ingest.folder import split_frame_id
+from ringstream.ingest.journal import Journal, read_journal
+from ringstream.ingest.runs import RunSplitter
+from ringstream.writer.process import missing_frames
+
+
+def test_the_journal_records_frames_runs_and_restarts(tmp_path):
+    path = tmp_path / "state" / "ingest-journal.tsv"
+    j = Journal(path, fresh=True)
+    j.frame(0, "r", 0, "a.tif")
+    j.frame(1, "r", 0, "b\tc.tif:3")  # a tab in a name is escaped
+    j.end("r", 0, 2, final=False)
+    j.frame(2, "r.2", 2, "x\\y\n.tif")
+    j.frame(3, "r.2", 2, "dropped on its way out")
+    j.frame(3, "r.2", 2, "d.tif")  # the index went to the next frame: the last line counts
+    j.close()
+    state = read_journal(path)
+    assert state.next_index == 4 and (state.run_id, state.run_start, state.run_open) == ("r.2", 2, True)
+    assert state.source_ids() == ["a.tif", "b\tc.tif:3", "x\\y\n.tif", "d.tif"]
+    assert state.frames[1].run_id == "r" and state.frames[2].run_start == 2
+    assert not state.final and state.restarts == 0
+
+    j = Journal(path, fresh=False)  # a replacement appends
+    j.resumed()
+    j.end("r.2", 2, 2, final=True)
+    j.close()
+    with open(path, "ab") as f:
+        f.write(b"F\t4\tr.2\t2\thalf a li")  # never finished: ignored
+    state = read_journal(path)
+    assert state.restarts == 1 and state.final and state.final_eos == ("r.2", 2, 2)
+    assert not state.run_open and state.next_index == 4
+
+    Journal(path, fresh=True).close()  # a new daemon starts a new journal
+    assert os.path.getsize(path) == 0 and read_journal(path).next_index == 0
+    assert read_journal(tmp_path / "none.tsv").frames == {}
+
+
+def _run_cfg(**kw):
+    base = dict(max_frames=0, max_seconds=0.0, idle_split_s=0.0, split_attribute="", split_on_restart=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_a_resumed_run_goes_on_and_the_next_one_is_numbered_after_it():
+    runs = RunSplitter(_run_cfg(max_frames=10), "base")
+    runs.resume("base.2", 5, 12, run_open=True)
+    out, run_id, run_start = runs.before_frame(12, "", {}, {"sent": 12})
+    assert (out, run_id, run_start) == ([], "base.2", 5)  # no RunStart: the run is open at the writer
+    for idx in (13, 14):
+        runs.before_frame(idx, "", {}, {"sent": idx})
+    out, run_id, _ = runs.before_frame(15, "", {}, {"sent": 15})  # max_frames counts the dead ingest's frames too
+    assert [type(m).__name__ for m in out] == ["EndOfStream", "RunStart"] and run_id == "base.3"
+    assert out[0].first_frame == 5 and out[0].n_frames == 10 and out[0].counters["sent"] == 10
+
+    ended = RunSplitter(_run_cfg(), "base")
+    ended.resume("base", 0, 7, run_open=False)
+    out, run_id, run_start = ended.before_frame(7, "", {}, {})
+    assert run_id == "base.2" and run_start == 7 and out[0].first_frame == 7
+
+
+def test_folder_source_ids_name_a_file_and_a_frame():
+    assert split_frame_id("sub/img_0001.tif") == ("sub/img_0001.tif", 0)
+    assert split_frame_id("stack.h5:12") == ("stack.h5", 12)
+    assert split_frame_id("odd:name.tif") == ("odd:name.tif", 0)
+
+
+def test_the_writer_lacks_what_it_has_not_and_what_awaits_its_sum():
+    # written below 10; 12 and 14 held early; 3 and 12 wait for the partial sum of a worker that is gone
+    assert missing_frames(0, 16, 10, {12: None, 14: None}, {3, 12}) == [3, 10, 11, 12, 13, 15]
+    assert missing_frames(5, 8, 10, {}, {3}) == []  # outside the range asked about
+    assert missing_frames(0, 10, 10, {}, set()) == []
