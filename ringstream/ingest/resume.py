@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 
-from ..protocol import EndOfStream, ResumeQuery, Result
+from ..protocol import EndOfStream, Result, ResumeQuery
 from ..transport.sockets import send_message
 from .journal import JournalState
 

@@ -83,3 +83,30 @@ def test_kill_9_of_the_ingest_with_a_folder_source_every_file_once(tmp_path, dae
     rnd = random.Random(4)
     seen = [_kill_run(tmp_path / f"rep{k}", daemons, rnd) for k in range(REPEATS)]
     print("re-sent per run:", [s["resent"] for s in seen])
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("variant", ["simulated", "drain"])
+def test_kill_9_of_the_ingest_with_the_simulated_source(tmp_path, daemons, variant):  # noqa: F811
+    """The simulated source makes the frames the writer lacks again; killed while the daemon drains (after
+    SIGTERM), the replacement sends what is missing and ends the stream."""
+    params = test_daemon.write_params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", 0 if variant == "drain" else 240, "--rate", 120,
+                 "--workers", 2, "--engine", "cpu", "--output-h5", "out.h5"], tmp_path)
+    d.wait_ready()
+    d.wait_written(60)
+    if variant == "drain":
+        os.kill(d.proc.pid, signal.SIGTERM)
+        d.line_time("draining")
+    pid = d.status()["children"]["ingest"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    d.line_time(rf"ingest \(pid {pid}\) died: killed by signal 9; replaced by pid")
+    assert d.wait(60) == 0, d.stderr
+    received, integrated, written, rejected, dropped = d.counts()
+    assert received == written and rejected == dropped == 0, d.stderr
+    if variant != "drain":
+        assert written == 240
+    assert "ingest restarts 1," in d.stderr
+    out = test_daemon.read_output(tmp_path / "out.h5")
+    assert out["run_complete"]
+    test_daemon.assert_equals_reference(out, params, written)
