@@ -222,5 +222,9 @@ class Dispatcher:
         self.resend.extend(held)
         if len(self.resend) > len(held):  # earlier re-sends still waiting: oldest first
             self.resend = deque(sorted(set(self.resend)))
-        log.warning("worker-%d (pid %d) is gone: %d frames it held go to the other workers", worker, pid, len(held))
+        if peer is not None:
+            log.warning("worker-%d (pid %d) is gone: %d frames it held go to the other workers", worker, pid,
+                        len(held))
+        else:  # a worker of an ingest that died before this one (the writer passes every notice on)
+            log.info("worker-%d (pid %d) is gone; it held none of this ingest's frames", worker, pid)
         self.send_resends()
