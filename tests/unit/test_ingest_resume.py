@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
+import tifffile
+from test_formats_folder_source import collect, image, old, source
+
 from ringstream.ingest.folder import split_frame_id
 from ringstream.ingest.journal import Journal, read_journal
 from ringstream.ingest.runs import RunSplitter
@@ -76,3 +81,35 @@ def test_the_writer_lacks_what_it_has_not_and_what_awaits_its_sum():
     assert missing_frames(0, 16, 10, {12: None, 14: None}, {3, 12}) == [3, 10, 11, 12, 13, 15]
     assert missing_frames(5, 8, 10, {}, {3}) == []  # outside the range asked about
     assert missing_frames(0, 10, 10, {}, set()) == []
+
+
+@pytest.mark.timeout(20)
+def test_a_resumed_folder_source_goes_on_after_the_frames_announced_and_reads_one_again(tmp_path):
+    tifffile.imwrite(tmp_path / "a_1.tif", image(1))
+    np.save(tmp_path / "a_2.npy", np.stack([image(20), image(21), image(22)]))  # a stack of 3
+    tifffile.imwrite(tmp_path / "a_3.tif", image(3))
+    old(*tmp_path.iterdir())
+    announced = ["a_1.tif", "a_2.npy:0", "a_2.npy:1"]  # the dead ingest stopped inside the stack
+
+    src = source(tmp_path, count=3)
+    src.resume(announced)
+    again = src.frame_again("a_2.npy:1")
+    out = np.empty(again.shape, again.dtype)
+    again.fill(out)
+    np.testing.assert_array_equal(out, image(21))
+    assert src.frame_again("a_9.tif") is None  # gone: the ingest counts it lost
+    got = collect(src)
+    assert [sid for sid, _ in got] == ["a_2.npy:2", "a_3.tif"]
+    np.testing.assert_array_equal(got[0][1], image(22))
+
+
+def test_a_resumed_simulated_source_makes_frame_k_again_and_goes_on_after_the_last(tmp_path):
+    from ringstream.ingest.simulated import SimulatedSource
+    from ringstream.params import load_params
+
+    (tmp_path / "setup.txt").write_text("NrPixelsY 16\nNrPixelsZ 16\nLsd 1000000\npx 200\nBC 7.5 7.5\nRMin 2\n"
+                                       "RMax 7\nRBinSize 1\nEtaBinSize 30\nWavelength 0.2\n")
+    src = SimulatedSource(load_params(tmp_path / "setup.txt"), n_frames=6, precompute=False)
+    src.resume(["simulated:0", "simulated:1", "simulated:2"])
+    np.testing.assert_array_equal(src.frame_again("simulated:1").pixels, src.make_frame(1))
+    assert [f.source_id for f in src.frames()] == ["simulated:3", "simulated:4", "simulated:5"]
