@@ -92,6 +92,7 @@ def _ask_writer(ingest, query: ResumeQuery) -> list[int]:
             next_query = now + QUERY_PERIOD_S
         dispatch.poll(50)
         ingest.hb.beat(ingest.snapshot)
+        ingest.poll_requests()  # the peak lists in force (republished by the supervisor) before frames go out
     return sorted(int(i) for i in dispatch.missing.frames if query.first_frame <= int(i) < query.end)
 
 
