@@ -86,13 +86,14 @@ def test_kill_9_of_the_ingest_with_a_folder_source_every_file_once(tmp_path, dae
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("variant", ["simulated", "drain"])
+@pytest.mark.parametrize("variant", ["simulated", "inline", "drain"])
 def test_kill_9_of_the_ingest_with_the_simulated_source(tmp_path, daemons, variant):  # noqa: F811
-    """The simulated source makes the frames the writer lacks again; killed while the daemon drains (after
-    SIGTERM), the replacement sends what is missing and ends the stream."""
+    """The simulated source makes the frames the writer lacks again (through the ring, or inline); killed while
+    the daemon drains (after SIGTERM), the replacement sends what is missing and ends the stream."""
     params = test_daemon.write_params(tmp_path)
     d = daemons(["--param-file", params, "--simulate", 0 if variant == "drain" else 240, "--rate", 120,
-                 "--workers", 2, "--engine", "cpu", "--output-h5", "out.h5"], tmp_path)
+                 "--workers", 2, "--engine", "cpu", "--output-h5", "out.h5"]
+                + (["--no-shm"] if variant == "inline" else []), tmp_path)
     d.wait_ready()
     d.wait_written(60)
     if variant == "drain":
