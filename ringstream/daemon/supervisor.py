@@ -19,13 +19,12 @@ drains the same way (``ringstream.transport.child.child_setup``). A worker that 
 killed) is replaced at once: the writer and the ingest are told (``WorkerGone`` on the peaks socket), the frames it
 held go to the other workers (docs/DAEMON.md, "Delivery"), and the run goes on; ``MAX_RESTARTS`` deaths of one
 worker within ``RESTART_WINDOW_S`` stop the daemon with exit 5 and a line naming the cause. An ingest that dies
-(killed, crashed, or stopped answering) is replaced too, with the same limit: the workers, which hold frames of its
-ring, are ended and replaced with it (their ``WorkerGone`` published), and the new ingest resumes from its journal
-(``ringstream.ingest.resume``). Any other child that
-exits non-zero, dies by a signal or stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line
-naming it, then ingest, workers and the writer (last: it flushes and closes) are stopped in that order, exit 5. No
-child outlives the supervisor: every join has a timeout, followed by the stop-now signal (``STOP_NOW_SIGNAL``,
-SIGUSR1), then SIGKILL; a supervisor killed outright takes its children with it (their parent-death signal).
+(by a signal or an internal error) or stops answering is replaced too, with the same limit: the workers, which hold
+frames of its ring, are ended and replaced with it (their ``WorkerGone`` published), and the new ingest resumes
+from its journal (``ringstream.ingest.resume``). Any other child that exits non-zero, dies by a signal or stops
+answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line naming it, then ingest, workers and the
+writer (last: it flushes and closes) are stopped in that order, exit 5. No child outlives the supervisor: every join
+has a timeout, followed by the stop-now signal (``STOP_NOW_SIGNAL``, SIGUSR1), then SIGKILL; a supervisor killed outright takes its children with it (their parent-death signal).
 
 Exit codes: 0 ok; 1 internal error; 2 configuration; 3 input; 4 map; 5 a child process failed; 129/130/143
 interrupted twice (SIGHUP/SIGINT/SIGTERM).

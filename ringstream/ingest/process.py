@@ -1,9 +1,9 @@
 """The ingest process: source -> shared-memory ring -> FrameHeaders to the workers (docs/DAEMON.md, "ingest").
 
 Sockets: frames ROUTER (bind; the workers connect DEALERs and send credit on them), acknowledgements PULL (bind,
-``release_endpoint``: the writer's FrameAcks, WorkerGone notices and Missing answers), eos PUSH (connect to the writer's results
-PULL), heartbeat PUSH (connect to the supervisor's events PULL). Which worker gets which frame, and what is sent
-again when a worker dies: :mod:`.dispatch`. Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
+``release_endpoint``: the writer's FrameAcks, WorkerGone notices and Missing answers), eos PUSH (connect to the
+writer's results PULL), heartbeat PUSH (connect to the supervisor's events PULL). Which worker gets which frame,
+and what is sent again when a worker dies: :mod:`.dispatch`. Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
 is copied once into a free ring slot (or read or copied straight into it by the source: see
 :class:`~.source_base.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
 ``transport.shared_memory = false`` the pixels travel inline in the message instead.
