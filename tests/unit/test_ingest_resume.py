@@ -113,3 +113,40 @@ def test_a_resumed_simulated_source_makes_frame_k_again_and_goes_on_after_the_la
     src.resume(["simulated:0", "simulated:1", "simulated:2"])
     np.testing.assert_array_equal(src.frame_again("simulated:1").pixels, src.make_frame(1))
     assert [f.source_id for f in src.frames()] == ["simulated:3", "simulated:4", "simulated:5"]
+
+
+class _Sent:
+    """Stands in for the writer's acknowledgement socket: keeps what is sent, decoded."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.messages: list = []
+
+    def send(self, data, flags=0, copy=True) -> None:
+        import zmq
+
+        from ringstream.protocol import decode
+
+        self.parts.append(bytes(data))
+        if not flags & zmq.SNDMORE:
+            self.messages.append(decode(self.parts)[0])
+            self.parts = []
+
+
+def test_the_writer_answers_a_resume_query_once_the_workers_it_names_are_fenced():
+    from ringstream.protocol import Missing, ResumeQuery, WorkerGone
+    from ringstream.writer.process import _Writer
+
+    w = object.__new__(_Writer)  # the bookkeeping alone: no config, no sockets but a stand-in
+    w.counters, w.to_ack, w.fenced, w.resume_queries = {}, [7], set(), []
+    w.next_index, w.held, w.awaiting_sum = 5, {6: None}, {4}
+    w.acks, w.runs, w.closing, w.current = _Sent(), {}, [], None
+    w.on_message(ResumeQuery(run_id="r", first_frame=0, end=8, pids=[101, 102]), [])
+    w.on_worker_gone(WorkerGone(worker=0, pid=101))
+    w.answer_resume_queries()
+    assert not any(isinstance(m, Missing) for m in w.acks.messages)  # worker 1 (pid 102) not fenced yet
+    w.on_worker_gone(WorkerGone(worker=1, pid=102))
+    w.answer_resume_queries()
+    kinds = [type(m).__name__ for m in w.acks.messages]
+    assert kinds.index("FrameAck") < kinds.index("Missing")  # behind the acknowledgements already due
+    assert w.acks.messages[-1] == Missing(run_id="r", frames=[4, 5, 7]) and w.resume_queries == []
