@@ -48,7 +48,8 @@ class Dispatcher:
 
     ``frames``: the ROUTER socket (bound; ``ROUTER_MANDATORY`` is set here); ``acks``: the PULL socket the writer's
     acknowledgements and WorkerGone notices arrive on; ``freed(frame_index, message)`` is called once per frame
-    acknowledged (the ingest frees its slot); ``count(key, n)`` counts.
+    acknowledged (the ingest frees its slot; ``message`` None: a frame not in flight, such as one a replacement
+    ingest sent as lost); ``count(key, n)`` counts.
     """
 
     def __init__(self, frames: zmq.Socket, acks: zmq.Socket, rejects: RejectLog,
@@ -200,6 +201,7 @@ class Dispatcher:
         entry = self.pending.pop(idx, None)
         if entry is None:
             self.count("acks_unexpected")
+            self.freed(idx, None)
             return
         ident = self.holder.pop(idx, None)
         peer = self.peers.get(ident) if ident is not None else None

@@ -27,8 +27,9 @@ warning.
 Frames: ``fill`` frames, so pixels go straight from the file into the ring slot; source id: the file's path under
 the folder, with ``:k`` for frame k of a multi-frame file; timestamp: the file's mtime; metadata ``file``, ``frame``.
 The source is pausable (with a full ring the files simply wait) and resumable: a replacement ingest
-(``ringstream.ingest.resume``) gives it the source ids the dead ingest announced (:meth:`FolderSource.resume`):
-a file all of whose frames were announced is done, a file announced in part goes on with its next frame; and
+(``ringstream.ingest.resume``) gives it the last source id the dead ingest announced of each file
+(:meth:`FolderSource.resume`): a file all of whose frames were announced is done, a file announced in part goes on
+with its next frame; and
 :meth:`FolderSource.frame_again` reads one announced frame again from its file. It ends after ``count`` files (``[source]
 file_count``: processed, rejected or skipped), after ``frames`` frames, after ``idle_timeout`` s without a new
 file, or never (a service). With ``file`` set it reads that one file and ends. The run's own output files are never
@@ -63,7 +64,7 @@ from ..images.formats import (
     open_image,
     parse_shape,
 )
-from .source_base import IDLE, SourceFrame, StopFlag, stopped
+from .source_base import IDLE, SourceFrame, StopFlag, split_frame_id, stopped
 
 log = logging.getLogger("ringstream.ingest.folder")
 
@@ -501,13 +502,13 @@ class FolderSource:
         finally:
             handle.all_yielded()
 
-    def resume(self, source_ids: list[str]) -> None:
-        """Before :meth:`frames`: the frames with these source ids were announced by an ingest that died; the
-        files they come from go on after them (the module docstring)."""
-        for sid in source_ids:
+    def resume(self, last_ids: list[str], announced: int) -> None:
+        """Before :meth:`frames`: an ingest that died announced ``announced`` frames, the last of each file
+        ``last_ids``; the files go on after them (the module docstring)."""
+        for sid in last_ids:
             rel, k = split_frame_id(sid)
             self._resumed[rel] = max(self._resumed.get(rel, 0), k + 1)
-        self._resumed_frames = len(source_ids)
+        self._resumed_frames = int(announced)
 
     def frame_again(self, source_id: str) -> SourceFrame | None:
         """The frame ``source_id`` (announced before) read again from its file as a fill frame; None (logged)
@@ -546,14 +547,6 @@ class FolderSource:
         for handle in list(self._open_files):
             handle.f.close()
         self._open_files.clear()
-
-
-def split_frame_id(source_id: str) -> tuple[str, int]:
-    """(path under the folder, frame) of a folder source id: ``path`` is frame 0, ``path:k`` frame k."""
-    head, sep, tail = source_id.rpartition(":")
-    if sep and tail.isdigit():
-        return head, int(tail)
-    return source_id, 0
 
 
 class _OpenFile:

@@ -15,8 +15,9 @@ counts ``dropped_ring_full``. No worker with credit: the same, counted ``dropped
 source, or on ``stop``, the ingest sends ``EndOfStream(n_frames = frames sent)`` to the writer, then waits (up to
 ``supervisor.drain_timeout``) until the writer has acknowledged every frame; the segment is unlinked at exit.
 
-Every frame and every EndOfStream is written to the journal (:mod:`.journal`) before it is sent. An ingest started
-with ``resume=True`` replaces one that died: it goes on from the journal (:mod:`.resume`).
+Every frame and every EndOfStream is written to the journal (:mod:`.journal`) before it is sent; the frames the writer
+acknowledges leave it at its next compaction, which keeps it under a bound. An ingest started with ``resume=True``
+replaces one that died: it goes on from the journal (:mod:`.resume`).
 
 Counters: ``received`` (frames from the source), ``sent``, ``resent`` (frames of dead workers sent again),
 ``workers_lost``, ``unacknowledged``, ``dropped_<reason>``, ``protocol_errors_<kind>`` (anything on the frames or
@@ -112,7 +113,7 @@ class _Ingest:
         self.rejects = RejectLog(log, "ingest frames and acknowledgement sockets")
         path = journal_path(cfg.run)
         journaled = read_journal(path) if self.resume else None
-        self.journal = Journal(path, fresh=not self.resume)
+        self.journal = Journal(path, fresh=not self.resume, files=source.resumable)
         self.stop = stop
         try:
             if self.shm:
@@ -375,8 +376,10 @@ class _Ingest:
 
     # ------------------------------------------------------------------------------------ acknowledgements
     def on_acknowledged(self, idx: int, msg) -> None:
-        """The writer has frame ``idx`` (its header ``msg``): its slot is free again."""
-        if msg.location != "shm":
+        """The writer has frame ``idx`` (its header ``msg``; None: not in flight): its slot is free again, and a
+        replacement ingest would not ask about it (:mod:`.journal`)."""
+        self.journal.acknowledged(idx)
+        if msg is None or msg.location != "shm":
             return
         slot = int(msg.slot)
         if self.in_flight.get(slot) == idx:

@@ -103,9 +103,10 @@ class ReplaySource:
                 return
             n_pass += 1
 
-    def resume(self, source_ids: list[str]) -> None:
-        """Before :meth:`frames`: these frames were announced by an ingest that died; frames() goes on after them."""
-        self._skip = len(source_ids)
+    def resume(self, last_ids: list[str], announced: int) -> None:
+        """Before :meth:`frames`: an ingest that died announced ``announced`` frames; frames() goes on after them
+        (``last_ids``, the last of each file, are not needed: a pass yields every frame in order)."""
+        self._skip = int(announced)
 
     def frame_again(self, source_id: str) -> SourceFrame | None:
         """The frame ``source_id`` of the first pass again; None for a looped replay past its first pass."""

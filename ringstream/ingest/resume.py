@@ -12,8 +12,12 @@ and starts a new ingest with ``resume=True``. That ingest, once a worker has giv
    reads it from its file, the simulated source computes it) and announces it with its original index and run;
    a frame that cannot be made again (a live source's, a file gone meanwhile) is written as rejected, with the
    reason :data:`LOST_REASON`, and counted ``dropped_ingest_restart``, so the writer does not wait for it;
-4. resumes the run (:meth:`~.runs.RunSplitter.resume`) and tells a resumable source which frames were announced,
-   so that it goes on after them; a live source goes on with its new frames.
+4. resumes the run (:meth:`~.runs.RunSplitter.resume`) and tells a resumable source how many frames were
+   announced and the last of each file, so that it goes on after them; a live source goes on with its new frames.
+
+The frames the writer holds are acknowledged in the journal (:meth:`~.journal.Journal.acknowledged`), so that its
+next compaction drops them; a frame made again is acknowledged when the writer has it, a lost one when the writer
+has its rejected Result.
 
 When the dead ingest had already sent the stream's last EndOfStream, the replacement sends it again (the writer
 ignores a second one) and takes no frame from the source.
@@ -49,15 +53,18 @@ def resume_from(ingest, state: JournalState) -> bool:
     counters["received"] = counters["sent"] = state.next_index
     ingest.runs.resume(state.run_id, state.run_start, state.next_index, state.run_open)
     source = ingest.source
-    resumable = bool(getattr(source, "resumable", False))
+    resumable = bool(source.resumable)
     if resumable:
-        source.resume(state.source_ids())
+        source.resume(state.last_ids(), state.next_index)
     end = state.next_index
     if state.final:
         end = min(end, state.final_eos[1] + state.final_eos[2])
     first = min(state.frames, default=end)
     missing = _ask_writer(ingest, ResumeQuery(run_id=state.run_id, first_frame=first, end=end,
                                               pids=ingest.gone_pids))
+    lacking = set(missing)
+    for idx in [i for i in ingest.journal.state.frames if i not in lacking]:
+        ingest.journal.acknowledged(idx)  # the writer holds it: its line goes at the next compaction
     log.warning("resuming after an ingest that died (restart %d): %d frames announced, %d of them missing at the "
                 "writer; run %s %s", restarts, state.next_index, len(missing), state.run_id or "-",
                 "ended" if not state.run_open else "goes on")

@@ -133,10 +133,10 @@ class SimulatedSource:
         pixels = self._frames[k % K] if self._frames is not None else self.make_frame(k)
         return SourceFrame(pixels, f"simulated:{k}", time.time(), {"realisation": k % K})
 
-    def resume(self, source_ids: list[str]) -> None:
-        """Before :meth:`frames`: frames with these ids (``simulated:k``) were announced by an ingest that died;
+    def resume(self, last_ids: list[str], announced: int) -> None:
+        """Before :meth:`frames`: an ingest that died announced frames up to these ids (``simulated:k``);
         frames() goes on after the last of them."""
-        ks = [int(sid.rpartition(":")[2]) for sid in source_ids if sid.rpartition(":")[2].isdigit()]
+        ks = [int(sid.rpartition(":")[2]) for sid in last_ids if sid.rpartition(":")[2].isdigit()]
         self._first = max(ks) + 1 if ks else 0
 
     def frame_again(self, source_id: str) -> SourceFrame | None:

@@ -111,8 +111,9 @@ class Source(Protocol):
 #                                                    so shown by `ringstream status`
 #
 # A source that declares ``resumable = True`` has two more methods, used by a replacement ingest (ingest/resume.py):
-#   resume(source_ids: list[str]) -> None           called before frames(): these frames were announced by the
-#                                                    ingest that died; frames() goes on after them
+#   resume(last_ids: list[str], announced: int) -> None  called before frames(): the ingest that died announced
+#                                                    ``announced`` frames, the last of each file (the stem of its
+#                                                    id: split_frame_id) ``last_ids``; frames() goes on after them
 #   frame_again(source_id: str) -> SourceFrame | None  one announced frame made again (None: it cannot be; the
 #                                                    ingest writes it as lost and counts dropped_ingest_restart)
 
@@ -164,3 +165,12 @@ class Pacer:
             if left <= 0:
                 return True
             time.sleep(min(left, 0.05))
+
+
+def split_frame_id(source_id: str) -> tuple[str, int]:
+    """(file, frame) of a source id: ``path`` is frame 0 of its file, ``path:k`` frame k (a multi-frame file's, or
+    ``simulated:k``). The journal keeps the last frame of each file, so that a resumed source goes on after it."""
+    head, sep, tail = source_id.rpartition(":")
+    if sep and tail.isdigit():
+        return head, int(tail)
+    return source_id, 0

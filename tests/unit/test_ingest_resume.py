@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from test_formats_folder_source import collect, image, old, source
 
-from ringstream.ingest.folder import split_frame_id
 from ringstream.ingest.journal import Journal, read_journal
 from ringstream.ingest.runs import RunSplitter
+from ringstream.ingest.source_base import split_frame_id
 from ringstream.writer.process import missing_frames
 
 
@@ -29,7 +29,8 @@ def test_the_journal_records_frames_runs_and_restarts(tmp_path):
     j.close()
     state = read_journal(path)
     assert state.next_index == 4 and (state.run_id, state.run_start, state.run_open) == ("r.2", 2, True)
-    assert state.source_ids() == ["a.tif", "b\tc.tif:3", "x\\y\n.tif", "d.tif"]
+    assert [state.frames[i].source_id for i in sorted(state.frames)] == ["a.tif", "b\tc.tif:3", "x\\y\n.tif", "d.tif"]
+    assert state.last_ids() == ["a.tif", "b\tc.tif:3", "d.tif", "x\\y\n.tif"]  # the last frame of each file
     assert state.frames[1].run_id == "r" and state.frames[2].run_start == 2
     assert not state.final and state.restarts == 0
 
@@ -92,7 +93,7 @@ def test_a_resumed_folder_source_goes_on_after_the_frames_announced_and_reads_on
     announced = ["a_1.tif", "a_2.npy:0", "a_2.npy:1"]  # the dead ingest stopped inside the stack
 
     src = source(tmp_path, count=3)
-    src.resume(announced)
+    src.resume(["a_1.tif", "a_2.npy:1"], len(announced))  # the last frame of each file
     again = src.frame_again("a_2.npy:1")
     out = np.empty(again.shape, again.dtype)
     again.fill(out)
@@ -110,7 +111,7 @@ def test_a_resumed_simulated_source_makes_frame_k_again_and_goes_on_after_the_la
     (tmp_path / "setup.txt").write_text("NrPixelsY 16\nNrPixelsZ 16\nLsd 1000000\npx 200\nBC 7.5 7.5\nRMin 2\n"
                                        "RMax 7\nRBinSize 1\nEtaBinSize 30\nWavelength 0.2\n")
     src = SimulatedSource(load_params(tmp_path / "setup.txt"), n_frames=6, precompute=False)
-    src.resume(["simulated:0", "simulated:1", "simulated:2"])
+    src.resume(["simulated:2"], 3)
     np.testing.assert_array_equal(src.frame_again("simulated:1").pixels, src.make_frame(1))
     assert [f.source_id for f in src.frames()] == ["simulated:3", "simulated:4", "simulated:5"]
 
@@ -150,3 +151,118 @@ def test_the_writer_answers_a_resume_query_once_the_workers_it_names_are_fenced(
     kinds = [type(m).__name__ for m in w.acks.messages]
     assert kinds.index("FrameAck") < kinds.index("Missing")  # behind the acknowledgements already due
     assert w.acks.messages[-1] == Missing(run_id="r", frames=[4, 5, 7]) and w.resume_queries == []
+
+
+class _Stream:
+    """Feeds the same events to a journal that compacts (``bound``) and to one that never does, as an ingest
+    would: frames of files of ``per_file`` frames (every tenth file a single image), a run ended every ``run_len``
+    frames, a frame now and then dropped on its way out (its index goes to the next frame), acknowledgements
+    ``lag`` frames behind and out of order."""
+
+    def __init__(self, tmp_path, bound: int, lag: int = 48, run_len: int = 997, per_file: int = 500) -> None:
+        self.paths = (tmp_path / "compacted.tsv", tmp_path / "whole.tsv")
+        self.bound, self.lag, self.run_len, self.per_file = bound, lag, run_len, per_file
+        self.j = Journal(self.paths[0], fresh=True, bound=bound)
+        self.ref = Journal(self.paths[1], fresh=True, bound=1 << 40)
+        self.rng = np.random.default_rng(7)
+        self.next, self.file, self.k, self.run, self.run_start = 0, 0, 0, "r", 0
+        self.unacked: set[int] = set()
+        self.sizes: list[int] = []
+        self.compactions = 0  # of the journals before the last restart
+
+    def both(self, name: str, *args) -> None:
+        getattr(self.j, name)(*args)
+        getattr(self.ref, name)(*args)
+        self.sizes.append(os.path.getsize(self.paths[0]))
+
+    def frames(self, n: int) -> None:
+        for _ in range(n):
+            if self.next - self.run_start >= self.run_len:
+                self.both("end", self.run, self.run_start, self.next - self.run_start, False)
+                self.run, self.run_start = f"r.{self.next}", self.next
+            sid = f"scan/f_{self.file:06d}.h5:{self.k}" if self.file % 10 else f"scan/f_{self.file:06d}.tif"
+            self.k += 1
+            if not self.file % 10 or self.k == self.per_file:
+                self.file, self.k = self.file + 1, 0
+            self.both("frame", self.next, self.run, self.run_start, sid)
+            if self.rng.random() < 0.01:
+                continue  # dropped on its way out: the next frame gets this index
+            self.unacked.add(self.next)
+            self.next += 1
+            while len(self.unacked) > self.lag:
+                idx = int(self.rng.choice(sorted(self.unacked)[: self.lag // 2]))
+                self.unacked.discard(idx)
+                self.j.acknowledged(idx)  # the writer's FrameAck reaches the ingest
+
+    def restart(self) -> None:
+        """A replacement ingest: both journals read and continued; the frames the writer holds acknowledged."""
+        self.j.close()
+        self.ref.close()
+        self.compactions += self.j.compactions
+        self.j = Journal(self.paths[0], fresh=False, bound=self.bound)
+        self.ref = Journal(self.paths[1], fresh=False, bound=1 << 40)
+        for idx in [i for i in self.j.state.frames if i not in self.unacked]:
+            self.j.acknowledged(idx)
+        self.both("resumed")
+
+    def check(self) -> None:
+        got, want = read_journal(self.paths[0]), read_journal(self.paths[1])
+        for key in ("next_index", "run_id", "run_start", "run_open", "final", "final_eos", "restarts"):
+            assert getattr(got, key) == getattr(want, key), key
+        assert got.last_ids() == want.last_ids()  # where a resumed source goes on
+        assert self.unacked <= set(got.frames)
+        assert all(want.frames[i] == a for i, a in got.frames.items())
+        for run_id, (first, n, _) in want.ended.items():  # the ended runs the writer may still lack frames of
+            if any(first <= i < first + n for i in self.unacked):
+                assert got.ended[run_id] == want.ended[run_id]
+        # what a replacement sends again, from a writer that holds every frame acknowledged
+        held = {i: None for i in range(want.next_index) if i not in self.unacked}
+        for state in (got, want):
+            first = min(state.frames, default=state.next_index)
+            again = missing_frames(first, state.next_index, min(self.unacked, default=state.next_index), held, set())
+            assert again == sorted(self.unacked)
+
+
+def test_a_compacted_journal_stays_under_its_bound_and_resumes_as_the_whole_one(tmp_path):
+    bound = 16 * 1024
+    s = _Stream(tmp_path, bound)
+    for _ in range(6):
+        s.frames(5000)
+        s.check()
+    s.restart()
+    s.frames(7000)
+    s.check()
+    s.both("end", s.run, s.run_start, s.next - s.run_start, True)
+    s.check()
+    assert s.compactions + s.j.compactions > 50 and max(s.sizes) <= bound
+    whole = os.path.getsize(s.paths[1])
+    assert whole > 50 * bound  # some 37 000 frames: the whole journal is 2 MB
+    assert not (tmp_path / "compacted.tsv.tmp").exists()
+
+
+def test_a_journal_that_cannot_be_compacted_goes_on_growing_and_reads_the_same(tmp_path, monkeypatch):
+    import ringstream.ingest.journal as journal_mod
+
+    s = _Stream(tmp_path, 4096, per_file=5)
+    s.frames(300)  # compacted a few times
+    n = s.j.compactions
+
+    def killed(src, dst):  # as if the process died between writing the new journal and the replace
+        raise OSError("no replace")
+
+    monkeypatch.setattr(journal_mod.os, "replace", killed)
+    s.frames(300)
+    assert s.j.compactions == n and (tmp_path / "compacted.tsv.tmp").exists()  # left behind, ignored
+    s.check()
+    monkeypatch.undo()
+    s.frames(600)  # past twice the size: compacted again, over the .tmp left behind
+    assert s.j.compactions > n and not (tmp_path / "compacted.tsv.tmp").exists()
+    s.check()
+
+
+def test_a_folder_of_single_images_keeps_one_line_per_file_in_its_compacted_journal(tmp_path):
+    s = _Stream(tmp_path, 8192, per_file=1)  # every file one frame: the source goes on after each
+    s.frames(3000)
+    s.check()
+    whole, compacted = os.path.getsize(s.paths[1]), os.path.getsize(s.paths[0])
+    assert s.j.compactions >= 3 and compacted < 0.8 * whole  # the L lines (one per file) are shorter than F lines
