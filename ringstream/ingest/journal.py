@@ -185,6 +185,8 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.files, self.bound = bool(files), int(bound)
         self.state = JournalState() if fresh else read_journal(self.path, files=self.files)
+        if fresh:
+            self.tmp.unlink(missing_ok=True)  # an earlier daemon's compaction cut short
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if fresh else 0)
         self.fd = os.open(self.path, flags, 0o644)
         self.size = os.fstat(self.fd).st_size
