@@ -17,7 +17,10 @@ Delivery (docs/DAEMON.md, "Delivery"): the writer acknowledges each frame to the
 Result (and, when workers send partial omega sums, the sum that holds the frame: a partial sum follows the Results
 of its frames), so that the ingest frees its ring slot; an unacknowledged frame is sent again should its worker
 die. On a WorkerGone from the supervisor the writer ignores every later message of that worker process
-(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent.
+(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent. A replacement
+ingest's :class:`~ringstream.protocol.ResumeQuery` is answered (:class:`~ringstream.protocol.Missing`, on the
+acknowledgement socket, after the acknowledgements) once every worker process it names is fenced: the frames asked
+about whose Result, or whose partial omega sum, the writer does not hold (:func:`missing_frames`).
 
 After each flush the writer tells the ingest, which tells every worker, below which frame its files hold everything
 for good (:class:`~ringstream.protocol.Flushed`: rows flushed and the omega-sum groups of those frames written):
@@ -74,10 +77,12 @@ from ..protocol import (
     EndOfStream,
     Flushed,
     FrameAck,
+    Missing,
     OmegaPartial,
     PeakUpdate,
     ProtocolError,
     Result,
+    ResumeQuery,
     RunStart,
     Stop,
     WorkerGone,
@@ -115,6 +120,18 @@ SUMS_WAIT_S = 5.0
 #: after a worker died, how long the writer waits for the partial sums of the frames it held (they are integrated
 #: again by another worker, which may itself be starting), in s
 RESENT_SUMS_WAIT_S = 60.0
+
+#: how long a ResumeQuery waits for the WorkerGone notices of the workers it names before it is answered anyway, s
+FENCE_WAIT_S = 10.0
+
+
+def missing_frames(first: int, end: int, next_index: int, held, awaiting_sum) -> list[int]:
+    """The frames ``first .. end - 1`` the writer lacks, in increasing order: those not written (every index below
+    ``next_index`` is) and not ``held`` (early arrivals), and those whose Result is here but whose partial omega sum
+    is not (``awaiting_sum``: the worker that would have sent it is gone)."""
+    lacking = {i for i in range(max(int(first), int(next_index)), int(end)) if i not in held}
+    lacking.update(i for i in awaiting_sum if first <= i < end)
+    return sorted(lacking)
 
 
 def run(config, ready, stop, resume: bool = False, stream_end: int = -1) -> int:
@@ -186,6 +203,7 @@ class _Writer:
         self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
         self.fenced: set[tuple[int, int]] = set()  # (worker, pid) of dead worker processes
         self.last_fence = 0.0  # monotonic time of the last WorkerGone
+        self.resume_queries: list[tuple[ResumeQuery, float]] = []  # waiting for their fences: (query, when)
 
     @property
     def outputs(self) -> RunOutputs | None:
@@ -248,6 +266,8 @@ class _Writer:
                 if sock.poll(POLL_MS, zmq.POLLIN):
                     self.take_waiting(sock)
                 self.send_acks()
+                if self.resume_queries:
+                    self.answer_resume_queries()
                 self.close_finished_runs()
                 self.maybe_flush()
                 self.publish_flushed()
@@ -409,6 +429,8 @@ class _Writer:
                 self.eos = msg
                 self.drop_beyond_eos()
             self.end_current()
+        elif isinstance(msg, ResumeQuery):
+            self.resume_queries.append((msg, time.monotonic()))
         elif isinstance(msg, Stop):
             log.info("stop message: %s", msg.reason or "(no reason)")
             if self.eos is None:
@@ -785,6 +807,30 @@ class _Writer:
                                  engine_name=engine_name or str(self.config.workers.engine), n_peaks=self.n_peaks,
                                  zarr_path=paths.zarr, midas_dir=paths.midas_dir, expected_frames=frames,
                                  sums_from_workers=not self.write_2d, fit_prefix=fit_prefix)
+
+    def answer_resume_queries(self) -> None:
+        """Answer each ResumeQuery whose worker processes are all fenced (so that no later message of theirs
+        counts), or that waited ``FENCE_WAIT_S`` for it; behind the acknowledgements sent so far."""
+        fenced = {pid for _, pid in self.fenced}
+        waiting = []
+        for query, t in self.resume_queries:
+            unfenced = set(int(p) for p in query.pids) - fenced
+            if unfenced and time.monotonic() - t < FENCE_WAIT_S:
+                waiting.append((query, t))
+                continue
+            if unfenced:
+                log.warning("no notice of the end of worker processes %s after %.0f s; answering the ingest all the "
+                            "same", sorted(unfenced), FENCE_WAIT_S)
+            lacking = missing_frames(query.first_frame, query.end, self.next_index, self.held, self.awaiting_sum)
+            log.info("a replacement ingest asks about frames %d..%d: %d missing", query.first_frame, query.end - 1,
+                     len(lacking))
+            self.send_acks()
+            if self.acks is not None:
+                try:
+                    send_message(self.acks, Missing(run_id=query.run_id, frames=lacking), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # the ingest asks again
+        self.resume_queries = waiting
 
     def send_acks(self) -> None:
         """Acknowledge the frames held since the last call to the ingest (dropped when it takes nothing: gone)."""
