@@ -114,6 +114,9 @@ BATCH_S = 0.1
 #: the writer's exit code when the last run's outputs failed (a full disk, a folder that cannot be written)
 EXIT_OUTPUT_FAILED = 3
 
+#: the writer's Flushed watermark goes out again this often even when it has not moved, in s
+FLUSHED_AGAIN_S = 1.0
+
 #: after the last frame, how long the writer waits for the workers' last partial omega sums, in s
 SUMS_WAIT_S = 5.0
 
@@ -176,6 +179,7 @@ class _Writer:
         self.stream_end = int(stream_end)
         self.peaks_from = 0  # PeakUpdates from before this frame are not recorded (set by a replacement writer)
         self.flushed_below = -1  # the last Flushed watermark sent
+        self.t_flushed = 0.0  # and when
         self.summed_frames: set[int] = set()  # frames in the partial sums taken, not yet below the watermark
         self.save_interval = max(1, int(config.run.save_interval))
         self.counters: dict[str, int] = {"written": 0, "rejected": 0, "duplicates": 0, "runs_complete": 0,
@@ -730,11 +734,14 @@ class _Writer:
         return self.next_index
 
     def publish_flushed(self, restart: bool = False) -> None:
-        """Tell the ingest (and through it the workers) where :meth:`durable_below` stands, when it moved (and once
-        at the start of a replacement writer, ``restart``)."""
+        """Tell the ingest (and through it the workers) where :meth:`durable_below` stands, when it moved and every
+        ``FLUSHED_AGAIN_S`` (a replacement ingest learns it so), and once at the start of a replacement writer
+        (``restart``)."""
         below = self.durable_below()
-        if below == self.flushed_below and not restart:
+        now = time.monotonic()
+        if below == self.flushed_below and not restart and now - self.t_flushed < FLUSHED_AGAIN_S:
             return
+        self.t_flushed = now
         if below > self.flushed_below and self.summed_frames:
             self.summed_frames = {f for f in self.summed_frames if f >= below}
         self.flushed_below = below
