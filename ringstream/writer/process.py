@@ -87,7 +87,7 @@ from ..protocol import (
     Stop,
     WorkerGone,
 )
-from ..runs.naming import OutputFolderError
+from ..runs.naming import OutputFolderError, make_folders
 from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
 from .midas_binaries import FIT_BIN
@@ -531,7 +531,10 @@ class _Writer:
         engine = engine_name or str(self.config.workers.engine)
         try:
             attrs = {k: v for k, v in (metadata or {}).items() if isinstance(v, (int, float, str))}
-            self.book.name(run, attrs)
+            if run.paths is None:
+                self.book.name(run, attrs)
+            else:  # named by the writer before this one, which died before it made the files
+                make_folders(run.paths)
             paths = run.paths
             frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" and \
                 not self.book.multi_run else 0
@@ -776,6 +779,10 @@ class _Writer:
             self.runs[run.run_id] = run
             try:
                 run.paths = self.book.templates.recorded(run.number, entry["files"])
+                if not run.paths.h5.exists():  # named, not made yet: made at its first frame, as it would have been
+                    run.skip_below = run.first_frame
+                    resumed.append(run)
+                    continue
                 run.outputs = self.resume_outputs(run, str(entry.get("engine", "")))
             except (KeyError, RingstreamError, OSError, ValueError) as exc:
                 self.fail_run(run, OutputError(f"run {run.number}: cannot continue its files after the writer's "
@@ -791,7 +798,8 @@ class _Writer:
                         "the frames from there on come again", run.number, run.paths.h5, done, run.written)
         if resumed:
             resumed.sort(key=lambda r: r.first_frame)
-            self.current = resumed[0]
+            if resumed[0].outputs is not None:  # (else its first frame makes its files)
+                self.current = resumed[0]
             self.next_index = resumed[0].skip_below
         # the supervisor publishes every peak-list change again and again: one from before the runs reopened here
         # was recorded (or not) by the writer before this one, never by this one

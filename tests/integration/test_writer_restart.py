@@ -147,3 +147,92 @@ def test_a_writer_that_keeps_dying_stops_the_daemon(tmp_path, daemons):  # noqa:
         d.line_time(rf"writer \(pid {pid}\) died|writer keeps dying", 10)
     assert d.wait(60) == 5, d.stderr
     assert "writer keeps dying: 5 times in 60 s (last: killed by signal 9)" in d.stderr
+
+
+RESUME_HARNESS = """
+import json, sys, threading
+from ringstream.config import DaemonConfig
+from ringstream.writer import process
+
+class Ready(threading.Event):
+    def set(self):
+        super().set()
+        print("READY", flush=True)
+
+config = DaemonConfig.from_dict(json.loads(sys.argv[1]))
+sys.exit(process.run(config, Ready(), threading.Event(), resume=True))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_replacement_writer_makes_the_files_of_a_run_named_but_not_made(tmp_path):
+    """The writer died between recording its run "open" in the index and making the run's file: the replacement
+    makes the file at the run's first frame, under the same number, and says where the workers start again."""
+    import json
+    import subprocess
+    import sys
+
+    import zmq
+    from test_crash_outputs import N_ETA, N_PEAKS, N_R, PARAMS
+    from test_crash_outputs import OSF as CRASH_OSF
+
+    from ringstream.config import DaemonConfig
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.protocol import EndOfStream, Flushed, OmegaPartial, Result, decode, encode, result_buffers
+    from ringstream.runs.index import RunIndex
+    from ringstream.runs.state import state_dir_of
+    from ringstream.transport.endpoints import free_tcp_endpoint
+
+    (tmp_path / "setup.txt").write_text(PARAMS)
+    data = {"run": {"param_file": str(tmp_path / "setup.txt"), "output_h5": str(tmp_path / "out.h5"),
+                    "run_id": "d"},
+            "source": {"kind": "simulated", "frames": 0},
+            "transport": {"results_endpoint": free_tcp_endpoint(), "events_endpoint": free_tcp_endpoint(),
+                          "release_endpoint": free_tcp_endpoint()},
+            "supervisor": {"heartbeat_interval": 0.2}, "logging": {"level": "WARNING"}}
+    config = DaemonConfig.from_dict(data)
+    load_or_build(config.load_params())
+    index = RunIndex.in_state_dir(state_dir_of(config.run))
+    index.append(1, "open", name="", run_id="d", first_frame=0, frames=0, written=0, rejected=0,
+                 files={"h5": str(tmp_path / "out.h5"), "zarr": str(tmp_path / "out.zarr.zip")}, reason="first frame")
+    ctx = zmq.Context()
+    acks = ctx.socket(zmq.PULL)
+    acks.bind(data["transport"]["release_endpoint"])
+    events = ctx.socket(zmq.PULL)
+    events.bind(data["transport"]["events_endpoint"])
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_HARNESS, json.dumps(data)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    push = ctx.socket(zmq.PUSH)
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        assert acks.poll(10_000)
+        first, _ = decode(acks.recv_multipart())
+        assert isinstance(first, Flushed) and first.restart and first.below == 0  # nothing of the run is in files
+        push.connect(data["transport"]["results_endpoint"])
+        rng = np.random.default_rng(0)
+        total = np.zeros((N_R, N_ETA))
+        for k in range(CRASH_OSF):
+            msg = Result(run_id="d", frame_index=k, source_id=f"d:{k}", timestamp=time.time(), n_r=N_R,
+                         n_eta=N_ETA, n_peaks=N_PEAKS)
+            push.send_multipart(encode(msg, result_buffers(rng.random(N_R, dtype=np.float32), None,
+                                                           rng.normal(size=(N_PEAKS, 7)))))
+            total += k
+        push.send_multipart(encode(OmegaPartial(run_id="d", group=0, n_frames=CRASH_OSF, n_r=N_R, n_eta=N_ETA,
+                                                frames=list(range(CRASH_OSF))), [total]))
+        push.send_multipart(encode(EndOfStream(run_id="d", first_frame=0, n_frames=CRASH_OSF, final=True)))
+        assert proc.wait(60) == 0, proc.stderr.read()
+    finally:
+        push.close(linger=1000)
+        acks.close(linger=0)
+        events.close(linger=0)
+        ctx.term()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["out.h5"]
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert f["/entry/data/frame_index"][()].tolist() == list(range(CRASH_OSF))
+        assert bool(f["/entry"].attrs["run_complete"])
+        np.testing.assert_array_equal(f["/entry/omega_sum/I"][0], total)
+    runs = index.runs()
+    assert [(r["run"], r["status"], r["frames"]) for r in runs] == [(1, "complete", CRASH_OSF)]
