@@ -14,6 +14,7 @@ HDF5 file. :func:`read_fit_curves` reads fit_curves.bin back.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Iterator
@@ -36,12 +37,16 @@ _HEAD = struct.Struct("<iii")
 #: bytes each file keeps in memory before a write
 _BUFFER = 8 << 20
 
+log = logging.getLogger(__name__)
+
 
 def _open(path: Path, overwrite: bool, resume: bool = False):
     """``path`` opened to write a run's stream: created (OutputExists unless ``overwrite``), or with ``resume``
-    the existing stream of a run being continued, to be cut (:meth:`MidasStreams.cut`) and appended to."""
-    if resume and not path.is_file():
-        raise InputError(f"{path}: missing; cannot continue the run's MIDAS stream")
+    the existing stream of a run being continued, to be cut (:meth:`MidasStreams.cut`) and appended to (one the
+    writer died before making is made empty: it holds no frame, so the run is continued from its first)."""
+    if resume and not path.is_file():  # the writer died before it made it: it holds no frame (the run goes on
+        log.warning("%s: missing; made again, empty (the run continues from its first frame)", path)  # from 0)
+        resume = False
     if path.exists() and not (overwrite or resume):
         raise OutputExists(path)
     try:

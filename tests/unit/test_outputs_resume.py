@@ -243,6 +243,15 @@ def test_a_stream_flushed_less_than_the_hdf5_file_lowers_the_resume_frame(tmp_pa
     _assert_same_files(folder, reference[run])
 
 
+def test_a_stream_the_dead_writer_had_not_made_is_made_and_the_run_continued_from_its_start(tmp_path, reference):
+    run = Run(1, True, 1)
+    folder = tmp_path / "m"
+    _killed(folder, run, 17, 0)
+    (folder / FIT_BIN).unlink()  # as if killed after the HDF5 file was made, before fit.bin was
+    assert _resume(folder, run) == 0  # fit.bin holds no frame: every frame again, from the first
+    _assert_same_files(folder, reference[run])
+
+
 def test_a_file_that_is_not_the_runs_is_one_clear_error(tmp_path):
     run = Run(1, True, 4)
     with h5py.File(tmp_path / "r.h5", "w") as f:
