@@ -54,7 +54,7 @@ from workload import (  # noqa: E402
 
 PARAMS = DEMO_PARAMS
 COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+), rejected (\d+), dropped (\d+) "
-                    r"\([^)]*\), worker restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
+                    r"\([^)]*\), worker restarts \d+, writer restarts \d+, ingest restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
 
 
 def machine_info() -> dict:

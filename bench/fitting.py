@@ -61,7 +61,7 @@ from ringstream.params import parse_params  # noqa: E402
 BASE = "NrPixelsY 128\nNrPixelsZ 128\nLsd 1000000\npx 200\nBC 63 61\nRMin 0\nRMax 200\nRBinSize 1\n"
 X = np.arange(200.0)
 COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+), rejected (\d+), dropped (\d+) "
-                    r"\([^)]*\), worker restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
+                    r"\([^)]*\), worker restarts \d+, writer restarts \d+, ingest restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
 
 
 def cases(n: int, kind: str, snr: float = 100.0, seed: int = 1):

@@ -218,7 +218,7 @@ def bench_one(cp, cupyx, name, dtype, params_text, n_frames, reps, rng, sweep=Fa
 
 
 COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+), rejected (\d+), dropped (\d+) "
-                    r"\([^)]*\), worker restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
+                    r"\([^)]*\), worker restarts \d+, writer restarts \d+, ingest restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
 
 
 def ingest_ceiling(llc: dict, seconds: float = 1.5) -> dict:

@@ -39,7 +39,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = re.compile(r"finished: received (\d+), integrated (\d+), written (\d+), rejected (\d+), dropped (\d+) "
-                    r"\([^)]*\), worker restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
+                    r"\([^)]*\), worker restarts \d+, writer restarts \d+, ingest restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
 
 
 def params_text(size: int) -> str:

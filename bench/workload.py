@@ -184,7 +184,8 @@ class PlayWorker:
     """A benchmark's stand-in for a worker and the writer, facing a real ingest process: a DEALER on the frames
     endpoint that announces ``credit`` (the ingest sends a frame only against credit) and a PUSH on the
     acknowledgement endpoint (``release_endpoint``). :meth:`acknowledge` of a FrameHeader frees its slot and gives
-    one credit back, as the writer's FrameAck and the worker's Credit do."""
+    one credit back, as the writer's FrameAck and the worker's Credit do (and says the frame is in the files for good:
+the writer's Flushed, which the ingest waits for at the end)."""
 
     def __init__(self, ctx, frames_endpoint: str, release_endpoint: str, credit: int) -> None:
         import os
@@ -203,9 +204,10 @@ class PlayWorker:
         send_message(self.frames, Credit(worker=0, pid=self.pid, n=int(credit)))
 
     def acknowledge(self, header) -> None:
-        from ringstream.protocol import FrameAck
+        from ringstream.protocol import Flushed, FrameAck
 
         self._send(self.acks, FrameAck(frames=[int(header.frame_index)]))
+        self._send(self.acks, Flushed(below=int(header.frame_index) + 1, writer_pid=self.pid))  # (kept for good)
         self._send(self.frames, self._credit(worker=0, pid=self.pid, n=1))
 
     def close(self) -> None:

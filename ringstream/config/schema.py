@@ -240,8 +240,10 @@ class TransportConfig:
                                  "memcpy threshold at 256 KiB, ingest only, x86-64 glibc)")
     queue_depth: int = opt(32, "ZeroMQ high-water mark of every queue; default: ring_slots", at_least=1)
     results_queue_mb: int = opt(8, "workers -> writer: about this many MB of Results queued a side (at least "
-                                "queue_depth, at most 4096 messages); also what a kill -9 of the writer can lose "
-                                "past its last flush", at_least=0)
+                                "queue_depth, at most 4096 messages)", at_least=0)
+    kept_results_mb: int = opt(512, "each worker keeps the Results and partial sums it sent until the writer has "
+                               "flushed them (a replacement writer gets them again); past this many MB it takes "
+                               "no new frame until the writer catches up (backpressure)", at_least=1)
 
 
 @dataclass(frozen=True)

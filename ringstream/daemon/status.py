@@ -73,8 +73,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"frames: received {tot.get('received', 0)}, sent {tot.get('sent', 0)}, integrated "
         f"{tot.get('integrated', 0)}, written {tot.get('written', 0)}, rejected {tot.get('rejected', 0)}, "
         f"dropped {tot.get('dropped', 0)}, protocol errors {tot.get('protocol_errors', 0)}",
-        f"delivery: worker restarts {tot.get('worker_restarts', 0)}, re-sent {tot.get('resent', 0)}, duplicates "
-        f"dropped {tot.get('duplicates', 0)}",
+        f"delivery: worker restarts {tot.get('worker_restarts', 0)}, writer restarts {tot.get('writer_restarts', 0)}, "
+        f"ingest restarts {tot.get('ingest_restarts', 0)}, re-sent {tot.get('resent', 0)}, duplicates dropped "
+        f"{tot.get('duplicates', 0)}",
     ]
     channel = channel_line(status)
     if channel:

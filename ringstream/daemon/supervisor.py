@@ -18,11 +18,16 @@ signal). The children ignore these signals while the supervisor lives, so one se
 drains the same way (``ringstream.transport.child.child_setup``). A worker that dies (or stops answering: it is
 killed) is replaced at once: the writer and the ingest are told (``WorkerGone`` on the peaks socket), the frames it
 held go to the other workers (docs/DAEMON.md, "Delivery"), and the run goes on; ``MAX_RESTARTS`` deaths of one
-worker within ``RESTART_WINDOW_S`` stop the daemon with exit 5 and a line naming the cause. Any other child that
-exits non-zero, dies by a signal or stops answering (no heartbeat for ``heartbeat_timeout``) is a failure: one line
-naming it, then ingest, workers and the writer (last: it flushes and closes) are stopped in that order, exit 5. No
-child outlives the supervisor: every join has a timeout, followed by the stop-now signal (``STOP_NOW_SIGNAL``,
-SIGUSR1), then SIGKILL; a supervisor killed outright takes its children with it (their parent-death signal).
+worker within ``RESTART_WINDOW_S`` stop the daemon with exit 5 and a line naming the cause. A writer killed by a
+signal (or ended by an unexpected exception) is replaced too, with ``resume``: it continues the open runs in their
+files and gets again what was not flushed (``writer.process``). An ingest that dies (by a signal or an internal
+error) or stops answering is replaced too: the workers, which hold frames of its ring, are ended and replaced with
+it (their ``WorkerGone`` published), and the new ingest resumes from its journal (``ringstream.ingest.resume``).
+Each within the same limit. Any other child that exits non-zero, dies by a signal or stops answering (no heartbeat
+for ``heartbeat_timeout``) is a failure: one line naming it, then ingest, workers and the writer (last: it flushes
+and closes) are stopped in that order, exit 5. No child outlives the supervisor: every join has a timeout, followed
+by the stop-now signal (``STOP_NOW_SIGNAL``, SIGUSR1), then SIGKILL; a supervisor killed outright takes its
+children with it (their parent-death signal).
 
 Exit codes: 0 ok; 1 internal error; 2 configuration; 3 input; 4 map; 5 a child process failed; 129/130/143
 interrupted twice (SIGHUP/SIGINT/SIGTERM).
@@ -43,7 +48,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import ConfigError, RingstreamError
+from ..errors import EXIT_INTERNAL, ConfigError, RingstreamError
 from ..protocol import (
     ControlReply,
     ControlRequest,
@@ -79,6 +84,9 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 #: the counters of a worker that are totals over its life (kept when it dies and is replaced)
 WORKER_TOTALS = ("integrated", "rejected")
+#: the exit codes of an ingest that is replaced when it ends with them while the daemon runs (a signal, an internal
+#: error); the others (configuration, input, map: 2, 3, 4) would fail again the same way
+INGEST_RESTART_CODES = (1,)
 
 _ROLE_TARGETS = {
     "ingest": "ringstream.ingest.process",
@@ -238,9 +246,12 @@ class Supervisor:
         self.peaks = None  # PeakControl, set up in run()
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
-        self.deaths: dict[int, list[float]] = {}  # worker index -> monotonic times it died
+        self.deaths: dict[int | str, list[float]] = {}  # worker index or "ingest" -> monotonic times it died
         self.worker_restarts = 0
+        self.writer_restarts = 0
+        self.ingest_restarts = 0
         self.retired: dict[str, float] = {}  # WORKER_TOTALS of the workers that died
+        self.retired_ingest: dict[str, float] = {}  # "resent" and drops of the ingests that died
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
@@ -323,10 +334,10 @@ class Supervisor:
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)  # handled by the main loop (never do work in a handler)
 
-    def _spawn(self, mp, role: str, index: int = 0) -> Child:
+    def _spawn(self, mp, role: str, index: int = 0, kwargs: dict | None = None) -> Child:
         name = role if role != "worker" else f"worker-{index}"
         ready, stop = mp.Event(), mp.Event()
-        kwargs = {"index": index} if role == "worker" else {}
+        kwargs = {"index": index} if role == "worker" else dict(kwargs or {})
         proc = mp.Process(target=child_main, args=(role, self.config, ready, stop, kwargs), name=f"ringstream-{name}",
                           daemon=False)
         blocked = set(STOP_SIGNALS)  # until the child's own handlers are in place (child_setup)
@@ -416,16 +427,25 @@ class Supervisor:
                     return interrupted_exit(sig)
 
             # children that exited
-            writer = self._child("writer")
-            for child in self.children:
-                if child.alive() or child.exit_seen:
+            for child in list(self.children):
+                if child.alive() or child.exit_seen or child not in self.children:
                     continue
                 child.process.join(0)
                 child.exit_seen = True
                 code = child.process.exitcode
                 expected = code == 0 and (child.role in ("ingest", "writer") or child.stop.is_set())
-                if not expected and child.role == "worker" and self.state in ("running", "draining"):
-                    if self._replace_worker(child):
+                replace = child.role == "worker" or (child.role == "ingest" and code is not None and
+                                                     (code < 0 or code in INGEST_RESTART_CODES))
+                if not expected and replace and self.state in ("running", "draining"):
+                    if (self._replace_worker if child.role == "worker" else self._replace_ingest)(child):
+                        continue
+                    self._orderly_stop()
+                    return EXIT_CHILD_FAILED
+                # a writer killed (a signal: kill -9, the OOM killer, a crash) or ended by an unexpected exception
+                # is replaced; one that stopped on its outputs (a full disk: exit 3) or its input is not
+                if not expected and child.role == "writer" and (code is None or code < 0 or code == EXIT_INTERNAL) \
+                        and self.state in ("running", "draining"):
+                    if self._replace_writer(child):
                         continue
                     self._orderly_stop()
                     return EXIT_CHILD_FAILED
@@ -435,6 +455,7 @@ class Supervisor:
                     self._orderly_stop()
                     return EXIT_CHILD_FAILED
                 log.info("%s (pid %d) exited cleanly", child.name, child.pid)
+            writer = self._child("writer")
             if writer is not None and writer.exit_seen:
                 self.state = "stopping"
                 self._orderly_stop()  # the run is complete: workers and ingest are told to stop, then joined
@@ -453,7 +474,7 @@ class Supervisor:
                         return EXIT_CHILD_FAILED
                     continue
                 age = now - child.last_beat
-                if age > hb_timeout and child.role == "worker" and self.state in ("running", "draining"):
+                if age > hb_timeout and child.role in ("worker", "ingest") and self.state in ("running", "draining"):
                     log.error("%s (pid %d) stopped answering for %.1f s; killing it to replace it", child.name,
                               child.pid, age)
                     child.process.kill()
@@ -478,10 +499,36 @@ class Supervisor:
         """``child``, a worker, died during the run: tell the writer and the ingest (``WorkerGone``) and start a
         replacement with the same index. False (with ``self.failure`` set) when it died ``MAX_RESTARTS`` times
         within ``RESTART_WINDOW_S``."""
-        now = time.monotonic()
-        times = [t for t in self.deaths.get(child.index, []) if now - t < RESTART_WINDOW_S] + [now]
-        self.deaths[child.index] = times
+        times = self._died(child.index)
         what = _exit_text(child)
+        self._worker_gone(child)
+        if self._dies_too_often(child, times, what):
+            return False
+        self.children.remove(child)
+        self.worker_restarts += 1
+        new = self._spawn(self.mp, "worker", child.index)
+        log.error("%s; replaced by pid %d (restart %d of %s in %g s); the frames it held go to the other workers",
+                  what, new.pid, len(times), child.name, RESTART_WINDOW_S)
+        return True
+
+    def _died(self, key: int | str) -> list[float]:
+        """Record a death of worker ``key`` (its index), of the ingest or of the writer (``"ingest"``, ``"writer"``);
+        its deaths within ``RESTART_WINDOW_S``."""
+        now = time.monotonic()
+        times = [t for t in self.deaths.get(key, []) if now - t < RESTART_WINDOW_S] + [now]
+        self.deaths[key] = times
+        return times
+
+    def _dies_too_often(self, child: Child, times: list[float], what: str) -> bool:
+        if len(times) < MAX_RESTARTS:
+            return False
+        self.failure = (f"{child.name} keeps dying: {len(times)} times in {RESTART_WINDOW_S:g} s (last: "
+                        f"{what.split(' died: ', 1)[-1]}); stopping")
+        log.error("%s", self.failure)
+        return True
+
+    def _worker_gone(self, child: Child) -> None:
+        """Worker ``child`` has ended: keep its totals and publish its ``WorkerGone`` (the writer fences it)."""
         for key in WORKER_TOTALS:
             self.retired[key] = self.retired.get(key, 0) + _num(child.counters, key)
         if self.peaks is not None:
@@ -491,16 +538,59 @@ class Supervisor:
                     self.peaks.pub.send_multipart(gone, zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
-        if len(times) >= MAX_RESTARTS:
-            self.failure = (f"{child.name} keeps dying: {len(times)} times in {RESTART_WINDOW_S:g} s (last: "
-                            f"{what.split(' died: ', 1)[-1]}); stopping")
-            log.error("%s", self.failure)
+
+    def _replace_ingest(self, child: Child) -> bool:
+        """``child``, the ingest, died during the run: end every worker at once (they hold frames of its ring), publish
+        their ``WorkerGone``, and start new workers and a new ingest that resumes from the journal (with the
+        workers' pids, so that the writer answers it once it ignores them). False (with ``self.failure`` set) when
+        it died ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S``."""
+        times = self._died("ingest")
+        what = _exit_text(child)
+        for key in child.counters:
+            if key == "resent" or key.startswith("dropped_"):
+                self.retired_ingest[key] = self.retired_ingest.get(key, 0) + _num(child.counters, key)
+        if self._dies_too_often(child, times, what):
+            return False
+        workers = [c for c in self.children if c.role == "worker" and not c.exit_seen]
+        for w in workers:
+            stop_now(w.process)
+        for w in workers:
+            w.process.join(1.0)
+            if w.alive():
+                w.process.kill()
+                w.process.join(2.0)
+            w.exit_seen = True
+            self._worker_gone(w)
+            self.children.remove(w)
+        self.children.remove(child)
+        self.ingest_restarts += 1
+        for w in workers:
+            self._spawn(self.mp, "worker", w.index)
+        new = self._spawn(self.mp, "ingest", 0, {"resume": True, "pids": [int(w.pid) for w in workers]})
+        if self.state == "draining":
+            new.stop.set()  # it sends what the writer lacks and ends the stream
+        log.error("%s; replaced by pid %d (restart %d of the ingest in %g s), with new workers; the frames the writer "
+                  "lacks are sent again", what, new.pid, len(times), RESTART_WINDOW_S)
+        return True
+
+    def _replace_writer(self, child: Child) -> bool:
+        """``child``, the writer, died during the run: start a replacement that continues the open runs in their
+        files (the workers send it again what it lacks, through the ingest). False (with ``self.failure`` set) when
+        it died ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S``."""
+        times = self._died("writer")
+        what = _exit_text(child)
+        if self._dies_too_often(child, times, what):
             return False
         self.children.remove(child)
-        self.worker_restarts += 1
-        new = self._spawn(self.mp, "worker", child.index)
-        log.error("%s; replaced by pid %d (restart %d of %s in %g s); the frames it held go to the other workers",
-                  what, new.pid, len(times), child.name, RESTART_WINDOW_S)
+        self.writer_restarts += 1
+        ingest = self._child("ingest")
+        extra = {"resume": True}
+        if ingest is not None and ingest.exit_seen and ingest.process.exitcode == 0:
+            extra["stream_end"] = int(_num(ingest.counters, "sent"))  # nobody will send the end again
+        new = self._spawn(self.mp, "writer", 0, extra)
+        log.error("%s; replaced by pid %d (restart %d of the writer in %g s): it continues the open runs in their "
+                  "files, and gets again from the workers what was not flushed", what, new.pid, len(times),
+                  RESTART_WINDOW_S)
         return True
 
     def _begin_drain(self, why: str) -> None:
@@ -704,6 +794,9 @@ class Supervisor:
         wc = writer.counters if writer else {}
         workers = [c for c in self.children if c.role == "worker"]
         dropped = {k[len("dropped_"):]: int(v) for k, v in ic.items() if k.startswith("dropped_")}
+        for k, v in self.retired_ingest.items():  # the ingests that died
+            if k.startswith("dropped_"):
+                dropped[k[len("dropped_"):]] = dropped.get(k[len("dropped_"):], 0) + int(v)
         if _num(wc, "dropped_output_failed"):  # frames of runs whose outputs failed (a full disk ...)
             dropped["output_failed"] = int(_num(wc, "dropped_output_failed"))
         errors = 0
@@ -724,7 +817,9 @@ class Supervisor:
             "dropped_by_reason": dropped,
             "protocol_errors": int(errors),
             "worker_restarts": int(self.worker_restarts),
-            "resent": int(_num(ic, "resent")),
+            "writer_restarts": int(self.writer_restarts),
+            "ingest_restarts": int(self.ingest_restarts),
+            "resent": int(_num(ic, "resent") + self.retired_ingest.get("resent", 0)),
             "duplicates": int(_num(wc, "duplicates")),
         }
 
@@ -871,8 +966,9 @@ class Supervisor:
         fps = tot["written"] / seconds if seconds > 0 else 0.0
         return (f"ringstream: run {self.config.run.run_id} finished: received {tot['received']}, "
                 f"integrated {tot['integrated']}, written {tot['written']}, rejected {tot['rejected']}, "
-                f"dropped {tot['dropped']} ({reasons}), worker restarts {tot['worker_restarts']}, re-sent "
-                f"{tot['resent']}, {seconds:.1f} s, {fps:.1f} frames/s")
+                f"dropped {tot['dropped']} ({reasons}), worker restarts {tot['worker_restarts']}, writer restarts "
+                f"{tot['writer_restarts']}, ingest restarts {tot['ingest_restarts']}, re-sent {tot['resent']}, "
+                f"{seconds:.1f} s, {fps:.1f} frames/s")
 
 
 class _StopNow(Exception):

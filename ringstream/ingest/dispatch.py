@@ -25,7 +25,17 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from ..protocol import Credit, FrameAck, ProtocolError, WorkerGone, decode, encode, worker_identity
+from ..protocol import (
+    Credit,
+    Flushed,
+    FrameAck,
+    Missing,
+    ProtocolError,
+    WorkerGone,
+    decode,
+    encode,
+    worker_identity,
+)
 from ..transport.child import receive
 from ..transport.sockets import RejectLog
 
@@ -48,12 +58,16 @@ class Dispatcher:
 
     ``frames``: the ROUTER socket (bound; ``ROUTER_MANDATORY`` is set here); ``acks``: the PULL socket the writer's
     acknowledgements and WorkerGone notices arrive on; ``freed(frame_index, message)`` is called once per frame
-    acknowledged (the ingest frees its slot); ``count(key, n)`` counts.
+    acknowledged (the ingest frees its slot; ``message`` None: a frame not in flight, such as one a replacement
+    ingest sent as lost); ``count(key, n)`` counts; ``flushed(message)`` is called with each of the writer's
+    :class:`~ringstream.protocol.Flushed` notices, once they are passed on to every worker.
     """
 
     def __init__(self, frames: zmq.Socket, acks: zmq.Socket, rejects: RejectLog,
-                 freed: Callable[[int, object], None], count: Callable[..., None]) -> None:
+                 freed: Callable[[int, object], None], count: Callable[..., None],
+                 flushed: Callable[[Flushed], None] | None = None) -> None:
         self.frames, self.acks, self.rejects = frames, acks, rejects
+        self.flushed = flushed
         frames.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a process that is gone raises instead of vanishing
         self.freed, self.count = freed, count
         self.peers: dict[bytes, Peer] = {}
@@ -62,6 +76,7 @@ class Dispatcher:
         self.pending: dict[int, tuple[object, tuple]] = {}  # frame_index -> (FrameHeader, buffers), unacknowledged
         self.holder: dict[int, bytes] = {}  # frame_index -> the peer holding it
         self.resend: deque[int] = deque()  # frames of dead workers, to go out again before new ones
+        self.missing: Missing | None = None  # the writer's answer to a replacement ingest's ResumeQuery
         self.poller = zmq.Poller()
         self.poller.register(frames, zmq.POLLIN)
         self.poller.register(acks, zmq.POLLIN)
@@ -179,7 +194,7 @@ class Dispatcher:
         n = 0
         while True:
             try:
-                got = receive(self.acks, self.rejects, (FrameAck, WorkerGone), flags=zmq.NOBLOCK,
+                got = receive(self.acks, self.rejects, (FrameAck, WorkerGone, Flushed, Missing), flags=zmq.NOBLOCK,
                               where="on the acknowledgement socket")
             except zmq.Again:
                 return n
@@ -190,13 +205,32 @@ class Dispatcher:
             if isinstance(msg, FrameAck):
                 for idx in msg.frames:
                     self._acknowledged(int(idx))
+            elif isinstance(msg, Flushed):
+                self.broadcast(msg)
+                if self.flushed is not None:
+                    self.flushed(msg)
+            elif isinstance(msg, Missing):
+                self.missing = self.missing or msg  # the first answer counts (the query may go out more than once)
             else:
                 self._worker_gone(int(msg.worker), int(msg.pid))
+
+    def broadcast(self, msg) -> None:
+        """``msg`` to every worker connected (behind the frames already sent to it); one that is gone misses it."""
+        frames = encode(msg)
+        for ident, peer in self.peers.items():
+            if peer.unreachable:
+                continue
+            try:
+                self.frames.send_multipart([ident, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    peer.unreachable = True
 
     def _acknowledged(self, idx: int) -> None:
         entry = self.pending.pop(idx, None)
         if entry is None:
             self.count("acks_unexpected")
+            self.freed(idx, None)
             return
         ident = self.holder.pop(idx, None)
         peer = self.peers.get(ident) if ident is not None else None
@@ -219,5 +253,9 @@ class Dispatcher:
         self.resend.extend(held)
         if len(self.resend) > len(held):  # earlier re-sends still waiting: oldest first
             self.resend = deque(sorted(set(self.resend)))
-        log.warning("worker-%d (pid %d) is gone: %d frames it held go to the other workers", worker, pid, len(held))
+        if peer is not None:
+            log.warning("worker-%d (pid %d) is gone: %d frames it held go to the other workers", worker, pid,
+                        len(held))
+        else:  # a worker of an ingest that died before this one (the writer passes every notice on)
+            log.info("worker-%d (pid %d) is gone; it held none of this ingest's frames", worker, pid)
         self.send_resends()

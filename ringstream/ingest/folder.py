@@ -26,7 +26,11 @@ warning.
 
 Frames: ``fill`` frames, so pixels go straight from the file into the ring slot; source id: the file's path under
 the folder, with ``:k`` for frame k of a multi-frame file; timestamp: the file's mtime; metadata ``file``, ``frame``.
-The source is pausable (with a full ring the files simply wait). It ends after ``count`` files (``[source]
+The source is pausable (with a full ring the files simply wait) and resumable: a replacement ingest
+(``ringstream.ingest.resume``) gives it the last source id the dead ingest announced of each file
+(:meth:`FolderSource.resume`): a file all of whose frames were announced is done, a file announced in part goes on
+with its next frame; and
+:meth:`FolderSource.frame_again` reads one announced frame again from its file. It ends after ``count`` files (``[source]
 file_count``: processed, rejected or skipped), after ``frames`` frames, after ``idle_timeout`` s without a new
 file, or never (a service). With ``file`` set it reads that one file and ends. The run's own output files are never
 read, should they be written into the folder.
@@ -60,7 +64,7 @@ from ..images.formats import (
     open_image,
     parse_shape,
 )
-from .source_base import IDLE, SourceFrame, StopFlag, stopped
+from .source_base import IDLE, SourceFrame, StopFlag, split_frame_id, stopped
 
 log = logging.getLogger("ringstream.ingest.folder")
 
@@ -178,6 +182,7 @@ class FolderSource:
 
     name = "folder"
     pausable = True
+    resumable = True
 
     def __init__(self, options: FolderOptions, formats: FormatOptions, shape: tuple[int, int],
                  dtype: str = "int32", rate: float = 0.0) -> None:
@@ -195,6 +200,8 @@ class FolderSource:
         self._last_reason = ""
         self._exclude = {os.path.normpath(os.path.abspath(p)) for p in options.exclude}
         self._open_files: set[_OpenFile] = set()
+        self._resumed: dict[str, int] = {}  # path under the folder -> frames a dead ingest announced of it
+        self._resumed_frames = 0
         if options.file:
             self.root = Path(options.file).parent
             path = Path(options.file)
@@ -316,7 +323,7 @@ class FolderSource:
                 time.sleep(min(self.opts.poll_interval, IDLE_TICK_S))
                 continue
             if result is not False:
-                yield from self._emit(path, result, stop, n_sent=0)
+                yield from self._emit(path, result, stop, n_sent=0, first=self._resumed.pop(self._rel(path), 0))
             return
 
     def _start(self) -> Path | None:
@@ -347,7 +354,7 @@ class FolderSource:
     def _watch_folder(self, stop: StopFlag | None) -> Iterator[SourceFrame]:
         opts, st = self.opts, self._state
         poll = self._watch is None
-        sent = 0
+        sent = self._resumed_frames
         last_new = time.monotonic()
         next_tick = time.monotonic() + opts.poll_interval
         while not stopped(stop):
@@ -369,7 +376,7 @@ class FolderSource:
                 st.done.add(key)
                 last_new = time.monotonic()
                 if result is not False:
-                    emit = self._emit(path, result, stop, sent)
+                    emit = self._emit(path, result, stop, sent, self._resumed.pop(self._rel(path), 0))
                     try:
                         for frame in emit:
                             sent += 1
@@ -473,9 +480,11 @@ class FolderSource:
         reason = reason or self._last_reason or f"{path}: unreadable"
         log.warning("%s; skipped after retrying for %g s", reason, self.opts.retry_time)
 
-    def _emit(self, path: Path, f: ImageFile, stop: StopFlag | None, n_sent: int) -> Iterator[SourceFrame]:
-        """The frames of the open file ``f`` as fill frames. The file is closed once every frame yielded has been
-        filled (the ingest may fill on copy threads after this generator has moved on), or at :meth:`close`."""
+    def _emit(self, path: Path, f: ImageFile, stop: StopFlag | None, n_sent: int,
+              first: int = 0) -> Iterator[SourceFrame]:
+        """The frames ``first ..`` of the open file ``f`` as fill frames. The file is closed once every frame
+        yielded has been filled (the ingest may fill on copy threads after this generator has moved on), or at
+        :meth:`close`."""
         rel = self._rel(path)
         try:
             mtime = path.stat().st_mtime
@@ -483,8 +492,8 @@ class FolderSource:
             mtime = time.time()
         handle = _OpenFile(f, self._open_files)
         try:
-            for k in range(f.n_frames):
-                if stopped(stop) or (self.opts.frames and n_sent + k >= self.opts.frames):
+            for k in range(first, f.n_frames):
+                if stopped(stop) or (self.opts.frames and n_sent + k - first >= self.opts.frames):
                     return
                 handle.expect()
                 yield SourceFrame(None, f.frame_id(k, rel), mtime, {"file": rel, "frame": k},
@@ -492,6 +501,38 @@ class FolderSource:
             self.counts["files_done"] += 1
         finally:
             handle.all_yielded()
+
+    def resume(self, last_ids: list[str], announced: int) -> None:
+        """Before :meth:`frames`: an ingest that died announced ``announced`` frames, the last of each file
+        ``last_ids``; the files go on after them (the module docstring)."""
+        for sid in last_ids:
+            rel, k = split_frame_id(sid)
+            self._resumed[rel] = max(self._resumed.get(rel, 0), k + 1)
+        self._resumed_frames = int(announced)
+
+    def frame_again(self, source_id: str) -> SourceFrame | None:
+        """The frame ``source_id`` (announced before) read again from its file as a fill frame; None (logged)
+        when the file cannot be read any more or no longer holds that frame."""
+        rel, k = split_frame_id(source_id)
+        path = self.root / rel
+        try:
+            f = open_image(path, self.formats)
+        except Exception as exc:  # noqa: BLE001 - the frame is then lost, and counted by the ingest
+            log.warning("%s: cannot read frame %d again (%s)", rel, k, exc)
+            return None
+        if f.shape != self.shape or k >= f.n_frames:
+            log.warning("%s: no frame %d of shape %s any more", rel, k, self.shape)
+            f.close()
+            return None
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = time.time()
+        handle = _OpenFile(f, self._open_files)
+        handle.expect()
+        handle.all_yielded()  # closed once filled
+        return SourceFrame(None, source_id, mtime, {"file": rel, "frame": k}, fill=_Fill(handle, k), shape=f.shape,
+                           dtype=f.dtype)
 
     def counters(self) -> dict[str, int]:
         """The source's counters (module docstring)."""

@@ -70,6 +70,7 @@ class MidasSocketSource(QueuedLiveSource):
     docstring). ``n_frames`` > 0: end after that many frames."""
 
     pausable = True
+    resumable = False  # live: after an ingest restart it goes on with its new frames
 
     def __init__(self, shape: tuple[int, int], host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  n_frames: int = 0) -> None:

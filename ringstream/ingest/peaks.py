@@ -59,8 +59,13 @@ class IngestPeaks:
                     self.run_requests.add(seq)
                     runs.append(dict(msg.args))
                 continue
+            if isinstance(msg, PeakUpdate):  # confirmed (for the workers and the writer); one this ingest has not
+                if int(msg.seq) not in self.updates:  # seen was confirmed by an ingest that died: still in force
+                    self.updates[int(msg.seq)] = (int(msg.from_frame), tuple(float(v) for v in msg.peaks))
+                    self.origins[int(msg.seq)] = str(msg.origin)
+                continue
             if not isinstance(msg, ControlRequest) or msg.command != "peaks":
-                continue  # confirmed PeakUpdates on the same socket are for the workers and the writer
+                continue
             try:
                 seq = int(msg.args["seq"])
                 peaks = tuple(float(v) for v in msg.args.get("peaks") or ())

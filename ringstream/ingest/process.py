@@ -1,9 +1,9 @@
 """The ingest process: source -> shared-memory ring -> FrameHeaders to the workers (docs/DAEMON.md, "ingest").
 
 Sockets: frames ROUTER (bind; the workers connect DEALERs and send credit on them), acknowledgements PULL (bind,
-``release_endpoint``: the writer's FrameAcks and WorkerGone notices), eos PUSH (connect to the writer's results
-PULL), heartbeat PUSH (connect to the supervisor's events PULL). Which worker gets which frame, and what is sent
-again when a worker dies: :mod:`.dispatch`. Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
+``release_endpoint``: the writer's FrameAcks, WorkerGone notices and Missing answers), eos PUSH (connect to the
+writer's results PULL), heartbeat PUSH (connect to the supervisor's events PULL). Which worker gets which frame,
+and what is sent again when a worker dies: :mod:`.dispatch`. Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
 is copied once into a free ring slot (or read or copied straight into it by the source: see
 :class:`~.source_base.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
 ``transport.shared_memory = false`` the pixels travel inline in the message instead.
@@ -15,10 +15,15 @@ counts ``dropped_ring_full``. No worker with credit: the same, counted ``dropped
 source, or on ``stop``, the ingest sends ``EndOfStream(n_frames = frames sent)`` to the writer, then waits (up to
 ``supervisor.drain_timeout``) until the writer has acknowledged every frame; the segment is unlinked at exit.
 
+Every frame and every EndOfStream is written to the journal (:mod:`.journal`) before it is sent; the frames the writer
+acknowledges leave it at its next compaction, which keeps it under a bound. An ingest started with ``resume=True``
+replaces one that died: it goes on from the journal (:mod:`.resume`).
+
 Counters: ``received`` (frames from the source), ``sent``, ``resent`` (frames of dead workers sent again),
 ``workers_lost``, ``unacknowledged``, ``dropped_<reason>``, ``protocol_errors_<kind>`` (anything on the frames or
 acknowledgement sockets that is not a valid Credit, FrameAck or WorkerGone: rejected, counted and ignored),
-``acks_unexpected`` (an acknowledgement of a frame not in flight).
+``acks_unexpected`` (an acknowledgement of a frame not in flight), ``ingest_restarts`` (replacement ingests so far),
+``dropped_ingest_restart`` (frames a replacement could not make again: a live source's).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
 from .copier import SlotCopier, auto_threads
 from .dispatch import Dispatcher
+from .journal import Journal, journal_path, read_journal
 from .peaks import IngestPeaks
+from .resume import resume_from
 from .runs import END_OF_SOURCE, STOPPED, RunSplitter
 from .source_base import IDLE, Pacer, SlotLease
 from .sources import make_source
@@ -64,14 +71,17 @@ def run_id_of(config) -> str:
     return config.run.run_id or uuid.uuid4().hex[:12]
 
 
-def run(config, ready, stop) -> int:
-    """Entry point of the ingest process (see the module docstring). Returns the exit code."""
-    return run_child(config, "ingest", lambda: _Ingest(config).run(ready, stop), log)
+def run(config, ready, stop, resume: bool = False, pids: tuple[int, ...] = ()) -> int:
+    """Entry point of the ingest process (see the module docstring). ``resume``: this ingest replaces one that died
+    (the supervisor ended the worker processes ``pids`` with it). Returns the exit code."""
+    return run_child(config, "ingest", lambda: _Ingest(config, resume, pids).run(ready, stop), log)
 
 
 class _Ingest:
-    def __init__(self, config) -> None:
+    def __init__(self, config, resume: bool = False, pids: tuple[int, ...] = ()) -> None:
         self.config = config
+        self.resume = bool(resume)
+        self.gone_pids = [int(p) for p in pids]
         t = config.transport
         self.shm = bool(t.shared_memory)
         self.n_slots = max(1, int(t.ring_slots))
@@ -80,9 +90,13 @@ class _Ingest:
         self.run_id = run_id_of(config)
         self.runs = RunSplitter(config.run, self.run_id)
         self.in_flight: dict[int, int] = {}  # slot -> frame_index
+        self.run_messages: list = []  # RunStart / EndOfStream sent, kept until the writer has their runs for good
+        self.run_ends: dict[str, int] = {}  # run_id -> the first frame after the run (its EndOfStream was sent)
+        self.durable_below = 0  # the writer's files hold every frame below this for good (its Flushed notices)
         self.ring = None
         self.source = None
         self.copier = None
+        self.journal = None
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -100,6 +114,10 @@ class _Ingest:
                  f"{self.n_slots} x {slot_bytes} bytes" if self.shm else "off (inline frames)")
         ctx = zmq.Context()
         self.rejects = RejectLog(log, "ingest frames and acknowledgement sockets")
+        path = journal_path(cfg.run)
+        journaled = read_journal(path) if self.resume else None
+        self.journal = Journal(path, fresh=not self.resume, files=source.resumable)
+        self.stop = stop
         try:
             if self.shm:
                 self.ring = FrameRing.create(self.n_slots, slot_bytes)
@@ -119,7 +137,8 @@ class _Ingest:
             t = cfg.transport
             self.frames = make_socket(ctx, zmq.ROUTER, t.frames_endpoint, bind=True, hwm=FRAMES_HWM)
             acks = make_socket(ctx, zmq.PULL, t.release_endpoint, bind=True, hwm=max(self.hwm, self.n_slots))
-            self.dispatch = Dispatcher(self.frames, acks, self.rejects, self.on_acknowledged, self.count)
+            self.dispatch = Dispatcher(self.frames, acks, self.rejects, self.on_acknowledged, self.count,
+                                       flushed=self.on_flushed)
             self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
             hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
             self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
@@ -127,12 +146,15 @@ class _Ingest:
             self.hb.beat(self.snapshot(), state="starting", force=True)
             ready.set()
             self.wait_for_workers(stop)
-            t0 = time.monotonic()
-            self.stream(source, stop)
-            n = self.counters["sent"]
-            self.send_eos(self.runs.end(n, STOPPED if stop.is_set() else END_OF_SOURCE, self.snapshot(), final=True))
-            dt = time.monotonic() - t0
-            log.info("end of stream after %d frames in %.2f s (%.1f frames/s)", n, dt, n / dt if dt > 0 else 0.0)
+            ended = journaled is not None and resume_from(self, journaled)
+            if not ended:
+                t0 = time.monotonic()
+                self.stream(source, stop)
+                n = self.counters["sent"]
+                self.send_eos(self.runs.end(n, STOPPED if stop.is_set() else END_OF_SOURCE, self.snapshot(),
+                                            final=True))
+                dt = time.monotonic() - t0
+                log.info("end of stream after %d frames in %.2f s (%.1f frames/s)", n, dt, n / dt if dt > 0 else 0.0)
             self.drain_acknowledgements()
             self.hb.beat(self.snapshot(), state="done", force=True)
             return 0
@@ -140,6 +162,7 @@ class _Ingest:
             if self.copier is not None:
                 self.copier.close()
             source.close()
+            self.journal.close()
             # the EOS must reach the writer; once the supervisor is gone the writer goes too and nothing waits for it
             ctx.destroy(linger=0 if supervisor_gone() else 2000)
             if self.ring is not None:
@@ -199,8 +222,9 @@ class _Ingest:
                 break
         self.announce_copies(source.pausable, stop, wait=True)  # every accepted frame goes out before the EOS
 
-    def publish(self, frame, pausable: bool, stop) -> bool:
-        """Put one frame in the ring (or inline) and send its header; False if it was dropped.
+    def publish(self, frame, pausable: bool, stop, again: dict | None = None) -> bool:
+        """Put one frame in the ring (or inline) and send its header; False if it was dropped. ``again``: the
+        header fields of a frame a dead ingest announced (:mod:`.resume`): it goes out as that frame again.
 
         The three forms of :class:`~.source_base.SourceFrame`: pixels (copied once into a slot), ``fill`` (the source
         writes into the slot), ``lease`` (already in a slot the source took from the allocator). With copy threads
@@ -215,11 +239,12 @@ class _Ingest:
                 pixels = np.empty(shape, dtype)
                 if not self.fill(frame, pixels):
                     return False
-            msg = FrameHeader(location="inline", shm_name="", slot=0, offset=0, **self.header(frame))
+            msg = FrameHeader(location="inline", shm_name="", slot=0, offset=0, **self.header(frame, again))
             if not self.send(msg, (np.ascontiguousarray(pixels),), pausable, stop):
-                self.runs.frame_not_sent()
+                if again is None:
+                    self.runs.frame_not_sent()
                 return False
-            self.count("sent")
+            self.count("sent" if again is None else "resent")
             return True
         if lease is not None:
             self.announce_copies(pausable, stop, wait=True)  # frames before it go first
@@ -235,7 +260,7 @@ class _Ingest:
             if not stop.is_set():
                 self.count("dropped_ring_full")
             return False
-        if self.copier is not None:
+        if self.copier is not None and again is None:
             for job in self.copier.submit(frame, slot):
                 self.announce_job(job, pausable, stop)
             self.announce_copies(pausable, stop)
@@ -249,20 +274,25 @@ class _Ingest:
             if not ok:
                 self.ring.release(slot)
                 return False
-        return self.announce(frame, slot, pausable, stop)
+        return self.announce(frame, slot, pausable, stop, again)
 
-    def header(self, frame) -> dict:
+    def header(self, frame, again: dict | None = None) -> dict:
         """The FrameHeader fields of ``frame`` as the next frame (its index: frames sent so far). Where the frame
         starts a new run (:mod:`.runs`), the EndOfStream of the run before it and the RunStart of its run go to the
-        writer first."""
+        writer first. ``again``: the index and run of a frame announced before (its header goes out again as it
+        was); every other frame is written to the journal."""
         shape, dtype = frame.frame_shape(), frame.frame_dtype()
-        idx = self.counters["sent"]
         metadata = frame.metadata or {}
-        messages, run_id, run_start = self.runs.before_frame(idx, frame.new_run, metadata, self.counters)
-        for msg in messages:
-            self.send_eos(msg)
+        if again is not None:
+            idx, run_id, run_start = again["frame_index"], again["run_id"], again["run_start"]
+        else:
+            idx = self.counters["sent"]
+            messages, run_id, run_start = self.runs.before_frame(idx, frame.new_run, metadata, self.counters)
+            for msg in messages:
+                self.send_eos(msg)
+            self.journal.frame(idx, run_id, run_start, str(frame.source_id))
         metadata = {**metadata, PEAK_SEQ_KEY: self.peaks.seq_for(idx)}
-        if idx == run_start:  # the run's first frame: its RunStart's fields too (which of the two arrives first?)
+        if again is None and idx == run_start:  # a run's first frame: its RunStart's fields too (which arrives first?)
             metadata[RUN_START_KEY] = json.dumps(self.runs.run_start_fields)
         return dict(
             run_id=run_id, run_start=run_start, frame_index=idx, source_id=str(frame.source_id),
@@ -271,19 +301,20 @@ class _Ingest:
             nbytes=math.prod(shape) * dtype.itemsize,
         )
 
-    def announce(self, frame, slot: int, pausable: bool, stop) -> bool:
+    def announce(self, frame, slot: int, pausable: bool, stop, again: dict | None = None) -> bool:
         """Send the header of ``frame``, whose pixels are in ``slot``; on failure the slot is free again."""
-        fields = self.header(frame)
+        fields = self.header(frame, again)
         idx = fields["frame_index"]
         msg = FrameHeader(location="shm", shm_name=self.ring.name, slot=slot, offset=self.ring.slot_offset(slot),
                           **fields)
         self.in_flight[slot] = idx
         if not self.send(msg, (), pausable, stop):
-            self.runs.frame_not_sent()
+            if again is None:
+                self.runs.frame_not_sent()
             del self.in_flight[slot]
             self.ring.release(slot)
             return False
-        self.count("sent")
+        self.count("sent" if again is None else "resent")
         return True
 
     def announce_job(self, job, pausable: bool, stop) -> bool:
@@ -349,8 +380,10 @@ class _Ingest:
 
     # ------------------------------------------------------------------------------------ acknowledgements
     def on_acknowledged(self, idx: int, msg) -> None:
-        """The writer has frame ``idx`` (its header ``msg``): its slot is free again."""
-        if msg.location != "shm":
+        """The writer has frame ``idx`` (its header ``msg``; None: not in flight): its slot is free again, and a
+        replacement ingest would not ask about it (:mod:`.journal`)."""
+        self.journal.acknowledged(idx)
+        if msg is None or msg.location != "shm":
             return
         slot = int(msg.slot)
         if self.in_flight.get(slot) == idx:
@@ -358,11 +391,35 @@ class _Ingest:
             self.ring.release(slot)
 
     def send_eos(self, msg) -> None:
-        """A RunStart or EndOfStream to the writer (a run's start or end: :mod:`.runs`)."""
-        if isinstance(msg, EndOfStream) and msg.run_id:
-            log.info("run %s ended (%s): frames %d..%d", msg.run_id, msg.reason, msg.first_frame,
-                     msg.first_frame + msg.n_frames - 1)
+        """A RunStart or EndOfStream to the writer (a run's start or end: :mod:`.runs`), kept until the writer has
+        the run's frames for good (a replacement writer gets it again: :meth:`on_flushed`)."""
+        if isinstance(msg, EndOfStream):
+            self.journal.end(msg.run_id, msg.first_frame, msg.n_frames, msg.final)
+            self.run_ends[msg.run_id] = int(msg.first_frame) + int(msg.n_frames)
+            if msg.run_id:
+                log.info("run %s ended (%s): frames %d..%d", msg.run_id, msg.reason, msg.first_frame,
+                         msg.first_frame + msg.n_frames - 1)
+        self.run_messages.append(msg)
         send_message(self.eos, msg)
+
+    def on_flushed(self, msg) -> None:
+        """The writer's files hold every frame below ``msg.below`` for good (the workers were told): the messages
+        of the runs that end there are no longer kept; a replacement writer (``msg.restart``) gets the others
+        again, in order."""
+        below = int(msg.below)
+        self.durable_below = max(self.durable_below, below) if not msg.restart else below
+        ends = self.run_ends
+        kept = [m for m in self.run_messages if (isinstance(m, EndOfStream) and m.final) or
+                ends.get(m.run_id) is None or ends[m.run_id] > below]
+        if len(kept) < len(self.run_messages):
+            self.run_messages = kept
+            live = {m.run_id for m in kept}
+            self.run_ends = {k: v for k, v in ends.items() if k in live}
+        if msg.restart:
+            log.warning("a new writer (pid %d) reopened its files at frame %d: sending it the %d run messages of "
+                        "the runs not written in full", msg.writer_pid, below, len(kept))
+            for m in kept:
+                send_message(self.eos, m)
 
     def poll_requests(self) -> None:
         """Peak-list changes and ``ringstream runs start|stop`` from the supervisor (never blocks)."""
@@ -379,12 +436,14 @@ class _Ingest:
 
     def drain_acknowledgements(self) -> None:
         """Wait until the writer has acknowledged every frame sent (frames of a worker that dies meanwhile go to
-        another), or the grace period."""
+        another) and has them in its files for good (a writer that dies meanwhile gets them again from the workers
+        through this process), or the grace period."""
         pending = self.dispatch.pending
         grace = self.config.supervisor.drain_timeout
         now = time.monotonic()
         deadline, last_progress = now + grace, now
-        while pending:
+        sent = self.counters["sent"]
+        while pending or self.durable_below < sent:
             now = time.monotonic()
             if now >= deadline or now - last_progress >= RELEASE_IDLE_S:
                 log.warning("%d frames sent were not acknowledged by the writer (nothing for %.0f s); ending with "

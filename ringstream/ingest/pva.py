@@ -148,6 +148,7 @@ class PvaSource(QueuedLiveSource):
     8-byte pixels); ``attributes``: NDAttribute names to keep (``("*",)``: all scalar ones)."""
 
     pausable = False
+    resumable = False  # live: after an ingest restart it goes on with its new frames
 
     def __init__(self, channel: str, shape: tuple[int, int], dtype: Any = None, queue_size: int = 16,
                  attributes: Sequence[str] = (), n_frames: int = 0) -> None:

@@ -5,6 +5,11 @@
 Frames keep their stored dtype; every frame must have the detector shape (NrPixelsZ, NrPixelsY), else
 :class:`~ringstream.errors.InputError` naming the file. Source ids are ``name:k`` for a stack, the file name for a
 single image (as :func:`~ringstream.images.files.iter_images` gives them); ``metadata["pass"]`` counts the loops from 0.
+
+Resumable (a replacement ingest, ``ringstream.ingest.resume``): frames() goes on after the frames a dead ingest
+announced (counted: the replay is pausable, so it announced every frame it yielded); :meth:`ReplaySource.frame_again`
+reads an announced frame again by its source id, on the first pass only (a looped replay's later passes repeat
+the ids: such a frame is lost and counted by the ingest).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class ReplaySource:
 
     name = "replay"
     pausable = True
+    resumable = True
 
     def __init__(self, path, params, *, n_frames: int = 0, loop: bool = True, rate: float = 0.0) -> None:
         if path is None or str(path) == "":
@@ -37,6 +43,7 @@ class ReplaySource:
         self.loop = bool(loop)
         self.rate = float(rate or 0.0)
         self._stack: np.ndarray | None = None
+        self._skip = 0  # frames a dead ingest announced: frames() goes on after them
         if not self.path.exists():
             raise InputError(f"{self.path}: no such replay file or folder")
         if self.path.is_file() and self.path.suffix.lower() in NPY_EXTS:
@@ -89,11 +96,26 @@ class ReplaySource:
                 if stopped(stop) or (self.n_frames and k >= self.n_frames):
                     return
                 got += 1
-                yield SourceFrame(pixels, sid, time.time(), {"pass": n_pass})
+                if k >= self._skip:
+                    yield SourceFrame(pixels, sid, time.time(), {"pass": n_pass})
                 k += 1
             if got == 0 or not self.loop or stopped(stop) or (self.n_frames and k >= self.n_frames):
                 return
             n_pass += 1
+
+    def resume(self, last_ids: list[str], announced: int) -> None:
+        """Before :meth:`frames`: an ingest that died announced ``announced`` frames; frames() goes on after them
+        (``last_ids``, the last of each file, are not needed: a pass yields every frame in order)."""
+        self._skip = int(announced)
+
+    def frame_again(self, source_id: str) -> SourceFrame | None:
+        """The frame ``source_id`` of the first pass again; None for a looped replay past its first pass."""
+        if self.loop and self._skip > (self._count or 0):
+            return None
+        for sid, pixels in self._one_pass():
+            if sid == source_id:
+                return SourceFrame(np.array(pixels), sid, time.time(), {"pass": 0})
+        return None
 
     def close(self) -> None:
         self._stack = None

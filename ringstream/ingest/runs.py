@@ -115,6 +115,19 @@ class RunSplitter:
         self.t_last_frame = now
         return out, cur.run_id, cur.first_frame
 
+    def resume(self, run_id: str, first_frame: int, next_index: int, run_open: bool) -> None:
+        """Go on where a dead ingest stopped (its journal: :mod:`.journal`): ``run_id`` was its last run, begun at
+        ``first_frame``; ``run_open``: its EndOfStream was not sent, so the frame ``next_index`` continues it;
+        otherwise the next frame starts the run after it. The run's counters count from its first frame."""
+        if not run_id:
+            return
+        self.runs_started = _run_number(self.base_id, run_id)
+        if run_open:
+            start = {"received": int(first_frame), "sent": int(first_frame)}
+            self.current = _Open(run_id, int(first_frame), self.clock(), start,
+                                 n_frames=int(next_index) - int(first_frame))
+            self.t_last_frame = self.clock()
+
     def frame_not_sent(self) -> None:
         """The frame :meth:`before_frame` counted was dropped on its way out (its index goes to the next frame)."""
         if self.current is not None and self.current.n_frames > 0:
@@ -152,6 +165,14 @@ class RunSplitter:
         n = int(next_index) - cur.first_frame
         return EndOfStream(run_id=cur.run_id, n_frames=n, first_frame=cur.first_frame, final=final,
                            reason=reason, counters=own)
+
+
+def _run_number(base_id: str, run_id: str) -> int:
+    """The number of the run ``run_id`` among the runs of the daemon whose first run is ``base_id`` (1, 2 ...)."""
+    head, _, tail = run_id.rpartition(".")
+    if run_id != base_id and head == base_id and tail.isdigit():
+        return int(tail)
+    return 1
 
 
 def _ints(counters: dict) -> dict[str, int]:

@@ -49,6 +49,7 @@ class SimulatedSource:
 
     name = "simulated"
     pausable = True
+    resumable = True  # frame k is made again from (seed, k): see resume() and frame_again()
 
     def __init__(
         self,
@@ -92,6 +93,7 @@ class SimulatedSource:
             mean += peak * np.exp(-((tth - t) ** 2) / (2.0 * self.sigma_2theta**2))
         self.mean = mean  # float64 [nZ, nY], the noise-free pattern
         self._frames: list[np.ndarray] | None = None
+        self._first = 0  # the first frame frames() yields (after a resume)
         if precompute:
             self._frames = [self.make_frame(k) for k in range(K)]
 
@@ -120,12 +122,27 @@ class SimulatedSource:
         """Frames 0, 1, … up to ``n_frames`` (forever when 0), until ``stop`` is set."""
         if self._frames is None:
             self._frames = [self.make_frame(k) for k in range(K)]
-        k = 0
+        k = self._first
         while self.n_frames == 0 or k < self.n_frames:
             if stopped(stop):
                 return
-            yield SourceFrame(self._frames[k % K], f"simulated:{k}", time.time(), {"realisation": k % K})
+            yield self._frame(k)
             k += 1
+
+    def _frame(self, k: int) -> SourceFrame:
+        pixels = self._frames[k % K] if self._frames is not None else self.make_frame(k)
+        return SourceFrame(pixels, f"simulated:{k}", time.time(), {"realisation": k % K})
+
+    def resume(self, last_ids: list[str], announced: int) -> None:
+        """Before :meth:`frames`: an ingest that died announced frames up to these ids (``simulated:k``);
+        frames() goes on after the last of them."""
+        ks = [int(sid.rpartition(":")[2]) for sid in last_ids if sid.rpartition(":")[2].isdigit()]
+        self._first = max(ks) + 1 if ks else 0
+
+    def frame_again(self, source_id: str) -> SourceFrame | None:
+        """Frame ``simulated:k`` made again (the same pixels: they depend on (seed, k) alone)."""
+        tail = source_id.rpartition(":")[2]
+        return self._frame(int(tail)) if tail.isdigit() else None
 
     def close(self) -> None:
         self._frames = None

@@ -96,6 +96,7 @@ class Source(Protocol):
     shape: tuple[int, int]
     dtype: np.dtype
     rate: float  # Hz the ingest paces this source at; 0 = as fast as it yields
+    resumable: bool  # it can go on after an ingest restart: resume() and frame_again() (below)
 
     def frames(self, stop: StopFlag | None = None) -> Iterator[SourceFrame]: ...
 
@@ -108,6 +109,13 @@ class Source(Protocol):
 #   counters() -> dict[str, int | float]             the source's own counters (gaps, overruns, rejected frames,
 #                                                    connection state), merged into the ingest's heartbeat and
 #                                                    so shown by `ringstream status`
+#
+# A source that declares ``resumable = True`` has two more methods, used by a replacement ingest (ingest/resume.py):
+#   resume(last_ids: list[str], announced: int) -> None  called before frames(): the ingest that died announced
+#                                                    ``announced`` frames, the last of each file (the stem of its
+#                                                    id: split_frame_id) ``last_ids``; frames() goes on after them
+#   frame_again(source_id: str) -> SourceFrame | None  one announced frame made again (None: it cannot be; the
+#                                                    ingest writes it as lost and counts dropped_ingest_restart)
 
 
 #: what a live source's ``frames()`` yields when it has had nothing new for a moment: the ingest then reads slot
@@ -157,3 +165,12 @@ class Pacer:
             if left <= 0:
                 return True
             time.sleep(min(left, 0.05))
+
+
+def split_frame_id(source_id: str) -> tuple[str, int]:
+    """(file, frame) of a source id: ``path`` is frame 0 of its file, ``path:k`` frame k (a multi-frame file's, or
+    ``simulated:k``). The journal keeps the last frame of each file, so that a resumed source goes on after it."""
+    head, sep, tail = source_id.rpartition(":")
+    if sep and tail.isdigit():
+        return head, int(tail)
+    return source_id, 0

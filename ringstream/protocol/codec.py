@@ -181,6 +181,9 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "credit": {"worker": _COUNT, "pid": _COUNT, "n": _COUNT},
     "ack": {"frames": _INDEX_LIST},
     "gone": {"worker": _COUNT, "pid": _COUNT},
+    "flushed": {"below": _INDEX, "writer_pid": _COUNT, "restart": _BOOL},
+    "resume": {"run_id": _STR, "first_frame": _INDEX, "end": _INDEX, "pids": _INDEX_LIST},
+    "missing": {"run_id": _STR, "frames": _INDEX_LIST},
     "heartbeat": {
         "role": _one_of("ingest", "worker", "writer"),
         "index": _COUNT,

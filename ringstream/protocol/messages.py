@@ -217,6 +217,45 @@ class WorkerGone:
 
 
 @_message
+class Flushed:
+    """The writer's files hold every frame below ``below`` (daemon-wide ``frame_index``) for good, ``type =
+    "flushed"``: its row is flushed and so is every omega-sum group that holds it (a group still summing in memory
+    would die with the writer: its frames are not below). Sent by writer process ``writer_pid`` after each flush to
+    the ingest, which passes it on to every worker: a worker keeps each Result and partial sum it sent until its
+    frames are below, to send them again to a replacement writer. ``restart``: this writer is a replacement that
+    reopened the runs' files at ``below``; every worker sends again what it kept from ``below`` on, and the ingest
+    the RunStart and EndOfStream messages of the runs not yet written in full."""
+
+    below: int
+    writer_pid: int
+    restart: bool = False
+
+
+@_message
+class ResumeQuery:
+    """A replacement ingest asks which frames it must send again, ``type = "resume"``: sent to the writer (on the
+    results socket, like the EndOfStream) for the frames ``first_frame .. end - 1`` the dead ingest announced.
+    ``run_id``: the run the dead ingest had open; ``pids``: the worker processes the supervisor ended with it (the
+    writer answers only once it has taken the :class:`WorkerGone` of each, so that no result of theirs counts
+    after the answer). The writer answers with :class:`Missing`."""
+
+    run_id: str = ""
+    first_frame: int
+    end: int
+    pids: list[int] = dataclasses.field(default_factory=list)
+
+
+@_message
+class Missing:
+    """The writer's answer to a :class:`ResumeQuery`, ``type = "missing"``, on its acknowledgement socket: of the
+    frames asked about, those it does not hold (no Result, or with partial omega sums no sum), in increasing
+    ``frame_index``. The ingest announces each again with its original index and run."""
+
+    run_id: str = ""
+    frames: list[int] = dataclasses.field(default_factory=list)
+
+
+@_message
 class Heartbeat:
     """A child is alive, ``type = "heartbeat"``; ``time`` is seconds since the epoch, ``counters`` str to number."""
 
@@ -262,6 +301,9 @@ MESSAGE_TYPES: dict[str, type] = {
     "credit": Credit,
     "ack": FrameAck,
     "gone": WorkerGone,
+    "flushed": Flushed,
+    "resume": ResumeQuery,
+    "missing": Missing,
     "heartbeat": Heartbeat,
     "stop": Stop,
     "request": ControlRequest,
@@ -269,4 +311,4 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Flushed | ResumeQuery | Missing | Heartbeat | Stop | ControlRequest | ControlReply

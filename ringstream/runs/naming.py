@@ -282,9 +282,25 @@ class RunTemplates:
         stem = stem_of(h5)
         zarr = None if self.no_zarr else (path(self.zarr) if self.zarr else h5.with_name(f"{stem}.zarr.zip"))
         midas = path(self.midas) if self.midas else None
+        return self._with_fit(h5, zarr, midas, self.h5.is_fixed and h5 == self.h5.render(run))
+
+    def recorded(self, run: int, files: Mapping[str, str]) -> RunPaths:
+        """The paths of run ``run`` from its ``files`` in the index of runs (absolute paths), where fit.bin goes
+        included (a replacement writer continues the run in them)."""
+        h5 = Path(files["h5"])
+        zarr = Path(files["zarr"]) if files.get("zarr") else None
+        midas = Path(files["midas_dir"]) if files.get("midas_dir") else None
+        plain = self.h5.is_fixed and h5 == Path(os.path.abspath(self.h5.render(run)))
+        return self._with_fit(h5, zarr, midas, plain)
+
+    @staticmethod
+    def _with_fit(h5: Path, zarr: Path | None, midas: Path | None, plain: bool) -> RunPaths:
+        """The RunPaths of these outputs: fit.bin and fit_curves.bin in ``midas``, else beside the h5 (their plain
+        names when ``plain``: a template with no field, unnumbered; else after the h5's stem)."""
+        stem = stem_of(h5)
         if midas is not None:
             fit, curves = midas / FIT_BIN, midas / FIT_CURVES_BIN
-        elif self.h5.is_fixed and h5 == self.h5.render(run):
+        elif plain:
             fit, curves = h5.with_name(FIT_BIN), h5.with_name(FIT_CURVES_BIN)
         else:
             fit, curves = h5.with_name(f"{stem}_{FIT_BIN}"), h5.with_name(f"{stem}_{FIT_CURVES_BIN}")

@@ -3,7 +3,8 @@
 The state directory is ``[run] state_dir`` when set, else ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``;
 of a colon-separated list, the last folder), else ``.ringstream`` in the folder of the fixed part of the
 ``output_h5`` template (:func:`state_dir_of`). It holds ``run_number`` (the last number given, as text),
-``run_number.lock`` and the index of runs ``runs.jsonl`` (:mod:`.index`).
+``run_number.lock``, the index of runs ``runs.jsonl`` (:mod:`.index`) and the ingest's journal
+(``ringstream.ingest.journal``).
 """
 
 from __future__ import annotations

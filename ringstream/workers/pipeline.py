@@ -97,6 +97,8 @@ class PipelinedLoop:
                 self.send_held()
             if not self.held:  # a group's omega sum goes out after the Results of its frames
                 w.send_partials()
+            if w.kept.owed:  # credit withheld while the kept results were over their limit
+                w.give_credit(0)
             w.hb.beat(w.snapshot)
 
     def gather(self, sock) -> list:

@@ -19,7 +19,10 @@ go to the device by DMA.
 A frame it cannot use (a shape other than the map's, an unsupported dtype, an engine exception) becomes a Result with
 ``status="rejected"`` and a one-line reason, so the writer can account for every index; the worker carries on.
 Garbage on the frames socket (no frame_index to answer for) is counted under ``protocol_errors_<kind>``.
-Counters: ``integrated``, ``rejected``, ``protocol_errors_<kind>``. The worker exits when ``stop`` is set and no
+Every Result and partial sum sent is kept until the writer has flushed its frames (:mod:`.kept`): the ingest passes
+the writer's :class:`~ringstream.protocol.Flushed` notices on over the frames socket, and a replacement writer's
+notice (``restart``) has the worker send again what it kept from where that writer reopened its files.
+Counters: ``integrated``, ``rejected``, ``protocol_errors_<kind>``, ``kept_resent``, ``kept_over_limit``. The worker exits when ``stop`` is set and no
 message arrived for ~0.2 s.
 """
 
@@ -40,6 +43,7 @@ from ..images.files import load_dark
 from ..protocol import (
     PEAK_SEQ_KEY,
     Credit,
+    Flushed,
     FrameHeader,
     OmegaPartial,
     Result,
@@ -51,6 +55,7 @@ from ..transport.child import HeartbeatSender, receive, run_child, supervisor_go
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
+from .kept import KeptResults
 from .omega import OmegaPartials
 from .pipeline import PipelinedLoop
 
@@ -87,6 +92,8 @@ class _Worker:
         self.index = index
         self.counters: dict[str, int] = {"integrated": 0, "rejected": 0}
         self.rings: dict[str, FrameRing] = {}
+        mb = int(config.transport.kept_results_mb) if config is not None else 512
+        self.kept = KeptResults(mb * 1_000_000)  # what was sent to the writer, until it is flushed
         self._registered: set[str] = set()  # rings page-locked with the engine (register_host_memory)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -94,7 +101,7 @@ class _Worker:
 
     def snapshot(self) -> dict:
         fitting = self.fitting.snapshot() if getattr(self, "fitting", None) is not None else {}
-        return {**self.counters, **self.rejects.counters(), **fitting}
+        return {**self.counters, **self.kept.counters, "kept": len(self.kept), **self.rejects.counters(), **fitting}
 
     def run(self, ready, stop) -> int:
         cfg = self.config
@@ -159,6 +166,8 @@ class _Worker:
                     else:
                         self.send_partials(idle=True)
                     self.send_partials()
+                    if self.kept.owed:  # credit withheld while the kept results were over their limit
+                        self.give_credit(0)
                     hb.beat(self.snapshot)
             self.send_partials(idle=True)
             hb.beat(self.snapshot(), state="done", force=True)
@@ -191,7 +200,25 @@ class _Worker:
     def receive(self, sock, flags: int = 0):
         """The next FrameHeader on ``sock`` and its buffers, or None for a message rejected (counted);
         ``zmq.Again`` with ``flags=zmq.NOBLOCK`` when nothing is waiting."""
-        return receive(sock, self.rejects, FrameHeader, flags=flags, where="on the frames socket")
+        got = receive(sock, self.rejects, (FrameHeader, Flushed), flags=flags, where="on the frames socket")
+        if got is not None and type(got[0]) is Flushed:
+            self.on_flushed(got[0])
+            return None
+        return got
+
+    def on_flushed(self, msg: Flushed) -> None:
+        """The writer's watermark (passed on by the ingest): forget what it has for good; a replacement writer
+        gets again what was kept from where it reopened its files."""
+        if not msg.restart:
+            self.kept.flushed(msg.below, msg.writer_pid)
+        else:
+            again = self.kept.to_resend(msg.below)
+            self.kept.flushed(msg.below, msg.writer_pid)
+            log.warning("worker-%d: a new writer (pid %d) reopened its files at frame %d: sending it %d kept "
+                        "messages again", self.index, msg.writer_pid, msg.below, len(again))
+            for m, buffers in again:
+                self.send(self.results, m, buffers)
+        self.give_credit(0)  # credit owed while over the kept limit, now that some is freed
 
     def receive_frame(self, sock, flags: int = 0) -> list | None:
         """The next frame on ``sock`` as a batch item ``[header, t_start, pixels or None, reason]`` (pixels: a view
@@ -343,6 +370,7 @@ class _Worker:
                             n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
                             n_curve_points=0 if fitted is None else int(fitted.values.size), **common)
         self.send(self.results, result, bufs)
+        self.kept.keep(int(msg.frame_index), result, bufs)
         if not reason and self.partials is not None and cake is not None:
             self.partials.add(msg, cake)
             self.send_partials()
@@ -356,6 +384,7 @@ class _Worker:
                                first_frame=p.frames.first_frame, last_frame=p.frames.last_frame, worker=self.index,
                                worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta)
             self.send(self.results, msg, [p.total])
+            self.kept.keep(max(p.indices), msg, [p.total])
             self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:
@@ -406,7 +435,9 @@ class _Worker:
             raise FrameRejected(f"{where}: slot {msg.slot} of {msg.shm_name!r} cannot hold it ({exc})") from None
 
     def give_credit(self, n: int) -> None:
-        """Tell the ingest this worker can take ``n`` more frames (it finished ``n``)."""
+        """Tell the ingest this worker can take ``n`` more frames (it finished ``n``), with the credit owed while
+        the kept results were over their limit (:meth:`.kept.KeptResults.credit_now`)."""
+        n = self.kept.credit_now(n)
         if n > 0:
             self.send(self.frames, Credit(worker=self.index, pid=self.pid, n=int(n)))
 

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from h5py import h5s
 from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
+from .omega import OmegaGroup
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ def _wavelength(params: Any) -> float:
         return 0.0
     return lam if np.isfinite(lam) and lam > 0 else 0.0
 
+
+#: the per-group datasets of /entry/omega_sum beside the sums ``I``, and their types ("name" last: a reader that sees
+#: a group's name sees the group)
+OMEGA_SUM_ROWS = {"n_frames": np.int64, "first_frame": np.uint64, "last_frame": np.uint64,
+                  "first_omega": np.float64, "last_omega": np.float64, "name": _STR}
 
 #: bytes of the fixed-length JSON string /entry/reduction/source_counters
 SOURCE_COUNTERS_BYTES = 4096
@@ -175,9 +181,38 @@ class Hdf5Writer:
         omega_sum_frames: int | None = None,
         name_digits: int = 9,
     ) -> None:
-        self.path = check_output_path(path, overwrite)
-        self.n_r = int(imap.n_r)
-        self.n_eta = int(imap.n_eta)
+        self._setup(check_output_path(path, overwrite), int(imap.n_r), int(imap.n_eta), write_2d, swmr, block,
+                    n_peaks, metadata_keys, name_digits)
+        # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
+        # mode: a writer killed while making it (before SWMR, HDF5 keeps most of the new metadata in memory and the
+        # superblock's end of file at 2 KB) leaves no half-made output file, only the hidden one, which the next
+        # writer in that folder removes. Once renamed, the file is never in a state a kill -9 cannot leave.
+        making = making_path(self.path)
+        remove_stale_making(self.path)
+        try:
+            # a chunk cache that holds every partly filled chunk (a flush can end a block mid-chunk)
+            self._f = h5py.File(making, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot create output file ({exc})") from exc
+        try:
+            osf = int(getattr(params, "OmegaSumFrames", 1) if omega_sum_frames is None else omega_sum_frames)
+            self._create_layout(imap, params, engine_name, note, peak_locations, osf, int(name_digits))
+            self._bind()
+            self._f.flush()
+            if self.swmr:
+                self._f.swmr_mode = True
+            os.replace(making, self.path)
+        except BaseException:
+            self._f.close()
+            making.unlink(missing_ok=True)
+            raise
+
+    def _setup(self, path: Path, n_r: int, n_eta: int, write_2d: bool, swmr: bool, block: int, n_peaks: int,
+               metadata_keys: Sequence[str], name_digits: int) -> None:
+        """The writer's state before its file is open: an empty run (:meth:`reopen` then sets the counts)."""
+        self.path = path
+        self.n_r = n_r
+        self.n_eta = n_eta
         self.write_2d = bool(write_2d)
         # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block costs the
         # same whatever its size)
@@ -197,28 +232,36 @@ class Hdf5Writer:
         self._groups: list[tuple[Any, str]] = []  # omega-sum groups waiting for the next flush
         self._digits = int(name_digits)
         self._n_updates = 0
-        # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
-        # mode: a writer killed while making it (before SWMR, HDF5 keeps most of the new metadata in memory and the
-        # superblock's end of file at 2 KB) leaves no half-made output file, only the hidden one, which the next
-        # writer in that folder removes. Once renamed, the file is never in a state a kill -9 cannot leave.
-        making = making_path(self.path)
-        remove_stale_making(self.path)
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike, *, n_r: int, n_eta: int, write_2d: bool, n_peaks: int,
+               metadata_keys: Sequence[str], next_frame: int, block: int = 0, name_digits: int = 9,
+               swmr: bool = True) -> Hdf5Writer:
+        """Continue writing ``path``, a results file of this layout that a killed writer left and
+        :func:`~ringstream.writer.repair.cut_for_resume` cut to its durable frames: appended rows follow the file's,
+        the next frame must be at least ``next_frame``, ``@run_complete`` is false until :meth:`close`."""
+        self = cls.__new__(cls)
+        self._setup(Path(path), int(n_r), int(n_eta), write_2d, swmr, block, n_peaks, metadata_keys, name_digits)
         try:
-            # a chunk cache that holds every partly filled chunk (a flush can end a block mid-chunk)
-            self._f = h5py.File(making, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
+            self._f = h5py.File(self.path, "r+", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot create output file ({exc})") from exc
+            raise InputError(f"{self.path}: cannot reopen the results file to continue its run ({exc})") from exc
         try:
-            osf = int(getattr(params, "OmegaSumFrames", 1) if omega_sum_frames is None else omega_sum_frames)
-            self._create_layout(imap, params, engine_name, note, peak_locations, osf, int(name_digits))
+            self._bind()
+            self._written = self._I.shape[0]
+            self._last_index = int(next_frame) - 1
+            self._n_groups = self._osum["name"].shape[0]
+            self._n_updates = self._upd["seq"].shape[0] if self.n_peaks else 0
+            for obj in self._progress:
+                obj.attrs.modify("frames_written", np.int64(self._written))
+                obj.attrs.modify("run_complete", np.bool_(False))
             self._f.flush()
             if self.swmr:
                 self._f.swmr_mode = True
-            os.replace(making, self.path)
         except BaseException:
             self._f.close()
-            making.unlink(missing_ok=True)
             raise
+        return self
 
     # --- layout ------------------------------------------------------------------------------------------------
 
@@ -266,7 +309,6 @@ class Hdf5Writer:
         d = red.create_dataset("source_counters", shape=(), dtype=h5py.string_dtype(length=SOURCE_COUNTERS_BYTES))
         d[()] = b"{}"
         d.attrs["note"] = "JSON: the ingest's counters (received, sent, dropped_<reason>, the source's own)"
-        self._source_counters = d
         inp = red.create_group("input")
         inp.attrs["NX_class"] = "NXparameters"
         for key, value in _params_used(params).items():
@@ -292,7 +334,7 @@ class Hdf5Writer:
         data.attrs["interpretation"] = "spectrum"
         d = self._rows(data, "I", (nR,), np.float32, blk)
         d.attrs["long_name"] = "area-weighted mean intensity over eta (MIDAS lineout)"
-        self._I = d
+        lineouts = d
         self._add_radial(data, two_theta)
         d = data.create_dataset("r_px", data=r_px)
         d.attrs["units"] = "pixel"
@@ -301,8 +343,8 @@ class Hdf5Writer:
             d = data.create_dataset("q", data=q)
             d.attrs["units"] = "1/angstrom"
         c1 = 1024
-        self._index = self._rows(data, "frame_index", (), np.uint64, c1)
-        sid = self._rows(data, "source_id", (), _STR, c1)
+        self._rows(data, "frame_index", (), np.uint64, c1)
+        self._rows(data, "source_id", (), _STR, c1)
         ts = self._rows(data, "timestamp", (), np.float64, c1)
         ts.attrs["units"] = "s"
         ts.attrs["long_name"] = "seconds since the epoch"
@@ -311,14 +353,10 @@ class Hdf5Writer:
         om.attrs["long_name"] = "omega of the frame (metadata 'omega', else Omega / OmegaStart + i*OmegaStep)"
         mj = self._rows(data, "metadata_json", (), _STR, c1)
         mj.attrs["long_name"] = "the frame's metadata from the source, as JSON"
-        self._meta = {}
         meta = data.create_group("metadata")
         meta.attrs["NX_class"] = "NXcollection"
         for key in self.metadata_keys:
-            self._meta[key] = self._rows(meta, key, (), np.float64, c1)
-        # every per-frame dataset, written in this order; frame_index last (a reader that sees row k sees its data)
-        cols = {"I": self._I, "timestamp": ts, "source_id": sid, "omega": om, "metadata_json": mj}
-        cols.update({f"metadata/{k}": d for k, d in self._meta.items()})
+            self._rows(meta, key, (), np.float64, c1)
 
         if self.write_2d:
             cake = entry.create_group("cake")
@@ -327,7 +365,7 @@ class Hdf5Writer:
             cake.attrs["axes"] = np.array([".", "radial_axis", "azimuthal_axis"], dtype=_STR)
             cake.attrs["interpretation"] = "image"
             cake.attrs["definition"] = "NXazint2d"
-            cols["cake"] = self._rows(cake, "I", (nR, nE), np.dtype("<f4"), 1)  # one cake per chunk
+            self._rows(cake, "I", (nR, nE), np.dtype("<f4"), 1)  # one cake per chunk
             self._add_radial(cake, two_theta)
             d = cake.create_dataset("azimuthal_axis", data=eta)
             d.attrs["long_name"] = "eta"
@@ -339,37 +377,21 @@ class Hdf5Writer:
             fit.attrs["description"] = "pseudo-Voigt peak fits of the lineouts (MIDAS fit.bin); NaN row = not fitted"
             d = self._rows(fit, "peaks", (self.n_peaks, 7), np.float64, blk)
             d.attrs["columns"] = "Imax,BG,Mu,Rcen,Sigma,GoF,Area"
-            cols["fit"] = d
             locs = np.full(self.n_peaks, np.nan)
             given = np.asarray(list(peak_locations), dtype=np.float64)[: self.n_peaks]
             locs[: given.size] = given
             d = fit.create_dataset("peak_locations", data=locs)
             d.attrs["units"] = "pixel"
             d.attrs["note"] = "PeakLocation of the parameter file (NaN: found automatically)"
-            self._curve_rois = self._rows(fit, "curve_rois", (3,), np.int64, c1)
-            self._curve_rois.attrs["columns"] = "frame_index,start_bin,n_points"
-            self._curve_vals = self._rows(fit, "curve_values", (), np.float64, 1 << 14)
-            self._curve_vals.attrs["note"] = "model values of every ROI, in curve_rois order (MIDAS fit_curves.bin)"
+            d = self._rows(fit, "curve_rois", (3,), np.int64, c1)
+            d.attrs["columns"] = "frame_index,start_bin,n_points"
+            d = self._rows(fit, "curve_values", (), np.float64, 1 << 14)
+            d.attrs["note"] = "model values of every ROI, in curve_rois order (MIDAS fit_curves.bin)"
             upd = fit.create_group("peak_updates")
             upd.attrs["description"] = "the peak list in force from from_frame onward (ringstream peaks)"
-            self._upd = {
-                "peaks": self._rows(upd, "peaks", (), h5py.vlen_dtype(np.float64), 64),
-                "origin": self._rows(upd, "origin", (), _STR, 64),
-                "from_frame": self._rows(upd, "from_frame", (), np.uint64, 64),
-                "seq": self._rows(upd, "seq", (), np.uint64, 64),
-            }
-        self._cols = {k: _Col(d, self.block, direct=(k == "cake")) for k, d in cols.items()}
-        self._meta_bufs = [(key, self._cols[f"metadata/{key}"].buf) for key in self.metadata_keys]
-        self._idx_col = _Col(self._index, self.block)
-        # the block buffers append() fills, bound once (the lists are emptied in place after each block write)
-        c = self._cols
-        self._I_buf, self._ts_buf, self._omega_buf = c["I"].buf, c["timestamp"].buf, c["omega"].buf
-        self._sid_rows, self._json_rows = c["source_id"].buf, c["metadata_json"].buf
-        self._cake_rows = c["cake"].buf if "cake" in c else None
-        self._fit_buf = c["fit"].buf if "fit" in c else None
-        self._fit_shape = (self.n_peaks, 7)
-        self._idx_buf = self._idx_col.buf
-        self._json = json.JSONEncoder(default=str).encode  # one encoder for every row (json.dumps makes one a row)
+            self._rows(upd, "peaks", (), h5py.vlen_dtype(np.float64), 64)
+            for name, dtype in (("origin", _STR), ("from_frame", np.uint64), ("seq", np.uint64)):
+                self._rows(upd, name, (), dtype, 64)
 
         geo = entry.create_group("geometry")
         geo.attrs["NX_class"] = "NXcollection"
@@ -395,22 +417,50 @@ class Hdf5Writer:
                                      "dataset per group named like the zarr.zip member")
         osum.attrs["omega_sum_frames"] = np.int64(osf)
         osum.attrs["name_digits"] = np.int64(digits)
-        self._osum = {
-            "I": self._rows(osum, "I", (nR, nE), np.dtype("<f8"), 1),
-            "n_frames": self._rows(osum, "n_frames", (), np.int64, 256),
-            "first_frame": self._rows(osum, "first_frame", (), np.uint64, 256),
-            "last_frame": self._rows(osum, "last_frame", (), np.uint64, 256),
-            "first_omega": self._rows(osum, "first_omega", (), np.float64, 256),
-            "last_omega": self._rows(osum, "last_omega", (), np.float64, 256),
-            "name": self._rows(osum, "name", (), _STR, 256),
-        }
+        self._rows(osum, "I", (nR, nE), np.dtype("<f8"), 1)
+        for name, dtype in OMEGA_SUM_ROWS.items():
+            self._rows(osum, name, (), dtype, 256)
 
         # The run's progress lives on /entry (the contract) and is mirrored on /entry/data/I, because a SWMR reader
         # can refresh a dataset (and with it the dataset's attributes) but not a group.
-        self._progress = [entry, self._I]
-        for obj in self._progress:
+        for obj in (entry, lineouts):
             obj.attrs["frames_written"] = np.int64(0)
             obj.attrs["run_complete"] = np.bool_(False)
+
+    def _bind(self) -> None:
+        """Bind the writer to the layout's datasets: those :meth:`_create_layout` just made, or those of the file
+        :meth:`reopen` continues."""
+        e = self._f["entry"]
+        data = e["data"]
+        self._I = data["I"]
+        self._index = data["frame_index"]
+        self._source_counters = e["reduction/source_counters"]
+        self._meta = {key: data[f"metadata/{key}"] for key in self.metadata_keys}
+        # every per-frame dataset, written in this order; frame_index last (a reader that sees row k sees its data)
+        cols = {name: data[name] for name in ("I", "timestamp", "source_id", "omega", "metadata_json")}
+        cols.update({f"metadata/{k}": d for k, d in self._meta.items()})
+        if self.write_2d:
+            cols["cake"] = e["cake/I"]
+        if self.n_peaks:
+            fit = e["fit"]
+            cols["fit"] = fit["peaks"]
+            self._curve_rois = fit["curve_rois"]
+            self._curve_vals = fit["curve_values"]
+            self._upd = {name: fit["peak_updates"][name] for name in ("peaks", "origin", "from_frame", "seq")}
+        self._osum = {name: e["omega_sum"][name] for name in ("I", *OMEGA_SUM_ROWS)}
+        self._progress = [e, self._I]
+        self._cols = {k: _Col(d, self.block, direct=(k == "cake")) for k, d in cols.items()}
+        self._meta_bufs = [(key, self._cols[f"metadata/{key}"].buf) for key in self.metadata_keys]
+        self._idx_col = _Col(self._index, self.block)
+        # the block buffers append() fills, bound once (the lists are emptied in place after each block write)
+        c = self._cols
+        self._I_buf, self._ts_buf, self._omega_buf = c["I"].buf, c["timestamp"].buf, c["omega"].buf
+        self._sid_rows, self._json_rows = c["source_id"].buf, c["metadata_json"].buf
+        self._cake_rows = c["cake"].buf if "cake" in c else None
+        self._fit_buf = c["fit"].buf if "fit" in c else None
+        self._fit_shape = (self.n_peaks, 7)
+        self._idx_buf = self._idx_col.buf
+        self._json = json.JSONEncoder(default=str).encode  # one encoder for every row (json.dumps makes one a row)
 
     @staticmethod
     def _add_radial(group: h5py.Group, two_theta: np.ndarray) -> None:
@@ -603,6 +653,21 @@ class Hdf5Writer:
             _Col(d[key], 0).write(g0, g1, rows if key == "name" else np.asarray(rows, dtype=d[key].dtype))
         self._n_groups = g1
         self._groups = []
+
+    def omega_groups(self, group_of: Callable[[int], int]) -> Iterator[OmegaGroup]:
+        """The omega-sum groups written to the file, in order, read one at a time (``group_of`` gives a group's
+        index from its first frame)."""
+        d = self._osum
+        n = self._n_groups
+        meta = {key: d[key][:n] for key in ("n_frames", "first_frame", "last_frame", "first_omega", "last_omega")}
+        for k in range(n):
+            first = int(meta["first_frame"][k])
+            yield OmegaGroup(group_of(first), d["I"][k], int(meta["n_frames"][k]), first,
+                             int(meta["last_frame"][k]), float(meta["first_omega"][k]), float(meta["last_omega"][k]))
+
+    def peak_update_seqs(self) -> list[int]:
+        """The seqs of the PeakUpdates recorded in the file (a reopened one included)."""
+        return [int(v) for v in self._upd["seq"][: self._n_updates]] if self.n_peaks else []
 
     def add_peak_update(self, seq: int, from_frame: int, peaks: Sequence[float], origin: str) -> None:
         """Record a PeakUpdate under ``/entry/fit/peak_updates`` (only in a file with fitting)."""

@@ -14,6 +14,7 @@ HDF5 file. :func:`read_fit_curves` reads fit_curves.bin back.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Iterator
@@ -36,14 +37,34 @@ _HEAD = struct.Struct("<iii")
 #: bytes each file keeps in memory before a write
 _BUFFER = 8 << 20
 
+log = logging.getLogger(__name__)
 
-def _open(path: Path, overwrite: bool):
-    if path.exists() and not overwrite:
+
+def _open(path: Path, overwrite: bool, resume: bool = False):
+    """``path`` opened to write a run's stream: created (OutputExists unless ``overwrite``), or with ``resume``
+    the existing stream of a run being continued, to be cut (:meth:`MidasStreams.cut`) and appended to (one the
+    writer died before making is made empty: it holds no frame, so the run is continued from its first)."""
+    if resume and not path.is_file():  # the writer died before it made it: it holds no frame (the run goes on
+        log.warning("%s: missing; made again, empty (the run continues from its first frame)", path)  # from 0)
+        resume = False
+    if path.exists() and not (overwrite or resume):
         raise OutputExists(path)
     try:
-        return open(path, "wb", buffering=_BUFFER)
+        return open(path, "r+b" if resume else "wb", buffering=_BUFFER)
     except OSError as exc:
-        raise InputError(f"{path}: cannot create output file ({exc})") from exc
+        raise InputError(f"{path}: cannot {'open' if resume else 'create'} output file ({exc})") from exc
+
+
+def _curve_ends(raw: bytes | memoryview) -> list[int]:
+    """The end offset of each whole record of fit_curves.bin bytes ``raw`` (a cut last record is left out)."""
+    ends, at, size = [], 0, len(raw)
+    while at + _HEAD.size <= size:
+        n = _HEAD.unpack_from(raw, at)[2]
+        if n < 0 or at + _HEAD.size + 8 * n > size:
+            break
+        at += _HEAD.size + 8 * n
+        ends.append(at)
+    return ends
 
 
 class MidasStreams:
@@ -52,11 +73,14 @@ class MidasStreams:
     ``n_peaks`` > 0 writes fit.bin and fit_curves.bin; ``binaries`` also writes lineout.bin, RTthEtaAreaMap.bin and,
     with ``cakes``, Int2D.bin. ``r_px`` ``[n_r]`` are the bin-centre radii of lineout.bin; ``remap`` the REtaMap
     ``(>=4, n_r, n_eta)`` whose first four planes make RTthEtaAreaMap.bin. ``fit_prefix`` goes before the names
-    fit.bin and fit_curves.bin (``STEM_``: runs that share a folder never share these files).
+    fit.bin and fit_curves.bin (``STEM_``: runs that share a folder never share these files). ``resume``: the
+    streams exist, from a run whose writer died: :meth:`whole` says how much of them is whole, :meth:`cut` cuts
+    them to the frames the run continues after (RTthEtaAreaMap.bin is kept as it is).
     """
 
     def __init__(self, folder: str | os.PathLike, *, n_r: int, n_eta: int, r_px: np.ndarray, remap: np.ndarray,
-                 n_peaks: int, binaries: bool, cakes: bool, overwrite: bool = False, fit_prefix: str = "") -> None:
+                 n_peaks: int, binaries: bool, cakes: bool, overwrite: bool = False, fit_prefix: str = "",
+                 resume: bool = False) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise InputError(f"{self.folder}: MIDAS output folder does not exist")
@@ -75,8 +99,8 @@ class MidasStreams:
         try:
             for name in names:
                 on_disk = fit_prefix + name if name in (FIT_BIN, FIT_CURVES_BIN) else name
-                self.files[name] = _open(self.folder / on_disk, overwrite)
-            if binaries:
+                self.files[name] = _open(self.folder / on_disk, overwrite, resume)
+            if binaries and not (resume and (self.folder / MAP_BIN).is_file()):
                 with _open(self.folder / MAP_BIN, overwrite) as fh:
                     fh.write(np.ascontiguousarray(remap[:4], dtype="<f8").tobytes())
         except BaseException:
@@ -86,6 +110,36 @@ class MidasStreams:
     @property
     def names(self) -> list[str]:
         return sorted(self.files)
+
+    def _record(self, name: str) -> int:
+        """Bytes of one frame in the fixed-size stream ``name``."""
+        return {FIT_BIN: 56 * self.n_peaks, LINEOUT_BIN: 16 * self.n_r, INT2D_BIN: 8 * self.n_r * self.n_eta}[name]
+
+    def whole(self) -> tuple[int | None, int | None]:
+        """(frames whole in every fixed-size stream, records whole in fit_curves.bin) of streams opened to
+        ``resume``; None where there is no such stream."""
+        frames = [os.fstat(fh.fileno()).st_size // self._record(name) for name, fh in self.files.items()
+                  if name != FIT_CURVES_BIN]
+        records = None
+        if FIT_CURVES_BIN in self.files:
+            fh = self.files[FIT_CURVES_BIN]
+            fh.seek(0)
+            records = len(_curve_ends(fh.read()))
+        return (min(frames) if frames else None), records
+
+    def cut(self, frames: int, curve_records: int) -> None:
+        """Cut streams opened to ``resume`` to their first ``frames`` frames and ``curve_records`` fit_curves.bin
+        records (at most what :meth:`whole` said), and append from there."""
+        for name, fh in self.files.items():
+            if name == FIT_CURVES_BIN:
+                fh.seek(0)
+                ends = _curve_ends(fh.read())
+                size = ends[curve_records - 1] if curve_records else 0
+            else:
+                size = frames * self._record(name)
+            fh.truncate(size)
+            fh.seek(size)
+        self.frames = int(frames)
 
     def append(self, frame_index: int, lineout: np.ndarray, cake: np.ndarray | None = None,
                fit: np.ndarray | None = None, curves: tuple[np.ndarray, np.ndarray] | None = None) -> None:

@@ -107,6 +107,13 @@ class OmegaSums:
     def group_of(self, frame_index: int) -> int:
         return self.grouping.group_of(frame_index)
 
+    def resume(self, frame: int, done_below: int) -> None:
+        """Continue a run from ``frame`` (W): frames below it are accounted for, groups below ``done_below`` were
+        written (at least those below ``group_of(frame)``), nothing is pending."""
+        self._pending.clear()
+        self._accounted = int(frame)
+        self._done_below = max(int(done_below), self.group_of(frame))
+
     def _get(self, g: int) -> _Pending:
         p = self._pending.get(g)
         if p is None:
@@ -170,6 +177,11 @@ class OmegaSums:
             np.nan_to_num(p.sum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return OmegaGroup(g, p.sum, p.summed, p.integrated.first_frame, p.integrated.last_frame, p.first_omega,
                           p.last_omega)
+
+    def handed_out_below(self) -> int:
+        """The first frame not covered by what was handed out: every frame below it is accounted for and every group
+        that holds one of them was handed out (:meth:`pop_complete`); the frames of a group still summing are not."""
+        return min(self._accounted, self._done_below * self.grouping.size)
 
     def pop_complete(self) -> list[OmegaGroup]:
         """Complete groups (every frame of the range accounted for, every integrated frame summed), in order."""

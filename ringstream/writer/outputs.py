@@ -10,6 +10,9 @@ and, from the daemon, the workers' partial omega sums and the PeakUpdates. :clas
 - the MIDAS streams (:class:`~ringstream.writer.midas_binaries.MidasStreams`): fit.bin and fit_curves.bin when
   fitting, lineout.bin, Int2D.bin and RTthEtaAreaMap.bin with ``midas_dir``.
 
+:meth:`RunOutputs.resume` continues a run whose writer was killed, in the same files, from the end of its last
+omega-sum group written (:attr:`RunOutputs.resume_frame`); the frames from there on are appended again.
+
 :meth:`RunOutputs.flush` makes every frame so far visible (HDF5 flush, binaries written); :meth:`RunOutputs.save`
 also publishes the zarr.zip. A full disk (ENOSPC, EDQUOT, EFBIG) is an :class:`OutputError` naming the file and
 the frames safely written; the caller stops the run and calls :meth:`RunOutputs.close` with ``run_complete=False``.
@@ -33,6 +36,7 @@ from ..protocol import ProtocolError
 from .hdf5 import Hdf5Writer
 from .midas_binaries import MidasStreams
 from .omega import OmegaStamps, OmegaSums, name_digits
+from .repair import check_resumable, cut_for_resume
 from .zarr_zip import ZarrZipSink, instrument_parameters, reta_map
 
 log = logging.getLogger(__name__)
@@ -144,38 +148,95 @@ class RunOutputs:
                  midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
                  block: int = 0, fit_prefix: str = "") -> None:
+        self._start(imap, params, expected_frames, sums_from_workers)
+        self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
+                             overwrite=overwrite, note=note, n_peaks=n_peaks, block=block,
+                             peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
+                             metadata_keys=metadata_keys, name_digits=self.digits)
+        self.path = self.h5.path
+        try:
+            if zarr_path is not None:
+                self.zarr = ZarrZipSink(zarr_path, self._remap, instrument_parameters(params), self.digits,
+                                        overwrite=overwrite or not Path(zarr_path).exists())
+            if n_peaks or midas_dir is not None:
+                self.midas = self._midas(imap, n_peaks, midas_dir, fit_prefix, overwrite=overwrite)
+        except BaseException:
+            self._abort()
+            raise
+
+    def _start(self, imap: Any, params: Any, expected_frames: int, sums_from_workers: bool) -> None:
+        """The state of a run before its files are open."""
         self.write_2d = bool(getattr(params, "Write2D", False))
         self.digits = name_digits(expected_frames)
         self.sums_from_workers = bool(sums_from_workers)
         self.omega_of = OmegaStamps(params)
         self.sums = OmegaSums(int(getattr(params, "OmegaSumFrames", 1)), (imap.n_r, imap.n_eta))
         self.counters = {"written": 0, "rejected": 0, "omega_groups": 0, "zarr_published": 0}
-        self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
-                             overwrite=overwrite, note=note, n_peaks=n_peaks, block=block,
-                             peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
-                             metadata_keys=metadata_keys, name_digits=self.digits)
-        self.path = self.h5.path
+        self.h5: Hdf5Writer | None = None
         self.zarr: ZarrZipSink | None = None
         self.midas: MidasStreams | None = None
+        q = np.asarray(imap.q, dtype=np.float64) if getattr(imap, "q", None) is not None else None
+        self._remap = reta_map(imap.r_px, imap.two_theta, imap.eta,
+                               np.asarray(imap.bin_area).reshape(imap.n_r, imap.n_eta), q)
+        self.resume_frame = 0  # the frame the run continues from (:meth:`resume`)
+        self.frames_flushed = 0
+        self.durable_frames = 0  # run-local frames below this are in the files for good (rows and groups flushed)
+        self.failed = False  # a disk-full error happened: close keeps only what was flushed
+
+    def _midas(self, imap: Any, n_peaks: int, midas_dir: str | os.PathLike | None, fit_prefix: str, *,
+               overwrite: bool = False, resume: bool = False) -> MidasStreams:
+        streams = MidasStreams(midas_dir if midas_dir is not None else self.path.parent,
+                               n_r=imap.n_r, n_eta=imap.n_eta, r_px=imap.r_px, remap=self._remap, n_peaks=n_peaks,
+                               binaries=midas_dir is not None, cakes=self.write_2d, overwrite=overwrite,
+                               fit_prefix=fit_prefix, resume=resume)
+        if midas_dir is not None and not self.write_2d:
+            log.warning("%s: Int2D.bin needs per-frame cakes (Write2D 1); not written", midas_dir)
+        return streams
+
+    @classmethod
+    def resume(cls, h5_path: str | os.PathLike, imap: Any, params: Any, *, engine_name: str, n_peaks: int = 0,
+               zarr_path: str | os.PathLike | None = None, midas_dir: str | os.PathLike | None = None,
+               note: str = "", metadata_keys: Sequence[str] = (), expected_frames: int = 0,
+               sums_from_workers: bool = False, block: int = 0, fit_prefix: str = "") -> RunOutputs:
+        """Continue the run whose writer died: the same arguments as the run's (``engine_name``, ``note`` and
+        ``metadata_keys`` are the file's already). The files are cut to the run's durable frames
+        (:func:`~ringstream.writer.repair.cut_for_resume`: the HDF5 file, the MIDAS streams; the zarr.zip is
+        rebuilt from the HDF5's omega-sum groups and published by rename) and reopened to append. The run
+        continues from :attr:`resume_frame` (W): every frame from W on must be appended again (and, with
+        ``sums_from_workers``, the partial sums of the groups from W's on), in frame order, as in a fresh run;
+        the files then end as an uninterrupted run's would. InputError naming the file if it is missing, not a
+        ringstream results file, or made for another layout (n_r, n_eta, n_peaks, Write2D, OmegaSumFrames)."""
+        del engine_name, note, metadata_keys  # (what the file already records)
+        self = cls.__new__(cls)
+        self._start(imap, params, expected_frames, sums_from_workers)
+        self.path = Path(h5_path)
+        layout = {"n_r": int(imap.n_r), "n_eta": int(imap.n_eta), "n_peaks": int(n_peaks),
+                  "Write2D": int(self.write_2d), "OmegaSumFrames": int(getattr(params, "OmegaSumFrames", 1))}
+        check_resumable(self.path, layout)
         try:
-            q = np.asarray(imap.q, dtype=np.float64) if getattr(imap, "q", None) is not None else None
-            remap = reta_map(imap.r_px, imap.two_theta, imap.eta, np.asarray(imap.bin_area).reshape(imap.n_r,
-                             imap.n_eta), q)
-            if zarr_path is not None:
-                self.zarr = ZarrZipSink(zarr_path, remap, instrument_parameters(params), self.digits,
-                                        overwrite=overwrite or not Path(zarr_path).exists())
             if n_peaks or midas_dir is not None:
-                self.midas = MidasStreams(midas_dir if midas_dir is not None else self.path.parent,
-                                          n_r=imap.n_r, n_eta=imap.n_eta, r_px=imap.r_px, remap=remap,
-                                          n_peaks=n_peaks, binaries=midas_dir is not None, cakes=self.write_2d,
-                                          overwrite=overwrite, fit_prefix=fit_prefix)
-                if midas_dir is not None and not self.write_2d:
-                    log.warning("%s: Int2D.bin needs per-frame cakes (Write2D 1); not written", midas_dir)
+                self.midas = self._midas(imap, n_peaks, midas_dir, fit_prefix, resume=True)
+            cut = cut_for_resume(self.path, layout, self.midas.whole() if self.midas is not None else (None, None))
+            if self.midas is not None:
+                self.midas.cut(cut.rows, cut.curve_rois)
+            self.digits = cut.name_digits
+            self.h5 = Hdf5Writer.reopen(self.path, n_r=imap.n_r, n_eta=imap.n_eta, write_2d=self.write_2d,
+                                        n_peaks=n_peaks, metadata_keys=cut.metadata_keys, next_frame=cut.frame,
+                                        block=block, name_digits=self.digits)
+            self.sums.resume(cut.frame, cut.last_group + 1)
+            if zarr_path is not None:
+                self.zarr = ZarrZipSink(zarr_path, self._remap, instrument_parameters(params), self.digits)
+                self.zarr.restore(self.h5.omega_groups(self.sums.group_of))
+                self.counters["zarr_published"] += 1
         except BaseException:
             self._abort()
             raise
-        self.frames_flushed = 0
-        self.failed = False  # a disk-full error happened: close keeps only what was flushed
+        self.counters.update(written=cut.rows, omega_groups=cut.groups, rejected=cut.frame - cut.rows)
+        self.frames_flushed = cut.rows
+        self.resume_frame = self.durable_frames = cut.frame
+        log.info("%s: continuing the run from frame %d (%d frames and %d omega-sum groups kept)", self.path,
+                 cut.frame, cut.rows, cut.groups)
+        return self
 
     def _abort(self) -> None:
         for sink in (self.midas, self.h5):
@@ -261,11 +322,14 @@ class RunOutputs:
 
     # ------------------------------------------------------------------------------------------------ output
     def flush(self) -> None:
-        """Make every frame so far visible: HDF5 flush (``@frames_written``), MIDAS streams written."""
+        """Make every frame so far visible: HDF5 flush (``@frames_written``), MIDAS streams written;
+        :attr:`durable_frames` moves to the frames whose rows and omega-sum groups this flush wrote."""
+        durable = self.sums.handed_out_below()
         self._guard(str(self.path), self.h5.flush)
         if self.midas is not None:
             self._guard(str(self.midas.folder), self.midas.flush)
         self.frames_flushed = self.h5.frames_written
+        self.durable_frames = durable
 
     def save(self) -> None:
         """:meth:`flush` and publish the zarr.zip (the save interval)."""

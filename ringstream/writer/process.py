@@ -17,7 +17,20 @@ Delivery (docs/DAEMON.md, "Delivery"): the writer acknowledges each frame to the
 Result (and, when workers send partial omega sums, the sum that holds the frame: a partial sum follows the Results
 of its frames), so that the ingest frees its ring slot; an unacknowledged frame is sent again should its worker
 die. On a WorkerGone from the supervisor the writer ignores every later message of that worker process
-(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent.
+(``fenced_dropped``), then passes the notice on to the ingest behind the acknowledgements already sent. A replacement
+ingest's :class:`~ringstream.protocol.ResumeQuery` is answered (:class:`~ringstream.protocol.Missing`, on the
+acknowledgement socket, after the acknowledgements) once every worker process it names is fenced: the frames asked
+about whose Result, or whose partial omega sum, the writer does not hold (:func:`missing_frames`).
+
+After each flush the writer tells the ingest, which tells every worker, below which frame its files hold everything
+for good (:class:`~ringstream.protocol.Flushed`: rows flushed and the omega-sum groups of those frames written):
+the workers keep what they sent until then. A writer that dies (``kill -9``) is replaced by the supervisor with
+``resume``: the replacement reopens every run the index of runs says is open where its files were flushed
+(:meth:`~ringstream.writer.outputs.RunOutputs.resume`: the file repaired and cut to its durable frames, the
+MIDAS streams and the zarr.zip to match), announces that point (``Flushed(restart=True)``), and gets again from the
+workers everything from there on and from the ingest the RunStart and EndOfStream messages of the runs not written
+in full; frames its files already hold are dropped as duplicates, a partial sum whose frames were already summed
+too (``duplicate_partials``).
 
 Results arrive in any order; the writer keeps the next expected ``frame_index`` and a dict of early arrivals, and
 appends rows to :class:`~ringstream.writer.hdf5.Hdf5Writer` strictly in frame_index order (a rejected frame is
@@ -62,16 +75,19 @@ from ..procs import return_free_memory
 from ..protocol import (
     RUN_START_KEY,
     EndOfStream,
+    Flushed,
     FrameAck,
+    Missing,
     OmegaPartial,
     PeakUpdate,
     ProtocolError,
     Result,
+    ResumeQuery,
     RunStart,
     Stop,
     WorkerGone,
 )
-from ..runs.naming import OutputFolderError
+from ..runs.naming import OutputFolderError, make_folders
 from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
 from .midas_binaries import FIT_BIN
@@ -98,6 +114,9 @@ BATCH_S = 0.1
 #: the writer's exit code when the last run's outputs failed (a full disk, a folder that cannot be written)
 EXIT_OUTPUT_FAILED = 3
 
+#: the writer's Flushed watermark goes out again this often even when it has not moved, in s
+FLUSHED_AGAIN_S = 1.0
+
 #: after the last frame, how long the writer waits for the workers' last partial omega sums, in s
 SUMS_WAIT_S = 5.0
 
@@ -105,10 +124,24 @@ SUMS_WAIT_S = 5.0
 #: again by another worker, which may itself be starting), in s
 RESENT_SUMS_WAIT_S = 60.0
 
+#: how long a ResumeQuery waits for the WorkerGone notices of the workers it names before it is answered anyway, s
+FENCE_WAIT_S = 10.0
 
-def run(config, ready, stop) -> int:
-    """Entry point of the writer process (see the module docstring). Returns the exit code."""
-    return run_child(config, "writer", lambda: _Writer(config).run(ready, stop), log)
+
+def missing_frames(first: int, end: int, next_index: int, held, awaiting_sum) -> list[int]:
+    """The frames ``first .. end - 1`` the writer lacks, in increasing order: those not written (every index below
+    ``next_index`` is) and not ``held`` (early arrivals), and those whose Result is here but whose partial omega sum
+    is not (``awaiting_sum``: the worker that would have sent it is gone)."""
+    lacking = {i for i in range(max(int(first), int(next_index)), int(end)) if i not in held}
+    lacking.update(i for i in awaiting_sum if first <= i < end)
+    return sorted(lacking)
+
+
+def run(config, ready, stop, resume: bool = False, stream_end: int = -1) -> int:
+    """Entry point of the writer process (see the module docstring); ``resume``: a replacement for a writer that
+    died, continuing the open runs in their files; ``stream_end``: the stream's end when the ingest had already
+    ended (-1: it has not). Returns the exit code."""
+    return run_child(config, "writer", lambda: _Writer(config, resume, stream_end).run(ready, stop), log)
 
 
 def prepare_outputs(config) -> list[dict]:
@@ -140,8 +173,14 @@ def _run_start_fields(text) -> dict:
 
 
 class _Writer:
-    def __init__(self, config) -> None:
+    def __init__(self, config, resume: bool = False, stream_end: int = -1) -> None:
         self.config = config
+        self.resume = bool(resume)
+        self.stream_end = int(stream_end)
+        self.peaks_from = 0  # PeakUpdates from before this frame are not recorded (set by a replacement writer)
+        self.flushed_below = -1  # the last Flushed watermark sent
+        self.t_flushed = 0.0  # and when
+        self.summed_frames: set[int] = set()  # frames in the partial sums taken, not yet below the watermark
         self.save_interval = max(1, int(config.run.save_interval))
         self.counters: dict[str, int] = {"written": 0, "rejected": 0, "duplicates": 0, "runs_complete": 0,
                                          "runs_failed": 0, "dropped_output_failed": 0}
@@ -168,6 +207,7 @@ class _Writer:
         self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
         self.fenced: set[tuple[int, int]] = set()  # (worker, pid) of dead worker processes
         self.last_fence = 0.0  # monotonic time of the last WorkerGone
+        self.resume_queries: list[tuple[ResumeQuery, float]] = []  # waiting for their fences: (query, when)
 
     @property
     def outputs(self) -> RunOutputs | None:
@@ -214,9 +254,13 @@ class _Writer:
             self.open_peaks(ctx)  # peak-list changes (recorded under /entry/fit) and dead workers
             if t.release_endpoint and t.release_endpoint != "auto":
                 self.acks = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=100_000)
+            if self.resume:
+                self.resume_runs()
             gc.collect()
             gc.freeze()  # what exists now (modules, the map, the files) lives as long as the process: not rescanned
             ready.set()
+            if self.resume:  # the workers send again what they kept from here on, the ingest the runs' messages
+                self.publish_flushed(restart=True)
             while not self.finished():
                 self.take_peak_updates()
                 if stop.is_set():
@@ -226,8 +270,11 @@ class _Writer:
                 if sock.poll(POLL_MS, zmq.POLLIN):
                     self.take_waiting(sock)
                 self.send_acks()
+                if self.resume_queries:
+                    self.answer_resume_queries()
                 self.close_finished_runs()
                 self.maybe_flush()
+                self.publish_flushed()
                 hb.beat(self.snapshot())
             self.send_acks()
             complete = self.finished()
@@ -237,6 +284,7 @@ class _Writer:
                             self.counters["written"])
             with hb.beating(self.snapshot()):  # closing (the last omega groups, the zarr.zip) can take seconds
                 self.close(complete)
+            self.publish_flushed()  # the ingest waits for it before it ends
             if self.sums_missing:
                 log.warning("%d integrated frames had no partial omega sum after %.0f s (a worker stopped?); "
                             "their groups hold the frames that arrived", self.sums_missing, SUMS_WAIT_S)
@@ -341,23 +389,37 @@ class _Writer:
             if (int(msg.worker), int(msg.worker_pid)) in self.fenced:
                 self.count("fenced_dropped")
                 return
-            self.count("omega_partials")
-            self.on_side(("partial", (msg, buffers)))
-            for f in msg.frames:
-                f = int(f)
+            frames = [int(f) for f in msg.frames]
+            again = bool(frames) and (max(frames) < self.flushed_below or not self.summed_frames.isdisjoint(frames))
+            if again:
+                self.count("duplicate_partials")  # sent again for a replacement writer, and had arrived before
+            else:
+                self.summed_frames.update(frames)
+                self.count("omega_partials")
+                self.on_side(("partial", (msg, buffers)))
+            for f in frames:
                 if f in self.awaiting_sum:
                     self.awaiting_sum.discard(f)
                     self.to_ack.append(f)
-                else:
+                elif not again:
                     self.summed.add(f)
         elif isinstance(msg, PeakUpdate):
             self.on_peak_update(msg)
         elif isinstance(msg, RunStart):
+            if msg.run_id not in self.runs and int(msg.first_frame) < self.next_index:
+                self.count("stale_run_messages")  # of a run written and closed (sent again for a new writer)
+                return
             run = self.run_of(msg.run_id, int(msg.first_frame))
             run.first_frame, run.name, run.meta, run.reason = int(msg.first_frame), msg.name, dict(msg.meta), \
                 msg.reason
         elif isinstance(msg, EndOfStream):
-            if msg.run_id:
+            closed = msg.run_id and msg.run_id not in self.runs and \
+                int(msg.first_frame) + int(msg.n_frames) <= self.next_index
+            if closed:
+                self.count("stale_run_messages")  # of a run written and closed (sent again for a new writer)
+                if not msg.final:
+                    return
+            elif msg.run_id:
                 run = self.run_of(msg.run_id, int(msg.first_frame))
                 if run.eos is not None:
                     self.count("duplicates")
@@ -371,6 +433,8 @@ class _Writer:
                 self.eos = msg
                 self.drop_beyond_eos()
             self.end_current()
+        elif isinstance(msg, ResumeQuery):
+            self.resume_queries.append((msg, time.monotonic()))
         elif isinstance(msg, Stop):
             log.info("stop message: %s", msg.reason or "(no reason)")
             if self.eos is None:
@@ -467,7 +531,10 @@ class _Writer:
         engine = engine_name or str(self.config.workers.engine)
         try:
             attrs = {k: v for k, v in (metadata or {}).items() if isinstance(v, (int, float, str))}
-            self.book.name(run, attrs)
+            if run.paths is None:
+                self.book.name(run, attrs)
+            else:  # named by the writer before this one, which died before it made the files
+                make_folders(run.paths)
             paths = run.paths
             frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" and \
                 not self.book.multi_run else 0
@@ -521,6 +588,9 @@ class _Writer:
         run = self.current
         if run is None or msg.run_id != run.run_id:
             run = self.start_run(msg, start)
+        if int(msg.frame_index) < run.skip_below:  # in the run's files already (a replacement writer reopened them)
+            self.count("duplicates")
+            return
         out = run.outputs
         local = int(msg.frame_index) - run.first_frame
         ts = float(msg.timestamp)
@@ -654,6 +724,129 @@ class _Writer:
             except zmq.Again:
                 log.warning("the ingest takes no acknowledgements: worker-%d's frames cannot be sent again", key[0])
 
+    # ------------------------------------------------------------------------------------------ durability
+    def durable_below(self) -> int:
+        """The daemon-wide frame below which the files hold everything for good: the first frame of the earliest
+        open run that is not (a failed run's frames are counted as dropped: nothing to keep for it)."""
+        for run in sorted([*self.closing, *([self.current] if self.current is not None else [])],
+                          key=lambda r: r.first_frame):
+            if run.outputs is not None:
+                return run.first_frame + max(int(run.outputs.durable_frames), run.skip_below - run.first_frame)
+            if not run.failed:
+                return run.first_frame
+        return self.next_index
+
+    def publish_flushed(self, restart: bool = False) -> None:
+        """Tell the ingest (and through it the workers) where :meth:`durable_below` stands, when it moved and every
+        ``FLUSHED_AGAIN_S`` (a replacement ingest learns it so), and once at the start of a replacement writer
+        (``restart``)."""
+        below = self.durable_below()
+        now = time.monotonic()
+        if below == self.flushed_below and not restart and now - self.t_flushed < FLUSHED_AGAIN_S:
+            return
+        self.t_flushed = now
+        if below > self.flushed_below and self.summed_frames:
+            self.summed_frames = {f for f in self.summed_frames if f >= below}
+        self.flushed_below = below
+        if self.acks is not None:
+            try:
+                send_message(self.acks, Flushed(below=below, writer_pid=os.getpid(), restart=restart),
+                             flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.flushed_below = -1  # told next time
+
+    def resume_runs(self) -> None:
+        """A replacement writer: the runs the index of runs says are open (this daemon's) are reopened where their
+        files were flushed, the earliest one current; the frames the files hold are counted as written."""
+        base = str(self.config.run.run_id)
+        mine = [r for r in self.book.index.runs() if str(r.get("run_id", "")) == base or
+                str(r.get("run_id", "")).startswith(base + ".")]
+        self.book.opened = len(mine)
+        ends = [int(r.get("first_frame", 0)) + int(r.get("frames", 0)) for r in mine if r.get("status") != "open"]
+        self.next_index = max(ends, default=0)
+        for entry in mine:
+            if entry.get("status") == "open":
+                continue
+            self.count("written", int(entry.get("written", 0)))
+            self.count("rejected", int(entry.get("rejected", 0)))
+            self.count(f"runs_{entry.get('status')}" if entry.get("status") in ("complete", "failed", "interrupted")
+                       else "runs_other")
+        resumed = []
+        for entry in (r for r in mine if r.get("status") == "open"):
+            run = Run(str(entry["run_id"]), int(entry.get("first_frame", 0)), name=str(entry.get("name", "")),
+                      meta=dict(entry.get("meta") or {}), reason=str(entry.get("reason", "")),
+                      number=int(entry["run"]))
+            self.runs[run.run_id] = run
+            try:
+                run.paths = self.book.templates.recorded(run.number, entry["files"])
+                if not run.paths.h5.exists():  # named, not made yet: made at its first frame, as it would have been
+                    run.skip_below = run.first_frame
+                    resumed.append(run)
+                    continue
+                run.outputs = self.resume_outputs(run, str(entry.get("engine", "")))
+            except (KeyError, RingstreamError, OSError, ValueError) as exc:
+                self.fail_run(run, OutputError(f"run {run.number}: cannot continue its files after the writer's "
+                                               f"death: {exc}"))
+                continue
+            done = int(run.outputs.durable_frames)
+            run.skip_below = run.first_frame + done
+            self.peak_seqs.update(run.outputs.h5.peak_update_seqs())  # recorded already: not again
+            run.written = int(run.outputs.counters["written"])
+            self.count("written", run.written)
+            resumed.append(run)
+            log.warning("run %d: the writer before this one died: %s reopened at frame %d of the run (%d rows); "
+                        "the frames from there on come again", run.number, run.paths.h5, done, run.written)
+        if resumed:
+            resumed.sort(key=lambda r: r.first_frame)
+            if resumed[0].outputs is not None:  # (else its first frame makes its files)
+                self.current = resumed[0]
+            self.next_index = resumed[0].skip_below
+        # the supervisor publishes every peak-list change again and again: one from before the runs reopened here
+        # was recorded (or not) by the writer before this one, never by this one
+        self.peaks_from = resumed[0].first_frame if resumed else self.next_index
+        if self.stream_end >= 0:  # the ingest had ended: nobody sends the end again
+            last = resumed[-1] if resumed else None
+            first = last.first_frame if last is not None else self.stream_end
+            self.eos = EndOfStream(run_id=last.run_id if last is not None else "", first_frame=first,
+                                   n_frames=self.stream_end - first, final=True)
+            if last is not None:
+                last.eos = self.eos
+
+    def resume_outputs(self, run: Run, engine_name: str) -> RunOutputs:
+        """``run``'s outputs, reopened where they were flushed (:meth:`RunOutputs.resume`)."""
+        paths = run.paths
+        fit_prefix = "" if paths.fit_bin.name == FIT_BIN else paths.fit_bin.name[: -len(FIT_BIN)]
+        frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" and \
+            not self.book.multi_run else 0
+        return RunOutputs.resume(paths.h5, self.imap, self.params,
+                                 engine_name=engine_name or str(self.config.workers.engine), n_peaks=self.n_peaks,
+                                 zarr_path=paths.zarr, midas_dir=paths.midas_dir, expected_frames=frames,
+                                 sums_from_workers=not self.write_2d, fit_prefix=fit_prefix)
+
+    def answer_resume_queries(self) -> None:
+        """Answer each ResumeQuery whose worker processes are all fenced (so that no later message of theirs
+        counts), or that waited ``FENCE_WAIT_S`` for it; behind the acknowledgements sent so far."""
+        fenced = {pid for _, pid in self.fenced}
+        waiting = []
+        for query, t in self.resume_queries:
+            unfenced = set(int(p) for p in query.pids) - fenced
+            if unfenced and time.monotonic() - t < FENCE_WAIT_S:
+                waiting.append((query, t))
+                continue
+            if unfenced:
+                log.warning("no notice of the end of worker processes %s after %.0f s; answering the ingest all the "
+                            "same", sorted(unfenced), FENCE_WAIT_S)
+            lacking = missing_frames(query.first_frame, query.end, self.next_index, self.held, self.awaiting_sum)
+            log.info("a replacement ingest asks about frames %d..%d: %d missing", query.first_frame, query.end - 1,
+                     len(lacking))
+            self.send_acks()
+            if self.acks is not None:
+                try:
+                    send_message(self.acks, Missing(run_id=query.run_id, frames=lacking), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # the ingest asks again
+        self.resume_queries = waiting
+
     def send_acks(self) -> None:
         """Acknowledge the frames held since the last call to the ingest (dropped when it takes nothing: gone)."""
         if not self.to_ack:
@@ -670,7 +863,8 @@ class _Writer:
         """Record a PeakUpdate once per seq, whichever socket it came on (the supervisor publishes it again)."""
         if int(msg.seq) not in self.peak_seqs:
             self.peak_seqs.add(int(msg.seq))
-            self.on_side(("peaks", (msg,)))
+            if int(msg.from_frame) >= self.peaks_from:
+                self.on_side(("peaks", (msg,)))
 
     def maybe_flush(self) -> None:
         if self.unflushed and time.monotonic() - self.first_unflushed >= FLUSH_PERIOD:

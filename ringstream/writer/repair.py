@@ -9,6 +9,10 @@ checksum (HDF5 file format spec, "Superblock"); no HDF5 tools are needed.
 of them (and to ``@frames_written``, the count the writer published at its last flush), ``frame_index`` must be
 strictly increasing, the fit curves and omega-sum groups are cut to match, ``@frames_written`` is set to the
 result, and :func:`link_omega_groups` names each omega-sum group. ``@run_complete`` stays false.
+
+:func:`cut_for_resume` cuts a killed writer's file further, to the frames a replacement writer continues the run
+after (the resume frame W: the end of the last omega-sum group written, see
+:meth:`~ringstream.writer.outputs.RunOutputs.resume`).
 """
 
 from __future__ import annotations
@@ -194,36 +198,8 @@ def repair(path: str | os.PathLike, interrupted: bool = False) -> RepairReport:
         raise InputError(f"{path}: no such file")
     cleared = clear_status_flags(path)
     with _open_rw(path, "after clearing the status flags") as f:
-        if "entry/data/frame_index" not in f:
-            raise InputError(f"{path}: not a ringstream results file (no /entry/data/frame_index)")
-        e = f["entry"]
-        rows = _per_frame(f)
-        longest = max(d.shape[0] for d in rows)
-        n = min([d.shape[0] for d in rows] + [int(e.attrs.get("frames_written", longest))])
-        idx = e["data/frame_index"][:n].astype(np.int64)
-        bad = np.nonzero(np.diff(idx) <= 0)[0]
-        if bad.size:
-            n = int(bad[0]) + 1
-        for d in rows:
-            if d.shape[0] != n:
-                d.resize(n, axis=0)
-        if "fit/curve_rois" in e:
-            rois, vals = e["fit/curve_rois"], e["fit/curve_values"]
-            table = rois[...]
-            last = int(idx[n - 1]) if n else -1
-            keep = int(np.searchsorted(table[:, 0], last, side="right")) if len(table) else 0
-            points = int(table[:keep, 2].sum()) if keep else 0
-            while keep and points > vals.shape[0]:  # the values of the last ROIs did not make it
-                keep -= 1
-                points -= int(table[keep, 2])
-            rois.resize(keep, axis=0)
-            vals.resize(points, axis=0)
-        groups = _cut_to_common(e["omega_sum"], ("I", "n_frames", "first_frame", "last_frame", "first_omega",
-                                                 "last_omega", "name"))
-        if "fit/peak_updates" in e:
-            _cut_to_common(e["fit/peak_updates"], ("peaks", "origin", "from_frame", "seq"))
-        for obj in (e, e["data/I"]):
-            obj.attrs.modify("frames_written", np.int64(n))
+        e = _entry(f, path)
+        n, longest, groups = _cut_consistent(e)
         complete = bool(e.attrs.get("run_complete", False)) and n == longest
         for obj in (e, e["data/I"]):
             obj.attrs.modify("run_complete", np.bool_(complete))
@@ -231,6 +207,53 @@ def repair(path: str | os.PathLike, interrupted: bool = False) -> RepairReport:
             e.attrs["run_status"] = "interrupted"
     link_omega_groups(path)
     return RepairReport(path, cleared, n, longest - n, groups, complete)
+
+
+def _entry(f: h5py.File, path: Path) -> h5py.Group:
+    if "entry/data/frame_index" not in f or "entry/omega_sum/name" not in f:
+        raise InputError(f"{path}: not a ringstream results file (no /entry/data/frame_index, /entry/omega_sum)")
+    return f["entry"]
+
+
+def _cut_consistent(e: h5py.Group) -> tuple[int, int, int]:
+    """Cut ``/entry`` to the rows complete in every per-frame dataset, at most ``@frames_written``, with an increasing
+    frame_index, and the curves, omega-sum groups and peak updates to match; set ``@frames_written``. Returns (rows
+    kept, rows of the longest dataset before, omega-sum groups kept)."""
+    rows = _per_frame(e.file)
+    longest = max(d.shape[0] for d in rows)
+    n = min([d.shape[0] for d in rows] + [int(e.attrs.get("frames_written", longest))])
+    idx = e["data/frame_index"][:n].astype(np.int64)
+    bad = np.nonzero(np.diff(idx) <= 0)[0]
+    if bad.size:
+        n = int(bad[0]) + 1
+    _cut_rows(e, rows, n, int(idx[n - 1]) + 1 if n else 0)
+    groups = _cut_to_common(e["omega_sum"], _GROUP_ROWS)
+    if "fit/peak_updates" in e:
+        _cut_to_common(e["fit/peak_updates"], ("peaks", "origin", "from_frame", "seq"))
+    return n, longest, groups
+
+
+_GROUP_ROWS = ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega", "name")
+
+
+def _cut_rows(e: h5py.Group, rows: list[h5py.Dataset], n: int, end: int) -> None:
+    """Cut the per-frame datasets ``rows`` to ``n`` rows, the fit curves to the ROIs of frames below ``end`` whose
+    values are all there, and set ``@frames_written``."""
+    for d in rows:
+        if d.shape[0] != n:
+            d.resize(n, axis=0)
+    if "fit/curve_rois" in e:
+        rois, vals = e["fit/curve_rois"], e["fit/curve_values"]
+        table = rois[...]
+        keep = int(np.searchsorted(table[:, 0], end, side="left")) if len(table) else 0
+        points = int(table[:keep, 2].sum()) if keep else 0
+        while keep and points > vals.shape[0]:  # the values of the last ROIs did not make it
+            keep -= 1
+            points -= int(table[keep, 2])
+        rois.resize(keep, axis=0)
+        vals.resize(points, axis=0)
+    for obj in (e, e["data/I"]):
+        obj.attrs.modify("frames_written", np.int64(n))
 
 
 def _cut_to_common(group: h5py.Group, names: tuple[str, ...]) -> int:
@@ -284,3 +307,94 @@ def link_omega_groups(path: str | os.PathLike) -> int:
             for attr, tid, values in attrs:
                 h5a.create(dsid, attr, tid, scalar).write(values[k : k + 1].reshape(()))
         return n
+
+
+@dataclasses.dataclass
+class ResumeCut:
+    """Where :func:`cut_for_resume` cut a run's file: ``frame`` (W) the run continues from (every frame below it is
+    in the file or was rejected, every omega-sum group below it is written), ``rows`` frames kept, ``curve_rois``
+    fit-curve ROIs kept, ``groups`` omega-sum groups kept (the last one's index ``last_group``, -1: none),
+    ``metadata_keys`` the numeric metadata datasets, ``name_digits`` the padding of the group names."""
+
+    frame: int
+    rows: int
+    curve_rois: int
+    groups: int
+    last_group: int
+    metadata_keys: tuple[str, ...]
+    name_digits: int
+
+
+def file_layout(e: h5py.Group) -> dict[str, int]:
+    """The layout of a results file that must match a run continuing it: n_r, n_eta, n_peaks, Write2D,
+    OmegaSumFrames."""
+    osum = e["omega_sum"]
+    return {"n_r": int(e["data/I"].shape[1]), "n_eta": int(osum["I"].shape[2]),
+            "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0, "Write2D": int("cake" in e),
+            "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1))}
+
+
+def check_resumable(path: str | os.PathLike, layout: dict[str, int]) -> None:
+    """InputError naming ``path`` unless it is a ringstream results file of ``layout`` (:func:`file_layout`) that
+    opens once its status flags are cleared (as a killed writer leaves them set)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; cannot continue its run")
+    clear_status_flags(path)
+    with _open_rw(path, "to continue its run") as f:
+        e = _entry(f, path)
+        if not str(f.attrs.get("creator", "")).startswith("ringstream"):
+            raise InputError(f"{path}: not a ringstream results file (creator {f.attrs.get('creator', 'unknown')!r})")
+        found = file_layout(e)
+    differ = [f"{k} {found[k]} in the file, {v} in the run" for k, v in layout.items() if found.get(k) != v]
+    if differ:
+        raise InputError(f"{path}: the file's layout differs from the run's ({'; '.join(differ)}); cannot continue it")
+
+
+def cut_for_resume(path: str | os.PathLike, layout: dict[str, int],
+                   streams: tuple[int | None, int | None] = (None, None)) -> ResumeCut:
+    """Cut the file a killed writer left to what a replacement continues from, the run's resume point W.
+
+    As :func:`repair` (status flags cleared, rows complete and increasing, at most ``@frames_written``), then to the
+    frames of complete durable omega-sum groups: a frame's row is durable only once its group's sum is written too
+    (the sum of the rest died with the writer). ``streams`` = (frames whole in every fixed-size MIDAS stream, records
+    whole in fit_curves.bin), None where there is none: the streams are flushed after the HDF5 file, so they can
+    hold fewer frames. The groups kept are those whose frames all have rows (in the file and in the streams); W is
+    the end of the last group kept (0: none), and every row, ROI and group from W on is cut. ``@run_complete`` is
+    false. ``layout`` (:func:`file_layout`) must equal the file's: InputError naming the file if not, or if it is
+    not a ringstream results file."""
+    from ..protocol.omega import OmegaGrouping
+
+    path = Path(path)
+    check_resumable(path, layout)
+    with _open_rw(path, "to continue its run") as f:
+        e = _entry(f, path)
+        found = file_layout(e)
+        n, _, groups = _cut_consistent(e)
+        idx = e["data/frame_index"][:n].astype(np.int64)
+        durable = int(idx[-1]) + 1 if n else 0  # frames below this have their rows in every file
+        stream_rows, curve_records = streams
+        if stream_rows is not None and stream_rows < n:
+            durable = min(durable, int(idx[stream_rows]))
+        if curve_records is not None and "fit/curve_rois" in e and curve_records < e["fit/curve_rois"].shape[0]:
+            durable = min(durable, int(e["fit/curve_rois"][curve_records, 0]))
+        osum = e["omega_sum"]
+        grouping = OmegaGrouping.of(found["OmegaSumFrames"])
+        kept = int(np.searchsorted(osum["last_frame"][:groups].astype(np.int64), durable, side="left"))
+        last_group = grouping.group_of(int(osum["first_frame"][kept - 1])) if kept else -1
+        # W: the end of the last group kept. Frames of that group past its last row were rejected (a frame with a
+        # row would be in the group): nothing from them is sent again, and no partial sum of a written group comes
+        w = grouping.end_of(last_group) if kept else 0
+        names = [v.decode() if isinstance(v, bytes) else str(v) for v in osum["name"][kept:groups]]
+        for name in names:  # (named by a repair)
+            if name in osum:
+                del osum[name]
+        for k in _GROUP_ROWS:
+            osum[k].resize(kept, axis=0)
+        rows = int(np.searchsorted(idx, w, side="left"))
+        _cut_rows(e, _per_frame(f), rows, w)
+        for obj in (e, e["data/I"]):
+            obj.attrs.modify("run_complete", np.bool_(False))
+        curves = e["fit/curve_rois"].shape[0] if "fit/curve_rois" in e else 0
+        keys = tuple(e["data/metadata"].keys()) if "metadata" in e["data"] else ()
+        return ResumeCut(w, rows, curves, kept, last_group, keys, int(osum.attrs.get("name_digits", 9)))

@@ -49,6 +49,7 @@ class Run:
     failed: str = ""  # why the run's outputs failed (a full disk, a folder that cannot be written)
     dropped: int = 0  # frames of a failed run not written
     workers_lost: int = 0  # worker processes that died while the run was open (their frames went to others)
+    skip_below: int = 0  # frames of the run below this are in its files already (a replacement writer reopened them)
 
     @property
     def end(self) -> int | None:
@@ -62,7 +63,7 @@ class Run:
     def summary(self) -> dict[str, Any]:
         """The run for the index, the status and the heartbeat."""
         out: dict[str, Any] = {"run": self.number, "name": self.name, "run_id": self.run_id,
-                               "frames": self.n_frames, "written": self.written, "rejected": self.rejected}
+                               "first_frame": self.first_frame, "frames": self.n_frames, "written": self.written, "rejected": self.rejected}
         if self.paths is not None:
             out["files"] = {k: os.path.abspath(v) for k, v in self.paths.as_record().items()}
         if self.dropped:

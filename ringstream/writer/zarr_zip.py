@@ -47,6 +47,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,28 @@ class ZarrZipSink:
             ]
         self.groups_total += 1
 
+    def restore(self, groups: Iterable[Any]) -> None:
+        """Publish, before any other group, a ZIP of exactly ``groups`` (OmegaGroups in order), replacing the
+        output: the zarr.zip of a run continued after its writer died, rebuilt from the groups its HDF5 file kept.
+        The groups are taken one at a time and written as they come, so a long run's sums are never all in
+        memory; later groups are added as usual."""
+        if self._published or self.groups_total:
+            raise ValueError(f"{self.path}: restore() comes before any other group")
+        it = iter(groups)
+        first = next(it, None)
+        if first is not None:
+            self.add_group(first)  # (into the private folder, from which the first ZIP is built)
+
+        def members():
+            for group in it:
+                self.add_group(group)
+                pending, self._pending = self._pending, []
+                yield from pending
+
+        self._published = True
+        self._write(members(), True, 0)
+        self.groups_published = self.groups_total
+
     def publish(self, wait: bool = True, force: bool = False, final: bool = False) -> bool:
         """Write a new ZIP with every group so far and rename it over the output. False if nothing changed, or
         (``wait=False``) if the previous publication is still being written: the ZIP is then published at the next
@@ -232,8 +255,8 @@ class ZarrZipSink:
         if self._thread is not None:
             self.skipped += 1
             return False
-        if self._published and not self._pending:
-            return False
+        if self._published and not self._pending and self.groups_published == self.groups_total:
+            return False  # (groups spooled into the next ZIP since the last publication still need one)
         if not (wait or force) and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
             self.skipped += 1  # the last copy took more than 1/DUTY of the time since: publish later
             if self._next is not None and self._pending:  # but write its groups into the next ZIP now
@@ -287,7 +310,7 @@ class ZarrZipSink:
         os.close(fd)
         return tmp
 
-    def _write(self, pending: list[tuple[str, bytes | memoryview]], first: bool, total: int,
+    def _write(self, pending: Iterable[tuple[str, bytes | memoryview]], first: bool, total: int,
                final: bool = False) -> None:
         t0 = time.monotonic()
         tmp, self._next = self._next, None

@@ -1,7 +1,8 @@
-"""A GPU worker killed mid-run loses nothing (docs/DAEMON.md, "Delivery"): the real daemon, GPU engine, 2 workers
-with batches in flight and omega sums on the device (``Write2D 0``, 7 frames a group); ``kill -9`` of a random
-worker at a random moment. The file holds every frame once, in order; lineouts and group sums agree with the
-reference engine's; the dead worker's frames were sent again."""
+"""A GPU worker, or the writer of GPU workers, killed mid-run loses nothing (docs/DAEMON.md, "Delivery"): the real
+daemon, GPU engine, 2 workers with batches in flight and omega sums on the device (``Write2D 0``, 7 frames a group);
+``kill -9`` of a random worker (or of the writer) at a random moment. The file holds every frame once, in order;
+lineouts and group sums agree with the reference engine's; the dead worker's frames were sent again (the writer's
+replacement got again what the workers kept)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from common import simulated_reference  # noqa: E402
@@ -26,7 +28,8 @@ N = 1400
 OSF = 7
 
 
-def test_kill_9_of_a_gpu_worker_loses_nothing(tmp_path):
+@pytest.mark.parametrize("kind", ["worker", "writer"])
+def test_kill_9_of_a_gpu_worker_or_the_writer_loses_nothing(tmp_path, kind):
     params = tmp_path / "setup.txt"
     params.write_text(PARAMS)
     lineouts, cakes = simulated_reference(params, N)
@@ -41,7 +44,7 @@ def test_kill_9_of_a_gpu_worker_loses_nothing(tmp_path):
         try:
             d.wait_ready(120)
             d.wait_written(rnd.randint(50, N // 2), 60)
-            victim = f"worker-{rnd.randint(0, 1)}"
+            victim = f"worker-{rnd.randint(0, 1)}" if kind == "worker" else "writer"
             pid = d.status()["children"][victim]["pid"]
             os.kill(pid, signal.SIGKILL)
             t_kill = time.monotonic()
@@ -66,7 +69,11 @@ def test_kill_9_of_a_gpu_worker_loses_nothing(tmp_path):
                 want = cakes[OSF * g:OSF * g + OSF].sum(axis=0)
                 np.testing.assert_allclose(o["I"][g], want, rtol=2e-6, atol=1e-6 * np.abs(want).max())
             counters = json.loads(e["reduction/source_counters"][()])
+        if kind == "writer":
+            assert "writer restarts 1," in d.stderr
+            resent.append(d.stderr.count("kept messages again"))
+            continue
         assert counters["workers_lost"] == 1, counters
         resent.append(counters.get("resent", 0))
-    print("re-sent per run:", resent)
+    print(f"{kind}: re-sent per run:", resent)
     assert sum(resent) > 0

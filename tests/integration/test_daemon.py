@@ -34,7 +34,7 @@ from ringstream.transport.endpoints import free_tcp_endpoint
 
 PARAMS = SMALL_PARAMS
 COUNTS = re.compile(r"ringstream: run (\S+) finished: received (\d+), integrated (\d+), written (\d+), "
-                    r"rejected (\d+), dropped (\d+) \(([^)]*)\), worker restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
+                    r"rejected (\d+), dropped (\d+) \(([^)]*)\), worker restarts \d+, writer restarts \d+, ingest restarts \d+, re-sent \d+, ([\d.]+) s, ([\d.]+) frames/s")
 
 
 _script = ringstream_command

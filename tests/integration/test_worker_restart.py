@@ -137,7 +137,7 @@ def test_kill_9_of_a_worker_in_other_settings(tmp_path, daemons, variant):  # no
     d.line_time(rf"worker-1 \(pid {pid}\) died: killed by signal 9; replaced by pid")
     if variant != "drain":  # the status counts the restart while the run goes on
         st = d.wait_status(lambda st: st["totals"]["worker_restarts"] == 1, "the restart in the status")
-        assert "worker restarts 1, re-sent" in format_status(st)
+        assert "worker restarts 1, writer restarts 0, ingest restarts 0, re-sent" in format_status(st)
     assert d.wait(60) == 0, d.stderr
     received, integrated, written, rejected, dropped = d.counts()
     assert received == written and rejected == dropped == 0, d.stderr

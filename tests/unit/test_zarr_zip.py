@@ -175,3 +175,51 @@ def test_a_failed_spool_is_raised_and_leaves_the_published_zip_whole(tmp_path, m
         sink.publish(wait=True, final=True)
     assert path.read_bytes() == published  # whole, untouched
     sink.abandon()
+
+
+def _members(path) -> list[str]:
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        return [n for n in z.namelist() if n.endswith("/0.0")]
+
+
+def test_groups_spooled_since_the_last_publication_are_published_at_the_end_without_new_ones(tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "s.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(3)]
+    sink.add_group(groups[0])
+    assert sink.publish(wait=True)
+    sink._last_seconds = 3600.0  # the next saves only spool
+    for g in groups[1:]:
+        sink.add_group(g)
+        assert not sink.publish(wait=False)
+    assert sink.publish(wait=False, force=True, final=True)  # no group since the last save: its spool counts
+    sink.close()
+    assert _members(path) == [f"OmegaSumFrame/{g.name(4)}/0.0" for g in groups]
+
+
+def test_restore_publishes_exactly_the_groups_given_then_goes_on(tmp_path):
+    rng = np.random.default_rng(5)
+    remap = rng.random((5, 6, 4))
+    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(4)]
+    want = ZarrZipSink(tmp_path / "w.zarr.zip", remap, {"Lam": 0.2}, 4)
+    for g in groups:
+        want.add_group(g)
+    want.close()
+    path = tmp_path / "r.zarr.zip"
+    path.write_bytes(b"a half-written file of a killed writer")
+    sink = ZarrZipSink(path, remap, {"Lam": 0.2}, 4)
+    taken = []
+    sink.restore(taken.append(g) or g for g in groups[:3])
+    assert len(taken) == 3 and sink.groups_published == 3
+    assert _members(path) == [f"OmegaSumFrame/{g.name(4)}/0.0" for g in groups[:3]]
+    sink.add_group(groups[3])
+    sink.close()
+    with zipfile.ZipFile(path) as got, zipfile.ZipFile(tmp_path / "w.zarr.zip") as ref:
+        assert sorted(got.namelist()) == sorted(ref.namelist())
+        assert all(got.read(n) == ref.read(n) for n in ref.namelist())
+    empty = ZarrZipSink(tmp_path / "e.zarr.zip", remap, {"Lam": 0.2}, 4)
+    empty.restore([])
+    assert _members(tmp_path / "e.zarr.zip") == []
+    empty.close()
