@@ -521,6 +521,7 @@ class _FormsSource:
 
     name = "forms"
     pausable = True
+    resumable = False  # (a replacement ingest could not go on with it: see ringstream.ingest.source_base)
     rate = 0.0
 
     def __init__(self, params, n: int) -> None:
