@@ -64,8 +64,28 @@ HARNESS = textwrap.dedent("""
             print("READY", flush=True)
 
     config = DaemonConfig.from_dict(json.loads(sys.argv[1]))
-    sys.exit(process.run(config, Ready(), threading.Event()))
+    sys.exit(process.run(config, Ready(), threading.Event(), resume=sys.argv[2:] == ["resume"]))
 """)
+
+
+def spawn_writer(data: dict, ctx: zmq.Context, resume: bool = False) -> tuple[subprocess.Popen, zmq.Socket]:
+    """The real writer process for the configuration ``data`` (a dict for ``DaemonConfig.from_dict``; ``resume``:
+    a replacement writer), ready: its map in the cache, the events endpoint bound here (the returned PULL socket).
+    The caller closes the socket and ends the process."""
+    import json
+
+    from ringstream.geometry.cache import load_or_build
+
+    load_or_build(DaemonConfig.from_dict(data).load_params())  # the child hits the cache
+    events = ctx.socket(zmq.PULL)
+    events.bind(data["transport"]["events_endpoint"])
+    proc = subprocess.Popen([sys.executable, "-c", HARNESS, json.dumps(data)] + (["resume"] if resume else []),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "READY":
+        proc.wait(30)
+        events.close(linger=0)
+        raise AssertionError(f"the writer did not start: {proc.stderr.read()}")
+    return proc, events
 
 
 def _frame(k: int) -> tuple:
@@ -140,22 +160,13 @@ def _writer_config(tmp: Path) -> dict:
 def _writer_rep(tmp: Path, seed: int, ctx: zmq.Context) -> tuple[int, int, int]:
     """One repetition: start the writer, send it Results (and a partial sum per group) until a random moment,
     kill -9 it, check the files. Returns (frames in the file, frames sent, zarr groups)."""
-    import json
-
-    from ringstream.geometry.cache import load_or_build
-
     rnd = random.Random(seed)
     tmp.mkdir()
     data = _writer_config(tmp)
-    load_or_build(DaemonConfig.from_dict(data).load_params())  # the child hits the cache
-    events = ctx.socket(zmq.PULL)
-    events.bind(data["transport"]["events_endpoint"])
-    proc = subprocess.Popen([sys.executable, "-c", HARNESS, json.dumps(data)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, events = spawn_writer(data, ctx)
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
         push.connect(data["transport"]["results_endpoint"])
         t_kill = time.time() + rnd.uniform(0.3, 1.5)
         sent_at, k, partial = [], 0, {}
@@ -388,25 +399,17 @@ def test_the_writer_process_records_every_result_buffer(tmp_path):
     """The real writer process, fed out of order: fits with NaN rows, ROI curves, a rejected frame, partial omega
     sums, a PeakUpdate and the EndOfStream: every buffer lands in the HDF5 file, fit.bin, fit_curves.bin and the
     zarr.zip, in frame_index order, and the run completes (exit 0, run_complete)."""
-    import json
-
-    from ringstream.geometry.cache import load_or_build
     from ringstream.protocol import EndOfStream, PeakUpdate
     from ringstream.writer.midas_binaries import read_fit_curves
 
     data = _writer_config(tmp_path)
-    load_or_build(DaemonConfig.from_dict(data).load_params())
     ctx = zmq.Context()
-    events = ctx.socket(zmq.PULL)
-    events.bind(data["transport"]["events_endpoint"])
-    proc = subprocess.Popen([sys.executable, "-c", HARNESS, json.dumps(data)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, events = spawn_writer(data, ctx)
     push = ctx.socket(zmq.PUSH)
     n, rejected = 30, 17
     order = list(range(n))
     random.Random(3).shuffle(order[:12])  # early frames arrive out of order
     try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
         push.connect(data["transport"]["results_endpoint"])
         partial: dict[int, np.ndarray] = {}
         for k in order:

@@ -67,11 +67,8 @@ def _kill_run(tmp: Path, daemons, rnd: random.Random, lineouts, cakes, params: P
     d.wait_written(rnd.randint(5, N_FRAMES // 2))
     victim = f"worker-{rnd.randint(0, 1)}"
     time.sleep(rnd.uniform(0.0, 0.3))
-    pid = d.status()["children"][victim]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    t_kill = time.monotonic()
-    t_line = d.line_time(rf"{victim} \(pid {pid}\) died: killed by signal 9; replaced by pid")
-    assert t_line - t_kill < 2.0, f"replaced after {t_line - t_kill:.2f} s"
+    after = kill_timed(d, victim)
+    assert after < 2.0, f"replaced after {after:.2f} s"
     rc = d.wait(60)
     assert rc == 0, d.stderr
     received, integrated, written, rejected, dropped = d.counts()
@@ -79,7 +76,7 @@ def _kill_run(tmp: Path, daemons, rnd: random.Random, lineouts, cakes, params: P
     assert "worker restarts 1," in d.stderr
     counters = _check_file(tmp / "out.h5", lineouts, cakes)
     assert counters.get("workers_lost") == 1, counters
-    return {"resent": counters.get("resent", 0), "replaced_after_s": t_line - t_kill}
+    return {"resent": counters.get("resent", 0), "replaced_after_s": after}
 
 
 @pytest.mark.timeout(900)
@@ -96,24 +93,48 @@ def test_kill_9_of_a_random_worker_loses_nothing(tmp_path, daemons):  # noqa: F8
     assert sum(s["resent"] for s in seen) > 0
 
 
-@pytest.mark.timeout(120)
-def test_a_worker_that_keeps_dying_stops_the_daemon(tmp_path, daemons):  # noqa: F811
+def kill_mid_run(d, name: str, written: int, drain: bool) -> None:
+    """Once ``written`` frames are written (and, with ``drain``, the daemon told to drain by SIGTERM), ``kill -9`` of
+    process ``name``; returns when the supervisor has said it is replaced."""
+    d.wait_ready()
+    d.wait_written(written)
+    if drain:
+        os.kill(d.proc.pid, signal.SIGTERM)
+        d.line_time("draining")
+    kill_timed(d, name)
+
+
+def kill_timed(d, name: str) -> float:
+    """``kill -9`` of process ``name`` of the daemon ``d``: seconds until the supervisor says it is replaced."""
+    pid = d.status()["children"][name]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    return d.line_time(rf"{name} \(pid {pid}\) died: killed by signal 9; replaced by pid") - t_kill
+
+
+def keeps_dying(tmp_path: Path, daemons, name: str, workers: int) -> None:  # noqa: F811
+    """Kill process ``name`` (``worker-0``, ``writer``) of a running daemon 5 times, each replacement once it is
+    alive: the fifth death stops the daemon with exit 5 and one line naming it and the cause."""
     params = _params(tmp_path)
-    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--workers", 2, "--engine", "cpu",
+    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--workers", workers, "--engine", "cpu",
                  "--output-h5", "out.h5"], tmp_path)
     d.wait_ready()
     killed = []
     while d.proc.poll() is None and len(killed) < 5:
-        st = d.wait_status(lambda s: s["children"].get("worker-0", {}).get("pid") not in killed
-                           and s["children"]["worker-0"]["alive"], "a live worker-0", 30)
-        pid = st["children"]["worker-0"]["pid"]
+        st = d.wait_status(lambda s: s["children"].get(name, {}).get("pid") not in killed
+                           and s["children"][name]["alive"], f"a live {name}", 30)
+        pid = st["children"][name]["pid"]
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
-        d.line_time(rf"worker-0 \(pid {pid}\) died|worker-0 keeps dying", 10)
-    rc = d.wait(60)
-    assert rc == 5, d.stderr
-    assert "worker-0 keeps dying: 5 times in 60 s (last: killed by signal 9)" in d.stderr
+        d.line_time(rf"{name} \(pid {pid}\) died|{name} keeps dying", 10)
+    assert d.wait(60) == 5, d.stderr
+    assert f"{name} keeps dying: 5 times in 60 s (last: killed by signal 9)" in d.stderr
     assert len(killed) == 5
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_keeps_dying_stops_the_daemon(tmp_path, daemons):  # noqa: F811
+    keeps_dying(tmp_path, daemons, "worker-0", workers=2)
 
 
 @pytest.mark.timeout(300)
@@ -127,14 +148,7 @@ def test_kill_9_of_a_worker_in_other_settings(tmp_path, daemons, variant):  # no
     args = ["--param-file", params, "--simulate", 0 if variant == "drain" else N_FRAMES, "--rate", RATE,
             "--workers", 2, "--engine", "cpu", "--output-h5", "out.h5"] + (["--no-shm"] if variant == "inline" else [])
     d = daemons(args, tmp_path)
-    d.wait_ready()
-    d.wait_written(60)
-    if variant == "drain":
-        os.kill(d.proc.pid, signal.SIGTERM)
-        d.line_time("draining")
-    pid = d.status()["children"]["worker-1"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    d.line_time(rf"worker-1 \(pid {pid}\) died: killed by signal 9; replaced by pid")
+    kill_mid_run(d, "worker-1", 60, drain=variant == "drain")
     if variant != "drain":  # the status counts the restart while the run goes on
         st = d.wait_status(lambda st: st["totals"]["worker_restarts"] == 1, "the restart in the status")
         assert "worker restarts 1, writer restarts 0, ingest restarts 0, re-sent" in format_status(st)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,17 @@ import h5py
 import numpy as np
 import pytest
 from test_daemon import daemons  # noqa: F401  (daemons: the fixture)
-from test_worker_restart import N_FRAMES, OSF, RATE, _check_file, _params, _reference
+from test_worker_restart import (
+    N_FRAMES,
+    OSF,
+    RATE,
+    _check_file,
+    _params,
+    _reference,
+    keeps_dying,
+    kill_mid_run,
+    kill_timed,
+)
 
 from ringstream.daemon.status import format_status
 
@@ -46,11 +55,7 @@ def _kill_writer(d, rnd: random.Random) -> float:
     """``kill -9`` of the writer after a random number of frames; returns seconds until the replacement's line."""
     d.wait_written(rnd.randint(5, N_FRAMES // 2))
     time.sleep(rnd.uniform(0.0, 0.5))
-    pid = d.status()["children"]["writer"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    t_kill = time.monotonic()
-    t_line = d.line_time(rf"writer \(pid {pid}\) died: killed by signal 9; replaced by pid")
-    return t_line - t_kill
+    return kill_timed(d, "writer")
 
 
 def _kill_run(tmp: Path, daemons, rnd: random.Random, lineouts, cakes, params: Path) -> dict:  # noqa: F811
@@ -98,14 +103,7 @@ def test_kill_9_of_the_writer_in_other_settings(tmp_path, daemons, variant):  # 
         (tmp_path / "c.toml").write_text("[run]\nmax_frames = 48\n")
         args += ["--config", tmp_path / "c.toml"]
     d = daemons(args, tmp_path)
-    d.wait_ready()
-    d.wait_written(70)
-    if variant == "drain":
-        os.kill(d.proc.pid, signal.SIGTERM)
-        d.line_time("draining")
-    pid = d.status()["children"]["writer"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    d.line_time(rf"writer \(pid {pid}\) died: killed by signal 9; replaced by pid")
+    kill_mid_run(d, "writer", 70, drain=variant == "drain")
     if variant != "drain":
         st = d.wait_status(lambda st: st["totals"]["writer_restarts"] == 1, "the restart in the status")
         assert "writer restarts 1," in format_status(st)
@@ -133,51 +131,18 @@ def test_kill_9_of_the_writer_in_other_settings(tmp_path, daemons, variant):  # 
 
 @pytest.mark.timeout(120)
 def test_a_writer_that_keeps_dying_stops_the_daemon(tmp_path, daemons):  # noqa: F811
-    params = _params(tmp_path)
-    d = daemons(["--param-file", params, "--simulate", 0, "--rate", 100, "--workers", 1, "--engine", "cpu",
-                 "--output-h5", "out.h5"], tmp_path)
-    d.wait_ready()
-    killed = []
-    while d.proc.poll() is None and len(killed) < 5:
-        st = d.wait_status(lambda s: s["children"].get("writer", {}).get("pid") not in killed
-                           and s["children"]["writer"]["alive"], "a live writer", 30)
-        pid = st["children"]["writer"]["pid"]
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
-        d.line_time(rf"writer \(pid {pid}\) died|writer keeps dying", 10)
-    assert d.wait(60) == 5, d.stderr
-    assert "writer keeps dying: 5 times in 60 s (last: killed by signal 9)" in d.stderr
-
-
-RESUME_HARNESS = """
-import json, sys, threading
-from ringstream.config import DaemonConfig
-from ringstream.writer import process
-
-class Ready(threading.Event):
-    def set(self):
-        super().set()
-        print("READY", flush=True)
-
-config = DaemonConfig.from_dict(json.loads(sys.argv[1]))
-sys.exit(process.run(config, Ready(), threading.Event(), resume=True))
-"""
+    keeps_dying(tmp_path, daemons, "writer", workers=1)
 
 
 @pytest.mark.timeout(120)
 def test_a_replacement_writer_makes_the_files_of_a_run_named_but_not_made(tmp_path):
     """The writer died between recording its run "open" in the index and making the run's file: the replacement
     makes the file at the run's first frame, under the same number, and says where the workers start again."""
-    import json
-    import subprocess
-    import sys
-
     import zmq
-    from test_crash_outputs import N_ETA, N_PEAKS, N_R, PARAMS
+    from test_crash_outputs import N_ETA, N_PEAKS, N_R, PARAMS, spawn_writer
     from test_crash_outputs import OSF as CRASH_OSF
 
     from ringstream.config import DaemonConfig
-    from ringstream.geometry.cache import load_or_build
     from ringstream.protocol import EndOfStream, Flushed, OmegaPartial, Result, decode, encode, result_buffers
     from ringstream.runs.index import RunIndex
     from ringstream.runs.state import state_dir_of
@@ -190,21 +155,15 @@ def test_a_replacement_writer_makes_the_files_of_a_run_named_but_not_made(tmp_pa
             "transport": {"results_endpoint": free_tcp_endpoint(), "events_endpoint": free_tcp_endpoint(),
                           "release_endpoint": free_tcp_endpoint()},
             "supervisor": {"heartbeat_interval": 0.2}, "logging": {"level": "WARNING"}}
-    config = DaemonConfig.from_dict(data)
-    load_or_build(config.load_params())
-    index = RunIndex.in_state_dir(state_dir_of(config.run))
+    index = RunIndex.in_state_dir(state_dir_of(DaemonConfig.from_dict(data).run))
     index.append(1, "open", name="", run_id="d", first_frame=0, frames=0, written=0, rejected=0,
                  files={"h5": str(tmp_path / "out.h5"), "zarr": str(tmp_path / "out.zarr.zip")}, reason="first frame")
     ctx = zmq.Context()
     acks = ctx.socket(zmq.PULL)
     acks.bind(data["transport"]["release_endpoint"])
-    events = ctx.socket(zmq.PULL)
-    events.bind(data["transport"]["events_endpoint"])
-    proc = subprocess.Popen([sys.executable, "-c", RESUME_HARNESS, json.dumps(data)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, events = spawn_writer(data, ctx, resume=True)
     push = ctx.socket(zmq.PUSH)
     try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
         assert acks.poll(10_000)
         first, _ = decode(acks.recv_multipart())
         assert isinstance(first, Flushed) and first.restart and first.below == 0  # nothing of the run is in files

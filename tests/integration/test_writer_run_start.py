@@ -7,17 +7,14 @@ On a loaded 2-core CI box the frame once overtook the RunStart and the run ``blo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import h5py
 import numpy as np
 import pytest
 import zmq
-from test_crash_outputs import HARNESS, N_ETA, N_PEAKS, N_R, PARAMS
+from test_crash_outputs import N_ETA, N_PEAKS, N_R, PARAMS, spawn_writer
 
-from ringstream.config import DaemonConfig
 from ringstream.protocol import RUN_START_KEY, EndOfStream, Result, RunStart, encode, result_buffers
 from ringstream.transport.endpoints import free_tcp_endpoint
 
@@ -31,22 +28,15 @@ def _result(run_id: str, k: int, metadata: dict) -> list:
 
 @pytest.mark.timeout(120)
 def test_a_runs_name_reaches_its_files_when_its_first_frame_overtakes_its_run_start(tmp_path):
-    from ringstream.geometry.cache import load_or_build
-
     (tmp_path / "setup.txt").write_text(PARAMS)
     data = {"run": {"param_file": str(tmp_path / "setup.txt"), "output_h5": str(tmp_path / "{name}.h5")},
             "source": {"kind": "simulated", "frames": 0},
             "transport": {"results_endpoint": free_tcp_endpoint(), "events_endpoint": free_tcp_endpoint()},
             "supervisor": {"heartbeat_interval": 0.2}, "logging": {"level": "WARNING"}}
-    load_or_build(DaemonConfig.from_dict(data).load_params())
     ctx = zmq.Context()
-    events = ctx.socket(zmq.PULL)
-    events.bind(data["transport"]["events_endpoint"])
-    proc = subprocess.Popen([sys.executable, "-c", HARNESS, json.dumps(data)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, events = spawn_writer(data, ctx)
     push = ctx.socket(zmq.PUSH)
     try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
         push.connect(data["transport"]["results_endpoint"])
         first = {"name": "first", "meta": {"T": "300"}, "reason": "runs start"}
         second = {"name": "second", "meta": {}, "reason": "runs start"}
