@@ -82,6 +82,9 @@ JOIN_TIMEOUT = {"ingest": 3.0, "worker": 5.0, "writer": 15.0}
 #: a worker that dies this many times within ``RESTART_WINDOW_S`` seconds stops the daemon (exit 5)
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
+
+#: the WorkerGone notices of the workers dead within RESTART_WINDOW_S go out again this often, in s
+GONE_AGAIN_S = 1.0
 #: the counters of a worker that are totals over its life (kept when it dies and is replaced)
 WORKER_TOTALS = ("integrated", "rejected")
 #: the exit codes of an ingest that is replaced when it ends with them while the daemon runs (a signal, an internal
@@ -249,6 +252,8 @@ class Supervisor:
         self.deaths: dict[int | str, list[float]] = {}  # worker index or "ingest" -> monotonic times it died
         self.worker_restarts = 0
         self.writer_restarts = 0
+        self.gone_notices: list[tuple[float, list]] = []  # (monotonic time, encoded WorkerGone) of dead workers
+        self.next_gone_again = 0.0
         self.ingest_restarts = 0
         self.retired: dict[str, float] = {}  # WORKER_TOTALS of the workers that died
         self.retired_ingest: dict[str, float] = {}  # "resent" and drops of the ingests that died
@@ -531,13 +536,29 @@ class Supervisor:
         """Worker ``child`` has ended: keep its totals and publish its ``WorkerGone`` (the writer fences it)."""
         for key in WORKER_TOTALS:
             self.retired[key] = self.retired.get(key, 0) + _num(child.counters, key)
-        if self.peaks is not None:
-            gone = encode(WorkerGone(worker=child.index, pid=int(child.pid)))
-            for _ in range(3):  # a SUB may miss one; the writer acts on each process once
+        self.gone_notices.append((time.monotonic(), encode(WorkerGone(worker=child.index, pid=int(child.pid)))))
+        self._publish_gone(self.gone_notices[-1:], 3)  # a SUB may miss one; the writer acts on each process once
+
+    def _publish_gone(self, notices: list, times: int = 1) -> None:
+        if self.peaks is None:
+            return
+        for _, gone in notices:
+            for _ in range(times):
                 try:
                     self.peaks.pub.send_multipart(gone, zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
+
+    def _republish_gone(self) -> None:
+        """Every ``GONE_AGAIN_S``, the WorkerGone notices of the last ``RESTART_WINDOW_S`` again: a replacement
+        writer (which passes them on to the ingest) may have started after a worker died, and a frame that worker
+        held is sent again only once the ingest knows (the writer and the ingest act on each process once)."""
+        now = time.monotonic()
+        if now < self.next_gone_again:
+            return
+        self.next_gone_again = now + GONE_AGAIN_S
+        self.gone_notices = [(t, g) for t, g in self.gone_notices if now - t < RESTART_WINDOW_S]
+        self._publish_gone(self.gone_notices)
 
     def _replace_ingest(self, child: Child) -> bool:
         """``child``, the ingest, died during the run: end every worker at once (they hold frames of its ring), publish
@@ -631,6 +652,7 @@ class Supervisor:
             self._drain_control()
         if self.peaks is not None:
             self.peaks.tick(self._ingest_running())
+            self._republish_gone()
 
     def _drain_events(self) -> None:
         while True:

@@ -59,13 +59,13 @@ class Dispatcher:
     ``frames``: the ROUTER socket (bound; ``ROUTER_MANDATORY`` is set here); ``acks``: the PULL socket the writer's
     acknowledgements and WorkerGone notices arrive on; ``freed(frame_index, message)`` is called once per frame
     acknowledged (the ingest frees its slot; ``message`` None: a frame not in flight, such as one a replacement
-    ingest sent as lost); ``count(key, n)`` counts; ``flushed(message)`` is called with each of the writer's
-    :class:`~ringstream.protocol.Flushed` notices, once they are passed on to every worker.
+    ingest sent as lost); ``count(key, n)`` counts; ``flushed(message, pids)`` is called with each of the writer's
+    :class:`~ringstream.protocol.Flushed` notices, once they are passed on to every worker (``pids``: those told).
     """
 
     def __init__(self, frames: zmq.Socket, acks: zmq.Socket, rejects: RejectLog,
                  freed: Callable[[int, object], None], count: Callable[..., None],
-                 flushed: Callable[[Flushed], None] | None = None) -> None:
+                 flushed: Callable[[Flushed, list[int]], None] | None = None) -> None:
         self.frames, self.acks, self.rejects = frames, acks, rejects
         self.flushed = flushed
         frames.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a process that is gone raises instead of vanishing
@@ -206,25 +206,29 @@ class Dispatcher:
                 for idx in msg.frames:
                     self._acknowledged(int(idx))
             elif isinstance(msg, Flushed):
-                self.broadcast(msg)
+                told = self.broadcast(msg)
                 if self.flushed is not None:
-                    self.flushed(msg)
+                    self.flushed(msg, told)
             elif isinstance(msg, Missing):
                 self.missing = self.missing or msg  # the first answer counts (the query may go out more than once)
             else:
                 self._worker_gone(int(msg.worker), int(msg.pid))
 
-    def broadcast(self, msg) -> None:
-        """``msg`` to every worker connected (behind the frames already sent to it); one that is gone misses it."""
+    def broadcast(self, msg) -> list[int]:
+        """``msg`` to every worker connected (behind the frames already sent to it); one that is gone misses it.
+        Returns the pids of the workers it went to."""
         frames = encode(msg)
+        sent = []
         for ident, peer in self.peers.items():
             if peer.unreachable:
                 continue
             try:
                 self.frames.send_multipart([ident, *frames], zmq.NOBLOCK)
+                sent.append(peer.pid)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:
                     peer.unreachable = True
+        return sent
 
     def _acknowledged(self, idx: int) -> None:
         entry = self.pending.pop(idx, None)
@@ -240,6 +244,8 @@ class Dispatcher:
 
     def _worker_gone(self, worker: int, pid: int) -> None:
         ident = worker_identity(worker, pid)
+        if ident in self.gone:  # told again (the supervisor publishes a death again for a replacement writer)
+            return
         self.gone.add(ident)
         peer = self.peers.pop(ident, None)
         try:

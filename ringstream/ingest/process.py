@@ -44,9 +44,9 @@ from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
 from .copier import SlotCopier, auto_threads
 from .dispatch import Dispatcher
-from .journal import Journal, journal_path, read_journal
+from .journal import Announced, Journal, journal_path, read_journal
 from .peaks import IngestPeaks
-from .resume import resume_from
+from .resume import after_writer_restart, resume_from
 from .runs import END_OF_SOURCE, STOPPED, RunSplitter
 from .source_base import IDLE, Pacer, SlotLease
 from .sources import make_source
@@ -62,6 +62,9 @@ WORKERS_WAIT_S = 10.0
 #: after the EndOfStream, stop waiting for the writer's acknowledgements when none came for this long, in s; the whole
 #: wait is bounded by ``supervisor.drain_timeout``
 RELEASE_IDLE_S = 10.0
+
+#: frames acknowledged and not yet flushed whose source ids the ingest keeps (for a replacement writer), at most
+UNFLUSHED_MAX = 200_000
 
 #: the frames socket's high-water mark: credit, not the queue, bounds what each worker holds
 FRAMES_HWM = 100_000
@@ -93,6 +96,8 @@ class _Ingest:
         self.run_messages: list = []  # RunStart / EndOfStream sent, kept until the writer has their runs for good
         self.run_ends: dict[str, int] = {}  # run_id -> the first frame after the run (its EndOfStream was sent)
         self.durable_below = 0  # the writer's files hold every frame below this for good (its Flushed notices)
+        self.unflushed: dict[int, Announced] = {}  # frames acknowledged, not yet below durable_below
+        self.writer_restart: tuple[int, list[int]] | None = None  # a replacement writer's (below, workers told)
         self.ring = None
         self.source = None
         self.copier = None
@@ -381,9 +386,17 @@ class _Ingest:
     # ------------------------------------------------------------------------------------ acknowledgements
     def on_acknowledged(self, idx: int, msg) -> None:
         """The writer has frame ``idx`` (its header ``msg``; None: not in flight): its slot is free again, and a
-        replacement ingest would not ask about it (:mod:`.journal`)."""
+        replacement ingest would not ask about it (:mod:`.journal`). Until the writer has flushed it, its run and
+        source id are kept (a replacement writer may lack it: :meth:`on_flushed`)."""
         self.journal.acknowledged(idx)
-        if msg is None or msg.location != "shm":
+        if msg is None:
+            return
+        if idx >= self.durable_below:
+            self.unflushed[idx] = Announced(msg.run_id, int(msg.run_start), msg.source_id)
+            if len(self.unflushed) > UNFLUSHED_MAX:  # (the writer flushes nothing: OmegaSumFrames -1 ...)
+                del self.unflushed[next(iter(self.unflushed))]
+                self.count("unflushed_forgotten")
+        if msg.location != "shm":
             return
         slot = int(msg.slot)
         if self.in_flight.get(slot) == idx:
@@ -402,7 +415,7 @@ class _Ingest:
         self.run_messages.append(msg)
         send_message(self.eos, msg)
 
-    def on_flushed(self, msg) -> None:
+    def on_flushed(self, msg, told: list[int]) -> None:
         """The writer's files hold every frame below ``msg.below`` for good (the workers were told): the messages
         of the runs that end there are no longer kept; a replacement writer (``msg.restart``) gets the others
         again, in order."""
@@ -415,14 +428,21 @@ class _Ingest:
             self.run_messages = kept
             live = {m.run_id for m in kept}
             self.run_ends = {k: v for k, v in ends.items() if k in live}
+        if any(i < below for i in self.unflushed):
+            self.unflushed = {i: a for i, a in self.unflushed.items() if i >= below}
         if msg.restart:
             log.warning("a new writer (pid %d) reopened its files at frame %d: sending it the %d run messages of "
                         "the runs not written in full", msg.writer_pid, below, len(kept))
             for m in kept:
                 send_message(self.eos, m)
+            self.writer_restart = (below, told)  # what it still lacks: asked from the loop (not from a callback)
 
     def poll_requests(self) -> None:
-        """Peak-list changes and ``ringstream runs start|stop`` from the supervisor (never blocks)."""
+        """Peak-list changes and ``ringstream runs start|stop`` from the supervisor (never blocks); after a writer's
+        restart, the frames it lacks sent again (:func:`.resume.after_writer_restart`)."""
+        if self.writer_restart is not None:
+            (below, told), self.writer_restart = self.writer_restart, None
+            after_writer_restart(self, below, told, self.unflushed)
         for args in self.peaks.poll(self.counters["sent"]):
             action = str(args.get("action", ""))
             if action not in ("start", "stop"):
@@ -452,6 +472,8 @@ class _Ingest:
             if self.dispatch.poll(POLL_MS):
                 last_progress = time.monotonic()
             self.hb.beat(self.snapshot)
+            if self.writer_restart is not None:
+                self.poll_requests()
 
 
 class _RingAllocator:

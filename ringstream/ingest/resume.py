@@ -31,7 +31,7 @@ import time
 
 from ..protocol import EndOfStream, Result, ResumeQuery
 from ..transport.sockets import send_message
-from .journal import JournalState
+from .journal import Announced, JournalState
 
 log = logging.getLogger("ringstream.ingest")
 
@@ -39,7 +39,7 @@ log = logging.getLogger("ringstream.ingest")
 QUERY_PERIOD_S = 1.0
 
 #: the reason written for a frame the replacement ingest could not make again
-LOST_REASON = "lost: the ingest restarted and the source cannot send this frame again"
+LOST_REASON = "lost: a process restarted and the source cannot send this frame again"
 
 
 def resume_from(ingest, state: JournalState) -> bool:
@@ -68,19 +68,44 @@ def resume_from(ingest, state: JournalState) -> bool:
     log.warning("resuming after an ingest that died (restart %d): %d frames announced, %d of them missing at the "
                 "writer; run %s %s", restarts, state.next_index, len(missing), state.run_id or "-",
                 "ended" if not state.run_open else "goes on")
-    never = threading.Event()  # the frames the writer waits for go out even while the daemon drains
-    for idx in missing:
-        announced = state.frames.get(idx)
-        frame = source.frame_again(announced.source_id) if resumable and announced is not None else None
-        again = {"frame_index": idx, "run_id": announced.run_id if announced else state.run_id,
-                 "run_start": announced.run_start if announced else state.run_start}
-        if frame is None or not ingest.publish(frame, True, never, again):
-            _lost(ingest, idx, again["run_id"], announced.source_id if announced else "")
+    send_again(ingest, missing, state.frames, Announced(state.run_id, state.run_start, ""))
     if state.final:
         run_id, first_frame, n = state.final_eos
         ingest.send_eos(EndOfStream(run_id=run_id, first_frame=first_frame, n_frames=n, final=True,
                                     reason="end of stream (sent again after an ingest restart)"))
     return state.final
+
+
+def send_again(ingest, missing, announced: dict, default: Announced, counter: str = "dropped_ingest_restart") -> None:
+    """Make each frame of ``missing`` again from its source id (``announced``: frame_index -> :class:`Announced`,
+    ``default`` for a frame not in it) and announce it with its original index and run; one the source cannot make
+    again is written as rejected (:data:`LOST_REASON`) and counted under ``counter``."""
+    source = ingest.source
+    never = threading.Event()  # the frames the writer waits for go out even while the daemon drains
+    for idx in missing:
+        known = announced.get(idx, default)
+        frame = source.frame_again(known.source_id) if source.resumable and known.source_id else None
+        again = {"frame_index": idx, "run_id": known.run_id, "run_start": known.run_start}
+        if frame is None or not ingest.publish(frame, True, never, again):
+            _lost(ingest, idx, known.run_id, known.source_id, counter)
+
+
+def after_writer_restart(ingest, below: int, told: list[int], unflushed: dict) -> None:
+    """A replacement writer reopened its files at ``below`` and the workers ``told`` send it again what they kept:
+    the frames the dead writer had acknowledged and not flushed (``unflushed``: frame_index -> :class:`Announced`)
+    that the writer still lacks once they have (their worker died too) are made again from the source, or written
+    as lost (docs/DAEMON.md, "Delivery")."""
+    asked = {i: a for i, a in unflushed.items() if i >= below}
+    if not asked:
+        return
+    ingest.dispatch.missing = None
+    missing = [i for i in _ask_writer(ingest, ResumeQuery(first_frame=min(asked), end=max(asked) + 1, resent=told))
+               if i in asked]
+    if missing:
+        log.warning("a new writer lacks %d frames the writer before it had acknowledged (their worker died too): "
+                    "%s", len(missing), "made again from the source" if ingest.source.resumable else
+                    "written as lost (the source cannot send them again)")
+    send_again(ingest, missing, asked, Announced("", 0, ""), "dropped_writer_restart")
 
 
 def _ask_writer(ingest, query: ResumeQuery) -> list[int]:
@@ -103,8 +128,8 @@ def _ask_writer(ingest, query: ResumeQuery) -> list[int]:
     return sorted(int(i) for i in dispatch.missing.frames if query.first_frame <= int(i) < query.end)
 
 
-def _lost(ingest, idx: int, run_id: str, source_id: str) -> None:
-    """Frame ``idx`` cannot be made again: the writer writes it as rejected (:data:`LOST_REASON`)."""
-    ingest.count("dropped_ingest_restart")
+def _lost(ingest, idx: int, run_id: str, source_id: str, counter: str) -> None:
+    """Frame ``idx`` cannot be made again: the writer writes it as rejected (:data:`LOST_REASON`); counted."""
+    ingest.count(counter)
     send_message(ingest.eos, Result(run_id=run_id, frame_index=idx, source_id=source_id, status="rejected",
                                     reason=LOST_REASON))

@@ -182,7 +182,8 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "ack": {"frames": _INDEX_LIST},
     "gone": {"worker": _COUNT, "pid": _COUNT},
     "flushed": {"below": _INDEX, "writer_pid": _COUNT, "restart": _BOOL},
-    "resume": {"run_id": _STR, "first_frame": _INDEX, "end": _INDEX, "pids": _INDEX_LIST},
+    "resume": {"run_id": _STR, "first_frame": _INDEX, "end": _INDEX, "pids": _INDEX_LIST, "resent": _INDEX_LIST},
+    "resent": {"worker": _COUNT, "worker_pid": _COUNT, "writer_pid": _COUNT},
     "missing": {"run_id": _STR, "frames": _INDEX_LIST},
     "heartbeat": {
         "role": _one_of("ingest", "worker", "writer"),

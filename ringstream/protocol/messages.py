@@ -237,12 +237,16 @@ class ResumeQuery:
     results socket, like the EndOfStream) for the frames ``first_frame .. end - 1`` the dead ingest announced.
     ``run_id``: the run the dead ingest had open; ``pids``: the worker processes the supervisor ended with it (the
     writer answers only once it has taken the :class:`WorkerGone` of each, so that no result of theirs counts
-    after the answer). The writer answers with :class:`Missing`."""
+    after the answer). The running ingest asks too, after a writer's restart, about the frames the dead writer had
+    acknowledged and not flushed: ``resent`` names the worker processes whose :class:`Resent` the writer must have
+    first (what they kept has arrived: the frames it still lacks were held by a worker that died too). The writer
+    answers with :class:`Missing`."""
 
     run_id: str = ""
     first_frame: int
     end: int
     pids: list[int] = dataclasses.field(default_factory=list)
+    resent: list[int] = dataclasses.field(default_factory=list)
 
 
 @_message
@@ -253,6 +257,16 @@ class Missing:
 
     run_id: str = ""
     frames: list[int] = dataclasses.field(default_factory=list)
+
+
+@_message
+class Resent:
+    """Worker ``worker`` (process ``worker_pid``) has sent again everything it kept for the replacement writer
+    ``writer_pid``, ``type = "resent"``: sent on the results socket behind those messages (see :class:`Flushed`)."""
+
+    worker: int
+    worker_pid: int
+    writer_pid: int
 
 
 @_message
@@ -304,6 +318,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "flushed": Flushed,
     "resume": ResumeQuery,
     "missing": Missing,
+    "resent": Resent,
     "heartbeat": Heartbeat,
     "stop": Stop,
     "request": ControlRequest,
@@ -311,4 +326,4 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Flushed | ResumeQuery | Missing | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Flushed | ResumeQuery | Missing | Resent | Heartbeat | Stop | ControlRequest | ControlReply

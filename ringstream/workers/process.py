@@ -46,6 +46,7 @@ from ..protocol import (
     Flushed,
     FrameHeader,
     OmegaPartial,
+    Resent,
     Result,
     frame_array,
     result_buffers,
@@ -218,6 +219,8 @@ class _Worker:
                         "messages again", self.index, msg.writer_pid, msg.below, len(again))
             for m, buffers in again:
                 self.send(self.results, m, buffers)
+            # behind them: the writer knows what it still lacks was held by a worker that died too
+            self.send(self.results, Resent(worker=self.index, worker_pid=self.pid, writer_pid=msg.writer_pid))
         self.give_credit(0)  # credit owed while over the kept limit, now that some is freed
 
     def receive_frame(self, sock, flags: int = 0) -> list | None:

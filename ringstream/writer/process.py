@@ -81,6 +81,7 @@ from ..protocol import (
     OmegaPartial,
     PeakUpdate,
     ProtocolError,
+    Resent,
     Result,
     ResumeQuery,
     RunStart,
@@ -181,6 +182,7 @@ class _Writer:
         self.flushed_below = -1  # the last Flushed watermark sent
         self.t_flushed = 0.0  # and when
         self.summed_frames: set[int] = set()  # frames in the partial sums taken, not yet below the watermark
+        self.resent_from: set[int] = set()  # worker processes that sent again what they kept (Resent)
         self.save_interval = max(1, int(config.run.save_interval))
         self.counters: dict[str, int] = {"written": 0, "rejected": 0, "duplicates": 0, "runs_complete": 0,
                                          "runs_failed": 0, "dropped_output_failed": 0}
@@ -390,7 +392,9 @@ class _Writer:
                 self.count("fenced_dropped")
                 return
             frames = [int(f) for f in msg.frames]
-            again = bool(frames) and (max(frames) < self.flushed_below or not self.summed_frames.isdisjoint(frames))
+            run = self.runs.get(msg.run_id)
+            below = max(self.flushed_below, run.skip_below if run is not None else 0)  # in the files already
+            again = bool(frames) and (max(frames) < below or not self.summed_frames.isdisjoint(frames))
             if again:
                 self.count("duplicate_partials")  # sent again for a replacement writer, and had arrived before
             else:
@@ -435,6 +439,8 @@ class _Writer:
             self.end_current()
         elif isinstance(msg, ResumeQuery):
             self.resume_queries.append((msg, time.monotonic()))
+        elif isinstance(msg, Resent):
+            self.resent_from.add(int(msg.worker_pid))
         elif isinstance(msg, Stop):
             log.info("stop message: %s", msg.reason or "(no reason)")
             if self.eos is None:
@@ -830,14 +836,16 @@ class _Writer:
         waiting = []
         for query, t in self.resume_queries:
             unfenced = set(int(p) for p in query.pids) - fenced
+            unfenced |= {int(p) for p in query.resent} - self.resent_from - fenced  # (a worker dead meanwhile)
             if unfenced and time.monotonic() - t < FENCE_WAIT_S:
                 waiting.append((query, t))
                 continue
             if unfenced:
                 log.warning("no notice of the end of worker processes %s after %.0f s; answering the ingest all the "
                             "same", sorted(unfenced), FENCE_WAIT_S)
-            lacking = missing_frames(query.first_frame, query.end, self.next_index, self.held, self.awaiting_sum)
-            log.info("a replacement ingest asks about frames %d..%d: %d missing", query.first_frame, query.end - 1,
+            lacking = [f for f in missing_frames(query.first_frame, query.end, self.next_index, self.held,
+                                                 self.awaiting_sum) if not self.in_files(f)]
+            log.info("the ingest asks about frames %d..%d: %d missing", query.first_frame, query.end - 1,
                      len(lacking))
             self.send_acks()
             if self.acks is not None:
@@ -846,6 +854,10 @@ class _Writer:
                 except zmq.Again:
                     pass  # the ingest asks again
         self.resume_queries = waiting
+
+    def in_files(self, frame: int) -> bool:
+        """Frame ``frame`` is in the files of a run a replacement writer reopened (below where it went on)."""
+        return any(r.first_frame <= frame < r.skip_below for r in self.runs.values())
 
     def send_acks(self) -> None:
         """Acknowledge the frames held since the last call to the ingest (dropped when it takes nothing: gone)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +128,31 @@ def test_kill_9_of_the_writer_in_other_settings(tmp_path, daemons, variant):  # 
         with h5py.File(tmp_path / "out.h5", "r") as f:
             ref = cakes.astype(np.float32)
             np.testing.assert_allclose(f["/entry/cake/I"][()], ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("shm", [True, False], ids=["ring", "inline"])
+def test_kill_9_of_the_writer_and_a_worker_at_once_loses_nothing(tmp_path, daemons, shm):  # noqa: F811
+    """The writer and a worker killed together: what that worker kept for a replacement writer is gone with it, so
+    the frames the dead writer had acknowledged and not flushed that the new writer still lacks (once the other
+    worker sent it what it kept) are made again from the source by the ingest: every frame once, sums exact."""
+    params = _params(tmp_path)
+    d = daemons(["--param-file", params, "--simulate", N_FRAMES, "--rate", RATE, "--workers", 2, "--engine", "cpu",
+                 "--output-h5", "out.h5"] + ([] if shm else ["--no-shm"]), tmp_path)
+    d.wait_ready()
+    d.wait_written(70)
+    children = d.status()["children"]
+    writer, worker = children["writer"]["pid"], children["worker-0"]["pid"]
+    os.kill(worker, signal.SIGKILL)
+    os.kill(writer, signal.SIGKILL)
+    d.line_time(rf"writer \(pid {writer}\) died: killed by signal 9; replaced by pid")
+    assert d.wait(90) == 0, d.stderr
+    received, integrated, written, rejected, dropped = d.counts()
+    assert received == written == N_FRAMES and rejected == dropped == 0, d.stderr
+    assert "writer restarts 1," in d.stderr and "worker restarts 1," in d.stderr
+    lineouts, cakes = _reference(params, N_FRAMES)
+    _check_file(tmp_path / "out.h5", lineouts, cakes)
+    _check_zarr(tmp_path / "out.h5", tmp_path / "out.zarr.zip")
 
 
 @pytest.mark.timeout(120)

@@ -139,7 +139,7 @@ def test_the_writer_answers_a_resume_query_once_the_workers_it_names_are_fenced(
     from ringstream.writer.process import _Writer
 
     w = object.__new__(_Writer)  # the bookkeeping alone: no config, no sockets but a stand-in
-    w.counters, w.to_ack, w.fenced, w.resume_queries = {}, [7], set(), []
+    w.counters, w.to_ack, w.fenced, w.resume_queries, w.resent_from = {}, [7], set(), [], set()
     w.next_index, w.held, w.awaiting_sum = 5, {6: None}, {4}
     w.acks, w.runs, w.closing, w.current = _Sent(), {}, [], None
     w.on_message(ResumeQuery(run_id="r", first_frame=0, end=8, pids=[101, 102]), [])
@@ -151,6 +151,24 @@ def test_the_writer_answers_a_resume_query_once_the_workers_it_names_are_fenced(
     kinds = [type(m).__name__ for m in w.acks.messages]
     assert kinds.index("FrameAck") < kinds.index("Missing")  # behind the acknowledgements already due
     assert w.acks.messages[-1] == Missing(run_id="r", frames=[4, 5, 7]) and w.resume_queries == []
+
+
+def test_after_a_writer_restart_the_query_is_answered_once_every_worker_has_sent_what_it_kept():
+    from ringstream.protocol import Missing, Resent, ResumeQuery, WorkerGone
+    from ringstream.writer.process import _Writer
+
+    w = object.__new__(_Writer)
+    w.counters, w.to_ack, w.fenced, w.resume_queries, w.resent_from = {}, [], set(), [], set()
+    w.next_index, w.held, w.awaiting_sum = 10, {12: None}, set()
+    w.acks, w.runs, w.closing, w.current = _Sent(), {}, [], None
+    w.on_message(ResumeQuery(first_frame=10, end=14, resent=[201, 202]), [])
+    w.on_message(Resent(worker=0, worker_pid=201, writer_pid=1), [])
+    w.answer_resume_queries()
+    assert not w.acks.messages  # worker pid 202 has not sent what it kept yet
+    w.on_worker_gone(WorkerGone(worker=1, pid=202))  # ... and never will: it died
+    w.answer_resume_queries()
+    answers = [m for m in w.acks.messages if isinstance(m, Missing)]
+    assert [m.frames for m in answers] == [[10, 11, 13]]  # 12 is here (held)
 
 
 class _Stream:

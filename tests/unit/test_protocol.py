@@ -27,6 +27,7 @@ from ringstream.protocol import (
     Missing,
     PeakUpdate,
     ProtocolError,
+    Resent,
     Result,
     ResumeQuery,
     Stop,
@@ -193,6 +194,7 @@ def test_result_lineout_only_and_rejected():
         FrameAck(frames=[12, 13, 2**40]),
         WorkerGone(worker=0, pid=17),
         Flushed(below=2**40, writer_pid=99, restart=True),
+        Resent(worker=1, worker_pid=4242, writer_pid=99),
         ResumeQuery(run_id="r", first_frame=0, end=120, pids=[17, 18]),
         Missing(run_id="r", frames=[3, 7, 2**40]),
         Heartbeat(
@@ -414,6 +416,7 @@ def test_frame_index_2_64_is_rejected():
         ("credit", {"worker": 0, "pid": 1}),
         ("gone", {"worker": "0", "pid": 1}),
         ("flushed", {"writer_pid": 1}),
+        ("resent", {"worker": 0, "worker_pid": 1}),
         ("flushed", {"below": -1, "writer_pid": 1}),
         ("flushed", {"below": 3, "writer_pid": 1, "restart": "yes"}),
         ("resume", {"run_id": "r", "first_frame": 0}),
