@@ -127,6 +127,7 @@ class Child:
     state: str = "starting"  # from heartbeats: starting, running, done
     counters: dict[str, float] = field(default_factory=dict)
     exit_seen: bool = False
+    ready_seen: bool = False  # the supervisor has seen it ready (its heartbeats are watched from then on)
 
     @property
     def pid(self) -> int | None:
@@ -374,6 +375,7 @@ class Supervisor:
                 return f"{child.name} (pid {child.pid}) was not ready within {timeout:g} s"
             self._service(0.1)
         child.last_beat = time.monotonic()
+        child.ready_seen = True
         return None
 
     def _start_and_loop(self) -> int:
@@ -478,6 +480,9 @@ class Supervisor:
                         self._orderly_stop()
                         return EXIT_CHILD_FAILED
                     continue
+                if not child.ready_seen:  # a replacement just ready: its silence is counted from now, not from the
+                    child.ready_seen = True  # beat it sent before a long start (a writer reopening its runs)
+                    child.last_beat = max(child.last_beat, now)
                 age = now - child.last_beat
                 if age > hb_timeout and child.role in ("worker", "ingest") and self.state in ("running", "draining"):
                     log.error("%s (pid %d) stopped answering for %.1f s; killing it to replace it", child.name,
