@@ -257,7 +257,8 @@ class _Writer:
             if t.release_endpoint and t.release_endpoint != "auto":
                 self.acks = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=100_000)
             if self.resume:
-                self.resume_runs()
+                with hb.beating(self.snapshot()):  # (reopening a long run's files, its zarr.zip, takes seconds)
+                    self.resume_runs()
             gc.collect()
             gc.freeze()  # what exists now (modules, the map, the files) lives as long as the process: not rescanned
             ready.set()
