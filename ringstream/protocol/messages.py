@@ -29,10 +29,10 @@ PEAK_SEQ_KEY = "peak_seq"
 parameter file's list); the worker fits the frame with that list and leaves the key out of its Result."""
 
 RUN_START_KEY = "ringstream.run_start"
-"""The metadata key of the first frame of a run: the fields of its :class:`RunStart` (name, meta, reason) as JSON text, carried
-through the worker into the frame's Result. The RunStart goes straight from the ingest to the writer and the frame
-through a worker, so either can arrive first; the writer opens the run's files from whichever it has (and leaves
-the key out of the frame's metadata in the files)."""
+"""The metadata key of the first frame of a run: the fields of its :class:`RunStart` (name, meta, reason) as JSON
+text, carried through the worker into the frame's Result. The RunStart goes straight from the ingest to the writer
+and the frame through a worker, so either can arrive first; the writer opens the run's files from whichever it has
+(and leaves the key out of the frame's metadata in the files)."""
 
 _message = dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 

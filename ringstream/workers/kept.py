@@ -88,6 +88,8 @@ class KeptResults:
     def credit_now(self, n: int) -> int:
         """The credit of ``n`` frames just finished plus any owed, to give now (0: owed, while over the limit)."""
         self.owed += int(n)
+        if not self.owed:
+            return 0
         if self.bytes > self.limit and not self.stalled:
             if not self.owed_since:
                 self.owed_since = self.clock()

@@ -22,8 +22,8 @@ Garbage on the frames socket (no frame_index to answer for) is counted under ``p
 Every Result and partial sum sent is kept until the writer has flushed its frames (:mod:`.kept`): the ingest passes
 the writer's :class:`~ringstream.protocol.Flushed` notices on over the frames socket, and a replacement writer's
 notice (``restart``) has the worker send again what it kept from where that writer reopened its files.
-Counters: ``integrated``, ``rejected``, ``protocol_errors_<kind>``, ``kept_resent``, ``kept_over_limit``. The worker exits when ``stop`` is set and no
-message arrived for ~0.2 s.
+Counters: ``integrated``, ``rejected``, ``protocol_errors_<kind>``, ``kept_resent``, ``kept_over_limit``. The
+worker exits when ``stop`` is set and no message arrived for ~0.2 s.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ class Run:
     def summary(self) -> dict[str, Any]:
         """The run for the index, the status and the heartbeat."""
         out: dict[str, Any] = {"run": self.number, "name": self.name, "run_id": self.run_id,
-                               "first_frame": self.first_frame, "frames": self.n_frames, "written": self.written, "rejected": self.rejected}
+                               "first_frame": self.first_frame, "frames": self.n_frames, "written": self.written,
+                               "rejected": self.rejected}
         if self.paths is not None:
             out["files"] = {k: os.path.abspath(v) for k, v in self.paths.as_record().items()}
         if self.dropped:
