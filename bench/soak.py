@@ -310,9 +310,11 @@ class Soak:
         return f"the daemon was not ready within {self.args.ready_timeout:g} s"
 
     def sample(self, t: float) -> None:
-        st = self.status()  # when the daemon does not answer in time, the last pids known are sampled
+        # the processes first (the pids of the last status), then the status: the status request's own connection,
+        # which the supervisor closes a moment after it answers, is not counted among its descriptors
         for role, pid in self.pids.items():
             self.series.setdefault(role, Series()).add(t, pid)
+        st = self.status()  # when the daemon does not answer in time, the last pids known are sampled next time
         if st is not None:
             tot = st.get("totals") or {}
             for key, col in self.totals.items():
