@@ -342,6 +342,11 @@ class _Writer:
         their sums: a dead worker's frames are integrated again, and their sums come late but come)."""
         self.end_current()
         for run in list(self.closing):
+            if run.eos_guessed:  # its EndOfStream (its end's reason, the source's counters) is still on its way
+                now = time.monotonic()
+                run.t_frames_done = run.t_frames_done or now
+                if now - run.t_frames_done < SUMS_WAIT_S:
+                    continue
             waiting = 0
             if run.outputs is not None and run.end is not None:
                 waiting = run.outputs.sums_waiting_at_end(run.end - run.first_frame)
@@ -426,10 +431,10 @@ class _Writer:
                     return
             elif msg.run_id:
                 run = self.run_of(msg.run_id, int(msg.first_frame))
-                if run.eos is not None:
+                if run.eos is not None and not run.eos_guessed:
                     self.count("duplicates")
                     return
-                run.eos = msg
+                run.eos, run.eos_guessed = msg, False
             if msg.final:
                 if self.eos is not None:
                     self.count("duplicates")
@@ -572,9 +577,11 @@ class _Writer:
         the frame carries (its run's first frame), used when the RunStart itself is still on its way."""
         run = self.current
         if run is not None:
-            if run.eos is None:  # its EndOfStream is still on its way: the run ends where this frame begins
+            if run.eos is None:  # its EndOfStream is still on its way: the run ends where this frame begins (it
+                # waits, closing, for the EndOfStream: the reason and the source's counters are in it)
                 run.eos = EndOfStream(run_id=run.run_id, first_frame=run.first_frame,
                                       n_frames=int(msg.frame_index) - run.first_frame, final=False)
+                run.eos_guessed = True
             self.current = None
             self.closing.append(run)
         run = self.runs.get(msg.run_id)

@@ -46,6 +46,7 @@ class Run:
     t_first: float = 0.0  # time stamp of the first and last frame written (s since the epoch)
     t_last: float = 0.0
     t_frames_done: float = 0.0  # monotonic time every frame was accounted for (waiting for partial sums)
+    eos_guessed: bool = False  # its end was taken from the next run's first frame; its EndOfStream is on its way
     failed: str = ""  # why the run's outputs failed (a full disk, a folder that cannot be written)
     dropped: int = 0  # frames of a failed run not written
     workers_lost: int = 0  # worker processes that died while the run was open (their frames went to others)
