@@ -108,8 +108,9 @@ class ZarrZipSink:
     ``name_digits`` the zero-padding of group names.
     """
 
-    #: free space below the end is kept for the next publication's members: as much as the last one added, up
-    #: to RESERVE_MAX bytes (made of the old directory and a hole, which takes no disk until written)
+    #: free space below the end is kept for the next publication's members: RESERVE_FACTOR times what the last one
+    #: added, up to RESERVE_MAX bytes (made of the old directory and a hole, which takes no disk until written)
+    RESERVE_FACTOR = 2
     RESERVE_MAX = 256 << 20
     #: a save interval publishes when its new members are at least this many times the directory it writes
     NEW_PER_DIRECTORY = 1.0
@@ -281,7 +282,7 @@ class ZarrZipSink:
     def _reserve(self, members: list[tuple[str, Any]], final: bool) -> int:
         if final:
             return 0
-        return min(sum(memoryview(data).nbytes for _, data in members), self.RESERVE_MAX)
+        return min(self.RESERVE_FACTOR * sum(memoryview(data).nbytes for _, data in members), self.RESERVE_MAX)
 
     def _write(self, pending: Iterable[tuple[str, bytes | memoryview]], first: bool, total: int,
                final: bool) -> None:
@@ -298,11 +299,14 @@ class ZarrZipSink:
                 raise
         else:
             pending = list(pending)
-            try:
-                self._zip.append(pending, self._reserve(pending, final))
+            try:  # (only the end of the run writes members past the end of the file: see zip_append)
+                rest = self._zip.append(pending, self._reserve(pending, final), spill=final)
             except BaseException:
                 self._pending[:0] = pending  # not published: the next publication takes them again
                 raise
+            if rest:  # whole groups that did not fit in the free space: room is left for them in the next one
+                self._pending[:0] = rest
+                total -= len({name.rpartition("/")[0] for name, _ in rest})
         self.groups_published = total
         self.last_publication_s = time.monotonic() - t0
 

@@ -30,6 +30,7 @@ No fsync: this protects against a killed process, not a power cut.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import tempfile
@@ -88,6 +89,12 @@ def end_records(count: int, cd_offset: int, cd_size: int) -> bytes:
                         min(cd_offset, _U32), 0))
 
 
+def _stored_size(member: Member) -> int:
+    """The bytes a member takes in the file: its local header, name and data."""
+    name, data = member
+    return _LOCAL.size + len(_name_bytes(name)[0]) + memoryview(data).nbytes
+
+
 def _pwrite_all(fd: int, buffers: list, offset: int) -> int:
     """Write ``buffers`` one after the other at ``offset``; returns the bytes written."""
     total = sum(memoryview(b).nbytes for b in buffers)
@@ -123,7 +130,7 @@ class GrowingZip:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             z = cls(path, fd, 0, 0, bytearray(), 0, [])
-            z._commit(z._place(members, 0, free=False), expect)
+            z._commit(z._place(members, 0, True)[0], expect)
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)
@@ -149,13 +156,16 @@ class GrowingZip:
         """Bytes below the directory that no entry points to (the old directory, the reserve)."""
         return sum(e - s for s, e in self._free)
 
-    def append(self, members: Iterable[Member], expect: int = 0) -> None:
+    def append(self, members: Iterable[Member], expect: int = 0, spill: bool = True) -> list[Member]:
         """Add ``members`` and publish the new directory (see the module docstring), with free space for
-        ``expect`` bytes of next members below the end. On any error the file is cut back to the published ZIP
-        and the error raised; none of ``members`` is then in it."""
+        ``expect`` bytes of next members below the end. ``spill=False``: members that do not fit in the free space
+        are not written past the end; the first folder (a zarr array: its members go together) that does not fit
+        and every one after it are returned, not published, and room is left for them. On any error the file is
+        cut back to the published ZIP and the error raised; none of ``members`` is then in it."""
         saved = (len(self._cd), self._count, [list(x) for x in self._free])
         try:
-            self._commit(self._place(members, self._end, free=True), expect)
+            tail, rest = self._place(members, self._end, spill)
+            self._commit(tail, expect + sum(_stored_size(m) for m in rest))
         except BaseException:
             n, self._count, self._free = saved
             del self._cd[n:]
@@ -164,33 +174,53 @@ class GrowingZip:
             except OSError:  # (the tail stays: cut_partial_publication removes it)
                 pass
             raise
+        return rest
 
-    def _place(self, members: Iterable[Member], tail: int, free: bool) -> int:
-        """Write each member into the free space or at ``tail`` (which grows), add its entry to the directory;
-        returns the new tail."""
-        for name, data in members:
-            raw, flags = _name_bytes(name)
-            view = memoryview(data).cast("B")
-            size = view.nbytes
-            crc = zlib.crc32(view)
-            header = local_header(raw, flags, crc, size)
-            need = len(header) + size
-            offset = self._take(need) if free else None
-            if offset is None:
-                offset, tail = tail, tail + need
-            _pwrite_all(self._fd, [header, view], offset)
-            self._cd += central_entry(raw, flags, crc, size, offset)
-            self._count += 1
-        return tail
+    def _place(self, members: Iterable[Member], tail: int, spill: bool) -> tuple[int, list[Member]]:
+        """Write the members, folder by folder, into the free space, or at ``tail`` (which grows) with ``spill``,
+        and add their entries to the directory. Returns the new tail and the members not written (from the first
+        folder that did not fit, without ``spill``)."""
+        if spill:  # (one at a time: create() takes them from a generator, a whole run's worth)
+            batches: Iterable[list[Member]] = ([m] for m in members)
+        else:
+            members = list(members)
+            batches = [list(b) for _, b in itertools.groupby(members, key=lambda m: m[0].rpartition("/")[0])]
+        done = 0
+        for batch in batches:
+            offsets = self._fit([_stored_size(m) for m in batch])
+            if offsets is None and not spill:
+                return tail, members[done:]
+            done += len(batch)
+            for k, (name, data) in enumerate(batch):
+                raw, flags = _name_bytes(name)
+                view = memoryview(data).cast("B")
+                crc = zlib.crc32(view)
+                header = local_header(raw, flags, crc, view.nbytes)
+                if offsets is None:
+                    offset = tail
+                    tail += len(header) + view.nbytes
+                else:
+                    offset = offsets[k]
+                _pwrite_all(self._fd, [header, view], offset)
+                self._cd += central_entry(raw, flags, crc, view.nbytes, offset)
+                self._count += 1
+        return tail, []
 
-    def _take(self, need: int) -> int | None:
-        """The offset of ``need`` bytes taken from the first free extent that holds them, or None."""
-        for extent in self._free:
-            if extent[1] - extent[0] >= need:
-                offset = extent[0]
-                extent[0] += need
-                return offset
-        return None
+    def _fit(self, sizes: list[int]) -> list[int] | None:
+        """Offsets for members of ``sizes`` bytes, all taken from the free extents (first fit), or None (and
+        nothing taken) if one does not fit."""
+        trial = [list(e) for e in self._free]
+        offsets = []
+        for need in sizes:
+            for extent in trial:
+                if extent[1] - extent[0] >= need:
+                    offsets.append(extent[0])
+                    extent[0] += need
+                    break
+            else:
+                return None
+        self._free = trial
+        return offsets
 
     def _commit(self, tail: int, expect: int) -> None:
         """Write the directory and end records after ``tail`` and a hole that makes the free space ``expect``
