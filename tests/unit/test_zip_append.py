@@ -122,3 +122,15 @@ def test_zip64_past_65535_members_and_4_gib(tmp_path):
         assert f.getinfo("b/far").header_offset > 1 << 32
     assert os.stat(path).st_blocks * 512 < 100 << 20  # the hole takes no disk
     assert cut_partial_publication(path) == 0
+
+
+def test_the_next_start_and_repair_cut_a_killed_publication(tmp_path, caplog):
+    from ringstream.writer.runs import cut_zarr_tail
+
+    path = tmp_path / "run.zarr.zip"
+    GrowingZip.create(path, [_member(0)]).close()
+    with open(path, "ab") as f:
+        f.write(b"\x01" * 70_000)  # past the 64 KiB in which zipfile looks for the end record
+    assert cut_zarr_tail(path) == 70_000 and "cut 70000 bytes" in caplog.text
+    _check(path, [_member(0)])
+    assert cut_zarr_tail(path) == 0 and cut_zarr_tail(tmp_path / "none.zarr.zip") is None
