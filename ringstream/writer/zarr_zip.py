@@ -17,16 +17,16 @@ them) and the raw chunk: byte for byte what zarr would write, at memcpy speed (z
 per group, cannot keep up with ``OmegaSumFrames 1`` at streaming frame rates). A ZIP member is written once.
 
 Publishing (:meth:`ZarrZipSink.publish`, at save intervals and at the end): the first publication writes the
-fixed part and the groups so far under a private name and renames it over the output; every later one adds the new
-groups' members to that file in place and writes a new central directory after them
-(:class:`~ringstream.writer.zip_append.GrowingZip`, whose docstring says what a reader and a killed writer see).
-Nothing is copied: a publication costs its new members plus the directory (~90 bytes a member), and the file holds
-only dead bytes of about one directory and one reserve hole. A save interval whose new members are fewer bytes than
-the directory does not publish (counted in ``skipped``; its groups wait, in memory, for the next one), so the
-directory never takes more than half of what is written; nor does one that comes while the previous publication
-is still being written (in a background thread). The end of the run always publishes. A publication that fails (a
-full disk) leaves the published ZIP as it was and keeps its groups for the next one, which raises the error again
-if it fails too.
+fixed part and the groups so far under a private name and renames it over the output; every later one writes the
+new groups' members into a hole below the end of that file, then the new central directory, and cuts the file after
+it (:class:`~ringstream.writer.zip_append.GrowingZip`, whose docstring says what a reader and a killed writer see).
+Nothing is copied: a publication costs its new members plus the directory (~90 bytes a member). The hole takes no
+disk blocks, and the last publication leaves none: the finished file is as compact as a ZIP written at once. A save
+interval whose new members are fewer bytes than the directory does not publish (counted in ``skipped``; its groups
+wait, in memory, for the next one), so the directory never takes more than half of what is written; nor does one
+that comes while the previous publication is still being written (in a background thread). The end of the run
+always publishes. A publication that fails (a full disk) leaves the published ZIP as it was and keeps its groups for
+the next one, which raises the error again if it fails too.
 """
 
 from __future__ import annotations
@@ -108,10 +108,9 @@ class ZarrZipSink:
     ``name_digits`` the zero-padding of group names.
     """
 
-    #: free space below the end is kept for the next publication's members: RESERVE_FACTOR times what the last one
-    #: added, up to RESERVE_MAX bytes (made of the old directory and a hole, which takes no disk until written)
-    RESERVE_FACTOR = 2
-    RESERVE_MAX = 256 << 20
+    #: when the file grows (its hole cannot take a publication), the new hole takes at least RESERVE_FACTOR times
+    #: what this publication adds (and a quarter of the file: GrowingZip.GROWTH)
+    RESERVE_FACTOR = 4
     #: a save interval publishes when its new members are at least this many times the directory it writes
     NEW_PER_DIRECTORY = 1.0
 
@@ -282,7 +281,7 @@ class ZarrZipSink:
     def _reserve(self, members: list[tuple[str, Any]], final: bool) -> int:
         if final:
             return 0
-        return min(self.RESERVE_FACTOR * sum(memoryview(data).nbytes for _, data in members), self.RESERVE_MAX)
+        return self.RESERVE_FACTOR * sum(memoryview(data).nbytes for _, data in members)
 
     def _write(self, pending: Iterable[tuple[str, bytes | memoryview]], first: bool, total: int,
                final: bool) -> None:
@@ -299,12 +298,12 @@ class ZarrZipSink:
                 raise
         else:
             pending = list(pending)
-            try:  # (only the end of the run writes members past the end of the file: see zip_append)
-                rest = self._zip.append(pending, self._reserve(pending, final), spill=final)
+            try:
+                rest = self._zip.append(pending, self._reserve(pending, final), final=final)
             except BaseException:
                 self._pending[:0] = pending  # not published: the next publication takes them again
                 raise
-            if rest:  # whole groups that did not fit in the free space: room is left for them in the next one
+            if rest:  # whole groups that did not fit in the hole: the file grew, they go into the next publication
                 self._pending[:0] = rest
                 total -= len({name.rpartition("/")[0] for name, _ in rest})
         self.groups_published = total

@@ -2,30 +2,32 @@
 directory, never a copy of the file (the GSAS-II zarr.zip, :mod:`ringstream.writer.zarr_zip`).
 
 A ZIP is read from its end: the reader (Python's :mod:`zipfile`, which zarr 2 and 3 use) takes the end record in
-the last 22 bytes, or the last one in the last 64 KiB, and the central directory must lie just before it; the
-directory gives each member's offset. Bytes no directory entry points to are ignored. :class:`GrowingZip` keeps
-that true at every moment but one short write:
+the last 22 bytes (or the last one in the last 64 KiB), and the central directory must lie just before it; the
+directory gives each member's offset, and bytes no entry points to are ignored. The file is kept as
 
-1. the new members go into *free space below the end of the file*: the old directory and end record left by the
-   publication before the last one, and a *reserve* (a hole: no disk blocks until written) left before the
-   directory at the last publication, as large as the caller expects the next members to be, less the free space
-   there is. The published directory does not point there and the file does not grow, so
-   a reader opening the file meanwhile, and a writer killed meanwhile, see the last published ZIP, whole;
-2. members that do not fit there go after the end, then the reserve hole, then the new directory (every member)
-   and the end records, in one write;
-3. the old directory and end record, and the new reserve, are the free space of the next publication (first fit,
-   in file order; a piece too small for the next members stays dead).
+    [published members][hole: free, no disk blocks until written][directory][end record]  <- end of file
 
-While step 2 writes past the end, a reader that opens the file finds no end record and raises
-``zipfile.BadZipFile`` (tests/integration/test_zarr_zip_append.py measures it: never a wrong member); it is the
-time to write the directory (~1 ms per MB) plus the members that did not fit in the free space. A writer killed
-during it leaves the last published ZIP whole on disk followed by a partial tail: :func:`cut_partial_publication`
-cuts the tail (``ringstream repair``), and a continued run rebuilds the file anyway. A failed write (a full disk)
-cuts the tail itself. Members are never overwritten, so a reader that opened the file before keeps reading it.
+and a publication (:meth:`GrowingZip.append`) goes:
 
-The directory is rewritten at every publication: the caller publishes when what is new is at least as large as
-it (:attr:`GrowingZip.directory_bytes`) so time and dead bytes stay in proportion to what is new.
-No fsync: this protects against a killed process, not a power cut.
+1. the new members are written into the hole, from its bottom. The published directory does not point there and
+   the file does not change size, so a reader that opens the file meanwhile, and a writer killed meanwhile, see
+   the last published ZIP, whole;
+2. the new directory (every member) and end record are written into the hole too: at its top, just below the
+   published directory (at the end of the run: just after the new members, which leaves no hole);
+3. the file is cut (``ftruncate``) at the end of the new end record: one atomic step, after which a reader finds
+   the new end record at the end of the file. The old directory is cut away.
+
+So publishing never copies the file and a reader never sees a broken ZIP. When the hole cannot take the new
+members and the directory, the file *grows*: the members that fit go into the hole, the others wait for the next
+publication, and the directory is written past the end after a new hole (a quarter of the file, or what the caller
+expects the next publications to add, if more): the old hole, the old directory and the new hole are the next hole.
+While that write is under way a reader that opens the file finds no end record (``zipfile.BadZipFile``: never a
+wrong member; tests/integration/test_zarr_zip_append.py) and a writer killed then leaves the last published ZIP
+whole followed by an unfinished tail, which :func:`cut_partial_publication` cuts (``ringstream repair``, the next
+start; a continued run rebuilds the file anyway). The file grows a few tens of times in a run, each time for the
+time to write the directory (~1 ms per MB, ~90 bytes a member). A failed write (a full disk) cuts the tail itself.
+Members are never overwritten, so a reader that opened the file before keeps reading it. No fsync: this protects
+against a killed process, not a power cut.
 """
 
 from __future__ import annotations
@@ -49,8 +51,6 @@ _LOCATOR64 = struct.Struct("<4sLQL")  # zip64 end of central directory locator
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
 _DOS_DATE = (2020 - 1980) << 9 | 1 << 5 | 1  # 2020-01-01 00:00: members carry no meaningful time
 _UNIX_FILE = 0o100644 << 16
-#: a free extent smaller than this is forgotten (no member is that small: a header and a zarr name)
-_SMALLEST = 64
 
 
 def _name_bytes(name: str) -> tuple[bytes, int]:
@@ -112,15 +112,17 @@ class GrowingZip:
     """A stored ZIP at ``path`` that :meth:`append` grows in place (see the module docstring). Made by
     :meth:`create`, which publishes the first version by rename; holds the file open until :meth:`close`."""
 
-    def __init__(self, path: Path, fd: int, end: int, cd_offset: int, directory: bytearray, count: int,
-                 free: list[list[int]]) -> None:
+    #: when the file grows, the new hole is at least this share of the file
+    GROWTH = 0.25
+
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd = fd
-        self._end = end  # the size of the published file: its end records end there
-        self._cd_offset = cd_offset  # where the published directory starts
-        self._cd = directory  # the published directory (every entry), kept to write the next one
-        self._count = count
-        self._free = free  # [start, end) extents below _cd_offset that no entry points to
+        self._end = 0  # the size of the published file: its end record ends there
+        self._cd_offset = 0  # where the published directory starts: the top of the hole
+        self._hole = 0  # the bottom of the hole: where the next member goes
+        self._cd = bytearray()  # the published directory (every entry), kept to write the next one
+        self._count = 0
 
     @classmethod
     def create(cls, path: str | os.PathLike, members: Iterable[Member], expect: int = 0) -> GrowingZip:
@@ -129,8 +131,11 @@ class GrowingZip:
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            z = cls(path, fd, 0, 0, bytearray(), 0, [])
-            z._commit(z._place(members, 0, True)[0], expect)
+            z = cls(path, fd)
+            for member in members:
+                z._write_member(member, z._end)
+                z._end = z._hole = z._cd_offset = z._end + _stored_size(member)
+            z._publish(z._end, expect)
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)
@@ -148,26 +153,43 @@ class GrowingZip:
 
     @property
     def size(self) -> int:
-        """The published file's size, bytes (members, the holes and dead bytes between them, directory)."""
+        """The published file's size, bytes (members, the hole, the directory)."""
         return self._end
 
     @property
     def free_bytes(self) -> int:
-        """Bytes below the directory that no entry points to (the old directory, the reserve)."""
-        return sum(e - s for s, e in self._free)
+        """The hole: bytes below the directory that no entry points to."""
+        return self._cd_offset - self._hole
 
-    def append(self, members: Iterable[Member], expect: int = 0, spill: bool = True) -> list[Member]:
-        """Add ``members`` and publish the new directory (see the module docstring), with free space for
-        ``expect`` bytes of next members below the end. ``spill=False``: members that do not fit in the free space
-        are not written past the end; the first folder (a zarr array: its members go together) that does not fit
-        and every one after it are returned, not published, and room is left for them. On any error the file is
-        cut back to the published ZIP and the error raised; none of ``members`` is then in it."""
-        saved = (len(self._cd), self._count, [list(x) for x in self._free])
+    def append(self, members: Iterable[Member], expect: int = 0, final: bool = False) -> list[Member]:
+        """Add ``members`` and publish the new directory (see the module docstring); when the file grows, the new
+        hole holds at least ``expect`` bytes more. Members that do not fit in the hole wait: the first folder (a
+        zarr array: its members go together) that does not fit and every one after it are returned, not
+        published. ``final`` (the last publication): every member is published, past the end if need be, and no
+        hole is left. On any error the file is cut back to the published ZIP and the error raised; none of
+        ``members`` is then in it."""
+        members = list(members)
+        saved = (len(self._cd), self._count, self._hole)
         try:
-            tail, rest = self._place(members, self._end, spill)
-            self._commit(tail, expect + sum(_stored_size(m) for m in rest))
+            pos, tail = self._hole, self._end
+            done = 0
+            for _, group in itertools.groupby(members, key=lambda m: m[0].rpartition("/")[0]):
+                batch = list(group)
+                need = sum(_stored_size(m) for m in batch)
+                if pos + need <= self._cd_offset:
+                    at, pos = pos, pos + need
+                elif final:
+                    at, tail = tail, tail + need
+                else:
+                    break
+                for member in batch:
+                    self._write_member(member, at)
+                    at += _stored_size(member)
+                done += len(batch)
+            rest = members[done:]
+            self._publish(pos, expect + sum(_stored_size(m) for m in rest), tail, final, grow=bool(rest))
         except BaseException:
-            n, self._count, self._free = saved
+            n, self._count, self._hole = saved
             del self._cd[n:]
             try:
                 os.ftruncate(self._fd, self._end)
@@ -176,71 +198,37 @@ class GrowingZip:
             raise
         return rest
 
-    def _place(self, members: Iterable[Member], tail: int, spill: bool) -> tuple[int, list[Member]]:
-        """Write the members, folder by folder, into the free space, or at ``tail`` (which grows) with ``spill``,
-        and add their entries to the directory. Returns the new tail and the members not written (from the first
-        folder that did not fit, without ``spill``)."""
-        if spill:  # (one at a time: create() takes them from a generator, a whole run's worth)
-            batches: Iterable[list[Member]] = ([m] for m in members)
-        else:
-            members = list(members)
-            batches = [list(b) for _, b in itertools.groupby(members, key=lambda m: m[0].rpartition("/")[0])]
-        done = 0
-        for batch in batches:
-            offsets = self._fit([_stored_size(m) for m in batch])
-            if offsets is None and not spill:
-                return tail, members[done:]
-            done += len(batch)
-            for k, (name, data) in enumerate(batch):
-                raw, flags = _name_bytes(name)
-                view = memoryview(data).cast("B")
-                crc = zlib.crc32(view)
-                header = local_header(raw, flags, crc, view.nbytes)
-                if offsets is None:
-                    offset = tail
-                    tail += len(header) + view.nbytes
-                else:
-                    offset = offsets[k]
-                _pwrite_all(self._fd, [header, view], offset)
-                self._cd += central_entry(raw, flags, crc, view.nbytes, offset)
-                self._count += 1
-        return tail, []
+    def _write_member(self, member: Member, offset: int) -> None:
+        """Write ``member`` (local header, data) at ``offset`` and add its entry to the directory."""
+        name, data = member
+        raw, flags = _name_bytes(name)
+        view = memoryview(data).cast("B")
+        crc = zlib.crc32(view)
+        _pwrite_all(self._fd, [local_header(raw, flags, crc, view.nbytes), view], offset)
+        self._cd += central_entry(raw, flags, crc, view.nbytes, offset)
+        self._count += 1
 
-    def _fit(self, sizes: list[int]) -> list[int] | None:
-        """Offsets for members of ``sizes`` bytes, all taken from the free extents (first fit), or None (and
-        nothing taken) if one does not fit."""
-        trial = [list(e) for e in self._free]
-        offsets = []
-        for need in sizes:
-            for extent in trial:
-                if extent[1] - extent[0] >= need:
-                    offsets.append(extent[0])
-                    extent[0] += need
-                    break
-            else:
-                return None
-        self._free = trial
-        return offsets
-
-    def _commit(self, tail: int, expect: int) -> None:
-        """Write the directory and end records after ``tail`` and a hole that makes the free space ``expect``
-        bytes: the new members are published."""
-        free = self.free_bytes + self._end - self._cd_offset  # (the directory now published is free after this)
-        cd_offset = tail + max(0, int(expect) - free)
-        end = end_records(self._count, cd_offset, len(self._cd))
-        _pwrite_all(self._fd, [self._cd, end], cd_offset)
-        old_cd, old_end = self._cd_offset, self._end
-        self._cd_offset, self._end = cd_offset, cd_offset + len(self._cd) + len(end)
-        freed = [[old_cd, old_end]] if old_end > old_cd else []
-        if cd_offset > tail:
-            freed.append([tail, cd_offset])
-        extents = sorted([e for e in self._free if e[1] - e[0] >= _SMALLEST] + freed)
-        self._free = []
-        for s, e in extents:  # (the old directory and the reserve are adjacent when nothing went past the end)
-            if self._free and self._free[-1][1] == s:
-                self._free[-1][1] = e
-            else:
-                self._free.append([s, e])
+    def _publish(self, pos: int, expect: int, tail: int | None = None, final: bool = False,
+                 grow: bool = False) -> None:
+        """Write the directory and end record and make them the end of the file (see the module docstring).
+        ``pos``: the end of the members in the hole; ``tail``: the end of those written past the end; ``grow``:
+        make a larger hole even if the directory fits in this one (members are waiting for room)."""
+        tail = self._end if tail is None else tail
+        size = len(self._cd) + _END64.size + _LOCATOR64.size + _END.size  # (the most the end records take)
+        if not grow and tail == self._end and pos + size <= self._cd_offset:  # into the hole, then cut the file
+            cd_offset = pos if final else self._cd_offset - size
+            end = end_records(self._count, cd_offset, len(self._cd))
+            _pwrite_all(self._fd, [self._cd, end], cd_offset)
+            os.ftruncate(self._fd, cd_offset + len(self._cd) + len(end))  # the atomic step
+        else:  # the file grows: past the end, after a new hole
+            hole = 0 if final else max(int(expect), int(self.GROWTH * tail))
+            cd_offset = tail + hole
+            end = end_records(self._count, cd_offset, len(self._cd))
+            _pwrite_all(self._fd, [self._cd, end], cd_offset)
+            if tail > self._end:  # (members past the end: the old hole and directory below them stay unused)
+                pos = tail
+        self._hole, self._cd_offset = pos, cd_offset
+        self._end = cd_offset + len(self._cd) + len(end)
 
     def close(self) -> None:
         """Close the file (what is published stays)."""

@@ -26,29 +26,47 @@ def _check(path, members) -> None:
             assert z.read(name) == data
 
 
-def test_appends_in_place_reuse_the_old_directory_and_the_reserve(tmp_path):
+def _compact(members) -> int:
+    """The size of a ZIP of ``members`` written at once (headers, data, directory, end record)."""
+    return sum(30 + 46 + 2 * len(n) + len(d) for n, d in members) + 22
+
+
+def test_publications_go_into_the_hole_and_the_last_leaves_a_compact_file(tmp_path):
     path = tmp_path / "g.zarr.zip"
     members = [_member(k) for k in range(3)]
-    z = GrowingZip.create(path, members, expect=30_000)
+    z = GrowingZip.create(path, members, expect=200_000)
     inode = path.stat().st_ino
     _check(path, members)
     assert [p.name for p in tmp_path.iterdir()] == ["g.zarr.zip"]  # the private file was renamed
-    for start in range(3, 30, 3):
+    assert z.free_bytes >= 200_000 and path.stat().st_blocks * 512 < 100_000  # the hole takes no disk
+    for start in range(3, 18, 3):
         new = [_member(k) for k in range(start, start + 3)]
         before = z.size
-        z.append(new, expect=30_000)
+        assert z.append(new) == []
         members += new
         _check(path, members)
-        assert path.stat().st_ino == inode and path.stat().st_size == z.size
-        # grows by at most what is new, the reserve and the directory: never by a copy
-        assert z.size - before <= 3 * 8100 + 30_000 + z.directory_bytes + 22
-        assert z.free_bytes <= 30_000 + z.directory_bytes + 3 * 8100
-    z.append([_member(99)], expect=0)
+        # into the hole; the file is cut after the new directory, below the old one: it never grows here
+        assert path.stat().st_ino == inode and path.stat().st_size == z.size < before
+    assert z.append([_member(99)], final=True) == []
     members.append(_member(99))
     _check(path, members)
-    live = sum(30 + len(n) + len(d) for n, d in members) + z.directory_bytes + 22
-    # dead: about one reserve and one directory, and pieces too small for a member
-    assert z.size - live == z.free_bytes <= 30_000 + z.directory_bytes + 3 * 8100
+    assert z.free_bytes == 0 and z.size == _compact(members)
+    z.close()
+
+
+def test_a_full_hole_grows_the_file_and_what_did_not_fit_waits(tmp_path):
+    path = tmp_path / "w.zarr.zip"
+    z = GrowingZip.create(path, [_member(0)], expect=0)  # a hole of a quarter of the file: 2 kB
+    hole = z.free_bytes
+    assert 0 < hole < 8100
+    new = [_member(k) for k in range(1, 4)]
+    size = z.size
+    rest = z.append(new, expect=50_000)
+    assert rest == new  # none fitted: the file grew, with room for them and the 50 kB expected
+    assert z.size > size and z.free_bytes >= 50_000 + 3 * 8100
+    _check(path, [_member(0)])
+    assert z.append(rest) == []
+    _check(path, [_member(0)] + new)
     z.close()
 
 
@@ -57,37 +75,39 @@ def test_a_reader_that_opened_before_keeps_reading_its_members(tmp_path):
     first = [_member(k) for k in range(4)]
     z = GrowingZip.create(path, first, expect=10_000)
     early = zipfile.ZipFile(path)
-    for k in range(4, 40):
-        z.append([_member(k)], expect=10_000)  # every later member goes into the old directories and reserves
+    for k in range(4, 40):  # (the file grows several times: later members go over the old directories)
+        z.append([_member(k)], expect=10_000)
+    z.append([], final=True)
     for name, data in first:
         assert early.read(name) == data
     early.close()
-    _check(path, [_member(k) for k in range(40)])
+    with zipfile.ZipFile(path) as f:
+        assert f.testzip() is None and len(f.namelist()) <= 40
     z.close()
 
 
 def test_a_failed_publication_cuts_the_file_back_and_the_next_one_succeeds(tmp_path, monkeypatch):
     path = tmp_path / "f.zarr.zip"
     z = GrowingZip.create(path, [_member(0)], expect=0)
-    published = path.read_bytes()
+    size = path.stat().st_size
     real = os.pwritev
     calls = []
 
     def full(fd, buffers, offset):
         calls.append(offset)
-        if len(calls) == 2:  # the directory, after the member went past the end
+        if len(calls) == 2:  # the directory, past the end after the member (which did not fit in the hole)
             real(fd, [b"\0" * 100], offset)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, buffers, offset)
 
     monkeypatch.setattr(zip_append.os, "pwritev", full)
     with pytest.raises(OSError) as exc:
-        z.append([_member(1)], expect=0)
-    assert exc.value.errno == errno.ENOSPC
+        z.append([_member(1)], final=True)
+    assert exc.value.errno == errno.ENOSPC and calls[0] >= size  # (it was written past the end)
     monkeypatch.setattr(zip_append.os, "pwritev", real)
-    assert path.read_bytes() == published
+    assert path.stat().st_size == size
     _check(path, [_member(0)])
-    z.append([_member(1)], expect=0)
+    z.append([_member(1)], final=True)
     _check(path, [_member(0), _member(1)])
     z.close()
 
@@ -113,8 +133,8 @@ def test_a_killed_publication_is_cut_to_the_last_published_zip(tmp_path):
 def test_zip64_past_65535_members_and_4_gib(tmp_path):
     path = tmp_path / "big.zarr.zip"
     z = GrowingZip.create(path, [(f"a/{k}", b"%d" % k) for k in range(70_000)], expect=(1 << 32) + 10)
-    z._free.clear()  # (forget the hole: the next member goes past it, where its offset needs the zip64 extra)
-    z.append([("b/far", b"past 4 GiB (a hole)")], expect=0)
+    z._hole = z._cd_offset  # (as if the hole were full: the last member goes past it, where its offset needs zip64)
+    z.append([("b/far", b"past 4 GiB (a hole)")], final=True)
     z.close()
     with zipfile.ZipFile(path) as f:
         assert len(f.namelist()) == 70_001
