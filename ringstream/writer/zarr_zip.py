@@ -239,7 +239,7 @@ class ZarrZipSink:
         module docstring). With ``wait=False`` the work runs in a thread (file I/O, which releases the GIL), so
         the writer keeps taking frames; an error of that thread is raised by the next call. ``force``: wait for
         a running publication and publish now, in the background (the end of a run; :meth:`close` joins it).
-        ``final``: no more groups come (the end of a run): no reserve is left for them."""
+        ``final``: no more groups come (the end of a run): no hole is left for them."""
         self._join(wait or force)
         if self._thread is not None:
             self.skipped += 1

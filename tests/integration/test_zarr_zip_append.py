@@ -2,8 +2,8 @@
 
 A writer process adds omega-sum groups every millisecond and publishes at every 20th, as the daemon does at its
 save intervals. A reader process opens the file in a loop meanwhile: every open either reads a whole published ZIP
-(groups 0..n-1, the newest with their own values) or fails with ``BadZipFile`` (while a directory is written past
-the end: about a millisecond); none reads a wrong or missing member. Then the writer is killed with ``kill -9`` at random moments: the file holds at least
+(groups 0..n-1, the newest with their own values) or fails with ``BadZipFile`` (while the file grows: a directory
+written past the end, about a millisecond); none reads a wrong or missing member. Then the writer is killed with ``kill -9`` at random moments: the file holds at least
 every group published before the kill, right, either at once or after ``cut_partial_publication``."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_a_reader_opening_the_file_in_a_loop_never_reads_a_wrong_zip(tmp_path):
     seen = json.loads(out)
     print("reader:", seen, "writer:", wout.splitlines()[-1])
     assert seen["wrong"] == [] and seen["ok"] > 0 and seen["groups"] > 0
-    # BadZipFile only while a directory is written past the end (a millisecond), never for long
+    # BadZipFile only while the file grows (a directory written past the end: a millisecond), never for long
     assert seen["longest_failing_s"] < 0.5 and seen["failing_s"] < 0.1 * 4.0
     assert _groups(path) == 3000
 
@@ -132,7 +132,7 @@ def test_kill_9_at_random_moments_leaves_every_published_group(tmp_path):
         try:
             _groups(path)
             cut.append(0)
-        except zipfile.BadZipFile:  # killed while writing a directory: the last published ZIP is before it
+        except zipfile.BadZipFile:  # killed while the file grew: the last published ZIP is before the tail
             cut.append(cut_partial_publication(path))
             assert cut[-1] > 0
         assert _groups(path) >= published
