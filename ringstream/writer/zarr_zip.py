@@ -108,9 +108,9 @@ class ZarrZipSink:
     ``name_digits`` the zero-padding of group names.
     """
 
-    #: when the file grows (its hole cannot take a publication), the new hole takes at least RESERVE_FACTOR times
-    #: what this publication adds (and a quarter of the file: GrowingZip.GROWTH)
-    RESERVE_FACTOR = 4
+    #: when the file grows (its hole cannot take a publication), the new hole takes what this publication adds and
+    #: RESERVE_FACTOR times that more (or a quarter of the file, if more: GrowingZip.GROWTH)
+    RESERVE_FACTOR = 1
     #: a save interval publishes when its new members are at least this many times the directory it writes
     NEW_PER_DIRECTORY = 1.0
 
@@ -299,13 +299,10 @@ class ZarrZipSink:
         else:
             pending = list(pending)
             try:
-                rest = self._zip.append(pending, self._reserve(pending, final), final=final)
+                self._zip.append(pending, self._reserve(pending, final), final=final)
             except BaseException:
                 self._pending[:0] = pending  # not published: the next publication takes them again
                 raise
-            if rest:  # whole groups that did not fit in the hole: the file grew, they go into the next publication
-                self._pending[:0] = rest
-                total -= len({name.rpartition("/")[0] for name, _ in rest})
         self.groups_published = total
         self.last_publication_s = time.monotonic() - t0
 

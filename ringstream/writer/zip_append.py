@@ -17,22 +17,22 @@ and a publication (:meth:`GrowingZip.append`) goes:
 3. the file is cut (``ftruncate``) at the end of the new end record: one atomic step, after which a reader finds
    the new end record at the end of the file. The old directory is cut away.
 
-So publishing never copies the file and a reader never sees a broken ZIP. When the hole cannot take the new
-members and the directory, the file *grows*: the members that fit go into the hole, the others wait for the next
-publication, and the directory is written past the end after a new hole (a quarter of the file, or what the caller
-expects the next publications to add, if more): the old hole, the old directory and the new hole are the next hole.
-While that write is under way a reader that opens the file finds no end record (``zipfile.BadZipFile``: never a
-wrong member; tests/integration/test_zarr_zip_append.py) and a writer killed then leaves the last published ZIP
-whole followed by an unfinished tail, which :func:`cut_partial_publication` cuts (``ringstream repair``, the next
-start; a continued run rebuilds the file anyway). The file grows a few tens of times in a run, each time for the
-time to write the directory (~1 ms per MB, ~90 bytes a member). A failed write (a full disk) cuts the tail itself.
+So publishing never copies the file, and while the hole has room a reader sees either ZIP, whole (one that is
+reading the old directory at the very moment of the cut gets ``zipfile.BadZipFile``). When the hole cannot take the new
+members and the directory, the file *grows* first: the directory is written again past the end, after new space
+(what the members need, what the caller expects the next publications to add, or a quarter of the file if that is
+more): the old hole, the old directory and the new space are the new hole. While that write is under way a reader
+that opens the file finds no end record (``zipfile.BadZipFile``: never a wrong member;
+tests/integration/test_zarr_zip_append.py), and a writer killed then leaves the last published ZIP whole followed by
+an unfinished tail, which :func:`cut_partial_publication` cuts (``ringstream repair``, the next start; a continued
+run rebuilds the file anyway). The file grows a few tens of times in a run, each time for the time to write the
+directory (~1 ms per MB, ~90 bytes a member). A failed write (a full disk) cuts the tail itself.
 Members are never overwritten, so a reader that opened the file before keeps reading it. No fsync: this protects
 against a killed process, not a power cut.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import struct
 import tempfile
@@ -49,6 +49,7 @@ _END = struct.Struct("<4s4H2LH")  # end of central directory (zipfile.structEndA
 _END64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end of central directory record
 _LOCATOR64 = struct.Struct("<4sLQL")  # zip64 end of central directory locator
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
+_MAX_END = _END64.size + _LOCATOR64.size + _END.size  # the most the end records take
 _DOS_DATE = (2020 - 1980) << 9 | 1 << 5 | 1  # 2020-01-01 00:00: members carry no meaningful time
 _UNIX_FILE = 0o100644 << 16
 
@@ -135,7 +136,7 @@ class GrowingZip:
             for member in members:
                 z._write_member(member, z._end)
                 z._end = z._hole = z._cd_offset = z._end + _stored_size(member)
-            z._publish(z._end, expect)
+            z._grow(expect)
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(fd, 0o666 & ~umask)
@@ -161,42 +162,36 @@ class GrowingZip:
         """The hole: bytes below the directory that no entry points to."""
         return self._cd_offset - self._hole
 
-    def append(self, members: Iterable[Member], expect: int = 0, final: bool = False) -> list[Member]:
-        """Add ``members`` and publish the new directory (see the module docstring); when the file grows, the new
-        hole holds at least ``expect`` bytes more. Members that do not fit in the hole wait: the first folder (a
-        zarr array: its members go together) that does not fit and every one after it are returned, not
-        published. ``final`` (the last publication): every member is published, past the end if need be, and no
+    def append(self, members: Iterable[Member], expect: int = 0, final: bool = False) -> None:
+        """Add ``members`` and publish the new directory (see the module docstring). When the hole cannot take
+        them and the directory, the file grows first, by what they need and ``expect`` more (the caller's guess of
+        the next publications), or a quarter of the file if that is more. ``final`` (the last publication): no
         hole is left. On any error the file is cut back to the published ZIP and the error raised; none of
-        ``members`` is then in it."""
+        ``members`` is then in it (the file may have grown)."""
         members = list(members)
-        saved = (len(self._cd), self._count, self._hole)
+        sizes = [_stored_size(m) for m in members]
+        directory = len(self._cd) + _MAX_END + sum(_CENTRAL.size + 12 + len(_name_bytes(n)[0]) for n, _ in members)
+        state = self._state()
         try:
-            pos, tail = self._hole, self._end
-            done = 0
-            for _, group in itertools.groupby(members, key=lambda m: m[0].rpartition("/")[0]):
-                batch = list(group)
-                need = sum(_stored_size(m) for m in batch)
-                if pos + need <= self._cd_offset:
-                    at, pos = pos, pos + need
-                elif final:
-                    at, tail = tail, tail + need
-                else:
-                    break
-                for member in batch:
-                    self._write_member(member, at)
-                    at += _stored_size(member)
-                done += len(batch)
-            rest = members[done:]
-            self._publish(pos, expect + sum(_stored_size(m) for m in rest), tail, final, grow=bool(rest))
+            if self._hole + sum(sizes) + directory > self._cd_offset:
+                self._grow(sum(sizes) + directory + expect)
+                state = self._state()
+            pos = self._hole
+            for member, size in zip(members, sizes, strict=True):
+                self._write_member(member, pos)
+                pos += size
+            self._commit(pos, final)
         except BaseException:
-            n, self._count, self._hole = saved
+            n, self._count, self._hole, self._cd_offset, self._end = state
             del self._cd[n:]
             try:
                 os.ftruncate(self._fd, self._end)
             except OSError:  # (the tail stays: cut_partial_publication removes it)
                 pass
             raise
-        return rest
+
+    def _state(self) -> tuple[int, int, int, int, int]:
+        return len(self._cd), self._count, self._hole, self._cd_offset, self._end
 
     def _write_member(self, member: Member, offset: int) -> None:
         """Write ``member`` (local header, data) at ``offset`` and add its entry to the directory."""
@@ -208,25 +203,21 @@ class GrowingZip:
         self._cd += central_entry(raw, flags, crc, view.nbytes, offset)
         self._count += 1
 
-    def _publish(self, pos: int, expect: int, tail: int | None = None, final: bool = False,
-                 grow: bool = False) -> None:
-        """Write the directory and end record and make them the end of the file (see the module docstring).
-        ``pos``: the end of the members in the hole; ``tail``: the end of those written past the end; ``grow``:
-        make a larger hole even if the directory fits in this one (members are waiting for room)."""
-        tail = self._end if tail is None else tail
-        size = len(self._cd) + _END64.size + _LOCATOR64.size + _END.size  # (the most the end records take)
-        if not grow and tail == self._end and pos + size <= self._cd_offset:  # into the hole, then cut the file
-            cd_offset = pos if final else self._cd_offset - size
-            end = end_records(self._count, cd_offset, len(self._cd))
-            _pwrite_all(self._fd, [self._cd, end], cd_offset)
-            os.ftruncate(self._fd, cd_offset + len(self._cd) + len(end))  # the atomic step
-        else:  # the file grows: past the end, after a new hole
-            hole = 0 if final else max(int(expect), int(self.GROWTH * tail))
-            cd_offset = tail + hole
-            end = end_records(self._count, cd_offset, len(self._cd))
-            _pwrite_all(self._fd, [self._cd, end], cd_offset)
-            if tail > self._end:  # (members past the end: the old hole and directory below them stay unused)
-                pos = tail
+    def _grow(self, need: int) -> None:
+        """Publish the same members with a hole of at least ``need`` bytes: the directory written again past the
+        end, after new space (the only write during which a reader finds no end record at the end)."""
+        cd_offset = self._end + max(int(need), int(self.GROWTH * self._end))
+        end = end_records(self._count, cd_offset, len(self._cd))
+        _pwrite_all(self._fd, [self._cd, end], cd_offset)
+        self._cd_offset, self._end = cd_offset, cd_offset + len(self._cd) + len(end)
+
+    def _commit(self, pos: int, final: bool) -> None:
+        """Write the directory and end record into the hole, at its top (``final``: just after the members, which
+        end at ``pos``), and cut the file after them: the new members are published."""
+        cd_offset = pos if final else self._cd_offset - len(self._cd) - _MAX_END
+        end = end_records(self._count, cd_offset, len(self._cd))
+        _pwrite_all(self._fd, [self._cd, end], cd_offset)
+        os.ftruncate(self._fd, cd_offset + len(self._cd) + len(end))  # the atomic step
         self._hole, self._cd_offset = pos, cd_offset
         self._end = cd_offset + len(self._cd) + len(end)
 
