@@ -123,8 +123,10 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the files go (a temporary folder in /tmp)")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="zarr_publish.", dir=args.dir))
+    load = os.getloadavg()[0]  # (a 2-core box shared with other work: say how busy it was)
     try:
         result = run(args.groups, tuple(args.shape), args.every, folder)
+        result["load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     tree = Path(ringstream.__file__).resolve().parents[1]
