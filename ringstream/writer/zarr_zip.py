@@ -244,8 +244,8 @@ class ZarrZipSink:
         if self._thread is not None:
             self.skipped += 1
             return False
-        if self._published and not self._pending:
-            return False
+        if self._published and not self._pending and not (final and self._zip is not None and self._zip.free_bytes):
+            return False  # (the end of a run with nothing new still cuts the hole away)
         new = sum(memoryview(data).nbytes for _, data in self._pending)
         if not (wait or force or final) and self._zip is not None and new < self.NEW_PER_DIRECTORY * \
                 self._zip.directory_bytes:

@@ -77,6 +77,22 @@ def test_each_publication_adds_to_the_published_file_in_place_and_copies_nothing
     assert [p.name for p in tmp_path.iterdir()] == ["p.zarr.zip"]
 
 
+def test_the_end_of_a_run_with_no_new_group_still_leaves_a_compact_file(tmp_path):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "c.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = _groups(rng, 2)
+    for g in groups:
+        sink.add_group(g)
+    assert sink.publish(wait=True) and sink._zip.free_bytes > 0  # a hole for the next groups
+    assert sink.publish(wait=False, force=True, final=True)  # none came: the hole is cut away
+    sink.close()
+    with zipfile.ZipFile(path) as z:
+        compact = sum(30 + 46 + 2 * len(i.filename) + i.file_size for i in z.infolist()) + 22
+    assert path.stat().st_size == compact
+    _check_groups(path, groups)
+
+
 def test_a_save_interval_with_less_new_than_the_directory_waits_for_more(tmp_path):
     rng = np.random.default_rng(3)
     path = tmp_path / "s.zarr.zip"
