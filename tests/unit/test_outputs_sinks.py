@@ -295,3 +295,22 @@ def test_zarr_group_with_nan_is_zero_there_and_the_sum_handed_in_is_unchanged(tm
     for g, s in enumerate(sums):
         np.testing.assert_array_equal(z[f"OmegaSumFrame/LastFrameNumber_{2 * g + 1:02d}"][...],
                                       np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0))
+
+
+def test_repair_cuts_a_zarr_publication_a_killed_writer_left(tmp_path, geo, capsys):
+    from ringstream.daemon.cli import main
+
+    p, imap = geo
+    out = RunOutputs(tmp_path / "k.h5", imap, p, engine_name="cpu", zarr_path=tmp_path / "k.zarr.zip",
+                     n_peaks=N_PEAKS)
+    for r in records(9, imap):
+        out.append(r)
+    out.close(True)
+    with open(tmp_path / "k.zarr.zip", "ab") as f:  # what a writer killed while the file grew leaves
+        f.write(b"\0" * 70_000)
+    assert main(["repair", str(tmp_path / "k.h5")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"{tmp_path / 'k.zarr.zip'}: 70000 bytes of an unfinished publication cut"
+    assert list(_zarr(tmp_path / "k.zarr.zip")["OmegaSumFrame"].keys())
+    assert main(["repair", str(tmp_path / "k.h5")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("k.zarr.zip: whole")
