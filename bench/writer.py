@@ -14,7 +14,7 @@ Three cases:
 Each case is timed two ways, from pre-built inputs (what is timed is the writer's work, not making inputs):
 ``sinks`` = ``RunOutputs.append`` per frame, ``save`` every 500 frames (the default save interval: HDF5 flush,
 MIDAS streams, zarr.zip published) and ``close``, reported as the steady rate (appends and saves up to the last
-frame: what keeps up with the GPU), the close (the last flush, the final zarr.zip copy, the named omega-sum
+frame: what keeps up with the GPU), the close (the last flush, the last zarr.zip publication, the named omega-sum
 datasets: once per run) and the total rate including the close (the target is judged on the total); ``messages`` = the same plus what the writer process does per
 message before that: ``decode`` of the zmq frames (msgpack header + buffer views) and
 ``record_from_result`` (the buffers checked against the header and viewed as arrays), the writer process's code.

@@ -146,11 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "repair", allow_abbrev=False,
         help="make a results file a killed writer left readable (clears the SWMR status flag, cuts partial rows)",
         description="Clear the HDF5 status flags a killed writer left and cut every per-frame dataset to the "
-        "frames that were complete; prints what it found.",
+        "frames that were complete; cut the zarr.zip to its last published ZIP; prints what it found.",
     )
     rp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                     help="DEBUG logs and tracebacks on errors")
     rp.add_argument("h5", metavar="OUT.h5", help="ringstream results file")
+    rp.add_argument("--zarr-output", metavar="Z", help="its zarr.zip, whose unfinished publication is cut "
+                    "(default: OUT.zarr.zip beside it, when it exists)")
 
     try:
         from .check_config import add_check_config_parser
@@ -404,11 +406,17 @@ def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_repair(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ..errors import ConfigError
+    from ..writer.outputs import default_zarr_path
     from ..writer.repair import repair
+    from ..writer.runs import cut_zarr_tail
 
     if extra:
         raise ConfigError(f"repair: unexpected arguments: {' '.join(extra)}")
     print(repair(args.h5).line(), flush=True)
+    zarr = args.zarr_output or default_zarr_path(args.h5)
+    cut = cut_zarr_tail(zarr)
+    if cut is not None:
+        print(f"{zarr}: " + (f"{cut} bytes of an unfinished publication cut" if cut else "whole"), flush=True)
     return 0
 
 

@@ -108,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ringstream demo: the daemon exited with code {code}; see {log_path}")
         return code
     frames, rate = _summary(h5)
+    files = sorted(p for p in out.iterdir() if p.is_file() and p != log_path)
     print(f"\n{frames} frames integrated and written in {wall:.0f} s wall time (start-up included); "
-          f"the run itself: {rate}")
+          f"the run itself: {rate}, {bytes_per_frame(files, frames)}")
     print("\nfiles:")
-    for f in sorted(p for p in out.iterdir() if p.is_file()):
+    for f in files:
         print(f"  {f}  ({f.stat().st_size / 1e6:.1f} MB)")
     print(f"""
 look at them:
@@ -124,6 +125,16 @@ with h5py.File("{h5}", "r") as f:
     I = f["/entry/data/I"]; print(I.shape, I.attrs["run_complete"], f["/entry/data/radial_axis"][:3], I[-1, :3])
 """)
     return 0
+
+
+def bytes_per_frame(files: list[Path], frames: int) -> str:
+    """"<n> bytes written per frame (<file kind> <n>, ...)": the size of every output file of the run over its
+    frames, in kB (1000 bytes), with each file's share."""
+    if frames <= 0:
+        return "no frame written"
+    sizes = {f.name: f.stat().st_size for f in files}
+    parts = ", ".join(f"{name} {size / frames / 1e3:.1f}" for name, size in sizes.items())
+    return f"{sum(sizes.values()) / frames / 1e3:.1f} kB written per frame ({parts})"
 
 
 def _summary(h5: Path) -> tuple[int, str]:

@@ -1,5 +1,4 @@
-"""The GSAS-II ``NAME.zarr.zip`` (docs/MIDAS-FORMATS.md section 7), published by rename so a reader never sees
-half a ZIP.
+"""The GSAS-II ``NAME.zarr.zip`` (docs/MIDAS-FORMATS.md section 7), grown in place at each publication.
 
 Layout (zarr format 2, uncompressed arrays in an uncompressed ZIP)::
 
@@ -17,28 +16,22 @@ the same array metadata, so its members are that ``.zarray`` text, its own ``.za
 them) and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation, once
 per group, cannot keep up with ``OmegaSumFrames 1`` at streaming frame rates). A ZIP member is written once.
 
-Publishing (:meth:`ZarrZipSink.publish`, at every save interval and at the end): the new groups' members are
-appended to a private ZIP next to the output (the "next" ZIP: the first time built from the folder, later a copy
-of the last published ZIP made right after that publication), which is then renamed over the output; after every
-publication but the last, the published ZIP is copied to make the next one. A crash at any moment leaves the last
-published file whole (no fsync: this protects against a killed process, not a power cut); the private ZIP is
-never seen by a reader. The copy grows with the file, so during a run publications run in a background thread;
-a save interval that comes while the previous publication is still being written, or sooner after it than
-``DUTY`` (10) times its duration, is skipped (counted in ``skipped``) and its groups go into the next one:
-copying never takes more than about a tenth of the time. A skipped save interval still *spools* its groups: they
-are appended to the next ZIP in the background (counted in ``spooled``), without a rename and without a copy, so
-their sums are not held in memory until the next publication (a run's worth of 1000 x 72 float64 sums when the
-copies are slow) and the end of the run writes only the groups since the last save. The end of the run always
-publishes, and copies nothing (the next ZIP is renamed over the output; only a copy still running then is waited
-for). The next ZIP takes as much disk as the published one during the run (so would a copy made at each
-publication, while it was made). A spool that fails (a full disk) loses the next ZIP and the groups in it
-since the last publication: the error is raised by the next call, as a failed publication's is, the published
-ZIP stays whole, and every later publication of this sink raises it again (``ringstream export`` makes the
-zarr.zip from the HDF5).
+Publishing (:meth:`ZarrZipSink.publish`, at save intervals and at the end): the first publication writes the
+fixed part and the groups so far under a private name and renames it over the output; every later one writes the
+new groups' members into a hole below the end of that file, then the new central directory, and cuts the file after
+it (:class:`~ringstream.writer.zip_append.GrowingZip`, whose docstring says what a reader and a killed writer see).
+Nothing is copied: a publication costs its new members plus the directory (~90 bytes a member). The hole takes no
+disk blocks, and the last publication leaves none: the finished file is as compact as a ZIP written at once. A save
+interval whose new members are fewer bytes than the directory does not publish (counted in ``skipped``; its groups
+wait, in memory, for the next one), so the directory never takes more than half of what is written; nor does one
+that comes while the previous publication is still being written (in a background thread). The end of the run
+always publishes. A publication that fails (a full disk) leaves the published ZIP as it was and keeps its groups for
+the next one, which raises the error again if it fails too.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -46,7 +39,6 @@ import shutil
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputExists
+from .zip_append import GrowingZip
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +108,11 @@ class ZarrZipSink:
     ``name_digits`` the zero-padding of group names.
     """
 
-    #: a background publication waits until DUTY times the last copy's duration has passed since it ended, so
-    #: copying a large file takes at most ~1/DUTY of the writer's time
-    DUTY = 10.0
+    #: when the file grows (its hole cannot take a publication), the new hole takes what this publication adds and
+    #: RESERVE_FACTOR times that more (or a quarter of the file, if more: GrowingZip.GROWTH)
+    RESERVE_FACTOR = 1
+    #: a save interval publishes when its new members are at least this many times the directory it writes
+    NEW_PER_DIRECTORY = 1.0
 
     def __init__(self, path: str | os.PathLike, remap: np.ndarray, instrument: dict[str, float],
                  name_digits: int, overwrite: bool = True) -> None:
@@ -157,14 +152,11 @@ class ZarrZipSink:
         self._names: set[str] = set()
         self.groups_published = 0
         self.groups_total = 0
-        self.skipped = 0  # publications skipped because the previous one was still being written
-        self.spooled = 0  # groups appended to the next ZIP between publications
-        self._broken: BaseException | None = None  # a spool failed: the next ZIP and its groups are gone
+        self.skipped = 0  # save intervals that did not publish (too little new, or the last one still running)
+        self.last_publication_s = 0.0  # how long the last publication took
+        self._zip: GrowingZip | None = None  # the published file, open, grown in place
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._last_end = 0.0  # monotonic end of the last publication, and how long it took (s)
-        self._last_seconds = 0.0
-        self._next: str | None = None  # the private copy of the published ZIP the next publication appends to
 
     def _remove_leftovers(self) -> None:
         """Remove the private folders and temporary ZIPs a killed writer of this output left beside it."""
@@ -237,33 +229,27 @@ class ZarrZipSink:
                 yield from pending
 
         self._published = True
-        self._write(members(), True, 0)
+        self._write(members(), True, 0, False)
         self.groups_published = self.groups_total
 
     def publish(self, wait: bool = True, force: bool = False, final: bool = False) -> bool:
-        """Write a new ZIP with every group so far and rename it over the output. False if nothing changed, or
-        (``wait=False``) if the previous publication is still being written: the ZIP is then published at the next
-        call. With ``wait=False`` the work runs in a thread (file I/O, which releases the GIL), so the writer keeps
-        taking frames; an error of that thread is raised by the next call. ``force``: wait for a running
-        publication and publish now, in the background (the end of a run; :meth:`close` joins it). ``final``: no
-        more groups come (the end of a run): the published ZIP is not copied for a next publication."""
+        """Add every group so far to the published ZIP (the first time: write it and rename it over the output).
+        False if nothing changed, or (``wait=False``) if the previous publication is still being written or what
+        is new is fewer bytes than the directory to write (the groups go into a later publication; see the
+        module docstring). With ``wait=False`` the work runs in a thread (file I/O, which releases the GIL), so
+        the writer keeps taking frames; an error of that thread is raised by the next call. ``force``: wait for
+        a running publication and publish now, in the background (the end of a run; :meth:`close` joins it).
+        ``final``: no more groups come (the end of a run): no hole is left for them."""
         self._join(wait or force)
-        if self._broken is not None:
-            raise OSError(f"{self.path}: the omega-sum groups after the last publication were lost with the "
-                          f"private ZIP ({self._broken}); the published file holds {self.groups_published} "
-                          f"groups ('ringstream export' writes a complete one from the HDF5)")
         if self._thread is not None:
             self.skipped += 1
             return False
-        if self._published and not self._pending and self.groups_published == self.groups_total:
-            return False  # (groups spooled into the next ZIP since the last publication still need one)
-        if not (wait or force) and time.monotonic() - self._last_end < self.DUTY * self._last_seconds:
-            self.skipped += 1  # the last copy took more than 1/DUTY of the time since: publish later
-            if self._next is not None and self._pending:  # but write its groups into the next ZIP now
-                pending, self._pending = self._pending, []
-                self._thread = threading.Thread(target=self._run_spool, args=(pending,), name="zarr-spool",
-                                                daemon=True)
-                self._thread.start()
+        if self._published and not self._pending and not (final and self._zip is not None and self._zip.free_bytes):
+            return False  # (the end of a run with nothing new still cuts the hole away)
+        new = sum(memoryview(data).nbytes for _, data in self._pending)
+        if not (wait or force or final) and self._zip is not None and new < self.NEW_PER_DIRECTORY * \
+                self._zip.directory_bytes:
+            self.skipped += 1  # the directory would be most of the write: wait for more
             return False
         pending, self._pending = self._pending, []
         first = not self._published
@@ -292,86 +278,51 @@ class ZarrZipSink:
         except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
             self._error = exc
 
-    def _run_spool(self, pending: list[tuple[str, bytes | memoryview]]) -> None:
-        """Append ``pending`` to the next ZIP (the thread of a skipped publication; see the module docstring)."""
-        try:
-            with zipfile.ZipFile(self._next, "a", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-                for member, data in pending:
-                    z.writestr(member, data)
-            self.spooled += sum(1 for member, _ in pending if member.endswith("/.zarray"))
-        except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread
-            self._broken = exc
-            self._drop_next()
-            self._error = exc
-
-    def _temporary(self) -> str:
-        """A new empty private file beside the output (removed by :meth:`_remove_leftovers` if we are killed)."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        return tmp
+    def _reserve(self, members: list[tuple[str, Any]], final: bool) -> int:
+        if final:
+            return 0
+        return self.RESERVE_FACTOR * sum(memoryview(data).nbytes for _, data in members)
 
     def _write(self, pending: Iterable[tuple[str, bytes | memoryview]], first: bool, total: int,
-               final: bool = False) -> None:
+               final: bool) -> None:
         t0 = time.monotonic()
-        tmp, self._next = self._next, None
-        try:
-            if tmp is None:  # the first publication, or the copy after the last one failed: make the next ZIP
-                tmp = self._temporary()
-                if not first:
-                    shutil.copyfile(self.path, tmp)
-            with zipfile.ZipFile(tmp, "a" if not first else "w", compression=zipfile.ZIP_STORED,
-                                 allowZip64=True) as z:
-                if first:
-                    for p in sorted(self._store.rglob("*")):
-                        if p.is_file():
-                            z.write(p, str(p.relative_to(self._store)))
-                for member, data in pending:
-                    z.writestr(member, data)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, self.path)  # atomic for readers; a killed writer leaves the last ZIP whole
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self.groups_published = total
-        if not final:  # the next publication appends to a copy of this one
-            tmp = self._temporary()
+        if first:
+            fixed = [(str(p.relative_to(self._store)), p.read_bytes()) for p in sorted(self._store.rglob("*"))
+                     if p.is_file()]
             try:
-                shutil.copyfile(self.path, tmp)
-                self._next = tmp
-            except OSError as exc:  # (a full disk: the next publication copies again, and reports it if it fails)
-                Path(tmp).unlink(missing_ok=True)
-                log.debug("%s: copy for the next publication failed (%s)", self.path, exc)
+                self._zip = GrowingZip.create(self.path, itertools.chain(fixed, pending), self._reserve(fixed, final))
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                self._published = False  # (the next publication builds the first ZIP again)
+                if isinstance(pending, list):
+                    self._pending[:0] = pending
                 raise
-        self._last_end = time.monotonic()
-        self._last_seconds = self._last_end - t0
-
-    def _drop_next(self) -> None:
-        tmp, self._next = self._next, None
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        else:
+            pending = list(pending)
+            try:
+                self._zip.append(pending, self._reserve(pending, final), final=final)
+            except BaseException:
+                self._pending[:0] = pending  # not published: the next publication takes them again
+                raise
+        self.groups_published = total
+        self.last_publication_s = time.monotonic() - t0
 
     def close(self) -> None:
-        """Publish what is left (waiting for it) and remove the private folder and the next ZIP."""
+        """Publish what is left (waiting for it), close the file and remove the private folder."""
         try:
             self.publish(wait=True, final=True)
         finally:
-            self._join_quietly()
-            self._drop_next()
-            shutil.rmtree(self._work, ignore_errors=True)
+            self._release()
 
-    def _join_quietly(self) -> None:
+    def _release(self) -> None:
         try:
             self._join(True)
         except BaseException:  # noqa: BLE001 - closing or abandoning anyway
             pass
+        if self._zip is not None:
+            self._zip.close()
+        shutil.rmtree(self._work, ignore_errors=True)
 
     def abandon(self) -> None:
-        """Remove the private folder and the next ZIP without publishing more (the last published ZIP stays
+        """Close the file and remove the private folder without publishing more (the last published ZIP stays
         whole)."""
-        self._join_quietly()
-        self._drop_next()
-        shutil.rmtree(self._work, ignore_errors=True)
+        self._release()

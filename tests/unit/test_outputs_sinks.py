@@ -129,11 +129,11 @@ def test_partial_sums_from_workers_equal_cake_sums(tmp_path):
                                        rtol=1e-15)
 
 
-def test_zarr_published_by_rename_stays_valid_between_saves(tmp_path, geo):
+def test_zarr_grown_in_place_stays_valid_between_saves(tmp_path, geo):
     p, imap = geo
     zpath = tmp_path / "s.zarr.zip"
     out = RunOutputs(tmp_path / "s.h5", imap, p, engine_name="cpu", zarr_path=zpath, n_peaks=N_PEAKS)
-    out.zarr.DUTY = 0.0  # publish at every save, however long the last copy took (the default throttles)
+    out.zarr.NEW_PER_DIRECTORY = 0.0  # publish at every save, however small the new groups against the directory
     recs = records(13, imap)
     for r in recs[:6]:
         out.append(r)
@@ -146,7 +146,7 @@ def test_zarr_published_by_rename_stays_valid_between_saves(tmp_path, geo):
     assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003"]  # not yet published
     out.save()
     out.wait_published()
-    assert zpath.stat().st_ino != inode  # a new file renamed over the old one
+    assert zpath.stat().st_ino == inode  # the same file, grown in place
     assert list(_zarr(zpath)["OmegaSumFrame"].keys()) == ["LastFrameNumber_000000003", "LastFrameNumber_000000007"]
     for r in recs[11:]:
         out.append(r)
@@ -295,3 +295,22 @@ def test_zarr_group_with_nan_is_zero_there_and_the_sum_handed_in_is_unchanged(tm
     for g, s in enumerate(sums):
         np.testing.assert_array_equal(z[f"OmegaSumFrame/LastFrameNumber_{2 * g + 1:02d}"][...],
                                       np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0))
+
+
+def test_repair_cuts_a_zarr_publication_a_killed_writer_left(tmp_path, geo, capsys):
+    from ringstream.daemon.cli import main
+
+    p, imap = geo
+    out = RunOutputs(tmp_path / "k.h5", imap, p, engine_name="cpu", zarr_path=tmp_path / "k.zarr.zip",
+                     n_peaks=N_PEAKS)
+    for r in records(9, imap):
+        out.append(r)
+    out.close(True)
+    with open(tmp_path / "k.zarr.zip", "ab") as f:  # what a writer killed while the file grew leaves
+        f.write(b"\0" * 70_000)
+    assert main(["repair", str(tmp_path / "k.h5")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"{tmp_path / 'k.zarr.zip'}: 70000 bytes of an unfinished publication cut"
+    assert list(_zarr(tmp_path / "k.zarr.zip")["OmegaSumFrame"].keys())
+    assert main(["repair", str(tmp_path / "k.h5")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("k.zarr.zip: whole")

@@ -37,166 +37,120 @@ def test_group_members_equal_what_zarr_writes(tmp_path):
             f"OmegaSumFrame/LastFrameNumber_{k:04d}/.zarray" for k in (2, 5, 8)]
 
 
-def test_each_publication_appends_to_a_private_copy_and_the_last_copies_nothing(tmp_path, monkeypatch):
+def _groups(rng, n, shape=(6, 4)):
+    return [OmegaGroup(g, rng.random(shape), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(n)]
+
+
+def _check_groups(path, groups) -> None:
+    z = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r", zarr_format=2)
+    assert list(z["OmegaSumFrame"].keys()) == [g.name(4) for g in groups]
+    for g in groups:
+        np.testing.assert_array_equal(z["OmegaSumFrame"][g.name(4)][...], g.sum)
+        assert z["OmegaSumFrame"][g.name(4)].attrs["LastFrameNumber"] == g.last_frame
+
+
+def test_each_publication_adds_to_the_published_file_in_place_and_copies_nothing(tmp_path, monkeypatch):
     from ringstream.writer import zarr_zip
 
-    copies = []
-    real_copy = zarr_zip.shutil.copyfile
-    monkeypatch.setattr(zarr_zip.shutil, "copyfile", lambda a, b: copies.append((a, b)) or real_copy(a, b))
+    monkeypatch.setattr(zarr_zip.shutil, "copyfile", None)  # a copy would fail
     rng = np.random.default_rng(1)
     path = tmp_path / "p.zarr.zip"
-    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
-    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(4)]
-
-    def private():
-        return sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
-
-    for k, g in enumerate(groups[:3]):
+    sink = ZarrZipSink(path, rng.random((5, 60, 40)), {"Lam": 0.2}, 4)
+    groups = _groups(rng, 6, (60, 40))
+    sink.add_group(groups[0])
+    assert sink.publish(wait=True)
+    inode, size = path.stat().st_ino, path.stat().st_size
+    for k, g in enumerate(groups[1:5], 1):
         sink.add_group(g)
-        assert sink.publish(wait=True)
-        assert len(copies) == k + 1 and copies[-1][0] == path  # the published ZIP, copied for the next one
-        (nxt,) = private()
-        with zipfile.ZipFile(path) as z, zipfile.ZipFile(tmp_path / nxt) as c:
-            assert z.namelist() == c.namelist() and [z.read(n) for n in z.namelist()] == [c.read(n) for n in
-                                                                                          c.namelist()]
-            assert f"OmegaSumFrame/{g.name(4)}/0.0" in z.namelist()
-    inode = path.stat().st_ino
-    sink.add_group(groups[3])
+        assert sink.publish(wait=False)  # (19 kB of new sum against a directory of < 2 kB)
+        sink._join(True)
+        assert path.stat().st_ino == inode
+        _check_groups(path, groups[:k + 1])
+        assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+    # the file grew by about the new groups: no second copy of it anywhere
+    assert path.stat().st_size - size < 4 * (60 * 40 * 8 + 1000) + 2 * sink._zip.directory_bytes
+    sink.add_group(groups[5])
     assert sink.publish(wait=False, force=True, final=True)
     sink.close()
-    assert len(copies) == 3 and private() == []  # the last publication renamed the private ZIP: no copy
-    assert path.stat().st_ino != inode
+    assert path.stat().st_ino == inode and sink.groups_published == 6
+    _check_groups(path, groups)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.zarr.zip"]
+
+
+def test_the_end_of_a_run_with_no_new_group_still_leaves_a_compact_file(tmp_path):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "c.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = _groups(rng, 2)
+    for g in groups:
+        sink.add_group(g)
+    assert sink.publish(wait=True) and sink._zip.free_bytes > 0  # a hole for the next groups
+    assert sink.publish(wait=False, force=True, final=True)  # none came: the hole is cut away
+    sink.close()
     with zipfile.ZipFile(path) as z:
-        assert z.testzip() is None
-        for g in groups:
-            assert np.array_equal(np.frombuffer(z.read(f"OmegaSumFrame/{g.name(4)}/0.0")).reshape(6, 4), g.sum)
+        compact = sum(30 + 46 + 2 * len(i.filename) + i.file_size for i in z.infolist()) + 22
+    assert path.stat().st_size == compact
+    _check_groups(path, groups)
 
 
-def test_a_failed_copy_for_the_next_publication_is_made_again_by_it(tmp_path, monkeypatch):
-    from ringstream.writer import zarr_zip
+def test_a_save_interval_with_less_new_than_the_directory_waits_for_more(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "s.zarr.zip"
+    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
+    groups = _groups(rng, 5)
+    sink.add_group(groups[0])
+    assert sink.publish(wait=True)
+    for g in groups[1:3]:  # ~500 bytes of sum and zarr metadata each, against a directory of ~1 kB
+        sink.add_group(g)
+        assert not sink.publish(wait=False)
+    assert sink.skipped == 2 and sink.groups_published == 1
+    _check_groups(path, groups[:1])
+    sink.add_group(groups[3])
+    assert sink.publish(wait=False)  # now more new bytes than the directory
+    sink._join(True)
+    _check_groups(path, groups[:4])
+    sink.add_group(groups[4])
+    assert sink.publish(wait=False, force=True, final=True)  # the end of the run always publishes
+    sink.close()
+    _check_groups(path, groups)
+
+
+def test_a_failed_publication_leaves_the_zip_whole_and_the_next_one_has_its_groups(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from ringstream.writer import zip_append
 
     rng = np.random.default_rng(2)
     path = tmp_path / "q.zarr.zip"
     sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
-    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.0, 1.0) for g in range(2)]
-    real_copy = zarr_zip.shutil.copyfile
-
-    def full(a, b):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(zarr_zip.shutil, "copyfile", full)
-    sink.add_group(groups[0])
-    assert sink.publish(wait=True)  # published; the copy for the next one failed and was removed
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-    sink.add_group(groups[1])
-    try:
-        sink.publish(wait=True)  # the disk is still full: this publication says so, the last ZIP stays
-    except OSError as exc:
-        assert exc.errno == 28
-    else:
-        raise AssertionError("a publication that cannot copy the last ZIP must fail")
-    with zipfile.ZipFile(path) as z:
-        assert z.testzip() is None and f"OmegaSumFrame/{groups[1].name(4)}/0.0" not in z.namelist()
-    monkeypatch.setattr(zarr_zip.shutil, "copyfile", real_copy)
-    sink.add_group(OmegaGroup(2, rng.random((6, 4)), 3, 6, 8, 0.0, 1.0))
-    assert sink.publish(wait=True, final=True)
-    sink.close()
-    with zipfile.ZipFile(path) as z:  # made from a fresh copy of the last published ZIP
-        assert z.testzip() is None
-        assert {"OmegaSumFrame/LastFrameNumber_0002/0.0", "OmegaSumFrame/LastFrameNumber_0008/0.0"} <= set(
-            z.namelist())
-
-
-def test_skipped_publications_spool_their_groups_into_the_next_zip_without_a_copy(tmp_path, monkeypatch):
-    from ringstream.writer import zarr_zip
-
-    copies = []
-    real_copy = zarr_zip.shutil.copyfile
-    monkeypatch.setattr(zarr_zip.shutil, "copyfile", lambda a, b: copies.append((a, b)) or real_copy(a, b))
-    rng = np.random.default_rng(3)
-    path = tmp_path / "s.zarr.zip"
-    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
-    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(5)]
-    sink.add_group(groups[0])
-    assert sink.publish(wait=True) and len(copies) == 1
-    sink._last_seconds = 3600.0  # as if the last copy took an hour: the next saves do not publish
-    for g in groups[1:4]:
-        sink.add_group(g)
-        assert not sink.publish(wait=False)
-        sink._join(True)
-        assert sink._pending == []  # written into the next ZIP: nothing of it held here any more
-    assert sink.skipped == 3 and sink.spooled == 3 and len(copies) == 1  # no copy for a spool
-    with zipfile.ZipFile(path) as z:  # the published file is the one of the first publication
-        assert [n for n in z.namelist() if n.endswith("/0.0")] == [f"OmegaSumFrame/{groups[0].name(4)}/0.0"]
-    sink.add_group(groups[4])
-    assert sink.publish(wait=False, force=True, final=True)
-    sink.close()
-    assert len(copies) == 1 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    with zipfile.ZipFile(path) as z:
-        assert z.testzip() is None
-        names = [n for n in z.namelist() if n.endswith("/0.0")]
-        assert names == [f"OmegaSumFrame/{g.name(4)}/0.0" for g in groups]  # each once, in order
-        for g in groups:
-            assert np.array_equal(np.frombuffer(z.read(f"OmegaSumFrame/{g.name(4)}/0.0")).reshape(6, 4), g.sum)
-    z = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r", zarr_format=2)
-    assert list(z["OmegaSumFrame"].keys()) == [g.name(4) for g in groups]
-    assert z["OmegaSumFrame"][groups[2].name(4)].attrs["LastFrameNumber"] == 8
-
-
-def test_a_failed_spool_is_raised_and_leaves_the_published_zip_whole(tmp_path, monkeypatch):
-    import pytest
-
-    from ringstream.writer import zarr_zip
-
-    rng = np.random.default_rng(4)
-    path = tmp_path / "f.zarr.zip"
-    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
-    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.0, 1.0) for g in range(3)]
+    groups = _groups(rng, 3)
     sink.add_group(groups[0])
     assert sink.publish(wait=True)
     published = path.read_bytes()
-    sink._last_seconds = 3600.0
+    real = zip_append.os.pwritev
 
-    class Full(zipfile.ZipFile):
-        def writestr(self, *a, **k):
-            raise OSError(28, "No space left on device")
+    def full(fd, buffers, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(zarr_zip.zipfile, "ZipFile", Full)
+    monkeypatch.setattr(zip_append.os, "pwritev", full)
     sink.add_group(groups[1])
-    assert not sink.publish(wait=False)  # the spool runs, and fails, in the background
-    with pytest.raises(OSError) as first:
+    assert sink.publish(wait=False, force=True)
+    with pytest.raises(OSError) as exc:
         sink._join(True)
-    assert first.value.errno == 28
-    monkeypatch.setattr(zarr_zip.zipfile, "ZipFile", zipfile.ZipFile)
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # the next ZIP is gone
+    assert exc.value.errno == errno.ENOSPC and path.read_bytes() == published
+    monkeypatch.setattr(zip_append.os, "pwritev", real)
     sink.add_group(groups[2])
-    with pytest.raises(OSError, match=r"f\.zarr\.zip: the omega-sum groups after the last publication were lost "
-                                      r".*the published file holds 1 groups"):
-        sink.publish(wait=True, final=True)
-    assert path.read_bytes() == published  # whole, untouched
-    sink.abandon()
+    assert sink.publish(wait=True, final=True)
+    sink.close()
+    _check_groups(path, groups)
 
 
 def _members(path) -> list[str]:
     with zipfile.ZipFile(path) as z:
         assert z.testzip() is None
         return [n for n in z.namelist() if n.endswith("/0.0")]
-
-
-def test_groups_spooled_since_the_last_publication_are_published_at_the_end_without_new_ones(tmp_path):
-    rng = np.random.default_rng(4)
-    path = tmp_path / "s.zarr.zip"
-    sink = ZarrZipSink(path, rng.random((5, 6, 4)), {"Lam": 0.2}, 4)
-    groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(3)]
-    sink.add_group(groups[0])
-    assert sink.publish(wait=True)
-    sink._last_seconds = 3600.0  # the next saves only spool
-    for g in groups[1:]:
-        sink.add_group(g)
-        assert not sink.publish(wait=False)
-    assert sink.publish(wait=False, force=True, final=True)  # no group since the last save: its spool counts
-    sink.close()
-    assert _members(path) == [f"OmegaSumFrame/{g.name(4)}/0.0" for g in groups]
 
 
 def test_restore_publishes_exactly_the_groups_given_then_goes_on(tmp_path):
