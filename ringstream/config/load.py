@@ -15,6 +15,7 @@ from .schema import (
     SECTIONS,
     FitConfig,
     LoggingConfig,
+    OutputConfig,
     RunConfig,
     SourceConfig,
     SupervisorConfig,
@@ -32,6 +33,7 @@ class DaemonConfig:
     """Every setting of one daemon run, validated. Build with :func:`load_config`; picklable (sent to children)."""
 
     run: RunConfig = field(default_factory=RunConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)

@@ -32,6 +32,7 @@ from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
 from .omega import OmegaGroup
+from .storage import cake_dtype, hdf5_compression, stored
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +113,13 @@ SOURCE_COUNTERS_BYTES = 4096
 
 
 class _Col:
-    """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text).
+    """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text)."""
 
-    ``direct``: the dataset has one row per chunk and no filter, and ``buf`` is a list of C-contiguous rows of the
-    dataset's dtype, written with ``write_direct_chunk`` (no copy into a buffer, none into the chunk cache: the
-    cakes, whose rows are large enough that those copies dominate a block write)."""
+    __slots__ = ("ds", "buf")
 
-    __slots__ = ("ds", "buf", "direct")
-
-    def __init__(self, ds: h5py.Dataset, block: int, direct: bool = False) -> None:
+    def __init__(self, ds: h5py.Dataset, block: int) -> None:
         self.ds = ds
-        self.direct = direct
-        self.buf: Any = [] if ds.dtype.kind == "O" or direct else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
+        self.buf: Any = [] if ds.dtype.kind == "O" else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
 
     def write(self, a: int, b: int, rows: Any) -> None:
         """Grow the dataset to ``b`` rows and write ``rows`` (``b - a`` of them) at ``a``. Numbers go through
@@ -135,11 +131,7 @@ class _Col:
         dsid.set_extent((b,) + row)
         if b == a:
             return
-        if self.direct:
-            zeros = (0,) * len(row)
-            for k, r in enumerate(rows):
-                dsid.write_direct_chunk((a + k, *zeros), r)
-        elif ds.dtype.kind == "O":
+        if ds.dtype.kind == "O":
             ds[a:b] = np.array(rows, dtype=object)
         else:
             arr = np.ascontiguousarray(rows, dtype=ds.dtype)
@@ -160,7 +152,9 @@ class Hdf5Writer:
     ``n_peaks`` peak rows per frame (``fitting.peak_slots``; 0 = no ``/entry/fit``), ``peak_locations`` the R (px)
     of the configured peaks, ``metadata_keys`` numeric per-frame metadata stored as ``/entry/data/metadata/<key>``
     (every frame's whole metadata is also kept as JSON text in ``/entry/data/metadata_json``),
-    ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``.
+    ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``, ``cake_dtype`` (``"float32"`` or
+    ``"float64"``) is the stored dtype of the cakes and omega sums (both bitshuffle + LZ4 compressed,
+    :mod:`~ringstream.writer.storage`).
     """
 
     def __init__(
@@ -180,9 +174,10 @@ class Hdf5Writer:
         metadata_keys: Sequence[str] = (),
         omega_sum_frames: int | None = None,
         name_digits: int = 9,
+        cake_dtype: str = "float32",
     ) -> None:
         self._setup(check_output_path(path, overwrite), int(imap.n_r), int(imap.n_eta), write_2d, swmr, block,
-                    n_peaks, metadata_keys, name_digits)
+                    n_peaks, metadata_keys, name_digits, cake_dtype)
         # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
         # mode: a writer killed while making it (before SWMR, HDF5 keeps most of the new metadata in memory and the
         # superblock's end of file at 2 KB) leaves no half-made output file, only the hidden one, which the next
@@ -208,15 +203,16 @@ class Hdf5Writer:
             raise
 
     def _setup(self, path: Path, n_r: int, n_eta: int, write_2d: bool, swmr: bool, block: int, n_peaks: int,
-               metadata_keys: Sequence[str], name_digits: int) -> None:
+               metadata_keys: Sequence[str], name_digits: int, dtype: str) -> None:
         """The writer's state before its file is open: an empty run (:meth:`reopen` then sets the counts)."""
         self.path = path
         self.n_r = n_r
         self.n_eta = n_eta
         self.write_2d = bool(write_2d)
+        self.dtype = cake_dtype(dtype)  # of the cakes and omega sums
         # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block costs the
         # same whatever its size)
-        row_bytes = 4 * self.n_r * (self.n_eta if self.write_2d else 1) + 56 * max(0, int(n_peaks))
+        row_bytes = 4 * self.n_r + self.dtype.itemsize * self.n_r * self.n_eta * self.write_2d + 56 * max(0, int(n_peaks))
         self.block = max(1, int(block)) if block else max(16, min(1024, (8 << 20) // max(row_bytes, 1)))
         self.chunk_rows = min(self.block, 64)
         self.swmr = bool(swmr)
@@ -236,12 +232,13 @@ class Hdf5Writer:
     @classmethod
     def reopen(cls, path: str | os.PathLike, *, n_r: int, n_eta: int, write_2d: bool, n_peaks: int,
                metadata_keys: Sequence[str], next_frame: int, block: int = 0, name_digits: int = 9,
-               swmr: bool = True) -> Hdf5Writer:
+               swmr: bool = True, cake_dtype: str = "float32") -> Hdf5Writer:
         """Continue writing ``path``, a results file of this layout that a killed writer left and
         :func:`~ringstream.writer.repair.cut_for_resume` cut to its durable frames: appended rows follow the file's,
         the next frame must be at least ``next_frame``, ``@run_complete`` is false until :meth:`close`."""
         self = cls.__new__(cls)
-        self._setup(Path(path), int(n_r), int(n_eta), write_2d, swmr, block, n_peaks, metadata_keys, name_digits)
+        self._setup(Path(path), int(n_r), int(n_eta), write_2d, swmr, block, n_peaks, metadata_keys, name_digits,
+                    cake_dtype)
         try:
             self._f = h5py.File(self.path, "r+", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
@@ -265,9 +262,11 @@ class Hdf5Writer:
 
     # --- layout ------------------------------------------------------------------------------------------------
 
-    def _rows(self, group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any, chunk_rows: int) -> h5py.Dataset:
+    def _rows(self, group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any, chunk_rows: int,
+              compressed: bool = False) -> h5py.Dataset:
         return group.create_dataset(name, shape=(0,) + row, maxshape=(None,) + row, dtype=dtype,
-                                    chunks=(max(1, chunk_rows),) + tuple(max(1, n) for n in row))
+                                    chunks=(max(1, chunk_rows),) + tuple(max(1, n) for n in row),
+                                    **(hdf5_compression() if compressed else {}))
 
     def _create_layout(self, imap: Any, params: Any, engine_name: str, note: str,
                        peak_locations: Sequence[float], osf: int, digits: int) -> None:
@@ -365,7 +364,7 @@ class Hdf5Writer:
             cake.attrs["axes"] = np.array([".", "radial_axis", "azimuthal_axis"], dtype=_STR)
             cake.attrs["interpretation"] = "image"
             cake.attrs["definition"] = "NXazint2d"
-            self._rows(cake, "I", (nR, nE), np.dtype("<f4"), 1)  # one cake per chunk
+            self._rows(cake, "I", (nR, nE), self.dtype, 1, compressed=True)  # one cake per chunk
             self._add_radial(cake, two_theta)
             d = cake.create_dataset("azimuthal_axis", data=eta)
             d.attrs["long_name"] = "eta"
@@ -397,15 +396,16 @@ class Hdf5Writer:
         geo.attrs["NX_class"] = "NXcollection"
         geo.attrs["description"] = "REtaMap planes: bin centres broadcast to [n_r, n_eta]; area 0 = empty bin"
         ones = np.ones((nR, nE), dtype=np.float64)
+        planes = {"chunks": (nR, nE), **hdf5_compression()}  # one chunk a plane
         for name, vec, units in (("r_px", r_px, "pixel"), ("two_theta", two_theta, "deg")):
-            d = geo.create_dataset(name, data=vec[:, None] * ones)
+            d = geo.create_dataset(name, data=vec[:, None] * ones, **planes)
             d.attrs["units"] = units
-        d = geo.create_dataset("eta", data=eta[None, :] * ones)
+        d = geo.create_dataset("eta", data=eta[None, :] * ones, **planes)
         d.attrs["units"] = "deg"
-        d = geo.create_dataset("area", data=np.asarray(imap.bin_area, dtype=np.float64).reshape(nR, nE))
+        d = geo.create_dataset("area", data=np.asarray(imap.bin_area, dtype=np.float64).reshape(nR, nE), **planes)
         d.attrs["units"] = "pixel^2"
         qv = q if q_known else np.full(nR, np.nan)
-        d = geo.create_dataset("q", data=qv[:, None] * ones)
+        d = geo.create_dataset("q", data=qv[:, None] * ones, **planes)
         d.attrs["units"] = "1/angstrom"
         if not q_known:
             d.attrs["note"] = "Wavelength unknown: q is NaN"
@@ -417,7 +417,7 @@ class Hdf5Writer:
                                      "dataset per group named like the zarr.zip member")
         osum.attrs["omega_sum_frames"] = np.int64(osf)
         osum.attrs["name_digits"] = np.int64(digits)
-        self._rows(osum, "I", (nR, nE), np.dtype("<f8"), 1)
+        self._rows(osum, "I", (nR, nE), self.dtype, 1, compressed=True)
         for name, dtype in OMEGA_SUM_ROWS.items():
             self._rows(osum, name, (), dtype, 256)
 
@@ -449,14 +449,14 @@ class Hdf5Writer:
             self._upd = {name: fit["peak_updates"][name] for name in ("peaks", "origin", "from_frame", "seq")}
         self._osum = {name: e["omega_sum"][name] for name in ("I", *OMEGA_SUM_ROWS)}
         self._progress = [e, self._I]
-        self._cols = {k: _Col(d, self.block, direct=(k == "cake")) for k, d in cols.items()}
+        self._cols = {k: _Col(d, self.block) for k, d in cols.items()}
         self._meta_bufs = [(key, self._cols[f"metadata/{key}"].buf) for key in self.metadata_keys]
         self._idx_col = _Col(self._index, self.block)
         # the block buffers append() fills, bound once (the lists are emptied in place after each block write)
         c = self._cols
         self._I_buf, self._ts_buf, self._omega_buf = c["I"].buf, c["timestamp"].buf, c["omega"].buf
         self._sid_rows, self._json_rows = c["source_id"].buf, c["metadata_json"].buf
-        self._cake_rows = c["cake"].buf if "cake" in c else None
+        self._cake_buf = c["cake"].buf if "cake" in c else None
         self._fit_buf = c["fit"].buf if "fit" in c else None
         self._fit_shape = (self.n_peaks, 7)
         self._idx_buf = self._idx_col.buf
@@ -519,7 +519,7 @@ class Hdf5Writer:
                 raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
             if np.shape(cake) != (self.n_r, self.n_eta):
                 raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
-            self._cake_rows.append(np.ascontiguousarray(cake, dtype="<f4"))
+            self._cake_buf[k] = cake
         if self.n_peaks:
             fits = self._fit_buf
             if fit is None or not len(fit):
@@ -617,7 +617,7 @@ class Hdf5Writer:
         for col in self._cols.values():
             col.write(a, b, col.buf if isinstance(col.buf, list) else col.buf[:n])
             if isinstance(col.buf, list):
-                col.buf.clear()  # (the cakes: drop the references to the rows just written)
+                col.buf.clear()
         self._idx_col.write(a, b, self._idx_col.buf[:n])
         self._written = b
         self._buf_n = 0
@@ -645,7 +645,7 @@ class Hdf5Writer:
         g0, groups = self._n_groups, self._groups
         g1 = g0 + len(groups)
         d = self._osum
-        _Col(d["I"], 0, direct=True).write(g0, g1, [np.ascontiguousarray(g.sum, dtype="<f8") for g, _ in groups])
+        _Col(d["I"], 0).write(g0, g1, np.stack([stored(g.sum, self.dtype) for g, _ in groups]))
         values = {"n_frames": [g.n_frames for g, _ in groups], "first_frame": [g.first_frame for g, _ in groups],
                   "last_frame": [g.last_frame for g, _ in groups], "first_omega": [g.first_omega for g, _ in groups],
                   "last_omega": [g.last_omega for g, _ in groups], "name": [name for _, name in groups]}

@@ -28,6 +28,7 @@ import numpy as np
 from h5py import h5a, h5d, h5p, h5s, h5t
 
 from ..errors import InputError
+from . import storage as _storage  # noqa: F401 - registers the HDF5 compression filter (compressed cakes, sums)
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -286,6 +287,7 @@ def link_omega_groups(path: str | os.PathLike) -> int:
         # high-level selection and attribute machinery, whose per-group cost counts at close
         scalar = h5s.create(h5s.SCALAR)
         f8, i8 = h5t.py_create(np.dtype("<f8")), h5t.py_create(np.dtype("<i8"))
+        stored = h5t.py_create(g["I"].dtype)  # the sums' dtype (``cake_dtype``)
         attrs = [(b"Number Of Frames Summed", i8, g["n_frames"][:n].astype("<i8")),
                  (b"LastFrameNumber", i8, g["last_frame"][:n].astype("<i8")),
                  (b"FirstOme", f8, g["first_omega"][:n].astype("<f8")),
@@ -303,7 +305,7 @@ def link_omega_groups(path: str | os.PathLike) -> int:
             source.select_hyperslab((k,) + (0,) * (len(shape) - 1), (1,) + shape[1:])
             dcpl = dcpl0.copy()
             dcpl.set_virtual(vspace, b".", b"/entry/omega_sum/I", source)
-            dsid = h5d.create(gid, key, f8, vspace, dcpl=dcpl)
+            dsid = h5d.create(gid, key, stored, vspace, dcpl=dcpl)
             for attr, tid, values in attrs:
                 h5a.create(dsid, attr, tid, scalar).write(values[k : k + 1].reshape(()))
         return n
@@ -325,16 +327,16 @@ class ResumeCut:
     name_digits: int
 
 
-def file_layout(e: h5py.Group) -> dict[str, int]:
+def file_layout(e: h5py.Group) -> dict[str, int | str]:
     """The layout of a results file that must match a run continuing it: n_r, n_eta, n_peaks, Write2D,
-    OmegaSumFrames."""
+    OmegaSumFrames, cake_dtype (the stored dtype of the omega sums: "float32" or "float64")."""
     osum = e["omega_sum"]
     return {"n_r": int(e["data/I"].shape[1]), "n_eta": int(osum["I"].shape[2]),
             "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0, "Write2D": int("cake" in e),
-            "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1))}
+            "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1)), "cake_dtype": osum["I"].dtype.name}
 
 
-def check_resumable(path: str | os.PathLike, layout: dict[str, int]) -> None:
+def check_resumable(path: str | os.PathLike, layout: dict[str, int | str]) -> None:
     """InputError naming ``path`` unless it is a ringstream results file of ``layout`` (:func:`file_layout`) that
     opens once its status flags are cleared (as a killed writer leaves them set)."""
     path = Path(path)
@@ -351,7 +353,7 @@ def check_resumable(path: str | os.PathLike, layout: dict[str, int]) -> None:
         raise InputError(f"{path}: the file's layout differs from the run's ({'; '.join(differ)}); cannot continue it")
 
 
-def cut_for_resume(path: str | os.PathLike, layout: dict[str, int],
+def cut_for_resume(path: str | os.PathLike, layout: dict[str, int | str],
                    streams: tuple[int | None, int | None] = (None, None)) -> ResumeCut:
     """Cut the file a killed writer left to what a replacement continues from, the run's resume point W.
 

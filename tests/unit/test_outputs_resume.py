@@ -266,6 +266,9 @@ def test_a_file_that_is_not_the_runs_is_one_clear_error(tmp_path):
                                          r"3 in the run\)") as info:
         RunOutputs.resume(tmp_path / "k" / "r.h5", _geo(run)[1], _geo(run)[0], engine_name="cpu", n_peaks=N_PEAKS)
     assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match=r"the file's layout differs from the run's \(cake_dtype float32 in the "
+                                         r"file, float64 in the run\)"):
+        RunOutputs.resume(tmp_path / "k" / "r.h5", _geo(run)[1], _geo(run)[0], engine_name="cpu", cake_dtype="float64")
     p, imap = make("Write2D 1\nOmegaSumFrames 4\nRBinSize 2\n")
     with pytest.raises(InputError, match=r"r\.h5: the file's layout differs from the run's \(n_r 16 in the file, "
                                          r"8 in the run\)"):
