@@ -5,8 +5,9 @@ Three cases:
 - ``lineouts``: 2,000 radial bins, ``Write2D 0``, 3 fitted peaks per frame (fit [3, 7] float64 and one ROI of 40
   model values), ``OmegaSumFrames -1`` (one sum of the run, from the workers, as in the GPU daemon benchmarks);
   outputs: HDF5 (lineout, fit, curves, metadata, omega), fit.bin, fit_curves.bin, zarr.zip. Target 20,000/s.
-- ``lineouts-sums100``: the same with a worker's partial sum every ``OmegaSumFrames`` = 100 frames: 1.15 MB of
-  float64 sum per 100 frames into the HDF5 and again into the zarr.zip, 23 KB a frame on top of the lineout's 8 KB.
+- ``lineouts-sums100``: the same with a worker's partial sum every ``OmegaSumFrames`` = 100 frames: a 576 KB sum
+  (float32, compressed: less) per 100 frames into the HDF5 and again into the zarr.zip, at most 12 KB a frame on top
+  of the lineout's 8 KB.
   Shown for the cost of the sums (what a beamline writes at 20,000 frames/s with groups of 100: 460 MB/s).
 - ``cakes``: 1,000 x 72 bins, ``Write2D 1``, no fitting, ``OmegaSumFrames`` 10 summed by the writer from the
   cakes; outputs: HDF5 (lineouts and cakes), zarr.zip. Target 2,000/s.
