@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import zipfile
 
 import h5py
 import numpy as np
@@ -308,3 +309,40 @@ def test_zarr_group_with_nan_is_zero_there_and_the_sum_handed_in_is_unchanged(tm
     for g, s in enumerate(sums):
         np.testing.assert_array_equal(z[f"OmegaSumFrame/LastFrameNumber_{2 * g + 1:02d}"][...],
                                       np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0))
+
+
+@pytest.mark.parametrize("dtype", CAKE_DTYPES)
+def test_export_regenerates_the_runs_zarr_zip_and_binaries_from_the_compressed_file(tmp_path, geo, dtype):
+    """``ringstream export`` reads the compressed cakes and sums (the file's dtype) and writes the run's zarr.zip and
+    MIDAS binaries byte for byte."""
+    from ringstream.writer.export import export_midas, export_zarr
+
+    p, imap = geo
+    run = tmp_path / "run"
+    run.mkdir()
+    out = RunOutputs(run / "r.h5", imap, p, engine_name="cpu", zarr_path=run / "r.zarr.zip", midas_dir=run,
+                     expected_frames=9, cake_dtype=dtype, n_peaks=N_PEAKS)
+    for r in records(9, imap, seed=11, rejected=(4,)):
+        out.append(r)
+    out.close(run_complete=True)
+    assert export_zarr(run / "r.h5", tmp_path / "x.zarr.zip") == 3
+    with zipfile.ZipFile(run / "r.zarr.zip") as a, zipfile.ZipFile(tmp_path / "x.zarr.zip") as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        assert all(a.read(n) == b.read(n) for n in a.namelist())
+    export_midas(run / "r.h5", tmp_path / "m")
+    for name in ("Int2D.bin", "lineout.bin", "RTthEtaAreaMap.bin", "fit.bin", "fit_curves.bin"):
+        assert (tmp_path / "m" / name).read_bytes() == (run / name).read_bytes(), name
+
+
+def test_an_unknown_wavelength_gives_no_lam_in_the_zarr_zip_nor_in_its_export(tmp_path):
+    from ringstream.writer.export import export_zarr
+
+    p, imap = make("Write2D 1\nOmegaSumFrames 4\nWavelength 0\n")
+    out = RunOutputs(tmp_path / "u.h5", imap, p, engine_name="cpu", zarr_path=tmp_path / "u.zarr.zip", n_peaks=N_PEAKS)
+    for r in records(4, imap):
+        out.append(r)
+    out.close(run_complete=True)
+    export_zarr(tmp_path / "u.h5", tmp_path / "x.zarr.zip")
+    for path in (tmp_path / "u.zarr.zip", tmp_path / "x.zarr.zip"):
+        ip = _zarr(path)["InstrumentParameters"]
+        assert "Lam" not in ip and sorted(ip.keys()) == ["Distance", "Polariz", "SH_L", "U", "V", "W", "X", "Y", "Z"]
