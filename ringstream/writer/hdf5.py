@@ -26,7 +26,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5s
+from h5py import h5d, h5p, h5s
 
 from .. import __version__
 from ..errors import InputError, OutputExists
@@ -212,7 +212,8 @@ class Hdf5Writer:
         self.dtype = cake_dtype(dtype)  # of the cakes and omega sums
         # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block costs the
         # same whatever its size)
-        row_bytes = 4 * self.n_r + self.dtype.itemsize * self.n_r * self.n_eta * self.write_2d + 56 * max(0, int(n_peaks))
+        cake_bytes = self.dtype.itemsize * self.n_r * self.n_eta if self.write_2d else 0
+        row_bytes = 4 * self.n_r + cake_bytes + 56 * max(0, int(n_peaks))
         self.block = max(1, int(block)) if block else max(16, min(1024, (8 << 20) // max(row_bytes, 1)))
         self.chunk_rows = min(self.block, 64)
         self.swmr = bool(swmr)
@@ -440,14 +441,15 @@ class Hdf5Writer:
         cols = {name: data[name] for name in ("I", "timestamp", "source_id", "omega", "metadata_json")}
         cols.update({f"metadata/{k}": d for k, d in self._meta.items()})
         if self.write_2d:
-            cols["cake"] = e["cake/I"]
+            cols["cake"] = _uncached(e["cake"], "I")
         if self.n_peaks:
             fit = e["fit"]
             cols["fit"] = fit["peaks"]
             self._curve_rois = fit["curve_rois"]
             self._curve_vals = fit["curve_values"]
             self._upd = {name: fit["peak_updates"][name] for name in ("peaks", "origin", "from_frame", "seq")}
-        self._osum = {name: e["omega_sum"][name] for name in ("I", *OMEGA_SUM_ROWS)}
+        self._osum = {name: e["omega_sum"][name] for name in OMEGA_SUM_ROWS}
+        self._osum["I"] = _uncached(e["omega_sum"], "I")
         self._progress = [e, self._I]
         self._cols = {k: _Col(d, self.block) for k, d in cols.items()}
         self._meta_bufs = [(key, self._cols[f"metadata/{key}"].buf) for key in self.metadata_keys]
@@ -697,10 +699,14 @@ class Hdf5Writer:
         self._source_counters[()] = text.encode()
 
     def flush(self) -> None:
-        """Write the buffered rows, update ``@frames_written`` and flush the file so SWMR readers see them."""
+        """Write the buffered rows, flush them into the file, then update ``@frames_written`` and flush again, so
+        SWMR readers see them. The count goes into the file only after the rows it covers: a disk that fills during
+        a flush leaves the count of the flush before (what ``ringstream repair`` keeps), not one that covers rows
+        whose data or strings the file never got."""
         self._check_open()
         self._write_buffer()
         self._write_groups()
+        self._f.flush()
         for obj in self._progress:
             obj.attrs.modify("frames_written", np.int64(self._written))
         self._f.flush()
@@ -734,6 +740,15 @@ class Hdf5Writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(run_complete=exc_type is None)
+
+
+def _uncached(group: h5py.Group, name: str) -> h5py.Dataset:
+    """``group[name]`` opened without a chunk cache: the compressed cakes and sums (written a whole chunk at a time)
+    are compressed and written by the write call itself, not held in the cache until a flush: a disk that fills
+    fails that write, before ``@frames_written`` counts its rows, and no copy into the cache is made."""
+    dapl = h5p.create(h5p.DATASET_ACCESS)
+    dapl.set_chunk_cache(0, 0, 1.0)  # (slots, bytes, w0): no cache
+    return h5py.Dataset(h5d.open(group.id, name.encode(), dapl=dapl))
 
 
 def making_path(path: Path) -> Path:

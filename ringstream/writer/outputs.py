@@ -149,7 +149,7 @@ class RunOutputs:
                  midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
                  block: int = 0, fit_prefix: str = "", cake_dtype: str = "float32") -> None:
-        self._start(imap, params, expected_frames, sums_from_workers, cake_dtype)
+        self._start(imap, params, expected_frames, sums_from_workers)
         self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
                              overwrite=overwrite, note=note, n_peaks=n_peaks, block=block,
                              peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
@@ -165,9 +165,8 @@ class RunOutputs:
             self._abort()
             raise
 
-    def _start(self, imap: Any, params: Any, expected_frames: int, sums_from_workers: bool, cake_dtype: str) -> None:
+    def _start(self, imap: Any, params: Any, expected_frames: int, sums_from_workers: bool) -> None:
         """The state of a run before its files are open."""
-        self.cake_dtype = str(cake_dtype)
         self.write_2d = bool(getattr(params, "Write2D", False))
         self.digits = name_digits(expected_frames)
         self.sums_from_workers = bool(sums_from_workers)
@@ -212,7 +211,7 @@ class RunOutputs:
         cake_dtype)."""
         del engine_name, note, metadata_keys  # (what the file already records)
         self = cls.__new__(cls)
-        self._start(imap, params, expected_frames, sums_from_workers, cake_dtype)
+        self._start(imap, params, expected_frames, sums_from_workers)
         self.path = Path(h5_path)
         layout = {"n_r": int(imap.n_r), "n_eta": int(imap.n_eta), "n_peaks": int(n_peaks),
                   "Write2D": int(self.write_2d), "OmegaSumFrames": int(getattr(params, "OmegaSumFrames", 1)),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -268,6 +269,11 @@ def _cut_to_common(group: h5py.Group, names: tuple[str, ...]) -> int:
 #: above this many groups, :func:`link_omega_groups` leaves the rows unnamed (each name adds to the close)
 MAX_NAMED_GROUPS = 20000
 
+#: file bytes one named group takes, at most (a virtual dataset with four attributes), and the free space
+#: :func:`link_omega_groups` leaves on the disk: below their sum it names none
+NAMED_GROUP_BYTES = 2048
+FREE_MARGIN = 1 << 20
+
 
 def link_omega_groups(path: str | os.PathLike) -> int:
     """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/LastFrameNumber_<k>`` (a virtual
@@ -280,6 +286,11 @@ def link_omega_groups(path: str | os.PathLike) -> int:
         if n > MAX_NAMED_GROUPS:
             log.info("%s: %d omega-sum groups: rows of /entry/omega_sum/I only (named datasets up to %d groups)",
                      path, n, MAX_NAMED_GROUPS)
+            return 0
+        free = shutil.disk_usage(Path(path).parent).free
+        if free < NAMED_GROUP_BYTES * n + FREE_MARGIN:  # (a disk that filled up: a failed close would spoil the file)
+            log.warning("%s: %d bytes free on its disk: the omega-sum groups are left unnamed (rows of "
+                        "/entry/omega_sum/I; 'ringstream repair %s' names them once there is room)", path, free, path)
             return 0
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in g["name"][:n]]
         shape = g["I"].shape
