@@ -113,13 +113,18 @@ SOURCE_COUNTERS_BYTES = 4096
 
 
 class _Col:
-    """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text)."""
+    """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text).
 
-    __slots__ = ("ds", "buf")
+    ``rows``: ``buf`` is a list of C-contiguous rows of the dataset's dtype, each written by a call of its own (the
+    compressed cakes and sums: one row a chunk, opened without a chunk cache, so each call compresses and writes
+    its chunk; no copy of the rows into a block buffer)."""
 
-    def __init__(self, ds: h5py.Dataset, block: int) -> None:
+    __slots__ = ("ds", "buf", "rows")
+
+    def __init__(self, ds: h5py.Dataset, block: int, rows: bool = False) -> None:
         self.ds = ds
-        self.buf: Any = [] if ds.dtype.kind == "O" else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
+        self.rows = rows
+        self.buf: Any = [] if ds.dtype.kind == "O" or rows else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
 
     def write(self, a: int, b: int, rows: Any) -> None:
         """Grow the dataset to ``b`` rows and write ``rows`` (``b - a`` of them) at ``a``. Numbers go through
@@ -131,7 +136,13 @@ class _Col:
         dsid.set_extent((b,) + row)
         if b == a:
             return
-        if ds.dtype.kind == "O":
+        if self.rows:
+            fspace, mspace = dsid.get_space(), h5s.create_simple((1,) + row)
+            zeros = (0,) * len(row)
+            for k, r in enumerate(rows):
+                fspace.select_hyperslab((a + k, *zeros), (1,) + row)
+                dsid.write(mspace, fspace, r)
+        elif ds.dtype.kind == "O":
             ds[a:b] = np.array(rows, dtype=object)
         else:
             arr = np.ascontiguousarray(rows, dtype=ds.dtype)
@@ -451,14 +462,14 @@ class Hdf5Writer:
         self._osum = {name: e["omega_sum"][name] for name in OMEGA_SUM_ROWS}
         self._osum["I"] = _uncached(e["omega_sum"], "I")
         self._progress = [e, self._I]
-        self._cols = {k: _Col(d, self.block) for k, d in cols.items()}
+        self._cols = {k: _Col(d, self.block, rows=(k == "cake")) for k, d in cols.items()}
         self._meta_bufs = [(key, self._cols[f"metadata/{key}"].buf) for key in self.metadata_keys]
         self._idx_col = _Col(self._index, self.block)
         # the block buffers append() fills, bound once (the lists are emptied in place after each block write)
         c = self._cols
         self._I_buf, self._ts_buf, self._omega_buf = c["I"].buf, c["timestamp"].buf, c["omega"].buf
         self._sid_rows, self._json_rows = c["source_id"].buf, c["metadata_json"].buf
-        self._cake_buf = c["cake"].buf if "cake" in c else None
+        self._cake_rows = c["cake"].buf if "cake" in c else None
         self._fit_buf = c["fit"].buf if "fit" in c else None
         self._fit_shape = (self.n_peaks, 7)
         self._idx_buf = self._idx_col.buf
@@ -521,7 +532,7 @@ class Hdf5Writer:
                 raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
             if np.shape(cake) != (self.n_r, self.n_eta):
                 raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
-            self._cake_buf[k] = cake
+            self._cake_rows.append(stored(cake, self.dtype))
         if self.n_peaks:
             fits = self._fit_buf
             if fit is None or not len(fit):
@@ -619,7 +630,7 @@ class Hdf5Writer:
         for col in self._cols.values():
             col.write(a, b, col.buf if isinstance(col.buf, list) else col.buf[:n])
             if isinstance(col.buf, list):
-                col.buf.clear()
+                col.buf.clear()  # (the cakes: drop the references to the rows just written)
         self._idx_col.write(a, b, self._idx_col.buf[:n])
         self._written = b
         self._buf_n = 0
@@ -647,7 +658,7 @@ class Hdf5Writer:
         g0, groups = self._n_groups, self._groups
         g1 = g0 + len(groups)
         d = self._osum
-        _Col(d["I"], 0).write(g0, g1, np.stack([stored(g.sum, self.dtype) for g, _ in groups]))
+        _Col(d["I"], 0, rows=True).write(g0, g1, [stored(g.sum, self.dtype) for g, _ in groups])
         values = {"n_frames": [g.n_frames for g, _ in groups], "first_frame": [g.first_frame for g, _ in groups],
                   "last_frame": [g.last_frame for g, _ in groups], "first_omega": [g.first_omega for g, _ in groups],
                   "last_omega": [g.last_omega for g, _ in groups], "name": [name for _, name in groups]}
