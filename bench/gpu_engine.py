@@ -260,8 +260,8 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
     ``source`` "replay" (an .npy stack of ``replay_frames`` distinct frames, looped: replay -> ingest -> ring -> GPU
     workers -> writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per
     worker, ``gpus`` ("" = device 0), ``settings`` (OmegaSumFrames and zarr.zip: the default ones sum every frame's
-    cake on its own, OmegaSumFrames 1, so 576 KB per frame go to /entry/omega_sum and the zarr.zip; the fast path
-    keeps one running sum and writes no zarr.zip). frames/s is the run's own figure (ready -> last frame written);
+    cake on its own, OmegaSumFrames 1, so a cake per frame, float32 and compressed, goes to /entry/omega_sum and the
+    zarr.zip; the fast path keeps one running sum and writes no zarr.zip). frames/s is the run's own figure (ready -> last frame written);
     lost = frames the source produced that the HDF5 does not hold. ``timeline``: run at log level INFO and split the
     run into stages from the supervisor's log stamps and the frames' source stamps (see :func:`timeline_of`)."""
     import h5py

@@ -5,11 +5,19 @@ Three cases:
 - ``lineouts``: 2,000 radial bins, ``Write2D 0``, 3 fitted peaks per frame (fit [3, 7] float64 and one ROI of 40
   model values), ``OmegaSumFrames -1`` (one sum of the run, from the workers, as in the GPU daemon benchmarks);
   outputs: HDF5 (lineout, fit, curves, metadata, omega), fit.bin, fit_curves.bin, zarr.zip. Target 20,000/s.
-- ``lineouts-sums100``: the same with a worker's partial sum every ``OmegaSumFrames`` = 100 frames: 1.15 MB of
-  float64 sum per 100 frames into the HDF5 and again into the zarr.zip, 23 KB a frame on top of the lineout's 8 KB.
+- ``lineouts-sums100``: the same with a worker's partial sum every ``OmegaSumFrames`` = 100 frames: a 576 KB sum
+  (float32, compressed: less) per 100 frames into the HDF5 and again into the zarr.zip, at most 12 KB a frame on top
+  of the lineout's 8 KB.
   Shown for the cost of the sums (what a beamline writes at 20,000 frames/s with groups of 100: 460 MB/s).
 - ``cakes``: 1,000 x 72 bins, ``Write2D 1``, no fitting, ``OmegaSumFrames`` 10 summed by the writer from the
   cakes; outputs: HDF5 (lineouts and cakes), zarr.zip. Target 2,000/s.
+- ``cakes-osf1``: a cake per frame, MIDAS's default: 990 x 72 bins (the PILATUS 2M demo's), ``Write2D 1``,
+  ``OmegaSumFrames 1`` (each frame's cake is also its own omega-sum group, in the HDF5 and in the zarr.zip), cakes of
+  Poisson counts as a detector gives them (counts of each bin's area, divided by the area: values with every
+  mantissa bit used, which compress less than the uniform noise of ``cakes``' values would suggest), stored
+  float32 (the default ``cake_dtype``); ``cakes-osf1-f64`` the same stored float64. Shown for the bytes written per
+  frame (``bytes/frame``, HDF5 + zarr.zip) and the compression ratio (``ratio``: the stored values' own bytes, cake
+  and sum of every frame in the HDF5 plus the sum in the zarr.zip, over the bytes written).
 
 Each case is timed two ways, from pre-built inputs (what is timed is the writer's work, not making inputs):
 ``sinks`` = ``RunOutputs.append`` per frame, ``save`` every 500 frames (the default save interval: HDF5 flush,
@@ -58,6 +66,9 @@ CASES = {
     "lineouts": dict(n_r=2000, n_eta=72, write_2d=False, n_peaks=3, osf=-1, target=20000),
     "lineouts-sums100": dict(n_r=2000, n_eta=72, write_2d=False, n_peaks=3, osf=100, target=20000),
     "cakes": dict(n_r=1000, n_eta=72, write_2d=True, n_peaks=0, osf=10, target=2000),
+    "cakes-osf1": dict(n_r=990, n_eta=72, write_2d=True, n_peaks=0, osf=1, target=3000, counts=True),
+    "cakes-osf1-f64": dict(n_r=990, n_eta=72, write_2d=True, n_peaks=0, osf=1, target=3000, counts=True,
+                           cake_dtype="float64"),
 }
 
 
@@ -80,13 +91,25 @@ def fake_map(n_r: int, n_eta: int):
                                  bin_area=np.ones((n_r, n_eta)))
 
 
+def counted_cakes(rng: np.random.Generator, k: int, n_r: int, n_eta: int) -> np.ndarray:
+    """``k`` float32 cakes ``[n_r, n_eta]`` as an engine makes them from counting-detector frames: each bin the
+    Poisson counts of its area (px², RBinSize 1 at radius 10.5 + i px: 2πr/n_eta) over a background and three rings,
+    divided by the area (the normalised cake)."""
+    r = 10.5 + np.arange(n_r, dtype=np.float64)
+    area = (2 * np.pi * r / n_eta)[:, None] * rng.uniform(0.95, 1.05, (n_r, n_eta))  # pixel splitting: not whole px
+    rate = 20.0 + sum(500.0 * np.exp(-0.5 * ((r - c) / 2.0) ** 2) for c in (150, 400, 700))  # counts/px
+    return (rng.poisson(rate[:, None] * area, size=(k, n_r, n_eta)) / area).astype(np.float32)
+
+
 def inputs(case: dict, n: int, seed: int = 0):
     """``n`` (Result, buffers) pairs as a worker sends them, plus the partial omega sums (Write2D 0)."""
     rng = np.random.default_rng(seed)
     n_r, n_eta = case["n_r"], case["n_eta"]
     k = min(n, 64)  # a few distinct arrays, reused: making inputs is not what is timed
     lines = rng.random((k, n_r), dtype=np.float32)
-    cakes = rng.random((k, n_r, n_eta), dtype=np.float32) if case["write_2d"] else None
+    cakes = None
+    if case["write_2d"]:
+        cakes = counted_cakes(rng, k, n_r, n_eta) if case.get("counts") else rng.random((k, n_r, n_eta), np.float32)
     fits = rng.normal(size=(k, case["n_peaks"], 7)) if case["n_peaks"] else None
     table = np.array([[80, 40]], dtype=np.int32)
     values = rng.random(40)
@@ -108,6 +131,14 @@ def inputs(case: dict, n: int, seed: int = 0):
             m = min(size, n - g * size)
             partials.append((OmegaPartial(group=g, n_frames=m, n_r=n_r, n_eta=n_eta), [total]))
     return out, partials
+
+
+def raw_bytes(case: dict, n: int) -> int:
+    """The stored values' own bytes, uncompressed: every cake and omega sum in the HDF5, every sum in the zarr.zip
+    (lineouts and the rest not counted)."""
+    item = 8 if case.get("cake_dtype") == "float64" else 4
+    groups = -(-n // group_frames(case, n))
+    return item * case["n_r"] * case["n_eta"] * (n + 2 * groups)
 
 
 def group_frames(case: dict, n: int) -> int:
@@ -134,7 +165,8 @@ def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dic
         t0, c0 = time.perf_counter(), time.process_time()
         out = RunOutputs(work / "out.h5", imap, p, engine_name="gpu", n_peaks=case["n_peaks"],
                          zarr_path=work / "out.zarr.zip", metadata_keys=["I0"], expected_frames=n,
-                         sums_from_workers=not case["write_2d"])
+                         sums_from_workers=not case["write_2d"],
+                         **({"cake_dtype": case["cake_dtype"]} if "cake_dtype" in case else {}))
         for i, item in enumerate(results):
             if messages:  # as writer/process.py does with each message
                 msg, bufs = decode(item)
@@ -152,6 +184,7 @@ def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dic
         out.close(run_complete=True)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         size = sum(f.stat().st_size for f in work.iterdir() if f.is_file())
+        sizes = {f.name: f.stat().st_size for f in work.iterdir() if f.is_file()}
     finally:
         gc.unfreeze()
         shutil.rmtree(work, ignore_errors=True)
@@ -160,7 +193,11 @@ def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dic
             "steady_frames_per_s": round(n / t_run, 1), "close_s": round(seconds - t_run, 3), "cpu_s": round(cpu, 3),
             "frames_per_cpu_s": round(n / cpu, 1), "target_per_s": case["target"],
             "meets_target": n / seconds >= case["target"], "bytes_written": size,
-            "MB_per_s": round(size / seconds / 1e6, 1), "omega_groups": out.counters["omega_groups"],
+            "MB_per_s": round(size / seconds / 1e6, 1), "bytes_per_frame": round(size / n),
+            "bytes_per_frame_h5": round(sizes.get("out.h5", 0) / n),
+            "bytes_per_frame_zarr": round(sizes.get("out.zarr.zip", 0) / n),
+            "compression": round(raw_bytes(case, n) / size, 2) if case["write_2d"] else None,
+            "omega_groups": out.counters["omega_groups"],
             "zarr_published": out.counters["zarr_published"]}
 
 
@@ -182,17 +219,19 @@ def main() -> None:
     for name, case in CASES.items():
         if name not in args.cases.split(","):
             continue
-        n = args.frames or (6000 if name == "cakes" else 40000)
+        n = args.frames or (6000 if name == "cakes" else 2000 if name.startswith("cakes-") else 40000)
         for messages in (False, True):
             best = max((run_case(name, case, n, Path(args.dir), messages) for _ in range(args.repeat)),
                        key=lambda r: r["frames_per_s"])
             rows.append(best)
     print(f"{'case':16} {'timed':9} {'frames':>7} {'run s':>6} {'steady/s':>9} {'close s':>8} {'total/s':>8} "
-          f"{'cpu s':>6} {'frames/cpu-s':>12} {'target':>7} {'ok':>4} {'MB/s':>6}")
+          f"{'cpu s':>6} {'frames/cpu-s':>12} {'target':>7} {'ok':>4} {'MB/s':>6} {'bytes/frame':>11} {'ratio':>5}")
     for r in rows:
+        ratio = f"{r['compression']:5.2f}" if r["compression"] else f"{'-':>5}"
         print(f"{r['case']:16} {r['timed']:9} {r['frames']:7d} {r['run_s']:6.2f} {r['steady_frames_per_s']:9.0f} "
               f"{r['close_s']:8.2f} {r['frames_per_s']:8.0f} {r['cpu_s']:6.2f} {r['frames_per_cpu_s']:12.0f} "
-              f"{r['target_per_s']:7d} {'yes' if r['meets_target'] else 'NO':>4} {r['MB_per_s']:6.1f}")
+              f"{r['target_per_s']:7d} {'yes' if r['meets_target'] else 'NO':>4} {r['MB_per_s']:6.1f} "
+              f"{r['bytes_per_frame']:11d} {ratio}")
     import h5py
 
     result = {

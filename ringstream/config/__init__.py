@@ -6,8 +6,9 @@ section and key with its default and meaning (generated: ``python -m ringstream.
 
 Precedence, lowest first: the table's defaults < the TOML file (``--config``) < the environment
 (``RINGSTREAM_<SECTION>_<KEY>``, e.g. ``RINGSTREAM_WORKERS_COUNT=4``) < the command line. A later layer replaces a
-key's value (lists included: command-line ``overrides`` replace the file's). Sections: ``[run]``, ``[source]``,
-``[workers]``, ``[transport]``, ``[supervisor]``, ``[fit]``, ``[logging]`` (what each holds: :mod:`.schema`).
+key's value (lists included: command-line ``overrides`` replace the file's). Sections: ``[run]``, ``[output]``,
+``[source]``, ``[workers]``, ``[transport]``, ``[supervisor]``, ``[fit]``, ``[logging]`` (what each holds:
+:mod:`.schema`).
 
 Strings that name nothing yet are ``""`` (TOML has no null). Environment values are text: integers and numbers as
 written, booleans ``1/0/true/false/yes/no/on/off``, lists comma-separated (``RINGSTREAM_RUN_OVERRIDES="RBinSize
@@ -35,6 +36,7 @@ from .schema import (
     FitConfig,
     LoggingConfig,
     Option,
+    OutputConfig,
     RunConfig,
     SourceConfig,
     SupervisorConfig,
@@ -49,6 +51,7 @@ __all__ = [
     "FitConfig",
     "LoggingConfig",
     "Option",
+    "OutputConfig",
     "RunConfig",
     "SourceConfig",
     "SupervisorConfig",

@@ -8,19 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ringstream.config.schema as schema  # the section classes ("from . import schema" would import the package)
+
 from ..errors import ConfigError
 from .layers import DEFAULTS, Layer, cli_values_layer, env_layer, toml_layer, typed_values
-from .schema import (
-    OPTIONS,
-    SECTIONS,
-    FitConfig,
-    LoggingConfig,
-    RunConfig,
-    SourceConfig,
-    SupervisorConfig,
-    TransportConfig,
-    WorkersConfig,
-)
+from .schema import OPTIONS, SECTIONS
 from .validate import problems
 
 PARAM_FILE_REQUIRED = ("--param-file is required (or [run] param_file in the --config file, "
@@ -31,13 +23,14 @@ PARAM_FILE_REQUIRED = ("--param-file is required (or [run] param_file in the --c
 class DaemonConfig:
     """Every setting of one daemon run, validated. Build with :func:`load_config`; picklable (sent to children)."""
 
-    run: RunConfig = field(default_factory=RunConfig)
-    source: SourceConfig = field(default_factory=SourceConfig)
-    workers: WorkersConfig = field(default_factory=WorkersConfig)
-    transport: TransportConfig = field(default_factory=TransportConfig)
-    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run: schema.RunConfig = field(default_factory=schema.RunConfig)
+    output: schema.OutputConfig = field(default_factory=schema.OutputConfig)
+    source: schema.SourceConfig = field(default_factory=schema.SourceConfig)
+    workers: schema.WorkersConfig = field(default_factory=schema.WorkersConfig)
+    transport: schema.TransportConfig = field(default_factory=schema.TransportConfig)
+    supervisor: schema.SupervisorConfig = field(default_factory=schema.SupervisorConfig)
+    fit: schema.FitConfig = field(default_factory=schema.FitConfig)
+    logging: schema.LoggingConfig = field(default_factory=schema.LoggingConfig)
     config_file: str = field(default="", compare=False)  # the TOML file read ("" = none)
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # ("section.key", origin) per key
 

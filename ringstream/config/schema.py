@@ -5,10 +5,10 @@ command-line flag(s), choices and limits. Everything else is derived from it: th
 (``RINGSTREAM_<SECTION>_<KEY>``), the argparse options of ``ringstream run`` / ``check-config``, the range checks,
 and ``systemd/example.toml``. :data:`OPTIONS` lists the table row by row (section order, then field order).
 
-Sections (:data:`SECTIONS`, in this order): ``[run]`` what to integrate and where the results go, ``[source]``
-where frames come from, ``[workers]`` the integrating processes, ``[transport]`` the ZeroMQ endpoints and the
-shared-memory frame ring, ``[supervisor]`` liveness and shutdown timing, ``[fit]`` how peaks are fitted,
-``[logging]`` log output. ``systemd/example.toml`` shows every key of each with its default and help.
+Sections (:data:`SECTIONS`, in this order): ``[run]`` what to integrate and where the results go, ``[output]`` how
+the results are stored, ``[source]`` where frames come from, ``[workers]`` the integrating processes,
+``[transport]`` the ZeroMQ endpoints and the shared-memory frame ring, ``[supervisor]`` liveness and shutdown
+timing, ``[fit]`` how peaks are fitted, ``[logging]`` log output. ``systemd/example.toml`` shows every key of each with its default and help.
 
 It imports nothing else of ringstream, so the configuration loads without any process role.
 """
@@ -23,7 +23,7 @@ from ..source_kinds import SOURCE_KINDS
 
 __all__ = [
     "DTYPES", "ENGINES", "ENV_PREFIX", "FIT_ENGINES", "LOG_LEVELS", "OPTIONS", "SECTIONS", "SOURCE_KINDS",
-    "FitConfig", "LoggingConfig", "Option", "RunConfig", "SourceConfig", "SupervisorConfig", "TransportConfig",
+    "CAKE_DTYPES", "FitConfig", "LoggingConfig", "Option", "OutputConfig", "RunConfig", "SourceConfig", "SupervisorConfig", "TransportConfig",
     "WorkersConfig", "option_of", "options_of",
 ]
 
@@ -34,6 +34,8 @@ FIT_ENGINES = ("auto", "nlopt", "gpu")
 DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "inotify", "poll")
+#: stored dtypes of cakes and omega sums (``[output] cake_dtype``), the default first
+CAKE_DTYPES = ("float32", "float64")
 
 #: the value kind of each annotation a section field may have
 _KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "tuple[str, ...]": "list[str]",
@@ -145,6 +147,15 @@ class RunConfig:
                                "number or file name attribute); \"\" = off")
     split_on_restart: bool = opt(True, "pva: a new run starts when the detector's acquisition starts again "
                                  "(its uniqueId goes back)")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How the results are stored (docs/OUTPUTS.md)."""
+
+    cake_dtype: str = opt("float32", "stored dtype of the per-frame cakes and the omega sums (HDF5 and zarr.zip; "
+                          "the sums are accumulated in float64 and rounded once when written)", flags="--cake-dtype",
+                          metavar="DTYPE", choices=CAKE_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,7 @@ class LoggingConfig:
 
 SECTIONS: dict[str, type] = {
     "run": RunConfig,
+    "output": OutputConfig,
     "source": SourceConfig,
     "workers": WorkersConfig,
     "transport": TransportConfig,

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--zarr-output", metavar="Z.zarr.zip", help="GSAS-II zarr.zip (default: the HDF5 name with "
                    ".zarr.zip)")
     i.add_argument("--no-zarr", action="store_true", help="write no zarr.zip")
+    from ..config.schema import option_of
+
+    dtype = option_of("output", "cake_dtype")  # (the daemon's [output] cake_dtype)
+    i.add_argument("--cake-dtype", default=dtype.default, choices=dtype.choices, help=dtype.help)
     i.add_argument("--midas-binaries", metavar="DIR", help="also write MIDAS lineout.bin, Int2D.bin and "
                    "RTthEtaAreaMap.bin into DIR")
 
@@ -287,7 +291,7 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     zarr_path = None if args.no_zarr else (args.zarr_output or default_zarr_path(output))
     writer = RunOutputs(output, imap, p, engine_name=engine.name, n_peaks=fitting.slots if fitting else 0,
                         zarr_path=zarr_path, midas_dir=args.midas_binaries or None, overwrite=args.overwrite,
-                        note="ringstream integrate (offline, image files)")
+                        note="ringstream integrate (offline, image files)", cake_dtype=args.cake_dtype)
     ok = False
     try:
         batch: list[np.ndarray] = []
@@ -407,8 +411,7 @@ def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def cmd_repair(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from ..errors import ConfigError
     from ..writer.outputs import default_zarr_path
-    from ..writer.repair import repair
-    from ..writer.runs import cut_zarr_tail
+    from ..writer.repair import cut_zarr_tail, repair
 
     if extra:
         raise ConfigError(f"repair: unexpected arguments: {' '.join(extra)}")

@@ -26,12 +26,13 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5s
+from h5py import h5d, h5p, h5s
 
 from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
 from .omega import OmegaGroup
+from .storage import cake_dtype, hdf5_compression, stored
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,16 @@ SOURCE_COUNTERS_BYTES = 4096
 class _Col:
     """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text).
 
-    ``direct``: the dataset has one row per chunk and no filter, and ``buf`` is a list of C-contiguous rows of the
-    dataset's dtype, written with ``write_direct_chunk`` (no copy into a buffer, none into the chunk cache: the
-    cakes, whose rows are large enough that those copies dominate a block write)."""
+    ``rows``: ``buf`` is a list of C-contiguous rows of the dataset's dtype, each written by a call of its own (the
+    compressed cakes and sums: one row a chunk, opened without a chunk cache, so each call compresses and writes
+    its chunk; no copy of the rows into a block buffer)."""
 
-    __slots__ = ("ds", "buf", "direct")
+    __slots__ = ("ds", "buf", "rows")
 
-    def __init__(self, ds: h5py.Dataset, block: int, direct: bool = False) -> None:
+    def __init__(self, ds: h5py.Dataset, block: int, rows: bool = False) -> None:
         self.ds = ds
-        self.direct = direct
-        self.buf: Any = [] if ds.dtype.kind == "O" or direct else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
+        self.rows = rows
+        self.buf: Any = [] if ds.dtype.kind == "O" or rows else np.zeros((block,) + ds.shape[1:], dtype=ds.dtype)
 
     def write(self, a: int, b: int, rows: Any) -> None:
         """Grow the dataset to ``b`` rows and write ``rows`` (``b - a`` of them) at ``a``. Numbers go through
@@ -135,10 +136,12 @@ class _Col:
         dsid.set_extent((b,) + row)
         if b == a:
             return
-        if self.direct:
+        if self.rows:
+            fspace, mspace = dsid.get_space(), h5s.create_simple((1,) + row)
             zeros = (0,) * len(row)
             for k, r in enumerate(rows):
-                dsid.write_direct_chunk((a + k, *zeros), r)
+                fspace.select_hyperslab((a + k, *zeros), (1,) + row)
+                dsid.write(mspace, fspace, r)
         elif ds.dtype.kind == "O":
             ds[a:b] = np.array(rows, dtype=object)
         else:
@@ -160,7 +163,9 @@ class Hdf5Writer:
     ``n_peaks`` peak rows per frame (``fitting.peak_slots``; 0 = no ``/entry/fit``), ``peak_locations`` the R (px)
     of the configured peaks, ``metadata_keys`` numeric per-frame metadata stored as ``/entry/data/metadata/<key>``
     (every frame's whole metadata is also kept as JSON text in ``/entry/data/metadata_json``),
-    ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``.
+    ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``, ``cake_dtype`` (``"float32"`` or
+    ``"float64"``) is the stored dtype of the cakes and omega sums (both bitshuffle + LZ4 compressed,
+    :mod:`~ringstream.writer.storage`).
     """
 
     def __init__(
@@ -180,9 +185,10 @@ class Hdf5Writer:
         metadata_keys: Sequence[str] = (),
         omega_sum_frames: int | None = None,
         name_digits: int = 9,
+        cake_dtype: str = "float32",
     ) -> None:
         self._setup(check_output_path(path, overwrite), int(imap.n_r), int(imap.n_eta), write_2d, swmr, block,
-                    n_peaks, metadata_keys, name_digits)
+                    n_peaks, metadata_keys, name_digits, cake_dtype)
         # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
         # mode: a writer killed while making it (before SWMR, HDF5 keeps most of the new metadata in memory and the
         # superblock's end of file at 2 KB) leaves no half-made output file, only the hidden one, which the next
@@ -208,15 +214,17 @@ class Hdf5Writer:
             raise
 
     def _setup(self, path: Path, n_r: int, n_eta: int, write_2d: bool, swmr: bool, block: int, n_peaks: int,
-               metadata_keys: Sequence[str], name_digits: int) -> None:
+               metadata_keys: Sequence[str], name_digits: int, dtype: str) -> None:
         """The writer's state before its file is open: an empty run (:meth:`reopen` then sets the counts)."""
         self.path = path
         self.n_r = n_r
         self.n_eta = n_eta
         self.write_2d = bool(write_2d)
+        self.dtype = cake_dtype(dtype)  # of the cakes and omega sums
         # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block costs the
         # same whatever its size)
-        row_bytes = 4 * self.n_r * (self.n_eta if self.write_2d else 1) + 56 * max(0, int(n_peaks))
+        cake_bytes = self.dtype.itemsize * self.n_r * self.n_eta if self.write_2d else 0
+        row_bytes = 4 * self.n_r + cake_bytes + 56 * max(0, int(n_peaks))
         self.block = max(1, int(block)) if block else max(16, min(1024, (8 << 20) // max(row_bytes, 1)))
         self.chunk_rows = min(self.block, 64)
         self.swmr = bool(swmr)
@@ -236,12 +244,13 @@ class Hdf5Writer:
     @classmethod
     def reopen(cls, path: str | os.PathLike, *, n_r: int, n_eta: int, write_2d: bool, n_peaks: int,
                metadata_keys: Sequence[str], next_frame: int, block: int = 0, name_digits: int = 9,
-               swmr: bool = True) -> Hdf5Writer:
+               swmr: bool = True, cake_dtype: str = "float32") -> Hdf5Writer:
         """Continue writing ``path``, a results file of this layout that a killed writer left and
         :func:`~ringstream.writer.repair.cut_for_resume` cut to its durable frames: appended rows follow the file's,
         the next frame must be at least ``next_frame``, ``@run_complete`` is false until :meth:`close`."""
         self = cls.__new__(cls)
-        self._setup(Path(path), int(n_r), int(n_eta), write_2d, swmr, block, n_peaks, metadata_keys, name_digits)
+        self._setup(Path(path), int(n_r), int(n_eta), write_2d, swmr, block, n_peaks, metadata_keys, name_digits,
+                    cake_dtype)
         try:
             self._f = h5py.File(self.path, "r+", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
@@ -265,9 +274,11 @@ class Hdf5Writer:
 
     # --- layout ------------------------------------------------------------------------------------------------
 
-    def _rows(self, group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any, chunk_rows: int) -> h5py.Dataset:
+    def _rows(self, group: h5py.Group, name: str, row: tuple[int, ...], dtype: Any, chunk_rows: int,
+              compressed: bool = False) -> h5py.Dataset:
         return group.create_dataset(name, shape=(0,) + row, maxshape=(None,) + row, dtype=dtype,
-                                    chunks=(max(1, chunk_rows),) + tuple(max(1, n) for n in row))
+                                    chunks=(max(1, chunk_rows),) + tuple(max(1, n) for n in row),
+                                    **(hdf5_compression() if compressed else {}))
 
     def _create_layout(self, imap: Any, params: Any, engine_name: str, note: str,
                        peak_locations: Sequence[float], osf: int, digits: int) -> None:
@@ -365,7 +376,7 @@ class Hdf5Writer:
             cake.attrs["axes"] = np.array([".", "radial_axis", "azimuthal_axis"], dtype=_STR)
             cake.attrs["interpretation"] = "image"
             cake.attrs["definition"] = "NXazint2d"
-            self._rows(cake, "I", (nR, nE), np.dtype("<f4"), 1)  # one cake per chunk
+            self._rows(cake, "I", (nR, nE), self.dtype, 1, compressed=True)  # one cake per chunk
             self._add_radial(cake, two_theta)
             d = cake.create_dataset("azimuthal_axis", data=eta)
             d.attrs["long_name"] = "eta"
@@ -397,15 +408,16 @@ class Hdf5Writer:
         geo.attrs["NX_class"] = "NXcollection"
         geo.attrs["description"] = "REtaMap planes: bin centres broadcast to [n_r, n_eta]; area 0 = empty bin"
         ones = np.ones((nR, nE), dtype=np.float64)
+        planes = {"chunks": (nR, nE), **hdf5_compression()}  # one chunk a plane
         for name, vec, units in (("r_px", r_px, "pixel"), ("two_theta", two_theta, "deg")):
-            d = geo.create_dataset(name, data=vec[:, None] * ones)
+            d = geo.create_dataset(name, data=vec[:, None] * ones, **planes)
             d.attrs["units"] = units
-        d = geo.create_dataset("eta", data=eta[None, :] * ones)
+        d = geo.create_dataset("eta", data=eta[None, :] * ones, **planes)
         d.attrs["units"] = "deg"
-        d = geo.create_dataset("area", data=np.asarray(imap.bin_area, dtype=np.float64).reshape(nR, nE))
+        d = geo.create_dataset("area", data=np.asarray(imap.bin_area, dtype=np.float64).reshape(nR, nE), **planes)
         d.attrs["units"] = "pixel^2"
         qv = q if q_known else np.full(nR, np.nan)
-        d = geo.create_dataset("q", data=qv[:, None] * ones)
+        d = geo.create_dataset("q", data=qv[:, None] * ones, **planes)
         d.attrs["units"] = "1/angstrom"
         if not q_known:
             d.attrs["note"] = "Wavelength unknown: q is NaN"
@@ -417,7 +429,7 @@ class Hdf5Writer:
                                      "dataset per group named like the zarr.zip member")
         osum.attrs["omega_sum_frames"] = np.int64(osf)
         osum.attrs["name_digits"] = np.int64(digits)
-        self._rows(osum, "I", (nR, nE), np.dtype("<f8"), 1)
+        self._rows(osum, "I", (nR, nE), self.dtype, 1, compressed=True)
         for name, dtype in OMEGA_SUM_ROWS.items():
             self._rows(osum, name, (), dtype, 256)
 
@@ -440,16 +452,17 @@ class Hdf5Writer:
         cols = {name: data[name] for name in ("I", "timestamp", "source_id", "omega", "metadata_json")}
         cols.update({f"metadata/{k}": d for k, d in self._meta.items()})
         if self.write_2d:
-            cols["cake"] = e["cake/I"]
+            cols["cake"] = _uncached(e["cake"], "I")
         if self.n_peaks:
             fit = e["fit"]
             cols["fit"] = fit["peaks"]
             self._curve_rois = fit["curve_rois"]
             self._curve_vals = fit["curve_values"]
             self._upd = {name: fit["peak_updates"][name] for name in ("peaks", "origin", "from_frame", "seq")}
-        self._osum = {name: e["omega_sum"][name] for name in ("I", *OMEGA_SUM_ROWS)}
+        self._osum = {name: e["omega_sum"][name] for name in OMEGA_SUM_ROWS}
+        self._osum["I"] = _uncached(e["omega_sum"], "I")
         self._progress = [e, self._I]
-        self._cols = {k: _Col(d, self.block, direct=(k == "cake")) for k, d in cols.items()}
+        self._cols = {k: _Col(d, self.block, rows=(k == "cake")) for k, d in cols.items()}
         self._meta_bufs = [(key, self._cols[f"metadata/{key}"].buf) for key in self.metadata_keys]
         self._idx_col = _Col(self._index, self.block)
         # the block buffers append() fills, bound once (the lists are emptied in place after each block write)
@@ -519,7 +532,7 @@ class Hdf5Writer:
                 raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
             if np.shape(cake) != (self.n_r, self.n_eta):
                 raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
-            self._cake_rows.append(np.ascontiguousarray(cake, dtype="<f4"))
+            self._cake_rows.append(stored(cake, self.dtype))
         if self.n_peaks:
             fits = self._fit_buf
             if fit is None or not len(fit):
@@ -645,7 +658,7 @@ class Hdf5Writer:
         g0, groups = self._n_groups, self._groups
         g1 = g0 + len(groups)
         d = self._osum
-        _Col(d["I"], 0, direct=True).write(g0, g1, [np.ascontiguousarray(g.sum, dtype="<f8") for g, _ in groups])
+        _Col(d["I"], 0, rows=True).write(g0, g1, [stored(g.sum, self.dtype) for g, _ in groups])
         values = {"n_frames": [g.n_frames for g, _ in groups], "first_frame": [g.first_frame for g, _ in groups],
                   "last_frame": [g.last_frame for g, _ in groups], "first_omega": [g.first_omega for g, _ in groups],
                   "last_omega": [g.last_omega for g, _ in groups], "name": [name for _, name in groups]}
@@ -697,10 +710,14 @@ class Hdf5Writer:
         self._source_counters[()] = text.encode()
 
     def flush(self) -> None:
-        """Write the buffered rows, update ``@frames_written`` and flush the file so SWMR readers see them."""
+        """Write the buffered rows, flush them into the file, then update ``@frames_written`` and flush again, so
+        SWMR readers see them. The count goes into the file only after the rows it covers: a disk that fills during
+        a flush leaves the count of the flush before (what ``ringstream repair`` keeps), not one that covers rows
+        whose data or strings the file never got."""
         self._check_open()
         self._write_buffer()
         self._write_groups()
+        self._f.flush()
         for obj in self._progress:
             obj.attrs.modify("frames_written", np.int64(self._written))
         self._f.flush()
@@ -734,6 +751,15 @@ class Hdf5Writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(run_complete=exc_type is None)
+
+
+def _uncached(group: h5py.Group, name: str) -> h5py.Dataset:
+    """``group[name]`` opened without a chunk cache: the compressed cakes and sums (written a whole chunk at a time)
+    are compressed and written by the write call itself, not held in the cache until a flush: a disk that fills
+    fails that write, before ``@frames_written`` counts its rows, and no copy into the cache is made."""
+    dapl = h5p.create(h5p.DATASET_ACCESS)
+    dapl.set_chunk_cache(0, 0, 1.0)  # (slots, bytes, w0): no cache
+    return h5py.Dataset(h5d.open(group.id, name.encode(), dapl=dapl))
 
 
 def making_path(path: Path) -> Path:

@@ -555,7 +555,8 @@ class _Writer:
                 run.outputs = RunOutputs(paths.h5, self.imap, self.params, engine_name=engine, n_peaks=self.n_peaks,
                                          zarr_path=paths.zarr, midas_dir=paths.midas_dir,
                                          metadata_keys=numeric_keys(metadata), expected_frames=frames,
-                                         sums_from_workers=not self.write_2d, fit_prefix=fit_prefix)
+                                         sums_from_workers=not self.write_2d, fit_prefix=fit_prefix,
+                                         cake_dtype=self.config.output.cake_dtype)
         except (OutputError, OutputFolderError, OutputExists) as exc:
             self.fail_run(run, exc)
             return None
@@ -835,7 +836,8 @@ class _Writer:
         return RunOutputs.resume(paths.h5, self.imap, self.params,
                                  engine_name=engine_name or str(self.config.workers.engine), n_peaks=self.n_peaks,
                                  zarr_path=paths.zarr, midas_dir=paths.midas_dir, expected_frames=frames,
-                                 sums_from_workers=not self.write_2d, fit_prefix=fit_prefix)
+                                 sums_from_workers=not self.write_2d, fit_prefix=fit_prefix,
+                                 cake_dtype=self.config.output.cake_dtype)
 
     def answer_resume_queries(self) -> None:
         """Answer each ResumeQuery whose worker processes are all fenced (so that no later message of theirs

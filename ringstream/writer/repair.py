@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import numpy as np
 from h5py import h5a, h5d, h5p, h5s, h5t
 
 from ..errors import InputError
+from . import storage as _storage  # noqa: F401 - registers the HDF5 compression filter (compressed cakes, sums)
+from .zip_append import cut_partial_publication
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -267,6 +270,11 @@ def _cut_to_common(group: h5py.Group, names: tuple[str, ...]) -> int:
 #: above this many groups, :func:`link_omega_groups` leaves the rows unnamed (each name adds to the close)
 MAX_NAMED_GROUPS = 20000
 
+#: file bytes one named group takes, at most (a virtual dataset with four attributes), and the free space
+#: :func:`link_omega_groups` leaves on the disk: below their sum it names none
+NAMED_GROUP_BYTES = 2048
+FREE_MARGIN = 1 << 20
+
 
 def link_omega_groups(path: str | os.PathLike) -> int:
     """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/LastFrameNumber_<k>`` (a virtual
@@ -280,12 +288,18 @@ def link_omega_groups(path: str | os.PathLike) -> int:
             log.info("%s: %d omega-sum groups: rows of /entry/omega_sum/I only (named datasets up to %d groups)",
                      path, n, MAX_NAMED_GROUPS)
             return 0
+        free = shutil.disk_usage(Path(path).parent).free
+        if free < NAMED_GROUP_BYTES * n + FREE_MARGIN:  # (a disk that filled up: a failed close would spoil the file)
+            log.warning("%s: %d bytes free on its disk: the omega-sum groups are left unnamed (rows of "
+                        "/entry/omega_sum/I; 'ringstream repair %s' names them once there is room)", path, free, path)
+            return 0
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in g["name"][:n]]
         shape = g["I"].shape
         # HDF5's own calls (what create_virtual_dataset and attrs[...] = make of the same arguments), without the
         # high-level selection and attribute machinery, whose per-group cost counts at close
         scalar = h5s.create(h5s.SCALAR)
         f8, i8 = h5t.py_create(np.dtype("<f8")), h5t.py_create(np.dtype("<i8"))
+        stored = h5t.py_create(g["I"].dtype)  # the sums' dtype (``cake_dtype``)
         attrs = [(b"Number Of Frames Summed", i8, g["n_frames"][:n].astype("<i8")),
                  (b"LastFrameNumber", i8, g["last_frame"][:n].astype("<i8")),
                  (b"FirstOme", f8, g["first_omega"][:n].astype("<f8")),
@@ -303,7 +317,7 @@ def link_omega_groups(path: str | os.PathLike) -> int:
             source.select_hyperslab((k,) + (0,) * (len(shape) - 1), (1,) + shape[1:])
             dcpl = dcpl0.copy()
             dcpl.set_virtual(vspace, b".", b"/entry/omega_sum/I", source)
-            dsid = h5d.create(gid, key, f8, vspace, dcpl=dcpl)
+            dsid = h5d.create(gid, key, stored, vspace, dcpl=dcpl)
             for attr, tid, values in attrs:
                 h5a.create(dsid, attr, tid, scalar).write(values[k : k + 1].reshape(()))
         return n
@@ -325,16 +339,16 @@ class ResumeCut:
     name_digits: int
 
 
-def file_layout(e: h5py.Group) -> dict[str, int]:
+def file_layout(e: h5py.Group) -> dict[str, int | str]:
     """The layout of a results file that must match a run continuing it: n_r, n_eta, n_peaks, Write2D,
-    OmegaSumFrames."""
+    OmegaSumFrames, cake_dtype (the stored dtype of the omega sums: "float32" or "float64")."""
     osum = e["omega_sum"]
     return {"n_r": int(e["data/I"].shape[1]), "n_eta": int(osum["I"].shape[2]),
             "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0, "Write2D": int("cake" in e),
-            "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1))}
+            "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1)), "cake_dtype": osum["I"].dtype.name}
 
 
-def check_resumable(path: str | os.PathLike, layout: dict[str, int]) -> None:
+def check_resumable(path: str | os.PathLike, layout: dict[str, int | str]) -> None:
     """InputError naming ``path`` unless it is a ringstream results file of ``layout`` (:func:`file_layout`) that
     opens once its status flags are cleared (as a killed writer leaves them set)."""
     path = Path(path)
@@ -351,7 +365,7 @@ def check_resumable(path: str | os.PathLike, layout: dict[str, int]) -> None:
         raise InputError(f"{path}: the file's layout differs from the run's ({'; '.join(differ)}); cannot continue it")
 
 
-def cut_for_resume(path: str | os.PathLike, layout: dict[str, int],
+def cut_for_resume(path: str | os.PathLike, layout: dict[str, int | str],
                    streams: tuple[int | None, int | None] = (None, None)) -> ResumeCut:
     """Cut the file a killed writer left to what a replacement continues from, the run's resume point W.
 
@@ -398,3 +412,21 @@ def cut_for_resume(path: str | os.PathLike, layout: dict[str, int],
         curves = e["fit/curve_rois"].shape[0] if "fit/curve_rois" in e else 0
         keys = tuple(e["data/metadata"].keys()) if "metadata" in e["data"] else ()
         return ResumeCut(w, rows, curves, kept, last_group, keys, int(osum.attrs.get("name_digits", 9)))
+
+
+def cut_zarr_tail(path: str | os.PathLike | None) -> int | None:
+    """Cut what a writer killed while publishing the zarr.zip at ``path`` left after its last published ZIP
+    (:func:`~ringstream.writer.zip_append.cut_partial_publication`); logs and returns the bytes cut (None: no such
+    file, or not a ZIP this writer made). Never raises: the zarr.zip can be made again (``ringstream export``)."""
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        cut = cut_partial_publication(path)
+    except OSError as exc:
+        log.warning("%s: cannot check the end of the zarr.zip (%s)", path, exc)
+        return None
+    if cut:
+        log.warning("%s: cut %d bytes a killed writer was publishing; the last published ZIP is whole", path, cut)
+    elif cut is None:
+        log.warning("%s: no whole ZIP directory found ('ringstream export' makes the zarr.zip from the HDF5)", path)
+    return cut

@@ -19,8 +19,7 @@ from ..protocol import EndOfStream
 from ..runs.index import RunIndex
 from ..runs.naming import RunPaths, RunTemplates, choose_run, make_folders
 from ..runs.state import RunState, state_dir_of
-from .repair import repair
-from .zip_append import cut_partial_publication
+from .repair import cut_zarr_tail, repair
 
 log = logging.getLogger("ringstream.writer")
 
@@ -148,21 +147,3 @@ class _Above:
 
     def next_number(self) -> int:
         return self.state.next_number(above=self.above)
-
-
-def cut_zarr_tail(path: str | os.PathLike | None) -> int | None:
-    """Cut what a writer killed while publishing the zarr.zip at ``path`` left after its last published ZIP
-    (:func:`~ringstream.writer.zip_append.cut_partial_publication`); logs and returns the bytes cut (None: no such
-    file, or not a ZIP this writer made). Never raises: the zarr.zip can be made again (``ringstream export``)."""
-    if not path or not os.path.exists(path):
-        return None
-    try:
-        cut = cut_partial_publication(path)
-    except OSError as exc:
-        log.warning("%s: cannot check the end of the zarr.zip (%s)", path, exc)
-        return None
-    if cut:
-        log.warning("%s: cut %d bytes a killed writer was publishing; the last published ZIP is whole", path, cut)
-    elif cut is None:
-        log.warning("%s: no whole ZIP directory found ('ringstream export' makes the zarr.zip from the HDF5)", path)
-    return cut

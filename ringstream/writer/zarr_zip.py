@@ -1,20 +1,23 @@
 """The GSAS-II ``NAME.zarr.zip`` (docs/MIDAS-FORMATS.md section 7), grown in place at each publication.
 
-Layout (zarr format 2, uncompressed arrays in an uncompressed ZIP)::
+Layout (zarr format 2 in an uncompressed ZIP; the arrays Blosc-compressed, LZ4 with bit shuffle)::
 
     REtaMap                              float64 (5, n_r, n_eta): R px, 2θ deg, η deg, bin area px², Q 1/Å
-    OmegaSumFrame/LastFrameNumber_<k>    float64 (n_r, n_eta): the sum of a group's normalised cakes, attrs
+    OmegaSumFrame/LastFrameNumber_<k>    float32 or float64 (``cake_dtype``) (n_r, n_eta): the sum of a group's
+                                         normalised cakes (summed in float64, rounded once), attrs
                                          "Number Of Frames Summed", "LastFrameNumber", "FirstOme", "LastOme" (deg)
-    InstrumentParameters/{Lam, Polariz, SH_L, U, V, W, X, Y, Z, Distance}   float64 (1,); Distance in µm
+    InstrumentParameters/{Lam, Polariz, SH_L, U, V, W, X, Y, Z, Distance}   float64 (1,), uncompressed; Distance
+                                         in µm; no ``Lam`` when the wavelength is unknown (GSAS-II has its default)
 
 ``k`` is zero-padded (``name_digits``) so string order is numeric order. No NaN anywhere: an empty bin is 0 with
-area 0, an unknown wavelength gives Q = 0 (and ``Lam`` MIDAS's default, 0.413263 Å: :data:`INSTRUMENT_KEYS`).
+area 0, an unknown wavelength gives Q = 0 (:func:`instrument_parameters`).
 
 How it is written: zarr 3 (``zarr_format=2``) builds the fixed part (root, REtaMap, InstrumentParameters, the
 OmegaSumFrame group) and the first group's array in a private folder beside the output. Every later group has
 the same array metadata, so its members are that ``.zarray`` text, its own ``.zattrs`` (written as zarr writes
-them) and the raw chunk: byte for byte what zarr would write, at memcpy speed (zarr's own array creation, once
-per group, cannot keep up with ``OmegaSumFrames 1`` at streaming frame rates). A ZIP member is written once.
+them) and its chunk, compressed here with the codec named in the ``.zarray`` (:func:`~.storage.zarr_compressor`):
+byte for byte what zarr would write (zarr's own array creation, once per group, cannot keep up with
+``OmegaSumFrames 1`` at streaming frame rates). A ZIP member is written once.
 
 Publishing (:meth:`ZarrZipSink.publish`, at save intervals and at the end): the first publication writes the
 fixed part and the groups so far under a private name and renames it over the output; every later one writes the
@@ -46,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputExists
+from .storage import cake_dtype, stored, zarr_compressor
 from .zip_append import GrowingZip
 
 log = logging.getLogger(__name__)
@@ -53,9 +57,10 @@ log = logging.getLogger(__name__)
 #: write every chunk, even one equal to the fill value (a zero X, Y, Z or an empty group still has its member)
 _EVERY_CHUNK = {"write_empty_chunks": True}
 
-#: GSAS-II instrument parameter -> (parameter-file key, default) (MIDAS integrator_stream_process_h5 defaults)
-INSTRUMENT_KEYS: dict[str, tuple[str, float]] = {
-    "Lam": ("Wavelength", 0.413263),
+#: GSAS-II instrument parameter -> (parameter-file key, default) (MIDAS integrator_stream_process_h5 defaults;
+#: ``Lam`` has none: an unknown wavelength is left out, GSAS-II then uses its own)
+INSTRUMENT_KEYS: dict[str, tuple[str, float | None]] = {
+    "Lam": ("Wavelength", None),
     "Polariz": ("Polariz", 0.99),
     "SH_L": ("SHpL", 0.002),
     "U": ("U", 1.163),
@@ -69,14 +74,23 @@ INSTRUMENT_KEYS: dict[str, tuple[str, float]] = {
 
 
 def instrument_parameters(params: Any) -> dict[str, float]:
-    """The InstrumentParameters values from the parameter file (``Wavelength`` 0 = unknown keeps the default)."""
+    """The InstrumentParameters values from the parameter file; a missing or non-finite value takes the MIDAS
+    default, except ``Lam``: an unknown wavelength (``Wavelength`` missing, 0 or not a positive number) writes no
+    ``Lam`` (said once in the log, at INFO) rather than a made-up one."""
     out = {}
     for name, (key, default) in INSTRUMENT_KEYS.items():
         try:
             value = float(getattr(params, key, default))
         except (TypeError, ValueError):
             value = default
-        out[name] = value if np.isfinite(value) and (value != 0 or key != "Wavelength") else default
+        if default is None:  # (the wavelength)
+            if value is not None and np.isfinite(value) and value > 0:
+                out[name] = value
+            else:
+                log.info("zarr.zip: the wavelength is unknown (%s %s): InstrumentParameters has no %s (GSAS-II "
+                         "uses its own default)", key, getattr(params, key, "not set"), name)
+            continue
+        out[name] = value if value is not None and np.isfinite(value) else default
     return out
 
 
@@ -105,7 +119,8 @@ class ZarrZipSink:
     """Collect omega-sum groups and publish ``path`` (see the module docstring).
 
     ``remap`` is the REtaMap ``(5, n_r, n_eta)``, ``instrument`` the InstrumentParameters (:func:`instrument_parameters`),
-    ``name_digits`` the zero-padding of group names.
+    ``name_digits`` the zero-padding of group names, ``dtype`` the stored dtype of the sums (``"float32"`` or
+    ``"float64"``: :data:`~.storage.CAKE_DTYPES`).
     """
 
     #: when the file grows (its hole cannot take a publication), the new hole takes what this publication adds and
@@ -115,7 +130,7 @@ class ZarrZipSink:
     NEW_PER_DIRECTORY = 1.0
 
     def __init__(self, path: str | os.PathLike, remap: np.ndarray, instrument: dict[str, float],
-                 name_digits: int, overwrite: bool = True) -> None:
+                 name_digits: int, overwrite: bool = True, dtype: str = "float32") -> None:
         try:
             import zarr
             from zarr.storage import LocalStore
@@ -130,13 +145,15 @@ class ZarrZipSink:
             raise OutputExists(self.path)
         self.digits = int(name_digits)
         self.shape = tuple(remap.shape[1:])
+        self.dtype = cake_dtype(dtype)
+        self._codec = zarr_compressor()
         self._remove_leftovers()
         self._zarr = zarr
         self._work = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         self._store = self._work / "store"
         root = zarr.open_group(LocalStore(str(self._store)), mode="w", zarr_format=2)
         a = root.create_array("REtaMap", shape=remap.shape, dtype="float64", chunks=remap.shape,
-                              compressors=None, fill_value=0.0, config=_EVERY_CHUNK)
+                              compressors=self._codec, fill_value=0.0, config=_EVERY_CHUNK)
         a[...] = remap
         ip = root.create_group("InstrumentParameters")
         for name, value in instrument.items():
@@ -173,12 +190,10 @@ class ZarrZipSink:
                 log.warning("cannot remove %s (%s)", p, exc)
 
     def add_group(self, group: Any) -> None:
-        """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`. The ZIP member is
-        the group's (finite, float64, C-contiguous) sum array itself until it is published: the sum must not be
-        changed after this call (:class:`~ringstream.writer.omega.OmegaSums` never touches a group it handed
-        out)."""
-        data = np.ascontiguousarray(group.sum, dtype="<f8")
-        if not np.isfinite(data).all():  # (OmegaSums hands out finite sums: no copy of 1 MB a group for them)
+        """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`: its sum rounded
+        once to the stored dtype and compressed (the chunk member holds those bytes until it is published)."""
+        data = stored(group.sum, self.dtype)
+        if not np.isfinite(data).all():  # (OmegaSums hands out finite sums: no copy for them)
             data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
         if data.shape != self.shape:
             raise ValueError(f"omega-sum group {group.index}: shape {data.shape} != {self.shape}")
@@ -188,8 +203,8 @@ class ZarrZipSink:
         self._names.add(name)
         attrs = group_attrs(group)
         if self._template is None:
-            arr = self._groups.create_array(name, shape=data.shape, dtype="float64", chunks=data.shape,
-                                            compressors=None, fill_value=0.0, attributes=attrs,
+            arr = self._groups.create_array(name, shape=data.shape, dtype=self.dtype.name, chunks=data.shape,
+                                            compressors=self._codec, fill_value=0.0, attributes=attrs,
                                             config=_EVERY_CHUNK)
             arr[...] = data
             folder = self._store / "OmegaSumFrame" / name
@@ -206,7 +221,7 @@ class ZarrZipSink:
             self._pending += [
                 (base + ".zarray", self._template),
                 (base + ".zattrs", json.dumps(attrs, indent=self._indent, allow_nan=True).encode()),
-                (base + chunk, memoryview(data).cast("B")),  # the sum itself, not a copy of it
+                (base + chunk, self._codec.encode(data)),  # what zarr writes: the codec of the .zarray
             ]
         self.groups_total += 1
 

@@ -143,7 +143,7 @@ def _check_zarr(path: Path, expected: dict[int, np.ndarray]) -> int:
     names = list(z["OmegaSumFrame"].keys())
     for k, name in enumerate(names):
         assert name == f"LastFrameNumber_{OSF * k + OSF - 1:09d}"
-        np.testing.assert_array_equal(z["OmegaSumFrame"][name][...], expected[k])
+        np.testing.assert_array_equal(z["OmegaSumFrame"][name][...], np.float32(expected[k]))  # rounded once
         assert z["OmegaSumFrame"][name].attrs["Number Of Frames Summed"] == OSF
     assert z["REtaMap"].shape == (5, N_R, N_ETA)
     return len(names)
@@ -321,7 +321,7 @@ def test_kill_9_of_the_whole_daemon(tmp_path):
                 z = zarr.open_group(zarr.storage.ZipStore(str(zpath), mode="r"), mode="r", zarr_format=2)
                 for g, name in enumerate(z["OmegaSumFrame"].keys()):
                     want = cakes[np.arange(OSF * g, OSF * g + OSF) % K].sum(axis=0)
-                    np.testing.assert_allclose(z["OmegaSumFrame"][name][...], want, rtol=1e-9, atol=1e-9)
+                    np.testing.assert_allclose(z["OmegaSumFrame"][name][...], want, rtol=6e-8, atol=1e-9)  # float32
                     groups += 1
             totals.append((n, groups))
     assert len(totals) == REPEATS and sum(n for n, _ in totals) > 0 and sum(g for _, g in totals) > 0, totals
@@ -451,7 +451,7 @@ def test_the_writer_process_records_every_result_buffer(tmp_path):
         np.testing.assert_array_equal(u["peaks"][0], [4.5, 8.0])
         assert list(e["omega_sum/n_frames"][:]) == [10, 9, 10]
         for g in range(3):
-            np.testing.assert_array_equal(e["omega_sum/I"][g], partial[g])
+            np.testing.assert_array_equal(e["omega_sum/I"][g], np.float32(partial[g]))  # the float64 sum, rounded
     fits = np.fromfile(tmp_path / "fit.bin").reshape(-1, N_PEAKS, 7)
     np.testing.assert_array_equal(fits, np.stack([_frame(k)[1] for k in keep]))
     curves = list(read_fit_curves(tmp_path / "fit_curves.bin"))
@@ -463,4 +463,4 @@ def test_the_writer_process_records_every_result_buffer(tmp_path):
     assert names == [f"LastFrameNumber_{k:09d}" for k in (9, 19, 29)]
     assert [z["OmegaSumFrame"][x].attrs["Number Of Frames Summed"] for x in names] == [10, 9, 10]
     for g, name in enumerate(names):
-        np.testing.assert_array_equal(z["OmegaSumFrame"][name][...], partial[g])
+        np.testing.assert_array_equal(z["OmegaSumFrame"][name][...], np.float32(partial[g]))

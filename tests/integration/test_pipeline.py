@@ -675,7 +675,7 @@ def test_pipelined_worker_fits_held_batches_together_and_sums_omega_on_the_devic
         o = e["omega_sum"]
         assert list(o["n_frames"][()]) == [osf] * (n // osf)
         ref = cakes.astype(np.float32).astype(np.float64).reshape(n // osf, osf, *cakes.shape[1:]).sum(axis=1)
-        np.testing.assert_allclose(o["I"][()], ref, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(o["I"][()], ref, rtol=6e-8, atol=0)  # float32: the float64 sums rounded once
     workers = [pipe.counters("worker", i) for i in range(2)]
     assert sum(w["integrated"] for w in workers) == n
     # held batches were fitted together: fewer fit calls than batches of 4

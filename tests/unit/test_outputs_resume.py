@@ -34,9 +34,11 @@ class Run:
     write_2d: int  # 1: the omega sums from the records' cakes; 0: from the workers' partial sums
     fitting: bool  # fit.bin, fit_curves.bin, and lineout.bin, Int2D.bin, RTthEtaAreaMap.bin (--midas-binaries)
     osf: int  # OmegaSumFrames
+    dtype: str = "float32"  # [output] cake_dtype
 
 
 RUNS = [Run(w, fit, osf) for w in (0, 1) for fit in (False, True) for osf in (1, 4)]
+RUNS += [Run(w, True, 4, "float64") for w in (0, 1)]
 
 _GEOMETRY: dict[Run, tuple] = {}
 
@@ -51,7 +53,7 @@ def _outputs(folder: Path, run: Run, resume: bool = False) -> RunOutputs:
     p, imap = _geo(run)
     kw = dict(engine_name="cpu", n_peaks=N_PEAKS if run.fitting else 0, zarr_path=folder / "r.zarr.zip",
               midas_dir=folder if run.fitting else None, metadata_keys=["I0", "omega"], expected_frames=N,
-              sums_from_workers=not run.write_2d, block=4)
+              sums_from_workers=not run.write_2d, block=4, cake_dtype=run.dtype)
     return (RunOutputs.resume if resume else RunOutputs)(folder / "r.h5", imap, p, **kw)
 
 
@@ -186,14 +188,15 @@ def _durable_end(run: Run, flushed: int) -> int:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     base = tmp_path_factory.mktemp("uninterrupted")
-    return {run: _uninterrupted(base / f"w{run.write_2d}-f{int(run.fitting)}-o{run.osf}", run) for run in RUNS}
+    return {run: _uninterrupted(base / f"w{run.write_2d}-f{int(run.fitting)}-o{run.osf}-{run.dtype}", run)
+            for run in RUNS}
 
 
 #: (frames appended and flushed before the kill, frames appended after that flush)
 KILLS = [(0, 0), (7, 0), (17, 3), (22, 5), (N, 0)]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=lambda r: f"w{r.write_2d}-fit{int(r.fitting)}-osf{r.osf}")
+@pytest.mark.parametrize("run", RUNS, ids=lambda r: f"w{r.write_2d}-fit{int(r.fitting)}-osf{r.osf}-{r.dtype}")
 def test_a_killed_writer_is_continued_to_the_uninterrupted_files(tmp_path, run, reference):
     for frames, unflushed in KILLS:
         folder = tmp_path / f"k{frames}-{unflushed}"
@@ -266,6 +269,9 @@ def test_a_file_that_is_not_the_runs_is_one_clear_error(tmp_path):
                                          r"3 in the run\)") as info:
         RunOutputs.resume(tmp_path / "k" / "r.h5", _geo(run)[1], _geo(run)[0], engine_name="cpu", n_peaks=N_PEAKS)
     assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match=r"the file's layout differs from the run's \(cake_dtype float32 in the "
+                                         r"file, float64 in the run\)"):
+        RunOutputs.resume(tmp_path / "k" / "r.h5", _geo(run)[1], _geo(run)[0], engine_name="cpu", cake_dtype="float64")
     p, imap = make("Write2D 1\nOmegaSumFrames 4\nRBinSize 2\n")
     with pytest.raises(InputError, match=r"r\.h5: the file's layout differs from the run's \(n_r 16 in the file, "
                                          r"8 in the run\)"):

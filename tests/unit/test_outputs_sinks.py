@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import zipfile
 
 import h5py
 import numpy as np
@@ -16,6 +17,10 @@ from ringstream.protocol import ProtocolError, Result, decode, encode, result_bu
 from ringstream.writer import midas_binaries as mb
 from ringstream.writer.hdf5 import Hdf5Writer
 from ringstream.writer.outputs import FrameRecord, OutputError, RunOutputs, record_from_result
+from ringstream.writer.storage import CAKE_DTYPES
+
+#: the HDF5 filter id of bitshuffle (hdf5plugin)
+BITSHUFFLE = 32008
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +32,14 @@ def _zarr(path):
     return zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r", zarr_format=2)
 
 
-def test_every_sink_agrees_with_the_records(tmp_path, geo):
+@pytest.mark.parametrize("dtype", CAKE_DTYPES)
+def test_every_sink_agrees_with_the_records(tmp_path, geo, dtype):
+    """... the cakes and omega sums stored in ``cake_dtype``, the sums rounded once from float64 (float32:
+    exactly ``np.float32(sum64)``; float64: the sums bit for bit), compressed with bitshuffle + LZ4."""
     p, imap = geo
     recs = records(11, imap, rejected=(5,))
     out = RunOutputs(tmp_path / "r.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, zarr_path=tmp_path / "r.zarr.zip",
-                     midas_dir=tmp_path, metadata_keys=["I0", "omega"], expected_frames=11)
+                     midas_dir=tmp_path, metadata_keys=["I0", "omega"], expected_frames=11, cake_dtype=dtype)
     for r in recs:
         out.append(r)
     out.peak_update(1, 7, [6.5, 11.0], "control")
@@ -43,6 +51,11 @@ def test_every_sink_agrees_with_the_records(tmp_path, geo):
         np.testing.assert_array_equal(e["data/frame_index"][:], [r.frame_index for r in ok])
         np.testing.assert_array_equal(e["data/I"][:], np.stack([r.lineout for r in ok]))
         np.testing.assert_array_equal(e["cake/I"][:], np.stack([r.cake for r in ok]))
+        for d in (e["cake/I"], e["omega_sum/I"], e["geometry/area"]):
+            code, _, opts, _ = d.id.get_create_plist().get_filter(0)
+            assert code == BITSHUFFLE and opts[-1] == 2, d.name  # (2: LZ4)
+        assert e["cake/I"].dtype == e["omega_sum/I"].dtype == np.dtype(dtype)
+        assert e["cake/I"].chunks == (1, imap.n_r, imap.n_eta) and e["omega_sum/I"].chunks == (1, imap.n_r, imap.n_eta)
         np.testing.assert_array_equal(e["fit/peaks"][:], np.stack([r.fit for r in ok]))
         assert np.isnan(e["fit/peaks"][0, 1]).all() and not np.isnan(e["fit/peaks"][1]).any()
         assert e["fit/peaks"].attrs["columns"] == "Imax,BG,Mu,Rcen,Sigma,GoF,Area"
@@ -68,9 +81,9 @@ def test_every_sink_agrees_with_the_records(tmp_path, geo):
             want = np.zeros_like(cakes[0])
             for i in frames:
                 want += cakes[i]
-            np.testing.assert_array_equal(o["I"][g], want)
+            assert o["I"][g].tobytes() == want.astype(dtype).tobytes()  # np.float32(sum64) exactly
             name = f"LastFrameNumber_{frames[-1]:02d}"
-            np.testing.assert_array_equal(o[name][...], want)
+            assert o[name].dtype == np.dtype(dtype) and o[name][...].tobytes() == want.astype(dtype).tobytes()
             assert o[name].attrs["Number Of Frames Summed"] == len(frames)
         h5_sums = o["I"][:]
         lines = np.stack([r.lineout for r in ok]).astype(np.float64)
@@ -80,7 +93,7 @@ def test_every_sink_agrees_with_the_records(tmp_path, geo):
     assert sorted(z.keys()) == ["InstrumentParameters", "OmegaSumFrame", "REtaMap"]
     assert list(z["OmegaSumFrame"].keys()) == ["LastFrameNumber_03", "LastFrameNumber_07", "LastFrameNumber_10"]
     for g, name in enumerate(z["OmegaSumFrame"].keys()):
-        np.testing.assert_array_equal(z["OmegaSumFrame"][name][...], h5_sums[g])
+        assert z["OmegaSumFrame"][name][...].tobytes() == h5_sums[g].tobytes()
     assert dict(z["OmegaSumFrame/LastFrameNumber_07"].attrs) == {
         "Number Of Frames Summed": 3, "LastFrameNumber": 7, "FirstOme": 1.0, "LastOme": 1.75}
     # MIDAS streams
@@ -125,8 +138,9 @@ def test_partial_sums_from_workers_equal_cake_sums(tmp_path):
         o = f["entry/omega_sum"]
         assert list(o["n_frames"][:]) == [3, 3, 2] and "cake" not in f["entry"]
         for g in range(3):
+            # float32 by default: the float64 sum (of any order) rounded once, within half a float32 ulp
             np.testing.assert_allclose(o["I"][g], sum(r.cake.astype(np.float64) for r in recs[g * 3:g * 3 + 3]),
-                                       rtol=1e-15)
+                                       rtol=2.0**-24)
 
 
 def test_zarr_grown_in_place_stays_valid_between_saves(tmp_path, geo):
@@ -265,7 +279,7 @@ def test_named_omega_groups_are_virtual_rows_with_typed_attributes(tmp_path, geo
                                                                  "LastFrameNumber_9"]
         for g, name in enumerate(["LastFrameNumber_3", "LastFrameNumber_7", "LastFrameNumber_9"]):
             d = o[name]
-            assert d.is_virtual and d.shape == (imap.n_r, imap.n_eta) and d.dtype == np.float64
+            assert d.is_virtual and d.shape == (imap.n_r, imap.n_eta) and d.dtype == np.float32  # (cake_dtype)
             assert d.fillvalue == 0.0
             (src,) = d.virtual_sources()
             assert (src.file_name, src.dset_name) == (".", "/entry/omega_sum/I")
@@ -314,3 +328,40 @@ def test_repair_cuts_a_zarr_publication_a_killed_writer_left(tmp_path, geo, caps
     assert list(_zarr(tmp_path / "k.zarr.zip")["OmegaSumFrame"].keys())
     assert main(["repair", str(tmp_path / "k.h5")]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("k.zarr.zip: whole")
+
+
+@pytest.mark.parametrize("dtype", CAKE_DTYPES)
+def test_export_regenerates_the_runs_zarr_zip_and_binaries_from_the_compressed_file(tmp_path, geo, dtype):
+    """``ringstream export`` reads the compressed cakes and sums (the file's dtype) and writes the run's zarr.zip and
+    MIDAS binaries byte for byte."""
+    from ringstream.writer.export import export_midas, export_zarr
+
+    p, imap = geo
+    run = tmp_path / "run"
+    run.mkdir()
+    out = RunOutputs(run / "r.h5", imap, p, engine_name="cpu", zarr_path=run / "r.zarr.zip", midas_dir=run,
+                     expected_frames=9, cake_dtype=dtype, n_peaks=N_PEAKS)
+    for r in records(9, imap, seed=11, rejected=(4,)):
+        out.append(r)
+    out.close(run_complete=True)
+    assert export_zarr(run / "r.h5", tmp_path / "x.zarr.zip") == 3
+    with zipfile.ZipFile(run / "r.zarr.zip") as a, zipfile.ZipFile(tmp_path / "x.zarr.zip") as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        assert all(a.read(n) == b.read(n) for n in a.namelist())
+    export_midas(run / "r.h5", tmp_path / "m")
+    for name in ("Int2D.bin", "lineout.bin", "RTthEtaAreaMap.bin", "fit.bin", "fit_curves.bin"):
+        assert (tmp_path / "m" / name).read_bytes() == (run / name).read_bytes(), name
+
+
+def test_an_unknown_wavelength_gives_no_lam_in_the_zarr_zip_nor_in_its_export(tmp_path):
+    from ringstream.writer.export import export_zarr
+
+    p, imap = make("Write2D 1\nOmegaSumFrames 4\nWavelength 0\n")
+    out = RunOutputs(tmp_path / "u.h5", imap, p, engine_name="cpu", zarr_path=tmp_path / "u.zarr.zip", n_peaks=N_PEAKS)
+    for r in records(4, imap):
+        out.append(r)
+    out.close(run_complete=True)
+    export_zarr(tmp_path / "u.h5", tmp_path / "x.zarr.zip")
+    for path in (tmp_path / "u.zarr.zip", tmp_path / "x.zarr.zip"):
+        ip = _zarr(path)["InstrumentParameters"]
+        assert "Lam" not in ip and sorted(ip.keys()) == ["Distance", "Polariz", "SH_L", "U", "V", "W", "X", "Y", "Z"]

@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
+import json
+import types
 import zipfile
 
 import numpy as np
+import pytest
 import zarr
 from zarr.storage import LocalStore
 
 from ringstream.writer.omega import OmegaGroup
-from ringstream.writer.zarr_zip import ZarrZipSink, group_attrs
+from ringstream.writer.storage import CAKE_DTYPES, zarr_compressor
+from ringstream.writer.zarr_zip import ZarrZipSink, group_attrs, instrument_parameters
 
 
-def test_group_members_equal_what_zarr_writes(tmp_path):
+@pytest.mark.parametrize("dtype", CAKE_DTYPES)
+def test_group_members_equal_what_zarr_writes(tmp_path, dtype):
     rng = np.random.default_rng(0)
     remap = rng.random((5, 6, 4))
     groups = [OmegaGroup(g, rng.random((6, 4)), 3, 3 * g, 3 * g + 2, 0.5 * g, 0.5 * g + 1.0) for g in range(3)]
     groups[2].sum[0, 0] = 0.0
-    sink = ZarrZipSink(tmp_path / "a.zarr.zip", remap, {"Lam": 0.2, "Distance": 1e6}, 4)
+    sink = ZarrZipSink(tmp_path / "a.zarr.zip", remap, {"Lam": 0.2, "Distance": 1e6}, 4, dtype=dtype)
     for g in groups:
         sink.add_group(g)
     sink.close()
-    # the same arrays through zarr 3 alone
+    # the same arrays through zarr 3 alone: the sums rounded once to the stored dtype, Blosc LZ4 bit-shuffled
     root = zarr.open_group(LocalStore(str(tmp_path / "ref")), mode="w", zarr_format=2)
     osf = root.create_group("OmegaSumFrame")
     for g in groups:
-        a = osf.create_array(g.name(4), shape=(6, 4), dtype="float64", chunks=(6, 4), compressors=None,
+        a = osf.create_array(g.name(4), shape=(6, 4), dtype=dtype, chunks=(6, 4), compressors=zarr_compressor(),
                              fill_value=0.0, attributes=group_attrs(g), config={"write_empty_chunks": True})
-        a[...] = g.sum
+        a[...] = g.sum.astype(dtype)
     with zipfile.ZipFile(tmp_path / "a.zarr.zip") as z:
         for g in groups:
             for member in (".zarray", ".zattrs", "0.0"):
@@ -45,7 +50,7 @@ def _check_groups(path, groups) -> None:
     z = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r", zarr_format=2)
     assert list(z["OmegaSumFrame"].keys()) == [g.name(4) for g in groups]
     for g in groups:
-        np.testing.assert_array_equal(z["OmegaSumFrame"][g.name(4)][...], g.sum)
+        np.testing.assert_array_equal(z["OmegaSumFrame"][g.name(4)][...], np.float32(g.sum))  # the default dtype
         assert z["OmegaSumFrame"][g.name(4)].attrs["LastFrameNumber"] == g.last_frame
 
 
@@ -177,3 +182,53 @@ def test_restore_publishes_exactly_the_groups_given_then_goes_on(tmp_path):
     empty.restore([])
     assert _members(tmp_path / "e.zarr.zip") == []
     empty.close()
+
+
+@pytest.mark.parametrize("dtype", CAKE_DTYPES)
+def test_zarr_open_decodes_the_float64_sums_rounded_once(tmp_path, dtype):
+    """zarr.open on the ZIP (as GSAS-II's importer reads it) gives each sum as ``np.float32(sum64)`` exactly (float64:
+    the sum itself); REtaMap and the sums are Blosc LZ4 bit-shuffled, InstrumentParameters are not compressed."""
+    rng = np.random.default_rng(7)
+    remap = rng.random((5, 30, 8))
+    # sums of float32 cakes in float64: more mantissa bits than float32 holds, so the rounding is visible
+    sums = [np.sum(rng.random((5, 30, 8)).astype(np.float32), axis=0, dtype=np.float64) * 1e3 for _ in range(3)]
+    groups = [OmegaGroup(g, sums[g], 5, 5 * g, 5 * g + 4, 0.0, 1.0) for g in range(3)]
+    path = tmp_path / "d.zarr.zip"
+    sink = ZarrZipSink(path, remap, {"Lam": 0.2}, 2, dtype=dtype)
+    for g in groups[:2]:
+        sink.add_group(g)
+    sink.publish(wait=True)
+    sink.add_group(groups[2])  # (written by the sink itself, not by zarr)
+    sink.close()
+    with zipfile.ZipFile(path) as z:
+        meta = {n: json.loads(z.read(n)) for n in z.namelist() if n.endswith(".zarray")}
+    codec = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 2, "blocksize": 0}
+    assert meta["REtaMap/.zarray"]["compressor"] == codec
+    assert all(meta[f"OmegaSumFrame/{g.name(2)}/.zarray"]["compressor"] == codec for g in groups)
+    assert meta["InstrumentParameters/Lam/.zarray"]["compressor"] is None
+    root = zarr.open(zarr.storage.ZipStore(str(path), mode="r"), mode="r")  # (zarr 2.18: zarr.open(path))
+    np.testing.assert_array_equal(root["REtaMap"][...], remap)
+    for g, s in zip(groups, sums, strict=True):
+        got = root["OmegaSumFrame"][g.name(2)][...]
+        want = np.float32(s) if dtype == "float32" else s
+        assert got.dtype == np.dtype(dtype) and got.tobytes() == want.tobytes()
+    if dtype == "float32":
+        rel = np.abs(got.astype(np.float64) - s) / np.abs(s)
+        assert rel.max() <= 2.0**-24 and rel.max() > 0
+
+
+def test_an_unknown_wavelength_writes_no_lam(tmp_path, caplog):
+    class P:
+        Wavelength = 0.0
+        Lsd = 9e5
+
+    caplog.set_level("INFO", logger="ringstream.writer.zarr_zip")
+    ip = instrument_parameters(P())
+    assert "Lam" not in ip and ip["Distance"] == 9e5 and ip["Polariz"] == 0.99
+    assert sum("wavelength is unknown" in r.getMessage() for r in caplog.records) == 1
+    P.Wavelength = 0.1665
+    assert instrument_parameters(P())["Lam"] == 0.1665
+    path = tmp_path / "l.zarr.zip"
+    ZarrZipSink(path, np.zeros((5, 3, 2)), instrument_parameters(types.SimpleNamespace(Wavelength=0)), 2).close()
+    root = zarr.open(zarr.storage.ZipStore(str(path), mode="r"), mode="r")  # (zarr 2.18: zarr.open(path))
+    assert "Lam" not in root["InstrumentParameters"] and "Distance" in root["InstrumentParameters"]

@@ -146,7 +146,7 @@ def test_zip64_past_65535_members_and_4_gib(tmp_path):
 
 
 def test_the_next_start_and_repair_cut_a_killed_publication(tmp_path, caplog):
-    from ringstream.writer.runs import cut_zarr_tail
+    from ringstream.writer.repair import cut_zarr_tail
 
     path = tmp_path / "run.zarr.zip"
     GrowingZip.create(path, [_member(0)]).close()

@@ -1,0 +1,52 @@
+"""How cakes, omega sums and geometry planes are stored: their dtype and their compression (docs/OUTPUTS.md,
+"Compression").
+
+- dtype: ``[output] cake_dtype`` (:data:`CAKE_DTYPES`), float32 by default. The per-frame cakes and the omega sums
+  are stored in it; the sums are accumulated in float64 and rounded once, when written (:func:`stored`: exactly
+  ``np.float32(sum64)``), so the float32 mode stores the correctly rounded float64 sums and the float64 mode the
+  float64 sums bit for bit.
+- HDF5: bitshuffle + LZ4 (the filter EIGER files use; hdf5plugin registers it in the process: ``import hdf5plugin``
+  before h5py opens a compressed dataset; importing this module does it for ringstream's own readers).
+- zarr.zip (zarr format 2): numcodecs Blosc, LZ4 with bit shuffle (:func:`zarr_compressor`), which zarr 2.18 with
+  numcodecs (GSAS-II's importer) and zarr 3 both read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hdf5plugin  # noqa: F401 - registers the bitshuffle filter with HDF5 for every h5py open in this process
+import numpy as np
+
+from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
+
+__all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "cake_dtype", "hdf5_compression", "stored", "zarr_compressor"]
+
+#: Blosc's compression level of the zarr.zip arrays (LZ4 gains little above 5, and costs time)
+BLOSC_LEVEL = 5
+
+
+def cake_dtype(name: str) -> np.dtype:
+    """The little-endian numpy dtype of a ``cake_dtype`` name; ValueError for a name not in :data:`CAKE_DTYPES`."""
+    if str(name) not in CAKE_DTYPES:
+        raise ValueError(f"cake dtype {name!r}: expected one of {', '.join(CAKE_DTYPES)}")
+    return np.dtype("<f4" if str(name) == "float32" else "<f8")
+
+
+def stored(a: Any, dtype: np.dtype) -> np.ndarray:
+    """``a`` as it is stored: C-contiguous ``dtype``, rounded once from whatever precision it has (float64 sums
+    to float32 round to nearest, as ``np.float32(x)``); no copy when it already is."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def hdf5_compression() -> dict[str, Any]:
+    """The ``create_dataset`` keywords of bitshuffle + LZ4 (HDF5 filter 32008)."""
+    return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+
+
+def zarr_compressor() -> Any:
+    """The numcodecs Blosc codec of the zarr.zip arrays (LZ4, bit shuffle): written in each array's ``.zarray``;
+    ``encode`` of a C-contiguous array gives the chunk's bytes as zarr writes them."""
+    import numcodecs
+
+    return numcodecs.Blosc(cname="lz4", clevel=BLOSC_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE)
