@@ -72,6 +72,9 @@ def hdf5_chunk(a: np.ndarray) -> bytes:
     then the bitshuffle library's LZ4 blocks. For a direct chunk write."""
     import bitshuffle
 
+    if not getattr(_THREAD, "one_openmp_thread", False):
+        _one_openmp_thread()
+        _THREAD.one_openmp_thread = True
     a = np.ascontiguousarray(a)
     return struct.pack(">QI", a.nbytes, _BSHUF_BLOCK_BYTES) + bitshuffle.compress_lz4(a).tobytes()
 
@@ -80,6 +83,29 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 #: compression threads of a writer process (each cake or sum is compressed for the HDF5 and the zarr.zip)
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+_THREAD = threading.local()
+
+
+def _one_openmp_thread() -> None:
+    """The calling thread runs bitshuffle's OpenMP loops on itself alone (:func:`hdf5_chunk` calls it once per
+    thread): the pool is the parallelism (a team of OpenMP threads per pool thread would oversubscribe the CPUs),
+    and a process with no OpenMP team threads can fork safely (libgomp's are lost in a forked child, which then hangs
+    in its first parallel loop)."""
+    import ctypes
+    import ctypes.util
+    import glob
+
+    import bitshuffle
+
+    here = os.path.dirname(bitshuffle.__file__)
+    for lib in [*glob.glob(os.path.join(here, "..", "bitshuffle.libs", "libgomp*.so*")), ctypes.util.find_library("gomp")]:
+        if lib:
+            try:
+                ctypes.CDLL(lib).omp_set_num_threads(1)
+            except (OSError, AttributeError):
+                continue
 
 
 def _forget_pool() -> None:
