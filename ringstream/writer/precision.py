@@ -1,0 +1,141 @@
+"""Precision-bounded storage of cakes and omega sums (``[output] cake_noise_fraction``; docs/OUTPUTS.md,
+"Precision-bounded cakes").
+
+A cake value is a weighted sum of photon counts, so it carries counting noise; the digits far below that noise are
+noise themselves, and they are what keeps a float32 cake from compressing. With a fraction ``f > 0`` every stored
+value ``x`` of bin ``b`` is rounded to the nearest multiple of a power of two ``q <= 2 f sigma_b(x)``, which zeroes
+its low mantissa bits (bitshuffle + LZ4 and Blosc then store them as runs of zeros), so that
+
+    |stored - x| <= max(f * sigma_b(x), ulp(x) / 2)
+
+exactly, ``ulp(x)`` being the spacing of the stored dtype at ``x`` (``ulp / 2`` is what lossless rounding to that dtype
+does anyway: a value whose noise is finer than the dtype is stored as in lossless mode).
+
+The noise model (:func:`noise_factor`): bin ``b`` holds pixels ``p`` with map weights ``W_bp`` (area fraction over the
+solid-angle and polarization corrections, :mod:`ringstream.geometry.map`) and area ``A_b = sum_p a_bp``. A cake value
+``V = sum_p W_bp c_p / A_b`` (``Normalize 1``; ``Normalize 0``: ``V = sum_p W_bp c_p``) of Poisson counts ``c_p`` has
+variance ``sum_p W_bp^2 c_p / A_b^2``; with the counts taken as equal within the bin this is ``g_b V`` with
+
+    g_b = S2_b / (SW_b A_b)      (Normalize 1)        g_b = S2_b / SW_b      (Normalize 0)
+    S2_b = sum_p W_bp^2,  SW_b = sum_p W_bp           (S2 / A^2 without corrections, where SW = A)
+
+and an omega sum of n normalised cakes of the same bins has variance ``sum_k g_b V_k = g_b V_sum``: the same factor.
+So ``sigma_b(x) = sqrt(s g_b x)`` for ``x > 0``, with ``s`` = :data:`SAFETY` (the counts within a bin are not equal: see
+docs/OUTPUTS.md for how far that moves the true noise and why ``s`` covers it). Bins with ``x <= 0``, ``A_b = 0``,
+or a non-finite ``x`` are stored as in lossless mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SAFETY", "NoiseRounding", "noise_factor"]
+
+#: the noise model's variance is multiplied by this before ``q`` is chosen: the equal-counts approximation can
+#: overestimate a bin's true counting noise where its counts sit in the pixels of small weight (docs/OUTPUTS.md)
+SAFETY = 0.5
+
+#: ``q`` is chosen from ``(2 f sigma)^2`` shrunk by this much, so that the float64 rounding of that product never
+#: makes ``q`` a power of two larger than ``2 f sigma``
+_SHRINK = 1.0 - 2.0**-30
+
+#: a bin of at most this area (px²) is empty (the engines' cake value there is 0)
+_EMPTY_AREA = 1e-9
+
+
+def noise_factor(weights: Any, bin_area: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """``g_b`` float64 ``[n_r, n_eta]`` (``bin_area``'s shape) from the map's CSR ``weights`` ``[n_bins, n_pixels]``
+    and ``bin_area`` (px²): a cake value ``V`` of bin ``b`` has variance ``g_b V`` under the equal-counts model (see
+    the module docstring); 0 for an empty bin."""
+    import scipy.sparse as sp
+
+    w = sp.csr_matrix(weights)
+    area = np.asarray(bin_area, dtype=np.float64)
+    data = np.asarray(w.data, dtype=np.float64)
+    rows = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
+    sw = np.bincount(rows, weights=data, minlength=w.shape[0]).reshape(area.shape)
+    s2 = np.bincount(rows, weights=data * data, minlength=w.shape[0]).reshape(area.shape)
+    den = sw * area if normalize else sw
+    ok = (area > _EMPTY_AREA) & (den > 0)
+    g = np.zeros(area.shape, dtype=np.float64)
+    np.divide(s2, den, out=g, where=ok)
+    return g
+
+
+class NoiseRounding:
+    """Rounds cakes and omega sums ``[..., n_r, n_eta]`` to ``fraction`` of their counting noise (module docstring).
+
+    ``fraction`` f (0 < f <= 0.5), ``factor`` the per-bin ``g_b`` of :func:`noise_factor` ``[n_r, n_eta]``."""
+
+    def __init__(self, fraction: float, factor: np.ndarray) -> None:
+        f = float(fraction)
+        if not 0.0 < f <= 0.5:
+            raise ValueError(f"cake noise fraction {fraction!r}: expected 0 < f <= 0.5")
+        self.fraction = f
+        g = np.asarray(factor, dtype=np.float64)
+        self.shape = g.shape
+        self.factor = np.where(np.isfinite(g) & (g > 0), g, 0.0)
+        # (2 f sigma)^2 = 4 f^2 SAFETY g x: the per-bin constant, shrunk (see _SHRINK)
+        self._k = 4.0 * f * f * SAFETY * self.factor * _SHRINK
+        self._work: tuple[np.ndarray, ...] | None = None  # scratch arrays of __call__, made at its first call
+
+    def sigma(self, x: np.ndarray) -> np.ndarray:
+        """The noise the rounding is bounded by, ``sqrt(SAFETY g x)`` (``|stored - x| <= f sigma``); 0 where no
+        rounding is done (x <= 0, empty bins)."""
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.sqrt(np.where(x > 0, SAFETY * self.factor * x, 0.0))
+
+    def __call__(self, a: Any, dtype: np.dtype) -> np.ndarray:
+        """``a`` ``[n_r, n_eta]`` rounded as described and stored as a new C-contiguous ``dtype`` (float32 or
+        float64) array.
+
+        Bit arithmetic on float64 (IEEE 754: exponent field at bit 52, bias 1023), in scratch arrays made once
+        (fresh arrays of this size cost more in page faults than the arithmetic)::
+
+            eq = floor(log2 sqrt t) = floor(log2 t) >> 1      t = (2 f sigma)^2 (shrunk), q = 2^eq
+            eu = floor(log2 |x|) - mantissa bits of dtype      2^eu = ulp(x)
+            e  = max(eq, eu)                                   (t <= 0: no eq, e = eu)
+            stored = rint(x * 2^-e) * 2^e                      (both products exact: powers of two)
+
+        A multiple of ``2^e >= ulp(x)`` no larger than ``|x| + 2^e / 2`` is a value of the dtype, so the cast adds
+        no error; ``e = eu`` is the dtype's own rounding (ties to even, as a cast)."""
+        dtype = np.dtype(dtype)
+        if np.shape(a) != self.shape:
+            raise ValueError(f"rounding {np.shape(a)}: the bins are {self.shape}")
+        x, t, e, eu = self._scratch()
+        np.copyto(x, a, casting="unsafe")
+        np.multiply(self._k, x, out=t)
+        np.right_shift(t.view(np.int64), 52, out=e)
+        e -= 1023
+        e >>= 1
+        np.copyto(e, -2000, where=t < 2.0**-1021)  # (t <= 0, or too small for its exponent field to say: no q)
+        np.right_shift(x.view(np.int64), 52, out=eu)
+        eu &= 0x7FF
+        eu -= 1023 + np.finfo(dtype).nmant
+        np.maximum(e, eu, out=e)
+        tiny = e < -1022  # 0 and values below 2^-1000: stored as they are (2^-e would not be a float64)
+        np.maximum(e, -1022, out=e)
+        np.minimum(e, 1022, out=e)
+        np.subtract(1023, e, out=eu)  # the exponent field of 2^-e ...
+        eu <<= 52
+        x *= eu.view(np.float64)
+        np.rint(x, out=x)
+        e += 1023  # ... and of 2^e
+        e <<= 52
+        x *= e.view(np.float64)
+        with np.errstate(over="ignore"):
+            out = x.astype(dtype)
+            bad = ~np.isfinite(out)
+            bad |= tiny
+            if bad.any():  # NaN, inf, 0 and the tiny values as they came (the lossless cast)
+                out[bad] = np.asarray(a)[bad]
+        return out
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if self._work is None:
+            self._work = (np.empty(self.shape), np.empty(self.shape), np.empty(self.shape, dtype=np.int64),
+                          np.empty(self.shape, dtype=np.int64))
+        return self._work
