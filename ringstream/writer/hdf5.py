@@ -32,7 +32,7 @@ from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
 from .omega import OmegaGroup
-from .precision import NoiseRounding
+from .precision import MIN_COUNTS, NoiseRounding
 from .storage import cake_dtype, hdf5_compression, precision_note, stored
 
 log = logging.getLogger(__name__)
@@ -490,14 +490,16 @@ class Hdf5Writer:
         return self.rounding.fraction if self.rounding is not None else 0.0
 
     def _add_precision(self, red: h5py.Group, nR: int, nE: int) -> None:
-        """``/entry/reduction/cake_noise_fraction`` and, when it is not 0, the per-bin noise factor g."""
+        """``/entry/reduction/cake_noise_fraction`` and, when it is not 0, the per-bin noise model."""
         d = red.create_dataset("cake_noise_fraction", data=np.float64(self.noise_fraction))
         d.attrs["note"] = precision_note(self.noise_fraction)
         if self.rounding is not None:
-            d = red.create_dataset("cake_noise_factor", data=self.rounding.factor.reshape(nR, nE),
-                                   chunks=(nR, nE), **hdf5_compression())
+            d = red.create_dataset("cake_noise_model", data=self.rounding.model.reshape(2, nR, nE),
+                                   chunks=(1, nR, nE), **hdf5_compression())
+            d.attrs["planes"] = "g,x_min"
             d.attrs["note"] = ("g: a cake value V of the bin has Poisson variance g V (an omega sum: g times the "
-                               "sum), counts taken as equal within the bin (docs/OUTPUTS.md)")
+                               "sum), counts taken as equal within the bin; x_min: values below it (fewer than "
+                               f"{MIN_COUNTS:g} counts a pixel) are stored losslessly (docs/OUTPUTS.md)")
 
     def _mark_precision(self, d: h5py.Dataset) -> None:
         d.attrs["cake_noise_fraction"] = np.float64(self.noise_fraction)

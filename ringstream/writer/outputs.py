@@ -36,7 +36,7 @@ from ..protocol import ProtocolError
 from .hdf5 import Hdf5Writer
 from .midas_binaries import MidasStreams
 from .omega import OmegaStamps, OmegaSums, name_digits
-from .precision import NoiseRounding, noise_factor
+from .precision import NoiseRounding, map_noise_model
 from .repair import check_resumable, cut_for_resume
 from .storage import stored
 from .zarr_zip import ZarrZipSink, instrument_parameters, reta_map
@@ -145,9 +145,8 @@ class RunOutputs:
     ``fit_prefix`` goes before the names fit.bin and fit_curves.bin; ``cake_dtype`` (``"float32"`` or
     ``"float64"``) the stored dtype of the cakes and omega sums (``[output] cake_dtype``);
     ``cake_noise_fraction`` f > 0 stores them precision-bounded (``[output] cake_noise_fraction``,
-    :mod:`~ringstream.writer.precision`), with the per-bin noise factor ``noise_factor`` ``[n_r, n_eta]`` when the
-    caller made it once for the geometry (None: made here from ``imap.weights``, ``imap.bin_area`` and
-    ``params.Normalize``).
+    :mod:`~ringstream.writer.precision`), with the per-bin ``noise_model`` ``[2, n_r, n_eta]`` when the caller made
+    it once for the geometry (None: made here from ``imap.weights``, ``imap.bin_area`` and ``params.Normalize``).
     """
 
     def __init__(self, h5_path: str | os.PathLike, imap: Any, params: Any, *, engine_name: str,
@@ -155,8 +154,8 @@ class RunOutputs:
                  midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
                  block: int = 0, fit_prefix: str = "", cake_dtype: str = "float32",
-                 cake_noise_fraction: float = 0.0, noise_factor: np.ndarray | None = None) -> None:
-        self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_factor)
+                 cake_noise_fraction: float = 0.0, noise_model: np.ndarray | None = None) -> None:
+        self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
         self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
                              overwrite=overwrite, note=note, n_peaks=n_peaks, block=block,
                              peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
@@ -175,14 +174,13 @@ class RunOutputs:
             raise
 
     def _start(self, imap: Any, params: Any, expected_frames: int, sums_from_workers: bool,
-               noise_fraction: float, factor: np.ndarray | None) -> None:
+               noise_fraction: float, model: np.ndarray | None) -> None:
         """The state of a run before its files are open."""
         self.rounding: NoiseRounding | None = None  # the precision-bounded mode's rounding (None: lossless)
         if noise_fraction:
-            if factor is None:
-                factor = noise_factor(imap.weights, np.reshape(imap.bin_area, (imap.n_r, imap.n_eta)),
-                                      bool(getattr(params, "Normalize", True)))
-            self.rounding = NoiseRounding(noise_fraction, factor)
+            if model is None:
+                model = map_noise_model(imap, getattr(params, "Normalize", True))
+            self.rounding = NoiseRounding(noise_fraction, model)
         self.write_2d = bool(getattr(params, "Write2D", False))
         self.digits = name_digits(expected_frames)
         self.sums_from_workers = bool(sums_from_workers)
@@ -216,7 +214,7 @@ class RunOutputs:
                note: str = "", metadata_keys: Sequence[str] = (), expected_frames: int = 0,
                sums_from_workers: bool = False, block: int = 0, fit_prefix: str = "",
                cake_dtype: str = "float32", cake_noise_fraction: float = 0.0,
-               noise_factor: np.ndarray | None = None) -> RunOutputs:
+               noise_model: np.ndarray | None = None) -> RunOutputs:
         """Continue the run whose writer died: the same arguments as the run's (``engine_name``, ``note`` and
         ``metadata_keys`` are the file's already). The files are cut to the run's durable frames
         (:func:`~ringstream.writer.repair.cut_for_resume`: the HDF5 file, the MIDAS streams; the zarr.zip is
@@ -228,7 +226,7 @@ class RunOutputs:
         cake_dtype, cake_noise_fraction)."""
         del engine_name, note, metadata_keys  # (what the file already records)
         self = cls.__new__(cls)
-        self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_factor)
+        self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
         self.path = Path(h5_path)
         layout = {"n_r": int(imap.n_r), "n_eta": int(imap.n_eta), "n_peaks": int(n_peaks),
                   "Write2D": int(self.write_2d), "OmegaSumFrames": int(getattr(params, "OmegaSumFrames", 1)),

@@ -11,7 +11,7 @@ its low mantissa bits (bitshuffle + LZ4 and Blosc then store them as runs of zer
 exactly, ``ulp(x)`` being the spacing of the stored dtype at ``x`` (``ulp / 2`` is what lossless rounding to that dtype
 does anyway: a value whose noise is finer than the dtype is stored as in lossless mode).
 
-The noise model (:func:`noise_factor`): bin ``b`` holds pixels ``p`` with map weights ``W_bp`` (area fraction over the
+The noise model (:func:`noise_model`): bin ``b`` holds pixels ``p`` with map weights ``W_bp`` (area fraction over the
 solid-angle and polarization corrections, :mod:`ringstream.geometry.map`) and area ``A_b = sum_p a_bp``. A cake value
 ``V = sum_p W_bp c_p / A_b`` (``Normalize 1``; ``Normalize 0``: ``V = sum_p W_bp c_p``) of Poisson counts ``c_p`` has
 variance ``sum_p W_bp^2 c_p / A_b^2``; with the counts taken as equal within the bin this is ``g_b V`` with
@@ -20,9 +20,12 @@ variance ``sum_p W_bp^2 c_p / A_b^2``; with the counts taken as equal within the
     S2_b = sum_p W_bp^2,  SW_b = sum_p W_bp           (S2 / A^2 without corrections, where SW = A)
 
 and an omega sum of n normalised cakes of the same bins has variance ``sum_k g_b V_k = g_b V_sum``: the same factor.
-So ``sigma_b(x) = sqrt(s g_b x)`` for ``x > 0``, with ``s`` = :data:`SAFETY` (the counts within a bin are not equal: see
-docs/OUTPUTS.md for how far that moves the true noise and why ``s`` covers it). Bins with ``x <= 0``, ``A_b = 0``,
-or a non-finite ``x`` are stored as in lossless mode.
+So ``sigma_b(x) = sqrt(s g_b x)``, with ``s`` = :data:`SAFETY`, for ``x >= x_min_b``: the value of a bin whose pixels
+hold :data:`MIN_COUNTS` counts each (``x_min_b = MIN_COUNTS SW_b / A_b``; Normalize 0: ``MIN_COUNTS SW_b``). The
+counts within a bin are not equal, and the fewer they are the more the model can overestimate the true noise (a bin
+whose only counts sit in a sliver of a pixel); ``s`` and ``MIN_COUNTS`` are what keeps the bound on the true noise
+on the simulated rings at every count level (docs/OUTPUTS.md gives the figures). Values below ``x_min_b`` (x <= 0
+included), empty bins (``A_b = 0``) and non-finite values are stored as in lossless mode.
 """
 
 from __future__ import annotations
@@ -31,11 +34,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SAFETY", "NoiseRounding", "noise_factor"]
+__all__ = ["MIN_COUNTS", "SAFETY", "NoiseRounding", "map_noise_model", "noise_model"]
 
 #: the noise model's variance is multiplied by this before ``q`` is chosen: the equal-counts approximation can
-#: overestimate a bin's true counting noise where its counts sit in the pixels of small weight (docs/OUTPUTS.md)
+#: overestimate a bin's true counting noise where its counts sit in the pixels of small weight (on the simulated
+#: rings, bins of >= 3 counts a pixel: by up to 1.35 in sigma; docs/OUTPUTS.md)
 SAFETY = 0.5
+
+#: a bin's value is rounded only when its pixels hold at least this many counts each on average (below it the
+#: equal-counts model can overestimate the noise without limit: stored losslessly)
+MIN_COUNTS = 3.0
 
 #: ``q`` is chosen from ``(2 f sigma)^2`` shrunk by this much, so that the float64 rounding of that product never
 #: makes ``q`` a power of two larger than ``2 f sigma``
@@ -45,10 +53,11 @@ _SHRINK = 1.0 - 2.0**-30
 _EMPTY_AREA = 1e-9
 
 
-def noise_factor(weights: Any, bin_area: np.ndarray, normalize: bool = True) -> np.ndarray:
-    """``g_b`` float64 ``[n_r, n_eta]`` (``bin_area``'s shape) from the map's CSR ``weights`` ``[n_bins, n_pixels]``
-    and ``bin_area`` (px²): a cake value ``V`` of bin ``b`` has variance ``g_b V`` under the equal-counts model (see
-    the module docstring); 0 for an empty bin."""
+def noise_model(weights: Any, bin_area: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """The per-bin noise model, float64 ``[2, n_r, n_eta]`` (``bin_area``'s shape ``[n_r, n_eta]``), from the map's
+    CSR ``weights`` ``[n_bins, n_pixels]`` and ``bin_area`` (px²) (module docstring): plane 0 ``g_b``, a cake value
+    ``V`` of bin ``b`` has variance ``g_b V`` under the equal-counts model (0 for an empty bin); plane 1 ``x_min_b``,
+    the smallest value that is rounded (:data:`MIN_COUNTS` counts a pixel; inf for an empty bin)."""
     import scipy.sparse as sp
 
     w = sp.csr_matrix(weights)
@@ -59,34 +68,47 @@ def noise_factor(weights: Any, bin_area: np.ndarray, normalize: bool = True) -> 
     s2 = np.bincount(rows, weights=data * data, minlength=w.shape[0]).reshape(area.shape)
     den = sw * area if normalize else sw
     ok = (area > _EMPTY_AREA) & (den > 0)
-    g = np.zeros(area.shape, dtype=np.float64)
-    np.divide(s2, den, out=g, where=ok)
-    return g
+    out = np.zeros((2,) + area.shape, dtype=np.float64)
+    np.divide(s2, den, out=out[0], where=ok)
+    out[1] = np.inf
+    np.divide(MIN_COUNTS * sw, area if normalize else 1.0, out=out[1], where=ok)
+    return out
+
+
+def map_noise_model(imap: Any, normalize: bool) -> np.ndarray:
+    """:func:`noise_model` of an IntegrationMap (its ``weights`` and ``bin_area``) with ``Normalize``."""
+    return noise_model(imap.weights, np.reshape(imap.bin_area, (imap.n_r, imap.n_eta)), bool(normalize))
 
 
 class NoiseRounding:
     """Rounds cakes and omega sums ``[..., n_r, n_eta]`` to ``fraction`` of their counting noise (module docstring).
 
-    ``fraction`` f (0 < f <= 0.5), ``factor`` the per-bin ``g_b`` of :func:`noise_factor` ``[n_r, n_eta]``."""
+    ``fraction`` f (0 < f <= 0.5), ``model`` the per-bin ``g_b`` and ``x_min_b`` of :func:`noise_model`
+    ``[2, n_r, n_eta]``."""
 
-    def __init__(self, fraction: float, factor: np.ndarray) -> None:
+    def __init__(self, fraction: float, model: np.ndarray) -> None:
         f = float(fraction)
         if not 0.0 < f <= 0.5:
             raise ValueError(f"cake noise fraction {fraction!r}: expected 0 < f <= 0.5")
         self.fraction = f
-        g = np.asarray(factor, dtype=np.float64)
-        self.shape = g.shape
+        model = np.asarray(model, dtype=np.float64)
+        if model.ndim != 3 or model.shape[0] != 2:
+            raise ValueError(f"noise model of shape {model.shape}: expected [2, n_r, n_eta]")
+        self.model = model
+        self.shape = model.shape[1:]
+        g = model[0]
         self.factor = np.where(np.isfinite(g) & (g > 0), g, 0.0)
+        self.x_min = np.where(np.isnan(model[1]), np.inf, model[1])
         # (2 f sigma)^2 = 4 f^2 SAFETY g x: the per-bin constant, shrunk (see _SHRINK)
         self._k = 4.0 * f * f * SAFETY * self.factor * _SHRINK
         self._work: tuple[np.ndarray, ...] | None = None  # scratch arrays of __call__, made at its first call
 
     def sigma(self, x: np.ndarray) -> np.ndarray:
         """The noise the rounding is bounded by, ``sqrt(SAFETY g x)`` (``|stored - x| <= f sigma``); 0 where no
-        rounding is done (x <= 0, empty bins)."""
+        rounding is done (x < x_min, x <= 0, empty bins)."""
         x = np.asarray(x, dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            return np.sqrt(np.where(x > 0, SAFETY * self.factor * x, 0.0))
+            return np.sqrt(np.where((x > 0) & (x >= self.x_min), SAFETY * self.factor * x, 0.0))
 
     def __call__(self, a: Any, dtype: np.dtype) -> np.ndarray:
         """``a`` ``[n_r, n_eta]`` rounded as described and stored as a new C-contiguous ``dtype`` (float32 or
@@ -105,9 +127,11 @@ class NoiseRounding:
         dtype = np.dtype(dtype)
         if np.shape(a) != self.shape:
             raise ValueError(f"rounding {np.shape(a)}: the bins are {self.shape}")
-        x, t, e, eu = self._scratch()
+        x, t, e, eu, low = self._scratch()
         np.copyto(x, a, casting="unsafe")
         np.multiply(self._k, x, out=t)
+        np.less(x, self.x_min, out=low)
+        t[low] = 0.0  # (below x_min: no q)
         np.right_shift(t.view(np.int64), 52, out=e)
         e -= 1023
         e >>= 1
@@ -134,8 +158,8 @@ class NoiseRounding:
                 out[bad] = np.asarray(a)[bad]
         return out
 
-    def _scratch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _scratch(self) -> tuple[np.ndarray, ...]:
         if self._work is None:
             self._work = (np.empty(self.shape), np.empty(self.shape), np.empty(self.shape, dtype=np.int64),
-                          np.empty(self.shape, dtype=np.int64))
+                          np.empty(self.shape, dtype=np.int64), np.empty(self.shape, dtype=bool))
         return self._work

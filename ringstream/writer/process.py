@@ -94,7 +94,7 @@ from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
 from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
-from .precision import noise_factor
+from .precision import map_noise_model
 from .runs import Run, RunBook
 
 log = logging.getLogger("ringstream.writer")
@@ -186,7 +186,7 @@ class _Writer:
         self.summed_frames: set[int] = set()  # frames in the partial sums taken, not yet below the watermark
         self.resent_from: set[int] = set()  # worker processes that sent again what they kept (Resent)
         self.save_interval = max(1, int(config.run.save_interval))
-        self.noise_factor: np.ndarray | None = None  # per-bin noise factor of [output] cake_noise_fraction (run())
+        self.noise_model: np.ndarray | None = None  # per-bin noise model of [output] cake_noise_fraction (run())
         self.counters: dict[str, int] = {"written": 0, "rejected": 0, "duplicates": 0, "runs_complete": 0,
                                          "runs_failed": 0, "dropped_output_failed": 0}
         self.held: dict[int, tuple[Result, list]] = {}  # frame_index -> (result, buffers), early arrivals
@@ -240,10 +240,9 @@ class _Writer:
         cfg = self.config
         self.params = cfg.load_params()
         self.imap, _ = load_or_build(self.params)
-        # the precision-bounded mode's per-bin noise factor, made once for the geometry (None: lossless)
-        self.noise_factor = noise_factor(self.imap.weights, np.reshape(self.imap.bin_area, (self.imap.n_r,
-                                         self.imap.n_eta)), bool(self.params.Normalize)) \
-            if cfg.output.cake_noise_fraction else None
+        # the precision-bounded mode's per-bin noise model, made once for the geometry (None: lossless)
+        self.noise_model = map_noise_model(self.imap, self.params.Normalize) if cfg.output.cake_noise_fraction \
+            else None
         self.book = RunBook(cfg)
         self.write_2d = bool(self.params.Write2D)
         self.n_peaks = peak_slots(self.params, cfg.fit.slots)
@@ -838,7 +837,7 @@ class _Writer:
         """How the cakes and sums are stored (``[output]``), as :class:`RunOutputs` takes it."""
         out = self.config.output
         return {"cake_dtype": out.cake_dtype, "cake_noise_fraction": out.cake_noise_fraction,
-                "noise_factor": self.noise_factor}
+                "noise_model": self.noise_model}
 
     def resume_outputs(self, run: Run, engine_name: str) -> RunOutputs:
         """``run``'s outputs, reopened where they were flushed (:meth:`RunOutputs.resume`)."""

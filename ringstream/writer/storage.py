@@ -23,7 +23,7 @@ import hdf5plugin  # noqa: F401 - registers the bitshuffle filter with HDF5 for 
 import numpy as np
 
 from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
-from .precision import SAFETY
+from .precision import MIN_COUNTS, SAFETY
 
 __all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "cake_dtype", "hdf5_compression", "precision_note", "stored",
            "zarr_compressor"]
@@ -56,8 +56,9 @@ def precision_note(fraction: float) -> str:
         return "lossless: each value is the float64 value rounded to nearest in the stored dtype"
     return (f"precision-bounded (cake_noise_fraction {float(fraction):g}): each value x is rounded to a multiple of "
             f"a power of two q <= 2 f sigma, so |stored - x| <= max(f sigma, ulp(x)/2); sigma = sqrt(s g x) is the "
-            f"bin's Poisson counting noise (g: /entry/reduction/cake_noise_factor, s = {SAFETY:g} a safety factor; "
-            f"x <= 0 and empty bins are stored losslessly; docs/OUTPUTS.md)")
+            f"bin's Poisson counting noise (g: /entry/reduction/cake_noise_model, s = {SAFETY:g} a safety factor; "
+            f"values below x_min (fewer than {MIN_COUNTS:g} counts a pixel) and empty bins are stored losslessly; "
+            f"docs/OUTPUTS.md)")
 
 
 def hdf5_compression() -> dict[str, Any]:

@@ -7,12 +7,17 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ringstream.writer.precision import SAFETY, NoiseRounding, noise_factor
+from ringstream.writer.precision import MIN_COUNTS, SAFETY, NoiseRounding, noise_model
 from ringstream.writer.storage import stored
 
 pytestmark = pytest.mark.timeout(60)
 
 SHAPE = (60, 36)
+
+
+def _model(g: np.ndarray, x_min: float | np.ndarray = 0.0) -> np.ndarray:
+    """A noise model [2, *SHAPE]: the factor g, every value from x_min on rounded."""
+    return np.stack([g, np.broadcast_to(x_min, SHAPE)])
 
 
 def _values(rng: np.random.Generator) -> np.ndarray:
@@ -32,7 +37,7 @@ def test_the_error_is_at_most_f_sigma_or_the_dtypes_own_rounding(fraction, dtype
     rng = np.random.default_rng([7, int(fraction * 100), np.dtype(dtype).itemsize, np.dtype(source).itemsize])
     g = 10.0 ** rng.uniform(-6, 1, SHAPE)
     g[0, 20:24] = [0.0, np.nan, -1.0, np.inf]  # empty or broken bins: stored losslessly
-    r = NoiseRounding(fraction, g)
+    r = NoiseRounding(fraction, _model(g))
     for _ in range(5):
         with np.errstate(over="ignore"):  # (1e300 as float32: inf)
             x = _values(rng).astype(source)
@@ -60,7 +65,7 @@ def test_rounded_values_zero_the_low_mantissa_bits():
     ends at 1: the values are whole numbers, 14 bits of mantissa, the 9 low bits of the float32 zero."""
     rng = np.random.default_rng(3)
     x = rng.uniform(8192, 16383, SHAPE)
-    out = stored(x, np.float32, NoiseRounding(0.01, np.ones(SHAPE)))
+    out = stored(x, np.float32, NoiseRounding(0.01, _model(np.ones(SHAPE))))
     assert np.array_equal(out, np.rint(x).astype(np.float32))
     assert not np.any(out.view(np.uint32) & 0x1FF)
 
@@ -69,24 +74,43 @@ def test_rounding_is_deterministic_and_leaves_its_input_alone():
     rng = np.random.default_rng(4)
     x = rng.uniform(1, 1e4, SHAPE)
     before = x.copy()
-    r = NoiseRounding(0.05, rng.uniform(0.01, 1, SHAPE))
+    r = NoiseRounding(0.05, _model(rng.uniform(0.01, 1, SHAPE)))
     a, b = r(x, np.float32), r(x, np.float32)
     assert np.array_equal(a, b) and a is not b and np.array_equal(x, before)
     with pytest.raises(ValueError, match="the bins are"):
         r(x[:10], np.float32)
     for bad in (0.0, -0.1, 0.6, np.nan):
         with pytest.raises(ValueError, match="noise fraction"):
-            NoiseRounding(bad, np.ones(SHAPE))
+            NoiseRounding(bad, _model(np.ones(SHAPE)))
+    with pytest.raises(ValueError, match="expected \\[2, n_r, n_eta\\]"):
+        NoiseRounding(0.01, np.ones(SHAPE))
 
 
-def test_noise_factor_of_a_map():
+def test_values_below_x_min_are_stored_losslessly():
+    rng = np.random.default_rng(5)
+    x_min = rng.uniform(10, 100, SHAPE)
+    x = x_min * rng.uniform(0.5, 1.5, SHAPE)
+    r = NoiseRounding(0.1, _model(np.ones(SHAPE), x_min))
+    out = r(x, np.float32)
+    below = x < x_min
+    assert below.sum() > 100 and (~below).sum() > 100
+    assert np.array_equal(out[below], x[below].astype(np.float32))
+    assert np.all(r.sigma(x)[below] == 0) and np.all(r.sigma(x)[~below] > 0)
+    assert np.count_nonzero(out[~below] != x[~below].astype(np.float32)) > (~below).sum() // 2
+
+
+def test_noise_model_of_a_map():
     """g = S2 / (SW A) with Normalize 1 (S2 / A^2 when the weights are the areas), S2 / SW with Normalize 0; 0 for
-    an empty bin."""
+    an empty bin; x_min the value of MIN_COUNTS counts in each pixel (inf for an empty bin)."""
     # 3 bins over 4 pixels: bin 0 whole pixels 0, 1; bin 1 halves of pixels 2, 3; bin 2 empty
     w = sp.csr_matrix(np.array([[1.0, 1.0, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0, 0]]))
     area = np.array([[2.0, 1.0, 0.0]])
-    assert np.allclose(noise_factor(w, area, True), [[2 / 4, 0.5 / 1, 0]])
-    assert np.allclose(noise_factor(w, area, False), [[1.0, 0.5, 0]])
+    m = noise_model(w, area, True)
+    assert m.shape == (2, 1, 3) and np.allclose(m[0], [[2 / 4, 0.5 / 1, 0]])
+    assert np.allclose(m[1], [[MIN_COUNTS, MIN_COUNTS, np.inf]])
+    m = noise_model(w, area, False)
+    assert np.allclose(m[0], [[1.0, 0.5, 0]]) and np.allclose(m[1], [[2 * MIN_COUNTS, MIN_COUNTS, np.inf]])
     # corrections: weights = area / (SA P) != areas: V = c SW / A, var = c S2 / A^2 = V S2 / (SW A)
     wc = sp.csr_matrix(np.array([[2.0, 1.0, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0, 0]]))
-    assert np.allclose(noise_factor(wc, area, True), [[5 / (3 * 2), 0.5 / 1, 0]])
+    m = noise_model(wc, area, True)
+    assert np.allclose(m[0], [[5 / (3 * 2), 0.5 / 1, 0]]) and np.allclose(m[1], [[MIN_COUNTS * 3 / 2, MIN_COUNTS, np.inf]])
