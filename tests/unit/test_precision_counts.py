@@ -7,6 +7,8 @@ rounding of the cakes the sums are made of)."""
 
 from __future__ import annotations
 
+import zipfile
+
 import h5py
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from ringstream.engines.reference import ReferenceEngine
 from ringstream.geometry.map import build_map
 from ringstream.ingest.simulated import SimulatedSource
 from ringstream.params import parse_params
+from ringstream.writer.export import export_zarr
 from ringstream.writer.outputs import FrameRecord, RunOutputs
 
 pytestmark = pytest.mark.timeout(300)
@@ -99,3 +102,11 @@ def test_stored_error_is_within_a_fraction_of_the_exact_counting_noise(tmp_path,
         assert np.all(np.abs(sums[g].astype(np.float64) - exact) <= FRACTION * sigma + slack)
         z = root[f"OmegaSumFrame/{names[g]}"]
         assert np.array_equal(z[...], sums[g]) and z.attrs["cake_noise_fraction"] == FRACTION
+
+    # ringstream export makes the same zarr.zip from the HDF5 file: the sums as stored, and the precision said
+    assert export_zarr(tmp_path / "r.h5", tmp_path / "again.zarr.zip") == 2
+    with zipfile.ZipFile(tmp_path / "r.zarr.zip") as a, zipfile.ZipFile(tmp_path / "again.zarr.zip") as b:
+        for name in names:
+            for member in (".zattrs", "0.0"):
+                key = f"OmegaSumFrame/{name}/{member}"
+                assert a.read(key) == b.read(key), key
