@@ -101,7 +101,7 @@ class NoiseRounding:
         self.x_min = np.where(np.isnan(model[1]), np.inf, model[1])
         # (2 f sigma)^2 = 4 f^2 SAFETY g x: the per-bin constant, shrunk (see _SHRINK)
         self._k = 4.0 * f * f * SAFETY * self.factor * _SHRINK
-        self._work: tuple[np.ndarray, ...] | None = None  # scratch arrays of __call__, made at its first call
+        self._work: dict[np.dtype, tuple] = {}  # scratch arrays of __call__ by working dtype (_scratch)
 
     def sigma(self, x: np.ndarray) -> np.ndarray:
         """The noise the rounding is bounded by, ``sqrt(SAFETY g x)`` (``|stored - x| <= f sigma``); 0 where no
@@ -114,12 +114,13 @@ class NoiseRounding:
         """``a`` ``[n_r, n_eta]`` rounded as described and stored as a new C-contiguous ``dtype`` (float32 or
         float64) array.
 
-        Bit arithmetic on float64 (IEEE 754: exponent field at bit 52, bias 1023), in scratch arrays made once
-        (fresh arrays of this size cost more in page faults than the arithmetic)::
+        Bit arithmetic on IEEE 754 numbers (exponent field at bit ``m``, bias ``B``: 23 and 127 in float32, 52 and
+        1023 in float64), in float32 when ``a`` and ``dtype`` both are (a float32 cake), else in float64, in scratch
+        arrays made once (fresh arrays of this size cost more in page faults than the arithmetic)::
 
             eq = floor(log2 sqrt t) = floor(log2 t) >> 1      t = (2 f sigma)^2 (shrunk), q = 2^eq
             eu = floor(log2 |x|) - mantissa bits of dtype      2^eu = ulp(x)
-            e  = max(eq, eu)                                   (t <= 0: no eq, e = eu)
+            e  = max(eq, eu)                                   (t <= 0 or x < x_min: no eq, e = eu)
             stored = rint(x * 2^-e) * 2^e                      (both products exact: powers of two)
 
         A multiple of ``2^e >= ulp(x)`` no larger than ``|x| + 2^e / 2`` is a value of the dtype, so the cast adds
@@ -127,39 +128,54 @@ class NoiseRounding:
         dtype = np.dtype(dtype)
         if np.shape(a) != self.shape:
             raise ValueError(f"rounding {np.shape(a)}: the bins are {self.shape}")
-        x, t, e, eu, low = self._scratch()
+        work = np.dtype(np.float32) if dtype == np.float32 and getattr(a, "dtype", None) == np.float32 \
+            else np.dtype(np.float64)
+        k, x_min, (x, t, e, eu, low) = self._scratch(work)
+        m, bias = np.finfo(work).nmant, -np.finfo(work).minexp + 1  # (23, 127) or (52, 1023)
+        ints = e.dtype
         np.copyto(x, a, casting="unsafe")
-        np.multiply(self._k, x, out=t)
-        np.less(x, self.x_min, out=low)
-        t[low] = 0.0  # (below x_min: no q)
-        np.right_shift(t.view(np.int64), 52, out=e)
-        e -= 1023
+        np.multiply(k, x, out=t)  # (an overflow to inf gives eq = 2^(B + 1) >> 1, still <= log2 sqrt t)
+        np.right_shift(t.view(ints), m, out=e)
+        e -= bias
         e >>= 1
-        np.copyto(e, -2000, where=t < 2.0**-1021)  # (t <= 0, or too small for its exponent field to say: no q)
-        np.right_shift(x.view(np.int64), 52, out=eu)
-        eu &= 0x7FF
-        eu -= 1023 + np.finfo(dtype).nmant
+        np.less(x, x_min, out=low)
+        low |= t < 2.0 ** (2 - bias)  # (t <= 0, or below the normal numbers)
+        np.copyto(e, -4 * bias, where=low)  # no q: below x_min, t <= 0
+        np.right_shift(x.view(ints), m, out=eu)
+        eu &= 2 * bias + 1  # (the exponent field)
+        eu -= bias + np.finfo(dtype).nmant
         np.maximum(e, eu, out=e)
-        tiny = e < -1022  # 0 and values below 2^-1000: stored as they are (2^-e would not be a float64)
-        np.maximum(e, -1022, out=e)
-        np.minimum(e, 1022, out=e)
-        np.subtract(1023, e, out=eu)  # the exponent field of 2^-e ...
-        eu <<= 52
-        x *= eu.view(np.float64)
+        tiny = e < 1 - bias  # 0 and values near the smallest normal number: stored as they are
+        np.maximum(e, 1 - bias, out=e)  # (2^e and 2^-e normal numbers)
+        np.minimum(e, bias - 1, out=e)
+        np.subtract(bias, e, out=eu)  # the exponent field of 2^-e ...
+        eu <<= m
+        x *= eu.view(work)
         np.rint(x, out=x)
-        e += 1023  # ... and of 2^e
-        e <<= 52
-        x *= e.view(np.float64)
+        e += bias  # ... and of 2^e
+        e <<= m
+        x *= e.view(work)
         with np.errstate(over="ignore"):
-            out = x.astype(dtype)
+            out = x.astype(dtype)  # (a copy: the scratch array is used again)
             bad = ~np.isfinite(out)
             bad |= tiny
             if bad.any():  # NaN, inf, 0 and the tiny values as they came (the lossless cast)
                 out[bad] = np.asarray(a)[bad]
         return out
 
-    def _scratch(self) -> tuple[np.ndarray, ...]:
-        if self._work is None:
-            self._work = (np.empty(self.shape), np.empty(self.shape), np.empty(self.shape, dtype=np.int64),
-                          np.empty(self.shape, dtype=np.int64), np.empty(self.shape, dtype=bool))
-        return self._work
+    def _scratch(self, work: np.dtype) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """The per-bin constant of ``t``, ``x_min`` and the scratch arrays of :meth:`__call__` in ``work`` (float32
+        or float64), made at the first call of each."""
+        if work not in self._work:
+            ints = np.int32 if work == np.float32 else np.int64
+            k, x_min = self._k, self.x_min
+            if work == np.float32:
+                k = (k * (1.0 - 2.0**-20)).astype(np.float32)  # (k and k x are rounded, 2^-24 each: shrunk more)
+                with np.errstate(over="ignore"):
+                    x_min = x_min.astype(np.float32)
+                up = x_min < self.x_min  # rounded up, so that a value below x_min is never rounded
+                x_min[up] = np.nextafter(x_min[up], np.float32(np.inf))
+            self._work[work] = (k, x_min, (np.empty(self.shape, work), np.empty(self.shape, work),
+                                           np.empty(self.shape, ints), np.empty(self.shape, ints),
+                                           np.empty(self.shape, bool)))
+        return self._work[work]

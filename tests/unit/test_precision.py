@@ -86,10 +86,12 @@ def test_rounding_is_deterministic_and_leaves_its_input_alone():
         NoiseRounding(0.01, np.ones(SHAPE))
 
 
-def test_values_below_x_min_are_stored_losslessly():
+@pytest.mark.parametrize("source", [np.float64, np.float32])  # (float32 in, float32 out: computed in float32)
+def test_values_below_x_min_are_stored_losslessly(source):
     rng = np.random.default_rng(5)
     x_min = rng.uniform(10, 100, SHAPE)
-    x = x_min * rng.uniform(0.5, 1.5, SHAPE)
+    x = (x_min * rng.uniform(0.5, 1.5, SHAPE)).astype(source)
+    x.flat[:50] = x_min.flat[:50]  # (at x_min exactly: rounded, or below it in float32)
     r = NoiseRounding(0.1, _model(np.ones(SHAPE), x_min))
     out = r(x, np.float32)
     below = x < x_min
