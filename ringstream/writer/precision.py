@@ -115,8 +115,9 @@ class NoiseRounding:
         float64) array.
 
         Bit arithmetic on IEEE 754 numbers (exponent field at bit ``m``, bias ``B``: 23 and 127 in float32, 52 and
-        1023 in float64), in float32 when ``a`` and ``dtype`` both are (a float32 cake), else in float64, in scratch
-        arrays made once (fresh arrays of this size cost more in page faults than the arithmetic)::
+        1023 in float64), in float32 when ``dtype`` is and ``a``'s values are (a float32 cake, a one-frame sum),
+        else in float64, in scratch arrays made once (fresh arrays of this size cost more in page faults than the
+        arithmetic)::
 
             eq = floor(log2 sqrt t) = floor(log2 t) >> 1      t = (2 f sigma)^2 (shrunk), q = 2^eq
             eu = floor(log2 |x|) - mantissa bits of dtype      2^eu = ulp(x)
@@ -128,8 +129,13 @@ class NoiseRounding:
         dtype = np.dtype(dtype)
         if np.shape(a) != self.shape:
             raise ValueError(f"rounding {np.shape(a)}: the bins are {self.shape}")
-        work = np.dtype(np.float32) if dtype == np.float32 and getattr(a, "dtype", None) == np.float32 \
-            else np.dtype(np.float64)
+        a = np.asarray(a)
+        if dtype == np.float32 and a.dtype == np.float64:  # float32 values in float64 (a one-frame omega sum)?
+            with np.errstate(over="ignore"):
+                a32 = a.astype(np.float32)
+            if np.array_equal(a32, a):
+                a = a32
+        work = np.dtype(np.float32) if dtype == np.float32 and a.dtype == np.float32 else np.dtype(np.float64)
         k, x_min, (x, t, e, eu, low) = self._scratch(work)
         m, bias = np.finfo(work).nmant, -np.finfo(work).minexp + 1  # (23, 127) or (52, 1023)
         ints = e.dtype

@@ -77,6 +77,9 @@ def test_rounding_is_deterministic_and_leaves_its_input_alone():
     r = NoiseRounding(0.05, _model(rng.uniform(0.01, 1, SHAPE)))
     a, b = r(x, np.float32), r(x, np.float32)
     assert np.array_equal(a, b) and a is not b and np.array_equal(x, before)
+    # float32 values held in float64 (a one-frame omega sum) round as the float32 cake they are
+    x32 = x.astype(np.float32)
+    assert np.array_equal(r(x32.astype(np.float64), np.float32), r(x32, np.float32))
     with pytest.raises(ValueError, match="the bins are"):
         r(x[:10], np.float32)
     for bad in (0.0, -0.1, 0.6, np.nan):
