@@ -8,7 +8,14 @@ of 40 model values each (what a worker sends), frame indices interleaved as two 
 ``OmegaSumFrames -1`` and the EndOfStream. The rate is the number of frames over the time from the first send to the
 writer's exit (close included). Both processes share this machine's CPUs, as workers and writer do in the daemon.
 
-    python bench/writer_process.py [--frames 40000] [--repeat 3] [--machine vm] [--dir /tmp]
+Cases (``--cases``): ``lineouts`` (the above); ``sums-osf1``, the demo's settings (``OmegaSumFrames 1``, MIDAS's
+default, ``Write2D 0``, zarr.zip on): 990 x 72 bins as in ``configs/demo-pilatus2m.txt``, each frame's Result followed
+by its group's whole partial sum, float32 (as workers send it), Poisson counts over rings normalised by bin area, so
+each frame's sum is compressed and written to the HDF5 and to the zarr.zip; ``cakes-osf1``: the same with ``Write2D 1``,
+the cake in each Result (written as /entry/cake/I, and as its group's sum in both files).
+
+    python bench/writer_process.py [--cases lineouts,sums-osf1,cakes-osf1] [--frames 40000] [--repeat 3]
+                                   [--machine vm] [--dir /tmp]
 
 Prints a table; writes ``bench/results/writer_process-<machine>.json``.
 """
@@ -57,10 +64,20 @@ PeakLocation 100
 PeakLocation 150
 """
 N_R, N_ETA, N_PEAKS = 2000, 72, 3
+#: the per-frame sum cases: 990 x 72 bins (RMin 10, RMax 1000, 1 px; 5 deg), as the demo parameter file gives
+CAKE_PARAMS = (PARAMS.replace("RMax 210", "RMax 1000").replace("RBinSize 0.1", "RBinSize 1")
+               .replace("OmegaSumFrames -1", "OmegaSumFrames 1"))
+CASES = {
+    "lineouts": {"params": PARAMS, "n_r": N_R, "sums": False, "cakes": False},
+    "sums-osf1": {"params": CAKE_PARAMS, "n_r": 990, "sums": True, "cakes": False},
+    "cakes-osf1": {"params": CAKE_PARAMS.replace("Write2D 0", "Write2D 1"), "n_r": 990, "sums": False,
+                   "cakes": True},
+}
 
 
-def config(folder: Path, queue_mb: int = 8) -> dict:
-    (folder / "setup.txt").write_text(PARAMS)
+def config(folder: Path, queue_mb: int = 8, case: str = "lineouts") -> dict:
+    c = CASES[case]
+    (folder / "setup.txt").write_text(c["params"])
     return {"run": {"param_file": str(folder / "setup.txt"), "output_h5": str(folder / "out.h5"),
                     "save_interval": 500},
             "source": {"kind": "simulated", "frames": 0},  # (the writer reads only the run length, from the EOS)
@@ -80,11 +97,23 @@ def _child(data: dict, ready, stop, log_path: str) -> None:
     sys.exit(process.run(DaemonConfig.from_dict(data), ready, stop))
 
 
-def messages(n: int) -> tuple[list, list]:
-    """``n`` encoded Results in the order two workers would send them, and the partial sum and EOS after them."""
+def poisson_cakes(k: int, n_r: int, n_eta: int, rng) -> np.ndarray:
+    """``k`` area-normalised cakes of Poisson counts: rings every 100 bins over a flat background, bins of 5-15 px²."""
+    r = np.arange(n_r)[:, None]
+    mean = 50.0 + 400.0 * np.exp(-((r % 100) - 50.0) ** 2 / 8.0)
+    area = 5.0 + r / 100.0
+    return np.stack([(rng.poisson(mean * area * np.ones((1, n_eta))) / area).astype(np.float32) for _ in range(k)])
+
+
+def messages(n: int, case: str = "lineouts") -> tuple[list, list]:
+    """``n`` encoded Results in the order two workers would send them (``sums-osf1``: each followed by its frame's
+    float32 sum), and the partial sum (``lineouts``) and EOS after them."""
+    c = CASES[case]
+    n_r = c["n_r"]
     rng = np.random.default_rng(0)
     k = 64
-    lines = rng.random((k, N_R), dtype=np.float32)
+    lines = rng.random((k, n_r), dtype=np.float32)
+    cakes = poisson_cakes(k, n_r, N_ETA, rng) if c["sums"] or c["cakes"] else None
     fits = rng.normal(size=(k, N_PEAKS, 7))
     table, values = np.array([[80, 40]], dtype=np.int32), rng.random(40)
     order = []
@@ -95,17 +124,20 @@ def messages(n: int) -> tuple[list, list]:
     for i in order:
         j = i % k
         msg = Result(run_id="bench", frame_index=i, source_id=f"bench:{i}", timestamp=1.7e9 + i, engine="gpu",
-                     worker=i % 2, n_r=N_R, n_eta=N_ETA, n_peaks=N_PEAKS, n_rois=1, n_curve_points=40,
-                     metadata={"I0": 1.0 * i})
-        out.append(encode(msg, result_buffers(lines[j], None, fits[j], (table, values))))
-    tail = [encode(OmegaPartial(group=0, n_frames=n, n_r=N_R, n_eta=N_ETA), [rng.random((N_R, N_ETA))]),
-            encode(EndOfStream(run_id="bench", n_frames=n))]
-    return out, tail
+                     worker=i % 2, n_r=n_r, n_eta=N_ETA, has_cake=c["cakes"], n_peaks=N_PEAKS, n_rois=1,
+                     n_curve_points=40, metadata={"I0": 1.0 * i})
+        out.append(encode(msg, result_buffers(lines[j], cakes[j] if c["cakes"] else None, fits[j], (table, values))))
+        if c["sums"]:  # the frame's group is whole: float32, as a worker sends it
+            out.append(encode(OmegaPartial(run_id="bench", group=i, n_frames=1, first_frame=i, last_frame=i,
+                                           worker=i % 2, frames=[i], n_r=n_r, n_eta=N_ETA, dtype="<f4"), [cakes[j]]))
+    tail = [] if c["sums"] or c["cakes"] else [
+        encode(OmegaPartial(run_id="bench", group=0, n_frames=n, n_r=N_R, n_eta=N_ETA), [rng.random((N_R, N_ETA))])]
+    return out, tail + [encode(EndOfStream(run_id="bench", n_frames=n))]
 
 
-def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8) -> dict:
+def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8, case: str = "lineouts") -> dict:
     work = Path(tempfile.mkdtemp(dir=folder, prefix="writer-process-"))
-    data = config(work, queue_mb)
+    data = config(work, queue_mb, case)
     from ringstream.geometry.cache import load_or_build
 
     load_or_build(DaemonConfig.from_dict(data).load_params())  # the map is cached: the child only loads it
@@ -120,7 +152,9 @@ def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8) ->
     proc.start()
     push = ctx.socket(zmq.PUSH)
     t = DaemonConfig.from_dict(data).transport  # the high-water mark a worker's results socket gets
-    push.setsockopt(zmq.SNDHWM, results_hwm(t.results_queue_mb, t.queue_depth, N_R, N_ETA, False, N_PEAKS, 40))
+    c = CASES[case]
+    push.setsockopt(zmq.SNDHWM, results_hwm(t.results_queue_mb, t.queue_depth, c["n_r"], N_ETA, c["cakes"], N_PEAKS, 40,
+                                            frames_per_partial=1 if c["sums"] else 0, partial_itemsize=4))
     try:
         if not ready.wait(120):
             raise RuntimeError(f"the writer did not start: {Path(log_path).read_text()[-2000:]}")
@@ -162,7 +196,9 @@ def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=40000)
+    ap.add_argument("--cases", default="lineouts,sums-osf1,cakes-osf1", help=f"comma-separated, of {', '.join(CASES)}")
+    ap.add_argument("--frames", type=int, default=40000, help="frames of the lineouts case (40,000)")
+    ap.add_argument("--cake-frames", type=int, default=10000, help="frames of the per-frame sum cases (10,000)")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported, every run is kept")
     ap.add_argument("--machine", default="vm")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder for the temporary output files")
@@ -170,31 +206,45 @@ def main() -> None:
                     help="[transport] results_queue_mb (comma-separated: each value in turn, every repeat)")
     ap.add_argument("--note", default="", help="what to know about the machine or the run, kept in the JSON")
     args = ap.parse_args()
-    msgs, tail = messages(args.frames)
     sizes = [int(v) for v in args.results_queue_mb.split(",")]
+    cases = [c for c in args.cases.split(",") if c]
+    targets = {"lineouts": 20000, "sums-osf1": 3000, "cakes-osf1": 3000}
     runs = []
-    for _ in range(args.repeat):  # the sizes interleaved, so that each sees the same moments of a noisy machine
+    for case in cases:
+        n = args.frames if case == "lineouts" else args.cake_frames
+        msgs, tail = messages(n, case)
+        for _ in range(args.repeat):  # the sizes interleaved, so that each sees the same moments of a noisy machine
+            for mb in sizes:
+                runs.append({"case": case, "results_queue_mb": mb,
+                             **run_once(n, Path(args.dir), msgs, tail, mb, case)})
+        del msgs, tail
+    print(f"{'case':>10} {'queue MB':>8} {'frames':>7} {'s':>6} {'frames/s':>9} {'writer cpu s':>12} "
+          f"{'writer log fps':>14} {'in file':>8} {'in order':>8} {'kB/frame':>9}")
+    for r in runs:
+        print(f"{r['case']:>10} {r['results_queue_mb']:8d} {r['frames']:7d} {r['seconds']:6.2f} {r['frames_per_s']:9.0f} "
+              f"{r['writer_cpu_s']:12.2f} {r['writer_log_frames_per_s'] or 0:14.0f} {r['frames_in_file']:8d} "
+              f"{str(r['in_order']):>8} {r['bytes_written'] / r['frames'] / 1e3:9.1f}")
+    best = {}
+    for case in cases:
+        best[case] = max((r for r in runs if r["case"] == case and r["results_queue_mb"] == sizes[0]),
+                         key=lambda r: r["frames_per_s"])
         for mb in sizes:
-            runs.append({"results_queue_mb": mb, **run_once(args.frames, Path(args.dir), msgs, tail, mb)})
-    best = max((r for r in runs if r["results_queue_mb"] == sizes[0]), key=lambda r: r["frames_per_s"])
-    print(f"{'run':>4} {'queue MB':>8} {'frames':>7} {'s':>6} {'frames/s':>9} {'writer cpu s':>12} {'writer log fps':>14} "
-          f"{'in file':>8} {'in order':>8}")
-    for k, r in enumerate(runs):
-        print(f"{k:4d} {r['results_queue_mb']:8d} {r['frames']:7d} {r['seconds']:6.2f} {r['frames_per_s']:9.0f} {r['writer_cpu_s']:12.2f} "
-              f"{r['writer_log_frames_per_s'] or 0:14.0f} {r['frames_in_file']:8d} {str(r['in_order']):>8}")
-    for mb in sizes:
-        b = max(r["frames_per_s"] for r in runs if r["results_queue_mb"] == mb)
-        print(f"best with results_queue_mb {mb}: {b:.0f} frames/s (target 20,000)")
+            b = max(r["frames_per_s"] for r in runs if r["case"] == case and r["results_queue_mb"] == mb)
+            print(f"{case}: best with results_queue_mb {mb}: {b:.0f} frames/s (target {targets[case]:,})")
     import h5py
     import zarr
 
     result = {"benchmark": "writer_process",
-              "what": "the writer process fed pre-encoded Results over loopback TCP (2,000 bins, 3 peaks, one ROI), "
-                      "two workers' interleaved order; frames over first send to writer exit",
-              "target_per_s": 20000, "best": best, "runs": runs,
+              "what": "the writer process fed pre-encoded Results over loopback TCP, two workers' interleaved order; "
+                      "lineouts: 2,000 bins, 3 peaks, one ROI, OmegaSumFrames -1; sums-osf1: 990 x 72 bins, "
+                      "OmegaSumFrames 1, each frame's float32 sum compressed into the HDF5 and the zarr.zip; "
+                      "cakes-osf1: the same with Write2D 1 (the cake in the Result); frames over first send to "
+                      "writer exit",
+              "targets_per_s": {c: targets[c] for c in cases}, "best": best, "runs": runs,
               "machine": {"hostname": args.machine, "nproc": os.cpu_count(), "python": platform.python_version(),
                           "numpy": np.__version__, "h5py": h5py.__version__, "zarr": zarr.__version__,
                           "pyzmq": zmq.__version__, "platform": platform.platform(),
+                          "loadavg": os.getloadavg(),
                           "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}}
     if args.note:
         result["note"] = args.note

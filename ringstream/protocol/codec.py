@@ -49,6 +49,8 @@ FRAME_DTYPES = frozenset(
 """Pixel dtypes a frame may carry, as numpy dtype strings with byte order (``|`` only for one-byte types)."""
 
 _MAX_DIM = 2**31 - 1
+#: the dtypes of an OmegaPartial's buffer and their item sizes: float64 sums, or a whole group's sum already stored
+PARTIAL_DTYPES = {"<f8": 8, "<f4": 4}
 _U64 = 2**64
 
 
@@ -174,7 +176,8 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     },
     "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
     "omegasum": {"run_id": _STR, "group": _COUNT, "n_frames": _COUNT, "first_frame": _INDEX, "last_frame": _INDEX,
-                 "worker": _COUNT, "worker_pid": _COUNT, "frames": _INDEX_LIST, "n_r": _COUNT, "n_eta": _COUNT},
+                 "worker": _COUNT, "worker_pid": _COUNT, "frames": _INDEX_LIST, "n_r": _COUNT, "n_eta": _COUNT,
+                 "dtype": _one_of(*PARTIAL_DTYPES)},
     "eos": {"run_id": _STR, "n_frames": _COUNT, "first_frame": _INDEX, "final": _BOOL, "reason": _STR,
             "counters": _INT_COUNTERS},
     "runstart": {"run_id": _STR, "first_frame": _INDEX, "name": _STR, "reason": _STR, "meta": _METADATA},
@@ -301,10 +304,11 @@ def _check_buffers(tag: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
     elif tag == "result":
         _check_result(kwargs, sizes)
     elif tag == "omegasum":
-        expected = [kwargs["n_r"] * kwargs["n_eta"] * 8]
+        dtype = kwargs.get("dtype", "<f8")
+        expected = [kwargs["n_r"] * kwargs["n_eta"] * PARTIAL_DTYPES[dtype]]
         if sizes != expected:
             raise ProtocolError("size", f"omegasum of group {kwargs['group']}: buffers of {sizes} bytes, expected "
-                                        f"{expected} (n_r x n_eta float64)")
+                                        f"{expected} (n_r x n_eta {dtype})")
     elif sizes:
         raise ProtocolError("size", f"{tag} message: carries no buffers, got {len(sizes)}")
 

@@ -134,8 +134,10 @@ class PeakUpdate:
 @_message
 class OmegaPartial:
     """A worker's partial omega sum, ``type = "omegasum"``: the sum of the ``n_frames`` cakes of omega-sum group
-    ``group`` (frames ``group * OmegaSumFrames ..``) that this worker integrated, one float64 buffer
-    ``[n_r, n_eta]`` (little-endian). Sent to the writer when cakes are not sent per frame (``Write2D 0``), always
+    ``group`` (frames ``group * OmegaSumFrames ..``) that this worker integrated, one little-endian buffer
+    ``[n_r, n_eta]`` of ``dtype``: ``"<f8"`` (summed in float64), or the stored dtype (``[output] cake_dtype``) when
+    the partial is the group's whole sum (every frame of it) and needs no more adding: the float64 sum rounded
+    once, as the writer would store it, in half the bytes for float32. Sent to the writer when cakes are not sent per frame (``Write2D 0``), always
     after the Results of its frames; ``first_frame`` / ``last_frame`` are the first and last frame_index summed
     (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame summed (what the writer
     acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""
@@ -150,6 +152,7 @@ class OmegaPartial:
     frames: list[int] = dataclasses.field(default_factory=list)
     n_r: int
     n_eta: int
+    dtype: str = "<f8"
 
 
 @_message

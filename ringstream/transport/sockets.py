@@ -80,15 +80,30 @@ MAX_RESULTS_HWM = 4096
 
 
 def results_hwm(queue_mb: float, floor: int, n_r: int, n_eta: int, cakes: bool, n_peaks: int,
-                curve_points: int = 0) -> int:
+                curve_points: int = 0, frames_per_partial: int = 0, partial_itemsize: int = 8) -> int:
     """The high-water mark of the workers -> writer queue: about ``queue_mb`` MB of Results of ``n_r`` bins
-    (and ``n_r x n_eta`` cakes when ``cakes``, ``n_peaks`` fit rows, ``curve_points`` model values), at least
-    ``floor`` (``queue_depth``), at most :data:`MAX_RESULTS_HWM`. A shallow queue (32 lineouts) makes the
-    writer wake up for every few messages; a deeper one lets it take them in runs, and absorbs a slow flush
-    without holding up the workers and the ring. It is also what a kill -9 of the writer can lose beyond its
-    last flush: 8 MB (the default) of 2,000-bin lineouts is ~890 messages a side."""
+    (and ``n_r x n_eta`` cakes when ``cakes``, ``n_peaks`` fit rows, ``curve_points`` model values) and of the
+    partial omega sums among them (``n_r x n_eta`` of ``partial_itemsize`` bytes, one every ``frames_per_partial``
+    frames: :func:`frames_per_partial`; 0: none), at least ``floor`` (``queue_depth``), at most
+    :data:`MAX_RESULTS_HWM`. A shallow queue (32 lineouts) makes the writer wake up for every few messages; a deeper
+    one lets it take them in runs, and absorbs a slow flush without holding up the workers and the ring. It is also
+    what a kill -9 of the writer can lose beyond its last flush: 8 MB (the default) of 2,000-bin lineouts is ~890
+    messages a side."""
     size = 512 + 4 * n_r + (4 * n_r * n_eta if cakes else 0) + 56 * n_peaks + 8 * curve_points + 16
+    if frames_per_partial > 0:  # the mean message: k Results and one partial sum per k frames
+        k = int(frames_per_partial)
+        size = (k * size + 512 + partial_itemsize * n_r * n_eta) // (k + 1)
     return int(max(int(floor), min(MAX_RESULTS_HWM, int(float(queue_mb) * 1e6) // size)))
+
+
+def frames_per_partial(write_2d: bool, omega_sum_frames: int, workers: int) -> int:
+    """About how many frames a worker's partial omega sum holds (for :func:`results_hwm`): none are sent with
+    per-frame cakes (``Write2D 1``) nor, nearly, with one group a run (``OmegaSumFrames -1``: 0); otherwise a group's
+    frames shared among the workers, at least 1."""
+    n = int(omega_sum_frames)
+    if write_2d or n == -1:
+        return 0
+    return max(1, n // max(1, int(workers)))
 
 
 def recv_message(sock: zmq.Socket, flags: int = 0, copy: bool = False) -> tuple[Message, list[memoryview]]:

@@ -78,6 +78,10 @@ class OmegaPartials:
             h.total = np.zeros(self.shape, dtype="<f8")
         h.total += np.asarray(cake, dtype=np.float32)  # the float32 cake a Result carries, summed in float64
 
+    def whole(self, h: PartialSum) -> bool:
+        """Whether ``h`` holds every frame of its group (nothing else will be added to it at the writer)."""
+        return h.frames.n_frames >= self.grouping.size
+
     def count(self, headers: Iterable) -> None:
         """Count the frames of ``headers`` whose cakes the engine summed on the device (under :meth:`key`)."""
         for h in headers:

@@ -54,7 +54,7 @@ from ..protocol import (
 )
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
-from ..transport.sockets import RejectLog, make_socket, results_hwm, send_message
+from ..transport.sockets import RejectLog, frames_per_partial, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
 from .kept import KeptResults
 from .omega import OmegaPartials
@@ -121,6 +121,7 @@ class _Worker:
         self.hold_limit = max(1, int(cfg.transport.ring_slots) // (2 * max(1, int(cfg.workers.count))))
         self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta,
                                                                  max_frames=self.hold_limit)
+        self.stored_dtype = "<f4" if cfg.output.cake_dtype == "float32" else "<f8"
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -141,7 +142,8 @@ class _Worker:
             n_peaks = self.fitting.fitter.slots if self.fitting is not None else 0
             self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False,
                                        hwm=results_hwm(t.results_queue_mb, hwm, self.n_r, self.n_eta, self.write_2d,
-                                                       n_peaks))
+                                                       n_peaks, frames_per_partial=frames_per_partial(
+                                                           self.write_2d, params.OmegaSumFrames, cfg.workers.count)))
             self.hb = hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "worker", self.index, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
@@ -383,11 +385,14 @@ class _Worker:
         if self.partials is None:
             return
         for p in self.partials.due(idle):
+            # a group's whole sum goes rounded to the stored dtype, as the writer would store it: half the bytes
+            dtype = self.stored_dtype if self.partials.whole(p) else "<f8"
+            total = np.ascontiguousarray(p.total, dtype=dtype)
             msg = OmegaPartial(run_id=p.run_id, group=p.group, n_frames=p.frames.n_frames,
                                first_frame=p.frames.first_frame, last_frame=p.frames.last_frame, worker=self.index,
-                               worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta)
-            self.send(self.results, msg, [p.total])
-            self.kept.keep(max(p.indices), msg, [p.total])
+                               worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta, dtype=dtype)
+            self.send(self.results, msg, [total])
+            self.kept.keep(max(p.indices), msg, [total])
             self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:

@@ -33,7 +33,7 @@ from ..errors import InputError, OutputExists
 from ..procs import pid_alive
 from .omega import OmegaGroup
 from .precision import MIN_COUNTS, NoiseRounding
-from .storage import cake_dtype, hdf5_compression, precision_note, stored
+from .storage import Chunks, cake_dtype, hdf5_compression, precision_note, stored
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,9 @@ class _Col:
             fspace, mspace = dsid.get_space(), h5s.create_simple((1,) + row)
             zeros = (0,) * len(row)
             for k, r in enumerate(rows):
+                if type(r) is Chunks:  # compressed already: the chunk as the filter would store it
+                    dsid.write_direct_chunk((a + k, *zeros), r.hdf5())
+                    continue
                 fspace.select_hyperslab((a + k, *zeros), (1,) + row)
                 dsid.write(mspace, fspace, r)
         elif ds.dtype.kind == "O":
@@ -562,7 +565,7 @@ class Hdf5Writer:
                 raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
             if np.shape(cake) != (self.n_r, self.n_eta):
                 raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
-            self._cake_rows.append(stored(cake, self.dtype, self.rounding))
+            self._cake_rows.append(Chunks(stored(cake, self.dtype, self.rounding)))  # compressed in the background
         if self.n_peaks:
             fits = self._fit_buf
             if fit is None or not len(fit):
@@ -688,7 +691,8 @@ class Hdf5Writer:
         g0, groups = self._n_groups, self._groups
         g1 = g0 + len(groups)
         d = self._osum
-        _Col(d["I"], 0, rows=True).write(g0, g1, [stored(g.sum, self.dtype) for g, _ in groups])
+        _Col(d["I"], 0, rows=True).write(g0, g1, [g.chunks if type(getattr(g, "chunks", None)) is Chunks
+                                                  else stored(g.sum, self.dtype) for g, _ in groups])
         values = {"n_frames": [g.n_frames for g, _ in groups], "first_frame": [g.first_frame for g, _ in groups],
                   "last_frame": [g.last_frame for g, _ in groups], "first_omega": [g.first_omega for g, _ in groups],
                   "last_omega": [g.last_omega for g, _ in groups], "name": [name for _, name in groups]}

@@ -48,6 +48,8 @@ class OmegaGroup:
     last_frame: int
     first_omega: float
     last_omega: float
+    #: the sum's compressed chunks for the files (:class:`~ringstream.writer.storage.Chunks`), once it is stored
+    chunks: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def name(self, digits: int = DEFAULT_NAME_DIGITS) -> str:
         """The zarr.zip / HDF5 name ``LastFrameNumber_<last_frame>``, zero-padded to ``digits``."""
@@ -120,13 +122,18 @@ class OmegaSums:
             p = self._pending[g] = _Pending()
         return p
 
-    def _add(self, p: _Pending, x: np.ndarray) -> None:
+    def _add(self, p: _Pending, x: np.ndarray, whole: bool = False) -> None:
         """``p.sum += x`` in float64; the first time into a new array, written once (0.0 + x, as a sum started
         from zeros would give, -0.0 included), not zeros read and then written (twice the page faults)."""
         if p.sum is None:
+            if whole:  # the group's whole sum, rounded once by the worker (summed from zeros: no -0.0): kept as it came
+                p.sum = x
+                return
             p.sum = np.empty(self.shape, dtype=np.float64)
             np.add(x, 0.0, out=p.sum, dtype=np.float64)
         else:
+            if p.sum.dtype != np.float64:  # (a second contribution to a group sent whole: never from one worker)
+                p.sum = p.sum.astype(np.float64)
             np.add(p.sum, x, out=p.sum)  # float32 cakes added in float64, no temporary
 
     def add_cake(self, frame_index: int, cake: np.ndarray) -> None:
@@ -147,7 +154,7 @@ class OmegaSums:
         if partial.shape != self.shape:
             raise ValueError(f"partial sum of group {g}: shape {partial.shape} != {self.shape}")
         p = self._get(g)
-        self._add(p, partial)
+        self._add(p, partial, whole=partial.dtype != np.float64 and int(n_frames) >= self.grouping.size)
         p.summed += int(n_frames)
 
     def note_frame(self, frame_index: int, ok: bool, omega: float) -> None:
@@ -174,7 +181,7 @@ class OmegaSums:
         if p.summed <= 0 or p.integrated.n_frames == 0 or p.sum is None:
             return None
         if not np.isfinite(p.sum).all():  # no NaN in the outputs: a bin that was NaN in a frame is 0
-            np.nan_to_num(p.sum, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            p.sum = np.nan_to_num(p.sum, copy=not p.sum.flags.writeable, nan=0.0, posinf=0.0, neginf=0.0)
         return OmegaGroup(g, p.sum, p.summed, p.integrated.first_frame, p.integrated.last_frame, p.first_omega,
                           p.last_omega)
 

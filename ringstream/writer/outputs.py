@@ -38,7 +38,7 @@ from .midas_binaries import MidasStreams
 from .omega import OmegaStamps, OmegaSums, name_digits
 from .precision import NoiseRounding, map_noise_model
 from .repair import check_resumable, cut_for_resume
-from .storage import stored
+from .storage import Chunks, stored
 from .zarr_zip import ZarrZipSink, instrument_parameters, reta_map
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,7 @@ class RunOutputs:
     def _take_groups(self, groups) -> None:
         for g in groups:
             g.sum = stored(g.sum, self.h5.dtype, self.rounding)  # the float64 sum rounded once, for both files
+            g.chunks = Chunks(g.sum, zarr=self.zarr is not None)  # compressed for both, in the background
             self.h5.add_omega_group(g, self.digits)
             if self.zarr is not None:
                 self.zarr.add_group(g)

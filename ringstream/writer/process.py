@@ -91,7 +91,14 @@ from ..protocol import (
 )
 from ..runs.naming import OutputFolderError, make_folders
 from ..transport.child import HeartbeatSender, receive, run_child
-from ..transport.sockets import RejectLog, make_socket, recv_message, results_hwm, send_message
+from ..transport.sockets import (
+    RejectLog,
+    frames_per_partial,
+    make_socket,
+    recv_message,
+    results_hwm,
+    send_message,
+)
 from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
 from .precision import map_noise_model
@@ -255,7 +262,8 @@ class _Writer:
         try:
             sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True,
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
-                                               self.write_2d, self.n_peaks))
+                                               self.write_2d, self.n_peaks, frames_per_partial=frames_per_partial(
+                                                   self.write_2d, self.params.OmegaSumFrames, cfg.workers.count)))
             hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "writer", 0, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
@@ -521,7 +529,7 @@ class _Writer:
             return
         if kind == "partial":
             msg, buffers = args
-            partial = np.frombuffer(buffers[0], dtype="<f8").reshape(msg.n_r, msg.n_eta)
+            partial = np.frombuffer(buffers[0], dtype=msg.dtype).reshape(msg.n_r, msg.n_eta)
             try:
                 run.outputs.add_partial(msg.group, msg.n_frames, partial)
             except ValueError as exc:

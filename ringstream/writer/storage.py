@@ -12,11 +12,20 @@
 - precision: ``[output] cake_noise_fraction`` f > 0 rounds each stored value to a power of two no coarser than
   ``2 f`` times its bin's counting noise (:mod:`~ringstream.writer.precision`), so that the compression removes
   the bits below the noise; :func:`precision_note` is what the files say about it.
+- Who compresses: a cake or sum row is one chunk in each file; :class:`Chunks` compresses it for both in a small
+  pool of threads (:func:`encode_pool`; the compressors release the GIL), while the writer's own thread goes on
+  receiving. The HDF5 chunk is made here (:func:`hdf5_chunk`: the bitshuffle library's LZ4 blocks behind the
+  12-byte header of HDF5 filter 32008, byte for byte what the filter writes) and written with a direct chunk write,
+  so HDF5's filter pipeline does not run in the writer's thread.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import hdf5plugin  # noqa: F401 - registers the bitshuffle filter with HDF5 for every h5py open in this process
@@ -25,8 +34,8 @@ import numpy as np
 from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
 from .precision import MIN_COUNTS, SAFETY
 
-__all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "cake_dtype", "hdf5_compression", "precision_note", "stored",
-           "zarr_compressor"]
+__all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "Chunks", "cake_dtype", "encode_pool", "hdf5_chunk", "hdf5_compression",
+           "precision_note", "stored", "zarr_compressor"]
 
 #: Blosc's compression level of the zarr.zip arrays (LZ4 gains little above 5, and costs time)
 BLOSC_LEVEL = 5
@@ -72,3 +81,75 @@ def zarr_compressor() -> Any:
     import numcodecs
 
     return numcodecs.Blosc(cname="lz4", clevel=BLOSC_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+#: the bitshuffle filter's block: 8 kB of elements (``bshuf_default_block_size``), recorded in each chunk's header
+_BSHUF_BLOCK_BYTES = 8192
+
+
+def hdf5_chunk(a: np.ndarray) -> bytes:
+    """The bytes HDF5's bitshuffle + LZ4 filter (32008, as :func:`hdf5_compression` configures it) stores for the
+    chunk ``a`` (C-contiguous, little-endian): the uncompressed size (8 bytes) and block size (4 bytes), big-endian,
+    then the bitshuffle library's LZ4 blocks. For a direct chunk write."""
+    import bitshuffle
+
+    a = np.ascontiguousarray(a)
+    return struct.pack(">QI", a.nbytes, _BSHUF_BLOCK_BYTES) + bitshuffle.compress_lz4(a).tobytes()
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+#: compression threads of a writer process (each cake or sum is compressed for the HDF5 and the zarr.zip)
+ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads are not there; the child starts its own on first use."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def encode_pool() -> ThreadPoolExecutor:
+    """The process's compression threads (:data:`ENCODE_THREADS`), started on first use (again in a forked
+    child)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ringstream-compress")
+        return _POOL
+
+
+class Chunks:
+    """One stored row (a cake or an omega sum, already in its stored dtype) and its compressed chunks, made in
+    :func:`encode_pool`: :meth:`hdf5` the HDF5 chunk (:func:`hdf5_chunk`), :meth:`zarr` the zarr.zip chunk
+    (:func:`zarr_compressor`; only when ``zarr``). Each call waits for its chunk and raises what compressing it
+    raised."""
+
+    __slots__ = ("array", "_h5", "_zarr")
+
+    def __init__(self, array: np.ndarray, zarr: bool = False) -> None:
+        self.array = array
+        pool = encode_pool()
+        self._h5: Future = pool.submit(hdf5_chunk, array)
+        self._zarr: Future | None = pool.submit(_zarr_encode, array) if zarr else None
+
+    def hdf5(self) -> bytes:
+        return self._h5.result()
+
+    def zarr(self) -> bytes:
+        if self._zarr is None:
+            self._zarr = encode_pool().submit(_zarr_encode, self.array)
+        return self._zarr.result()
+
+
+_CODEC: Any = None
+
+
+def _zarr_encode(a: np.ndarray) -> bytes:
+    global _CODEC
+    if _CODEC is None:
+        _CODEC = zarr_compressor()
+    return _CODEC.encode(np.ascontiguousarray(a))

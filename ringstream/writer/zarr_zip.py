@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputExists
-from .storage import cake_dtype, precision_note, stored, zarr_compressor
+from .storage import Chunks, cake_dtype, precision_note, stored, zarr_compressor
 from .zip_append import GrowingZip
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,11 @@ def group_attrs(group: Any) -> dict[str, Any]:
     """The four attributes GSAS-II reads from an OmegaSumFrame array."""
     return {"Number Of Frames Summed": int(group.n_frames), "LastFrameNumber": int(group.last_frame),
             "FirstOme": float(group.first_omega), "LastOme": float(group.last_omega)}
+
+
+def _resolved(members: list[tuple[str, Any]]) -> list[tuple[str, bytes | memoryview]]:
+    """``members`` with each chunk compressed in the background (:class:`~.storage.Chunks`) replaced by its bytes."""
+    return [(name, data.zarr() if type(data) is Chunks else data) for name, data in members]
 
 
 class ZarrZipSink:
@@ -231,7 +236,9 @@ class ZarrZipSink:
             self._pending += [
                 (base + ".zarray", self._template),
                 (base + ".zattrs", json.dumps(attrs, indent=self._indent, allow_nan=True).encode()),
-                (base + chunk, self._codec.encode(data)),  # what zarr writes: the codec of the .zarray
+                # what zarr writes: the codec of the .zarray (compressed in the background when the group brings it)
+                (base + chunk, group.chunks if type(group.chunks) is Chunks and group.chunks.array is data
+                 else self._codec.encode(data)),
             ]
         self.groups_total += 1
 
@@ -251,7 +258,7 @@ class ZarrZipSink:
             for group in it:
                 self.add_group(group)
                 pending, self._pending = self._pending, []
-                yield from pending
+                yield from _resolved(pending)
 
         self._published = True
         self._write(members(), True, 0, False)
@@ -271,6 +278,7 @@ class ZarrZipSink:
             return False
         if self._published and not self._pending and not (final and self._zip is not None and self._zip.free_bytes):
             return False  # (the end of a run with nothing new still cuts the hole away)
+        self._pending = _resolved(self._pending)
         new = sum(memoryview(data).nbytes for _, data in self._pending)
         if not (wait or force or final) and self._zip is not None and new < self.NEW_PER_DIRECTORY * \
                 self._zip.directory_bytes:

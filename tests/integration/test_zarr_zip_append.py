@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ringstream.writer.storage import zarr_compressor
 from ringstream.writer.zip_append import cut_partial_publication
 
 SHAPE = (100, 36)
@@ -49,6 +50,8 @@ WRITER = textwrap.dedent("""
 READER = textwrap.dedent("""
     import json, sys, time, zipfile
     import numpy as np
+    from ringstream.writer.storage import zarr_compressor
+    codec = zarr_compressor()
     path, seconds = sys.argv[1], float(sys.argv[2])
     ok, bad, wrong, most, failing, since = 0, 0, [], 0, [], None
     end = time.monotonic() + seconds
@@ -58,7 +61,7 @@ READER = textwrap.dedent("""
                 names = sorted(n for n in z.namelist() if n.startswith("OmegaSumFrame/") and n.endswith("/0.0"))
                 for g, name in enumerate(names[-50:], max(0, len(names) - 50)):  # the newest groups
                     want = f"OmegaSumFrame/LastFrameNumber_{g:06d}/0.0"
-                    data = np.frombuffer(z.read(name)).reshape(100, 36)
+                    data = np.frombuffer(codec.decode(z.read(name)), "<f4").reshape(100, 36)
                     if name != want or not np.array_equal(data, np.full((100, 36), float(g)) + np.arange(36)):
                         wrong.append(name)
                 ok += 1
@@ -89,7 +92,8 @@ def _groups(path: Path) -> int:
         for g, name in enumerate(names):
             assert name == f"OmegaSumFrame/LastFrameNumber_{g:06d}/0.0"
             want = np.full(SHAPE, float(g)) + np.arange(SHAPE[1])
-            np.testing.assert_array_equal(np.frombuffer(z.read(name)).reshape(SHAPE), want)
+            np.testing.assert_array_equal(np.frombuffer(zarr_compressor().decode(z.read(name)), "<f4").reshape(SHAPE),
+                                          want)  # (float32 and Blosc-compressed: the default cake_dtype)
     return len(names)
 
 

@@ -141,7 +141,7 @@ def test_queue_depth_follows_ring_slots_unless_given(setup):
 
 
 def test_the_results_queue_is_sized_in_bytes(setup):
-    from ringstream.transport.sockets import MAX_RESULTS_HWM, results_hwm
+    from ringstream.transport.sockets import MAX_RESULTS_HWM, frames_per_partial, results_hwm
 
     cfg = load_config(None, {}, {"run": {"param_file": str(setup)}})
     assert cfg.transport.results_queue_mb == 8
@@ -150,6 +150,11 @@ def test_the_results_queue_is_sized_in_bytes(setup):
     assert results_hwm(8, 32, 1000, 72, True, 0) == 32  # cakes of 288 kB: 27 fit, queue_depth is the floor
     assert results_hwm(8, 32, 10, 8, False, 0) == MAX_RESULTS_HWM  # tiny lineouts: the cap
     assert results_hwm(0, 5, 2000, 72, False, 0) == 5  # 0 MB: queue_depth, as every other queue
+    # partial omega sums count too: one of 1000 x 72 float64 (576 kB) every 4 frames among 4 lineouts of 1000 bins
+    mean = (4 * (512 + 4000 + 16) + 512 + 576_000) // 5
+    assert results_hwm(8, 5, 1000, 72, False, 0, frames_per_partial=4) == 8_000_000 // mean == 67
+    assert frames_per_partial(False, 1, 2) == 1 and frames_per_partial(False, 10, 2) == 5
+    assert frames_per_partial(True, 1, 2) == 0 and frames_per_partial(False, -1, 2) == 0
 
 
 def test_relative_input_paths_in_toml_resolve_next_to_the_file(tmp_path, setup, monkeypatch):

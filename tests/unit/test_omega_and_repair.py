@@ -35,7 +35,24 @@ def test_omega_partial_round_trip_and_size_check():
     np.testing.assert_array_equal(np.frombuffer(views[0], "<f8").reshape(4, 3), buf)
     with pytest.raises(ProtocolError) as err:
         encode(msg, [buf[:2]])
-    assert err.value.kind == "size" and "n_r x n_eta float64" in str(err.value)
+    assert err.value.kind == "size" and "n_r x n_eta <f8" in str(err.value)
+
+
+def test_a_whole_groups_partial_travels_in_the_stored_dtype():
+    """A partial that is its group's whole sum goes as float32 (half the bytes); the size check follows its dtype."""
+    msg = OmegaPartial(run_id="r", group=3, n_frames=1, first_frame=3, last_frame=3, n_r=4, n_eta=3, dtype="<f4")
+    buf = np.arange(12, dtype="<f4").reshape(4, 3)
+    frames = encode(msg, [buf])
+    assert sum(memoryview(f).nbytes for f in frames[1:]) == 48
+    back, views = decode(frames)
+    assert back == msg and back.dtype == "<f4"
+    np.testing.assert_array_equal(np.frombuffer(views[0], back.dtype).reshape(4, 3), buf)
+    with pytest.raises(ProtocolError) as err:  # float64 bytes under a float32 header
+        encode(msg, [buf.astype("<f8")])
+    assert err.value.kind == "size" and "n_r x n_eta <f4" in str(err.value)
+    with pytest.raises(ProtocolError) as err:
+        encode(OmegaPartial(run_id="r", group=3, n_frames=1, n_r=4, n_eta=3, dtype="<f2"), [buf])
+    assert err.value.kind == "malformed" and "dtype" in str(err.value)
 
 
 def test_group_completion_waits_for_every_integrated_frame():

@@ -62,6 +62,20 @@ def test_host_only_partials_unchanged():
     np.testing.assert_array_equal(h.total, cakes.astype(np.float32).astype(np.float64).sum(0))
 
 
+def test_a_partial_is_whole_when_it_holds_every_frame_of_its_group():
+    p = OmegaPartials(3, 1, 1)
+    for k in (0, 1, 2, 4):  # group 0 whole, group 1 one frame of three
+        p.add(header(k), np.ones((1, 1)))
+    got = {h.group: p.whole(h) for h in p.due(idle=True)}
+    assert got == {0: True, 1: False}
+    one = OmegaPartials(1, 1, 1)
+    one.add(header(7), np.ones((1, 1)))
+    assert [one.whole(h) for h in one.due(idle=True)] == [True]
+    run = OmegaPartials(-1, 1, 1)  # one group a run: never known whole
+    run.add(header(0), np.ones((1, 1)))
+    assert [run.whole(h) for h in run.due(idle=True)] == [False]
+
+
 def test_workers_and_writer_group_frames_by_one_rule():
     """The worker's partial sums and the writer's complete ones put a frame in the same group, -1 and 0 included."""
     for n in (-1, 0, 1, 3, 10):
