@@ -81,10 +81,10 @@ def map_noise_model(imap: Any, normalize: bool) -> np.ndarray:
 
 
 class NoiseRounding:
-    """Rounds cakes and omega sums ``[..., n_r, n_eta]`` to ``fraction`` of their counting noise (module docstring).
+    """Rounds a cake or an omega sum ``[n_r, n_eta]`` to ``fraction`` of its counting noise (module docstring).
 
     ``fraction`` f (0 < f <= 0.5), ``model`` the per-bin ``g_b`` and ``x_min_b`` of :func:`noise_model`
-    ``[2, n_r, n_eta]``."""
+    ``[2, n_r, n_eta]``. An instance keeps scratch arrays: call it from one thread at a time (the writer's)."""
 
     def __init__(self, fraction: float, model: np.ndarray) -> None:
         f = float(fraction)
