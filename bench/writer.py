@@ -15,8 +15,10 @@ Three cases:
   ``OmegaSumFrames 1`` (each frame's cake is also its own omega-sum group, in the HDF5 and in the zarr.zip), cakes of
   Poisson counts as a detector gives them (counts of each bin's area, divided by the area: values with every
   mantissa bit used, which compress less than the uniform noise of ``cakes``' values would suggest), stored
-  float32 (the default ``cake_dtype``); ``cakes-osf1-f64`` the same stored float64. Shown for the bytes written per
-  frame (``bytes/frame``, HDF5 + zarr.zip) and the compression ratio (``ratio``: the stored values' own bytes, cake
+  float32 (the default ``cake_dtype``); ``cakes-osf1-f64`` the same stored float64; ``cakes-osf1-noise0.01`` the same
+  precision-bounded (``cake_noise_fraction`` 0.01, the noise model of those counts: g = 1 / area, every value rounded),
+  for what the rounding costs the writer (bench/precision_bytes.py measures its bytes on the demo's real map).
+  Shown for the bytes written per frame (``bytes/frame``, HDF5 + zarr.zip) and the compression ratio (``ratio``: the stored values' own bytes, cake
   and sum of every frame in the HDF5 plus the sum in the zarr.zip, over the bytes written).
 
 Each case is timed two ways, from pre-built inputs (what is timed is the writer's work, not making inputs):
@@ -69,6 +71,8 @@ CASES = {
     "cakes-osf1": dict(n_r=990, n_eta=72, write_2d=True, n_peaks=0, osf=1, target=3000, counts=True),
     "cakes-osf1-f64": dict(n_r=990, n_eta=72, write_2d=True, n_peaks=0, osf=1, target=3000, counts=True,
                            cake_dtype="float64"),
+    "cakes-osf1-noise0.01": dict(n_r=990, n_eta=72, write_2d=True, n_peaks=0, osf=1, target=3000, counts=True,
+                                 cake_noise_fraction=0.01),
 }
 
 
@@ -99,6 +103,16 @@ def counted_cakes(rng: np.random.Generator, k: int, n_r: int, n_eta: int) -> np.
     area = (2 * np.pi * r / n_eta)[:, None] * rng.uniform(0.95, 1.05, (n_r, n_eta))  # pixel splitting: not whole px
     rate = 20.0 + sum(500.0 * np.exp(-0.5 * ((r - c) / 2.0) ** 2) for c in (150, 400, 700))  # counts/px
     return (rng.poisson(rate[:, None] * area, size=(k, n_r, n_eta)) / area).astype(np.float32)
+
+
+def precision(case: dict) -> dict:
+    """The RunOutputs keywords of a precision-bounded case: its fraction and the noise model of
+    :func:`counted_cakes` (a bin's value is counts over its area: variance value / area), every value rounded."""
+    if not case.get("cake_noise_fraction"):
+        return {}
+    r = 10.5 + np.arange(case["n_r"], dtype=np.float64)
+    g = np.broadcast_to((case["n_eta"] / (2 * np.pi * r))[:, None], (case["n_r"], case["n_eta"]))
+    return {"cake_noise_fraction": case["cake_noise_fraction"], "noise_model": np.stack([g, np.zeros_like(g)])}
 
 
 def inputs(case: dict, n: int, seed: int = 0):
@@ -166,7 +180,8 @@ def run_case(name: str, case: dict, n: int, folder: Path, messages: bool) -> dic
         out = RunOutputs(work / "out.h5", imap, p, engine_name="gpu", n_peaks=case["n_peaks"],
                          zarr_path=work / "out.zarr.zip", metadata_keys=["I0"], expected_frames=n,
                          sums_from_workers=not case["write_2d"],
-                         **({"cake_dtype": case["cake_dtype"]} if "cake_dtype" in case else {}))
+                         **({"cake_dtype": case["cake_dtype"]} if "cake_dtype" in case else {}),
+                         **precision(case))
         for i, item in enumerate(results):
             if messages:  # as writer/process.py does with each message
                 msg, bufs = decode(item)

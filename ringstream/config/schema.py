@@ -59,6 +59,7 @@ class Option:
     choices: tuple[str, ...] = ()
     at_least: float | None = None  # value >= at_least
     above: float | None = None  # value > above
+    at_most: float | None = None  # value <= at_most
     unit: str = ""  # shown after a limit in messages: "expected > 0 (s)"
     path: bool = False  # an input path: relative in a TOML file = next to the file when it exists there
     expected: str = ""  # what text from the environment or command line must look like, when not the kind's rule
@@ -86,12 +87,11 @@ class Option:
 
     @property
     def limit(self) -> str:
-        """``">= 1"``, ``"> 0"`` or ``""``."""
-        if self.above is not None:
-            return f"> {self.above:g}"
-        if self.at_least is not None:
-            return f">= {self.at_least:g}"
-        return ""
+        """``">= 1"``, ``"> 0"``, ``">= 0 and <= 0.5"`` or ``""``."""
+        low = f"> {self.above:g}" if self.above is not None else \
+            f">= {self.at_least:g}" if self.at_least is not None else ""
+        high = f"<= {self.at_most:g}" if self.at_most is not None else ""
+        return " and ".join(t for t in (low, high) if t)
 
     def describe(self) -> str:
         """The help text with the choices and the limit: what ``--help`` and systemd/example.toml say."""
@@ -156,6 +156,11 @@ class OutputConfig:
     cake_dtype: str = opt("float32", "stored dtype of the per-frame cakes and the omega sums (HDF5 and zarr.zip; "
                           "the sums are accumulated in float64 and rounded once when written)", flags="--cake-dtype",
                           metavar="DTYPE", choices=CAKE_DTYPES)
+    cake_noise_fraction: float = opt(0.0, "precision-bounded cakes and omega sums: each stored value is rounded to a "
+                                     "power of two so that its error is at most this fraction of the bin's Poisson "
+                                     "counting noise (low mantissa bits zeroed, which the compression removes; "
+                                     "docs/OUTPUTS.md); 0 = lossless", flags="--cake-noise-fraction", metavar="F",
+                                     at_least=0, at_most=0.5)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ def _table_problem(o: Option, value: object) -> str | None:
             hint = did_you_mean(str(value), o.choices)
             return "one of " + ", ".join(repr(c) for c in o.choices) + (f" ({hint[2:]})" if hint else "")
     low = o.above if o.above is not None else o.at_least
-    if low is not None and (value < low or (o.above is not None and value == low)):  # type: ignore[operator]
+    if (low is not None and (value < low or (o.above is not None and value == low))  # type: ignore[operator]
+            or (o.at_most is not None and value > o.at_most)  # type: ignore[operator]
+            or (o.limit and value != value)):  # (NaN, which no comparison catches)
         return o.limit + (f" ({o.unit})" if o.unit else "")
     return None
 

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dtype = option_of("output", "cake_dtype")  # (the daemon's [output] cake_dtype)
     i.add_argument("--cake-dtype", default=dtype.default, choices=dtype.choices, help=dtype.help)
+    noise = option_of("output", "cake_noise_fraction")
+    i.add_argument("--cake-noise-fraction", type=_noise_fraction, default=noise.default, metavar="F",
+                   help=noise.describe())
     i.add_argument("--midas-binaries", metavar="DIR", help="also write MIDAS lineout.bin, Int2D.bin and "
                    "RTthEtaAreaMap.bin into DIR")
 
@@ -171,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_parser(sub)
     return parser
 
+
+
+def _noise_fraction(text: str) -> float:
+    """``--cake-noise-fraction`` of ``integrate``: a number in the range of ``[output] cake_noise_fraction``."""
+    from ..config.schema import option_of
+
+    o = option_of("output", "cake_noise_fraction")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not o.at_least <= value <= o.at_most:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"expected {o.limit}, got {text}")
+    return value
 
 
 def _add_run_arguments(r: argparse.ArgumentParser) -> None:
@@ -291,7 +308,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     zarr_path = None if args.no_zarr else (args.zarr_output or default_zarr_path(output))
     writer = RunOutputs(output, imap, p, engine_name=engine.name, n_peaks=fitting.slots if fitting else 0,
                         zarr_path=zarr_path, midas_dir=args.midas_binaries or None, overwrite=args.overwrite,
-                        note="ringstream integrate (offline, image files)", cake_dtype=args.cake_dtype)
+                        note="ringstream integrate (offline, image files)", cake_dtype=args.cake_dtype,
+                        cake_noise_fraction=args.cake_noise_fraction)
     ok = False
     try:
         batch: list[np.ndarray] = []

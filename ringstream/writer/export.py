@@ -85,12 +85,13 @@ def omega_groups(f: h5py.File):
 
 
 def export_zarr(h5_path: str | os.PathLike, zarr_path: str | os.PathLike, overwrite: bool = False) -> int:
-    """Write the zarr.zip of ``h5_path`` to ``zarr_path`` (the sums in the file's dtype); returns the number of
-    groups."""
+    """Write the zarr.zip of ``h5_path`` to ``zarr_path`` (the sums in the file's dtype, as stored: a
+    precision-bounded file's sums keep their rounding and say so); returns the number of groups."""
     with open_results(h5_path) as f:
         digits = int(f["entry/omega_sum"].attrs.get("name_digits", 9))
+        sums = f["entry/omega_sum/I"]
         sink = ZarrZipSink(zarr_path, _remap(f), _instrument(f), digits, overwrite=overwrite,
-                           dtype=f["entry/omega_sum/I"].dtype.name)
+                           dtype=sums.dtype.name, noise_fraction=float(sums.attrs.get("cake_noise_fraction", 0.0)))
         n = 0
         try:
             for group in omega_groups(f):

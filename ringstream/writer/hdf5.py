@@ -32,7 +32,8 @@ from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
 from .omega import OmegaGroup
-from .storage import Chunks, cake_dtype, hdf5_compression, stored
+from .precision import MIN_COUNTS, NoiseRounding
+from .storage import Chunks, cake_dtype, hdf5_compression, precision_note, stored
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,10 @@ class Hdf5Writer:
     (every frame's whole metadata is also kept as JSON text in ``/entry/data/metadata_json``),
     ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``, ``cake_dtype`` (``"float32"`` or
     ``"float64"``) is the stored dtype of the cakes and omega sums (both bitshuffle + LZ4 compressed,
-    :mod:`~ringstream.writer.storage`).
+    :mod:`~ringstream.writer.storage`), ``rounding`` the precision-bounded mode's rounding of the cakes
+    (:class:`~ringstream.writer.precision.NoiseRounding`; None: lossless), recorded with its per-bin noise factor
+    (the omega sums come to :meth:`add_omega_group` already rounded: :class:`~ringstream.writer.outputs.RunOutputs`
+    rounds each sum once, for both files).
     """
 
     def __init__(
@@ -189,9 +193,10 @@ class Hdf5Writer:
         omega_sum_frames: int | None = None,
         name_digits: int = 9,
         cake_dtype: str = "float32",
+        rounding: NoiseRounding | None = None,
     ) -> None:
         self._setup(check_output_path(path, overwrite), int(imap.n_r), int(imap.n_eta), write_2d, swmr, block,
-                    n_peaks, metadata_keys, name_digits, cake_dtype)
+                    n_peaks, metadata_keys, name_digits, cake_dtype, rounding)
         # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
         # mode: a writer killed while making it (before SWMR, HDF5 keeps most of the new metadata in memory and the
         # superblock's end of file at 2 KB) leaves no half-made output file, only the hidden one, which the next
@@ -217,9 +222,11 @@ class Hdf5Writer:
             raise
 
     def _setup(self, path: Path, n_r: int, n_eta: int, write_2d: bool, swmr: bool, block: int, n_peaks: int,
-               metadata_keys: Sequence[str], name_digits: int, dtype: str) -> None:
+               metadata_keys: Sequence[str], name_digits: int, dtype: str,
+               rounding: NoiseRounding | None) -> None:
         """The writer's state before its file is open: an empty run (:meth:`reopen` then sets the counts)."""
         self.path = path
+        self.rounding = rounding
         self.n_r = n_r
         self.n_eta = n_eta
         self.write_2d = bool(write_2d)
@@ -247,13 +254,14 @@ class Hdf5Writer:
     @classmethod
     def reopen(cls, path: str | os.PathLike, *, n_r: int, n_eta: int, write_2d: bool, n_peaks: int,
                metadata_keys: Sequence[str], next_frame: int, block: int = 0, name_digits: int = 9,
-               swmr: bool = True, cake_dtype: str = "float32") -> Hdf5Writer:
+               swmr: bool = True, cake_dtype: str = "float32",
+               rounding: NoiseRounding | None = None) -> Hdf5Writer:
         """Continue writing ``path``, a results file of this layout that a killed writer left and
         :func:`~ringstream.writer.repair.cut_for_resume` cut to its durable frames: appended rows follow the file's,
         the next frame must be at least ``next_frame``, ``@run_complete`` is false until :meth:`close`."""
         self = cls.__new__(cls)
         self._setup(Path(path), int(n_r), int(n_eta), write_2d, swmr, block, n_peaks, metadata_keys, name_digits,
-                    cake_dtype)
+                    cake_dtype, rounding)
         try:
             self._f = h5py.File(self.path, "r+", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
@@ -323,6 +331,7 @@ class Hdf5Writer:
         d = red.create_dataset("source_counters", shape=(), dtype=h5py.string_dtype(length=SOURCE_COUNTERS_BYTES))
         d[()] = b"{}"
         d.attrs["note"] = "JSON: the ingest's counters (received, sent, dropped_<reason>, the source's own)"
+        self._add_precision(red, nR, nE)
         inp = red.create_group("input")
         inp.attrs["NX_class"] = "NXparameters"
         for key, value in _params_used(params).items():
@@ -379,7 +388,7 @@ class Hdf5Writer:
             cake.attrs["axes"] = np.array([".", "radial_axis", "azimuthal_axis"], dtype=_STR)
             cake.attrs["interpretation"] = "image"
             cake.attrs["definition"] = "NXazint2d"
-            self._rows(cake, "I", (nR, nE), self.dtype, 1, compressed=True)  # one cake per chunk
+            self._mark_precision(self._rows(cake, "I", (nR, nE), self.dtype, 1, compressed=True))  # a cake a chunk
             self._add_radial(cake, two_theta)
             d = cake.create_dataset("azimuthal_axis", data=eta)
             d.attrs["long_name"] = "eta"
@@ -432,7 +441,7 @@ class Hdf5Writer:
                                      "dataset per group named like the zarr.zip member")
         osum.attrs["omega_sum_frames"] = np.int64(osf)
         osum.attrs["name_digits"] = np.int64(digits)
-        self._rows(osum, "I", (nR, nE), self.dtype, 1, compressed=True)
+        self._mark_precision(self._rows(osum, "I", (nR, nE), self.dtype, 1, compressed=True))
         for name, dtype in OMEGA_SUM_ROWS.items():
             self._rows(osum, name, (), dtype, 256)
 
@@ -477,6 +486,27 @@ class Hdf5Writer:
         self._fit_shape = (self.n_peaks, 7)
         self._idx_buf = self._idx_col.buf
         self._json = json.JSONEncoder(default=str).encode  # one encoder for every row (json.dumps makes one a row)
+
+    @property
+    def noise_fraction(self) -> float:
+        """``[output] cake_noise_fraction`` of the stored cakes and sums (0: lossless)."""
+        return self.rounding.fraction if self.rounding is not None else 0.0
+
+    def _add_precision(self, red: h5py.Group, nR: int, nE: int) -> None:
+        """``/entry/reduction/cake_noise_fraction`` and, when it is not 0, the per-bin noise model."""
+        d = red.create_dataset("cake_noise_fraction", data=np.float64(self.noise_fraction))
+        d.attrs["note"] = precision_note(self.noise_fraction)
+        if self.rounding is not None:
+            d = red.create_dataset("cake_noise_model", data=self.rounding.model.reshape(2, nR, nE),
+                                   chunks=(1, nR, nE), **hdf5_compression())
+            d.attrs["planes"] = "g,x_min"
+            d.attrs["note"] = ("g: a cake value V of the bin has Poisson variance g V (an omega sum: g times the "
+                               "sum), counts taken as equal within the bin; x_min: values below it (fewer than "
+                               f"{MIN_COUNTS:g} counts a pixel) are stored losslessly (docs/OUTPUTS.md)")
+
+    def _mark_precision(self, d: h5py.Dataset) -> None:
+        d.attrs["cake_noise_fraction"] = np.float64(self.noise_fraction)
+        d.attrs["precision"] = precision_note(self.noise_fraction)
 
     @staticmethod
     def _add_radial(group: h5py.Group, two_theta: np.ndarray) -> None:
@@ -535,7 +565,7 @@ class Hdf5Writer:
                 raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
             if np.shape(cake) != (self.n_r, self.n_eta):
                 raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
-            self._cake_rows.append(Chunks(stored(cake, self.dtype)))  # compressed in the background
+            self._cake_rows.append(Chunks(stored(cake, self.dtype, self.rounding)))  # compressed in the background
         if self.n_peaks:
             fits = self._fit_buf
             if fit is None or not len(fit):

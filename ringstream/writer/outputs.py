@@ -36,6 +36,7 @@ from ..protocol import ProtocolError
 from .hdf5 import Hdf5Writer
 from .midas_binaries import MidasStreams
 from .omega import OmegaStamps, OmegaSums, name_digits
+from .precision import NoiseRounding, map_noise_model
 from .repair import check_resumable, cut_for_resume
 from .storage import Chunks, stored
 from .zarr_zip import ZarrZipSink, instrument_parameters, reta_map
@@ -142,32 +143,44 @@ class RunOutputs:
     ``expected_frames`` the run's length when known (0: not; sets the zero-padding of group names);
     ``sums_from_workers`` the omega sums come from :meth:`add_partial`, not from the records' cakes;
     ``fit_prefix`` goes before the names fit.bin and fit_curves.bin; ``cake_dtype`` (``"float32"`` or
-    ``"float64"``) the stored dtype of the cakes and omega sums (``[output] cake_dtype``).
+    ``"float64"``) the stored dtype of the cakes and omega sums (``[output] cake_dtype``);
+    ``cake_noise_fraction`` f > 0 stores them precision-bounded (``[output] cake_noise_fraction``,
+    :mod:`~ringstream.writer.precision`), with the per-bin ``noise_model`` ``[2, n_r, n_eta]`` when the caller made
+    it once for the geometry (None: made here from ``imap.weights``, ``imap.bin_area`` and ``params.Normalize``).
     """
 
     def __init__(self, h5_path: str | os.PathLike, imap: Any, params: Any, *, engine_name: str,
                  n_peaks: int = 0, zarr_path: str | os.PathLike | None = None,
                  midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
-                 block: int = 0, fit_prefix: str = "", cake_dtype: str = "float32") -> None:
-        self._start(imap, params, expected_frames, sums_from_workers)
+                 block: int = 0, fit_prefix: str = "", cake_dtype: str = "float32",
+                 cake_noise_fraction: float = 0.0, noise_model: np.ndarray | None = None) -> None:
+        self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
         self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
                              overwrite=overwrite, note=note, n_peaks=n_peaks, block=block,
                              peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
-                             metadata_keys=metadata_keys, name_digits=self.digits, cake_dtype=cake_dtype)
+                             metadata_keys=metadata_keys, name_digits=self.digits, cake_dtype=cake_dtype,
+                             rounding=self.rounding)
         self.path = self.h5.path
         try:
             if zarr_path is not None:
                 self.zarr = ZarrZipSink(zarr_path, self._remap, instrument_parameters(params), self.digits,
-                                        overwrite=overwrite or not Path(zarr_path).exists(), dtype=cake_dtype)
+                                        overwrite=overwrite or not Path(zarr_path).exists(), dtype=cake_dtype,
+                                        noise_fraction=cake_noise_fraction)
             if n_peaks or midas_dir is not None:
                 self.midas = self._midas(imap, n_peaks, midas_dir, fit_prefix, overwrite=overwrite)
         except BaseException:
             self._abort()
             raise
 
-    def _start(self, imap: Any, params: Any, expected_frames: int, sums_from_workers: bool) -> None:
+    def _start(self, imap: Any, params: Any, expected_frames: int, sums_from_workers: bool,
+               noise_fraction: float, model: np.ndarray | None) -> None:
         """The state of a run before its files are open."""
+        self.rounding: NoiseRounding | None = None  # the precision-bounded mode's rounding (None: lossless)
+        if noise_fraction:
+            if model is None:
+                model = map_noise_model(imap, getattr(params, "Normalize", True))
+            self.rounding = NoiseRounding(noise_fraction, model)
         self.write_2d = bool(getattr(params, "Write2D", False))
         self.digits = name_digits(expected_frames)
         self.sums_from_workers = bool(sums_from_workers)
@@ -200,7 +213,8 @@ class RunOutputs:
                zarr_path: str | os.PathLike | None = None, midas_dir: str | os.PathLike | None = None,
                note: str = "", metadata_keys: Sequence[str] = (), expected_frames: int = 0,
                sums_from_workers: bool = False, block: int = 0, fit_prefix: str = "",
-               cake_dtype: str = "float32") -> RunOutputs:
+               cake_dtype: str = "float32", cake_noise_fraction: float = 0.0,
+               noise_model: np.ndarray | None = None) -> RunOutputs:
         """Continue the run whose writer died: the same arguments as the run's (``engine_name``, ``note`` and
         ``metadata_keys`` are the file's already). The files are cut to the run's durable frames
         (:func:`~ringstream.writer.repair.cut_for_resume`: the HDF5 file, the MIDAS streams; the zarr.zip is
@@ -209,14 +223,14 @@ class RunOutputs:
         ``sums_from_workers``, the partial sums of the groups from W's on), in frame order, as in a fresh run;
         the files then end as an uninterrupted run's would. InputError naming the file if it is missing, not a
         ringstream results file, or made for another layout (n_r, n_eta, n_peaks, Write2D, OmegaSumFrames,
-        cake_dtype)."""
+        cake_dtype, cake_noise_fraction)."""
         del engine_name, note, metadata_keys  # (what the file already records)
         self = cls.__new__(cls)
-        self._start(imap, params, expected_frames, sums_from_workers)
+        self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
         self.path = Path(h5_path)
         layout = {"n_r": int(imap.n_r), "n_eta": int(imap.n_eta), "n_peaks": int(n_peaks),
                   "Write2D": int(self.write_2d), "OmegaSumFrames": int(getattr(params, "OmegaSumFrames", 1)),
-                  "cake_dtype": str(cake_dtype)}
+                  "cake_dtype": str(cake_dtype), "cake_noise_fraction": float(cake_noise_fraction)}
         check_resumable(self.path, layout)
         try:
             if n_peaks or midas_dir is not None:
@@ -227,11 +241,12 @@ class RunOutputs:
             self.digits = cut.name_digits
             self.h5 = Hdf5Writer.reopen(self.path, n_r=imap.n_r, n_eta=imap.n_eta, write_2d=self.write_2d,
                                         n_peaks=n_peaks, metadata_keys=cut.metadata_keys, next_frame=cut.frame,
-                                        block=block, name_digits=self.digits, cake_dtype=cake_dtype)
+                                        block=block, name_digits=self.digits, cake_dtype=cake_dtype,
+                                        rounding=self.rounding)
             self.sums.resume(cut.frame, cut.last_group + 1)
             if zarr_path is not None:
                 self.zarr = ZarrZipSink(zarr_path, self._remap, instrument_parameters(params), self.digits,
-                                        dtype=cake_dtype)
+                                        dtype=cake_dtype, noise_fraction=cake_noise_fraction)
                 self.zarr.restore(self.h5.omega_groups(self.sums.group_of))
                 self.counters["zarr_published"] += 1
         except BaseException:
@@ -312,7 +327,7 @@ class RunOutputs:
 
     def _take_groups(self, groups) -> None:
         for g in groups:
-            g.sum = stored(g.sum, self.h5.dtype)  # the float64 sum rounded once, for both files
+            g.sum = stored(g.sum, self.h5.dtype, self.rounding)  # the float64 sum rounded once, for both files
             g.chunks = Chunks(g.sum, zarr=self.zarr is not None)  # compressed for both, in the background
             self.h5.add_omega_group(g, self.digits)
             if self.zarr is not None:

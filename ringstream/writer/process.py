@@ -64,6 +64,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import zmq
@@ -100,6 +101,7 @@ from ..transport.sockets import (
 )
 from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
+from .precision import map_noise_model
 from .runs import Run, RunBook
 
 log = logging.getLogger("ringstream.writer")
@@ -191,6 +193,7 @@ class _Writer:
         self.summed_frames: set[int] = set()  # frames in the partial sums taken, not yet below the watermark
         self.resent_from: set[int] = set()  # worker processes that sent again what they kept (Resent)
         self.save_interval = max(1, int(config.run.save_interval))
+        self.noise_model: np.ndarray | None = None  # per-bin noise model of [output] cake_noise_fraction (run())
         self.counters: dict[str, int] = {"written": 0, "rejected": 0, "duplicates": 0, "runs_complete": 0,
                                          "runs_failed": 0, "dropped_output_failed": 0}
         self.held: dict[int, tuple[Result, list]] = {}  # frame_index -> (result, buffers), early arrivals
@@ -244,6 +247,9 @@ class _Writer:
         cfg = self.config
         self.params = cfg.load_params()
         self.imap, _ = load_or_build(self.params)
+        # the precision-bounded mode's per-bin noise model, made once for the geometry (None: lossless)
+        self.noise_model = map_noise_model(self.imap, self.params.Normalize) if cfg.output.cake_noise_fraction \
+            else None
         self.book = RunBook(cfg)
         self.write_2d = bool(self.params.Write2D)
         self.n_peaks = peak_slots(self.params, cfg.fit.slots)
@@ -564,7 +570,7 @@ class _Writer:
                                          zarr_path=paths.zarr, midas_dir=paths.midas_dir,
                                          metadata_keys=numeric_keys(metadata), expected_frames=frames,
                                          sums_from_workers=not self.write_2d, fit_prefix=fit_prefix,
-                                         cake_dtype=self.config.output.cake_dtype)
+                                         **self.storage_options())
         except (OutputError, OutputFolderError, OutputExists) as exc:
             self.fail_run(run, exc)
             return None
@@ -835,6 +841,12 @@ class _Writer:
             if last is not None:
                 last.eos = self.eos
 
+    def storage_options(self) -> dict[str, Any]:
+        """How the cakes and sums are stored (``[output]``), as :class:`RunOutputs` takes it."""
+        out = self.config.output
+        return {"cake_dtype": out.cake_dtype, "cake_noise_fraction": out.cake_noise_fraction,
+                "noise_model": self.noise_model}
+
     def resume_outputs(self, run: Run, engine_name: str) -> RunOutputs:
         """``run``'s outputs, reopened where they were flushed (:meth:`RunOutputs.resume`)."""
         paths = run.paths
@@ -845,7 +857,7 @@ class _Writer:
                                  engine_name=engine_name or str(self.config.workers.engine), n_peaks=self.n_peaks,
                                  zarr_path=paths.zarr, midas_dir=paths.midas_dir, expected_frames=frames,
                                  sums_from_workers=not self.write_2d, fit_prefix=fit_prefix,
-                                 cake_dtype=self.config.output.cake_dtype)
+                                 **self.storage_options())
 
     def answer_resume_queries(self) -> None:
         """Answer each ResumeQuery whose worker processes are all fenced (so that no later message of theirs

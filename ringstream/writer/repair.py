@@ -339,16 +339,18 @@ class ResumeCut:
     name_digits: int
 
 
-def file_layout(e: h5py.Group) -> dict[str, int | str]:
+def file_layout(e: h5py.Group) -> dict[str, int | str | float]:
     """The layout of a results file that must match a run continuing it: n_r, n_eta, n_peaks, Write2D,
-    OmegaSumFrames, cake_dtype (the stored dtype of the omega sums: "float32" or "float64")."""
+    OmegaSumFrames, cake_dtype (the stored dtype of the omega sums: "float32" or "float64"), cake_noise_fraction
+    (0: lossless; a file from before the precision-bounded mode has none: 0)."""
     osum = e["omega_sum"]
     return {"n_r": int(e["data/I"].shape[1]), "n_eta": int(osum["I"].shape[2]),
             "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0, "Write2D": int("cake" in e),
-            "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1)), "cake_dtype": osum["I"].dtype.name}
+            "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1)), "cake_dtype": osum["I"].dtype.name,
+            "cake_noise_fraction": float(osum["I"].attrs.get("cake_noise_fraction", 0.0))}
 
 
-def check_resumable(path: str | os.PathLike, layout: dict[str, int | str]) -> None:
+def check_resumable(path: str | os.PathLike, layout: dict[str, int | str | float]) -> None:
     """InputError naming ``path`` unless it is a ringstream results file of ``layout`` (:func:`file_layout`) that
     opens once its status flags are cleared (as a killed writer leaves them set)."""
     path = Path(path)
@@ -365,7 +367,7 @@ def check_resumable(path: str | os.PathLike, layout: dict[str, int | str]) -> No
         raise InputError(f"{path}: the file's layout differs from the run's ({'; '.join(differ)}); cannot continue it")
 
 
-def cut_for_resume(path: str | os.PathLike, layout: dict[str, int | str],
+def cut_for_resume(path: str | os.PathLike, layout: dict[str, int | str | float],
                    streams: tuple[int | None, int | None] = (None, None)) -> ResumeCut:
     """Cut the file a killed writer left to what a replacement continues from, the run's resume point W.
 

@@ -9,6 +9,9 @@
   before h5py opens a compressed dataset; importing this module does it for ringstream's own readers).
 - zarr.zip (zarr format 2): numcodecs Blosc, LZ4 with bit shuffle (:func:`zarr_compressor`), which zarr 2.18 with
   numcodecs (GSAS-II's importer) and zarr 3 both read.
+- precision: ``[output] cake_noise_fraction`` f > 0 rounds each stored value to a power of two no coarser than
+  ``2 f`` times its bin's counting noise (:mod:`~ringstream.writer.precision`), so that the compression removes
+  the bits below the noise; :func:`precision_note` is what the files say about it.
 - Who compresses: a cake or sum row is one chunk in each file; :class:`Chunks` compresses it for both in a small
   pool of threads (:func:`encode_pool`; the compressors release the GIL), while the writer's own thread goes on
   receiving. The HDF5 chunk is made here (:func:`hdf5_chunk`: the bitshuffle library's LZ4 blocks behind the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -28,9 +32,10 @@ import hdf5plugin  # noqa: F401 - registers the bitshuffle filter with HDF5 for 
 import numpy as np
 
 from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
+from .precision import MIN_COUNTS, SAFETY
 
 __all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "Chunks", "cake_dtype", "encode_pool", "hdf5_chunk", "hdf5_compression",
-           "stored", "zarr_compressor"]
+           "precision_note", "stored", "zarr_compressor"]
 
 #: Blosc's compression level of the zarr.zip arrays (LZ4 gains little above 5, and costs time)
 BLOSC_LEVEL = 5
@@ -43,10 +48,26 @@ def cake_dtype(name: str) -> np.dtype:
     return np.dtype("<f4" if str(name) == "float32" else "<f8")
 
 
-def stored(a: Any, dtype: np.dtype) -> np.ndarray:
+def stored(a: Any, dtype: np.dtype, rounding: Callable[[Any, np.dtype], np.ndarray] | None = None) -> np.ndarray:
     """``a`` as it is stored: C-contiguous ``dtype``, rounded once from whatever precision it has (float64 sums
-    to float32 round to nearest, as ``np.float32(x)``); no copy when it already is."""
+    to float32 round to nearest, as ``np.float32(x)``); no copy when it already is. With ``rounding`` (the
+    precision-bounded mode, :class:`~ringstream.writer.precision.NoiseRounding`), ``rounding(a, dtype)``: a new
+    array, rounded to a fraction of each bin's counting noise (call it once per value: it is not idempotent)."""
+    if rounding is not None:
+        return rounding(a, dtype)
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+def precision_note(fraction: float) -> str:
+    """The ``precision`` attribute of the stored cakes and omega sums: how far a stored value may be from the
+    float64 value it stores (docs/OUTPUTS.md, "Precision-bounded cakes")."""
+    if not fraction:
+        return "lossless: each value is the float64 value rounded to nearest in the stored dtype"
+    return (f"precision-bounded (cake_noise_fraction {float(fraction):g}): each value x is rounded to a multiple of "
+            f"a power of two q <= 2 f sigma, so |stored - x| <= max(f sigma, ulp(x)/2); sigma = sqrt(s g x) is the "
+            f"bin's Poisson counting noise (g: /entry/reduction/cake_noise_model, s = {SAFETY:g} a safety factor; "
+            f"values below x_min (fewer than {MIN_COUNTS:g} counts a pixel) and empty bins are stored losslessly; "
+            f"docs/OUTPUTS.md)")
 
 
 def hdf5_compression() -> dict[str, Any]:

@@ -5,7 +5,8 @@ Layout (zarr format 2 in an uncompressed ZIP; the arrays Blosc-compressed, LZ4 w
     REtaMap                              float64 (5, n_r, n_eta): R px, 2θ deg, η deg, bin area px², Q 1/Å
     OmegaSumFrame/LastFrameNumber_<k>    float32 or float64 (``cake_dtype``) (n_r, n_eta): the sum of a group's
                                          normalised cakes (summed in float64, rounded once), attrs
-                                         "Number Of Frames Summed", "LastFrameNumber", "FirstOme", "LastOme" (deg)
+                                         "Number Of Frames Summed", "LastFrameNumber", "FirstOme", "LastOme" (deg),
+                                         and in a precision-bounded run "cake_noise_fraction", "precision"
     InstrumentParameters/{Lam, Polariz, SH_L, U, V, W, X, Y, Z, Distance}   float64 (1,), uncompressed; Distance
                                          in µm; no ``Lam`` when the wavelength is unknown (GSAS-II has its default)
 
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputExists
-from .storage import Chunks, cake_dtype, stored, zarr_compressor
+from .storage import Chunks, cake_dtype, precision_note, stored, zarr_compressor
 from .zip_append import GrowingZip
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ INSTRUMENT_KEYS: dict[str, tuple[str, float | None]] = {
     "Z": ("Z", 0.0),
     "Distance": ("Lsd", 1_000_000.0),
 }
+
+
+#: the attributes of each OmegaSumFrame array of a precision-bounded run (none in a lossless one): the
+#: ``[output] cake_noise_fraction`` and what it means (:func:`~.storage.precision_note`)
+PRECISION_ATTRS = ("cake_noise_fraction", "precision")
 
 
 def instrument_parameters(params: Any) -> dict[str, float]:
@@ -125,7 +131,8 @@ class ZarrZipSink:
 
     ``remap`` is the REtaMap ``(5, n_r, n_eta)``, ``instrument`` the InstrumentParameters (:func:`instrument_parameters`),
     ``name_digits`` the zero-padding of group names, ``dtype`` the stored dtype of the sums (``"float32"`` or
-    ``"float64"``: :data:`~.storage.CAKE_DTYPES`).
+    ``"float64"``: :data:`~.storage.CAKE_DTYPES`), ``noise_fraction`` the ``[output] cake_noise_fraction`` the sums
+    were rounded with (added groups come rounded; > 0: each array's attributes say so, :data:`PRECISION_ATTRS`).
     """
 
     #: when the file grows (its hole cannot take a publication), the new hole takes what this publication adds and
@@ -135,7 +142,8 @@ class ZarrZipSink:
     NEW_PER_DIRECTORY = 1.0
 
     def __init__(self, path: str | os.PathLike, remap: np.ndarray, instrument: dict[str, float],
-                 name_digits: int, overwrite: bool = True, dtype: str = "float32") -> None:
+                 name_digits: int, overwrite: bool = True, dtype: str = "float32",
+                 noise_fraction: float = 0.0) -> None:
         try:
             import zarr
             from zarr.storage import LocalStore
@@ -151,6 +159,8 @@ class ZarrZipSink:
         self.digits = int(name_digits)
         self.shape = tuple(remap.shape[1:])
         self.dtype = cake_dtype(dtype)
+        self._precision = {PRECISION_ATTRS[0]: float(noise_fraction),
+                           PRECISION_ATTRS[1]: precision_note(noise_fraction)} if noise_fraction else {}
         self._codec = zarr_compressor()
         self._remove_leftovers()
         self._zarr = zarr
@@ -206,7 +216,7 @@ class ZarrZipSink:
         if name in self._names:
             raise ValueError(f"{self.path}: group {name} written twice")
         self._names.add(name)
-        attrs = group_attrs(group)
+        attrs = group_attrs(group) | self._precision
         if self._template is None:
             arr = self._groups.create_array(name, shape=data.shape, dtype=self.dtype.name, chunks=data.shape,
                                             compressors=self._codec, fill_value=0.0, attributes=attrs,

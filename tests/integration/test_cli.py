@@ -154,6 +154,29 @@ def test_integrate_write2d_cake_dark_and_default_output(tmp_path):
     run(["integrate", "--param-file", p, "--overwrite", "img_0.tif"], tmp_path, check=0)
 
 
+def test_integrate_precision_bounded(tmp_path):
+    """``--cake-noise-fraction``: the stored cakes within f of the model's counting noise of each value (the file
+    holds the model: g and x_min), the lineouts as lossless; a fraction out of range is one line naming the flag."""
+    p = write_params(tmp_path, "Write2D 1\n")
+    frames = write_images(tmp_path, 2)
+    run(["integrate", "--param-file", p, "--cake-noise-fraction", "0.05", "--output-h5", "out.h5", "img_0.tif",
+         "img_1.tif"], tmp_path, check=0)
+    want_lo, want_cake = reference(p, frames)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        cake = f["entry/cake/I"][()].astype(np.float64)
+        g, x_min = f["entry/reduction/cake_noise_model"][()]
+        assert f["entry/cake/I"].attrs["cake_noise_fraction"] == 0.05 == f["entry/reduction/cake_noise_fraction"][()]
+        np.testing.assert_allclose(f["entry/data/I"][()], want_lo.astype(np.float32), rtol=1e-6, atol=1e-3)
+    from ringstream.writer.precision import SAFETY
+
+    x = want_cake.astype(np.float32).astype(np.float64)  # (the cakes reach the writer as float32)
+    sigma = np.sqrt(np.where(x >= x_min, SAFETY * g * x, 0.0))
+    assert np.all(np.abs(cake - x) <= np.maximum(0.05 * sigma, np.spacing(np.abs(x).astype(np.float32)) / 2))
+    assert np.count_nonzero(cake != x) > cake.size // 4
+    bad = run(["integrate", "--param-file", p, "--cake-noise-fraction", "0.7", "img_0.tif"], tmp_path)
+    assert bad.returncode == 2 and "--cake-noise-fraction: expected >= 0 and <= 0.5, got 0.7" in bad.stderr
+
+
 def test_export_then_import_midas_same_lineouts(tmp_path):
     p = write_params(tmp_path)
     write_images(tmp_path, 4)

@@ -301,6 +301,37 @@ def test_daemon_writes_every_output(tmp_path, daemons, write_2d):  # noqa: F811
     check_export(tmp_path / "out.h5", tmp_path, zpath, mdir, tmp_path)
 
 
+@pytest.mark.timeout(120)
+def test_daemon_precision_bounded_sums(tmp_path, daemons):  # noqa: F811
+    """``--cake-noise-fraction 0.01`` in the daemon (the workers' partial sums): every omega sum within 0.01 of the
+    counting noise the file's model gives it (beyond the float32 cakes it is made of), the same numbers and the
+    precision attributes in the zarr.zip."""
+    from ringstream.params import load_params
+    from ringstream.writer.precision import SAFETY
+
+    params = tmp_path / "setup.txt"
+    params.write_text(PARAMS + "Write2D 0\nOmegaSumFrames 7\n")
+    rings = ", ".join(repr(t) for t in rings_2theta(load_params(params)))  # (the frames reference_cakes makes)
+    (tmp_path / "daemon.toml").write_text(f"[source]\nrings_2theta = [{rings}]\n")
+    d = daemons(["--param-file", params, "--config", tmp_path / "daemon.toml", "--simulate", 14, "--workers", 2,
+                 "--output-h5", "out.h5", "--cake-noise-fraction", "0.01"], tmp_path)
+    assert d.wait(60) == 0, d.stderr
+    ref = reference_cakes(params, 14).astype(np.float64)  # float32 cakes, as the workers sum them
+    with h5py.File(tmp_path / "out.h5") as f:
+        o = f["entry/omega_sum/I"]
+        assert o.attrs["cake_noise_fraction"] == 0.01 and "precision-bounded" in o.attrs["precision"]
+        g, x_min = f["entry/reduction/cake_noise_model"][()]
+        for k in range(2):
+            want = ref[7 * k:7 * k + 7].sum(axis=0)
+            sigma = np.sqrt(np.where(want >= x_min, SAFETY * g * want, 0.0))
+            slack = 1e-12 * np.abs(want) + np.spacing(np.abs(want).astype(np.float32))  # (order of adding, ulp)
+            assert np.all(np.abs(o[k].astype(np.float64) - want) <= 0.01 * sigma + slack)
+            assert np.count_nonzero(o[k] != want.astype(np.float32)) > o[k].size // 4  # (it did round)
+        z = _zarr(tmp_path / "out.zarr.zip")["OmegaSumFrame"]
+        for k, name in enumerate(sorted(z.keys())):
+            assert z[name][...].tobytes() == o[k].tobytes() and z[name].attrs["cake_noise_fraction"] == 0.01
+
+
 FOLLOW = textwrap.dedent("""
     import json, sys, time
     import h5py, numpy as np

@@ -242,6 +242,12 @@ def test_env_errors_name_the_variable(setup, var, value, expected):
         ({"transport": {"ring_slots": 1}}, "--ring-slots", "[transport] ring_slots: expected >= 2, got 1"),
         ({"source": {"rate": -1.0}}, "--rate", "[source] rate: expected >= 0, got -1.0"),
         ({"source": {"frames": -1}}, "--frames", "[source] frames: expected >= 0, got -1"),
+        ({"output": {"cake_noise_fraction": 0.6}}, "--cake-noise-fraction",
+         "[output] cake_noise_fraction: expected >= 0 and <= 0.5, got 0.6"),
+        ({"output": {"cake_noise_fraction": -0.01}}, "--cake-noise-fraction",
+         "[output] cake_noise_fraction: expected >= 0 and <= 0.5, got -0.01"),
+        ({"output": {"cake_noise_fraction": float("nan")}}, "--cake-noise-fraction",
+         "[output] cake_noise_fraction: expected a number, got nan"),
         ({"source": {"kind": "simulted"}}, "--source", "did you mean 'simulated'?"),
         ({"source": {"kind": "replay"}}, "--source", "[source] kind = 'replay' needs [source] replay_path"),
         ({"transport": {"control_endpoint": "localhost:5557"}}, "--control-endpoint",
@@ -439,6 +445,12 @@ def test_check_config_prints_the_effective_config_and_starts_nothing(tmp_path, s
     args, extra = parser.parse_known_args(["check-config", "--config", str(toml), "Lsd", "x"])
     assert check_config(args, extra) == 2
     assert "'Lsd'" in capsys.readouterr().err
+
+    bad = write_toml(tmp_path, f'[run]\nparam_file = "{setup}"\n[output]\ncake_noise_fraction = 0.75\n', "bad.toml")
+    args, extra = parser.parse_known_args(["check-config", "--config", str(bad)])
+    assert check_config(args, extra) == 2
+    assert capsys.readouterr().err == (f"ringstream: error: {bad}:4: [output] cake_noise_fraction: expected >= 0 "
+                                       "and <= 0.5, got 0.75\n")
 
 
 def test_gpus_and_copy_threads_from_every_layer(tmp_path):

@@ -35,10 +35,12 @@ class Run:
     fitting: bool  # fit.bin, fit_curves.bin, and lineout.bin, Int2D.bin, RTthEtaAreaMap.bin (--midas-binaries)
     osf: int  # OmegaSumFrames
     dtype: str = "float32"  # [output] cake_dtype
+    noise: float = 0.0  # [output] cake_noise_fraction (with a model that rounds every value: g 1, x_min 0)
 
 
 RUNS = [Run(w, fit, osf) for w in (0, 1) for fit in (False, True) for osf in (1, 4)]
 RUNS += [Run(w, True, 4, "float64") for w in (0, 1)]
+RUNS += [Run(w, False, 4, "float32", 0.01) for w in (0, 1)]
 
 _GEOMETRY: dict[Run, tuple] = {}
 
@@ -54,6 +56,9 @@ def _outputs(folder: Path, run: Run, resume: bool = False) -> RunOutputs:
     kw = dict(engine_name="cpu", n_peaks=N_PEAKS if run.fitting else 0, zarr_path=folder / "r.zarr.zip",
               midas_dir=folder if run.fitting else None, metadata_keys=["I0", "omega"], expected_frames=N,
               sums_from_workers=not run.write_2d, block=4, cake_dtype=run.dtype)
+    if run.noise:
+        kw.update(cake_noise_fraction=run.noise, noise_model=np.stack([np.ones((imap.n_r, imap.n_eta)),
+                                                                       np.zeros((imap.n_r, imap.n_eta))]))
     return (RunOutputs.resume if resume else RunOutputs)(folder / "r.h5", imap, p, **kw)
 
 
@@ -188,16 +193,24 @@ def _durable_end(run: Run, flushed: int) -> int:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     base = tmp_path_factory.mktemp("uninterrupted")
-    return {run: _uninterrupted(base / f"w{run.write_2d}-f{int(run.fitting)}-o{run.osf}-{run.dtype}", run)
-            for run in RUNS}
+    return {run: _uninterrupted(base / _name(run), run) for run in RUNS}
+
+
+def _name(run: Run) -> str:
+    return f"w{run.write_2d}-fit{int(run.fitting)}-osf{run.osf}-{run.dtype}" + (f"-noise{run.noise}" if run.noise else "")
 
 
 #: (frames appended and flushed before the kill, frames appended after that flush)
 KILLS = [(0, 0), (7, 0), (17, 3), (22, 5), (N, 0)]
 
 
-@pytest.mark.parametrize("run", RUNS, ids=lambda r: f"w{r.write_2d}-fit{int(r.fitting)}-osf{r.osf}-{r.dtype}")
+@pytest.mark.parametrize("run", RUNS, ids=_name)
 def test_a_killed_writer_is_continued_to_the_uninterrupted_files(tmp_path, run, reference):
+    if run.noise:  # (the precision-bounded run rounded its sums: low mantissa bits zero, and says so)
+        with h5py.File(reference[run] / "r.h5", "r") as f:
+            sums = f["entry/omega_sum/I"]
+            assert sums.attrs["cake_noise_fraction"] == run.noise
+            assert np.all(sums[...].view(np.uint32) & 0x3FF == 0)
     for frames, unflushed in KILLS:
         folder = tmp_path / f"k{frames}-{unflushed}"
         _killed(folder, run, frames, unflushed)
@@ -272,6 +285,10 @@ def test_a_file_that_is_not_the_runs_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match=r"the file's layout differs from the run's \(cake_dtype float32 in the "
                                          r"file, float64 in the run\)"):
         RunOutputs.resume(tmp_path / "k" / "r.h5", _geo(run)[1], _geo(run)[0], engine_name="cpu", cake_dtype="float64")
+    with pytest.raises(InputError, match=r"the file's layout differs from the run's \(cake_noise_fraction 0.0 in the "
+                                         r"file, 0.01 in the run\)"):
+        RunOutputs.resume(tmp_path / "k" / "r.h5", _geo(run)[1], _geo(run)[0], engine_name="cpu",
+                          cake_noise_fraction=0.01)
     p, imap = make("Write2D 1\nOmegaSumFrames 4\nRBinSize 2\n")
     with pytest.raises(InputError, match=r"r\.h5: the file's layout differs from the run's \(n_r 16 in the file, "
                                          r"8 in the run\)"):
