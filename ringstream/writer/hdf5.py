@@ -1,5 +1,6 @@
-"""The NeXus HDF5 results file (docs/OUTPUTS.md): NXazint1d lineouts, optional NXazint2d cakes, written with
-SWMR.
+"""The NeXus HDF5 results file (docs/OUTPUTS.md), written with SWMR: the lineouts in ``/entry`` (NXazint1d) and, with
+``Write2D 1``, the cakes in ``/cake`` (NXazint2d, an NXentry of its own that shares the rest with ``/entry``), both
+valid by pynxtools' ``pynx validate`` (tests/unit/test_nexus_valid.py).
 
 The whole layout (every group, dataset and attribute) is created up front, then the file switches to SWMR
 mode, so a reader opened with ``swmr=True`` can follow the run: it refreshes ``/entry/data/I`` and reads
@@ -424,6 +425,7 @@ class Hdf5Writer:
             d = self._rows(fit, "curve_values", (), np.float64, 1 << 14)
             d.attrs["note"] = "model values of every ROI, in curve_rois order (MIDAS fit_curves.bin)"
             upd = fit.create_group("peak_updates")
+            upd.attrs["NX_class"] = "NXcollection"
             upd.attrs["description"] = "the peak list in force from from_frame onward (ringstream peaks)"
             self._rows(upd, "peaks", (), h5py.vlen_dtype(np.float64), 64)
             for name, dtype in (("origin", _STR), ("from_frame", np.uint64), ("seq", np.uint64)):
