@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError, OutputExists
-from .hdf5 import cake_rows
+from .layout import cake_rows
 from .midas_binaries import MidasStreams
 from .omega import OmegaGroup
 from .zarr_zip import INSTRUMENT_KEYS, ZarrZipSink, instrument_parameters, reta_map

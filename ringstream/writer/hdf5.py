@@ -32,6 +32,7 @@ from h5py import h5d, h5p, h5s
 from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
+from .layout import CAKE_ENTRY, CAKE_I, METADATA_JSON
 from .omega import OmegaGroup
 from .storage import cake_dtype, hdf5_compression, stored
 
@@ -112,10 +113,6 @@ OMEGA_SUM_ROWS = {"n_frames": np.int64, "first_frame": np.uint64, "last_frame": 
 #: bytes of the fixed-length JSON string /entry/reduction/source_counters
 SOURCE_COUNTERS_BYTES = 4096
 
-#: the per-frame metadata as JSON text, in /entry/data/metadata (an NXcollection: NXazint1d types every field of
-#: the NXdata group itself, and text is not the NX_NUMBER it names for a DATA field)
-METADATA_JSON = "metadata_json"
-
 #: /entry/reduction/reference (NXazint1d and NXazint2d require one: what the processing follows)
 REFERENCE = ("MIDAS (Microstructural Imaging using Diffraction Analysis Software, Advanced Photon Source): "
              "azimuthal integration with exact-area pixel splitting, lineout.bin / Int2D.bin definitions; "
@@ -124,20 +121,9 @@ REFERENCE = ("MIDAS (Microstructural Imaging using Diffraction Analysis Software
 #: the NXDL-enumerated long_name and units of I (NXazint1d and NXazint2d)
 INTENSITY_ATTRS = {"long_name": "intensity", "units": "arbitrary units"}
 
-#: the NXentry of the per-frame cakes (Write2D 1), NXazint2d, beside the NXazint1d ``/entry``: NeXus gives an entry
-#: one definition, and NXazint2d's NXdata is not NXazint1d's. Its I is ``[nImg, nEta, nR]`` (the definition's
-#: order; a cake of the engines is ``[nR, nEta]``); the rest of it is ``/entry``'s, hard-linked.
-CAKE_ENTRY = "cake"
-#: the cakes, ``[nImg, nEta, nR]``
-CAKE_I = f"{CAKE_ENTRY}/data/I"
 #: what the cake entry shares with /entry (hard links: one object, two names)
 _CAKE_LINKS = ("solid_angle_applied", "polarization_applied", "normalization_applied", "instrument", "reduction",
                "data/radial_axis", "data/frame_index")
-
-
-def cake_rows(f: h5py.File) -> h5py.Dataset | None:
-    """The per-frame cakes of the results file ``f``, ``[nImg, nEta, nR]`` (None: written without Write2D)."""
-    return f[CAKE_I] if CAKE_I in f else None
 
 
 class _Col:

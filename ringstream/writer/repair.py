@@ -30,7 +30,7 @@ from h5py import h5a, h5d, h5p, h5s, h5t
 
 from ..errors import InputError
 from . import storage as _storage  # noqa: F401 - registers the HDF5 compression filter (compressed cakes, sums)
-from .hdf5 import METADATA_JSON, cake_rows
+from .layout import METADATA_JSON, cake_rows
 from .zip_append import cut_partial_publication
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
