@@ -12,7 +12,7 @@ Cases (``--cases``): ``lineouts`` (the above); ``sums-osf1``, the demo's setting
 default, ``Write2D 0``, zarr.zip on): 990 x 72 bins as in ``configs/demo-pilatus2m.txt``, each frame's Result followed
 by its group's whole partial sum, float32 (as workers send it), Poisson counts over rings normalised by bin area, so
 each frame's sum is compressed and written to the HDF5 and to the zarr.zip; ``cakes-osf1``: the same with ``Write2D 1``,
-the cake in each Result (written as /entry/cake/I, and as its group's sum in both files).
+the cake in each Result (written as /cake/data/I, and as its group's sum in both files).
 
     python bench/writer_process.py [--cases lineouts,sums-osf1,cakes-osf1] [--frames 40000] [--repeat 3]
                                    [--machine vm] [--dir /tmp]

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError, OutputExists
+from .layout import cake_rows
 from .midas_binaries import MidasStreams
 from .omega import OmegaGroup
 from .zarr_zip import INSTRUMENT_KEYS, ZarrZipSink, instrument_parameters, reta_map
@@ -113,7 +114,8 @@ def export_midas(h5_path: str | os.PathLike, folder: str | os.PathLike, overwrit
         n = _frames(f)
         r_px = e["data/r_px"][...]
         n_r, n_eta = e["geometry/area"].shape
-        has_cake = "cake/I" in e
+        cake_ds = cake_rows(f)
+        has_cake = cake_ds is not None
         n_peaks = e["fit/peaks"].shape[1] if "fit/peaks" in e else 0
         out = MidasStreams(folder, n_r=n_r, n_eta=n_eta, r_px=r_px, remap=_remap(f), n_peaks=n_peaks,
                            binaries=True, cakes=has_cake, overwrite=overwrite)
@@ -124,7 +126,7 @@ def export_midas(h5_path: str | os.PathLike, folder: str | os.PathLike, overwrit
                 b = min(n, a + BLOCK)
                 idx = e["data/frame_index"][a:b]
                 lines = e["data/I"][a:b]
-                cakes = e["cake/I"][a:b] if has_cake else None
+                cakes = cake_ds[a:b].transpose(0, 2, 1) if has_cake else None  # (stored [nEta, nR])
                 fits = e["fit/peaks"][a:b] if n_peaks else None
                 for k in range(b - a):
                     curves = None

@@ -1,5 +1,6 @@
-"""The NeXus HDF5 results file (docs/OUTPUTS.md): NXazint1d lineouts, optional NXazint2d cakes, written with
-SWMR.
+"""The NeXus HDF5 results file (docs/OUTPUTS.md), written with SWMR: the lineouts in ``/entry`` (NXazint1d) and, with
+``Write2D 1``, the cakes in ``/cake`` (NXazint2d, an NXentry of its own that shares the rest with ``/entry``), both
+valid by pynxtools' ``pynx validate`` (tests/unit/test_nexus_valid.py).
 
 The whole layout (every group, dataset and attribute) is created up front, then the file switches to SWMR
 mode, so a reader opened with ``swmr=True`` can follow the run: it refreshes ``/entry/data/I`` and reads
@@ -31,6 +32,7 @@ from h5py import h5d, h5p, h5s
 from .. import __version__
 from ..errors import InputError, OutputExists
 from ..procs import pid_alive
+from .layout import CAKE_ENTRY, CAKE_I, METADATA_JSON
 from .omega import OmegaGroup
 from .precision import MIN_COUNTS, NoiseRounding
 from .storage import Chunks, cake_dtype, hdf5_compression, precision_note, stored
@@ -112,6 +114,18 @@ OMEGA_SUM_ROWS = {"n_frames": np.int64, "first_frame": np.uint64, "last_frame": 
 #: bytes of the fixed-length JSON string /entry/reduction/source_counters
 SOURCE_COUNTERS_BYTES = 4096
 
+#: /entry/reduction/reference (NXazint1d and NXazint2d require one: what the processing follows)
+REFERENCE = ("MIDAS (Microstructural Imaging using Diffraction Analysis Software, Advanced Photon Source): "
+             "azimuthal integration with exact-area pixel splitting, lineout.bin / Int2D.bin definitions; "
+             "ringstream docs/MIDAS-FORMATS.md, sections 2 and 3")
+
+#: the NXDL-enumerated long_name and units of I (NXazint1d and NXazint2d)
+INTENSITY_ATTRS = {"long_name": "intensity", "units": "arbitrary units"}
+
+#: what the cake entry shares with /entry (hard links: one object, two names)
+_CAKE_LINKS = ("solid_angle_applied", "polarization_applied", "normalization_applied", "instrument", "reduction",
+               "data/radial_axis", "data/frame_index")
+
 
 class _Col:
     """One per-frame dataset and its block buffer (``buf`` rows of the dataset's row shape, or a list for text).
@@ -166,7 +180,7 @@ class Hdf5Writer:
     append (0: a few MB worth; chunks hold at most 64 rows), ``overwrite`` replace an existing file, ``note`` free text for ``reduction/note``.
     ``n_peaks`` peak rows per frame (``fitting.peak_slots``; 0 = no ``/entry/fit``), ``peak_locations`` the R (px)
     of the configured peaks, ``metadata_keys`` numeric per-frame metadata stored as ``/entry/data/metadata/<key>``
-    (every frame's whole metadata is also kept as JSON text in ``/entry/data/metadata_json``),
+    (every frame's whole metadata is also kept as JSON text in ``/entry/data/metadata/metadata_json``),
     ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``, ``cake_dtype`` (``"float32"`` or
     ``"float64"``) is the stored dtype of the cakes and omega sums (both bitshuffle + LZ4 compressed,
     :mod:`~ringstream.writer.storage`), ``rounding`` the precision-bounded mode's rounding of the cakes
@@ -239,7 +253,8 @@ class Hdf5Writer:
         self.chunk_rows = min(self.block, 64)
         self.swmr = bool(swmr)
         self.n_peaks = max(0, int(n_peaks))
-        self.metadata_keys = tuple(dict.fromkeys(str(k) for k in metadata_keys))
+        # (a key named like the JSON dataset beside them is in the JSON only)
+        self.metadata_keys = tuple(dict.fromkeys(str(k) for k in metadata_keys if str(k) != METADATA_JSON))
         self._written = 0
         self._last_index = -1
         self._closed = False
@@ -311,11 +326,18 @@ class Hdf5Writer:
         mono = inst.create_group("monochromator")
         mono.attrs["NX_class"] = "NXmonochromator"
         lam = _wavelength(params)
-        if lam > 0:
-            d = mono.create_dataset("wavelength", data=np.float64(lam))
-            d.attrs["units"] = "angstrom"
-            d = mono.create_dataset("energy", data=np.float64(HC_KEV_A / lam))
-            d.attrs["units"] = "keV"
+        # NXazint1d requires both; NaN says an unknown wavelength is unknown (no value is made up)
+        d = mono.create_dataset("wavelength", data=np.float64(lam if lam > 0 else np.nan))
+        d.attrs["units"] = "angstrom"
+        d = mono.create_dataset("energy", data=np.float64(HC_KEV_A / lam if lam > 0 else np.nan))
+        d.attrs["units"] = "keV"
+        # NXazint1d requires the source too; ringstream knows only that it integrates X-ray diffraction
+        src = inst.create_group("source")
+        src.attrs["NX_class"] = "NXsource"
+        src.create_dataset("name", data="unknown")
+        d = src.create_dataset("type", data="unknown")
+        d.attrs["custom"] = True  # (NeXus: a value outside the open enumeration of NXsource/type)
+        src.create_dataset("probe", data="x-ray")
 
         red = entry.create_group("reduction")
         red.attrs["NX_class"] = "NXprocess"
@@ -325,6 +347,7 @@ class Hdf5Writer:
         red.create_dataset(
             "note", data=note or "azimuthal integration with exact-area pixel splitting (MIDAS-compatible)"
         )
+        red.create_dataset("reference", data=REFERENCE)
         red.create_dataset("engine", data=str(engine_name))
         # the ingest's counters at the end of the stream (frames received, PVA uniqueId gaps and frames missed,
         # overruns, drops by reason): JSON, written by set_source_counters; created now, as SWMR needs
@@ -355,9 +378,8 @@ class Hdf5Writer:
         data.attrs["signal"] = "I"
         data.attrs["axes"] = np.array([".", "radial_axis"], dtype=_STR)
         data.attrs["interpretation"] = "spectrum"
-        d = self._rows(data, "I", (nR,), np.float32, blk)
-        d.attrs["long_name"] = "area-weighted mean intensity over eta (MIDAS lineout)"
-        lineouts = d
+        lineouts = self._rows(data, "I", (nR,), np.float32, blk)  # the area-weighted mean over eta (MIDAS lineout)
+        lineouts.attrs.update(INTENSITY_ATTRS)
         self._add_radial(data, two_theta)
         d = data.create_dataset("r_px", data=r_px)
         d.attrs["units"] = "pixel"
@@ -374,25 +396,15 @@ class Hdf5Writer:
         om = self._rows(data, "omega", (), np.float64, c1)
         om.attrs["units"] = "deg"
         om.attrs["long_name"] = "omega of the frame (metadata 'omega', else Omega / OmegaStart + i*OmegaStep)"
-        mj = self._rows(data, "metadata_json", (), _STR, c1)
-        mj.attrs["long_name"] = "the frame's metadata from the source, as JSON"
         meta = data.create_group("metadata")
         meta.attrs["NX_class"] = "NXcollection"
+        mj = self._rows(meta, METADATA_JSON, (), _STR, c1)
+        mj.attrs["long_name"] = "the frame's metadata from the source, as JSON"
         for key in self.metadata_keys:
             self._rows(meta, key, (), np.float64, c1)
 
         if self.write_2d:
-            cake = entry.create_group("cake")
-            cake.attrs["NX_class"] = "NXdata"
-            cake.attrs["signal"] = "I"
-            cake.attrs["axes"] = np.array([".", "radial_axis", "azimuthal_axis"], dtype=_STR)
-            cake.attrs["interpretation"] = "image"
-            cake.attrs["definition"] = "NXazint2d"
-            self._mark_precision(self._rows(cake, "I", (nR, nE), self.dtype, 1, compressed=True))  # a cake a chunk
-            self._add_radial(cake, two_theta)
-            d = cake.create_dataset("azimuthal_axis", data=eta)
-            d.attrs["long_name"] = "eta"
-            d.attrs["units"] = "deg"
+            self._create_cake_entry(f, entry, eta)
 
         if self.n_peaks:
             fit = entry.create_group("fit")
@@ -411,6 +423,7 @@ class Hdf5Writer:
             d = self._rows(fit, "curve_values", (), np.float64, 1 << 14)
             d.attrs["note"] = "model values of every ROI, in curve_rois order (MIDAS fit_curves.bin)"
             upd = fit.create_group("peak_updates")
+            upd.attrs["NX_class"] = "NXcollection"
             upd.attrs["description"] = "the peak list in force from from_frame onward (ringstream peaks)"
             self._rows(upd, "peaks", (), h5py.vlen_dtype(np.float64), 64)
             for name, dtype in (("origin", _STR), ("from_frame", np.uint64), ("seq", np.uint64)):
@@ -451,6 +464,28 @@ class Hdf5Writer:
             obj.attrs["frames_written"] = np.int64(0)
             obj.attrs["run_complete"] = np.bool_(False)
 
+    def _create_cake_entry(self, f: h5py.File, entry: h5py.Group, eta: np.ndarray) -> None:
+        """The NXazint2d entry :data:`CAKE_ENTRY`: its own definition and NXdata (the cakes, ``[nImg, nEta, nR]``,
+        one a chunk, compressed; the azimuthal axis); the rest hard links to /entry's objects."""
+        cake = f.create_group(CAKE_ENTRY)
+        cake.attrs["NX_class"] = "NXentry"
+        cake.attrs["default"] = "data"
+        cake.create_dataset("definition", data="NXazint2d")
+        data = cake.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        data.attrs["signal"] = "I"
+        data.attrs["axes"] = np.array([".", "azimuthal_axis", "radial_axis"], dtype=_STR)
+        data.attrs["interpretation"] = "image"
+        d = self._rows(data, "I", (self.n_eta, self.n_r), self.dtype, 1, compressed=True)  # one cake per chunk
+        self._mark_precision(d)
+        d.attrs.update(INTENSITY_ATTRS)
+        d = data.create_dataset("azimuthal_axis", data=eta)
+        d.attrs["long_name"] = "azimuthal bin center"
+        d.attrs["units"] = "deg"
+        for name in _CAKE_LINKS:
+            cake[name] = entry[name]
+            entry[name].attrs["target"] = entry[name].name  # (NeXus: a linked object names its first path)
+
     def _bind(self) -> None:
         """Bind the writer to the layout's datasets: those :meth:`_create_layout` just made, or those of the file
         :meth:`reopen` continues."""
@@ -461,10 +496,11 @@ class Hdf5Writer:
         self._source_counters = e["reduction/source_counters"]
         self._meta = {key: data[f"metadata/{key}"] for key in self.metadata_keys}
         # every per-frame dataset, written in this order; frame_index last (a reader that sees row k sees its data)
-        cols = {name: data[name] for name in ("I", "timestamp", "source_id", "omega", "metadata_json")}
+        cols = {name: data[name] for name in ("I", "timestamp", "source_id", "omega")}
+        cols[METADATA_JSON] = data["metadata"][METADATA_JSON]
         cols.update({f"metadata/{k}": d for k, d in self._meta.items()})
         if self.write_2d:
-            cols["cake"] = _uncached(e["cake"], "I")
+            cols["cake"] = _uncached(self._f[CAKE_I].parent, "I")
         if self.n_peaks:
             fit = e["fit"]
             cols["fit"] = fit["peaks"]
@@ -480,7 +516,7 @@ class Hdf5Writer:
         # the block buffers append() fills, bound once (the lists are emptied in place after each block write)
         c = self._cols
         self._I_buf, self._ts_buf, self._omega_buf = c["I"].buf, c["timestamp"].buf, c["omega"].buf
-        self._sid_rows, self._json_rows = c["source_id"].buf, c["metadata_json"].buf
+        self._sid_rows, self._json_rows = c["source_id"].buf, c[METADATA_JSON].buf
         self._cake_rows = c["cake"].buf if "cake" in c else None
         self._fit_buf = c["fit"].buf if "fit" in c else None
         self._fit_shape = (self.n_peaks, 7)
@@ -565,7 +601,8 @@ class Hdf5Writer:
                 raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
             if np.shape(cake) != (self.n_r, self.n_eta):
                 raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
-            self._cake_rows.append(Chunks(stored(cake, self.dtype, self.rounding)))  # compressed in the background
+            # rounded as [nR, nEta] (the noise model's shape), stored [nEta, nR] as NXazint2d orders it
+            self._cake_rows.append(Chunks(np.ascontiguousarray(np.transpose(stored(cake, self.dtype, self.rounding)))))
         if self.n_peaks:
             fits = self._fit_buf
             if fit is None or not len(fit):

@@ -30,6 +30,7 @@ from h5py import h5a, h5d, h5p, h5s, h5t
 
 from ..errors import InputError
 from . import storage as _storage  # noqa: F401 - registers the HDF5 compression filter (compressed cakes, sums)
+from .layout import METADATA_JSON, cake_rows
 from .zip_append import cut_partial_publication
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -164,9 +165,11 @@ def _per_frame(f: h5py.File) -> list[h5py.Dataset]:
     out = [d for d in e["data"].values() if isinstance(d, h5py.Dataset) and d.maxshape and d.maxshape[0] is None]
     if "metadata" in e["data"]:
         out += list(e["data/metadata"].values())
-    for path in ("cake/I", "fit/peaks"):
-        if path in e:
-            out.append(e[path])
+    if "fit/peaks" in e:
+        out.append(e["fit/peaks"])
+    cakes = cake_rows(f)
+    if cakes is not None:
+        out.append(cakes)
     return out
 
 
@@ -345,7 +348,8 @@ def file_layout(e: h5py.Group) -> dict[str, int | str | float]:
     (0: lossless; a file from before the precision-bounded mode has none: 0)."""
     osum = e["omega_sum"]
     return {"n_r": int(e["data/I"].shape[1]), "n_eta": int(osum["I"].shape[2]),
-            "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0, "Write2D": int("cake" in e),
+            "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0,
+            "Write2D": int(cake_rows(e.file) is not None),
             "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1)), "cake_dtype": osum["I"].dtype.name,
             "cake_noise_fraction": float(osum["I"].attrs.get("cake_noise_fraction", 0.0))}
 
@@ -412,7 +416,7 @@ def cut_for_resume(path: str | os.PathLike, layout: dict[str, int | str | float]
         for obj in (e, e["data/I"]):
             obj.attrs.modify("run_complete", np.bool_(False))
         curves = e["fit/curve_rois"].shape[0] if "fit/curve_rois" in e else 0
-        keys = tuple(e["data/metadata"].keys()) if "metadata" in e["data"] else ()
+        keys = tuple(k for k in e["data/metadata"] if k != METADATA_JSON) if "metadata" in e["data"] else ()
         return ResumeCut(w, rows, curves, kept, last_group, keys, int(osum.attrs.get("name_digits", 9)))
 
 

@@ -127,7 +127,7 @@ def test_integrate_equals_reference_engine(tmp_path):
         # natural order: img_2 before img_10
         assert e["data/source_id"].asstr()[()].tolist() == [f"img_{k}.tif" for k in range(12)]
         assert e["data/frame_index"][()].tolist() == list(range(12))
-        assert "cake" not in e
+        assert "cake" not in f
         assert int(e.attrs["frames_written"]) == 12 and bool(e.attrs["run_complete"])
         assert e["reduction/engine"][()].decode() == "cpu"
 
@@ -143,11 +143,11 @@ def test_integrate_write2d_cake_dark_and_default_output(tmp_path):
     assert out_path.is_file()
     want_lo, want_cake = reference(p, frames, dark=np.full((NZ, NY), 8.0))
     with h5py.File(out_path, "r") as f:
-        cake = f["entry/cake/I"][()]
+        cake = f["cake/data/I"][()].transpose(0, 2, 1)  # (stored [nImg, nEta, nR], NXazint2d)
         assert cake.shape == want_cake.shape and cake.dtype == np.float32
         np.testing.assert_allclose(cake, want_cake.astype(np.float32), rtol=1e-6, atol=1e-3)
         np.testing.assert_allclose(f["entry/data/I"][()], want_lo.astype(np.float32), rtol=1e-6, atol=1e-3)
-        assert f["entry/cake/azimuthal_axis"].shape == (18,)
+        assert f["cake/data/azimuthal_axis"].shape == (18,)
     # a second run refuses to overwrite, then --overwrite replaces
     again = run(["integrate", "--param-file", p, "img_0.tif"], tmp_path)
     assert_one_line_error(again, "img_0_integrated.h5", "--overwrite", code=3)
@@ -163,9 +163,9 @@ def test_integrate_precision_bounded(tmp_path):
          "img_1.tif"], tmp_path, check=0)
     want_lo, want_cake = reference(p, frames)
     with h5py.File(tmp_path / "out.h5", "r") as f:
-        cake = f["entry/cake/I"][()].astype(np.float64)
+        cake = f["cake/data/I"][()].transpose(0, 2, 1).astype(np.float64)  # (stored [nImg, nEta, nR]: NXazint2d)
         g, x_min = f["entry/reduction/cake_noise_model"][()]
-        assert f["entry/cake/I"].attrs["cake_noise_fraction"] == 0.05 == f["entry/reduction/cake_noise_fraction"][()]
+        assert f["cake/data/I"].attrs["cake_noise_fraction"] == 0.05 == f["entry/reduction/cake_noise_fraction"][()]
         np.testing.assert_allclose(f["entry/data/I"][()], want_lo.astype(np.float32), rtol=1e-6, atol=1e-3)
     from ringstream.writer.precision import SAFETY
 

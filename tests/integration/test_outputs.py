@@ -81,14 +81,15 @@ def check_layout(f: h5py.File, n: int, cakes: bool, n_peaks: int) -> None:
     assert d["frame_index"].dtype == np.uint64 and d["frame_index"].shape == (n,)
     assert d["source_id"].shape == (n,) and h5py.check_string_dtype(d["source_id"].dtype)
     assert d["timestamp"].dtype == np.float64 and d["timestamp"].shape == (n,) and d["timestamp"][0] > 1.6e9
-    assert d["omega"].shape == (n,) and d["metadata_json"].shape == (n,)
-    if cakes:
-        c = e["cake"]
+    assert d["omega"].shape == (n,) and d["metadata/metadata_json"].shape == (n,)
+    if cakes:  # an NXentry of their own, NXazint2d
+        assert f["cake"].attrs["NX_class"] == "NXentry" and f["cake/definition"][()] == b"NXazint2d"
+        c = f["cake/data"]
         assert c.attrs["NX_class"] == "NXdata" and c.attrs["signal"] == "I"
-        assert c["I"].shape == (n, N_R, N_ETA) and c["I"].dtype == np.float32
+        assert c["I"].shape == (n, N_ETA, N_R) and c["I"].dtype == np.float32
         assert c["radial_axis"].shape == (N_R,) and c["azimuthal_axis"].shape == (N_ETA,)
     else:
-        assert "cake" not in e
+        assert "cake" not in f
     for name in ("r_px", "two_theta", "eta", "area", "q"):
         assert e["geometry"][name].shape == (N_R, N_ETA) and e["geometry"][name].dtype == np.float64
     if n_peaks:
@@ -223,7 +224,7 @@ def test_offline_integrate_writes_every_output(tmp_path):
         np.testing.assert_array_equal(e["data/omega"][:], 5 + 0.5 * np.arange(8))
         check_fits_the_rings(e["fit/peaks"][:], tmp_path / "setup.txt")
         fits = e["fit/peaks"][:]
-        cakes = e["cake/I"][:].astype(np.float64)
+        cakes = f["cake/data/I"][:].transpose(0, 2, 1).astype(np.float64)
         for g, (a, b) in enumerate(((0, 3), (3, 6), (6, 8))):  # the sums are the sums of the file's cakes
             want = np.zeros((N_R, N_ETA))
             for k in range(a, b):
@@ -292,7 +293,7 @@ def test_daemon_writes_every_output(tmp_path, daemons, write_2d):  # noqa: F811
             if write_2d:  # the writer summed the file's own cakes, in frame order: bit for bit
                 mine = np.zeros((N_R, N_ETA))
                 for k in range(7 * g, min(40, 7 * g + 7)):
-                    mine += e["cake/I"][k].astype(np.float64)
+                    mine += f["cake/data/I"][k].T.astype(np.float64)
                 np.testing.assert_array_equal(o["I"][g], mine.astype(np.float32))
         check_zarr_equals_h5(zpath, f)
     assert sorted(p.name for p in mdir.iterdir()) == (

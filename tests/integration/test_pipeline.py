@@ -283,8 +283,8 @@ def read_h5(path) -> dict:
             "frames_written": int(f["/entry"].attrs["frames_written"]),
             "engine": f["/entry/reduction/engine"][()].decode(),
         }
-        if "cake" in f["/entry"]:
-            out["cake"] = f["/entry/cake/I"][()]
+        if "cake" in f:
+            out["cake"] = f["/cake/data/I"][()].transpose(0, 2, 1)  # (stored [nImg, nEta, nR], NXazint2d)
     return out
 
 

@@ -165,4 +165,4 @@ def test_kill_9_of_a_worker_in_other_settings(tmp_path, daemons, variant):  # no
     if variant == "cakes":
         with h5py.File(tmp_path / "out.h5", "r") as f:
             ref = cakes.astype(np.float32)
-            np.testing.assert_allclose(f["/entry/cake/I"][()], ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
+            np.testing.assert_allclose(f["/cake/data/I"][()].transpose(0, 2, 1), ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))

@@ -64,5 +64,5 @@ def test_a_runs_name_reaches_its_files_when_its_first_frame_overtakes_its_run_st
             data_ = f["/entry/data"]
             assert data_["I"].shape[0] == 2
             assert list(data_["omega"][:]) == omegas
-            rows = [json.loads(s) for s in data_["metadata_json"].asstr()[:]]
+            rows = [json.loads(s) for s in data_["metadata/metadata_json"].asstr()[:]]
             assert [sorted(r) for r in rows] == [["omega"], ["omega"]]  # the run's fields are not frame metadata

@@ -69,7 +69,7 @@ def test_layout_complete(tmp_path, built):
         red = e["reduction"]
         assert red.attrs["NX_class"] == "NXprocess"
         assert red["program"][()].decode() == "ringstream"
-        for key in ("version", "date", "note"):
+        for key in ("version", "date", "note", "reference"):
             assert red[key][()].decode()
         assert red["engine"][()].decode() == "cpu"
         inp = red["input"]
@@ -84,6 +84,7 @@ def test_layout_complete(tmp_path, built):
         assert list(d.attrs["axes"]) == [".", "radial_axis"] and d.attrs["interpretation"] == "spectrum"
         assert d["I"].shape == (10, nR) and d["I"].dtype == np.float32 and d["I"].maxshape == (None, nR)
         assert d["I"].chunks == (4, nR)
+        assert dict(d["I"].attrs).items() >= {"long_name": "intensity", "units": "arbitrary units"}.items()
         np.testing.assert_array_equal(d["I"][()], lo.astype(np.float32))
         assert d["radial_axis"].shape == (nR,) and d["radial_axis"].dtype == np.float64
         assert d["radial_axis"].attrs["long_name"] == "2theta" and d["radial_axis"].attrs["units"] == "deg"
@@ -95,12 +96,19 @@ def test_layout_complete(tmp_path, built):
         assert h5py.check_string_dtype(d["source_id"].dtype).encoding == "utf-8"
         assert d["timestamp"].dtype == np.float64 and np.array_equal(d["timestamp"][()], ts)
 
-        c = e["cake"]
-        assert c.attrs["NX_class"] == "NXdata" and c.attrs["signal"] == "I"
-        assert c["I"].shape == (10, nR, nE) and c["I"].dtype == np.float32
-        np.testing.assert_array_equal(c["I"][()], ck.astype(np.float32))
+        # the cakes: their own NXentry, NXazint2d, [nImg, nEta, nR]; the rest is /entry's (hard links)
+        assert "cake" not in e and f["cake"].attrs["NX_class"] == "NXentry"
+        assert f["cake/definition"][()].decode() == "NXazint2d"
+        for key in ("instrument", "reduction", "solid_angle_applied", "data/radial_axis", "data/frame_index"):
+            assert f["cake"][key] == e[key], key
+        c = f["cake/data"]
+        assert c.attrs["NX_class"] == "NXdata" and c.attrs["signal"] == "I" and c.attrs["interpretation"] == "image"
+        assert list(c.attrs["axes"]) == [".", "azimuthal_axis", "radial_axis"]
+        assert c["I"].shape == (10, nE, nR) and c["I"].dtype == np.float32 and c["I"].chunks == (1, nE, nR)
+        np.testing.assert_array_equal(c["I"][()], ck.astype(np.float32).transpose(0, 2, 1))
         np.testing.assert_array_equal(c["radial_axis"][()], imap.two_theta)
         np.testing.assert_array_equal(c["azimuthal_axis"][()], imap.eta)
+        assert c["azimuthal_axis"].attrs["long_name"] == "azimuthal bin center"
 
         g = e["geometry"]
         for key in ("r_px", "two_theta", "eta", "area", "q"):
@@ -122,8 +130,9 @@ def test_no_wavelength_no_cake(tmp_path):
     with Hdf5Writer(path, imap, p, engine_name="cpu", write_2d=False) as w:
         w.append(0, "a", None, np.ones(imap.n_r))
     with h5py.File(path, "r") as f:
-        assert "cake" not in f["entry"] and "q" not in f["entry/data"]
-        assert "wavelength" not in f["entry/instrument/monochromator"]
+        assert "cake" not in f and "q" not in f["entry/data"]
+        mono = f["entry/instrument/monochromator"]  # (NXazint1d requires them: NaN, unknown)
+        assert np.isnan(mono["wavelength"][()]) and np.isnan(mono["energy"][()])
         assert f["entry/geometry/q"].shape == (imap.n_r, imap.n_eta)
         assert f["entry/data/timestamp"][0] > 1.6e9  # ingest time when the source has none
 

@@ -140,7 +140,8 @@ def test_repair_a_file_a_killed_writer_left(tmp_path):
         n = int(e.attrs["frames_written"])
         assert n == report.frames and not e.attrs["run_complete"]
         np.testing.assert_array_equal(e["data/frame_index"][:], np.arange(n))
-        for name in ("data/I", "cake/I", "fit/peaks", "data/timestamp", "data/source_id", "data/omega"):
+        for name in ("data/I", "fit/peaks", "data/timestamp", "data/source_id", "data/omega",
+                     "data/metadata/metadata_json", "/cake/data/I"):
             assert e[name].shape[0] == n, name
         np.testing.assert_array_equal(e["data/I"][:], np.stack([r.lineout for r in recs[:n]]))
         np.testing.assert_array_equal(e["fit/peaks"][:], np.stack([r.fit for r in recs[:n]]))

@@ -146,7 +146,7 @@ def _h5(path: Path) -> dict:
     out = {}
     with h5py.File(path, "r") as f:
         def visit(name, obj):
-            if name == "entry/reduction/date":
+            if name.endswith("reduction/date"):  # (/cake/reduction is /entry/reduction: visited once)
                 return
             attrs = dict(obj.attrs)
             if isinstance(obj, h5py.Dataset):

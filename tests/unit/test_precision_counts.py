@@ -76,11 +76,11 @@ def test_stored_error_is_within_a_fraction_of_the_exact_counting_noise(tmp_path,
     out.close(run_complete=True)
 
     with h5py.File(tmp_path / "r.h5", "r") as f:
-        stored = f["entry/cake/I"][...]
+        stored = f["cake/data/I"][...].transpose(0, 2, 1)  # (stored [nImg, nEta, nR]: NXazint2d)
         sums = f["entry/omega_sum/I"][...]
-        assert f["entry/cake/I"].attrs["cake_noise_fraction"] == FRACTION == \
+        assert f["cake/data/I"].attrs["cake_noise_fraction"] == FRACTION == \
             f["entry/omega_sum/I"].attrs["cake_noise_fraction"] == f["entry/reduction/cake_noise_fraction"][()]
-        assert "precision-bounded" in f["entry/cake/I"].attrs["precision"]
+        assert "precision-bounded" in f["cake/data/I"].attrs["precision"]
         assert f["entry/reduction/cake_noise_model"].shape == (2, imap.n_r, imap.n_eta)
     rounded = 0
     for k, (frame, cake) in enumerate(zip(frames, cakes, strict=True)):
