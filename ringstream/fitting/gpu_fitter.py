@@ -169,7 +169,7 @@ extern "C" __global__ void lm_fit(const double* __restrict__ x, const double* __
                 step = fmax(step, fabs(pn[i] - p[i]) / span);
                 p[i] = pn[i];
             }
-            const bool small = (cost - cn <= %(ftol).17g * cost) && (step <= %(xtol).17g);
+            const bool small = (cost - cn <= %(ftol).17g * cost) || (step <= %(xtol).17g);
             cost = roi_pass(xb, yb, n, p, xmid, hw, A, g, true);
             lam = fmax(lam / %(down).17g, %(lmin).17g);
             if (small) status = 1;
