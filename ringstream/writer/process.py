@@ -381,7 +381,10 @@ class _Writer:
         """Handle the messages already queued on ``sock`` (without waiting), for at most ``BATCH_S`` seconds so
         that flushes and heartbeats keep their pace under a continuous stream."""
         t_end = time.monotonic() + BATCH_S
-        copy = not self.write_2d  # lineouts: small frames, received as bytes (cheaper than Frame objects)
+        # lineouts: small frames, received as bytes (cheaper than Frame objects); cakes, or a partial sum every few
+        # frames (OmegaSumFrames 1: one a frame), viewed in place (a copy of each would cost more than it saves)
+        copy = not self.write_2d and frames_per_partial(False, self.params.OmegaSumFrames, self.config.workers.count) \
+            not in range(1, 8)
         on_result, on_message = self.on_result, self.on_message
         k = 0
         while True:
