@@ -232,8 +232,17 @@ def _cut_consistent(e: h5py.Group) -> tuple[int, int, int]:
     bad = np.nonzero(np.diff(idx) <= 0)[0]
     if bad.size:
         n = int(bad[0]) + 1
-    _cut_rows(e, rows, n, int(idx[n - 1]) + 1 if n else 0)
+    end = int(idx[n - 1]) + 1 if n else 0
+    _cut_rows(e, rows, n, end)
     groups = _cut_to_common(e["omega_sum"], _GROUP_ROWS)
+    # a group is kept only with every frame of it: a writer killed after a flush wrote the rows and the groups, before
+    # @frames_written counted those rows, leaves groups of frames that were just cut
+    last = e["omega_sum/last_frame"][:groups]
+    keep = int(np.searchsorted(last, end, side="left")) if groups else 0
+    if keep < groups:
+        for k in _GROUP_ROWS:
+            e["omega_sum"][k].resize(keep, axis=0)
+        groups = keep
     if "fit/peak_updates" in e:
         _cut_to_common(e["fit/peak_updates"], ("peaks", "origin", "from_frame", "seq"))
     return n, longest, groups

@@ -11,7 +11,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from outputs_common import make, records
+from outputs_common import N_PEAKS, make, records
 
 from ringstream.errors import InputError
 from ringstream.params import parse_params
@@ -179,6 +179,27 @@ def test_repair_a_file_a_killed_writer_left(tmp_path):
     finally:
         reader.kill()
         reader.wait(10)
+
+
+def test_repair_keeps_no_group_of_frames_it_cut(tmp_path):
+    """A writer killed after a flush wrote rows and groups, before @frames_written counted the rows: repair cuts to
+    the count, and the groups of the frames cut go with them (a group's sum holds those frames)."""
+    from ringstream.writer.outputs import RunOutputs
+
+    p, imap = make("Write2D 0\nOmegaSumFrames 4\n")
+    out = RunOutputs(tmp_path / "g.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS)
+    for r in records(12, imap):
+        out.append(r)
+    out.close(run_complete=False)
+    with h5py.File(tmp_path / "g.h5", "r+") as f:
+        assert list(f["entry/omega_sum/last_frame"][:]) == [3, 7, 11]
+        for obj in (f["entry"], f["entry/data/I"]):
+            obj.attrs.modify("frames_written", np.int64(6))  # the count of the flush before
+    report = repair(tmp_path / "g.h5")
+    assert report.frames == 6 and report.groups == 1
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        assert f["entry/data/I"].shape[0] == 6 and list(f["entry/omega_sum/last_frame"][:]) == [3]
+        assert all(f["entry/omega_sum"][k].shape[0] == 1 for k in ("I", "n_frames", "first_frame", "name"))
 
 
 def test_repair_refuses_what_it_cannot_fix(tmp_path):
