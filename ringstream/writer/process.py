@@ -611,7 +611,10 @@ class _Writer:
                 run.meta = dict(fields.get("meta") or {})
         self.current = run
         if run.outputs is None and not run.failed:
-            self.open_outputs(run, msg.engine, msg.metadata)
+            # making a run's files (the HDF5 layout, the zarr.zip's fixed part) takes a second or more on a loaded
+            # box: the heartbeat goes on meanwhile
+            with self.hb.beating(self.snapshot()) if self.hb is not None else contextlib.nullcontext():
+                self.open_outputs(run, msg.engine, msg.metadata)
         return run
 
     def emit(self, msg: Result, buffers) -> None:
