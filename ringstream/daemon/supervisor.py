@@ -163,16 +163,19 @@ def resolve_config(config: Any) -> Any:
     """``config`` with every ``"auto"`` endpoint replaced by a free loopback port and a run id filled in."""
     t = config.transport
     changes = {}
-    taken: set[str] = set()
-    for key in ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
-                "peaks_endpoint"):
-        value = str(getattr(t, key))
-        if value == "auto":
+    keys = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
+            "peaks_endpoint")
+    # the endpoints given are taken before any is chosen: a port that is free now because its socket is not bound
+    # yet (the control socket, bound after this) must not be chosen for another (CI: the frames socket got the
+    # control port, 'Address already in use')
+    taken = {str(getattr(t, key)) for key in keys} - {"auto"}
+    for key in keys:
+        if str(getattr(t, key)) == "auto":
             value = free_tcp_endpoint()
             while value in taken:
                 value = free_tcp_endpoint()
             changes[key] = value
-        taken.add(value)
+            taken.add(value)
     transport = dataclasses.replace(t, **changes) if changes else t
     run = config.run
     if not run.run_id:
