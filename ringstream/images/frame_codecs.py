@@ -205,3 +205,36 @@ def decode_frame(codec: str, payload: Any, out: np.ndarray, header: int = 0, blo
     except Exception as exc:  # the codec libraries raise their own types (lz4: LZ4BlockError, ValueError, ...)
         raise CodecError(f"{codec}: cannot decode {len(buf)} compressed bytes into {out.nbytes} "
                          f"({type(exc).__name__}: {exc})") from None
+
+
+def encode_frame(frame: np.ndarray, codec: str, header: bool = True, block: int = 0) -> tuple[np.ndarray, int, int]:
+    """``frame`` compressed as a detector would send it, for replay and tests: ``(bytes uint8 [n], codec_header,
+    codec_block)``. ``codec`` ``bslz4`` (``header``: the HDF5-filter header first, as EIGER files and Stream V2
+    have it; ``block`` bytes a block, 0 = bitshuffle's default) or ``lz4`` (``header``: the filter-32004 framing with
+    ``block`` bytes a block, default 1 MiB; else one raw LZ4 block, as NDPluginCodec sends it)."""
+    arr = np.ascontiguousarray(frame)
+    raw = arr.reshape(-1).view(np.uint8)
+    if codec == "bslz4":
+        bitshuffle = need("bitshuffle", codec)
+        if block % (8 * arr.itemsize):
+            raise ValueError(f"bslz4: block {block} bytes is not a multiple of 8 {arr.itemsize}-byte pixels")
+        body = bitshuffle.compress_lz4(arr.reshape(-1), block // arr.itemsize).view(np.uint8)
+        if not header:
+            return body, 0, block
+        block = block or bslz4_block_elems(arr.itemsize) * arr.itemsize
+        head = np.frombuffer(raw.size.to_bytes(8, "big") + block.to_bytes(4, "big"), np.uint8)
+        return np.concatenate([head, body]), HDF5_HEADER_BYTES, block
+    if codec != "lz4":
+        raise ValueError(f"codec {codec!r}: expected bslz4 or lz4")
+    lz4_block = need("lz4.block", codec)
+    if not header:
+        return np.frombuffer(lz4_block.compress(raw.tobytes(), store_size=False), np.uint8), 0, 0
+    block = block or (1 << 20)
+    parts = [raw.size.to_bytes(8, "big") + block.to_bytes(4, "big")]
+    for start in range(0, raw.size, block):
+        chunk = raw[start:start + block].tobytes()
+        packed = lz4_block.compress(chunk, store_size=False)
+        if len(packed) >= len(chunk):  # stored raw, as the filter does
+            packed = chunk
+        parts += [len(packed).to_bytes(4, "big"), packed]
+    return np.frombuffer(b"".join(parts), np.uint8), HDF5_HEADER_BYTES, block

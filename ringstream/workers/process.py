@@ -16,13 +16,18 @@ time per frame), then returns the batch's credit and sends one Result per frame;
 ring it attaches is page-locked with ``engine.register_host_memory`` (unregistered before it is unmapped) so frames
 go to the device by DMA.
 
-A frame it cannot use (a shape other than the map's, an unsupported dtype, an engine exception) becomes a Result with
-``status="rejected"`` and a one-line reason, so the writer can account for every index; the worker carries on.
+A frame that travelled compressed (``codec`` bslz4 / lz4) is decoded here on the CPU with the codec libraries
+before the engine sees it (:meth:`_Worker.decoded`), so the engine integrates exactly the raw frame.
+
+A frame it cannot use (a shape other than the map's, an unsupported dtype, compressed bytes that do not decode to the
+frame, an engine exception) becomes a Result with ``status="rejected"`` and a one-line reason, so the writer can
+account for every index; the worker carries on.
 Garbage on the frames socket (no frame_index to answer for) is counted under ``protocol_errors_<kind>``.
 Every Result and partial sum sent is kept until the writer has flushed its frames (:mod:`.kept`): the ingest passes
 the writer's :class:`~ringstream.protocol.Flushed` notices on over the frames socket, and a replacement writer's
 notice (``restart``) has the worker send again what it kept from where that writer reopened its files.
-Counters: ``integrated``, ``rejected``, ``protocol_errors_<kind>``, ``kept_resent``, ``kept_over_limit``. The
+Counters: ``integrated``, ``rejected`` (of them ``rejected_decode_error``: compressed bytes that do not decode),
+``protocol_errors_<kind>``, ``kept_resent``, ``kept_over_limit``. The
 worker exits when ``stop`` is set and no message arrived for ~0.2 s.
 """
 
@@ -40,6 +45,7 @@ from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
 from ..images.files import load_dark
+from ..images.frame_codecs import CodecError, decode_frame
 from ..protocol import (
     PEAK_SEQ_KEY,
     Credit,
@@ -49,6 +55,7 @@ from ..protocol import (
     Resent,
     Result,
     frame_array,
+    frame_payload,
     result_buffers,
     worker_identity,
 )
@@ -427,8 +434,31 @@ class _Worker:
         dtype = np.dtype(msg.dtype)
         if dtype.kind not in "uif":
             raise FrameRejected(f"{where}: dtype {msg.dtype} is not an integer or float image")
+        if msg.codec != "none":
+            return self.decoded(msg, self.payload(msg, buffers, where), where)
         if msg.location == "inline":
             return frame_array(msg, buffers[0])
+        return self.slot_view(msg, where, shape, dtype)
+
+    def payload(self, msg, buffers, where: str) -> np.ndarray:
+        """The compressed bytes of a frame that travelled compressed, uint8 ``[nbytes]`` (a view, no copy)."""
+        if msg.location == "inline":
+            return frame_payload(msg, buffers[0])
+        return self.slot_view(msg, where, (int(msg.nbytes),), np.uint8)
+
+    def decoded(self, msg, payload: np.ndarray, where: str) -> np.ndarray:
+        """A compressed frame decoded on the CPU (:func:`~ringstream.images.frame_codecs.decode_frame`): a new
+        ``[nZ, nY]`` array. Bad bytes reject the frame, counted ``rejected_decode_error``."""
+        out = np.empty(self.shape, np.dtype(msg.dtype))
+        try:
+            decode_frame(msg.codec, payload, out, int(msg.codec_header), int(msg.codec_block))
+        except CodecError as exc:
+            self.count("rejected_decode_error")
+            raise FrameRejected(f"{where}: {exc}") from None
+        return out
+
+    def slot_view(self, msg, where: str, shape: tuple, dtype) -> np.ndarray:
+        """A view of the frame's ring slot (the ring attached on first sight) as ``shape`` ``dtype``."""
         ring = self.rings.get(msg.shm_name)
         if ring is None:
             try:

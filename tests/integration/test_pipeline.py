@@ -680,3 +680,51 @@ def test_pipelined_worker_fits_held_batches_together_and_sums_omega_on_the_devic
     assert sum(w["integrated"] for w in workers) == n
     # held batches were fitted together: fewer fit calls than batches of 4
     assert sum(w["fit_calls"] for w in workers) < n / 4, workers
+
+
+def test_worker_decodes_compressed_frames_and_rejects_corrupt_ones(tmp_path, pipelines):
+    """The test plays the ingest: inline frames compressed in each framing (bslz4 with and without the HDF5-filter
+    header, lz4 raw and framed) and three corrupt ones (truncated, a smashed block length, a frame of the wrong
+    size): the good ones give the raw frames' lineouts, the bad ones are rejected and counted, the worker carries on."""
+    from ringstream.images.frame_codecs import encode_frame
+
+    framings = [("bslz4", True, 0), ("bslz4", False, 0), ("lz4", False, 0), ("lz4", True, 4096)]
+    n = len(framings) + 3
+    config = setup_run(tmp_path, source={"frames": n}, transport={"shared_memory": False})
+    zctx = zmq.Context.instance()
+    frames = zctx.socket(zmq.ROUTER)
+    frames.setsockopt(zmq.LINGER, 1000)
+    frames.bind(config.transport.frames_endpoint)
+    try:
+        pipe = pipelines(config, ingest=False, n_workers=1)
+        assert frames.poll(30_000), "the worker announced no credit"
+        identity, *hello = frames.recv_multipart()
+        assert decode(hello)[0].n >= n
+        sim = SimulatedSource.from_config(config, config.load_params())
+        pixels = [sim.make_frame(k) for k in range(len(framings))]
+        sent = [encode_frame(img, *f) + (f[0],) for img, f in zip(pixels, framings, strict=True)]
+        good, head, block, _ = sent[0]
+        smashed = good.copy()
+        smashed[head:head + 4] = 0x7F
+        half = encode_frame(pixels[0][: NZ // 2], "bslz4", True)
+        sent += [(good[:-7], head, block, "bslz4"), (smashed, head, block, "bslz4"), (half[0], half[1], half[2],
+                                                                                    "bslz4")]
+        for k, (payload, head, block, codec) in enumerate(sent):
+            header = FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(),
+                                 shape=pixels[0].shape, dtype=pixels[0].dtype.str, codec=codec, codec_header=head,
+                                 codec_block=block, nbytes=payload.size)
+            frames.send_multipart([identity, *encode(header, [payload])])
+        eos = zctx.socket(zmq.PUSH)
+        eos.setsockopt(zmq.LINGER, 1000)
+        eos.connect(config.transport.results_endpoint)
+        eos.send_multipart(encode(EndOfStream(run_id="t", n_frames=n)))
+        codes = pipe.finish()
+        eos.close()
+    finally:
+        frames.close()
+    assert_clean_exit(codes)
+    worker = pipe.counters("worker")
+    assert worker["rejected"] == 3 and worker["rejected_decode_error"] == 3 and worker["integrated"] == len(framings)
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], range(len(framings)))
+    np.testing.assert_allclose(out["I"], reference_lineouts(config, pixels), rtol=1e-6, atol=0)
