@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .live_queue import QueuedLiveSource
 from ..images.frame_codecs import framing_of
+from .live_queue import QueuedLiveSource
 from .ntnd_codecs import CodecError, decode_into
 from .source_base import SourceFrame
 
