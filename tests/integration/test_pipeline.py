@@ -728,3 +728,35 @@ def test_worker_decodes_compressed_frames_and_rejects_corrupt_ones(tmp_path, pip
     out = read_h5(config.run.output_h5)
     np.testing.assert_array_equal(out["frame_index"], range(len(framings)))
     np.testing.assert_allclose(out["I"], reference_lineouts(config, pixels), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("codec", "copy_threads"), [("bslz4", 1), ("lz4", 3), ("stored", 1)])
+def test_compressed_replay_travels_compressed_and_gives_the_raw_lineouts(tmp_path, pipelines, codec, copy_threads):
+    # replay_codec bslz4 / lz4 (compressed on load) and stored (an HDF5 file's bslz4 chunks, read_direct_chunk):
+    # the ring holds the compressed bytes, the workers decode, and the lineouts are those of the raw frames
+    import hdf5plugin
+
+    rng = np.random.default_rng(13)
+    stack = rng.poisson(4.0, size=(5, NZ, NY)).astype(np.uint16)
+    if codec == "stored":
+        path = tmp_path / "stack.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("/entry/data/data", data=stack, chunks=(1, NZ, NY), **hdf5plugin.Bitshuffle(cname="lz4"))
+        name = "stack.h5"
+    else:
+        path, name = tmp_path / "stack.npy", "stack.npy"
+        np.save(path, stack)
+    n = 23
+    config = setup_run(tmp_path, source={"kind": "replay", "replay_path": str(path), "frames": n, "loop": True,
+                                         "replay_codec": codec},
+                       transport={"copy_threads": copy_threads, "ring_slots": 8})
+    pipe = pipelines(config, n_workers=2)
+    codes = pipe.finish()
+    assert_clean_exit(codes)
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+    assert out["source_id"] == [f"{name}:{k % 5}" for k in range(n)]
+    refs = reference_lineouts(config, stack)
+    np.testing.assert_allclose(out["I"], np.stack([refs[k % 5] for k in range(n)]), rtol=1e-6, atol=0)
+    workers = [pipe.counters("worker", i) for i in range(2)]
+    assert sum(w.get("integrated", 0) for w in workers) == n and not any(w.get("rejected") for w in workers)

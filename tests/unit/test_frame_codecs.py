@@ -71,3 +71,65 @@ def test_corrupt_inputs_raise(codec, header):
     small = np.empty((64, 32), np.uint16)  # a decoded size that is not the frame's
     with pytest.raises(CodecError):
         decode_frame(codec, payload, small, head, block)
+
+
+def _params(shape):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(NrPixelsZ=shape[0], NrPixelsY=shape[1])
+
+
+def _h5(path, frames, **filters):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames, chunks=(1, *frames.shape[1:]), **filters)
+
+
+def test_hdf5_chunks_read_as_stored_only_for_one_frame_a_chunk_bslz4_or_lz4(tmp_path):
+    """read_encoded gives the stored chunk of a bslz4 / lz4 dataset chunked one frame a chunk, None otherwise."""
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    from ringstream.images.formats import open_image
+
+    frames = np.stack([_frame("int32", seed=s) for s in range(3)])
+    cases = {"bs.h5": (dict(hdf5plugin.Bitshuffle(cname="lz4")), "bslz4"), "lz.h5": (dict(hdf5plugin.LZ4()), "lz4"),
+             "zs.h5": (dict(hdf5plugin.Bitshuffle(cname="zstd")), None), "gz.h5": ({"compression": "gzip"}, None)}
+    for name, (filters, codec) in cases.items():
+        _h5(tmp_path / name, frames, **filters)
+        with open_image(tmp_path / name) as f:
+            got = f.read_encoded(2)
+            np.testing.assert_array_equal(f.read(2), frames[2])  # decoded as before either way
+        if codec is None:
+            assert got is None, name
+            continue
+        payload, c, head, block = got
+        assert c == codec and head == 12 and payload.size < frames[2].nbytes
+        out = np.empty_like(frames[2])
+        decode_frame(c, payload, out, head, block)
+        np.testing.assert_array_equal(out, frames[2])
+
+
+@pytest.mark.parametrize("codec", ["bslz4", "lz4", "stored"])
+def test_replay_frames_travel_compressed(tmp_path, codec):
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    from ringstream.ingest.replay import ReplaySource
+
+    frames = np.stack([_frame("uint16", (16, 24), seed=s) for s in range(3)])
+    if codec == "stored":
+        path = tmp_path / "s.h5"
+        _h5(path, frames, **hdf5plugin.Bitshuffle(cname="lz4"))
+    else:
+        path = tmp_path / "s.npy"
+        np.save(path, frames)
+    src = ReplaySource(path, _params((16, 24)), loop=False, codec=codec)
+    assert src.keeps_compressed
+    got = list(src.frames())
+    assert [f.codec for f in got] == ["lz4" if codec == "lz4" else "bslz4"] * 3
+    for f, raw in zip(got, frames, strict=True):
+        assert f.frame_shape() == (16, 24) and f.frame_dtype() == np.uint16
+        out = np.empty_like(raw)
+        decode_frame(f.codec, f.pixels, out, f.codec_header, f.codec_block)
+        np.testing.assert_array_equal(out, raw)
+    if codec != "stored":
+        assert src.compression_ratio > 1
+    again = src.frame_again(got[1].source_id)
+    np.testing.assert_array_equal(again.pixels, got[1].pixels)
