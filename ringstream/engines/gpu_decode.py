@@ -70,11 +70,14 @@ class EncodedFrame:
 
     def decode(self) -> np.ndarray:
         """Decoded on the CPU with the codec libraries (:func:`~ringstream.images.frame_codecs.decode_frame`);
-        CodecError for bad bytes."""
-        from ..images.frame_codecs import decode_frame
+        CodecError naming the frame (``where``) for bad bytes."""
+        from ..images.frame_codecs import CodecError, decode_frame
 
         out = np.empty(self.shape, self.dtype)
-        decode_frame(self.codec, self.payload, out, self.header, self.block)
+        try:
+            decode_frame(self.codec, self.payload, out, self.header, self.block)
+        except CodecError as exc:
+            raise CodecError(f"{self.where}: {exc}") from None
         return out
 
 

@@ -682,21 +682,59 @@ def test_pipelined_worker_fits_held_batches_together_and_sums_omega_on_the_devic
     assert sum(w["fit_calls"] for w in workers) < n / 4, workers
 
 
-def test_worker_decodes_compressed_frames_and_rejects_corrupt_ones(tmp_path, pipelines):
+class _DecodingEngine(_DeviceSumEngine):
+    """``_DeviceSumEngine`` that takes compressed frames as the GPU engine does (``compressed_input``): a submission
+    of EncodedFrames is decoded with the GPU decoder's algorithm in NumPy (gpu_decode.decode_batch_reference), a
+    frame it flags integrated as garbage and named by ``decode_failed``; ``integrate`` of one decodes on the CPU."""
+
+    capabilities = Capabilities(asynchronous=True, device_omega_sums=True, compressed_input=True)
+
+    def submit(self, frames, want_cake=True):
+        from ringstream.engines.gpu_decode import decode_batch_reference
+
+        out, err = decode_batch_reference(list(frames))
+        raw = [out[k].view(f.dtype).reshape(f.shape) for k, f in enumerate(frames)]
+        sub = super().submit(raw, want_cake)
+        sub.failed = [int(k) for k in np.flatnonzero(err)]
+        return sub
+
+    def decode_failed(self, sub):
+        return sub.failed
+
+    def integrate(self, frame):
+        return super().integrate(frame.decode() if hasattr(frame, "decode") else frame)
+
+    def omega_add(self, sub, groups):
+        super().omega_add(sub, [g for g in groups])
+        self.sums.pop((sub.stream, -1), None)  # -1: a frame summed nowhere
+
+
+def decoding_worker_run(config, ready, stop, index=0):
+    """A worker whose engine decodes compressed frames itself, with the GPU decoder's algorithm (_DecodingEngine)."""
+    real = worker_process.create_engine
+    worker_process.create_engine = lambda *a, **k: _DecodingEngine(real(*a, **k))
+    return worker_process.run(config, ready, stop, index=index)
+
+
+@pytest.mark.parametrize("engine_decodes", [False, True], ids=["worker decodes", "engine decodes"])
+def test_worker_decodes_compressed_frames_and_rejects_corrupt_ones(tmp_path, pipelines, engine_decodes):
     """The test plays the ingest: inline frames compressed in each framing (bslz4 with and without the HDF5-filter
     header, lz4 raw and framed) and three corrupt ones (truncated, a smashed block length, a frame of the wrong
-    size): the good ones give the raw frames' lineouts, the bad ones are rejected and counted, the worker carries on."""
+    size): the good ones give the raw frames' lineouts, the bad ones are rejected and counted, the worker carries on;
+    decoded by the worker on the CPU, or by an engine that declares compressed_input (the pipelined loop)."""
     from ringstream.images.frame_codecs import encode_frame
 
     framings = [("bslz4", True, 0), ("bslz4", False, 0), ("lz4", False, 0), ("lz4", True, 4096)]
     n = len(framings) + 3
-    config = setup_run(tmp_path, source={"frames": n}, transport={"shared_memory": False})
+    config = setup_run(tmp_path, source={"frames": n}, transport={"shared_memory": False},
+                       workers={"batches_in_flight": 3} if engine_decodes else {})
     zctx = zmq.Context.instance()
     frames = zctx.socket(zmq.ROUTER)
     frames.setsockopt(zmq.LINGER, 1000)
     frames.bind(config.transport.frames_endpoint)
     try:
-        pipe = pipelines(config, ingest=False, n_workers=1)
+        pipe = pipelines(config, ingest=False, n_workers=1,
+                         **({"worker_target": decoding_worker_run} if engine_decodes else {}))
         assert frames.poll(30_000), "the worker announced no credit"
         identity, *hello = frames.recv_multipart()
         assert decode(hello)[0].n >= n
