@@ -349,7 +349,7 @@ extern "C" __global__ void scan_blocks(const u8* comp, const i64* table, int n_f
     row[0] = off + pos; row[1] = raw - part; row[2] = part; row[3] = raw - part; row[4] = 2;
 }
 
-// one warp per table row: decode one LZ4 block (or copy raw bytes) into tmp (bslz4) or out, frame f at f * raw
+// one warp per table row (launched with 32 threads: __syncwarp orders them): decode one LZ4 block (or copy raw bytes) into tmp (bslz4) or out, frame f at f * raw
 extern "C" __global__ void lz4_blocks(const u8* comp, u8* tmp, u8* out, const i64* rows, i64 n_rows, i64 raw,
                                       int* err) {
     i64 r = blockIdx.x;
@@ -363,7 +363,7 @@ extern "C" __global__ void lz4_blocks(const u8* comp, u8* tmp, u8* out, const i6
     u8* dst = (kind == 0 ? tmp : out) + (i64)f * raw + row[2];
     if (kind == 2) {
         if (clen != rlen) { if (lane == 0) atomicOr(err + f, 2); return; }
-        for (i64 i = lane; i < rlen; i += 32) dst[i] = src[i];
+        for (i64 i = lane; i < rlen; i += blockDim.x) dst[i] = src[i];
         return;
     }
     i64 ip = 0, op = 0;
@@ -382,7 +382,7 @@ extern "C" __global__ void lz4_blocks(const u8* comp, u8* tmp, u8* out, const i6
             if (bad) break;
         }
         if (ip + lit > clen || op + lit > rlen) { bad = 1; break; }
-        for (i64 i = lane; i < lit; i += 32) dst[op + i] = src[ip + i];
+        for (i64 i = lane; i < lit; i += blockDim.x) dst[op + i] = src[ip + i];
         ip += lit;
         op += lit;
         if (ip == clen) break;  // the last sequence: literals only
@@ -402,7 +402,7 @@ extern "C" __global__ void lz4_blocks(const u8* comp, u8* tmp, u8* out, const i6
         ml += 4;
         if (off == 0 || off > op || op + ml > rlen) { bad = 1; break; }
         __syncwarp();  // the bytes the match reads were written by other lanes
-        for (i64 i = lane; i < ml; i += 32) dst[op + i] = dst[op - off + i % off];
+        for (i64 i = lane; i < ml; i += blockDim.x) dst[op + i] = dst[op - off + i % off];
         __syncwarp();
         op += ml;
     }
