@@ -197,6 +197,21 @@ def scan_reference(comp: np.ndarray, plan: BatchPlan, f: int, rows: np.ndarray, 
     rows[base + nb] = (off + pos, tail, part, tail, ROW_RAW, f)
 
 
+def _length(src: np.ndarray, ip: int, clen: int, n: int) -> tuple[int, int]:
+    """An LZ4 length whose 4-bit part is ``n``: 15 goes on in the bytes at ``ip`` (each added, until one is not
+    255). (length, the position after it), or (-1, ip) when the bytes end first."""
+    if n != 15:
+        return n, ip
+    while True:
+        if ip >= clen:
+            return -1, ip
+        b = int(src[ip])
+        ip += 1
+        n += b
+        if b != 255:
+            return n, ip
+
+
 def lz4_row_reference(comp: np.ndarray, row: np.ndarray, dst: np.ndarray) -> bool:
     """``lz4_blocks`` for one table row: decode (or copy) into ``dst`` (the frame's or the shuffled buffer's
     bytes, uint8); False when the block does not decode to exactly its length (nothing outside is touched)."""
@@ -216,17 +231,8 @@ def lz4_row_reference(comp: np.ndarray, row: np.ndarray, dst: np.ndarray) -> boo
             return False
         token = int(src[ip])
         ip += 1
-        lit = token >> 4
-        if lit == 15:
-            while True:
-                if ip >= clen:
-                    return False
-                b = int(src[ip])
-                ip += 1
-                lit += b
-                if b != 255:
-                    break
-        if ip + lit > clen or op + lit > rlen:
+        lit, ip = _length(src, ip, clen, token >> 4)
+        if lit < 0 or ip + lit > clen or op + lit > rlen:
             return False
         out[op:op + lit] = src[ip:ip + lit]
         ip += lit
@@ -237,16 +243,9 @@ def lz4_row_reference(comp: np.ndarray, row: np.ndarray, dst: np.ndarray) -> boo
             return False
         off = int(src[ip]) | int(src[ip + 1]) << 8
         ip += 2
-        ml = token & 15
-        if ml == 15:
-            while True:
-                if ip >= clen:
-                    return False
-                b = int(src[ip])
-                ip += 1
-                ml += b
-                if b != 255:
-                    break
+        ml, ip = _length(src, ip, clen, token & 15)
+        if ml < 0:
+            return False
         ml += 4
         if off == 0 or off > op or op + ml > rlen:
             return False
@@ -349,6 +348,19 @@ extern "C" __global__ void scan_blocks(const u8* comp, const i64* table, int n_f
     row[0] = off + pos; row[1] = raw - part; row[2] = part; row[3] = raw - part; row[4] = 2;
 }
 
+// an LZ4 length whose 4-bit part is n: 15 goes on in the bytes at *ip (each added, until one is not 255);
+// -1 when the block's bytes end first
+__device__ __forceinline__ i64 lz4_length(const u8* src, i64* ip, i64 clen, i64 n) {
+    if (n != 15) return n;
+    int b;
+    do {
+        if (*ip >= clen) return -1;
+        b = src[(*ip)++];
+        n += b;
+    } while (b == 255);
+    return n;
+}
+
 // one warp per table row (launched with 32 threads: __syncwarp orders them): decode one LZ4 block (or copy raw bytes) into tmp (bslz4) or out, frame f at f * raw
 extern "C" __global__ void lz4_blocks(const u8* comp, u8* tmp, u8* out, const i64* rows, i64 n_rows, i64 raw,
                                       int* err) {
@@ -371,17 +383,8 @@ extern "C" __global__ void lz4_blocks(const u8* comp, u8* tmp, u8* out, const i6
     while (true) {
         if (ip >= clen) { bad = 1; break; }
         int token = src[ip++];
-        i64 lit = token >> 4;
-        if (lit == 15) {
-            int b;
-            do {
-                if (ip >= clen) { bad = 1; break; }
-                b = src[ip++];
-                lit += b;
-            } while (b == 255);
-            if (bad) break;
-        }
-        if (ip + lit > clen || op + lit > rlen) { bad = 1; break; }
+        i64 lit = lz4_length(src, &ip, clen, token >> 4);
+        if (lit < 0 || ip + lit > clen || op + lit > rlen) { bad = 1; break; }
         for (i64 i = lane; i < lit; i += blockDim.x) dst[op + i] = src[ip + i];
         ip += lit;
         op += lit;
@@ -389,16 +392,8 @@ extern "C" __global__ void lz4_blocks(const u8* comp, u8* tmp, u8* out, const i6
         if (ip + 2 > clen) { bad = 1; break; }
         i64 off = (i64)src[ip] | ((i64)src[ip + 1] << 8);
         ip += 2;
-        i64 ml = token & 15;
-        if (ml == 15) {
-            int b;
-            do {
-                if (ip >= clen) { bad = 1; break; }
-                b = src[ip++];
-                ml += b;
-            } while (b == 255);
-            if (bad) break;
-        }
+        i64 ml = lz4_length(src, &ip, clen, token & 15);
+        if (ml < 0) { bad = 1; break; }
         ml += 4;
         if (off == 0 || off > op || op + ml > rlen) { bad = 1; break; }
         __syncwarp();  // the bytes the match reads were written by other lanes
