@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from pva_common import epics_env, free_port_pair, ntnd  # noqa: E402
 
-EIGER = "NrPixelsY 2068\nNrPixelsZ 2162\npx 75\nLsd 1000000\nBC 1034 1081\nty 1\nRMin 10\nRMax 1010\n"
+EIGER = ("NrPixelsY 2068\nNrPixelsZ 2162\npx 75\nLsd 1000000\nBC 1034 1081\nty 1\nRMin 10\nRMax 1010\nRBinSize 1\n"
+         "EtaMin -180\nEtaMax 180\nEtaBinSize 5\n")
 
 
 def serve(channel: str, env: dict, distinct: int, counts: float, ready, stop) -> None:
@@ -90,7 +92,13 @@ def main(argv=None) -> int:
     ready, stop = ctx.Queue(), ctx.Event()
     server = ctx.Process(target=serve, args=(channel, env, args.distinct, args.counts, ready, stop))
     server.start()
-    ratio = ready.get(timeout=300)
+    ratio = None
+    while ratio is None:
+        try:
+            ratio = ready.get(timeout=1)
+        except queue.Empty:
+            if not server.is_alive():
+                raise SystemExit(f"the server process ended (exit {server.exitcode}) before publishing") from None
     shape, raw = (2162, 2068), 2162 * 2068 * 2
     src = PvaSource(channel, shape, dtype="uint16", queue_size=16)
     ring = FrameRing.create(32, raw + raw // 64 + 4096)  # as the ingest sizes it for a compressed source
@@ -122,9 +130,13 @@ def main(argv=None) -> int:
         counters = src.counters()
         src.close()
         server.join(10)
+        frames.close()
         for slot in held:
             ring.release(slot)
-        ring.close()
+        try:
+            ring.close()
+        except BufferError:  # a lease's array the source still holds: the segment goes with the process
+            pass
         ring.unlink()
     fps = n / dt
     res = {"label": args.label, "machine": platform.node(), "frames": n, "seconds": round(dt, 2),
