@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..images.frame_codecs import HDF5_HEADER_BYTES, bslz4_block_elems
+from ..images.frame_codecs import HDF5_HEADER_BYTES, CodecError, bslz4_block_elems, decode_frame
 
 #: frame kinds of the frame table: bitshuffle-LZ4, framed LZ4 (filter 32004), one raw LZ4 block (NDPluginCodec)
 KIND_BSLZ4, KIND_LZ4_FRAMED, KIND_LZ4_RAW = 0, 1, 2
@@ -71,8 +71,6 @@ class EncodedFrame:
     def decode(self) -> np.ndarray:
         """Decoded on the CPU with the codec libraries (:func:`~ringstream.images.frame_codecs.decode_frame`);
         CodecError naming the frame (``where``) for bad bytes."""
-        from ..images.frame_codecs import CodecError, decode_frame
-
         out = np.empty(self.shape, self.dtype)
         try:
             decode_frame(self.codec, self.payload, out, self.header, self.block)
