@@ -255,7 +255,8 @@ def ingest_ceiling(llc: dict, seconds: float = 1.5) -> dict:
 
 def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: int = 0,
                in_flight: int = 1, gpus: str = "", settings: workload.DaemonSettings = workload.DEFAULT,
-               timeline: bool = False, replay_frames: int = 32) -> dict:
+               timeline: bool = False, replay_frames: int = 32, param_file: Path | None = None,
+               stack: np.ndarray | None = None, replay_codec: str = "none") -> dict:
     """End-to-end ``ringstream run --engine gpu`` on PILATUS 2M int32 frames through the shared-memory ring:
     ``source`` "replay" (an .npy stack of ``replay_frames`` distinct frames, looped: replay -> ingest -> ring -> GPU
     workers -> writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per
@@ -263,18 +264,21 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
     cake on its own, OmegaSumFrames 1, so a cake per frame, float32 and compressed, goes to /entry/omega_sum and the
     zarr.zip; the fast path keeps one running sum and writes no zarr.zip). frames/s is the run's own figure (ready -> last frame written);
     lost = frames the source produced that the HDF5 does not hold. ``timeline``: run at log level INFO and split the
-    run into stages from the supervisor's log stamps and the frames' source stamps (see :func:`timeline_of`)."""
+    run into stages from the supervisor's log stamps and the frames' source stamps (see :func:`timeline_of`).
+    ``param_file``, ``stack`` and ``replay_codec`` replace the demo PILATUS 2M parameter file, the replayed frames
+    and ``--replay-codec none`` (bench/gpu_decode.py: compressed frames)."""
     import h5py
 
     exe = Path(sys.executable).with_name("ringstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ringstream.daemon.cli"]
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "bench-gpu.h5"
-        cmd += ["run", "--param-file", str(REPO / "configs" / "demo-pilatus2m.txt")]
+        cmd += ["run", "--param-file", str(param_file or REPO / "configs" / "demo-pilatus2m.txt")]
         if source == "replay":
-            stack = Path(d) / "replay.npy"
-            np.save(stack, workload.distinct_frames(replay_frames, (1679, 1475), np.int32, seed=9))
-            cmd += ["--replay", str(stack), "--frames", str(frames)]
+            path = Path(d) / "replay.npy"
+            np.save(path, stack if stack is not None else
+                    workload.distinct_frames(replay_frames, (1679, 1475), np.int32, seed=9))
+            cmd += ["--replay", str(path), "--frames", str(frames), "--replay-codec", replay_codec]
         else:
             cmd += ["--simulate", str(frames)]
         cmd += ["--workers", str(workers), "--engine", "gpu", "--output-h5", str(out), "--control", "auto",
@@ -298,7 +302,9 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
             complete = bool(f["/entry"].attrs["run_complete"])
     written = int(m.group(3))
     return {**settings.describe(), "source": source, "workers": workers, "copy_threads": copy_threads,
-            "batches_in_flight": in_flight, **({"replay_frames": replay_frames} if source == "replay" else {}),
+            "batches_in_flight": in_flight,
+            **({"replay_frames": replay_frames if stack is None else len(stack), "replay_codec": replay_codec}
+               if source == "replay" else {}),
             "gpus": gpus or "0", "frames": frames, "written": written, "lost": frames - written,
             "in_order": bool(np.array_equal(idx, np.arange(frames))), "run_complete": complete,
             "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)), "wall_s": round(wall, 2),

@@ -34,6 +34,8 @@ FIT_ENGINES = ("auto", "nlopt", "gpu")
 DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "inotify", "poll")
+#: how a replay's frames travel: as read, compressed on load, or as an HDF5 file stores them
+REPLAY_CODECS = ("none", "bslz4", "lz4", "stored")
 #: stored dtypes of cakes and omega sums (``[output] cake_dtype``), the default first
 CAKE_DTYPES = ("float32", "float64")
 
@@ -179,6 +181,9 @@ class SourceConfig:
     replay_path: str = opt("", "replay: an image file (stack) or a folder of images to replay", flags="--replay",
                            metavar="PATH", selects="replay", path=True)
     loop: bool = opt(True, "replay: start again at the end")
+    replay_codec: str = opt("none", "replay: frames travel raw (none), compressed on load (bslz4, lz4: the HDF5 "
+                            "filters' framings), or as an HDF5 file's bslz4/lz4 chunks store them (stored)",
+                            flags="--replay-codec", metavar="CODEC", choices=REPLAY_CODECS)
     folder: str = opt("", "folder: watch this folder, its images first in natural order, then new ones",
                       flags="--folder", metavar="DIR", group="folder", selects="folder", path=True)
     file: str = opt("", "folder: read this one image file and end (\"\" = watch the folder)", flags="--file",

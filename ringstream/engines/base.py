@@ -19,7 +19,11 @@ every registered engine to its declaration). Callers branch on the declaration, 
 - ``device_omega_sums`` (:class:`DeviceOmegaSums`): ``omega_add`` sums a collected submission's cakes per
   omega-sum group where they lie, ``omega_take`` brings a group's sum back;
 - ``host_memory`` (:class:`HostMemory`): ``register_host_memory`` page-locks a host buffer (the frame ring) in
-  place so frames in it are copied by DMA.
+  place so frames in it are copied by DMA;
+- ``compressed_input`` (:class:`CompressedInput`): ``submit``, ``integrate_many`` and ``integrate`` also take
+  frames that travelled compressed (:class:`~ringstream.engines.gpu_decode.EncodedFrame`) and decode them where
+  they are integrated; ``decode_failed(sub)`` names the frames of a collected submission whose bytes did not
+  decode (their results mean nothing: the worker rejects them).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Capabilities:
     device_omega_sums: bool = False
     #: :class:`HostMemory`: ``register_host_memory`` / ``unregister_host_memory``
     host_memory: bool = False
+    #: :class:`CompressedInput`: EncodedFrames decoded by the engine; ``decode_failed``
+    compressed_input: bool = False
 
     def names(self) -> tuple[str, ...]:
         """The flags that are set, in declaration order."""
@@ -126,12 +132,23 @@ class HostMemory(Protocol):
         ...
 
 
+class CompressedInput(Protocol):
+    """``capabilities.compressed_input``: frames that travelled compressed (EncodedFrame) decoded by the engine
+    itself (the GPU engine: on the device, in the batch's stream). ``integrate_many`` raises CodecError when any
+    frame of the call does not decode; ``integrate`` of one such frame raises it with the reason."""
+
+    def decode_failed(self, sub) -> list[int]:
+        """After ``collect(sub)``: the indices (in the submitted list) of the frames whose bytes did not decode."""
+        ...
+
+
 #: each capability flag -> the protocol an engine that declares it implements
 PROTOCOLS: dict[str, type] = {
     "batch": BatchEngine,
     "asynchronous": AsyncEngine,
     "device_omega_sums": DeviceOmegaSums,
     "host_memory": HostMemory,
+    "compressed_input": CompressedInput,
 }
 
 

@@ -39,9 +39,11 @@ import logging
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..images.frame_codecs import CodecError
 from .base import GPU_INSTALL_HINT, Capabilities, check_batch, check_dark, check_frame
 from .cupy_kernels import BMAX, CTYPES, WARPS_PER_BLOCK, lineout_and_omega_kernels, row_kernel
 from .cupy_staging import HostStaging
+from .gpu_decode import EncodedFrame, GpuDecoder
 from .reference import EMPTY_BIN_AREA
 
 log = logging.getLogger("ringstream.engines")
@@ -88,10 +90,11 @@ class Submission:
     """Frames :meth:`CupyEngine.submit` enqueued on stream ``stream``; ``ready()`` says whether the device is done
     with them (their host memory may then be released), :meth:`CupyEngine.collect` returns the results."""
 
-    __slots__ = ("engine", "stream", "n", "want_cake")
+    __slots__ = ("engine", "stream", "n", "want_cake", "errors")
 
-    def __init__(self, engine, stream: int, n: int, want_cake: bool) -> None:
+    def __init__(self, engine, stream: int, n: int, want_cake: bool, errors=None) -> None:
         self.engine, self.stream, self.n, self.want_cake = engine, stream, n, want_cake
+        self.errors = errors  # compressed frames: the decoder's pinned error flags [n] (read after collect)
 
     def ready(self) -> bool:
         return bool(self.engine._events[self.stream].done)
@@ -123,7 +126,8 @@ class CupyEngine:
     """
 
     name = "gpu"
-    capabilities = Capabilities(batch=True, asynchronous=True, device_omega_sums=True, host_memory=True)
+    capabilities = Capabilities(batch=True, asynchronous=True, device_omega_sums=True, host_memory=True,
+                                compressed_input=True)
 
     def __init__(self, imap, dark: np.ndarray | None = None, normalize: bool = True, device: int = 0,
                  n_streams: int = 4, batch: int = 8, bmax: int = BMAX, copy_threads: int = 4) -> None:
@@ -189,6 +193,8 @@ class CupyEngine:
         # the asynchronous API: the stream the next submit() takes, and each stream's uncollected submission
         self._next_stream = 0
         self._subs: list[Submission | None] = [None] * self.n_streams
+        # compressed frames (gpu_decode): one decoder per stream, its buffers reused once the stream is collected
+        self._decoders = [GpuDecoder(cp, self.device_id) for _ in range(self.n_streams)]
 
     # ------------------------------------------------------------------------------------------------ kernels
     @staticmethod
@@ -269,7 +275,11 @@ class CupyEngine:
 
     # ---------------------------------------------------------------------------------------- host API
     def integrate(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One raw frame ``[nZ, nY]`` -> (lineout ``[n_r]``, cake ``[n_r, n_eta]``), float64."""
+        """One raw frame ``[nZ, nY]`` -> (lineout ``[n_r]``, cake ``[n_r, n_eta]``), float64. An EncodedFrame (the
+        worker's one-by-one path, after a batch with a frame that did not decode) is decoded on the CPU, which
+        raises CodecError with the reason for bad bytes."""
+        if isinstance(frame, EncodedFrame):
+            frame = frame.decode()
         frame = check_frame(frame, self.shape)
         lines, cakes = self.integrate_batch(frame[None])
         return lines[0], cakes[0]
@@ -322,7 +332,22 @@ class CupyEngine:
         :meth:`register_host_memory`, else through the pinned staging buffer); then one kernel launch per chunk of
         ``batch`` frames. Every frame must have the map's shape and all one dtype. On return the frames' memory is
         no longer read (the caller may release it).
+
+        EncodedFrames (all of the call, at most ``batch``) are decoded on the device (:meth:`submit`); CodecError
+        when any does not decode.
         """
+        if frames and isinstance(frames[0], EncodedFrame):
+            sub = self.submit(frames)
+            lines, cakes = self.collect(sub)
+            bad = self.decode_failed(sub)
+            if bad:
+                raise CodecError(f"{len(bad)} of {len(frames)} compressed frames did not decode on the device: "
+                                 f"{', '.join(frames[i].where for i in bad)}")
+            lines, cakes = lines.copy(), cakes.copy()
+            if out is not None:
+                out[0][...], out[1][...] = lines, cakes
+                return out
+            return lines, cakes
         frames, dt, pinned = self._prepare_frames(frames)
         n = len(frames)
         lines, cakes = self._outputs(n, out)
@@ -354,35 +379,83 @@ class CupyEngine:
         :meth:`Submission.ready`; :meth:`collect` returns its results. At most ``n_streams`` submissions may be
         uncollected: a stream is reused only after its last submission was collected (else RuntimeError).
 
+        EncodedFrames (frames that travelled compressed; all of the submission, one shape and dtype) are decoded on
+        the stream first (:class:`~.gpu_decode.GpuDecoder`, into the buffer raw frames are copied to); after
+        :meth:`collect`, :meth:`decode_failed` names those whose bytes did not decode.
+
         NumPy equivalent: ``integrate_many(frames)``.
         """
+        if frames and isinstance(frames[0], EncodedFrame):
+            return self._submit_encoded(list(frames), want_cake)
         frames, dt, pinned = self._prepare_frames(frames)
         n = len(frames)
         if not 0 < n <= self.batch:
             raise InputError(f"frames: submit takes 1 to {self.batch} frames, got {n}")
-        s = self._next_stream
-        if self._subs[s] is not None:
-            raise RuntimeError(f"stream {s} still holds an uncollected submission; collect it first")
-        self._next_stream = (s + 1) % self.n_streams
+        s = self._take_stream()
         fbytes = self.npix * dt.itemsize
-        rt = self._cp.cuda.runtime
         stream = self._streams[s]
         with self.device:
             self._ensure_in(s, n * fbytes, staging=not all(pinned))
             dmem = self._d_in_mem[s]
             self.staging.copy_frames(frames, pinned, fbytes, s, int(dmem.ptr), stream)
             d_frames = self._cp.ndarray((n, self.npix), dtype=dt, memptr=dmem)
-            d_cake, d_line = self._d_cake[s], self._d_line[s]
-            self._launch(d_frames, n, d_cake, d_line, stream)
-            if want_cake:
-                rt.memcpyAsync(int(self._h_cake[s].ctypes.data), d_cake.data.ptr, n * self.n_bins * 8,
-                               rt.memcpyDeviceToHost, stream.ptr)
-            rt.memcpyAsync(int(self._h_line[s].ctypes.data), d_line.data.ptr, n * self.n_r * 8,
-                           rt.memcpyDeviceToHost, stream.ptr)
-            self._events[s].record(stream)
+            self._enqueue(s, d_frames, n, want_cake, stream)
         sub = Submission(self, s, n, bool(want_cake))
         self._subs[s] = sub
         return sub
+
+    def _enqueue(self, s: int, d_frames, n: int, want_cake: bool, stream) -> None:
+        """Stream ``s``'s part of a submission once its frames are on the device: the kernels, the copies of the
+        results into its pinned buffers, its event."""
+        rt = self._cp.cuda.runtime
+        d_cake, d_line = self._d_cake[s], self._d_line[s]
+        self._launch(d_frames, n, d_cake, d_line, stream)
+        if want_cake:
+            rt.memcpyAsync(int(self._h_cake[s].ctypes.data), d_cake.data.ptr, n * self.n_bins * 8,
+                           rt.memcpyDeviceToHost, stream.ptr)
+        rt.memcpyAsync(int(self._h_line[s].ctypes.data), d_line.data.ptr, n * self.n_r * 8,
+                       rt.memcpyDeviceToHost, stream.ptr)
+        self._events[s].record(stream)
+
+    def _submit_encoded(self, frames: list[EncodedFrame], want_cake: bool) -> Submission:
+        """:meth:`submit` of frames that travelled compressed: bytes in, decoded on the stream, integrated."""
+        n = len(frames)
+        if not 0 < n <= self.batch:
+            raise InputError(f"frames: submit takes 1 to {self.batch} frames, got {n}")
+        if any(not isinstance(f, EncodedFrame) for f in frames):
+            raise InputError("frames: a submission is all compressed frames or none")
+        dt = np.dtype(frames[0].dtype)
+        if any(tuple(f.shape) != self.shape or np.dtype(f.dtype) != dt for f in frames):
+            raise InputError(f"frames: compressed frames of a submission must all be {self.shape} {dt}")
+        if self._device_dtype(dt) != dt:
+            raise InputError(f"frames: compressed frames of dtype {dt} are not decoded on the device")
+        s = self._take_stream()
+        fbytes = self.npix * dt.itemsize
+        stream = self._streams[s]
+        with self.device:
+            self._ensure_in(s, n * fbytes, staging=False)
+            dmem = self._d_in_mem[s]
+            d_bytes = self._cp.ndarray((n * fbytes,), dtype=np.uint8, memptr=dmem)
+            errors = self._decoders[s].decode(frames, d_bytes, stream)
+            d_frames = self._cp.ndarray((n, self.npix), dtype=dt, memptr=dmem)
+            self._enqueue(s, d_frames, n, want_cake, stream)
+        sub = Submission(self, s, n, bool(want_cake), errors)
+        self._subs[s] = sub
+        return sub
+
+    def _take_stream(self) -> int:
+        """The stream the next submission goes to (round robin); RuntimeError while it holds an uncollected one."""
+        s = self._next_stream
+        if self._subs[s] is not None:
+            raise RuntimeError(f"stream {s} still holds an uncollected submission; collect it first")
+        self._next_stream = (s + 1) % self.n_streams
+        return s
+
+    def decode_failed(self, sub: Submission) -> list[int]:
+        """After :meth:`collect` of ``sub``: the indices of its compressed frames whose bytes did not decode."""
+        if sub.errors is None:
+            return []
+        return [int(i) for i in np.flatnonzero(sub.errors[:sub.n])]
 
     def collect(self, sub: Submission) -> tuple[np.ndarray, np.ndarray | None]:
         """Wait for ``sub`` and return (lineouts ``[n, n_r]``, cakes ``[n, n_r, n_eta]`` or None without
@@ -399,7 +472,8 @@ class CupyEngine:
 
     def omega_add(self, sub: Submission, groups) -> None:
         """Add the cakes of the submission just collected into the device omega sum of each frame's group
-        (``groups[k]``: the group of frame ``k`` of ``sub``; each cake rounded to float32, summed in float64).
+        (``groups[k]``: the group of frame ``k`` of ``sub``, or -1 for a frame summed nowhere, one whose bytes did
+        not decode; each cake rounded to float32, summed in float64).
 
         Call it after :meth:`collect` and before the next :meth:`submit` on that stream (the adds are enqueued on the
         submission's stream, so they read its cakes before the next submission there overwrites them). One
@@ -417,6 +491,9 @@ class CupyEngine:
                 k1 = k0 + 1
                 while k1 < sub.n and groups[k1] == groups[k0]:
                     k1 += 1
+                if groups[k0] < 0:
+                    k0 = k1
+                    continue
                 acc = self._omega_acc.get((s, groups[k0]))
                 if acc is None:
                     acc = self._omega_acc[(s, groups[k0])] = cp.zeros(self.n_bins, np.float64)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ GE_EXTS = (".ge", ".ge1", ".ge2", ".ge3", ".ge4", ".ge5")
 CBF_EXTS = (".cbf",)
 IMAGE_EXTS = TIFF_EXTS + NPY_EXTS + HDF5_EXTS + GE_EXTS + CBF_EXTS
 
-__all__ = ["GE_HEADER_BYTES", "IMAGE_EXTS", "iter_images", "load_dark", "natural_key"]
+__all__ = ["GE_HEADER_BYTES", "IMAGE_EXTS", "iter_images", "iter_stored", "load_dark", "natural_key"]
 
 
 def _ext(path: Path) -> str:
@@ -86,19 +87,24 @@ def _check_2d(path: Path, sid: str, frame: np.ndarray, shape: tuple[int, int] | 
 # --- reading one file: the readers of .formats, one frame at a time ------------------------------------------
 
 
-def _read_file(path: Path, shape: tuple[int, int] | None) -> Iterator[tuple[str, np.ndarray]]:
+def _read_file(path: Path, shape: tuple[int, int] | None, encoded: bool = False) -> Iterator[tuple[str, Any]]:
     """``(source_id, frame)`` for every image of ``path`` (:func:`~.formats.open_image`: TIFF, CBF, GE, HDF5 with
-    the hdf5plugin filters, npy), each frame a new array in the stored dtype."""
+    the hdf5plugin filters, npy), each frame a new array in the stored dtype (``encoded``: or the stored bytes of
+    a compressed chunk, as :func:`iter_stored` says)."""
     if _ext(path) not in IMAGE_EXTS:
         raise InputError(f"{path}: unsupported image file extension '{path.suffix}'; supported: {_supported()}")
     try:
         f = open_image(path, FormatOptions(detector_shape=shape))
     except InputError as exc:
         raise _cannot_read(path, exc) from exc
+    if encoded and shape is not None and f.shape != tuple(shape):
+        f.close()
+        raise InputError(f"{path}: image shape {f.shape} does not match the detector (NrPixelsZ, NrPixelsY) = "
+                         f"{tuple(shape)}")
     with f:
         for k in range(f.n_frames):
             try:
-                frame = f.read(k)
+                frame = (f.read_encoded(k) if encoded else None) or f.read(k)
             except InputError as exc:
                 raise _cannot_read(path, exc) from exc
             yield f.frame_id(k), frame
@@ -117,12 +123,19 @@ def iter_images(
     return _iter_files(files, None if shape is None else (int(shape[0]), int(shape[1])))
 
 
-def _iter_files(files: list[Path], shape: tuple[int, int] | None) -> Iterator[tuple[str, np.ndarray]]:
+def iter_stored(paths: Sequence[str | os.PathLike], shape: tuple[int, int]) -> Iterator[tuple[str, Any]]:
+    """As :func:`iter_images`, but a frame an HDF5 file stores as one bslz4 / lz4 chunk comes as it is stored, not
+    decoded: ``(source_id, (bytes uint8 [n], codec, codec_header, codec_block))`` (:meth:`~.formats.ImageFile.
+    read_encoded`); every other frame as an array."""
+    return _iter_files(_expand(paths), (int(shape[0]), int(shape[1])), encoded=True)
+
+
+def _iter_files(files: list[Path], shape: tuple[int, int] | None, encoded: bool = False) -> Iterator[tuple[str, Any]]:
     for path in files:
         n = 0
-        for sid, frame in _read_file(path, shape):
+        for sid, frame in _read_file(path, shape, encoded):
             n += 1
-            yield sid, _check_2d(path, sid, frame, shape)
+            yield sid, frame if isinstance(frame, tuple) else _check_2d(path, sid, frame, shape)
         if n == 0:
             raise InputError(f"{path}: cannot read image (the file holds no frames)")
 

@@ -15,7 +15,9 @@ Formats (by extension, case-insensitive):
   by frame at offset ``8192 + k * frame_bytes`` (never the whole file);
 - HDF5 ``.h5 .hdf5 .hdf .nxs`` (h5py; hdf5plugin registers bitshuffle-LZ4, LZ4, Blosc... as in EIGER files): a 2-D
   image or a 3-D stack at the configured dataset path (default: the first of :data:`HDF5_DATASET_PATHS`); a path
-  naming a group (EIGER master ``/entry/data``) means its datasets in natural order, external links followed;
+  naming a group (EIGER master ``/entry/data``) means its datasets in natural order, external links followed; a
+  dataset stored one frame a chunk through the bitshuffle-LZ4 (32008) or LZ4 (32004) filter also gives each frame
+  as its stored bytes (``read_encoded``: ``read_direct_chunk``, not decoded), so the frame can travel compressed;
 - raw ``.bin .raw``: ``raw_header`` bytes, then frames of ``raw_dtype`` and ``raw_shape`` (default: the detector);
 - NumPy ``.npy``: a 2-D image or a 3-D stack (read from the header's data offset, not memory-mapped).
 
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from .frame_codecs import CodecError, framing_of
 
 TIFF_EXTS = (".tif", ".tiff")
 CBF_EXTS = (".cbf",)
@@ -157,6 +160,12 @@ class ImageFile:
 
     def _read(self, k: int, out: np.ndarray) -> None:
         raise NotImplementedError
+
+    def read_encoded(self, k: int) -> tuple[np.ndarray, str, int, int] | None:
+        """Frame ``k`` as the file stores it compressed, not decoded: ``(bytes uint8 [n], codec, codec_header,
+        codec_block)`` as a FrameHeader carries them, or None when the format (or this frame) is not stored as one
+        bslz4 / lz4 frame (then :meth:`read_into` decodes it). Only HDF5 datasets say yes (:class:`_Hdf5`)."""
+        return None
 
     def read(self, k: int) -> np.ndarray:
         """Frame ``k`` as a new array ``[NrPixelsZ, NrPixelsY]``."""
@@ -419,6 +428,7 @@ class _Hdf5(ImageFile):
                 self._starts.append(n)
                 n += 1 if ds.ndim == 2 else int(ds.shape[0])
             self.n_frames = n
+            self._codecs = [_chunk_codec(ds) for ds in self._parts]
             if self.dtype.kind not in "uif":
                 raise InputError(f"{path}: dataset {first.name} dtype {self.dtype} is not an integer or float image")
         except BaseException:
@@ -460,6 +470,34 @@ class _Hdf5(ImageFile):
         key = "[source] hdf5_dataset " + repr(where) if where else " or ".join(HDF5_DATASET_PATHS)
         raise InputError(f"{self.path}: no 2-D or 3-D image dataset at {key}")
 
+    def read_encoded(self, k: int) -> tuple[np.ndarray, str, int, int] | None:
+        """Frame ``k``'s chunk as stored (``read_direct_chunk``), when its dataset holds one frame a chunk through
+        the bitshuffle-LZ4 (32008) or LZ4 (32004) filter alone (:func:`_chunk_codec`) and the filter ran on it."""
+        if not 0 <= k < self.n_frames:
+            raise InputError(f"{self.path}: frame {k} does not exist (the file holds {self.n_frames})")
+        j = int(np.searchsorted(self._starts, k, side="right")) - 1
+        codec = self._codecs[j]
+        if codec is None:
+            return None
+        ds = self._parts[j]
+        where = (k - self._starts[j], 0, 0) if ds.ndim == 3 else (0, 0)
+        with self._lock:
+            if self.closed:
+                raise InputError(f"{self.path}: cannot read frame {k}: the file was closed")
+            try:
+                mask, chunk = ds.id.read_direct_chunk(where)
+            except Exception as exc:
+                raise IncompleteFile(f"{self.path}: cannot read the chunk of frame {k} of {ds.name} "
+                                     f"({_reason(exc)})") from exc
+        if mask:  # the filter was skipped for this chunk (stored raw): decode as usual
+            return None
+        payload = np.frombuffer(chunk, np.uint8)
+        try:
+            name, header, block = framing_of(codec, payload, self.shape[0] * self.shape[1] * self.dtype.itemsize)
+        except CodecError:
+            return None  # not the framing expected: read_into decodes it (or says why it cannot)
+        return payload, name, header, block
+
     def _read(self, k: int, out: np.ndarray) -> None:
         j = int(np.searchsorted(self._starts, k, side="right")) - 1
         ds = self._parts[j]
@@ -474,6 +512,25 @@ class _Hdf5(ImageFile):
     def _close(self) -> None:
         self._parts = []
         self._h5.close()
+
+
+#: HDF5 filter ids of the compressions whose chunks travel compressed, and the name a source gives them
+_KEPT_FILTERS = {32008: "bslz4", 32004: "lz4hdf5"}
+
+
+def _chunk_codec(ds) -> str | None:
+    """``"bslz4"`` / ``"lz4hdf5"`` when every chunk of ``ds`` is one whole frame stored through the bitshuffle-LZ4
+    filter (32008 with LZ4: its 5th parameter 2) or the LZ4 filter (32004) alone; else None."""
+    chunks = ds.chunks
+    if chunks is None or tuple(chunks[-2:]) != tuple(ds.shape[-2:]) or (ds.ndim == 3 and chunks[0] != 1):
+        return None
+    plist = ds.id.get_create_plist()
+    if plist.get_nfilters() != 1:
+        return None
+    code, _flags, values, _name = plist.get_filter(0)
+    if code == 32008 and (len(values) < 5 or values[4] != 2):
+        return None  # bitshuffle alone, or with zstd
+    return _KEPT_FILTERS.get(code)
 
 
 def open_image(path: str | os.PathLike, options: FormatOptions | None = None) -> ImageFile:

@@ -64,7 +64,7 @@ class SlotCopier:
             if job is None:
                 return
             try:
-                out = self._view(job.slot, job.frame.frame_shape(), job.frame.frame_dtype())
+                out = self._view(job.slot, *job.frame.slot_layout())
                 try:
                     self._copy(job.frame, out)
                 finally:

@@ -24,7 +24,9 @@ A path is processed at most once per run: a file replaced (by a rename or a rewr
 is logged and counted ``files_repeated``, polling does not look at a file again once it was read. A watched folder that is removed (or unmounted) ends the run, with a
 warning.
 
-Frames: ``fill`` frames, so pixels go straight from the file into the ring slot; source id: the file's path under
+Frames: ``fill`` frames, so pixels go straight from the file into the ring slot, except the frames of an HDF5
+dataset stored one frame a chunk through the bitshuffle-LZ4 or LZ4 filter: their chunks are read as stored
+(``read_direct_chunk``) and travel compressed (the workers decode them); source id: the file's path under
 the folder, with ``:k`` for frame k of a multi-frame file; timestamp: the file's mtime; metadata ``file``, ``frame``.
 The source is pausable (with a full ring the files simply wait) and resumable: a replacement ingest
 (``ringstream.ingest.resume``) gives it the last source id the dead ingest announced of each file
@@ -183,6 +185,7 @@ class FolderSource:
     name = "folder"
     pausable = True
     resumable = True
+    keeps_compressed = True  # the bslz4 / lz4 chunks of HDF5 files travel as stored
 
     def __init__(self, options: FolderOptions, formats: FormatOptions, shape: tuple[int, int],
                  dtype: str = "int32", rate: float = 0.0) -> None:
@@ -495,6 +498,12 @@ class FolderSource:
             for k in range(first, f.n_frames):
                 if stopped(stop) or (self.opts.frames and n_sent + k - first >= self.opts.frames):
                     return
+                encoded = _encoded(f, k)
+                if encoded is not None:  # stored compressed (an HDF5 chunk): it travels so, the workers decode
+                    payload, codec, header, block = encoded
+                    yield SourceFrame(payload, f.frame_id(k, rel), mtime, {"file": rel, "frame": k}, shape=f.shape,
+                                      dtype=f.dtype, codec=codec, codec_header=header, codec_block=block)
+                    continue
                 handle.expect()
                 yield SourceFrame(None, f.frame_id(k, rel), mtime, {"file": rel, "frame": k},
                                   fill=_Fill(handle, k), shape=f.shape, dtype=f.dtype)
@@ -581,6 +590,14 @@ class _OpenFile:
     def _close(self) -> None:
         self.f.close()
         self.registry.discard(self)
+
+
+def _encoded(f: ImageFile, k: int):
+    """``f.read_encoded(k)``, or None when it cannot be read so (the fill then reads it, or says why it cannot)."""
+    try:
+        return f.read_encoded(k)
+    except InputError:
+        return None
 
 
 class _Fill:

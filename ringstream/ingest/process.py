@@ -6,7 +6,9 @@ writer's results PULL), heartbeat PUSH (connect to the supervisor's events PULL)
 and what is sent again when a worker dies: :mod:`.dispatch`. Each frame gets the next ``frame_index`` (0, 1, 2 … as a Python int),
 is copied once into a free ring slot (or read or copied straight into it by the source: see
 :class:`~.source_base.SourceFrame`) and announced by a ``FrameHeader`` (location "shm"); with
-``transport.shared_memory = false`` the pixels travel inline in the message instead.
+``transport.shared_memory = false`` the pixels travel inline in the message instead. A frame that arrived
+compressed (bslz4 / lz4 from PVA, HDF5 chunks, a compressed replay) goes into the ring as it came and the workers
+decode it; its header says how (``codec``, ``codec_header``, ``codec_block``; ``nbytes`` its compressed length).
 
 A frame's slot is free again once the writer acknowledges the frame (its results are in the writer's hands), not
 when a worker has read it: until then the pixels may have to go to another worker. No free slot: a pausable source
@@ -38,7 +40,7 @@ import uuid
 import numpy as np
 import zmq
 
-from ..protocol import PEAK_SEQ_KEY, RUN_START_KEY, EndOfStream, FrameHeader
+from ..protocol import PEAK_SEQ_KEY, RUN_START_KEY, EndOfStream, FrameHeader, compressed_bound
 from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child, supervisor_gone
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
@@ -114,8 +116,11 @@ class _Ingest:
         shape = tuple(int(s) for s in source.shape)
         dtype = np.dtype(source.dtype)
         slot_bytes = math.prod(shape) * dtype.itemsize
-        log.info("source %s: %s %s, pausable=%s, rate=%s Hz; ring %s", source.name, shape, dtype,
-                 source.pausable, source.rate or "max",
+        compressed = bool(getattr(source, "keeps_compressed", False))
+        if compressed:  # compressed frames travel compressed: a slot holds the worst case (the workers decode)
+            slot_bytes = compressed_bound(slot_bytes)
+        log.info("source %s: %s %s%s, pausable=%s, rate=%s Hz; ring %s", source.name, shape, dtype,
+                 " (compressed frames kept compressed)" if compressed else "", source.pausable, source.rate or "max",
                  f"{self.n_slots} x {slot_bytes} bytes" if self.shm else "off (inline frames)")
         ctx = zmq.Context()
         self.rejects = RejectLog(log, "ingest frames and acknowledgement sockets")
@@ -237,7 +242,7 @@ class _Ingest:
         in source order; a True return then means "accepted", and a fill that fails later is dropped and counted.
         """
         lease = frame.lease
-        shape, dtype = frame.frame_shape(), frame.frame_dtype()
+        shape, dtype = frame.slot_layout()
         if not self.shm:
             pixels = frame.pixels
             if pixels is None:
@@ -287,6 +292,11 @@ class _Ingest:
         writer first. ``again``: the index and run of a frame announced before (its header goes out again as it
         was); every other frame is written to the journal."""
         shape, dtype = frame.frame_shape(), frame.frame_dtype()
+        if frame.codec == "none":
+            codec = dict(codec="none", nbytes=math.prod(shape) * dtype.itemsize)
+        else:  # the compressed bytes travel: nbytes is their length
+            codec = dict(codec=frame.codec, codec_header=int(frame.codec_header), codec_block=int(frame.codec_block),
+                         nbytes=int(frame.slot_layout()[0][0]))
         metadata = frame.metadata or {}
         if again is not None:
             idx, run_id, run_start = again["frame_index"], again["run_id"], again["run_start"]
@@ -301,9 +311,7 @@ class _Ingest:
             metadata[RUN_START_KEY] = json.dumps(self.runs.run_start_fields)
         return dict(
             run_id=run_id, run_start=run_start, frame_index=idx, source_id=str(frame.source_id),
-            timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, codec="none",
-            metadata=metadata,
-            nbytes=math.prod(shape) * dtype.itemsize,
+            timestamp=float(frame.timestamp), shape=list(shape), dtype=dtype.str, metadata=metadata, **codec,
         )
 
     def announce(self, frame, slot: int, pausable: bool, stop, again: dict | None = None) -> bool:

@@ -6,8 +6,10 @@ updates for us, so a short stall of the pipeline pushes back into that queue ins
 
 - the image is the union member that is set (``ubyteValue`` … ``doubleValue``, see :data:`UNION_DTYPES`), its
   shape ``(dimension[1].size, dimension[0].size)`` = (rows, cols) = (NrPixelsZ, NrPixelsY);
-- it is copied once, straight into a ring slot leased from the ingest's allocator (or decoded into it when
-  ``codec.name`` is set: :mod:`.ntnd_codecs`), and queued as ``SourceFrame(lease=...)``;
+- it is copied once, straight into a ring slot leased from the ingest's allocator, and queued as
+  ``SourceFrame(lease=...)``; a frame compressed with ``bslz4``, ``lz4`` or ``lz4hdf5`` (:data:`KEPT_COMPRESSED`)
+  is copied compressed, its framing in its header (the workers decode it), the other codecs (``blosc``, ``zlib``)
+  are decoded into the slot (:mod:`.ntnd_codecs`);
 - ``uniqueId`` is the source id, ``timeStamp`` the timestamp (s since the epoch), the NDAttributes named in
   ``[source] pva_attributes`` (``["*"]``: every scalar one) the per-frame metadata (a configured attribute missing
   from a frame is NaN, counted ``pva_attribute_missing``).
@@ -27,7 +29,8 @@ then at most one summary line per :data:`LOG_EVERY_S`):
   be paused; the wait lets pvapy's queues absorb a short stall first. Overruns pvapy reports (its monitor queue
   overflowed: updates lost before they reached us) are ``pva_overruns``.
 
-The ring slot size: the detector's pixels times the size of ``pva_dtype`` (8 bytes when any type is accepted).
+The ring slot size: the detector's pixels times the size of ``pva_dtype`` (8 bytes when any type is accepted),
+plus the worst case of LZ4 (``protocol.compressed_bound``).
 
 Counters (all ints): ``pva_updates`` monitor updates seen; ``pva_received`` of them with an image and a new
 uniqueId (accepted or rejected after); ``pva_gaps`` / ``pva_missed`` / ``pva_resets`` / ``pva_duplicates`` as above;
@@ -48,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..images.frame_codecs import framing_of
 from .live_queue import QueuedLiveSource
 from .ntnd_codecs import CodecError, decode_into
 from .source_base import SourceFrame
@@ -69,6 +73,9 @@ SCALAR_TYPE_DTYPES: dict[int, np.dtype] = {
     5: np.dtype("uint8"), 6: np.dtype("uint16"), 7: np.dtype("uint32"), 8: np.dtype("uint64"),
     9: np.dtype("float32"), 10: np.dtype("float64"),
 }
+
+#: NTNDArray codecs whose frames travel to the workers compressed (the others are decoded here, into the slot)
+KEPT_COMPRESSED = ("bslz4", "lz4", "lz4hdf5")
 
 #: how long the monitor callback waits for a free ring slot before it drops the frame, in s
 RING_WAIT_S = 0.25
@@ -149,6 +156,7 @@ class PvaSource(QueuedLiveSource):
 
     pausable = False
     resumable = False  # live: after an ingest restart it goes on with its new frames
+    keeps_compressed = True  # bslz4 / lz4 frames go to the workers as they came
 
     def __init__(self, channel: str, shape: tuple[int, int], dtype: Any = None, queue_size: int = 16,
                  attributes: Sequence[str] = (), n_frames: int = 0) -> None:
@@ -316,12 +324,27 @@ class PvaSource(QueuedLiveSource):
             raise _Reject("dropped_wrong_dtype", f"{where}: pixel type {dtype} differs from [source] pva_dtype "
                                                  f"{self.expected_dtype}; rejected")
         data = pv["value"][0][member]
-        lease = self.wait_for_slot(shape, dtype, lambda: self._closed, timeout=RING_WAIT_S)
+        framing = None
+        if codec_name in KEPT_COMPRESSED:
+            payload = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+            raw_bytes = shape[0] * shape[1] * dtype.itemsize
+            if int(pv["uncompressedSize"]) != raw_bytes:
+                raise _Reject("dropped_decode_error", f"{where}: uncompressedSize {int(pv['uncompressedSize'])} "
+                                                      f"bytes, the {shape} {dtype} frame has {raw_bytes}; dropped")
+            try:
+                framing = framing_of(codec_name, payload, raw_bytes)
+            except CodecError as exc:
+                raise _Reject("dropped_decode_error", f"{where}: {exc}; dropped") from None
+            lease = self.wait_for_slot((1, payload.size), np.uint8, lambda: self._closed, timeout=RING_WAIT_S)
+        else:
+            lease = self.wait_for_slot(shape, dtype, lambda: self._closed, timeout=RING_WAIT_S)
         if lease is None:
             raise _Reject("dropped_ring_full", f"{where}: no free ring slot for {RING_WAIT_S:g} s (the pipeline "
                                                f"is slower than the detector); dropped")
         try:
-            if codec_name:
+            if framing is not None:  # kept compressed: the workers decode it
+                np.copyto(lease.array.reshape(-1), payload, casting="no")
+            elif codec_name:
                 decode_into(codec_name, data, int(pv["uncompressedSize"]), lease.array)
             else:
                 if data.size != lease.array.size:
@@ -334,8 +357,13 @@ class PvaSource(QueuedLiveSource):
             self._alloc.release(lease)
             raise
         new_run, self._restarted = self._restarted, ""
-        return SourceFrame(pixels=lease.array, source_id=str(uid), timestamp=self._timestamp(pv),
-                           metadata=self._metadata(pv, where), lease=lease, new_run=new_run)
+        frame = SourceFrame(pixels=lease.array, source_id=str(uid), timestamp=self._timestamp(pv),
+                            metadata=self._metadata(pv, where), lease=lease, new_run=new_run)
+        if framing is not None:
+            frame.pixels = lease.array.reshape(-1)
+            frame.shape, frame.dtype = shape, dtype
+            frame.codec, frame.codec_header, frame.codec_block = framing
+        return frame
 
     def track_id(self, uid: int) -> bool:
         """Gap, reset and duplicate accounting of ``uniqueId``; False for a duplicate (drop it)."""

@@ -6,6 +6,12 @@ Frames keep their stored dtype; every frame must have the detector shape (NrPixe
 :class:`~ringstream.errors.InputError` naming the file. Source ids are ``name:k`` for a stack, the file name for a
 single image (as :func:`~ringstream.images.files.iter_images` gives them); ``metadata["pass"]`` counts the loops from 0.
 
+``source.replay_codec`` (for benchmarks of compressed frames): ``none`` (as read; an HDF5 file's chunks decoded),
+``bslz4`` / ``lz4`` (every frame of the first pass compressed once, on load, and held in memory: bslz4 with the
+HDF5-filter header and bitshuffle's default block, lz4 in the filter-32004 framing with :data:`LZ4_BLOCK_BYTES`
+blocks), or ``stored`` (an HDF5 file's bslz4 / lz4 chunks as stored, ``read_direct_chunk``, each pass; other frames
+raw). Compressed frames travel compressed and the workers decode them.
+
 Resumable (a replacement ingest, ``ringstream.ingest.resume``): frames() goes on after the frames a dead ingest
 announced (counted: the replay is pausable, so it announced every frame it yielded); :meth:`ReplaySource.frame_again`
 reads an announced frame again by its source id, on the first pass only (a looped replay's later passes repeat
@@ -14,6 +20,7 @@ the ids: such a frame is lost and counted by the ingest).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..images.files import NPY_EXTS, iter_images
+from ..images.files import NPY_EXTS, iter_images, iter_stored
+from ..images.frame_codecs import encode_frame
 from .source_base import SourceFrame, StopFlag, stopped
+
+log = logging.getLogger("ringstream.ingest.replay")
+
+#: the block of a replay's lz4 frames (``replay_codec = "lz4"``), in bytes: many blocks a frame, so a GPU decodes
+#: them in parallel (NDPluginCodec's one raw block a frame would be decoded by one thread block)
+LZ4_BLOCK_BYTES = 65536
 
 
 class ReplaySource:
@@ -32,7 +46,8 @@ class ReplaySource:
     pausable = True
     resumable = True
 
-    def __init__(self, path, params, *, n_frames: int = 0, loop: bool = True, rate: float = 0.0) -> None:
+    def __init__(self, path, params, *, n_frames: int = 0, loop: bool = True, rate: float = 0.0,
+                 codec: str = "none") -> None:
         if path is None or str(path) == "":
             raise ConfigError("source.replay_path: required for source.kind 'replay'")
         self.path = Path(path)
@@ -44,6 +59,12 @@ class ReplaySource:
         self.rate = float(rate or 0.0)
         self._stack: np.ndarray | None = None
         self._skip = 0  # frames a dead ingest announced: frames() goes on after them
+        self.codec = str(codec or "none")
+        if self.codec not in ("none", "bslz4", "lz4", "stored"):
+            raise ConfigError(f"source.replay_codec {codec!r}: expected none, bslz4, lz4 or stored")
+        self.keeps_compressed = self.codec != "none"
+        self._encoded: list[tuple[str, tuple]] | None = None  # (sid, (bytes, codec, header, block)): bslz4 / lz4
+        self.compressed_bytes = self.raw_bytes = 0  # of the frames compressed on load (the ratio, for benchmarks)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such replay file or folder")
         if self.path.is_file() and self.path.suffix.lower() in NPY_EXTS:
@@ -56,11 +77,28 @@ class ReplaySource:
                 raise InputError(f"{self.path}: holds no frames")
             self.dtype = first[1].dtype
             self._count = None
+        if self.codec in ("bslz4", "lz4"):
+            self._encoded = [(sid, self._compress(pixels)) for sid, pixels in self._raw_pass()]
+            log.info("replay: %d frames compressed with %s on load: %d bytes -> %d (ratio %.2f)", len(self._encoded),
+                     self.codec, self.raw_bytes, self.compressed_bytes, self.compression_ratio)
 
     @classmethod
     def from_config(cls, config, params) -> ReplaySource:
         s = config.source
-        return cls(s.replay_path, params, n_frames=int(s.frames), loop=bool(s.loop), rate=float(s.rate))
+        return cls(s.replay_path, params, n_frames=int(s.frames), loop=bool(s.loop), rate=float(s.rate),
+                   codec=s.replay_codec)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Raw bytes over compressed bytes of the frames compressed on load (0 when none were)."""
+        return self.raw_bytes / self.compressed_bytes if self.compressed_bytes else 0.0
+
+    def _compress(self, pixels: np.ndarray) -> tuple:
+        block = LZ4_BLOCK_BYTES if self.codec == "lz4" else 0
+        payload, header, block = encode_frame(np.asarray(pixels), self.codec, header=True, block=block)
+        self.compressed_bytes += payload.size
+        self.raw_bytes += pixels.nbytes
+        return payload, self.codec, header, block
 
     def _open_npy(self) -> np.ndarray:
         try:
@@ -78,7 +116,16 @@ class ReplaySource:
             raise InputError(f"{self.path}: replay stack dtype {arr.dtype} is not an integer or float image")
         return arr
 
-    def _one_pass(self) -> Iterator[tuple[str, np.ndarray]]:
+    def _one_pass(self) -> Iterator[tuple[str, np.ndarray | tuple]]:
+        """``(sid, pixels)`` or, for a frame that travels compressed, ``(sid, (bytes, codec, header, block))``."""
+        if self._encoded is not None:
+            yield from self._encoded
+        elif self.codec == "stored" and self._stack is None:
+            yield from iter_stored([self.path], self.shape)
+        else:
+            yield from self._raw_pass()
+
+    def _raw_pass(self) -> Iterator[tuple[str, np.ndarray]]:
         if self._stack is not None:
             name = self.path.name
             for k in range(self._stack.shape[0]):
@@ -97,7 +144,7 @@ class ReplaySource:
                     return
                 got += 1
                 if k >= self._skip:
-                    yield SourceFrame(pixels, sid, time.time(), {"pass": n_pass})
+                    yield self._frame(sid, pixels, n_pass)
                 k += 1
             if got == 0 or not self.loop or stopped(stop) or (self.n_frames and k >= self.n_frames):
                 return
@@ -114,8 +161,15 @@ class ReplaySource:
             return None
         for sid, pixels in self._one_pass():
             if sid == source_id:
-                return SourceFrame(np.array(pixels), sid, time.time(), {"pass": 0})
+                return self._frame(sid, pixels if isinstance(pixels, tuple) else np.array(pixels), 0)
         return None
+
+    def _frame(self, sid: str, pixels, n_pass: int) -> SourceFrame:
+        if not isinstance(pixels, tuple):
+            return SourceFrame(pixels, sid, time.time(), {"pass": n_pass})
+        payload, codec, header, block = pixels
+        return SourceFrame(payload, sid, time.time(), {"pass": n_pass}, shape=self.shape, dtype=self.dtype,
+                           codec=codec, codec_header=header, codec_block=block)
 
     def close(self) -> None:
         self._stack = None

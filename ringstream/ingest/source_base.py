@@ -45,6 +45,11 @@ class SourceFrame:
     since the epoch (the time it was produced when the source has no clock of its own); ``metadata``:
     ``{str: number | str}``, carried in the FrameHeader. ``new_run``: why this frame starts a new acquisition ("" when
     it does not; PVA's ``uniqueId`` going back); the ingest then ends the current run before it (:mod:`.runs`).
+
+    A frame that arrived compressed travels compressed (``codec`` ``"bslz4"`` or ``"lz4"``, ``codec_header`` and
+    ``codec_block`` as :class:`~ringstream.protocol.FrameHeader` has them): ``pixels`` (or ``lease.array``) is then
+    the compressed bytes, uint8 ``[nbytes]``, and ``shape`` / ``dtype`` the decoded frame's; such a frame has no
+    ``fill``. The workers decode it; the ingest never does.
     """
 
     pixels: np.ndarray | None
@@ -56,14 +61,25 @@ class SourceFrame:
     dtype: Any = None
     lease: SlotLease | None = None
     new_run: str = ""
+    codec: str = "none"
+    codec_header: int = 0
+    codec_block: int = 0
 
     def frame_shape(self) -> tuple[int, int]:
-        if self.pixels is not None:
+        """The decoded frame's shape."""
+        if self.pixels is not None and self.codec == "none":
             return self.pixels.shape  # already a tuple of ints
         return tuple(int(n) for n in self.shape)
 
     def frame_dtype(self) -> np.dtype:
-        return np.dtype(self.pixels.dtype if self.pixels is not None else self.dtype)
+        """The decoded frame's pixel type."""
+        return np.dtype(self.pixels.dtype if self.pixels is not None and self.codec == "none" else self.dtype)
+
+    def slot_layout(self) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) of what goes into a ring slot: the frame, or its compressed bytes ``[nbytes]`` uint8."""
+        if self.codec == "none":
+            return self.frame_shape(), self.frame_dtype()
+        return (int(self.pixels.size),), np.dtype(np.uint8)
 
 
 @dataclass
@@ -106,6 +122,9 @@ class Source(Protocol):
 # Optional source methods, looked up with getattr by the ingest:
 #   attach_ring(allocator: SlotAllocator) -> None   called before frames() when frames go through the ring; the
 #                                                    source may then yield SourceFrame(lease=...) frames
+#   keeps_compressed: bool                          it may yield compressed frames (codec set): the ring's slots
+#                                                    are then sized for a frame's worst compressed length
+#                                                    (protocol.compressed_bound)
 #   counters() -> dict[str, int | float]             the source's own counters (gaps, overruns, rejected frames,
 #                                                    connection state), merged into the ingest's heartbeat and
 #                                                    so shown by `ringstream status`

@@ -29,6 +29,8 @@ import numpy as np
 from ringstream.errors import RingstreamError
 from ringstream.protocol.messages import (
     FIT_COLUMNS,
+    FRAME_CODECS,
+    HDF5_FILTER_HEADER,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     FrameHeader,
@@ -147,7 +149,9 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "timestamp": _NUM,
         "shape": _SHAPE,
         "dtype": _DTYPE,
-        "codec": _one_of("none"),
+        "codec": _one_of(*FRAME_CODECS),
+        "codec_block": _COUNT,
+        "codec_header": _COUNT,
         "location": _one_of("inline", "shm"),
         "shm_name": _OPT_STR,
         "slot": _OPT_COUNT,
@@ -244,15 +248,37 @@ def _frame_nbytes(shape: Sequence[int], dtype: str) -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
+def _check_encoding(kwargs: dict[str, Any], where: str) -> int:
+    """The bytes a compressed frame's buffer holds (``nbytes``), after the codec fields' checks."""
+    codec, block, head = kwargs["codec"], kwargs.get("codec_block", 0), kwargs.get("codec_header", 0)
+    nbytes = kwargs.get("nbytes")
+    if nbytes is None or nbytes < 1:
+        raise ProtocolError("malformed", f"{where}: a {codec} frame needs nbytes, its compressed length (> 0)")
+    if head not in (0, HDF5_FILTER_HEADER):
+        raise ProtocolError("malformed", f"{where}: codec_header {head} must be 0 or {HDF5_FILTER_HEADER}")
+    itemsize = np.dtype(kwargs["dtype"]).itemsize
+    if codec == "bslz4" and block % (8 * itemsize):
+        raise ProtocolError("malformed", f"{where}: bslz4 codec_block {block} bytes is not a multiple of 8 "
+                                         f"{itemsize}-byte pixels")
+    if codec == "lz4" and bool(head) != bool(block):
+        raise ProtocolError("malformed", f"{where}: lz4 with codec_header {head} needs codec_block "
+                                         f"{'> 0' if head else '0 (one raw block)'}, got {block}")
+    return nbytes
+
+
 def _check_frame(kwargs: dict[str, Any], sizes: list[int]) -> None:
-    expected = _frame_nbytes(kwargs["shape"], kwargs["dtype"])
     where = f"frame {kwargs['frame_index']}"
-    nbytes = kwargs.get("nbytes", expected)
-    if nbytes != expected:
-        raise ProtocolError(
-            "size",
-            f"{where}: nbytes {nbytes} != {expected} for shape {list(kwargs['shape'])} {kwargs['dtype']}",
-        )
+    if kwargs.get("codec", "none") != "none":
+        expected = _check_encoding(kwargs, where)
+    else:
+        expected = _frame_nbytes(kwargs["shape"], kwargs["dtype"])
+        nbytes = kwargs.get("nbytes", expected)
+        if nbytes != expected or kwargs.get("codec_block", 0) or kwargs.get("codec_header", 0):
+            raise ProtocolError(
+                "size",
+                f"{where}: nbytes {nbytes} != {expected} for shape {list(kwargs['shape'])} {kwargs['dtype']} "
+                "(or codec_block / codec_header set without a codec)",
+            )
     if kwargs.get("location", "inline") == "shm":
         for name in ("shm_name", "slot", "offset"):
             if kwargs.get(name) is None:
@@ -499,6 +525,8 @@ def frame_array(header: FrameHeader, buffer: Any) -> np.ndarray:
     """
     if header.location != "inline":
         raise ValueError(f"frame {header.frame_index} is in shared memory, not inline")
+    if header.codec != "none":
+        raise ValueError(f"frame {header.frame_index} is {header.codec}-compressed: decode its frame_payload")
     view = _as_bytes_view(buffer)
     expected = _frame_nbytes(header.shape, header.dtype)
     if view.nbytes != expected:
@@ -506,6 +534,25 @@ def frame_array(header: FrameHeader, buffer: Any) -> np.ndarray:
             "size", f"frame {header.frame_index}: buffer of {view.nbytes} bytes, expected {expected}"
         )
     return np.frombuffer(view, dtype=header.dtype).reshape(header.shape)
+
+
+def frame_payload(header: FrameHeader, buffer: Any) -> np.ndarray:
+    """The compressed bytes of an inline frame: uint8 ``[nbytes]`` viewing ``buffer`` (no copy). Raises
+    :class:`ProtocolError` (kind ``"size"``) when the sizes disagree, ``ValueError`` for a frame in shared memory."""
+    if header.location != "inline":
+        raise ValueError(f"frame {header.frame_index} is in shared memory, not inline")
+    view = _as_bytes_view(buffer)
+    if view.nbytes != header.nbytes:
+        raise ProtocolError("size", f"frame {header.frame_index}: buffer of {view.nbytes} bytes, expected "
+                                    f"{header.nbytes}")
+    return np.frombuffer(view, dtype=np.uint8)
+
+
+def compressed_bound(raw_bytes: int) -> int:
+    """The most bytes a bslz4 / lz4 frame of ``raw_bytes`` decoded bytes takes with blocks of 2 KiB or more (LZ4's
+    worst case, ``n + n/255 + 16`` a block, plus a 4-byte length a block and the 12-byte header): what a ring slot
+    of a source that keeps frames compressed holds. A larger frame is dropped (``dropped_too_large``)."""
+    return int(raw_bytes) + int(raw_bytes) // 64 + 4096
 
 
 def result_arrays(

@@ -24,6 +24,12 @@ PROTOCOL_VERSION = 1
 FIT_COLUMNS = 7
 """Columns of a :class:`Result`'s fit array, shape ``[n_peaks, 7]`` float64."""
 
+FRAME_CODECS = ("none", "bslz4", "lz4")
+"""How a frame's pixels may travel (:attr:`FrameHeader.codec`)."""
+
+#: bytes of the HDF5-filter header a bslz4 / lz4 frame may start with (:attr:`FrameHeader.codec_header`)
+HDF5_FILTER_HEADER = 12
+
 PEAK_SEQ_KEY = "peak_seq"
 """The :class:`FrameHeader` metadata key the ingest stamps with the peak-list seq in force for the frame (0: the
 parameter file's list); the worker fits the frame with that list and leaves the key out of its Result."""
@@ -47,6 +53,14 @@ class FrameHeader:
     ``shm_name`` at byte ``offset`` of the segment (``location="shm"``, no buffer). ``nbytes`` is computed when left
     out. ``timestamp`` is seconds since the epoch; ``metadata`` maps str to numbers or str.
 
+    ``codec`` says how the pixels travel (:data:`FRAME_CODECS`): ``"none"`` (raw), ``"bslz4"`` (bitshuffle + LZ4,
+    HDF5 filter 32008; element size = the dtype's item size) or ``"lz4"`` (HDF5 filter 32004, or one raw LZ4 block).
+    A compressed frame's buffer (or slot) holds the compressed bytes as the source received them: ``nbytes`` is their
+    length (required; ``shape`` and ``dtype`` are the decoded frame's). ``codec_header``: bytes of the HDF5-filter
+    header the bytes start with (12: big-endian uint64 decoded size, uint32 block size in bytes; 0: none);
+    ``codec_block``: the block size in bytes (bslz4: 0 = bitshuffle's default of 8192 bytes; lz4: 0 = one raw LZ4
+    block holding the whole frame, NDPluginCodec's framing). Workers decode (docs/DAEMON.md, "Compressed frames").
+
     ``frame_index`` counts every frame of the daemon's life (0, 1, 2 ...) across runs; ``run_start`` is the
     ``frame_index`` of the first frame of the frame's run (``run_id``), so ``frame_index - run_start`` is the frame's
     index in its run's files.
@@ -60,6 +74,8 @@ class FrameHeader:
     shape: tuple[int, int]
     dtype: str
     codec: str = "none"
+    codec_block: int = 0
+    codec_header: int = 0
     location: str = "inline"
     shm_name: str | None = None
     slot: int | None = None
@@ -76,7 +92,7 @@ class FrameHeader:
                 object.__setattr__(self, "dtype", np.dtype(self.dtype).str)
             except (TypeError, ValueError):
                 pass
-        if self.nbytes is None:
+        if self.nbytes is None and self.codec == "none":
             try:
                 nbytes = math.prod(int(n) for n in self.shape) * np.dtype(self.dtype).itemsize
                 object.__setattr__(self, "nbytes", nbytes)

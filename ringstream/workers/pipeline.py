@@ -30,6 +30,8 @@ from collections import deque
 
 import zmq
 
+from ..engines.gpu_decode import EncodedFrame
+
 log = logging.getLogger("ringstream.worker")
 
 #: frames fitted in one call when fitting is held across batches
@@ -116,8 +118,7 @@ class PipelinedLoop:
 
     def start(self, got: list) -> None:
         """Submit the usable frames of ``got`` of its first usable dtype; queue the batch to be finished."""
-        usable = [g for g in got if g[2] is not None]
-        together = [g for g in usable if g[2].dtype == usable[0][2].dtype] if usable else []
+        together = batch_of_one_kind(got)
         sub = None
         if together:
             try:
@@ -138,7 +139,12 @@ class PipelinedLoop:
             t0 = time.perf_counter()
             lines, cakes = self.engine.collect(sub)
             t_int = (time.perf_counter() - t0) / max(1, len(together))
+            # compressed frames whose bytes did not decode on the device: integrated (decoded on the CPU, which
+            # rejects them with the reason) one by one in finish_batch, never summed here
+            failed = set(self.engine.decode_failed(sub)) if self.w.caps.compressed_input else set()
             for i, g in enumerate(together):
+                if i in failed:
+                    continue
                 # held for fitting: the lineout is copied out of the stream's pinned buffer (reused at its next
                 # submit); otherwise the Result is encoded from the view before that
                 line = lines[i].copy() if self.hold_fits else lines[i]
@@ -146,8 +152,8 @@ class PipelinedLoop:
             if self.device_sums:  # before the stream's next submit: the adds read this submission's cakes
                 partials = self.w.partials
                 headers = [g[0] for g in together]
-                self.engine.omega_add(sub, [partials.key(h) for h in headers])
-                partials.count(headers)
+                self.engine.omega_add(sub, [-1 if i in failed else partials.key(h) for i, h in enumerate(headers)])
+                partials.count([h for i, h in enumerate(headers) if i not in failed])
         if not self.hold_fits:
             self.w.finish_batch(got, results)
             return
@@ -161,3 +167,13 @@ class PipelinedLoop:
         if self.held:
             batches, self.held, self.held_frames = self.held, [], 0
             self.w.send_batches(batches)
+
+
+def batch_of_one_kind(got: list) -> list:
+    """The usable items of ``got`` (``[header, t_start, pixels or None, reason]``) that go to the engine in one
+    call: those of the first usable one's dtype, and compressed (EncodedFrame) or not as it is."""
+    usable = [g for g in got if g[2] is not None]
+    if not usable:
+        return []
+    kind = (usable[0][2].dtype, isinstance(usable[0][2], EncodedFrame))
+    return [g for g in usable if (g[2].dtype, isinstance(g[2], EncodedFrame)) == kind]

@@ -16,13 +16,21 @@ time per frame), then returns the batch's credit and sends one Result per frame;
 ring it attaches is page-locked with ``engine.register_host_memory`` (unregistered before it is unmapped) so frames
 go to the device by DMA.
 
-A frame it cannot use (a shape other than the map's, an unsupported dtype, an engine exception) becomes a Result with
-``status="rejected"`` and a one-line reason, so the writer can account for every index; the worker carries on.
+A frame that travelled compressed (``codec`` bslz4 / lz4) is decoded here on the CPU with the codec libraries
+before the engine sees it (:meth:`_Worker.decoded`), so the engine integrates exactly the raw frame; an engine that
+declares ``compressed_input`` (the GPU engine) gets it still compressed (an
+:class:`~ringstream.engines.gpu_decode.EncodedFrame` viewing the slot) and decodes it on the device; a frame it
+flags (``decode_failed``) is integrated one by one, decoded on the CPU, which rejects it with the reason.
+
+A frame it cannot use (a shape other than the map's, an unsupported dtype, compressed bytes that do not decode to the
+frame, an engine exception) becomes a Result with ``status="rejected"`` and a one-line reason, so the writer can
+account for every index; the worker carries on.
 Garbage on the frames socket (no frame_index to answer for) is counted under ``protocol_errors_<kind>``.
 Every Result and partial sum sent is kept until the writer has flushed its frames (:mod:`.kept`): the ingest passes
 the writer's :class:`~ringstream.protocol.Flushed` notices on over the frames socket, and a replacement writer's
 notice (``restart``) has the worker send again what it kept from where that writer reopened its files.
-Counters: ``integrated``, ``rejected``, ``protocol_errors_<kind>``, ``kept_resent``, ``kept_over_limit``. The
+Counters: ``integrated``, ``rejected`` (of them ``rejected_decode_error``: compressed bytes that do not decode),
+``protocol_errors_<kind>``, ``kept_resent``, ``kept_over_limit``. The
 worker exits when ``stop`` is set and no message arrived for ~0.2 s.
 """
 
@@ -36,10 +44,12 @@ import numpy as np
 import zmq
 
 from ..engines.base import Capabilities, check_capabilities
+from ..engines.gpu_decode import EncodedFrame
 from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
 from ..images.files import load_dark
+from ..images.frame_codecs import CodecError, decode_frame
 from ..protocol import (
     PEAK_SEQ_KEY,
     Credit,
@@ -49,6 +59,7 @@ from ..protocol import (
     Resent,
     Result,
     frame_array,
+    frame_payload,
     result_buffers,
     worker_identity,
 )
@@ -58,7 +69,7 @@ from ..transport.sockets import RejectLog, frames_per_partial, make_socket, resu
 from .fitting import WorkerFitting
 from .kept import KeptResults
 from .omega import OmegaPartials
-from .pipeline import PipelinedLoop
+from .pipeline import PipelinedLoop, batch_of_one_kind
 
 log = logging.getLogger("ringstream.worker")
 
@@ -285,10 +296,8 @@ class _Worker:
                 got.append(item)
         if not got:
             return
-        # frames of the batch's first usable dtype go together; any others one by one
-        usable = [g for g in got if g[2] is not None]
-        dt0 = usable[0][2].dtype if usable else None
-        together = [g for g in usable if g[2].dtype == dt0]
+        # frames of the batch's first usable kind go together; any others one by one
+        together = batch_of_one_kind(got)
         results: dict[int, tuple] = {}
         t_int = 0.0
         if together:
@@ -301,7 +310,7 @@ class _Worker:
             except Exception:  # find the frame(s) at fault: one by one, as handle() would
                 log.debug("worker-%d: batch of %d failed; integrating one by one", self.index, len(together),
                           exc_info=True)
-        del usable, together
+        del together
         self.finish_batch(got, results)
 
     def finish_batch(self, got: list, results: dict, hold: list | None = None) -> None:
@@ -320,6 +329,8 @@ class _Worker:
                 results[id(g)] = (lineout, cake, time.perf_counter() - t0)
             except RingstreamError as exc:
                 g[3] = str(exc)
+                if isinstance(exc, CodecError):  # a compressed frame the engine could not decode
+                    self.count("rejected_decode_error")
             except Exception as exc:  # an engine failure on one frame must never kill the worker
                 g[3] = f"frame {g[0].frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
                 log.exception("worker-%d: frame %d", self.index, g[0].frame_index)
@@ -427,8 +438,35 @@ class _Worker:
         dtype = np.dtype(msg.dtype)
         if dtype.kind not in "uif":
             raise FrameRejected(f"{where}: dtype {msg.dtype} is not an integer or float image")
+        if msg.codec != "none":
+            payload = self.payload(msg, buffers, where)
+            if self.caps.compressed_input:  # the engine decodes it (the GPU engine: on the device)
+                return EncodedFrame(payload, msg.codec, int(msg.codec_header), int(msg.codec_block), self.shape,
+                                    dtype, where)
+            return self.decoded(msg, payload, where)
         if msg.location == "inline":
             return frame_array(msg, buffers[0])
+        return self.slot_view(msg, where, shape, dtype)
+
+    def payload(self, msg, buffers, where: str) -> np.ndarray:
+        """The compressed bytes of a frame that travelled compressed, uint8 ``[nbytes]`` (a view, no copy)."""
+        if msg.location == "inline":
+            return frame_payload(msg, buffers[0])
+        return self.slot_view(msg, where, (int(msg.nbytes),), np.uint8)
+
+    def decoded(self, msg, payload: np.ndarray, where: str) -> np.ndarray:
+        """A compressed frame decoded on the CPU (:func:`~ringstream.images.frame_codecs.decode_frame`): a new
+        ``[nZ, nY]`` array. Bad bytes reject the frame, counted ``rejected_decode_error``."""
+        out = np.empty(self.shape, np.dtype(msg.dtype))
+        try:
+            decode_frame(msg.codec, payload, out, int(msg.codec_header), int(msg.codec_block))
+        except CodecError as exc:
+            self.count("rejected_decode_error")
+            raise FrameRejected(f"{where}: {exc}") from None
+        return out
+
+    def slot_view(self, msg, where: str, shape: tuple, dtype) -> np.ndarray:
+        """A view of the frame's ring slot (the ring attached on first sight) as ``shape`` ``dtype``."""
         ring = self.rings.get(msg.shm_name)
         if ring is None:
             try:

@@ -86,14 +86,17 @@ def ntnd(uid: int, img: np.ndarray, attributes: dict | None = None, *, codec: st
 
 class Consumer:
     """A PvaSource drained like the ingest does: a real FrameRing and its allocator; ``take(n)`` copies the next
-    n frames out (pixels, source id, timestamp, metadata) and releases their slots."""
+    n frames out (pixels, source id, timestamp, metadata) and releases their slots. A frame that travels compressed
+    is decoded as a worker decodes it (pixels None when it does not decode; ``self.codecs`` lists each frame's)."""
 
     def __init__(self, source, n_slots: int = 8) -> None:
         from ringstream.ingest.process import _RingAllocator
+        from ringstream.protocol import compressed_bound
         from ringstream.transport.shm_ring import FrameRing
 
         self.source = source
-        slot = int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize
+        slot = compressed_bound(int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize)
+        self.codecs: list[str] = []
         self.ring = FrameRing.create(n_slots, slot)
         source.attach_ring(_RingAllocator(self.ring))
         self.stop = _Flag()
@@ -108,9 +111,23 @@ class Consumer:
             f = next(self.frames)
             if f is IDLE:
                 continue
-            out.append((f.pixels.copy(), f.source_id, f.timestamp, dict(f.metadata), f.lease.slot))
+            self.codecs.append(f.codec)
+            out.append((self.decoded(f), f.source_id, f.timestamp, dict(f.metadata), f.lease.slot))
             del f.pixels
             self.ring.release(f.lease.slot)
+        return out
+
+    @staticmethod
+    def decoded(f):
+        from ringstream.images.frame_codecs import CodecError, decode_frame
+
+        if f.codec == "none":
+            return f.pixels.copy()
+        out = np.empty(f.shape, f.dtype)
+        try:
+            decode_frame(f.codec, f.pixels, out, f.codec_header, f.codec_block)
+        except CodecError:
+            return None
         return out
 
     def idle(self, seconds: float) -> None:

@@ -680,3 +680,121 @@ def test_pipelined_worker_fits_held_batches_together_and_sums_omega_on_the_devic
     assert sum(w["integrated"] for w in workers) == n
     # held batches were fitted together: fewer fit calls than batches of 4
     assert sum(w["fit_calls"] for w in workers) < n / 4, workers
+
+
+class _DecodingEngine(_DeviceSumEngine):
+    """``_DeviceSumEngine`` that takes compressed frames as the GPU engine does (``compressed_input``): a submission
+    of EncodedFrames is decoded with the GPU decoder's algorithm in NumPy (gpu_decode.decode_batch_reference), a
+    frame it flags integrated as garbage and named by ``decode_failed``; ``integrate`` of one decodes on the CPU."""
+
+    capabilities = Capabilities(asynchronous=True, device_omega_sums=True, compressed_input=True)
+
+    def submit(self, frames, want_cake=True):
+        from ringstream.engines.gpu_decode import decode_batch_reference
+
+        out, err = decode_batch_reference(list(frames))
+        raw = [out[k].view(f.dtype).reshape(f.shape) for k, f in enumerate(frames)]
+        sub = super().submit(raw, want_cake)
+        sub.failed = [int(k) for k in np.flatnonzero(err)]
+        return sub
+
+    def decode_failed(self, sub):
+        return sub.failed
+
+    def integrate(self, frame):
+        return super().integrate(frame.decode() if hasattr(frame, "decode") else frame)
+
+    def omega_add(self, sub, groups):
+        super().omega_add(sub, [g for g in groups])
+        self.sums.pop((sub.stream, -1), None)  # -1: a frame summed nowhere
+
+
+def decoding_worker_run(config, ready, stop, index=0):
+    """A worker whose engine decodes compressed frames itself, with the GPU decoder's algorithm (_DecodingEngine)."""
+    real = worker_process.create_engine
+    worker_process.create_engine = lambda *a, **k: _DecodingEngine(real(*a, **k))
+    return worker_process.run(config, ready, stop, index=index)
+
+
+@pytest.mark.parametrize("engine_decodes", [False, True], ids=["worker decodes", "engine decodes"])
+def test_worker_decodes_compressed_frames_and_rejects_corrupt_ones(tmp_path, pipelines, engine_decodes):
+    """The test plays the ingest: inline frames compressed in each framing (bslz4 with and without the HDF5-filter
+    header, lz4 raw and framed) and three corrupt ones (truncated, a smashed block length, a frame of the wrong
+    size): the good ones give the raw frames' lineouts, the bad ones are rejected and counted, the worker carries on;
+    decoded by the worker on the CPU, or by an engine that declares compressed_input (the pipelined loop)."""
+    from ringstream.images.frame_codecs import encode_frame
+
+    framings = [("bslz4", True, 0), ("bslz4", False, 0), ("lz4", False, 0), ("lz4", True, 4096)]
+    n = len(framings) + 3
+    config = setup_run(tmp_path, source={"frames": n}, transport={"shared_memory": False},
+                       workers={"batches_in_flight": 3} if engine_decodes else {})
+    zctx = zmq.Context.instance()
+    frames = zctx.socket(zmq.ROUTER)
+    frames.setsockopt(zmq.LINGER, 1000)
+    frames.bind(config.transport.frames_endpoint)
+    try:
+        pipe = pipelines(config, ingest=False, n_workers=1,
+                         **({"worker_target": decoding_worker_run} if engine_decodes else {}))
+        assert frames.poll(30_000), "the worker announced no credit"
+        identity, *hello = frames.recv_multipart()
+        assert decode(hello)[0].n >= n
+        sim = SimulatedSource.from_config(config, config.load_params())
+        pixels = [sim.make_frame(k) for k in range(len(framings))]
+        sent = [encode_frame(img, *f) + (f[0],) for img, f in zip(pixels, framings, strict=True)]
+        good, head, block, _ = sent[0]
+        smashed = good.copy()
+        smashed[head:head + 4] = 0x7F
+        half = encode_frame(pixels[0][: NZ // 2], "bslz4", True)
+        sent += [(good[:-7], head, block, "bslz4"), (smashed, head, block, "bslz4"), (half[0], half[1], half[2],
+                                                                                    "bslz4")]
+        for k, (payload, head, block, codec) in enumerate(sent):
+            header = FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(),
+                                 shape=pixels[0].shape, dtype=pixels[0].dtype.str, codec=codec, codec_header=head,
+                                 codec_block=block, nbytes=payload.size)
+            frames.send_multipart([identity, *encode(header, [payload])])
+        eos = zctx.socket(zmq.PUSH)
+        eos.setsockopt(zmq.LINGER, 1000)
+        eos.connect(config.transport.results_endpoint)
+        eos.send_multipart(encode(EndOfStream(run_id="t", n_frames=n)))
+        codes = pipe.finish()
+        eos.close()
+    finally:
+        frames.close()
+    assert_clean_exit(codes)
+    worker = pipe.counters("worker")
+    assert worker["rejected"] == 3 and worker["rejected_decode_error"] == 3 and worker["integrated"] == len(framings)
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], range(len(framings)))
+    np.testing.assert_allclose(out["I"], reference_lineouts(config, pixels), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("codec", "copy_threads"), [("bslz4", 1), ("lz4", 3), ("stored", 1)])
+def test_compressed_replay_travels_compressed_and_gives_the_raw_lineouts(tmp_path, pipelines, codec, copy_threads):
+    # replay_codec bslz4 / lz4 (compressed on load) and stored (an HDF5 file's bslz4 chunks, read_direct_chunk):
+    # the ring holds the compressed bytes, the workers decode, and the lineouts are those of the raw frames
+    import hdf5plugin
+
+    rng = np.random.default_rng(13)
+    stack = rng.poisson(4.0, size=(5, NZ, NY)).astype(np.uint16)
+    if codec == "stored":
+        path = tmp_path / "stack.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("/entry/data/data", data=stack, chunks=(1, NZ, NY), **hdf5plugin.Bitshuffle(cname="lz4"))
+        name = "stack.h5"
+    else:
+        path, name = tmp_path / "stack.npy", "stack.npy"
+        np.save(path, stack)
+    n = 23
+    config = setup_run(tmp_path, source={"kind": "replay", "replay_path": str(path), "frames": n, "loop": True,
+                                         "replay_codec": codec},
+                       transport={"copy_threads": copy_threads, "ring_slots": 8})
+    pipe = pipelines(config, n_workers=2)
+    codes = pipe.finish()
+    assert_clean_exit(codes)
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], np.arange(n))
+    assert out["source_id"] == [f"{name}:{k % 5}" for k in range(n)]
+    refs = reference_lineouts(config, stack)
+    np.testing.assert_allclose(out["I"], np.stack([refs[k % 5] for k in range(n)]), rtol=1e-6, atol=0)
+    workers = [pipe.counters("worker", i) for i in range(2)]
+    assert sum(w.get("integrated", 0) for w in workers) == n and not any(w.get("rejected") for w in workers)

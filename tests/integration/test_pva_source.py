@@ -1,8 +1,8 @@
 """The PVA source against a real pvapy server on loopback (an in-process ``pvaccess.PvaServer`` serving NTNDArray).
 
 Proves: every pixel type and several shapes arrive bit-exact in the ring slot, with uniqueId, timeStamp and the
-configured NDAttributes; compressed frames (lz4, bslz4 with and without the 12-byte header, blosc) decode
-bit-exact; a uniqueId gap of k frames counts k, a reset and a duplicate are noticed; wrong shapes and types are
+configured NDAttributes; compressed frames (lz4, bslz4 with and without the 12-byte header) travel compressed and
+decode bit-exact, blosc ones are decoded by the source; a uniqueId gap of k frames counts k, a reset and a duplicate are noticed; wrong shapes and types are
 rejected and counted; a full ring drops and counts. The EPICS variables are loopback with session-unique ports.
 """
 
@@ -122,13 +122,17 @@ def test_compressed_frames_decode_bit_exact(server):
             assert got[0][0].dtype == img.dtype
             np.testing.assert_array_equal(got[0][0], img, err_msg=f"{codec} {img.dtype}")
         assert src.counters()["dropped_decode_error"] == 0
-        # a truncated one is rejected with its reason, and the stream goes on
+        assert cons.codecs == [c if c != "blosc" else "none" for c, _, _ in cases]  # the ingest decoded only blosc
+        # a truncated one travels as it came (the worker rejects it), a blosc one that does not decode is rejected
+        # here with its reason, and the stream goes on
         img = cases[1][1]
         server.update(name, ntnd(len(cases) + 1, img, codec="bslz4", payload=cases[1][2][:-100]))
-        server.update(name, ntnd(len(cases) + 2, img, codec="lz4", payload=cases[0][2]))
-        got = cons.take(1)
-        np.testing.assert_array_equal(got[0][0], img)
-        assert got[0][1] == str(len(cases) + 2)
+        server.update(name, ntnd(len(cases) + 2, img, codec="blosc", payload=cases[3][2][:-100]))
+        server.update(name, ntnd(len(cases) + 3, img, codec="lz4", payload=cases[0][2]))
+        got = cons.take(2)
+        assert got[0][0] is None and got[0][1] == str(len(cases) + 1)
+        np.testing.assert_array_equal(got[1][0], img)
+        assert got[1][1] == str(len(cases) + 3)
         assert src.counters()["dropped_decode_error"] == 1
     finally:
         cons.close()

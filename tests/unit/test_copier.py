@@ -24,7 +24,8 @@ def frame(k: int, shape=(4, 5), delay: float = 0.0, fail: bool = False):
             raise OSError(f"frame {k}: truncated")
         out[...] = pixels
 
-    return SimpleNamespace(k=k, pixels=None, fill=fill, frame_shape=lambda: shape, frame_dtype=lambda: np.dtype("i4"))
+    return SimpleNamespace(k=k, pixels=None, fill=fill, frame_shape=lambda: shape, frame_dtype=lambda: np.dtype("i4"),
+                           slot_layout=lambda: (shape, np.dtype("i4")))
 
 
 def make(threads, depth, slots=16):

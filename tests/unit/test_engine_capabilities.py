@@ -71,7 +71,7 @@ def test_the_registry_table():
         assert GPU_INSTALL_HINT in what
     assert ENGINES["cpu"].capabilities == Capabilities()
     assert ENGINES["gpu"].capabilities == Capabilities(batch=True, asynchronous=True, device_omega_sums=True,
-                                                       host_memory=True)
+                                                       host_memory=True, compressed_input=True)
 
 
 def test_gpu_log_lines_name_the_device(monkeypatch, caplog):

@@ -14,6 +14,7 @@ import tifffile
 
 from ringstream.errors import ConfigError, InputError
 from ringstream.images.formats import FormatOptions
+from ringstream.images.frame_codecs import decode_frame
 from ringstream.ingest.folder import FolderOptions, FolderSource, normalize_extensions, parse_shape
 from ringstream.ingest.source_base import IDLE
 
@@ -52,7 +53,10 @@ def collect(src: FolderSource, n: int | None = None, timeout: float = 10.0, duri
                 assert time.monotonic() < deadline, f"timed out with {[sid for sid, _ in out]}"
                 continue
             arr = np.empty(frame.shape, frame.dtype)
-            frame.fill(arr)
+            if frame.codec != "none":  # an HDF5 chunk as stored: decoded as a worker decodes it
+                decode_frame(frame.codec, frame.pixels, arr, frame.codec_header, frame.codec_block)
+            else:
+                frame.fill(arr)
             out.append((frame.source_id, arr))
             if n is not None and len(out) >= n:
                 break
@@ -322,3 +326,33 @@ def test_bad_folder_settings_are_reported_together_naming_the_flag_or_variable(t
         assert part in msg, msg
     with pytest.raises(ConfigError, match=r"^command line \(--folder\): give one source, not also --simulate$"):
         _config(tmp_path, ["--folder", tmp_path, "--simulate", 3])
+
+
+@pytest.mark.timeout(20)
+def test_hdf5_chunks_of_one_frame_travel_as_stored(tmp_path):
+    """A bslz4 dataset of one frame a chunk gives its chunks compressed (read_direct_chunk); a gzip one is decoded
+    by HDF5 as before (fill frames)."""
+    import h5py
+    import hdf5plugin
+
+    stack = np.stack([image(k) for k in range(3)])
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("/entry/data/data", data=stack, chunks=(1, *SHAPE), **hdf5plugin.Bitshuffle(cname="lz4"))
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f.create_dataset("/entry/data/data", data=stack, chunks=(1, *SHAPE), compression="gzip")
+    old(tmp_path / "a.h5", tmp_path / "b.h5")
+    src = source(tmp_path, count=2, idle_timeout=0.3)
+    assert src.keeps_compressed
+    codecs = []
+    stop = threading.Event()
+    for frame in src.frames(stop):
+        if frame is not IDLE:
+            codecs.append((frame.source_id, frame.codec, frame.fill is None))
+            if frame.fill is not None:
+                frame.fill(np.empty(SHAPE, np.uint16))
+    src.close()
+    assert codecs == [(f"a.h5:{k}", "bslz4", True) for k in range(3)] + [(f"b.h5:{k}", "none", False)
+                                                                           for k in range(3)]
+    got = collect(source(tmp_path, file=str(tmp_path / "a.h5")))
+    for k, (_, arr) in enumerate(got):
+        np.testing.assert_array_equal(arr, stack[k])

@@ -375,7 +375,7 @@ _GOOD_FRAME = {
         {"dtype": "int32"},
         {"dtype": "|i4"},
         {"dtype": "<O"},
-        {"codec": "lz4"},
+        {"codec": "zstd"},
         {"location": "gpu"},
         {"timestamp": "now"},
         {"metadata": [1]},
