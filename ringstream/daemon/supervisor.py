@@ -59,7 +59,15 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..transport.child import STOP_NOW_SIGNAL, STOP_SIGNALS, environment, nontemporal_env, receive, stop_now
+from ..transport.child import (
+    STOP_NOW_SIGNAL,
+    STOP_SIGNALS,
+    environment,
+    nontemporal_env,
+    receive,
+    set_process_name,
+    stop_now,
+)
 from ..transport.endpoints import free_tcp_endpoint
 from ..transport.sockets import RejectLog, make_socket
 
@@ -105,6 +113,7 @@ def child_main(role: str, config: Any, ready: Any, stop: Any, kwargs: dict) -> N
     """The spawned child's target: import the role's module, run it, exit with its return code."""
     import importlib
 
+    set_process_name(f"rs-{role}" + (f"-{kwargs['index']}" if role == "worker" else ""))
     module = importlib.import_module(_ROLE_TARGETS[role])
     code = module.run(config, ready, stop, **kwargs)
     sys.stdout.flush()

@@ -117,6 +117,9 @@ def test_kill_9_of_the_supervisor_ends_every_child(tmp_path, daemons):  # noqa: 
     assert set(children.values()) <= set(members), (children, members)
     ingest = children["ingest"]
     assert rings_of(ingest), os.listdir(SHM_DIR)
+    # each child is named for its role, as top and ps -o comm show it
+    names = {name: Path(f"/proc/{pid}/comm").read_text().strip() for name, pid in children.items()}
+    assert names == {name: f"rs-{name}" for name in children}, names
     os.kill(d.proc.pid, signal.SIGKILL)
     t_kill = time.monotonic()
     d.wait(10)
