@@ -24,6 +24,7 @@ ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "eve
 #: the key a source kind cannot do without
 _NEEDS = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel"}
 
+_MODE = re.compile(r"^[0-7]{3,4}$")  # as ringstream.transport.runtime_dir.parse_mode reads it
 _TCP = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
@@ -97,6 +98,9 @@ def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[
             out.append(f"{origin[('transport', second)]}: [transport] {second}: {value!r} is also [transport] "
                        f"{first} ({origin[('transport', first)]}); each endpoint needs its own address")
         seen.setdefault(value, key)
+
+    if not _MODE.match(str(cfg["transport"]["control_mode"])):
+        bad("transport", "control_mode", "an octal file mode such as 0600 or 0660")
 
     sup = cfg["supervisor"]
     if 0 < sup["heartbeat_interval"] and sup["heartbeat_timeout"] <= sup["heartbeat_interval"]:  # type: ignore

@@ -2,8 +2,9 @@
 
 See docs/DAEMON.md ("Roles", "Stopping the daemon", "Runs and file names"). In order, :meth:`Supervisor.run`:
 
-1. resolves the configuration into a concrete one (``"auto"`` endpoints become free ``tcp://127.0.0.1:<port>``, an
-   empty run id becomes a generated one) so that every child sees the same addresses and the same run id;
+1. resolves the configuration into a concrete one (``"auto"`` endpoints become ``ipc://`` sockets in a private
+   folder, or free ``tcp://127.0.0.1:<port>`` with ``[transport] auto_endpoints = "tcp"``; an empty run id becomes a
+   generated one) so that every child sees the same addresses and the same run id;
 2. loads the parameters and builds (or loads) the map through the cache, so the children hit the cache;
 3. binds the events PULL (heartbeats) and the control ROUTER (``ringstream status``, ``stop``);
 4. starts writer, workers, ingest (start method ``spawn``, from the main thread) with the stop signals blocked around
@@ -44,6 +45,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -61,6 +63,20 @@ from ..protocol import (
 )
 from ..transport.child import STOP_NOW_SIGNAL, STOP_SIGNALS, environment, nontemporal_env, receive, stop_now
 from ..transport.endpoints import free_tcp_endpoint
+from ..transport.runtime_dir import (
+    CONTROL_NAME,
+    INTERNAL_NAMES,
+    group_id,
+    ipc_endpoint,
+    ipc_path,
+    make_private_dir,
+    parse_mode,
+    prepare_runtime_dir,
+    remove_private_dir,
+    runtime_dir_of,
+    set_socket_access,
+    socket_answers,
+)
 from ..transport.sockets import RejectLog, make_socket
 
 log = logging.getLogger("ringstream.supervisor")
@@ -159,28 +175,56 @@ def _exit_text(child: Child) -> str:
 # --------------------------------------------------------------------------------------------------- helpers
 
 
+ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
+                 "peaks_endpoint")
+
+
 def resolve_config(config: Any) -> Any:
-    """``config`` with every ``"auto"`` endpoint replaced by a free loopback port and a run id filled in."""
+    """``config`` with every ``"auto"`` endpoint made concrete and a run id filled in.
+
+    With ``[transport] auto_endpoints = "ipc"`` an internal endpoint becomes a socket in a new 0700 folder inside the
+    runtime folder (``transport.runtime_dir`` of the result names that folder: the supervisor removes it at exit) and
+    the control endpoint ``ipc://RUNTIME_DIR/control``; with ``"tcp"`` each becomes a free loopback port
+    (docs/DAEMON.md, "Who can reach the daemon")."""
     t = config.transport
+    if t.auto_endpoints == "ipc" and "auto" in {str(getattr(t, key)) for key in ENDPOINT_KEYS}:
+        transport = _ipc_endpoints(t)
+    else:
+        transport = _tcp_endpoints(t)
+    run = config.run
+    if not run.run_id:
+        run = dataclasses.replace(run, run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    return dataclasses.replace(config, transport=transport, run=run)
+
+
+def _tcp_endpoints(t: Any) -> Any:
     changes = {}
-    keys = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
-            "peaks_endpoint")
     # the endpoints given are taken before any is chosen: a port that is free now because its socket is not bound
     # yet (the control socket, bound after this) must not be chosen for another (CI: the frames socket got the
     # control port, 'Address already in use')
-    taken = {str(getattr(t, key)) for key in keys} - {"auto"}
-    for key in keys:
+    taken = {str(getattr(t, key)) for key in ENDPOINT_KEYS} - {"auto"}
+    for key in ENDPOINT_KEYS:
         if str(getattr(t, key)) == "auto":
             value = free_tcp_endpoint()
             while value in taken:
                 value = free_tcp_endpoint()
             changes[key] = value
             taken.add(value)
-    transport = dataclasses.replace(t, **changes) if changes else t
-    run = config.run
-    if not run.run_id:
-        run = dataclasses.replace(run, run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
-    return dataclasses.replace(config, transport=transport, run=run)
+    return dataclasses.replace(t, **changes) if changes else t
+
+
+def _ipc_endpoints(t: Any) -> Any:
+    runtime = prepare_runtime_dir(runtime_dir_of(t), parse_mode(t.control_mode), group_id(t.control_group))
+    changes: dict[str, str] = {}
+    if t.control_endpoint == "auto":
+        changes["control_endpoint"] = ipc_endpoint(runtime / CONTROL_NAME, "control_endpoint")
+    internal = [key for key in INTERNAL_NAMES if getattr(t, key) == "auto"]
+    if internal:
+        private = make_private_dir(runtime)
+        for key in internal:
+            changes[key] = ipc_endpoint(private / INTERNAL_NAMES[key], key)
+        changes["runtime_dir"] = str(private)
+    return dataclasses.replace(t, **changes)
 
 
 class _NullNotifier:
@@ -236,6 +280,9 @@ class Supervisor:
 
     def __init__(self, config: Any) -> None:
         self.config = resolve_config(config)
+        t = self.config.transport
+        #: the daemon's own folder of internal sockets (removed at exit), when it made one
+        self.private_dir = Path(t.runtime_dir) if t.runtime_dir != config.transport.runtime_dir else None
         self.children: list[Child] = []
         self.state = "starting"
         self.t_start = time.monotonic()
@@ -251,6 +298,7 @@ class Supervisor:
         self.rejects_control = RejectLog(log, "supervisor control socket")
         self.hard_exit: int | None = None  # interrupted_exit(signal) after a second signal
         self.peaks = None  # PeakControl, set up in run()
+        self.control = None  # the control ROUTER, bound in run()
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
         self.deaths: dict[int | str, list[float]] = {}  # worker index or "ingest" -> monotonic times it died
@@ -264,6 +312,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.private_dir is not None:
+                remove_private_dir(self.private_dir)
+            control = ipc_path(self.config.transport.control_endpoint)
+            if control is not None and getattr(self, "control", None) is not None:  # ours: bound by this daemon
+                control.unlink(missing_ok=True)
+
+    def _run(self) -> int:
         cfg = self.config
         self._prepare()
         ctx = zmq.Context()
@@ -273,12 +331,7 @@ class Supervisor:
                 self.events = make_socket(ctx, zmq.PULL, t.events_endpoint, bind=True, hwm=1000)
             except zmq.ZMQError as exc:
                 raise ConfigError(f"[transport] events_endpoint {t.events_endpoint}: cannot bind ({exc})") from None
-            try:
-                self.control = make_socket(ctx, zmq.ROUTER, t.control_endpoint, bind=True, hwm=100)
-            except zmq.ZMQError as exc:
-                raise ConfigError(f"[transport] control_endpoint {t.control_endpoint}: cannot bind ({exc}); "
-                                  "is another daemon running there? (ringstream status --control "
-                                  f"{t.control_endpoint})") from None
+            self.control = self._bind_control(ctx)
             self._open_peaks(ctx)  # peak-list updates (ringstream peaks, peak_update.txt)
             self.poller = zmq.Poller()
             self.poller.register(self.events, zmq.POLLIN)
@@ -294,6 +347,26 @@ class Supervisor:
         finally:
             ctx.destroy(linger=0)
             self._restore_handlers()
+
+    def _bind_control(self, ctx) -> zmq.Socket:
+        """The control ROUTER, bound; an ipc:// one gets ``[transport] control_mode`` and ``control_group``. A
+        socket file where a daemon answers is never taken over (binding would silently replace it)."""
+        t = self.config.transport
+        where, ask = f"[transport] control_endpoint {t.control_endpoint}", f"ringstream status --control " \
+                                                                           f"{t.control_endpoint}"
+        path = ipc_path(t.control_endpoint)
+        try:
+            if path is not None and socket_answers(path):
+                raise ConfigError(f"{where}: another daemon is running there ({ask})")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot use {path} ({exc.strerror})") from None
+        try:
+            sock = make_socket(ctx, zmq.ROUTER, t.control_endpoint, bind=True, hwm=100)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"{where}: cannot bind ({exc}); is another daemon running there? ({ask})") from None
+        if path is not None:
+            set_socket_access(path, parse_mode(t.control_mode), group_id(t.control_group))
+        return sock
 
     # ------------------------------------------------------------------------------------------ setup
     def _prepare(self) -> None:

@@ -56,7 +56,9 @@ def test_defaults_match_the_design(setup):
     assert cfg.run.output_h5 == "ringstream.h5" and cfg.run.save_interval == 500 and cfg.run.overrides == ()
     assert cfg.source.kind == "simulated" and cfg.source.frames == 0 and cfg.source.loop is True
     assert cfg.workers.count == 2 and cfg.workers.engine == "auto"
-    assert cfg.transport.frames_endpoint == "auto" and cfg.transport.control_endpoint == "tcp://127.0.0.1:5557"
+    assert cfg.transport.frames_endpoint == "auto" and cfg.transport.control_endpoint == "auto"
+    assert (cfg.transport.auto_endpoints, cfg.transport.runtime_dir) == ("ipc", "")
+    assert (cfg.transport.control_mode, cfg.transport.control_group) == ("0600", "")
     assert cfg.transport.shared_memory is True and cfg.transport.ring_slots == 32 and cfg.transport.queue_depth == 32
     assert (cfg.supervisor.heartbeat_interval, cfg.supervisor.heartbeat_timeout) == (0.5, 2.0)
     assert (cfg.supervisor.ready_timeout, cfg.supervisor.drain_timeout) == (120.0, 60.0)
@@ -305,9 +307,19 @@ def test_endpoints(setup):
     cfg = load_config(None, {}, {"run": {"param_file": str(setup)}, "transport": ok})
     assert cfg.transport.results_endpoint == "tcp://[::1]:5601"
     dup = {"frames_endpoint": "tcp://127.0.0.1:5557"}
-    msg = error(None, {}, {"run": {"param_file": str(setup)}, "transport": dup})
-    assert msg.startswith("command line (--frames-endpoint): [transport] frames_endpoint: 'tcp://127.0.0.1:5557' "
-                          "is also [transport] control_endpoint (defaults)")
+    msg = error(None, {"RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT": "tcp://127.0.0.1:5557"},
+                {"run": {"param_file": str(setup)}, "transport": dup})
+    assert msg.startswith("environment (RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT): [transport] control_endpoint: "
+                          "'tcp://127.0.0.1:5557' is also [transport] frames_endpoint (command line "
+                          "(--frames-endpoint))"), msg
+
+
+def test_control_mode_is_an_octal_mode(setup):
+    msg = error(None, {"RINGSTREAM_TRANSPORT_CONTROL_MODE": "rw-rw----"}, {"run": {"param_file": str(setup)}})
+    assert msg == ("environment (RINGSTREAM_TRANSPORT_CONTROL_MODE): [transport] control_mode: expected an octal "
+                   "file mode such as 0600 or 0660, got 'rw-rw----'"), msg
+    cfg = load_config(None, {"RINGSTREAM_TRANSPORT_CONTROL_MODE": "0660"}, {"run": {"param_file": str(setup)}})
+    assert cfg.transport.control_mode == "0660"
 
 
 def test_several_problems_are_reported_together_on_one_line(setup):
