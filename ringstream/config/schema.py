@@ -262,6 +262,17 @@ class TransportConfig:
     control_mode: str = opt("0600", "file mode of an ipc:// control socket: who may control the service (0660: its "
                             "group too; connecting needs write permission)", expected="an octal mode such as 0660")
     control_group: str = opt("", "group of an ipc:// control socket; \"\" = the service's group")
+    remote_endpoint: str = opt("", "where workers of other hosts join (`ringstream worker --join`): tcp://HOST:P binds "
+                               "ports P..P+4 (join, frames, results, events, peaks); \"\" = none (docs/REMOTE.md)",
+                               flags="--remote-endpoint", metavar="tcp://HOST:P", example="tcp://0.0.0.0:5560")
+    keys_dir: str = opt("", "folder of this side's CURVE key pair (`ringstream keys generate`): the daemon's "
+                        "server.key_secret; a joined worker's worker.key_secret and the daemon's server.key",
+                        flags="--keys-dir", metavar="DIR", example="/etc/ringstream/keys")
+    authorized_keys_dir: str = opt("", "folder of the public keys (*.key) of the workers allowed to join",
+                                   flags="--authorized-keys-dir", metavar="DIR",
+                                   example="/etc/ringstream/authorized_keys")
+    insecure_remote: bool = opt(False, "allow tcp sockets beyond loopback, and remote workers, without CURVE (no "
+                                "authentication, no encryption; a warning at every start)")
     shared_memory: bool = opt(True, "frames through the /dev/shm ring; false (--no-shm): pixels inline in the "
                               "messages", flags="--no-shm")
     ring_slots: int = opt(32, "frames in flight (shared-memory slots)", flags="--ring-slots", metavar="N",

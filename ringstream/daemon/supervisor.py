@@ -299,6 +299,9 @@ class Supervisor:
         self.hard_exit: int | None = None  # interrupted_exit(signal) after a second signal
         self.peaks = None  # PeakControl, set up in run()
         self.control = None  # the control ROUTER, bound in run()
+        self.remote = None  # RemoteWorkers, with [transport] remote_endpoint
+        self._params_text = ""
+        self._map_key = ""
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
         self.deaths: dict[int | str, list[float]] = {}  # worker index or "ingest" -> monotonic times it died
@@ -336,6 +339,12 @@ class Supervisor:
             self.poller = zmq.Poller()
             self.poller.register(self.events, zmq.POLLIN)
             self.poller.register(self.control, zmq.POLLIN)
+            if t.remote_endpoint:  # workers of other hosts (docs/REMOTE.md)
+                from .remote import RemoteWorkers, params_text
+
+                self.remote = RemoteWorkers(cfg, ctx, self.events, self.peaks.pub)
+                self._params_text = params_text(cfg)
+                self.poller.register(self.remote.join, zmq.POLLIN)
             self._install_handlers()
             try:
                 code = self._start_and_loop()
@@ -345,6 +354,8 @@ class Supervisor:
                 return self.hard_exit
             return code
         finally:
+            if self.remote is not None:
+                self.remote.close()
             ctx.destroy(linger=0)
             self._restore_handlers()
 
@@ -380,6 +391,7 @@ class Supervisor:
             log.warning("%s", line)
         t0 = time.perf_counter()
         imap, from_cache = load_or_build(params)
+        self._map_key = imap.key  # joined workers check theirs against it
         dt = time.perf_counter() - t0
         if from_cache:
             log.info("map: loaded from the cache in %.2f s (%d x %d bins, key %s)", dt, imap.n_r, imap.n_eta,
@@ -572,6 +584,10 @@ class Supervisor:
                     self._orderly_stop()
                     return EXIT_CHILD_FAILED
 
+            if self.remote is not None:  # joined workers gone silent: their frames go to the others
+                for gone in self.remote.vanished(hb_timeout):
+                    self._worker_gone(gone)
+
             # drain deadline
             if self.drain_deadline is not None and now > self.drain_deadline:
                 left = ", ".join(c.name for c in self.children if c.alive())
@@ -613,8 +629,9 @@ class Supervisor:
         log.error("%s", self.failure)
         return True
 
-    def _worker_gone(self, child: Child) -> None:
-        """Worker ``child`` has ended: keep its totals and publish its ``WorkerGone`` (the writer fences it)."""
+    def _worker_gone(self, child: Any) -> None:
+        """Worker ``child`` (a :class:`Child` or a joined :class:`~.remote.RemoteWorker`) has ended: keep its totals
+        and publish its ``WorkerGone`` (the writer fences it)."""
         for key in WORKER_TOTALS:
             self.retired[key] = self.retired.get(key, 0) + _num(child.counters, key)
         self.gone_notices.append((time.monotonic(), encode(WorkerGone(worker=child.index, pid=int(child.pid)))))
@@ -731,6 +748,8 @@ class Supervisor:
             self._drain_events()
         if self.control in events:
             self._drain_control()
+        if self.remote is not None and self.remote.join in events:
+            self.remote.drain(self.state, self._params_text, self._map_key)
         if self.peaks is not None:
             self.peaks.tick(self._ingest_running())
             self._republish_gone()
@@ -748,6 +767,8 @@ class Supervisor:
             if isinstance(msg, PeakUpdate):
                 if self.peaks is not None:
                     self.peaks.on_confirmed(msg)  # the ingest fixed where a peak-list change starts
+                continue
+            if self.remote is not None and self.remote.on_heartbeat(msg):
                 continue
             name = msg.role if msg.role != "worker" else f"worker-{msg.index}"
             child = self._child(name)
@@ -907,6 +928,11 @@ class Supervisor:
             errors += sum(int(_num(c.counters, k)) for k in c.counters if k.startswith("protocol_errors_"))
         for rl in (self.rejects_events, self.rejects_control):
             errors += sum(rl.counters().values())
+        refused = sum(int(_num(c.counters, "curve_refused")) for c in self.children)
+        if self.remote is not None:
+            workers = workers + list(self.remote.workers.values())
+            errors += self.remote.rejected_joins
+            refused += self.remote.refused
         rejected = wc.get("rejected")
         if rejected is None:
             rejected = sum(_num(c.counters, "rejected") for c in workers) + self.retired.get("rejected", 0)
@@ -924,6 +950,7 @@ class Supervisor:
             "ingest_restarts": int(self.ingest_restarts),
             "resent": int(_num(ic, "resent") + self.retired_ingest.get("resent", 0)),
             "duplicates": int(_num(wc, "duplicates")),
+            "refused": int(refused),
         }
 
     def _mark_rate(self) -> None:
@@ -975,6 +1002,7 @@ class Supervisor:
                               for k, v in self.rejects_control.counters().items()}},
             "endpoints": {k: getattr(t, k) for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
                                                     "events_endpoint", "control_endpoint")},
+            "remote": self.remote.status() if self.remote is not None else {},
         }
 
     def _status_line(self) -> str:

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.common import NY, NZ, SMALL_PARAMS, ringstream_command
-
 from ringstream.daemon.status import NoDaemon, is_healthy, query_status
+from tests.integration.common import NY, NZ, SMALL_PARAMS, ringstream_command
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -302,10 +302,32 @@ def test_timeouts_must_be_positive_and_ordered(tmp_path, setup):
 
 
 def test_endpoints(setup):
-    ok = {"frames_endpoint": "tcp://*:5600", "results_endpoint": "tcp://[::1]:5601",
+    ok = {"frames_endpoint": "tcp://127.0.0.2:5600", "results_endpoint": "tcp://[::1]:5601",
           "release_endpoint": "ipc:///run/ringstream/release", "events_endpoint": "auto"}
     cfg = load_config(None, {}, {"run": {"param_file": str(setup)}, "transport": ok})
     assert cfg.transport.results_endpoint == "tcp://[::1]:5601"
+    # beyond loopback: only with insecure_remote said explicitly
+    wide = {"frames_endpoint": "tcp://*:5600"}
+    msg = error(None, {}, {"run": {"param_file": str(setup)}, "transport": wide})
+    assert msg == ("command line (--frames-endpoint): [transport] frames_endpoint: 'tcp://*:5600' listens beyond "
+                   "loopback and internal sockets have no CURVE; workers of other hosts join through [transport] "
+                   "remote_endpoint (or set insecure_remote = true)"), msg
+    cfg = load_config(None, {"RINGSTREAM_TRANSPORT_INSECURE_REMOTE": "true"},
+                      {"run": {"param_file": str(setup)}, "transport": wide})
+    assert cfg.transport.frames_endpoint == "tcp://*:5600" and cfg.transport.insecure_remote is True
+
+
+def test_remote_workers_need_the_key_folders(setup):
+    remote = {"remote_endpoint": "tcp://0.0.0.0:5560"}
+    msg = error(None, {}, {"run": {"param_file": str(setup)}, "transport": remote})
+    assert msg == ("2 configuration problems: command line (--remote-endpoint): [transport] remote_endpoint needs "
+                   "[transport] keys_dir (CURVE "
+                   "keys), or insecure_remote = true; command line (--remote-endpoint): [transport] remote_endpoint "
+                   "needs [transport] "
+                   "authorized_keys_dir (CURVE keys), or insecure_remote = true"), msg
+    msg = error(None, {"RINGSTREAM_TRANSPORT_REMOTE_ENDPOINT": "tcp://0.0.0.0:65533"},
+                {"run": {"param_file": str(setup)}, "transport": {"insecure_remote": True}})
+    assert "[transport] remote_endpoint: expected tcp://HOST:PORT with PORT in 1..65531" in msg, msg
     dup = {"frames_endpoint": "tcp://127.0.0.1:5557"}
     msg = error(None, {"RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT": "tcp://127.0.0.1:5557"},
                 {"run": {"param_file": str(setup)}, "transport": dup})
