@@ -80,6 +80,11 @@ class RemoteWorkers:
         bind_remote(self.join, self.endpoints["join"], t)
         bind_remote(events, self.endpoints["events"], t)
         bind_remote(peaks_pub, self.endpoints["peaks"], t)
+        # a client without CURVE, or with another server key, fails the handshake before the ZAP handler sees it:
+        # the join socket's monitor counts those attempts
+        self.monitor = self.join.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        self.handshake_failed = 0
         self.workers: dict[int, RemoteWorker] = {}
         self.next_index = REMOTE_INDEX_BASE
         self.gone = 0
@@ -97,8 +102,24 @@ class RemoteWorkers:
         return self.auth.refused if self.auth is not None else 0
 
     def close(self) -> None:
+        self.join.disable_monitor()
+        self.monitor.close(linger=0)
         if self.auth is not None:
             self.auth.stop()
+
+    def drain_monitor(self) -> None:
+        """Count (and log, the first ten at WARNING) the failed handshakes the join socket's monitor reports."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handshake_failed += 1
+            (log.warning if self.handshake_failed <= 10 else log.debug)(
+                "join socket %s: a connection failed the CURVE handshake (no CURVE, or another server key: error "
+                "%s); %d so far", self.endpoints["join"], event.get("value"), self.handshake_failed)
 
     # ------------------------------------------------------------------------------------------------ requests
     def drain(self, state: str, params_text: str, map_key: str) -> None:
@@ -181,6 +202,7 @@ class RemoteWorkers:
             "endpoint": self.config.transport.remote_endpoint,
             "curve": uses_curve(self.config.transport),
             "refused": self.refused,
+            "handshake_failed": self.handshake_failed,
             "gone": self.gone,
             "workers": {f"worker-{w.index}": {"host": w.host, "address": w.address, "pid": w.pid, "gpus": w.gpus,
                                               "engine": w.engine, "state": w.state,

@@ -107,7 +107,8 @@ def remote_lines(status: dict[str, Any]) -> list[str]:
     if not remote:
         return []
     lines = [f"remote workers on {remote.get('endpoint')} ({'CURVE' if remote.get('curve') else 'NO CURVE'}): "
-             f"{len(remote.get('workers') or {})} joined, refused {remote.get('refused', 0)}, gone "
+             f"{len(remote.get('workers') or {})} joined, refused {remote.get('refused', 0)} (unknown key), failed "
+             f"handshakes {remote.get('handshake_failed', 0)} (no CURVE or another server key), gone "
              f"{remote.get('gone', 0)}"]
     for name, w in (remote.get("workers") or {}).items():
         gpus = ",".join(str(g) for g in w.get("gpus") or []) or "-"

@@ -345,6 +345,7 @@ class Supervisor:
                 self.remote = RemoteWorkers(cfg, ctx, self.events, self.peaks.pub)
                 self._params_text = params_text(cfg)
                 self.poller.register(self.remote.join, zmq.POLLIN)
+                self.poller.register(self.remote.monitor, zmq.POLLIN)
             self._install_handlers()
             try:
                 code = self._start_and_loop()
@@ -750,6 +751,8 @@ class Supervisor:
             self._drain_control()
         if self.remote is not None and self.remote.join in events:
             self.remote.drain(self.state, self._params_text, self._map_key)
+        if self.remote is not None and self.remote.monitor in events:
+            self.remote.drain_monitor()
         if self.peaks is not None:
             self.peaks.tick(self._ingest_running())
             self._republish_gone()

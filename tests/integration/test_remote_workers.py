@@ -2,7 +2,7 @@
 
 The daemon (one local worker, CPU engine, an endless simulated source) takes two joined workers: one through a relay
 that records every byte the daemon sends on its frames port, one directly. A third worker, whose key the daemon does
-not know, is refused and counted while the run goes on. The direct worker is then killed (SIGKILL) mid-run; after a
+not know, and a fourth without CURVE are refused and counted while the run goes on. The direct worker is then killed (SIGKILL) mid-run; after a
 stop request the file holds every frame once, in order, equal to the reference engine's, and the relay's recording
 holds none of the frames' pixels.
 """
@@ -99,9 +99,10 @@ class Relay:
             srv.close()
 
 
-def _worker(base: Path, join: str, keys: Path, name: str) -> subprocess.Popen:
-    return subprocess.Popen(ringstream_command() + ["worker", "--join", join, "--keys-dir", str(keys), "--engine",
-                                                    "cpu", "--timeout", "8"],
+def _worker(base: Path, join: str, keys: Path | None, name: str) -> subprocess.Popen:
+    key = ["--keys-dir", str(keys)] if keys is not None else ["--insecure"]
+    return subprocess.Popen(ringstream_command() + ["worker", "--join", join, *key, "--engine", "cpu", "--timeout",
+                                                    "8"],
                             cwd=base, stdout=subprocess.DEVNULL, stderr=open(base / f"{name}.log", "w"),
                             start_new_session=True)
 
@@ -151,11 +152,13 @@ def run(tmp_path_factory):
         a = _worker(base, f"tcp://127.0.0.1:{relay_port}", base / "a", "a")
         b = _worker(base, f"tcp://127.0.0.1:{port}", base / "b", "b")
         stranger = _worker(base, f"tcp://127.0.0.1:{port}", base / "stranger", "stranger")
-        procs += [a, b, stranger]
+        nokey = _worker(base, f"tcp://127.0.0.1:{port}", None, "nokey")  # no CURVE at all
+        procs += [a, b, stranger, nokey]
         both = _wait(control, "two joined workers integrating",
                      lambda st: len(_remote(st)) == 2 and all(w["integrated"] >= 20 for w in _remote(st).values()))
-        stranger_rc = stranger.wait(30)
-        refused = _wait(control, "the stranger refused", lambda st: st["remote"]["refused"] >= 1)
+        stranger_rc, nokey_rc = stranger.wait(30), nokey.wait(30)
+        refused = _wait(control, "the stranger refused",
+                        lambda st: st["remote"]["refused"] >= 1 and st["remote"]["handshake_failed"] >= 1)
         before_kill = refused["totals"]["written"]
         os.kill(b.pid, signal.SIGKILL)  # mid-run: what it held goes to the others
         t_kill = time.monotonic()
@@ -167,7 +170,7 @@ def run(tmp_path_factory):
         err = daemon.communicate(timeout=60)[1]
         a_rc = a.wait(30)
         yield {"base": base, "rc": daemon.returncode, "stderr": err, "both": both, "refused": refused,
-               "gone": gone, "noticed_s": noticed_s, "stranger_rc": stranger_rc, "a_rc": a_rc, "relay": relay}
+               "gone": gone, "noticed_s": noticed_s, "stranger_rc": stranger_rc, "nokey_rc": nokey_rc, "a_rc": a_rc, "relay": relay}
     finally:
         relay.close()
         for p in procs:
@@ -194,9 +197,11 @@ def test_every_frame_once_in_order_equal_to_the_reference(run):
 
 
 def test_an_unknown_key_is_refused_counted_and_logged_while_the_run_goes_on(run):
-    assert run["stranger_rc"] == 2
-    line = (run["base"] / "stranger.log").read_text().strip().splitlines()[-1]
-    assert line.startswith("ringstream: error: worker: no answer from tcp://127.0.0.1:"), line
+    assert run["stranger_rc"] == 2 and run["nokey_rc"] == 2
+    for name in ("stranger", "nokey"):
+        line = (run["base"] / f"{name}.log").read_text().strip().splitlines()[-1]
+        assert line.startswith("ringstream: error: worker: no answer from tcp://127.0.0.1:"), line
+    assert "a connection failed the CURVE handshake" in run["stderr"]  # the one without CURVE
     assert run["refused"]["state"] == "running" and run["refused"]["totals"]["refused"] >= 1
     assert "refused a connection from 127.0.0.1" in run["stderr"]
 
