@@ -12,6 +12,12 @@ daemon with its internal sockets on ipc:// against tcp://127.0.0.1 (issue 20).
    (``--no-shm``), alternating, ``--repeat`` times each: frames/s from the final counts line (ready -> last frame
    written). Small frames, so that the messages and not the integration set the pace.
 
+3. Joined against local (``--joined N``; on the GPU machine with ``--joined-engine gpu``): the same daemon on the demo
+   PILATUS 2M parameter file (``configs/demo-pilatus2m.txt``, simulated int32 frames, ``OmegaSumFrames -1``,
+   ``--no-zarr``), once with one local worker on the ring and once with ``--workers 0`` and one worker joined over
+   loopback TCP with CURVE (``ringstream worker --join``), N frames each: frames/s from the writer's line (first frame
+   written -> last), which leaves out the joined worker's start.
+
 Prints a table and writes ``<out>/remote_transport-<machine>.json`` (``--machine``, default the host name; this CPU box
 is "vm").
 
@@ -176,6 +182,52 @@ def daemon_run(folder: Path, frames: int, internal: str, shm: bool) -> dict:
             "run_s": float(m.group(3)), "frames_per_s": float(m.group(4))}
 
 
+WRITER_RATE = re.compile(r"(\d+) frames written, \d+ rejected .*\(([\d.]+) frames/s after the first\)")
+
+
+def joined_run(folder: Path, frames: int, engine: str, joined: bool) -> dict:
+    """The daemon on the demo parameter file with one local worker, or none and one joined over loopback TCP."""
+    from ringstream.transport.security import generate_keys
+
+    exe = Path(sys.executable).with_name("ringstream")
+    script = str(exe) if exe.exists() else "ringstream"
+    params = folder / "demo.txt"
+    params.write_text((REPO / "configs" / "demo-pilatus2m.txt").read_text() + "\nOmegaSumFrames -1\n")
+    cmd = [script, "run", "--param-file", str(params), "--simulate", str(frames), "--engine", engine, "--no-zarr",
+           "--output-h5", str(folder / f"joined-{joined}-{time.monotonic_ns()}.h5")]
+    env = dict(os.environ, RINGSTREAM_TRANSPORT_RUNTIME_DIR=str(folder / "rt"))
+    worker = None
+    if joined:
+        keys = folder / "keys"
+        if not (keys / "server" / "server.key").exists():
+            generate_keys(keys / "server", "server")
+            generate_keys(keys / "worker", "worker")
+            (keys / "auth").mkdir()
+            (keys / "auth" / "w.key").write_bytes((keys / "worker" / "worker.key").read_bytes())
+            (keys / "worker" / "server.key").write_bytes((keys / "server" / "server.key").read_bytes())
+        port = _free_port()
+        cmd += ["--workers", "0", "--remote-endpoint", f"tcp://127.0.0.1:{port}", "--keys-dir",
+                str(keys / "server"), "--authorized-keys-dir", str(keys / "auth")]
+    else:
+        cmd += ["--workers", "1"]
+    daemon = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    if joined:
+        time.sleep(3)
+        worker = subprocess.Popen([script, "worker", "--join", f"tcp://127.0.0.1:{port}", "--keys-dir",
+                                   str(keys / "worker"), "--engine", engine, "--timeout", "60"],
+                                  stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        err = daemon.communicate(timeout=1800)[1]
+    finally:
+        if worker is not None:
+            worker.wait(60)
+    m = WRITER_RATE.search(err)
+    row = {"case": "joined over TCP with CURVE" if joined else "local, on the ring", "engine": engine}
+    if daemon.returncode != 0 or not m:
+        return {**row, "error": f"exit {daemon.returncode}: {err[-800:]}"}
+    return {**row, "frames": int(m.group(1)), "frames_per_s": float(m.group(2))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=300)
@@ -183,13 +235,18 @@ def main() -> int:
     ap.add_argument("--daemon-frames", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--skip-daemon", action="store_true")
+    ap.add_argument("--skip-transport", action="store_true")
+    ap.add_argument("--joined", type=int, default=0, metavar="N", help="frames of the joined-vs-local daemons")
+    ap.add_argument("--joined-engine", default="gpu", choices=("cpu", "gpu"))
     ap.add_argument("--machine", default=socket.gethostname())
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
 
     rows = []
+    load = [os.getloadavg()[0]]
+    joined = []
     with tempfile.TemporaryDirectory(prefix="rs-bench-") as tmp:
-        for codec in ("none", "bslz4"):
+        for codec in () if args.skip_transport else ("none", "bslz4"):
             for endpoint, curve in ((f"ipc://{tmp}/t.sock", False), (f"tcp://127.0.0.1:{_free_port()}", False),
                                     (f"tcp://127.0.0.1:{_free_port()}", True)):
                 row = transport(endpoint, curve, codec, args.frames, args.counts)
@@ -209,11 +266,18 @@ def main() -> int:
                         print(f"daemon {internal:<4} {row['frames_path']:<7} "
                               + (f"{row['frames_per_s']:>8.1f} frames/s ({row['frames']} frames)"
                                  if "error" not in row else row["error"]), flush=True)
+        for flag in (False, True) if args.joined else ():
+            row = joined_run(Path(tmp), args.joined, args.joined_engine, flag)
+            joined.append(row)
+            print(f"{row['case']:<28} {row['engine']} " + (f"{row['frames_per_s']:>8.1f} frames/s ({row['frames']} "
+                  "frames)" if "error" not in row else row["error"]), flush=True)
+    load.append(os.getloadavg()[0])
     out = Path(args.out) / f"remote_transport-{args.machine}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": args.machine, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "nproc": os.cpu_count(), "counts": args.counts, "transport": rows,
-                               "daemon": daemon}, indent=2) + "\n")
+                               "daemon": daemon, "joined": joined, "load_average_start_end": load},
+                              indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -229,7 +229,8 @@ class SourceConfig:
 class WorkersConfig:
     """The integrating processes."""
 
-    count: int = opt(2, "integrating processes", flags="--workers", metavar="N", at_least=1)
+    count: int = opt(2, "integrating processes on this host (0: only workers that join, [transport] "
+                     "remote_endpoint)", flags="--workers", metavar="N", at_least=0)
     engine: str = opt("auto", "integration engine: auto = the GPU when there is one (logged); gpu fails without one",
                       flags="--engine", metavar="ENGINE", choices=ENGINES)
     gpus: tuple[int, ...] = opt((), "CUDA devices for GPU workers: worker i uses gpus[i % len]; [] = device 0 "

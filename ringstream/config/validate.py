@@ -137,6 +137,9 @@ def _remote_problems(cfg: Merged, origin: Origins) -> list[str]:
                            "internal sockets have no CURVE; workers of other hosts join through [transport] "
                            "remote_endpoint (or set insecure_remote = true)")
     remote = str(t["remote_endpoint"])
+    if cfg["workers"]["count"] == 0 and not remote:
+        out.append(f"{origin[('workers', 'count')]}: [workers] count = 0 needs [transport] remote_endpoint (workers "
+                   "that join from other hosts)")
     if remote:
         m = _TCP.match(remote)
         if not m or not 1 <= int(m.group(2)) <= 65535 - 4:

@@ -237,7 +237,8 @@ def test_env_errors_name_the_variable(setup, var, value, expected):
 @pytest.mark.parametrize(
     ("cli", "flag", "expected"),
     [
-        ({"workers": {"count": 0}}, "--workers", "[workers] count: expected >= 1, got 0"),
+        ({"workers": {"count": -1}}, "--workers", "[workers] count: expected >= 0, got -1"),
+        ({"workers": {"count": 0}}, "--workers", "[workers] count = 0 needs [transport] remote_endpoint"),
         ({"workers": {"count": "2"}}, "--workers", "[workers] count: expected an integer, got '2'"),
         ({"workers": {"engine": "cuda"}}, "--engine", "[workers] engine: expected one of 'auto', 'cpu', 'gpu'"),
         ({"run": {"save_interval": 0}}, "--save-interval", "[run] save_interval: expected >= 1, got 0"),
@@ -474,7 +475,8 @@ def test_check_config_prints_the_effective_config_and_starts_nothing(tmp_path, s
     assert check_config(args, extra) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == "ringstream: error: command line (--workers): [workers] count: expected >= 1, got 0\n"
+    assert captured.err == ("ringstream: error: command line (--workers): [workers] count = 0 needs [transport] "
+                            "remote_endpoint (workers that join from other hosts)\n")
 
     args, extra = parser.parse_known_args(["check-config", "--config", str(toml), "Lsd", "x"])
     assert check_config(args, extra) == 2
