@@ -9,7 +9,13 @@ import pytest
 
 from ringstream.errors import ConfigError
 from ringstream.transport.runtime_dir import default_runtime_dir, parse_mode, prepare_runtime_dir
-from ringstream.transport.security import generate_keys, is_loopback, load_public, load_secret, remote_endpoints
+from ringstream.transport.security import (
+    generate_keys,
+    is_loopback,
+    load_public,
+    load_secret,
+    remote_endpoints,
+)
 
 
 def test_keys_generate_writes_a_pair_with_a_private_secret_and_never_replaces_one(tmp_path):
