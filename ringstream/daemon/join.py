@@ -136,7 +136,7 @@ def cmd_worker(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     from ..geometry.cache import load_or_build
     from ..transport.security import client_context, tcp_host_port
-    from ..workers import process as worker_process
+    from ..workers.process import run as run_worker
 
     if extra:
         raise ConfigError(f"worker: unexpected arguments: {' '.join(extra)}")
@@ -173,7 +173,7 @@ def cmd_worker(args: argparse.Namespace, extra: Sequence[str]) -> int:
                                      daemon=True)
             watch.start()
             try:
-                return worker_process.run(cfg, ready, stop, index=index)
+                return run_worker(cfg, ready, stop, index=index)
             finally:
                 stop.set()
                 watch.join(2 * PING_S)

@@ -77,6 +77,7 @@ from ..transport.runtime_dir import (
     set_socket_access,
     socket_answers,
 )
+from ..transport.security import is_loopback
 from ..transport.sockets import RejectLog, make_socket
 
 log = logging.getLogger("ringstream.supervisor")
@@ -401,6 +402,11 @@ class Supervisor:
             log.info("map: built in %.2f s and cached (%d x %d bins, key %s)",
                      float(getattr(imap, "build_seconds", dt)), imap.n_r, imap.n_eta, imap.key[:12])
         prepare_outputs(cfg)  # a file a killed writer left: readable again (it is still not replaced)
+        wide = [f"{key} {getattr(cfg.transport, key)}" for key in ENDPOINT_KEYS
+                if not is_loopback(getattr(cfg.transport, key))]
+        if wide:  # allowed by [transport] insecure_remote only (the configuration's checks)
+            log.warning("[transport] insecure_remote = true: %s listen(s) beyond loopback WITHOUT authentication or "
+                        "encryption", ", ".join(wide))
         log.info("run %s: source %s, %d workers, engine %s, output %s, control %s", cfg.run.run_id,
                  cfg.source.kind, cfg.workers.count, cfg.workers.engine, cfg.run.output_h5,
                  cfg.transport.control_endpoint)

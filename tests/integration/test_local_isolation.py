@@ -27,6 +27,7 @@ from tests.integration.common import NY, NZ, SMALL_PARAMS, ringstream_command
 pytestmark = pytest.mark.timeout(120)
 
 PARAMS = SMALL_PARAMS + "PeakLocation 26.5\nFitROIPadding 5\n"
+CONTROL_ENV = "RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT"
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,6 @@ def daemon():
         assert proc.returncode == 0, err
         assert not list(runtime.iterdir()), "the daemon left sockets or its private folder behind"
         subprocess.run(["rm", "-rf", str(base)], check=False)
-
-
-CONTROL_ENV = "RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT"
 
 
 def _as_nobody(probe) -> dict:
