@@ -73,6 +73,7 @@ from ..transport.runtime_dir import (
     parse_mode,
     prepare_runtime_dir,
     remove_private_dir,
+    remove_stale_private_dirs,
     runtime_dir_of,
     set_socket_access,
     socket_answers,
@@ -221,6 +222,8 @@ def _ipc_endpoints(t: Any) -> Any:
         changes["control_endpoint"] = ipc_endpoint(runtime / CONTROL_NAME, "control_endpoint")
     internal = [key for key in INTERNAL_NAMES if getattr(t, key) == "auto"]
     if internal:
+        for gone in remove_stale_private_dirs(runtime):
+            log.info("removed %s, the socket folder of a daemon that is gone", gone)
         private = make_private_dir(runtime)
         for key in internal:
             changes[key] = ipc_endpoint(private / INTERNAL_NAMES[key], key)

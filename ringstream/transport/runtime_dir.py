@@ -22,6 +22,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -102,6 +103,28 @@ def make_private_dir(runtime: Path) -> Path:
 
 def remove_private_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+#: a private folder younger than this is never taken for a dead daemon's (its sockets may not be bound yet), s
+STALE_AFTER_S = 60.0
+
+
+def remove_stale_private_dirs(runtime: Path, now: float | None = None) -> list[Path]:
+    """Remove the private folders of daemons that are gone (killed before they could remove theirs): those older
+    than :data:`STALE_AFTER_S` in which no socket answers. Returns the folders removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in runtime.glob("d-*"):
+        try:
+            if not folder.is_dir() or now - folder.stat().st_mtime < STALE_AFTER_S:
+                continue
+            if any(socket_answers(p) for p in folder.iterdir() if stat.S_ISSOCK(p.stat().st_mode)):
+                continue
+        except OSError:
+            continue
+        remove_private_dir(folder)
+        removed.append(folder)
+    return removed
 
 
 def ipc_endpoint(path: Path, key: str) -> str:

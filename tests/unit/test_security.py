@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from ringstream.errors import ConfigError
-from ringstream.transport.runtime_dir import default_runtime_dir, parse_mode, prepare_runtime_dir
+from ringstream.transport.runtime_dir import (
+    default_runtime_dir,
+    make_private_dir,
+    parse_mode,
+    prepare_runtime_dir,
+    remove_stale_private_dirs,
+)
 from ringstream.transport.security import (
     generate_keys,
     is_loopback,
@@ -58,3 +64,27 @@ def test_the_runtime_folder_is_private_unless_the_control_mode_opens_it(tmp_path
     assert stat.S_IMODE(folder.stat().st_mode) == 0o711  # reach the control socket by name, list nothing
     with pytest.raises(ValueError, match="expected an octal file mode"):
         parse_mode("rw")
+
+
+def test_only_old_private_folders_where_nothing_answers_are_removed(tmp_path):
+    import os
+    import socket
+
+    dead, young, live = (make_private_dir(tmp_path) for _ in range(3))
+    for folder in (dead, young, live):
+        (folder / "events").touch()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    (live / "events").unlink()
+    listener.bind(str(live / "events"))
+    listener.listen(1)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:  # a socket file nobody listens on
+            (dead / "events").unlink()
+            gone.bind(str(dead / "events"))
+        old = 1_000_000.0
+        for folder in (dead, live):
+            os.utime(folder, (old, old))
+        assert remove_stale_private_dirs(tmp_path, now=old + 3600) == [dead]
+        assert young.exists() and live.exists() and not dead.exists()
+    finally:
+        listener.close()
