@@ -36,6 +36,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "inotify", "poll")
 #: how a replay's frames travel: as read, compressed on load, or as an HDF5 file stores them
 REPLAY_CODECS = ("none", "bslz4", "lz4", "stored")
+#: what "auto" endpoints become (``[transport] auto_endpoints``)
+AUTO_ENDPOINTS = ("ipc", "tcp")
 #: stored dtypes of cakes and omega sums (``[output] cake_dtype``), the default first
 CAKE_DTYPES = ("float32", "float64")
 
@@ -227,7 +229,8 @@ class SourceConfig:
 class WorkersConfig:
     """The integrating processes."""
 
-    count: int = opt(2, "integrating processes", flags="--workers", metavar="N", at_least=1)
+    count: int = opt(2, "integrating processes on this host (0: only workers that join, [transport] "
+                     "remote_endpoint)", flags="--workers", metavar="N", at_least=0)
     engine: str = opt("auto", "integration engine: auto = the GPU when there is one (logged); gpu fails without one",
                       flags="--engine", metavar="ENGINE", choices=ENGINES)
     gpus: tuple[int, ...] = opt((), "CUDA devices for GPU workers: worker i uses gpus[i % len]; [] = device 0 "
@@ -239,18 +242,38 @@ class WorkersConfig:
 
 @dataclass(frozen=True)
 class TransportConfig:
-    """ZeroMQ endpoints and the shared-memory frame ring. Endpoints: "auto" (a free tcp://127.0.0.1 port picked at
-    start), tcp://HOST:PORT or ipc://PATH."""
+    """ZeroMQ endpoints and the shared-memory frame ring. Endpoints: "auto" (by ``auto_endpoints``: an ipc:// socket
+    in the daemon's private folder, or a free tcp://127.0.0.1 port), tcp://HOST:PORT or ipc://PATH."""
 
     frames_endpoint: str = opt("auto", "ingest -> workers")
     results_endpoint: str = opt("auto", "workers -> writer")
     release_endpoint: str = opt("auto", "writer -> ingest (frames acknowledged: their shared-memory slots are freed)")
     events_endpoint: str = opt("auto", "every process -> supervisor (heartbeats)")
-    control_endpoint: str = opt("tcp://127.0.0.1:5557", "`ringstream status` / stop requests (\"auto\" = a free "
-                                "port, printed in the log)", flags=("--control-endpoint", "--control"),
-                                metavar="ENDPOINT")
+    control_endpoint: str = opt("auto", "`ringstream status` / stop requests (\"auto\": ipc://RUNTIME_DIR/control "
+                                "with auto_endpoints = \"ipc\", else a free port, printed in the log)",
+                                flags=("--control-endpoint", "--control"), metavar="ENDPOINT")
     peaks_endpoint: str = opt("auto", "supervisor -> ingest, workers, writer (peak-list updates, `ringstream "
                               "peaks`)")
+    auto_endpoints: str = opt("ipc", "what \"auto\" endpoints become: ipc = Unix sockets only this user reaches (the "
+                              "internal ones in a fresh 0700 folder inside runtime_dir); tcp = free 127.0.0.1 ports, "
+                              "which every local user can reach", choices=AUTO_ENDPOINTS)
+    runtime_dir: str = opt("", "folder of the ipc:// sockets (made 0700 if missing, must be this user's); \"\" = "
+                           "$RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR/ringstream, else /tmp/ringstream-UID",
+                           example="/run/ringstream/beamline")
+    control_mode: str = opt("0600", "file mode of an ipc:// control socket: who may control the service (0660: its "
+                            "group too; connecting needs write permission)", expected="an octal mode such as 0660")
+    control_group: str = opt("", "group of an ipc:// control socket; \"\" = the service's group")
+    remote_endpoint: str = opt("", "where workers of other hosts join (`ringstream worker --join`): tcp://HOST:P binds "
+                               "ports P..P+4 (join, frames, results, events, peaks); \"\" = none (docs/REMOTE.md)",
+                               flags="--remote-endpoint", metavar="tcp://HOST:P", example="tcp://0.0.0.0:5560")
+    keys_dir: str = opt("", "folder of this side's CURVE key pair (`ringstream keys generate`): the daemon's "
+                        "server.key_secret; a joined worker's worker.key_secret and the daemon's server.key",
+                        flags="--keys-dir", metavar="DIR", example="/etc/ringstream/keys")
+    authorized_keys_dir: str = opt("", "folder of the public keys (*.key) of the workers allowed to join",
+                                   flags="--authorized-keys-dir", metavar="DIR",
+                                   example="/etc/ringstream/authorized_keys")
+    insecure_remote: bool = opt(False, "allow tcp sockets beyond loopback, and remote workers, without CURVE (no "
+                                "authentication, no encryption; a warning at every start)")
     shared_memory: bool = opt(True, "frames through the /dev/shm ring; false (--no-shm): pixels inline in the "
                               "messages", flags="--no-shm")
     ring_slots: int = opt(32, "frames in flight (shared-memory slots)", flags="--ring-slots", metavar="N",

@@ -8,6 +8,7 @@ are reported together.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -24,6 +25,7 @@ ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "eve
 #: the key a source kind cannot do without
 _NEEDS = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel"}
 
+_MODE = re.compile(r"^[0-7]{3,4}$")  # as ringstream.transport.runtime_dir.parse_mode reads it
 _TCP = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
@@ -98,11 +100,56 @@ def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[
                        f"{first} ({origin[('transport', first)]}); each endpoint needs its own address")
         seen.setdefault(value, key)
 
+    out.extend(_remote_problems(cfg, origin))
+    if not _MODE.match(str(cfg["transport"]["control_mode"])):
+        bad("transport", "control_mode", "an octal file mode such as 0600 or 0660")
+
     sup = cfg["supervisor"]
     if 0 < sup["heartbeat_interval"] and sup["heartbeat_timeout"] <= sup["heartbeat_interval"]:  # type: ignore
         key = "heartbeat_timeout" if ("supervisor", "heartbeat_timeout") in given else "heartbeat_interval"
         out.append(f"{origin[('supervisor', key)]}: [supervisor] heartbeat_timeout ({sup['heartbeat_timeout']:g} s) "
                    f"must be longer than heartbeat_interval ({sup['heartbeat_interval']:g} s)")
+    return out
+
+
+def _loopback(endpoint: str) -> bool:
+    """An endpoint only this host reaches: ipc://, or tcp:// on 127.0.0.0/8, ::1 or localhost."""
+    m = _TCP.match(endpoint)
+    if not m:
+        return True
+    host = m.group(1).strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _remote_problems(cfg: Merged, origin: Origins) -> list[str]:
+    """Nothing listens beyond loopback without CURVE unless ``insecure_remote`` says so; remote workers need the
+    key folders (docs/REMOTE.md)."""
+    t = cfg["transport"]
+    out = []
+    if not t["insecure_remote"]:
+        for key in ENDPOINT_KEYS:
+            value = str(t[key])
+            if value != "auto" and not _loopback(value):
+                out.append(f"{origin[('transport', key)]}: [transport] {key}: {value!r} listens beyond loopback and "
+                           "internal sockets have no CURVE; workers of other hosts join through [transport] "
+                           "remote_endpoint (or set insecure_remote = true)")
+    remote = str(t["remote_endpoint"])
+    if cfg["workers"]["count"] == 0 and not remote:
+        out.append(f"{origin[('workers', 'count')]}: [workers] count = 0 needs [transport] remote_endpoint (workers "
+                   "that join from other hosts)")
+    if remote:
+        m = _TCP.match(remote)
+        if not m or not 1 <= int(m.group(2)) <= 65535 - 4:
+            out.append(f"{origin[('transport', 'remote_endpoint')]}: [transport] remote_endpoint: expected "
+                       f"tcp://HOST:PORT with PORT in 1..65531 (it binds PORT..PORT+4), got {remote!r}")
+        elif not t["insecure_remote"]:
+            for key in ("keys_dir", "authorized_keys_dir"):
+                if not t[key]:
+                    out.append(f"{origin[('transport', 'remote_endpoint')]}: [transport] remote_endpoint needs "
+                               f"[transport] {key} (CURVE keys), or insecure_remote = true")
     return out
 
 

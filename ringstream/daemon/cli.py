@@ -11,6 +11,8 @@ Subcommands::
     ringstream run --param-file P (--folder DIR [--extension EXT] [--recursive] [--count N] [--idle-timeout S]
                    | --file PATH) [the options above]
     ringstream status [--control ENDPOINT] [--json]
+    ringstream worker --join tcp://HOST:PORT [--keys-dir DIR] [--engine E] [--gpus LIST]
+    ringstream keys generate DIR [--name server|worker]
     ringstream export OUT.h5 [--zarr-zip Z] [--midas-binaries DIR] [--csv DIR] [--overwrite]
     ringstream repair OUT.h5
     ringstream check-config [the options of run]
@@ -167,11 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_check_config_parser = None
     if add_check_config_parser is not None:
         add_check_config_parser(sub)
+    from .join import add_keys_parser, add_worker_parser
     from .peaks_cli import add_peaks_parser
     from .runs_cli import add_runs_parser
 
     add_peaks_parser(sub)
     add_runs_parser(sub)
+    add_worker_parser(sub)
+    add_keys_parser(sub)
     return parser
 
 
@@ -453,8 +458,21 @@ def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return run_peaks(args, extra)
 
 
+def cmd_worker(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .join import cmd_worker as run_worker
+
+    return run_worker(args, extra)
+
+
+def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .join import cmd_keys as run_keys
+
+    return run_keys(args, extra)
+
+
 COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
-            "check-config": cmd_check_config, "peaks": cmd_peaks, "runs": cmd_runs, "export": cmd_export, "repair": cmd_repair}
+            "check-config": cmd_check_config, "peaks": cmd_peaks, "runs": cmd_runs, "export": cmd_export, "repair": cmd_repair,
+            "worker": cmd_worker, "keys": cmd_keys}
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -97,7 +97,25 @@ def format_status(status: dict[str, Any]) -> str:
                              if not (k.startswith("protocol_errors_") and not v))
         lines.append(f"  {name:<10} pid {c.get('pid')}  {alive:<12} {c.get('state', '?'):<8} "
                      f"heartbeat {c.get('heartbeat_age', 0):.1f} s ago  {counters}")
+    lines.extend(remote_lines(status))
     return "\n".join(lines)
+
+
+def remote_lines(status: dict[str, Any]) -> list[str]:
+    """The joined workers (docs/REMOTE.md): where they join, how many were refused or gone, one line each."""
+    remote = status.get("remote") or {}
+    if not remote:
+        return []
+    lines = [f"remote workers on {remote.get('endpoint')} ({'CURVE' if remote.get('curve') else 'NO CURVE'}): "
+             f"{len(remote.get('workers') or {})} joined, refused {remote.get('refused', 0)} (unknown key), failed "
+             f"handshakes {remote.get('handshake_failed', 0)} (no CURVE or another server key), gone "
+             f"{remote.get('gone', 0)}"]
+    for name, w in (remote.get("workers") or {}).items():
+        gpus = ",".join(str(g) for g in w.get("gpus") or []) or "-"
+        lines.append(f"  {name:<11} host {w.get('host')} pid {w.get('pid')} GPU {gpus} {w.get('state', '?'):<8} "
+                     f"{w.get('frames_per_s', 0):.1f} frames/s, integrated {w.get('integrated', 0)}, heartbeat "
+                     f"{w.get('heartbeat_age', 0):.1f} s ago")
+    return lines
 
 
 def channel_line(status: dict[str, Any]) -> str:

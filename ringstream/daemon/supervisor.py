@@ -2,8 +2,9 @@
 
 See docs/DAEMON.md ("Roles", "Stopping the daemon", "Runs and file names"). In order, :meth:`Supervisor.run`:
 
-1. resolves the configuration into a concrete one (``"auto"`` endpoints become free ``tcp://127.0.0.1:<port>``, an
-   empty run id becomes a generated one) so that every child sees the same addresses and the same run id;
+1. resolves the configuration into a concrete one (``"auto"`` endpoints become ``ipc://`` sockets in a private
+   folder, or free ``tcp://127.0.0.1:<port>`` with ``[transport] auto_endpoints = "tcp"``; an empty run id becomes a
+   generated one) so that every child sees the same addresses and the same run id;
 2. loads the parameters and builds (or loads) the map through the cache, so the children hit the cache;
 3. binds the events PULL (heartbeats) and the control ROUTER (``ringstream status``, ``stop``);
 4. starts writer, workers, ingest (start method ``spawn``, from the main thread) with the stop signals blocked around
@@ -44,6 +45,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -69,6 +71,22 @@ from ..transport.child import (
     stop_now,
 )
 from ..transport.endpoints import free_tcp_endpoint
+from ..transport.runtime_dir import (
+    CONTROL_NAME,
+    INTERNAL_NAMES,
+    group_id,
+    ipc_endpoint,
+    ipc_path,
+    make_private_dir,
+    parse_mode,
+    prepare_runtime_dir,
+    remove_private_dir,
+    remove_stale_private_dirs,
+    runtime_dir_of,
+    set_socket_access,
+    socket_answers,
+)
+from ..transport.security import is_loopback
 from ..transport.sockets import RejectLog, make_socket
 
 log = logging.getLogger("ringstream.supervisor")
@@ -168,28 +186,58 @@ def _exit_text(child: Child) -> str:
 # --------------------------------------------------------------------------------------------------- helpers
 
 
+ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
+                 "peaks_endpoint")
+
+
 def resolve_config(config: Any) -> Any:
-    """``config`` with every ``"auto"`` endpoint replaced by a free loopback port and a run id filled in."""
+    """``config`` with every ``"auto"`` endpoint made concrete and a run id filled in.
+
+    With ``[transport] auto_endpoints = "ipc"`` an internal endpoint becomes a socket in a new 0700 folder inside the
+    runtime folder (``transport.runtime_dir`` of the result names that folder: the supervisor removes it at exit) and
+    the control endpoint ``ipc://RUNTIME_DIR/control``; with ``"tcp"`` each becomes a free loopback port
+    (docs/DAEMON.md, "Who can reach the daemon")."""
     t = config.transport
+    if t.auto_endpoints == "ipc" and "auto" in {str(getattr(t, key)) for key in ENDPOINT_KEYS}:
+        transport = _ipc_endpoints(t)
+    else:
+        transport = _tcp_endpoints(t)
+    run = config.run
+    if not run.run_id:
+        run = dataclasses.replace(run, run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    return dataclasses.replace(config, transport=transport, run=run)
+
+
+def _tcp_endpoints(t: Any) -> Any:
     changes = {}
-    keys = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
-            "peaks_endpoint")
     # the endpoints given are taken before any is chosen: a port that is free now because its socket is not bound
     # yet (the control socket, bound after this) must not be chosen for another (CI: the frames socket got the
     # control port, 'Address already in use')
-    taken = {str(getattr(t, key)) for key in keys} - {"auto"}
-    for key in keys:
+    taken = {str(getattr(t, key)) for key in ENDPOINT_KEYS} - {"auto"}
+    for key in ENDPOINT_KEYS:
         if str(getattr(t, key)) == "auto":
             value = free_tcp_endpoint()
             while value in taken:
                 value = free_tcp_endpoint()
             changes[key] = value
             taken.add(value)
-    transport = dataclasses.replace(t, **changes) if changes else t
-    run = config.run
-    if not run.run_id:
-        run = dataclasses.replace(run, run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
-    return dataclasses.replace(config, transport=transport, run=run)
+    return dataclasses.replace(t, **changes) if changes else t
+
+
+def _ipc_endpoints(t: Any) -> Any:
+    runtime = prepare_runtime_dir(runtime_dir_of(t), parse_mode(t.control_mode), group_id(t.control_group))
+    changes: dict[str, str] = {}
+    if t.control_endpoint == "auto":
+        changes["control_endpoint"] = ipc_endpoint(runtime / CONTROL_NAME, "control_endpoint")
+    internal = [key for key in INTERNAL_NAMES if getattr(t, key) == "auto"]
+    if internal:
+        for gone in remove_stale_private_dirs(runtime):
+            log.info("removed %s, the socket folder of a daemon that is gone", gone)
+        private = make_private_dir(runtime)
+        for key in internal:
+            changes[key] = ipc_endpoint(private / INTERNAL_NAMES[key], key)
+        changes["runtime_dir"] = str(private)
+    return dataclasses.replace(t, **changes)
 
 
 class _NullNotifier:
@@ -245,6 +293,9 @@ class Supervisor:
 
     def __init__(self, config: Any) -> None:
         self.config = resolve_config(config)
+        t = self.config.transport
+        #: the daemon's own folder of internal sockets (removed at exit), when it made one
+        self.private_dir = Path(t.runtime_dir) if t.runtime_dir != config.transport.runtime_dir else None
         self.children: list[Child] = []
         self.state = "starting"
         self.t_start = time.monotonic()
@@ -260,6 +311,10 @@ class Supervisor:
         self.rejects_control = RejectLog(log, "supervisor control socket")
         self.hard_exit: int | None = None  # interrupted_exit(signal) after a second signal
         self.peaks = None  # PeakControl, set up in run()
+        self.control = None  # the control ROUTER, bound in run()
+        self.remote = None  # RemoteWorkers, with [transport] remote_endpoint
+        self._params_text = ""
+        self._map_key = ""
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
         self.deaths: dict[int | str, list[float]] = {}  # worker index or "ingest" -> monotonic times it died
@@ -273,6 +328,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------------ public
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.private_dir is not None:
+                remove_private_dir(self.private_dir)
+            control = ipc_path(self.config.transport.control_endpoint)
+            if control is not None and getattr(self, "control", None) is not None:  # ours: bound by this daemon
+                control.unlink(missing_ok=True)
+
+    def _run(self) -> int:
         cfg = self.config
         self._prepare()
         ctx = zmq.Context()
@@ -282,16 +347,18 @@ class Supervisor:
                 self.events = make_socket(ctx, zmq.PULL, t.events_endpoint, bind=True, hwm=1000)
             except zmq.ZMQError as exc:
                 raise ConfigError(f"[transport] events_endpoint {t.events_endpoint}: cannot bind ({exc})") from None
-            try:
-                self.control = make_socket(ctx, zmq.ROUTER, t.control_endpoint, bind=True, hwm=100)
-            except zmq.ZMQError as exc:
-                raise ConfigError(f"[transport] control_endpoint {t.control_endpoint}: cannot bind ({exc}); "
-                                  "is another daemon running there? (ringstream status --control "
-                                  f"{t.control_endpoint})") from None
+            self.control = self._bind_control(ctx)
             self._open_peaks(ctx)  # peak-list updates (ringstream peaks, peak_update.txt)
             self.poller = zmq.Poller()
             self.poller.register(self.events, zmq.POLLIN)
             self.poller.register(self.control, zmq.POLLIN)
+            if t.remote_endpoint:  # workers of other hosts (docs/REMOTE.md)
+                from .remote import RemoteWorkers, params_text
+
+                self.remote = RemoteWorkers(cfg, ctx, self.events, self.peaks.pub)
+                self._params_text = params_text(cfg)
+                self.poller.register(self.remote.join, zmq.POLLIN)
+                self.poller.register(self.remote.monitor, zmq.POLLIN)
             self._install_handlers()
             try:
                 code = self._start_and_loop()
@@ -301,8 +368,30 @@ class Supervisor:
                 return self.hard_exit
             return code
         finally:
+            if self.remote is not None:
+                self.remote.close()
             ctx.destroy(linger=0)
             self._restore_handlers()
+
+    def _bind_control(self, ctx) -> zmq.Socket:
+        """The control ROUTER, bound; an ipc:// one gets ``[transport] control_mode`` and ``control_group``. A
+        socket file where a daemon answers is never taken over (binding would silently replace it)."""
+        t = self.config.transport
+        where, ask = f"[transport] control_endpoint {t.control_endpoint}", f"ringstream status --control " \
+                                                                           f"{t.control_endpoint}"
+        path = ipc_path(t.control_endpoint)
+        try:
+            if path is not None and socket_answers(path):
+                raise ConfigError(f"{where}: another daemon is running there ({ask})")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot use {path} ({exc.strerror})") from None
+        try:
+            sock = make_socket(ctx, zmq.ROUTER, t.control_endpoint, bind=True, hwm=100)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"{where}: cannot bind ({exc}); is another daemon running there? ({ask})") from None
+        if path is not None:
+            set_socket_access(path, parse_mode(t.control_mode), group_id(t.control_group))
+        return sock
 
     # ------------------------------------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -316,6 +405,7 @@ class Supervisor:
             log.warning("%s", line)
         t0 = time.perf_counter()
         imap, from_cache = load_or_build(params)
+        self._map_key = imap.key  # joined workers check theirs against it
         dt = time.perf_counter() - t0
         if from_cache:
             log.info("map: loaded from the cache in %.2f s (%d x %d bins, key %s)", dt, imap.n_r, imap.n_eta,
@@ -324,6 +414,11 @@ class Supervisor:
             log.info("map: built in %.2f s and cached (%d x %d bins, key %s)",
                      float(getattr(imap, "build_seconds", dt)), imap.n_r, imap.n_eta, imap.key[:12])
         prepare_outputs(cfg)  # a file a killed writer left: readable again (it is still not replaced)
+        wide = [f"{key} {getattr(cfg.transport, key)}" for key in ENDPOINT_KEYS
+                if not is_loopback(getattr(cfg.transport, key))]
+        if wide:  # allowed by [transport] insecure_remote only (the configuration's checks)
+            log.warning("[transport] insecure_remote = true: %s listen(s) beyond loopback WITHOUT authentication or "
+                        "encryption", ", ".join(wide))
         log.info("run %s: source %s, %d workers, engine %s, output %s, control %s", cfg.run.run_id,
                  cfg.source.kind, cfg.workers.count, cfg.workers.engine, cfg.run.output_h5,
                  cfg.transport.control_endpoint)
@@ -508,6 +603,10 @@ class Supervisor:
                     self._orderly_stop()
                     return EXIT_CHILD_FAILED
 
+            if self.remote is not None:  # joined workers gone silent: their frames go to the others
+                for gone in self.remote.vanished(hb_timeout):
+                    self._worker_gone(gone)
+
             # drain deadline
             if self.drain_deadline is not None and now > self.drain_deadline:
                 left = ", ".join(c.name for c in self.children if c.alive())
@@ -549,8 +648,9 @@ class Supervisor:
         log.error("%s", self.failure)
         return True
 
-    def _worker_gone(self, child: Child) -> None:
-        """Worker ``child`` has ended: keep its totals and publish its ``WorkerGone`` (the writer fences it)."""
+    def _worker_gone(self, child: Any) -> None:
+        """Worker ``child`` (a :class:`Child` or a joined :class:`~.remote.RemoteWorker`) has ended: keep its totals
+        and publish its ``WorkerGone`` (the writer fences it)."""
         for key in WORKER_TOTALS:
             self.retired[key] = self.retired.get(key, 0) + _num(child.counters, key)
         self.gone_notices.append((time.monotonic(), encode(WorkerGone(worker=child.index, pid=int(child.pid)))))
@@ -667,6 +767,10 @@ class Supervisor:
             self._drain_events()
         if self.control in events:
             self._drain_control()
+        if self.remote is not None and self.remote.join in events:
+            self.remote.drain(self.state, self._params_text, self._map_key)
+        if self.remote is not None and self.remote.monitor in events:
+            self.remote.drain_monitor()
         if self.peaks is not None:
             self.peaks.tick(self._ingest_running())
             self._republish_gone()
@@ -684,6 +788,8 @@ class Supervisor:
             if isinstance(msg, PeakUpdate):
                 if self.peaks is not None:
                     self.peaks.on_confirmed(msg)  # the ingest fixed where a peak-list change starts
+                continue
+            if self.remote is not None and self.remote.on_heartbeat(msg):
                 continue
             name = msg.role if msg.role != "worker" else f"worker-{msg.index}"
             child = self._child(name)
@@ -843,6 +949,11 @@ class Supervisor:
             errors += sum(int(_num(c.counters, k)) for k in c.counters if k.startswith("protocol_errors_"))
         for rl in (self.rejects_events, self.rejects_control):
             errors += sum(rl.counters().values())
+        refused = sum(int(_num(c.counters, "curve_refused")) for c in self.children)
+        if self.remote is not None:
+            workers = workers + list(self.remote.workers.values())
+            errors += self.remote.rejected_joins
+            refused += self.remote.refused
         rejected = wc.get("rejected")
         if rejected is None:
             rejected = sum(_num(c.counters, "rejected") for c in workers) + self.retired.get("rejected", 0)
@@ -860,6 +971,7 @@ class Supervisor:
             "ingest_restarts": int(self.ingest_restarts),
             "resent": int(_num(ic, "resent") + self.retired_ingest.get("resent", 0)),
             "duplicates": int(_num(wc, "duplicates")),
+            "refused": int(refused),
         }
 
     def _mark_rate(self) -> None:
@@ -911,6 +1023,7 @@ class Supervisor:
                               for k, v in self.rejects_control.counters().items()}},
             "endpoints": {k: getattr(t, k) for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
                                                     "events_endpoint", "control_endpoint")},
+            "remote": self.remote.status() if self.remote is not None else {},
         }
 
     def _status_line(self) -> str:

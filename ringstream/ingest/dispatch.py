@@ -13,6 +13,11 @@ that process's frames). The frames the dead process held and the writer has not 
 workers again, oldest first, before any new frame. Every frame the ingest accepted is thus integrated and written
 once: a frame's results count only from the one process that held it when they reached the writer.
 
+A worker joined from another host (``ringstream worker --join``, a worker index from ``REMOTE_INDEX_BASE`` on) cannot
+see the ring: its frames go with the slot's bytes inline (still compressed when they are), through ``inline``; the
+frame is held, and re-sent after the worker's death, exactly as a local worker's. Credit balances the load: each worker
+announces what it can take and earns credit back as it finishes, so a slow or distant worker gets fewer frames.
+
 This class is the bookkeeping and the sockets' traffic; the ingest process (:mod:`.process`) owns the ring.
 """
 
@@ -37,6 +42,7 @@ from ..protocol import (
     worker_identity,
 )
 from ..transport.child import receive
+from ..transport.security import REMOTE_INDEX_BASE
 from ..transport.sockets import RejectLog
 
 log = logging.getLogger("ringstream.ingest")
@@ -52,6 +58,11 @@ class Peer:
     frames: set[int] = field(default_factory=set)
     unreachable: bool = False  # a send failed: the process is gone (its WorkerGone is on its way)
 
+    @property
+    def remote(self) -> bool:
+        """A worker joined from another host (``ringstream worker --join``): frames go to it inline."""
+        return self.worker >= REMOTE_INDEX_BASE
+
 
 class Dispatcher:
     """Frames to workers against credit, acknowledgements from the writer, re-sending after a worker's death.
@@ -65,9 +76,11 @@ class Dispatcher:
 
     def __init__(self, frames: zmq.Socket, acks: zmq.Socket, rejects: RejectLog,
                  freed: Callable[[int, object], None], count: Callable[..., None],
-                 flushed: Callable[[Flushed, list[int]], None] | None = None) -> None:
+                 flushed: Callable[[Flushed, list[int]], None] | None = None,
+                 inline: Callable[[object], tuple] | None = None) -> None:
         self.frames, self.acks, self.rejects = frames, acks, rejects
         self.flushed = flushed
+        self.inline = inline  # a ring frame as a joined worker gets it: (header, buffers) with its bytes inline
         frames.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a process that is gone raises instead of vanishing
         self.freed, self.count = freed, count
         self.peers: dict[bytes, Peer] = {}
@@ -104,11 +117,15 @@ class Dispatcher:
     def try_send(self, msg, buffers=()) -> bool:
         """Send ``msg`` (a FrameHeader; ``buffers``: its inline pixels) to a worker with credit; False when none
         has any. The frame is then held by that worker until acknowledged."""
-        frames = encode(msg, buffers)
+        encoded: dict[bool, list] = {}
         while True:
             ident = self._next_peer()
             if ident is None:
                 return False
+            remote = self.peers[ident].remote and self.inline is not None and msg.location == "shm"
+            if remote not in encoded:  # a joined worker cannot see the ring: the slot's bytes go with the header
+                encoded[remote] = encode(*self.inline(msg)) if remote else encode(msg, buffers)
+            frames = encoded[remote]
             try:
                 self.frames.send_multipart([ident, *frames], zmq.NOBLOCK, copy=not buffers)  # pixels by reference
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the process is gone; EAGAIN: its queue is full

@@ -30,6 +30,7 @@ acknowledgement sockets that is not a valid Credit, FrameAck or WorkerGone: reje
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ import zmq
 
 from ..protocol import PEAK_SEQ_KEY, RUN_START_KEY, EndOfStream, FrameHeader, compressed_bound
 from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child, supervisor_gone
+from ..transport.security import refused_counters, serve_remote, stop_authenticator
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
 from .copier import SlotCopier, auto_threads
@@ -104,6 +106,7 @@ class _Ingest:
         self.source = None
         self.copier = None
         self.journal = None
+        self.auth = None  # the ZAP handler of the frames socket's remote endpoint
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -146,9 +149,10 @@ class _Ingest:
             self.source = source
             t = cfg.transport
             self.frames = make_socket(ctx, zmq.ROUTER, t.frames_endpoint, bind=True, hwm=FRAMES_HWM)
+            self.auth = serve_remote(ctx, self.frames, t, "frames", "ingest frames socket")  # joined workers
             acks = make_socket(ctx, zmq.PULL, t.release_endpoint, bind=True, hwm=max(self.hwm, self.n_slots))
             self.dispatch = Dispatcher(self.frames, acks, self.rejects, self.on_acknowledged, self.count,
-                                       flushed=self.on_flushed)
+                                       flushed=self.on_flushed, inline=self.inline if self.shm else None)
             self.eos = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False, hwm=self.hwm)
             hb = make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16)
             self.hb = HeartbeatSender(hb, "ingest", 0, cfg.supervisor.heartbeat_interval)
@@ -173,6 +177,7 @@ class _Ingest:
                 self.copier.close()
             source.close()
             self.journal.close()
+            stop_authenticator(self.auth)
             # the EOS must reach the writer; once the supervisor is gone the writer goes too and nothing waits for it
             ctx.destroy(linger=0 if supervisor_gone() else 2000)
             if self.ring is not None:
@@ -200,7 +205,17 @@ class _Ingest:
         own = getattr(self.source, "counters", None)
         extra = own() if own is not None else {}
         dispatch = self.dispatch.counters() if getattr(self, "dispatch", None) is not None else {}
-        return {**extra, **self.counters, **self.rejects.counters(), **dispatch, "in_flight": len(self.in_flight)}
+        return {**extra, **self.counters, **self.rejects.counters(), **dispatch, "in_flight": len(self.in_flight),
+                **refused_counters(self.auth)}
+
+    def inline(self, msg) -> tuple:
+        """A frame of the ring as a joined worker gets it (it cannot see this host's shared memory): the header with
+        ``location="inline"`` and a copy of the slot's bytes (compressed ones stay compressed). A copy, not a view:
+        the slot's memory must not be on its way out when the ring is unmapped at the end."""
+        payload = self.ring.view(int(msg.slot), (int(msg.nbytes),), np.uint8, offset=int(msg.offset))
+        data = bytes(payload)
+        del payload
+        return dataclasses.replace(msg, location="inline", shm_name="", slot=0, offset=0), (data,)
 
     # -------------------------------------------------------------------------------------------- the loop
     def stream(self, source, stop) -> None:

@@ -201,7 +201,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "counters": _NUM_COUNTERS,
     },
     "stop": {"reason": _STR},
-    "request": {"command": _one_of("status", "stop", "peaks", "runs"), "args": _ANY_MAP},
+    "request": {"command": _one_of("status", "stop", "peaks", "runs", "join", "ping"), "args": _ANY_MAP},
     "reply": {"ok": _BOOL, "data": _ANY_MAP, "error": _STR},
 }
 

@@ -64,6 +64,7 @@ from ..protocol import (
     worker_identity,
 )
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
+from ..transport.security import REMOTE_INDEX_BASE, client_context
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, frames_per_partial, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
@@ -139,6 +140,8 @@ class _Worker:
         t = cfg.transport
         hwm = max(1, int(t.queue_depth or t.ring_slots))
         ctx = zmq.Context()
+        if self.index >= REMOTE_INDEX_BASE:  # joined from another host: CURVE on every socket (docs/REMOTE.md)
+            client_context(t, ctx)
         self.rejects = RejectLog(log, f"worker-{self.index} frames socket")
         try:
             # peak fitting: None when the parameter file asks for none

@@ -91,6 +91,7 @@ from ..protocol import (
 )
 from ..runs.naming import OutputFolderError, make_folders
 from ..transport.child import HeartbeatSender, receive, run_child
+from ..transport.security import refused_counters, serve_remote, stop_authenticator
 from ..transport.sockets import (
     RejectLog,
     frames_per_partial,
@@ -184,6 +185,7 @@ def _run_start_fields(text) -> dict:
 
 class _Writer:
     def __init__(self, config, resume: bool = False, stream_end: int = -1) -> None:
+        self.auth = None  # the ZAP handler of the results socket's remote endpoint
         self.config = config
         self.resume = bool(resume)
         self.stream_end = int(stream_end)
@@ -230,7 +232,8 @@ class _Writer:
         self.counters[key] = self.counters.get(key, 0) + n
 
     def snapshot(self) -> dict:
-        out = {**self.counters, **self.rejects.counters(), "pending": len(self.held), "next_index": self.next_index}
+        out = {**self.counters, **self.rejects.counters(), "pending": len(self.held), "next_index": self.next_index,
+               **refused_counters(self.auth)}
         outputs = self.outputs
         if outputs is not None:
             out.update(omega_groups=outputs.counters["omega_groups"], zarr_published=outputs.counters["zarr_published"],
@@ -264,6 +267,7 @@ class _Writer:
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
                                                self.write_2d, self.n_peaks, frames_per_partial=frames_per_partial(
                                                    self.write_2d, self.params.OmegaSumFrames, cfg.workers.count)))
+            self.auth = serve_remote(ctx, sock, t, "results", "writer results socket")  # joined workers
             hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "writer", 0, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
@@ -318,6 +322,7 @@ class _Writer:
             raise
         finally:
             self.abort()  # an exception on the way: keep what was written, marked incomplete
+            stop_authenticator(self.auth)
             ctx.destroy(linger=500)
             if self.broken:
                 logging.shutdown()

@@ -56,7 +56,9 @@ def test_defaults_match_the_design(setup):
     assert cfg.run.output_h5 == "ringstream.h5" and cfg.run.save_interval == 500 and cfg.run.overrides == ()
     assert cfg.source.kind == "simulated" and cfg.source.frames == 0 and cfg.source.loop is True
     assert cfg.workers.count == 2 and cfg.workers.engine == "auto"
-    assert cfg.transport.frames_endpoint == "auto" and cfg.transport.control_endpoint == "tcp://127.0.0.1:5557"
+    assert cfg.transport.frames_endpoint == "auto" and cfg.transport.control_endpoint == "auto"
+    assert (cfg.transport.auto_endpoints, cfg.transport.runtime_dir) == ("ipc", "")
+    assert (cfg.transport.control_mode, cfg.transport.control_group) == ("0600", "")
     assert cfg.transport.shared_memory is True and cfg.transport.ring_slots == 32 and cfg.transport.queue_depth == 32
     assert (cfg.supervisor.heartbeat_interval, cfg.supervisor.heartbeat_timeout) == (0.5, 2.0)
     assert (cfg.supervisor.ready_timeout, cfg.supervisor.drain_timeout) == (120.0, 60.0)
@@ -235,7 +237,8 @@ def test_env_errors_name_the_variable(setup, var, value, expected):
 @pytest.mark.parametrize(
     ("cli", "flag", "expected"),
     [
-        ({"workers": {"count": 0}}, "--workers", "[workers] count: expected >= 1, got 0"),
+        ({"workers": {"count": -1}}, "--workers", "[workers] count: expected >= 0, got -1"),
+        ({"workers": {"count": 0}}, "--workers", "[workers] count = 0 needs [transport] remote_endpoint"),
         ({"workers": {"count": "2"}}, "--workers", "[workers] count: expected an integer, got '2'"),
         ({"workers": {"engine": "cuda"}}, "--engine", "[workers] engine: expected one of 'auto', 'cpu', 'gpu'"),
         ({"run": {"save_interval": 0}}, "--save-interval", "[run] save_interval: expected >= 1, got 0"),
@@ -300,14 +303,46 @@ def test_timeouts_must_be_positive_and_ordered(tmp_path, setup):
 
 
 def test_endpoints(setup):
-    ok = {"frames_endpoint": "tcp://*:5600", "results_endpoint": "tcp://[::1]:5601",
+    ok = {"frames_endpoint": "tcp://127.0.0.2:5600", "results_endpoint": "tcp://[::1]:5601",
           "release_endpoint": "ipc:///run/ringstream/release", "events_endpoint": "auto"}
     cfg = load_config(None, {}, {"run": {"param_file": str(setup)}, "transport": ok})
     assert cfg.transport.results_endpoint == "tcp://[::1]:5601"
+    # beyond loopback: only with insecure_remote said explicitly
+    wide = {"frames_endpoint": "tcp://*:5600"}
+    msg = error(None, {}, {"run": {"param_file": str(setup)}, "transport": wide})
+    assert msg == ("command line (--frames-endpoint): [transport] frames_endpoint: 'tcp://*:5600' listens beyond "
+                   "loopback and internal sockets have no CURVE; workers of other hosts join through [transport] "
+                   "remote_endpoint (or set insecure_remote = true)"), msg
+    cfg = load_config(None, {"RINGSTREAM_TRANSPORT_INSECURE_REMOTE": "true"},
+                      {"run": {"param_file": str(setup)}, "transport": wide})
+    assert cfg.transport.frames_endpoint == "tcp://*:5600" and cfg.transport.insecure_remote is True
+
+
+def test_remote_workers_need_the_key_folders(setup):
+    remote = {"remote_endpoint": "tcp://0.0.0.0:5560"}
+    msg = error(None, {}, {"run": {"param_file": str(setup)}, "transport": remote})
+    assert msg == ("2 configuration problems: command line (--remote-endpoint): [transport] remote_endpoint needs "
+                   "[transport] keys_dir (CURVE "
+                   "keys), or insecure_remote = true; command line (--remote-endpoint): [transport] remote_endpoint "
+                   "needs [transport] "
+                   "authorized_keys_dir (CURVE keys), or insecure_remote = true"), msg
+    msg = error(None, {"RINGSTREAM_TRANSPORT_REMOTE_ENDPOINT": "tcp://0.0.0.0:65533"},
+                {"run": {"param_file": str(setup)}, "transport": {"insecure_remote": True}})
+    assert "[transport] remote_endpoint: expected tcp://HOST:PORT with PORT in 1..65531" in msg, msg
     dup = {"frames_endpoint": "tcp://127.0.0.1:5557"}
-    msg = error(None, {}, {"run": {"param_file": str(setup)}, "transport": dup})
-    assert msg.startswith("command line (--frames-endpoint): [transport] frames_endpoint: 'tcp://127.0.0.1:5557' "
-                          "is also [transport] control_endpoint (defaults)")
+    msg = error(None, {"RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT": "tcp://127.0.0.1:5557"},
+                {"run": {"param_file": str(setup)}, "transport": dup})
+    assert msg.startswith("environment (RINGSTREAM_TRANSPORT_CONTROL_ENDPOINT): [transport] control_endpoint: "
+                          "'tcp://127.0.0.1:5557' is also [transport] frames_endpoint (command line "
+                          "(--frames-endpoint))"), msg
+
+
+def test_control_mode_is_an_octal_mode(setup):
+    msg = error(None, {"RINGSTREAM_TRANSPORT_CONTROL_MODE": "rw-rw----"}, {"run": {"param_file": str(setup)}})
+    assert msg == ("environment (RINGSTREAM_TRANSPORT_CONTROL_MODE): [transport] control_mode: expected an octal "
+                   "file mode such as 0600 or 0660, got 'rw-rw----'"), msg
+    cfg = load_config(None, {"RINGSTREAM_TRANSPORT_CONTROL_MODE": "0660"}, {"run": {"param_file": str(setup)}})
+    assert cfg.transport.control_mode == "0660"
 
 
 def test_several_problems_are_reported_together_on_one_line(setup):
@@ -440,7 +475,8 @@ def test_check_config_prints_the_effective_config_and_starts_nothing(tmp_path, s
     assert check_config(args, extra) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == "ringstream: error: command line (--workers): [workers] count: expected >= 1, got 0\n"
+    assert captured.err == ("ringstream: error: command line (--workers): [workers] count = 0 needs [transport] "
+                            "remote_endpoint (workers that join from other hosts)\n")
 
     args, extra = parser.parse_known_args(["check-config", "--config", str(toml), "Lsd", "x"])
     assert check_config(args, extra) == 2

@@ -32,6 +32,9 @@ ALLOWED = {
         "offline `ringstream integrate` checks its output path as the writer does",
     ("ringstream.daemon.cli", "ringstream.writer.export"): "`ringstream export` is the writer's export",
     ("ringstream.daemon.cli", "ringstream.writer.repair"): "`ringstream repair` is the writer's repair",
+    ("ringstream.daemon.join", "ringstream.workers.process"):
+        "`ringstream worker --join` runs the worker role's entry in its own process (a worker of another host has no "
+        "supervisor to spawn it)",
 }
 
 
