@@ -77,7 +77,7 @@ class QueuedLiveSource:
                     self.on_idle()
                     yield IDLE
                     continue
-                n += 1
+                n += 0 if frame.end_run else 1  # (a marker is not a frame)
                 yield frame
         finally:
             self.stop_receiving()
