@@ -2,7 +2,7 @@
 
 It binds a ZeroMQ PUSH socket, as the detector's DCU does (port 31001; 127.0.0.1 unless told), and sends series
 after series of ``start``, ``image`` … ``image``, ``end`` messages (:mod:`.stream_v2`), the images compressed as the
-detector compresses them (``--codec bslz4|lz4|none``, uint8/16/32 pixels). Each distinct frame is encoded once,
+detector compresses them (``--codec bslz4|lz4|none``, repeated: one per series in turn; uint8/16/32 pixels). Each distinct frame is encoded once,
 so the simulator can feed a daemon at detector rates.
 
 Frames: an ``.npy`` stack ``[n, rows, cols]`` or an HDF5 dataset (``--stack FILE [--dataset PATH]``), or built-in
@@ -120,13 +120,14 @@ def bad_message(kind: str, series_id: int, unique_id: str, image_id: int, frame:
 class Simulator:
     """Serves ``frames`` ``[n, rows, cols]`` as Stream V2 series on ``endpoint`` (see the module docstring)."""
 
-    def __init__(self, endpoint: str, frames: np.ndarray, *, codec: str = "bslz4", images: int = 10,
+    def __init__(self, endpoint: str, frames: np.ndarray, *, codec: str | Sequence[str] = "bslz4", images: int = 10,
                  series: int = 1, first_series_id: int = 1, rate: float = 0.0, pause: float = 0.0,
                  drop: Sequence[int] = (), bad: Sequence[str] = (), bad_at: int = 1, no_start: Sequence[int] = (),
                  no_end: Sequence[int] = (), disconnect_after: Sequence[int] = (), down: float = 1.0,
                  channels: Sequence[str] = ("threshold_1",), user_data: Any = None, start_fields: dict | None = None,
                  pixel_mask: np.ndarray | None = None, send_timeout: float = 60.0, log=None) -> None:
-        self.endpoint, self.frames, self.codec = endpoint, frames, codec
+        self.endpoint, self.frames = endpoint, frames
+        self.codecs = [codec] if isinstance(codec, str) else list(codec)  # series k: codecs[k % len]
         self.images, self.series, self.first_series_id = int(images), int(series), int(first_series_id)
         self.rate, self.pause = float(rate), float(pause)
         self.drop, self.bad, self.bad_at = set(drop), list(bad), int(bad_at)
@@ -136,15 +137,15 @@ class Simulator:
         self.pixel_mask = pixel_mask
         self.send_timeout = float(send_timeout)
         self.log = log or (lambda line: print(line, flush=True))
-        self._encoded: dict[int, Any] = {}
+        self._encoded: dict[tuple[int, str], Any] = {}
         self.sent = 0
 
-    def value(self, k: int) -> Any:
-        """Frame ``k`` of the stack, encoded once."""
-        k %= len(self.frames)
-        if k not in self._encoded:
-            self._encoded[k] = image_value(np.asarray(self.frames[k]), self.codec)
-        return self._encoded[k]
+    def value(self, k: int, codec: str) -> Any:
+        """Frame ``k`` of the stack, encoded with ``codec`` once."""
+        key = (k % len(self.frames), codec)
+        if key not in self._encoded:
+            self._encoded[key] = image_value(np.asarray(self.frames[key[0]]), codec)
+        return self._encoded[key]
 
     def run(self) -> int:
         import zmq
@@ -157,6 +158,7 @@ class Simulator:
                 number = k + 1
                 sid = self.first_series_id + k
                 uid = f"sim-{sid}-{time.time_ns()}"
+                codec = self.codecs[k % len(self.codecs)]
                 if number not in self.no_start:
                     self._send(sock, encode_start(sid, uid, self.images, shape, self.channels, self.pixel_mask,
                                                   **self.start_fields))
@@ -172,14 +174,15 @@ class Simulator:
                                                                                                    len(self.frames)])))
                     if i in self.drop:
                         continue
-                    value = self.value(frame_k)
-                    self._send(sock, encode_image(sid, uid, i, {c: value for c in self.channels}, self.codec,
+                    value = self.value(frame_k, codec)
+                    self._send(sock, encode_image(sid, uid, i, {c: value for c in self.channels}, codec,
                                                   series_date=date, start_time=i * 0.001, real_time=0.0009,
                                                   user_data=self.user_data))
                     self.sent += 1
                 if number not in self.no_end:
                     self._send(sock, encode_end(sid, uid))
-                self.log(f"series {sid} sent ({self.images - len(self.drop & set(range(self.images)))} images)")
+                self.log(f"series {sid} sent ({self.images - len(self.drop & set(range(self.images)))} images, "
+                         f"{codec})")
                 if number in self.disconnect_after:
                     sock.close(linger=int(self.send_timeout * 1000))
                     self.log(f"disconnected for {self.down:g} s")
@@ -227,7 +230,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--detector", default="eiger2-4m", metavar="NAME",
                    help=f"built-in ring frames: {', '.join(DETECTORS)} or ROWSxCOLS (default eiger2-4m)")
     p.add_argument("--dtype", default="uint16", choices=("uint8", "uint16", "uint32"), help="built-in frames' type")
-    p.add_argument("--codec", default="bslz4", choices=("bslz4", "lz4", "none"))
+    p.add_argument("--codec", action="append", default=[], choices=("bslz4", "lz4", "none"),
+                   help="compression (default bslz4); repeated: series k uses the k-th, in turn")
     p.add_argument("--images", type=int, default=10, metavar="N", help="images per series")
     p.add_argument("--series", type=int, default=1, metavar="K", help="series to send")
     p.add_argument("--series-id", type=int, default=1, metavar="N", help="the first series' series_id")
@@ -282,7 +286,7 @@ def run_from_args(a: argparse.Namespace) -> int:
     for item in a.start_field:
         key, _, value = item.partition("=")
         fields[key] = _number(value)
-    sim = Simulator(a.bind, frames, codec=a.codec, images=a.images, series=a.series, first_series_id=a.series_id,
+    sim = Simulator(a.bind, frames, codec=a.codec or "bslz4", images=a.images, series=a.series, first_series_id=a.series_id,
                     rate=a.rate, pause=a.pause, drop=a.drop, bad=a.bad, bad_at=a.bad_at, no_start=a.no_start,
                     no_end=a.no_end, disconnect_after=a.disconnect_after, down=a.down,
                     channels=tuple(a.channel) or ("threshold_1",),
