@@ -145,3 +145,34 @@ def test_registry_has_one_source_class_per_kind():
     assert all(callable(getattr(cls, "from_config", None)) for cls in SOURCE_CLASSES.values())
     with pytest.raises(ConfigError, match=r"^source\.kind 'camera': unknown source; expected one of simulated, "):
         make_source(SimpleNamespace(source=SimpleNamespace(kind="camera")), None)
+
+
+def test_dectris_flag_keys_precedence_and_registry(tmp_path, setup):
+    from ringstream.ingest.dectris import DectrisSource
+    from ringstream.ingest.sources import make_source
+
+    s = load_config(None, {}, {"run": {"param_file": str(setup)}}).source
+    assert (s.dectris_stream, s.dectris_channel, s.dectris_user_data, s.dectris_pixel_mask) == ("", "", False, False)
+    toml = tmp_path / "d.toml"
+    toml.write_text('[source]\ndectris_stream = "tcp://10.0.0.9:31001"\ndectris_channel = "threshold_2"\n')
+    args, extra = parse(["--config", toml, "--param-file", setup, "--dectris-stream", "tcp://127.0.0.1:31001"])
+    cfg = config_from_args(args, extra, env={"RINGSTREAM_SOURCE_DECTRIS_USER_DATA": "true"})
+    s = cfg.source
+    assert (s.kind, s.dectris_stream, s.dectris_channel, s.dectris_user_data) == (
+        "dectris", "tcp://127.0.0.1:31001", "threshold_2", True)
+    assert cfg.describe_sources()["source.kind"] == "command line (--dectris-stream)"
+    src = make_source(cfg, cfg.load_params())  # (connects only when frames() starts its thread)
+    assert isinstance(src, DectrisSource) and src.shape == (30, 40) and src.pausable is False
+    assert (src.endpoint, src.channel, src.keep_user_data, src.keeps_compressed) == (
+        "tcp://127.0.0.1:31001", "threshold_2", True, True)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"kind": "dectris"}, r"\[source\] kind = 'dectris' needs \[source\] dectris_stream$"),
+    ({"kind": "dectris", "dectris_stream": "10.0.0.5:31001"},
+     r"\[source\] dectris_stream: expected the detector's tcp://HOST:PORT"),
+    ({"kind": "dectris", "dectris_stream": "tcp://*:31001"}, r"\[source\] dectris_stream: expected the detector's"),
+])
+def test_dectris_stream_errors(setup, source, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, {}, {"run": {"param_file": str(setup)}, "source": source})
