@@ -9,13 +9,14 @@ itself; a socket monitor logs and counts each connection and disconnection) and 
   series, reason ``series N``), whose RunStart carries the series' fields (``series_id``, ``number_of_images``,
   ``beam_center_x/y`` ...: the index of runs, ``{attr[series_id]}`` in the output template). Geometry that
   disagrees with the parameter file (beam centre vs ``BC``, distance vs ``Lsd``, wavelength vs ``Wavelength``,
-  image size vs ``NrPixelsY/Z``) is warned about once per series. ``[source] dectris_pixel_mask``: the pixels the
+  image size vs ``NrPixelsY/Z``) is warned about once (again only when it disagrees differently). ``[source] dectris_pixel_mask``: the pixels the
   detector's mask flags are counted and reported (``dectris_masked_pixels``) and those the parameter file's masks
   leave in are warned about;
 - ``image``: the channel ``[source] dectris_channel`` ("" = the first) is taken. Its bytes, compressed (bslz4 /
   lz4 with their 12-byte header) or not, are copied once into a leased ring slot and travel as they came (the
   workers decode them). ``image_id`` is the source id; ``series_date + start_time`` the timestamp; the per-frame
-  metadata holds ``series_id``, ``image_id``, ``real_time`` (s) and the series' numeric fields, and
+  metadata holds ``series_id``, ``series_unique_id``, ``image_id``, ``real_time`` (s) and the series' numeric
+  fields, and
   ``user_data`` (``[source] dectris_user_data``: numbers and text kept, a map flattened to ``user_data.KEY``,
   anything else as JSON text);
 - ``end``: the series' run ends at once (its files are closed); images the detector announced
@@ -85,8 +86,8 @@ class _Series:
         self.new_run = f"series {series_id}" + ("" if start is not None else " (start missed)")
         self.meta: dict[str, Any] = dict(start.fields) if start is not None else {
             "series_id": series_id, "series_unique_id": unique_id}
-        self.frame_meta = {"series_id": series_id, **{k: v for k, v in self.meta.items()
-                                                      if k in FRAME_FIELDS and isinstance(v, (int, float))}}
+        self.frame_meta = {"series_id": series_id, "series_unique_id": unique_id,
+                           **{k: v for k, v in self.meta.items() if k in FRAME_FIELDS and isinstance(v, (int, float))}}
 
     def same(self, series_id: int, unique_id: str) -> bool:
         return series_id == self.series_id and (not unique_id or not self.unique_id or unique_id == self.unique_id)
@@ -118,6 +119,7 @@ class DectrisSource(QueuedLiveSource):
         self.series: _Series | None = None
         self.pending_end = False
         self._logs = _RateLimitedLog(log)
+        self._geometry_warned: set[str] = set()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -162,7 +164,7 @@ class DectrisSource(QueuedLiveSource):
                 if monitor in events:
                     self._on_monitor(monitor.recv_multipart())
                 if sock in events:
-                    self.on_message(sock.recv(copy=False).buffer)
+                    self.on_message(sock.recv())  # bytes: cbor2 copies any other buffer into bytes first
         finally:
             sock.disable_monitor()
             monitor.close(0)
@@ -314,7 +316,7 @@ class DectrisSource(QueuedLiveSource):
 
     # ------------------------------------------------------------------------------- geometry and mask
     def check_geometry(self, msg: Start) -> None:
-        """Warn once per series where the detector's geometry disagrees with the parameter file's."""
+        """Warn where the detector's geometry disagrees with the parameter file's (each disagreement once)."""
         p, f = self.params, msg.fields
         if p is None:
             return
@@ -333,9 +335,11 @@ class DectrisSource(QueuedLiveSource):
         wl, pwl = f.get("incident_wavelength"), getattr(p, "Wavelength", None)
         if isinstance(wl, (int, float)) and pwl and _off(wl, float(pwl), GEOMETRY_TOLERANCE["wavelength"]):
             problems.append(f"incident_wavelength {wl:g} A vs Wavelength {float(pwl):g} A")
-        if problems:
+        text = "; ".join(problems)
+        if problems and text not in self._geometry_warned:  # once, not again for every series
+            self._geometry_warned.add(text)
             log.warning("DECTRIS series %d: the detector's geometry disagrees with the parameter file (which is "
-                        "used): %s", msg.series_id, "; ".join(problems))
+                        "used): %s", msg.series_id, text)
 
     def check_pixel_mask(self, msg: Start) -> None:
         """Count the pixels the detector flags in the integrated channel's mask; warn about those the parameter

@@ -150,6 +150,8 @@ class Simulator:
     def run(self) -> int:
         import zmq
 
+        for k in range(min(len(self.frames), self.series * self.images)):  # compressed before the first send
+            self.value(k, self.codecs[(k // self.images) % len(self.codecs)])
         ctx = zmq.Context()
         sock = self._bind(ctx)
         shape = tuple(int(n) for n in self.frames.shape[1:])
@@ -230,6 +232,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--detector", default="eiger2-4m", metavar="NAME",
                    help=f"built-in ring frames: {', '.join(DETECTORS)} or ROWSxCOLS (default eiger2-4m)")
     p.add_argument("--dtype", default="uint16", choices=("uint8", "uint16", "uint32"), help="built-in frames' type")
+    p.add_argument("--distinct", type=int, default=4, metavar="N", help="built-in frames: distinct ones (4)")
     p.add_argument("--codec", action="append", default=[], choices=("bslz4", "lz4", "none"),
                    help="compression (default bslz4); repeated: series k uses the k-th, in turn")
     p.add_argument("--images", type=int, default=10, metavar="N", help="images per series")
@@ -277,7 +280,7 @@ def run_from_args(a: argparse.Namespace) -> int:
                 raise SystemExit(f"dectris-sim: --detector {a.detector!r}: expected one of "
                                  f"{', '.join(DETECTORS)} or ROWSxCOLS") from None
             shape = (rows, cols)
-        frames = ring_frames(shape, a.dtype)
+        frames = ring_frames(shape, a.dtype, n=max(1, a.distinct))
     mask = None
     if a.pixel_mask:
         mask = np.zeros(frames.shape[1:], np.uint32)

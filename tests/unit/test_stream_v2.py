@@ -144,8 +144,8 @@ def test_the_source_counts_gaps_duplicates_rejects_and_ends_the_series(caplog):
     assert [g.source_id for g in got] == ["0", "1", "3", ""] and got[-1].end_run == "series 5 end"
     assert got[0].new_run == "series 5" and got[0].run_meta["number_of_images"] == 6
     assert got[1].new_run == "" and got[1].run_meta == {}
-    assert got[0].metadata == {"series_id": 5, "beam_center_x": 1.0, "image_id": 0, "real_time": 0.0,
-                               "user_data.scan": 9}
+    assert got[0].metadata == {"series_id": 5, "series_unique_id": "s5", "beam_center_x": 1.0, "image_id": 0,
+                               "real_time": 0.0, "user_data.scan": 9}
     assert (got[0].codec, got[0].codec_header, got[0].shape, got[0].dtype) == ("bslz4", 12, SHAPE, np.uint16)
     c = s.counters()
     assert (c["dectris_received"], c["dectris_gaps"], c["dectris_missed"], c["dectris_duplicates"]) == (3, 2, 3, 2)
@@ -170,4 +170,8 @@ def test_geometry_that_disagrees_with_the_parameter_file_is_warned_about(caplog)
     (rec,) = [r for r in caplog.records if "geometry" in r.getMessage()]
     assert "beam centre (14, 12) px vs BC (10, 12)" in rec.getMessage()
     assert "detector_distance 0.25 m vs Lsd 200000 um" in rec.getMessage()
-    assert s.counters()["dectris_ends_missed"] == 1  # series 1 had no end
+    with caplog.at_level(logging.WARNING, "ringstream.ingest.dectris"):  # the same disagreement: not again
+        s.on_message(encode_start(3, "c", 2, SHAPE, beam_center_x=14.0, beam_center_y=12.0, detector_distance=0.25,
+                                  incident_wavelength=0.5))
+    assert len([r for r in caplog.records if "geometry" in r.getMessage()]) == 1
+    assert s.counters()["dectris_ends_missed"] == 2  # series 1 and 2 had no end
