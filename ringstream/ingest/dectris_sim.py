@@ -117,6 +117,33 @@ def bad_message(kind: str, series_id: int, unique_id: str, image_id: int, frame:
     return dumps({**head, "data": {"threshold_1": data}})
 
 
+#: the time base of the rationals (Hz), as the detector's
+TIME_BASE = 100_000_000
+
+#: values encoded as 9-byte CBOR integers in a message template, then overwritten per image (image_id, start_time
+#: and stop_time numerators): each distinct frame is serialised once, not once per image
+_SENTINELS = (0xFEEDFACECAFE0001, 0xFEEDFACECAFE0002, 0xFEEDFACECAFE0003)
+
+
+class _Template:
+    """An image message with its image_id and start/stop times at fixed places (9-byte CBOR integers: valid, not
+    the shortest form), filled in per image."""
+
+    def __init__(self, message: bytes) -> None:
+        self.buf = bytearray(message)
+        self.at = []
+        for value in _SENTINELS:
+            pos = self.buf.find(b"\x1b" + value.to_bytes(8, "big"))
+            if pos < 0:
+                raise AssertionError("message template without its sentinel")
+            self.at.append(pos + 1)
+
+    def message(self, *values: int) -> bytearray:
+        for pos, v in zip(self.at, values, strict=True):
+            self.buf[pos:pos + 8] = int(v).to_bytes(8, "big")
+        return self.buf
+
+
 class Simulator:
     """Serves ``frames`` ``[n, rows, cols]`` as Stream V2 series on ``endpoint`` (see the module docstring)."""
 
@@ -165,6 +192,7 @@ class Simulator:
                     self._send(sock, encode_start(sid, uid, self.images, shape, self.channels, self.pixel_mask,
                                                   **self.start_fields))
                 date = dt.datetime.now(dt.UTC)
+                templates: dict = {}
                 t0 = time.monotonic()
                 for i in range(self.images):
                     if self.rate > 0:
@@ -176,10 +204,9 @@ class Simulator:
                                                                                                    len(self.frames)])))
                     if i in self.drop:
                         continue
-                    value = self.value(frame_k, codec)
-                    self._send(sock, encode_image(sid, uid, i, {c: value for c in self.channels}, codec,
-                                                  series_date=date, start_time=i * 0.001, real_time=0.0009,
-                                                  user_data=self.user_data))
+                    template = self.template(frame_k, codec, sid, uid, date, templates)
+                    sock.send(template.message(i, i * TIME_BASE // 1000, (i * 1000 + 900) * TIME_BASE // 1_000_000),
+                              copy=True)  # (copied by ZeroMQ, so the template is patched again at once)
                     self.sent += 1
                 if number not in self.no_end:
                     self._send(sock, encode_end(sid, uid))
@@ -217,6 +244,16 @@ class Simulator:
                 time.sleep(0.1)
         self.log(f"bound {self.endpoint}")
         return sock
+
+    def template(self, k: int, codec: str, sid: int, uid: str, date, cache: dict) -> _Template:
+        """The image message of frame ``k`` in series ``sid`` with its image_id and times to fill in."""
+        key = (k % len(self.frames), codec)
+        if key not in cache:
+            cache[key] = _Template(encode_image(
+                sid, uid, _SENTINELS[0], {c: self.value(k, codec) for c in self.channels}, codec,
+                series_date=date, time_base=TIME_BASE, user_data=self.user_data,
+                times=(_SENTINELS[1], _SENTINELS[2], 9 * TIME_BASE // 10_000)))
+        return cache[key]
 
     @staticmethod
     def _send(sock, message: bytes) -> None:

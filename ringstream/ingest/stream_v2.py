@@ -359,14 +359,16 @@ def encode_start(series_id: int, series_unique_id: str, number_of_images: int, s
 
 def encode_image(series_id: int, series_unique_id: str, image_id: int, frames: dict[str, Any],
                  codec: str = "bslz4", series_date: dt.datetime | None = None, time_base: int = 100_000_000,
-                 start_time: float = 0.0, real_time: float = 0.0, user_data: Any = None) -> bytes:
+                 start_time: float = 0.0, real_time: float = 0.0, user_data: Any = None,
+                 times: tuple[int, int, int] | None = None) -> bytes:
     """An ``image`` message with one image per channel (``frames``: channel -> frame, or an :func:`image_value`
-    made before: a simulator encodes each distinct frame once)."""
+    made before: a simulator encodes each distinct frame once); ``times``: the numerators of start_time, stop_time
+    and real_time as given (else from the seconds ``start_time`` and ``real_time``)."""
     msg = {"type": "image", "series_id": int(series_id), "series_unique_id": str(series_unique_id),
            "image_id": int(image_id), "series_date": series_date or dt.datetime.now(dt.UTC),
-           "start_time": [round(start_time * time_base), time_base],
-           "stop_time": [round((start_time + real_time) * time_base), time_base],
-           "real_time": [round(real_time * time_base), time_base],
+           "start_time": [times[0] if times else round(start_time * time_base), time_base],
+           "stop_time": [times[1] if times else round((start_time + real_time) * time_base), time_base],
+           "real_time": [times[2] if times else round(real_time * time_base), time_base],
            "data": {c: f if isinstance(f, cbor2.CBORTag) else image_value(f, codec) for c, f in frames.items()}}
     if user_data is not None:
         msg["user_data"] = user_data

@@ -175,3 +175,16 @@ def test_geometry_that_disagrees_with_the_parameter_file_is_warned_about(caplog)
                                   incident_wavelength=0.5))
     assert len([r for r in caplog.records if "geometry" in r.getMessage()]) == 1
     assert s.counters()["dectris_ends_missed"] == 2  # series 1 and 2 had no end
+
+
+def test_the_simulators_message_template_gives_each_images_id_and_times():
+    from ringstream.ingest.dectris_sim import TIME_BASE, Simulator
+
+    f = frame("uint16")
+    sim = Simulator("tcp://127.0.0.1:1", f[None], codec="lz4")
+    t = sim.template(0, "lz4", 3, "u3", None, {})
+    for i in (0, 7, 2**40):
+        img = decode(bytes(t.message(i, i * 10, i * 10 + 5)))
+        assert (img.image_id, img.series_id, img.codec) == (i, 3, "lz4")
+        np.testing.assert_array_equal(pixels(img), f)
+    assert img.real_time == pytest.approx(0.0009) and TIME_BASE == 100_000_000
