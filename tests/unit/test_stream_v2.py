@@ -188,3 +188,21 @@ def test_the_simulators_message_template_gives_each_images_id_and_times():
         assert (img.image_id, img.series_id, img.codec) == (i, 3, "lz4")
         np.testing.assert_array_equal(pixels(img), f)
     assert img.real_time == pytest.approx(0.0009) and TIME_BASE == 100_000_000
+
+
+@pytest.mark.parametrize("codec", ["bslz4", "lz4", "none"])
+def test_big_byte_strings_are_views_of_the_message_and_lengths_are_checked(codec):
+    from ringstream.ingest.stream_v2 import BIG_BYTES, carve
+
+    f = np.random.default_rng(1).integers(0, 2**32, (256, 256), dtype=np.uint32)  # incompressible: > BIG_BYTES
+    msg = encode_image(1, "u", 5, {"t": f}, codec)
+    small, holes = carve(msg)
+    assert len(holes) == 1 and holes[0].nbytes >= BIG_BYTES and len(small) < 1000
+    img = decode(msg)
+    assert isinstance(img.payload, memoryview) and img.payload.obj is msg  # not copied
+    np.testing.assert_array_equal(pixels(img), f)
+    for bad, what in ((msg[:-1], "runs past the end"), (msg + b"\0", "1 bytes after"),
+                      (b"\xbf\x61a\x01\xff", "indefinite lengths")):
+        with pytest.raises(StreamV2Error, match=what) as err:
+            decode(bad)
+        assert err.value.counter == "malformed"
