@@ -8,7 +8,9 @@ loopback PUSH socket, sending as fast as the receiver takes the messages.
 
 - Default: the real :class:`ringstream.ingest.dectris.DectrisSource` in this process, with a real shared-memory ring
   and its allocator, the slots released in order (all but 4 held, as busy workers do), for ``--frames`` images:
-  messages/s, the wire GB/s (compressed bytes) and the raw-equivalent GB/s (decoded pixels), frames lost.
+  messages/s, the wire GB/s (compressed bytes) and the raw-equivalent GB/s (decoded pixels), frames lost; and the
+  source's own ceiling: ms of ``on_message`` (decode, checks, the copy into a slot) per message made beforehand,
+  without ZeroMQ or the simulator.
 - ``--daemon``: ``ringstream run --dectris-stream ... --engine gpu --frames N`` (``--workers``), the daemon's own
   frames/s (ready -> last frame written), frames lost, and the ratio to the raw host->device copy bound of the same
   frames (one pinned cudaMemcpyAsync, ``bench/gpu_engine.copy_ceiling``; target >= 1.2).
@@ -110,6 +112,46 @@ def source_alone(codec: str, frames: int, distinct: int, slots: int = 16) -> dic
             "bytes_per_message": round(wire / max(n, 1)), "counters": {k: v for k, v in counters.items() if v}}
 
 
+def source_ceiling(codec: str, distinct: int, rounds: int = 10, per_round: int = 20, slots: int = 8) -> dict:
+    """The source's own work per message, without ZeroMQ or a simulator: ``on_message`` (decode, checks, the copy
+    into a ring slot) on messages made beforehand, ``rounds`` series of ``per_round`` images."""
+    from ringstream.ingest.dectris import DectrisSource
+    from ringstream.ingest.dectris_sim import Simulator
+    from ringstream.ingest.process import _RingAllocator
+    from ringstream.ingest.stream_v2 import encode_end, encode_start
+    from ringstream.protocol import compressed_bound
+    from ringstream.transport.shm_ring import FrameRing
+
+    shape = DETECTORS["eiger2-4m"]
+    frames = ring_frames(shape, "uint16", n=min(distinct, 4))
+    sim = Simulator("tcp://127.0.0.1:1", frames, codec=codec)
+    messages = [bytes(sim.template(i, codec, 1, "u", None, {}).message(i, i, i + 1)) for i in range(per_round)]
+    ring = FrameRing.create(slots, compressed_bound(shape[0] * shape[1] * 4))
+    src = DectrisSource("tcp://127.0.0.1:1", shape)
+    src.attach_ring(_RingAllocator(ring))
+    spent = 0.0
+    for _ in range(rounds):
+        src.on_message(encode_start(1, "u", per_round, shape))
+        for m in messages:
+            t = time.perf_counter()
+            src.on_message(m)
+            spent += time.perf_counter() - t
+            while src._queue.qsize():
+                lease = src._queue.get().lease
+                if lease is not None:
+                    ring.release(lease.slot)
+                del lease
+        src.on_message(encode_end(1, "u"))
+    src.release_queued()
+    taken = src.counters()["dectris_received"]
+    ring.close()
+    ring.unlink()
+    per = spent / (rounds * per_round)
+    return {"source_ms_per_message": round(per * 1e3, 3), "source_ceiling_msg_per_s": round(1 / per),
+            "source_ceiling_raw_GB_per_s": round(shape[0] * shape[1] * 2 / per / 1e9, 2),
+            "ceiling_taken": taken}
+
+
 def daemon_run(codec: str, frames: int, distinct: int, workers: int) -> dict:
     """``ringstream run --dectris-stream`` on the GPU, fed by the simulator; its frames/s against the copy bound."""
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
@@ -161,13 +203,15 @@ def main(argv=None) -> int:
     rows = []
     ratios = {c: round(compressed_ratio(c, args.distinct), 2) for c in codecs}
     if not args.daemon:
-        print(f"{'codec':6} {'ratio':>6} {'frames':>7} {'lost':>5} {'msg/s':>9} {'wire GB/s':>10} {'raw GB/s':>9}")
+        print(f"{'codec':6} {'ratio':>6} {'frames':>7} {'lost':>5} {'msg/s':>9} {'wire GB/s':>10} {'raw GB/s':>9} "
+              f"{'source ms/msg':>13} {'ceiling msg/s':>13}")
         for codec in codecs:
             r = source_alone(codec, args.frames, args.distinct)
-            r["ratio"] = ratios[codec]
+            r.update(ratio=ratios[codec], **source_ceiling(codec, args.distinct))
             rows.append(r)
             print(f"{codec:6} {r['ratio']:6.2f} {r['frames']:7} {r['lost']:5} {r['messages_per_s']:9,.0f} "
-                  f"{r['wire_GB_per_s']:10.2f} {r['raw_GB_per_s']:9.2f}")
+                  f"{r['wire_GB_per_s']:10.2f} {r['raw_GB_per_s']:9.2f} {r['source_ms_per_message']:13.3f} "
+                  f"{r['source_ceiling_msg_per_s']:13,}")
     else:
         bound = copy_bound_fps(args.distinct)
         print(f"raw host->device copy bound: {bound:,.0f} frames/s")
