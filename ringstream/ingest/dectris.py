@@ -49,8 +49,7 @@ import numpy as np
 import zmq
 
 from ..errors import ConfigError
-from .live_queue import QueuedLiveSource
-from .pva import RING_WAIT_S, _RateLimitedLog
+from .live_queue import QueuedLiveSource, RateLimitedLog
 from .source_base import SourceFrame
 from .stream_v2 import End, Image, Start, StreamV2Error, decode, decode_mask
 
@@ -61,6 +60,9 @@ POLL_MS = 50
 
 #: the PULL socket's receive high-water mark, in messages (the detector's PUSH queue holds the rest)
 RCVHWM = 64
+
+#: how long the receiving thread waits for a free ring slot before it drops the image, in s (as PVA's)
+RING_WAIT_S = 0.25
 
 #: relative differences below which the detector's geometry agrees with the parameter file's
 GEOMETRY_TOLERANCE = {"beam centre": 0.5, "distance": 1e-3, "wavelength": 1e-4}
@@ -118,7 +120,7 @@ class DectrisSource(QueuedLiveSource):
         self.params = params
         self.series: _Series | None = None
         self.pending_end = False
-        self._logs = _RateLimitedLog(log)
+        self._logs = RateLimitedLog(log)
         self._geometry_warned: set[str] = set()
         self._thread: threading.Thread | None = None
         self._closed = False
