@@ -222,7 +222,7 @@ class SourceConfig:
     dectris_channel: str = opt("", "dectris: the channel (threshold) integrated, e.g. threshold_1; \"\" = the first "
                                "of each image message")
     dectris_user_data: bool = opt(False, "dectris: keep each image's user_data as per-frame metadata (numbers and "
-                                  "text; a map as user_data.KEY)")
+                                  "text; a map as user_data_KEY)")
     dectris_pixel_mask: bool = opt(False, "dectris: read the pixel mask of each series' start (header_detail = all), "
                                    "count its flagged pixels and warn about those the parameter file's masks "
                                    "leave in")

@@ -15,9 +15,9 @@ itself; a socket monitor logs and counts each connection and disconnection) and 
 - ``image``: the channel ``[source] dectris_channel`` ("" = the first) is taken. Its bytes, compressed (bslz4 /
   lz4 with their 12-byte header) or not, are copied once into a leased ring slot and travel as they came (the
   workers decode them). ``image_id`` is the source id; ``series_date + start_time`` the timestamp; the per-frame
-  metadata holds ``series_id``, ``series_unique_id``, ``image_id``, ``real_time`` (s) and the series' numeric
-  fields, and
-  ``user_data`` (``[source] dectris_user_data``: numbers and text kept, a map flattened to ``user_data.KEY``,
+  metadata holds ``series_id``, ``series_unique_id``, ``image_id``, ``real_time`` (s) and the series'
+  :data:`FRAME_FIELDS` (``number_of_images``, ``image_size_x/y``, the geometry, ``count_time``, ``frame_time``), and
+  ``user_data`` (``[source] dectris_user_data``: numbers and text kept, a map flattened to ``user_data_KEY``,
   anything else as JSON text);
 - ``end``: the series' run ends at once (its files are closed); images the detector announced
   (``number_of_images``) and never sent are counted as missed.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -75,8 +76,8 @@ COUNTER_NAMES = (
 )
 
 #: the start fields that go into every frame's metadata (numbers)
-FRAME_FIELDS = ("beam_center_x", "beam_center_y", "detector_distance", "incident_wavelength", "count_time",
-                "frame_time")
+FRAME_FIELDS = ("number_of_images", "image_size_x", "image_size_y", "beam_center_x", "beam_center_y",
+                "detector_distance", "incident_wavelength", "count_time", "frame_time")
 
 
 class _Series:
@@ -394,7 +395,7 @@ def plain(v: Any) -> Any:
 
 def flatten_user_data(value: Any) -> dict[str, Any]:
     """``user_data`` as per-frame metadata: a number or text as ``user_data``, a map's numbers and texts as
-    ``user_data.KEY`` (anything else in it as JSON text), any other value as JSON text."""
+    ``user_data_KEY`` (anything else in it as JSON text), any other value as JSON text."""
     def scalar(v: Any) -> Any:
         if isinstance(v, bool):
             return int(v)
@@ -402,8 +403,8 @@ def flatten_user_data(value: Any) -> dict[str, Any]:
             return v
         return json.dumps(plain(v), default=str)
 
-    if isinstance(value, Mapping):
-        return {f"user_data.{k}": scalar(v) for k, v in value.items()}
+    if isinstance(value, Mapping):  # (identifiers: the numeric ones become HDF5 datasets of that name)
+        return {"user_data_" + re.sub(r"\W", "_", str(k)): scalar(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return {"user_data": json.dumps(plain(value), default=str)}
     return {"user_data": scalar(value)}

@@ -75,8 +75,10 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dectris")
     params = write_params(folder)
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    d = Daemon(["--param-file", params, "--dectris-stream", endpoint, "--workers", 1, "--engine", "cpu",
-                "--no-zarr", "--output-h5", "series_{run:03d}.h5"], folder)
+    config = folder / "dectris.toml"
+    config.write_text("[source]\ndectris_user_data = true\ndectris_pixel_mask = true\n")
+    d = Daemon(["--config", config, "--param-file", params, "--dectris-stream", endpoint, "--workers", 1,
+                "--engine", "cpu", "--no-zarr", "--output-h5", "series_{run:03d}.h5"], folder)
     try:
         d.wait_ready(60)
         yield d, folder, params, endpoint
@@ -102,8 +104,11 @@ def wait_runs(d, n: int, what: str) -> None:
     d.wait_status(lambda s: s["runs"].get("complete", 0) >= n, what, 40)
 
 
-def ingest(d) -> dict:
-    return d.status()["children"]["ingest"]["counters"]
+def ingest(d, ends: int) -> dict:
+    """The ingest's counters once its heartbeat has counted ``ends`` end messages (those before are counted too)."""
+    s = d.wait_status(lambda s: s["children"]["ingest"]["counters"].get("dectris_ends", 0) >= ends,
+                      f"{ends} series ends counted", 20)
+    return s["children"]["ingest"]["counters"]
 
 
 @pytest.mark.timeout(240)
@@ -111,12 +116,16 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
     d, folder, params, endpoint = served
     stacks = {}
     n_runs = 0
-    # 8-, 16- and 32-bit frames, each type in three series: bslz4, lz4, uncompressed
+    # 8-, 16- and 32-bit frames, each type in three series: bslz4, lz4, uncompressed; the geometry of the parameter
+    # file (no warning), a pixel mask, user_data
+    geometry = ["--start-field", "beam_center_x=63.3", "--start-field", "beam_center_y=61.2", "--start-field",
+                "detector_distance=1.0", "--start-field", "incident_wavelength=0.2", "--start-field", "count_time=0.5"]
     for k, dtype in enumerate(DTYPES):
         stacks[dtype] = stack(dtype, k)
         np.save(folder / f"{dtype}.npy", stacks[dtype])
         out = simulate(folder, endpoint, "--stack", f"{dtype}.npy", "--images", IMAGES, "--series", 3,
-                       "--series-id", 10 * (k + 1), *sum((["--codec", c] for c in CODECS), []))
+                       "--series-id", 10 * (k + 1), *sum((["--codec", c] for c in CODECS), []), *geometry,
+                       "--pixel-mask", "--user-data", json.dumps({"scan": k + 7, "note": "x"}))
         assert out.count(" sent (") == 3, out
         n_runs += 3
         wait_runs(d, n_runs, f"the {dtype} series")
@@ -132,16 +141,23 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
             frames = stacks[dtype][j * IMAGES:(j + 1) * IMAGES]
             np.testing.assert_array_equal(lineouts, reference(params, frames), err_msg=f"{dtype} {codec}")
             assert [m["image_id"] for m in meta] == ids and {m["series_id"] for m in meta} == {run["meta"]["series_id"]}
-    c = ingest(d)
+            with h5py.File(folder / run["files"]["h5"], "r") as f:  # the series' fields and user_data, per frame
+                m = f["/entry/data/metadata"]
+                assert list(m["beam_center_x"][()]) == [63.3] * IMAGES and list(m["count_time"][()]) == [0.5] * IMAGES
+                assert list(m["user_data_scan"][()]) == [k + 7] * IMAGES and meta[0]["user_data_note"] == "x"
+    c = ingest(d, 9)
     assert (c["dectris_series"], c["dectris_ends"], c["dectris_received"], c["dectris_gaps"]) == (9, 9, 45, 0)
+    assert c["dectris_masked_pixels"] == len(range(0, NZ * NY, 97))  # the simulator flags every 97th pixel
+    assert "geometry disagrees" not in d.stderr and "pixels the detector flags are not masked" in d.stderr
 
     # a dropped image and one bad message of every kind, then a disconnect of the detector, then another series
     out = simulate(folder, endpoint, "--stack", "uint16.npy", "--images", IMAGES, "--series", 2, "--series-id", 50,
                    "--drop", 3, "--bad-at", 2, *sum((["--bad", b] for b in BAD_KINDS), []),
-                   "--disconnect-after", 1, "--down", 1.0)
+                   "--disconnect-after", 1, "--down", 1.0, "--start-field", "beam_center_x=70",
+                   "--start-field", "beam_center_y=61.2")
     assert "disconnected" in out
     wait_runs(d, n_runs + 2, "the series around the disconnect")
-    c = ingest(d)
+    c = ingest(d, 11)
     assert (c["dectris_gaps"], c["dectris_missed"]) == (2, 2)  # image 3 of both series
     assert c["dectris_disconnects"] >= 1 and c["dectris_connects"] >= 2
     rejected = {k: c[f"dropped_{k}"] for k in ("malformed", "unknown_type", "unsupported", "wrong_shape",
@@ -164,7 +180,7 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
     ids, lineouts, _ = read_run(folder, run)
     assert ids == list(range(IMAGES))
     np.testing.assert_array_equal(lineouts, reference(params, stacks["uint8"][:IMAGES]))
-    assert ingest(d)["dectris_starts_missed"] == 1
+    assert ingest(d, 12)["dectris_starts_missed"] == 1
 
     os.kill(d.proc.pid, signal.SIGTERM)
     assert d.wait(60) == 0, d.stderr
@@ -172,3 +188,4 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
     assert (received, integrated, written, rejected_n) == (45 + 8 + 5,) * 3 + (0,)
     assert dropped == 16, d.stderr  # the bad messages
     assert "column-major" in d.stderr and "image_id 2 -> 4" in d.stderr
+    assert d.stderr.count("geometry disagrees") == 1 and "beam centre (70, " in d.stderr

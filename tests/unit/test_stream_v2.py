@@ -106,8 +106,8 @@ def test_sizes_are_checked_against_the_data():
 
 
 def test_user_data_as_metadata():
-    assert flatten_user_data({"scan": 3, "ok": True, "pos": [1, 2]}) == {"user_data.scan": 3, "user_data.ok": 1,
-                                                                        "user_data.pos": "[1, 2]"}
+    assert flatten_user_data({"scan": 3, "ok": True, "pos": [1, 2]}) == {"user_data_scan": 3, "user_data_ok": 1,
+                                                                        "user_data_pos": "[1, 2]"}
     assert flatten_user_data("note") == {"user_data": "note"}
 
 
@@ -144,8 +144,9 @@ def test_the_source_counts_gaps_duplicates_rejects_and_ends_the_series(caplog):
     assert [g.source_id for g in got] == ["0", "1", "3", ""] and got[-1].end_run == "series 5 end"
     assert got[0].new_run == "series 5" and got[0].run_meta["number_of_images"] == 6
     assert got[1].new_run == "" and got[1].run_meta == {}
-    assert got[0].metadata == {"series_id": 5, "series_unique_id": "s5", "beam_center_x": 1.0, "image_id": 0,
-                               "real_time": 0.0, "user_data.scan": 9}
+    assert got[0].metadata == {"series_id": 5, "series_unique_id": "s5", "number_of_images": 6, "image_size_x": 20,
+                               "image_size_y": 24, "beam_center_x": 1.0, "image_id": 0, "real_time": 0.0,
+                               "user_data_scan": 9}
     assert (got[0].codec, got[0].codec_header, got[0].shape, got[0].dtype) == ("bslz4", 12, SHAPE, np.uint16)
     c = s.counters()
     assert (c["dectris_received"], c["dectris_gaps"], c["dectris_missed"], c["dectris_duplicates"]) == (3, 2, 3, 2)
