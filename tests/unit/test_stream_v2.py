@@ -207,3 +207,15 @@ def test_big_byte_strings_are_views_of_the_message_and_lengths_are_checked(codec
         with pytest.raises(StreamV2Error, match=what) as err:
             decode(bad)
         assert err.value.counter == "malformed"
+
+
+def test_status_shows_the_dectris_channel():
+    from ringstream.daemon.status import channel_line
+
+    counters = dict.fromkeys(("dectris_connected", "dectris_connects", "dectris_series", "dectris_received",
+                              "dectris_gaps", "dectris_missed", "dropped_malformed", "dropped_unsupported"), 1)
+    line = channel_line({"source_channel": "tcp://10.0.0.5:31001",
+                         "children": {"ingest": {"counters": {**counters, "dectris_received": 40,
+                                                              "dropped_wrong_shape": 2}}}})
+    assert line.startswith("channel dectris tcp://10.0.0.5:31001: connected (connects 1, disconnects 0), series 1")
+    assert "received 40, gaps 1 (missed 1)" in line and "rejected 4 (malformed 1, unsupported 1, shape 2, type 0)" in line
