@@ -128,6 +128,11 @@ class DectrisSource(QueuedLiveSource):
 
     @classmethod
     def from_config(cls, config, params) -> DectrisSource:
+        from . import stream_v2
+
+        if stream_v2.cbor2 is None:
+            raise ConfigError("[source] kind = 'dectris': the Python package cbor2 is not importable; install it "
+                              "with pip install cbor2 (a dependency of ringstream)")
         s = config.source
         return cls(s.dectris_stream, (int(params.NrPixelsZ), int(params.NrPixelsY)), channel=s.dectris_channel,
                    user_data=bool(s.dectris_user_data), pixel_mask=bool(s.dectris_pixel_mask), params=params,

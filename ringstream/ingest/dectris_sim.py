@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import numpy as np
 
 from .stream_v2 import (
@@ -36,6 +35,7 @@ from .stream_v2 import (
     TAG_COLUMN_MAJOR,
     TAG_COMPRESSION,
     TAG_ROW_MAJOR,
+    cbor2,
     dumps,
     encode_end,
     encode_image,
@@ -305,6 +305,9 @@ def _number(text: str) -> Any:
 
 def run_from_args(a: argparse.Namespace) -> int:
     import json
+
+    if cbor2 is None:
+        raise SystemExit("dectris-sim: the Python package cbor2 is needed: pip install cbor2")
 
     if a.stack:
         frames = load_stack(a.stack, a.dataset)

@@ -34,8 +34,12 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-import cbor2
 import numpy as np
+
+try:
+    import cbor2
+except ImportError:  # a core dependency; without it only this source is unavailable (DectrisSource says so)
+    cbor2 = None
 
 from ..images.frame_codecs import HDF5_HEADER_BYTES, as_bytes_view, encode_frame
 

@@ -176,3 +176,14 @@ def test_dectris_flag_keys_precedence_and_registry(tmp_path, setup):
 def test_dectris_stream_errors(setup, source, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(None, {}, {"run": {"param_file": str(setup)}, "source": source})
+
+
+def test_without_cbor2_only_the_dectris_source_is_unavailable(setup, monkeypatch):
+    from ringstream.ingest import stream_v2
+    from ringstream.ingest.sources import make_source
+
+    monkeypatch.setattr(stream_v2, "cbor2", None)
+    cfg = load_config(None, {}, {"run": {"param_file": str(setup)},
+                                 "source": {"kind": "dectris", "dectris_stream": "tcp://127.0.0.1:31001"}})
+    with pytest.raises(ConfigError, match=r"^\[source\] kind = 'dectris': the Python package cbor2 is not importable"):
+        make_source(cfg, cfg.load_params())
