@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError, InputError, RingstreamError
 from .stream_v2 import (
     IMAGE_TAGS,
     TAG_COLUMN_MAJOR,
@@ -68,18 +69,21 @@ def ring_frames(shape: tuple[int, int], dtype: Any = "uint16", n: int = 4, seed:
 def load_stack(path: str, dataset: str = "") -> np.ndarray:
     """An ``.npy`` stack or an HDF5 dataset (``dataset``; default /entry/data/data) as ``[n, rows, cols]``."""
     p = Path(path)
-    if p.suffix == ".npy":
-        arr = np.load(p, mmap_mode="r")
-    else:
-        import h5py
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, mmap_mode="r")
+        else:
+            import h5py
 
-        with h5py.File(p, "r") as f:
-            arr = f[dataset or "/entry/data/data"][()]
+            with h5py.File(p, "r") as f:
+                arr = f[dataset or "/entry/data/data"][()]
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"dectris-sim: {path}: cannot read its frames ({exc})") from None
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or np.dtype(arr.dtype).newbyteorder("<") not in IMAGE_TAGS:
-        raise SystemExit(f"dectris-sim: {path}: expected [n, rows, cols] uint8/16/32 frames, got {arr.shape} "
+        raise InputError(f"dectris-sim: {path}: expected [n, rows, cols] uint8/16/32 frames, got {arr.shape} "
                          f"{arr.dtype}")
     return arr
 
@@ -307,7 +311,7 @@ def run_from_args(a: argparse.Namespace) -> int:
     import json
 
     if cbor2 is None:
-        raise SystemExit("dectris-sim: the Python package cbor2 is needed: pip install cbor2")
+        raise ConfigError("dectris-sim: the Python package cbor2 is needed: pip install cbor2")
 
     if a.stack:
         frames = load_stack(a.stack, a.dataset)
@@ -317,8 +321,8 @@ def run_from_args(a: argparse.Namespace) -> int:
             try:
                 rows, cols = (int(v) for v in a.detector.lower().split("x"))
             except ValueError:
-                raise SystemExit(f"dectris-sim: --detector {a.detector!r}: expected one of "
-                                 f"{', '.join(DETECTORS)} or ROWSxCOLS") from None
+                raise ConfigError(f"dectris-sim: --detector {a.detector!r}: expected one of "
+                                  f"{', '.join(DETECTORS)} or ROWSxCOLS") from None
             shape = (rows, cols)
         frames = ring_frames(shape, a.dtype, n=max(1, a.distinct))
     mask = None
@@ -339,7 +343,12 @@ def run_from_args(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_from_args(build_parser().parse_args(argv))
+    """``python -m ringstream.ingest.dectris_sim``: errors are one line, as ``ringstream dectris-sim``'s."""
+    try:
+        return run_from_args(build_parser().parse_args(argv))
+    except RingstreamError as exc:
+        print(f"dectris-sim: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,8 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
             np.testing.assert_array_equal(lineouts, reference(params, frames), err_msg=f"{dtype} {codec}")
             assert [m["image_id"] for m in meta] == ids and {m["series_id"] for m in meta} == {run["meta"]["series_id"]}
             with h5py.File(folder / run["files"]["h5"], "r") as f:  # the series' fields and user_data, per frame
+                # timestamps: series_date + start_time, which the simulator sets to image_id ms
+                np.testing.assert_allclose(np.diff(f["/entry/data/timestamp"][()]), 0.001, atol=1e-6)
                 m = f["/entry/data/metadata"]
                 assert list(m["beam_center_x"][()]) == [63.3] * IMAGES and list(m["count_time"][()]) == [0.5] * IMAGES
                 assert list(m["user_data_scan"][()]) == [k + 7] * IMAGES and meta[0]["user_data_note"] == "x"
