@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_from_args(build_parser().parse_args(argv))
     except RingstreamError as exc:
-        print(f"dectris-sim: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
 
 
