@@ -32,6 +32,8 @@ ALLOWED = {
         "offline `ringstream integrate` checks its output path as the writer does",
     ("ringstream.daemon.cli", "ringstream.writer.export"): "`ringstream export` is the writer's export",
     ("ringstream.daemon.cli", "ringstream.writer.repair"): "`ringstream repair` is the writer's repair",
+    ("ringstream.daemon.cli", "ringstream.ingest.dectris_sim"):
+        "`ringstream dectris-sim` is the stand-in detector of the ingest's DECTRIS source, sharing its message codec",
 }
 
 
