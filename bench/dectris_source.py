@@ -162,7 +162,8 @@ def daemon_run(codec: str, frames: int, distinct: int, workers: int) -> dict:
         cmd = ringstream() + ["run", "--param-file", str(pfile), "--dectris-stream", endpoint, "--frames",
                               str(frames), "--workers", str(workers), "--engine", "gpu", "--no-zarr",
                               "--output-h5", str(Path(d) / "out.h5"), "--control", "auto"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=d)
+        env = dict(os.environ, RINGSTREAM_SOURCE_DECTRIS_DTYPE="uint16")  # the ring's slots sized for 16 bits
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=d, env=env)
         sim.kill()
         sim.wait(10)
     m = COUNTS.search(proc.stderr)

@@ -221,6 +221,9 @@ class SourceConfig:
                               group="live", selects="dectris", example="tcp://10.0.0.5:31001")
     dectris_channel: str = opt("", "dectris: the channel (threshold) integrated, e.g. threshold_1; \"\" = the first "
                                "of each image message")
+    dectris_dtype: str = opt("", "dectris: the detector's pixel type (its bit depth); the ring's slots are sized for it "
+                             "and images of another type are rejected; \"\" = any (slots sized for uint32)",
+                             choices=("uint8", "uint16", "uint32"))
     dectris_user_data: bool = opt(False, "dectris: keep each image's user_data as per-frame metadata (numbers and "
                                   "text; a map as user_data_KEY)")
     dectris_pixel_mask: bool = opt(False, "dectris: read the pixel mask of each series' start (header_detail = all), "

@@ -104,10 +104,8 @@ class DectrisSource(QueuedLiveSource):
     pausable = False
     resumable = False
     keeps_compressed = True
-    dtype = np.dtype("uint32")  # the widest pixel a detector sends: the ring's slots are sized for it
-
     def __init__(self, endpoint: str, shape: tuple[int, int], channel: str = "", user_data: bool = False,
-                 pixel_mask: bool = False, params: Any = None, n_frames: int = 0) -> None:
+                 pixel_mask: bool = False, params: Any = None, n_frames: int = 0, dtype: Any = None) -> None:
         if not endpoint:
             raise ConfigError("[source] dectris_stream: the DECTRIS source needs the detector's endpoint, e.g. "
                               "tcp://10.0.0.5:31001")
@@ -115,6 +113,9 @@ class DectrisSource(QueuedLiveSource):
         self.endpoint = str(endpoint)
         self.name = f"dectris:{self.endpoint}"
         self.shape = (int(shape[0]), int(shape[1]))
+        self.expected_dtype = np.dtype(dtype).newbyteorder("<") if dtype else None
+        # the ring's slots are sized for this: the expected pixel type, else the widest a detector sends
+        self.dtype = self.expected_dtype if self.expected_dtype is not None else np.dtype("uint32")
         self.channel = str(channel)
         self.keep_user_data = bool(user_data)
         self.check_mask = bool(pixel_mask)
@@ -136,7 +137,7 @@ class DectrisSource(QueuedLiveSource):
         s = config.source
         return cls(s.dectris_stream, (int(params.NrPixelsZ), int(params.NrPixelsY)), channel=s.dectris_channel,
                    user_data=bool(s.dectris_user_data), pixel_mask=bool(s.dectris_pixel_mask), params=params,
-                   n_frames=int(s.frames))
+                   n_frames=int(s.frames), dtype=s.dectris_dtype or None)
 
     # ---------------------------------------------------------------------------------------------- interface
     def start_receiving(self) -> None:
@@ -258,6 +259,9 @@ class DectrisSource(QueuedLiveSource):
         if msg.shape != self.shape:
             raise StreamV2Error("wrong_shape", f"{where}: shape {msg.shape} (rows, cols) differs from the "
                                                f"detector's (NrPixelsZ, NrPixelsY) = {self.shape}")
+        if self.expected_dtype is not None and msg.dtype != self.expected_dtype:
+            raise StreamV2Error("wrong_dtype", f"{where}: pixel type {msg.dtype.name} differs from [source] "
+                                               f"dectris_dtype {self.expected_dtype.name}")
         s = self.series
         if s is None or not s.same(msg.series_id, msg.series_unique_id) or self.pending_end:
             if s is not None and not self.pending_end:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ringstream.config import add_config_arguments, config_from_args, load_config
@@ -152,7 +153,8 @@ def test_dectris_flag_keys_precedence_and_registry(tmp_path, setup):
     from ringstream.ingest.sources import make_source
 
     s = load_config(None, {}, {"run": {"param_file": str(setup)}}).source
-    assert (s.dectris_stream, s.dectris_channel, s.dectris_user_data, s.dectris_pixel_mask) == ("", "", False, False)
+    assert (s.dectris_stream, s.dectris_channel, s.dectris_user_data, s.dectris_pixel_mask, s.dectris_dtype) == (
+        "", "", False, False, "")
     toml = tmp_path / "d.toml"
     toml.write_text('[source]\ndectris_stream = "tcp://10.0.0.9:31001"\ndectris_channel = "threshold_2"\n')
     args, extra = parse(["--config", toml, "--param-file", setup, "--dectris-stream", "tcp://127.0.0.1:31001"])
@@ -165,6 +167,13 @@ def test_dectris_flag_keys_precedence_and_registry(tmp_path, setup):
     assert isinstance(src, DectrisSource) and src.shape == (30, 40) and src.pausable is False
     assert (src.endpoint, src.channel, src.keep_user_data, src.keeps_compressed) == (
         "tcp://127.0.0.1:31001", "threshold_2", True, True)
+    assert src.dtype == np.uint32  # any pixel type: the ring's slots are sized for the widest
+    cfg = load_config(None, {"RINGSTREAM_SOURCE_DECTRIS_DTYPE": "uint16"}, {"run": {"param_file": str(setup)},
+                                                                          "source": {"kind": "dectris",
+                                                                                     "dectris_stream": "ipc:///tmp/d"}})
+    assert make_source(cfg, cfg.load_params()).dtype == np.uint16
+    with pytest.raises(ConfigError, match=r"\[source\] dectris_dtype: expected one of 'uint8'"):
+        load_config(None, {"RINGSTREAM_SOURCE_DECTRIS_DTYPE": "float32"}, {"run": {"param_file": str(setup)}})
 
 
 @pytest.mark.parametrize("source, expected", [

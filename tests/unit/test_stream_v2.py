@@ -160,6 +160,14 @@ def test_the_source_counts_gaps_duplicates_rejects_and_ends_the_series(caplog):
     assert s.counters()["dectris_starts_missed"] == 1
 
 
+def test_dectris_dtype_rejects_other_pixel_types():
+    s = source(dtype="uint16")
+    assert s.dtype == np.dtype("<u2")
+    s.on_message(encode_image(1, "u", 0, {"t": frame("uint32")}, "bslz4"))
+    s.on_message(encode_image(1, "u", 1, {"t": frame("uint16")}, "bslz4"))
+    assert [f.source_id for f in queued(s)] == ["1"] and s.counters()["dropped_wrong_dtype"] == 1
+
+
 def test_geometry_that_disagrees_with_the_parameter_file_is_warned_about(caplog):
     s = source(params=_Params())
     with caplog.at_level(logging.WARNING, "ringstream.ingest.dectris"):
