@@ -5,4 +5,4 @@ The configuration checks ``[source] kind`` against :data:`SOURCE_KINDS`, and the
 below both, so the configuration needs nothing from the ingest process.
 """
 
-SOURCE_KINDS = ("simulated", "replay", "folder", "pva", "midas_socket")
+SOURCE_KINDS = ("simulated", "replay", "folder", "pva", "midas_socket", "dectris")

@@ -218,6 +218,19 @@ class SourceConfig:
     pva_queue_size: int = opt(16, "pva: server-side monitor queue, record[queueSize=N], frames", at_least=1)
     pva_attributes: tuple[str, ...] = opt((), "pva: NDAttributes kept as per-frame metadata, e.g. [\"omega\", "
                                           "\"I0\"]; [\"*\"] = all")
+    dectris_stream: str = opt("", "dectris: the detector's Stream V2 ZeroMQ PUSH socket to connect to, "
+                              "tcp://HOST:PORT (the DCU's port 31001)", flags="--dectris-stream", metavar="ENDPOINT",
+                              group="live", selects="dectris", example="tcp://10.0.0.5:31001")
+    dectris_channel: str = opt("", "dectris: the channel (threshold) integrated, e.g. threshold_1; \"\" = the first "
+                               "of each image message")
+    dectris_dtype: str = opt("", "dectris: the detector's pixel type (its bit depth); the ring's slots are sized for it "
+                             "and images of another type are rejected; \"\" = any (slots sized for uint32)",
+                             choices=("uint8", "uint16", "uint32"))
+    dectris_user_data: bool = opt(False, "dectris: keep each image's user_data as per-frame metadata (numbers and "
+                                  "text; a map as user_data_KEY)")
+    dectris_pixel_mask: bool = opt(False, "dectris: read the pixel mask of each series' start (header_detail = all), "
+                                   "count its flagged pixels and warn about those the parameter file's masks "
+                                   "leave in")
     midas_port: int = opt(60439, "midas_socket: TCP port of the MIDAS stream protocol, 1..65535 (command line: "
                           "give PORT when Key Value overrides follow)", flags="--midas-socket", metavar="PORT",
                           group="live", selects="midas_socket", optional_value=True)

@@ -23,7 +23,7 @@ Origins = dict[tuple[str, str], str]
 ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
                  "peaks_endpoint")
 #: the key a source kind cannot do without
-_NEEDS = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel"}
+_NEEDS = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel", "dectris": "dectris_stream"}
 
 _MODE = re.compile(r"^[0-7]{3,4}$")  # as ringstream.transport.runtime_dir.parse_mode reads it
 _TCP = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
@@ -81,6 +81,10 @@ def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[
         out.append(f"{origin[('source', 'kind')]}: [source] kind = {kind!r} needs [source] {_NEEDS[kind]}")
     if kind == "folder":
         out.extend(_folder_problems(cfg, origin))
+    if src["dectris_stream"]:
+        problem = _endpoint_problem(str(src["dectris_stream"]))
+        if problem or src["dectris_stream"] == "auto" or str(src["dectris_stream"]).startswith("tcp://*"):
+            bad("source", "dectris_stream", "the detector's tcp://HOST:PORT (e.g. tcp://10.0.0.5:31001) or ipc://PATH")
     if not 1 <= src["midas_port"] <= 65535:  # type: ignore[operator]
         bad("source", "midas_port", "a TCP port in 1..65535")
     if any(g < 0 for g in cfg["workers"]["gpus"]):  # type: ignore[union-attr]

@@ -6,7 +6,7 @@ Subcommands::
     ringstream integrate --param-file P [--dark D] [--output-h5 OUT.h5] [--import-midas DIR [--force]]
                          [--engine auto|cpu|gpu] [--overwrite] IMAGE... [Key Value ...]
     ringstream run --param-file P (--simulate N | --replay PATH | --pva --pva-channel PV [--pva-ip ADDR]
-                   | --midas-socket [PORT] [--listen ADDR]) [--rate HZ] [--workers N] [--engine E]
+                   | --midas-socket [PORT] [--listen ADDR] | --dectris-stream tcp://DCU:31001) [--rate HZ] [--workers N] [--engine E]
                    [--output-h5 OUT.h5] [--config FILE.toml] [--control ENDPOINT] [Key Value ...]
     ringstream run --param-file P (--folder DIR [--extension EXT] [--recursive] [--count N] [--idle-timeout S]
                    | --file PATH) [the options above]
@@ -15,6 +15,8 @@ Subcommands::
     ringstream keys generate DIR [--name server|worker]
     ringstream export OUT.h5 [--zarr-zip Z] [--midas-binaries DIR] [--csv DIR] [--overwrite]
     ringstream repair OUT.h5
+    ringstream dectris-sim [--bind ENDPOINT] [--stack FILE | --detector NAME] [--codec C] [--images N] [--series K]
+                           [--rate HZ] [faults: --drop ID --bad KIND --no-start K --no-end K --disconnect-after K]
     ringstream check-config [the options of run]
 
 Trailing ``Key Value`` or ``--Key Value`` tokens override the parameter file, as in MIDAS's integrator
@@ -162,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("h5", metavar="OUT.h5", help="ringstream results file")
     rp.add_argument("--zarr-output", metavar="Z", help="its zarr.zip, whose unfinished publication is cut "
                     "(default: OUT.zarr.zip beside it, when it exists)")
+
+    from ..ingest.dectris_sim import build_parser as build_sim_parser
+
+    ds = sub.add_parser(
+        "dectris-sim", allow_abbrev=False,
+        help="a DECTRIS Stream V2 detector simulator: series of images from a stack or built-in rings, compressed "
+        "as the detector does, on a ZeroMQ PUSH socket",
+        description="Serve series of Stream V2 messages (start, images, end) on a ZeroMQ PUSH socket, as an "
+        "EIGER2 / PILATUS4 DCU does; faults on request (dropped images, bad messages, a disconnect).",
+    )
+    ds.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                    help="DEBUG logs and tracebacks on errors")
+    build_sim_parser(ds)
 
     try:
         from .check_config import add_check_config_parser
@@ -452,6 +467,15 @@ def cmd_runs(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return run_runs(args, extra)
 
 
+def cmd_dectris_sim(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ..errors import ConfigError
+    from ..ingest.dectris_sim import run_from_args
+
+    if extra:
+        raise ConfigError(f"dectris-sim: unexpected arguments {' '.join(extra)}")
+    return run_from_args(args)
+
+
 def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from .peaks_cli import cmd_peaks as run_peaks
 
@@ -472,7 +496,8 @@ def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
             "check-config": cmd_check_config, "peaks": cmd_peaks, "runs": cmd_runs, "export": cmd_export, "repair": cmd_repair,
-            "worker": cmd_worker, "keys": cmd_keys}
+            "worker": cmd_worker, "keys": cmd_keys,
+            "dectris-sim": cmd_dectris_sim}
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -133,6 +133,16 @@ def channel_line(status: dict[str, Any]) -> str:
                 f"{n('pva_resets')}, overruns {n('pva_overruns')}, rejected: shape {n('dropped_wrong_shape')}, "
                 f"type {n('dropped_wrong_dtype')}, decode {n('dropped_decode_error')}; ring full "
                 f"{n('dropped_ring_full')}")
+    if "dectris_connected" in c:
+        state = "connected" if n("dectris_connected") else "DISCONNECTED"
+        rejected = sum(n(f"dropped_{k}") for k in ("malformed", "unknown_type", "unsupported", "wrong_shape",
+                                                    "wrong_dtype"))
+        return (f"channel dectris {where}: {state} (connects {n('dectris_connects')}, disconnects "
+                f"{n('dectris_disconnects')}), series {n('dectris_series')} (starts missed "
+                f"{n('dectris_starts_missed')}), received {n('dectris_received')}, gaps {n('dectris_gaps')} (missed "
+                f"{n('dectris_missed')}), duplicates {n('dectris_duplicates')}, rejected {rejected} (malformed "
+                f"{n('dropped_malformed')}, unsupported {n('dropped_unsupported')}, shape "
+                f"{n('dropped_wrong_shape')}, type {n('dropped_wrong_dtype')}); ring full {n('dropped_ring_full')}")
     if "midas_connected" in c:
         return (f"channel midas_socket {where}: {n('midas_connected')} sender(s) connected "
                 f"({n('midas_senders')} in all), received {n('midas_received')}, cut off: malformed "

@@ -1014,7 +1014,8 @@ class Supervisor:
             "source": cfg.source.kind,
             "source_channel": (cfg.source.pva_channel if cfg.source.kind == "pva" else
                                f"{cfg.source.midas_listen}:{cfg.source.midas_port}"
-                               if cfg.source.kind == "midas_socket" else ""),
+                               if cfg.source.kind == "midas_socket" else
+                               cfg.source.dectris_stream if cfg.source.kind == "dectris" else ""),
             "engine": cfg.workers.engine,
             "peaks": self.peaks.status() if self.peaks is not None else {},
             "runs": self._runs_status(),

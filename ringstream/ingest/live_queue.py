@@ -1,7 +1,8 @@
 """The loop the queued live sources share: frames arrive in threads of their own and ``frames()`` hands them on.
 
-A queued live source (the PVA monitor, :mod:`.pva`; the MIDAS socket senders, :mod:`.midas_socket`) takes each
-frame in a thread the ingest does not run (pvapy's callback, one thread per sender), copies it once into a ring slot
+A queued live source (the PVA monitor, :mod:`.pva`; the MIDAS socket senders, :mod:`.midas_socket`; the DECTRIS
+Stream V2 receiver, :mod:`.dectris`) takes each frame in a thread the ingest does not run (pvapy's callback, one
+thread per sender, the ZeroMQ receiving thread), copies it once into a ring slot
 leased from the ingest's allocator, and puts the :class:`~.source_base.SourceFrame` on a queue.
 :meth:`QueuedLiveSource.frames` starts the receiving, then yields the queued frames, or
 :data:`~.source_base.IDLE` every :data:`IDLE_S` while none come (the ingest then reads slot releases and sends its
@@ -9,11 +10,14 @@ heartbeat), until ``stop`` is set or ``n_frames`` were yielded when that is > 0;
 Frames still queued when the receiving stops give their slots back (:meth:`QueuedLiveSource.release_queued`).
 
 The counters are ints under one lock (the receiving threads count while the ingest reads them): ``count(key)`` adds,
-``counters()`` is a snapshot, merged into the ingest's heartbeat and so shown by ``ringstream status``.
+``counters()`` is a snapshot, merged into the ingest's heartbeat and so shown by ``ringstream status``. Their
+warnings about bad frames go through :class:`RateLimitedLog` (the first of each kind at once, then one summary per
+:data:`LOG_EVERY_S`).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -27,6 +31,9 @@ IDLE_S = 0.01
 
 #: how often a thread waiting for a free ring slot asks the allocator again, in s
 SLOT_POLL_S = 0.001
+
+#: after the first log message of a kind, at most one summary line per this many seconds, in s
+LOG_EVERY_S = 10.0
 
 
 class QueuedLiveSource:
@@ -77,7 +84,7 @@ class QueuedLiveSource:
                     self.on_idle()
                     yield IDLE
                     continue
-                n += 1
+                n += 0 if frame.end_run else 1  # (a marker is not a frame)
                 yield frame
         finally:
             self.stop_receiving()
@@ -121,3 +128,22 @@ class QueuedLiveSource:
                 break
             if frame.lease is not None and self._alloc is not None:
                 self._alloc.release(frame.lease)
+
+
+class RateLimitedLog:
+    """Logs the first message of each kind, then one summary per ``every`` s (counts in between)."""
+
+    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY_S) -> None:
+        self.log, self.every = logger, every
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        last = self.last.get(kind)
+        if last is not None and now - last < self.every:
+            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+            return
+        more = self.suppressed.pop(kind, 0)
+        self.last[kind] = now
+        self.log.warning("%s%s", message, f" ({more} more like it since the last message)" if more else "")

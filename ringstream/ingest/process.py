@@ -227,6 +227,12 @@ class _Ingest:
             frame = next(frames, None)
             if frame is None:
                 break
+            if frame.end_run:  # the source's acquisition ended: its run ends after the frames before it
+                self.announce_copies(source.pausable, stop, wait=True)
+                eos = self.runs.source_end(self.counters["sent"], frame.end_run, self.snapshot())
+                if eos is not None:
+                    self.send_eos(eos)
+                continue
             if frame is IDLE:  # a live source with nothing new: keep releases, copies and heartbeats going
                 self.dispatch.poll(0)
                 self.announce_copies(source.pausable, stop)
@@ -317,7 +323,8 @@ class _Ingest:
             idx, run_id, run_start = again["frame_index"], again["run_id"], again["run_start"]
         else:
             idx = self.counters["sent"]
-            messages, run_id, run_start = self.runs.before_frame(idx, frame.new_run, metadata, self.counters)
+            messages, run_id, run_start = self.runs.before_frame(idx, frame.new_run, metadata, self.counters,
+                                                                 frame.run_meta)
             for msg in messages:
                 self.send_eos(msg)
             self.journal.frame(idx, run_id, run_start, str(frame.source_id))

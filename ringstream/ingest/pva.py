@@ -15,7 +15,7 @@ updates for us, so a short stall of the pipeline pushes back into that queue ins
   from a frame is NaN, counted ``pva_attribute_missing``).
 
 Robustness, all counted (``counters()``, shown by ``ringstream status``) and logged (the first of each kind at once,
-then at most one summary line per :data:`LOG_EVERY_S`):
+then at most one summary line per :data:`~.live_queue.LOG_EVERY_S`):
 
 - ``uniqueId`` jumping forward by k+1: a gap of k frames the detector sent and we never got (``pva_gaps`` += 1,
   ``pva_missed`` += k); going back: a new acquisition (``pva_resets``); repeating: the same update again after a
@@ -52,7 +52,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..images.frame_codecs import framing_of
-from .live_queue import QueuedLiveSource
+from .live_queue import QueuedLiveSource, RateLimitedLog
 from .ntnd_codecs import CodecError, decode_into
 from .source_base import SourceFrame
 
@@ -80,9 +80,6 @@ KEPT_COMPRESSED = ("bslz4", "lz4", "lz4hdf5")
 #: how long the monitor callback waits for a free ring slot before it drops the frame, in s
 RING_WAIT_S = 0.25
 
-#: after the first message of a kind, at most one summary line per this many seconds, in s
-LOG_EVERY_S = 10.0
-
 #: pvapy's overrun counter is read at most this often (counters() is called for every heartbeat attempt), in s
 OVERRUN_POLL_S = 0.25
 
@@ -105,25 +102,6 @@ class _Reject(Exception):
     def __init__(self, counter: str, message: str) -> None:
         super().__init__(message)
         self.counter = counter
-
-
-class _RateLimitedLog:
-    """Logs the first message of each kind, then one summary per ``every`` s (counts in between)."""
-
-    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY_S) -> None:
-        self.log, self.every = logger, every
-        self.last: dict[str, float] = {}
-        self.suppressed: dict[str, int] = {}
-
-    def warning(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        last = self.last.get(kind)
-        if last is not None and now - last < self.every:
-            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
-            return
-        more = self.suppressed.pop(kind, 0)
-        self.last[kind] = now
-        self.log.warning("%s%s", message, f" ({more} more like it since the last message)" if more else "")
 
 
 def apply_pva_address(pva_ip: str, environ: dict | None = None) -> None:
@@ -176,7 +154,7 @@ class PvaSource(QueuedLiveSource):
         self._restarted = ""  # set when uniqueId went back: the reason the next accepted frame starts a run
         self._overrun_base = 0  # overruns pvapy counted before its counters were last reset
         self._overrun_polled = 0.0
-        self._logs = _RateLimitedLog(log)
+        self._logs = RateLimitedLog(log)
         self._closed = False
 
     @classmethod

@@ -72,7 +72,8 @@ class RunSplitter:
         self.runs_started += 1
         return self.base_id if self.runs_started == 1 else f"{self.base_id}.{self.runs_started}"
 
-    def before_frame(self, frame_index: int, new_run: str, metadata: dict, counters: dict) -> tuple[list, str, int]:
+    def before_frame(self, frame_index: int, new_run: str, metadata: dict, counters: dict,
+                     run_meta: dict | None = None) -> tuple[list, str, int]:
         """The frame about to get ``frame_index``: returns (messages to send to the writer first, in order; the
         frame's run_id; its run_start). ``new_run``: the source's reason to start a new run at this frame ("" for
         none); ``metadata``: the frame's metadata; ``counters``: the ingest's counters now.
@@ -103,7 +104,8 @@ class RunSplitter:
             self.pending_start = None
             self.current = _Open(self._next_id(), int(frame_index), now, dict(self.counted),
                                  split_value=metadata.get(self.split_attribute) if self.split_attribute else None)
-            self.current.start = dict(name=str(start.get("name", "")), meta=dict(start.get("meta") or {}),
+            self.current.start = dict(name=str(start.get("name", "")),
+                                      meta={**(run_meta or {}), **dict(start.get("meta") or {})},
                                       reason=reason or start.get("reason", "") or ("first frame" if
                                                                                    self.runs_started == 1 else
                                                                                    "next frame"))
@@ -141,6 +143,13 @@ class RunSplitter:
         if self.clock() - self.t_last_frame >= self.idle_split_s:
             return self.end(next_index, "idle", counters, final=False)
         return None
+
+    def source_end(self, next_index: int, reason: str, counters: dict) -> EndOfStream | None:
+        """The source says its acquisition ended (a DECTRIS ``end``): the current run ends now (None when no run
+        with frames is open)."""
+        if self.current is None or self.current.n_frames == 0:
+            return None
+        return self.end(next_index, reason, counters, final=False)
 
     def request(self, action: str, name: str = "", meta: dict | None = None, next_index: int = 0,
                 counters: dict | None = None) -> EndOfStream | None:

@@ -44,7 +44,10 @@ class SourceFrame:
     ``source_id``: where it came from (``simulated:17``, ``stack.npy:3``, a PVA uniqueId); ``timestamp``: seconds
     since the epoch (the time it was produced when the source has no clock of its own); ``metadata``:
     ``{str: number | str}``, carried in the FrameHeader. ``new_run``: why this frame starts a new acquisition ("" when
-    it does not; PVA's ``uniqueId`` going back); the ingest then ends the current run before it (:mod:`.runs`).
+    it does not; PVA's ``uniqueId`` going back); the ingest then ends the current run before it (:mod:`.runs`);
+    ``run_meta``: the RunStart metadata of the run such a frame opens (a DECTRIS series' start fields). A record
+    with ``end_run`` set is not a frame but a marker: the source says its acquisition ended (a DECTRIS ``end``), and
+    the ingest ends the current run at once with that reason.
 
     A frame that arrived compressed travels compressed (``codec`` ``"bslz4"`` or ``"lz4"``, ``codec_header`` and
     ``codec_block`` as :class:`~ringstream.protocol.FrameHeader` has them): ``pixels`` (or ``lease.array``) is then
@@ -61,6 +64,8 @@ class SourceFrame:
     dtype: Any = None
     lease: SlotLease | None = None
     new_run: str = ""
+    run_meta: dict[str, Any] = field(default_factory=dict)
+    end_run: str = ""
     codec: str = "none"
     codec_header: int = 0
     codec_block: int = 0

@@ -1,7 +1,8 @@
 """The registry of frame sources: :func:`make_source` makes the source that ``[source] kind`` names.
 
 Kinds (:data:`~ringstream.source_kinds.SOURCE_KINDS`): ``simulated`` (:mod:`.simulated`), ``replay``
-(:mod:`.replay`), ``folder`` (:mod:`.folder`), ``pva`` (:mod:`.pva`), ``midas_socket`` (:mod:`.midas_socket`).
+(:mod:`.replay`), ``folder`` (:mod:`.folder`), ``pva`` (:mod:`.pva`), ``midas_socket`` (:mod:`.midas_socket`),
+``dectris`` (:mod:`.dectris`).
 Each source class makes itself from the configuration with ``from_config(config, params)``; what a source is and
 what it yields: :mod:`.source_base`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..source_kinds import SOURCE_KINDS
+from .dectris import DectrisSource
 from .folder import FolderSource
 from .midas_socket import MidasSocketSource
 from .pva import PvaSource
@@ -24,6 +26,7 @@ SOURCE_CLASSES: dict[str, type] = {
     "folder": FolderSource,
     "pva": PvaSource,
     "midas_socket": MidasSocketSource,
+    "dectris": DectrisSource,
 }
 
 

@@ -24,7 +24,7 @@ from .repair import cut_zarr_tail, repair
 log = logging.getLogger("ringstream.writer")
 
 #: live sources serve runs until stopped: their outputs are numbered even without {run} in the template
-LIVE_SOURCES = ("pva", "midas_socket")
+LIVE_SOURCES = ("pva", "midas_socket", "dectris")
 
 
 @dataclasses.dataclass

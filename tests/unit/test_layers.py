@@ -35,6 +35,8 @@ ALLOWED = {
     ("ringstream.daemon.join", "ringstream.workers.process"):
         "`ringstream worker --join` runs the worker role's entry in its own process (a worker of another host has no "
         "supervisor to spawn it)",
+    ("ringstream.daemon.cli", "ringstream.ingest.dectris_sim"):
+        "`ringstream dectris-sim` is the stand-in detector of the ingest's DECTRIS source, sharing its message codec",
 }
 
 

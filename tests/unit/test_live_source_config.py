@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ringstream.config import add_config_arguments, config_from_args, load_config
@@ -145,3 +146,53 @@ def test_registry_has_one_source_class_per_kind():
     assert all(callable(getattr(cls, "from_config", None)) for cls in SOURCE_CLASSES.values())
     with pytest.raises(ConfigError, match=r"^source\.kind 'camera': unknown source; expected one of simulated, "):
         make_source(SimpleNamespace(source=SimpleNamespace(kind="camera")), None)
+
+
+def test_dectris_flag_keys_precedence_and_registry(tmp_path, setup):
+    from ringstream.ingest.dectris import DectrisSource
+    from ringstream.ingest.sources import make_source
+
+    s = load_config(None, {}, {"run": {"param_file": str(setup)}}).source
+    assert (s.dectris_stream, s.dectris_channel, s.dectris_user_data, s.dectris_pixel_mask, s.dectris_dtype) == (
+        "", "", False, False, "")
+    toml = tmp_path / "d.toml"
+    toml.write_text('[source]\ndectris_stream = "tcp://10.0.0.9:31001"\ndectris_channel = "threshold_2"\n')
+    args, extra = parse(["--config", toml, "--param-file", setup, "--dectris-stream", "tcp://127.0.0.1:31001"])
+    cfg = config_from_args(args, extra, env={"RINGSTREAM_SOURCE_DECTRIS_USER_DATA": "true"})
+    s = cfg.source
+    assert (s.kind, s.dectris_stream, s.dectris_channel, s.dectris_user_data) == (
+        "dectris", "tcp://127.0.0.1:31001", "threshold_2", True)
+    assert cfg.describe_sources()["source.kind"] == "command line (--dectris-stream)"
+    src = make_source(cfg, cfg.load_params())  # (connects only when frames() starts its thread)
+    assert isinstance(src, DectrisSource) and src.shape == (30, 40) and src.pausable is False
+    assert (src.endpoint, src.channel, src.keep_user_data, src.keeps_compressed) == (
+        "tcp://127.0.0.1:31001", "threshold_2", True, True)
+    assert src.dtype == np.uint32  # any pixel type: the ring's slots are sized for the widest
+    cfg = load_config(None, {"RINGSTREAM_SOURCE_DECTRIS_DTYPE": "uint16"}, {"run": {"param_file": str(setup)},
+                                                                          "source": {"kind": "dectris",
+                                                                                     "dectris_stream": "ipc:///tmp/d"}})
+    assert make_source(cfg, cfg.load_params()).dtype == np.uint16
+    with pytest.raises(ConfigError, match=r"\[source\] dectris_dtype: expected one of 'uint8'"):
+        load_config(None, {"RINGSTREAM_SOURCE_DECTRIS_DTYPE": "float32"}, {"run": {"param_file": str(setup)}})
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"kind": "dectris"}, r"\[source\] kind = 'dectris' needs \[source\] dectris_stream$"),
+    ({"kind": "dectris", "dectris_stream": "10.0.0.5:31001"},
+     r"\[source\] dectris_stream: expected the detector's tcp://HOST:PORT"),
+    ({"kind": "dectris", "dectris_stream": "tcp://*:31001"}, r"\[source\] dectris_stream: expected the detector's"),
+])
+def test_dectris_stream_errors(setup, source, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, {}, {"run": {"param_file": str(setup)}, "source": source})
+
+
+def test_without_cbor2_only_the_dectris_source_is_unavailable(setup, monkeypatch):
+    from ringstream.ingest import stream_v2
+    from ringstream.ingest.sources import make_source
+
+    monkeypatch.setattr(stream_v2, "cbor2", None)
+    cfg = load_config(None, {}, {"run": {"param_file": str(setup)},
+                                 "source": {"kind": "dectris", "dectris_stream": "tcp://127.0.0.1:31001"}})
+    with pytest.raises(ConfigError, match=r"^\[source\] kind = 'dectris': the Python package cbor2 is not importable"):
+        make_source(cfg, cfg.load_params())
