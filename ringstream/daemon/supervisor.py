@@ -48,6 +48,7 @@ from typing import Any
 
 import zmq
 
+from ..config.validate import ENDPOINT_KEYS
 from ..errors import EXIT_INTERNAL, ConfigError, RingstreamError
 from ..protocol import (
     ControlReply,
@@ -163,8 +164,7 @@ def resolve_config(config: Any) -> Any:
     """``config`` with every ``"auto"`` endpoint replaced by a free loopback port and a run id filled in."""
     t = config.transport
     changes = {}
-    keys = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
-            "peaks_endpoint")
+    keys = ENDPOINT_KEYS
     # the endpoints given are taken before any is chosen: a port that is free now because its socket is not bound
     # yet (the control socket, bound after this) must not be chosen for another (CI: the frames socket got the
     # control port, 'Address already in use')
@@ -901,7 +901,7 @@ class Supervisor:
                            **{k.replace("protocol_errors_", "control_protocol_errors_"): v
                               for k, v in self.rejects_control.counters().items()}},
             "endpoints": {k: getattr(t, k) for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
-                                                    "events_endpoint", "control_endpoint")},
+                                                    "events_endpoint", "control_endpoint", "view_endpoint")},
         }
 
     def _status_line(self) -> str:

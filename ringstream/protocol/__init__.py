@@ -38,6 +38,7 @@ from ringstream.protocol.messages import (
     ResumeQuery,
     RunStart,
     Stop,
+    ViewUpdate,
     WorkerGone,
     worker_identity,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "ResumeQuery",
     "RunStart",
     "Stop",
+    "ViewUpdate",
     "WorkerGone",
     "decode",
     "encode",
