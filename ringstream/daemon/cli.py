@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_peaks_parser(sub)
     add_runs_parser(sub)
+    from ..view.cli import add_view_parser
+
+    add_view_parser(sub)
     return parser
 
 
@@ -453,8 +456,15 @@ def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return run_peaks(args, extra)
 
 
+def cmd_view(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ..view.cli import cmd_view as run_view
+
+    return run_view(args, extra)
+
+
 COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
-            "check-config": cmd_check_config, "peaks": cmd_peaks, "runs": cmd_runs, "export": cmd_export, "repair": cmd_repair}
+            "check-config": cmd_check_config, "peaks": cmd_peaks, "runs": cmd_runs, "export": cmd_export, "repair": cmd_repair,
+            "view": cmd_view}
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -15,6 +15,7 @@ the frames. Hence:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -92,25 +93,29 @@ class ViewFeed:
         if not self.watched or now < self.next_t:
             return
         self.next_t = now + self.period
-        self.publish(run)
+        try:
+            self.publish(run)
+        except Exception as exc:  # a viewer is never worth a frame: the writer goes on, and says so once
+            self.counters["view_errors"] = self.counters.get("view_errors", 0) + 1
+            if self.counters["view_errors"] == 1:
+                log.exception("view update not sent (%s); the frames are not affected", exc)
 
     def publish(self, run: Any) -> None:
         rows, self.pending = self.pending, []
         if len(rows) > self.rows:
             rows = [rows[int(i)] for i in np.linspace(0, len(rows) - 1, self.rows).round()]
-        lineouts = np.stack([r[1] for r in rows]) if rows else np.zeros((0, self.n_r), np.float32)
-        buffers = [self.axes, lineouts]
+        buffers: list = [self.axes, np.stack([r[1] for r in rows]) if rows else b""]
         if self.n_peaks:
             fits = np.full((len(rows), self.n_peaks, FIT_COLUMNS), np.nan)
             for i, (_, _, fit) in enumerate(rows):
                 if fit is not None:
                     k = min(len(fit), self.n_peaks)
                     fits[i, :k] = fit[:k]
-            buffers.append(fits)
+            buffers.append(fits if rows else b"")
         paths = getattr(run, "paths", None)
         msg = ViewUpdate(run_id=str(run.run_id) if run is not None else "", run=int(run.number) if run else 0,
                          name=str(run.name) if run is not None else "",
-                         file=str(paths.h5) if paths is not None else "",
+                         file=os.path.abspath(str(paths.h5)) if paths is not None else "",
                          written=int(run.written) if run is not None else 0, frames=[r[0] for r in rows],
                          n_r=self.n_r, n_peaks=self.n_peaks)
         try:
