@@ -63,6 +63,7 @@ from ..protocol import (
 from ..transport.child import STOP_NOW_SIGNAL, STOP_SIGNALS, environment, nontemporal_env, receive, stop_now
 from ..transport.endpoints import free_tcp_endpoint
 from ..transport.sockets import RejectLog, make_socket
+from .view_child import end_view, start_view
 
 log = logging.getLogger("ringstream.supervisor")
 
@@ -251,6 +252,7 @@ class Supervisor:
         self.rejects_control = RejectLog(log, "supervisor control socket")
         self.hard_exit: int | None = None  # interrupted_exit(signal) after a second signal
         self.peaks = None  # PeakControl, set up in run()
+        self.view = None  # the page process of [view] enabled (not a supervised child)
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
         self.deaths: dict[int | str, list[float]] = {}  # worker index or "ingest" -> monotonic times it died
@@ -287,6 +289,7 @@ class Supervisor:
             try:
                 code = self._start_and_loop()
             finally:
+                end_view(self.view)
                 self._kill_leftovers()
             if self.hard_exit is not None:
                 return self.hard_exit
@@ -409,6 +412,7 @@ class Supervisor:
         pids = ", ".join(f"{c.name}={c.pid}" for c in self.children)
         log.info("run %s: ready (%s)", cfg.run.run_id, pids)
         _call(self.notifier.ready, self._status_line())
+        self.view = start_view(mp, cfg)
         return self._main_loop()
 
     # ------------------------------------------------------------------------------------------ main loop
@@ -902,6 +906,8 @@ class Supervisor:
                               for k, v in self.rejects_control.counters().items()}},
             "endpoints": {k: getattr(t, k) for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
                                                     "events_endpoint", "control_endpoint", "view_endpoint")},
+            "view": {"enabled": bool(cfg.view.enabled), "listen": cfg.view.listen,
+                     "alive": bool(self.view is not None and self.view.is_alive())},
         }
 
     def _status_line(self) -> str:

@@ -14,7 +14,6 @@ A file: opened read-only (SWMR when the file allows it) every ``FILE_PERIOD`` s 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from pathlib import Path
@@ -161,8 +160,7 @@ def _spaced(n: int, most: int) -> list[int]:
     """At most ``most`` row numbers of ``0 .. n - 1``, evenly spaced, increasing, the last one always in."""
     if n <= most:
         return list(range(n))
-    step = math.ceil(n / (most - 1))
-    return sorted(set(range(0, n, step)) | {n - 1})
+    return [int(i) for i in np.linspace(0, n - 1, most).round()]  # (distinct: the step is > 1)
 
 
 def _peaks_in_force(f: Any) -> tuple[list[float], int, int]:

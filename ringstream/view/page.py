@@ -17,18 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
 from ..daemon.status import NoDaemon, is_healthy, request
-from .state import Snapshot, ViewState
+from .state import MAX_ROWS, Snapshot, ViewState
 
 #: how often a session looks for new data, in ms (the page updates at most this often)
 UPDATE_MS = 100
-#: the waterfall is sent at most this many columns wide (bins averaged in blocks)
+#: the waterfall is sent at most this many columns wide (bins averaged in blocks) and rows high (evenly spaced
+#: lineouts): about the plot's pixels, so that a deep history costs the browser no more than a shallow one
 MAX_COLUMNS = 600
+MAX_IMAGE_ROWS = 300
+#: the waterfall and the fit plots (the costly ones to send and draw) are redrawn at most this often, in s; the
+#: lineout and the status at every update
+SLOW_PLOTS_S = 0.4
 AXES = ("R (px)", "2θ (deg)", "Q (1/Å)")
 PALETTES = ("Viridis256", "Inferno256", "Greys256", "Turbo256")
 PEAK_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -118,6 +124,8 @@ class Page:
         self.editable = may_change(ctx, session_token(doc))
         self.seen = (-1, None)
         self.ticks = 0
+        self.slow_due = 0.0  # monotonic time the waterfall and fits are next redrawn
+        self.drawn_with = None  # the (axis, log, depth) they were last drawn with
         self.status = ColumnDataSource({"frames": [0], "tick": [0], "rows": [0], "run": [0]}, name="status")
         self.line = ColumnDataSource({"x": [], "y": []}, name="lineout")
         self.wf = ColumnDataSource({"image": [np.zeros((1, 1), np.float32)], "x": [0.0], "y": [0.0], "dw": [1.0],
@@ -128,7 +136,8 @@ class Page:
         self.axis = Select(title="axis", value=AXES[0], options=list(AXES), width=110)
         self.log = Toggle(label="log", active=False, width=60)
         self.pause = Toggle(label="pause", active=False, width=70)
-        self.depth = Spinner(title="history (lineouts)", low=2, high=5000, step=10, value=ctx.history, width=130)
+        self.depth = Spinner(title="history (lineouts)", low=2, high=MAX_ROWS, step=10, value=ctx.history, width=130,
+                             name="depth")
         self.palette = Select(title="colours", value=PALETTES[0], options=list(PALETTES), width=110)
         self.text = Div(text="connecting", name="status_text", width=1200)
         self.message = Div(text="", name="message", width=1200)
@@ -190,7 +199,13 @@ class Page:
         self.fig.yaxis.axis_label = "log10 intensity" if log else "intensity"
         self.line.data = {"x": x, "y": scaled[-1] if len(scaled) else np.zeros(0)}
         self.peaks.data = {"x": np.interp(np.asarray(snap.info.get("peaks") or [], float), snap.axes[0], x)}
+        now = time.monotonic()
+        if now < self.slow_due and key[1] == self.drawn_with:
+            return
+        self.slow_due, self.drawn_with = now + SLOW_PLOTS_S, key[1]
         if len(scaled):
+            if len(scaled) > MAX_IMAGE_ROWS:
+                scaled = scaled[np.linspace(0, len(scaled) - 1, MAX_IMAGE_ROWS).round().astype(int)]
             img = _decimate_columns(scaled, MAX_COLUMNS).astype(np.float32)
             finite = img[np.isfinite(img)]
             if finite.size:
@@ -200,10 +215,11 @@ class Page:
                             "dh": [float(max(last - first, 0) + 1)], "first": [first], "last": [last]}
         n, k = snap.fits.shape[:2]
         if n and k:
-            self.fits.data = {"frame": np.repeat(snap.frames, k), "peak": np.tile(np.arange(k), n),
+            peak = np.tile(np.arange(k), n)
+            self.fits.data = {"frame": np.repeat(snap.frames, k), "peak": peak,
                               "rcen": snap.fits[:, :, 0].ravel(), "fwhm": snap.fits[:, :, 1].ravel(),
                               "imax": snap.fits[:, :, 2].ravel(),
-                              "colour": [PEAK_COLOURS[i % len(PEAK_COLOURS)] for i in np.tile(np.arange(k), n)]}
+                              "colour": np.array(PEAK_COLOURS)[peak % len(PEAK_COLOURS)]}
 
     @staticmethod
     def scaled(lineouts: np.ndarray, log: bool) -> np.ndarray:

@@ -41,9 +41,10 @@ def page_address(host: str, port: int, token: str = "") -> str:
 
 
 def serve(listen: str, control: str = "", path: str = "", token: str = "", history: int = 200,
-          announce: bool = True) -> int:
+          handle_signals: bool = True) -> int:
     """Serve the page of the daemon on ``control`` or of the results file ``path`` on ``listen`` until SIGTERM or
-    SIGINT; returns 0."""
+    SIGINT (``handle_signals``; a daemon's page process leaves them to its supervisor and ends on SystemExit);
+    returns 0."""
     from bokeh.server.server import Server
     from tornado.ioloop import IOLoop
 
@@ -68,16 +69,15 @@ def serve(listen: str, control: str = "", path: str = "", token: str = "", histo
     feed.start()
     server.start()
     what = f"the results file {path}" if path else f"the daemon on {control}"
-    if announce:
-        print(f"ringstream view of {what}: {page_address(host, port, token)}", flush=True)
-        print(f"read-only: {page_address(host, port)}", flush=True)
+    print(f"ringstream view of {what}: {page_address(host, port, token)}", flush=True)
+    print(f"read-only: {page_address(host, port)}", flush=True)
     log.info("serving the page of %s on %s (token %s; without it the page is read-only)", what,
              page_address(host, port), token)
 
     def _stop(signum, frame) -> None:
         loop.add_callback_from_signal(loop.stop)
 
-    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)} if handle_signals else {}
     try:
         loop.start()
     finally:
