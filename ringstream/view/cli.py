@@ -17,16 +17,14 @@ TOKEN_ENV = "RINGSTREAM_VIEW_TOKEN"
 
 def add_view_parser(sub) -> None:
     """The ``view`` sub-command on the ``ringstream`` parser's subparsers ``sub``."""
-    p = sub.add_parser(
-        "view", allow_abbrev=False,
-        help="a live web page of a running daemon or of a results file (lineouts, waterfall, fits, status)",
-        description="Serve a web page (Bokeh, no internet needed) showing the latest lineout, a waterfall of the "
-        "last lineouts, each peak's Rcen, FWHM and Imax against frame, and the daemon's state. Clicks on the "
-        "lineout add (shift: remove) peaks, only in a page opened with the token printed at start.",
-    )
+    what = ("Serve a web page (Bokeh, no internet needed) showing the latest lineout, a waterfall of the last "
+            "lineouts, each peak's Rcen, FWHM and Imax against frame, and the daemon's state. Clicks on the lineout "
+            "add (shift: remove) peaks, only in a page opened with the token printed at start.")
+    p = sub.add_parser("view", allow_abbrev=False, description=what,
+                       help="a live web page of a running daemon or of a results file (lineouts, waterfall, fits)")
+    p.add_argument("h5", nargs="?", metavar="OUT.h5", help="a results file instead of a daemon (growing or finished)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="DEBUG logs and tracebacks on errors")
-    p.add_argument("h5", nargs="?", metavar="OUT.h5", help="a results file instead of a daemon (growing or finished)")
     add_control_argument(p)
     p.add_argument("--listen", default=option_of("view", "listen").default, metavar="HOST:PORT",
                    help="where the page is served (default %(default)s)")
