@@ -5,14 +5,18 @@ The real ``ringstream run`` on ``configs/demo-pilatus2m.txt`` (PILATUS 2M int32,
 ways, interleaved and repeated:
 
 - ``none``: no viewer (the writer's view socket has no subscriber: it copies and sends nothing);
-- ``viewer``: a ``ringstream view --control`` process attached (subscribed from the daemon's first seconds: the
-  writer copies up to ``[view] rows`` lineouts and publishes ``[view] rate`` updates a second);
-- ``browser``: the same with a headless Chromium page open on it (Playwright), which reads the page's update counter
-  (the ``status`` data source's ``tick``) every 50 ms: the page's updates per second while frames arrive.
+- ``viewer``: a ``ringstream view --control`` process attached (started and serving before the daemon starts, as a
+  page left open is: it subscribes once the daemon answers, so the writer copies up to ``[view] rows`` lineouts and
+  publishes ``[view] rate`` updates a second for the whole run);
+- ``browser``: the same with a headless Chromium page open on it (Playwright, opened before the daemon starts),
+  which reads the page's update counter (the ``status`` data source's ``tick``) every 50 ms: the page's updates per
+  second while frames arrive.
 
 frames/s is the daemon's own number from its final line (ready -> last frame written). On a 2-core box the viewer
 process and the browser share the cores with the daemon, so ``browser`` measures their CPU as well; ``viewer`` is
-the daemon's side of the cost.
+the daemon's side of the cost. On a box shared with other work frames/s varies from run to run by much more than a
+viewer could cost, so each row also has the CPU seconds the daemon's processes used per frame (the supervisor and
+every child it reaped: ``RUSAGE_CHILDREN`` of this process around the daemon's run), which other work barely moves.
 
 Prints a table and writes ``<out>/view_overhead-<machine>.json``.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -47,6 +52,19 @@ def _viewer(control: str, port: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def _wait_page(port: int, deadline_s: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"ringstream view on port {port} did not answer within {deadline_s} s")
+
+
 def _page_rate(samples: list[tuple[float, int, int]]) -> float:
     """Page updates a second over the samples (time, tick, frames) from the first with frames to the last whose
     frames changed (while frames arrived)."""
@@ -65,22 +83,21 @@ def trial(mode: str, frames: int, folder: Path, browser) -> dict:
     for old in folder.glob("view-*"):
         old.unlink()
     control, port = free_tcp_endpoint(), free_tcp_port()
+    viewer = page = None
+    if mode != "none":
+        viewer = _viewer(control, port)
+        _wait_page(port)
+    if mode == "browser":
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(f"http://127.0.0.1:{port}/")
     daemon = subprocess.Popen(_script() + ["run", "--param-file", str(PARAMS), "--simulate", str(frames),
                                            "--workers", "2", "--engine", "cpu", "--output-h5", str(out),
                                            "--control", control, "--log-level", "WARNING"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    viewer = _viewer(control, port) if mode != "none" else None
     samples: list[tuple[float, int, int]] = []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        if mode == "browser":
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    page.goto(f"http://127.0.0.1:{port}/")
-                    break
-                except Exception:  # (the server is still starting)
-                    time.sleep(0.3)
+        if page is not None:
             while daemon.poll() is None:
                 got = page.evaluate(TICK)
                 if got:
@@ -88,6 +105,7 @@ def trial(mode: str, frames: int, folder: Path, browser) -> dict:
                 time.sleep(0.05)
             page.close()
         _, err = daemon.communicate(timeout=3600)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # (the daemon's processes only: the viewer lives on)
     finally:
         for p in (daemon, viewer):
             if p is not None and p.poll() is None:
@@ -96,7 +114,9 @@ def trial(mode: str, frames: int, folder: Path, browser) -> dict:
     m = COUNTS.search(err)
     if daemon.returncode != 0 or not m:
         raise SystemExit(f"daemon run ({mode}) failed (exit {daemon.returncode}):\n{err[-3000:]}")
-    row = {"mode": mode, "frames": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7))}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    row = {"mode": mode, "frames": int(m.group(3)), "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)),
+           "daemon_cpu_ms_per_frame": round(1000 * cpu / int(m.group(3)), 3)}
     if mode == "browser":
         row["page_updates_per_s"] = round(_page_rate(samples), 2)
     return row
@@ -133,16 +153,20 @@ def main() -> int:
                 pw.stop()
     summary = {}
     base = statistics.median(r["frames_per_s"] for r in rows if r["mode"] == modes[0])
-    print(f"\n{'mode':<10}{'frames/s (median)':>20}{'min':>10}{'max':>10}{'vs ' + modes[0]:>12}{'page upd/s':>12}")
+    base_cpu = statistics.median(r["daemon_cpu_ms_per_frame"] for r in rows if r["mode"] == modes[0])
+    print(f"\n{'mode':<10}{'frames/s (median)':>20}{'min':>10}{'max':>10}{'vs ' + modes[0]:>12}"
+          f"{'CPU ms/frame':>14}{'vs ' + modes[0]:>10}{'page upd/s':>12}")
     for mode in modes:
         fps = [r["frames_per_s"] for r in rows if r["mode"] == mode]
         upd = [r["page_updates_per_s"] for r in rows if r["mode"] == mode and "page_updates_per_s" in r]
-        summary[mode] = {"frames_per_s_median": statistics.median(fps), "frames_per_s_min": min(fps),
+        cpu = statistics.median(r["daemon_cpu_ms_per_frame"] for r in rows if r["mode"] == mode)
+        summary[mode] = {"daemon_cpu_ms_per_frame_median": cpu, "cpu_vs_first": round(cpu / base_cpu - 1, 4),
+                         "frames_per_s_median": statistics.median(fps), "frames_per_s_min": min(fps),
                          "frames_per_s_max": max(fps), "vs_first": round(statistics.median(fps) / base - 1, 4),
                          **({"page_updates_per_s_median": statistics.median(upd)} if upd else {})}
         s = summary[mode]
         print(f"{mode:<10}{s['frames_per_s_median']:>20.1f}{s['frames_per_s_min']:>10.1f}"
-              f"{s['frames_per_s_max']:>10.1f}{s['vs_first']:>+12.1%}"
+              f"{s['frames_per_s_max']:>10.1f}{s['vs_first']:>+12.1%}{cpu:>14.2f}{s['cpu_vs_first']:>+10.1%}"
               f"{s.get('page_updates_per_s_median', float('nan')):>12.1f}")
     dest = Path(args.out) / f"view_overhead-{args.machine}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
