@@ -133,8 +133,8 @@ class Page:
         self.fits = ColumnDataSource({"frame": [], "peak": [], "rcen": [], "fwhm": [], "imax": [], "colour": []},
                                      name="fits")
         self.peaks = ColumnDataSource({"x": []}, name="peaks")
-        self.axis = Select(title="axis", value=AXES[0], options=list(AXES), width=110)
-        self.log = Toggle(label="log", active=False, width=60)
+        self.axis = Select(title="axis", value=AXES[0], options=list(AXES), width=110, name="axis")
+        self.log = Toggle(label="log", active=False, width=60, name="log")
         self.pause = Toggle(label="pause", active=False, width=70)
         self.depth = Spinner(title="history (lineouts)", low=2, high=MAX_ROWS, step=10, value=ctx.history, width=130,
                              name="depth")

@@ -262,6 +262,16 @@ def test_the_peak_updates_reach_the_file_and_the_finished_file_shows_all_its_fra
     assert got["shown"] == min(written, 1000) and got["rows"] == min(written, 300)  # (decimated to the screen)
     assert "complete" in got["text"]
     assert f"peaks (list 2, from frame {int(upd_from(out))})" in got["text"]
+    with h5py.File(out, "r") as f:
+        two_theta, last = f["/entry/data/radial_axis"][()], f["/entry/data/I"][-1]
+    page.evaluate("() => { const d = Bokeh.documents[0]; d.get_model_by_name('axis').value = '2θ (deg)'; "
+                  "d.get_model_by_name('log').active = true }")  # the axis and log controls
+    page.wait_for_function("() => { const l = Bokeh.documents[0].get_model_by_name('lineout').data; "
+                           "return l.x[0] < 1 && Math.max(...l.y) < 4 }")  # (both changes drawn: 2θ in deg, log10)
+    line = page.evaluate("() => { const l = Bokeh.documents[0].get_model_by_name('lineout').data; "
+                         "return [Array.from(l.x), Array.from(l.y)] }")
+    assert np.array_equal(line[0], two_theta)
+    assert np.allclose(line[1], np.log10(last.astype(np.float64)), rtol=1e-6)
     page.close()
 
 
