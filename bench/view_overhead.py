@@ -18,6 +18,12 @@ the daemon's side of the cost. On a box shared with other work frames/s varies f
 viewer could cost, so each row also has the CPU seconds the daemon's processes used per frame (the supervisor and
 every child it reaped: ``RUSAGE_CHILDREN`` of this process around the daemon's run), which other work barely moves.
 
+``--micro`` (always run first, a few seconds) times the writer's side alone, which other work on the box barely
+moves: the microseconds per frame (the feed's calls alone, timed around them) :class:`~ringstream.writer.view_feed.ViewFeed` adds (``offer`` of each
+frame's lineout and fit, ``tick`` once per frame as the writer's loop would, publishing at ``[view] rate``), with no
+subscriber and with one that reads everything, for the demo's 990-bin lineouts and 3 fitted peaks at 1,000
+frames/s (a frame every millisecond of simulated time).
+
 Prints a table and writes ``<out>/view_overhead-<machine>.json``.
 
 Run: ``python bench/view_overhead.py [--frames 1500] [--repeat 3] [--modes none,viewer,browser] [--machine vm]``
@@ -76,6 +82,56 @@ def _page_rate(samples: list[tuple[float, int, int]]) -> float:
     return (k1 - k0) / (t1 - t0)
 
 
+def micro(frames: int = 20_000, n_r: int = 990, n_peaks: int = 3, fps: float = 1000.0) -> dict:
+    """µs per frame of the writer's view feed, unwatched and watched (see the module's docstring)."""
+    import numpy as np
+    import zmq
+
+    from ringstream.writer import view_feed
+    from ringstream.writer.view_feed import ViewFeed
+
+    ctx = zmq.Context()
+    out = {}
+    clock = [0.0]
+    real = view_feed.time.monotonic
+    view_feed.time.monotonic = lambda: clock[0]  # simulated time: a frame every 1/fps s
+    try:
+        for watched in (False, True):
+            pub = ctx.socket(zmq.XPUB)
+            pub.setsockopt(zmq.SNDHWM, 2)
+            pub.bind(f"inproc://view-micro-{watched}")
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            if watched:
+                sub.connect(f"inproc://view-micro-{watched}")
+            feed = ViewFeed(pub, np.vstack([np.arange(n_r)] * 3).astype(np.float64), n_peaks, rate=10.0, rows=16)
+            run = type("Run", (), {"run_id": "r", "number": 1, "name": "", "paths": None, "written": 0})()
+            clock[0] = 0.0
+            time.sleep(0.05)  # (the subscription on its way)
+            feed.tick(run)
+            lineout = np.random.default_rng(0).random(n_r, dtype=np.float32)
+            fit = np.ones((n_peaks, 7))
+            received, spent = 0, 0
+            for k in range(frames):
+                clock[0] = k / fps
+                t0 = time.perf_counter_ns()
+                feed.offer(k, lineout, fit)
+                feed.tick(run)
+                spent += time.perf_counter_ns() - t0
+                while sub.poll(0):
+                    sub.recv_multipart()
+                    received += 1
+            out["watched" if watched else "unwatched"] = {
+                "us_per_frame": round(spent / 1e3 / frames, 3), "updates_published": feed.counters["view_updates"],
+                "updates_received": received}
+            sub.close(linger=0)
+            pub.close(linger=0)
+    finally:
+        view_feed.time.monotonic = real
+        ctx.destroy(linger=0)
+    return {"frames": frames, "n_r": n_r, "n_peaks": n_peaks, "simulated_fps": fps, **out}
+
+
 def trial(mode: str, frames: int, folder: Path, browser) -> dict:
     from ringstream.transport.endpoints import free_tcp_endpoint, free_tcp_port
 
@@ -128,10 +184,21 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", default="none,viewer,browser")
     ap.add_argument("--machine", default="vm", help="the name in the results file (default vm)")
+    ap.add_argument("--micro", action="store_true", help="only the writer's side (no daemon runs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
     modes = args.modes.split(",")
     load = os.getloadavg()
+    feed = micro()
+    print(f"the writer's view feed, per frame: {feed['unwatched']['us_per_frame']:.2f} µs with no viewer, "
+          f"{feed['watched']['us_per_frame']:.2f} µs with one ({feed['watched']['updates_received']} updates "
+          f"received for {feed['frames']} frames)", flush=True)
+    if args.micro:
+        dest = Path(args.out) / f"view_overhead-micro-{args.machine}.json"
+        dest.write_text(json.dumps({"machine": {**machine_info(), "name": args.machine}, "load_at_start": load,
+                                    "feed": feed}, indent=2) + "\n")
+        print(f"wrote {dest}")
+        return 0
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ringstream-view-bench-") as tmp:
         pw = chromium = None
@@ -170,7 +237,8 @@ def main() -> int:
               f"{s.get('page_updates_per_s_median', float('nan')):>12.1f}")
     dest = Path(args.out) / f"view_overhead-{args.machine}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"machine": {**machine_info(), "name": args.machine}, "params": str(PARAMS.name),
+    dest.write_text(json.dumps({"machine": {**machine_info(), "name": args.machine}, "feed": feed,
+                                "params": str(PARAMS.name),
                                 "frames": args.frames, "workers": 2, "engine": "cpu", "settings": "default",
                                 "load_at_start": load, "load_at_end": os.getloadavg(), "rows": rows, "summary": summary}, indent=2) + "\n")
     print(f"\nwrote {dest}")

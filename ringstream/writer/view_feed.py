@@ -28,6 +28,8 @@ log = logging.getLogger("ringstream.writer")
 
 #: rows kept between two updates before every other one is dropped (times ``[view] rows``)
 _KEEP_FACTOR = 4
+#: how often the socket is asked whether a viewer came or went, in s
+_CHECK_S = 0.05
 
 
 class ViewFeed:
@@ -44,6 +46,7 @@ class ViewFeed:
         self.watched = False  # a viewer subscribes (XPUB subscription messages)
         self.pending: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self.next_t = 0.0
+        self.next_check = 0.0
         self.counters = {"view_updates": 0, "view_subscribed": 0}
 
     @classmethod
@@ -69,27 +72,27 @@ class ViewFeed:
 
     def offer(self, frame: int, lineout: np.ndarray, fit: np.ndarray | None) -> None:
         """A row written (in-run ``frame``, lineout f ``[n_r]``, fit ``[k, 7]`` or None): kept for the next update
-        while a viewer watches."""
+        while a viewer watches. Kept by reference, not copied: they are views of a received message, which nothing
+        writes to, and at most ``_KEEP_FACTOR * rows`` of them are held."""
         if not self.watched:
             return
-        self.pending.append((int(frame), np.array(lineout, dtype=np.float32),
-                             None if fit is None else np.array(fit, dtype=np.float64)))
+        self.pending.append((frame, lineout, fit))
         if len(self.pending) >= _KEEP_FACTOR * self.rows:
             self.pending = self.pending[1::2]  # (the newest stays)
 
     def tick(self, run: Any) -> None:
-        """Every turn of the writer's loop: take (un)subscriptions, and publish when an update is due."""
-        while True:
-            try:
-                event = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if event[:1] in (b"\x00", b"\x01"):
-                self.watched = event[:1] == b"\x01"
-                self.counters["view_subscribed"] = int(self.watched)
-                if not self.watched:
-                    self.pending.clear()
+        """Every turn of the writer's loop: take (un)subscriptions (every ``_CHECK_S``), and publish when an update
+        is due."""
         now = time.monotonic()
+        if now >= self.next_check:
+            self.next_check = now + _CHECK_S
+            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                event = self.sock.recv()
+                if event[:1] in (b"\x00", b"\x01"):
+                    self.watched = event[:1] == b"\x01"
+                    self.counters["view_subscribed"] = int(self.watched)
+                    if not self.watched:
+                        self.pending.clear()
         if not self.watched or now < self.next_t:
             return
         self.next_t = now + self.period
@@ -104,7 +107,7 @@ class ViewFeed:
         rows, self.pending = self.pending, []
         if len(rows) > self.rows:
             rows = [rows[int(i)] for i in np.linspace(0, len(rows) - 1, self.rows).round()]
-        buffers: list = [self.axes, np.stack([r[1] for r in rows]) if rows else b""]
+        buffers: list = [self.axes, np.stack([r[1] for r in rows]).astype(np.float32, copy=False) if rows else b""]
         if self.n_peaks:
             fits = np.full((len(rows), self.n_peaks, FIT_COLUMNS), np.nan)
             for i, (_, _, fit) in enumerate(rows):
@@ -116,7 +119,7 @@ class ViewFeed:
         msg = ViewUpdate(run_id=str(run.run_id) if run is not None else "", run=int(run.number) if run else 0,
                          name=str(run.name) if run is not None else "",
                          file=os.path.abspath(str(paths.h5)) if paths is not None else "",
-                         written=int(run.written) if run is not None else 0, frames=[r[0] for r in rows],
+                         written=int(run.written) if run is not None else 0, frames=[int(r[0]) for r in rows],
                          n_r=self.n_r, n_peaks=self.n_peaks)
         try:
             self.sock.send_multipart(encode(msg, buffers), zmq.NOBLOCK, copy=False)
