@@ -84,7 +84,7 @@ def status_text(snap: Snapshot, editable: bool) -> str:
     info, st = snap.info, snap.info.get("status") or {}
     tot = st.get("totals") or {}
     runs = st.get("runs") or {}
-    if info.get("source") == "file" or st.get("state") in ("complete", "growing", "unreadable"):
+    if info.get("source") == "file" or st.get("state") in ("complete", "growing", "unreadable", "no daemon"):
         state = st.get("state", "?")
         fps = ""
     else:

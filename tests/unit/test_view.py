@@ -95,6 +95,9 @@ def test_the_status_text_names_the_state_the_run_and_the_counts():
     assert status_text(state.snapshot(1), editable=True).startswith("<b>idle between runs</b>")
     state.set_info(status={**status, "children": {"writer": {"alive": False}}})
     assert status_text(state.snapshot(1), editable=True).startswith("<b>unhealthy</b>")
+    state.set_info(status={"state": "no daemon", "error": "no daemon answering on tcp://127.0.0.1:1"})
+    text = status_text(state.snapshot(1), editable=True)
+    assert text.startswith("<b>no daemon</b>") and "<b>no daemon answering on tcp://127.0.0.1:1</b>" in text
 
 
 def test_the_state_is_safe_to_read_while_a_feed_writes():
