@@ -7,7 +7,7 @@ section and key with its default and meaning (generated: ``python -m ringstream.
 Precedence, lowest first: the table's defaults < the TOML file (``--config``) < the environment
 (``RINGSTREAM_<SECTION>_<KEY>``, e.g. ``RINGSTREAM_WORKERS_COUNT=4``) < the command line. A later layer replaces a
 key's value (lists included: command-line ``overrides`` replace the file's). Sections: ``[run]``, ``[output]``,
-``[source]``, ``[workers]``, ``[transport]``, ``[supervisor]``, ``[fit]``, ``[logging]`` (what each holds:
+``[source]``, ``[workers]``, ``[transport]``, ``[supervisor]``, ``[fit]``, ``[logging]``, ``[view]`` (what each holds:
 :mod:`.schema`).
 
 Strings that name nothing yet are ``""`` (TOML has no null). Environment values are text: integers and numbers as
@@ -41,6 +41,7 @@ from .schema import (
     SourceConfig,
     SupervisorConfig,
     TransportConfig,
+    ViewConfig,
     WorkersConfig,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "SourceConfig",
     "SupervisorConfig",
     "TransportConfig",
+    "ViewConfig",
     "WorkersConfig",
     "add_config_arguments",
     "cli_layer",

@@ -31,6 +31,7 @@ class DaemonConfig:
     supervisor: schema.SupervisorConfig = field(default_factory=schema.SupervisorConfig)
     fit: schema.FitConfig = field(default_factory=schema.FitConfig)
     logging: schema.LoggingConfig = field(default_factory=schema.LoggingConfig)
+    view: schema.ViewConfig = field(default_factory=schema.ViewConfig)
     config_file: str = field(default="", compare=False)  # the TOML file read ("" = none)
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # ("section.key", origin) per key
 

@@ -8,7 +8,7 @@ and ``systemd/example.toml``. :data:`OPTIONS` lists the table row by row (sectio
 Sections (:data:`SECTIONS`, in this order): ``[run]`` what to integrate and where the results go, ``[output]`` how
 the results are stored, ``[source]`` where frames come from, ``[workers]`` the integrating processes,
 ``[transport]`` the ZeroMQ endpoints and the shared-memory frame ring, ``[supervisor]`` liveness and shutdown
-timing, ``[fit]`` how peaks are fitted, ``[logging]`` log output. ``systemd/example.toml`` shows every key of each with its default and help.
+timing, ``[fit]`` how peaks are fitted, ``[logging]`` log output, ``[view]`` the live web page. ``systemd/example.toml`` shows every key of each with its default and help.
 
 It imports nothing else of ringstream, so the configuration loads without any process role.
 """
@@ -23,7 +23,7 @@ from ..source_kinds import SOURCE_KINDS
 
 __all__ = [
     "DTYPES", "ENGINES", "ENV_PREFIX", "FIT_ENGINES", "LOG_LEVELS", "OPTIONS", "SECTIONS", "SOURCE_KINDS",
-    "CAKE_DTYPES", "FitConfig", "LoggingConfig", "Option", "OutputConfig", "RunConfig", "SourceConfig", "SupervisorConfig", "TransportConfig",
+    "CAKE_DTYPES", "FitConfig", "LoggingConfig", "Option", "OutputConfig", "RunConfig", "SourceConfig", "SupervisorConfig", "TransportConfig", "ViewConfig",
     "WorkersConfig", "option_of", "options_of",
 ]
 
@@ -287,6 +287,8 @@ class TransportConfig:
                                    example="/etc/ringstream/authorized_keys")
     insecure_remote: bool = opt(False, "allow tcp sockets beyond loopback, and remote workers, without CURVE (no "
                                 "authentication, no encryption; a warning at every start)")
+    view_endpoint: str = opt("auto", "writer -> live viewers (`ringstream view`): decimated lineouts and fits, "
+                             "dropped when a viewer is slow")
     shared_memory: bool = opt(True, "frames through the /dev/shm ring; false (--no-shm): pixels inline in the "
                               "messages", flags="--no-shm")
     ring_slots: int = opt(32, "frames in flight (shared-memory slots)", flags="--ring-slots", metavar="N",
@@ -332,6 +334,22 @@ class LoggingConfig:
     level: str = opt("INFO", "log level", flags="--log-level", metavar="LEVEL", choices=LOG_LEVELS)
 
 
+@dataclass(frozen=True)
+class ViewConfig:
+    """The live web page (`ringstream view`, docs/VIEW.md): what the writer publishes for viewers, and the page
+    the daemon can serve itself."""
+
+    enabled: bool = opt(False, "the daemon serves the page itself (as `ringstream view --control` would), on listen")
+    listen: str = opt("127.0.0.1:8765", "HOST:PORT the page is served on (0.0.0.0 opens it to the network: "
+                      "viewing is open to whoever reaches it, changing peaks needs the token)")
+    rate: float = opt(10.0, "updates per second the writer publishes to viewers, at most", above=0, at_most=100)
+    rows: int = opt(16, "lineouts per update at most (the frames written since the last one, evenly spaced)",
+                    at_least=1, at_most=1024)
+    history: int = opt(200, "lineouts the page's waterfall shows (its initial depth)", at_least=2)
+    token: str = opt("", "the token that lets a page change peaks (?token=...); \"\" = a new one at each start, "
+                     "printed and logged")
+
+
 SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "output": OutputConfig,
@@ -341,6 +359,7 @@ SECTIONS: dict[str, type] = {
     "supervisor": SupervisorConfig,
     "fit": FitConfig,
     "logging": LoggingConfig,
+    "view": ViewConfig,
 }
 
 

@@ -21,7 +21,7 @@ Merged = dict[str, dict[str, object]]
 Origins = dict[tuple[str, str], str]
 
 ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
-                 "peaks_endpoint")
+                 "peaks_endpoint", "view_endpoint")
 #: the key a source kind cannot do without
 _NEEDS = {"replay": "replay_path", "folder": "folder", "pva": "pva_channel", "dectris": "dectris_stream"}
 

@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_parser(sub)
     add_worker_parser(sub)
     add_keys_parser(sub)
+    from ..view.cli import add_view_parser
+
+    add_view_parser(sub)
     return parser
 
 
@@ -494,10 +497,17 @@ def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return run_keys(args, extra)
 
 
+def cmd_view(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from ..view.cli import cmd_view as run_view
+
+    return run_view(args, extra)
+
+
 COMMANDS = {"map": cmd_map, "integrate": cmd_integrate, "run": cmd_run, "status": cmd_status,
             "check-config": cmd_check_config, "peaks": cmd_peaks, "runs": cmd_runs, "export": cmd_export, "repair": cmd_repair,
             "worker": cmd_worker, "keys": cmd_keys,
-            "dectris-sim": cmd_dectris_sim}
+            "dectris-sim": cmd_dectris_sim,
+            "view": cmd_view}
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -5,9 +5,10 @@ Why it is built this way: frames are already in flight to several workers when a
 never fit frame k with a list other than the one in force for k. So the **ingest** decides where a change starts and
 stamps it into every frame:
 
-1. a change (``ringstream peaks set|add|clear`` on the control socket, or ``peak_update.txt`` appearing in the
-   output folder) gets the next ``seq`` here and is published as a ``ControlRequest("peaks", {seq, peaks,
-   from_frame, origin})`` on the peaks PUB socket (``transport.peaks_endpoint``);
+1. a change (``ringstream peaks set|add|remove|clear`` or a click on ``ringstream view``'s page, on the control
+   socket, or ``peak_update.txt`` appearing in the output folder) gets the next ``seq`` here and is published as
+   a ``ControlRequest("peaks", {seq, peaks, from_frame, origin})`` on the peaks PUB socket
+   (``transport.peaks_endpoint``);
 2. the ingest (SUB) takes it before its next frame: ``from_frame`` = max(asked, next frame_index), stamps
    ``metadata["peak_seq"]`` into every FrameHeader from there on (the highest seq in force for that index), and
    confirms with a ``PeakUpdate(seq, from_frame, peaks, origin)`` on its events socket;

@@ -1,6 +1,7 @@
-"""``ringstream peaks set|add|clear``: change a running daemon's peak list from a stated frame on.
+"""``ringstream peaks set|add|remove|clear``: change a running daemon's peak list from a stated frame on.
 
-``set R...`` replaces the list, ``add R...`` adds to it, ``clear`` empties it (automatic finding, or no fitting, as
+``set R...`` replaces the list, ``add R...`` adds to it, ``remove R...`` takes out the peak nearest each R (what a
+shift-click on ``ringstream view``'s lineout does), ``clear`` empties it (automatic finding, or no fitting, as
 the parameter file says); ``--from-frame N`` asks for a start no earlier than frame N (default: the next frame the
 ingest sends). The command waits for the ingest's confirmation and prints the frame the list is in force from:
 ``peak list 2 in force from frame 1234: 245.3, 347.1``. Exit 0 on success; 3 when the daemon refuses the change
@@ -35,13 +36,14 @@ def add_peaks_parser(sub) -> None:
     """The ``peaks`` sub-command on the ``ringstream`` parser's subparsers ``sub``."""
     p = sub.add_parser(
         "peaks", allow_abbrev=False,
-        help="change a running daemon's peak list (set|add|clear) from a stated frame on",
+        help="change a running daemon's peak list (set|add|remove|clear) from a stated frame on",
         description="Change the peak list of a running daemon. It takes effect from --from-frame N or from the "
         "next frame the ingest sends, whichever is later, and is recorded with that frame index.",
     )
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="DEBUG logs and tracebacks on errors")
-    p.add_argument("action", choices=("set", "add", "clear"), help="replace, extend or empty the list")
+    p.add_argument("action", choices=("set", "add", "remove", "clear"),
+                   help="replace, extend, take the nearest peaks out of, or empty the list")
     p.add_argument("radii", nargs="*", type=_radius, metavar="R", help="peak locations in px")
     p.add_argument("--from-frame", type=int, default=None, metavar="N", help="first frame_index to use the list")
     add_control_argument(p)
@@ -54,7 +56,7 @@ def cmd_peaks(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     if extra:
         raise ConfigError(f"peaks: unexpected arguments: {' '.join(extra)}")
-    if args.action in ("set", "add") and not args.radii:
+    if args.action in ("set", "add", "remove") and not args.radii:
         raise ConfigError(f"peaks {args.action}: give at least one radius R (px)")
     if args.action == "clear" and args.radii:
         raise ConfigError("peaks clear: takes no radii")

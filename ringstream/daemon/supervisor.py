@@ -50,6 +50,7 @@ from typing import Any
 
 import zmq
 
+from ..config.validate import ENDPOINT_KEYS
 from ..errors import EXIT_INTERNAL, ConfigError, RingstreamError
 from ..protocol import (
     ControlReply,
@@ -88,6 +89,7 @@ from ..transport.runtime_dir import (
 )
 from ..transport.security import is_loopback
 from ..transport.sockets import RejectLog, make_socket
+from .view_child import end_view, start_view
 
 log = logging.getLogger("ringstream.supervisor")
 
@@ -184,10 +186,6 @@ def _exit_text(child: Child) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-ENDPOINT_KEYS = ("frames_endpoint", "results_endpoint", "release_endpoint", "events_endpoint", "control_endpoint",
-                 "peaks_endpoint")
 
 
 def resolve_config(config: Any) -> Any:
@@ -315,6 +313,7 @@ class Supervisor:
         self.remote = None  # RemoteWorkers, with [transport] remote_endpoint
         self._params_text = ""
         self._map_key = ""
+        self.view = None  # the page process of [view] enabled (not a supervised child)
         self._run_seq = 0  # the seq of the last ``runs start|stop`` request
         self._run_cache: tuple[int, dict] = (0, {})  # the current run's index entry
         self.deaths: dict[int | str, list[float]] = {}  # worker index or "ingest" -> monotonic times it died
@@ -363,6 +362,7 @@ class Supervisor:
             try:
                 code = self._start_and_loop()
             finally:
+                end_view(self.view)
                 self._kill_leftovers()
             if self.hard_exit is not None:
                 return self.hard_exit
@@ -513,6 +513,7 @@ class Supervisor:
         pids = ", ".join(f"{c.name}={c.pid}" for c in self.children)
         log.info("run %s: ready (%s)", cfg.run.run_id, pids)
         _call(self.notifier.ready, self._status_line())
+        self.view = start_view(mp, cfg)
         return self._main_loop()
 
     # ------------------------------------------------------------------------------------------ main loop
@@ -1023,8 +1024,10 @@ class Supervisor:
                            **{k.replace("protocol_errors_", "control_protocol_errors_"): v
                               for k, v in self.rejects_control.counters().items()}},
             "endpoints": {k: getattr(t, k) for k in ("frames_endpoint", "results_endpoint", "release_endpoint",
-                                                    "events_endpoint", "control_endpoint")},
+                                                    "events_endpoint", "control_endpoint", "view_endpoint")},
             "remote": self.remote.status() if self.remote is not None else {},
+            "view": {"enabled": bool(cfg.view.enabled), "listen": cfg.view.listen,
+                     "alive": bool(self.view is not None and self.view.is_alive())},
         }
 
     def _status_line(self) -> str:

@@ -17,16 +17,24 @@ from pathlib import Path
 
 from ..errors import InputError
 
-ACTIONS = ("set", "add", "clear")
+ACTIONS = ("set", "add", "remove", "clear")
 MIDAS_MODES = {"replace": "set", "append": "add"}
 
 
 def apply_action(current: tuple[float, ...], action: str, peaks) -> tuple[float, ...]:
-    """The peak list after ``action`` ("set": ``peaks``; "add": current + ``peaks``; "clear": empty = automatic
-    finding, or no fitting, as the parameter file says), sorted by R, duplicates (within 1e-9 px) removed."""
+    """The peak list after ``action`` ("set": ``peaks``; "add": current + ``peaks``; "remove": current without the
+    peak nearest each of ``peaks``; "clear": empty = automatic finding, or no fitting, as the parameter file says),
+    sorted by R, duplicates (within 1e-9 px) removed."""
     if action not in ACTIONS:
         raise InputError(f"peaks: unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
     values = [] if action == "clear" else [float(v) for v in peaks]
+    if action == "remove":
+        kept = list(current)
+        for v in values:
+            if not kept:
+                raise InputError(f"peaks remove {v:g}: the peak list is empty")
+            kept.pop(min(range(len(kept)), key=lambda i: abs(kept[i] - v)))
+        values = kept
     if action == "add":
         values = list(current) + values
     out: list[float] = []

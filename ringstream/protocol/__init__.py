@@ -42,6 +42,7 @@ from ringstream.protocol.messages import (
     ResumeQuery,
     RunStart,
     Stop,
+    ViewUpdate,
     WorkerGone,
     worker_identity,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "ResumeQuery",
     "RunStart",
     "Stop",
+    "ViewUpdate",
     "WorkerGone",
     "compressed_bound",
     "decode",

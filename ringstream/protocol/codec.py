@@ -203,6 +203,8 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "stop": {"reason": _STR},
     "request": {"command": _one_of("status", "stop", "peaks", "runs", "join", "ping"), "args": _ANY_MAP},
     "reply": {"ok": _BOOL, "data": _ANY_MAP, "error": _STR},
+    "view": {"run_id": _STR, "run": _COUNT, "name": _STR, "file": _STR, "written": _COUNT, "frames": _INDEX_LIST,
+             "n_r": _COUNT, "n_peaks": _COUNT},
 }
 
 _TAGS: dict[type, str] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
@@ -335,6 +337,12 @@ def _check_buffers(tag: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
         if sizes != expected:
             raise ProtocolError("size", f"omegasum of group {kwargs['group']}: buffers of {sizes} bytes, expected "
                                         f"{expected} (n_r x n_eta {dtype})")
+    elif tag == "view":
+        rows, n_r, n_peaks = len(kwargs.get("frames", ())), kwargs["n_r"], kwargs.get("n_peaks", 0)
+        expected = [3 * n_r * 8, rows * n_r * 4] + ([rows * n_peaks * FIT_COLUMNS * 8] if n_peaks else [])
+        if sizes != expected:
+            raise ProtocolError("size", f"view update of {rows} rows: buffers of {sizes} bytes, expected "
+                                        f"{expected} (axes, lineouts, fits)")
     elif sizes:
         raise ProtocolError("size", f"{tag} message: carries no buffers, got {len(sizes)}")
 

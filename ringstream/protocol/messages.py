@@ -324,6 +324,26 @@ class ControlReply:
     error: str = ""
 
 
+@_message
+class ViewUpdate:
+    """Decimated results for live viewers (``ringstream view``), ``type = "view"``: published by the writer on
+    its view PUB socket (``[transport] view_endpoint``) at most ``[view] rate`` times a second, and only while a
+    viewer subscribes. ``run``, ``name``, ``file``: the run (number, name, HDF5 path); ``written``: its frames
+    written so far; ``frames``: the in-run frame index of each row sent (at most ``[view] rows`` of the frames
+    written since the last update, evenly spaced). Buffers: axes f8 ``[3, n_r]`` (R px, 2θ deg, Q 1/Å with NaN
+    when the wavelength is unknown), lineouts f4 ``[len(frames), n_r]``, and if ``n_peaks`` the fit rows f8
+    ``[len(frames), n_peaks, 7]`` (NaN rows where a frame has none)."""
+
+    run_id: str = ""
+    run: int = 0
+    name: str = ""
+    file: str = ""
+    written: int = 0
+    frames: list[int] = dataclasses.field(default_factory=list)
+    n_r: int
+    n_peaks: int = 0
+
+
 MESSAGE_TYPES: dict[str, type] = {
     "frame": FrameHeader,
     "result": Result,
@@ -342,7 +362,8 @@ MESSAGE_TYPES: dict[str, type] = {
     "stop": Stop,
     "request": ControlRequest,
     "reply": ControlReply,
+    "view": ViewUpdate,
 }
 """Wire ``type`` tag -> dataclass."""
 
-Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Flushed | ResumeQuery | Missing | Resent | Heartbeat | Stop | ControlRequest | ControlReply
+Message = FrameHeader | Result | PeakUpdate | OmegaPartial | EndOfStream | RunStart | Credit | FrameAck | WorkerGone | Flushed | ResumeQuery | Missing | Resent | Heartbeat | Stop | ControlRequest | ControlReply | ViewUpdate

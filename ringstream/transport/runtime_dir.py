@@ -31,7 +31,7 @@ from ..errors import ConfigError
 CONTROL_NAME = "control"
 #: the internal sockets' names in the daemon's private folder, by configuration key
 INTERNAL_NAMES = {"frames_endpoint": "frames", "results_endpoint": "results", "release_endpoint": "release",
-                  "events_endpoint": "events", "peaks_endpoint": "peaks"}
+                  "events_endpoint": "events", "peaks_endpoint": "peaks", "view_endpoint": "view"}
 #: the longest path of a Unix socket (sun_path is 108 bytes on Linux, with its terminating NUL)
 MAX_SOCKET_PATH = 107
 

@@ -11,7 +11,8 @@ after closing what it could (one error line names the file and the frames flushe
 
 Sockets: results PULL (bind; the workers' Results and the ingest's EndOfStream arrive here), acknowledgements PUSH
 (connect to the ingest's ``release_endpoint``), peaks SUB (the supervisor's PeakUpdates and WorkerGone notices),
-heartbeat PUSH (connect to the supervisor).
+heartbeat PUSH (connect to the supervisor), and the view XPUB (bind; :mod:`ringstream.writer.view_feed`: decimated
+lineouts and fits for ``ringstream view``, nothing while no viewer subscribes).
 
 Delivery (docs/DAEMON.md, "Delivery"): the writer acknowledges each frame to the ingest once it holds the frame's
 Result (and, when workers send partial omega sums, the sum that holds the frame: a partial sum follows the Results
@@ -104,6 +105,7 @@ from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
 from .precision import map_noise_model
 from .runs import Run, RunBook
+from .view_feed import ViewFeed
 
 log = logging.getLogger("ringstream.writer")
 
@@ -215,6 +217,7 @@ class _Writer:
         self.pending_peaks: list = []  # peak updates that came between runs (for the next run)
         self.broken: list = []  # outputs of failed runs, never closed (HDF5 may crash closing a file that failed)
         self.acks = None  # PUSH to the ingest: FrameAcks and WorkerGone notices
+        self.view: ViewFeed | None = None  # decimated results for live viewers
         self.hb: HeartbeatSender | None = None
         self.to_ack: list[int] = []  # frames held now, to acknowledge
         self.awaiting_sum: set[int] = set()  # frames whose Result is here and whose partial omega sum is not
@@ -234,6 +237,8 @@ class _Writer:
     def snapshot(self) -> dict:
         out = {**self.counters, **self.rejects.counters(), "pending": len(self.held), "next_index": self.next_index,
                **refused_counters(self.auth)}
+        if self.view is not None:
+            out.update(self.view.counters)
         outputs = self.outputs
         if outputs is not None:
             out.update(omega_groups=outputs.counters["omega_groups"], zarr_published=outputs.counters["zarr_published"],
@@ -272,6 +277,7 @@ class _Writer:
                                            "writer", 0, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
             self.open_peaks(ctx)  # peak-list changes (recorded under /entry/fit) and dead workers
+            self.view = ViewFeed.open(ctx, cfg, self.imap, self.n_peaks)
             if t.release_endpoint and t.release_endpoint != "auto":
                 self.acks = make_socket(ctx, zmq.PUSH, t.release_endpoint, bind=False, hwm=100_000)
             if self.resume:
@@ -296,6 +302,8 @@ class _Writer:
                 self.close_finished_runs()
                 self.maybe_flush()
                 self.publish_flushed()
+                if self.view is not None:
+                    self.view.tick(self.current)
                 hb.beat(self.snapshot())
             self.send_acks()
             complete = self.finished()
@@ -668,6 +676,8 @@ class _Writer:
             if not self.write_2d:
                 rec.cake = None
             out.append(rec)
+            if self.view is not None:
+                self.view.offer(local, rec.lineout, rec.fit)
         except OutputError as exc:
             self.fail_run(run, exc)
             run.dropped += 1

@@ -25,6 +25,9 @@ def test_actions_sort_dedupe_and_clear():
     assert apply_action((300.0,), "set", [200, 100]) == (100.0, 200.0)
     assert apply_action((300.0,), "add", [100, 300]) == (100.0, 300.0)
     assert apply_action((300.0,), "clear", [5]) == ()
+    assert apply_action((100.0, 200.0, 300.0), "remove", [190, 310]) == (100.0,)  # the nearest of each
+    with pytest.raises(InputError, match="peaks remove 5: the peak list is empty"):
+        apply_action((), "remove", [5])
     with pytest.raises(InputError, match="unknown action 'move'"):
         apply_action((), "move", [])
 

@@ -15,13 +15,14 @@ def test_an_auto_endpoint_never_takes_a_port_another_endpoint_was_given(monkeypa
     """The control socket is bound after the ports are chosen: its port is free when they are, yet taken."""
     given = "tcp://127.0.0.1:23456"
     offers = iter([given, given, "tcp://127.0.0.1:23457", given, "tcp://127.0.0.1:23458", "tcp://127.0.0.1:23459",
-                   "tcp://127.0.0.1:23460", "tcp://127.0.0.1:23461"])
+                   "tcp://127.0.0.1:23460", "tcp://127.0.0.1:23461", given, "tcp://127.0.0.1:23462"])
     monkeypatch.setattr(supervisor, "free_tcp_endpoint", lambda: next(offers))
     cfg = DaemonConfig.from_dict({"transport": {"control_endpoint": given, "auto_endpoints": "tcp"}})
     t = supervisor.resolve_config(cfg).transport
-    chosen = [t.frames_endpoint, t.results_endpoint, t.release_endpoint, t.events_endpoint, t.peaks_endpoint]
+    chosen = [t.frames_endpoint, t.results_endpoint, t.release_endpoint, t.events_endpoint, t.peaks_endpoint,
+              t.view_endpoint]
     assert t.control_endpoint == given and given not in chosen
-    assert len(set(chosen)) == len(chosen) == 5
+    assert len(set(chosen)) == len(chosen) == 6
 
 
 def test_auto_endpoints_are_sockets_in_a_private_folder_and_control_in_the_runtime_folder(tmp_path):
