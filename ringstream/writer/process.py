@@ -193,8 +193,9 @@ class _Writer:
         self.resume = bool(resume)
         self.stream_end = int(stream_end)
         self.peaks_from = 0  # PeakUpdates from before this frame are not recorded (set by a replacement writer)
-        self.flushed_below = -1  # the last Flushed watermark sent
-        self.t_flushed = 0.0  # and when
+        self.flushed_below = -1  # the last Flushed watermark (the files hold every frame below it for good)
+        self.t_flushed = 0.0  # and when it was sent (0: not sent yet, the ingest took nothing)
+        self.restart_untold = False  # a replacement writer's first Flushed (restart) did not go out yet
         self.summed_frames: set[int] = set()  # frames in the partial sums taken, not yet below the watermark
         self.resent_from: set[int] = set()  # worker processes that sent again what they kept (Resent)
         self.save_interval = max(1, int(config.run.save_interval))
@@ -800,6 +801,7 @@ class _Writer:
         (``restart``)."""
         below = self.durable_below()
         now = time.monotonic()
+        restart = restart or self.restart_untold
         if below == self.flushed_below and not restart and now - self.t_flushed < FLUSHED_AGAIN_S:
             return
         self.t_flushed = now
@@ -810,8 +812,9 @@ class _Writer:
             try:
                 send_message(self.acks, Flushed(below=below, writer_pid=os.getpid(), restart=restart),
                              flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.flushed_below = -1  # told next time
+                self.restart_untold = False
+            except zmq.Again:  # told next time; the watermark stands (the duplicate partial sums are known by it)
+                self.t_flushed, self.restart_untold = 0.0, restart
 
     def resume_runs(self) -> None:
         """A replacement writer: the runs the index of runs says are open (this daemon's) are reopened where their

@@ -293,3 +293,44 @@ def test_a_partial_sum_goes_to_its_own_run_even_before_the_writer_knows_that_run
     assert run4.outputs.calls == [(6, 2)] and run4.early == []
     w.on_message(*_partial_msg("r.4", 6, [168, 169], worker=0))  # sent again (kept): counted once
     assert run4.outputs.calls == [(6, 2)] and w.counters["duplicate_partials"] == 1
+
+
+class _FullAcks:
+    """The writer's acknowledgement socket while the ingest takes nothing (``full``), then again."""
+
+    def __init__(self) -> None:
+        self.full, self.parts, self.messages = True, [], []
+
+    def send(self, data, flags=0, copy=True) -> None:
+        import zmq
+
+        if self.full:
+            raise zmq.Again()
+        self.parts.append(bytes(data))
+        if not flags & zmq.SNDMORE:
+            self.messages.append(decode(self.parts)[0])
+            self.parts = []
+
+
+def test_a_watermark_the_ingest_did_not_take_still_marks_the_partial_sums_in_the_files():
+    """A replacement writer whose Flushed could not go out (the ingest's queue full) keeps its watermark: a partial
+    sum sent again whose frames are in the files is a duplicate (the frames summed before it are no longer kept, once
+    below the watermark), and the Flushed goes out later still as the restart's, so the workers send what they kept."""
+    from ringstream.protocol import Flushed
+    from ringstream.writer.process import _Writer
+    from ringstream.writer.runs import Run
+
+    w = object.__new__(_Writer)
+    w.counters, w.to_ack, w.fenced, w.summed_frames, w.awaiting_sum, w.summed = {}, [], set(), {100, 130}, set(), set()
+    w.closing, w.current, w.next_index, w.partials_ahead, w.acks = [], None, 120, {}, _FullAcks()
+    w.flushed_below, w.t_flushed, w.restart_untold = -1, 0.0, False
+    run = Run("r", 96, outputs=_SumsOut())
+    w.runs = {"r": run}
+    w.publish_flushed(restart=True)
+    assert w.flushed_below == 120 and w.summed_frames == {130} and w.acks.messages == []
+    w.on_message(*_partial_msg("r", 1, [100, 101], worker=0))  # in the files (the run's frames below 120)
+    assert run.outputs.calls == [] and w.counters["duplicate_partials"] == 1
+    w.acks.full = False
+    w.publish_flushed()
+    assert [type(m) for m in w.acks.messages] == [Flushed] and w.acks.messages[0].restart
+    assert w.acks.messages[0].below == 120 and not w.restart_untold
