@@ -33,6 +33,11 @@ workers everything from there on and from the ingest the RunStart and EndOfStrea
 in full; frames its files already hold are dropped as duplicates, a partial sum whose frames were already summed
 too (``duplicate_partials``).
 
+A partial omega sum goes to the run it names, and to no other: group numbers count within each run. One of a run not
+known yet waits for the run (:meth:`_Writer.run_of`): its RunStart comes from the ingest on another connection, and
+a replacement writer gets it again only once its Flushed has reached the ingest, while the workers' new partial sums
+come at once. One of a run written and closed is dropped (``stale_run_messages``).
+
 Results arrive in any order; the writer keeps the next expected ``frame_index`` and a dict of early arrivals, and
 appends rows to :class:`~ringstream.writer.hdf5.Hdf5Writer` strictly in frame_index order (a rejected frame is
 accounted for but writes no row). Rows are flushed to SWMR readers every
@@ -192,8 +197,9 @@ class _Writer:
         self.resume = bool(resume)
         self.stream_end = int(stream_end)
         self.peaks_from = 0  # PeakUpdates from before this frame are not recorded (set by a replacement writer)
-        self.flushed_below = -1  # the last Flushed watermark sent
-        self.t_flushed = 0.0  # and when
+        self.flushed_below = -1  # the last Flushed watermark (the files hold every frame below it for good)
+        self.t_flushed = 0.0  # and when it was sent (0: not sent yet, the ingest took nothing)
+        self.restart_untold = False  # a replacement writer's first Flushed (restart) did not go out yet
         self.summed_frames: set[int] = set()  # frames in the partial sums taken, not yet below the watermark
         self.resent_from: set[int] = set()  # worker processes that sent again what they kept (Resent)
         self.save_interval = max(1, int(config.run.save_interval))
@@ -204,6 +210,8 @@ class _Writer:
         self.next_index = 0
         self.eos: EndOfStream | None = None  # the final EndOfStream: the daemon stops after its run
         self.runs: dict[str, Run] = {}  # announced or seen, not yet closed
+        # partial sums of runs not known yet (their RunStart and first frame are still on their way): run_id -> items
+        self.partials_ahead: dict[str, list] = {}
         self.current: Run | None = None  # the run the in-order frames go to
         self.closing: list[Run] = []  # runs whose frames are all written, waiting for their last partial sums
         self.unsaved = 0
@@ -430,8 +438,12 @@ class _Writer:
             frames = [int(f) for f in msg.frames]
             run = self.runs.get(msg.run_id)
             below = max(self.flushed_below, run.skip_below if run is not None else 0)  # in the files already
-            again = bool(frames) and (max(frames) < below or not self.summed_frames.isdisjoint(frames))
-            if again:
+            # a run not known whose frames are all before the next one to write was written and closed
+            stale = run is None and bool(msg.run_id) and bool(frames) and max(frames) < self.next_index
+            again = stale or bool(frames) and (max(frames) < below or not self.summed_frames.isdisjoint(frames))
+            if stale:
+                self.count("stale_run_messages")
+            elif again:
                 self.count("duplicate_partials")  # sent again for a replacement writer, and had arrived before
             else:
                 self.summed_frames.update(frames)
@@ -522,18 +534,26 @@ class _Writer:
             self.next_index += 1
 
     def run_of(self, run_id: str, first_frame: int) -> Run:
-        """The run ``run_id`` (made when first heard of)."""
+        """The run ``run_id`` (made when first heard of, with the partial sums of it that came before)."""
         run = self.runs.get(run_id)
         if run is None:
             run = self.runs[run_id] = Run(run_id, first_frame)
+            run.early.extend(self.partials_ahead.pop(run_id, ()))
         return run
 
     def on_side(self, item) -> None:
         """A partial omega sum (to its run) or a PeakUpdate (to the current run): handled now, or kept until the
         run's files exist."""
         kind, args = item
-        if kind == "partial":  # to its run; one of no run known (a sender that names none): the current one
-            run = self.runs.get(args[0].run_id) or self.current or self.run_of(args[0].run_id, 0)
+        if kind == "partial":  # to its own run, never to another one: group numbers are counted within each run
+            run_id = args[0].run_id
+            run = self.runs.get(run_id)
+            if run is None and run_id:  # its run's RunStart and first frame are still on their way (from the
+                # ingest, on other connections; to a replacement writer only once its Flushed reached the ingest)
+                self.partials_ahead.setdefault(run_id, []).append(item)
+                return
+            if run is None:  # (a sender that names no run: the current one)
+                run = self.current or self.run_of(run_id, 0)
         else:
             run = self.current
             if run is None:  # between runs: it applies to the next one (its frames are after it)
@@ -594,13 +614,17 @@ class _Writer:
                  f" {run.name!r}" if run.name else "", paths.h5, engine, self.imap.n_r, self.imap.n_eta,
                  ", cakes" if self.write_2d else "", f", {self.n_peaks} peaks" if self.n_peaks else "",
                  f", zarr {paths.zarr}" if paths.zarr else "")
-        early, run.early = run.early, []
-        for item in early:
-            self.on_side(item)
+        self.take_early(run)
         pending, self.pending_peaks = self.pending_peaks, []
         for item in pending:
             self.on_side(item)
         return run.outputs
+
+    def take_early(self, run: Run) -> None:
+        """Handle what came for ``run`` before its outputs existed (partial sums, peak updates), in arrival order."""
+        early, run.early = run.early, []
+        for item in early:
+            self.on_side(item)
 
     def start_run(self, msg: Result, start: str | None) -> Run:
         """The first in-order frame of a run that is not the current one: the current run (all of whose frames
@@ -792,6 +816,7 @@ class _Writer:
         (``restart``)."""
         below = self.durable_below()
         now = time.monotonic()
+        restart = restart or self.restart_untold
         if below == self.flushed_below and not restart and now - self.t_flushed < FLUSHED_AGAIN_S:
             return
         self.t_flushed = now
@@ -802,8 +827,9 @@ class _Writer:
             try:
                 send_message(self.acks, Flushed(below=below, writer_pid=os.getpid(), restart=restart),
                              flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.flushed_below = -1  # told next time
+                self.restart_untold = False
+            except zmq.Again:  # told next time; the watermark stands (the duplicate partial sums are known by it)
+                self.t_flushed, self.restart_untold = 0.0, restart
 
     def resume_runs(self) -> None:
         """A replacement writer: the runs the index of runs says are open (this daemon's) are reopened where their

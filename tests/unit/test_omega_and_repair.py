@@ -235,3 +235,102 @@ def test_a_file_shorter_than_its_recorded_end_is_given_back_its_length(tmp_path)
     assert path.stat().st_size == eof + 4096 and eof == size
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["x"][()], np.arange(1000.0))
+
+
+class _SumsOut:
+    """A run's outputs as the writer's partial-sum handling sees them: the real :class:`OmegaSums` behind
+    ``add_partial``, and every call recorded."""
+
+    def __init__(self) -> None:
+        self.sums = OmegaSums(4, (2, 3))
+        self.calls: list[tuple[int, int]] = []
+
+    def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
+        self.sums.add_partial(group, n_frames, partial)
+        self.calls.append((int(group), int(n_frames)))
+
+
+def _partial_msg(run_id: str, group: int, frames: list[int], worker: int):
+    return OmegaPartial(run_id=run_id, group=group, n_frames=len(frames), first_frame=0, last_frame=0,
+                        worker=worker, worker_pid=100 + worker, frames=frames, n_r=2, n_eta=3), [np.ones((2, 3))]
+
+
+def test_a_partial_sum_goes_to_its_own_run_even_before_the_writer_knows_that_run():
+    """The sequence of messages that gave the failure of test_kill_9_of_the_writer_in_other_settings[runs] (run 3's
+    group 6 counting 6 frames of 4): runs of 48 frames, ``OmegaSumFrames 4``; the writer was killed while run 3
+    (frames 96..143) was its current run, the workers already at run 4, which it had not begun. The replacement
+    reopened run 3 at frame 120 (its group 6) and knows no run 4. A worker's new partial of run 4's group 6 (frames
+    168, 169) reaches it first: the worker sends it at once, while run 4's RunStart comes again from the ingest only
+    once the new writer's Flushed has gone to it. That partial must wait for run 4, never go to run 3's group 6 (the
+    current run's); then run 3's own partials of group 6 come again (the workers kept them), and run 4's partial
+    again, counted once. A partial of run 2, written and closed (its frames are below the next frame to write), is a
+    stale message, not a part of run 3's group 11."""
+    from ringstream.protocol import RunStart
+    from ringstream.writer.process import _Writer
+    from ringstream.writer.runs import Run
+
+    w = object.__new__(_Writer)  # the message handling alone: no config, no sockets, no files
+    w.counters, w.to_ack, w.fenced, w.summed_frames, w.awaiting_sum, w.summed = {}, [], set(), set(), set(), set()
+    w.closing, w.flushed_below, w.next_index, w.partials_ahead = [], 120, 120, {}
+    run3 = Run("r.3", 96, number=3, skip_below=120, outputs=_SumsOut())
+    w.runs, w.current = {"r.3": run3}, run3
+
+    w.on_message(*_partial_msg("r.4", 6, [168, 169], worker=0))  # before run 4's RunStart
+    assert run3.outputs.calls == [] and 6 not in run3.outputs.sums._pending
+    w.on_message(*_partial_msg("r.3", 6, [120, 121], worker=0))  # sent again (kept)
+    w.on_message(*_partial_msg("r.3", 6, [122, 123], worker=1))
+    assert run3.outputs.calls == [(6, 2), (6, 2)] and run3.outputs.sums._pending[6].summed == 4
+    w.flushed_below = 64  # (a watermark not told again yet: a run closed amid a batch of messages)
+    w.on_message(*_partial_msg("r.2", 11, [92, 93], worker=0))  # of run 2, written and closed
+    assert run3.outputs.calls == [(6, 2), (6, 2)] and w.counters["stale_run_messages"] == 1
+    w.flushed_below = 120
+
+    w.on_message(RunStart(run_id="r.4", first_frame=144), [])
+    run4 = w.runs["r.4"]
+    assert run4.first_frame == 144 and len(run4.early) == 1  # held until its files exist, then added
+    run4.outputs = _SumsOut()
+    w.take_early(run4)
+    assert run4.outputs.calls == [(6, 2)] and run4.early == []
+    w.on_message(*_partial_msg("r.4", 6, [168, 169], worker=0))  # sent again (kept): counted once
+    assert run4.outputs.calls == [(6, 2)] and w.counters["duplicate_partials"] == 1
+
+
+class _FullAcks:
+    """The writer's acknowledgement socket while the ingest takes nothing (``full``), then again."""
+
+    def __init__(self) -> None:
+        self.full, self.parts, self.messages = True, [], []
+
+    def send(self, data, flags=0, copy=True) -> None:
+        import zmq
+
+        if self.full:
+            raise zmq.Again()
+        self.parts.append(bytes(data))
+        if not flags & zmq.SNDMORE:
+            self.messages.append(decode(self.parts)[0])
+            self.parts = []
+
+
+def test_a_watermark_the_ingest_did_not_take_still_marks_the_partial_sums_in_the_files():
+    """A replacement writer whose Flushed could not go out (the ingest's queue full) keeps its watermark: a partial
+    sum sent again whose frames are in the files is a duplicate (the frames summed before it are no longer kept, once
+    below the watermark), and the Flushed goes out later still as the restart's, so the workers send what they kept."""
+    from ringstream.protocol import Flushed
+    from ringstream.writer.process import _Writer
+    from ringstream.writer.runs import Run
+
+    w = object.__new__(_Writer)
+    w.counters, w.to_ack, w.fenced, w.summed_frames, w.awaiting_sum, w.summed = {}, [], set(), {100, 130}, set(), set()
+    w.closing, w.current, w.next_index, w.partials_ahead, w.acks = [], None, 120, {}, _FullAcks()
+    w.flushed_below, w.t_flushed, w.restart_untold = -1, 0.0, False
+    run = Run("r", 96, outputs=_SumsOut())
+    w.runs = {"r": run}
+    w.publish_flushed(restart=True)
+    assert w.flushed_below == 120 and w.summed_frames == {130} and w.acks.messages == []
+    w.on_message(*_partial_msg("r", 1, [100, 101], worker=0))  # in the files (the run's frames below 120)
+    assert run.outputs.calls == [] and w.counters["duplicate_partials"] == 1
+    w.acks.full = False
+    w.publish_flushed()
+    assert [type(m) for m in w.acks.messages] == [Flushed] and w.acks.messages[0].restart
+    assert w.acks.messages[0].below == 120 and not w.restart_untold
