@@ -137,6 +137,24 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def end_group(proc: subprocess.Popen) -> list[str]:
+    """Kill a daemon still running and whatever is left of its process group (its children): what was found, as
+    one line each (a leak, which fails the test that started it)."""
+    leaked = []
+    pgid = proc.pid
+    if proc.poll() is None:
+        leaked.append(f"daemon pid {pgid} still running")
+        os.killpg(pgid, signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 5
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        leaked.append(f"processes left in group {pgid}")
+        os.killpg(pgid, signal.SIGKILL)
+    return leaked
+
+
 @pytest.fixture
 def daemons():
     """Start daemons with ``daemons(args, cwd)``; at teardown kill every process left in their groups (a leak
@@ -149,19 +167,7 @@ def daemons():
         return d
 
     yield start
-    leaked = []
-    for d in started:
-        pgid = d.proc.pid
-        if d.proc.poll() is None:
-            leaked.append(f"daemon pid {pgid} still running")
-            os.killpg(pgid, signal.SIGKILL)
-            d.proc.wait(10)
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(pgid):
-            leaked.append(f"processes left in group {pgid}")
-            os.killpg(pgid, signal.SIGKILL)
+    leaked = [line for d in started for line in end_group(d.proc)]
     assert not leaked, "; ".join(leaked)
 
 

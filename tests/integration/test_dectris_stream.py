@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from common import NY, NZ, ringstream_command
-from test_daemon import Daemon, _group_alive, write_params
+from test_daemon import Daemon, end_group, write_params
 
 from ringstream.ingest.dectris_sim import BAD_KINDS
 from ringstream.runs.index import RunIndex
@@ -83,17 +82,8 @@ def served(tmp_path_factory):
         d.wait_ready(60)
         yield d, folder, params, endpoint
     finally:  # as the daemons fixture: whatever is left of its process group is killed, and that fails the test
-        leaked = d.proc.poll() is None
-        if leaked:
-            os.killpg(d.proc.pid, signal.SIGKILL)
-            d.proc.wait(10)
-        deadline = time.monotonic() + 5
-        while _group_alive(d.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(d.proc.pid):
-            leaked = True
-            os.killpg(d.proc.pid, signal.SIGKILL)
-        assert not leaked, f"daemon {d.proc.pid} or its children still running at the end of the module"
+        leaked = end_group(d.proc)
+        assert not leaked, f"at the end of the module: {'; '.join(leaked)}"
 
 
 def runs_of(folder: Path) -> list[dict]:

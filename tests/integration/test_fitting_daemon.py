@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 from common import NY, NZ, SMALL_PARAMS, ringstream_command
-from test_daemon import _group_alive
+from test_daemon import end_group
 
 from ringstream.daemon.status import NoDaemon, query_status
 from ringstream.transport.endpoints import free_tcp_endpoint
@@ -44,18 +44,7 @@ def procs():
     group still alive 5 s after the daemon exited) fails the test."""
     started: list[subprocess.Popen] = []
     yield started
-    leaked = []
-    for p in started:
-        if p.poll() is None:
-            leaked.append(f"daemon pid {p.pid} still running")
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
-        deadline = time.monotonic() + 5
-        while _group_alive(p.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(p.pid):
-            leaked.append(f"processes left in group {p.pid}")
-            os.killpg(p.pid, signal.SIGKILL)
+    leaked = [line for p in started for line in end_group(p)]
     assert not leaked, "; ".join(leaked)
 
 

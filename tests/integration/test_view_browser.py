@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zmq
 from common import NY, NZ, SMALL_PARAMS, ringstream_command
-from test_daemon import _group_alive
+from test_daemon import end_group
 
 from ringstream.daemon.status import NoDaemon, query_status
 from ringstream.transport.endpoints import free_tcp_endpoint, free_tcp_port
@@ -60,18 +60,6 @@ def _wait_http(url: str, proc: subprocess.Popen, deadline_s: float = 60.0) -> No
     raise AssertionError(f"{url} did not answer within {deadline_s} s")
 
 
-def _stop_group(proc: subprocess.Popen, leaked: list[str]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    deadline = time.monotonic() + 5
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _group_alive(proc.pid):
-        leaked.append(f"processes left in group {proc.pid}")
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The daemon (serving its page on ``page``) and a ``ringstream view`` of it (on ``viewer``, token printed)."""
@@ -99,9 +87,8 @@ def site(tmp_path_factory):
         _wait_http(site["page"], daemon)
         yield site
     finally:
-        leaked: list[str] = []  # (the viewers run until killed here; the last test stops the daemon)
-        for p in site["procs"]:
-            _stop_group(p, leaked)
+        # the viewers run until killed here (not a leak); the last test stops the daemon
+        leaked = [line for p in site["procs"] for line in end_group(p) if "still running" not in line]
         assert not leaked, "; ".join(leaked)
 
 
