@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(PY)
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The streaming daemon on a simulated PILATUS 2M: progress once a second, then where the files are (out/demo/).
 demo: $(STAMP)

@@ -860,7 +860,10 @@ class _Writer:
                     resumed.append(run)
                     continue
                 run.outputs = self.resume_outputs(run, str(entry.get("engine", "")))
-            except (KeyError, RingstreamError, OSError, ValueError) as exc:
+            # (RuntimeError: what h5py raises for a file HDF5 cannot read, e.g. one whose omega-sum groups were being
+            # named when the writer was killed: that run fails, and the service goes on instead of a writer that dies
+            # at every start)
+            except (KeyError, RingstreamError, OSError, ValueError, RuntimeError) as exc:
                 self.fail_run(run, OutputError(f"run {run.number}: cannot continue its files after the writer's "
                                                f"death: {exc}"))
                 continue
