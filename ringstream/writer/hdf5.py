@@ -450,13 +450,16 @@ class Hdf5Writer:
         osum = entry.create_group("omega_sum")
         osum.attrs["NX_class"] = "NXcollection"
         osum.attrs["description"] = ("sums of the normalised cakes of each OmegaSumFrames group (zarr.zip "
-                                     "OmegaSumFrame); row g of every dataset is group g; after the run, one "
-                                     "dataset per group named like the zarr.zip member")
+                                     "OmegaSumFrame); row g of every dataset is group g; after the run, in named/, "
+                                     "one dataset per group named like the zarr.zip member")
         osum.attrs["omega_sum_frames"] = np.int64(osf)
         osum.attrs["name_digits"] = np.int64(digits)
         self._mark_precision(self._rows(osum, "I", (nR, nE), self.dtype, 1, compressed=True))
         for name, dtype in OMEGA_SUM_ROWS.items():
             self._rows(osum, name, (), dtype, 256)
+        from .repair import named_group
+
+        named_group(osum, self.path)  # now, so that naming the groups after the run changes no link of omega_sum
 
         # The run's progress lives on /entry (the contract) and is mirrored on /entry/data/I, because a SWMR reader
         # can refresh a dataset (and with it the dataset's attributes) but not a group.

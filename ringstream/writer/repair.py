@@ -26,7 +26,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from h5py import h5a, h5d, h5p, h5s, h5t
+from h5py import h5a, h5d, h5g, h5p, h5s, h5t
 
 from ..errors import InputError
 from . import storage as _storage  # noqa: F401 - registers the HDF5 compression filter (compressed cakes, sums)
@@ -288,10 +288,64 @@ NAMED_GROUP_BYTES = 2048
 FREE_MARGIN = 1 << 20
 
 
+#: the group of the named omega-sum datasets, in ``/entry/omega_sum`` (made with the file's layout)
+NAMED = "named"
+
+
+def _links_dense(gcpl) -> None:
+    """The group keeps its links in a heap from the start (``H5Pset_link_phase_change(0, 0)``, which h5py does not
+    expose): adding names later writes the heap and its index, never the group's own header, which stays readable
+    (and the group removable) whatever a kill leaves. Best effort: HDF5's default otherwise."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(os.path.join(os.path.dirname(h5py.__file__), os.pardir, "h5py.libs", "libhdf5-*.so*"))
+    try:
+        lib = ctypes.CDLL(libs[0]) if libs else ctypes.CDLL(h5py.h5.__file__)
+        lib.H5Pset_link_phase_change(ctypes.c_int64(gcpl.id), ctypes.c_uint(0), ctypes.c_uint(0))
+    except (OSError, AttributeError):
+        pass
+
+
+def named_group(osum: h5py.Group, path: str | os.PathLike) -> h5py.Group | None:
+    """``/entry/omega_sum/named``, made if missing (a file written before it existed). The names are added to the
+    file after the run, without SWMR: a writer killed meanwhile can leave this group's links half written (HDF5:
+    "wrong fractal heap header signature", "addr overflow"), and nothing else, because every link added is this
+    group's. Such a group is moved aside (``named_spoilt_<k>``) and made anew: the rows of ``/entry/omega_sum``
+    hold the same data."""
+    if NAMED in osum:
+        try:
+            grp = osum[NAMED]
+            list(grp.keys())  # every link of it read
+            return grp
+        except (RuntimeError, OSError, KeyError) as exc:
+            log.warning("%s: the named omega-sum datasets were being added when the writer stopped (%s): made again",
+                        path, exc)
+        # moved aside, not deleted: a deletion frees the group's storage, which HDF5 cannot read (it fails at close)
+        k = 1
+        while f"{NAMED}_spoilt_{k}" in osum:
+            k += 1
+        try:
+            osum.move(NAMED, f"{NAMED}_spoilt_{k}")
+        except (RuntimeError, OSError, KeyError, ValueError) as exc:  # (its own header unreadable)
+            log.warning("%s: /entry/omega_sum/%s cannot be made again (%s): the groups stay unnamed (the rows of "
+                        "/entry/omega_sum hold them)", path, NAMED, exc)
+            return None
+    gcpl = h5p.create(h5p.GROUP_CREATE)
+    _links_dense(gcpl)
+    grp = h5py.Group(h5g.create(osum.id, NAMED.encode(), gcpl=gcpl))
+    grp.attrs["NX_class"] = "NXcollection"
+    grp.attrs["description"] = ("row g of ../I under its zarr.zip name, with the zarr.zip attributes (virtual "
+                                "datasets, added after the run)")
+    return grp
+
+
 def link_omega_groups(path: str | os.PathLike) -> int:
-    """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/LastFrameNumber_<k>`` (a virtual
-    dataset of that row, with the zarr.zip attributes), so the file has one dataset per group. Run on a closed
-    file (it opens it without SWMR). Returns the number of groups named (0 above :data:`MAX_NAMED_GROUPS`)."""
+    """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/named/LastFrameNumber_<k>`` (a
+    virtual dataset of that row, with the zarr.zip attributes), so the file has one dataset per group. Run on a
+    closed file (it opens it without SWMR): only the links of ``named`` change (:func:`named_group`), so a kill
+    meanwhile leaves the rest of the file whole. Returns the number of groups named (0 above
+    :data:`MAX_NAMED_GROUPS`)."""
     with _open_rw(Path(path), "to name the omega-sum groups") as f:
         g = f["entry/omega_sum"]
         n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega",
@@ -321,7 +375,10 @@ def link_omega_groups(path: str | os.PathLike) -> int:
         dcpl0 = h5p.create(h5p.DATASET_CREATE)
         dcpl0.set_layout(h5d.VIRTUAL)
         dcpl0.set_fill_value(np.array([0.0]))
-        gid = g.id
+        named = named_group(g, path)
+        if named is None:
+            return 0
+        gid = named.id
         for k, name in enumerate(names):
             key = name.encode()
             if key in gid:
@@ -415,9 +472,11 @@ def cut_for_resume(path: str | os.PathLike, layout: dict[str, int | str | float]
         # row would be in the group): nothing from them is sent again, and no partial sum of a written group comes
         w = grouping.end_of(last_group) if kept else 0
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in osum["name"][kept:groups]]
-        for name in names:  # (named by a repair)
-            if name in osum:
-                del osum[name]
+        if NAMED in osum:  # (named by a repair, or half named by a writer killed at the run's close)
+            named = named_group(osum, path)
+            for name in names if named is not None else ():
+                if name in named:
+                    del named[name]
         for k in _GROUP_ROWS:
             osum[k].resize(kept, axis=0)
         rows = int(np.searchsorted(idx, w, side="left"))

@@ -234,7 +234,7 @@ def test_offline_integrate_writes_every_output(tmp_path):
         np.testing.assert_array_equal(e["omega_sum/first_omega"][:], [5.0, 6.5, 8.0])
         names = check_zarr_equals_h5(zpath, f)
         assert names == ["LastFrameNumber_000000002", "LastFrameNumber_000000005", "LastFrameNumber_000000007"]
-        assert e["omega_sum"][names[1]].attrs["Number Of Frames Summed"] == 3
+        assert e["omega_sum/named"][names[1]].attrs["Number Of Frames Summed"] == 3
         lines = e["data/I"][:].astype(np.float64)
     np.testing.assert_array_equal(np.fromfile(mdir / "fit.bin").reshape(-1, 2, 7), fits)
     lo = np.fromfile(mdir / "lineout.bin").reshape(8, N_R, 2)

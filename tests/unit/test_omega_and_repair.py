@@ -148,7 +148,7 @@ def test_repair_a_file_a_killed_writer_left(tmp_path):
         assert e["fit/curve_rois"][-1, 0] == n - 1
         assert e["fit/curve_values"].shape[0] == int(e["fit/curve_rois"][:, 2].sum())
         assert list(e["omega_sum/last_frame"][:]) == [3, 7, 11][: len(e["omega_sum/last_frame"])]
-        assert "LastFrameNumber_000000003" in e["omega_sum"]
+        assert "LastFrameNumber_000000003" in e["omega_sum/named"]
     assert not clear_status_flags(path)  # a second repair finds nothing to clear
     assert repair(path).frames == n
 
