@@ -472,11 +472,13 @@ def cut_for_resume(path: str | os.PathLike, layout: dict[str, int | str | float]
         # row would be in the group): nothing from them is sent again, and no partial sum of a written group comes
         w = grouping.end_of(last_group) if kept else 0
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in osum["name"][kept:groups]]
-        if NAMED in osum:  # (named by a repair, or half named by a writer killed at the run's close)
-            named = named_group(osum, path)
-            for name in names if named is not None else ():
-                if name in named:
-                    del named[name]
+        # the names of the groups cut: in named/ (by a repair, or half made by a writer killed at the run's close),
+        # or in omega_sum itself (a file of a version before named/)
+        named = named_group(osum, path) if NAMED in osum else None
+        for where in (osum, named) if named is not None else (osum,):
+            for name in names:
+                if name in where:
+                    del where[name]
         for k in _GROUP_ROWS:
             osum[k].resize(kept, axis=0)
         rows = int(np.searchsorted(idx, w, side="left"))
