@@ -121,7 +121,8 @@ def _check_h5(path: Path, sent: int, t_kill: float, sent_at: list[float], t_file
         assert old == 0, f"no file, yet {old} frames were sent more than {LOSS_BOUND_S} s before the kill"
         return 0
     report = repair(path)
-    with h5py.File(path, "r") as f:
+    # (no HDF5 lock: a writer another thread is starting may hold this file's descriptor, inherited, until it execs)
+    with h5py.File(path, "r", locking=False) as f:
         e = f["entry"]
         n = int(e.attrs["frames_written"])
         assert n == report.frames and e["data/I"].shape[0] == n and e["fit/peaks"].shape[0] == n
