@@ -41,7 +41,7 @@ import math
 import numpy as np
 
 from . import peaks
-from .model import N_BG, PER_PEAK, background, n_params
+from .model import GAMMA, IMAX, N_BG, PER_PEAK, RC, background
 
 #: offsets of a peak's parameters inside its block
 AREA, CENTER, SIG, GAM = 0, 1, 2, 3
@@ -148,7 +148,7 @@ def rows(p: np.ndarray, chi2: np.ndarray) -> np.ndarray:
 
 def start_widths(fwhm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Initial ``(sig, gam)`` of a peak whose half-maximum width is ``fwhm`` (deg): Γ_G : Γ_L = 0.7 : 0.4
-    (η ≈ 0.4), scaled so that the TCH FWHM equals ``fwhm``."""
+    (η = 0.51, as pv's start μ = 0.5), scaled so that the TCH FWHM equals ``fwhm``."""
     f1, _ = fwhm_eta(np.float64(START_GG ** 2 / SIG_TO_GG2), np.float64(START_GL * 100.0))
     s = np.asarray(fwhm, dtype=np.float64) / f1
     gg, gl = START_GG * s, START_GL * s
@@ -187,8 +187,6 @@ def from_pv(p0: np.ndarray, lo: np.ndarray, hi: np.ndarray, dx: float, width: fl
     """The TCH ``(p0, lo, hi)`` of one ROI from the pseudo-Voigt ones of :func:`.peaks.initial_problem` on the same
     2θ points (``[b0, b1, Imax, μ, Rc, Γ, ...]``): the background kept, each peak block by :func:`blocks_from_pv`
     (span = Imax's upper bound / 4), the start clipped into the bounds."""
-    from .model import GAMMA, IMAX, RC
-
     n_pk = (p0.size - N_BG) // PER_PEAK
     out = np.stack([a.astype(np.float64, copy=True) for a in (p0, lo, hi)])
     if n_pk:
@@ -200,7 +198,8 @@ def from_pv(p0: np.ndarray, lo: np.ndarray, hi: np.ndarray, dx: float, width: fl
     return out[0], out[1], out[2]
 
 
-def initial_problem(x: np.ndarray, y: np.ndarray, start: int, stop: int, slots: list[int], bins: list[int]):
+def initial_problem(x: np.ndarray, y: np.ndarray, start: int, stop: int, slots: list[int],
+                    bins: list[int]) -> peaks.RoiProblem:
     """:func:`.peaks.initial_problem` for this model: ``x`` the 2θ bin centres (deg), the ROI bins ``start..stop-1``,
     peaks at ``bins`` (their rows ``slots``). Returns a :class:`.peaks.RoiProblem` with TCH parameters."""
     prob = peaks.initial_problem(x, y, start, stop, slots, bins)
@@ -212,7 +211,7 @@ def initial_problem(x: np.ndarray, y: np.ndarray, start: int, stop: int, slots: 
     return prob
 
 
-def guess(x: np.ndarray, y: np.ndarray, centres) -> object:
+def guess(x: np.ndarray, y: np.ndarray, centres) -> peaks.RoiProblem:
     """The start and bounds of one ROI spanning all of ``x`` (deg, increasing) and ``y`` with peaks near ``centres``
     (deg; each snapped to its nearest bin): a :class:`.peaks.RoiProblem` for :func:`.nlopt_fitter.fit_roi` or
     :func:`.batched.pack` with ``model="tch"``."""
@@ -227,4 +226,4 @@ def unused_block(xmid: float) -> tuple[float, float, float, float]:
 
 
 __all__ = ["AREA", "CENTER", "SIG", "GAM", "COLUMNS", "UNITS", "fwhm_eta", "model_jacobian", "rows", "chi2_dof",
-           "start_widths", "bounds", "blocks_from_pv", "from_pv", "initial_problem", "guess", "unused_block", "n_params"]
+           "start_widths", "bounds", "blocks_from_pv", "from_pv", "initial_problem", "guess", "unused_block"]
