@@ -29,7 +29,7 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "ringstream" / "maps"
 
 
-def _load_cached(path: Path, key: str, shape: tuple[int, int]):
+def load_cached(path: Path, key: str, shape: tuple[int, int]):
     """The map stored at ``path`` if it loads and is the map of ``key``; None (with a warning) otherwise."""
     try:
         imap = IntegrationMap.load(path)
@@ -74,7 +74,7 @@ def load_or_build(p, cache_dir=None, use_cache: bool = True, extra_mask=None):
 
     if use_cache and path.is_file():
         t0 = time.perf_counter()
-        imap = _load_cached(path, key, shape)
+        imap = load_cached(path, key, shape)
         if imap is not None:
             log.info("map: loaded from cache %s in %.2f s", path, time.perf_counter() - t0)
             return imap, True

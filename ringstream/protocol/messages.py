@@ -323,7 +323,9 @@ class ControlRequest:
 
 @_message
 class ControlReply:
-    """The supervisor's answer to a :class:`ControlRequest`, ``type = "reply"``; ``error`` is one line when not ok."""
+    """The supervisor's answer to a :class:`ControlRequest`, ``type = "reply"``; ``error`` is one line when not ok.
+    The answer to a ``fetch`` on the join socket (a joined worker asking for a file the daemon ships: docs/REMOTE.md)
+    carries one buffer, the part of the file asked for; any other carries none."""
 
     ok: bool
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
