@@ -165,6 +165,16 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
                 assert r["pixel_mask"].id.get_create_plist().get_filter(0)[0] == 32008  # bitshuffle + LZ4
                 assert r["pixel_mask"].attrs["sha256"] == run["meta"]["pixel_mask_sha256"]
                 assert "pixel_mask_sha256" not in meta[0]  # the worker's, not the source's
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.geometry.mask_store import ExtraMask
+    from ringstream.params import load_params
+
+    p = load_params(params)
+    base_area = load_or_build(p)[0].bin_area
+    masked_area = load_or_build(p, extra_mask=ExtraMask(runs[0]["meta"]["pixel_mask_sha256"], sim_mask() != 0))[0].bin_area
+    assert masked_area.sum() < base_area.sum()
+    with h5py.File(folder / runs[0]["files"]["h5"], "r") as f:  # the file describes the map the run was integrated with
+        np.testing.assert_array_equal(f["/entry/geometry/area"][()], masked_area)
     c = ingest(d, 9)
     assert (c["dectris_series"], c["dectris_ends"], c["dectris_received"], c["dectris_gaps"]) == (9, 9, 45, 0)
     assert c["dectris_masked_pixels"] == len(range(0, NZ * NY, 97))  # the simulator flags every 97th pixel
@@ -192,6 +202,7 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
         with h5py.File(folder / run["files"]["h5"], "r") as f:
             assert "pixel_mask" not in f["/entry/run_metadata"] and f["/entry/run_metadata/series_id"][()] == 50 + \
                 (first // IMAGES)
+            np.testing.assert_array_equal(f["/entry/geometry/area"][()], base_area)
     n_runs += 2
 
     # the service started mid-series: a series without its start is taken as it comes
