@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from common import NY, NZ, ringstream_command  # noqa: E402
-from test_daemon import Daemon, write_params  # noqa: E402
+from test_daemon import Daemon, end_group, write_params  # noqa: E402
 from test_dectris_stream import reference, sim_mask  # noqa: E402
 
 from ringstream.runs.index import RunIndex  # noqa: E402
@@ -49,11 +49,11 @@ def test_series_switch_between_masked_and_unmasked_maps_on_the_gpu(tmp_path):
             d.wait_status(lambda s, n=k + 1: s["runs"].get("complete", 0) >= n, f"series {k + 1}", 60)
         os.kill(d.proc.pid, signal.SIGTERM)
         assert d.wait(120) == 0, d.stderr
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
+    finally:  # whatever is left of its process group is killed, and that fails the test
+        leaked = end_group(d.proc)
+    assert not leaked, leaked
     runs = RunIndex.in_state_dir(tmp_path / ".ringstream").runs()
-    assert len(runs) == 4 and all(r["status"] == "complete" for r in runs), runs
+    assert [r["status"] for r in runs] == ["complete"] * 4, runs
     want = {True: reference(params, frames, sim_mask() != 0), False: reference(params, frames)}
     for r, mask in zip(runs, masked, strict=True):
         with h5py.File(tmp_path / r["files"]["h5"], "r") as f:
