@@ -263,7 +263,7 @@ def worker_map(params, data: dict, ask_part, fetch: bool):
     if not data.get("map_file"):
         raise ConfigError(f"worker: {why}, and the daemon has no map file to ship (its map cache could not be written)")
     log.info("fetching the daemon's map (%s)", why)
-    fetch_file(ask_part, "map", path, data["map_file"])
+    fetch_file(ask_part, "map", path)  # checked against the digest every part's answer gives, then by its key
     imap = load_cached(path, key, shape)
     if imap is None:
         path.unlink(missing_ok=True)

@@ -173,10 +173,8 @@ class RemoteWorkers:
                 files = self.shipped.listing()
             except RingstreamError as exc:
                 return ControlReply(ok=False, error=f"the daemon cannot ship a file its workers use: {exc}")
-            try:
-                map_file = self.shipped.describe("map")
-            except RingstreamError:
-                map_file = None  # not in the daemon's cache (it could not write it): a worker builds its own
+            # its size only: the map (hundreds of MB for a large detector) is hashed when a worker fetches it
+            map_file = self.shipped.available("map")
         a = msg.args
         index = self.next_index
         self.next_index += 1

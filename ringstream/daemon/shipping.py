@@ -8,7 +8,8 @@ they name. The daemon ships, on request, exactly these (and nothing else: a requ
   ``[run] dark`` (``run.dark``): named in the join's answer with their SHA-256 and size, fetched by every joined
   worker (the map's key hashes the mask files' contents, so the copies give the daemon's key);
 - ``map``: the daemon's map as its cache holds it (``<key>.npz``), for a worker that cannot build it or is told
-  ``--fetch-map``; checked by its SHA-256, then by the key it records;
+  ``--fetch-map``; the join's answer gives its size only (hashing it would hold the supervisor up at every join),
+  the fetch its SHA-256 (every part's answer the same), then the worker checks the key it records;
 - ``mask:<sha256>``: a pixel mask a series was integrated with (the mask store,
   :mod:`ringstream.geometry.mask_store`), named by its digest.
 
@@ -87,6 +88,15 @@ class ShippedFiles:
         except OSError as exc:
             raise InputError(f"{name} {path}: the daemon cannot read it ({exc.strerror or exc})") from None
         return {"sha256": known[1], "size": st.st_size, "file": path.name}
+
+    def available(self, name: str) -> dict[str, Any] | None:
+        """``{"size", "file"}`` of entry ``name`` when its file is there (not hashed), else None (a map the daemon
+        could not cache)."""
+        try:
+            path = self.path_of(name)
+            return {"size": path.stat().st_size, "file": path.name}
+        except (OSError, InputError):
+            return None
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """What every joined worker takes (the parameter file's files, ``[run] dark``), described."""

@@ -117,5 +117,6 @@ def test_shipped_files_come_in_parts_checked_by_digest_and_only_the_entries(tmp_
             shipped.part(name, 0)
     with pytest.raises(InputError, match="cannot read"):  # the map the daemon could not cache
         shipped.describe("map")
+    assert shipped.available("map") is None and shipped.available("MaskFile")["size"] == PART_BYTES + 10
     digest = save_mask(tmp_path / "state" / "masks", np.ones((2, 3), np.uint32))
     assert shipped.part(f"mask:{digest}", 0)[0]["sha256"] == digest
