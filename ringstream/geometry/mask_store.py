@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import tempfile
@@ -85,6 +86,31 @@ def put_mask_bytes(folder: str | os.PathLike, digest: str, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: the store's record of the last series started with a mask (for an ingest that replaces one killed mid-series)
+LAST_SERIES = "last_series.json"
+
+
+def remember_series(folder: str | os.PathLike, series_id: int, unique_id: str, digest: str) -> None:
+    """Record that series ``series_id`` (``unique_id``) is integrated with mask ``digest`` (atomically)."""
+    folder = Path(folder)
+    tmp = folder / f".{LAST_SERIES}.tmp"
+    tmp.write_text(json.dumps({"series_id": int(series_id), "series_unique_id": str(unique_id), "mask": digest}))
+    os.replace(tmp, folder / LAST_SERIES)
+
+
+def remembered_mask(folder: str | os.PathLike, series_id: int, unique_id: str) -> str:
+    """The mask recorded for series ``series_id`` (``unique_id``) by :func:`remember_series`; "" when another
+    series (or none) was recorded."""
+    try:
+        last = json.loads((Path(folder) / LAST_SERIES).read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(last, dict) or not unique_id:
+        return ""
+    same = last.get("series_id") == int(series_id) and last.get("series_unique_id") == str(unique_id)
+    return str(last["mask"]) if same and is_digest(str(last.get("mask", ""))) else ""
 
 
 def mask_path(folder: str | os.PathLike, digest: str) -> Path:

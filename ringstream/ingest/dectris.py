@@ -52,7 +52,7 @@ import numpy as np
 import zmq
 
 from ..errors import ConfigError
-from ..geometry.mask_store import flagged, save_mask, store_dir
+from ..geometry.mask_store import flagged, remember_series, remembered_mask, save_mask, store_dir
 from ..protocol import MASK_KEY
 from .live_queue import QueuedLiveSource, RateLimitedLog
 from .source_base import SourceFrame
@@ -283,6 +283,7 @@ class DectrisSource(QueuedLiveSource):
             log.warning("DECTRIS %s: its series' start was not received; taking its images as they come", where)
             s = self.series = _Series(msg.series_id, msg.series_unique_id, None)
             self.pending_end = False
+            self.resume_mask(s)
         if not self.track_id(s, msg.image_id):
             return None
         self.count("dectris_received")
@@ -402,8 +403,22 @@ class DectrisSource(QueuedLiveSource):
             return
         assert self.series is not None
         self.series.use_mask(digest)
+        try:  # a replacement ingest (this one killed mid-series) takes the rest of the series with the same mask
+            remember_series(self.mask_store, msg.series_id, msg.series_unique_id, digest)
+        except OSError as exc:
+            log.warning("DECTRIS series %d: cannot record its mask in %s (%s)", msg.series_id, self.mask_store, exc)
         log.info("DECTRIS series %d: the detector flags %d pixels (mask %s); they are left out of its integration",
                  msg.series_id, n, digest[:12])
+
+
+    def resume_mask(self, s: _Series) -> None:
+        """A series whose start this ingest did not receive: the mask of the series the ingest before it started
+        (killed and replaced mid-series), when it is this one."""
+        digest = remembered_mask(self.mask_store, s.series_id, s.unique_id) if self.mask_store is not None else ""
+        if digest:
+            s.use_mask(digest)
+            log.info("DECTRIS series %d: its start came before this ingest; integrated with the mask %s its start "
+                     "gave", s.series_id, digest[:12])
 
 
 def _off(a: float, b: float, rel: float) -> bool:
