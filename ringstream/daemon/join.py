@@ -209,6 +209,7 @@ def cmd_worker(args: argparse.Namespace, extra: Sequence[str]) -> int:
                 if not (masks / f"{digest}.npy").is_file():
                     fetch_file(ask_part, f"mask:{digest}", masks / f"{digest}.npy")
                 return masks
+
             ready, stop = threading.Event(), threading.Event()
             watch = threading.Thread(target=_watch_daemon, args=(ctx, args.join, stop), name="daemon-watch",
                                      daemon=True)
@@ -226,8 +227,6 @@ def take_files(ask_part, listing: dict[str, dict], folder: Path) -> dict[str, Pa
     """Fetch every file of the join's ``listing`` (entry -> ``{"sha256", "size", "file"}``) into ``folder``, each
     checked against its SHA-256; entry -> the copy (named after the entry, with the original's suffix: a dark
     frame's format is read from it)."""
-    from .shipping import fetch_file
-
     out = {}
     for name, info in listing.items():
         dest = folder / (name + "".join(Path(str(info.get("file", ""))).suffixes))

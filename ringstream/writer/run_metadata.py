@@ -60,18 +60,3 @@ def write_run_metadata(entry: h5py.Group, meta: Mapping[str, Any] | None, pixel_
         d.attrs["note"] = ("the detector's pixel mask (DECTRIS/NXdetector bits); pixels with any of masked_bits set "
                            "were left out of the integration")
     return group
-
-
-def read_run_metadata(entry: h5py.Group) -> dict[str, Any]:
-    """The fields of ``entry/run_metadata`` as Python values (text decoded; the pixel mask left out); {} when the
-    file has none (written by a version before it)."""
-    group = entry.get(GROUP)
-    if group is None:
-        return {}
-    out: dict[str, Any] = {}
-    for name, d in group.items():
-        if name == "pixel_mask":
-            continue
-        v = d[()]
-        out[name] = v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v
-    return out
