@@ -1,5 +1,5 @@
 """What a joined worker takes from the daemon over its CURVE connection: the files the parameter file and ``[run]
-dark`` name, the map when asked (``--fetch-map``), a series' pixel mask. Real processes, one daemon for the module.
+dark`` name, the map when asked (``--fetch-map``), a series' pixel mask. Real processes, two daemons.
 
 The daemon has no local worker, a dark frame (``--dark``) and a MaskFile, both given by paths relative to its own
 folder. Two workers join from folders of their own, each with an empty map cache: one builds the map from the
@@ -42,6 +42,18 @@ def _join(base: Path, name: str, join: str, *extra: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def keys(base: Path, workers) -> list[str]:
+    """The daemon's key pair in ``base/server``, each worker's in ``base/NAME`` (with the server's public key), all
+    authorized: the daemon's key options."""
+    generate_keys(base / "server", "server")
+    (base / "authorized").mkdir()
+    for name in workers:
+        generate_keys(base / name, "worker")
+        (base / name / "server.key").write_bytes((base / "server" / "server.key").read_bytes())
+        (base / "authorized" / f"{name}.key").write_bytes((base / name / "worker.key").read_bytes())
+    return ["--keys-dir", str(base / "server"), "--authorized-keys-dir", str(base / "authorized")]
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     base = tmp_path_factory.mktemp("shipping")
@@ -50,12 +62,7 @@ def shipped(tmp_path_factory):
     mask[40:60, 70:90] = 1  # a block across several rings
     tifffile.imwrite(base / "mask.tif", mask)
     np.save(base / "dark.npy", np.full((NZ, NY), DARK_LEVEL, np.int32))
-    generate_keys(base / "server", "server")
-    (base / "authorized").mkdir()
-    for name in ("a", "b"):
-        generate_keys(base / name, "worker")
-        (base / name / "server.key").write_bytes((base / "server" / "server.key").read_bytes())
-        (base / "authorized" / f"{name}.key").write_bytes((base / name / "worker.key").read_bytes())
+    keys(base, ("a", "b"))
     port = _free_ports(5)
     join = f"tcp://127.0.0.1:{port}"
     control = f"ipc://{base}/rt/control"
@@ -170,3 +177,60 @@ def test_a_series_mask_is_fetched_by_digest_and_nothing_else_is_shipped(shipped)
     assert f["mask_equal"]
     assert all("no file" in r or "cannot read" in r for r in f["refused"]), f["refused"]
     assert "a fetch from" in shipped["stderr"] and "refused" in shipped["stderr"]
+
+
+@pytest.fixture(scope="module")
+def dectris_joined(tmp_path_factory):
+    from test_daemon import Daemon, end_group, write_params
+    from test_dectris_stream import simulate
+
+    from ringstream.transport.endpoints import free_tcp_port
+
+    base = tmp_path_factory.mktemp("dectris-joined")
+    params = write_params(base)
+    stream = f"tcp://127.0.0.1:{free_tcp_port()}"
+    join = f"tcp://127.0.0.1:{_free_ports(5)}"
+    (base / "mask.toml").write_text("[source]\ndectris_pixel_mask = true\n")
+    frames = np.random.default_rng(5).poisson(3000.0, (6, NZ, NY)).astype("uint16")
+    np.save(base / "f.npy", frames)
+    d = Daemon(["--config", base / "mask.toml", "--param-file", params, "--dectris-stream", stream, "--workers", 0,
+                "--engine", "cpu", "--no-zarr", "--output-h5", "s_{run:03d}.h5", "--remote-endpoint", join,
+                *keys(base, ("w",))], base)
+    worker = None
+    try:
+        d.wait_ready(60)
+        worker = _join(base, "w", join)
+        d.wait_status(lambda st: len(_remote(st)) == 1, "the joined worker", 40)
+        for k, mask in enumerate((["--pixel-mask"], [])):
+            simulate(base, stream, "--stack", "f.npy", "--images", 6, "--series", 1, "--series-id", k + 1, "--codec",
+                     "bslz4", *mask)
+            d.wait_status(lambda st, n=k + 1: st["runs"].get("complete", 0) >= n, f"series {k + 1}", 40)
+        os.kill(d.proc.pid, signal.SIGTERM)
+        rc = d.wait(60)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    finally:
+        leaked = end_group(d.proc)
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    assert not leaked, leaked
+    return {"base": base, "params": params, "rc": rc, "stderr": d.stderr, "frames": frames, "counts": d.counts()}
+
+
+def test_a_joined_worker_fetches_a_series_mask_and_switches_back_without_it(dectris_joined):
+    from test_dectris_stream import reference, sim_mask
+
+    from ringstream.runs.index import RunIndex
+
+    j = dectris_joined
+    assert j["rc"] == 0, j["stderr"]
+    assert j["counts"][2:] == (12, 0, 0), j["stderr"]  # written, rejected, dropped: all by the joined worker
+    runs = RunIndex.in_state_dir(j["base"] / ".ringstream").runs()
+    assert [r["status"] for r in runs] == ["complete"] * 2
+    for r, mask in zip(runs, (sim_mask() != 0, None), strict=True):
+        with h5py.File(j["base"] / r["files"]["h5"], "r") as f:
+            np.testing.assert_array_equal(f["/entry/data/I"][()], reference(j["params"], j["frames"], mask))
+    log = (j["base"] / "w" / "worker.log").read_text()
+    assert f"pixel mask {runs[0]['meta']['pixel_mask_sha256'][:12]} in use" in log, log
+    assert f"mask:{runs[0]['meta']['pixel_mask_sha256']}" in j["stderr"]  # shipped by the daemon
