@@ -230,9 +230,9 @@ class SourceConfig:
                              choices=("uint8", "uint16", "uint32"))
     dectris_user_data: bool = opt(False, "dectris: keep each image's user_data as per-frame metadata (numbers and "
                                   "text; a map as user_data_KEY)")
-    dectris_pixel_mask: bool = opt(False, "dectris: read the pixel mask of each series' start (header_detail = all), "
-                                   "count its flagged pixels and warn about those the parameter file's masks "
-                                   "leave in")
+    dectris_pixel_mask: bool = opt(False, "dectris: leave out of each series' integration the pixels its start's "
+                                   "pixel_mask flags (gap, dead, hot, noisy...; the detector's header_detail = all), "
+                                   "on top of the parameter file's masks")
     midas_port: int = opt(60439, "midas_socket: TCP port of the MIDAS stream protocol, 1..65535 (command line: "
                           "give PORT when Key Value overrides follow)", flags="--midas-socket", metavar="PORT",
                           group="live", selects="midas_socket", optional_value=True)

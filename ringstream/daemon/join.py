@@ -2,12 +2,16 @@
 
 A worker on another host joins a running daemon: it asks the daemon's join socket (CURVE, with its own key pair
 ``worker.key_secret`` and the daemon's ``server.key`` from ``--keys-dir``) for a worker index, the configuration,
-the parameter file's text and the map key; builds or loads the map from its own cache (``RINGSTREAM_CACHE_DIR``) and
-stops when the key differs; then runs the worker role in this process, connected to the daemon's remote frames,
-results, events and peaks ports. It ends when the daemon stops (or stays silent for ``SILENT_S``), on SIGTERM or
+the parameter file's text, the map key and the files the daemon ships (:mod:`.shipping`: the parameter file's mask
+and dark files, ``[run] dark``); fetches those over the same connection, each checked against its SHA-256; loads the
+map from its own cache (``RINGSTREAM_CACHE_DIR``) or builds it, and fetches the daemon's map into that cache when it
+cannot build it, builds another key, or is told ``--fetch-map``; then runs the worker role in this process,
+connected to the daemon's remote frames, results, events and peaks ports (pixel masks a series names are fetched
+when its first frame arrives). It ends when the daemon stops (or stays silent for ``SILENT_S``), on SIGTERM or
 SIGINT; its frames then go to the other workers.
 
-Exit codes as ``ringstream run``: 0 the daemon stopped; 2 configuration (keys, a refused join, another map); 4 map.
+Exit codes as ``ringstream run``: 0 the daemon stopped; 2 configuration (keys, a refused join or fetch, a fetched file or
+map that is not what the daemon announced); 4 map.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..errors import ConfigError
+from .shipping import fetch_file
 
 log = logging.getLogger("ringstream.join")
 
@@ -49,6 +54,9 @@ def add_worker_parser(sub) -> None:
     p.add_argument("--engine", default="", choices=("", "auto", "cpu", "gpu"), help="default: the daemon's")
     p.add_argument("--gpus", default="", metavar="LIST", help="CUDA devices, e.g. 0,1 (default: the daemon's)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the join answer")
+    p.add_argument("--fetch-map", action="store_true",
+                   help="take the daemon's map (kept in this host's map cache) instead of building it; without it the "
+                        "map is fetched only when this host cannot build it or builds another")
 
 
 def add_keys_parser(sub) -> None:
@@ -84,6 +92,13 @@ def _gpus(text: str) -> list[int]:
 
 def ask(ctx, endpoint: str, command: str, args: dict, timeout: float):
     """One request on the join socket: the ControlReply, or None when nothing answers within ``timeout`` s."""
+    got = request_on(ctx, endpoint, command, args, timeout)
+    return None if got is None else got[0]
+
+
+def request_on(ctx, endpoint: str, command: str, args: dict, timeout: float):
+    """One request on the join socket: (the ControlReply, its buffers), or None when nothing answers within
+    ``timeout`` s."""
     import zmq
 
     from ..protocol import ControlReply, ControlRequest, ProtocolError, decode, encode
@@ -96,26 +111,33 @@ def ask(ctx, endpoint: str, command: str, args: dict, timeout: float):
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             return None
         try:
-            reply, _ = decode(sock.recv_multipart())
+            reply, buffers = decode(sock.recv_multipart())
         except ProtocolError:
             return None
-        return reply if isinstance(reply, ControlReply) else None
+        return (reply, buffers) if isinstance(reply, ControlReply) else None
     finally:
         sock.close(linger=0)
 
 
-def joined_config(data: dict, join: str, keys_dir: str, insecure: bool, engine: str, gpus: list[int], folder: Path):
+def joined_config(data: dict, join: str, keys_dir: str, insecure: bool, engine: str, gpus: list[int], folder: Path,
+                  files: dict[str, Path] | None = None):
     """The configuration a joined worker runs with: the daemon's, with the parameter file written to ``folder``, the
-    remote endpoints (on the host it joined) instead of the internal ones, and its own keys and engine choice."""
+    files it names replaced by their copies ``files`` (entry -> path, :mod:`.shipping`), the remote endpoints (on
+    the host it joined) instead of the internal ones, and its own keys and engine choice."""
     import dataclasses
 
     from ..config import DaemonConfig
     from ..transport.security import remote_endpoints, tcp_host_port
+    from .shipping import PARAM_FILE_KEYS, RUN_DARK
 
+    files = files or {}
     params = folder / "params.txt"
     params.write_text(data["params"])
     sections = data["config"]
-    sections["run"] = {**sections["run"], "param_file": str(params), "dark": ""}
+    # the copies win over the parameter file's paths (and the daemon's own overrides): applied last
+    overrides = [*sections["run"].get("overrides", ()), *(f"{k} {files[k]}" for k in PARAM_FILE_KEYS if k in files)]
+    sections["run"] = {**sections["run"], "param_file": str(params), "dark": str(files.get(RUN_DARK, "")),
+                       "overrides": overrides}
     sections["transport"] = {**sections["transport"], "keys_dir": keys_dir, "insecure_remote": insecure,
                              "runtime_dir": "", "remote_endpoint": join}
     if engine:
@@ -134,12 +156,13 @@ def joined_config(data: dict, join: str, keys_dir: str, insecure: bool, engine: 
 def cmd_worker(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import zmq
 
-    from ..geometry.cache import load_or_build
     from ..transport.security import client_context, tcp_host_port
     from ..workers.process import run as run_worker
 
     if extra:
         raise ConfigError(f"worker: unexpected arguments: {' '.join(extra)}")
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))  # a service's log: the join's steps, as the worker role's
     if tcp_host_port(args.join) is None:
         raise ConfigError(f"worker: --join {args.join!r}: expected tcp://HOST:PORT (the daemon's remote_endpoint)")
     if not args.keys_dir and not args.insecure:
@@ -159,26 +182,93 @@ def cmd_worker(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if not reply.ok:
             raise ConfigError(f"worker: {args.join} refused the join: {reply.error}")
         data = dict(reply.data)
-        with tempfile.TemporaryDirectory(prefix="ringstream-worker-") as folder:
-            cfg = joined_config(data, args.join, args.keys_dir, bool(args.insecure), args.engine, gpus, Path(folder))
-            imap, from_cache = load_or_build(cfg.load_params())
-            if imap.key != data["map_key"]:
-                raise ConfigError(f"worker: this host's map {imap.key[:12]} differs from the daemon's "
-                                  f"{str(data['map_key'])[:12]} (another ringstream version or parameter handling)")
+        with tempfile.TemporaryDirectory(prefix="ringstream-worker-") as tmp:
+            folder = Path(tmp)
+
+            def ask_part(name: str, offset: int):
+                got = request_on(ctx, args.join, "fetch", {"name": name, "offset": int(offset)}, float(args.timeout))
+                if got is None:
+                    raise ConfigError(f"worker: {args.join} did not answer a fetch of {name} within "
+                                      f"{args.timeout:g} s")
+                answer, buffers = got
+                if not answer.ok or len(buffers) != 1:
+                    raise ConfigError(f"worker: {args.join} refused to ship {name}: {answer.error or 'no data'}")
+                return answer.data, bytes(buffers[0])
+
+            files = take_files(ask_part, dict(data.get("files") or {}), folder / "files")
+            cfg = joined_config(data, args.join, args.keys_dir, bool(args.insecure), args.engine, gpus, folder,
+                                files)
+            imap, origin = worker_map(cfg.load_params(), data, ask_part, bool(args.fetch_map))
             index = int(data["index"])
-            log.info("joined %s as worker-%d (map %s from %s)", args.join, index, imap.key[:12],
-                     "the cache" if from_cache else "a fresh build")
+            log.info("joined %s as worker-%d (map %s from %s; %d file(s) taken from the daemon)", args.join, index,
+                     imap.key[:12], origin, len(files))
+            del imap  # the worker loads it again from the cache
+
+            def fetch_mask(digest: str) -> Path:
+                masks = folder / "masks"
+                if not (masks / f"{digest}.npy").is_file():
+                    fetch_file(ask_part, f"mask:{digest}", masks / f"{digest}.npy")
+                return masks
+
             ready, stop = threading.Event(), threading.Event()
             watch = threading.Thread(target=_watch_daemon, args=(ctx, args.join, stop), name="daemon-watch",
                                      daemon=True)
             watch.start()
             try:
-                return run_worker(cfg, ready, stop, index=index)
+                return run_worker(cfg, ready, stop, index=index, fetch_mask=fetch_mask)
             finally:
                 stop.set()
                 watch.join(2 * PING_S)
     finally:
         ctx.destroy(linger=0)
+
+
+def take_files(ask_part, listing: dict[str, dict], folder: Path) -> dict[str, Path]:
+    """Fetch every file of the join's ``listing`` (entry -> ``{"sha256", "size", "file"}``) into ``folder``, each
+    checked against its SHA-256; entry -> the copy (named after the entry, with the original's suffix: a dark
+    frame's format is read from it)."""
+    out = {}
+    for name, info in listing.items():
+        dest = folder / (name + "".join(Path(str(info.get("file", ""))).suffixes))
+        fetch_file(ask_part, name, dest, info)
+        out[name] = dest
+        log.info("took %s from the daemon (%d bytes, SHA-256 %s)", name, int(info["size"]), str(info["sha256"])[:12])
+    return out
+
+
+def worker_map(params, data: dict, ask_part, fetch: bool):
+    """(the map, where it came from) for a joined worker: this host's map cache when it has the daemon's key; else
+    built here, unless ``fetch`` (``--fetch-map``), the build fails, or it gives another key: then the daemon's
+    map file is fetched into this host's cache (checked by its SHA-256, then by the key it records)."""
+    from ..errors import RingstreamError
+    from ..geometry.cache import default_cache_dir, load_cached, load_or_build
+
+    key = str(data["map_key"])
+    shape = (int(params.NrPixelsZ), int(params.NrPixelsY))
+    path = default_cache_dir() / f"{key}.npz"
+    if path.is_file():
+        imap = load_cached(path, key, shape)
+        if imap is not None:
+            return imap, "this host's cache"
+    why = "--fetch-map"
+    if not fetch:
+        try:
+            imap, from_cache = load_or_build(params)
+            if imap.key == key:
+                return imap, "the cache" if from_cache else "a fresh build"
+            why = f"this host's map {imap.key[:12]} differs from the daemon's {key[:12]}"
+        except (RingstreamError, MemoryError) as exc:
+            why = f"this host cannot build the map ({exc})"
+    if not data.get("map_file"):
+        raise ConfigError(f"worker: {why}, and the daemon has no map file to ship (its map cache could not be written)")
+    log.info("fetching the daemon's map (%s)", why)
+    fetch_file(ask_part, "map", path)  # checked against the digest every part's answer gives, then by its key
+    imap = load_cached(path, key, shape)
+    if imap is None:
+        path.unlink(missing_ok=True)
+        raise ConfigError(f"worker: the map fetched from the daemon does not load as the map {key[:12]} (another "
+                          "ringstream version?)")
+    return imap, "the daemon"
 
 
 def _watch_daemon(ctx, endpoint: str, stop: threading.Event) -> None:

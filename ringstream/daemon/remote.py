@@ -6,8 +6,10 @@ P+2), each with CURVE unless ``insecure_remote`` (:mod:`ringstream.transport.sec
 
 A worker started with ``ringstream worker --join tcp://HOST:P`` sends a ``join`` ControlRequest (its host, pid,
 GPUs, engine) and gets its worker index (from :data:`~ringstream.transport.security.REMOTE_INDEX_BASE` on), the
-daemon's configuration (endpoints replaced by the remote ones), the parameter file's text and the map key; it builds
-or loads the map from its own cache and refuses to start when its key differs. It then asks ``ping`` every second;
+daemon's configuration (endpoints replaced by the remote ones), the parameter file's text, the map key and the files
+it must take from the daemon (:mod:`.shipping`: the parameter file's mask and dark files, ``[run] dark``, each with
+its SHA-256); it fetches those (``fetch`` requests), then builds or loads the map from its own cache, or fetches
+the daemon's map when it cannot build it, its own key differs, or it is told ``--fetch-map``. It then asks ``ping`` every second;
 the answer carries the daemon's state, and a worker whose daemon is stopping (or silent) ends.
 
 :class:`RemoteWorkers` keeps what is known of each joined worker from its join and its heartbeats. A worker silent for
@@ -25,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from ..errors import RingstreamError
 from ..protocol import ControlReply, ControlRequest, ProtocolError, decode, encode
 from ..transport.security import (
     REMOTE_INDEX_BASE,
@@ -34,6 +37,7 @@ from ..transport.security import (
     start_authenticator,
     uses_curve,
 )
+from .shipping import ShippedFiles
 
 log = logging.getLogger("ringstream.supervisor")
 
@@ -70,9 +74,11 @@ class RemoteWorker:
 class RemoteWorkers:
     """The join socket, the remote binds of the supervisor's sockets, and the table of joined workers."""
 
-    def __init__(self, config: Any, ctx: zmq.Context, events: zmq.Socket, peaks_pub: zmq.Socket) -> None:
+    def __init__(self, config: Any, ctx: zmq.Context, events: zmq.Socket, peaks_pub: zmq.Socket,
+                 shipped: ShippedFiles | None = None) -> None:
         t = config.transport
         self.config = config
+        self.shipped = shipped  # the files joined workers may fetch (:mod:`.shipping`)
         self.endpoints = remote_endpoints(t.remote_endpoint)
         self.auth = start_authenticator(ctx, t, "supervisor (join, events, peaks)")
         self.join = ctx.socket(zmq.ROUTER)
@@ -140,23 +146,35 @@ class RemoteWorkers:
                 reply = ControlReply(ok=False, error=f"rejected ({exc.kind}): {exc}")
             else:
                 reply = self._answer(msg, address, state, params_text, map_key)
+            buffers = ()
+            if isinstance(reply, tuple):  # a fetch's answer and the part of the file
+                reply, buffers = reply[0], (reply[1],)
             try:
-                self.join.send_multipart([identity, *encode(reply)], zmq.NOBLOCK)
+                self.join.send_multipart([identity, *encode(reply, buffers)], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the worker went away
 
-    def _answer(self, msg: ControlRequest, address: str, state: str, params_text: str, map_key: str) -> ControlReply:
+    def _answer(self, msg: ControlRequest, address: str, state: str, params_text: str,
+                map_key: str) -> ControlReply | tuple[ControlReply, bytes]:
         if msg.command == "ping":
             return ControlReply(ok=True, data={"state": state})
+        if msg.command == "fetch":
+            return self._fetch(msg, address)
         if msg.command != "join":
             return ControlReply(ok=False, error=f"unknown request {msg.command!r} on the join socket; expected "
-                                                "'join' or 'ping'")
+                                                "'join', 'ping' or 'fetch'")
         if state not in ("starting", "running"):
             return ControlReply(ok=False, error=f"the daemon is {state}: it takes no new worker")
         cfg = self.config
-        if cfg.run.dark:
-            return ControlReply(ok=False, error=f"[run] dark = {cfg.run.dark!r}: a dark frame is not shipped to "
-                                                "remote workers yet; run without remote workers or without a dark")
+        files: dict[str, Any] = {}
+        map_file = None
+        if self.shipped is not None:
+            try:
+                files = self.shipped.listing()
+            except RingstreamError as exc:
+                return ControlReply(ok=False, error=f"the daemon cannot ship a file its workers use: {exc}")
+            # its size only: the map (hundreds of MB for a large detector) is hashed when a worker fetches it
+            map_file = self.shipped.available("map")
         a = msg.args
         index = self.next_index
         self.next_index += 1
@@ -169,7 +187,23 @@ class RemoteWorkers:
                  w.pid, w.engine or "as configured", w.gpus or "-")
         return ControlReply(ok=True, data={"index": index, "config": cfg.to_dict(),
                                            "params": params_text, "map_key": map_key,
-                                           "endpoints": self.endpoints})
+                                           "endpoints": self.endpoints, "files": files, "map_file": map_file})
+
+    def _fetch(self, msg: ControlRequest, address: str) -> ControlReply | tuple[ControlReply, bytes]:
+        """A part of a file the daemon ships (:mod:`.shipping`), asked for by a joined worker."""
+        name, offset = str(msg.args.get("name", "")), msg.args.get("offset", 0)
+        if self.shipped is None or not isinstance(offset, int):
+            return ControlReply(ok=False, error=f"fetch {name!r}: nothing is shipped, or offset {offset!r} is not an "
+                                                "integer")
+        try:
+            data, part = self.shipped.part(name, offset)
+        except RingstreamError as exc:
+            log.warning("join socket: a fetch from %s refused: %s", address, exc)
+            return ControlReply(ok=False, error=f"fetch: {exc}")
+        if offset == 0:
+            log.info("join socket: %s (%d bytes, SHA-256 %s) shipped to %s", name, data["size"],
+                     data["sha256"][:12], address)
+        return ControlReply(ok=True, data=data), part
 
     # ------------------------------------------------------------------------------------------------ liveness
     def on_heartbeat(self, msg) -> bool:
@@ -204,6 +238,8 @@ class RemoteWorkers:
             "refused": self.refused,
             "handshake_failed": self.handshake_failed,
             "gone": self.gone,
+            "shipped_parts": self.shipped.parts if self.shipped is not None else 0,
+            "shipped_bytes": self.shipped.bytes if self.shipped is not None else 0,
             "workers": {f"worker-{w.index}": {"host": w.host, "address": w.address, "pid": w.pid, "gpus": w.gpus,
                                               "engine": w.engine, "state": w.state,
                                               "frames_per_s": round(w.rate, 2),

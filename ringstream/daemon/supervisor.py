@@ -353,8 +353,10 @@ class Supervisor:
             self.poller.register(self.control, zmq.POLLIN)
             if t.remote_endpoint:  # workers of other hosts (docs/REMOTE.md)
                 from .remote import RemoteWorkers, params_text
+                from .shipping import ShippedFiles
 
-                self.remote = RemoteWorkers(cfg, ctx, self.events, self.peaks.pub)
+                self.remote = RemoteWorkers(cfg, ctx, self.events, self.peaks.pub,
+                                            ShippedFiles(cfg, cfg.load_params(), self._map_key))
                 self._params_text = params_text(cfg)
                 self.poller.register(self.remote.join, zmq.POLLIN)
                 self.poller.register(self.remote.monitor, zmq.POLLIN)

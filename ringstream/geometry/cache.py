@@ -29,7 +29,7 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "ringstream" / "maps"
 
 
-def _load_cached(path: Path, key: str, shape: tuple[int, int]):
+def load_cached(path: Path, key: str, shape: tuple[int, int]):
     """The map stored at ``path`` if it loads and is the map of ``key``; None (with a warning) otherwise."""
     try:
         imap = IntegrationMap.load(path)
@@ -61,24 +61,25 @@ def _save_atomic(imap, path: Path) -> None:
         raise
 
 
-def load_or_build(p, cache_dir=None, use_cache: bool = True):
-    """The map of ``p``: loaded from the cache when there, else built (and saved when ``use_cache``).
+def load_or_build(p, cache_dir=None, use_cache: bool = True, extra_mask=None):
+    """The map of ``p``: loaded from the cache when there, else built (and saved when ``use_cache``);
+    ``extra_mask`` (a :class:`~ringstream.geometry.mask_store.ExtraMask`) masks its pixels too (another key).
 
     Returns ``(imap, from_cache)``. A cache that cannot be written is a warning: the built map is still returned.
     """
-    key = map_cache_key(p)
+    key = map_cache_key(p, extra_mask.digest if extra_mask is not None else "")
     shape = (int(p.NrPixelsZ), int(p.NrPixelsY))
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = folder / f"{key}.npz"
 
     if use_cache and path.is_file():
         t0 = time.perf_counter()
-        imap = _load_cached(path, key, shape)
+        imap = load_cached(path, key, shape)
         if imap is not None:
             log.info("map: loaded from cache %s in %.2f s", path, time.perf_counter() - t0)
             return imap, True
 
-    imap = build_map(p)
+    imap = build_map(p, extra_mask)
     imap.key = key
     log.info("map: built in %.2f s (key %s)", getattr(imap, "build_seconds", float("nan")), key[:16])
     if use_cache:

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import MapError
+from ..errors import InputError, MapError
 from .bins import bin_centres, eta_edges, radial_edges
 from .detector import DetectorGeometry, polarization
 from .map_key import map_cache_key
@@ -182,13 +182,19 @@ def candidate_pixels(cx: np.ndarray, cy: np.ndarray, r_lo: float, r_hi: float) -
     return out
 
 
-def build_map(p) -> IntegrationMap:
-    """Build the integration map of a :class:`~ringstream.params.Params` (see the module docstring)."""
+def build_map(p, extra_mask=None) -> IntegrationMap:
+    """Build the integration map of a :class:`~ringstream.params.Params` (see the module docstring);
+    ``extra_mask`` (a :class:`~ringstream.geometry.mask_store.ExtraMask`) leaves its pixels out too."""
     from .splitting import split_pixels
 
     t0 = time.perf_counter()
     geom = DetectorGeometry.from_params(p)
     mask = load_mask(p)
+    if extra_mask is not None:
+        if tuple(extra_mask.flagged.shape) != tuple(mask.shape):
+            raise InputError(f"pixel mask {extra_mask.digest[:12]}: shape {tuple(extra_mask.flagged.shape)}, the "
+                             f"detector (NrPixelsZ, NrPixelsY) is {tuple(mask.shape)}")
+        mask = mask | extra_mask.flagged
     r_edges = radial_edges(p)
     e_edges = eta_edges(p)
     r_px, two_theta, q, eta = bin_centres(p, geom)
@@ -246,6 +252,7 @@ def build_map(p) -> IntegrationMap:
         "files": {k: (str(getattr(p, k)) if getattr(p, k, None) else None)
                   for k in ("MaskFile", "GapFile", "BadPxFile", "DistortionFile")},
         "n_masked": int(mask.sum()),
+        "extra_mask": extra_mask.digest if extra_mask is not None else None,
         "n_pixels_split": int(ids.size),
         "nnz": int(areas.nnz),
         "map_file_version": FILE_VERSION,
@@ -253,5 +260,5 @@ def build_map(p) -> IntegrationMap:
     return IntegrationMap(
         shape=(nz, ny), n_r=n_r, n_eta=n_eta, weights=weights, areas=areas, bin_area=bin_area,
         r_edges=r_edges, eta_edges=e_edges, r_px=r_px, two_theta=two_theta, q=q, eta=eta, mask=mask,
-        key=map_cache_key(p), build_seconds=time.perf_counter() - t0, info=info,
+        key=map_cache_key(p, extra_mask.digest if extra_mask is not None else ""), build_seconds=time.perf_counter() - t0, info=info,
     )

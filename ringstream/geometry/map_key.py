@@ -3,7 +3,9 @@
 The key is the SHA-256 (hex) of a canonical JSON (sorted keys, floats as ``repr``) of every input that changes
 the map: detector shape, geometry (Lsd, BC, tilts, pixel pitch, wavelength, RhoD, p0..p14, Parallax), panels,
 bins (R, η, Q), ImTransOpt, corrections, the SHA-256 of the *contents* of MaskFile / GapFile / BadPxFile /
-DistortionFile (the same content under another name gives the same key) and :data:`MAP_FORMAT_VERSION`.
+DistortionFile (the same content under another name gives the same key), :data:`MAP_FORMAT_VERSION` and, for a
+map with a mask on top of the parameter file's (a detector's pixel mask for one series:
+:mod:`~ringstream.geometry.mask_store`), that mask's SHA-256.
 Both the map (which records its key) and the map cache (which names files by it) use it.
 """
 
@@ -92,7 +94,11 @@ def canonical_inputs(p) -> dict:
     }
 
 
-def map_cache_key(p) -> str:
-    """SHA-256 (hex) of the canonical JSON of :func:`canonical_inputs` of ``p``."""
-    text = json.dumps(canonical_inputs(p), sort_keys=True, separators=(",", ":"))
+def map_cache_key(p, extra_mask: str = "") -> str:
+    """SHA-256 (hex) of the canonical JSON of :func:`canonical_inputs` of ``p`` (and of ``extra_mask``, the digest
+    of a mask on top of the parameter file's, when given)."""
+    inputs = canonical_inputs(p)
+    if extra_mask:
+        inputs["extra_mask"] = str(extra_mask)
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

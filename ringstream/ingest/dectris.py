@@ -9,9 +9,11 @@ itself; a socket monitor logs and counts each connection and disconnection) and 
   series, reason ``series N``), whose RunStart carries the series' fields (``series_id``, ``number_of_images``,
   ``beam_center_x/y`` ...: the index of runs, ``{attr[series_id]}`` in the output template). Geometry that
   disagrees with the parameter file (beam centre vs ``BC``, distance vs ``Lsd``, wavelength vs ``Wavelength``,
-  image size vs ``NrPixelsY/Z``) is warned about once (again only when it disagrees differently). ``[source] dectris_pixel_mask``: the pixels the
-  detector's mask flags are counted and reported (``dectris_masked_pixels``) and those the parameter file's masks
-  leave in are warned about;
+  image size vs ``NrPixelsY/Z``) is warned about once (again only when it disagrees differently). ``[source]
+  dectris_pixel_mask``: the integrated channel's ``pixel_mask`` is stored by content (the daemon's mask store,
+  :mod:`ringstream.geometry.mask_store`) and named in every frame of the series (``MASK_KEY``) and in its run's
+  metadata: the workers integrate the series with the parameter file's masks and the pixels the detector flags
+  (counted: ``dectris_masked_pixels``); a series without a mask, or with another, switches back or over;
 - ``image``: the channel ``[source] dectris_channel`` ("" = the first) is taken. Its bytes, compressed (bslz4 /
   lz4 with their 12-byte header) or not, are copied once into a leased ring slot and travel as they came (the
   workers decode them). ``image_id`` is the source id; ``series_date + start_time`` the timestamp; the per-frame
@@ -50,6 +52,8 @@ import numpy as np
 import zmq
 
 from ..errors import ConfigError
+from ..geometry.mask_store import flagged, remember_series, remembered_mask, save_mask, store_dir
+from ..protocol import MASK_KEY
 from .live_queue import QueuedLiveSource, RateLimitedLog
 from .source_base import SourceFrame
 from .stream_v2 import End, Image, Start, StreamV2Error, decode, decode_mask
@@ -92,6 +96,11 @@ class _Series:
         self.frame_meta = {"series_id": series_id, "series_unique_id": unique_id,
                            **{k: v for k, v in self.meta.items() if k in FRAME_FIELDS and isinstance(v, (int, float))}}
 
+    def use_mask(self, digest: str) -> None:
+        """The series is integrated with the stored pixel mask ``digest`` (its frames and its run name it)."""
+        self.meta[MASK_KEY] = digest
+        self.frame_meta[MASK_KEY] = digest
+
     def same(self, series_id: int, unique_id: str) -> bool:
         return series_id == self.series_id and (not unique_id or not self.unique_id or unique_id == self.unique_id)
 
@@ -105,7 +114,8 @@ class DectrisSource(QueuedLiveSource):
     resumable = False
     keeps_compressed = True
     def __init__(self, endpoint: str, shape: tuple[int, int], channel: str = "", user_data: bool = False,
-                 pixel_mask: bool = False, params: Any = None, n_frames: int = 0, dtype: Any = None) -> None:
+                 pixel_mask: bool = False, params: Any = None, n_frames: int = 0, dtype: Any = None,
+                 mask_store: Any = None) -> None:
         if not endpoint:
             raise ConfigError("[source] dectris_stream: the DECTRIS source needs the detector's endpoint, e.g. "
                               "tcp://10.0.0.5:31001")
@@ -119,6 +129,7 @@ class DectrisSource(QueuedLiveSource):
         self.channel = str(channel)
         self.keep_user_data = bool(user_data)
         self.check_mask = bool(pixel_mask)
+        self.mask_store = mask_store  # folder of the mask store (None: masks are counted, not applied)
         self.params = params
         self.series: _Series | None = None
         self.pending_end = False
@@ -129,6 +140,7 @@ class DectrisSource(QueuedLiveSource):
 
     @classmethod
     def from_config(cls, config, params) -> DectrisSource:
+        from ..runs.state import state_dir_of
         from . import stream_v2
 
         if stream_v2.cbor2 is None:
@@ -137,7 +149,8 @@ class DectrisSource(QueuedLiveSource):
         s = config.source
         return cls(s.dectris_stream, (int(params.NrPixelsZ), int(params.NrPixelsY)), channel=s.dectris_channel,
                    user_data=bool(s.dectris_user_data), pixel_mask=bool(s.dectris_pixel_mask), params=params,
-                   n_frames=int(s.frames), dtype=s.dectris_dtype or None)
+                   n_frames=int(s.frames), dtype=s.dectris_dtype or None,
+                   mask_store=store_dir(state_dir_of(config.run)) if s.dectris_pixel_mask else None)
 
     # ---------------------------------------------------------------------------------------------- interface
     def start_receiving(self) -> None:
@@ -270,6 +283,7 @@ class DectrisSource(QueuedLiveSource):
             log.warning("DECTRIS %s: its series' start was not received; taking its images as they come", where)
             s = self.series = _Series(msg.series_id, msg.series_unique_id, None)
             self.pending_end = False
+            self.resume_mask(s)
         if not self.track_id(s, msg.image_id):
             return None
         self.count("dectris_received")
@@ -354,39 +368,57 @@ class DectrisSource(QueuedLiveSource):
                         "used): %s", msg.series_id, text)
 
     def check_pixel_mask(self, msg: Start) -> None:
-        """Count the pixels the detector flags in the integrated channel's mask; warn about those the parameter
-        file's masks leave in (they are integrated: add them to MaskFile)."""
+        """The integrated channel's pixel mask of a series start: stored by content in the mask store (for the
+        workers, the writer and joined workers) and named in every frame of the series (``MASK_KEY``) and in its
+        run's metadata, so the pixels it flags (:data:`~ringstream.geometry.mask_store.MASKED_BITS`) are left out
+        of the series' integration. A start without a usable mask: the series is integrated with the parameter
+        file's masks alone (warned)."""
         masks = msg.pixel_masks
         name = self.channel or (msg.channels[0] if msg.channels else next(iter(masks), ""))
         if name not in masks:
             log.warning("DECTRIS series %d: [source] dectris_pixel_mask, but its start has no pixel_mask for "
-                        "channel %r (the detector's header_detail must be \"all\")", msg.series_id, name)
+                        "channel %r (the detector's header_detail must be \"all\"); integrated with the parameter "
+                        "file's masks alone", msg.series_id, name)
             return
         try:
             mask = decode_mask(masks[name], f"series {msg.series_id} pixel_mask {name}")
         except Exception as exc:
-            log.warning("DECTRIS series %d: its pixel mask is unusable (%s)", msg.series_id, exc)
+            log.warning("DECTRIS series %d: its pixel mask is unusable (%s); integrated with the parameter file's "
+                        "masks alone", msg.series_id, exc)
             return
         if mask.shape != self.shape:
-            log.warning("DECTRIS series %d: pixel mask of shape %s, the detector is %s", msg.series_id,
-                        mask.shape, self.shape)
+            log.warning("DECTRIS series %d: pixel mask of shape %s, the detector is %s; integrated with the "
+                        "parameter file's masks alone", msg.series_id, mask.shape, self.shape)
             return
-        flagged = mask != 0
+        n = int(flagged(mask).sum())
         with self._lock:
-            self._counters["dectris_masked_pixels"] = int(flagged.sum())
-        left = int(flagged.sum())
+            self._counters["dectris_masked_pixels"] = n
+        if self.mask_store is None:
+            return
         try:
-            from ..geometry.masks import load_mask
+            digest = save_mask(self.mask_store, mask)
+        except OSError as exc:
+            log.warning("DECTRIS series %d: cannot store its pixel mask in %s (%s); integrated with the parameter "
+                        "file's masks alone", msg.series_id, self.mask_store, exc)
+            return
+        assert self.series is not None
+        self.series.use_mask(digest)
+        try:  # a replacement ingest (this one killed mid-series) takes the rest of the series with the same mask
+            remember_series(self.mask_store, msg.series_id, msg.series_unique_id, digest)
+        except OSError as exc:
+            log.warning("DECTRIS series %d: cannot record its mask in %s (%s)", msg.series_id, self.mask_store, exc)
+        log.info("DECTRIS series %d: the detector flags %d pixels (mask %s); they are left out of its integration",
+                 msg.series_id, n, digest[:12])
 
-            own = load_mask(self.params)
-            if own is not None:
-                left = int((flagged & ~own.astype(bool)).sum())
-        except Exception as exc:  # the parameter file's masks were read at start: this is only a comparison
-            log.debug("mask comparison: %s", exc)
-        log.info("DECTRIS series %d: the detector flags %d pixels", msg.series_id, int(flagged.sum()))
-        if left:
-            log.warning("DECTRIS series %d: %d pixels the detector flags are not masked by the parameter file "
-                        "(MaskFile / GapFile / BadPxFile); they are integrated", msg.series_id, left)
+
+    def resume_mask(self, s: _Series) -> None:
+        """A series whose start this ingest did not receive: the mask of the series the ingest before it started
+        (killed and replaced mid-series), when it is this one."""
+        digest = remembered_mask(self.mask_store, s.series_id, s.unique_id) if self.mask_store is not None else ""
+        if digest:
+            s.use_mask(digest)
+            log.info("DECTRIS series %d: its start came before this ingest; integrated with the mask %s its start "
+                     "gave", s.series_id, digest[:12])
 
 
 def _off(a: float, b: float, rel: float) -> bool:

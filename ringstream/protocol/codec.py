@@ -201,7 +201,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "counters": _NUM_COUNTERS,
     },
     "stop": {"reason": _STR},
-    "request": {"command": _one_of("status", "stop", "peaks", "runs", "join", "ping"), "args": _ANY_MAP},
+    "request": {"command": _one_of("status", "stop", "peaks", "runs", "join", "ping", "fetch"), "args": _ANY_MAP},
     "reply": {"ok": _BOOL, "data": _ANY_MAP, "error": _STR},
     "view": {"run_id": _STR, "run": _COUNT, "name": _STR, "file": _STR, "written": _COUNT, "frames": _INDEX_LIST,
              "n_r": _COUNT, "n_peaks": _COUNT, "fit_model": _one_of("pv", "tch")},  # [fit] model's choices
@@ -343,6 +343,9 @@ def _check_buffers(tag: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
         if sizes != expected:
             raise ProtocolError("size", f"view update of {rows} rows: buffers of {sizes} bytes, expected "
                                         f"{expected} (axes, lineouts, fits)")
+    elif tag == "reply":  # the answer to a "fetch" carries the part of the file asked for
+        if len(sizes) > 1:
+            raise ProtocolError("size", f"reply message: carries at most one buffer (a file's part), got {len(sizes)}")
     elif sizes:
         raise ProtocolError("size", f"{tag} message: carries no buffers, got {len(sizes)}")
 

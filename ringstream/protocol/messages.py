@@ -34,6 +34,12 @@ PEAK_SEQ_KEY = "peak_seq"
 """The :class:`FrameHeader` metadata key the ingest stamps with the peak-list seq in force for the frame (0: the
 parameter file's list); the worker fits the frame with that list and leaves the key out of its Result."""
 
+MASK_KEY = "pixel_mask_sha256"
+"""The :class:`FrameHeader` metadata key of a frame to be integrated with a pixel mask on top of the parameter
+file's (a DECTRIS series' ``pixel_mask`` with ``[source] dectris_pixel_mask``): the SHA-256 of the mask in the
+daemon's mask store (:mod:`ringstream.geometry.mask_store`). The worker integrates the frame with the map of that
+mask and leaves the key out of its Result; the run's metadata carries it (``/entry/run_metadata``)."""
+
 RUN_START_KEY = "ringstream.run_start"
 """The metadata key of the first frame of a run: the fields of its :class:`RunStart` (name, meta, reason) as JSON
 text, carried through the worker into the frame's Result. The RunStart goes straight from the ingest to the writer
@@ -317,7 +323,9 @@ class ControlRequest:
 
 @_message
 class ControlReply:
-    """The supervisor's answer to a :class:`ControlRequest`, ``type = "reply"``; ``error`` is one line when not ok."""
+    """The supervisor's answer to a :class:`ControlRequest`, ``type = "reply"``; ``error`` is one line when not ok.
+    The answer to a ``fetch`` on the join socket (a joined worker asking for a file the daemon ships: docs/REMOTE.md)
+    carries one buffer, the part of the file asked for; any other carries none."""
 
     ok: bool
     data: dict[str, Any] = dataclasses.field(default_factory=dict)

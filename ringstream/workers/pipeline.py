@@ -31,6 +31,7 @@ from collections import deque
 import zmq
 
 from ..engines.gpu_decode import EncodedFrame
+from .masks import mask_of
 
 log = logging.getLogger("ringstream.worker")
 
@@ -67,6 +68,7 @@ class PipelinedLoop:
         self.fit_frames = max(1, min(FIT_FRAMES, int(getattr(worker, "hold_limit", FIT_FRAMES))))
         self.held_since = 0.0
         self.inflight: deque = deque()  # (submission or None, [[header, t_start, pixels, reason], ...])
+        self.mask = ""  # the pixel mask of self.engine's map ("" = the parameter file's alone)
 
     def run(self, sock, stop, idle_ms: int) -> None:
         """Until ``stop`` is set and nothing is waiting or in flight."""
@@ -120,6 +122,10 @@ class PipelinedLoop:
         """Submit the usable frames of ``got`` of its first usable dtype; queue the batch to be finished."""
         together = batch_of_one_kind(got)
         sub = None
+        if together and mask_of(together[0][0]) != self.mask:
+            self.switch(together[0][0])
+            if mask_of(together[0][0]) != self.mask:  # its mask cannot be had: rejected one by one in finish()
+                together = []
         if together:
             try:
                 sub = self.engine.submit([g[2] for g in together], want_cake=self.want_cake)
@@ -128,6 +134,21 @@ class PipelinedLoop:
                           len(together), exc_info=True)
                 sub = None
         self.inflight.append((sub, got, together if sub is not None else []))
+
+    def switch(self, header) -> None:
+        """Frames of another pixel mask (a new series): everything in flight is finished and sent, the device's
+        omega sums too, before the engine of that mask's map takes over (:mod:`.masks`)."""
+        while self.inflight:
+            self.finish(self.inflight.popleft())
+        self.send_held()
+        self.w.send_partials(idle=True)
+        try:
+            engine = self.w.masks.engine_of(header)
+        except Exception:  # its mask cannot be had: the frames are rejected one by one in finish(), with the reason
+            return
+        self.engine, self.mask = engine, mask_of(header)
+        if self.device_sums:
+            self.w.partials.device = engine
 
     def finish(self, item) -> None:
         """Collect a submitted batch (its frames the batch could not take are integrated one by one), then give back
@@ -171,9 +192,9 @@ class PipelinedLoop:
 
 def batch_of_one_kind(got: list) -> list:
     """The usable items of ``got`` (``[header, t_start, pixels or None, reason]``) that go to the engine in one
-    call: those of the first usable one's dtype, and compressed (EncodedFrame) or not as it is."""
+    call: those of the first usable one's dtype, compressed (EncodedFrame) or not as it is, and pixel mask."""
     usable = [g for g in got if g[2] is not None]
     if not usable:
         return []
-    kind = (usable[0][2].dtype, isinstance(usable[0][2], EncodedFrame))
-    return [g for g in usable if (g[2].dtype, isinstance(g[2], EncodedFrame)) == kind]
+    kind = (usable[0][2].dtype, isinstance(usable[0][2], EncodedFrame), mask_of(usable[0][0]))
+    return [g for g in usable if (g[2].dtype, isinstance(g[2], EncodedFrame), mask_of(g[0])) == kind]

@@ -48,9 +48,11 @@ from ..engines.gpu_decode import EncodedFrame
 from ..engines.registry import create_engine, device_for_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
+from ..geometry.mask_store import store_dir
 from ..images.files import load_dark
 from ..images.frame_codecs import CodecError, decode_frame
 from ..protocol import (
+    MASK_KEY,
     PEAK_SEQ_KEY,
     Credit,
     Flushed,
@@ -63,12 +65,14 @@ from ..protocol import (
     result_buffers,
     worker_identity,
 )
+from ..runs.state import state_dir_of
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.security import REMOTE_INDEX_BASE, client_context
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, frames_per_partial, make_socket, results_hwm, send_message
 from .fitting import WorkerFitting
 from .kept import KeptResults
+from .masks import MaskedEngines
 from .omega import OmegaPartials
 from .pipeline import PipelinedLoop, batch_of_one_kind
 
@@ -84,9 +88,12 @@ GATHER_S = 0.002
 GIVE_UP_S = 5.0
 
 
-def run(config, ready, stop, index: int = 0) -> int:
-    """Entry point of worker ``index`` (see the module docstring). Returns the exit code."""
-    return run_child(config, f"worker-{index}", lambda: _Worker(config, int(index)).run(ready, stop), log,
+def run(config, ready, stop, index: int = 0, fetch_mask=None, dark_path: str | None = None) -> int:
+    """Entry point of worker ``index`` (see the module docstring). Returns the exit code. ``fetch_mask(digest) ->
+    folder``: where a pixel mask named by frames is (default: the daemon's mask store); ``dark_path``: the dark
+    frame's file (default ``[run] dark``, else the parameter file's ``Dark``): a joined worker's copies."""
+    return run_child(config, f"worker-{index}",
+                     lambda: _Worker(config, int(index), fetch_mask, dark_path).run(ready, stop), log,
                      prefix=f"worker-{index}: ")
 
 
@@ -100,9 +107,11 @@ def choose_path(caps: Capabilities, batch: int, batches_in_flight: int) -> str:
 
 
 class _Worker:
-    def __init__(self, config, index: int) -> None:
+    def __init__(self, config, index: int, fetch_mask=None, dark_path: str | None = None) -> None:
         self.config = config
         self.index = index
+        self.fetch_mask = fetch_mask
+        self.dark_path = dark_path
         self.counters: dict[str, int] = {"integrated": 0, "rejected": 0}
         self.rings: dict[str, FrameRing] = {}
         mb = int(config.transport.kept_results_mb) if config is not None else 512
@@ -122,10 +131,17 @@ class _Worker:
         imap, from_cache = load_or_build(params)
         self.shape = (int(imap.shape[0]), int(imap.shape[1]))
         self.n_r, self.n_eta = int(imap.n_r), int(imap.n_eta)
-        dark_path = cfg.run.dark or params.Dark
+        dark_path = self.dark_path if self.dark_path is not None else cfg.run.dark or params.Dark
         dark = load_dark(dark_path, self.shape) if dark_path else None
         device = device_for_worker(cfg.workers.gpus, self.index)
-        self.use_engine(create_engine(cfg.workers.engine, imap, dark, normalize=params.Normalize, device=device))
+
+        def make(m):
+            return create_engine(cfg.workers.engine, m, dark, normalize=params.Normalize, device=device)
+
+        self.use_engine(make(imap))
+        store = store_dir(state_dir_of(cfg.run))
+        self.masks = MaskedEngines(self.engine, make, params, self.fetch_mask or (lambda digest: store),
+                                   f"worker-{self.index}", beating=lambda: self.hb.beating(self.snapshot()))
         self.write_2d = bool(params.Write2D)
         # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (workers/omega.py)
         # frames whose Results or partial sum this worker holds keep their ring slots until the writer has them: at
@@ -263,8 +279,9 @@ class _Worker:
         t_int = 0.0
         try:
             pixels = self.pixels(msg, buffers)
+            engine = self.masks.engine_of(msg)
             t0 = time.perf_counter()
-            lineout, cake = self.engine.integrate(pixels)
+            lineout, cake = engine.integrate(pixels)
             t_int = time.perf_counter() - t0
             del pixels  # drop the view of the slot before releasing it
         except RingstreamError as exc:
@@ -306,7 +323,8 @@ class _Worker:
         if together:
             t0 = time.perf_counter()
             try:
-                lines, cakes = self.engine.integrate_many([g[2] for g in together])
+                engine = self.masks.engine_of(together[0][0])
+                lines, cakes = engine.integrate_many([g[2] for g in together])
                 t_int = (time.perf_counter() - t0) / len(together)
                 for i, g in enumerate(together):
                     results[id(g)] = (lines[i], cakes[i], t_int)
@@ -328,7 +346,7 @@ class _Worker:
                 continue
             t0 = time.perf_counter()
             try:
-                lineout, cake = self.engine.integrate(g[2])
+                lineout, cake = self.masks.engine_of(g[0]).integrate(g[2])
                 results[id(g)] = (lineout, cake, time.perf_counter() - t0)
             except RingstreamError as exc:
                 g[3] = str(exc)
@@ -373,7 +391,7 @@ class _Worker:
         common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
                       timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, worker_pid=self.pid,
                       timings=timings,
-                      metadata={k: v for k, v in msg.metadata.items() if k != PEAK_SEQ_KEY})  # the source's own
+                      metadata={k: v for k, v in msg.metadata.items() if k not in _OURS})  # the source's own
         if reason:
             self.count("rejected")
             if self.counters["rejected"] <= 5:
@@ -507,6 +525,10 @@ class _Worker:
                 return
             self.hb.beat(self.snapshot)
             sock.poll(IDLE_MS // 2, zmq.POLLOUT)
+
+
+#: the metadata keys the ingest adds for the worker (not the source's: left out of the Result)
+_OURS = (PEAK_SEQ_KEY, MASK_KEY)
 
 
 class FrameRejected(RingstreamError):

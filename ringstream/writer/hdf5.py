@@ -31,10 +31,13 @@ from h5py import h5d, h5p, h5s
 
 from .. import __version__
 from ..errors import InputError, OutputExists
+from ..geometry.mask_store import MASKED_BITS
 from ..procs import pid_alive
+from ..protocol import MASK_KEY
 from .layout import CAKE_ENTRY, CAKE_I, METADATA_JSON
 from .omega import OmegaGroup
 from .precision import MIN_COUNTS, NoiseRounding
+from .run_metadata import write_run_metadata
 from .storage import Chunks, cake_dtype, hdf5_compression, precision_note, stored
 
 log = logging.getLogger(__name__)
@@ -195,7 +198,8 @@ class Hdf5Writer:
     :mod:`~ringstream.writer.storage`), ``rounding`` the precision-bounded mode's rounding of the cakes
     (:class:`~ringstream.writer.precision.NoiseRounding`; None: lossless), recorded with its per-bin noise factor
     (the omega sums come to :meth:`add_omega_group` already rounded: :class:`~ringstream.writer.outputs.RunOutputs`
-    rounds each sum once, for both files).
+    rounds each sum once, for both files), ``run_metadata`` what the source said of the whole run and
+    ``pixel_mask`` the detector's mask it was integrated with (``/entry/run_metadata``: :mod:`.run_metadata`).
     """
 
     def __init__(
@@ -218,6 +222,8 @@ class Hdf5Writer:
         cake_dtype: str = "float32",
         rounding: NoiseRounding | None = None,
         fit_model: str = "pv",
+        run_metadata: Mapping[str, Any] | None = None,
+        pixel_mask: np.ndarray | None = None,
     ) -> None:
         self.fit_model = str(fit_model)
         self._setup(check_output_path(path, overwrite), int(imap.n_r), int(imap.n_eta), write_2d, swmr, block,
@@ -236,6 +242,8 @@ class Hdf5Writer:
         try:
             osf = int(getattr(params, "OmegaSumFrames", 1) if omega_sum_frames is None else omega_sum_frames)
             self._create_layout(imap, params, engine_name, note, peak_locations, osf, int(name_digits))
+            meta = dict(run_metadata or {})
+            write_run_metadata(self._f["entry"], meta, pixel_mask, str(meta.get(MASK_KEY, "")), MASKED_BITS)
             self._bind()
             self._f.flush()
             if self.swmr:

@@ -147,7 +147,9 @@ class RunOutputs:
     ``cake_noise_fraction`` f > 0 stores them precision-bounded (``[output] cake_noise_fraction``,
     :mod:`~ringstream.writer.precision`), with the per-bin ``noise_model`` ``[2, n_r, n_eta]`` when the caller made
     it once for the geometry (None: made here from ``imap.weights``, ``imap.bin_area`` and ``params.Normalize``);
-    ``fit_model`` the peak model of the fit rows (``[fit] model``, recorded under ``/entry/fit``).
+    ``fit_model`` the peak model of the fit rows (``[fit] model``, recorded under ``/entry/fit``);
+    ``run_metadata`` and ``pixel_mask``: the run's own metadata and the detector mask it was integrated with
+    (``/entry/run_metadata``).
     """
 
     def __init__(self, h5_path: str | os.PathLike, imap: Any, params: Any, *, engine_name: str,
@@ -156,13 +158,14 @@ class RunOutputs:
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
                  block: int = 0, fit_prefix: str = "", cake_dtype: str = "float32",
                  cake_noise_fraction: float = 0.0, noise_model: np.ndarray | None = None,
-                 fit_model: str = "pv") -> None:
+                 fit_model: str = "pv", run_metadata: Mapping[str, Any] | None = None,
+                 pixel_mask: np.ndarray | None = None) -> None:
         self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
         self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
                              overwrite=overwrite, note=note, n_peaks=n_peaks, block=block, fit_model=fit_model,
                              peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
                              metadata_keys=metadata_keys, name_digits=self.digits, cake_dtype=cake_dtype,
-                             rounding=self.rounding)
+                             rounding=self.rounding, run_metadata=run_metadata, pixel_mask=pixel_mask)
         self.path = self.h5.path
         try:
             if zarr_path is not None:

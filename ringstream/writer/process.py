@@ -78,8 +78,10 @@ import zmq
 from ..errors import OutputExists, RingstreamError
 from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
+from ..geometry.mask_store import ExtraMask, flagged, load_stored_mask, store_dir
 from ..procs import return_free_memory
 from ..protocol import (
+    MASK_KEY,
     RUN_START_KEY,
     EndOfStream,
     Flushed,
@@ -96,6 +98,7 @@ from ..protocol import (
     WorkerGone,
 )
 from ..runs.naming import OutputFolderError, make_folders
+from ..runs.state import state_dir_of
 from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.security import refused_counters, serve_remote, stop_authenticator
 from ..transport.sockets import (
@@ -601,12 +604,14 @@ class _Writer:
             frames = int(self.config.source.frames or 0) if self.config.source.kind == "simulated" and \
                 not self.book.multi_run else 0
             fit_prefix = "" if paths.fit_bin.name == FIT_BIN else paths.fit_bin.name[: -len(FIT_BIN)]
+            imap, mask = self.map_of(run)
             with never_replace():
-                run.outputs = RunOutputs(paths.h5, self.imap, self.params, engine_name=engine, n_peaks=self.n_peaks,
+                run.outputs = RunOutputs(paths.h5, imap, self.params, engine_name=engine, n_peaks=self.n_peaks,
                                          zarr_path=paths.zarr, midas_dir=paths.midas_dir,
                                          metadata_keys=numeric_keys(metadata), expected_frames=frames,
                                          sums_from_workers=not self.write_2d, fit_prefix=fit_prefix,
-                                         fit_model=self.config.fit.model, **self.storage_options())
+                                         fit_model=self.config.fit.model, run_metadata=run.meta, pixel_mask=mask,
+                                         **self.storage_options())
         except (OutputError, OutputFolderError, OutputExists) as exc:
             self.fail_run(run, exc)
             return None
@@ -619,6 +624,24 @@ class _Writer:
         for item in pending:
             self.on_side(item)
         return run.outputs
+
+    def map_of(self, run: Run) -> tuple[Any, np.ndarray | None]:
+        """(the map, the detector's uint32 pixel mask or None) of ``run``: a run whose frames were integrated with a
+        stored pixel mask (its metadata's ``MASK_KEY``: a DECTRIS series) gets that mask's map (the workers'; its
+        bin areas are the file's geometry) and the mask itself, stored in the file. A mask that cannot be read is
+        logged; the run is then described with the parameter file's map."""
+        digest = run.meta.get(MASK_KEY) if run.meta else None
+        if not digest:
+            return self.imap, None
+        shape = (int(self.params.NrPixelsZ), int(self.params.NrPixelsY))
+        try:
+            folder = store_dir(state_dir_of(self.config.run))
+            mask = load_stored_mask(folder, str(digest), shape)
+            imap, _ = load_or_build(self.params, extra_mask=ExtraMask(str(digest), flagged(mask)))
+        except RingstreamError as exc:
+            log.error("run %d: %s; its file records the parameter file's map and no pixel mask", run.number, exc)
+            return self.imap, None
+        return imap, mask
 
     def take_early(self, run: Run) -> None:
         """Handle what came for ``run`` before its outputs existed (partial sums, peak updates), in arrival order."""

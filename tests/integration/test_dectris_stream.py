@@ -37,12 +37,27 @@ def stack(dtype: str, seed: int) -> np.ndarray:
     return rng.poisson(scale, (IMAGES * 3, NZ, NY)).astype(dtype)
 
 
-def reference(params_path: Path, frames: np.ndarray) -> np.ndarray:
-    """The reference engine's lineouts of ``frames``, float32 as the file stores them."""
+def sim_mask() -> np.ndarray:
+    """The pixel mask ``ringstream dectris-sim --pixel-mask`` sends: every 97th pixel flagged (bit 0, a gap)."""
+    mask = np.zeros((NZ, NY), np.uint32)
+    mask.reshape(-1)[::97] = 1
+    return mask
+
+
+def reference(params_path: Path, frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The reference engine's lineouts of ``frames``, float32 as the file stores them; with ``mask`` (bool, True =
+    masked) the offline integration with that mask as the parameter file's MaskFile."""
+    import tifffile
+
     from ringstream.engines.reference import ReferenceEngine
     from ringstream.geometry.cache import load_or_build
     from ringstream.params import load_params
 
+    if mask is not None:
+        masked = params_path.with_name("masked_setup.txt")
+        tifffile.imwrite(masked.with_suffix(".tif"), mask.astype(np.uint8))
+        masked.write_text(params_path.read_text() + f"MaskFile {masked.with_suffix('.tif')}\n")
+        params_path = masked
     p = load_params(params_path)
     imap, _ = load_or_build(p)
     engine = ReferenceEngine(imap, normalize=bool(p.Normalize))
@@ -107,7 +122,7 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
     stacks = {}
     n_runs = 0
     # 8-, 16- and 32-bit frames, each type in three series: bslz4, lz4, uncompressed; the geometry of the parameter
-    # file (no warning), a pixel mask, user_data
+    # file (no warning), a pixel mask (its pixels left out: lineouts as offline with it as MaskFile), user_data
     geometry = ["--start-field", "beam_center_x=63.3", "--start-field", "beam_center_y=61.2", "--start-field",
                 "detector_distance=1.0", "--start-field", "incident_wavelength=0.2", "--start-field", "count_time=0.5"]
     for k, dtype in enumerate(DTYPES):
@@ -121,6 +136,8 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
         wait_runs(d, n_runs, f"the {dtype} series")
     runs = runs_of(folder)
     assert [r["status"] for r in runs] == ["complete"] * 9, runs
+    some = stacks["uint16"][:2]  # the mask changes the lineouts (so the equalities below say it was applied)
+    assert not np.array_equal(reference(params, some, sim_mask() != 0), reference(params, some))
     for k, dtype in enumerate(DTYPES):
         for j, codec in enumerate(CODECS):
             run = runs[3 * k + j]
@@ -129,7 +146,8 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
             ids, lineouts, meta = read_run(folder, run)
             assert ids == list(range(IMAGES)), (dtype, codec, ids)
             frames = stacks[dtype][j * IMAGES:(j + 1) * IMAGES]
-            np.testing.assert_array_equal(lineouts, reference(params, frames), err_msg=f"{dtype} {codec}")
+            np.testing.assert_array_equal(lineouts, reference(params, frames, sim_mask() != 0),
+                                          err_msg=f"{dtype} {codec}")
             assert [m["image_id"] for m in meta] == ids and {m["series_id"] for m in meta} == {run["meta"]["series_id"]}
             with h5py.File(folder / run["files"]["h5"], "r") as f:  # the series' fields and user_data, per frame
                 # timestamps: series_date + start_time, which the simulator sets to image_id ms
@@ -137,10 +155,30 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
                 m = f["/entry/data/metadata"]
                 assert list(m["beam_center_x"][()]) == [63.3] * IMAGES and list(m["count_time"][()]) == [0.5] * IMAGES
                 assert list(m["user_data_scan"][()]) == [k + 7] * IMAGES and meta[0]["user_data_note"] == "x"
+                # the series' fields once for the run, with the detector's mask (the one the frames were
+                # integrated with), compressed
+                r = f["/entry/run_metadata"]
+                assert (r["series_id"][()], r["number_of_images"][()]) == (10 * (k + 1) + j, IMAGES)
+                assert (r["beam_center_x"][()], r["detector_distance"][()], r["count_time"][()]) == (63.3, 1.0, 0.5)
+                assert r["series_unique_id"][()].decode() == run["meta"]["series_unique_id"]
+                np.testing.assert_array_equal(r["pixel_mask"][()], sim_mask())
+                assert r["pixel_mask"].id.get_create_plist().get_filter(0)[0] == 32008  # bitshuffle + LZ4
+                assert r["pixel_mask"].attrs["sha256"] == run["meta"]["pixel_mask_sha256"]
+                assert "pixel_mask_sha256" not in meta[0]  # the worker's, not the source's
+    from ringstream.geometry.cache import load_or_build
+    from ringstream.geometry.mask_store import ExtraMask
+    from ringstream.params import load_params
+
+    p = load_params(params)
+    base_area = load_or_build(p)[0].bin_area
+    masked_area = load_or_build(p, extra_mask=ExtraMask(runs[0]["meta"]["pixel_mask_sha256"], sim_mask() != 0))[0].bin_area
+    assert masked_area.sum() < base_area.sum()
+    with h5py.File(folder / runs[0]["files"]["h5"], "r") as f:  # the file describes the map the run was integrated with
+        np.testing.assert_array_equal(f["/entry/geometry/area"][()], masked_area)
     c = ingest(d, 9)
     assert (c["dectris_series"], c["dectris_ends"], c["dectris_received"], c["dectris_gaps"]) == (9, 9, 45, 0)
     assert c["dectris_masked_pixels"] == len(range(0, NZ * NY, 97))  # the simulator flags every 97th pixel
-    assert "geometry disagrees" not in d.stderr and "pixels the detector flags are not masked" in d.stderr
+    assert "geometry disagrees" not in d.stderr and "they are left out of its integration" in d.stderr
 
     # a dropped image and one bad message of every kind, then a disconnect of the detector, then another series
     out = simulate(folder, endpoint, "--stack", "uint16.npy", "--images", IMAGES, "--series", 2, "--series-id", 50,
@@ -159,8 +197,12 @@ def test_series_of_every_type_and_codec_then_faults_disconnect_and_a_missed_star
     for run, first in zip(runs_of(folder)[n_runs:], (0, IMAGES), strict=True):
         ids, lineouts, _ = read_run(folder, run)
         assert ids == [0, 1, 2, 4], ids  # every good image once, in order; image 3 never sent
-        want = stacks["uint16"][[first + i for i in ids]]
+        want = stacks["uint16"][[first + i for i in ids]]  # no mask sent: every pixel integrated again
         np.testing.assert_array_equal(lineouts, reference(params, want))
+        with h5py.File(folder / run["files"]["h5"], "r") as f:
+            assert "pixel_mask" not in f["/entry/run_metadata"] and f["/entry/run_metadata/series_id"][()] == 50 + \
+                (first // IMAGES)
+            np.testing.assert_array_equal(f["/entry/geometry/area"][()], base_area)
     n_runs += 2
 
     # the service started mid-series: a series without its start is taken as it comes

@@ -160,6 +160,33 @@ def test_the_source_counts_gaps_duplicates_rejects_and_ends_the_series(caplog):
     assert s.counters()["dectris_starts_missed"] == 1
 
 
+def test_a_series_pixel_mask_is_stored_and_named_by_its_frames_and_a_replacement_ingest_keeps_it(tmp_path):
+    from ringstream.geometry.mask_store import load_stored_mask
+    from ringstream.protocol import MASK_KEY
+
+    mask = np.zeros(SHAPE, np.uint32)
+    mask[2, 3], mask[4, 5], mask[6, 7] = 1 << 1, 1 << 31, 1 << 5  # dead (masked); virtual and undefined (kept)
+    f = frame("uint16")
+    s = source(pixel_mask=True, mask_store=tmp_path)
+    s.on_message(encode_start(7, "s7", 3, SHAPE, pixel_mask=mask))
+    s.on_message(encode_image(7, "s7", 0, {"threshold_1": f}, "bslz4"))
+    (g,) = queued(s)
+    digest = g.metadata[MASK_KEY]
+    assert g.run_meta[MASK_KEY] == digest and s.counters()["dectris_masked_pixels"] == 1
+    np.testing.assert_array_equal(load_stored_mask(tmp_path, digest, SHAPE), mask)
+    # the ingest is replaced mid-series: the rest of series 7 keeps its mask; series 8 (no start seen) has none
+    again = source(pixel_mask=True, mask_store=tmp_path)
+    again.on_message(encode_image(7, "s7", 1, {"threshold_1": f}, "bslz4"))
+    again.on_message(encode_image(8, "s8", 0, {"threshold_1": f}, "bslz4"))
+    a, b = queued(again)
+    assert a.metadata[MASK_KEY] == digest and a.run_meta[MASK_KEY] == digest and MASK_KEY not in b.metadata
+    # a start without a mask: its series is integrated without one
+    again.on_message(encode_start(9, "s9", 3, SHAPE))
+    again.on_message(encode_image(9, "s9", 0, {"threshold_1": f}, "bslz4"))
+    (c,) = queued(again)
+    assert MASK_KEY not in c.metadata and MASK_KEY not in c.run_meta
+
+
 def test_dectris_dtype_rejects_other_pixel_types():
     s = source(dtype="uint16")
     assert s.dtype == np.dtype("<u2")
