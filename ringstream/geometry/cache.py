@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .map import IntegrationMap, build_map
+from .map import IntegrationMap, build_map, with_extra_mask
 from .map_key import map_cache_key
 
 log = logging.getLogger("ringstream.map")
@@ -61,9 +61,10 @@ def _save_atomic(imap, path: Path) -> None:
         raise
 
 
-def load_or_build(p, cache_dir=None, use_cache: bool = True, extra_mask=None):
+def load_or_build(p, cache_dir=None, use_cache: bool = True, extra_mask=None, base=None):
     """The map of ``p``: loaded from the cache when there, else built (and saved when ``use_cache``);
-    ``extra_mask`` (a :class:`~ringstream.geometry.mask_store.ExtraMask`) masks its pixels too (another key).
+    ``extra_mask`` (a :class:`~ringstream.geometry.mask_store.ExtraMask`) masks its pixels too (another key), and
+    ``base``, the map of ``p`` without it, is then masked instead of building anew (:func:`.map.with_extra_mask`).
 
     Returns ``(imap, from_cache)``. A cache that cannot be written is a warning: the built map is still returned.
     """
@@ -79,9 +80,13 @@ def load_or_build(p, cache_dir=None, use_cache: bool = True, extra_mask=None):
             log.info("map: loaded from cache %s in %.2f s", path, time.perf_counter() - t0)
             return imap, True
 
-    imap = build_map(p, extra_mask)
-    imap.key = key
-    log.info("map: built in %.2f s (key %s)", getattr(imap, "build_seconds", float("nan")), key[:16])
+    if extra_mask is not None and base is not None and base.key == map_cache_key(p):
+        imap = with_extra_mask(base, extra_mask, key)
+        log.info("map: masked from the parameter file's map in %.2f s (key %s)", imap.build_seconds, key[:16])
+    else:
+        imap = build_map(p, extra_mask)
+        imap.key = key
+        log.info("map: built in %.2f s (key %s)", getattr(imap, "build_seconds", float("nan")), key[:16])
     if use_cache:
         try:
             _save_atomic(imap, path)

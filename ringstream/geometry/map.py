@@ -182,6 +182,40 @@ def candidate_pixels(cx: np.ndarray, cy: np.ndarray, r_lo: float, r_hi: float) -
     return out
 
 
+def _drop_columns(m: sp.csr_matrix, flagged: np.ndarray) -> sp.csr_matrix:
+    """``m`` without the entries of the columns (pixels) ``flagged`` (bool, one per column); the kept entries keep
+    their values and order."""
+    keep = ~flagged[m.indices]
+    kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    indptr = kept_before[m.indptr].astype(m.indptr.dtype)
+    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+
+
+def with_extra_mask(base: IntegrationMap, extra_mask, key: str = "") -> IntegrationMap:
+    """The map :func:`build_map` makes with ``extra_mask`` too, derived from ``base`` (the map of the same parameters
+    without it) in a fraction of a second instead of a build of seconds: pixel splitting treats every pixel on its
+    own, so masking pixels only removes their entries; the bin areas are summed again over the entries kept, in the
+    same order, so the result equals a fresh build exactly."""
+    t0 = time.perf_counter()
+    flagged = np.asarray(extra_mask.flagged, dtype=bool)
+    if tuple(flagged.shape) != tuple(base.shape):
+        raise InputError(f"pixel mask {extra_mask.digest[:12]}: shape {tuple(flagged.shape)}, the detector "
+                         f"(NrPixelsZ, NrPixelsY) is {tuple(base.shape)}")
+    flat = flagged.ravel()
+    areas = _drop_columns(sp.csr_matrix(base.areas), flat)
+    weights = _drop_columns(sp.csr_matrix(base.weights), flat)
+    mask = base.mask | flagged
+    info = dict(base.info)
+    info.update(n_masked=int(mask.sum()), extra_mask=extra_mask.digest, nnz=int(areas.nnz),
+                n_pixels_split=int(np.unique(areas.indices).size), derived_from=base.key)
+    return IntegrationMap(
+        shape=base.shape, n_r=base.n_r, n_eta=base.n_eta, weights=weights, areas=areas,
+        bin_area=np.asarray(areas.sum(axis=1)).reshape(base.n_r, base.n_eta), r_edges=base.r_edges,
+        eta_edges=base.eta_edges, r_px=base.r_px, two_theta=base.two_theta, q=base.q, eta=base.eta, mask=mask,
+        key=key, build_seconds=time.perf_counter() - t0, info=info,
+    )
+
+
 def build_map(p, extra_mask=None) -> IntegrationMap:
     """Build the integration map of a :class:`~ringstream.params.Params` (see the module docstring);
     ``extra_mask`` (a :class:`~ringstream.geometry.mask_store.ExtraMask`) leaves its pixels out too."""

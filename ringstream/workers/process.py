@@ -141,7 +141,8 @@ class _Worker:
         self.use_engine(make(imap))
         store = store_dir(state_dir_of(cfg.run))
         self.masks = MaskedEngines(self.engine, make, params, self.fetch_mask or (lambda digest: store),
-                                   f"worker-{self.index}", beating=lambda: self.hb.beating(self.snapshot()))
+                                   f"worker-{self.index}", beating=lambda: self.hb.beating(self.snapshot()),
+                                   base_map=imap)
         self.write_2d = bool(params.Write2D)
         # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (workers/omega.py)
         # frames whose Results or partial sum this worker holds keep their ring slots until the writer has them: at

@@ -86,6 +86,30 @@ def test_the_map_with_a_detector_mask_is_the_map_with_it_as_maskfile(tmp_path):
         build_map(p, ExtraMask(digest, np.zeros((48, 40), bool)))
 
 
+@pytest.mark.parametrize("corrections", ["", "SolidAngleCorrection 1\nPolarizationCorrection 1\n"])
+def test_a_mask_s_map_derived_from_the_parameter_file_s_map_equals_its_build(tmp_path, corrections):
+    p = parse_params(PARAMS + corrections)
+    detector = np.zeros((40, 48), np.uint32)
+    detector[5:25, 20:22] = 1 << 3  # hot columns across several rings
+    detector[33, 7] = 1 << 0
+    digest = save_mask(tmp_path, detector)
+    em = extra_mask(tmp_path, digest, (40, 48))
+    base, _ = load_or_build(p, tmp_path / "cache")
+    built = build_map(p, em)
+    derived, cached = load_or_build(p, tmp_path / "cache", extra_mask=em, base=base)
+    assert not cached and derived.info["derived_from"] == base.key and derived.key == built.key
+    for name in ("weights", "areas"):
+        a, b = getattr(derived, name), getattr(built, name)
+        for part in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(getattr(a, part), getattr(b, part), err_msg=f"{name}.{part}")
+    np.testing.assert_array_equal(derived.bin_area, built.bin_area)
+    np.testing.assert_array_equal(derived.mask, built.mask)
+    assert derived.info["nnz"] == built.info["nnz"] < base.info["nnz"]
+    assert derived.info["n_pixels_split"] == built.info["n_pixels_split"]
+    # saved under the mask's key: the next series with this mask loads it
+    assert load_or_build(p, tmp_path / "cache", extra_mask=em, base=base)[1]
+
+
 def _shipped(tmp_path: Path) -> ShippedFiles:
     (tmp_path / "mask.tif").write_bytes(b"m" * (PART_BYTES + 10))
     params = SimpleNamespace(MaskFile=tmp_path / "mask.tif", GapFile=None, BadPxFile=None, DistortionFile=None,
