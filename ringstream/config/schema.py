@@ -325,6 +325,11 @@ class FitConfig:
     engine: str = opt("auto", "fitter: auto = gpu on a GPU worker, else nlopt", choices=FIT_ENGINES)
     slots: int = opt(0, "peak rows per frame in fit.bin; 0 = len(PeakLocation), or 16 when finding peaks",
                      at_least=0)
+    per_eta: bool = opt(False, "also fit every peak in every eta bin of each frame's cake (TCH on 2theta, after a "
+                        "SNIP background): /entry/fit/caked, and *_caked_peaks.h5 with midas_binaries",
+                        flags="--per-eta")
+    snip_iterations: int = opt(50, "per_eta: SNIP background iterations (the widest clipping half-window, in R bins)",
+                               at_least=1)
 
 
 @dataclass(frozen=True)

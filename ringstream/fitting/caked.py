@@ -113,9 +113,22 @@ def solve(pk: Packed, engine: str = "lm", gpu=None) -> dict[str, np.ndarray]:
     return _lm(pk)
 
 
+def gpu_takes_tch(gpu) -> bool:
+    """Whether ``gpu`` (a :class:`~ringstream.fitting.gpu_fitter.GpuFitter` or None) fits the TCH model
+    (``fit_packed(pk, model="tch")``); without it the per-η fits run on the CPU."""
+    if gpu is None:
+        return False
+    import inspect
+
+    try:
+        return "model" in inspect.signature(gpu.fit_packed).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _lm(pk: Packed, max_iter: int = MAX_ITER) -> dict[str, np.ndarray]:
-    """Damped Gauss–Newton over every ROI at once, the Jacobian by forward differences; bounds by clipping;
-    a step is accepted when it lowers the cost (λ/3), else λ·4; converged on a relative cost change ≤ 1e-12, a
+    """Damped Gauss–Newton over every ROI at once, the Jacobian by forward differences; bounds by clipping and an
+    active set (a parameter at a bound that the gradient pushes out of it is held this step); a step is accepted when it lowers the cost (λ/3), else λ·4; converged on a relative cost change ≤ 1e-12, a
     step ≤ 1e-10 of the bounds' span, or λ > 1e10."""
     b, m = pk.p.shape
     mask = (np.arange(pk.x.shape[1])[None, :] < pk.npts[:, None]).astype(np.float64)
@@ -149,12 +162,15 @@ def _lm(pk: Packed, max_iter: int = MAX_ITER) -> dict[str, np.ndarray]:
             q[:, i] += h[:, i]
             jac[..., i] = (model(sub.x, q, sub.xmid, sub.hw) - sub.y) * mask[ia] - ra
             jac[..., i] /= h[:, i, None]
-        jac *= free[ia][:, None, :]
-        a = np.einsum("bni,bnj->bij", jac, jac)
         g = np.einsum("bni,bn->bi", jac, ra)
+        # the active set: a parameter at a bound whose gradient pushes it out stays there this step
+        act_free = free[ia] & ~((pa <= pk.lo[ia]) & (g > 0)) & ~((pa >= pk.hi[ia]) & (g < 0))
+        jac *= act_free[:, None, :]
+        g *= act_free
+        a = np.einsum("bni,bnj->bij", jac, jac)
         diag = np.einsum("bii->bi", a)
         d = np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)
-        mat = a + (lam[ia, None] * d)[:, :, None] * eye + (~free[ia])[:, :, None] * eye
+        mat = a + (lam[ia, None] * d)[:, :, None] * eye + (~act_free)[:, :, None] * eye
         try:
             delta = np.linalg.solve(mat, -g[..., None])[..., 0]
         except np.linalg.LinAlgError:

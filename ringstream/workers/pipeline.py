@@ -55,10 +55,13 @@ class PipelinedLoop:
         # cakes come back when they are written (Write2D 1); the omega sums of a worker that writes none are summed
         # on the device by an engine that declares device_omega_sums (engine.omega_add), else on this side
         partials = getattr(worker, "partials", None)
-        self.device_sums = partials is not None and not worker.write_2d and caps.device_omega_sums
+        # per-η fits ([fit] per_eta) need every cake on this side: the sums are then made here too
+        fitting = getattr(worker, "fitting", None)
+        per_eta = fitting is not None and fitting.caked is not None
+        self.device_sums = partials is not None and not worker.write_2d and caps.device_omega_sums and not per_eta
         if self.device_sums:
             partials.device = self.engine
-        self.want_cake = bool(worker.write_2d or (partials is not None and not self.device_sums))
+        self.want_cake = bool(worker.write_2d or per_eta or (partials is not None and not self.device_sums))
         # finished batches held to be fitted together (only without cakes coming back: a held cake would be a copy)
         self.hold_fits = getattr(worker, "fitting", None) is not None and not self.want_cake
         self.held: list = []
