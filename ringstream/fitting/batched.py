@@ -6,7 +6,9 @@ thread per ROI; the tests run it here against nlopt, so only the port needs the 
 
 Packing (:func:`pack`): B ROIs become padded arrays ``x, y [B, N]`` (N = the longest ROI; padding after the
 ``npts[b]`` real points is ignored), ``p, lo, hi [B, 2 + 4P]`` (P = the most peaks of any ROI; an unused peak slot
-has Imax fixed at 0: lo = hi, so it contributes nothing), ``xmid, hw [B]``.
+has Imax fixed at 0: lo = hi, so it contributes nothing), ``xmid, hw [B]``, and the batch's peak ``model``
+(:mod:`.models`: "pv" on R in px, or "tch" on 2θ in degrees, whose unused slots have area 0): the algorithm below
+is the same for both, only the model and its Jacobian differ.
 
 Algorithm, per ROI, with r = model − y over the real points, J the Jacobian, A = JᵀJ, g = Jᵀr, cost = rᵀr:
 
@@ -32,7 +34,8 @@ import dataclasses
 
 import numpy as np
 
-from .model import N_BG, PER_PEAK, model_jacobian, n_params
+from .model import N_BG, PER_PEAK, n_params
+from .models import DEFAULT_MODEL, get_model
 from .peaks import RoiProblem
 
 LAMBDA0 = 1e-3
@@ -48,7 +51,8 @@ RUNNING, CONVERGED, MAX_ITER_REACHED = 0, 1, 2
 
 @dataclasses.dataclass
 class Packed:
-    """A batch of ROIs as padded arrays (see the module docstring); ``n_peaks [B]`` real peaks per ROI."""
+    """A batch of ROIs as padded arrays (see the module docstring); ``n_peaks [B]`` real peaks per ROI; ``model``
+    the peak model of every ROI ("pv" or "tch")."""
 
     x: np.ndarray
     y: np.ndarray
@@ -59,6 +63,7 @@ class Packed:
     xmid: np.ndarray
     hw: np.ndarray
     n_peaks: np.ndarray
+    model: str = DEFAULT_MODEL
 
     @property
     def size(self) -> int:
@@ -66,8 +71,13 @@ class Packed:
 
 
 def pack(problems: list[RoiProblem], xs: list[np.ndarray], ys: list[np.ndarray]) -> Packed:
-    """Pad the ROIs ``problems`` with their points ``xs``, ``ys`` (each 1-D, ``n_points`` long) into one batch."""
+    """Pad the ROIs ``problems`` with their points ``xs``, ``ys`` (each 1-D, ``n_points`` long) into one batch (every
+    problem of one model)."""
     b = len(problems)
+    models = {p.model for p in problems} or {DEFAULT_MODEL}
+    if len(models) > 1:
+        raise ValueError(f"one batch, one peak model: got {sorted(models)}")
+    model = get_model(models.pop())
     n = max([p.n_points for p in problems] or [1])
     n_pk = max([len(p.slots) for p in problems] or [1])
     m = n_params(n_pk)
@@ -87,15 +97,15 @@ def pack(problems: list[RoiProblem], xs: list[np.ndarray], ys: list[np.ndarray])
         npts[i] = k
         q = prob.p0.size
         p[i, :q], lo[i, :q], hi[i, :q] = prob.p0, prob.lo, prob.hi
-        for s in range(len(prob.slots), n_pk):  # unused slot: Imax 0 (fixed), harmless shape values
+        for s in range(len(prob.slots), n_pk):  # unused slot: Imax (area) 0, fixed; harmless shape values
             o = N_BG + PER_PEAK * s
-            p[i, o:o + 4] = lo[i, o:o + 4] = hi[i, o:o + 4] = (0.0, 0.5, prob.xmid, 1.0)
+            p[i, o:o + 4] = lo[i, o:o + 4] = hi[i, o:o + 4] = model.unused(prob.xmid)
         pk[i] = len(prob.slots)
         xmid[i], hw[i] = prob.xmid, prob.hw
-    return Packed(x, y, npts, p, lo, hi, xmid, hw, pk)
+    return Packed(x, y, npts, p, lo, hi, xmid, hw, pk, model.name)
 
 
-def _residuals(pk: Packed, p: np.ndarray, mask: np.ndarray, want_jac: bool):
+def _residuals(pk: Packed, p: np.ndarray, mask: np.ndarray, want_jac: bool, model_jacobian):
     f, jac = model_jacobian(pk.x, p, pk.xmid, pk.hw, want_jac=want_jac)
     r = (f - pk.y) * mask
     if jac is not None:
@@ -103,13 +113,15 @@ def _residuals(pk: Packed, p: np.ndarray, mask: np.ndarray, want_jac: bool):
     return r, jac, np.einsum("bn,bn->b", r, r)
 
 
-def fit_batch(pk: Packed, max_iter: int = MAX_ITER) -> dict[str, np.ndarray]:
-    """Run the algorithm of the module docstring on every ROI of ``pk``. Returns ``p [B, 2+4P]``, ``cost [B]``,
-    ``start_cost [B]``, ``status [B]`` (CONVERGED or MAX_ITER_REACHED), ``iterations [B]``."""
+def fit_batch(pk: Packed, max_iter: int = MAX_ITER, model: str | None = None) -> dict[str, np.ndarray]:
+    """Run the algorithm of the module docstring on every ROI of ``pk`` with its peak model (``model``: another one,
+    "pv" or "tch"). Returns ``p [B, 2+4P]``, ``cost [B]``, ``start_cost [B]``, ``status [B]`` (CONVERGED or
+    MAX_ITER_REACHED), ``iterations [B]``."""
+    jac_fn = get_model(model or pk.model).model_jacobian
     b, m = pk.p.shape
     mask = (np.arange(pk.x.shape[1])[None, :] < pk.npts[:, None]).astype(np.float64)
     p = pk.p.copy()
-    r, jac, cost = _residuals(pk, p, mask, True)
+    r, jac, cost = _residuals(pk, p, mask, True, jac_fn)
     start_cost = cost.copy()
     a = np.einsum("bni,bnj->bij", jac, jac)
     g = np.einsum("bni,bn->bi", jac, r)
@@ -145,7 +157,7 @@ def fit_batch(pk: Packed, max_iter: int = MAX_ITER) -> dict[str, np.ndarray]:
                 except np.linalg.LinAlgError:
                     ok[i] = False
         pn = np.clip(p + delta, pk.lo, pk.hi)
-        rn, jn, cn = _residuals(pk, pn, mask, True)
+        rn, jn, cn = _residuals(pk, pn, mask, True, jac_fn)
         better = act & ok & np.isfinite(cn) & (cn < cost)
         worse = act & ~better
         if better.any():

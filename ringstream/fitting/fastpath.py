@@ -336,7 +336,7 @@ def failed(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, start_cost: np.ndarr
            lo: np.ndarray, hi: np.ndarray, rel: float = 1e-7) -> np.ndarray:
     """``[F, R]`` True where the batched fit failed: not converged, or :func:`.nlopt_fitter.failure_reason` is not
     "" (a non-finite parameter or cost, a parameter other than μ within ``rel`` of its bound interval of a bound,
-    :func:`.peaks.is_pinned`, or a cost no lower than the start). ``p``, ``lo``, ``hi`` ``[F, R, M]``."""
+    :meth:`.models.PeakModel.is_pinned`, or a cost no lower than the start). ``p``, ``lo``, ``hi`` ``[F, R, M]``."""
     finite = (np.isfinite(p) | lay.unused).all(axis=2) & np.isfinite(cost)
     with np.errstate(invalid="ignore"):
         tol = rel * (hi - lo)

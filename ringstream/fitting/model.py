@@ -82,10 +82,11 @@ def model_jacobian(x: np.ndarray, p: np.ndarray, xmid: np.ndarray, hw: np.ndarra
 
 
 def cost_gradient(x: np.ndarray, y: np.ndarray, w: np.ndarray, p: np.ndarray, xmid: float, hw: float,
-                  grad: np.ndarray | None = None) -> float:
+                  grad: np.ndarray | None = None, jac_fn=None) -> float:
     """Cost ``Σ w (I(x) - y)^2`` of one ROI (1-D ``x``, ``y``, ``w`` of the ROI's points; ``w`` is 1 for a point
-    that counts, 0 for padding) and, if ``grad`` (length ``len(p)``) is given, its gradient written into it."""
-    f, jac = model_jacobian(x[None, :], p[None, :], np.array([xmid]), np.array([hw]), want_jac=grad is not None)
+    that counts, 0 for padding) and, if ``grad`` (length ``len(p)``) is given, its gradient written into it.
+    ``jac_fn``: another model's ``model_jacobian`` (:mod:`.models`; default this one)."""
+    f, jac = (jac_fn or model_jacobian)(x[None, :], p[None, :], np.array([xmid]), np.array([hw]), want_jac=grad is not None)
     r = (f[0] - y) * w
     if grad is not None:
         grad[:] = 2.0 * (r @ jac[0])

@@ -2,9 +2,10 @@
 
 "Fails" is decided by these tests, not by nlopt's result code alone (LD_LBFGS can report success when stuck,
 and raises ``RoundoffLimited`` instead of returning its point): an nlopt exception other than RoundoffLimited
-or a negative result code, a non-finite result, a parameter pinned at a bound (μ excepted: 0 and 1 are the
-model's own range, see :data:`.peaks.NATURAL_BOUNDS`), or a final cost no better than the start. The objective
-keeps the best point it was called with, so RoundoffLimited returns that point.
+or a negative result code, a non-finite result, a parameter pinned at a bound (pv's μ excepted: 0 and 1 are the
+model's own range; tch's sig and gam at their floor, a pure Lorentzian or Gaussian: :mod:`.models`), or a final
+cost no better than the start. The objective keeps the best point it was called with, so RoundoffLimited returns
+that point.
 
 Both optimisers work in scaled coordinates q = (p − lo)/(hi − lo) ∈ [0, 1]^n and on the cost divided by the start
 cost, so that a peak height of 1e5 and a mixing of 0.5 weigh alike.
@@ -18,7 +19,8 @@ import math
 import numpy as np
 
 from .model import cost_gradient
-from .peaks import RoiProblem, is_pinned
+from .models import get_model
+from .peaks import RoiProblem
 
 #: L-BFGS stopping: relative cost change, relative step (in q), evaluations
 LBFGS_FTOL, LBFGS_XTOL, LBFGS_MAXEVAL = 1e-13, 1e-10, 3000
@@ -47,7 +49,7 @@ def failure_reason(p, cost: float, start_cost: float, prob: RoiProblem) -> str:
     (``non_finite``, ``pinned_at_bound``, ``no_improvement``)."""
     if p is None or not np.all(np.isfinite(p)) or not math.isfinite(cost):
         return "non_finite"
-    if is_pinned(p, prob.lo, prob.hi, len(prob.slots)):
+    if get_model(prob.model).is_pinned(p, prob.lo, prob.hi, len(prob.slots)):
         return "pinned_at_bound"
     if not cost < start_cost:
         return "no_improvement"
@@ -59,12 +61,13 @@ class _Objective:
 
     def __init__(self, x, y, prob: RoiProblem) -> None:
         self.x, self.y, self.prob = x, y, prob
+        self.jac_fn = get_model(prob.model).model_jacobian
         self.w = np.ones_like(y)
         self.scale = prob.hi - prob.lo
         self.scale[self.scale <= 0] = 1.0
         self.gp = np.empty(prob.p0.size)
         self.c0 = 1.0
-        self.c0 = cost_gradient(x, y, self.w, prob.p0, prob.xmid, prob.hw) or 1.0
+        self.c0 = cost_gradient(x, y, self.w, prob.p0, prob.xmid, prob.hw, jac_fn=self.jac_fn) or 1.0
         self.best_q, self.best_f, self.n = None, math.inf, 0
 
     def p_of(self, q) -> np.ndarray:
@@ -74,10 +77,10 @@ class _Objective:
         self.n += 1
         p = self.p_of(q)
         if grad.size:
-            c = cost_gradient(self.x, self.y, self.w, p, self.prob.xmid, self.prob.hw, self.gp)
+            c = cost_gradient(self.x, self.y, self.w, p, self.prob.xmid, self.prob.hw, self.gp, self.jac_fn)
             grad[:] = self.gp * self.scale / self.c0
         else:
-            c = cost_gradient(self.x, self.y, self.w, p, self.prob.xmid, self.prob.hw)
+            c = cost_gradient(self.x, self.y, self.w, p, self.prob.xmid, self.prob.hw, jac_fn=self.jac_fn)
         f = c / self.c0
         if math.isfinite(f) and f < self.best_f:
             self.best_f, self.best_q = f, np.array(q, dtype=np.float64)
@@ -120,7 +123,8 @@ def _run(algorithm, obj: _Objective, q0: np.ndarray, ftol: float, xtol: float, m
 
 
 def fit_roi(x: np.ndarray, y: np.ndarray, prob: RoiProblem) -> RoiFit:
-    """Fit one ROI: ``x``, ``y`` its points (px, intensity), ``prob`` its start and bounds. L-BFGS first; Nelder–Mead
+    """Fit one ROI: ``x``, ``y`` its points (px, intensity; deg 2θ for ``prob.model`` "tch"), ``prob`` its model,
+    start and bounds. L-BFGS first; Nelder–Mead
     from the same start when L-BFGS fails (see the module docstring); ``ok`` tells whether the result passed."""
     import nlopt
 

@@ -42,7 +42,7 @@ class RoiProblem:
 
     ``slots``: output row of each peak; ``peak_bins``: the bin of each peak; ``p0``, ``lo``, ``hi``: parameter vector
     (length ``2 + 4·len(slots)``, see :mod:`.model`), its lower and upper bounds; ``xmid``, ``hw``: the ROI's centre
-    and half-width in px.
+    and half-width in px; ``model``: the peak model of ``p0`` (:mod:`.models`: "pv", or "tch" with x in deg 2θ).
     """
 
     start: int
@@ -54,6 +54,7 @@ class RoiProblem:
     hi: np.ndarray
     xmid: float
     hw: float
+    model: str = "pv"
 
     @property
     def n_points(self) -> int:
@@ -234,21 +235,6 @@ def bg_under_peaks(p: np.ndarray, xmid: float, hw: float) -> np.ndarray:
 
 
 #: parameter offsets (within a peak block) whose bounds are the model's own range, not a limit of the search: a
-#: fit ending there is a valid answer (μ = 0: a pure Gaussian, μ = 1: a pure Lorentzian), not a stuck one
+#: fit ending there is a valid answer (μ = 0: a pure Gaussian, μ = 1: a pure Lorentzian), not a stuck one (the pv
+#: model's; :meth:`.models.PeakModel.is_pinned` is the test)
 NATURAL_BOUNDS = (MU,)
-
-
-def pinned_mask(n_peaks: int) -> np.ndarray:
-    """Which parameters of a ROI count for the "pinned at a bound" failure test (all but μ)."""
-    m = np.ones(n_params(n_peaks), dtype=bool)
-    for k in range(n_peaks):
-        for j in NATURAL_BOUNDS:
-            m[N_BG + PER_PEAK * k + j] = False
-    return m
-
-
-def is_pinned(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_peaks: int, rel: float = 1e-7) -> bool:
-    """True when a parameter other than μ sits at a bound (within ``rel`` of the bound interval)."""
-    tol = rel * (hi - lo)
-    at = (p <= lo + tol) | (p >= hi - tol)
-    return bool(np.any(at & pinned_mask(n_peaks) & (hi > lo)))
