@@ -3,7 +3,7 @@
 ``[fit] per_eta = true`` (docs/MIDAS-FORMATS.md, "Caked peak fits"). For a batch of cakes ``[n_r, n_eta]`` (the
 worker's, or ``ringstream integrate``'s), :meth:`CakedFitter.fit_many` gives each frame a float64 array
 ``[n_eta, slots, 7]``, one row per (η bin, peak slot), NaN where not fitted, in the columns of
-:data:`CAKED_COLUMNS`:
+:data:`CAKED_COLUMNS`, the TCH model's fit.bin row (:mod:`.tch`):
 
     area      integrated intensity of the peak above the background (intensity·deg)
     center    peak position, 2θ (deg)
@@ -11,7 +11,7 @@ worker's, or ``ringstream integrate``'s), :meth:`CakedFitter.fit_many` gives eac
     gam       Lorentzian FWHM (centideg, GSAS-II's γ)
     FWHM      total FWHM of the Thompson–Cox–Hastings profile (deg)
     eta       TCH Lorentzian mixing fraction (0 = Gaussian, 1 = Lorentzian)
-    chi2_dof  Σ r² / max(|y|, 1) over the ROI, divided by (points − parameters) (MIDAS's chi_sq)
+    chi2_dof  the ROI's sum of squared residuals / (points − parameters) (:func:`.tch.chi2_dof`)
 
 The steps, per frame (the peak list and the ROIs are the per-frame fits' own: :mod:`.peaks`):
 
@@ -21,96 +21,50 @@ The steps, per frame (the peak list and the ROIs are the per-frame fits' own: :m
 2. every η bin's profile along 2θ loses its SNIP background (:func:`.snip.snip`, ``[fit] snip_iterations``);
 3. each (η bin, ROI) is one fit of the TCH model on the 2θ bin centres with a 2-term Chebyshev background
    (``b0 + b1·u``, ``u = (2θ − mid)/half-width``); the start: the profile's maximum near each peak's bin (a ring
-   shifted by strain moves it), its height, the half-maximum width split between σ and γ; all fits of the batch
-   are solved in one call (:func:`solve`: the NumPy batched Levenberg–Marquardt on the CPU, the batched GPU
-   fitter on a GPU worker).
+   shifted by strain moves it), its height, the half-maximum width split between σ and γ
+   (:func:`.tch.start_widths`), the bounds of :func:`.tch.bounds`; all fits of the batch are solved in one call
+   (:func:`solve`: the NumPy batched Levenberg–Marquardt on the CPU, the batched GPU fitter on a GPU worker).
 
 A fit not made is NaN with one counted reason (``caked_nan_<reason>``, logged once per reason), counted per
 (η bin, peak slot): ``unused_slot`` and ``not_found`` (quiet, as for the per-frame fits), ``more_peaks_than_slots``,
 ``peak_outside_r_range``, ``roi_too_short``, ``nan_in_profile`` (a NaN or inf in the η bin's profile),
 ``empty_eta_bin`` (nothing above zero, or flat: a masked or shadowed η bin), ``fit_failed`` (not converged, not
-finite, no better than the start, or the centre pinned at its bound), ``fit_error`` (an exception: a bug).
+finite, no better than the start, or pinned at a bound other than sig's and gam's floor), ``fit_error`` (an
+exception: a bug).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 
 import numpy as np
 
-from .batched import Packed
+from . import tch
+from .batched import CONVERGED, Packed, fit_batch
+from .model import N_BG, PER_PEAK, n_params
+from .models import TCH
 from .peaks import find_peaks_auto, group_rois, snap_locations
 from .snip import DEFAULT_ITERATIONS, snip
+from .tch import AREA, CENTER, GAM, SIG
 
 log = logging.getLogger("ringstream.fitting")
 
-#: the columns of a caked-fit row (``/entry/fit/caked``), and their units
-CAKED_COLUMNS = ("area", "center", "sig", "gam", "FWHM", "eta", "chi2_dof")
-CAKED_UNITS = ("intensity*deg", "deg", "centideg^2", "centideg", "deg", "1", "1")
+#: the columns of a caked-fit row (``/entry/fit/caked``), and their units: the TCH model's fit.bin row
+CAKED_COLUMNS = tch.COLUMNS
+CAKED_UNITS = tch.UNITS
 N_COLUMNS = len(CAKED_COLUMNS)
 
-#: parameters: ``[b0, b1, area_1, center_1, sig_1, gam_1, ...]``
-N_BG, PER_PEAK = 2, 4
-AREA, CENTER, SIG, GAM = 0, 1, 2, 3
-
 QUIET_REASONS = ("not_found", "unused_slot")
-LN2_8 = 8.0 * math.log(2.0)
-
-
-def n_params(n_peaks: int) -> int:
-    return N_BG + PER_PEAK * int(n_peaks)
-
-
-# --------------------------------------------------------------------------------------------------- the model
-def fwhm_eta(sig: np.ndarray, gam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TCH total FWHM (deg) and mixing η of GSAS-II's σ² (centideg²) and γ (centideg):
-    ``fg = sqrt(8 ln2 σ²)/100``, ``fl = γ/100``, ``FWHM⁵ = fg⁵ + 2.69269 fg⁴fl + 2.42843 fg³fl² + 4.47163 fg²fl³
-    + 0.07842 fg fl⁴ + fl⁵``, ``η = 1.36603 q − 0.47719 q² + 0.11116 q³`` with ``q = fl/FWHM``."""
-    fg = np.sqrt(LN2_8 * np.maximum(sig, 0.0)) / 100.0
-    fl = np.maximum(gam, 0.0) / 100.0
-    f5 = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
-          + 0.07842 * fg * fl**4 + fl**5)
-    fwhm = np.maximum(f5, 1e-300) ** 0.2
-    q = fl / fwhm
-    return fwhm, np.clip(1.36603 * q - 0.47719 * q * q + 0.11116 * q**3, 0.0, 1.0)
-
-
-def tch_profile(x: np.ndarray, area, center, sig, gam) -> np.ndarray:
-    """Area-normalised TCH pseudo-Voigt (no background) at 2θ ``x`` (deg): ``area (η L + (1 − η) G)``, L and G of
-    unit area and the same FWHM."""
-    fwhm, eta = fwhm_eta(sig, gam)
-    d2 = (x - center) ** 2
-    hwhm = 0.5 * fwhm
-    lor = (hwhm / math.pi) / (d2 + hwhm * hwhm)
-    gau = math.sqrt(4.0 * math.log(2.0) / math.pi) / fwhm * np.exp(-4.0 * math.log(2.0) * d2 / (fwhm * fwhm))
-    return area * (eta * lor + (1.0 - eta) * gau)
-
-
-def model(x: np.ndarray, p: np.ndarray, xmid: np.ndarray, hw: np.ndarray) -> np.ndarray:
-    """The model of a batch of ROIs: ``x [B, N]`` (deg), ``p [B, 2 + 4P]``, ``xmid, hw [B]`` → ``[B, N]``."""
-    u = (x - xmid[:, None]) / hw[:, None]
-    f = p[:, 0:1] + p[:, 1:2] * u
-    for k in range((p.shape[1] - N_BG) // PER_PEAK):
-        o = N_BG + PER_PEAK * k
-        f = f + tch_profile(x, p[:, o + AREA, None], p[:, o + CENTER, None], p[:, o + SIG, None],
-                            p[:, o + GAM, None])
-    return f
-
-
-# -------------------------------------------------------------------------------------------------- the solver
-CONVERGED, MAX_ITER_REACHED = 1, 2
-MAX_ITER = 200
 
 
 def solve(pk: Packed, engine: str = "lm", gpu=None) -> dict[str, np.ndarray]:
-    """Fit every ROI of ``pk`` with the TCH model: ``p [B, M]``, ``cost``, ``start_cost``, ``status [B]``
-    (CONVERGED or not). The one place the solver is chosen: on a GPU worker ``gpu.fit_packed(pk, model="tch")``,
-    else the NumPy batched Levenberg–Marquardt."""
+    """Fit every ROI of ``pk`` (a TCH batch): ``p [B, M]``, ``cost``, ``start_cost``, ``status [B]``. The one place
+    the solver is chosen: on a GPU worker whose fitter takes the TCH model ``gpu.fit_packed(pk, model="tch")``,
+    else the NumPy batched Levenberg–Marquardt (:func:`.batched.fit_batch`, the GPU kernel's twin)."""
     if engine == "gpu" and gpu is not None:
         return gpu.fit_packed(pk, model="tch")
-    return _lm(pk)
+    return fit_batch(pk, model="tch")
 
 
 def gpu_takes_tch(gpu) -> bool:
@@ -124,72 +78,6 @@ def gpu_takes_tch(gpu) -> bool:
         return "model" in inspect.signature(gpu.fit_packed).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _lm(pk: Packed, max_iter: int = MAX_ITER) -> dict[str, np.ndarray]:
-    """Damped Gauss–Newton over every ROI at once, the Jacobian by forward differences; bounds by clipping and an
-    active set (a parameter at a bound that the gradient pushes out of it is held this step); a step is accepted when it lowers the cost (λ/3), else λ·4; converged on a relative cost change ≤ 1e-12, a
-    step ≤ 1e-10 of the bounds' span, or λ > 1e10."""
-    b, m = pk.p.shape
-    mask = (np.arange(pk.x.shape[1])[None, :] < pk.npts[:, None]).astype(np.float64)
-    free = pk.hi > pk.lo
-    span = np.where(free, pk.hi - pk.lo, 1.0)
-
-    def resid(p):
-        return (model(pk.x, p, pk.xmid, pk.hw) - pk.y) * mask
-
-    p = pk.p.copy()
-    r = resid(p)
-    cost = np.einsum("bn,bn->b", r, r)
-    start = cost.copy()
-    lam = np.full(b, 1e-3)
-    status = np.zeros(b, np.int32)
-    eye = np.eye(m)
-    for _ in range(max_iter):
-        act = status == 0
-        if not act.any():
-            break
-        ia = np.flatnonzero(act)
-        pa, ra = p[ia], r[ia]
-        jac = np.zeros(ra.shape + (m,))
-        h = 1e-7 * np.maximum(np.abs(pa), 1e-3 * span[ia])
-        sub = Packed(pk.x[ia], pk.y[ia], pk.npts[ia], pa, pk.lo[ia], pk.hi[ia], pk.xmid[ia], pk.hw[ia],
-                     pk.n_peaks[ia])
-        for i in range(m):
-            if not free[ia, i].any():
-                continue
-            q = pa.copy()
-            q[:, i] += h[:, i]
-            jac[..., i] = (model(sub.x, q, sub.xmid, sub.hw) - sub.y) * mask[ia] - ra
-            jac[..., i] /= h[:, i, None]
-        g = np.einsum("bni,bn->bi", jac, ra)
-        # the active set: a parameter at a bound whose gradient pushes it out stays there this step
-        act_free = free[ia] & ~((pa <= pk.lo[ia]) & (g > 0)) & ~((pa >= pk.hi[ia]) & (g < 0))
-        jac *= act_free[:, None, :]
-        g *= act_free
-        a = np.einsum("bni,bnj->bij", jac, jac)
-        diag = np.einsum("bii->bi", a)
-        d = np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)
-        mat = a + (lam[ia, None] * d)[:, :, None] * eye + (~act_free)[:, :, None] * eye
-        try:
-            delta = np.linalg.solve(mat, -g[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            delta = np.stack([np.linalg.lstsq(mat[k], -g[k], rcond=None)[0] for k in range(len(ia))])
-        pn = np.clip(pa + delta, pk.lo[ia], pk.hi[ia])
-        rn = (model(sub.x, pn, sub.xmid, sub.hw) - sub.y) * mask[ia]
-        cn = np.einsum("bn,bn->b", rn, rn)
-        better = np.isfinite(cn) & (cn < cost[ia])
-        step = np.max(np.abs(pn - pa) / span[ia], axis=1)
-        small = better & ((cost[ia] - cn <= 1e-12 * cost[ia]) | (step <= 1e-10))
-        ib = ia[better]
-        p[ib], r[ib], cost[ib] = pn[better], rn[better], cn[better]
-        lam[ib] = np.maximum(lam[ib] / 3.0, 1e-12)
-        iw = ia[~better]
-        lam[iw] *= 4.0
-        status[ia[small]] = CONVERGED
-        status[iw[lam[iw] > 1e10]] = CONVERGED
-    status[status == 0] = MAX_ITER_REACHED
-    return {"p": p, "cost": cost, "start_cost": start, "status": status}
 
 
 # ------------------------------------------------------------------------------------------------- the fitter
@@ -358,38 +246,34 @@ class CakedFitter:
             x[i:j, w:] = self.tth[stop - 1]
             y[i:j, :w] = seg
             p[i:j, :q], lo[i:j, :q], hi[i:j, :q] = p0, l0, h0
+            xmid[i:j] = 0.5 * (self.tth[start] + self.tth[stop - 1])
             for s in range(len(slots), (m - N_BG) // PER_PEAK):  # unused peak slot: area 0, fixed
                 o = N_BG + PER_PEAK * s
-                p[i:j, o:o + 4] = lo[i:j, o:o + 4] = hi[i:j, o:o + 4] = (0.0, self.tth[start], 1.0, 1.0)
+                p[i:j, o:o + 4] = lo[i:j, o:o + 4] = hi[i:j, o:o + 4] = tch.unused_block(xmid[i])
             npts[i:j], npk[i:j] = w, len(slots)
-            xmid[i:j] = 0.5 * (self.tth[start] + self.tth[stop - 1])
             hw[i:j] = max(0.5 * (self.tth[stop - 1] - self.tth[start]), 1e-12)
             i = j
-        pk = Packed(x, y, npts, p, lo, hi, xmid, hw, npk)
+        pk = Packed(x, y, npts, p, lo, hi, xmid, hw, npk, "tch")
         res = solve(pk, self.engine, self.gpu)
         pf = np.asarray(res["p"], dtype=np.float64)
         cost = np.asarray(res["cost"], dtype=np.float64)
         good = (np.asarray(res["status"]) == CONVERGED) & np.isfinite(cost) & np.isfinite(pf).all(axis=1)
         good &= cost < np.asarray(res["start_cost"], dtype=np.float64) * (1.0 + 1e-12) + 1e-300
-        mask = np.arange(width)[None, :] < npts[:, None]
-        f = model(x, pf, xmid, hw)
-        chi = np.sum(np.where(mask, (f - y) ** 2 / np.maximum(np.abs(y), 1.0), 0.0), axis=1)
+        chi = tch.chi2_dof(cost, npts, npk)
         i = 0
         for k, (_, _, slots, _), etas, *_ in parts:
             j = i + len(etas)
             q = n_params(len(slots))
-            blocks = pf[i:j, N_BG:q].reshape(j - i, len(slots), PER_PEAK)
-            order = np.argsort(blocks[:, :, CENTER], axis=1, kind="stable")  # the rows follow the peaks in R
-            blocks = np.take_along_axis(blocks, order[:, :, None], axis=1)
-            tol = 1e-7 * (hi[i:j, N_BG:q] - lo[i:j, N_BG:q]).reshape(j - i, len(slots), PER_PEAK)[:, :, CENTER]
-            c_lo = lo[i:j, N_BG:q].reshape(j - i, len(slots), PER_PEAK)[:, :, CENTER]
-            c_hi = hi[i:j, N_BG:q].reshape(j - i, len(slots), PER_PEAK)[:, :, CENTER]
-            pinned = ((blocks[:, :, CENTER] <= c_lo + tol) | (blocks[:, :, CENTER] >= c_hi - tol)).any(axis=1)
+            # pinned at a bound that is not the model's own range (sig, gam at their floor are): failed
+            m_lo, m_hi = TCH.pinned_masks(len(slots))
+            pq, lq, hq = pf[i:j, :q], lo[i:j, :q], hi[i:j, :q]
+            tol = 1e-7 * (hq - lq)
+            pinned = ((((pq <= lq + tol) & m_lo) | ((pq >= hq - tol) & m_hi)) & (hq > lq)).any(axis=1)
             ok = good[i:j] & ~pinned
-            fwhm, eta = fwhm_eta(blocks[:, :, SIG], blocks[:, :, GAM])
-            dof = max(int(npts[i]) - q, 1)
-            rows = np.stack([blocks[:, :, AREA], blocks[:, :, CENTER], blocks[:, :, SIG], blocks[:, :, GAM],
-                             fwhm, eta, np.repeat((chi[i:j] / dof)[:, None], len(slots), axis=1)], axis=-1)
+            blocks = pq[:, N_BG:].reshape(j - i, len(slots), PER_PEAK)
+            order = np.argsort(blocks[:, :, CENTER], axis=1, kind="stable")  # the rows follow the peaks in 2θ
+            blocks = np.take_along_axis(blocks, order[:, :, None], axis=1)
+            rows = tch.rows(np.concatenate([pq[:, :N_BG], blocks.reshape(j - i, -1)], axis=1), chi[i:j])
             rows[~ok] = np.nan
             out[k][etas[:, None], np.asarray(slots)[None, :]] = rows
             if (~ok).any():
@@ -418,6 +302,7 @@ def _guess(tth: np.ndarray, corr: np.ndarray, roi, pad: int):
     p0[:, 1], lo[:, 1], hi[:, 1] = b1, -2.0 * span, 2.0 * span
     rel = [b - start for b in bins]
     rows = np.arange(e)
+    sig_b, gam_b = tch.bounds(dx, width)
     for k, c in enumerate(rel):
         # the maximum near the peak's bin, not past the midpoints to its neighbours
         a = max(0, c - max(2, pad // 3), (rel[k - 1] + c) // 2 + 1 if k else 0)
@@ -432,17 +317,16 @@ def _guess(tth: np.ndarray, corr: np.ndarray, roi, pad: int):
         lo_run = np.where(~above & (idx < cj[:, None]), idx, -1).max(axis=1)
         hi_run = np.where(~above & (idx > cj[:, None]), idx, n).min(axis=1)
         fw = np.clip((hi_run - lo_run - 1) * dx, 1.5 * dx, 0.9 * width)
-        fg = fl = fw / 1.64  # equal Gaussian and Lorentzian widths give a TCH FWHM of ~1.64 each
         o = N_BG + PER_PEAK * k
-        a0 = h * fw * 1.3
-        p0[:, o + AREA], lo[:, o + AREA], hi[:, o + AREA] = a0, 0.0, 4.0 * span * width
+        # the area of a peak of that height and width, η ≈ 0.5 (as tch.from_pv); at most 8 span·width
+        a0 = h * fw * (0.25 * np.pi + 0.5 * np.sqrt(np.pi / (4.0 * np.log(2.0))))
+        p0[:, o + AREA], lo[:, o + AREA], hi[:, o + AREA] = a0, 0.0, 8.0 * span * width
         w = np.maximum(3.0 * dx, fw)
         c0 = xs[cj]
         p0[:, o + CENTER] = c0
         lo[:, o + CENTER] = np.maximum(c0 - w, xs[0])
         hi[:, o + CENTER] = np.minimum(c0 + w, xs[-1])
-        p0[:, o + SIG] = (100.0 * fg) ** 2 / LN2_8
-        lo[:, o + SIG], hi[:, o + SIG] = (100.0 * 0.02 * dx) ** 2 / LN2_8, (100.0 * width) ** 2 / LN2_8
-        p0[:, o + GAM] = 100.0 * fl
-        lo[:, o + GAM], hi[:, o + GAM] = 100.0 * 0.02 * dx, 100.0 * width
+        p0[:, o + SIG], p0[:, o + GAM] = tch.start_widths(fw)
+        lo[:, o + SIG], hi[:, o + SIG] = sig_b
+        lo[:, o + GAM], hi[:, o + GAM] = gam_b
     return np.clip(p0, lo, hi), lo, hi, seg
