@@ -38,6 +38,9 @@ class OfflineFitting:
 
         slots = peak_slots(params, int(os.environ.get("RINGSTREAM_FIT_SLOTS", "0") or 0))
         if not slots:
+            if per_eta:
+                log.warning("--per-eta: the parameter file fits no peaks (no PeakLocation, DoPeakFit 0): no per-eta "
+                            "fits")
             return None
         engine = choose_engine(os.environ.get("RINGSTREAM_FIT_ENGINE", "auto"), integration_engine)
         gpu = None

@@ -51,6 +51,9 @@ class WorkerFitting:
     def create(cls, config, params, imap, integration_engine: str, ctx, label: str = "worker"):
         slots = peak_slots(params, config.fit.slots)
         if slots == 0:
+            if config.fit.per_eta:
+                log.warning("%s: [fit] per_eta is on, but the parameter file fits no peaks (no PeakLocation, "
+                            "DoPeakFit 0): no per-eta fits", label)
             return None
         engine = choose_engine(config.fit.engine, integration_engine)
         gpu = None

@@ -154,6 +154,8 @@ class _Worker:
             frames.connect(t.frames_endpoint)
             self.frames = frames
             n_peaks = self.fitting.fitter.slots if self.fitting is not None else 0
+            if self.fitting is not None and self.fitting.caked is not None:
+                n_peaks *= 1 + self.n_eta  # the per-η fits: as many rows again in each η bin
             self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False,
                                        hwm=results_hwm(t.results_queue_mb, hwm, self.n_r, self.n_eta, self.write_2d,
                                                        n_peaks, frames_per_partial=frames_per_partial(

@@ -279,7 +279,8 @@ class _Writer:
         try:
             sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True,
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
-                                               self.write_2d, self.n_peaks, frames_per_partial=frames_per_partial(
+                                               self.write_2d, self.n_peaks * (1 + self.imap.n_eta * bool(self.caked)),
+                                               frames_per_partial=frames_per_partial(
                                                    self.write_2d, self.params.OmegaSumFrames, cfg.workers.count)))
             self.auth = serve_remote(ctx, sock, t, "results", "writer results socket")  # joined workers
             hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
