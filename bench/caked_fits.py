@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,13 +52,16 @@ def replay_stack(param_file: Path, folder: Path) -> Path:
 
 
 def run_case(folder: Path, stack: Path, frames: int, workers: int, engine: str, per_eta: bool, settings) -> dict:
-    """One ``ringstream run`` of ``frames`` replayed frames; its row of the table."""
+    """One ``ringstream run`` of ``frames`` replayed frames, in a folder of its own (its files and run state); its
+    row of the table."""
+    folder = folder / f"case-{workers}-{int(per_eta)}-{settings.name}"
+    folder.mkdir()
     src = (REPO / "configs" / "demo-pilatus2m.txt").read_text()
     pf = folder / "setup.txt"
     radii = ring_radii(REPO / "configs" / "demo-pilatus2m.txt", PEAKS)
     pf.write_text(src + "".join(f"PeakLocation {r:.3f}\n" for r in radii)
                   + ("" if settings.omega_sum_frames is None else f"OmegaSumFrames {settings.omega_sum_frames}\n"))
-    out = folder / f"caked-{workers}-{int(per_eta)}-{settings.name}.h5"
+    out = folder / "caked.h5"
     exe = Path(sys.executable).with_name("ringstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ringstream.daemon.cli"]
     cmd += ["run", "--param-file", str(pf), "--replay", str(stack), "--frames", str(frames), "--workers",
@@ -85,7 +89,7 @@ def run_case(folder: Path, stack: Path, frames: int, workers: int, engine: str, 
         row.update(n_eta=n_eta, fits_per_frame=n_eta * PEAKS, caked_fits_ok=ok,
                    caked_fits_nan=int(row["written"]) * n_eta * PEAKS - ok,
                    fits_per_s=round(fps * n_eta * PEAKS))
-    out.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
     return row
 
 
