@@ -105,11 +105,7 @@ class WorkerFitting:
                                    [f"{self.label}: frame {headers[i].frame_index}" for i in known])
         for i, f in zip(known, fits, strict=True):
             out[i] = f
-        for i, s in enumerate(seqs):
-            if out[i] is None:
-                out[i] = self.caked.nan_frame("peak_list_unknown", f"{self.label}: frame {headers[i].frame_index}"
-                                              f" (peak list {s} never arrived)")
-        return out
+        return self._unknown_lists(out, seqs, headers, self.caked)
 
     def poll(self, timeout_ms: int = 0) -> bool:
         """Take the PeakUpdates waiting (waiting up to ``timeout_ms`` for the first); True if one was new."""
@@ -162,8 +158,13 @@ class WorkerFitting:
                                               f"{type(exc).__name__}: {exc}") for i in known]
             for i, f in zip(known, fits, strict=False):
                 out[i] = f
+        return self._unknown_lists(out, seqs, headers, self.fitter)
+
+    def _unknown_lists(self, out: list, seqs: list[int], headers, fitter) -> list:
+        """``out`` with the frames whose peak list never arrived (None in it) made NaN by ``fitter``, counted
+        ``peak_list_unknown``."""
         for i, s in enumerate(seqs):
             if out[i] is None:
-                out[i] = self.fitter.nan_frame("peak_list_unknown", f"{self.label}: frame {headers[i].frame_index}"
-                                               f" (peak list {s} never arrived)")
-        return out  # type: ignore[return-value]
+                out[i] = fitter.nan_frame("peak_list_unknown", f"{self.label}: frame {headers[i].frame_index}"
+                                          f" (peak list {s} never arrived)")
+        return out
