@@ -61,7 +61,7 @@ class OfflineFitting:
                 raise ConfigError(f"--snip-iterations {snip_iterations}: expected at least 1")
             caked = CakedFitter(params, imap.two_theta, imap.r_px, imap.n_eta, slots,
                                 snip_iterations=int(snip_iterations), engine="gpu" if gpu_takes_tch(gpu) else "lm",
-                                gpu=gpu)
+                                gpu=gpu, array_module="cupy" if gpu is not None else "numpy")
             log.info("per-eta fits: %d peaks x %d eta bins a frame with %s", slots, imap.n_eta, caked.engine)
         return cls(fitter, slots, caked)
 

@@ -93,10 +93,13 @@ class CakedFitter:
     """Per-η fits of one run (see the module docstring). ``params``: PeakLocation, RBinSize, FitROIPadding,
     MultiplePeaks, DoSmoothing; ``two_theta``, ``r_px`` ``[n_r]`` the R bins' 2θ (deg) and R (px); ``n_eta``;
     ``slots`` peak rows (the per-frame fits' :func:`~ringstream.fitting.peak_slots`); ``snip_iterations``;
-    ``engine`` ``"lm"`` or ``"gpu"`` (with ``gpu``, an object with ``fit_packed``)."""
+    ``engine`` ``"lm"`` or ``"gpu"`` (with ``gpu``, an object with ``fit_packed``); ``array_module`` ``"numpy"``
+    or ``"cupy"``: where the profiles' SNIP background and the fits' starts are computed (a GPU worker: on its
+    device, which the host could not keep up with: ~5 ms a PILATUS frame of 72 η bins on one core)."""
 
     def __init__(self, params, two_theta: np.ndarray, r_px: np.ndarray, n_eta: int, slots: int,
-                 snip_iterations: int = DEFAULT_ITERATIONS, engine: str = "lm", gpu=None) -> None:
+                 snip_iterations: int = DEFAULT_ITERATIONS, engine: str = "lm", gpu=None,
+                 array_module: str = "numpy") -> None:
         self.tth = np.asarray(two_theta, dtype=np.float64)
         self.r_px = np.asarray(r_px, dtype=np.float64)
         self.n_eta = int(n_eta)
@@ -104,6 +107,12 @@ class CakedFitter:
         self.snip_iterations = int(snip_iterations)
         self.engine = "gpu" if engine == "gpu" and gpu is not None else "lm"
         self.gpu = gpu
+        if array_module == "cupy":  # the profiles, their background and the starts on the device
+            import cupy
+
+            self.xp = cupy
+        else:
+            self.xp = np
         self.pad = int(params.FitROIPadding)
         self.bin_size = float(params.RBinSize)
         self.smoothing = bool(getattr(params, "DoSmoothing", False))
@@ -173,160 +182,169 @@ class CakedFitter:
     def fit_many(self, cakes, lineouts=None, peak_lists=None, wheres=None) -> list[np.ndarray]:
         """``[n_eta, slots, 7]`` per cake of ``cakes`` (each ``[n_r, n_eta]``; None: NaN, ``no_cake``); the
         lineouts ``[n_r]`` are needed only to find peaks (no peak list); ``peak_lists[k]`` the frame's list (None:
-        the parameter file's; empty: found); ``wheres[k]`` names the frame in log lines."""
+        the parameter file's; empty: found); ``wheres[k]`` names the frame in log lines. The frames of one peak
+        list are fitted together: the work per call does not grow with the number of frames, only its arrays."""
         n = len(cakes)
         peak_lists = list(peak_lists) if peak_lists is not None else [None] * n
         wheres = list(wheres) if wheres is not None else [""] * n
-        out = [np.full(self.shape, np.nan) for _ in range(n)]
-        jobs = []  # (frame k, layout, profiles [n_eta, n_r] corrected, usable [n_eta])
-        for k in range(n):
-            self.counters["caked_frames"] += 1
-            if self.slots == 0:
-                continue
+        out = np.full((n,) + self.shape, np.nan)
+        groups: dict[int, tuple[_Layout, list[int]]] = {}
+        shape = (self.tth.size, self.n_eta)
+        self.counters["caked_frames"] += n
+        for k in range(n if self.slots else 0):
             if cakes[k] is None:
                 self.reject("no_cake", self.n_eta * self.slots, wheres[k])
                 continue
-            y = np.asarray(cakes[k], dtype=np.float64).T  # [n_eta, n_r]
-            if y.shape != (self.n_eta, self.tth.size):
-                self.reject("cake_shape", self.n_eta * self.slots, wheres[k],
-                            f"{y.shape[::-1]}, expected ({self.tth.size}, {self.n_eta})")
+            if np.shape(cakes[k]) != shape:
+                self.reject("cake_shape", self.n_eta * self.slots, wheres[k], f"{np.shape(cakes[k])}, expected {shape}")
                 continue
             pl = peak_lists[k]
-            resolved = self.default_peaks if pl is None else tuple(pl)
-            if resolved:
+            if self.default_peaks if pl is None else len(pl):
                 lay = self.layout(pl)
-            else:
-                line = lineouts[k] if lineouts is not None and lineouts[k] is not None else np.nanmean(y, axis=0)
+            else:  # found in the frame's lineout (the cake's mean over η when there is none)
+                line = lineouts[k] if lineouts is not None and lineouts[k] is not None else \
+                    np.nanmean(np.asarray(cakes[k], dtype=np.float64), axis=1)
                 line = np.asarray(line, dtype=np.float64)
                 bins = find_peaks_auto(line, self.max_auto, self.smoothing) if np.all(np.isfinite(line)) else []
                 lay = self._rois(list(enumerate(bins)), [("not_found", self.slots - len(bins), "")])
             for reason, rows, detail in lay.rejects:
                 self.reject(reason, rows * self.n_eta, wheres[k], detail)
-            if not lay.rois:
-                continue
-            finite = np.isfinite(y).all(axis=1)
-            ys = np.where(finite[:, None], y, 0.0)
-            usable = finite & (ys.max(axis=1) > 0) & (ys.max(axis=1) > ys.min(axis=1))
-            n_rows = sum(len(r[2]) for r in lay.rois)
-            self.reject("nan_in_profile", int(np.count_nonzero(~finite)) * n_rows, wheres[k])
-            self.reject("empty_eta_bin", int(np.count_nonzero(finite & ~usable)) * n_rows, wheres[k])
-            if usable.any():
-                jobs.append((k, lay, ys - snip(ys, self.snip_iterations), usable))
-        if jobs:
+            if lay.rois:
+                groups.setdefault(id(lay), (lay, []))[1].append(k)
+        for lay, ks in groups.values():
             try:
-                self._fit_jobs(jobs, out, wheres)
+                self._fit_group(lay, ks, cakes, out, wheres)
             except Exception as exc:  # a fitting bug must never stop the worker: NaN, counted, logged once
                 log.debug("caked fitting failed", exc_info=True)
-                for k, *_ in jobs:
-                    out[k][:] = np.nan
-                    self.reject("fit_error", self.n_eta * self.slots, wheres[k], f"{type(exc).__name__}: {exc}")
-        for k in range(n):
-            ok = int(np.count_nonzero(np.isfinite(out[k][..., 1])))
-            self.counters["caked_fits_ok"] += ok
-            self.counters["caked_fits_nan"] += self.n_eta * self.slots - ok
-        return out
+                out[ks] = np.nan
+                self.reject("fit_error", len(ks) * self.n_eta * self.slots, wheres[ks[0]],
+                            f"{type(exc).__name__}: {exc}")
+        ok = int(np.count_nonzero(np.isfinite(out[..., 1])))
+        self.counters["caked_fits_ok"] += ok
+        self.counters["caked_fits_nan"] += n * self.n_eta * self.slots - ok
+        return list(out)
 
-    def _fit_jobs(self, jobs, out, wheres) -> None:
-        parts = []  # (k, roi, eta indices, p0, lo, hi, y segment, npts)
-        for k, lay, corr, usable in jobs:
-            etas = np.flatnonzero(usable)
-            for roi in lay.rois:
-                parts.append((k, roi, etas) + _guess(self.tth, corr[etas], roi, self.pad))
-        b = sum(len(p[2]) for p in parts)
-        width = max(r[1][1] - r[1][0] for r in parts)
-        m = max(n_params(len(r[1][2])) for r in parts)
-        x, y = np.zeros((b, width)), np.zeros((b, width))
-        p, lo, hi = np.zeros((b, m)), np.zeros((b, m)), np.zeros((b, m))
-        npts, npk = np.zeros(b, np.int32), np.zeros(b, np.int32)
-        xmid, hw = np.zeros(b), np.ones(b)
-        i = 0
-        for _, (start, stop, slots, _), etas, p0, l0, h0, seg in parts:
-            j, w, q = i + len(etas), stop - start, p0.shape[1]
-            x[i:j, :w] = self.tth[start:stop]
-            x[i:j, w:] = self.tth[stop - 1]
-            y[i:j, :w] = seg
-            p[i:j, :q], lo[i:j, :q], hi[i:j, :q] = p0, l0, h0
-            xmid[i:j] = 0.5 * (self.tth[start] + self.tth[stop - 1])
-            for s in range(len(slots), (m - N_BG) // PER_PEAK):  # unused peak slot: area 0, fixed
-                o = N_BG + PER_PEAK * s
-                p[i:j, o:o + 4] = lo[i:j, o:o + 4] = hi[i:j, o:o + 4] = tch.unused_block(xmid[i])
-            npts[i:j], npk[i:j] = w, len(slots)
-            hw[i:j] = max(0.5 * (self.tth[stop - 1] - self.tth[start]), 1e-12)
-            i = j
-        pk = Packed(x, y, npts, p, lo, hi, xmid, hw, npk, "tch")
-        res = solve(pk, self.engine, self.gpu)
-        pf = np.asarray(res["p"], dtype=np.float64)
-        cost = np.asarray(res["cost"], dtype=np.float64)
-        good = (np.asarray(res["status"]) == CONVERGED) & np.isfinite(cost) & np.isfinite(pf).all(axis=1)
-        good &= cost < np.asarray(res["start_cost"], dtype=np.float64) * (1.0 + 1e-12) + 1e-300
+    def _fit_group(self, lay: _Layout, ks: list[int], cakes, out: np.ndarray, wheres) -> None:
+        """Fit the frames ``ks`` (one layout) into ``out [n, n_eta, slots, 7]``: the profiles of every (frame, η
+        bin) as rows ``[G·n_eta, n_r]`` on the array module (the device with CuPy), their SNIP background, each ROI's
+        start for all rows at once, one solve for every (ROI, row) and the rows scattered back."""
+        xp = self.xp
+        g, e, n_r = len(ks), self.n_eta, self.tth.size
+        host = np.stack([np.asarray(cakes[k]) for k in ks])  # [G, n_r, n_eta], as the cakes came (float32)
+        y = xp.asarray(host).astype(xp.float64).transpose(0, 2, 1).reshape(g * e, n_r)
+        finite = xp.isfinite(y).all(axis=1)
+        y = xp.where(finite[:, None], y, 0.0)
+        usable = finite & (y.max(axis=1) > 0) & (y.max(axis=1) > y.min(axis=1))
+        fin_h, use_h = _to_host(finite), _to_host(usable)
+        n_rows = sum(len(r[2]) for r in lay.rois)
+        for reason, bad in (("nan_in_profile", ~fin_h), ("empty_eta_bin", fin_h & ~use_h)):
+            if bad.any():
+                self.reject(reason, int(bad.sum()) * n_rows, wheres[ks[int(np.argmax(bad)) // e]])
+        rows_u = np.flatnonzero(use_h)  # (frame, η) rows fitted
+        if rows_u.size == 0:
+            return
+        y = y[xp.asarray(rows_u)] if rows_u.size < g * e else y
+        corr = y - snip(y, self.snip_iterations, xp)
+        u = rows_u.size
+        width = max(stop - start for start, stop, _, _ in lay.rois)
+        m = max(n_params(len(r[2])) for r in lay.rois)
+        parts, xs = [], []  # per ROI: y, p0, lo, hi [U, ...] padded to width / m (on xp); x [width] (host)
+        for roi in lay.rois:
+            start, stop, slots, _ = roi
+            p0, lo, hi, seg = _guess(self.tth, corr, roi, self.pad, xp)
+            xmid = 0.5 * (self.tth[start] + self.tth[stop - 1])
+            pad_w, pad_m = width - (stop - start), m - p0.shape[1]
+            unused = xp.asarray(np.tile(tch.unused_block(xmid), pad_m // PER_PEAK)[None, :].repeat(u, axis=0))
+            xs.append(np.concatenate([self.tth[start:stop], np.full(pad_w, self.tth[stop - 1])]))
+            parts.append((xp.concatenate([seg, xp.zeros((u, pad_w))], axis=1),
+                          *(xp.concatenate([a, unused], axis=1) for a in (p0, lo, hi))))
+        y_, p_, lo_, hi_ = (_to_host(xp.concatenate([pt[i] for pt in parts])) for i in range(4))
+        x_ = np.repeat(np.stack(xs), u, axis=0)
+        npts = np.repeat([stop - start for start, stop, _, _ in lay.rois], u).astype(np.int32)
+        npk = np.repeat([len(r[2]) for r in lay.rois], u).astype(np.int32)
+        xmid = np.repeat([0.5 * (self.tth[r[0]] + self.tth[r[1] - 1]) for r in lay.rois], u)
+        hw = np.repeat([max(0.5 * (self.tth[r[1] - 1] - self.tth[r[0]]), 1e-12) for r in lay.rois], u)
+        res = solve(Packed(x_, y_, npts, p_, lo_, hi_, xmid, hw, npk, "tch"), self.engine, self.gpu)
+        pf = np.asarray(_to_host(res["p"]), dtype=np.float64)
+        cost = np.asarray(_to_host(res["cost"]), dtype=np.float64)
+        good = (np.asarray(_to_host(res["status"])) == CONVERGED) & np.isfinite(cost) & np.isfinite(pf).all(axis=1)
+        good &= cost < np.asarray(_to_host(res["start_cost"]), dtype=np.float64) * (1.0 + 1e-12) + 1e-300
         chi = tch.chi2_dof(cost, npts, npk)
-        i = 0
-        for k, (_, _, slots, _), etas, *_ in parts:
-            j = i + len(etas)
-            q = n_params(len(slots))
+        fk = np.asarray(ks)[rows_u // e]  # each fitted row's frame and η bin
+        fe = rows_u % e
+        failed = 0
+        for r, (_, _, slots, _) in enumerate(lay.rois):
+            i, j, q = r * u, (r + 1) * u, n_params(len(slots))
             # pinned at a bound that is not the model's own range (sig, gam at their floor are): failed
             m_lo, m_hi = TCH.pinned_masks(len(slots))
-            pq, lq, hq = pf[i:j, :q], lo[i:j, :q], hi[i:j, :q]
+            pq, lq, hq = pf[i:j, :q], lo_[i:j, :q], hi_[i:j, :q]
             tol = 1e-7 * (hq - lq)
             pinned = ((((pq <= lq + tol) & m_lo) | ((pq >= hq - tol) & m_hi)) & (hq > lq)).any(axis=1)
             ok = good[i:j] & ~pinned
-            blocks = pq[:, N_BG:].reshape(j - i, len(slots), PER_PEAK)
+            blocks = pq[:, N_BG:].reshape(u, len(slots), PER_PEAK)
             order = np.argsort(blocks[:, :, CENTER], axis=1, kind="stable")  # the rows follow the peaks in 2θ
             blocks = np.take_along_axis(blocks, order[:, :, None], axis=1)
-            rows = tch.rows(np.concatenate([pq[:, :N_BG], blocks.reshape(j - i, -1)], axis=1), chi[i:j])
+            rows = tch.rows(np.concatenate([pq[:, :N_BG], blocks.reshape(u, -1)], axis=1), chi[i:j])
             rows[~ok] = np.nan
-            out[k][etas[:, None], np.asarray(slots)[None, :]] = rows
-            if (~ok).any():
-                self.reject("fit_failed", int(np.count_nonzero(~ok)) * len(slots), wheres[k])
-            i = j
+            out[fk[:, None], fe[:, None], np.asarray(slots)[None, :]] = rows
+            failed += int(np.count_nonzero(~ok)) * len(slots)
+        if failed:
+            self.reject("fit_failed", failed, wheres[ks[0]])
 
 
-def _guess(tth: np.ndarray, corr: np.ndarray, roi, pad: int):
-    """Start and bounds of one ROI's fits in the η bins of ``corr [E, n_r]`` (background-subtracted profiles):
-    ``p0, lo, hi [E, 2 + 4P]`` and the ROI's points ``[E, n]`` (see the module docstring, step 3)."""
+def _to_host(a):
+    """A NumPy array of ``a`` (a CuPy array is copied from the device)."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _guess(tth: np.ndarray, corr, roi, pad: int, xp=np):
+    """Start and bounds of one ROI's fits in the rows of ``corr [U, n_r]`` (background-subtracted profiles, on the
+    array module ``xp``): ``p0, lo, hi [U, 2 + 4P]`` and the ROI's points ``[U, n]`` (see the module docstring,
+    step 3)."""
     start, stop, _, bins = roi
     seg = corr[:, start:stop]
     e, n = seg.shape
-    xs = tth[start:stop]
-    dx = (xs[-1] - xs[0]) / max(1, n - 1)
-    width = xs[-1] - xs[0] + dx
+    xs_h = tth[start:stop]
+    xs = xp.asarray(xs_h)
+    dx = float(xs_h[-1] - xs_h[0]) / max(1, n - 1)
+    width = float(xs_h[-1] - xs_h[0]) + dx
     ymin, ymax = seg.min(axis=1), seg.max(axis=1)
-    span = np.maximum(ymax - ymin, 1e-12 * np.maximum(np.abs(ymax), 1.0))
+    span = xp.maximum(ymax - ymin, 1e-12 * xp.maximum(xp.abs(ymax), 1.0))
     ne = min(5, max(1, n // 4))
     left, right = seg[:, :ne].mean(axis=1), seg[:, -ne:].mean(axis=1)
     b0, b1 = 0.5 * (left + right), 0.5 * (right - left)
-    xmid, hw = 0.5 * (xs[0] + xs[-1]), max(0.5 * (xs[-1] - xs[0]), 1e-12)
+    xmid, hw = 0.5 * float(xs_h[0] + xs_h[-1]), max(0.5 * float(xs_h[-1] - xs_h[0]), 1e-12)
     m = n_params(len(bins))
-    p0, lo, hi = np.empty((e, m)), np.empty((e, m)), np.empty((e, m))
+    p0, lo, hi = xp.empty((e, m)), xp.empty((e, m)), xp.empty((e, m))
     p0[:, 0], lo[:, 0], hi[:, 0] = b0, ymin - span, ymax + span
     p0[:, 1], lo[:, 1], hi[:, 1] = b1, -2.0 * span, 2.0 * span
     rel = [b - start for b in bins]
-    rows = np.arange(e)
-    sig_b, gam_b = tch.bounds(dx, width)
+    rows = xp.arange(e)
+    idx = xp.arange(n)[None, :]
+    (sig_lo, sig_hi), (gam_lo, gam_hi) = tch.bounds(dx, width)
+    sig1, gam1 = (float(v) for v in tch.start_widths(1.0))  # sig ∝ FWHM², gam ∝ FWHM
     for k, c in enumerate(rel):
         # the maximum near the peak's bin, not past the midpoints to its neighbours
         a = max(0, c - max(2, pad // 3), (rel[k - 1] + c) // 2 + 1 if k else 0)
         z = min(n, c + max(2, pad // 3) + 1, (c + rel[k + 1]) // 2 + 1 if k + 1 < len(rel) else n)
-        cj = a + np.argmax(seg[:, a:z], axis=1)
+        cj = a + xp.argmax(seg[:, a:z], axis=1)
         bg_c = b0 + b1 * (xs[cj] - xmid) / hw
-        h = np.maximum(seg[rows, cj] - bg_c, 0.05 * span)
-        half = bg_c + 0.5 * h
+        h = xp.maximum(seg[rows, cj] - bg_c, 0.05 * span)
         # the run of bins above half maximum around the maximum, each side
-        above = seg > half[:, None]
-        idx = np.arange(n)[None, :]
-        lo_run = np.where(~above & (idx < cj[:, None]), idx, -1).max(axis=1)
-        hi_run = np.where(~above & (idx > cj[:, None]), idx, n).min(axis=1)
-        fw = np.clip((hi_run - lo_run - 1) * dx, 1.5 * dx, 0.9 * width)
+        below = seg <= (bg_c + 0.5 * h)[:, None]
+        lo_run = xp.where(below & (idx < cj[:, None]), idx, -1).max(axis=1)
+        hi_run = xp.where(below & (idx > cj[:, None]), idx, n).min(axis=1)
+        fw = xp.clip((hi_run - lo_run - 1) * dx, 1.5 * dx, 0.9 * width)
         o = N_BG + PER_PEAK * k
         # the area of a peak of that height and width, η ≈ 0.5 (as tch.from_pv); at most 8 span·width
-        a0 = h * fw * (0.25 * np.pi + 0.5 * np.sqrt(np.pi / (4.0 * np.log(2.0))))
-        p0[:, o + AREA], lo[:, o + AREA], hi[:, o + AREA] = a0, 0.0, 8.0 * span * width
-        w = np.maximum(3.0 * dx, fw)
+        p0[:, o + AREA] = h * fw * (0.25 * np.pi + 0.5 * np.sqrt(np.pi / (4.0 * np.log(2.0))))
+        lo[:, o + AREA], hi[:, o + AREA] = 0.0, 8.0 * span * width
+        w = xp.maximum(3.0 * dx, fw)
         c0 = xs[cj]
         p0[:, o + CENTER] = c0
-        lo[:, o + CENTER] = np.maximum(c0 - w, xs[0])
-        hi[:, o + CENTER] = np.minimum(c0 + w, xs[-1])
-        p0[:, o + SIG], p0[:, o + GAM] = tch.start_widths(fw)
-        lo[:, o + SIG], hi[:, o + SIG] = sig_b
-        lo[:, o + GAM], hi[:, o + GAM] = gam_b
-    return np.clip(p0, lo, hi), lo, hi, seg
+        lo[:, o + CENTER] = xp.maximum(c0 - w, float(xs_h[0]))
+        hi[:, o + CENTER] = xp.minimum(c0 + w, float(xs_h[-1]))
+        p0[:, o + SIG], p0[:, o + GAM] = sig1 * fw * fw, gam1 * fw
+        lo[:, o + SIG], hi[:, o + SIG] = float(sig_lo), float(sig_hi)
+        lo[:, o + GAM], hi[:, o + GAM] = float(gam_lo), float(gam_hi)
+    return xp.clip(p0, lo, hi), lo, hi, seg

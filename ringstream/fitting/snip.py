@@ -20,16 +20,18 @@ import numpy as np
 DEFAULT_ITERATIONS = 50
 
 
-def snip(y: np.ndarray, iterations: int = DEFAULT_ITERATIONS) -> np.ndarray:
+def snip(y, iterations: int = DEFAULT_ITERATIONS, xp=np):
     """The SNIP background of every profile of ``y [..., n]`` (float64, the same shape), along the last axis; a
-    window wider than a profile allows (``2m >= n``) is skipped."""
-    v = np.clip(np.asarray(y, dtype=np.float64), 0.0, None)
-    v = np.log(np.log(np.sqrt(v + 1.0) + 1.0) + 1.0)
+    window wider than a profile allows (``2m >= n``) is skipped. ``xp``: the array module of ``y`` (NumPy, or CuPy
+    for an array on the device)."""
+    v = xp.maximum(xp.asarray(y, dtype=xp.float64), 0.0)
+    v = xp.log(xp.log(xp.sqrt(v + 1.0) + 1.0) + 1.0)
     n = v.shape[-1]
-    for m in range(int(iterations), 0, -1):
-        if 2 * m >= n:
-            continue
-        avg = 0.5 * (v[..., : n - 2 * m] + v[..., 2 * m:])
-        np.minimum(v[..., m: n - m], avg, out=v[..., m: n - m])
-    bg = (np.exp(np.exp(v) - 1.0) - 1.0) ** 2 - 1.0
-    return np.maximum(bg, 0.0)
+    avg = xp.empty_like(v)
+    for m in range(min(int(iterations), (n - 1) // 2), 0, -1):
+        a = avg[..., : n - 2 * m]
+        xp.add(v[..., : n - 2 * m], v[..., 2 * m:], out=a)
+        a *= 0.5
+        xp.minimum(v[..., m: n - m], a, out=v[..., m: n - m])
+    bg = (xp.exp(xp.exp(v) - 1.0) - 1.0) ** 2 - 1.0
+    return xp.maximum(bg, 0.0)

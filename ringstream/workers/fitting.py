@@ -68,7 +68,8 @@ class WorkerFitting:
 
             caked = CakedFitter(params, imap.two_theta, imap.r_px, imap.n_eta, slots,
                                 snip_iterations=config.fit.snip_iterations,
-                                engine="gpu" if gpu_takes_tch(gpu) else "lm", gpu=gpu)
+                                engine="gpu" if gpu_takes_tch(gpu) else "lm", gpu=gpu,
+                                array_module="cupy" if gpu is not None else "numpy")
             log.info("%s: per-eta fits: %d peaks x %d eta bins a frame with %s, SNIP %d iterations", label, slots,
                      imap.n_eta, caked.engine, caked.snip_iterations)
         sub = None

@@ -1,5 +1,6 @@
-"""Per-η fits on the GPU fitter against the NumPy batched LM, on the strained cake of the CPU test. Skipped without
-CuPy/a CUDA device (tests/gpu/conftest.py), and while the GPU fitter does not take the TCH model."""
+"""Per-η fits on the GPU: the SNIP background and the starts computed on the device (CuPy) equal NumPy's, and the GPU
+fitter (once it takes the TCH model) agrees with the NumPy batched LM, on the strained cake of the CPU test. Skipped
+without CuPy/a CUDA device (tests/gpu/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ from test_caked_fits import ETA, N_ETA, R_PX, RINGS_PX, TTH, WAVELENGTH, params,
 from ringstream.fitting.caked import CakedFitter, gpu_takes_tch  # noqa: E402
 
 
+def test_device_snip_and_starts_give_the_host_fits():
+    import cupy
+
+    from ringstream.fitting.snip import snip
+
+    y = strained_cake(1e-3, np.random.default_rng(3)).T
+    np.testing.assert_allclose(snip(cupy.asarray(y), 50, cupy).get(), snip(y, 50), rtol=1e-12, atol=1e-9)
+    cakes = [strained_cake(1e-3, np.random.default_rng(s)) for s in range(3)]
+    p = params(*[f"PeakLocation {r}" for r in RINGS_PX])
+    host = CakedFitter(p, TTH, R_PX, N_ETA, slots=3).fit_many(cakes)
+    dev = CakedFitter(p, TTH, R_PX, N_ETA, slots=3, array_module="cupy").fit_many(cakes)
+    for a, b in zip(host, dev, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def gpu():
     from ringstream.fitting.gpu_fitter import GpuFitter
@@ -30,7 +46,7 @@ def test_gpu_per_eta_fits_agree_with_the_cpu_lm_and_recover_the_strain(gpu):
     cakes = [strained_cake(1e-3, np.random.default_rng(s)) for s in range(4)]
     p = params(*[f"PeakLocation {r}" for r in RINGS_PX])
     cpu = CakedFitter(p, TTH, R_PX, N_ETA, slots=3).fit_many(cakes)
-    dev = CakedFitter(p, TTH, R_PX, N_ETA, slots=3, engine="gpu", gpu=gpu)
+    dev = CakedFitter(p, TTH, R_PX, N_ETA, slots=3, engine="gpu", gpu=gpu, array_module="cupy")
     assert dev.engine == "gpu"
     got = dev.fit_many(cakes)
     for a, b in zip(cpu, got, strict=True):
