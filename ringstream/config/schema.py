@@ -22,7 +22,7 @@ from typing import Any
 from ..source_kinds import SOURCE_KINDS
 
 __all__ = [
-    "DTYPES", "ENGINES", "ENV_PREFIX", "FIT_ENGINES", "LOG_LEVELS", "OPTIONS", "SECTIONS", "SOURCE_KINDS",
+    "DTYPES", "ENGINES", "ENV_PREFIX", "FIT_ENGINES", "FIT_MODELS", "LOG_LEVELS", "OPTIONS", "SECTIONS", "SOURCE_KINDS",
     "CAKE_DTYPES", "FitConfig", "LoggingConfig", "Option", "OutputConfig", "RunConfig", "SourceConfig", "SupervisorConfig", "TransportConfig", "ViewConfig",
     "WorkersConfig", "option_of", "options_of",
 ]
@@ -31,6 +31,8 @@ ENV_PREFIX = "RINGSTREAM_"
 
 ENGINES = ("auto", "cpu", "gpu")
 FIT_ENGINES = ("auto", "nlopt", "gpu")
+#: peak models (ringstream.fitting.models): the manual's pseudo-Voigt on R, GSAS-II's TCH pseudo-Voigt on 2θ
+FIT_MODELS = ("pv", "tch")
 DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 WATCH_MODES = ("auto", "inotify", "poll")
@@ -325,6 +327,9 @@ class FitConfig:
     engine: str = opt("auto", "fitter: auto = gpu on a GPU worker, else nlopt", choices=FIT_ENGINES)
     slots: int = opt(0, "peak rows per frame in fit.bin; 0 = len(PeakLocation), or 16 when finding peaks",
                      at_least=0)
+    model: str = opt("pv", "peak model: pv = the manual's pseudo-Voigt on R (px), rows [Imax, BG, Mu, Rcen, Sigma, "
+                     "GoF, Area]; tch = GSAS-II's TCH pseudo-Voigt on 2θ (deg), rows [area, center, sig, gam, "
+                     "FWHM, eta, chi2_dof]", choices=FIT_MODELS)
     per_eta: bool = opt(False, "also fit every peak in every eta bin of each frame's cake (TCH on 2theta, after a "
                         "SNIP background): /entry/fit/caked, and *_caked_peaks.h5 with midas_binaries",
                         flags="--per-eta")

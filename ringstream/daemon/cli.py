@@ -334,6 +334,7 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
         Path(args.midas_binaries).mkdir(parents=True, exist_ok=True)
     zarr_path = None if args.no_zarr else (args.zarr_output or default_zarr_path(output))
     writer = RunOutputs(output, imap, p, engine_name=engine.name, n_peaks=fitting.slots if fitting else 0,
+                        fit_model=fitting.model if fitting else "pv",
                         zarr_path=zarr_path, midas_dir=args.midas_binaries or None, overwrite=args.overwrite,
                         note="ringstream integrate (offline, image files)", cake_dtype=args.cake_dtype,
                         cake_noise_fraction=args.cake_noise_fraction,

@@ -2,7 +2,8 @@
 
 Each batch's lineouts go through the same :class:`~ringstream.fitting.frame.FrameFitter` the daemon's workers use
 (engine ``[fit] engine`` semantics: ``auto`` = gpu with the GPU integration engine, else nlopt; the environment
-variable ``RINGSTREAM_FIT_ENGINE`` and ``RINGSTREAM_FIT_SLOTS`` apply as for the daemon); the Result-shaped arrays
+variable ``RINGSTREAM_FIT_ENGINE``, ``RINGSTREAM_FIT_SLOTS`` and ``RINGSTREAM_FIT_MODEL`` apply as for the daemon);
+the Result-shaped arrays
 (fit ``[slots, 7]``, ROI table, model values) go into each frame's
 :class:`~ringstream.writer.outputs.FrameRecord`, so the offline run writes fit.bin, fit_curves.bin and
 ``/entry/fit`` through the same sinks as the daemon's writer. With ``--per-eta`` (or ``RINGSTREAM_FIT_PER_ETA``;
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..fitting import choose_engine, peak_slots
+from ..fitting.models import DEFAULT_MODEL, get_model
 
 log = logging.getLogger("ringstream.integrate")
 
@@ -28,6 +30,11 @@ class OfflineFitting:
 
     def __init__(self, fitter, slots: int, caked=None) -> None:
         self.fitter, self.slots, self.caked = fitter, int(slots), caked
+
+    @property
+    def model(self) -> str:
+        """The peak model fitted ("pv" or "tch")."""
+        return self.fitter.model.name
 
     @classmethod
     def create(cls, params, imap, integration_engine: str, per_eta: bool | None = None,
@@ -48,8 +55,13 @@ class OfflineFitting:
             from ..fitting.gpu_fitter import GpuFitter
 
             gpu = GpuFitter()
-        fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu)
-        log.info("fitting %d peak rows per frame with %s", slots, engine)
+        try:
+            model = get_model(os.environ.get("RINGSTREAM_FIT_MODEL", "") or DEFAULT_MODEL)
+        except ConfigError as exc:
+            raise ConfigError(f"environment (RINGSTREAM_FIT_MODEL): {exc}") from None
+        fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu, model=model,
+                             two_theta=imap.two_theta)
+        log.info("fitting %d peak rows per frame, model %s, with %s", slots, model.name, engine)
         if per_eta is None:
             per_eta = os.environ.get("RINGSTREAM_FIT_PER_ETA", "").strip().lower() in ("1", "true", "yes", "on")
         caked = None

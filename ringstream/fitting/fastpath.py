@@ -20,6 +20,10 @@ others go through the per-frame reject path):
   ``[Imax, BG, Mu, Rcen, Sigma, GoF, Area]`` scattered into ``fit [F, slots, 7]``, and the model on every ROI's bins
   from one :func:`.model.model_jacobian` call (fit_curves.bin).
 
+A layout of the "tch" model (:mod:`.tch`) is the same ROIs on the 2θ of the bins (``x`` in degrees): the pseudo-Voigt
+start is computed as above on those points and converted (:func:`.tch.blocks_from_pv`), the rows are the TCH ones
+(:func:`.tch.rows`) and the model is :func:`.tch.model_jacobian`.
+
 Everything here is pure (no counters, no logging); :meth:`.frame.FrameFitter.fit_many` does the bookkeeping.
 """
 
@@ -29,9 +33,11 @@ import dataclasses
 
 import numpy as np
 
+from . import tch
 from .batched import CONVERGED, Packed
-from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, model_jacobian, n_params, peak_area
-from .peaks import EDGE_POINTS, NATURAL_BOUNDS, group_rois, snap_locations
+from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, n_params, peak_area
+from .models import DEFAULT_MODEL, get_model
+from .peaks import EDGE_POINTS, group_rois, snap_locations
 
 #: batch sizes whose shared Packed arrays a layout keeps (:meth:`RoiLayout.tiles`; starts afresh when full)
 TILE_CACHE = 16
@@ -57,10 +63,12 @@ class RoiLayout:
     ``walk_ok`` the real ones (the last column never), ``walk_len [2, Q]``, ``walk_step [2, 1]`` (−1, +1);
     ``pk_const [3, 1, Q, 4]`` the constant parts of each peak block's p0, lo, hi and ``cols_pk [Q·4]`` where the
     blocks go in a frame's ``R·M`` parameters; ``cols_rows [6, Q]`` the columns of (b0, b1, Imax, μ, Rc, Γ) of each
-    peak; ``unused``, ``pin`` ``[R, M]`` the padding parameters and those the pinned test looks at;
-    ``real_blocks [R, P]``; ``single_peak`` (one peak per ROI: nothing to sort), ``slots_direct`` (the peaks fill
+    peak; ``unused [R, M]`` the padding parameters;
+    ``pin_lo``, ``pin_hi`` ``[R, M]`` those the pinned test looks at, at the lower and at the upper bound
+    (:meth:`.models.PeakModel.pinned_masks`); ``real_blocks [R, P]``; ``single_peak`` (one peak per ROI: nothing to sort), ``slots_direct`` (the peaks fill
     the slots in order), ``dense`` (every ROI has N points). ``rejects``: (reason, rows, detail) that every valid
-    frame counts, in the per-frame path's order.
+    frame counts, in the per-frame path's order. ``model``: the peak model ("pv": ``x`` are the bins' R in px;
+    "tch": their 2θ in degrees).
     """
 
     peaks: tuple[float, ...]
@@ -103,11 +111,13 @@ class RoiLayout:
     cols_pk: np.ndarray
     cols_rows: np.ndarray
     unused: np.ndarray
-    pin: np.ndarray
+    pin_lo: np.ndarray
+    pin_hi: np.ndarray
     real_blocks: np.ndarray
     single_peak: bool
     slots_direct: bool
     dense: bool
+    model: str = DEFAULT_MODEL
     _tiles: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def tiles(self, f_n: int) -> dict[str, np.ndarray]:
@@ -133,9 +143,11 @@ class RoiLayout:
         return int(self.base3.shape[2] // self.n_rois) if self.n_rois else n_params(1)
 
 
-def build_layout(r_px: np.ndarray, peaks: tuple[float, ...], n_slots: int, pad: int, bin_size: float) -> RoiLayout:
+def build_layout(r_px: np.ndarray, peaks: tuple[float, ...], n_slots: int, pad: int, bin_size: float,
+                 model: str = DEFAULT_MODEL, x: np.ndarray | None = None) -> RoiLayout:
     """The layout of ``peaks`` (px, sorted by R, non-empty) on bins ``r_px`` with ``n_slots`` rows per frame and
-    ROIs of ±``pad`` bins (FitROIAuto 0): the steps of :meth:`.frame.FrameFitter.plan` after the lineout checks."""
+    ROIs of ±``pad`` bins (FitROIAuto 0): the steps of :meth:`.frame.FrameFitter.plan` after the lineout checks.
+    ``model``: the peak model; ``x``: the bins' abscissa of the fit when it is not ``r_px`` (tch: 2θ, deg)."""
     n = int(r_px.size)
     rejects: list[tuple[str, int, str]] = []
     if len(peaks) > n_slots:
@@ -164,10 +176,11 @@ def build_layout(r_px: np.ndarray, peaks: tuple[float, ...], n_slots: int, pad: 
                     rejects.append(("roi_too_short", len(slots), f"bins {start}..{stop - 1} for {len(slots)} peak(s)"))
                     continue
                 rois.append((start, stop, slots, bins_))
-    return _layout_arrays(r_px, tuple(peaks), n_slots, tuple(rejects), rois)
+    return _layout_arrays(r_px if x is None else np.asarray(x, dtype=np.float64), tuple(peaks), n_slots,
+                          tuple(rejects), rois, get_model(model))
 
 
-def _layout_arrays(x: np.ndarray, peaks, n_slots: int, rejects, rois) -> RoiLayout:
+def _layout_arrays(x: np.ndarray, peaks, n_slots: int, rejects, rois, model) -> RoiLayout:
     n_r = len(rois)
     starts = np.array([r[0] for r in rois], dtype=np.intp)
     stops = np.array([r[1] for r in rois], dtype=np.intp)
@@ -216,7 +229,7 @@ def _layout_arrays(x: np.ndarray, peaks, n_slots: int, rejects, rois) -> RoiLayo
     for j in range(n_r):
         for k in range(int(n_pk[j]), p_max):
             o = N_BG + PER_PEAK * k
-            base[j, o:o + 4] = (0.0, 0.5, xmid[j], 1.0)
+            base[j, o:o + 4] = model.unused(xmid[j])
     q_n = q_bin.size
     pk_const = np.zeros((3, 1, q_n, PER_PEAK))
     pk_const[0, 0, :, MU], pk_const[2, 0, :, MU] = 0.5, 1.0
@@ -226,10 +239,7 @@ def _layout_arrays(x: np.ndarray, peaks, n_slots: int, rejects, rois) -> RoiLayo
     cols_pk = (block[:, None] + np.arange(PER_PEAK)[None, :]).reshape(-1)
     cols_rows = np.stack([q_roi * m, q_roi * m + 1, block + IMAX, block + MU, block + RC, block + GAMMA])
     used = np.arange(m)[None, :] < (N_BG + PER_PEAK * n_pk)[:, None]
-    pin = used.copy()
-    for k in range(N_BG, m):
-        if (k - N_BG) % PER_PEAK in NATURAL_BOUNDS:
-            pin[:, k] = False
+    lo_mask, hi_mask = model.pinned_masks(p_max)  # per parameter, of the longest ROI: a shorter one's rest unused
     return RoiLayout(
         peaks=peaks, n_slots=int(n_slots), rejects=rejects, starts=starts, stops=stops, npts=npts.astype(np.int32),
         slots=tuple(tuple(r[2]) for r in rois), bins=tuple(tuple(r[3]) for r in rois), n_peaks=n_pk,
@@ -241,10 +251,11 @@ def _layout_arrays(x: np.ndarray, peaks, n_slots: int, rejects, rois) -> RoiLayo
         q_xmid=xmid[q_roi], q_hw=hw[q_roi], q_dx=dx[q_roi], q_glo=0.5 * dx[q_roi], q_width=width[q_roi],
         q_x0=x0[q_roi], q_x1=x1[q_roi],
         walk_idx=walk_idx, walk_ok=walk_ok, walk_len=lengths, walk_step=steps,
-        pk_const=pk_const, cols_pk=cols_pk, cols_rows=cols_rows, unused=~used, pin=pin,
+        pk_const=pk_const, cols_pk=cols_pk, cols_rows=cols_rows, unused=~used,
+        pin_lo=used & lo_mask, pin_hi=used & hi_mask,
         real_blocks=np.arange(p_max)[None, :] < n_pk[:, None], single_peak=bool(np.all(n_pk == 1)),
         slots_direct=bool(q_n == n_slots and np.array_equal(q_slot, np.arange(n_slots))),
-        dense=bool(np.all(npts == n_pts)))
+        dense=bool(np.all(npts == n_pts)), model=model.name)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -315,6 +326,9 @@ def initial_guesses(lay: RoiLayout, x: np.ndarray, y: np.ndarray):
     pk[0, :, :, IMAX], pk[2, :, :, IMAX] = imax0, 4.0 * span_q
     pk[1, :, :, RC], pk[2, :, :, RC] = np.maximum(lay.q_xc - w, lay.q_x0), np.minimum(lay.q_xc + w, lay.q_x1)
     pk[0, :, :, GAMMA] = g0
+    if lay.model == "tch":  # the same start on 2θ, as TCH parameters (tch.from_pv)
+        pk = tch.blocks_from_pv(pk[0, ..., IMAX], pk[0, ..., RC], pk[1, ..., RC], pk[2, ..., RC], g0, span_q,
+                                lay.q_dx, lay.q_width)
     out[:, :, lay.cols_pk] = pk.reshape(3, f_n, -1)
     np.clip(out[0], out[1], out[2], out=out[0])
     return a4, yg
@@ -329,7 +343,7 @@ def pack_batch(lay: RoiLayout, yg: np.ndarray, params: np.ndarray) -> Packed:
     t = lay.tiles(f_n)
     p0, lo, hi = (a.reshape(b, m) for a in params)
     return Packed(x=t["x"], y=np.where(lay.mask, yg, 0.0).reshape(b, n), npts=t["npts"], p=p0, lo=lo, hi=hi,
-                  xmid=t["xmid"], hw=t["hw"], n_peaks=t["n_peaks"])
+                  xmid=t["xmid"], hw=t["hw"], n_peaks=t["n_peaks"], model=lay.model)
 
 
 def failed(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, start_cost: np.ndarray, status: np.ndarray,
@@ -340,8 +354,8 @@ def failed(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, start_cost: np.ndarr
     finite = (np.isfinite(p) | lay.unused).all(axis=2) & np.isfinite(cost)
     with np.errstate(invalid="ignore"):
         tol = rel * (hi - lo)
-        at = (p <= lo + tol) | (p >= hi - tol)
-        pinned = (at & lay.pin & (hi > lo)).any(axis=2)
+        at = ((p <= lo + tol) & lay.pin_lo) | ((p >= hi - tol) & lay.pin_hi)
+        pinned = (at & (hi > lo)).any(axis=2)
         improved = cost < start_cost
     return (status != CONVERGED) | ~finite | pinned | ~improved
 
@@ -354,7 +368,7 @@ def sort_blocks(lay: RoiLayout, p: np.ndarray) -> np.ndarray:
     f_n, r_n, m = p.shape
     n_pk = (m - N_BG) // PER_PEAK
     blocks = p[:, :, N_BG:].reshape(f_n, r_n, n_pk, PER_PEAK)
-    key = np.where(lay.real_blocks, blocks[..., RC], np.inf)
+    key = np.where(lay.real_blocks, blocks[..., get_model(lay.model).center], np.inf)
     order = np.argsort(key, axis=2, kind="stable")
     out = p.copy()
     out[:, :, N_BG:] = np.take_along_axis(blocks, order[..., None], axis=2).reshape(f_n, r_n, m - N_BG)
@@ -367,13 +381,20 @@ def assemble_rows(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, ok: np.ndarra
     (sorted here) and ``cost [F, R]``."""
     f_n, r_n, m = p.shape
     ps = sort_blocks(lay, p)
-    b0, b1, imax, mu, rc, gam = ps.reshape(f_n, r_n * m)[:, lay.cols_rows].transpose(1, 0, 2)  # [F, Q] each
+    # [F, Q] each; the four of a peak block are (Imax, μ, Rc, Γ) for pv, (A, c, sig, gam) for tch
+    b0, b1, v0, v1, v2, v3 = ps.reshape(f_n, r_n * m)[:, lay.cols_rows].transpose(1, 0, 2)
     rows = np.empty((f_n, lay.q_bin.size, 7))
-    rows[..., 0], rows[..., 2], rows[..., 3] = imax, mu, rc
-    rows[..., 1] = b0 + b1 * (rc - lay.q_xmid) / lay.q_hw  # bg_under_peaks
-    rows[..., 4] = gam / SIGMA_FROM_GAMMA
-    rows[..., 5] = cost.take(lay.q_roi, axis=1)
-    rows[..., 6] = peak_area(imax, mu, gam)
+    if lay.model == "tch":
+        rows[..., :4] = np.stack([v0, v1, v2, v3], axis=-1)
+        rows[..., 4], rows[..., 5] = tch.fwhm_eta(v2, v3)
+        rows[..., 6] = tch.chi2_dof(cost, lay.npts, lay.n_peaks).take(lay.q_roi, axis=1)
+    else:
+        imax, mu, rc, gam = v0, v1, v2, v3
+        rows[..., 0], rows[..., 2], rows[..., 3] = imax, mu, rc
+        rows[..., 1] = b0 + b1 * (rc - lay.q_xmid) / lay.q_hw  # bg_under_peaks
+        rows[..., 4] = gam / SIGMA_FROM_GAMMA
+        rows[..., 5] = cost.take(lay.q_roi, axis=1)
+        rows[..., 6] = peak_area(imax, mu, gam)
     if not ok.all():
         rows[~ok.take(lay.q_roi, axis=1)] = np.nan
     if lay.slots_direct:  # every slot filled, in order
@@ -384,6 +405,7 @@ def assemble_rows(lay: RoiLayout, p: np.ndarray, cost: np.ndarray, ok: np.ndarra
     curves = None
     if want_curves:
         t = lay.tiles(f_n)
-        f, _ = model_jacobian(t["x"], ps.reshape(f_n * r_n, m), t["xmid"], t["hw"], want_jac=False)
+        f, _ = get_model(lay.model).model_jacobian(t["x"], ps.reshape(f_n * r_n, m), t["xmid"], t["hw"],
+                                                   want_jac=False)
         curves = f.reshape(f_n, r_n, -1)
     return fit, curves

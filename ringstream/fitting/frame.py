@@ -17,6 +17,10 @@ of :mod:`.nlopt_fitter`), ``fit_error`` (an exception in the fitting code: a bug
 (the daemon could not learn the frame's peak list). Engines: ``"nlopt"`` (one ROI at a time, :mod:`.nlopt_fitter`), ``"lm"`` (the batched algorithm in
 NumPy, :mod:`.batched`) and ``"gpu"`` (the same on the device, :mod:`.gpu_fitter`); a ROI the batched fitters fail
 is refitted with nlopt (counted ``fit_fallback_nlopt``).
+
+With the "tch" model (``[fit] model``, :mod:`.tch`) the same ROIs are fitted on the bins' 2θ (degrees, ``x``) and
+the rows are ``[area, center (deg), sig (centideg²), gam (centideg), FWHM (deg), eta, chi²/dof]``; PeakLocation
+stays in px (snapped on ``r_px``, as for pv), so a peak list means the same bins for either model.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import logging
 
 import numpy as np
 
-from . import FIT_COLUMNS, fastpath, peak_slots
-from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, model_jacobian, n_params, peak_area
+from . import FIT_COLUMNS, fastpath, peak_slots, tch
+from .model import GAMMA, IMAX, MU, N_BG, PER_PEAK, RC, SIGMA_FROM_GAMMA, n_params, peak_area
+from .models import DEFAULT_MODEL, get_model
 from .nlopt_fitter import RoiFit, failure_reason, fit_roi
 from .peaks import (
     RoiProblem,
@@ -75,14 +80,23 @@ class FrameFitter:
     ``slots``: rows per frame (``[fit] slots``, 0 = :func:`~ringstream.fitting.peak_slots`); ``engine``: one of
     :data:`FIT_ENGINES`; ``gpu``: an object with ``fit_packed(Packed) -> dict`` (a :class:`.gpu_fitter.GpuFitter`)
     for ``engine="gpu"``; ``fast_path``: let the batched engines use :mod:`.fastpath` where it applies (see
-    :meth:`fit_many`; False plans every frame on its own, the reference the tests compare it with)."""
+    :meth:`fit_many`; False plans every frame on its own, the reference the tests compare it with); ``model``: the
+    peak model (:mod:`.models`, ``[fit] model``); ``two_theta``: the bins' 2θ ``[n_r]`` (deg), the abscissa of the
+    "tch" model (required for it)."""
 
     def __init__(self, params, r_px: np.ndarray, slots: int = 0, engine: str = "nlopt", gpu=None,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, model: str = DEFAULT_MODEL, two_theta: np.ndarray | None = None) -> None:
         if engine not in FIT_ENGINES:
             raise ValueError(f"fit engine {engine!r}: expected one of {', '.join(FIT_ENGINES)}")
         self.params = params
         self.r_px = np.asarray(r_px, dtype=np.float64)
+        self.model = get_model(model)
+        if self.model.axis == "two_theta_deg":
+            if two_theta is None or np.shape(two_theta) != self.r_px.shape:
+                raise ValueError(f"fit model {self.model.name}: needs the 2θ of the {self.r_px.size} R bins")
+            self.x = np.asarray(two_theta, dtype=np.float64)
+        else:
+            self.x = self.r_px
         self.slots = peak_slots(params, slots)
         self.engine = engine
         self.gpu = gpu
@@ -161,7 +175,8 @@ class FrameFitter:
         except KeyError:
             pass
         resolved = self.default_peaks if peaks is None else tuple(sorted(float(v) for v in peaks))
-        lay = fastpath.build_layout(self.r_px, resolved, self.slots, self.pad, self.bin_size) if resolved else None
+        lay = fastpath.build_layout(self.r_px, resolved, self.slots, self.pad, self.bin_size, self.model.name,
+                                    self.x) if resolved else None
         if len(self._layouts) >= LAYOUT_CACHE:
             self._layouts.clear()
         self._layouts[key] = lay
@@ -222,8 +237,8 @@ class FrameFitter:
             q = n_params(int(lay.n_peaks[j]))
             prob = RoiProblem(int(lay.starts[j]), int(lay.stops[j]), list(lay.slots[j]), list(lay.bins[j]),
                               p0[i, j, :q].copy(), lo[i, j, :q].copy(), hi[i, j, :q].copy(), float(lay.xmid[j]),
-                              float(lay.hw[j]))
-            rf = fit_roi(self.r_px[prob.start:prob.stop], y[i, prob.start:prob.stop], prob)
+                              float(lay.hw[j]), lay.model)
+            rf = fit_roi(self.x[prob.start:prob.stop], y[i, prob.start:prob.stop], prob)
             self.counters["fit_fallback_nlopt"] += 1
             self.counters["fit_fallback_neldermead"] += int(rf.method == "neldermead")
             p[i, j, :q], cost[i, j], ok[i, j] = rf.p, rf.cost, rf.ok
@@ -316,14 +331,15 @@ class FrameFitter:
             if stop - start < N_BG + PER_PEAK * len(slots) + 3:
                 self.reject("roi_too_short", len(slots), where, f"bins {start}..{stop - 1} for {len(slots)} peak(s)")
                 continue
-            plan.problems.append(initial_problem(self.r_px, y, start, stop, slots, bins_))
+            start_of = tch.initial_problem if self.model.name == "tch" else initial_problem
+            plan.problems.append(start_of(self.x, y, start, stop, slots, bins_))
         return plan
 
     def solve(self, problems: list[RoiProblem], lineouts: list[np.ndarray]) -> list[RoiFit]:
         """Fit every ROI with the configured engine (batched engines: one call; failures refitted with nlopt)."""
         if not problems:
             return []
-        xs = [self.r_px[p.start:p.stop] for p in problems]
+        xs = [self.x[p.start:p.stop] for p in problems]
         ys = [y[p.start:p.stop] for p, y in zip(problems, lineouts, strict=False)]
         if self.engine == "nlopt":
             fits = [fit_roi(x, y, p) for x, y, p in zip(xs, ys, problems, strict=False)]
@@ -358,14 +374,18 @@ class FrameFitter:
             if not rf.ok:
                 self.reject("fit_failed", len(prob.slots), plan.where, rf.reason)
                 continue
-            p = sort_peaks(rf.p)
-            bg = bg_under_peaks(p, prob.xmid, prob.hw)
-            for k, slot in enumerate(prob.slots):
-                o = N_BG + PER_PEAK * k
-                imax, mu, rc, gam = p[o + IMAX], p[o + MU], p[o + RC], p[o + GAMMA]
-                out[slot] = (imax, bg[k], mu, rc, gam / SIGMA_FROM_GAMMA, rf.cost, peak_area(imax, mu, gam))
-            x = self.r_px[prob.start:prob.stop]
-            f, _ = model_jacobian(x[None, :], p[None, :], np.array([prob.xmid]), np.array([prob.hw]), want_jac=False)
+            p = sort_peaks(rf.p, self.model.center)
+            if self.model.name == "tch":
+                out[prob.slots] = tch.rows(p, tch.chi2_dof(rf.cost, prob.n_points, len(prob.slots)))
+            else:
+                bg = bg_under_peaks(p, prob.xmid, prob.hw)
+                for k, slot in enumerate(prob.slots):
+                    o = N_BG + PER_PEAK * k
+                    imax, mu, rc, gam = p[o + IMAX], p[o + MU], p[o + RC], p[o + GAMMA]
+                    out[slot] = (imax, bg[k], mu, rc, gam / SIGMA_FROM_GAMMA, rf.cost, peak_area(imax, mu, gam))
+            x = self.x[prob.start:prob.stop]
+            f, _ = self.model.model_jacobian(x[None, :], p[None, :], np.array([prob.xmid]), np.array([prob.hw]),
+                                             want_jac=False)
             rois.append((prob.start, prob.n_points))
             values.append(f[0])
         n_ok = int(np.sum(np.isfinite(out[:, 0])))
@@ -391,11 +411,11 @@ def _namer(wheres):
     return names.__getitem__
 
 
-def sort_peaks(p: np.ndarray) -> np.ndarray:
-    """The parameter vector with its peak blocks in increasing Rc. Peaks of one ROI may swap places during a fit (the
-    model is symmetric in them and their Rc windows overlap); the rows follow the peak list in R order, so must the
-    fitted peaks."""
+def sort_peaks(p: np.ndarray, center: int = RC) -> np.ndarray:
+    """The parameter vector with its peak blocks in increasing centre (offset ``center`` in a block: pv's Rc, tch's
+    2θ centre). Peaks of one ROI may swap places during a fit (the model is symmetric in them and their windows
+    overlap); the rows follow the peak list in R order, so must the fitted peaks."""
     n_pk = (p.size - N_BG) // PER_PEAK
     blocks = p[N_BG:].reshape(n_pk, PER_PEAK)
-    order = np.argsort(blocks[:, RC], kind="stable")
+    order = np.argsort(blocks[:, center], kind="stable")
     return np.concatenate([p[:N_BG], blocks[order].reshape(-1)])

@@ -4,7 +4,9 @@ a batch of frames in one launch (a ``cupy.RawKernel``), float64 throughout.
 The NumPy expression the kernel computes is :func:`ringstream.fitting.batched.fit_batch` (same model, bounds, active
 set, damping schedule, Cholesky solve and stopping rules; the module docstring there states them); the GPU tests check
 the two agree. At most :data:`~.peaks.MAX_PEAKS_PER_ROI` peaks per ROI (``MAXP``), so a thread's normal matrix is at
-most 18 × 18. The inputs of a batch go to the device in one copy from a pinned staging buffer that, with its device
+most 18 × 18. One kernel per (peak model, peak slots): the model's per-peak terms are spliced into the one source
+(:data:`PEAK_TERMS`), the "pv" ones from :mod:`.model` and the "tch" ones from :mod:`.tch`, each line the NumPy line of
+its ``model_jacobian``; the rest of the algorithm is shared. The inputs of a batch go to the device in one copy from a pinned staging buffer that, with its device
 twin, is allocated once and grown as batches need (:meth:`GpuFitter._staging`); the results come from CuPy's memory
 pool. One GpuFitter per thread (the worker fits from one).
 """
@@ -16,15 +18,17 @@ import numpy as np
 from ..engines.base import GPU_INSTALL_HINT
 from ..errors import ConfigError
 from . import batched
+from .models import get_model
 from .peaks import MAX_PEAKS_PER_ROI
 
 _SOURCE = r"""
-// One thread per ROI; MAXP peaks per ROI fixed at compile time (one kernel per peak count), so M = 2 + 4 MAXP is a
+// One thread per ROI; MAXP peaks per ROI fixed at compile time (one kernel per model and peak count), so M = 2 + 4 MAXP is a
 // constant, every loop unrolls and the small matrices live in registers. A: upper triangle of J^T J, L: lower
 // triangle of the damped matrix and its Cholesky factor.
 #define MAXP %(maxp)d
 #define M (2 + 4 * MAXP)
 #define LN2_4 %(ln2_4).17g
+%(model_defs)s
 
 __device__ __forceinline__ double roi_pass(const double* xb, const double* yb, int n, const double* p,
                                            double xmid, double hw, double* A, double* g, bool want)
@@ -40,6 +44,7 @@ __device__ __forceinline__ double roi_pass(const double* xb, const double* yb, i
             for (int j = i; j < M; ++j) A[i * M + j] = 0.0;
         }
     }
+%(peak_setup)s
     for (int q = 0; q < n; ++q) {
         const double xv = xb[q];
         const double u = (xv - xmid) / hw;
@@ -48,19 +53,7 @@ __device__ __forceinline__ double roi_pass(const double* xb, const double* yb, i
 #pragma unroll
         for (int k = 0; k < MAXP; ++k) {
             const int o = 2 + 4 * k;
-            const double imax = p[o], mu = p[o + 1], rc = p[o + 2], gam = p[o + 3];
-            const double d = xv - rc;
-            const double ig2 = 1.0 / (gam * gam);
-            const double t = d * d * ig2;
-            const double lor = 1.0 / (1.0 + 4.0 * t);
-            const double gau = exp(-LN2_4 * t);
-            const double shape = mu * lor + (1.0 - mu) * gau;
-            f += imax * shape;
-            const double s = imax * (mu * (-4.0 * lor * lor) + (1.0 - mu) * (-LN2_4 * gau));
-            J[o] = shape;
-            J[o + 1] = imax * (lor - gau);
-            J[o + 2] = s * (-2.0 * d * ig2);
-            J[o + 3] = s * (-2.0 * t / gam);
+%(peak_terms)s
         }
         const double r = f - yb[q];
         cost += r * r;
@@ -188,13 +181,101 @@ extern "C" __global__ void lm_fit(const double* __restrict__ x, const double* __
 """
 
 
-def kernel_source(n_peaks: int = MAX_PEAKS_PER_ROI) -> str:
-    """The CUDA source for ROIs of ``n_peaks`` peak slots, with the constants of :mod:`.batched` filled in."""
+#: the "pv" model (:func:`.model.model_jacobian`): Imax, μ, Rc, Γ
+_PV_TERMS = r"""
+            const double imax = p[o], mu = p[o + 1], rc = p[o + 2], gam = p[o + 3];
+            const double d = xv - rc;
+            const double ig2 = 1.0 / (gam * gam);
+            const double t = d * d * ig2;
+            const double lor = 1.0 / (1.0 + 4.0 * t);
+            const double gau = exp(-LN2_4 * t);
+            const double shape = mu * lor + (1.0 - mu) * gau;
+            f += imax * shape;
+            const double s = imax * (mu * (-4.0 * lor * lor) + (1.0 - mu) * (-LN2_4 * gau));
+            J[o] = shape;
+            J[o + 1] = imax * (lor - gau);
+            J[o + 2] = s * (-2.0 * d * ig2);
+            J[o + 3] = s * (-2.0 * t / gam);"""
+
+#: the "tch" model (:func:`.tch.model_jacobian` and :func:`.tch._tch`): A, c, sig, gam on 2θ
+_TCH_DEFS = r"""
+#define LN2 %(ln2).17g
+#define SIG_TO_GG2 %(sig_to_gg2).17g
+#define C_G %(c_g).17g
+#define C_L %(c_l).17g
+#define TF1 %(tf1).17g
+#define TF2 %(tf2).17g
+#define TF3 %(tf3).17g
+#define TF4 %(tf4).17g
+#define TE1 %(te1).17g
+#define TE2 %(te2).17g
+#define TE3 %(te3).17g
+// F, eta of (sig, gam) and dF/dsig, dF/dgam, deta/dsig, deta/dgam (tch._tch, line for line)
+__device__ __forceinline__ void tch_widths(double sig, double gam, double* F, double* ETA, double* DFS,
+                                           double* DFG, double* DES, double* DEG)
+{
+    const double gg = sqrt(SIG_TO_GG2 * sig);
+    const double gl = gam / 100.0;
+    const double g2 = gg * gg, l2 = gl * gl;
+    const double g3 = g2 * gg, l3 = l2 * gl;
+    const double g4 = g3 * gg, l4 = l3 * gl;
+    const double p5 = g4 * gg + TF1 * g4 * gl + TF2 * g3 * l2 + TF3 * g2 * l3 + TF4 * gg * l4 + l4 * gl;
+    const double f = pow(p5, 0.2);
+    const double q = gl / f;
+    const double eta = q * (TE1 + q * (TE2 + q * TE3));
+    const double inv5f4 = 1.0 / (5.0 * pow(f, 4.0));
+    const double dp_dg = 5.0 * g4 + 4.0 * TF1 * g3 * gl + 3.0 * TF2 * g2 * l2 + 2.0 * TF3 * gg * l3 + TF4 * l4;
+    const double dp_dl = TF1 * g4 + 2.0 * TF2 * g3 * gl + 3.0 * TF3 * g2 * l2 + 4.0 * TF4 * gg * l3 + 5.0 * l4;
+    const double df_dsig = dp_dg * inv5f4 * (gg / (2.0 * sig));
+    const double df_dgam = dp_dl * inv5f4 / 100.0;
+    const double deta_dq = TE1 + q * (2.0 * TE2 + 3.0 * TE3 * q);
+    const double dq_dsig = -gl / (f * f) * df_dsig;
+    const double dq_dgam = 1.0 / (100.0 * f) - gl / (f * f) * df_dgam;
+    *F = f; *ETA = eta; *DFS = df_dsig; *DFG = df_dgam; *DES = deta_dq * dq_dsig; *DEG = deta_dq * dq_dgam;
+}"""
+
+_TCH_SETUP = r"""
+    // per peak, once a pass (they depend on sig and gam only): F, eta and their derivatives
+    double fw[MAXP], eta_[MAXP], dfs[MAXP], dfg[MAXP], des[MAXP], deg[MAXP];
+#pragma unroll
+    for (int k = 0; k < MAXP; ++k)
+        tch_widths(p[2 + 4 * k + 2], p[2 + 4 * k + 3], fw + k, eta_ + k, dfs + k, dfg + k, des + k, deg + k);"""
+
+_TCH_TERMS = r"""
+            const double area = p[o], c = p[o + 1], eta = eta_[k];
+            const double d = xv - c;
+            const double inv_f = 1.0 / fw[k];
+            const double t = d * d * inv_f * inv_f;
+            const double den = 1.0 / (1.0 + 4.0 * t);
+            const double lor = C_L * inv_f * den;
+            const double gau = C_G * inv_f * exp(-4.0 * LN2 * t);
+            const double shape = eta * lor + (1.0 - eta) * gau;
+            f += area * shape;
+            const double ds_df = inv_f * (eta * lor * (8.0 * t * den - 1.0) + (1.0 - eta) * gau * (8.0 * LN2 * t - 1.0));
+            const double lmg = lor - gau;
+            J[o] = shape;
+            J[o + 1] = area * (8.0 * d * inv_f * inv_f) * (eta * lor * den + (1.0 - eta) * LN2 * gau);
+            J[o + 2] = area * (ds_df * dfs[k] + lmg * des[k]);
+            J[o + 3] = area * (ds_df * dfg[k] + lmg * deg[k]);"""
+
+#: per model: (definitions before roi_pass, per-pass setup, the per-point terms of peak k at offset o)
+PEAK_TERMS = {"pv": ("", "", _PV_TERMS), "tch": (_TCH_DEFS, _TCH_SETUP, _TCH_TERMS)}
+
+
+def kernel_source(n_peaks: int = MAX_PEAKS_PER_ROI, model: str = "pv") -> str:
+    """The CUDA source for ROIs of ``n_peaks`` peak slots of the peak ``model`` ("pv" or "tch"), with the constants
+    of :mod:`.batched` (and of :mod:`.tch`) filled in."""
+    from . import tch
     from .model import LN2_4
 
+    defs, setup, terms = PEAK_TERMS[get_model(model).name]
+    consts = dict(ln2=tch.LN2, sig_to_gg2=tch.SIG_TO_GG2, c_g=tch.C_G, c_l=tch.C_L,
+                  **{f"tf{i}": v for i, v in enumerate(tch.TCH_F[:5]) if i}, te1=tch.TCH_ETA[0],
+                  te2=tch.TCH_ETA[1], te3=tch.TCH_ETA[2])
     return _SOURCE % dict(maxp=int(n_peaks), ln2_4=LN2_4, lambda0=batched.LAMBDA0, diag_floor=batched.DIAG_FLOOR,
                           ftol=batched.FTOL, xtol=batched.XTOL, down=batched.LAMBDA_DOWN, up=batched.LAMBDA_UP,
-                          lmin=batched.LAMBDA_MIN, lmax=batched.LAMBDA_MAX)
+                          lmin=batched.LAMBDA_MIN, lmax=batched.LAMBDA_MAX, model_defs=defs % consts,
+                          peak_setup=setup, peak_terms=terms)
 
 
 class GpuFitter:
@@ -219,16 +300,17 @@ class GpuFitter:
 
         self.cp = cupy
         self.empty_pinned = empty_pinned
-        self.kernels: dict[int, object] = {}  # peak slots per ROI -> compiled kernel
+        self.kernels: dict[tuple[str, int], object] = {}  # (peak model, peak slots per ROI) -> compiled kernel
         self.threads = int(threads)
         self._host = None  # pinned input staging buffer and its device twin (uint8), see _staging
         self._dev = None
 
-    def kernel(self, n_peaks: int):
-        """The kernel for ROIs of ``n_peaks`` slots (compiled on first use)."""
-        k = self.kernels.get(n_peaks)
+    def kernel(self, n_peaks: int, model: str = "pv"):
+        """The kernel for ROIs of ``n_peaks`` slots of the peak ``model`` (compiled on first use)."""
+        key = (get_model(model).name, int(n_peaks))
+        k = self.kernels.get(key)
         if k is None:
-            k = self.kernels[n_peaks] = self.cp.RawKernel(kernel_source(n_peaks), "lm_fit")
+            k = self.kernels[key] = self.cp.RawKernel(kernel_source(n_peaks, key[0]), "lm_fit")
         return k
 
     def fit_packed(self, pk: batched.Packed, max_iter: int = batched.MAX_ITER) -> dict[str, np.ndarray]:
@@ -273,7 +355,7 @@ class GpuFitter:
             raise ValueError(f"{n_peaks} peaks in a ROI; the kernel takes at most {MAX_PEAKS_PER_ROI}")
         if b == 0:
             return cp.zeros(0)
-        kernel = self.kernel(n_peaks)  # compiled before the staging buffers are touched
+        kernel = self.kernel(n_peaks, pk.model)  # compiled before the staging buffers are touched
         n = pk.x.shape[1]
         # one float64 block [x, y, xmid, hw, p, lo, hi] followed by the int32 point counts, copied over in one go
         cuts = np.cumsum([0, b * n, b * n, b, b, b * m, b * m, b * m])

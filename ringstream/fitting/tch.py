@@ -40,6 +40,7 @@ import math
 
 import numpy as np
 
+from . import peaks
 from .model import N_BG, PER_PEAK, n_params
 
 #: offsets of a peak's parameters inside its block
@@ -172,26 +173,38 @@ def bounds(dx, width) -> tuple[tuple, tuple]:
     return (g_lo * g_lo / SIG_TO_GG2, width * width / SIG_TO_GG2), (100.0 * g_lo, 100.0 * width)
 
 
+def blocks_from_pv(imax0, rc0, rc_lo, rc_hi, g0, span, dx, width) -> np.ndarray:
+    """TCH peak blocks ``[3, ..., 4]`` (start, lower, upper bound of ``[A, c, sig, gam]``) from the pseudo-Voigt
+    start of :func:`.peaks.initial_problem` on the same 2θ points (all arrays broadcast, deg): the centre and its
+    window kept; ``A0 = Imax0 Γ0 (π/4 + sqrt(π/(4 ln2))/2)`` (the area of a μ = 0.5 peak), ``A ∈ [0, 8 span·width]``
+    (more than a peak of height ``4 span``, Imax's bound, and FWHM ``width`` holds); sig, gam from
+    :func:`start_widths` of Γ0 and :func:`bounds` of the ROI's mean bin width ``dx`` and ``width``."""
+    imax0, rc0, rc_lo, rc_hi, g0, span, dx, width = np.broadcast_arrays(
+        *(np.asarray(a, dtype=np.float64) for a in (imax0, rc0, rc_lo, rc_hi, g0, span, dx, width)))
+    (s_lo, s_hi), (g_lo, g_hi) = bounds(dx, width)
+    sig0, gam0 = start_widths(g0)
+    out = np.empty((3,) + imax0.shape + (PER_PEAK,))
+    out[0, ..., AREA] = imax0 * g0 * (0.25 * math.pi + 0.5 * math.sqrt(math.pi / (4.0 * LN2)))
+    out[1, ..., AREA], out[2, ..., AREA] = 0.0, 8.0 * span * width
+    out[0, ..., CENTER], out[1, ..., CENTER], out[2, ..., CENTER] = rc0, rc_lo, rc_hi
+    out[0, ..., SIG], out[1, ..., SIG], out[2, ..., SIG] = sig0, s_lo, s_hi
+    out[0, ..., GAM], out[1, ..., GAM], out[2, ..., GAM] = gam0, g_lo, g_hi
+    return out
+
+
 def from_pv(p0: np.ndarray, lo: np.ndarray, hi: np.ndarray, dx: float, width: float):
-    """The TCH start and bounds ``(p0, lo, hi)`` of a ROI from the pseudo-Voigt ones of :func:`.peaks.initial_problem`
-    on the same 2θ points (``[b0, b1, Imax, μ, Rc, Γ]`` blocks): the background and the centre's window kept;
-    ``A0 = Imax0 Γ0 (π/4 + sqrt(π/(4 ln2))/2)`` (the area of a μ = 0.5 peak), ``A ∈ [0, 8 span·width]`` (more than a
-    peak of height ``4 span``, Imax's bound, and FWHM ``width`` holds); sig, gam from :func:`start_widths` of Γ0 and
-    :func:`bounds`."""
+    """The TCH ``(p0, lo, hi)`` of one ROI from the pseudo-Voigt ones of :func:`.peaks.initial_problem` on the same
+    2θ points (``[b0, b1, Imax, μ, Rc, Γ, ...]``): the background kept, each peak block by :func:`blocks_from_pv`
+    (span = Imax's upper bound / 4), the start clipped into the bounds."""
     from .model import GAMMA, IMAX, RC
 
-    out = [a.astype(np.float64, copy=True) for a in (p0, lo, hi)]
     n_pk = (p0.size - N_BG) // PER_PEAK
-    (s_lo, s_hi), (g_lo, g_hi) = bounds(dx, width)
-    span = hi[N_BG + IMAX] / 4.0 if n_pk else 0.0
-    for k in range(n_pk):
-        o = N_BG + PER_PEAK * k
-        g0 = p0[o + GAMMA]
-        sig0, gam0 = start_widths(g0)
-        a0 = p0[o + IMAX] * g0 * (0.25 * math.pi + 0.5 * math.sqrt(math.pi / (4.0 * LN2)))
-        for a, vals in zip(out, ((a0, p0[o + RC], sig0, gam0), (0.0, lo[o + RC], s_lo, g_lo),
-                                 (8.0 * span * width, hi[o + RC], s_hi, g_hi)), strict=True):
-            a[o:o + PER_PEAK] = vals
+    out = np.stack([a.astype(np.float64, copy=True) for a in (p0, lo, hi)])
+    if n_pk:
+        pv = [a[N_BG:].reshape(n_pk, PER_PEAK) for a in (p0, lo, hi)]
+        blocks = blocks_from_pv(pv[0][:, IMAX], pv[0][:, RC], pv[1][:, RC], pv[2][:, RC], pv[0][:, GAMMA],
+                                pv[2][:, IMAX] / 4.0, dx, width)
+        out[:, N_BG:] = blocks.reshape(3, -1)
     out[0] = np.clip(out[0], out[1], out[2])
     return out[0], out[1], out[2]
 
@@ -199,9 +212,7 @@ def from_pv(p0: np.ndarray, lo: np.ndarray, hi: np.ndarray, dx: float, width: fl
 def initial_problem(x: np.ndarray, y: np.ndarray, start: int, stop: int, slots: list[int], bins: list[int]):
     """:func:`.peaks.initial_problem` for this model: ``x`` the 2θ bin centres (deg), the ROI bins ``start..stop-1``,
     peaks at ``bins`` (their rows ``slots``). Returns a :class:`.peaks.RoiProblem` with TCH parameters."""
-    from .peaks import initial_problem as pv_problem
-
-    prob = pv_problem(x, y, start, stop, slots, bins)
+    prob = peaks.initial_problem(x, y, start, stop, slots, bins)
     xs = x[start:stop]
     dx = (float(xs[-1]) - float(xs[0])) / max(1, stop - start - 1)
     width = float(xs[-1] - xs[0]) + dx
@@ -225,4 +236,4 @@ def unused_block(xmid: float) -> tuple[float, float, float, float]:
 
 
 __all__ = ["AREA", "CENTER", "SIG", "GAM", "COLUMNS", "UNITS", "fwhm_eta", "model_jacobian", "rows", "chi2_dof",
-           "start_widths", "bounds", "from_pv", "initial_problem", "guess", "unused_block", "n_params"]
+           "start_widths", "bounds", "blocks_from_pv", "from_pv", "initial_problem", "guess", "unused_block", "n_params"]

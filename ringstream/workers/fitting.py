@@ -10,11 +10,13 @@ rows are NaN, counted ``fit_nan_peak_list_unknown``.
 
 Fit engine (``[fit] engine``): ``nlopt``; ``gpu`` (the batched LM kernel on the worker's device, every ROI of a batch
 of frames in one launch; a ConfigError with the install line without CuPy/a device); ``auto``: gpu when the worker
-integrates on the GPU, else nlopt.
+integrates on the GPU, else nlopt. Model (``[fit] model``): ``pv`` on the bins' R (px), or ``tch`` on their 2θ (deg,
+``imap.two_theta``).
 
 With ``[fit] per_eta``, :meth:`WorkerFitting.fit_caked` also fits every peak in every η bin of the frames' cakes
-(:class:`~ringstream.fitting.caked.CakedFitter`, the same peak lists): float64 ``[n_eta, slots, 7]`` per frame, on
-the GPU fitter where the per-frame fits use it (and it takes the TCH model), else the NumPy batched LM.
+(:class:`~ringstream.fitting.caked.CakedFitter`, the same peak lists, always the TCH model on 2θ): float64
+``[n_eta, slots, 7]`` per frame, on the GPU fitter where the per-frame fits use it (and it takes the TCH model), else
+the NumPy batched LM.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class WorkerFitting:
             from ..fitting.gpu_fitter import GpuFitter
 
             gpu = GpuFitter()
-        fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu)
+        fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu, model=config.fit.model,
+                             two_theta=imap.two_theta)
         caked = None
         if config.fit.per_eta:
             from ..fitting.caked import CakedFitter, gpu_takes_tch
@@ -79,8 +82,8 @@ class WorkerFitting:
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             sub.connect(endpoint)
-        log.info("%s: fitting %d peak rows per frame with %s (asked %r)%s", label, slots, engine,
-                 config.fit.engine,
+        log.info("%s: fitting %d peak rows per frame, model %s, with %s (asked %r)%s", label, slots,
+                 fitter.model.name, engine, config.fit.engine,
                  f", peaks {', '.join(f'{v:g}' for v in fitter.default_peaks)}" if fitter.default_peaks else
                  ", peaks found automatically")
         return cls(fitter, sub, label, caked=caked)

@@ -171,6 +171,14 @@ class _Col:
             dsid.write(h5s.create_simple(arr.shape), fspace, arr)
 
 
+#: ``/entry/fit@description`` of each peak model (``[fit] model``)
+FIT_DESCRIPTIONS = {
+    "pv": "pseudo-Voigt peak fits of the lineouts (MIDAS fit.bin); NaN row = not fitted",
+    "tch": "GSAS-II area-normalised pseudo-Voigt (Thompson-Cox-Hastings mixing, 2-term Chebyshev background) fits "
+           "of the lineouts on 2theta (MIDAS fit.bin); NaN row = not fitted",
+}
+
+
 class Hdf5Writer:
     """Write one run's results to ``path`` in the docs/OUTPUTS.md layout.
 
@@ -178,7 +186,8 @@ class Hdf5Writer:
     ``/entry/reduction/input``), ``engine_name`` recorded in ``reduction/engine``, ``write_2d`` whether cakes
     ``[n, n_r, n_eta]`` are stored, ``swmr`` turn on SWMR after creating the layout, ``block`` rows buffered per
     append (0: a few MB worth; chunks hold at most 64 rows), ``overwrite`` replace an existing file, ``note`` free text for ``reduction/note``.
-    ``n_peaks`` peak rows per frame (``fitting.peak_slots``; 0 = no ``/entry/fit``), ``peak_locations`` the R (px)
+    ``n_peaks`` peak rows per frame (``fitting.peak_slots``; 0 = no ``/entry/fit``), ``fit_model`` the peak model
+    (``[fit] model``: "pv" or "tch", recorded with its columns as ``/entry/fit`` attributes), ``peak_locations`` the R (px)
     of the configured peaks, ``metadata_keys`` numeric per-frame metadata stored as ``/entry/data/metadata/<key>``
     (every frame's whole metadata is also kept as JSON text in ``/entry/data/metadata/metadata_json``),
     ``omega_sum_frames`` and ``name_digits`` describe ``/entry/omega_sum``, ``cake_dtype`` (``"float32"`` or
@@ -210,7 +219,9 @@ class Hdf5Writer:
         cake_dtype: str = "float32",
         rounding: NoiseRounding | None = None,
         caked: int = 0,
+        fit_model: str = "pv",
     ) -> None:
+        self.fit_model = str(fit_model)
         self._setup(check_output_path(path, overwrite), int(imap.n_r), int(imap.n_eta), write_2d, swmr, block,
                     n_peaks, metadata_keys, name_digits, cake_dtype, rounding, caked)
         # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
@@ -412,11 +423,19 @@ class Hdf5Writer:
             self._create_cake_entry(f, entry, eta)
 
         if self.n_peaks:
+            from ..fitting.models import get_model
+
+            model = get_model(self.fit_model)
             fit = entry.create_group("fit")
             fit.attrs["NX_class"] = "NXprocess"
-            fit.attrs["description"] = "pseudo-Voigt peak fits of the lineouts (MIDAS fit.bin); NaN row = not fitted"
+            fit.attrs["description"] = FIT_DESCRIPTIONS[model.name]
+            # which model and which columns (the pv dataset's own attributes are as they always were)
+            fit.attrs["model"] = model.name
+            fit.attrs["columns"] = ",".join(model.columns)
+            fit.attrs["units"] = ",".join(model.units)
+            fit.attrs["x_axis"] = model.axis
             d = self._rows(fit, "peaks", (self.n_peaks, 7), np.float64, blk)
-            d.attrs["columns"] = "Imax,BG,Mu,Rcen,Sigma,GoF,Area"
+            d.attrs["columns"] = ",".join(model.columns)
             locs = np.full(self.n_peaks, np.nan)
             given = np.asarray(list(peak_locations), dtype=np.float64)[: self.n_peaks]
             locs[: given.size] = given

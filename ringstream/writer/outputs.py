@@ -153,6 +153,7 @@ class RunOutputs:
     ``cake_noise_fraction`` f > 0 stores them precision-bounded (``[output] cake_noise_fraction``,
     :mod:`~ringstream.writer.precision`), with the per-bin ``noise_model`` ``[2, n_r, n_eta]`` when the caller made
     it once for the geometry (None: made here from ``imap.weights``, ``imap.bin_area`` and ``params.Normalize``);
+    ``fit_model`` the peak model of the fit rows (``[fit] model``, recorded under ``/entry/fit``);
     ``caked`` > 0: the records carry per-η fits (``[fit] per_eta``, made with that many SNIP iterations), stored as
     ``/entry/fit/caked`` and, with ``midas_dir``, written at the end as ``NAME_caked_peaks.h5`` there.
     """
@@ -162,11 +163,12 @@ class RunOutputs:
                  midas_dir: str | os.PathLike | None = None, overwrite: bool = False, note: str = "",
                  metadata_keys: Sequence[str] = (), expected_frames: int = 0, sums_from_workers: bool = False,
                  block: int = 0, fit_prefix: str = "", cake_dtype: str = "float32",
-                 cake_noise_fraction: float = 0.0, noise_model: np.ndarray | None = None, caked: int = 0) -> None:
+                 cake_noise_fraction: float = 0.0, noise_model: np.ndarray | None = None,
+                 fit_model: str = "pv", caked: int = 0) -> None:
         self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
         self.caked_dir = Path(midas_dir) if caked and n_peaks and midas_dir is not None else None
         self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
-                             overwrite=overwrite, note=note, n_peaks=n_peaks, block=block,
+                             overwrite=overwrite, note=note, n_peaks=n_peaks, block=block, fit_model=fit_model,
                              peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
                              metadata_keys=metadata_keys, name_digits=self.digits, cake_dtype=cake_dtype,
                              rounding=self.rounding, caked=caked)

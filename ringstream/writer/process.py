@@ -608,7 +608,7 @@ class _Writer:
                                          zarr_path=paths.zarr, midas_dir=paths.midas_dir,
                                          metadata_keys=numeric_keys(metadata), expected_frames=frames,
                                          sums_from_workers=not self.write_2d, fit_prefix=fit_prefix,
-                                         **self.storage_options())
+                                         fit_model=self.config.fit.model, **self.storage_options())
         except (OutputError, OutputFolderError, OutputExists) as exc:
             self.fail_run(run, exc)
             return None

@@ -1,6 +1,7 @@
 """Fitting in the real daemon: every frame fitted with the peak list in force for its frame_index while the
 list changes under a running stream (``ringstream peaks set`` and MIDAS's ``peak_update.txt``), fit.bin readable
-with the MIDAS reshape, and fitting in offline ``ringstream integrate``.
+with the MIDAS reshape, the TCH model (``[fit] model = "tch"``) in the daemon, and fitting in offline
+``ringstream integrate`` with either model.
 
 The 128 x 128 simulated detector of ``common.SMALL_PARAMS`` has rings at R bins 11, 22, 33, 44 (R = 15.5, 26.5,
 37.5, 48.5 px; Γ ≈ 3.5 px). Each test starts the console script in its own session and kills its group at teardown.
@@ -139,7 +140,40 @@ def test_status_counts_fit_reasons_and_bad_peak_update_files(tmp_path, procs):
 
 
 @pytest.mark.timeout(120)
-def test_offline_integrate_fits_with_the_same_code(tmp_path):
+def test_a_tch_run_writes_tch_rows_and_the_file_says_so(tmp_path, procs):
+    """[fit] model = "tch": fit.bin rows [area, center (deg 2θ), sig, gam, FWHM, eta, chi²/dof] at the rings' 2θ,
+    the same rows in /entry/fit/peaks, and /entry/fit naming the model and its columns."""
+    from ringstream.fitting import tch
+
+    proc, control = start(tmp_path, f"PeakLocation {RINGS[1]}\nPeakLocation {RINGS[3]}\n{FIT}", "--simulate", "0",
+                          "--rate", "100", "--workers", "1", env={"RINGSTREAM_FIT_MODEL": "tch"})
+    procs.append(proc)
+    wait_frames(control, 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "model tch" in err
+    written = int(err.split("written ")[-1].split(",")[0])
+    fit = np.fromfile(tmp_path / "fit.bin").reshape(-1, 2, 7)
+    assert fit.shape == (written, 2, 7) and written >= 10 and np.isfinite(fit).all()
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        e = f["entry"]
+        attrs = dict(e["fit"].attrs)
+        assert attrs["model"] == "tch" and attrs["x_axis"] == "two_theta_deg"
+        assert attrs["columns"] == e["fit/peaks"].attrs["columns"] == "area,center,sig,gam,FWHM,eta,chi2_dof"
+        np.testing.assert_array_equal(e["fit/peaks"][()], fit)
+        centres = np.interp(RINGS[1::2], e["data/r_px"][()], e["data/radial_axis"][()])  # the rings' 2θ
+    np.testing.assert_array_less(np.abs(fit[:, :, 1] - centres), 0.006)  # within half a bin (~0.0115°)
+    fw, eta = tch.fwhm_eta(fit[:, :, 2], fit[:, :, 3])
+    np.testing.assert_array_equal(fit[:, :, 4], fw)
+    np.testing.assert_array_equal(fit[:, :, 5], eta)
+    assert np.all((fit[:, :, 0] > 0) & (fit[:, :, 6] > 0) & (eta >= 0) & (eta <= 1))
+    assert np.all((fw > 0.01) & (fw < 0.1))  # the simulated rings: ~3.5 px FWHM, ~0.04°
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", ["pv", "tch"])
+def test_offline_integrate_fits_with_the_same_code(tmp_path, model):
     import tifffile
 
     from ringstream.ingest.simulated import SimulatedSource
@@ -152,24 +186,32 @@ def test_offline_integrate_fits_with_the_same_code(tmp_path):
         tifffile.imwrite(tmp_path / f"img_{k:03d}.tif", src.make_frame(k))
     done = subprocess.run(ringstream_command() + ["integrate", "--param-file", "setup.txt", "--output-h5", "o.h5",
                                                   "--engine", "cpu", "img_000.tif", "img_001.tif", "img_002.tif"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=100,
+                          env=dict(os.environ, RINGSTREAM_FIT_MODEL=model))
     assert done.returncode == 0, done.stderr
     fit = np.fromfile(tmp_path / "fit.bin").reshape(-1, 2, 7)
     assert fit.shape == (3, 2, 7)
-    np.testing.assert_allclose(fit[:, :, 3], [[RINGS[1], RINGS[3]]] * 3, atol=0.5)
+    imap = _map(text)
+    if model == "pv":
+        np.testing.assert_allclose(fit[:, :, 3], [[RINGS[1], RINGS[3]]] * 3, atol=0.5)
+    else:  # the centre column is 2θ
+        np.testing.assert_allclose(fit[:, :, 1], [np.interp(RINGS[1::2], imap.r_px, imap.two_theta)] * 3,
+                                   atol=0.006)
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f["entry/fit"].attrs["model"] == model
     # the same code as the daemon's workers: FrameFitter on the same lineouts
     from ringstream.fitting.frame import FrameFitter
 
-    ff = FrameFitter(parse_params(text), _r_px(text))
+    ff = FrameFitter(parse_params(text), imap.r_px, model=model, two_theta=imap.two_theta)
     ref = np.stack([ff.fit(y).fit for y in _lineouts(text, tmp_path)])
     np.testing.assert_allclose(fit, ref, rtol=1e-6, atol=1e-9)
 
 
-def _r_px(text):
+def _map(text):
     from ringstream.geometry.cache import load_or_build
     from ringstream.params import parse_params
 
-    return load_or_build(parse_params(text))[0].r_px
+    return load_or_build(parse_params(text))[0]
 
 
 def _lineouts(text, folder):

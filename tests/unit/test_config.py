@@ -294,6 +294,13 @@ def test_output_templates_and_run_keys_load(tmp_path, setup):
     assert cfg.run.split_attribute == "ScanNumber" and cfg.run.split_on_restart is False
 
 
+def test_fit_model_is_pv_unless_set_and_checked(tmp_path, setup):
+    assert load_config(None, {}, {"run": {"param_file": str(setup)}}).fit.model == "pv"
+    assert load_config(None, {"RINGSTREAM_RUN_PARAM_FILE": str(setup), "RINGSTREAM_FIT_MODEL": "tch"}).fit.model == "tch"
+    toml = write_toml(tmp_path, f'[run]\nparam_file = "{setup}"\n[fit]\nmodel = "voigt"\n')
+    assert f"{toml}:4: [fit] model: expected one of 'pv', 'tch', got 'voigt'" in error(toml, {})
+
+
 def test_timeouts_must_be_positive_and_ordered(tmp_path, setup):
     toml = write_toml(tmp_path, f'[run]\nparam_file = "{setup}"\n[supervisor]\nready_timeout = 0\n')
     assert f"{toml}:4: [supervisor] ready_timeout: expected > 0, got 0.0" in error(toml, {})

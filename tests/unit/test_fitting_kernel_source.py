@@ -11,10 +11,11 @@ import subprocess
 import numpy as np
 import pytest
 
+from ringstream.fitting import tch
 from ringstream.fitting.batched import CONVERGED, fit_batch, pack
 from ringstream.fitting.frame import FrameFitter
 from ringstream.fitting.gpu_fitter import kernel_source
-from ringstream.fitting.synthetic import make_case
+from ringstream.fitting.synthetic import make_case, make_tch_case
 from ringstream.params import parse_params
 
 CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build th
 
 PRE = r"""
 #include <cmath>
-using std::isfinite; using std::fmax; using std::fmin; using std::fabs; using std::sqrt; using std::exp;
+using std::isfinite; using std::fmax; using std::fmin; using std::fabs; using std::sqrt; using std::exp; using std::pow;
 #define __device__
 #define __forceinline__ inline
 #define __global__
@@ -45,9 +46,11 @@ BASE = "NrPixelsY 128\nNrPixelsZ 128\nLsd 1000000\npx 200\nBC 63 61\nRMin 0\nRMa
 X = np.arange(200.0)
 
 
-def build(tmp_path, n_peaks: int):
-    src = kernel_source(n_peaks).replace('extern "C" __global__ void lm_fit', "static void lm_fit_cpu")
-    cpp, so = tmp_path / f"k{n_peaks}.cpp", tmp_path / f"k{n_peaks}.so"
+def build(tmp_path, n_peaks: int, model: str = "pv", source: str | None = None):
+    """The kernel source (``kernel_source(n_peaks, model)`` unless given) built as a shared library on the CPU."""
+    src = (source or kernel_source(n_peaks, model)).replace('extern "C" __global__ void lm_fit',
+                                                            "static void lm_fit_cpu")
+    cpp, so = tmp_path / f"k{model}{n_peaks}.cpp", tmp_path / f"k{model}{n_peaks}.so"
     cpp.write_text(PRE + src + POST)
     subprocess.run([CXX, "-O2", "-shared", "-fPIC", "-Wno-unknown-pragmas", "-o", str(so), str(cpp)], check=True,
                    capture_output=True, timeout=120)
@@ -66,17 +69,39 @@ def test_kernel_source_runs_the_numpy_algorithm(tmp_path, kind):
                 probs.append(pr)
                 xs.append(X[pr.start:pr.stop])
                 ys.append(c.y[pr.start:pr.stop])
+    assert len(probs) == 45
+    check_against_numpy(tmp_path, pack(probs, xs, ys))
+
+
+@pytest.mark.parametrize("kind", ["single", "double"])
+def test_tch_kernel_source_runs_the_numpy_algorithm(tmp_path, kind):
+    """The "tch" kernel (its per-peak terms spliced into the same LM) on TCH peaks on 2θ, as fit_batch fits them."""
+    rng = np.random.default_rng(5)
+    probs, xs, ys = [], [], []
+    for snr in (100, 2000):
+        for _ in range(8):
+            c = make_tch_case(rng, kind, snr=snr)
+            probs.append(tch.guess(c.x, c.y, c.centres))
+            xs.append(c.x)
+            ys.append(c.y)
     pk = pack(probs, xs, ys)
-    ref = fit_batch(pk)
+    assert pk.model == "tch"
+    check_against_numpy(tmp_path, pk)
+
+
+def check_against_numpy(tmp_path, pk, max_iter: int = 200):
+    """The kernel source built on the CPU and fit_batch on ``pk``: every ROI converged, the same start cost, cost
+    and parameters (to 1e-5 of their bound interval)."""
+    ref = fit_batch(pk, max_iter=max_iter)
     b, m = pk.p.shape
-    lib = build(tmp_path, (m - 2) // 4)
+    lib = build(tmp_path, (m - 2) // 4, pk.model)
     out = {k: np.empty(b) for k in ("cost", "cost0", "status", "iters")}
     p_out = np.empty_like(pk.p)
     x, y, npts = np.ascontiguousarray(pk.x), np.ascontiguousarray(pk.y), pk.npts.astype(np.int32)
     ptr = [a.ctypes.data_as(ctypes.c_void_p) for a in (x, y, npts, pk.xmid, pk.hw, pk.p, pk.lo, pk.hi, p_out,
                                                         out["cost"], out["cost0"], out["status"], out["iters"])]
-    lib.run_all(*ptr, ctypes.c_int(b), ctypes.c_int(x.shape[1]), ctypes.c_int(200))
-    assert b == 45 and np.all(out["status"] == CONVERGED) and np.all(ref["status"] == CONVERGED)
+    lib.run_all(*ptr, ctypes.c_int(b), ctypes.c_int(x.shape[1]), ctypes.c_int(max_iter))
+    assert np.all(out["status"] == CONVERGED) and np.all(ref["status"] == CONVERGED)
     np.testing.assert_allclose(out["cost0"], ref["start_cost"], rtol=1e-12)
     np.testing.assert_allclose(out["cost"], ref["cost"], rtol=1e-10)
     span = np.where(pk.hi > pk.lo, pk.hi - pk.lo, 1.0)
@@ -114,7 +139,8 @@ class _FakeCupy:
         class _Kernel:
             def __init__(self, src, name):
                 assert name == "lm_fit"
-                self.lib = build(outer.tmp_path, int(src.split("#define MAXP ")[1].split()[0]))
+                model = "tch" if "tch_widths" in src else "pv"
+                self.lib = build(outer.tmp_path, int(src.split("#define MAXP ")[1].split()[0]), model, src)
 
             def __call__(self, grid, block, args):
                 outer.launches += 1
@@ -171,5 +197,12 @@ def test_gpu_fitter_host_side_packs_one_copy_that_the_kernel_reads_right(tmp_pat
     p = parse_params(BASE + "".join(f"PeakLocation {v:.2f}\n" for v in cases[0].centres))
     a = FrameFitter(p, X, engine="gpu", gpu=gpu).fit_many([c.y for c in cases])
     b = FrameFitter(p, X, engine="lm").fit_many([c.y for c in cases])
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_allclose(fa.fit, fb.fit, rtol=1e-6, atol=1e-6, equal_nan=True)
+    # and the tch model: its own kernel, on the bins' 2θ (Lsd 1 m, 200 µm pixels)
+    tth = np.degrees(np.arctan(X * 200.0 / 1e6))
+    a = FrameFitter(p, X, engine="gpu", gpu=gpu, model="tch", two_theta=tth).fit_many([c.y for c in cases])
+    b = FrameFitter(p, X, engine="lm", model="tch", two_theta=tth).fit_many([c.y for c in cases])
+    assert ("tch", 2) in gpu.kernels and np.isfinite(b[0].fit).all()
     for fa, fb in zip(a, b, strict=True):
         np.testing.assert_allclose(fa.fit, fb.fit, rtol=1e-6, atol=1e-6, equal_nan=True)

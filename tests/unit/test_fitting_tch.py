@@ -12,10 +12,12 @@ from scipy import stats
 from ringstream.errors import ConfigError
 from ringstream.fitting import tch
 from ringstream.fitting.batched import CONVERGED, fit_batch, pack
+from ringstream.fitting.frame import FrameFitter
 from ringstream.fitting.models import get_model
 from ringstream.fitting.nlopt_fitter import failure_reason, fit_roi
 from ringstream.fitting.peaks import initial_problem
 from ringstream.fitting.synthetic import make_tch_case
+from ringstream.params import parse_params
 
 DX = 0.01  # deg 2θ per bin in the synthetic cases
 
@@ -210,3 +212,45 @@ def test_a_batch_has_one_model_and_the_model_names_are_checked():
     assert not np.allclose(as_pv["p"], fit_batch(packed)["p"])
     with pytest.raises(ConfigError, match=r"\[fit\] model 'voigt': expected one of pv, tch"):
         get_model("voigt")
+
+
+# ------------------------------------------------------------------------------------------- whole lineouts
+
+BASE = "NrPixelsY 128\nNrPixelsZ 128\nLsd 1000000\npx 200\nBC 63 61\nRMin 0\nRMax 200\nRBinSize 1\n"
+
+
+def test_frame_fitter_writes_tch_rows_on_two_theta_with_every_engine():
+    """PeakLocation in px, the fit on the bins' 2θ: nlopt, the batched LM per frame and its fast path give the same
+    rows [area, center, sig, gam, FWHM, eta, chi²/dof], the truth's within the acceptance bounds."""
+    r_px = np.arange(200.0)
+    tth = np.degrees(np.arctan(r_px * 200.0 / 1e6))  # Lsd 1 m, 200 µm pixels: ~0.0115° a bin
+    truth = np.array([300.0, -40.0, 5000.0, tth[70] + 0.003, 9.0, 5.0, 2500.0, tth[130] - 0.004, 6.0, 9.0])
+    f, _ = tch.model_jacobian(tth[None], truth[None], np.array([tth[100]]), np.array([1.0]), want_jac=False)
+    rng = np.random.default_rng(12)
+    lineouts = [rng.poisson(f[0] * 100.0) / 100.0 for _ in range(3)]  # peak SNR ~2000: tops of ~4e6 counts
+    params = parse_params(BASE + "PeakLocation 70.2\nPeakLocation 129.7\nFitROIPadding 40\n")
+    fits = {}
+    for engine, fast in (("nlopt", False), ("lm", False), ("lm", True)):
+        ff = FrameFitter(params, r_px, engine=engine, fast_path=fast, model="tch", two_theta=tth)
+        fits[engine, fast] = ff.fit_many(lineouts)
+        assert ff.counters["fit_rows_ok"] == 6 and ff.counters["fit_fast_frames"] == (3 if fast else 0)
+    ref = fits["nlopt", False]
+    for key, got in fits.items():
+        for a, b in zip(ref, got, strict=True):
+            assert b.fit.shape == (2, 7)
+            np.testing.assert_allclose(b.fit[:, 1], a.fit[:, 1], atol=1e-5, err_msg=str(key))
+            np.testing.assert_allclose(b.fit[:, [0, 2, 3, 4, 5]], a.fit[:, [0, 2, 3, 4, 5]], rtol=1e-3, err_msg=str(key))
+            np.testing.assert_array_equal(b.rois, a.rois)
+    for ff in ref:
+        rows = ff.fit
+        np.testing.assert_array_less(np.abs(rows[:, 1] - truth[[3, 7]]), 1e-3)
+        assert np.all(np.abs(rows[:, [0, 2, 3]] / truth[[[2, 4, 5], [6, 8, 9]]] - 1) < [0.01, 0.03, 0.03]), rows
+        np.testing.assert_allclose(rows[:, 4:6], np.stack(tch.fwhm_eta(rows[:, 2], rows[:, 3]), axis=1))
+        assert np.all(rows[:, 6] > 0)
+        start, n = ff.rois[0]
+        assert ff.rois.shape == (1, 2)  # ±40 bins around each: one ROI, both peaks
+        model, _ = tch.model_jacobian(tth[None, start:start + n], truth[None],
+                                      np.array([tth[100]]), np.array([1.0]), want_jac=False)
+        assert np.abs(ff.values - model[0]).max() < 0.003 * model[0].max()  # fit_curves: the model on 2θ
+    with pytest.raises(ValueError, match="needs the 2θ of the 200 R bins"):
+        FrameFitter(params, r_px, model="tch")
