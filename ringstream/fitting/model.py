@@ -44,14 +44,10 @@ def n_params(n_peaks: int) -> int:
     return N_BG + PER_PEAK * int(n_peaks)
 
 
-def model_jacobian(x: np.ndarray, p: np.ndarray, xmid: np.ndarray, hw: np.ndarray,
-                   want_jac: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model values and Jacobian for a batch of ROIs.
-
-    ``x``: ``[B, N]`` radii (px); ``p``: ``[B, 2 + 4P]`` parameters; ``xmid``, ``hw``: ``[B]`` (px).
-    Returns ``f [B, N]`` and ``J [B, N, 2 + 4P]`` (None unless ``want_jac``). A peak slot with ``Imax = 0``
-    contributes nothing (its Jacobian columns other than dI/dImax are zero).
-    """
+def background(x, p, xmid, hw, want_jac: bool):
+    """What every model's ``model_jacobian`` starts from (this one's and :func:`.tch.model_jacobian`): ``x``, ``p``
+    as float64, the number of peak slots, the background ``f = b0 + b1 (x − xmid)/hw`` ``[B, N]`` and, if
+    ``want_jac``, the Jacobian ``[B, N, 2 + 4P]`` with its two background columns filled (the rest to fill)."""
     x = np.asarray(x, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     n_pk = (p.shape[-1] - N_BG) // PER_PEAK
@@ -62,6 +58,18 @@ def model_jacobian(x: np.ndarray, p: np.ndarray, xmid: np.ndarray, hw: np.ndarra
         jac = np.empty(x.shape + (p.shape[-1],), dtype=np.float64)
         jac[..., 0] = 1.0
         jac[..., 1] = u
+    return x, p, n_pk, f, jac
+
+
+def model_jacobian(x: np.ndarray, p: np.ndarray, xmid: np.ndarray, hw: np.ndarray,
+                   want_jac: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model values and Jacobian for a batch of ROIs.
+
+    ``x``: ``[B, N]`` radii (px); ``p``: ``[B, 2 + 4P]`` parameters; ``xmid``, ``hw``: ``[B]`` (px).
+    Returns ``f [B, N]`` and ``J [B, N, 2 + 4P]`` (None unless ``want_jac``). A peak slot with ``Imax = 0``
+    contributes nothing (its Jacobian columns other than dI/dImax are zero).
+    """
+    x, p, n_pk, f, jac = background(x, p, xmid, hw, want_jac)
     for k in range(n_pk):
         o = N_BG + PER_PEAK * k
         imax, mu, rc, gam = (p[:, o + j:o + j + 1] for j in range(PER_PEAK))

@@ -41,7 +41,7 @@ import math
 import numpy as np
 
 from . import peaks
-from .model import N_BG, PER_PEAK, n_params
+from .model import N_BG, PER_PEAK, background, n_params
 
 #: offsets of a peak's parameters inside its block
 AREA, CENTER, SIG, GAM = 0, 1, 2, 3
@@ -104,16 +104,7 @@ def model_jacobian(x: np.ndarray, p: np.ndarray, xmid: np.ndarray, hw: np.ndarra
     ``x``: ``[B, N]`` 2θ (deg); ``p``: ``[B, 2 + 4P]``; ``xmid``, ``hw``: ``[B]`` (deg). Returns ``f [B, N]`` and
     ``J [B, N, 2 + 4P]`` (None unless ``want_jac``). A slot with ``A = 0`` contributes nothing.
     """
-    x = np.asarray(x, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    n_pk = (p.shape[-1] - N_BG) // PER_PEAK
-    u = (x - xmid[:, None]) / hw[:, None]
-    f = p[:, 0:1] + p[:, 1:2] * u
-    jac = None
-    if want_jac:
-        jac = np.empty(x.shape + (p.shape[-1],), dtype=np.float64)
-        jac[..., 0] = 1.0
-        jac[..., 1] = u
+    x, p, n_pk, f, jac = background(x, p, xmid, hw, want_jac)
     for k in range(n_pk):
         o = N_BG + PER_PEAK * k
         area, c, sig, gam = (p[:, o + j:o + j + 1] for j in range(PER_PEAK))

@@ -205,7 +205,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "request": {"command": _one_of("status", "stop", "peaks", "runs", "join", "ping"), "args": _ANY_MAP},
     "reply": {"ok": _BOOL, "data": _ANY_MAP, "error": _STR},
     "view": {"run_id": _STR, "run": _COUNT, "name": _STR, "file": _STR, "written": _COUNT, "frames": _INDEX_LIST,
-             "n_r": _COUNT, "n_peaks": _COUNT},
+             "n_r": _COUNT, "n_peaks": _COUNT, "fit_model": _one_of("pv", "tch")},  # [fit] model's choices
 }
 
 _TAGS: dict[type, str] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}

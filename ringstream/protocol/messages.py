@@ -335,7 +335,8 @@ class ViewUpdate:
     written so far; ``frames``: the in-run frame index of each row sent (at most ``[view] rows`` of the frames
     written since the last update, evenly spaced). Buffers: axes f8 ``[3, n_r]`` (R px, 2θ deg, Q 1/Å with NaN
     when the wavelength is unknown), lineouts f4 ``[len(frames), n_r]``, and if ``n_peaks`` the fit rows f8
-    ``[len(frames), n_peaks, 7]`` (NaN rows where a frame has none)."""
+    ``[len(frames), n_peaks, 7]`` (NaN rows where a frame has none), in the columns of ``fit_model`` (``[fit]
+    model``: "pv" Imax, BG, Mu, Rcen, Sigma, GoF, Area; "tch" area, center, sig, gam, FWHM, eta, chi2_dof)."""
 
     run_id: str = ""
     run: int = 0
@@ -345,6 +346,7 @@ class ViewUpdate:
     frames: list[int] = dataclasses.field(default_factory=list)
     n_r: int
     n_peaks: int = 0
+    fit_model: str = "pv"
 
 
 MESSAGE_TYPES: dict[str, type] = {

@@ -106,7 +106,7 @@ class DaemonFeed(threading.Thread):
             fits = (np.frombuffer(buffers[2], np.float64).reshape(rows, msg.n_peaks, FIT_COLUMNS)
                     if msg.n_peaks else None)
             self.state.append(axes, msg.frames, lineouts, fits, run=msg.run, name=msg.name, file=msg.file,
-                              written=msg.written, source="daemon")
+                              written=msg.written, source="daemon", fit_model=msg.fit_model)
 
 
 class FileFeed(threading.Thread):
@@ -146,10 +146,13 @@ class FileFeed(threading.Thread):
             axes = np.stack([data["r_px"][()], data["radial_axis"][()],
                              data["q"][()] if "q" in data else np.full(intensity.shape[1], np.nan)])
             fits = f["entry/fit/peaks"][rows] if "entry/fit/peaks" in f and n else None
+            model = f["entry/fit"].attrs.get("model", "pv") if "entry/fit" in f else "pv"  # (pv before the key)
+            model = model.decode() if isinstance(model, bytes) else str(model)
             peaks, seq, start = _peaks_in_force(f)
             self.state.replace(axes, data["frame_index"][rows] if n else np.zeros(0, np.int64),
                                intensity[rows] if n else np.zeros((0, intensity.shape[1]), np.float32), fits,
                                run=0, name=self.path.stem, file=str(self.path.resolve()), written=n, source="file",
+                               fit_model=model,
                                peaks=peaks, peaks_seq=seq, peaks_from=start,
                                status={"state": "complete" if complete else "growing"})
             self.seen = n

@@ -1,5 +1,6 @@
 """The Bokeh document of one browser session: the latest lineout, a waterfall of the last lineouts against frame
-index, each peak's Rcen / FWHM / Imax against frame, the run and the service's state; pause, history depth, axis
+index, each peak's Rcen / FWHM / Imax against frame (a ``[fit] model = "tch"`` run: centre in 2θ / FWHM / area), the
+run and the service's state; pause, history depth, axis
 (R, 2θ, Q), log scale, colour map. All of it is Python: BokehJS (served by the Bokeh server from the installed
 package) draws it, and no JavaScript is written here.
 
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..daemon.status import NoDaemon, is_healthy, request
-from .state import MAX_ROWS, Snapshot, ViewState
+from .state import MAX_ROWS, PLOT_TITLES, Snapshot, ViewState
 
 #: how often a session looks for new data, in ms (the page updates at most this often)
 UPDATE_MS = 100
@@ -151,8 +152,8 @@ class Page:
                            y_axis_label="frame")
         self.wfig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.wf, color_mapper=self.mapper)
         self.wfig.add_layout(ColorBar(color_mapper=self.mapper, width=8), "right")
-        fit_figs = []
-        for col, label in (("rcen", "Rcen (px)"), ("fwhm", "FWHM (px)"), ("imax", "Imax")):
+        fit_figs = self.fit_figs = []
+        for col, label in zip(("rcen", "fwhm", "imax"), PLOT_TITLES["pv"], strict=True):
             f = figure(height=220, width=400, title=label, tools=tools, x_axis_label="frame")
             f.scatter("frame", col, source=self.fits, color="colour", size=4)
             fit_figs.append(f)
@@ -213,6 +214,8 @@ class Page:
             first, last = int(snap.frames[0]), int(snap.frames[-1])
             self.wf.data = {"image": [img], "x": [float(x[0])], "y": [float(first)], "dw": [float(x[-1] - x[0])],
                             "dh": [float(max(last - first, 0) + 1)], "first": [first], "last": [last]}
+        for f, title in zip(self.fit_figs, PLOT_TITLES[snap.info.get("fit_model", "pv")], strict=True):
+            f.title.text = title  # the run's peak model decides what the three plots show
         n, k = snap.fits.shape[:2]
         if n and k:
             peak = np.tile(np.arange(k), n)

@@ -17,6 +17,10 @@ import numpy as np
 RCEN, SIGMA, IMAX = 3, 4, 0
 #: FWHM = Γ = 2.355 σ (docs/MIDAS-FORMATS.md, the pseudo-Voigt's shared width)
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: per peak model (``[fit] model``), the (column, factor) of the position, FWHM and size the page plots, and their
+#: titles: pv Rcen, Sigma·2.355, Imax; tch (area, center, sig, gam, FWHM, eta, chi2_dof) center, FWHM, area
+PLOTTED = {"pv": ((RCEN, 1.0), (SIGMA, FWHM_PER_SIGMA), (IMAX, 1.0)), "tch": ((1, 1.0), (4, 1.0), (0, 1.0))}
+PLOT_TITLES = {"pv": ("Rcen (px)", "FWHM (px)", "Imax"), "tch": ("center (deg 2θ)", "FWHM (deg)", "area")}
 #: the most rows kept for a live daemon (the page's history depth is at most this)
 MAX_ROWS = 5000
 
@@ -24,8 +28,9 @@ MAX_ROWS = 5000
 @dataclasses.dataclass
 class Snapshot:
     """One reading of the state. ``axes`` f8 ``[3, n_r]`` (R px, 2θ deg, Q 1/Å); ``frames`` int ``[n]`` and
-    ``lineouts`` f4 ``[n, n_r]`` (oldest first); ``fits`` f8 ``[n, n_peaks, 3]`` (Rcen px, FWHM px, Imax);
-    ``info``: run, name, file, written (frames), source ("daemon" | "file"), status (the daemon's, or {})."""
+    ``lineouts`` f4 ``[n, n_r]`` (oldest first); ``fits`` f8 ``[n, n_peaks, 3]`` (:data:`PLOTTED`: Rcen px, FWHM
+    px, Imax, or with the tch model centre deg 2θ, FWHM deg, area); ``info``: run, name, file, written (frames),
+    source ("daemon" | "file"), fit_model ("pv" | "tch"), status (the daemon's, or {})."""
 
     version: int
     axes: np.ndarray
@@ -44,7 +49,8 @@ class ViewState:
         self._axes = np.zeros((3, 0))
         self._rows: collections.deque = collections.deque(maxlen=max_rows)  # (frame, lineout, fit3 or None)
         self._n_peaks = 0
-        self._info: dict[str, Any] = {"run": 0, "name": "", "file": "", "written": 0, "source": "", "status": {}}
+        self._info: dict[str, Any] = {"run": 0, "name": "", "file": "", "written": 0, "source": "",
+                                      "fit_model": "pv", "status": {}}
 
     def append(self, axes: np.ndarray, frames, lineouts: np.ndarray, fits: np.ndarray | None, **info: Any) -> None:
         """Rows of a :class:`~ringstream.protocol.ViewUpdate`; a new run starts the history again."""
@@ -53,9 +59,10 @@ class ViewState:
                 self._rows.clear()
             self._axes = np.array(axes, dtype=np.float64)
             self._n_peaks = 0 if fits is None else int(fits.shape[1])
+            model = info.get("fit_model", "pv")
             for i, frame in enumerate(frames):
                 self._rows.append((int(frame), np.array(lineouts[i], np.float32),
-                                   None if fits is None else _plotted(fits[i])))
+                                   None if fits is None else _plotted(fits[i], model)))
             self._info.update(info)
             self.version += 1
 
@@ -66,8 +73,9 @@ class ViewState:
             self._rows = collections.deque(maxlen=max(len(frames), 1))
             self._axes = np.array(axes, dtype=np.float64)
             self._n_peaks = 0 if fits is None else int(fits.shape[1])
+            model = info.get("fit_model", "pv")
             for i, frame in enumerate(frames):
-                self._rows.append((int(frame), lineouts[i], None if fits is None else _plotted(fits[i])))
+                self._rows.append((int(frame), lineouts[i], None if fits is None else _plotted(fits[i], model)))
             self._info.update(info)
             self.version += 1
 
@@ -91,7 +99,7 @@ class ViewState:
                             {**self._info, "status": dict(self._info.get("status") or {})})
 
 
-def _plotted(fit: np.ndarray) -> np.ndarray:
-    """``[n_peaks, 3]`` (Rcen, FWHM, Imax) of fit rows ``[n_peaks, 7]``."""
+def _plotted(fit: np.ndarray, model: str = "pv") -> np.ndarray:
+    """``[n_peaks, 3]`` (position, FWHM, size: :data:`PLOTTED` of ``model``) of fit rows ``[n_peaks, 7]``."""
     fit = np.asarray(fit, dtype=np.float64)
-    return np.stack([fit[:, RCEN], fit[:, SIGMA] * FWHM_PER_SIGMA, fit[:, IMAX]], axis=1)
+    return np.stack([fit[:, col] * k for col, k in PLOTTED[model]], axis=1)

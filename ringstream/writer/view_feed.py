@@ -36,7 +36,9 @@ class ViewFeed:
     """The writer's view publisher. ``axes`` f8 ``[3, n_r]`` (R px, 2θ deg, Q 1/Å or NaN); ``n_peaks``: fit rows per
     frame (0 without fitting)."""
 
-    def __init__(self, sock: Any, axes: np.ndarray, n_peaks: int, rate: float, rows: int) -> None:
+    def __init__(self, sock: Any, axes: np.ndarray, n_peaks: int, rate: float, rows: int,
+                 fit_model: str = "pv") -> None:
+        self.fit_model = str(fit_model)
         self.sock = sock
         self.axes = np.ascontiguousarray(axes, dtype=np.float64)
         self.n_r = int(self.axes.shape[1])
@@ -68,7 +70,7 @@ class ViewFeed:
         q = getattr(imap, "q", None)
         axes = np.stack([np.asarray(imap.r_px, np.float64), np.asarray(imap.two_theta, np.float64),
                          np.asarray(q, np.float64) if q is not None else np.full(len(imap.r_px), np.nan)])
-        return cls(sock, axes, n_peaks, config.view.rate, config.view.rows)
+        return cls(sock, axes, n_peaks, config.view.rate, config.view.rows, config.fit.model)
 
     def offer(self, frame: int, lineout: np.ndarray, fit: np.ndarray | None) -> None:
         """A row written (in-run ``frame``, lineout f ``[n_r]``, fit ``[k, 7]`` or None): kept for the next update
@@ -120,7 +122,7 @@ class ViewFeed:
                          name=str(run.name) if run is not None else "",
                          file=os.path.abspath(str(paths.h5)) if paths is not None else "",
                          written=int(run.written) if run is not None else 0, frames=[int(r[0]) for r in rows],
-                         n_r=self.n_r, n_peaks=self.n_peaks)
+                         n_r=self.n_r, n_peaks=self.n_peaks, fit_model=self.fit_model)
         try:
             self.sock.send_multipart(encode(msg, buffers), zmq.NOBLOCK, copy=False)
             self.counters["view_updates"] += 1

@@ -3,6 +3,7 @@ the token check, the waterfall's column decimation and the status text."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -53,6 +54,23 @@ def test_the_state_keeps_the_last_rows_of_a_run_and_starts_again_with_the_next()
     state.append(axes, [0], lineouts[:1], None, run=2, written=1)  # a new run: its rows only, no fits
     snap = state.snapshot(10)
     assert list(snap.frames) == [0] and snap.fits.shape == (1, 0, 3)
+
+
+def test_a_tch_run_plots_centre_fwhm_and_area_and_says_so():
+    """[fit] model = "tch": the update names the model, the state plots its centre (deg 2θ), FWHM (deg) and area."""
+    msg, axes, lineouts, fits = _update(3)
+    msg = dataclasses.replace(msg, fit_model="tch")
+    got, _ = decode(encode(msg, [axes, lineouts, fits]))
+    assert got.fit_model == "tch" and ViewUpdate(n_r=5).fit_model == "pv"
+    state = ViewState()
+    state.append(axes, [0, 1, 2], lineouts, fits, run=1, written=3, fit_model=got.fit_model)
+    snap = state.snapshot(10)
+    assert snap.info["fit_model"] == "tch"
+    np.testing.assert_array_equal(snap.fits, fits[:, :, [1, 4, 0]])  # center, FWHM, area
+    bad = encode(msg, [axes, lineouts, fits])
+    bad[0] = bytes(bad[0]).replace(b"tch", b"xyz")
+    with pytest.raises(ProtocolError):
+        decode(bad)
 
 
 def test_a_file_is_read_at_most_rows_evenly_spaced_with_its_last_row():
