@@ -59,25 +59,23 @@ QUIET_REASONS = ("not_found", "unused_slot")
 
 
 def solve(pk: Packed, engine: str = "lm", gpu=None) -> dict[str, np.ndarray]:
-    """Fit every ROI of ``pk`` (a TCH batch): ``p [B, M]``, ``cost``, ``start_cost``, ``status [B]``. The one place
-    the solver is chosen: on a GPU worker whose fitter takes the TCH model ``gpu.fit_packed(pk, model="tch")``,
-    else the NumPy batched Levenberg–Marquardt (:func:`.batched.fit_batch`, the GPU kernel's twin)."""
+    """Fit every ROI of ``pk`` (a TCH batch: ``pk.model == "tch"``): ``p [B, M]``, ``cost``, ``start_cost``,
+    ``status [B]``. The one place the solver is chosen: on a GPU worker the GPU fitter's TCH kernel
+    (``gpu.fit_packed``, which takes the model from the batch), else the NumPy batched Levenberg–Marquardt
+    (:func:`.batched.fit_batch`, the kernel's twin)."""
     if engine == "gpu" and gpu is not None:
-        return gpu.fit_packed(pk, model="tch")
+        return gpu.fit_packed(pk)
     return fit_batch(pk, model="tch")
 
 
 def gpu_takes_tch(gpu) -> bool:
-    """Whether ``gpu`` (a :class:`~ringstream.fitting.gpu_fitter.GpuFitter` or None) fits the TCH model
-    (``fit_packed(pk, model="tch")``); without it the per-η fits run on the CPU."""
+    """Whether ``gpu`` (a :class:`~ringstream.fitting.gpu_fitter.GpuFitter` or None) has a TCH kernel: the models
+    its module declares (``gpu_fitter.PEAK_TERMS``); without it the per-η fits are solved on the CPU."""
     if gpu is None:
         return False
-    import inspect
+    from . import gpu_fitter
 
-    try:
-        return "model" in inspect.signature(gpu.fit_packed).parameters
-    except (TypeError, ValueError):
-        return False
+    return "tch" in getattr(gpu_fitter, "PEAK_TERMS", {})
 
 
 # ------------------------------------------------------------------------------------------------- the fitter

@@ -15,7 +15,7 @@ integrates on the GPU, else nlopt. Model (``[fit] model``): ``pv`` on the bins' 
 
 With ``[fit] per_eta``, :meth:`WorkerFitting.fit_caked` also fits every peak in every η bin of the frames' cakes
 (:class:`~ringstream.fitting.caked.CakedFitter`, the same peak lists, always the TCH model on 2θ): float64
-``[n_eta, slots, 7]`` per frame, on the GPU fitter where the per-frame fits use it (and it takes the TCH model), else
+``[n_eta, slots, 7]`` per frame, on the GPU fitter's TCH kernel where the per-frame fits use the GPU fitter, else
 the NumPy batched LM.
 """
 

@@ -1,5 +1,5 @@
 """Per-η fits on the GPU: the SNIP background and the starts computed on the device (CuPy) equal NumPy's, and the GPU
-fitter (once it takes the TCH model) agrees with the NumPy batched LM, on the strained cake of the CPU test. Skipped
+fitter's TCH kernel agrees with the NumPy batched LM, on the strained cake of the CPU test. Skipped
 without CuPy/a CUDA device (tests/gpu/conftest.py)."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def gpu():
 
     g = GpuFitter()
     if not gpu_takes_tch(g):
-        pytest.skip("the GPU fitter does not take model='tch' yet: per-eta fits run on the CPU")
+        pytest.skip("the GPU fitter has no TCH kernel: per-eta fits are solved on the CPU")
     return g
 
 

@@ -98,3 +98,23 @@ def test_masked_and_nan_eta_bins_and_missing_peaks_are_nan_and_counted():
     assert c["caked_fits_ok"] == 6 and c["caked_fits_nan"] == 8 * 3 - 6
     (none,) = fitter.fit_many([None])
     assert np.isnan(none).all() and fitter.counters["caked_nan_no_cake"] == 8 * 3
+
+
+def test_a_gpu_fitter_gets_the_whole_batch_as_one_tch_packed_batch():
+    from ringstream.fitting.batched import fit_batch
+
+    class Fitter:  # the GpuFitter's interface, solved here by its NumPy twin
+        calls: list = []
+
+        def fit_packed(self, pk):
+            self.calls.append((pk.model, pk.size))
+            return fit_batch(pk)
+
+    cakes = [strained_cake(1e-3, np.random.default_rng(s)) for s in (1, 2)]
+    p = params(*[f"PeakLocation {r}" for r in RINGS_PX])
+    dev = CakedFitter(p, TTH, R_PX, N_ETA, slots=3, engine="gpu", gpu=Fitter())
+    assert dev.engine == "gpu"
+    got = dev.fit_many(cakes)
+    assert Fitter.calls == [("tch", 2 * N_ETA * 3)]  # every (frame, η bin, ROI) in one call
+    for a, b in zip(CakedFitter(p, TTH, R_PX, N_ETA, slots=3).fit_many(cakes), got, strict=True):
+        np.testing.assert_array_equal(a, b)
