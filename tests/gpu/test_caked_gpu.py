@@ -1,6 +1,7 @@
-"""Per-η fits on the GPU: the SNIP background and the starts computed on the device (CuPy) equal NumPy's, and the GPU
-fitter's TCH kernel agrees with the NumPy batched LM, on the strained cake of the CPU test. Skipped
-without CuPy/a CUDA device (tests/gpu/conftest.py)."""
+"""Per-η fits on the GPU: the SNIP background and the starts computed on the device (CuPy) equal NumPy's, the GPU
+fitter's TCH kernel agrees with the NumPy batched LM on the strained cake of the CPU test, and the GPU daemon
+(pipelined workers bringing the cakes back) fits every η bin of every frame. Skipped without CuPy/a CUDA device
+(tests/gpu/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
+from test_caked_daemon import check_daemon_run  # noqa: E402
 from test_caked_fits import ETA, N_ETA, R_PX, RINGS_PX, TTH, WAVELENGTH, params, strained_cake  # noqa: E402
 
 from ringstream.fitting.caked import CakedFitter, gpu_takes_tch  # noqa: E402
@@ -58,3 +61,9 @@ def test_gpu_per_eta_fits_agree_with_the_cpu_lm_and_recover_the_strain(gpu):
             d = WAVELENGTH / (2 * np.sin(np.radians(b[:, k, 1]) / 2))
             (d0, d0e), *_ = np.linalg.lstsq(c2, d, rcond=None)
             assert d0e / d0 == pytest.approx(1e-3, rel=0.02)
+
+
+@pytest.mark.timeout(180)
+def test_gpu_daemon_fits_every_eta_bin_on_the_device(tmp_path, gpu):
+    err = check_daemon_run(tmp_path, "gpu")
+    assert "per-eta fits: 2 peaks x 18 eta bins a frame with gpu" in err

@@ -21,11 +21,17 @@ FRAMES = 12
 
 @pytest.mark.timeout(120)
 def test_daemon_fits_every_eta_bin_of_every_frame_and_writes_the_midas_caked_peaks_file(tmp_path):
+    check_daemon_run(tmp_path, "cpu")
+
+
+def check_daemon_run(tmp_path, engine: str) -> str:
+    """``ringstream run --per-eta`` with the integration ``engine`` (cpu; gpu in tests/gpu) checked as the module
+    docstring says; its stderr."""
     (tmp_path / "setup.txt").write_text(SMALL_PARAMS.format(nz=NZ, ny=NY) + "FitROIPadding 5\n"
                                         + "".join(f"PeakLocation {r}\n" for r in RINGS))
     env = dict(os.environ, PYTHONWARNINGS="ignore", RINGSTREAM_CACHE_DIR=str(tmp_path / "cache"))
     run = subprocess.run(ringstream_command() + ["run", "--param-file", "setup.txt", "--output-h5", "out.h5",
-                                                 "--engine", "cpu", "--simulate", str(FRAMES), "--workers", "2",
+                                                 "--engine", engine, "--simulate", str(FRAMES), "--workers", "2",
                                                  "--per-eta", "--midas-binaries", "midas", "--no-zarr"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=100, env=env)
     assert run.returncode == 0, run.stderr
@@ -58,3 +64,4 @@ def test_daemon_fits_every_eta_bin_of_every_frame_and_writes_the_midas_caked_pea
     assert "out_caked_peaks.h5" in again.stdout
     with h5py.File(tmp_path / "exported" / "out_caked_peaks.h5", "r") as f:
         assert all(np.array_equal(f["peaks"][k][...], v) for k, v in ours.items())
+    return run.stderr
