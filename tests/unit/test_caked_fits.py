@@ -118,3 +118,13 @@ def test_a_gpu_fitter_gets_the_whole_batch_as_one_tch_packed_batch():
     assert Fitter.calls == [("tch", 2 * N_ETA * 3)]  # every (frame, η bin, ROI) in one call
     for a, b in zip(CakedFitter(p, TTH, R_PX, N_ETA, slots=3).fit_many(cakes), got, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_found_peaks_are_fitted_in_every_eta_bin_in_r_order():
+    cake = strained_cake(1e-3, np.random.default_rng(4))
+    fitter = CakedFitter(params("DoPeakFit 1", "MultiplePeaks 1"), TTH, R_PX, N_ETA, slots=4)
+    (rows,) = fitter.fit_many([cake], [cake.mean(axis=1)], [()])  # no peak list: found in the frame's lineout
+    assert np.isfinite(rows[:, :3]).all() and np.isnan(rows[:, 3]).all()
+    assert fitter.counters["caked_nan_not_found"] == N_ETA
+    tth0 = np.degrees(np.arctan(np.array(RINGS_PX) * PX / LSD))
+    np.testing.assert_allclose(np.median(rows[:, :3, 1], axis=0), tth0, atol=0.01)
