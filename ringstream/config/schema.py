@@ -330,6 +330,11 @@ class FitConfig:
     model: str = opt("pv", "peak model: pv = the manual's pseudo-Voigt on R (px), rows [Imax, BG, Mu, Rcen, Sigma, "
                      "GoF, Area]; tch = GSAS-II's TCH pseudo-Voigt on 2θ (deg), rows [area, center, sig, gam, "
                      "FWHM, eta, chi2_dof]", choices=FIT_MODELS)
+    per_eta: bool = opt(False, "also fit every peak in every eta bin of each frame's cake (TCH on 2theta, after a "
+                        "SNIP background): /entry/fit/caked, and *_caked_peaks.h5 with midas_binaries",
+                        flags="--per-eta")
+    snip_iterations: int = opt(50, "per_eta: SNIP background iterations (the widest clipping half-window, in R bins)",
+                               at_least=1)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Subcommands::
 
     ringstream map --param-file P [--export-midas DIR] [--cache-dir D] [--no-cache] [Key Value ...]
     ringstream integrate --param-file P [--dark D] [--output-h5 OUT.h5] [--import-midas DIR [--force]]
-                         [--engine auto|cpu|gpu] [--overwrite] IMAGE... [Key Value ...]
+                         [--engine auto|cpu|gpu] [--per-eta [--snip-iterations N]] [--overwrite] IMAGE... [Key Value ...]
     ringstream run --param-file P (--simulate N | --replay PATH | --pva --pva-channel PV [--pva-ip ADDR]
                    | --midas-socket [PORT] [--listen ADDR] | --dectris-stream tcp://DCU:31001) [--rate HZ] [--workers N] [--engine E]
                    [--output-h5 OUT.h5] [--config FILE.toml] [--control ENDPOINT] [Key Value ...]
@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cake-noise-fraction", type=_noise_fraction, default=noise.default, metavar="F",
                    help=noise.describe())
     i.add_argument("--midas-binaries", metavar="DIR", help="also write MIDAS lineout.bin, Int2D.bin and "
-                   "RTthEtaAreaMap.bin into DIR")
+                   "RTthEtaAreaMap.bin into DIR (and NAME_caked_peaks.h5 with --per-eta)")
+    per_eta, snip_it = option_of("fit", "per_eta"), option_of("fit", "snip_iterations")  # (the daemon's [fit] keys)
+    i.add_argument("--per-eta", action="store_true", default=None, help=per_eta.help)
+    i.add_argument("--snip-iterations", type=int, default=None, metavar="N", help=snip_it.help)
 
     r = sub.add_parser(
         "run", allow_abbrev=False,
@@ -325,7 +328,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     n = 0
     from .offline_fit import OfflineFitting
 
-    fitting = OfflineFitting.create(p, imap, engine.name)  # None without peak fitting
+    fitting = OfflineFitting.create(p, imap, engine.name, per_eta=args.per_eta,
+                                    snip_iterations=args.snip_iterations)  # None without peak fitting
     if args.midas_binaries:
         Path(args.midas_binaries).mkdir(parents=True, exist_ok=True)
     zarr_path = None if args.no_zarr else (args.zarr_output or default_zarr_path(output))
@@ -333,7 +337,8 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
                         fit_model=fitting.model if fitting else "pv",
                         zarr_path=zarr_path, midas_dir=args.midas_binaries or None, overwrite=args.overwrite,
                         note="ringstream integrate (offline, image files)", cake_dtype=args.cake_dtype,
-                        cake_noise_fraction=args.cake_noise_fraction)
+                        cake_noise_fraction=args.cake_noise_fraction,
+                        caked=fitting.caked.snip_iterations if fitting and fitting.caked else 0)
     ok = False
     try:
         batch: list[np.ndarray] = []
@@ -346,12 +351,13 @@ def cmd_integrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
             lineouts, cakes = engine.integrate_batch(np.stack(batch))
             # fitted in float64 as a worker fits them, then float32 as a worker's Result carries them
             fits = fitting.fit_batch(n, ids, lineouts) if fitting is not None else [None] * len(batch)
+            cakeds = fitting.fit_caked(n, ids, lineouts, cakes) if fitting is not None else [None] * len(batch)
             lineouts, cakes = np.asarray(lineouts, dtype=np.float32), np.asarray(cakes, dtype=np.float32)
             stamp = time.time()
             for k, fit in enumerate(fits):  # the same sinks as the daemon's writer (ringstream/writer/outputs.py)
                 writer.append(FrameRecord(n + k, lineouts[k], ids[k], stamp, cakes[k],
                                           fit=fit.fit if fit is not None else None,
-                                          curves=fit.curves if fit is not None else None))
+                                          curves=fit.curves if fit is not None else None, caked=cakeds[k]))
             n += len(batch)
             log.debug("integrated %d frames (last %s)", n, ids[-1])
             batch.clear()

@@ -15,6 +15,7 @@ from ringstream.protocol.codec import (
     frame_payload,
     result_arrays,
     result_buffers,
+    result_caked,
     result_curves,
 )
 from ringstream.protocol.messages import (
@@ -86,6 +87,7 @@ __all__ = [
     "frame_payload",
     "result_arrays",
     "result_buffers",
+    "result_caked",
     "result_curves",
     "worker_identity",
 ]

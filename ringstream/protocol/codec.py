@@ -175,6 +175,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "n_peaks": _COUNT,
         "n_rois": _COUNT,
         "n_curve_points": _COUNT,
+        "caked_peaks": _COUNT,
         "timings": _NUM_COUNTERS,
         "metadata": _METADATA,
     },
@@ -294,7 +295,8 @@ def _check_frame(kwargs: dict[str, Any], sizes: list[int]) -> None:
 
 
 def _result_sizes(
-    n_r: int, n_eta: int, has_cake: bool, n_peaks: int, n_rois: int = 0, n_curve_points: int = 0
+    n_r: int, n_eta: int, has_cake: bool, n_peaks: int, n_rois: int = 0, n_curve_points: int = 0,
+    caked_peaks: int = 0,
 ) -> list[int]:
     sizes = [n_r * 4]
     if has_cake:
@@ -303,6 +305,8 @@ def _result_sizes(
         sizes.append(n_peaks * FIT_COLUMNS * 8)
     if n_rois:
         sizes += [n_rois * 2 * 4, n_curve_points * 8]
+    if caked_peaks:
+        sizes.append(n_eta * caked_peaks * FIT_COLUMNS * 8)
     return sizes
 
 
@@ -315,6 +319,7 @@ def _check_result(kwargs: dict[str, Any], sizes: list[int]) -> None:
             kwargs.get("n_peaks", 0),
             kwargs.get("n_rois", 0),
             kwargs.get("n_curve_points", 0),
+            kwargs.get("caked_peaks", 0),
         )
     else:
         expected = []
@@ -474,7 +479,7 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
     values (bool is not taken for an int here: the general path decides)."""
     try:
         index, n_r, n_eta = h["frame_index"], h["n_r"], h["n_eta"]
-        n_peaks, n_rois, n_points = h["n_peaks"], h["n_rois"], h["n_curve_points"]
+        n_peaks, n_rois, n_points, caked = h["n_peaks"], h["n_rois"], h["n_curve_points"], h["caked_peaks"]
         worker, ts, status, cake = h["worker"], h["timestamp"], h["status"], h["has_cake"]
         wpid = h["worker_pid"]
         timings, metadata = h["timings"], h["metadata"]
@@ -486,6 +491,7 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
     int_ = int
     if not (type(index) is int_ and type(n_r) is int_ and type(n_eta) is int_ and type(n_peaks) is int_
             and type(n_rois) is int_ and type(n_points) is int_ and type(worker) is int_ and type(wpid) is int_
+            and type(caked) is int_ and 0 <= caked < _U64
             and 0 <= index < _U64 and 0 <= n_r < _U64 and 0 <= n_eta < _U64 and 0 <= n_peaks < _U64
             and 0 <= n_rois < _U64 and 0 <= n_points < _U64 and 0 <= worker < _U64 and 0 <= wpid < _U64):
         return None
@@ -500,7 +506,7 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
             return None
     n = len(buffers)
     if status == "ok":
-        if n != 1 + cake + (n_peaks > 0) + 2 * (n_rois > 0) or buffers[0].nbytes != 4 * n_r:
+        if n != 1 + cake + (n_peaks > 0) + 2 * (n_rois > 0) + (caked > 0) or buffers[0].nbytes != 4 * n_r:
             return None
         i = 1
         if cake:
@@ -511,7 +517,11 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
             if buffers[i].nbytes != 8 * FIT_COLUMNS * n_peaks:
                 return None
             i += 1
-        if n_rois and (buffers[i].nbytes != 8 * n_rois or buffers[i + 1].nbytes != 8 * n_points):
+        if n_rois:
+            if buffers[i].nbytes != 8 * n_rois or buffers[i + 1].nbytes != 8 * n_points:
+                return None
+            i += 2
+        if caked and buffers[i].nbytes != 8 * FIT_COLUMNS * n_eta * caked:
             return None
     elif n:
         return None
@@ -578,7 +588,8 @@ def result_arrays(
         raise ValueError(f"result {result.frame_index} is {result.status!r}: it has no arrays")
     views = [_as_bytes_view(b) for b in buffers]
     expected = _result_sizes(
-        result.n_r, result.n_eta, result.has_cake, result.n_peaks, result.n_rois, result.n_curve_points
+        result.n_r, result.n_eta, result.has_cake, result.n_peaks, result.n_rois, result.n_curve_points,
+        result.caked_peaks,
     )
     sizes = [v.nbytes for v in views]
     if sizes != expected:
@@ -600,12 +611,14 @@ def result_buffers(
     cake: np.ndarray | None = None,
     fit: np.ndarray | None = None,
     curves: tuple[np.ndarray, np.ndarray] | None = None,
+    caked: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The buffers of an ok :class:`Result`: C-contiguous little-endian f4 lineout ``[n_r]``, f4 cake
     ``[n_r, n_eta]`` (if given), f8 fit ``[n_peaks, 7]`` (if given and non-empty), and ``curves`` = (i4 table
-    ``[n_rois, 2]`` of (start_bin, n_points), f8 values ``[n_curve_points]``) if given with at least one ROI.
-    Copies only what is not already in that form. Set ``n_r``, ``n_eta``, ``has_cake``, ``n_peaks``, ``n_rois``,
-    ``n_curve_points`` of the Result to match.
+    ``[n_rois, 2]`` of (start_bin, n_points), f8 values ``[n_curve_points]``) if given with at least one ROI, and
+    the per-η fits f8 ``[n_eta, caked_peaks, 7]`` if given. Copies only what is not already in that form. Set
+    ``n_r``, ``n_eta``, ``has_cake``, ``n_peaks``, ``n_rois``, ``n_curve_points``, ``caked_peaks`` of the Result
+    to match.
     """
     out = [np.ascontiguousarray(lineout, dtype="<f4").reshape(-1)]
     if cake is not None:
@@ -618,7 +631,18 @@ def result_buffers(
         if int(rois[:, 1].sum()) != values.size:
             raise ValueError(f"curves: the ROI table counts {int(rois[:, 1].sum())} points, values hold {values.size}")
         out += [rois, values]
+    if caked is not None:
+        out.append(np.ascontiguousarray(caked, dtype="<f8"))
     return out
+
+
+def result_caked(result: Result, buffers: Sequence[Any]) -> np.ndarray | None:
+    """The per-η fits ``[n_eta, caked_peaks, 7]`` f8 viewing ``buffers``, or None when the result carries none."""
+    result_arrays(result, buffers)
+    if not result.caked_peaks:
+        return None
+    return np.frombuffer(_as_bytes_view(buffers[-1]), dtype="<f8").reshape(result.n_eta, result.caked_peaks,
+                                                                            FIT_COLUMNS)
 
 
 def result_curves(result: Result, buffers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -627,6 +651,6 @@ def result_curves(result: Result, buffers: Sequence[Any]) -> tuple[np.ndarray, n
     result_arrays(result, buffers)
     if not result.n_rois:
         return None
-    views = [_as_bytes_view(b) for b in buffers[-2:]]
+    views = [_as_bytes_view(b) for b in buffers[1 + result.has_cake + (result.n_peaks > 0):][:2]]
     table = np.frombuffer(views[0], dtype="<i4").reshape(result.n_rois, 2)
     return table, np.frombuffer(views[1], dtype="<f8")

@@ -113,7 +113,9 @@ class Result:
     ``status="ok"``: buffers are the lineout float32 ``[n_r]``, then the cake float32 ``[n_r, n_eta]`` if
     ``has_cake``, then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
     curves: an int32 table ``[n_rois, 2]`` of (start_bin, n_points) and the float64 model values
-    ``[n_curve_points]`` (= the sum of n_points) of every ROI in table order, all little-endian (fit_curves.bin).
+    ``[n_curve_points]`` (= the sum of n_points) of every ROI in table order, then, if ``caked_peaks``, the
+    per-η fits float64 ``[n_eta, caked_peaks, 7]`` (``[fit] per_eta``: :mod:`ringstream.fitting.caked`), all
+    little-endian (fit_curves.bin).
     ``status="rejected"``: no buffers, ``reason`` says why. ``timings`` maps a stage name to seconds.
     """
 
@@ -132,6 +134,7 @@ class Result:
     n_peaks: int = 0
     n_rois: int = 0
     n_curve_points: int = 0
+    caked_peaks: int = 0
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -12,6 +12,11 @@ Fit engine (``[fit] engine``): ``nlopt``; ``gpu`` (the batched LM kernel on the 
 of frames in one launch; a ConfigError with the install line without CuPy/a device); ``auto``: gpu when the worker
 integrates on the GPU, else nlopt. Model (``[fit] model``): ``pv`` on the bins' R (px), or ``tch`` on their 2θ (deg,
 ``imap.two_theta``).
+
+With ``[fit] per_eta``, :meth:`WorkerFitting.fit_caked` also fits every peak in every η bin of the frames' cakes
+(:class:`~ringstream.fitting.caked.CakedFitter`, the same peak lists, always the TCH model on 2θ): float64
+``[n_eta, slots, 7]`` per frame, on the GPU fitter's TCH kernel where the per-frame fits use the GPU fitter, else
+the NumPy batched LM.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ PEAK_WAIT_S = 5.0
 class WorkerFitting:
     """Fitting for one worker. Build with :meth:`create` (None when the run fits nothing)."""
 
-    def __init__(self, fitter: FrameFitter, sub, label: str, wait_s: float = PEAK_WAIT_S) -> None:
+    def __init__(self, fitter: FrameFitter, sub, label: str, wait_s: float = PEAK_WAIT_S, caked=None) -> None:
         self.fitter = fitter
+        self.caked = caked
         self.sub = sub
         self.label = label
         self.wait_s = float(wait_s)
@@ -47,6 +53,9 @@ class WorkerFitting:
     def create(cls, config, params, imap, integration_engine: str, ctx, label: str = "worker"):
         slots = peak_slots(params, config.fit.slots)
         if slots == 0:
+            if config.fit.per_eta:
+                log.warning("%s: [fit] per_eta is on, but the parameter file fits no peaks (no PeakLocation, "
+                            "DoPeakFit 0): no per-eta fits", label)
             return None
         engine = choose_engine(config.fit.engine, integration_engine)
         gpu = None
@@ -56,6 +65,16 @@ class WorkerFitting:
             gpu = GpuFitter()
         fitter = FrameFitter(params, imap.r_px, slots, engine=engine, gpu=gpu, model=config.fit.model,
                              two_theta=imap.two_theta)
+        caked = None
+        if config.fit.per_eta:
+            from ..fitting.caked import CakedFitter, gpu_takes_tch
+
+            caked = CakedFitter(params, imap.two_theta, imap.r_px, imap.n_eta, slots,
+                                snip_iterations=config.fit.snip_iterations,
+                                engine="gpu" if gpu_takes_tch(gpu) else "lm", gpu=gpu,
+                                array_module="cupy" if gpu is not None else "numpy")
+            log.info("%s: per-eta fits: %d peaks x %d eta bins a frame with %s, SNIP %d iterations", label, slots,
+                     imap.n_eta, caked.engine, caked.snip_iterations)
         sub = None
         endpoint = config.transport.peaks_endpoint
         if ctx is not None and endpoint and endpoint != "auto":
@@ -67,14 +86,30 @@ class WorkerFitting:
                  fitter.model.name, engine, config.fit.engine,
                  f", peaks {', '.join(f'{v:g}' for v in fitter.default_peaks)}" if fitter.default_peaks else
                  ", peaks found automatically")
-        return cls(fitter, sub, label)
+        return cls(fitter, sub, label, caked=caked)
 
     @property
     def engine(self) -> str:
         return self.fitter.engine
 
     def snapshot(self) -> dict:
-        return {**self.fitter.counters, **self.counters}
+        caked = self.caked.counters if self.caked is not None else {}
+        return {**self.fitter.counters, **caked, **self.counters}
+
+    def fit_caked(self, headers, lineouts, cakes) -> list:
+        """The per-η fits ``[n_eta, slots, 7]`` of frames just fitted by :meth:`fit_frames` (their peak lists known),
+        or Nones without ``[fit] per_eta``; a frame whose cake did not come back is NaN (``no_cake``)."""
+        if self.caked is None or not headers:
+            return [None] * len(headers)
+        seqs = [int((h.metadata or {}).get(PEAK_SEQ_KEY, 0) or 0) for h in headers]
+        known = [i for i, s in enumerate(seqs) if s in self.lists]
+        out = [None] * len(headers)
+        fits = self.caked.fit_many([cakes[i] for i in known], [lineouts[i] for i in known],
+                                   [self.lists[seqs[i]] for i in known],
+                                   [f"{self.label}: frame {headers[i].frame_index}" for i in known])
+        for i, f in zip(known, fits, strict=True):
+            out[i] = f
+        return self._unknown_lists(out, seqs, headers, self.caked)
 
     def poll(self, timeout_ms: int = 0) -> bool:
         """Take the PeakUpdates waiting (waiting up to ``timeout_ms`` for the first); True if one was new."""
@@ -127,8 +162,13 @@ class WorkerFitting:
                                               f"{type(exc).__name__}: {exc}") for i in known]
             for i, f in zip(known, fits, strict=False):
                 out[i] = f
+        return self._unknown_lists(out, seqs, headers, self.fitter)
+
+    def _unknown_lists(self, out: list, seqs: list[int], headers, fitter) -> list:
+        """``out`` with the frames whose peak list never arrived (None in it) made NaN by ``fitter``, counted
+        ``peak_list_unknown``."""
         for i, s in enumerate(seqs):
             if out[i] is None:
-                out[i] = self.fitter.nan_frame("peak_list_unknown", f"{self.label}: frame {headers[i].frame_index}"
-                                               f" (peak list {s} never arrived)")
-        return out  # type: ignore[return-value]
+                out[i] = fitter.nan_frame("peak_list_unknown", f"{self.label}: frame {headers[i].frame_index}"
+                                          f" (peak list {s} never arrived)")
+        return out

@@ -11,8 +11,8 @@ the device is done with it, oldest first. ``[workers] batches_in_flight`` sets `
 Frames the batch cannot take (a shape or dtype the map does not fit, a second dtype in one batch) are handled as
 ``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``.
 
-With peak fitting and no per-frame cakes, finished batches are held (their credit given back, their lineouts
-copied out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call (fewer when
+With peak fitting and no per-frame cakes, finished batches are held (their credit given back, their lineouts, and
+with ``[fit] per_eta`` their cakes, copied out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call (fewer when
 the worker's share of the ring is smaller: held frames keep their slots until the writer has their Results): a fit
 call costs a fixed part per call (the GPU fitter's launch and copy back, NumPy's per-call overhead) that an
 engine batch of 8 frames pays 8 times more often. Held frames go out as soon as that many are held,
@@ -56,12 +56,18 @@ class PipelinedLoop:
         # cakes come back when they are written (Write2D 1); the omega sums of a worker that writes none are summed
         # on the device by an engine that declares device_omega_sums (engine.omega_add), else on this side
         partials = getattr(worker, "partials", None)
-        self.device_sums = partials is not None and not worker.write_2d and caps.device_omega_sums
+        # per-η fits ([fit] per_eta) need every cake on this side: the sums are then made here too
+        fitting = getattr(worker, "fitting", None)
+        per_eta = fitting is not None and fitting.caked is not None
+        self.device_sums = partials is not None and not worker.write_2d and caps.device_omega_sums and not per_eta
         if self.device_sums:
             partials.device = self.engine
-        self.want_cake = bool(worker.write_2d or (partials is not None and not self.device_sums))
-        # finished batches held to be fitted together (only without cakes coming back: a held cake would be a copy)
-        self.hold_fits = getattr(worker, "fitting", None) is not None and not self.want_cake
+        self.want_cake = bool(worker.write_2d or per_eta or (partials is not None and not self.device_sums))
+        # finished batches held to be fitted together: without cakes coming back (a held cake would be a copy), or
+        # when they come back only for the per-η fits and the omega sums: then the cakes are copied with the
+        # lineouts (a fit call's fixed part, kernel launches and copies, costs more than the copy of 8 cakes)
+        self.hold_fits = fitting is not None and (not self.want_cake or (per_eta and not worker.write_2d))
+        self.copy_cakes = self.hold_fits and self.want_cake
         self.held: list = []
         self.held_frames = 0
         # held frames keep their ring slots until the writer has their Results: no more than the worker's share
@@ -169,7 +175,10 @@ class PipelinedLoop:
                 # held for fitting: the lineout is copied out of the stream's pinned buffer (reused at its next
                 # submit); otherwise the Result is encoded from the view before that
                 line = lines[i].copy() if self.hold_fits else lines[i]
-                results[id(g)] = (line, cakes[i] if cakes is not None else None, t_int)
+                cake = cakes[i] if cakes is not None else None
+                if self.copy_cakes and cake is not None:
+                    cake = cake.copy()
+                results[id(g)] = (line, cake, t_int)
             if self.device_sums:  # before the stream's next submit: the adds read this submission's cakes
                 partials = self.w.partials
                 headers = [g[0] for g in together]

@@ -171,6 +171,8 @@ class _Worker:
             frames.connect(t.frames_endpoint)
             self.frames = frames
             n_peaks = self.fitting.fitter.slots if self.fitting is not None else 0
+            if self.fitting is not None and self.fitting.caked is not None:
+                n_peaks *= 1 + self.n_eta  # the per-η fits: as many rows again in each η bin
             self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False,
                                        hwm=results_hwm(t.results_queue_mb, hwm, self.n_r, self.n_eta, self.write_2d,
                                                        n_peaks, frames_per_partial=frames_per_partial(
@@ -295,7 +297,8 @@ class _Worker:
         timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                    "integrate": t_int, "total": time.time() - t_start}
         fitted = self.fit([msg], [lineout], timings)[0] if not reason else None
-        self.send_result(msg, reason, lineout, cake, timings, fitted)
+        caked = self.fit_caked([msg], [lineout], [cake], timings)[0] if not reason else None
+        self.send_result(msg, reason, lineout, cake, timings, fitted, caked)
 
     # ------------------------------------------------------------------------------------- a batch of frames
     def handle_many(self, sock) -> None:
@@ -370,13 +373,16 @@ class _Worker:
         ok = [(g, results) for got, results in batches for g in got if not g[3] and id(g) in results]
         fits = self.fit([g[0] for g, _ in ok], [results[id(g)][0] for g, results in ok], None)
         fitted = {id(g): f for (g, _), f in zip(ok, fits, strict=True)}
+        cakeds = self.fit_caked([g[0] for g, _ in ok], [results[id(g)][0] for g, results in ok],
+                                [results[id(g)][1] for g, results in ok], None)
+        caked = {id(g): c for (g, _), c in zip(ok, cakeds, strict=True)}
         for got, results in batches:
             for g in got:
                 msg, t_start, _, reason = g
                 lineout, cake, t = results.get(id(g), (None, None, 0.0))
                 timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                            "integrate": t, "total": time.time() - t_start}
-                self.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)))
+                self.send_result(msg, reason, lineout, cake, timings, fitted.get(id(g)), caked.get(id(g)))
 
     def fit(self, headers, lineouts, timings) -> list:
         """The FrameFits of frames just integrated (one call per frame or batch), or Nones without fitting."""
@@ -388,7 +394,17 @@ class _Worker:
             timings["fit"] = time.perf_counter() - t0
         return fits
 
-    def send_result(self, msg, reason, lineout, cake, timings, fitted=None) -> None:
+    def fit_caked(self, headers, lineouts, cakes, timings) -> list:
+        """The per-η fits of frames just fitted (``[fit] per_eta``), or Nones."""
+        if self.fitting is None or self.fitting.caked is None or not headers:
+            return [None] * len(headers)
+        t0 = time.perf_counter()
+        out = self.fitting.fit_caked(headers, lineouts, cakes)
+        if timings is not None:
+            timings["fit_caked"] = time.perf_counter() - t0
+        return out
+
+    def send_result(self, msg, reason, lineout, cake, timings, fitted=None, caked=None) -> None:
         common = dict(run_id=msg.run_id, frame_index=msg.frame_index, source_id=msg.source_id,
                       timestamp=msg.timestamp, engine=self.engine_name, worker=self.index, worker_pid=self.pid,
                       timings=timings,
@@ -402,11 +418,12 @@ class _Worker:
             self.count("integrated")
             fit = fitted.fit if fitted is not None else None
             bufs = result_buffers(lineout, cake if self.write_2d else None, fit,
-                                  fitted.curves if fitted is not None else None)
+                                  fitted.curves if fitted is not None else None, caked)
             result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d,
                             n_peaks=0 if fit is None else int(fit.shape[0]),
                             n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
-                            n_curve_points=0 if fitted is None else int(fitted.values.size), **common)
+                            n_curve_points=0 if fitted is None else int(fitted.values.size),
+                            caked_peaks=0 if caked is None else int(caked.shape[1]), **common)
         self.send(self.results, result, bufs)
         self.kept.keep(int(msg.frame_index), result, bufs)
         if not reason and self.partials is not None and cake is not None:

@@ -3,7 +3,8 @@
 - :func:`export_zarr`: the GSAS-II zarr.zip from ``/entry/geometry`` (REtaMap), ``/entry/omega_sum`` (the groups,
   same names and attributes as the run's) and ``/entry/reduction/input`` (InstrumentParameters);
 - :func:`export_midas`: lineout.bin, RTthEtaAreaMap.bin, Int2D.bin (when the file has cakes), fit.bin and
-  fit_curves.bin (when it has fits);
+  fit_curves.bin (when it has fits), ``NAME_caked_peaks.h5`` (when it has per-η fits:
+  :mod:`~ringstream.writer.caked_peaks`);
 - :func:`export_csv`: ``lineouts.csv`` (one row per frame: frame_index, source_id, timestamp, omega, then I at each
   radial bin; the header gives 2θ), ``radial_axis.csv`` (r_px, 2θ, q per bin) and, with fits, ``peaks.csv``.
 
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError, OutputExists
+from .caked_peaks import write_caked_peaks
 from .layout import cake_rows
 from .midas_binaries import MidasStreams
 from .omega import OmegaGroup
@@ -140,7 +142,16 @@ def export_midas(h5_path: str | os.PathLike, folder: str | os.PathLike, overwrit
             names = out.names
         finally:
             out.close()
-    return sorted(names + ["RTthEtaAreaMap.bin"])
+    caked = export_caked_peaks(h5_path, folder, overwrite=overwrite)  # a file with per-eta fits: MIDAS's table
+    return sorted(names + ["RTthEtaAreaMap.bin"] + ([caked.name] if caked is not None else []))
+
+
+def export_caked_peaks(h5_path: str | os.PathLike, folder: str | os.PathLike,
+                       overwrite: bool = False) -> Path | None:
+    """Write MIDAS's ``folder/NAME_caked_peaks.h5`` from ``h5_path``'s per-η fits (:mod:`.caked_peaks`); None when
+    it has none."""
+    with open_results(h5_path) as f:
+        return write_caked_peaks(f, h5_path, folder, overwrite=overwrite)
 
 
 def export_csv(h5_path: str | os.PathLike, folder: str | os.PathLike, overwrite: bool = False) -> list[str]:

@@ -199,7 +199,9 @@ class Hdf5Writer:
     (:class:`~ringstream.writer.precision.NoiseRounding`; None: lossless), recorded with its per-bin noise factor
     (the omega sums come to :meth:`add_omega_group` already rounded: :class:`~ringstream.writer.outputs.RunOutputs`
     rounds each sum once, for both files), ``run_metadata`` what the source said of the whole run and
-    ``pixel_mask`` the detector's mask it was integrated with (``/entry/run_metadata``: :mod:`.run_metadata`).
+    ``pixel_mask`` the detector's mask it was integrated with (``/entry/run_metadata``: :mod:`.run_metadata`);
+    ``caked`` > 0 stores per-η fits ``/entry/fit/caked`` ``[n, n_eta, n_peaks,
+    7]`` (``[fit] per_eta``), made with that many SNIP iterations (recorded).
     """
 
     def __init__(
@@ -221,13 +223,14 @@ class Hdf5Writer:
         name_digits: int = 9,
         cake_dtype: str = "float32",
         rounding: NoiseRounding | None = None,
+        caked: int = 0,
         fit_model: str = "pv",
         run_metadata: Mapping[str, Any] | None = None,
         pixel_mask: np.ndarray | None = None,
     ) -> None:
         self.fit_model = str(fit_model)
         self._setup(check_output_path(path, overwrite), int(imap.n_r), int(imap.n_eta), write_2d, swmr, block,
-                    n_peaks, metadata_keys, name_digits, cake_dtype, rounding)
+                    n_peaks, metadata_keys, name_digits, cake_dtype, rounding, caked)
         # The layout is made under a hidden name and renamed to the output's once it is complete, flushed and in SWMR
         # mode: a writer killed while making it (before SWMR, HDF5 keeps most of the new metadata in memory and the
         # superblock's end of file at 2 KB) leaves no half-made output file, only the hidden one, which the next
@@ -256,7 +259,7 @@ class Hdf5Writer:
 
     def _setup(self, path: Path, n_r: int, n_eta: int, write_2d: bool, swmr: bool, block: int, n_peaks: int,
                metadata_keys: Sequence[str], name_digits: int, dtype: str,
-               rounding: NoiseRounding | None) -> None:
+               rounding: NoiseRounding | None, caked: int = 0) -> None:
         """The writer's state before its file is open: an empty run (:meth:`reopen` then sets the counts)."""
         self.path = path
         self.rounding = rounding
@@ -267,11 +270,14 @@ class Hdf5Writer:
         # rows buffered per write: a few MB of the widest row (each h5py call per dataset per block costs the
         # same whatever its size)
         cake_bytes = self.dtype.itemsize * self.n_r * self.n_eta if self.write_2d else 0
-        row_bytes = 4 * self.n_r + cake_bytes + 56 * max(0, int(n_peaks))
+        self.n_peaks = max(0, int(n_peaks))
+        # per-eta fits [n_eta, n_peaks, 7] per frame ([fit] per_eta; only with fitting); caked = their SNIP iterations
+        self.caked = int(caked) > 0 and self.n_peaks > 0
+        self.snip_iterations = int(caked)
+        row_bytes = 4 * self.n_r + cake_bytes + 56 * self.n_peaks * (1 + self.n_eta * self.caked)
         self.block = max(1, int(block)) if block else max(16, min(1024, (8 << 20) // max(row_bytes, 1)))
         self.chunk_rows = min(self.block, 64)
         self.swmr = bool(swmr)
-        self.n_peaks = max(0, int(n_peaks))
         # (a key named like the JSON dataset beside them is in the JSON only)
         self.metadata_keys = tuple(dict.fromkeys(str(k) for k in metadata_keys if str(k) != METADATA_JSON))
         self._written = 0
@@ -289,13 +295,13 @@ class Hdf5Writer:
     def reopen(cls, path: str | os.PathLike, *, n_r: int, n_eta: int, write_2d: bool, n_peaks: int,
                metadata_keys: Sequence[str], next_frame: int, block: int = 0, name_digits: int = 9,
                swmr: bool = True, cake_dtype: str = "float32",
-               rounding: NoiseRounding | None = None) -> Hdf5Writer:
+               rounding: NoiseRounding | None = None, caked: int = 0) -> Hdf5Writer:
         """Continue writing ``path``, a results file of this layout that a killed writer left and
         :func:`~ringstream.writer.repair.cut_for_resume` cut to its durable frames: appended rows follow the file's,
         the next frame must be at least ``next_frame``, ``@run_complete`` is false until :meth:`close`."""
         self = cls.__new__(cls)
         self._setup(Path(path), int(n_r), int(n_eta), write_2d, swmr, block, n_peaks, metadata_keys, name_digits,
-                    cake_dtype, rounding)
+                    cake_dtype, rounding, caked)
         try:
             self._f = h5py.File(self.path, "r+", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
@@ -445,6 +451,16 @@ class Hdf5Writer:
             d = fit.create_dataset("peak_locations", data=locs)
             d.attrs["units"] = "pixel"
             d.attrs["note"] = "PeakLocation of the parameter file (NaN: found automatically)"
+            if self.caked:
+                from ..fitting.caked import CAKED_COLUMNS, CAKED_UNITS
+
+                d = self._rows(fit, "caked", (self.n_eta, self.n_peaks, 7), np.float64, min(blk, 16))
+                d.attrs["columns"] = ",".join(CAKED_COLUMNS)
+                d.attrs["units"] = ",".join(CAKED_UNITS)
+                d.attrs["model"] = "tch"
+                d.attrs["snip_iterations"] = np.int64(self.snip_iterations)
+                d.attrs["description"] = ("per-eta fits ([fit] per_eta): [frame, eta bin, peak, column], GSAS-II TCH "
+                                          "pseudo-Voigt on 2theta after a SNIP background; NaN = not fitted")
             d = self._rows(fit, "curve_rois", (3,), np.int64, c1)
             d.attrs["columns"] = "frame_index,start_bin,n_points"
             d = self._rows(fit, "curve_values", (), np.float64, 1 << 14)
@@ -534,6 +550,8 @@ class Hdf5Writer:
         if self.n_peaks:
             fit = e["fit"]
             cols["fit"] = fit["peaks"]
+            if self.caked:
+                cols["caked"] = fit["caked"]
             self._curve_rois = fit["curve_rois"]
             self._curve_vals = fit["curve_values"]
             self._upd = {name: fit["peak_updates"][name] for name in ("peaks", "origin", "from_frame", "seq")}
@@ -550,6 +568,7 @@ class Hdf5Writer:
         self._cake_rows = c["cake"].buf if "cake" in c else None
         self._fit_buf = c["fit"].buf if "fit" in c else None
         self._fit_shape = (self.n_peaks, 7)
+        self._caked_buf = c["caked"].buf if "caked" in c else None
         self._idx_buf = self._idx_col.buf
         self._json = json.JSONEncoder(default=str).encode  # one encoder for every row (json.dumps makes one a row)
 
@@ -607,10 +626,12 @@ class Hdf5Writer:
         curves: tuple[np.ndarray, np.ndarray] | None = None,
         metadata: Mapping[str, Any] | None = None,
         omega: float = float("nan"),
+        caked: np.ndarray | None = None,
     ) -> None:
         """Buffer one frame's row: lineout ``[n_r]``; cake ``[n_r, n_eta]`` (required when ``write_2d``); fit
         ``[k <= n_peaks, 7]`` (missing rows are NaN); curves = (ROI table int ``[n_rois, 2]`` of (start_bin,
-        n_points), model values float64 ``[sum n_points]``); the source's metadata; ω in degrees."""
+        n_points), model values float64 ``[sum n_points]``); the source's metadata; ω in degrees; ``caked`` the
+        per-η fits ``[n_eta, n_peaks, 7]`` (None: NaN; ignored in a file without them)."""
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
         idx = int(frame_index)
@@ -648,6 +669,14 @@ class Hdf5Writer:
                     fits[k, : fit.shape[0]] = fit
                 else:
                     raise ValueError(f"frame {idx}: fit shape {fit.shape} does not fit [{self.n_peaks}, 7]")
+            if self._caked_buf is not None:
+                if caked is None:
+                    self._caked_buf[k] = np.nan
+                elif np.shape(caked) == self._caked_buf.shape[1:]:
+                    self._caked_buf[k] = caked
+                else:
+                    raise ValueError(f"frame {idx}: per-eta fits of shape {np.shape(caked)}, expected "
+                                     f"{self._caked_buf.shape[1:]}")
             if curves is not None and len(curves[0]):
                 table = np.asarray(curves[0]).reshape(-1, 2)
                 values = np.asarray(curves[1], dtype=np.float64).reshape(-1)

@@ -67,7 +67,8 @@ def numeric_keys(metadata: Mapping[str, Any] | None) -> list[str]:
 class FrameRecord:
     """One frame's results. ``lineout`` float ``[n_r]`` (None: the frame was rejected, ``reason`` says why);
     ``cake`` ``[n_r, n_eta]`` or None; ``fit`` float64 ``[k <= n_peaks, 7]`` or None; ``curves`` = (ROI table
-    int ``[n_rois, 2]`` of (start_bin, n_points), model values float64) or None; ``timestamp`` s since the epoch."""
+    int ``[n_rois, 2]`` of (start_bin, n_points), model values float64) or None; ``timestamp`` s since the epoch;
+    ``caked`` the per-η fits float64 ``[n_eta, n_peaks, 7]`` (``[fit] per_eta``) or None."""
 
     frame_index: int
     lineout: np.ndarray | None
@@ -78,16 +79,19 @@ class FrameRecord:
     curves: tuple[np.ndarray, np.ndarray] | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reason: str = ""
+    caked: np.ndarray | None = None
 
 
 def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
     """The :class:`FrameRecord` of an ok :class:`~ringstream.protocol.Result` and its buffers (views, no copy):
     lineout f4 ``[n_r]``, cake f4 ``[n_r, n_eta]`` if ``has_cake``, fit f8 ``[n_peaks, 7]`` if ``n_peaks``, ROI
-    table i4 ``[n_rois, 2]`` and model values f8 if ``n_rois``. ``decode`` has checked every buffer's size against
+    table i4 ``[n_rois, 2]`` and model values f8 if ``n_rois``, per-η fits f8 ``[n_eta, caked_peaks, 7]`` if
+    ``caked_peaks``. ``decode`` has checked every buffer's size against
     the header; a count or size that still does not match is a ProtocolError of kind "size"."""
     n_r, n_eta, n_peaks, n_rois = int(msg.n_r), int(msg.n_eta), int(msg.n_peaks), int(msg.n_rois)
+    n_caked = int(msg.caked_peaks)
     cake_ = bool(msg.has_cake)
-    want = 1 + cake_ + (n_peaks > 0) + (2 if n_rois else 0)
+    want = 1 + cake_ + (n_peaks > 0) + (2 if n_rois else 0) + (n_caked > 0)
     if len(buffers) != want:
         raise ProtocolError("size", f"result {msg.frame_index}: {len(buffers)} buffers, expected {want}")
     frombuffer = np.frombuffer
@@ -108,10 +112,12 @@ def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
             if values.size != msg.n_curve_points:
                 raise ValueError(f"{values.size} model values for n_curve_points {msg.n_curve_points}")
             curves = (table, values)
+            i += 2
+        caked = frombuffer(buffers[i], _F8).reshape(n_eta, n_caked, 7) if n_caked else None
     except ValueError as exc:
         raise ProtocolError("size", f"result {msg.frame_index}: buffers do not match the header ({exc})") from None
     return FrameRecord(int(msg.frame_index), lineout, msg.source_id, msg.timestamp or None, cake, fit, curves,
-                       msg.metadata)
+                       msg.metadata, caked=caked)
 
 
 _F4, _F8, _I4 = np.dtype("<f4"), np.dtype("<f8"), np.dtype("<i4")
@@ -149,7 +155,9 @@ class RunOutputs:
     it once for the geometry (None: made here from ``imap.weights``, ``imap.bin_area`` and ``params.Normalize``);
     ``fit_model`` the peak model of the fit rows (``[fit] model``, recorded under ``/entry/fit``);
     ``run_metadata`` and ``pixel_mask``: the run's own metadata and the detector mask it was integrated with
-    (``/entry/run_metadata``).
+    (``/entry/run_metadata``);
+    ``caked`` > 0: the records carry per-η fits (``[fit] per_eta``, made with that many SNIP iterations), stored as
+    ``/entry/fit/caked`` and, with ``midas_dir``, written at the end as ``NAME_caked_peaks.h5`` there.
     """
 
     def __init__(self, h5_path: str | os.PathLike, imap: Any, params: Any, *, engine_name: str,
@@ -159,13 +167,15 @@ class RunOutputs:
                  block: int = 0, fit_prefix: str = "", cake_dtype: str = "float32",
                  cake_noise_fraction: float = 0.0, noise_model: np.ndarray | None = None,
                  fit_model: str = "pv", run_metadata: Mapping[str, Any] | None = None,
-                 pixel_mask: np.ndarray | None = None) -> None:
+                 pixel_mask: np.ndarray | None = None, caked: int = 0) -> None:
         self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
+        self.caked_dir = Path(midas_dir) if caked and n_peaks and midas_dir is not None else None
         self.h5 = Hdf5Writer(h5_path, imap, params, engine_name=engine_name, write_2d=self.write_2d,
                              overwrite=overwrite, note=note, n_peaks=n_peaks, block=block, fit_model=fit_model,
                              peak_locations=tuple(getattr(params, "PeakLocation", ()) or ()),
                              metadata_keys=metadata_keys, name_digits=self.digits, cake_dtype=cake_dtype,
-                             rounding=self.rounding, run_metadata=run_metadata, pixel_mask=pixel_mask)
+                             rounding=self.rounding, run_metadata=run_metadata, pixel_mask=pixel_mask,
+                             caked=caked)
         self.path = self.h5.path
         try:
             if zarr_path is not None:
@@ -219,7 +229,7 @@ class RunOutputs:
                note: str = "", metadata_keys: Sequence[str] = (), expected_frames: int = 0,
                sums_from_workers: bool = False, block: int = 0, fit_prefix: str = "",
                cake_dtype: str = "float32", cake_noise_fraction: float = 0.0,
-               noise_model: np.ndarray | None = None) -> RunOutputs:
+               noise_model: np.ndarray | None = None, caked: int = 0) -> RunOutputs:
         """Continue the run whose writer died: the same arguments as the run's (``engine_name``, ``note`` and
         ``metadata_keys`` are the file's already). The files are cut to the run's durable frames
         (:func:`~ringstream.writer.repair.cut_for_resume`: the HDF5 file, the MIDAS streams; the zarr.zip is
@@ -232,8 +242,10 @@ class RunOutputs:
         del engine_name, note, metadata_keys  # (what the file already records)
         self = cls.__new__(cls)
         self._start(imap, params, expected_frames, sums_from_workers, cake_noise_fraction, noise_model)
+        self.caked_dir = Path(midas_dir) if caked and n_peaks and midas_dir is not None else None
         self.path = Path(h5_path)
         layout = {"n_r": int(imap.n_r), "n_eta": int(imap.n_eta), "n_peaks": int(n_peaks),
+                  "per_eta": int(bool(caked) and int(n_peaks) > 0),
                   "Write2D": int(self.write_2d), "OmegaSumFrames": int(getattr(params, "OmegaSumFrames", 1)),
                   "cake_dtype": str(cake_dtype), "cake_noise_fraction": float(cake_noise_fraction)}
         check_resumable(self.path, layout)
@@ -247,7 +259,7 @@ class RunOutputs:
             self.h5 = Hdf5Writer.reopen(self.path, n_r=imap.n_r, n_eta=imap.n_eta, write_2d=self.write_2d,
                                         n_peaks=n_peaks, metadata_keys=cut.metadata_keys, next_frame=cut.frame,
                                         block=block, name_digits=self.digits, cake_dtype=cake_dtype,
-                                        rounding=self.rounding)
+                                        rounding=self.rounding, caked=caked)
             self.sums.resume(cut.frame, cut.last_group + 1)
             if zarr_path is not None:
                 self.zarr = ZarrZipSink(zarr_path, self._remap, instrument_parameters(params), self.digits,
@@ -303,7 +315,7 @@ class RunOutputs:
             return
         try:  # (what _guard does, without a closure per frame)
             self.h5.append(idx, rec.source_id, rec.timestamp, rec.lineout, rec.cake if self.write_2d else None,
-                           fit=rec.fit, curves=rec.curves, metadata=rec.metadata, omega=omega)
+                           fit=rec.fit, curves=rec.curves, metadata=rec.metadata, omega=omega, caked=rec.caked)
         except (OSError, RuntimeError) as exc:
             self._raise_full(str(self.path), exc)
             raise
@@ -401,6 +413,13 @@ class RunOutputs:
                     self.zarr.abandon() if failed else self.zarr.close()
             except BaseException as exc:  # noqa: BLE001
                 failed = failed or exc
+        if failed is None and not self.failed and self.caked_dir is not None:
+            try:  # MIDAS's caked-peaks file: a table of the whole run, made once from the closed HDF5 file
+                from .export import export_caked_peaks
+
+                export_caked_peaks(self.path, self.caked_dir, overwrite=True)
+            except (OSError, RuntimeError) as exc:
+                failed = exc
         if failed is not None:
             if isinstance(failed, OutputError) or not _disk_full(failed):
                 raise failed

@@ -272,6 +272,7 @@ class _Writer:
         self.book = RunBook(cfg)
         self.write_2d = bool(self.params.Write2D)
         self.n_peaks = peak_slots(self.params, cfg.fit.slots)
+        self.caked = int(cfg.fit.snip_iterations) if cfg.fit.per_eta and self.n_peaks else 0
         t = cfg.transport
         hwm = max(1, int(t.queue_depth or t.ring_slots))
         ctx = zmq.Context()
@@ -281,7 +282,8 @@ class _Writer:
         try:
             sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True,
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
-                                               self.write_2d, self.n_peaks, frames_per_partial=frames_per_partial(
+                                               self.write_2d, self.n_peaks * (1 + self.imap.n_eta * bool(self.caked)),
+                                               frames_per_partial=frames_per_partial(
                                                    self.write_2d, self.params.OmegaSumFrames, cfg.workers.count)))
             self.auth = serve_remote(ctx, sock, t, "results", "writer results socket")  # joined workers
             hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
@@ -713,6 +715,10 @@ class _Writer:
                 if msg.n_peaks > self.n_peaks:
                     raise ProtocolError("size", f"result {msg.frame_index}: {msg.n_peaks} peak rows, the run has "
                                                 f"{self.n_peaks} (fitting.peak_slots)")
+                if msg.caked_peaks and (not self.caked or msg.caked_peaks != self.n_peaks):
+                    raise ProtocolError("size", f"result {msg.frame_index}: per-eta fits of {msg.caked_peaks} "
+                                                f"peaks, the run has {self.n_peaks if self.caked else 0} "
+                                                "([fit] per_eta, fitting.peak_slots)")
             except ProtocolError as exc:
                 self.rejects.record(exc)
                 self.count("rejected")
@@ -915,10 +921,11 @@ class _Writer:
                 last.eos = self.eos
 
     def storage_options(self) -> dict[str, Any]:
-        """How the cakes and sums are stored (``[output]``), as :class:`RunOutputs` takes it."""
+        """How the cakes and sums are stored (``[output]``) and whether per-η fits are (``[fit] per_eta``: their
+        SNIP iterations), as :class:`RunOutputs` takes it."""
         out = self.config.output
         return {"cake_dtype": out.cake_dtype, "cake_noise_fraction": out.cake_noise_fraction,
-                "noise_model": self.noise_model}
+                "noise_model": self.noise_model, "caked": self.caked}
 
     def resume_outputs(self, run: Run, engine_name: str) -> RunOutputs:
         """``run``'s outputs, reopened where they were flushed (:meth:`RunOutputs.resume`)."""

@@ -167,6 +167,8 @@ def _per_frame(f: h5py.File) -> list[h5py.Dataset]:
         out += list(e["data/metadata"].values())
     if "fit/peaks" in e:
         out.append(e["fit/peaks"])
+    if "fit/caked" in e:
+        out.append(e["fit/caked"])
     cakes = cake_rows(f)
     if cakes is not None:
         out.append(cakes)
@@ -409,12 +411,12 @@ class ResumeCut:
 
 
 def file_layout(e: h5py.Group) -> dict[str, int | str | float]:
-    """The layout of a results file that must match a run continuing it: n_r, n_eta, n_peaks, Write2D,
+    """The layout of a results file that must match a run continuing it: n_r, n_eta, n_peaks, per_eta, Write2D,
     OmegaSumFrames, cake_dtype (the stored dtype of the omega sums: "float32" or "float64"), cake_noise_fraction
     (0: lossless; a file from before the precision-bounded mode has none: 0)."""
     osum = e["omega_sum"]
     return {"n_r": int(e["data/I"].shape[1]), "n_eta": int(osum["I"].shape[2]),
-            "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0,
+            "n_peaks": int(e["fit/peaks"].shape[1]) if "fit/peaks" in e else 0, "per_eta": int("fit/caked" in e),
             "Write2D": int(cake_rows(e.file) is not None),
             "OmegaSumFrames": int(osum.attrs.get("omega_sum_frames", 1)), "cake_dtype": osum["I"].dtype.name,
             "cake_noise_fraction": float(osum["I"].attrs.get("cake_noise_fraction", 0.0))}

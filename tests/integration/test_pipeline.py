@@ -125,6 +125,34 @@ class _DeviceSumEngine(_DeferredEngine):
         return sum(parts[1:], parts[0]) if parts else None
 
 
+class _PinnedCakesEngine(_DeviceSumEngine):
+    """``_DeviceSumEngine`` whose ``collect`` returns the cakes as views of its stream's buffer too, poisoned with NaN
+    at the stream's next submit (as a CupyEngine stream's pinned cake buffer is overwritten)."""
+
+    def __init__(self, engine, batch=4, n_streams=3):
+        super().__init__(engine, batch, n_streams)
+        self.cake_buffers = {}
+
+    def submit(self, frames, want_cake=True):
+        sub = super().submit(frames, want_cake)
+        if sub.stream in self.cake_buffers:
+            self.cake_buffers[sub.stream][...] = np.nan
+        return sub
+
+    def collect(self, sub):
+        lines, cakes = super().collect(sub)
+        if cakes is not None:
+            self.cake_buffers[sub.stream] = cakes = np.array(cakes)
+        return lines, cakes
+
+
+def pinned_cakes_worker_run(config, ready, stop, index=0):
+    """A worker whose engine hands out cakes it overwrites later (see _PinnedCakesEngine)."""
+    real = worker_process.create_engine
+    worker_process.create_engine = lambda *a, **k: _PinnedCakesEngine(real(*a, **k))
+    return worker_process.run(config, ready, stop, index=index)
+
+
 def device_sum_worker_run(config, ready, stop, index=0):
     """A worker whose engine has the GPU engine's result buffers and device omega sums (see _DeviceSumEngine)."""
     real = worker_process.create_engine
@@ -680,6 +708,36 @@ def test_pipelined_worker_fits_held_batches_together_and_sums_omega_on_the_devic
     assert sum(w["integrated"] for w in workers) == n
     # held batches were fitted together: fewer fit calls than batches of 4
     assert sum(w["fit_calls"] for w in workers) < n / 4, workers
+
+
+def test_pipelined_worker_holds_batches_for_per_eta_fits_with_their_cakes_copied(tmp_path, pipelines):
+    # [fit] per_eta with Write2D 0: the cakes come back for the per-eta fits (and the omega sums, then made on this
+    # side); finished batches are still held and fitted together, so their cakes must be copies (the engine poisons
+    # its buffers at the next submit): every per-eta fit equals fitting the reference cakes, every sum exact
+    n, osf = 48, 8
+    config = setup_run(tmp_path, extra_params=f"Write2D 0\nOmegaSumFrames {osf}\nPeakLocation 20\nPeakLocation 35\n",
+                       source={"kind": "simulated", "frames": n}, workers={"batches_in_flight": 3},
+                       fit={"per_eta": True})
+    pipe = pipelines(config, n_workers=2, worker_target=pinned_cakes_worker_run)
+    assert_clean_exit(pipe.finish())
+    params = config.load_params()
+    imap = load_or_build(params)[0]
+    sim = SimulatedSource(params, n_frames=n, seed=0, dtype="int32", precompute=False)
+    lines, cakes = ReferenceEngine(imap, normalize=params.Normalize).integrate_batch(
+        np.stack([sim.make_frame(k) for k in range(n)]))
+    from ringstream.fitting.caked import CakedFitter
+
+    want = CakedFitter(params, imap.two_theta, imap.r_px, imap.n_eta, 2).fit_many(list(cakes), list(lines))
+    with h5py.File(config.run.output_h5, "r") as f:
+        e = f["entry"]
+        got = e["fit/caked"][()]
+        assert got.shape == (n, imap.n_eta, 2, 7) and np.isfinite(got[..., 1]).sum() > n * imap.n_eta
+        np.testing.assert_allclose(got, np.stack(want), rtol=1e-9, atol=1e-12)
+        ref = cakes.astype(np.float32).astype(np.float64).reshape(n // osf, osf, *cakes.shape[1:]).sum(axis=1)
+        np.testing.assert_allclose(e["omega_sum/I"][()], ref, rtol=6e-8, atol=0)
+    workers = [pipe.counters("worker", i) for i in range(2)]
+    assert sum(w["integrated"] for w in workers) == n
+    assert sum(w["fit_calls"] for w in workers) < n / 4, workers  # held: fewer fit calls than batches of 4
 
 
 class _DecodingEngine(_DeviceSumEngine):

@@ -90,13 +90,15 @@ def _units_as_the_definition_wants(nxdl: str, f: h5py.File, field: str) -> None:
 
 
 def _write(folder: Path, write_2d: int) -> Path:
-    """A run of 6 frames with fits through the writer's own sinks; without Write2D the omega sums come from the
+    """A run of 6 frames with fits (and per-η fits) through the writer's own sinks; without Write2D the omega sums come from the
     workers, one group a frame (OmegaSumFrames 1, the default)."""
     folder.mkdir()
     p, imap = make(f"Write2D {write_2d}\n")
     recs = records(6, imap, rejected=(3,))
+    for r in recs:  # with per-eta fits ([fit] per_eta)
+        r.caked = None if r.lineout is None else np.full((imap.n_eta, N_PEAKS, 7), 1.5)
     out = RunOutputs(folder / "r.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, zarr_path=None,
-                     metadata_keys=["I0", "omega"], expected_frames=6, sums_from_workers=not write_2d)
+                     metadata_keys=["I0", "omega"], expected_frames=6, sums_from_workers=not write_2d, caked=50)
     for r in recs:
         out.append(r)
         if not write_2d and r.lineout is not None:

@@ -36,11 +36,13 @@ class Run:
     osf: int  # OmegaSumFrames
     dtype: str = "float32"  # [output] cake_dtype
     noise: float = 0.0  # [output] cake_noise_fraction (with a model that rounds every value: g 1, x_min 0)
+    caked: int = 0  # [fit] per_eta (its SNIP iterations): /entry/fit/caked and r_caked_peaks.h5
 
 
 RUNS = [Run(w, fit, osf) for w in (0, 1) for fit in (False, True) for osf in (1, 4)]
 RUNS += [Run(w, True, 4, "float64") for w in (0, 1)]
 RUNS += [Run(w, False, 4, "float32", 0.01) for w in (0, 1)]
+RUNS += [Run(0, True, 4, caked=50)]
 
 _GEOMETRY: dict[Run, tuple] = {}
 
@@ -55,7 +57,7 @@ def _outputs(folder: Path, run: Run, resume: bool = False) -> RunOutputs:
     p, imap = _geo(run)
     kw = dict(engine_name="cpu", n_peaks=N_PEAKS if run.fitting else 0, zarr_path=folder / "r.zarr.zip",
               midas_dir=folder if run.fitting else None, metadata_keys=["I0", "omega"], expected_frames=N,
-              sums_from_workers=not run.write_2d, block=4, cake_dtype=run.dtype)
+              sums_from_workers=not run.write_2d, block=4, cake_dtype=run.dtype, caked=run.caked)
     if run.noise:
         kw.update(cake_noise_fraction=run.noise, noise_model=np.stack([np.ones((imap.n_r, imap.n_eta)),
                                                                        np.zeros((imap.n_r, imap.n_eta))]))
@@ -64,6 +66,12 @@ def _outputs(folder: Path, run: Run, resume: bool = False) -> RunOutputs:
 
 def _records(run: Run):
     recs = records(N, _geo(run)[1], seed=3, rejected=REJECTED)
+    if run.caked:  # per-eta fits [n_eta, peaks, 7], a NaN row in every third frame
+        n_eta = _geo(run)[1].n_eta
+        for r in recs:
+            r.caked = np.random.default_rng(r.frame_index).random((n_eta, N_PEAKS, 7))
+            if r.frame_index % 3 == 0:
+                r.caked[1, 2] = np.nan
     return recs if run.fitting else [dataclasses.replace(r, fit=None, curves=None) for r in recs]
 
 
@@ -178,6 +186,13 @@ def _assert_same_files(got: Path, want: Path) -> None:
         assert sorted(zg.namelist()) == sorted(zw.namelist())
         for member in zw.namelist():
             assert zg.read(member) == zw.read(member), member
+    assert (got / "r_caked_peaks.h5").exists() == (want / "r_caked_peaks.h5").exists()
+    if (want / "r_caked_peaks.h5").exists():  # (its @zarr_source names the folder: the tables are compared)
+        with h5py.File(got / "r_caked_peaks.h5", "r") as fg, h5py.File(want / "r_caked_peaks.h5", "r") as fw:
+            for name in ("peaks", "metadata"):
+                assert sorted(fg[name]) == sorted(fw[name])
+                for k in fw[name]:
+                    _same(fg[name][k][()], fw[name][k][()], f"r_caked_peaks.h5/{name}/{k}")
     leftovers = [p.name for p in got.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
@@ -197,7 +212,8 @@ def reference(tmp_path_factory):
 
 
 def _name(run: Run) -> str:
-    return f"w{run.write_2d}-fit{int(run.fitting)}-osf{run.osf}-{run.dtype}" + (f"-noise{run.noise}" if run.noise else "")
+    return (f"w{run.write_2d}-fit{int(run.fitting)}-osf{run.osf}-{run.dtype}" + (f"-noise{run.noise}" if run.noise else "")
+            + (f"-caked{run.caked}" if run.caked else ""))
 
 
 #: (frames appended and flushed before the kill, frames appended after that flush)
