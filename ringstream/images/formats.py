@@ -83,16 +83,21 @@ class _Complaints(logging.Handler):
 @contextmanager
 def _complaints(name: str):
     """tifffile logs (and skips) an IFD chain or tag that points past the end of the file instead of raising:
-    collect the errors the library ``name`` logs (not passing them on) so that such a file counts as incomplete."""
+    collect the errors the library ``name`` logs (not passing them on) so that such a file counts as incomplete.
+    The logger's level is lowered to ERROR meanwhile: a program that silenced the library (the CLI sets it to
+    CRITICAL) would otherwise silence the complaints too, and a truncated file would be read as whole."""
     logger = logging.getLogger(name)
-    handler, propagate = _Complaints(), logger.propagate
+    handler, propagate, level = _Complaints(), logger.propagate, logger.level
     logger.addHandler(handler)
     logger.propagate = False
+    if logger.getEffectiveLevel() > logging.ERROR:
+        logger.setLevel(logging.ERROR)
     try:
         yield handler.messages
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
+        logger.setLevel(level)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ short or corrupt files are IncompleteFile naming the file; darks in every format
 
 from __future__ import annotations
 
+import logging
+
 import h5py
 import hdf5plugin
 import numpy as np
@@ -188,6 +190,23 @@ def test_truncated_files_are_incomplete_naming_the_file(tmp_path, name):
         path.write_bytes(whole[:cut])
         with pytest.raises(IncompleteFile, match=rf"^{path}: "):
             read_all(path)
+
+
+def test_a_truncated_tiff_is_incomplete_also_where_the_cli_silenced_tifffile(tmp_path):
+    """`ringstream integrate` sets tifffile's logger to CRITICAL; its complaints about a cut file still count."""
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, stack(2, np.uint16), photometric="minisblack")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - 7])
+    logger = logging.getLogger("tifffile")
+    before = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with pytest.raises(IncompleteFile, match=rf"^{path}: "):
+            read_all(path)
+        assert logger.level == logging.CRITICAL
+    finally:
+        logger.setLevel(before)
 
 
 @pytest.mark.timeout(30)
