@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from common import ringstream_command
 from test_daemon import daemons, write_params  # noqa: F401  (daemons: the fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -59,3 +61,21 @@ def test_each_worker_runs_on_its_gpus_node(tmp_path, daemons, monkeypatch):  # n
     assert (f"worker-0: pinned to NUMA node 1 of GPU 1 (0000:c1:00.0, from nvidia-smi): CPUs {last}" in d.stderr
             and f"worker-1: pinned to NUMA node 0 of GPU 0 (0000:41:00.0, from nvidia-smi): CPUs {first}"
             in d.stderr), d.stderr
+
+
+@pytest.mark.timeout(60)
+def test_gpus_all_without_a_device_is_one_line_at_start(tmp_path):
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is importable here: 'all' may resolve")
+    except ImportError:
+        pass
+    params = write_params(tmp_path)
+    proc = subprocess.run(ringstream_command() + ["run", "--param-file", str(params), "--simulate", "5", "--gpus",
+                                                  "all", "--output-h5", "out.h5"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 2
+    assert proc.stderr == ("ringstream: error: [workers] gpus = \"all\": CuPy sees no CUDA device here "
+                           "(ModuleNotFoundError: No module named 'cupy'); name the devices (--gpus 0,1) on a GPU "
+                           "host with pip install 'ringstream[gpu]', or use engine cpu\n")
+    assert not (tmp_path / "out.h5").exists()  # nothing started
