@@ -101,7 +101,6 @@ def engine_alone(cp, cupyx, device: int, imap, stack: np.ndarray, codec: str, to
     """The engine on ``device`` alone, the bench pinned to the GPU's NUMA node: frames/s from pinned raw frames
     and, with a ``codec``, from pinned compressed bytes (``gpu_decode.submit_rate``)."""
     from ringstream.engines.cupy_engine import CupyEngine
-    from ringstream.engines.gpu_decode import EncodedFrame
     from ringstream.engines.topology import pin_process, place_worker
 
     allowed = os.sched_getaffinity(0)
@@ -115,13 +114,7 @@ def engine_alone(cp, cupyx, device: int, imap, stack: np.ndarray, codec: str, to
                    "raw_fps": round(gpu_decode.submit_rate(eng, list(raw), total))}
             if codec != "none":
                 payloads, ratio = gpu_decode.compress(stack, codec)
-                offsets = np.cumsum([0] + [-(-p.size // 64) * 64 for p, _, _ in payloads])
-                comp = cupyx.empty_pinned((int(offsets[-1]),), np.uint8)
-                items = []
-                for k, (p, head, block) in enumerate(payloads):
-                    view = comp[offsets[k]:offsets[k] + p.size]
-                    view[...] = p
-                    items.append(EncodedFrame(view, codec, head, block, stack.shape[1:], stack.dtype, f"frame {k}"))
+                items = gpu_decode.pinned_items(cupyx, payloads, codec, stack.shape[1:], stack.dtype)
                 out.update(ratio=round(ratio, 2), compressed_fps=round(gpu_decode.submit_rate(eng, items, total)))
             eng.close()
     finally:
