@@ -111,7 +111,7 @@ def placement_lines(status: dict[str, Any]) -> list[str]:
         if not name.startswith("worker-") or "gpu" not in counters:
             continue
         gpu, node = int(counters["gpu"]), int(counters.get("numa_node", -1))
-        where = "engine cpu" if gpu < 0 else f"GPU {gpu}, NUMA node {node if node >= 0 else 'unknown (not pinned)'}"
+        where = "engine cpu" if gpu < 0 else f"GPU {gpu}, " + (f"NUMA node {node}" if node >= 0 else "not pinned")
         lines.append(f"  {name:<10} placement: {where}, CPUs {c.get('cpus') or '?'}")
     return lines
 

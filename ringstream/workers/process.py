@@ -143,9 +143,10 @@ class _Worker:
             return create_engine(cfg.workers.engine, m, dark, normalize=params.Normalize, device=device)
 
         self.use_engine(make(imap))
-        # what `ringstream status` shows of this worker: its GPU (-1: the CPU engine) and NUMA node (-1: unknown)
+        # what `ringstream status` shows of this worker: its GPU (-1: the CPU engine) and the NUMA node it is pinned
+        # to (-1: not pinned)
         self.counters["gpu"] = device if ENGINES[self.engine_name].device == "cuda" else -1
-        self.counters["numa_node"] = self.placement.node
+        self.counters["numa_node"] = self.placement.node if self.placement.pinned else -1
         store = store_dir(state_dir_of(cfg.run))
         self.masks = MaskedEngines(self.engine, make, params, self.fetch_mask or (lambda digest: store),
                                    f"worker-{self.index}", beating=lambda: self.hb.beating(self.snapshot()),

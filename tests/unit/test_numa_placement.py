@@ -184,6 +184,6 @@ def test_status_shows_each_workers_gpu_node_and_cpus():
     }}
     assert placement_lines(status) == [
         "  worker-0   placement: GPU 0, NUMA node 0, CPUs 0-15,32-47",
-        "  worker-1   placement: GPU 1, NUMA node unknown (not pinned), CPUs 0-63",
+        "  worker-1   placement: GPU 1, not pinned, CPUs 0-63",
         "  worker-2   placement: engine cpu, CPUs 0-63",
     ]
