@@ -87,6 +87,71 @@ def snapshot(root: int) -> dict[int, tuple[str, int, dict[int, int]]]:
     return out
 
 
+def sample(prev: dict, t_prev: float, now: dict, t_now: float) -> dict:
+    """One interval's row: per process of ``now`` also in ``prev``, its CPU % and its busiest thread's."""
+    dt = t_now - t_prev
+    row = {"t": round(time.time(), 3), "procs": {}}
+    for pid, (name, total, threads) in now.items():
+        if pid not in prev:
+            continue
+        _, total0, threads0 = prev[pid]
+        busiest = max((threads[t] - threads0.get(t, threads[t]) for t in threads), default=0)
+        row["procs"][f"{name}:{pid}"] = {"name": name, "cpu_pct": round(100.0 * (total - total0) / TICK / dt, 1),
+                                          "busiest_thread_pct": round(100.0 * busiest / TICK / dt, 1),
+                                          "threads": len(threads)}
+    return row
+
+
+def summarize(samples: list[dict]) -> dict[str, dict]:
+    """Per process name, over the intervals in which it worked (> 5 % CPU): the mean and 90th percentile of its CPU
+    % and of its busiest thread's."""
+    summary: dict[str, dict] = {}
+    by_name: dict[str, list] = {}
+    for row in samples:
+        for v in row["procs"].values():
+            by_name.setdefault(v["name"], []).append((v["cpu_pct"], v["busiest_thread_pct"]))
+    for name, vals in sorted(by_name.items()):
+        a = np.asarray(vals, dtype=np.float64)
+        busy = a[a[:, 0] > 5.0] if (a[:, 0] > 5.0).any() else a  # the intervals in which it worked
+        summary[name] = {"samples": int(len(busy)), "cpu_pct_mean": round(float(busy[:, 0].mean()), 1),
+                         "cpu_pct_p90": round(float(np.percentile(busy[:, 0], 90)), 1),
+                         "busiest_thread_pct_mean": round(float(busy[:, 1].mean()), 1),
+                         "busiest_thread_pct_p90": round(float(np.percentile(busy[:, 1], 90)), 1)}
+    return summary
+
+
+class Sampler:
+    """Samples ``root``'s process tree every ``interval`` s from a thread, between ``start()`` and ``stop()`` (which
+    returns :func:`summarize` of the samples); a benchmark samples the daemons it starts with ``root =
+    os.getpid()``."""
+
+    def __init__(self, root: int, interval: float = 0.5) -> None:
+        import threading
+
+        self.root, self.interval = root, interval
+        self.samples: list[dict] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        prev, t_prev = snapshot(self.root), time.monotonic()
+        while not self._done.wait(self.interval):
+            now, t_now = snapshot(self.root), time.monotonic()
+            row = sample(prev, t_prev, now, t_now)
+            if row["procs"]:
+                self.samples.append(row)
+            prev, t_prev = now, t_now
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, dict]:
+        self._done.set()
+        self._thread.join()
+        return summarize(self.samples)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--interval", type=float, default=0.5)
@@ -102,33 +167,13 @@ def main() -> int:
     while proc.poll() is None:
         time.sleep(args.interval)
         now, t_now = snapshot(proc.pid), time.monotonic()
-        dt = t_now - t_prev
-        row = {"t": round(time.time(), 3), "procs": {}}
-        for pid, (name, total, threads) in now.items():
-            if pid not in prev:
-                continue
-            _, total0, threads0 = prev[pid]
-            busiest = max((threads[t] - threads0.get(t, threads[t]) for t in threads), default=0)
-            row["procs"][f"{name}:{pid}"] = {"name": name, "cpu_pct": round(100.0 * (total - total0) / TICK / dt, 1),
-                                              "busiest_thread_pct": round(100.0 * busiest / TICK / dt, 1),
-                                              "threads": len(threads)}
+        row = sample(prev, t_prev, now, t_now)
         if row["procs"]:
             samples.append(row)
         prev, t_prev = now, t_now
-    summary: dict[str, dict] = {}
-    by_name: dict[str, list] = {}
-    for row in samples:
-        for v in row["procs"].values():
-            by_name.setdefault(v["name"], []).append((v["cpu_pct"], v["busiest_thread_pct"]))
+    summary = summarize(samples)
     print(f"{'process':<16} {'samples':>7} {'cpu % mean':>10} {'p90':>7} {'busiest thread % mean':>22} {'p90':>7}")
-    for name, vals in sorted(by_name.items()):
-        a = np.asarray(vals, dtype=np.float64)
-        busy = a[a[:, 0] > 5.0] if (a[:, 0] > 5.0).any() else a  # the intervals in which it worked
-        s = {"samples": int(len(busy)), "cpu_pct_mean": round(float(busy[:, 0].mean()), 1),
-             "cpu_pct_p90": round(float(np.percentile(busy[:, 0], 90)), 1),
-             "busiest_thread_pct_mean": round(float(busy[:, 1].mean()), 1),
-             "busiest_thread_pct_p90": round(float(np.percentile(busy[:, 1], 90)), 1)}
-        summary[name] = s
+    for name, s in summary.items():
         print(f"{name:<16} {s['samples']:>7} {s['cpu_pct_mean']:>10} {s['cpu_pct_p90']:>7} "
               f"{s['busiest_thread_pct_mean']:>22} {s['busiest_thread_pct_p90']:>7}")
     if args.out:

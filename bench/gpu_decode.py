@@ -58,6 +58,21 @@ def compress(stack: np.ndarray, codec: str) -> tuple[list[tuple[np.ndarray, int,
     return out, stack.nbytes / sum(p.size for p, _, _ in out)
 
 
+def pinned_items(cupyx, payloads: list, codec: str, shape, dtype) -> list:
+    """The compressed frames ``payloads`` (from :func:`compress`) copied one after another, 64-byte aligned, into
+    one pinned buffer (as ring slots hold them), each as an ``EncodedFrame`` of ``shape`` and ``dtype``."""
+    from ringstream.engines.gpu_decode import EncodedFrame
+
+    offsets = np.cumsum([0] + [-(-p.size // 64) * 64 for p, _, _ in payloads])
+    comp = cupyx.empty_pinned((int(offsets[-1]),), np.uint8)
+    items = []
+    for k, (p, head, block) in enumerate(payloads):
+        view = comp[offsets[k]:offsets[k] + p.size]
+        view[...] = p
+        items.append(EncodedFrame(view, codec, head, block, tuple(shape), dtype, f"frame {k}"))
+    return items
+
+
 def submit_rate(eng, items: list, total: int) -> float:
     """Frames/s of ``total`` frames through ``submit`` / ``collect``, batches of ``eng.batch`` taken in turn from
     ``items``, every stream kept busy (after one warm-up batch)."""
@@ -81,7 +96,6 @@ def submit_rate(eng, items: list, total: int) -> float:
 
 def bench_one(cp, cupyx, name: str, scale: float, codec: str, n_distinct: int, total: int) -> dict:
     from ringstream.engines.cupy_engine import CupyEngine
-    from ringstream.engines.gpu_decode import EncodedFrame
     from ringstream.geometry.map import build_map
     from ringstream.params import parse_params
 
@@ -94,13 +108,7 @@ def bench_one(cp, cupyx, name: str, scale: float, codec: str, n_distinct: int, t
     # pinned: the raw frames, and the compressed bytes one after another (as ring slots hold them)
     raw = cupyx.empty_pinned(stack.shape, stack.dtype)
     raw[...] = stack
-    offsets = np.cumsum([0] + [-(-p.size // 64) * 64 for p, _, _ in payloads])
-    comp = cupyx.empty_pinned((int(offsets[-1]),), np.uint8)
-    items = []
-    for k, (p, head, block) in enumerate(payloads):
-        view = comp[offsets[k]:offsets[k] + p.size]
-        view[...] = p
-        items.append(EncodedFrame(view, codec, head, block, stack.shape[1:], stack.dtype, f"frame {k}"))
+    items = pinned_items(cupyx, payloads, codec, stack.shape[1:], stack.dtype)
     bound_fps = 1.0 / (gpu_engine.copy_ceiling(cp, raw) / len(stack))
     raw_fps = submit_rate(eng, list(raw), total)
     comp_fps = submit_rate(eng, items, total)

@@ -84,7 +84,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             kw.update(action="store_const", const=not o.default)
         else:
             kw["metavar"] = o.metavar
-            if o.kind.startswith("list["):
+            if o.kind.startswith("list[") or o.kind == "devices":
                 kw["action"] = "append"  # repeatable, each comma-separated
             else:
                 kw["type"] = {"int": int, "float": float, "str": str}[o.kind]
@@ -123,10 +123,11 @@ def cli_layer(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[dict
         value = a.get(dest(o)) if o.flags else None
         if value is None:
             continue
-        if o.kind.startswith("list["):
+        if o.kind.startswith("list[") or o.kind == "devices":
             text = ",".join(str(v) for v in value)  # type: ignore[union-attr]
             try:
-                value = list(from_text(text, o.kind))  # type: ignore[call-overload]
+                value = from_text(text, o.kind)
+                value = list(value) if isinstance(value, tuple) else value
             except ValueError:
                 raise ConfigError(f"command line ({o.flag}): expected {text_noun(o.section, o.key)}, "
                                   f"got {text!r}") from None

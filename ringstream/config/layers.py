@@ -21,6 +21,8 @@ from ..errors import ConfigError
 from .schema import ENV_PREFIX, OPTIONS, SECTIONS, option_of, options_of
 
 DEFAULTS = "defaults"
+#: the value of a ``devices`` key (``[workers] gpus``) meaning every CUDA device CuPy sees
+ALL_DEVICES = "all"
 
 Values = dict[tuple[str, str], tuple[object, str]]
 
@@ -61,12 +63,14 @@ _NOUN = {
     "list[str]": "a list of strings",
     "list[float]": "a list of numbers",
     "list[int]": "a list of integers",
+    "devices": "a list of integers or \"all\"",
 }
 _TEXT_NOUN = {
     "bool": "1/0/true/false/yes/no/on/off",
     "list[str]": "comma-separated strings",
     "list[float]": "comma-separated numbers",
     "list[int]": "comma-separated integers",
+    "devices": "comma-separated integers or all",
 }
 
 
@@ -91,6 +95,10 @@ def _coerce(value: object, kind: str, allow_path: bool) -> object:
     elif kind.startswith("list["):
         if isinstance(value, (list, tuple)):
             return tuple(_coerce(v, kind[5:-1], allow_path) for v in value)
+    elif kind == "devices":
+        if isinstance(value, str) and value.strip().lower() == ALL_DEVICES:
+            return ALL_DEVICES
+        return _coerce(value, "list[int]", allow_path)
     raise ValueError(kind)
 
 
@@ -205,9 +213,12 @@ _FALSE = ("0", "false", "no", "off")
 def from_text(text: str, kind: str) -> object:
     """A string (an environment variable, a command-line list) as ``kind``; ValueError if it does not read as one.
 
-    Booleans are ``1/0/true/false/yes/no/on/off``; lists are comma-separated, blank items dropped.
+    Booleans are ``1/0/true/false/yes/no/on/off``; lists are comma-separated, blank items dropped; devices are a
+    list of integers or ``all``.
     """
     s = text.strip()
+    if kind == "devices":
+        return ALL_DEVICES if s.lower() == ALL_DEVICES else from_text(text, "list[int]")
     if kind == "str":
         return text
     if kind == "int":

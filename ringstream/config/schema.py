@@ -42,10 +42,14 @@ REPLAY_CODECS = ("none", "bslz4", "lz4", "stored")
 AUTO_ENDPOINTS = ("ipc", "tcp")
 #: stored dtypes of cakes and omega sums (``[output] cake_dtype``), the default first
 CAKE_DTYPES = ("float32", "float64")
+#: ``[workers] numa_affinity``: pin GPU workers to the CPUs of their GPU's NUMA node (auto) or never (off)
+NUMA_AFFINITY = ("auto", "off")
 
 #: the value kind of each annotation a section field may have
 _KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "tuple[str, ...]": "list[str]",
-          "tuple[int, ...]": "list[int]", "tuple[float, ...]": "list[float]"}
+          "tuple[int, ...]": "list[int]", "tuple[float, ...]": "list[float]",
+          # CUDA devices: a list of device numbers, or "all" (every device CuPy sees)
+          "tuple[int, ...] | str": "devices"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class Option:
 
     section: str
     key: str
-    kind: str  # int, float, bool, str, list[str], list[int], list[float]
+    kind: str  # int, float, bool, str, list[str], list[int], list[float], devices (list[int] or "all")
     default: object
     help: str
     flags: tuple[str, ...] = ()  # command-line options setting it (none: file and environment only)
@@ -248,9 +252,13 @@ class WorkersConfig:
                      "remote_endpoint)", flags="--workers", metavar="N", at_least=0)
     engine: str = opt("auto", "integration engine: auto = the GPU when there is one (logged); gpu fails without one",
                       flags="--engine", metavar="ENGINE", choices=ENGINES)
-    gpus: tuple[int, ...] = opt((), "CUDA devices for GPU workers: worker i uses gpus[i % len]; [] = device 0 "
-                                "(e.g. [0, 1]; command line: 0,1)", flags="--gpus", metavar="LIST",
-                                expected="comma-separated CUDA device numbers such as 0,1")
+    gpus: tuple[int, ...] | str = opt((), "CUDA devices for GPU workers: worker i uses gpus[i % len]; [] = device 0; "
+                                      "\"all\" = every device CuPy sees (e.g. [0, 1]; command line: 0,1 or all)",
+                                      flags="--gpus", metavar="LIST",
+                                      expected="comma-separated CUDA device numbers such as 0,1, or all")
+    numa_affinity: str = opt("auto", "GPU workers (engine gpu or auto) run on the CPUs of their GPU's NUMA node "
+                             "(sysfs), their pinned buffers allocated there; auto = when the host has several NUMA "
+                             "nodes and the GPU's is known; off = never", choices=NUMA_AFFINITY)
     batches_in_flight: int = opt(4, "GPU engine: batches submitted at once, one per CUDA stream (1 = one at a time)",
                                  at_least=1)
 

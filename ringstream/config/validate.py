@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..runs.naming import OutputTemplate
-from .layers import describe_value, did_you_mean
+from .layers import ALL_DEVICES, describe_value, did_you_mean
 from .schema import OPTIONS, Option
 
 Merged = dict[str, dict[str, object]]
@@ -87,7 +87,8 @@ def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[
             bad("source", "dectris_stream", "the detector's tcp://HOST:PORT (e.g. tcp://10.0.0.5:31001) or ipc://PATH")
     if not 1 <= src["midas_port"] <= 65535:  # type: ignore[operator]
         bad("source", "midas_port", "a TCP port in 1..65535")
-    if any(g < 0 for g in cfg["workers"]["gpus"]):  # type: ignore[union-attr]
+    gpus = cfg["workers"]["gpus"]
+    if gpus != ALL_DEVICES and any(g < 0 for g in gpus):  # type: ignore[union-attr]
         bad("workers", "gpus", "CUDA device numbers >= 0")
 
     seen: dict[str, str] = {}

@@ -97,8 +97,23 @@ def format_status(status: dict[str, Any]) -> str:
                              if not (k.startswith("protocol_errors_") and not v))
         lines.append(f"  {name:<10} pid {c.get('pid')}  {alive:<12} {c.get('state', '?'):<8} "
                      f"heartbeat {c.get('heartbeat_age', 0):.1f} s ago  {counters}")
+    lines.extend(placement_lines(status))
     lines.extend(remote_lines(status))
     return "\n".join(lines)
+
+
+def placement_lines(status: dict[str, Any]) -> list[str]:
+    """Where each worker runs: its GPU (from its heartbeat), the NUMA node it was pinned to and the CPUs the kernel
+    lets it use (docs/MULTIGPU.md)."""
+    lines = []
+    for name, c in (status.get("children") or {}).items():
+        counters = c.get("counters") or {}
+        if not name.startswith("worker-") or "gpu" not in counters:
+            continue
+        gpu, node = int(counters["gpu"]), int(counters.get("numa_node", -1))
+        where = "engine cpu" if gpu < 0 else f"GPU {gpu}, " + (f"NUMA node {node}" if node >= 0 else "not pinned")
+        lines.append(f"  {name:<10} placement: {where}, CPUs {c.get('cpus') or '?'}")
+    return lines
 
 
 def remote_lines(status: dict[str, Any]) -> list[str]:

@@ -51,6 +51,7 @@ from typing import Any
 import zmq
 
 from ..config.validate import ENDPOINT_KEYS
+from ..engines.topology import format_cpulist, resolve_gpus
 from ..errors import EXIT_INTERNAL, ConfigError, RingstreamError
 from ..protocol import (
     ControlReply,
@@ -278,6 +279,14 @@ def interrupted_exit(sig: int) -> int:
     return 128 + int(sig)
 
 
+def _cpus_of(pid: int | None) -> str:
+    """The CPUs process ``pid`` may run on, as the kernel lists them ("" when it is gone)."""
+    try:
+        return format_cpulist(os.sched_getaffinity(int(pid or 0))) if pid else ""
+    except OSError:
+        return ""
+
+
 def _num(counters: dict, key: str) -> float:
     v = counters.get(key, 0)
     return v if isinstance(v, (int, float)) else 0
@@ -402,6 +411,10 @@ class Supervisor:
         from ..writer.process import prepare_outputs
 
         cfg = self.config
+        if cfg.workers.engine != "cpu" and cfg.workers.gpus == "all":  # every device CuPy sees, or one line now
+            cfg = self.config = dataclasses.replace(cfg, workers=dataclasses.replace(
+                cfg.workers, gpus=resolve_gpus(cfg.workers.gpus)))
+            log.info("[workers] gpus = \"all\": devices %s", ",".join(str(g) for g in cfg.workers.gpus))
         params = cfg.load_params()
         for line in getattr(params, "warnings", ()):
             log.warning("%s", line)
@@ -1003,6 +1016,7 @@ class Supervisor:
                 "state": c.state,
                 "exitcode": c.process.exitcode,
                 "counters": dict(c.counters),
+                "cpus": _cpus_of(c.pid) if c.alive() else "",
             }
         t = cfg.transport
         return {

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import GPU_INSTALL_HINT, Capabilities, Engine
+from .topology import resolve_gpus
 
 log = logging.getLogger("ringstream.engines")
 
@@ -138,6 +139,6 @@ def _check_device(device: int) -> int:
 
 def device_for_worker(gpus, index: int) -> int:
     """The CUDA device of worker ``index`` for ``[workers] gpus``: ``gpus[index % len(gpus)]``, or 0 when empty
-    (several workers may share one GPU)."""
-    gpus = tuple(int(g) for g in (gpus or ()))
+    (several workers may share one GPU); ``"all"`` is every device CuPy sees (:func:`.topology.resolve_gpus`)."""
+    gpus = resolve_gpus(gpus)
     return gpus[int(index) % len(gpus)] if gpus else 0

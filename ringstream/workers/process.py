@@ -45,7 +45,8 @@ import zmq
 
 from ..engines.base import Capabilities, check_capabilities
 from ..engines.gpu_decode import EncodedFrame
-from ..engines.registry import create_engine, device_for_worker
+from ..engines.registry import ENGINES, create_engine, device_for_worker
+from ..engines.topology import place_worker
 from ..errors import RingstreamError
 from ..geometry.cache import load_or_build
 from ..geometry.mask_store import store_dir
@@ -127,18 +128,25 @@ class _Worker:
 
     def run(self, ready, stop) -> int:
         cfg = self.config
+        device = device_for_worker(cfg.workers.gpus, self.index)
+        # first: pinned near the GPU before anything is allocated (the map, the engine's pinned buffers, the CUDA
+        # context), since memory lands on the node of the CPU that first touches it
+        self.placement = place_worker(cfg.workers.numa_affinity, cfg.workers.engine, device, f"worker-{self.index}")
         params = cfg.load_params()
         imap, from_cache = load_or_build(params)
         self.shape = (int(imap.shape[0]), int(imap.shape[1]))
         self.n_r, self.n_eta = int(imap.n_r), int(imap.n_eta)
         dark_path = self.dark_path if self.dark_path is not None else cfg.run.dark or params.Dark
         dark = load_dark(dark_path, self.shape) if dark_path else None
-        device = device_for_worker(cfg.workers.gpus, self.index)
 
         def make(m):
             return create_engine(cfg.workers.engine, m, dark, normalize=params.Normalize, device=device)
 
         self.use_engine(make(imap))
+        # what `ringstream status` shows of this worker: its GPU (-1: the CPU engine) and the NUMA node it is pinned
+        # to (-1: not pinned)
+        self.counters["gpu"] = device if ENGINES[self.engine_name].device == "cuda" else -1
+        self.counters["numa_node"] = self.placement.node if self.placement.pinned else -1
         store = store_dir(state_dir_of(cfg.run))
         self.masks = MaskedEngines(self.engine, make, params, self.fetch_mask or (lambda digest: store),
                                    f"worker-{self.index}", beating=lambda: self.hb.beating(self.snapshot()),

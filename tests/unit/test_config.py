@@ -472,7 +472,7 @@ def test_check_config_prints_the_effective_config_and_starts_nothing(tmp_path, s
     assert check_config(args, extra) == 0
     out = capsys.readouterr().out
     data = tomllib.loads(out)  # the report is TOML (the summary is in comments)
-    assert data["workers"] == {"count": 3, "engine": "cpu", "gpus": [], "batches_in_flight": 4} and data["source"]["frames"] == 5
+    assert data["workers"] == {"count": 3, "engine": "cpu", "gpus": [], "numa_affinity": "auto", "batches_in_flight": 4} and data["source"]["frames"] == 5
     assert "# environment (RINGSTREAM_WORKERS_ENGINE)" in out and f"# {toml}:4" in out
     assert "R 4..30 px step 2 (13 bins)" in out
     assert re.search(r"map cache key: [0-9a-f]{64}, not cached", out)

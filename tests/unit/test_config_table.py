@@ -65,7 +65,7 @@ def test_help_lists_every_flag_of_the_table_with_its_help(command):
 
 def test_every_flag_sets_its_key():
     samples = {"int": ("3", 3), "float": ("1.5", 1.5), "str": ("x", "x"), "list[str]": ("a,b", ["a", "b"]),
-               "list[int]": ("0,1", [0, 1]), "list[float]": ("1,2", [1.0, 2.0])}
+               "list[int]": ("0,1", [0, 1]), "list[float]": ("1,2", [1.0, 2.0]), "devices": ("0,1", [0, 1])}
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     for o in OPTIONS:
