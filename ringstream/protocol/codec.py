@@ -26,6 +26,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ringstream.compression import CODECS as CHUNK_CODECS
+from ringstream.compression import decoded_size
 from ringstream.errors import RingstreamError
 from ringstream.protocol.messages import (
     FIT_COLUMNS,
@@ -181,7 +183,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
     "omegasum": {"run_id": _STR, "group": _COUNT, "n_frames": _COUNT, "first_frame": _INDEX, "last_frame": _INDEX,
                  "worker": _COUNT, "worker_pid": _COUNT, "frames": _INDEX_LIST, "n_r": _COUNT, "n_eta": _COUNT,
-                 "dtype": _one_of(*PARTIAL_DTYPES)},
+                 "dtype": _one_of(*PARTIAL_DTYPES), "compressed": _BOOL},
     "eos": {"run_id": _STR, "n_frames": _COUNT, "first_frame": _INDEX, "final": _BOOL, "reason": _STR,
             "counters": _INT_COUNTERS},
     "runstart": {"run_id": _STR, "first_frame": _INDEX, "name": _STR, "reason": _STR, "meta": _METADATA},
@@ -334,6 +336,8 @@ def _check_buffers(tag: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
     elif tag == "omegasum":
         dtype = kwargs.get("dtype", "<f8")
         expected = [kwargs["n_r"] * kwargs["n_eta"] * PARTIAL_DTYPES[dtype]]
+        if kwargs.get("compressed", False):
+            return  # (the chunks' own headers are checked with the buffers: _check_chunks)
         if sizes != expected:
             raise ProtocolError("size", f"omegasum of group {kwargs['group']}: buffers of {sizes} bytes, expected "
                                         f"{expected} (n_r x n_eta {dtype})")
@@ -390,7 +394,7 @@ def encode(msg: Message, buffers: Iterable[Any] = ()) -> list[bytes | memoryview
             views.append(_as_bytes_view(buffer))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{tag} message: buffer {i} is not a C-contiguous buffer ({exc})") from None
-    _check_buffers(tag, kwargs, [v.nbytes for v in views])
+    _check_payload(tag, kwargs, views)
     try:
         packed = msgpack.packb(header, use_bin_type=True, default=_builtin)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -450,12 +454,34 @@ def _checked(tag: str, cls: type, header: dict, buffers: list[memoryview]) -> Me
     """The message of type ``tag`` from a parsed header, every field and the buffer sizes checked (the general
     path, which names what is wrong)."""
     kwargs = _check_fields(tag, header)
-    _check_buffers(tag, kwargs, [b.nbytes for b in buffers])
+    _check_payload(tag, kwargs, buffers)
     try:
         msg = cls(**kwargs)
     except Exception as exc:  # validation above should make this unreachable; a peer must never crash us
         raise ProtocolError("malformed", f"{tag} message: {type(exc).__name__}: {exc}") from None
     return msg
+
+
+def _check_payload(tag: str, kwargs: dict[str, Any], buffers: list[memoryview]) -> None:
+    """The buffers of a message against its checked fields: their sizes, and a compressed sum's chunk headers."""
+    _check_buffers(tag, kwargs, [b.nbytes for b in buffers])
+    if tag == "omegasum" and kwargs.get("compressed", False):
+        _check_chunks(kwargs, buffers)
+
+
+def _check_chunks(kwargs: dict[str, Any], buffers: list[memoryview]) -> None:
+    """A compressed OmegaPartial: the HDF5 chunk and, optionally, the zarr chunk of one whole ``n_r x n_eta`` sum
+    of ``dtype``, each header saying so (:func:`ringstream.compression.decoded_size`; the bytes are not decoded)."""
+    want = kwargs["n_r"] * kwargs["n_eta"] * PARTIAL_DTYPES[kwargs.get("dtype", "<f8")]
+    where = f"compressed omegasum of group {kwargs['group']}"
+    if len(buffers) not in (1, 2):
+        raise ProtocolError("size", f"{where}: {len(buffers)} buffers, expected the HDF5 chunk and optionally the "
+                                    f"zarr chunk")
+    for codec, buf in zip(CHUNK_CODECS, buffers, strict=False):
+        got = decoded_size(codec, buf)
+        if got != want:
+            raise ProtocolError("size", f"{where}: its {codec} chunk's header says {got} bytes, expected {want} "
+                                        f"(n_r x n_eta {kwargs.get('dtype', '<f8')})")
 
 
 #: the Result fields in declaration order, and each one's slot descriptor (what the frozen ``__init__`` sets)

@@ -153,10 +153,13 @@ class OmegaPartial:
     ``group`` (frames ``group * OmegaSumFrames ..``) that this worker integrated, one little-endian buffer
     ``[n_r, n_eta]`` of ``dtype``: ``"<f8"`` (summed in float64), or the stored dtype (``[output] cake_dtype``) when
     the partial is the group's whole sum (every frame of it) and needs no more adding: the float64 sum rounded
-    once, as the writer would store it, in half the bytes for float32. Sent to the writer when cakes are not sent per frame (``Write2D 0``), always
-    after the Results of its frames; ``first_frame`` / ``last_frame`` are the first and last frame_index summed
-    (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame summed (what the writer
-    acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""
+    once, as the writer would store it, in half the bytes for float32. ``compressed``: such a whole sum (stored
+    dtype, NaN made 0) travels as the chunks the files store, made by the worker (:mod:`ringstream.compression`):
+    buffer 0 the HDF5 chunk (bitshuffle + LZ4, filter 32008, with its 12-byte header), buffer 1, when the run
+    writes a zarr.zip, the zarr chunk (Blosc); the writer places them as they are. Sent to the writer when cakes are
+    not sent per frame (``Write2D 0``), always after the Results of its frames; ``first_frame`` / ``last_frame`` are
+    the first and last frame_index summed (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame
+    summed (what the writer acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""
 
     run_id: str = ""
     group: int
@@ -169,6 +172,7 @@ class OmegaPartial:
     n_r: int
     n_eta: int
     dtype: str = "<f8"
+    compressed: bool = False
 
 
 @_message

@@ -43,6 +43,7 @@ import time
 import numpy as np
 import zmq
 
+from ..compression import hdf5_chunk, zarr_encode
 from ..engines.base import Capabilities, check_capabilities
 from ..engines.gpu_decode import EncodedFrame
 from ..engines.registry import create_engine, device_for_worker
@@ -66,7 +67,14 @@ from ..protocol import (
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.security import REMOTE_INDEX_BASE, client_context
 from ..transport.shm_ring import FrameRing
-from ..transport.sockets import RejectLog, frames_per_partial, make_socket, results_hwm, send_message
+from ..transport.sockets import (
+    RejectLog,
+    frames_per_partial,
+    make_socket,
+    partial_itemsize,
+    results_hwm,
+    send_message,
+)
 from .fitting import WorkerFitting
 from .kept import KeptResults
 from .omega import OmegaPartials
@@ -134,6 +142,10 @@ class _Worker:
         self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta,
                                                                  max_frames=self.hold_limit)
         self.stored_dtype = "<f4" if cfg.output.cake_dtype == "float32" else "<f8"
+        # a group's whole sum goes as the chunks the files store (not in the precision-bounded mode: its rounding is
+        # the writer's), with the zarr chunk when the run writes a zarr.zip
+        self.compress_sums = not cfg.output.cake_noise_fraction
+        self.zarr_chunks = not cfg.run.no_zarr
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -157,7 +169,10 @@ class _Worker:
             self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False,
                                        hwm=results_hwm(t.results_queue_mb, hwm, self.n_r, self.n_eta, self.write_2d,
                                                        n_peaks, frames_per_partial=frames_per_partial(
-                                                           self.write_2d, params.OmegaSumFrames, cfg.workers.count)))
+                                                           self.write_2d, params.OmegaSumFrames, cfg.workers.count),
+                                                       partial_itemsize=partial_itemsize(
+                                                           params.OmegaSumFrames, int(self.stored_dtype[-1]),
+                                                           self.compress_sums, self.zarr_chunks)))
             self.hb = hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "worker", self.index, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
@@ -399,14 +414,18 @@ class _Worker:
         if self.partials is None:
             return
         for p in self.partials.due(idle):
-            # a group's whole sum goes rounded to the stored dtype, as the writer would store it: half the bytes
-            dtype = self.stored_dtype if self.partials.whole(p) else "<f8"
+            # a group's whole sum goes rounded to the stored dtype, as the writer would store it (half the bytes), and
+            # compressed as the files store it: the writer only places the chunks
+            whole = self.partials.whole(p)
+            dtype = self.stored_dtype if whole else "<f8"
             total = np.ascontiguousarray(p.total, dtype=dtype)
+            bufs = sum_chunks(total, self.zarr_chunks) if whole and self.compress_sums else [total]
             msg = OmegaPartial(run_id=p.run_id, group=p.group, n_frames=p.frames.n_frames,
                                first_frame=p.frames.first_frame, last_frame=p.frames.last_frame, worker=self.index,
-                               worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta, dtype=dtype)
-            self.send(self.results, msg, [total])
-            self.kept.keep(max(p.indices), msg, [total])
+                               worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta, dtype=dtype,
+                               compressed=bufs[0] is not total)
+            self.send(self.results, msg, bufs)
+            self.kept.keep(max(p.indices), msg, bufs)
             self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:
@@ -507,6 +526,14 @@ class _Worker:
                 return
             self.hb.beat(self.snapshot)
             sock.poll(IDLE_MS // 2, zmq.POLLOUT)
+
+
+def sum_chunks(total: np.ndarray, zarr: bool) -> list[bytes]:
+    """A group's whole sum (stored dtype) as the files store it: NaN made 0 (as the writer does to every sum), then
+    the HDF5 chunk and, with ``zarr``, the zarr chunk (:mod:`ringstream.compression`)."""
+    if not np.isfinite(total).all():
+        total = np.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
+    return [hdf5_chunk(total), *([zarr_encode(total)] if zarr else [])]
 
 
 class FrameRejected(RingstreamError):

@@ -721,8 +721,9 @@ class Hdf5Writer:
         """Queue one omega-sum group (an :class:`~ringstream.writer.omega.OmegaGroup`); it is written, and seen
         by readers, at the next :meth:`flush`."""
         self._check_open()
-        if np.shape(group.sum) != (self.n_r, self.n_eta):
-            raise ValueError(f"omega-sum group {group.index}: shape {np.shape(group.sum)} != ({self.n_r}, {self.n_eta})")
+        shape = np.shape(group.sum) if group.sum is not None else tuple(group.chunks.shape)
+        if shape != (self.n_r, self.n_eta):
+            raise ValueError(f"omega-sum group {group.index}: shape {shape} != ({self.n_r}, {self.n_eta})")
         self._groups.append((group, group.name(int(digits or self._digits))))
 
     def _write_groups(self) -> None:

@@ -313,9 +313,17 @@ class RunOutputs:
         if sums.grouping.ends_group(idx):  # the last frame of a group: it may be complete now
             self._take_groups(sums.pop_complete())
 
-    def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
-        """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``."""
-        self.sums.add_partial(group, n_frames, partial)
+    def add_partial(self, group: int, n_frames: int, partial: np.ndarray | Chunks) -> None:
+        """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``: an array, or the group's whole
+        sum as the worker stored and compressed it (:class:`~.storage.Chunks`, of the stored dtype: ValueError if
+        not, or in the precision-bounded mode, whose rounding is the writer's)."""
+        if type(partial) is Chunks:
+            if partial.dtype != self.h5.dtype or self.rounding is not None:
+                raise ValueError(f"compressed partial sum of group {group}: {partial.dtype}, the run stores "
+                                 f"{self.h5.dtype}{' precision-bounded' if self.rounding is not None else ''}")
+            self.sums.add_chunks(group, n_frames, partial)
+        else:
+            self.sums.add_partial(group, n_frames, partial)
         self._take_groups(self.sums.pop_complete())
 
     def peak_update(self, seq: int, from_frame: int, peaks: Sequence[float], origin: str) -> bool:
@@ -327,8 +335,9 @@ class RunOutputs:
 
     def _take_groups(self, groups) -> None:
         for g in groups:
-            g.sum = stored(g.sum, self.h5.dtype, self.rounding)  # the float64 sum rounded once, for both files
-            g.chunks = Chunks(g.sum, zarr=self.zarr is not None)  # compressed for both, in the background
+            if g.chunks is None:  # (else a worker stored and compressed it)
+                g.sum = stored(g.sum, self.h5.dtype, self.rounding)  # the float64 sum rounded once, for both files
+                g.chunks = Chunks(g.sum, zarr=self.zarr is not None)  # compressed for both, in the background
             self.h5.add_omega_group(g, self.digits)
             if self.zarr is not None:
                 self.zarr.add_group(g)

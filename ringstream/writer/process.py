@@ -102,6 +102,7 @@ from ..transport.sockets import (
     RejectLog,
     frames_per_partial,
     make_socket,
+    partial_itemsize,
     recv_message,
     results_hwm,
     send_message,
@@ -110,6 +111,7 @@ from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
 from .precision import map_noise_model
 from .runs import Run, RunBook
+from .storage import Chunks
 from .view_feed import ViewFeed
 
 log = logging.getLogger("ringstream.writer")
@@ -279,7 +281,10 @@ class _Writer:
             sock = make_socket(ctx, zmq.PULL, t.results_endpoint, bind=True,
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
                                                self.write_2d, self.n_peaks, frames_per_partial=frames_per_partial(
-                                                   self.write_2d, self.params.OmegaSumFrames, cfg.workers.count)))
+                                                   self.write_2d, self.params.OmegaSumFrames, cfg.workers.count),
+                                               partial_itemsize=partial_itemsize(
+                                                   self.params.OmegaSumFrames, 4 if cfg.output.cake_dtype == "float32"
+                                                   else 8, not cfg.output.cake_noise_fraction, not cfg.run.no_zarr)))
             self.auth = serve_remote(ctx, sock, t, "results", "writer results socket")  # joined workers
             hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "writer", 0, cfg.supervisor.heartbeat_interval)
@@ -565,7 +570,11 @@ class _Writer:
             return
         if kind == "partial":
             msg, buffers = args
-            partial = np.frombuffer(buffers[0], dtype=msg.dtype).reshape(msg.n_r, msg.n_eta)
+            shape = (int(msg.n_r), int(msg.n_eta))
+            if msg.compressed:  # the group's whole sum as the files store it (the codec checked the chunks' sizes)
+                partial = Chunks.made(buffers[0], buffers[1] if len(buffers) > 1 else None, shape, msg.dtype)
+            else:
+                partial = np.frombuffer(buffers[0], dtype=msg.dtype).reshape(shape)
             try:
                 run.outputs.add_partial(msg.group, msg.n_frames, partial)
             except ValueError as exc:

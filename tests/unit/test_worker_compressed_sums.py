@@ -1,0 +1,95 @@
+"""Whole omega sums travel once, compressed by the worker: the OmegaPartial carries the HDF5 and zarr chunks the files
+store, the codec checks their headers, and the writer places them as they came (no decompression, no second
+compression), the stored values the float64 sums rounded once to float32."""
+
+from __future__ import annotations
+
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+from outputs_common import make, records
+
+from ringstream.compression import decode_hdf5_chunk, hdf5_chunk, zarr_compressor
+from ringstream.protocol import OmegaPartial, ProtocolError, decode, encode
+from ringstream.workers.process import sum_chunks
+from ringstream.writer.outputs import RunOutputs
+from ringstream.writer.storage import Chunks
+
+
+def partial(group: int, n_r: int, n_eta: int, chunks: list, **kw) -> OmegaPartial:
+    return OmegaPartial(run_id="r", group=group, n_frames=1, first_frame=group, last_frame=group, frames=[group],
+                        n_r=n_r, n_eta=n_eta, dtype="<f4", compressed=True, **kw)
+
+
+def test_the_worker_chunks_are_the_files_chunks_and_nan_is_zero():
+    a = (np.random.default_rng(1).poisson(200, (7, 5)) / 3).astype(np.float32)
+    a[2, 3] = np.nan
+    h5, z = sum_chunks(a, zarr=True)
+    clean = np.nan_to_num(a)
+    assert h5 == hdf5_chunk(clean) and z == zarr_compressor().encode(clean)
+    np.testing.assert_array_equal(decode_hdf5_chunk(h5, (7, 5), "<f4"), clean)
+    assert len(sum_chunks(a, zarr=False)) == 1  # no zarr.zip: the HDF5 chunk only
+
+
+def test_a_compressed_partial_round_trips_and_a_wrong_chunk_is_one_size_error():
+    a = np.arange(35, dtype=np.float32).reshape(7, 5)
+    h5, z = sum_chunks(a, zarr=True)
+    msg, bufs = decode(encode(partial(4, 7, 5, [h5, z]), [h5, z]))
+    assert msg.compressed and [bytes(b) for b in bufs] == [h5, z]
+    other = sum_chunks(np.zeros((7, 4), np.float32), zarr=True)
+    for bad, says in (([h5, other[1]], "its zarr chunk's header says 112 bytes, expected 140"),
+                      ([other[0]], "its hdf5 chunk's header says 112 bytes, expected 140"),
+                      ([h5, z, z], "3 buffers"), ([b"short"], "says -1 bytes")):
+        frames = encode(partial(4, 7, 5, []), [h5])
+        with pytest.raises(ProtocolError) as e:
+            decode([frames[0], *bad])
+        assert e.value.kind == "size" and "compressed omegasum of group 4" in str(e.value) and says in str(e.value)
+        with pytest.raises(ProtocolError):  # the sender's mistake fails at the sender
+            encode(partial(4, 7, 5, []), bad)
+
+
+def test_the_writer_places_the_workers_chunks_as_they_came(tmp_path):
+    p, imap = make("OmegaSumFrames 1\n")
+    recs = records(5, imap, seed=2)
+    out = RunOutputs(tmp_path / "w.h5", imap, p, engine_name="cpu", zarr_path=tmp_path / "w.zarr.zip",
+                     sums_from_workers=True, expected_frames=5)
+    sent = {}
+    shape = (imap.n_r, imap.n_eta)
+    for r in recs:
+        out.append(type(r)(r.frame_index, r.lineout, r.source_id, r.timestamp, None, None, None, r.metadata))
+        total = np.float32(r.cake.astype(np.float64))  # the group's whole sum, rounded once, as the worker does
+        with_zarr = r.frame_index != 3  # (a worker of a run without a zarr.zip: the writer makes that chunk)
+        sent[r.frame_index] = sum_chunks(total, with_zarr)
+        out.add_partial(r.frame_index, 1, Chunks.made(*sent[r.frame_index], *(() if with_zarr else (None,)),
+                                                      shape, "<f4"))
+    with pytest.raises(ValueError, match="float64, the run stores float32"):  # a dtype not the run's: refused
+        out.add_partial(5, 1, Chunks.made(hdf5_chunk(np.zeros(shape)), None, shape, "<f8"))
+    out.close(True)
+    with h5py.File(tmp_path / "w.h5") as f:
+        o = f["entry/omega_sum"]
+        assert list(o["n_frames"][:]) == [1] * 5 and o.attrs["omega_sum_frames"] == 1
+        for g, r in enumerate(recs):
+            assert o["I"].id.read_direct_chunk((g, 0, 0))[1] == sent[g][0]  # the bytes placed, not made again
+            np.testing.assert_array_equal(o["I"][g], r.cake)  # one float32 cake: its sum is itself
+    with zipfile.ZipFile(tmp_path / "w.zarr.zip") as z:
+        for g, r in enumerate(recs):
+            chunk = z.read(f"OmegaSumFrame/LastFrameNumber_{g}/0.0")
+            if g not in (0, 3):  # (the first group's members are zarr's own; group 3 came without its zarr chunk)
+                assert chunk == sent[g][1]
+            np.testing.assert_array_equal(np.frombuffer(zarr_compressor().decode(chunk), "<f4").reshape(shape),
+                                          r.cake)
+
+
+def test_a_sum_that_came_whole_takes_no_other_part(tmp_path):
+    p, imap = make("OmegaSumFrames 2\n")
+    out = RunOutputs(tmp_path / "x.h5", imap, p, engine_name="cpu", sums_from_workers=True)
+    shape = (imap.n_r, imap.n_eta)
+    z = np.zeros(shape, np.float32)
+    with pytest.raises(ValueError, match="1 frames, a whole group has 2"):
+        out.add_partial(0, 1, Chunks.made(*sum_chunks(z, False), None, shape, "<f4"))
+    out.add_partial(0, 2, Chunks.made(*sum_chunks(z, False), None, shape, "<f4"))
+    with pytest.raises(ValueError, match="the group's whole sum came already"):
+        out.add_partial(0, 1, np.zeros(shape))
+    out.close(True)
