@@ -174,6 +174,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "n_r": _COUNT,
         "n_eta": _COUNT,
         "has_cake": _BOOL,
+        "cake_chunks": _COUNT,
         "n_peaks": _COUNT,
         "n_rois": _COUNT,
         "n_curve_points": _COUNT,
@@ -308,7 +309,19 @@ def _result_sizes(
     return sizes
 
 
+#: how many chunks a compressed cake travels as (Result.cake_chunks): the cake's and its sum's HDF5 chunks, and the
+#: sum's zarr chunk when the run writes a zarr.zip
+CAKE_CHUNKS = (2, 3)
+
+
 def _check_result(kwargs: dict[str, Any], sizes: list[int]) -> None:
+    k = kwargs.get("cake_chunks", 0)
+    if k and kwargs.get("status", "ok") == "ok" and kwargs.get("has_cake", False):
+        if k not in CAKE_CHUNKS or len(sizes) < 1 + k:
+            raise ProtocolError("size", f"result {kwargs['frame_index']}: cake_chunks {k} with {len(sizes)} buffers "
+                                        f"(the cake travels as {' or '.join(map(str, CAKE_CHUNKS))} chunks)")
+        sizes = sizes[:1] + sizes[1 + k:]  # (the chunks: their headers are checked with the buffers)
+        kwargs = {**kwargs, "has_cake": False}
     if kwargs.get("status", "ok") == "ok":
         expected = _result_sizes(
             kwargs.get("n_r", 0),
@@ -467,6 +480,18 @@ def _check_payload(tag: str, kwargs: dict[str, Any], buffers: list[memoryview]) 
     _check_buffers(tag, kwargs, [b.nbytes for b in buffers])
     if tag == "omegasum" and kwargs.get("compressed", False):
         _check_chunks(kwargs, buffers)
+    elif tag == "result" and kwargs.get("cake_chunks", 0) and kwargs.get("has_cake", False) and \
+            kwargs.get("status", "ok") == "ok":
+        _check_cake_chunks(kwargs, buffers[1:1 + kwargs["cake_chunks"]])
+
+
+def _check_cake_chunks(kwargs: dict[str, Any], chunks: list[memoryview]) -> None:
+    """A compressed cake: each chunk's header says n_r x n_eta values of one stored dtype (float32 or float64)."""
+    n = kwargs["n_r"] * kwargs["n_eta"]
+    got = [decoded_size(codec, c) for codec, c in zip(("hdf5", "hdf5", "zarr"), chunks, strict=False)]
+    if len(set(got)) != 1 or got[0] not in (4 * n, 8 * n):
+        raise ProtocolError("size", f"result {kwargs['frame_index']}: the cake's chunk headers say {got} bytes, "
+                                    f"expected {4 * n} or {8 * n} each (n_r x n_eta float32 or float64)")
 
 
 def _check_chunks(kwargs: dict[str, Any], buffers: list[memoryview]) -> None:
@@ -500,6 +525,8 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
         n_peaks, n_rois, n_points = h["n_peaks"], h["n_rois"], h["n_curve_points"]
         worker, ts, status, cake = h["worker"], h["timestamp"], h["status"], h["has_cake"]
         wpid = h["worker_pid"]
+        if type(h["cake_chunks"]) is not int or h["cake_chunks"] != 0:  # (a compressed cake: the general path)
+            return None
         timings, metadata = h["timings"], h["metadata"]
         if not (type(h["run_id"]) is str and type(h["source_id"]) is str and type(h["reason"]) is str
                 and type(h["engine"]) is str):
@@ -600,8 +627,11 @@ def result_arrays(
     if result.status != "ok":
         raise ValueError(f"result {result.frame_index} is {result.status!r}: it has no arrays")
     views = [_as_bytes_view(b) for b in buffers]
+    if result.has_cake and result.cake_chunks:  # the cake compressed (its chunks: record_from_result)
+        views = views[:1] + views[1 + result.cake_chunks:]
     expected = _result_sizes(
-        result.n_r, result.n_eta, result.has_cake, result.n_peaks, result.n_rois, result.n_curve_points
+        result.n_r, result.n_eta, result.has_cake and not result.cake_chunks, result.n_peaks, result.n_rois,
+        result.n_curve_points
     )
     sizes = [v.nbytes for v in views]
     if sizes != expected:
@@ -611,7 +641,7 @@ def result_arrays(
     lineout = np.frombuffer(views[0], dtype="<f4")
     cake = fit = None
     rest = views[1:]
-    if result.has_cake:
+    if result.has_cake and not result.cake_chunks:
         cake = np.frombuffer(rest.pop(0), dtype="<f4").reshape(result.n_r, result.n_eta)
     if result.n_peaks:
         fit = np.frombuffer(rest.pop(0), dtype="<f8").reshape(result.n_peaks, FIT_COLUMNS)

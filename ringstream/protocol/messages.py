@@ -105,7 +105,10 @@ class Result:
     """What a worker made of one frame, ``type = "result"``.
 
     ``status="ok"``: buffers are the lineout float32 ``[n_r]``, then the cake float32 ``[n_r, n_eta]`` if
-    ``has_cake``, then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
+    ``has_cake`` (or, with ``cake_chunks`` = 2 or 3, the cake as the files store it, compressed by the worker: the
+    HDF5 chunk of ``/cake/data/I`` (the stored cake transposed, ``[n_eta, n_r]``), the HDF5 chunk of its omega sum
+    (``OmegaSumFrames 1``: the frame's group is the frame; ``[n_r, n_eta]``, NaN made 0) and, with 3, that sum's
+    zarr chunk; :mod:`ringstream.compression`), then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
     curves: an int32 table ``[n_rois, 2]`` of (start_bin, n_points) and the float64 model values
     ``[n_curve_points]`` (= the sum of n_points) of every ROI in table order, all little-endian (fit_curves.bin).
     ``status="rejected"``: no buffers, ``reason`` says why. ``timings`` maps a stage name to seconds.
@@ -123,6 +126,7 @@ class Result:
     n_r: int = 0
     n_eta: int = 0
     has_cake: bool = False
+    cake_chunks: int = 0
     n_peaks: int = 0
     n_rois: int = 0
     n_curve_points: int = 0

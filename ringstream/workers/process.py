@@ -69,6 +69,7 @@ from ..transport.security import REMOTE_INDEX_BASE, client_context
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import (
     RejectLog,
+    cake_itemsize,
     frames_per_partial,
     make_socket,
     partial_itemsize,
@@ -146,6 +147,10 @@ class _Worker:
         # the writer's), with the zarr chunk when the run writes a zarr.zip
         self.compress_sums = not cfg.output.cake_noise_fraction
         self.zarr_chunks = not cfg.run.no_zarr
+        # with per-frame cakes, each frame its own omega-sum group: the cake and its sum go as the files store them
+        # (not when the writer needs the values: MIDAS Int2D.bin, or sums of several cakes that it adds up)
+        self.compress_cakes = self.write_2d and self.compress_sums and int(params.OmegaSumFrames) in (0, 1) and \
+            not cfg.run.midas_binaries
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -172,7 +177,10 @@ class _Worker:
                                                            self.write_2d, params.OmegaSumFrames, cfg.workers.count),
                                                        partial_itemsize=partial_itemsize(
                                                            params.OmegaSumFrames, int(self.stored_dtype[-1]),
-                                                           self.compress_sums, self.zarr_chunks)))
+                                                           self.compress_sums, self.zarr_chunks),
+                                                       cake_itemsize=cake_itemsize(
+                                                           int(self.stored_dtype[-1]), self.compress_cakes,
+                                                           self.zarr_chunks)))
             self.hb = hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "worker", self.index, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
@@ -397,9 +405,12 @@ class _Worker:
         else:
             self.count("integrated")
             fit = fitted.fit if fitted is not None else None
-            bufs = result_buffers(lineout, cake if self.write_2d else None, fit,
+            packed = cake_chunks(cake, self.stored_dtype, self.zarr_chunks) if self.compress_cakes else []
+            bufs = result_buffers(lineout, cake if self.write_2d and not packed else None, fit,
                                   fitted.curves if fitted is not None else None)
+            bufs[1:1] = packed  # (the compressed cake where the cake goes)
             result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d,
+                            cake_chunks=len(packed),
                             n_peaks=0 if fit is None else int(fit.shape[0]),
                             n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
                             n_curve_points=0 if fitted is None else int(fitted.values.size), **common)
@@ -534,6 +545,14 @@ def sum_chunks(total: np.ndarray, zarr: bool) -> list[bytes]:
     if not np.isfinite(total).all():
         total = np.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
     return [hdf5_chunk(total), *([zarr_encode(total)] if zarr else [])]
+
+
+def cake_chunks(cake: np.ndarray, dtype: str, zarr: bool) -> list[bytes]:
+    """A frame's cake ``[n_r, n_eta]`` as the files store it, for a run whose omega-sum groups are single frames:
+    the ``/cake/data/I`` HDF5 chunk (the cake in ``dtype``, transposed to ``[n_eta, n_r]``), then its omega sum's
+    chunks (:func:`sum_chunks`: the cake in ``dtype``, ``[n_r, n_eta]``, NaN made 0)."""
+    stored = np.ascontiguousarray(cake, dtype=dtype)
+    return [hdf5_chunk(np.ascontiguousarray(stored.T)), *sum_chunks(stored, zarr)]
 
 
 class FrameRejected(RingstreamError):

@@ -100,6 +100,7 @@ from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.security import refused_counters, serve_remote, stop_authenticator
 from ..transport.sockets import (
     RejectLog,
+    cake_itemsize,
     frames_per_partial,
     make_socket,
     partial_itemsize,
@@ -274,6 +275,9 @@ class _Writer:
         t = cfg.transport
         hwm = max(1, int(t.queue_depth or t.ring_slots))
         ctx = zmq.Context()
+        # what the workers send: whole sums (and, one frame a group, cakes) compressed unless precision-bounded
+        itemsize, lossless, zarr = 4 if cfg.output.cake_dtype == "float32" else 8, \
+            not cfg.output.cake_noise_fraction, not cfg.run.no_zarr
         self.rejects = RejectLog(log, "writer results socket")
         complete = False
         code = None
@@ -283,8 +287,10 @@ class _Writer:
                                                self.write_2d, self.n_peaks, frames_per_partial=frames_per_partial(
                                                    self.write_2d, self.params.OmegaSumFrames, cfg.workers.count),
                                                partial_itemsize=partial_itemsize(
-                                                   self.params.OmegaSumFrames, 4 if cfg.output.cake_dtype == "float32"
-                                                   else 8, not cfg.output.cake_noise_fraction, not cfg.run.no_zarr)))
+                                                   self.params.OmegaSumFrames, itemsize, lossless, zarr),
+                                               cake_itemsize=cake_itemsize(itemsize, lossless and int(
+                                                   self.params.OmegaSumFrames) in (0, 1) and not
+                                                   cfg.run.midas_binaries, zarr)))
             self.auth = serve_remote(ctx, sock, t, "results", "writer results socket")  # joined workers
             hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "writer", 0, cfg.supervisor.heartbeat_interval)

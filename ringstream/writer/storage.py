@@ -38,7 +38,7 @@ from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega 
 from .precision import MIN_COUNTS, SAFETY
 
 __all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "Chunks", "cake_dtype", "encode_pool", "hdf5_chunk", "hdf5_compression",
-           "precision_note", "stored", "zarr_compressor", "zarr_encode"]
+           "precision_note", "stored", "zarr_compressor", "zarr_encode", "CakeChunks"]
 
 
 def cake_dtype(name: str) -> np.dtype:
@@ -141,3 +141,18 @@ class Chunks:
         if z is None:
             z = self._zarr = encode_pool().submit(zarr_encode, self.array)
         return z.result() if type(z) is Future else z
+
+
+class CakeChunks:
+    """A frame's cake as a worker compressed it (``Result.cake_chunks``): ``cake`` the ``/cake/data/I`` chunk (the
+    stored cake transposed, ``[n_eta, n_r]``), ``sum`` its omega sum's chunks (``OmegaSumFrames 1``: the frame's
+    group is the frame; ``[n_r, n_eta]``, NaN made 0), each a :class:`Chunks` made elsewhere."""
+
+    __slots__ = ("cake", "sum")
+
+    def __init__(self, cake: Chunks, sum: Chunks) -> None:  # noqa: A002 - the omega sum
+        self.cake, self.sum = cake, sum
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.cake.dtype

@@ -1,6 +1,6 @@
-"""Whole omega sums travel once, compressed by the worker: the OmegaPartial carries the HDF5 and zarr chunks the files
-store, the codec checks their headers, and the writer places them as they came (no decompression, no second
-compression), the stored values the float64 sums rounded once to float32."""
+"""Whole omega sums and single-frame cakes travel once, compressed by the worker: the OmegaPartial (or the Result)
+carries the HDF5 and zarr chunks the files store, the codec checks their headers, and the writer places them as they
+came (no decompression, no second compression), the stored values the float64 sums rounded once to float32."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from outputs_common import make, records
+from outputs_common import N_PEAKS, make, records
 
 from ringstream.compression import decode_hdf5_chunk, hdf5_chunk, zarr_compressor
-from ringstream.protocol import OmegaPartial, ProtocolError, decode, encode
-from ringstream.workers.process import sum_chunks
-from ringstream.writer.outputs import RunOutputs
+from ringstream.protocol import OmegaPartial, ProtocolError, Result, decode, encode, result_buffers
+from ringstream.workers.process import cake_chunks, sum_chunks
+from ringstream.writer.outputs import RunOutputs, record_from_result
 from ringstream.writer.storage import Chunks
 
 
@@ -93,3 +93,39 @@ def test_a_sum_that_came_whole_takes_no_other_part(tmp_path):
     with pytest.raises(ValueError, match="the group's whole sum came already"):
         out.add_partial(0, 1, np.zeros(shape))
     out.close(True)
+
+
+def test_a_compressed_cake_travels_in_the_result_and_is_placed_as_it_came(tmp_path):
+    p, imap = make("Write2D 1\nOmegaSumFrames 1\n")
+    recs = records(4, imap, seed=4)
+    recs[2].cake[1, 2] = np.nan  # (stored as NaN in the cake, as 0 in its sum)
+    out = RunOutputs(tmp_path / "c.h5", imap, p, engine_name="cpu", zarr_path=tmp_path / "c.zarr.zip",
+                     expected_frames=4, n_peaks=N_PEAKS)
+    sent = {}
+    for r in recs:
+        packed = cake_chunks(r.cake, "<f4", zarr=True)
+        sent[r.frame_index] = packed
+        bufs = result_buffers(r.lineout, None, r.fit, r.curves)
+        bufs[1:1] = packed
+        msg = Result(run_id="r", frame_index=r.frame_index, n_r=imap.n_r, n_eta=imap.n_eta, has_cake=True,
+                     cake_chunks=3, n_peaks=len(r.fit), n_rois=len(r.curves[0]), n_curve_points=len(r.curves[1]),
+                     metadata=dict(r.metadata))
+        got, views = decode(encode(msg, bufs))
+        rec = record_from_result(got, views)
+        rec.frame_index = r.frame_index
+        out.append(rec)
+    frames = encode(msg, bufs)
+    with pytest.raises(ProtocolError, match=r"the cake's chunk headers say \[.*\] bytes, expected") as e:
+        decode([frames[0], frames[1], frames[2], sum_chunks(np.zeros((2, 2), np.float32), False)[0], *frames[4:]])
+    assert e.value.kind == "size"
+    out.close(True)
+    with h5py.File(tmp_path / "c.h5") as f:
+        cakes, sums = f["cake/data/I"], f["entry/omega_sum/I"]
+        for k, r in enumerate(recs):
+            assert cakes.id.read_direct_chunk((k, 0, 0))[1] == sent[k][0]  # the worker's bytes, placed
+            assert sums.id.read_direct_chunk((k, 0, 0))[1] == sent[k][1]
+            np.testing.assert_array_equal(cakes[k], r.cake.T)  # NaN where it was
+            np.testing.assert_array_equal(sums[k], np.nan_to_num(r.cake))  # the float32 cake is its own sum
+    with zipfile.ZipFile(tmp_path / "c.zarr.zip") as z:
+        for k in (1, 2, 3):  # (the first group's members are zarr's own)
+            assert z.read(f"OmegaSumFrame/LastFrameNumber_{k}/0.0") == sent[k][2]
