@@ -211,7 +211,8 @@ class RunStart:
 @_message
 class Credit:
     """A worker can take ``n`` more frames, ``type = "credit"``: sent by worker ``worker`` (process ``pid``) on its
-    frames socket, first when it starts (its queue depth), then once per frame it has finished. The ingest sends a
+    frames socket, first when it starts (its queue depth), then for the frames it has finished (while more frames wait on
+    its socket, in Credits of up to ``CREDIT_BATCH`` frames: ``ringstream.workers.process``). The ingest sends a
     worker a frame only against credit, so it knows which worker holds which frame (docs/DAEMON.md, "Delivery")."""
 
     worker: int

@@ -1,7 +1,7 @@
 """The worker process: FrameHeaders in, Results out (docs/DAEMON.md, "worker i").
 
 Sockets: frames DEALER (connect to the ingest's ROUTER: FrameHeaders in; the worker's Credit out, first its queue
-depth, then one per frame finished: docs/DAEMON.md, "Delivery"), results PUSH (connect to the writer), heartbeat PUSH
+depth, then the frames finished, a few at a time while more wait: docs/DAEMON.md, "Delivery"), results PUSH (connect to the writer), heartbeat PUSH
 (connect to the supervisor). For each frame the worker views the pixels in place (the ring segment is
 attached by name on first sight and kept, untracked by the resource tracker) or in the inline buffer, checks the
 shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, gives
@@ -92,6 +92,10 @@ GATHER_S = 0.002
 #: after ``stop``, a message that could not be sent for this long (the peer is gone) is dropped, in s
 GIVE_UP_S = 5.0
 
+#: while frames wait on its frames socket, a worker returns their credit in Credits of up to this many frames (one
+#: a frame costs the worker a send and the ingest a receive per frame); with none waiting, at once
+CREDIT_BATCH = 4
+
 
 def run(config, ready, stop, index: int = 0) -> int:
     """Entry point of worker ``index`` (see the module docstring). Returns the exit code."""
@@ -117,6 +121,7 @@ class _Worker:
         mb = int(config.transport.kept_results_mb) if config is not None else 512
         self.kept = KeptResults(mb * 1_000_000)  # what was sent to the writer, until it is flushed
         self._registered: set[str] = set()  # rings page-locked with the engine (register_host_memory)
+        self.unreturned = 0  # credit of frames finished, held back while more frames were waiting (give_credit)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -206,8 +211,8 @@ class _Worker:
                     else:
                         self.send_partials(idle=True)
                     self.send_partials()
-                    if self.kept.owed:  # credit withheld while the kept results were over their limit
-                        self.give_credit(0)
+                    if self.kept.owed or self.unreturned:  # credit withheld (kept results over their limit,
+                        self.give_credit(0)  # or held back while frames were waiting)
                     hb.beat(self.snapshot)
             self.send_partials(idle=True)
             hb.beat(self.snapshot(), state="done", force=True)
@@ -296,7 +301,7 @@ class _Worker:
             reason = f"frame {msg.frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
             log.exception("worker-%d: frame %d", self.index, msg.frame_index)
         finally:
-            self.give_credit(1)
+            self.give_credit(1, waiting=bool(sock.get(zmq.EVENTS) & zmq.POLLIN))
         timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                    "integrate": t_int, "total": time.time() - t_start}
         fitted = self.fit([msg], [lineout], timings)[0] if not reason else None
@@ -513,10 +518,15 @@ class _Worker:
         except (ValueError, IndexError) as exc:
             raise FrameRejected(f"{where}: slot {msg.slot} of {msg.shm_name!r} cannot hold it ({exc})") from None
 
-    def give_credit(self, n: int) -> None:
-        """Tell the ingest this worker can take ``n`` more frames (it finished ``n``), with the credit owed while
-        the kept results were over their limit (:meth:`.kept.KeptResults.credit_now`)."""
-        n = self.kept.credit_now(n)
+    def give_credit(self, n: int, waiting: bool = False) -> None:
+        """Tell the ingest this worker can take ``n`` more frames (it finished ``n``), with the credit held back
+        and the credit owed while the kept results were over their limit (:meth:`.kept.KeptResults.credit_now`).
+        ``waiting``: more frames wait on the frames socket, so the ingest is not starved: the credit is held back
+        until it reaches :data:`CREDIT_BATCH` frames (a Credit a frame costs both sides a message a frame)."""
+        self.unreturned += n
+        if waiting and self.unreturned < CREDIT_BATCH:
+            return
+        n, self.unreturned = self.kept.credit_now(self.unreturned), 0
         if n > 0:
             self.send(self.frames, Credit(worker=self.index, pid=self.pid, n=int(n)))
 
