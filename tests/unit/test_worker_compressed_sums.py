@@ -129,3 +129,25 @@ def test_a_compressed_cake_travels_in_the_result_and_is_placed_as_it_came(tmp_pa
     with zipfile.ZipFile(tmp_path / "c.zarr.zip") as z:
         for k in (1, 2, 3):  # (the first group's members are zarr's own)
             assert z.read(f"OmegaSumFrame/LastFrameNumber_{k}/0.0") == sent[k][2]
+
+
+def test_the_worker_sends_its_sums_compressed_in_the_order_they_fell_due():
+    from ringstream.protocol import FrameHeader
+    from ringstream.workers.omega import OmegaPartials
+    from ringstream.workers.process import _Worker
+
+    w = _Worker(None, 1)
+    w.partials, w.stored_dtype, w.compress_sums, w.zarr_chunks = OmegaPartials(1, 7, 5), "<f4", True, True
+    w.n_r, w.n_eta, w.pid, w.results = 7, 5, 99, "results-socket"
+    sent = []
+    w.send = lambda sock, msg, buffers=(): sent.append((sock, msg, [bytes(b) for b in buffers]))
+    cakes = np.random.default_rng(3).random((6, 7, 5), dtype=np.float32)
+    for k in range(6):
+        w.partials.add(FrameHeader(run_id="r", frame_index=k, shape=(1, 1), dtype="<i4"), cakes[k])
+        w.send_partials()  # (group k - 1 falls due when frame k arrives; it goes once compressed)
+    w.send_partials(idle=True)  # idle: every sum due goes, compressed
+    assert [m.group for _, m, _ in sent] == list(range(6)) and not w.compressing
+    for k, (sock, m, bufs) in enumerate(sent):
+        assert sock == "results-socket" and m.compressed and m.dtype == "<f4" and m.frames == [k]
+        assert bufs == sum_chunks(cakes[k], zarr=True)
+    assert len(w.kept) == 6 and w.counters["omega_partials"] == 6
