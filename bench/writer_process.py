@@ -43,7 +43,7 @@ from ringstream.config import DaemonConfig
 from ringstream.protocol import EndOfStream, OmegaPartial, Result, encode, result_buffers
 from ringstream.transport.endpoints import free_tcp_endpoint
 from ringstream.transport.sockets import cake_itemsize, partial_itemsize, results_hwm
-from ringstream.workers.process import cake_chunks, sum_chunks
+from ringstream.workers.compress import cake_chunks, sum_chunks
 
 HERE = Path(__file__).resolve().parent
 

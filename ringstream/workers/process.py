@@ -36,16 +36,13 @@ worker exits when ``stop`` is set and no message arrived for ~0.2 s.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import zmq
 
-from ..compression import hdf5_chunk, zarr_encode
 from ..engines.base import Capabilities, check_capabilities
 from ..engines.gpu_decode import EncodedFrame
 from ..engines.registry import create_engine, device_for_worker
@@ -78,6 +75,7 @@ from ..transport.sockets import (
     results_hwm,
     send_message,
 )
+from .compress import SumCompressor, cake_chunks
 from .fitting import WorkerFitting
 from .kept import KeptResults
 from .omega import OmegaPartials
@@ -97,10 +95,6 @@ GIVE_UP_S = 5.0
 #: while frames wait on its frames socket, a worker returns their credit in Credits of up to this many frames (one
 #: a frame costs the worker a send and the ingest a receive per frame); with none waiting, at once
 CREDIT_BATCH = 4
-
-#: threads a worker compresses whole omega sums in (the codecs release Python's lock), so that its own thread goes
-#: on with the frames: ~0.3 ms of CPU a 990 x 72 float32 sum for both files
-COMPRESS_THREADS = 2
 
 
 def run(config, ready, stop, index: int = 0) -> int:
@@ -128,8 +122,7 @@ class _Worker:
         self.kept = KeptResults(mb * 1_000_000)  # what was sent to the writer, until it is flushed
         self._registered: set[str] = set()  # rings page-locked with the engine (register_host_memory)
         self.unreturned = 0  # credit of frames finished, held back while more frames were waiting (give_credit)
-        self.compressing: collections.deque = collections.deque()  # (OmegaPartial, Future of its chunks), in order
-        self._pool: ThreadPoolExecutor | None = None
+        self.compressing = SumCompressor(zarr=config is not None and not config.run.no_zarr)  # whole sums, in order
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -449,23 +442,15 @@ class _Worker:
                                worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta, dtype=dtype,
                                compressed=whole and self.compress_sums)
             if msg.compressed:
-                self.compressing.append((msg, self.compress_pool().submit(sum_chunks, total, self.zarr_chunks)))
+                self.compressing.submit(msg, total)
             else:
                 self.send_partial(msg, [total])
         self.send_compressed(wait=idle)
 
-    def compress_pool(self) -> ThreadPoolExecutor:
-        """The worker's compression threads (:data:`COMPRESS_THREADS`), started on first use."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="rs-compress")
-        return self._pool
-
     def send_compressed(self, wait: bool = False) -> None:
         """Send the compressed sums whose chunks are made, in the order they fell due (``wait``: all of them)."""
-        queue = self.compressing
-        while queue and (wait or queue[0][1].done()):
-            msg, chunks = queue.popleft()
-            self.send_partial(msg, chunks.result())
+        for msg, chunks in self.compressing.done(wait):
+            self.send_partial(msg, chunks)
 
     def send_partial(self, msg: OmegaPartial, buffers: list) -> None:
         self.send(self.results, msg, buffers)
@@ -575,22 +560,6 @@ class _Worker:
                 return
             self.hb.beat(self.snapshot)
             sock.poll(IDLE_MS // 2, zmq.POLLOUT)
-
-
-def sum_chunks(total: np.ndarray, zarr: bool) -> list[bytes]:
-    """A group's whole sum (stored dtype) as the files store it: NaN made 0 (as the writer does to every sum), then
-    the HDF5 chunk and, with ``zarr``, the zarr chunk (:mod:`ringstream.compression`)."""
-    if not np.isfinite(total).all():
-        total = np.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
-    return [hdf5_chunk(total), *([zarr_encode(total)] if zarr else [])]
-
-
-def cake_chunks(cake: np.ndarray, dtype: str, zarr: bool) -> list[bytes]:
-    """A frame's cake ``[n_r, n_eta]`` as the files store it, for a run whose omega-sum groups are single frames:
-    the ``/cake/data/I`` HDF5 chunk (the cake in ``dtype``, transposed to ``[n_eta, n_r]``), then its omega sum's
-    chunks (:func:`sum_chunks`: the cake in ``dtype``, ``[n_r, n_eta]``, NaN made 0)."""
-    stored = np.ascontiguousarray(cake, dtype=dtype)
-    return [hdf5_chunk(np.ascontiguousarray(stored.T)), *sum_chunks(stored, zarr)]
 
 
 class FrameRejected(RingstreamError):

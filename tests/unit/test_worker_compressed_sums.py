@@ -13,7 +13,7 @@ from outputs_common import N_PEAKS, make, records
 
 from ringstream.compression import decode_hdf5_chunk, hdf5_chunk, zarr_compressor
 from ringstream.protocol import OmegaPartial, ProtocolError, Result, decode, encode, result_buffers
-from ringstream.workers.process import cake_chunks, sum_chunks
+from ringstream.workers.compress import cake_chunks, sum_chunks
 from ringstream.writer.outputs import RunOutputs, record_from_result
 from ringstream.writer.storage import Chunks
 
@@ -133,11 +133,13 @@ def test_a_compressed_cake_travels_in_the_result_and_is_placed_as_it_came(tmp_pa
 
 def test_the_worker_sends_its_sums_compressed_in_the_order_they_fell_due():
     from ringstream.protocol import FrameHeader
+    from ringstream.workers.compress import SumCompressor
     from ringstream.workers.omega import OmegaPartials
     from ringstream.workers.process import _Worker
 
     w = _Worker(None, 1)
-    w.partials, w.stored_dtype, w.compress_sums, w.zarr_chunks = OmegaPartials(1, 7, 5), "<f4", True, True
+    w.partials, w.stored_dtype, w.compress_sums, w.compressing = OmegaPartials(1, 7, 5), "<f4", True, \
+        SumCompressor(zarr=True)
     w.n_r, w.n_eta, w.pid, w.results = 7, 5, 99, "results-socket"
     sent = []
     w.send = lambda sock, msg, buffers=(): sent.append((sock, msg, [bytes(b) for b in buffers]))
