@@ -306,10 +306,8 @@ class RunOutputs:
             return
         cake = rec.cake
         packed = type(cake) is CakeChunks  # compressed by the worker, with its one-frame omega sum
-        if packed and (cake.dtype != self.h5.dtype or self.rounding is not None or sums.grouping.size != 1):
-            raise ValueError(f"frame {idx}: a compressed cake of {cake.dtype}; the run stores {self.h5.dtype}"
-                             f"{', precision-bounded' if self.rounding is not None else ''}, OmegaSumFrames "
-                             f"{sums.grouping.size}")
+        if packed and self.packed_cake_problem(cake):
+            raise ValueError(f"frame {idx}: {self.packed_cake_problem(cake)}")
         try:  # (what _guard does, without a closure per frame)
             self.h5.append(idx, rec.source_id, rec.timestamp, rec.lineout,
                            (cake.cake if packed else cake) if self.write_2d else None,
@@ -332,6 +330,15 @@ class RunOutputs:
         self.counters["written"] += 1
         if sums.grouping.ends_group(idx):  # the last frame of a group: it may be complete now
             self._take_groups(sums.pop_complete())
+
+    def packed_cake_problem(self, cake: CakeChunks) -> str:
+        """What keeps a cake compressed by a worker out of this run ("" for nothing): its dtype not the stored one,
+        a precision-bounded run (the rounding is the writer's), or omega-sum groups of more than one frame."""
+        if cake.dtype == self.h5.dtype and self.rounding is None and self.sums.grouping.size == 1:
+            return ""
+        return (f"a compressed cake of {cake.dtype}; the run stores {self.h5.dtype}"
+                f"{', precision-bounded' if self.rounding is not None else ''}, OmegaSumFrames "
+                f"{self.sums.grouping.size}")
 
     def add_partial(self, group: int, n_frames: int, partial: np.ndarray | Chunks) -> None:
         """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``: an array, or the group's whole

@@ -112,7 +112,7 @@ from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
 from .precision import map_noise_model
 from .runs import Run, RunBook
-from .storage import Chunks
+from .storage import CakeChunks, Chunks
 from .view_feed import ViewFeed
 
 log = logging.getLogger("ringstream.writer")
@@ -705,6 +705,8 @@ class _Writer:
                 if msg.n_peaks > self.n_peaks:
                     raise ProtocolError("size", f"result {msg.frame_index}: {msg.n_peaks} peak rows, the run has "
                                                 f"{self.n_peaks} (fitting.peak_slots)")
+                if self.write_2d and type(rec.cake) is CakeChunks and out.packed_cake_problem(rec.cake):
+                    raise ProtocolError("size", f"result {msg.frame_index}: {out.packed_cake_problem(rec.cake)}")
             except ProtocolError as exc:
                 self.rejects.record(exc)
                 self.count("rejected")

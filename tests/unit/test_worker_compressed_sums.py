@@ -114,6 +114,12 @@ def test_a_compressed_cake_travels_in_the_result_and_is_placed_as_it_came(tmp_pa
         rec = record_from_result(got, views)
         rec.frame_index = r.frame_index
         out.append(rec)
+    wide = record_from_result(*decode(encode(msg, [bufs[0], *cake_chunks(recs[0].cake, "<f8", True), *bufs[4:]])))
+    problem = out.packed_cake_problem(wide.cake)  # float64 chunks in a float32 run: refused, with why
+    assert problem == "a compressed cake of float64; the run stores float32, OmegaSumFrames 1"
+    wide.frame_index = 4
+    with pytest.raises(ValueError, match=problem):
+        out.append(wide)
     frames = encode(msg, bufs)
     with pytest.raises(ProtocolError, match=r"the cake's chunk headers say \[.*\] bytes, expected") as e:
         decode([frames[0], frames[1], frames[2], sum_chunks(np.zeros((2, 2), np.float32), False)[0], *frames[4:]])
