@@ -10,9 +10,11 @@ writer's exit (close included). Both processes share this machine's CPUs, as wor
 
 Cases (``--cases``): ``lineouts`` (the above); ``sums-osf1``, the demo's settings (``OmegaSumFrames 1``, MIDAS's
 default, ``Write2D 0``, zarr.zip on): 990 x 72 bins as in ``configs/demo-pilatus2m.txt``, each frame's Result followed
-by its group's whole partial sum, float32 (as workers send it), Poisson counts over rings normalised by bin area, so
-each frame's sum is compressed and written to the HDF5 and to the zarr.zip; ``cakes-osf1``: the same with ``Write2D 1``,
-the cake in each Result (written as /cake/data/I, and as its group's sum in both files).
+by its group's whole partial sum, float32 and compressed for the HDF5 and the zarr.zip (as workers send it: the
+chunks are made before the timed part), Poisson counts over rings normalised by bin area, so each frame's sum is
+placed in both files as it came; ``cakes-osf1``: the same with ``Write2D 1``,
+the cake in each Result compressed as workers send it (its ``/cake/data/I`` chunk and its one-frame sum's HDF5 and
+zarr chunks, made before the timed part), placed in both files as it came.
 
     python bench/writer_process.py [--cases lineouts,sums-osf1,cakes-osf1] [--frames 40000] [--repeat 3]
                                    [--machine vm] [--dir /tmp]
@@ -40,7 +42,8 @@ import zmq
 from ringstream.config import DaemonConfig
 from ringstream.protocol import EndOfStream, OmegaPartial, Result, encode, result_buffers
 from ringstream.transport.endpoints import free_tcp_endpoint
-from ringstream.transport.sockets import results_hwm
+from ringstream.transport.sockets import cake_itemsize, partial_itemsize, results_hwm
+from ringstream.workers.compress import cake_chunks, sum_chunks
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,6 +118,9 @@ def messages(n: int, case: str = "lineouts") -> tuple[list, list]:
     lines = rng.random((k, n_r), dtype=np.float32)
     cakes = poisson_cakes(k, n_r, N_ETA, rng) if c["sums"] or c["cakes"] else None
     fits = rng.normal(size=(k, N_PEAKS, 7))
+    # compressed as the workers do, before the timed part: each sum, or each cake and its one-frame sum
+    chunks = [sum_chunks(cakes[j], zarr=True) for j in range(k)] if c["sums"] else None
+    packed = [cake_chunks(cakes[j], "<f4", zarr=True) for j in range(k)] if c["cakes"] else None
     table, values = np.array([[80, 40]], dtype=np.int32), rng.random(40)
     order = []
     for base in range(0, n, 16):  # two workers' batches of 8: [0, 2, ..., 14] then [1, 3, ..., 15], alternating
@@ -124,12 +130,15 @@ def messages(n: int, case: str = "lineouts") -> tuple[list, list]:
     for i in order:
         j = i % k
         msg = Result(run_id="bench", frame_index=i, source_id=f"bench:{i}", timestamp=1.7e9 + i, engine="gpu",
-                     worker=i % 2, n_r=n_r, n_eta=N_ETA, has_cake=c["cakes"], n_peaks=N_PEAKS, n_rois=1,
-                     n_curve_points=40, metadata={"I0": 1.0 * i})
-        out.append(encode(msg, result_buffers(lines[j], cakes[j] if c["cakes"] else None, fits[j], (table, values))))
-        if c["sums"]:  # the frame's group is whole: float32, as a worker sends it
+                     worker=i % 2, n_r=n_r, n_eta=N_ETA, has_cake=c["cakes"], cake_chunks=3 if c["cakes"] else 0,
+                     n_peaks=N_PEAKS, n_rois=1, n_curve_points=40, metadata={"I0": 1.0 * i})
+        bufs = result_buffers(lines[j], None, fits[j], (table, values))
+        bufs[1:1] = packed[j] if c["cakes"] else []
+        out.append(encode(msg, bufs))
+        if c["sums"]:  # the frame's group is whole: float32 and compressed for both files, as a worker sends it
             out.append(encode(OmegaPartial(run_id="bench", group=i, n_frames=1, first_frame=i, last_frame=i,
-                                           worker=i % 2, frames=[i], n_r=n_r, n_eta=N_ETA, dtype="<f4"), [cakes[j]]))
+                                           worker=i % 2, frames=[i], n_r=n_r, n_eta=N_ETA, dtype="<f4",
+                                           compressed=True), chunks[j]))
     tail = [] if c["sums"] or c["cakes"] else [
         encode(OmegaPartial(run_id="bench", group=0, n_frames=n, n_r=N_R, n_eta=N_ETA), [rng.random((N_R, N_ETA))])]
     return out, tail + [encode(EndOfStream(run_id="bench", n_frames=n))]
@@ -154,7 +163,9 @@ def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8, ca
     t = DaemonConfig.from_dict(data).transport  # the high-water mark a worker's results socket gets
     c = CASES[case]
     push.setsockopt(zmq.SNDHWM, results_hwm(t.results_queue_mb, t.queue_depth, c["n_r"], N_ETA, c["cakes"], N_PEAKS, 40,
-                                            frames_per_partial=1 if c["sums"] else 0, partial_itemsize=4))
+                                            frames_per_partial=1 if c["sums"] else 0,
+                                            partial_itemsize=partial_itemsize(1, 4, True, True),
+                                            cake_itemsize=cake_itemsize(4, c["cakes"], True)))
     try:
         if not ready.wait(120):
             raise RuntimeError(f"the writer did not start: {Path(log_path).read_text()[-2000:]}")

@@ -26,6 +26,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ringstream.compression import CODECS as CHUNK_CODECS
+from ringstream.compression import decoded_size
 from ringstream.errors import RingstreamError
 from ringstream.protocol.messages import (
     FIT_COLUMNS,
@@ -172,6 +174,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "n_r": _COUNT,
         "n_eta": _COUNT,
         "has_cake": _BOOL,
+        "cake_chunks": _COUNT,
         "n_peaks": _COUNT,
         "n_rois": _COUNT,
         "n_curve_points": _COUNT,
@@ -182,7 +185,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
     "omegasum": {"run_id": _STR, "group": _COUNT, "n_frames": _COUNT, "first_frame": _INDEX, "last_frame": _INDEX,
                  "worker": _COUNT, "worker_pid": _COUNT, "frames": _INDEX_LIST, "n_r": _COUNT, "n_eta": _COUNT,
-                 "dtype": _one_of(*PARTIAL_DTYPES)},
+                 "dtype": _one_of(*PARTIAL_DTYPES), "compressed": _BOOL},
     "eos": {"run_id": _STR, "n_frames": _COUNT, "first_frame": _INDEX, "final": _BOOL, "reason": _STR,
             "counters": _INT_COUNTERS},
     "runstart": {"run_id": _STR, "first_frame": _INDEX, "name": _STR, "reason": _STR, "meta": _METADATA},
@@ -310,7 +313,19 @@ def _result_sizes(
     return sizes
 
 
+#: how many chunks a compressed cake travels as (Result.cake_chunks): the cake's and its sum's HDF5 chunks, and the
+#: sum's zarr chunk when the run writes a zarr.zip
+CAKE_CHUNKS = (2, 3)
+
+
 def _check_result(kwargs: dict[str, Any], sizes: list[int]) -> None:
+    k = kwargs.get("cake_chunks", 0)
+    if k and kwargs.get("status", "ok") == "ok" and kwargs.get("has_cake", False):
+        if k not in CAKE_CHUNKS or len(sizes) < 1 + k:
+            raise ProtocolError("size", f"result {kwargs['frame_index']}: cake_chunks {k} with {len(sizes)} buffers "
+                                        f"(the cake travels as {' or '.join(map(str, CAKE_CHUNKS))} chunks)")
+        sizes = sizes[:1] + sizes[1 + k:]  # (the chunks: their headers are checked with the buffers)
+        kwargs = {**kwargs, "has_cake": False}
     if kwargs.get("status", "ok") == "ok":
         expected = _result_sizes(
             kwargs.get("n_r", 0),
@@ -339,6 +354,8 @@ def _check_buffers(tag: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
     elif tag == "omegasum":
         dtype = kwargs.get("dtype", "<f8")
         expected = [kwargs["n_r"] * kwargs["n_eta"] * PARTIAL_DTYPES[dtype]]
+        if kwargs.get("compressed", False):
+            return  # (the chunks' own headers are checked with the buffers: _check_chunks)
         if sizes != expected:
             raise ProtocolError("size", f"omegasum of group {kwargs['group']}: buffers of {sizes} bytes, expected "
                                         f"{expected} (n_r x n_eta {dtype})")
@@ -398,7 +415,7 @@ def encode(msg: Message, buffers: Iterable[Any] = ()) -> list[bytes | memoryview
             views.append(_as_bytes_view(buffer))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{tag} message: buffer {i} is not a C-contiguous buffer ({exc})") from None
-    _check_buffers(tag, kwargs, [v.nbytes for v in views])
+    _check_payload(tag, kwargs, views)
     try:
         packed = msgpack.packb(header, use_bin_type=True, default=_builtin)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -458,12 +475,46 @@ def _checked(tag: str, cls: type, header: dict, buffers: list[memoryview]) -> Me
     """The message of type ``tag`` from a parsed header, every field and the buffer sizes checked (the general
     path, which names what is wrong)."""
     kwargs = _check_fields(tag, header)
-    _check_buffers(tag, kwargs, [b.nbytes for b in buffers])
+    _check_payload(tag, kwargs, buffers)
     try:
         msg = cls(**kwargs)
     except Exception as exc:  # validation above should make this unreachable; a peer must never crash us
         raise ProtocolError("malformed", f"{tag} message: {type(exc).__name__}: {exc}") from None
     return msg
+
+
+def _check_payload(tag: str, kwargs: dict[str, Any], buffers: list[memoryview]) -> None:
+    """The buffers of a message against its checked fields: their sizes, and a compressed sum's chunk headers."""
+    _check_buffers(tag, kwargs, [b.nbytes for b in buffers])
+    if tag == "omegasum" and kwargs.get("compressed", False):
+        _check_chunks(kwargs, buffers)
+    elif tag == "result" and kwargs.get("cake_chunks", 0) and kwargs.get("has_cake", False) and \
+            kwargs.get("status", "ok") == "ok":
+        _check_cake_chunks(kwargs, buffers[1:1 + kwargs["cake_chunks"]])
+
+
+def _check_cake_chunks(kwargs: dict[str, Any], chunks: list[memoryview]) -> None:
+    """A compressed cake: each chunk's header says n_r x n_eta values of one stored dtype (float32 or float64)."""
+    n = kwargs["n_r"] * kwargs["n_eta"]
+    got = [decoded_size(codec, c) for codec, c in zip(("hdf5", "hdf5", "zarr"), chunks, strict=False)]
+    if len(set(got)) != 1 or got[0] not in (4 * n, 8 * n):
+        raise ProtocolError("size", f"result {kwargs['frame_index']}: the cake's chunk headers say {got} bytes, "
+                                    f"expected {4 * n} or {8 * n} each (n_r x n_eta float32 or float64)")
+
+
+def _check_chunks(kwargs: dict[str, Any], buffers: list[memoryview]) -> None:
+    """A compressed OmegaPartial: the HDF5 chunk and, optionally, the zarr chunk of one whole ``n_r x n_eta`` sum
+    of ``dtype``, each header saying so (:func:`ringstream.compression.decoded_size`; the bytes are not decoded)."""
+    want = kwargs["n_r"] * kwargs["n_eta"] * PARTIAL_DTYPES[kwargs.get("dtype", "<f8")]
+    where = f"compressed omegasum of group {kwargs['group']}"
+    if len(buffers) not in (1, 2):
+        raise ProtocolError("size", f"{where}: {len(buffers)} buffers, expected the HDF5 chunk and optionally the "
+                                    f"zarr chunk")
+    for codec, buf in zip(CHUNK_CODECS, buffers, strict=False):
+        got = decoded_size(codec, buf)
+        if got != want:
+            raise ProtocolError("size", f"{where}: its {codec} chunk's header says {got} bytes, expected {want} "
+                                        f"(n_r x n_eta {kwargs.get('dtype', '<f8')})")
 
 
 #: the Result fields in declaration order, and each one's slot descriptor (what the frozen ``__init__`` sets)
@@ -482,6 +533,8 @@ def _fast_result(h: dict, buffers: list[memoryview]) -> Result | None:
         n_peaks, n_rois, n_points, caked = h["n_peaks"], h["n_rois"], h["n_curve_points"], h["caked_peaks"]
         worker, ts, status, cake = h["worker"], h["timestamp"], h["status"], h["has_cake"]
         wpid = h["worker_pid"]
+        if type(h["cake_chunks"]) is not int or h["cake_chunks"] != 0:  # (a compressed cake: the general path)
+            return None
         timings, metadata = h["timings"], h["metadata"]
         if not (type(h["run_id"]) is str and type(h["source_id"]) is str and type(h["reason"]) is str
                 and type(h["engine"]) is str):
@@ -587,9 +640,11 @@ def result_arrays(
     if result.status != "ok":
         raise ValueError(f"result {result.frame_index} is {result.status!r}: it has no arrays")
     views = [_as_bytes_view(b) for b in buffers]
+    if result.has_cake and result.cake_chunks:  # the cake compressed (its chunks: record_from_result)
+        views = views[:1] + views[1 + result.cake_chunks:]
     expected = _result_sizes(
-        result.n_r, result.n_eta, result.has_cake, result.n_peaks, result.n_rois, result.n_curve_points,
-        result.caked_peaks,
+        result.n_r, result.n_eta, result.has_cake and not result.cake_chunks, result.n_peaks, result.n_rois,
+        result.n_curve_points, result.caked_peaks,
     )
     sizes = [v.nbytes for v in views]
     if sizes != expected:
@@ -599,7 +654,7 @@ def result_arrays(
     lineout = np.frombuffer(views[0], dtype="<f4")
     cake = fit = None
     rest = views[1:]
-    if result.has_cake:
+    if result.has_cake and not result.cake_chunks:
         cake = np.frombuffer(rest.pop(0), dtype="<f4").reshape(result.n_r, result.n_eta)
     if result.n_peaks:
         fit = np.frombuffer(rest.pop(0), dtype="<f8").reshape(result.n_peaks, FIT_COLUMNS)

@@ -111,7 +111,10 @@ class Result:
     """What a worker made of one frame, ``type = "result"``.
 
     ``status="ok"``: buffers are the lineout float32 ``[n_r]``, then the cake float32 ``[n_r, n_eta]`` if
-    ``has_cake``, then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
+    ``has_cake`` (or, with ``cake_chunks`` = 2 or 3, the cake as the files store it, compressed by the worker: the
+    HDF5 chunk of ``/cake/data/I`` (the stored cake transposed, ``[n_eta, n_r]``), the HDF5 chunk of its omega sum
+    (``OmegaSumFrames 1``: the frame's group is the frame; ``[n_r, n_eta]``, NaN made 0) and, with 3, that sum's
+    zarr chunk; :mod:`ringstream.compression`), then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
     curves: an int32 table ``[n_rois, 2]`` of (start_bin, n_points) and the float64 model values
     ``[n_curve_points]`` (= the sum of n_points) of every ROI in table order, then, if ``caked_peaks``, the
     per-η fits float64 ``[n_eta, caked_peaks, 7]`` (``[fit] per_eta``: :mod:`ringstream.fitting.caked`), all
@@ -131,6 +134,7 @@ class Result:
     n_r: int = 0
     n_eta: int = 0
     has_cake: bool = False
+    cake_chunks: int = 0
     n_peaks: int = 0
     n_rois: int = 0
     n_curve_points: int = 0
@@ -162,10 +166,13 @@ class OmegaPartial:
     ``group`` (frames ``group * OmegaSumFrames ..``) that this worker integrated, one little-endian buffer
     ``[n_r, n_eta]`` of ``dtype``: ``"<f8"`` (summed in float64), or the stored dtype (``[output] cake_dtype``) when
     the partial is the group's whole sum (every frame of it) and needs no more adding: the float64 sum rounded
-    once, as the writer would store it, in half the bytes for float32. Sent to the writer when cakes are not sent per frame (``Write2D 0``), always
-    after the Results of its frames; ``first_frame`` / ``last_frame`` are the first and last frame_index summed
-    (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame summed (what the writer
-    acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""
+    once, as the writer would store it, in half the bytes for float32. ``compressed``: such a whole sum (stored
+    dtype, NaN made 0) travels as the chunks the files store, made by the worker (:mod:`ringstream.compression`):
+    buffer 0 the HDF5 chunk (bitshuffle + LZ4, filter 32008, with its 12-byte header), buffer 1, when the run
+    writes a zarr.zip, the zarr chunk (Blosc); the writer places them as they are. Sent to the writer when cakes are
+    not sent per frame (``Write2D 0``), always after the Results of its frames; ``first_frame`` / ``last_frame`` are
+    the first and last frame_index summed (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame
+    summed (what the writer acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""
 
     run_id: str = ""
     group: int
@@ -178,6 +185,7 @@ class OmegaPartial:
     n_r: int
     n_eta: int
     dtype: str = "<f8"
+    compressed: bool = False
 
 
 @_message
@@ -212,7 +220,8 @@ class RunStart:
 @_message
 class Credit:
     """A worker can take ``n`` more frames, ``type = "credit"``: sent by worker ``worker`` (process ``pid``) on its
-    frames socket, first when it starts (its queue depth), then once per frame it has finished. The ingest sends a
+    frames socket, first when it starts (its queue depth), then for the frames it has finished (while more frames wait on
+    its socket, in Credits of up to ``CREDIT_BATCH`` frames: ``ringstream.workers.process``). The ingest sends a
     worker a frame only against credit, so it knows which worker holds which frame (docs/DAEMON.md, "Delivery")."""
 
     worker: int

@@ -80,20 +80,44 @@ MAX_RESULTS_HWM = 4096
 
 
 def results_hwm(queue_mb: float, floor: int, n_r: int, n_eta: int, cakes: bool, n_peaks: int,
-                curve_points: int = 0, frames_per_partial: int = 0, partial_itemsize: int = 8) -> int:
+                curve_points: int = 0, frames_per_partial: int = 0, partial_itemsize: float = 8,
+                cake_itemsize: float = 4) -> int:
     """The high-water mark of the workers -> writer queue: about ``queue_mb`` MB of Results of ``n_r`` bins
-    (and ``n_r x n_eta`` cakes when ``cakes``, ``n_peaks`` fit rows, ``curve_points`` model values) and of the
+    (and ``n_r x n_eta`` cakes of ``cake_itemsize`` bytes a value when ``cakes``: :func:`cake_itemsize`, ``n_peaks`` fit rows, ``curve_points`` model values) and of the
     partial omega sums among them (``n_r x n_eta`` of ``partial_itemsize`` bytes, one every ``frames_per_partial``
-    frames: :func:`frames_per_partial`; 0: none), at least ``floor`` (``queue_depth``), at most
+    frames: :func:`frames_per_partial`; 0: none; :func:`partial_itemsize`: compressed ones count their chunks), at least ``floor`` (``queue_depth``), at most
     :data:`MAX_RESULTS_HWM`. A shallow queue (32 lineouts) makes the writer wake up for every few messages; a deeper
     one lets it take them in runs, and absorbs a slow flush without holding up the workers and the ring. It is also
     what a kill -9 of the writer can lose beyond its last flush: 8 MB (the default) of 2,000-bin lineouts is ~890
     messages a side."""
-    size = 512 + 4 * n_r + (4 * n_r * n_eta if cakes else 0) + 56 * n_peaks + 8 * curve_points + 16
+    size = int(512 + 4 * n_r + (cake_itemsize * n_r * n_eta if cakes else 0) + 56 * n_peaks + 8 * curve_points + 16)
     if frames_per_partial > 0:  # the mean message: k Results and one partial sum per k frames
         k = int(frames_per_partial)
-        size = (k * size + 512 + partial_itemsize * n_r * n_eta) // (k + 1)
+        size = int(k * size + 512 + partial_itemsize * n_r * n_eta) // (k + 1)
     return int(max(int(floor), min(MAX_RESULTS_HWM, int(float(queue_mb) * 1e6) // size)))
+
+
+#: about how much smaller a whole omega sum's chunk is than the float32 sum (a float32 cake of Poisson counts: ~1.5x
+#: with bitshuffle + LZ4 or Blosc), for the results queue's byte bound
+SUM_COMPRESSION = 1.5
+
+
+def partial_itemsize(omega_sum_frames: int, stored_itemsize: int, compressed: bool, zarr: bool) -> float:
+    """About the bytes a value of a partial omega sum takes on the wire (for :func:`results_hwm`): float64 (8), or
+    with ``OmegaSumFrames 1`` (every sum is a group's whole one) the stored dtype's ``stored_itemsize``, and when
+    ``compressed`` its HDF5 chunk and, with ``zarr``, its zarr chunk, each :data:`SUM_COMPRESSION` times smaller."""
+    if int(omega_sum_frames) not in (0, 1):
+        return 8.0
+    if not compressed:
+        return float(stored_itemsize)
+    return (2 if zarr else 1) * stored_itemsize / SUM_COMPRESSION
+
+
+def cake_itemsize(stored_itemsize: int, compressed: bool, zarr: bool) -> float:
+    """About the bytes a value of a Result's cake takes on the wire (for :func:`results_hwm`): float32 (4), or when
+    the worker sends it ``compressed`` its HDF5 chunk and its sum's (and, with ``zarr``, the sum's zarr chunk),
+    each :data:`SUM_COMPRESSION` times smaller than the ``stored_itemsize`` values."""
+    return (2 + bool(zarr)) * stored_itemsize / SUM_COMPRESSION if compressed else 4.0
 
 
 def frames_per_partial(write_2d: bool, omega_sum_frames: int, workers: int) -> int:

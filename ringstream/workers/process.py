@@ -1,7 +1,7 @@
 """The worker process: FrameHeaders in, Results out (docs/DAEMON.md, "worker i").
 
 Sockets: frames DEALER (connect to the ingest's ROUTER: FrameHeaders in; the worker's Credit out, first its queue
-depth, then one per frame finished: docs/DAEMON.md, "Delivery"), results PUSH (connect to the writer), heartbeat PUSH
+depth, then the frames finished, a few at a time while more wait: docs/DAEMON.md, "Delivery"), results PUSH (connect to the writer), heartbeat PUSH
 (connect to the supervisor). For each frame the worker views the pixels in place (the ring segment is
 attached by name on first sight and kept, untracked by the resource tracker) or in the inline buffer, checks the
 shape against the map, integrates with the engine of ``create_engine(config.workers.engine, imap, dark)``, gives
@@ -70,7 +70,16 @@ from ..runs.state import state_dir_of
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.security import REMOTE_INDEX_BASE, client_context
 from ..transport.shm_ring import FrameRing
-from ..transport.sockets import RejectLog, frames_per_partial, make_socket, results_hwm, send_message
+from ..transport.sockets import (
+    RejectLog,
+    cake_itemsize,
+    frames_per_partial,
+    make_socket,
+    partial_itemsize,
+    results_hwm,
+    send_message,
+)
+from .compress import SumCompressor, cake_chunks
 from .fitting import WorkerFitting
 from .kept import KeptResults
 from .masks import MaskedEngines
@@ -87,6 +96,10 @@ GATHER_S = 0.002
 
 #: after ``stop``, a message that could not be sent for this long (the peer is gone) is dropped, in s
 GIVE_UP_S = 5.0
+
+#: while frames wait on its frames socket, a worker returns their credit in Credits of up to this many frames (one
+#: a frame costs the worker a send and the ingest a receive per frame); with none waiting, at once
+CREDIT_BATCH = 4
 
 
 def run(config, ready, stop, index: int = 0, fetch_mask=None, dark_path: str | None = None) -> int:
@@ -118,6 +131,8 @@ class _Worker:
         mb = int(config.transport.kept_results_mb) if config is not None else 512
         self.kept = KeptResults(mb * 1_000_000)  # what was sent to the writer, until it is flushed
         self._registered: set[str] = set()  # rings page-locked with the engine (register_host_memory)
+        self.unreturned = 0  # credit of frames finished, held back while more frames were waiting (give_credit)
+        self.compressing = SumCompressor(zarr=config is not None and not config.run.no_zarr)  # whole sums, in order
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -159,6 +174,14 @@ class _Worker:
         self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta,
                                                                  max_frames=self.hold_limit)
         self.stored_dtype = "<f4" if cfg.output.cake_dtype == "float32" else "<f8"
+        # a group's whole sum goes as the chunks the files store (not in the precision-bounded mode: its rounding is
+        # the writer's), with the zarr chunk when the run writes a zarr.zip
+        self.compress_sums = not cfg.output.cake_noise_fraction
+        self.zarr_chunks = not cfg.run.no_zarr
+        # with per-frame cakes, each frame its own omega-sum group: the cake and its sum go as the files store them
+        # (not when the writer needs the values: MIDAS Int2D.bin, or sums of several cakes that it adds up)
+        self.compress_cakes = self.write_2d and self.compress_sums and int(params.OmegaSumFrames) in (0, 1) and \
+            not cfg.run.midas_binaries
         log.info("worker-%d: engine %s (asked %r), map %s (%s), %d x %d bins%s", self.index, self.engine_name,
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
@@ -184,7 +207,13 @@ class _Worker:
             self.results = make_socket(ctx, zmq.PUSH, t.results_endpoint, bind=False,
                                        hwm=results_hwm(t.results_queue_mb, hwm, self.n_r, self.n_eta, self.write_2d,
                                                        n_peaks, frames_per_partial=frames_per_partial(
-                                                           self.write_2d, params.OmegaSumFrames, cfg.workers.count)))
+                                                           self.write_2d, params.OmegaSumFrames, cfg.workers.count),
+                                                       partial_itemsize=partial_itemsize(
+                                                           params.OmegaSumFrames, int(self.stored_dtype[-1]),
+                                                           self.compress_sums, self.zarr_chunks),
+                                                       cake_itemsize=cake_itemsize(
+                                                           int(self.stored_dtype[-1]), self.compress_cakes,
+                                                           self.zarr_chunks)))
             self.hb = hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "worker", self.index, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
@@ -210,8 +239,8 @@ class _Worker:
                     else:
                         self.send_partials(idle=True)
                     self.send_partials()
-                    if self.kept.owed:  # credit withheld while the kept results were over their limit
-                        self.give_credit(0)
+                    if self.kept.owed or self.unreturned:  # credit withheld (kept results over their limit,
+                        self.give_credit(0)  # or held back while frames were waiting)
                     hb.beat(self.snapshot)
             self.send_partials(idle=True)
             hb.beat(self.snapshot(), state="done", force=True)
@@ -256,6 +285,7 @@ class _Worker:
         if not msg.restart:
             self.kept.flushed(msg.below, msg.writer_pid)
         else:
+            self.send_compressed(wait=True)  # (every sum due is kept, so that the Resent below follows it)
             again = self.kept.to_resend(msg.below)
             self.kept.flushed(msg.below, msg.writer_pid)
             log.warning("worker-%d: a new writer (pid %d) reopened its files at frame %d: sending it %d kept "
@@ -301,7 +331,7 @@ class _Worker:
             reason = f"frame {msg.frame_index}: engine {self.engine_name} failed: {type(exc).__name__}: {exc}"
             log.exception("worker-%d: frame %d", self.index, msg.frame_index)
         finally:
-            self.give_credit(1)
+            self.give_credit(1, waiting=bool(sock.get(zmq.EVENTS) & zmq.POLLIN))
         timings = {"queue": max(0.0, t_start - float(msg.timestamp)) if msg.timestamp else 0.0,
                    "integrate": t_int, "total": time.time() - t_start}
         fitted = self.fit([msg], [lineout], timings)[0] if not reason else None
@@ -425,9 +455,12 @@ class _Worker:
         else:
             self.count("integrated")
             fit = fitted.fit if fitted is not None else None
-            bufs = result_buffers(lineout, cake if self.write_2d else None, fit,
+            packed = cake_chunks(cake, self.stored_dtype, self.zarr_chunks) if self.compress_cakes else []
+            bufs = result_buffers(lineout, cake if self.write_2d and not packed else None, fit,
                                   fitted.curves if fitted is not None else None, caked)
+            bufs[1:1] = packed  # (the compressed cake where the cake goes)
             result = Result(status="ok", n_r=self.n_r, n_eta=self.n_eta, has_cake=self.write_2d,
+                            cake_chunks=len(packed),
                             n_peaks=0 if fit is None else int(fit.shape[0]),
                             n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
                             n_curve_points=0 if fitted is None else int(fitted.values.size),
@@ -443,15 +476,30 @@ class _Worker:
         if self.partials is None:
             return
         for p in self.partials.due(idle):
-            # a group's whole sum goes rounded to the stored dtype, as the writer would store it: half the bytes
-            dtype = self.stored_dtype if self.partials.whole(p) else "<f8"
+            # a group's whole sum goes rounded to the stored dtype, as the writer would store it (half the bytes), and
+            # compressed as the files store it, in the worker's compression threads: the writer only places the chunks
+            whole = self.partials.whole(p)
+            dtype = self.stored_dtype if whole else "<f8"
             total = np.ascontiguousarray(p.total, dtype=dtype)
             msg = OmegaPartial(run_id=p.run_id, group=p.group, n_frames=p.frames.n_frames,
                                first_frame=p.frames.first_frame, last_frame=p.frames.last_frame, worker=self.index,
-                               worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta, dtype=dtype)
-            self.send(self.results, msg, [total])
-            self.kept.keep(max(p.indices), msg, [total])
-            self.count("omega_partials")
+                               worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta, dtype=dtype,
+                               compressed=whole and self.compress_sums)
+            if msg.compressed:
+                self.compressing.submit(msg, total)
+            else:
+                self.send_partial(msg, [total])
+        self.send_compressed(wait=idle)
+
+    def send_compressed(self, wait: bool = False) -> None:
+        """Send the compressed sums whose chunks are made, in the order they fell due (``wait``: all of them)."""
+        for msg, chunks in self.compressing.done(wait):
+            self.send_partial(msg, chunks)
+
+    def send_partial(self, msg: OmegaPartial, buffers: list) -> None:
+        self.send(self.results, msg, buffers)
+        self.kept.keep(max(msg.frames), msg, buffers)
+        self.count("omega_partials")
 
     def register(self, ring: FrameRing) -> None:
         """Page-lock the ring's segment for the engine (when it declares ``host_memory``), so frames go to the
@@ -527,10 +575,15 @@ class _Worker:
         except (ValueError, IndexError) as exc:
             raise FrameRejected(f"{where}: slot {msg.slot} of {msg.shm_name!r} cannot hold it ({exc})") from None
 
-    def give_credit(self, n: int) -> None:
-        """Tell the ingest this worker can take ``n`` more frames (it finished ``n``), with the credit owed while
-        the kept results were over their limit (:meth:`.kept.KeptResults.credit_now`)."""
-        n = self.kept.credit_now(n)
+    def give_credit(self, n: int, waiting: bool = False) -> None:
+        """Tell the ingest this worker can take ``n`` more frames (it finished ``n``), with the credit held back
+        and the credit owed while the kept results were over their limit (:meth:`.kept.KeptResults.credit_now`).
+        ``waiting``: more frames wait on the frames socket, so the ingest is not starved: the credit is held back
+        until it reaches :data:`CREDIT_BATCH` frames (a Credit a frame costs both sides a message a frame)."""
+        self.unreturned += n
+        if waiting and self.unreturned < CREDIT_BATCH:
+            return
+        n, self.unreturned = self.kept.credit_now(self.unreturned), 0
         if n > 0:
             self.send(self.frames, Credit(worker=self.index, pid=self.pid, n=int(n)))
 

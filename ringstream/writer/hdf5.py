@@ -650,10 +650,16 @@ class Hdf5Writer:
         if self.write_2d:
             if cake is None:
                 raise ValueError(f"frame {idx}: write_2d is on: a cake is required for every frame")
-            if np.shape(cake) != (self.n_r, self.n_eta):
+            if type(cake) is Chunks:  # compressed by a worker as stored: [nEta, nR] of the stored dtype
+                if cake.shape != (self.n_eta, self.n_r) or cake.dtype != self.dtype or self.rounding is not None:
+                    raise ValueError(f"frame {idx}: compressed cake {cake.shape} {cake.dtype}; the file stores "
+                                     f"({self.n_eta}, {self.n_r}) {self.dtype}")
+                self._cake_rows.append(cake)
+            elif np.shape(cake) != (self.n_r, self.n_eta):
                 raise ValueError(f"frame {idx}: cake shape {np.shape(cake)} != ({self.n_r}, {self.n_eta})")
-            # rounded as [nR, nEta] (the noise model's shape), stored [nEta, nR] as NXazint2d orders it
-            self._cake_rows.append(Chunks(np.ascontiguousarray(np.transpose(stored(cake, self.dtype, self.rounding)))))
+            else:  # rounded as [nR, nEta] (the noise model's shape), stored [nEta, nR] as NXazint2d orders it
+                self._cake_rows.append(Chunks(np.ascontiguousarray(np.transpose(stored(cake, self.dtype,
+                                                                                         self.rounding)))))
         if self.n_peaks:
             fits = self._fit_buf
             if fit is None or not len(fit):
@@ -777,8 +783,9 @@ class Hdf5Writer:
         """Queue one omega-sum group (an :class:`~ringstream.writer.omega.OmegaGroup`); it is written, and seen
         by readers, at the next :meth:`flush`."""
         self._check_open()
-        if np.shape(group.sum) != (self.n_r, self.n_eta):
-            raise ValueError(f"omega-sum group {group.index}: shape {np.shape(group.sum)} != ({self.n_r}, {self.n_eta})")
+        shape = np.shape(group.sum) if group.sum is not None else tuple(group.chunks.shape)
+        if shape != (self.n_r, self.n_eta):
+            raise ValueError(f"omega-sum group {group.index}: shape {shape} != ({self.n_r}, {self.n_eta})")
         self._groups.append((group, group.name(int(digits or self._digits))))
 
     def _write_groups(self) -> None:

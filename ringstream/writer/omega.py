@@ -10,7 +10,9 @@ The sums come from one of two places, which :class:`OmegaSums` accepts in any or
 
 - the cakes themselves (:meth:`OmegaSums.add_cake`; the writer has them when ``Write2D 1``, the offline path always);
 - partial sums the workers made of the cakes they integrated (:meth:`OmegaSums.add_partial`; the daemon with
-  ``Write2D 0``, so that no per-frame cake crosses the socket).
+  ``Write2D 0``, so that no per-frame cake crosses the socket);
+- a group's whole sum, stored and compressed by the worker that summed every frame of it
+  (:meth:`OmegaSums.add_chunks`): handed out as those chunks, never decompressed here.
 
 The writer also reports every frame it accounts for, in frame_index order (:meth:`OmegaSums.note_frame`), with its
 ω; a group is complete once every frame of its range has been accounted for and the frames summed equal the frames
@@ -38,11 +40,12 @@ OMEGA_KEY = "omega"
 
 @dataclasses.dataclass
 class OmegaGroup:
-    """One summed group. ``sum`` float64 ``[n_r, n_eta]``; ``n_frames`` frames summed (≥ 1); frame indices and ω
-    (deg) of the first and last frame integrated in the group."""
+    """One summed group. ``sum`` float64 ``[n_r, n_eta]`` (None when a worker sent it compressed: ``chunks``);
+    ``n_frames`` frames summed (≥ 1); frame indices and ω (deg) of the first and last frame integrated in the
+    group."""
 
     index: int
-    sum: np.ndarray
+    sum: np.ndarray | None
     n_frames: int
     first_frame: int
     last_frame: int
@@ -92,6 +95,7 @@ class _Pending:
     sum: np.ndarray | None = None  # made by the first cake or partial sum (a group's frames are noted before)
     summed: int = 0  # frames added (cakes or partial counts)
     integrated: FrameSpan = dataclasses.field(default_factory=FrameSpan)  # ok frames accounted for by the writer
+    chunks: Any = None  # the group's whole sum, stored and compressed by a worker (add_chunks): no sum then
     first_omega: float = 0.0
     last_omega: float = 0.0
 
@@ -154,7 +158,26 @@ class OmegaSums:
         if partial.shape != self.shape:
             raise ValueError(f"partial sum of group {g}: shape {partial.shape} != {self.shape}")
         p = self._get(g)
+        if p.chunks is not None:
+            raise ValueError(f"partial sum of group {g}: the group's whole sum came already")
         self._add(p, partial, whole=partial.dtype != np.float64 and int(n_frames) >= self.grouping.size)
+        p.summed += int(n_frames)
+
+    def add_chunks(self, group: int, n_frames: int, chunks: Any) -> None:
+        """Take group ``group``'s whole sum of ``n_frames`` cakes as a worker stored and compressed it (``chunks``:
+        a :class:`~ringstream.writer.storage.Chunks` of ``shape`` ``[n_r, n_eta]``, NaN already 0)."""
+        g = int(group)
+        if g < self._done_below:
+            raise ValueError(f"partial sum of group {g} arrived after the group was written")
+        if tuple(chunks.shape) != self.shape:
+            raise ValueError(f"partial sum of group {g}: shape {tuple(chunks.shape)} != {self.shape}")
+        if int(n_frames) < self.grouping.size:
+            raise ValueError(f"compressed partial sum of group {g}: {n_frames} frames, a whole group has "
+                             f"{self.grouping.size}")
+        p = self._get(g)
+        if p.sum is not None or p.chunks is not None:
+            raise ValueError(f"compressed partial sum of group {g}: the group has a sum already")
+        p.chunks = chunks
         p.summed += int(n_frames)
 
     def note_frame(self, frame_index: int, ok: bool, omega: float) -> None:
@@ -178,8 +201,11 @@ class OmegaSums:
 
     def _emit(self, g: int) -> OmegaGroup | None:
         p = self._pending.pop(g)
-        if p.summed <= 0 or p.integrated.n_frames == 0 or p.sum is None:
+        if p.summed <= 0 or p.integrated.n_frames == 0 or (p.sum is None and p.chunks is None):
             return None
+        if p.chunks is not None:
+            return OmegaGroup(g, None, p.summed, p.integrated.first_frame, p.integrated.last_frame, p.first_omega,
+                              p.last_omega, chunks=p.chunks)
         if not np.isfinite(p.sum).all():  # no NaN in the outputs: a bin that was NaN in a frame is 0
             p.sum = np.nan_to_num(p.sum, copy=not p.sum.flags.writeable, nan=0.0, posinf=0.0, neginf=0.0)
         return OmegaGroup(g, p.sum, p.summed, p.integrated.first_frame, p.integrated.last_frame, p.first_omega,

@@ -31,14 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from ..compression import decoded_size
 from ..errors import InputError
 from ..protocol import ProtocolError
 from .hdf5 import Hdf5Writer
-from .midas_binaries import MidasStreams
+from .midas_binaries import INT2D_BIN, MidasStreams
 from .omega import OmegaStamps, OmegaSums, name_digits
 from .precision import NoiseRounding, map_noise_model
 from .repair import check_resumable, cut_for_resume
-from .storage import Chunks, stored
+from .storage import CakeChunks, Chunks, stored
 from .zarr_zip import ZarrZipSink, instrument_parameters, reta_map
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,16 @@ class FrameRecord:
 
 def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
     """The :class:`FrameRecord` of an ok :class:`~ringstream.protocol.Result` and its buffers (views, no copy):
-    lineout f4 ``[n_r]``, cake f4 ``[n_r, n_eta]`` if ``has_cake``, fit f8 ``[n_peaks, 7]`` if ``n_peaks``, ROI
+    lineout f4 ``[n_r]``, cake f4 ``[n_r, n_eta]`` if ``has_cake`` (a :class:`~.storage.CakeChunks` when it came
+    compressed: ``cake_chunks``), fit f8 ``[n_peaks, 7]`` if ``n_peaks``, ROI
     table i4 ``[n_rois, 2]`` and model values f8 if ``n_rois``, per-η fits f8 ``[n_eta, caked_peaks, 7]`` if
     ``caked_peaks``. ``decode`` has checked every buffer's size against
     the header; a count or size that still does not match is a ProtocolError of kind "size"."""
     n_r, n_eta, n_peaks, n_rois = int(msg.n_r), int(msg.n_eta), int(msg.n_peaks), int(msg.n_rois)
     n_caked = int(msg.caked_peaks)
     cake_ = bool(msg.has_cake)
-    want = 1 + cake_ + (n_peaks > 0) + (2 if n_rois else 0) + (n_caked > 0)
+    packed = int(msg.cake_chunks) if cake_ else 0  # the cake compressed by the worker, in so many chunks
+    want = 1 + (packed or cake_) + (n_peaks > 0) + (2 if n_rois else 0) + (n_caked > 0)
     if len(buffers) != want:
         raise ProtocolError("size", f"result {msg.frame_index}: {len(buffers)} buffers, expected {want}")
     frombuffer = np.frombuffer
@@ -100,7 +103,12 @@ def record_from_result(msg: Any, buffers: Sequence[Any]) -> FrameRecord:
         if lineout.size != n_r:
             raise ValueError(f"lineout of {lineout.size} values for n_r {n_r}")
         i, cake, fit, curves = 1, None, None, None
-        if cake_:
+        if packed:  # (the codec checked the chunks' headers: n_r x n_eta values of float32 or float64 each)
+            dtype = _F4 if decoded_size("hdf5", buffers[1]) == 4 * n_r * n_eta else _F8
+            cake = CakeChunks(Chunks.made(buffers[1], None, (n_eta, n_r), dtype),
+                              Chunks.made(buffers[2], buffers[3] if packed > 2 else None, (n_r, n_eta), dtype))
+            i = 1 + packed
+        elif cake_:
             cake = frombuffer(buffers[1], _F4).reshape(n_r, n_eta)
             i = 2
         if n_peaks:
@@ -313,26 +321,53 @@ class RunOutputs:
             if sums.grouping.ends_group(idx):  # the last frame of a group: it may be complete now
                 self._take_groups(sums.pop_complete())
             return
+        cake = rec.cake
+        packed = type(cake) is CakeChunks  # compressed by the worker, with its one-frame omega sum
+        if packed and self.packed_cake_problem(cake):
+            raise ValueError(f"frame {idx}: {self.packed_cake_problem(cake)}")
         try:  # (what _guard does, without a closure per frame)
-            self.h5.append(idx, rec.source_id, rec.timestamp, rec.lineout, rec.cake if self.write_2d else None,
+            self.h5.append(idx, rec.source_id, rec.timestamp, rec.lineout,
+                           (cake.cake if packed else cake) if self.write_2d else None,
                            fit=rec.fit, curves=rec.curves, metadata=rec.metadata, omega=omega, caked=rec.caked)
         except (OSError, RuntimeError) as exc:
             self._raise_full(str(self.path), exc)
             raise
         if self.midas is not None:
-            self.midas.append(idx, rec.lineout, rec.cake, rec.fit, rec.curves)
+            if packed:  # (Int2D.bin wants the values: the cake decoded, [n_r, n_eta])
+                cake = np.transpose(cake.cake.array) if INT2D_BIN in self.midas.files else None
+            self.midas.append(idx, rec.lineout, cake, rec.fit, rec.curves)
         if not self.sums_from_workers:
             if rec.cake is None:
                 raise ValueError(f"frame {idx}: omega sums need the cake (or partial sums from the workers)")
-            sums.add_cake(idx, np.asarray(rec.cake, dtype=np.float32))  # as stored, as the workers sum
+            if packed:  # the frame's group is the frame: its sum, as the worker stored and compressed it
+                sums.add_chunks(sums.group_of(idx), 1, rec.cake.sum)
+            else:
+                sums.add_cake(idx, np.asarray(rec.cake, dtype=np.float32))  # as stored, as the workers sum
         sums.note_frame(idx, True, omega)
         self.counters["written"] += 1
         if sums.grouping.ends_group(idx):  # the last frame of a group: it may be complete now
             self._take_groups(sums.pop_complete())
 
-    def add_partial(self, group: int, n_frames: int, partial: np.ndarray) -> None:
-        """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``."""
-        self.sums.add_partial(group, n_frames, partial)
+    def packed_cake_problem(self, cake: CakeChunks) -> str:
+        """What keeps a cake compressed by a worker out of this run ("" for nothing): its dtype not the stored one,
+        a precision-bounded run (the rounding is the writer's), or omega-sum groups of more than one frame."""
+        if cake.dtype == self.h5.dtype and self.rounding is None and self.sums.grouping.size == 1:
+            return ""
+        return (f"a compressed cake of {cake.dtype}; the run stores {self.h5.dtype}"
+                f"{', precision-bounded' if self.rounding is not None else ''}, OmegaSumFrames "
+                f"{self.sums.grouping.size}")
+
+    def add_partial(self, group: int, n_frames: int, partial: np.ndarray | Chunks) -> None:
+        """A worker's partial sum of ``n_frames`` cakes of omega-sum group ``group``: an array, or the group's whole
+        sum as the worker stored and compressed it (:class:`~.storage.Chunks`, of the stored dtype: ValueError if
+        not, or in the precision-bounded mode, whose rounding is the writer's)."""
+        if type(partial) is Chunks:
+            if partial.dtype != self.h5.dtype or self.rounding is not None:
+                raise ValueError(f"compressed partial sum of group {group}: {partial.dtype}, the run stores "
+                                 f"{self.h5.dtype}{' precision-bounded' if self.rounding is not None else ''}")
+            self.sums.add_chunks(group, n_frames, partial)
+        else:
+            self.sums.add_partial(group, n_frames, partial)
         self._take_groups(self.sums.pop_complete())
 
     def peak_update(self, seq: int, from_frame: int, peaks: Sequence[float], origin: str) -> bool:
@@ -344,8 +379,9 @@ class RunOutputs:
 
     def _take_groups(self, groups) -> None:
         for g in groups:
-            g.sum = stored(g.sum, self.h5.dtype, self.rounding)  # the float64 sum rounded once, for both files
-            g.chunks = Chunks(g.sum, zarr=self.zarr is not None)  # compressed for both, in the background
+            if g.chunks is None:  # (else a worker stored and compressed it)
+                g.sum = stored(g.sum, self.h5.dtype, self.rounding)  # the float64 sum rounded once, for both files
+                g.chunks = Chunks(g.sum, zarr=self.zarr is not None)  # compressed for both, in the background
             self.h5.add_omega_group(g, self.digits)
             if self.zarr is not None:
                 self.zarr.add_group(g)

@@ -103,8 +103,10 @@ from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.security import refused_counters, serve_remote, stop_authenticator
 from ..transport.sockets import (
     RejectLog,
+    cake_itemsize,
     frames_per_partial,
     make_socket,
+    partial_itemsize,
     recv_message,
     results_hwm,
     send_message,
@@ -113,6 +115,7 @@ from .midas_binaries import FIT_BIN
 from .outputs import FrameRecord, OutputError, RunOutputs, numeric_keys, record_from_result
 from .precision import map_noise_model
 from .runs import Run, RunBook
+from .storage import CakeChunks, Chunks
 from .view_feed import ViewFeed
 
 log = logging.getLogger("ringstream.writer")
@@ -276,6 +279,9 @@ class _Writer:
         t = cfg.transport
         hwm = max(1, int(t.queue_depth or t.ring_slots))
         ctx = zmq.Context()
+        # what the workers send: whole sums (and, one frame a group, cakes) compressed unless precision-bounded
+        itemsize, lossless, zarr = 4 if cfg.output.cake_dtype == "float32" else 8, \
+            not cfg.output.cake_noise_fraction, not cfg.run.no_zarr
         self.rejects = RejectLog(log, "writer results socket")
         complete = False
         code = None
@@ -284,7 +290,12 @@ class _Writer:
                                hwm=results_hwm(t.results_queue_mb, hwm, self.imap.n_r, self.imap.n_eta,
                                                self.write_2d, self.n_peaks * (1 + self.imap.n_eta * bool(self.caked)),
                                                frames_per_partial=frames_per_partial(
-                                                   self.write_2d, self.params.OmegaSumFrames, cfg.workers.count)))
+                                                   self.write_2d, self.params.OmegaSumFrames, cfg.workers.count),
+                                               partial_itemsize=partial_itemsize(
+                                                   self.params.OmegaSumFrames, itemsize, lossless, zarr),
+                                               cake_itemsize=cake_itemsize(itemsize, lossless and int(
+                                                   self.params.OmegaSumFrames) in (0, 1) and not
+                                                   cfg.run.midas_binaries, zarr)))
             self.auth = serve_remote(ctx, sock, t, "results", "writer results socket")  # joined workers
             hb = self.hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "writer", 0, cfg.supervisor.heartbeat_interval)
@@ -570,7 +581,11 @@ class _Writer:
             return
         if kind == "partial":
             msg, buffers = args
-            partial = np.frombuffer(buffers[0], dtype=msg.dtype).reshape(msg.n_r, msg.n_eta)
+            shape = (int(msg.n_r), int(msg.n_eta))
+            if msg.compressed:  # the group's whole sum as the files store it (the codec checked the chunks' sizes)
+                partial = Chunks.made(buffers[0], buffers[1] if len(buffers) > 1 else None, shape, msg.dtype)
+            else:
+                partial = np.frombuffer(buffers[0], dtype=msg.dtype).reshape(shape)
             try:
                 run.outputs.add_partial(msg.group, msg.n_frames, partial)
             except ValueError as exc:
@@ -719,6 +734,8 @@ class _Writer:
                     raise ProtocolError("size", f"result {msg.frame_index}: per-eta fits of {msg.caked_peaks} "
                                                 f"peaks, the run has {self.n_peaks if self.caked else 0} "
                                                 "([fit] per_eta, fitting.peak_slots)")
+                if self.write_2d and type(rec.cake) is CakeChunks and out.packed_cake_problem(rec.cake):
+                    raise ProtocolError("size", f"result {msg.frame_index}: {out.packed_cake_problem(rec.cake)}")
             except ProtocolError as exc:
                 self.rejects.record(exc)
                 self.count("rejected")

@@ -12,17 +12,19 @@
 - precision: ``[output] cake_noise_fraction`` f > 0 rounds each stored value to a power of two no coarser than
   ``2 f`` times its bin's counting noise (:mod:`~ringstream.writer.precision`), so that the compression removes
   the bits below the noise; :func:`precision_note` is what the files say about it.
-- Who compresses: a cake or sum row is one chunk in each file; :class:`Chunks` compresses it for both in a small
-  pool of threads (:func:`encode_pool`; the compressors release the GIL), while the writer's own thread goes on
-  receiving. The HDF5 chunk is made here (:func:`hdf5_chunk`: the bitshuffle library's LZ4 blocks behind the
-  12-byte header of HDF5 filter 32008, byte for byte what the filter writes) and written with a direct chunk write,
-  so HDF5's filter pipeline does not run in the writer's thread.
+- Who compresses: a cake or sum row is one chunk in each file, made by :mod:`ringstream.compression`
+  (:func:`hdf5_chunk`: the bitshuffle library's LZ4 blocks behind the 12-byte header of HDF5 filter 32008, byte for
+  byte what the filter writes; :func:`zarr_encode`) and written with a direct chunk write, so HDF5's filter pipeline
+  does not run in the writer's thread. A worker compresses the whole omega sums it sends (``OmegaSumFrames`` groups
+  it summed alone, so one per frame with ``OmegaSumFrames 1``): :meth:`Chunks.made` takes its chunks as they came.
+  The writer compresses the rest (per-frame cakes, sums it added up, precision-bounded ones): :class:`Chunks`
+  compresses a row for both files in a small pool of threads (:func:`encode_pool`; the compressors release the
+  GIL), while the writer's own thread goes on receiving.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,14 +33,12 @@ from typing import Any
 import hdf5plugin  # noqa: F401 - registers the bitshuffle filter with HDF5 for every h5py open in this process
 import numpy as np
 
+from ..compression import BLOSC_LEVEL, decode_hdf5_chunk, hdf5_chunk, zarr_compressor, zarr_encode
 from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
 from .precision import MIN_COUNTS, SAFETY
 
 __all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "Chunks", "cake_dtype", "encode_pool", "hdf5_chunk", "hdf5_compression",
-           "precision_note", "stored", "zarr_compressor"]
-
-#: Blosc's compression level of the zarr.zip arrays (LZ4 gains little above 5, and costs time)
-BLOSC_LEVEL = 5
+           "precision_note", "stored", "zarr_compressor", "zarr_encode", "CakeChunks"]
 
 
 def cake_dtype(name: str) -> np.dtype:
@@ -75,58 +75,10 @@ def hdf5_compression() -> dict[str, Any]:
     return dict(hdf5plugin.Bitshuffle(cname="lz4"))
 
 
-def zarr_compressor() -> Any:
-    """The numcodecs Blosc codec of the zarr.zip arrays (LZ4, bit shuffle): written in each array's ``.zarray``;
-    ``encode`` of a C-contiguous array gives the chunk's bytes as zarr writes them."""
-    import numcodecs
-
-    return numcodecs.Blosc(cname="lz4", clevel=BLOSC_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE)
-
-
-#: the bitshuffle filter's block: 8 kB of elements (``bshuf_default_block_size``), recorded in each chunk's header
-_BSHUF_BLOCK_BYTES = 8192
-
-
-def hdf5_chunk(a: np.ndarray) -> bytes:
-    """The bytes HDF5's bitshuffle + LZ4 filter (32008, as :func:`hdf5_compression` configures it) stores for the
-    chunk ``a`` (C-contiguous, little-endian): the uncompressed size (8 bytes) and block size (4 bytes), big-endian,
-    then the bitshuffle library's LZ4 blocks. For a direct chunk write."""
-    import bitshuffle
-
-    if not getattr(_THREAD, "one_openmp_thread", False):
-        _one_openmp_thread()
-        _THREAD.one_openmp_thread = True
-    a = np.ascontiguousarray(a)
-    return struct.pack(">QI", a.nbytes, _BSHUF_BLOCK_BYTES) + bitshuffle.compress_lz4(a).tobytes()
-
-
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 #: compression threads of a writer process (each cake or sum is compressed for the HDF5 and the zarr.zip)
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
-
-
-_THREAD = threading.local()
-
-
-def _one_openmp_thread() -> None:
-    """The calling thread runs bitshuffle's OpenMP loops on itself alone (:func:`hdf5_chunk` calls it once per
-    thread): the pool is the parallelism (a team of OpenMP threads per pool thread would oversubscribe the CPUs),
-    and a process with no OpenMP team threads can fork safely (libgomp's are lost in a forked child, which then hangs
-    in its first parallel loop)."""
-    import ctypes
-    import ctypes.util
-    import glob
-
-    import bitshuffle
-
-    here = os.path.dirname(bitshuffle.__file__)
-    for lib in [*glob.glob(os.path.join(here, "..", "bitshuffle.libs", "libgomp*.so*")), ctypes.util.find_library("gomp")]:
-        if lib:
-            try:
-                ctypes.CDLL(lib).omp_set_num_threads(1)
-            except (OSError, AttributeError):
-                continue
 
 
 def _forget_pool() -> None:
@@ -149,33 +101,58 @@ def encode_pool() -> ThreadPoolExecutor:
 
 
 class Chunks:
-    """One stored row (a cake or an omega sum, already in its stored dtype) and its compressed chunks, made in
-    :func:`encode_pool`: :meth:`hdf5` the HDF5 chunk (:func:`hdf5_chunk`), :meth:`zarr` the zarr.zip chunk
-    (:func:`zarr_compressor`; only when ``zarr``). Each call waits for its chunk and raises what compressing it
-    raised."""
+    """One stored row (a cake or an omega sum, already in its stored dtype) and its compressed chunks: :meth:`hdf5`
+    the HDF5 chunk (:func:`hdf5_chunk`), :meth:`zarr` the zarr.zip chunk (:func:`zarr_encode`; made only when
+    ``zarr`` or asked for). Made in :func:`encode_pool` from ``array``, or taken as a worker made them
+    (:meth:`made`). Each call waits for its chunk and raises what compressing it raised."""
 
-    __slots__ = ("array", "_h5", "_zarr")
+    __slots__ = ("_array", "_h5", "_zarr", "shape", "dtype")
 
     def __init__(self, array: np.ndarray, zarr: bool = False) -> None:
-        self.array = array
+        self._array = array
+        self.shape, self.dtype = array.shape, array.dtype
         pool = encode_pool()
-        self._h5: Future = pool.submit(hdf5_chunk, array)
-        self._zarr: Future | None = pool.submit(_zarr_encode, array) if zarr else None
+        self._h5: Future | bytes | memoryview = pool.submit(hdf5_chunk, array)
+        self._zarr: Future | bytes | memoryview | None = pool.submit(zarr_encode, array) if zarr else None
 
-    def hdf5(self) -> bytes:
-        return self._h5.result()
+    @classmethod
+    def made(cls, hdf5: bytes | memoryview, zarr: bytes | memoryview | None, shape: tuple[int, ...],
+             dtype: Any) -> Chunks:
+        """The chunks of a row of ``shape`` ``dtype`` compressed elsewhere (a worker): ``hdf5`` an
+        :func:`hdf5_chunk`, ``zarr`` its :func:`zarr_encode` (None: made here from the HDF5 chunk if asked for)."""
+        self = cls.__new__(cls)
+        self._array, self._h5, self._zarr = None, hdf5, zarr
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        return self
 
-    def zarr(self) -> bytes:
-        if self._zarr is None:
-            self._zarr = encode_pool().submit(_zarr_encode, self.array)
-        return self._zarr.result()
+    @property
+    def array(self) -> np.ndarray:
+        """The row itself (decoded from the HDF5 chunk for chunks made elsewhere)."""
+        if self._array is None:
+            self._array = decode_hdf5_chunk(self._h5, self.shape, self.dtype)
+        return self._array
+
+    def hdf5(self) -> bytes | memoryview:
+        h5 = self._h5
+        return h5.result() if type(h5) is Future else h5
+
+    def zarr(self) -> bytes | memoryview:
+        z = self._zarr
+        if z is None:
+            z = self._zarr = encode_pool().submit(zarr_encode, self.array)
+        return z.result() if type(z) is Future else z
 
 
-_CODEC: Any = None
+class CakeChunks:
+    """A frame's cake as a worker compressed it (``Result.cake_chunks``): ``cake`` the ``/cake/data/I`` chunk (the
+    stored cake transposed, ``[n_eta, n_r]``), ``sum`` its omega sum's chunks (``OmegaSumFrames 1``: the frame's
+    group is the frame; ``[n_r, n_eta]``, NaN made 0), each a :class:`Chunks` made elsewhere."""
 
+    __slots__ = ("cake", "sum")
 
-def _zarr_encode(a: np.ndarray) -> bytes:
-    global _CODEC
-    if _CODEC is None:
-        _CODEC = zarr_compressor()
-    return _CODEC.encode(np.ascontiguousarray(a))
+    def __init__(self, cake: Chunks, sum: Chunks) -> None:  # noqa: A002 - the omega sum
+        self.cake, self.sum = cake, sum
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.cake.dtype

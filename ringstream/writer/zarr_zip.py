@@ -207,17 +207,23 @@ class ZarrZipSink:
     def add_group(self, group: Any) -> None:
         """Queue one :class:`~ringstream.writer.omega.OmegaGroup` for the next :meth:`publish`: its sum rounded
         once to the stored dtype and compressed (the chunk member holds those bytes until it is published)."""
-        data = stored(group.sum, self.dtype)
-        if not np.isfinite(data).all():  # (OmegaSums hands out finite sums: no copy for them)
-            data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-        if data.shape != self.shape:
-            raise ValueError(f"omega-sum group {group.index}: shape {data.shape} != {self.shape}")
+        chunks = group.chunks if type(group.chunks) is Chunks and group.chunks.dtype == self.dtype else None
+        if chunks is None:
+            data = stored(group.sum, self.dtype)
+            if not np.isfinite(data).all():  # (OmegaSums hands out finite sums: no copy for them)
+                data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+            shape = data.shape
+        else:  # stored and finite already (OmegaSums hands out finite sums, a worker's are made so)
+            data, shape = None, tuple(chunks.shape)
+        if shape != self.shape:
+            raise ValueError(f"omega-sum group {group.index}: shape {shape} != {self.shape}")
         name = group.name(self.digits)
         if name in self._names:
             raise ValueError(f"{self.path}: group {name} written twice")
         self._names.add(name)
         attrs = group_attrs(group) | self._precision
         if self._template is None:
+            data = chunks.array if data is None else data  # (zarr writes the first group: from the row itself)
             arr = self._groups.create_array(name, shape=data.shape, dtype=self.dtype.name, chunks=data.shape,
                                             compressors=self._codec, fill_value=0.0, attributes=attrs,
                                             config=_EVERY_CHUNK)
@@ -231,14 +237,14 @@ class ZarrZipSink:
             for member in self._first:
                 self._pending.append((member, (self._store / member).read_bytes()))
         else:
-            chunk = ".".join("0" * len(data.shape))
+            chunk = ".".join("0" * len(shape))
             base = f"OmegaSumFrame/{name}/"
             self._pending += [
                 (base + ".zarray", self._template),
                 (base + ".zattrs", json.dumps(attrs, indent=self._indent, allow_nan=True).encode()),
-                # what zarr writes: the codec of the .zarray (compressed in the background when the group brings it)
-                (base + chunk, group.chunks if type(group.chunks) is Chunks and group.chunks.array is data
-                 else self._codec.encode(data)),
+                # what zarr writes: the codec of the .zarray (compressed by a worker, or in the background, when the
+                # group brings it)
+                (base + chunk, chunks if chunks is not None else self._codec.encode(data)),
             ]
         self.groups_total += 1
 

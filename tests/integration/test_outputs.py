@@ -303,6 +303,35 @@ def test_daemon_writes_every_output(tmp_path, daemons, write_2d):  # noqa: F811
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("write_2d", [0, 1], ids=["sums", "cakes"])
+def test_daemon_one_frame_a_group_stores_what_the_workers_compressed(tmp_path, daemons, write_2d):  # noqa: F811
+    """``OmegaSumFrames 1`` (MIDAS's default): every sum is one frame's, compressed by its worker for both files
+    (and, with ``Write2D 1``, the cake too) and placed by the writer; the files hold the float32 cakes exactly,
+    byte for byte what compressing them gives, the zarr.zip the HDF5 file's rows."""
+    from ringstream.compression import hdf5_chunk
+    from ringstream.params import load_params
+
+    params = tmp_path / "setup.txt"
+    params.write_text(PARAMS + f"Write2D {write_2d}\nOmegaSumFrames 1\n")
+    rings = ", ".join(repr(t) for t in rings_2theta(load_params(params)))
+    (tmp_path / "daemon.toml").write_text(f"[source]\nrings_2theta = [{rings}]\n")  # (the reference's frames)
+    d = daemons(["--param-file", params, "--config", tmp_path / "daemon.toml", "--simulate", 12, "--workers", 2,
+                 "--output-h5", "out.h5"], tmp_path)
+    assert d.wait(60) == 0, d.stderr
+    ref = reference_cakes(params, 12)
+    with h5py.File(tmp_path / "out.h5") as f:
+        o = f["entry/omega_sum"]
+        assert list(o["n_frames"][:]) == [1] * 12 and list(o["last_frame"][:]) == list(range(12))
+        for k in range(12):  # the float64 sum of one float32 cake, rounded once: the cake itself
+            np.testing.assert_array_equal(o["I"][k], ref[k])
+            assert o["I"].id.read_direct_chunk((k, 0, 0))[1] == hdf5_chunk(ref[k])
+            if write_2d:
+                np.testing.assert_array_equal(f["cake/data/I"][k], ref[k].T)
+                assert f["cake/data/I"].id.read_direct_chunk((k, 0, 0))[1] == hdf5_chunk(np.ascontiguousarray(ref[k].T))
+        check_zarr_equals_h5(tmp_path / "out.zarr.zip", f)
+
+
+@pytest.mark.timeout(120)
 def test_daemon_precision_bounded_sums(tmp_path, daemons):  # noqa: F811
     """``--cake-noise-fraction 0.01`` in the daemon (the workers' partial sums): every omega sum within 0.01 of the
     counting noise the file's model gives it (beyond the float32 cakes it is made of), the same numbers and the
