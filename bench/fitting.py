@@ -344,6 +344,22 @@ def machine(gpu_name: str | None) -> dict:
     return info
 
 
+
+def one_core_and_gpu(want_gpu: bool, name: str = "") -> tuple[object | None, str]:
+    """Pin this process to one CPU (the CPU figures are per core), make the GPU fitter when ``want_gpu``, and the
+    machine's name for the results file (``name``, else the GPU's, else "vm")."""
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        except OSError:
+            pass
+    gpu = None
+    if want_gpu:
+        from ringstream.fitting.gpu_fitter import GpuFitter
+
+        gpu = GpuFitter()
+    return gpu, name or (re.sub(r"[^A-Za-z0-9]+", "-", gpu.device_name).strip("-") if gpu else "vm")
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300, help="synthetic frames per kind on the CPU (300)")
@@ -356,17 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="", help="machine name in the JSON file name")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        try:
-            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-        except OSError:
-            pass
-    gpu = None
-    if args.gpu:
-        from ringstream.fitting.gpu_fitter import GpuFitter
-
-        gpu = GpuFitter()
-    name = args.name or (re.sub(r"[^A-Za-z0-9]+", "-", gpu.device_name).strip("-") if gpu else "vm")
+    gpu, name = one_core_and_gpu(args.gpu, args.name)
     if args.micro:
         rows = micro(gpu, frames=args.micro_frames)
         print(f"{'batch':>5} {'path':10} {'solver':28} {'us/frame':>9} {'fast frames':>11} "

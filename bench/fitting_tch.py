@@ -27,7 +27,6 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,6 +35,9 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from fitting import one_core_and_gpu  # noqa: E402  (bench/fitting.py)
 
 from ringstream.fitting import tch  # noqa: E402
 from ringstream.fitting.batched import CONVERGED, Packed, fit_batch, pack  # noqa: E402
@@ -131,17 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="", help="machine name in the JSON file name")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        try:
-            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-        except OSError:
-            pass
-    gpu = None
-    if args.gpu:
-        from ringstream.fitting.gpu_fitter import GpuFitter
-
-        gpu = GpuFitter()
-    name = args.name or (re.sub(r"[^A-Za-z0-9]+", "-", gpu.device_name).strip("-") if gpu else "vm")
+    gpu, name = one_core_and_gpu(args.gpu, args.name)
     result = {"benchmark": "fitting-tch", "snr": SNR,
               "machine": {"python": platform.python_version(), "numpy": np.__version__, "nproc": os.cpu_count(),
                           "platform": platform.platform(), **({"device": gpu.device_name} if gpu else {}),
