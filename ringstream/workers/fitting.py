@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import zmq
 
 from ..fitting import choose_engine, peak_slots
@@ -95,6 +96,34 @@ class WorkerFitting:
     def snapshot(self) -> dict:
         caked = self.caked.counters if self.caked is not None else {}
         return {**self.fitter.counters, **caked, **self.counters}
+
+    def warm_up(self, r_px, n_eta: int) -> float:
+        """Fit one made-up frame (rings at the parameter file's peaks, or at three radii of the lineout when peaks
+        are found) through the calls a real frame takes, per-η fits included, so that the GPU fitter's kernels are
+        compiled before the first frame: seconds on a host that has not cached them, during which the worker must
+        go on beating (the caller's ``beating``), or the supervisor takes it for hung and replaces it, whose
+        replacement compiles again. Counters and once-only log lines are left as they were. Returns the seconds."""
+        t0 = time.perf_counter()
+        fitters = [self.fitter] + ([self.caked] if self.caked is not None else [])
+        saved = [(dict(f.counters), set(f._logged)) for f in fitters]
+        r = np.asarray(r_px, dtype=np.float64)
+        step = abs(float(r[1] - r[0])) if r.size > 1 else 1.0
+        centres = self.fitter.default_peaks or tuple(np.quantile(r, (0.25, 0.5, 0.75)))
+        lineout = 100.0 + sum(1e3 * np.exp(-0.5 * ((r - c) / (2.0 * step)) ** 2) for c in centres)
+        try:
+            self.fitter.fit_many([lineout], [None], lambda k: f"{self.label}: warm-up")
+            if self.caked is not None:
+                cake = np.repeat(lineout.astype(np.float32)[:, None], int(n_eta), axis=1)
+                self.caked.fit_many([cake], [lineout], [None], [f"{self.label}: warm-up"])
+        except Exception as exc:  # (the frames will say what fails; the warm-up only saves time)
+            log.warning("%s: the fitting warm-up failed (%s: %s)", self.label, type(exc).__name__, exc)
+        finally:
+            for f, (counters, logged) in zip(fitters, saved, strict=True):
+                f.counters.clear()
+                f.counters.update(counters)
+                f._logged.clear()
+                f._logged.update(logged)
+        return time.perf_counter() - t0
 
     def fit_caked(self, headers, lineouts, cakes) -> list:
         """The per-η fits ``[n_eta, slots, 7]`` of frames just fitted by :meth:`fit_frames` (their peak lists known),

@@ -217,6 +217,10 @@ class _Worker:
             self.hb = hb = HeartbeatSender(make_socket(ctx, zmq.PUSH, t.events_endpoint, bind=False, hwm=16),
                                            "worker", self.index, cfg.supervisor.heartbeat_interval)
             hb.beat(self.snapshot(), state="starting", force=True)
+            if self.fitting is not None and self.fitting.engine == "gpu":  # its kernels compiled, beating meanwhile
+                with hb.beating(self.snapshot(), state="starting"):
+                    took = self.fitting.warm_up(imap.r_px, imap.n_eta)
+                log.info("worker-%d: fitting warmed up in %.2f s", self.index, took)
             self.stop = stop
             depth = cfg.workers.batches_in_flight
             path = choose_path(self.caps, self.batch, depth)

@@ -31,8 +31,10 @@ def test_device_snip_and_starts_give_the_host_fits():
     p = params(*[f"PeakLocation {r}" for r in RINGS_PX])
     host = CakedFitter(p, TTH, R_PX, N_ETA, slots=3).fit_many(cakes)
     dev = CakedFitter(p, TTH, R_PX, N_ETA, slots=3, array_module="cupy").fit_many(cakes)
+    # the starts differ in the last bits (the device's reductions add in another order), so the LM stops at the same
+    # minimum within its own tolerance (XTOL 1e-9 of each parameter's bound range): 2e-8 relative seen on an H100
     for a, b in zip(host, dev, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)
 
 
 @pytest.fixture(scope="module")

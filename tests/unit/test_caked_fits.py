@@ -128,3 +128,30 @@ def test_found_peaks_are_fitted_in_every_eta_bin_in_r_order():
     assert fitter.counters["caked_nan_not_found"] == N_ETA
     tth0 = np.degrees(np.arctan(np.array(RINGS_PX) * PX / LSD))
     np.testing.assert_allclose(np.median(rows[:, :3, 1], axis=0), tth0, atol=0.01)
+
+
+@pytest.mark.parametrize("lines", [[f"PeakLocation {r}" for r in RINGS_PX], ["DoPeakFit 1", "MultiplePeaks 1"]])
+def test_the_worker_s_warm_up_fits_a_made_up_frame_both_ways_and_leaves_the_counters(lines):
+    """A GPU worker warms its fitters up before its first frame (kernels compiled while it beats): the per-frame and
+    per-η fitters each fit one made-up frame, and nothing it did shows in the counters or the once-only log lines."""
+    from ringstream.fitting.frame import FrameFitter
+    from ringstream.workers.fitting import WorkerFitting
+
+    p = params(*lines)
+    frame = FrameFitter(p, R_PX, 3, engine="lm", two_theta=TTH)
+    caked = CakedFitter(p, TTH, R_PX, 8, slots=3)
+    wf = WorkerFitting(frame, None, "worker-0", caked=caked)
+    calls = []
+    for f in (frame, caked):
+        real = f.fit_many
+        f.fit_many = lambda *a, _real=real, _f=f, **k: calls.append(type(_f).__name__) or _real(*a, **k)
+    before = (dict(frame.counters), set(frame._logged), dict(caked.counters), set(caked._logged))
+    assert wf.warm_up(R_PX, 8) > 0
+    assert calls == ["FrameFitter", "CakedFitter"]
+    assert (frame.counters, frame._logged, caked.counters, caked._logged) == before
+    # and it fitted: the made-up rings come back where they were put, in every η bin
+    centres = p.PeakLocation or tuple(np.quantile(R_PX, (0.25, 0.5, 0.75)))
+    line = 100.0 + sum(1e3 * np.exp(-0.5 * ((R_PX - c) / 2.0) ** 2) for c in centres)
+    rows = caked.fit_many([np.repeat(line.astype(np.float32)[:, None], 8, axis=1)], [line])[0]
+    np.testing.assert_allclose(rows[:, :, 1], np.broadcast_to(np.interp(sorted(centres), R_PX, TTH), (8, 3)),
+                               atol=1e-6)
