@@ -107,7 +107,7 @@ def kernel_rate(gpu, kind: str, n_rois: int) -> dict:
     """The kernel alone on ``n_rois`` packed ROIs (copies of 1024 distinct cases), best of 5."""
     import cupy as cp
 
-    from ringstream.fitting.batched import CONVERGED, Packed, pack
+    from ringstream.fitting.batched import CONVERGED, pack
 
     base = cases(1024, kind, seed=3)
     probs, xs, ys = [], [], []
@@ -118,18 +118,7 @@ def kernel_rate(gpu, kind: str, n_rois: int) -> dict:
             probs.append(pr)
             xs.append(X[pr.start:pr.stop])
             ys.append(c.y[pr.start:pr.stop])
-    pk = pack(probs, xs, ys)
-    reps = int(math.ceil(n_rois / pk.size))
-    big = Packed(*(np.concatenate([getattr(pk, f)] * reps)[:n_rois] for f in
-                   ("x", "y", "npts", "p", "lo", "hi", "xmid", "hw", "n_peaks")))
-    times = []
-    for _ in range(6):
-        cp.cuda.Device().synchronize()
-        t0 = time.perf_counter()
-        res = gpu.fit_device(big)
-        cp.cuda.Device().synchronize()
-        times.append(time.perf_counter() - t0)
-    best = min(times[1:])  # the first includes the kernel's compilation
+    big, res, best = time_kernel(gpu, pack(probs, xs, ys), n_rois)
     status = cp.asnumpy(res["status"])
     peaks_per_roi = int(big.n_peaks.mean().round())
     return {"kind": kind, "rois": n_rois, "points_per_roi": int(big.npts.mean()), "peaks_per_roi": peaks_per_roi,
@@ -345,6 +334,34 @@ def machine(gpu_name: str | None) -> dict:
 
 
 
+
+
+def time_kernel(gpu, pk, n_rois: int):
+    """The batch ``pk`` (a :class:`~ringstream.fitting.batched.Packed`) repeated to ``n_rois`` ROIs (``big``),
+    fitted on the device 6 times: ``(big, the last result, the best time of the last 5)`` (the first includes the
+    kernel's compilation)."""
+    import cupy as cp
+
+    from ringstream.fitting.batched import Packed
+
+    reps = int(math.ceil(n_rois / pk.size))
+    big = Packed(*(np.concatenate([getattr(pk, f)] * reps)[:n_rois] for f in
+                   ("x", "y", "npts", "p", "lo", "hi", "xmid", "hw", "n_peaks")), model=pk.model)
+    times = []
+    for _ in range(6):
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        res = gpu.fit_device(big)
+        cp.cuda.Device().synchronize()
+        times.append(time.perf_counter() - t0)
+    return big, res, min(times[1:])
+
+def save_result(result: dict, path: Path) -> None:
+    """Write a benchmark's ``result`` as JSON at ``path`` (its folder made) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
 def one_core_and_gpu(want_gpu: bool, name: str = "") -> tuple[object | None, str]:
     """Pin this process to one CPU (the CPU figures are per core), make the GPU fitter when ``want_gpu``, and the
     machine's name for the results file (``name``, else the GPU's, else "vm")."""
@@ -433,10 +450,7 @@ def main(argv=None) -> int:
         result["daemon"] = [daemon_run(args.daemon, args.workers, []), daemon_run(args.daemon, args.workers, radii)]
         for d in result["daemon"]:
             print("daemon:", d, flush=True)
-    out = Path(args.out) / f"fitting-{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_result(result, Path(args.out) / f"fitting-{name}.json")
     return 0
 
 

@@ -24,8 +24,6 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -37,10 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from fitting import one_core_and_gpu  # noqa: E402  (bench/fitting.py)
+from fitting import one_core_and_gpu, save_result, time_kernel  # noqa: E402  (bench/fitting.py)
 
 from ringstream.fitting import tch  # noqa: E402
-from ringstream.fitting.batched import CONVERGED, Packed, fit_batch, pack  # noqa: E402
+from ringstream.fitting.batched import CONVERGED, fit_batch, pack  # noqa: E402
 from ringstream.fitting.nlopt_fitter import fit_roi  # noqa: E402
 from ringstream.fitting.peaks import initial_problem  # noqa: E402
 from ringstream.fitting.synthetic import make_case, make_tch_case  # noqa: E402
@@ -97,17 +95,7 @@ def kernel_rate(gpu, model: str, kind: str, n_rois: int) -> dict:
 
     probs, xs, ys = problems(model, kind, 1024)
     pk = pack(probs, xs, ys)
-    reps = int(math.ceil(n_rois / pk.size))
-    big = Packed(*(np.concatenate([getattr(pk, f)] * reps)[:n_rois] for f in
-                   ("x", "y", "npts", "p", "lo", "hi", "xmid", "hw", "n_peaks")), model=model)
-    times = []
-    for _ in range(6):
-        cp.cuda.Device().synchronize()
-        t0 = time.perf_counter()
-        res = gpu.fit_device(big)
-        cp.cuda.Device().synchronize()
-        times.append(time.perf_counter() - t0)
-    best = min(times[1:])  # the first includes the kernel's compilation
+    big, res, best = time_kernel(gpu, pk, n_rois)
     per_roi = int(big.n_peaks.mean().round())
     row = {"model": model, "kind": kind, "rois": n_rois, "points_per_roi": int(big.npts.mean()),
            "peaks_per_roi": per_roi, "kernel_s": round(best, 5), "peak_fits_per_s": round(n_rois * per_roi / best, 1),
@@ -157,10 +145,7 @@ def main(argv=None) -> int:
                          if model == "tch" else "")
                 print(f"{model:5} {kind:7} {k['rois']:8d} {k['points_per_roi']:4d} {k['kernel_s']:9.5f} "
                       f"{k['peak_fits_per_s']:14.1f} {k['converged_fraction']:9.4f} {agree:>28}")
-    out = Path(args.out) / f"fitting-tch-{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_result(result, Path(args.out) / f"fitting-tch-{name}.json")
     return 0
 
 
