@@ -441,7 +441,10 @@ class _Worker:
         if self.fitting is None or self.fitting.caked is None or not headers:
             return [None] * len(headers)
         t0 = time.perf_counter()
-        out = self.fitting.fit_caked(headers, lineouts, cakes)
+        # a batch's per-η fits can take longer than the supervisor waits for a beat (hundreds of ROIs a frame on a
+        # loaded CPU): beat meanwhile, or a busy worker is killed as hung and its replacement does the same
+        with self.hb.beating(self.snapshot()):
+            out = self.fitting.fit_caked(headers, lineouts, cakes)
         if timings is not None:
             timings["fit_caked"] = time.perf_counter() - t0
         return out

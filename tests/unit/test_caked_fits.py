@@ -4,6 +4,7 @@ and what is not fitted (NaN, counted by reason)."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -155,3 +156,45 @@ def test_the_worker_s_warm_up_fits_a_made_up_frame_both_ways_and_leaves_the_coun
     rows = caked.fit_many([np.repeat(line.astype(np.float32)[:, None], 8, axis=1)], [line])[0]
     np.testing.assert_allclose(rows[:, :, 1], np.broadcast_to(np.interp(sorted(centres), R_PX, TTH), (8, 3)),
                                atol=1e-6)
+
+
+def test_a_worker_beats_while_it_fits_every_eta_bin():
+    """A batch's per-η fits can outlast the supervisor's heartbeat timeout (on a CPU worker, hundreds of ROIs a
+    frame): the worker beats meanwhile, so it is not killed as hung (it was, with per_eta on an H100 and on a loaded
+    CPU box: its replacements fitted the same batch and were killed in turn)."""
+    from types import SimpleNamespace
+
+    import zmq
+
+    from ringstream.fitting.frame import FrameFitter
+    from ringstream.protocol import decode
+    from ringstream.transport.child import HeartbeatSender
+    from ringstream.workers.fitting import WorkerFitting
+    from ringstream.workers.process import _Worker
+
+    p = params(*[f"PeakLocation {r}" for r in RINGS_PX])
+    caked = CakedFitter(p, TTH, R_PX, N_ETA, slots=3)
+    wf = WorkerFitting(FrameFitter(p, R_PX, 3, engine="lm", two_theta=TTH), None, "worker-0", caked=caked)
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.bind("inproc://beats")
+    push.connect("inproc://beats")
+    try:
+        hb = HeartbeatSender(push, "worker", 0, 0.01)
+        me = SimpleNamespace(fitting=wf, hb=hb, snapshot=lambda: {"frames": 0})
+        cakes = [strained_cake(1e-3, np.random.default_rng(s)) for s in range(12)]
+        headers = [SimpleNamespace(metadata={}, frame_index=k) for k in range(12)]
+        t0 = time.perf_counter()
+        out = _Worker.fit_caked(me, headers, [None] * 12, cakes, None)
+        took = time.perf_counter() - t0
+        beats = 0
+        while pull.poll(0):
+            msg, _ = decode(pull.recv_multipart())
+            beats += type(msg).__name__ == "Heartbeat"
+    finally:
+        push.close(0)
+        pull.close(0)
+        ctx.term()
+    assert len(out) == 12 and np.isfinite(out[0][..., 1]).mean() > 0.9
+    # 2,592 fits take ~0.25 s on the 2-core CI box: tens of beat intervals, a third of them at least beaten
+    assert took > 0.05 and beats >= max(2, int(took / 0.01) // 3), (took, beats)
