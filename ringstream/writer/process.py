@@ -654,7 +654,7 @@ class _Writer:
         try:
             folder = store_dir(state_dir_of(self.config.run))
             mask = load_stored_mask(folder, str(digest), shape)
-            imap, _ = load_or_build(self.params, extra_mask=ExtraMask(str(digest), flagged(mask)))
+            imap, _ = load_or_build(self.params, extra_mask=ExtraMask(str(digest), flagged(mask)), base=self.imap)
         except RingstreamError as exc:
             log.error("run %d: %s; its file records the parameter file's map and no pixel mask", run.number, exc)
             return self.imap, None
