@@ -175,11 +175,30 @@ def run_child(config, role: str, body: Callable[[], int], logger: logging.Logger
     """A role's entry point: :func:`child_setup` for ``role`` (the name in every log line), then ``body()``; a
     :class:`~ringstream.errors.RingstreamError` is logged as one line (after ``prefix``) and gives its exit code."""
     child_setup(config, role)
+    profile_dir = os.environ.get(PROFILE_ENV, "")
+    prof = None
+    if profile_dir:  # a benchmark's diagnosis: the role's main thread under cProfile, dumped when it ends
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     try:
         return body()
     except RingstreamError as exc:
         logger.error("%s%s", prefix, exc)
         return int(getattr(exc, "exit_code", 1))
+    finally:
+        if prof is not None:
+            prof.disable()
+            try:
+                prof.dump_stats(os.path.join(profile_dir, f"{role}-{os.getpid()}.prof"))
+            except OSError as exc:
+                logger.warning("%s: profile not written: %s", PROFILE_ENV, exc)
+
+
+#: names a folder: every role's main thread runs under cProfile and writes ``ROLE-PID.prof`` there when it ends
+#: (``bench/profile_roles.py``; costs the role's speed, for diagnosis only)
+PROFILE_ENV = "RINGSTREAM_PROFILE_DIR"
 
 
 # ------------------------------------------------------------------------------------------------ heartbeats

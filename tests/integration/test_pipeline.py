@@ -856,3 +856,26 @@ def test_compressed_replay_travels_compressed_and_gives_the_raw_lineouts(tmp_pat
     np.testing.assert_allclose(out["I"], np.stack([refs[k % 5] for k in range(n)]), rtol=1e-6, atol=0)
     workers = [pipe.counters("worker", i) for i in range(2)]
     assert sum(w.get("integrated", 0) for w in workers) == n and not any(w.get("rejected") for w in workers)
+
+
+def test_roles_write_their_profiles_when_asked(tmp_path, pipelines, monkeypatch):
+    """``RINGSTREAM_PROFILE_DIR`` (bench/profile_roles.py): each role's main thread ran under cProfile and wrote
+    ``ROLE-PID.prof`` when it ended, naming the role's own loop."""
+    import pstats
+
+    from ringstream.transport.child import PROFILE_ENV
+
+    folder = tmp_path / "prof"
+    folder.mkdir()
+    monkeypatch.setenv(PROFILE_ENV, str(folder))
+    config = setup_run(tmp_path, source={"frames": 20})
+    pipe = pipelines(config, n_workers=1)
+    assert_clean_exit(pipe.finish())
+    assert read_h5(config.run.output_h5)["frames_written"] == 20
+    written = {p.name.rsplit("-", 1)[0]: p for p in folder.glob("*.prof")}
+    assert set(written) == {"ingest", "worker-0", "writer"}
+    for role, path in written.items():
+        assert path.name == f"{role}-{pipe.procs[role].pid}.prof"
+        files = {func[0] for func in pstats.Stats(str(path)).stats}
+        assert any(f.endswith(f"ringstream/{role.split('-')[0]}s/process.py" if role.startswith("worker")
+                              else f"ringstream/{role}/process.py") for f in files), (role, sorted(files)[:20])
