@@ -119,7 +119,7 @@ def build(layers: Sequence[Layer], require_param_file: bool, config_file: str = 
             cfg[section][key] = value
             origin[(section, key)] = where
             given.add((section, key))
-    if ("transport", "queue_depth") not in given:  # its default is the ring's size
+    if ("transport", "queue_depth") not in given:  # its default is the ring's size (0 until an auto ring is sized)
         cfg["transport"]["queue_depth"] = cfg["transport"]["ring_slots"]
         if ("transport", "ring_slots") in given:
             origin[("transport", "queue_depth")] = f"{DEFAULTS} (= [transport] ring_slots)"

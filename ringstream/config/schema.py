@@ -301,13 +301,15 @@ class TransportConfig:
                              "dropped when a viewer is slow")
     shared_memory: bool = opt(True, "frames through the /dev/shm ring; false (--no-shm): pixels inline in the "
                               "messages", flags="--no-shm")
-    ring_slots: int = opt(32, "frames in flight (shared-memory slots)", flags="--ring-slots", metavar="N",
-                          at_least=2)
+    ring_slots: int = opt(0, "frames in flight (shared-memory slots); 0 = auto: 32 with CPU workers, 4 x workers x "
+                          "batches_in_flight x 8 with GPU workers (more with [fit] per_eta), at most a quarter of the "
+                          "memory available (ringstream/transport/ring_size.py)", flags="--ring-slots", metavar="N",
+                          at_least=0)
     copy_threads: int = opt(0, "ingest threads copying frames into the ring; 0 = auto (1 under 8 CPUs, else CPUs/2, "
                             "<= 8)", flags="--copy-threads", metavar="N", at_least=0)
     nontemporal_copy: bool = opt(True, "frame copies into the ring bypass the CPU caches (glibc's non-temporal "
                                  "memcpy threshold at 256 KiB, ingest only, x86-64 glibc)")
-    queue_depth: int = opt(32, "ZeroMQ high-water mark of every queue; default: ring_slots", at_least=1)
+    queue_depth: int = opt(0, "ZeroMQ high-water mark of every queue; 0 = ring_slots", at_least=0)
     results_queue_mb: int = opt(8, "workers -> writer: about this many MB of Results queued a side (at least "
                                 "queue_depth, at most 4096 messages)", at_least=0)
     kept_results_mb: int = opt(512, "each worker keeps the Results and partial sums it sent until the writer has "

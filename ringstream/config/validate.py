@@ -105,6 +105,8 @@ def problems(cfg: Merged, origin: Origins, given: set[tuple[str, str]]) -> list[
                        f"{first} ({origin[('transport', first)]}); each endpoint needs its own address")
         seen.setdefault(value, key)
 
+    if cfg["transport"]["ring_slots"] == 1:  # a slot for the frame being copied and one in flight, at least
+        bad("transport", "ring_slots", "0 (auto) or at least 2")
     out.extend(_remote_problems(cfg, origin))
     if not _MODE.match(str(cfg["transport"]["control_mode"])):
         bad("transport", "control_mode", "an octal file mode such as 0600 or 0660")

@@ -295,6 +295,25 @@ def _num(counters: dict, key: str) -> float:
 # --------------------------------------------------------------------------------------------------- supervisor
 
 
+
+def size_ring(cfg, params):
+    """``cfg.transport`` with ``[transport] ring_slots = 0`` (auto) resolved (:mod:`ringstream.transport.ring_size`),
+    and ``queue_depth`` with it when it follows the ring; logged."""
+    from ..engines.registry import ENGINES
+    from ..transport import ring_size
+
+    engine = str(cfg.workers.engine).lower()
+    gpu = engine == "gpu" or (engine == "auto" and ENGINES["gpu"].check()[0])
+    # the largest slot the source may need: 4-byte pixels (compressed frames: their worst case is a little more)
+    slot_bytes = int(params.NrPixelsY) * int(params.NrPixelsZ) * 4 * 101 // 100
+    size = ring_size.auto_ring_slots(gpu=gpu, workers=cfg.workers.count, batches_in_flight=cfg.workers.batches_in_flight,
+                                     per_eta=bool(cfg.fit.per_eta), slot_bytes=slot_bytes,
+                                     available=ring_size.mem_available(), shm=ring_size.shm_free())
+    log.info("[transport] ring_slots = 0 (auto): %d slots of up to %.1f MB (%.2f GB): %s", size.slots,
+             slot_bytes / 1e6, size.slots * slot_bytes / 1e9, size.why)
+    t = cfg.transport
+    return dataclasses.replace(t, ring_slots=size.slots, queue_depth=t.queue_depth or size.slots)
+
 class Supervisor:
     """Runs one daemon run for ``config`` (a :class:`~ringstream.config.DaemonConfig`); :meth:`run` -> exit code."""
 
@@ -418,6 +437,8 @@ class Supervisor:
         params = cfg.load_params()
         for line in getattr(params, "warnings", ()):
             log.warning("%s", line)
+        if cfg.transport.ring_slots == 0:  # auto: sized for the workers, once, before any child starts
+            cfg = self.config = dataclasses.replace(cfg, transport=size_ring(cfg, params))
         t0 = time.perf_counter()
         imap, from_cache = load_or_build(params)
         self._map_key = imap.key  # joined workers check theirs against it

@@ -43,6 +43,7 @@ import zmq
 
 from ..protocol import PEAK_SEQ_KEY, RUN_START_KEY, EndOfStream, FrameHeader, compressed_bound
 from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child, supervisor_gone
+from ..transport.ring_size import CPU_SLOTS
 from ..transport.security import refused_counters, serve_remote, stop_authenticator
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import RejectLog, make_socket, send_message
@@ -91,7 +92,7 @@ class _Ingest:
         self.gone_pids = [int(p) for p in pids]
         t = config.transport
         self.shm = bool(t.shared_memory)
-        self.n_slots = max(1, int(t.ring_slots))
+        self.n_slots = max(1, int(t.ring_slots) or CPU_SLOTS)  # (0: sized by the supervisor; alone, the floor)
         self.hwm = max(1, int(t.queue_depth or self.n_slots))
         self.counters: dict[str, int] = {"received": 0, "sent": 0}
         self.run_id = run_id_of(config)

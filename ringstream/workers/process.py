@@ -68,6 +68,7 @@ from ..protocol import (
 )
 from ..runs.state import state_dir_of
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
+from ..transport.ring_size import CPU_SLOTS
 from ..transport.security import REMOTE_INDEX_BASE, client_context
 from ..transport.shm_ring import FrameRing
 from ..transport.sockets import (
@@ -170,7 +171,7 @@ class _Worker:
         # without per-frame cakes on the wire, the worker sums its cakes per OmegaSumFrames group (workers/omega.py)
         # frames whose Results or partial sum this worker holds keep their ring slots until the writer has them: at
         # most half the ring, over the workers
-        self.hold_limit = max(1, int(cfg.transport.ring_slots) // (2 * max(1, int(cfg.workers.count))))
+        self.hold_limit = max(1, (int(cfg.transport.ring_slots) or CPU_SLOTS) // (2 * max(1, int(cfg.workers.count))))
         self.partials = None if self.write_2d else OmegaPartials(int(params.OmegaSumFrames), self.n_r, self.n_eta,
                                                                  max_frames=self.hold_limit)
         self.stored_dtype = "<f4" if cfg.output.cake_dtype == "float32" else "<f8"
@@ -186,7 +187,7 @@ class _Worker:
                  cfg.workers.engine, imap.key[:12], "cache" if from_cache else "built", self.n_r, self.n_eta,
                  f", dark {dark_path}" if dark_path else "")
         t = cfg.transport
-        hwm = max(1, int(t.queue_depth or t.ring_slots))
+        hwm = max(1, int(t.queue_depth or t.ring_slots or CPU_SLOTS))
         ctx = zmq.Context()
         if self.index >= REMOTE_INDEX_BASE:  # joined from another host: CURVE on every socket (docs/REMOTE.md)
             client_context(t, ctx)

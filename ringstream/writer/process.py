@@ -100,6 +100,7 @@ from ..protocol import (
 from ..runs.naming import OutputFolderError, make_folders
 from ..runs.state import state_dir_of
 from ..transport.child import HeartbeatSender, receive, run_child
+from ..transport.ring_size import CPU_SLOTS
 from ..transport.security import refused_counters, serve_remote, stop_authenticator
 from ..transport.sockets import (
     RejectLog,
@@ -277,7 +278,7 @@ class _Writer:
         self.n_peaks = peak_slots(self.params, cfg.fit.slots)
         self.caked = int(cfg.fit.snip_iterations) if cfg.fit.per_eta and self.n_peaks else 0
         t = cfg.transport
-        hwm = max(1, int(t.queue_depth or t.ring_slots))
+        hwm = max(1, int(t.queue_depth or t.ring_slots or CPU_SLOTS))
         ctx = zmq.Context()
         # what the workers send: whole sums (and, one frame a group, cakes) compressed unless precision-bounded
         itemsize, lossless, zarr = 4 if cfg.output.cake_dtype == "float32" else 8, \

@@ -59,7 +59,7 @@ def test_defaults_match_the_design(setup):
     assert cfg.transport.frames_endpoint == "auto" and cfg.transport.control_endpoint == "auto"
     assert (cfg.transport.auto_endpoints, cfg.transport.runtime_dir) == ("ipc", "")
     assert (cfg.transport.control_mode, cfg.transport.control_group) == ("0600", "")
-    assert cfg.transport.shared_memory is True and cfg.transport.ring_slots == 32 and cfg.transport.queue_depth == 32
+    assert cfg.transport.shared_memory is True and cfg.transport.ring_slots == 0 and cfg.transport.queue_depth == 0
     assert (cfg.supervisor.heartbeat_interval, cfg.supervisor.heartbeat_timeout) == (0.5, 2.0)
     assert (cfg.supervisor.ready_timeout, cfg.supervisor.drain_timeout) == (120.0, 60.0)
     assert cfg.logging.level == "INFO"
@@ -140,6 +140,7 @@ def test_queue_depth_follows_ring_slots_unless_given(setup):
     assert load_config(None, {}, {**base, "transport": {"ring_slots": 8}}).transport.queue_depth == 8
     cfg = load_config(None, {}, {**base, "transport": {"ring_slots": 8, "queue_depth": 4}})
     assert (cfg.transport.ring_slots, cfg.transport.queue_depth) == (8, 4)
+
 
 
 def test_the_results_queue_is_sized_in_bytes(setup):
@@ -242,7 +243,7 @@ def test_env_errors_name_the_variable(setup, var, value, expected):
         ({"workers": {"count": "2"}}, "--workers", "[workers] count: expected an integer, got '2'"),
         ({"workers": {"engine": "cuda"}}, "--engine", "[workers] engine: expected one of 'auto', 'cpu', 'gpu'"),
         ({"run": {"save_interval": 0}}, "--save-interval", "[run] save_interval: expected >= 1, got 0"),
-        ({"transport": {"ring_slots": 1}}, "--ring-slots", "[transport] ring_slots: expected >= 2, got 1"),
+        ({"transport": {"ring_slots": 1}}, "--ring-slots", "[transport] ring_slots: expected 0 (auto) or at least 2, got 1"),
         ({"source": {"rate": -1.0}}, "--rate", "[source] rate: expected >= 0, got -1.0"),
         ({"source": {"frames": -1}}, "--frames", "[source] frames: expected >= 0, got -1"),
         ({"output": {"cake_noise_fraction": 0.6}}, "--cake-noise-fraction",
