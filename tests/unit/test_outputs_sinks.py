@@ -269,7 +269,16 @@ def test_fit_rows_of_every_shape_survive_block_growth_and_flushes(tmp_path, geo)
         np.testing.assert_array_equal(f["entry/data/timestamp"][:], 1.0 + np.arange(150))
 
 
-def test_named_omega_groups_are_virtual_rows_with_typed_attributes(tmp_path, geo):
+@pytest.mark.parametrize("path", ["C", "h5py"])
+def test_named_omega_groups_are_virtual_rows_with_typed_attributes(tmp_path, geo, monkeypatch, path):
+    """Named through HDF5's C calls (ringstream/writer/hdf5_c.py) or, where they cannot be reached, h5py's objects:
+    the same datasets and attributes."""
+    from ringstream.writer import hdf5_c
+
+    if path == "C":
+        assert hdf5_c.library() is not None  # (the wheels h5py installs bundle the library: the C path is taken)
+    else:
+        monkeypatch.setattr(hdf5_c, "library", lambda: None)
     p, imap = geo
     out = RunOutputs(tmp_path / "n.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, expected_frames=10)
     for r in records(10, imap):
