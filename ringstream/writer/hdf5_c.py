@@ -5,8 +5,11 @@ here against ~150 µs through h5py's low-level objects, on the 2-core CI box) an
 expose (:func:`set_link_phase_change`).
 
 The identifiers are h5py's own (``obj.id.id``); every call's result is checked and a failure raises
-``RuntimeError`` naming the call, after closing what the loop opened. :func:`library` is None where the symbols
-cannot be found (an h5py built against a system HDF5 that hides them): callers then take h5py's path.
+``RuntimeError`` naming the call, after closing what the loop opened. The calls are made holding h5py's global
+lock (``h5py._objects.phil``, the one every h5py call takes): the HDF5 of h5py's wheels is not built thread-safe, and
+a ctypes call releases the GIL, so without it another thread's h5py call could run inside HDF5 at the same time (a
+segmentation fault, seen with repairs run on threads). :func:`library` is None where the symbols or the lock cannot
+be found (an h5py built against a system HDF5 that hides them): callers then take h5py's path.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ import os
 
 import h5py
 import numpy as np
+
+try:
+    from h5py._objects import phil
+except ImportError:  # (then library() is None and nothing here is called)
+    phil = None
 
 _HID = ctypes.c_int64
 _HERR = ctypes.c_int
@@ -44,11 +52,13 @@ def library():
     this module typed; None where they cannot be found."""
     libs = sorted(glob.glob(os.path.join(os.path.dirname(h5py.__file__), os.pardir, "h5py.libs", "libhdf5-*.so*")))
     try:
+        from h5py._objects import phil  # noqa: F401 - the lock every caller below takes
+
         lib = ctypes.CDLL(libs[0]) if libs else ctypes.CDLL(h5py.h5.__file__)
         for name, (res, args) in _SIGNATURES.items():
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
     return lib
 
@@ -65,7 +75,8 @@ def set_link_phase_change(gcpl, max_compact: int = 0, min_dense: int = 0) -> boo
     lib = library()
     if lib is None:
         return False
-    return lib.H5Pset_link_phase_change(_HID(gcpl.id), max_compact, min_dense) >= 0
+    with phil:
+        return lib.H5Pset_link_phase_change(_HID(gcpl.id), max_compact, min_dense) >= 0
 
 
 def name_rows(group, names: list[bytes], rows: list[int], dtype, dcpl, source, source_path: bytes, vspace,
@@ -87,6 +98,11 @@ def name_rows(group, names: list[bytes], rows: list[int], dtype, dcpl, source, s
         vals = np.ascontiguousarray(vals)
         values.append((attr, tid.id, vals, vals.ctypes.data, vals.itemsize))
     gid, sid, vid, tid, d0, sc = group.id, source.id, vspace.id, dtype.id, dcpl.id, scalar.id
+    with phil:
+        _name_rows(lib, names, rows, gid, sid, vid, tid, d0, sc, source_path, start, count, values)
+
+
+def _name_rows(lib, names, rows, gid, sid, vid, tid, d0, sc, source_path, start, count, values) -> None:
     for name, row in zip(names, rows, strict=True):
         start[0] = row
         _ok(lib.H5Sselect_hyperslab(sid, H5S_SELECT_SET, start, None, count, None), "H5Sselect_hyperslab")
