@@ -301,7 +301,7 @@ class TransportConfig:
                              "dropped when a viewer is slow")
     shared_memory: bool = opt(True, "frames through the /dev/shm ring; false (--no-shm): pixels inline in the "
                               "messages", flags="--no-shm")
-    ring_slots: int = opt(0, "frames in flight (shared-memory slots); 0 = auto: 32 with CPU workers, 4 x workers x "
+    ring_slots: int = opt(0, "frames in flight (shared-memory slots), at least 2; 0 = auto: 32 with CPU workers, 4 x workers x "
                           "batches_in_flight x 8 with GPU workers (more with [fit] per_eta), at most a quarter of the "
                           "memory available (ringstream/transport/ring_size.py)", flags="--ring-slots", metavar="N",
                           at_least=0)

@@ -4,8 +4,7 @@ A slot is held from the ingest's copy until the writer acknowledges the frame's 
 "Delivery"), so the ring must cover every frame in flight: those queued for a worker, those on its device, and
 those whose Results are on their way to the writer. A CPU worker integrates one frame at a time: 32 slots cover
 it. A GPU worker keeps ``batches_in_flight`` batches of :data:`GPU_BATCH` frames on its device and as many again
-finishing; 32 slots starve two of them (measured on an H200, ``bench/results/gpu_daemon_delivery-NVIDIA-H200.json``:
-the fast-path daemon at 2,708 frames/s with 32 slots, 3,471 with 128). So a GPU daemon gets
+finishing; 32 slots starve two of them (measured: docs/DAEMON.md, "Delivery"). So a GPU daemon gets
 
     4 x workers x batches_in_flight x GPU_BATCH slots      (256 for 2 workers, 4 batches in flight)
 
