@@ -299,16 +299,19 @@ def _num(counters: dict, key: str) -> float:
 def size_ring(cfg, params):
     """``cfg.transport`` with ``[transport] ring_slots = 0`` (auto) resolved (:mod:`ringstream.transport.ring_size`),
     and ``queue_depth`` with it when it follows the ring; logged."""
+    from ..engines.cupy_engine import DEFAULT_BATCH
     from ..engines.registry import ENGINES
     from ..transport import ring_size
+    from ..workers.pipeline import FIT_FRAMES
 
     engine = str(cfg.workers.engine).lower()
     gpu = engine == "gpu" or (engine == "auto" and ENGINES["gpu"].check()[0])
     # the largest slot the source may need: 4-byte pixels (compressed frames: their worst case is a little more)
     slot_bytes = int(params.NrPixelsY) * int(params.NrPixelsZ) * 4 * 101 // 100
     size = ring_size.auto_ring_slots(gpu=gpu, workers=cfg.workers.count, batches_in_flight=cfg.workers.batches_in_flight,
-                                     per_eta=bool(cfg.fit.per_eta), slot_bytes=slot_bytes,
-                                     available=ring_size.mem_available(), shm=ring_size.shm_free())
+                                     gpu_batch=DEFAULT_BATCH, per_eta=bool(cfg.fit.per_eta), fit_frames=FIT_FRAMES,
+                                     slot_bytes=slot_bytes, available=ring_size.mem_available(),
+                                     shm=ring_size.shm_free())
     log.info("[transport] ring_slots = 0 (auto): %d slots of up to %.1f MB (%.2f GB): %s", size.slots,
              slot_bytes / 1e6, size.slots * slot_bytes / 1e9, size.why)
     t = cfg.transport

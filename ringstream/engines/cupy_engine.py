@@ -100,6 +100,10 @@ class Submission:
         return bool(self.engine._events[self.stream].done)
 
 
+#: frames a batch (the frames one CUDA stream integrates at once), unless the caller asks otherwise
+DEFAULT_BATCH = 8
+
+
 class CupyEngine:
     """Integrate frames on a CUDA device with CuPy; same interface and numbers as the reference engine.
 
@@ -130,7 +134,7 @@ class CupyEngine:
                                 compressed_input=True)
 
     def __init__(self, imap, dark: np.ndarray | None = None, normalize: bool = True, device: int = 0,
-                 n_streams: int = 4, batch: int = 8, bmax: int = BMAX, copy_threads: int = 4) -> None:
+                 n_streams: int = 4, batch: int = DEFAULT_BATCH, bmax: int = BMAX, copy_threads: int = 4) -> None:
         cp = _import_cupy()
         self._cp = cp
         import cupyx

@@ -9,6 +9,7 @@ import types
 import pytest
 
 from ringstream.config import load_config
+from ringstream.transport import ring_size
 from ringstream.transport.ring_size import CPU_SLOTS, auto_ring_slots, mem_available, shm_free
 
 PILATUS = 1475 * 1679 * 4  # a PILATUS 2M int32 slot, bytes
@@ -25,8 +26,8 @@ def setup_run(tmp_path):
 
 
 def size(**kw):
-    args = dict(gpu=True, workers=2, batches_in_flight=4, per_eta=False, slot_bytes=PILATUS, available=100 * GB,
-                 shm=60 * GB)
+    args = dict(gpu=True, workers=2, batches_in_flight=4, gpu_batch=8, per_eta=False, fit_frames=128,
+                slot_bytes=PILATUS, available=100 * GB, shm=60 * GB)
     return auto_ring_slots(**{**args, **kw})
 
 
@@ -79,10 +80,17 @@ def test_the_supervisor_resolves_the_ring_and_queue_depth_follows(setup_run, cap
     # "auto" on a machine with a GPU: sized for GPU workers; a queue depth that was set stays
     gpu_entry = types.SimpleNamespace(check=lambda: (True, "a GPU"))
     monkeypatch.setitem(registry.ENGINES, "gpu", gpu_entry)
+    monkeypatch.setattr(ring_size, "mem_available", lambda: 3 * GB)  # (fixed: a quarter of it caps the 256 slots at 80)
+    monkeypatch.setattr(ring_size, "shm_free", lambda: 60 * GB)
     cfg = setup_run(workers={"engine": "auto", "count": 2, "batches_in_flight": 4}, transport={"queue_depth": 16})
     t = supervisor.size_ring(cfg, cfg.load_params())
     assert t.ring_slots >= 32 and t.queue_depth == 16
-    expected = auto_ring_slots(gpu=True, workers=2, batches_in_flight=4, per_eta=False,
+    from ringstream.engines.cupy_engine import DEFAULT_BATCH
+    from ringstream.workers.pipeline import FIT_FRAMES
+
+    assert (DEFAULT_BATCH, FIT_FRAMES) == (8, 128)  # (the numbers docs/DAEMON.md gives)
+    expected = auto_ring_slots(gpu=True, workers=2, batches_in_flight=4, gpu_batch=DEFAULT_BATCH, per_eta=False,
+                               fit_frames=FIT_FRAMES,
                                slot_bytes=int(params.NrPixelsY) * int(params.NrPixelsZ) * 4 * 101 // 100,
-                               available=mem_available(), shm=shm_free())
-    assert t.ring_slots == expected.slots
+                               available=3 * GB, shm=60 * GB)
+    assert t.ring_slots == expected.slots == 3 * GB // 4 // (1475 * 1679 * 4 * 101 // 100) == 80
