@@ -301,8 +301,8 @@ def size_ring(cfg, params):
     and ``queue_depth`` with it when it follows the ring; logged."""
     from ..engines.cupy_engine import DEFAULT_BATCH
     from ..engines.registry import ENGINES
+    from ..fitting import FIT_FRAMES
     from ..transport import ring_size
-    from ..workers.pipeline import FIT_FRAMES
 
     engine = str(cfg.workers.engine).lower()
     gpu = engine == "gpu" or (engine == "auto" and ENGINES["gpu"].check()[0])

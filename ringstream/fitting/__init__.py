@@ -14,6 +14,10 @@ AUTO_SLOTS = 16
 #: the seven columns of a peak row, in fit.bin / ``/entry/fit/peaks`` order
 FIT_COLUMNS = ("Imax", "BG", "Mu", "Rcen", "Sigma", "GoF", "Area")
 
+#: frames fitted in one call when a GPU worker holds finished batches to fit them together
+#: (ringstream/workers/pipeline.py); the auto-sized ring leaves room for it (ringstream/transport/ring_size.py)
+FIT_FRAMES = 128
+
 
 def fitting_enabled(params) -> bool:
     """True when the parameter file asks for peak fitting (PeakLocation implies DoPeakFit)."""

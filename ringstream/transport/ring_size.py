@@ -10,7 +10,7 @@ daemon gets
     4 x workers x batches_in_flight x gpu_batch slots      (256 for 2 workers, 4 batches in flight)
 
 and, with ``[fit] per_eta``, at least 2 x workers x fit_frames (a worker holds up to half its share of the ring
-to fit that many frames in one call: ``ringstream.workers.pipeline.FIT_FRAMES``, 128). Never more than a quarter of the memory
+to fit that many frames in one call: ``ringstream.fitting.FIT_FRAMES``, 128). Never more than a quarter of the memory
 available, nor half of what ``/dev/shm`` has free (a PILATUS 2M int32 slot is 9.9 MB: 256 slots are 2.5 GB), and
 never fewer than :data:`CPU_SLOTS`. The supervisor resolves the number once, before any child starts, and logs it.
 """

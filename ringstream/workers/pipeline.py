@@ -31,12 +31,11 @@ from collections import deque
 import zmq
 
 from ..engines.gpu_decode import EncodedFrame
+from ..fitting import FIT_FRAMES
 from .masks import mask_of
 
 log = logging.getLogger("ringstream.worker")
 
-#: frames fitted in one call when fitting is held across batches
-FIT_FRAMES = 128
 #: the longest a finished batch is held for fitting with later ones, in s
 HOLD_S = 0.05
 

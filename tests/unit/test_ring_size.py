@@ -86,7 +86,7 @@ def test_the_supervisor_resolves_the_ring_and_queue_depth_follows(setup_run, cap
     t = supervisor.size_ring(cfg, cfg.load_params())
     assert t.ring_slots >= 32 and t.queue_depth == 16
     from ringstream.engines.cupy_engine import DEFAULT_BATCH
-    from ringstream.workers.pipeline import FIT_FRAMES
+    from ringstream.fitting import FIT_FRAMES
 
     assert (DEFAULT_BATCH, FIT_FRAMES) == (8, 128)  # (the numbers docs/DAEMON.md gives)
     expected = auto_ring_slots(gpu=True, workers=2, batches_in_flight=4, gpu_batch=DEFAULT_BATCH, per_eta=False,
