@@ -134,6 +134,7 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
     assert runs[1]["reason"] == "stop" and sum(r["frames"] for r in runs) == written
     ref = reference(params, frames)
     totals: dict[str, int] = {}
+    first_ids: list[int] = []
     for r in runs:
         path = tmp_path / f"out_{r['run']:05d}.h5"
         out = read_output(path)
@@ -148,8 +149,18 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
         # may publish its first frames before the daemon's channel search finds it (CI once saw the first id 11);
         # they were never the daemon's to lose. From the first frame it got, every frame is in the file, in order
         assert len(ids) >= 30 and ids[0] >= 1
+        first_ids.append(ids[0])
         np.testing.assert_array_equal(np.diff(ids), 1)
         for row, uid in zip(out["I"], ids, strict=True):
             np.testing.assert_allclose(row, ref[(uid - 1) % N_DISTINCT], rtol=1e-6, atol=1e-6 * ref.max())
     assert totals["received"] == received and totals["dropped_wrong_shape"] == wrong  # the runs' counts add up
-    assert totals["pva_connects"] == 3 and totals["pva_resets"] >= 1 and totals["pva_missed"] == 0
+    assert totals["pva_connects"] == 3 and totals["pva_resets"] >= 1
+    # no frame of a stream went missing. The one gap allowed is across the last reconnect: server A's second life
+    # counts from 1 again, but if the daemon subscribed late (loaded box) its first id seen can be above the wrong-shape
+    # server's last id, which is a jump forward (CI once counted 2 missed with every file's ids consecutive): then it
+    # must end at the first frame of run 2 and be the only gap
+    if totals["pva_missed"]:
+        gaps = re.findall(r"uniqueId (\d+) -> (\d+): (\d+) frame\(s\) sent by the detector never arrived", d.stderr)
+        assert totals["pva_gaps"] == 1 and len(gaps) == 1, (totals, gaps)
+        last, first, missed = map(int, gaps[0])
+        assert first == first_ids[1] and missed == first - last - 1 == totals["pva_missed"], (gaps, first_ids)
