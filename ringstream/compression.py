@@ -8,9 +8,17 @@ compressed, and the writer only places it (docs/OUTPUTS.md, "Compression").
   array's ``.zarray`` names): a 16-byte Blosc header (its bytes 4..8: the uncompressed size, uint32 little-endian),
   then Blosc's blocks.
 
-The two are not the same bytes (Blosc shuffles and frames its blocks its own way), so a chunk stored in both files is
-compressed twice. :func:`decoded_size` reads either header, so that a receiver can check a chunk's size without
-decompressing it. Used by the workers and the writer; imports neither.
+The two are not the same bytes, but the LZ4 blocks can be: :func:`zarr_from_hdf5` makes the zarr chunk of a value
+out of its HDF5 chunk without compressing again. Both formats bit-shuffle each block of 8 kB on its own with the
+same transposition (the bitshuffle library's, which c-blosc carries) and compress it with LZ4; only the framing
+differs (a big-endian length before each block here; a Blosc header, a table of block offsets and little-endian
+lengths there). So the HDF5 chunk's LZ4 blocks are placed, unchanged, in a Blosc frame that declares 8 kB blocks,
+bit shuffle, LZ4 and no split streams (the header's "don't split" flag, which c-blosc reads since 1.16 and which
+numcodecs' Blosc therefore decodes; zarr 2.18 and zarr 3 read through it). Values that do not divide into such
+blocks exactly (a last block of a number of elements that is not a multiple of 8, whose shuffle Blosc versions
+treat differently, or a block whose LZ4 length equals its raw length, which Blosc reads as stored raw) are
+compressed by :func:`zarr_encode` instead. :func:`decoded_size` reads either header, so that a receiver can check a
+chunk's size without decompressing it. Used by the workers and the writer; imports neither.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BLOSC_LEVEL", "CODECS", "decode_hdf5_chunk", "decoded_size", "hdf5_chunk", "zarr_compressor",
-           "zarr_encode"]
+           "zarr_encode", "zarr_from_hdf5", "blocks_carry_over"]
 
 #: Blosc's compression level of the zarr.zip arrays (LZ4 gains little above 5, and costs time)
 BLOSC_LEVEL = 5
@@ -62,17 +70,76 @@ def hdf5_chunk(a: np.ndarray) -> bytes:
     big-endian, then the bitshuffle library's LZ4 blocks. For a direct chunk write."""
     import bitshuffle
 
-    if not getattr(_THREAD, "one_openmp_thread", False):
-        _one_openmp_thread()
-        _THREAD.one_openmp_thread = True
+    _openmp_alone()
     a = np.ascontiguousarray(a)
     return _HDF5_HEADER.pack(a.nbytes, _BSHUF_BLOCK_BYTES) + bitshuffle.compress_lz4(a).tobytes()
+
+
+#: Blosc's header: format version 2, LZ4 format version 1, flags, typesize; then nbytes, blocksize, cbytes (LE)
+_BLOSC_FRAME = struct.Struct("<BBBBIII")
+#: the flags of a transcoded chunk: bit shuffle (0x4), no split streams (0x10), LZ4 (codec 1 in bits 5-7)
+_BLOSC_FLAGS = 0x04 | 0x10 | (1 << 5)
+_BE32 = struct.Struct(">I")
+
+
+def blocks_carry_over(n_values: int) -> bool:
+    """Whether :func:`zarr_from_hdf5` places the blocks of a value of ``n_values`` elements as they are (a multiple
+    of 8 elements: every block, the last one too, is shuffled alike by both formats), so that a worker sends the
+    HDF5 chunk alone."""
+    return int(n_values) > 0 and int(n_values) % 8 == 0
+
+
+def zarr_from_hdf5(chunk: Any, itemsize: int) -> memoryview | None:
+    """The zarr.zip chunk (Blosc: LZ4, bit shuffle) of the value whose :func:`hdf5_chunk` is ``chunk`` (elements of
+    ``itemsize`` bytes), made from its LZ4 blocks without compressing again (see the module docstring); None where
+    the blocks cannot be carried over as they are (then :func:`zarr_encode` the value). ValueError for a chunk whose
+    framing is broken."""
+    view = memoryview(chunk).cast("B")
+    if len(view) < _HDF5_HEADER.size:
+        raise ValueError(f"an HDF5 chunk of {len(view)} bytes has no header")
+    total, block = _HDF5_HEADER.unpack_from(view)
+    if block != _BSHUF_BLOCK_BYTES or itemsize < 1 or block % itemsize or total % itemsize or not 0 < total < 2**31 - 64:
+        return None
+    n = total // itemsize
+    per_block = block // itemsize
+    last = (n % per_block) - (n % per_block) % 8  # elements of bitshuffle's last, shorter block
+    if (n % per_block) % 8:  # elements past the last multiple of 8: stored raw by bitshuffle, shuffled by Blosc
+        return None
+    n_blocks = n // per_block + (last > 0)
+    end = len(view)
+    fields = []  # where each block's length field is
+    pos = _HDF5_HEADER.size
+    unpack = _BE32.unpack_from
+    full = n // per_block
+    for k in range(n_blocks):
+        if pos + 4 > end:
+            raise ValueError(f"HDF5 chunk of {end} bytes: block {k} of {n_blocks} is cut off")
+        size = unpack(view, pos)[0]
+        if size == (block if k < full else last * itemsize):  # Blosc would read it as stored raw
+            return None
+        fields.append(pos)
+        pos += 4 + size
+    if pos != end:
+        raise ValueError(f"HDF5 chunk of {end} bytes: its {n_blocks} blocks end at byte {pos}")
+    # the blocks as they are, behind Blosc's header and table of block starts; each length made little-endian
+    head = _BLOSC_FRAME.size + 4 * n_blocks
+    shift = head - _HDF5_HEADER.size
+    out = np.empty(head + end - _HDF5_HEADER.size, dtype=np.uint8)
+    out[head:] = np.frombuffer(view, dtype=np.uint8, offset=_HDF5_HEADER.size)
+    starts = np.asarray(fields, dtype=np.int64) + shift
+    at = starts[:, None] + np.arange(4)
+    out[at] = out[at[:, ::-1]]
+    # (a value of one short block declares it whole: Blosc refuses a block larger than the value)
+    _BLOSC_FRAME.pack_into(out, 0, 2, 1, _BLOSC_FLAGS, itemsize, total, min(block, total), out.size)
+    out[_BLOSC_FRAME.size:head] = starts.astype("<i4").view(np.uint8)
+    return out.data
 
 
 def decode_hdf5_chunk(chunk: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """The array an :func:`hdf5_chunk` holds (``shape``, ``dtype``); ValueError if its size is not theirs."""
     import bitshuffle
 
+    _openmp_alone()
     dtype = np.dtype(dtype)
     want = int(np.prod(shape)) * dtype.itemsize
     if decoded_size("hdf5", chunk) != want:
@@ -90,6 +157,14 @@ def decoded_size(codec: str, chunk: Any) -> int:
     if codec == "zarr":
         return struct.unpack_from("<I", view, 4)[0] if len(view) >= _BLOSC_HEADER else -1
     raise ValueError(f"chunk codec {codec!r}: expected one of {', '.join(CODECS)}")
+
+
+def _openmp_alone() -> None:
+    """:func:`_one_openmp_thread`, once per thread (before its first bitshuffle call, which would otherwise start a
+    team of OpenMP threads: in a process forked after that, the first call hangs)."""
+    if not getattr(_THREAD, "one_openmp_thread", False):
+        _one_openmp_thread()
+        _THREAD.one_openmp_thread = True
 
 
 def _one_openmp_thread() -> None:

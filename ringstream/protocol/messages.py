@@ -114,7 +114,8 @@ class Result:
     ``has_cake`` (or, with ``cake_chunks`` = 2 or 3, the cake as the files store it, compressed by the worker: the
     HDF5 chunk of ``/cake/data/I`` (the stored cake transposed, ``[n_eta, n_r]``), the HDF5 chunk of its omega sum
     (``OmegaSumFrames 1``: the frame's group is the frame; ``[n_r, n_eta]``, NaN made 0) and, with 3, that sum's
-    zarr chunk; :mod:`ringstream.compression`), then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
+    zarr chunk (only where the writer cannot make it of the HDF5 chunk's blocks,
+    :func:`ringstream.compression.blocks_carry_over`); :mod:`ringstream.compression`), then the fit float64 ``[n_peaks, 7]`` if ``n_peaks``, then, if ``n_rois``, the fitted model
     curves: an int32 table ``[n_rois, 2]`` of (start_bin, n_points) and the float64 model values
     ``[n_curve_points]`` (= the sum of n_points) of every ROI in table order, then, if ``caked_peaks``, the
     per-η fits float64 ``[n_eta, caked_peaks, 7]`` (``[fit] per_eta``: :mod:`ringstream.fitting.caked`), all
@@ -169,7 +170,8 @@ class OmegaPartial:
     once, as the writer would store it, in half the bytes for float32. ``compressed``: such a whole sum (stored
     dtype, NaN made 0) travels as the chunks the files store, made by the worker (:mod:`ringstream.compression`):
     buffer 0 the HDF5 chunk (bitshuffle + LZ4, filter 32008, with its 12-byte header), buffer 1, when the run
-    writes a zarr.zip, the zarr chunk (Blosc); the writer places them as they are. Sent to the writer when cakes are
+    writes a zarr.zip and the writer cannot make it of the HDF5 chunk's blocks
+    (:func:`ringstream.compression.blocks_carry_over`), the zarr chunk (Blosc); the writer places them as they are. Sent to the writer when cakes are
     not sent per frame (``Write2D 0``), always after the Results of its frames; ``first_frame`` / ``last_frame`` are
     the first and last frame_index summed (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame
     summed (what the writer acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""

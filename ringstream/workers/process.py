@@ -43,6 +43,7 @@ import time
 import numpy as np
 import zmq
 
+from ..compression import blocks_carry_over
 from ..engines.base import Capabilities, check_capabilities
 from ..engines.gpu_decode import EncodedFrame
 from ..engines.registry import ENGINES, create_engine, device_for_worker
@@ -176,9 +177,11 @@ class _Worker:
                                                                  max_frames=self.hold_limit)
         self.stored_dtype = "<f4" if cfg.output.cake_dtype == "float32" else "<f8"
         # a group's whole sum goes as the chunks the files store (not in the precision-bounded mode: its rounding is
-        # the writer's), with the zarr chunk when the run writes a zarr.zip
+        # the writer's): the HDF5 chunk, and the zarr chunk only when the run writes a zarr.zip and the writer cannot
+        # make it of the HDF5 chunk's blocks (compression.blocks_carry_over)
         self.compress_sums = not cfg.output.cake_noise_fraction
-        self.zarr_chunks = not cfg.run.no_zarr
+        self.zarr_chunks = not cfg.run.no_zarr and not blocks_carry_over(self.n_r * self.n_eta)
+        self.compressing.zarr = self.zarr_chunks
         # with per-frame cakes, each frame its own omega-sum group: the cake and its sum go as the files store them
         # (not when the writer needs the values: MIDAS Int2D.bin, or sums of several cakes that it adds up)
         self.compress_cakes = self.write_2d and self.compress_sums and int(params.OmegaSumFrames) in (0, 1) and \

@@ -27,6 +27,7 @@ from .caked_peaks import write_caked_peaks
 from .layout import cake_rows
 from .midas_binaries import MidasStreams
 from .omega import OmegaGroup
+from .storage import stored_row_chunks
 from .zarr_zip import INSTRUMENT_KEYS, ZarrZipSink, instrument_parameters, reta_map
 
 #: frames read at a time
@@ -83,8 +84,10 @@ def omega_groups(f: h5py.File):
     g = f["entry/omega_sum"]
     n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega", "name"))
     for k in range(n):
-        yield OmegaGroup(k, g["I"][k], int(g["n_frames"][k]), int(g["first_frame"][k]), int(g["last_frame"][k]),
-                         float(g["first_omega"][k]), float(g["last_omega"][k]))
+        chunks = stored_row_chunks(g["I"], k)  # (as stored, not decoded: the zarr chunk is made of its blocks)
+        yield OmegaGroup(k, g["I"][k] if chunks is None else None, int(g["n_frames"][k]), int(g["first_frame"][k]),
+                         int(g["last_frame"][k]), float(g["first_omega"][k]), float(g["last_omega"][k]),
+                         chunks=chunks)
 
 
 def export_zarr(h5_path: str | os.PathLike, zarr_path: str | os.PathLike, overwrite: bool = False) -> int:

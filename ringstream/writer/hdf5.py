@@ -38,7 +38,7 @@ from .layout import CAKE_ENTRY, CAKE_I, METADATA_JSON
 from .omega import OmegaGroup
 from .precision import MIN_COUNTS, NoiseRounding
 from .run_metadata import write_run_metadata
-from .storage import Chunks, cake_dtype, hdf5_compression, precision_note, stored
+from .storage import Chunks, cake_dtype, hdf5_compression, precision_note, stored, stored_row_chunks
 
 log = logging.getLogger(__name__)
 
@@ -812,8 +812,10 @@ class Hdf5Writer:
         meta = {key: d[key][:n] for key in ("n_frames", "first_frame", "last_frame", "first_omega", "last_omega")}
         for k in range(n):
             first = int(meta["first_frame"][k])
-            yield OmegaGroup(group_of(first), d["I"][k], int(meta["n_frames"][k]), first,
-                             int(meta["last_frame"][k]), float(meta["first_omega"][k]), float(meta["last_omega"][k]))
+            chunks = stored_row_chunks(d["I"], k)  # (as stored: the run's zarr.zip chunks are made of these)
+            yield OmegaGroup(group_of(first), d["I"][k] if chunks is None else None, int(meta["n_frames"][k]), first,
+                             int(meta["last_frame"][k]), float(meta["first_omega"][k]), float(meta["last_omega"][k]),
+                             chunks=chunks)
 
     def peak_update_seqs(self) -> list[int]:
         """The seqs of the PeakUpdates recorded in the file (a reopened one included)."""

@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ..compression import blocks_carry_over
 from ..errors import OutputExists, RingstreamError
 from ..fitting import peak_slots
 from ..geometry.cache import load_or_build
@@ -281,8 +282,10 @@ class _Writer:
         hwm = max(1, int(t.queue_depth or t.ring_slots or CPU_SLOTS))
         ctx = zmq.Context()
         # what the workers send: whole sums (and, one frame a group, cakes) compressed unless precision-bounded
+        # (the zarr chunks travel only where the writer cannot make them of the HDF5 chunks' blocks)
         itemsize, lossless, zarr = 4 if cfg.output.cake_dtype == "float32" else 8, \
-            not cfg.output.cake_noise_fraction, not cfg.run.no_zarr
+            not cfg.output.cake_noise_fraction, \
+            not cfg.run.no_zarr and not blocks_carry_over(self.imap.n_r * self.imap.n_eta)
         self.rejects = RejectLog(log, "writer results socket")
         complete = False
         code = None

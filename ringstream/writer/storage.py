@@ -14,11 +14,13 @@
   the bits below the noise; :func:`precision_note` is what the files say about it.
 - Who compresses: a cake or sum row is one chunk in each file, made by :mod:`ringstream.compression`
   (:func:`hdf5_chunk`: the bitshuffle library's LZ4 blocks behind the 12-byte header of HDF5 filter 32008, byte for
-  byte what the filter writes; :func:`zarr_encode`) and written with a direct chunk write, so HDF5's filter pipeline
-  does not run in the writer's thread. A worker compresses the whole omega sums it sends (``OmegaSumFrames`` groups
-  it summed alone, so one per frame with ``OmegaSumFrames 1``): :meth:`Chunks.made` takes its chunks as they came.
-  The writer compresses the rest (per-frame cakes, sums it added up, precision-bounded ones): :class:`Chunks`
-  compresses a row for both files in a small pool of threads (:func:`encode_pool`; the compressors release the
+  byte what the filter writes) and written with a direct chunk write, so HDF5's filter pipeline does not run in the
+  writer's thread. A row is compressed once: its zarr.zip chunk is made of the HDF5 chunk's LZ4 blocks in a Blosc
+  frame (:func:`zarr_from_hdf5`; :func:`zarr_encode` only for the rows whose blocks do not carry over). A worker
+  compresses the whole omega sums it sends (``OmegaSumFrames`` groups it summed alone, so one per frame with
+  ``OmegaSumFrames 1``), their HDF5 chunk only: :meth:`Chunks.made` takes it as it came and makes the zarr chunk
+  from it. The writer compresses the rest (per-frame cakes, sums it added up, precision-bounded ones):
+  :class:`Chunks` compresses a row in a small pool of threads (:func:`encode_pool`; the compressors release the
   GIL), while the writer's own thread goes on receiving.
 """
 
@@ -33,12 +35,19 @@ from typing import Any
 import hdf5plugin  # noqa: F401 - registers the bitshuffle filter with HDF5 for every h5py open in this process
 import numpy as np
 
-from ..compression import BLOSC_LEVEL, decode_hdf5_chunk, hdf5_chunk, zarr_compressor, zarr_encode
+from ..compression import (
+    BLOSC_LEVEL,
+    decode_hdf5_chunk,
+    hdf5_chunk,
+    zarr_compressor,
+    zarr_encode,
+    zarr_from_hdf5,
+)
 from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
 from .precision import MIN_COUNTS, SAFETY
 
 __all__ = ["BLOSC_LEVEL", "CAKE_DTYPES", "Chunks", "cake_dtype", "encode_pool", "hdf5_chunk", "hdf5_compression",
-           "precision_note", "stored", "zarr_compressor", "zarr_encode", "CakeChunks"]
+           "precision_note", "stored", "stored_row_chunks", "zarr_compressor", "zarr_encode", "CakeChunks"]
 
 
 def cake_dtype(name: str) -> np.dtype:
@@ -100,26 +109,38 @@ def encode_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _both_chunks(array: np.ndarray, zarr: bool) -> tuple[bytes, bytes | memoryview | None]:
+    """The HDF5 chunk of ``array`` and, with ``zarr``, its zarr chunk made from it (:func:`zarr_from_hdf5`), else
+    compressed again."""
+    h5 = hdf5_chunk(array)
+    if not zarr:
+        return h5, None
+    z = zarr_from_hdf5(h5, array.dtype.itemsize)
+    return h5, zarr_encode(array) if z is None else z
+
+
 class Chunks:
     """One stored row (a cake or an omega sum, already in its stored dtype) and its compressed chunks: :meth:`hdf5`
-    the HDF5 chunk (:func:`hdf5_chunk`), :meth:`zarr` the zarr.zip chunk (:func:`zarr_encode`; made only when
-    ``zarr`` or asked for). Made in :func:`encode_pool` from ``array``, or taken as a worker made them
-    (:meth:`made`). Each call waits for its chunk and raises what compressing it raised."""
+    the HDF5 chunk (:func:`hdf5_chunk`), :meth:`zarr` the zarr.zip chunk (made from the HDF5 chunk's LZ4 blocks,
+    :func:`zarr_from_hdf5`, where they carry over, else :func:`zarr_encode`; made only when ``zarr`` or asked for).
+    Compressed once in :func:`encode_pool` from ``array``, or taken as a worker made them (:meth:`made`). Each call
+    waits for its chunk and raises what compressing it raised."""
 
     __slots__ = ("_array", "_h5", "_zarr", "shape", "dtype")
 
     def __init__(self, array: np.ndarray, zarr: bool = False) -> None:
         self._array = array
         self.shape, self.dtype = array.shape, array.dtype
-        pool = encode_pool()
-        self._h5: Future | bytes | memoryview = pool.submit(hdf5_chunk, array)
-        self._zarr: Future | bytes | memoryview | None = pool.submit(zarr_encode, array) if zarr else None
+        both = encode_pool().submit(_both_chunks, array, zarr)
+        self._h5: Future | bytes | memoryview = both
+        self._zarr: Future | bytes | memoryview | None = both if zarr else None
 
     @classmethod
     def made(cls, hdf5: bytes | memoryview, zarr: bytes | memoryview | None, shape: tuple[int, ...],
              dtype: Any) -> Chunks:
         """The chunks of a row of ``shape`` ``dtype`` compressed elsewhere (a worker): ``hdf5`` an
-        :func:`hdf5_chunk`, ``zarr`` its :func:`zarr_encode` (None: made here from the HDF5 chunk if asked for)."""
+        :func:`hdf5_chunk`, ``zarr`` its zarr chunk (None: made from the HDF5 chunk when asked for, by the thread
+        that publishes the zarr.zip; a hand-off to the pool for each row cost the writer more than it saved)."""
         self = cls.__new__(cls)
         self._array, self._h5, self._zarr = None, hdf5, zarr
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
@@ -129,18 +150,55 @@ class Chunks:
     def array(self) -> np.ndarray:
         """The row itself (decoded from the HDF5 chunk for chunks made elsewhere)."""
         if self._array is None:
-            self._array = decode_hdf5_chunk(self._h5, self.shape, self.dtype)
+            self._array = decode_hdf5_chunk(self.hdf5(), self.shape, self.dtype)
         return self._array
 
     def hdf5(self) -> bytes | memoryview:
         h5 = self._h5
-        return h5.result() if type(h5) is Future else h5
+        if type(h5) is Future:
+            h5 = self._h5 = h5.result()[0]
+        return h5
 
     def zarr(self) -> bytes | memoryview:
         z = self._zarr
         if z is None:
-            z = self._zarr = encode_pool().submit(zarr_encode, self.array)
-        return z.result() if type(z) is Future else z
+            z = self._zarr = self._zarr_of_hdf5()
+        elif type(z) is Future:
+            z = z.result()
+            z = self._zarr = z[1] if type(z) is tuple else z
+        return z
+
+    def size_hint(self) -> int:
+        """About the bytes of the zarr chunk, without waiting for it: its own where made, else the HDF5 chunk's
+        (the same LZ4 blocks) where that is here, else the row's uncompressed bytes."""
+        for chunk in (self._zarr, self._h5):
+            if chunk is not None and type(chunk) is not Future:
+                return memoryview(chunk).nbytes
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def _zarr_of_hdf5(self) -> bytes | memoryview:
+        z = zarr_from_hdf5(self.hdf5(), self.dtype.itemsize)
+        return zarr_encode(self.array) if z is None else z
+
+
+#: HDF5's filter id of bitshuffle (+ LZ4): the stored cakes' and sums' only filter
+BSHUF_FILTER = 32008
+
+
+def stored_row_chunks(ds: Any, k: int) -> Chunks | None:
+    """Row ``k`` of ``ds`` (an h5py dataset of rows chunked one a chunk, bitshuffle + LZ4 its only filter: the stored
+    omega sums and cakes) as the chunk the file holds (:meth:`Chunks.made`, read with ``read_direct_chunk``, not
+    decoded): what a zarr.zip made from the file takes, so that it holds the bytes the run's own zarr.zip held. None
+    for a dataset stored otherwise (then read the row)."""
+    if ds.chunks != (1, *ds.shape[1:]):
+        return None
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_nfilters() != 1 or dcpl.get_filter(0)[0] != BSHUF_FILTER:
+        return None
+    mask, raw = ds.id.read_direct_chunk((int(k),) + (0,) * (ds.ndim - 1))
+    if mask:  # (the filter was skipped for this chunk)
+        return None
+    return Chunks.made(raw, None, ds.shape[1:], ds.dtype)
 
 
 class CakeChunks:

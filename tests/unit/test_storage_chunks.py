@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from ringstream.compression import zarr_from_hdf5
 from ringstream.writer.storage import Chunks, hdf5_chunk, hdf5_compression, zarr_compressor
 
 
@@ -29,10 +30,12 @@ def test_the_direct_chunk_is_what_the_hdf5_filter_writes(tmp_path, dtype, shape)
 
 
 def test_zarr_chunks_are_the_codecs_and_errors_come_back(monkeypatch):
-    a = np.arange(24, dtype="<f4").reshape(6, 4)
+    a = np.arange(24, dtype="<f4").reshape(6, 4)  # 24 values: made of the HDF5 chunk's blocks
     c = Chunks(a, zarr=True)
-    assert c.zarr() == zarr_compressor().encode(a)
+    assert bytes(c.zarr()) == bytes(zarr_from_hdf5(hdf5_chunk(a), 4)) and c.hdf5() == hdf5_chunk(a)
     assert np.frombuffer(zarr_compressor().decode(c.zarr()), "<f4").tobytes() == a.tobytes()
+    b = np.arange(21, dtype="<f4").reshape(7, 3)  # 21: compressed by the codec itself
+    assert Chunks(b, zarr=True).zarr() == zarr_compressor().encode(b)
     with pytest.raises((TypeError, ValueError)):  # not an array the compressors take: raised where it is wanted
         Chunks(np.array(["x"], dtype=object)).hdf5()
 
