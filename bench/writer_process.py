@@ -1,8 +1,9 @@
 """The writer process itself, fed over ZeroMQ as fast as it takes them: what ``bench/writer.py`` leaves out (the
 socket receive, the reordering, heartbeats, the process's own flush and save rules) on top of its sinks.
 
-The real ``ringstream.writer.process.run`` runs in a child process, as the daemon starts it, bound to a loopback TCP
-port; this process connects a PUSH socket and sends pre-encoded Results of 2,000 bins with 3 fitted peaks and one ROI
+The real ``ringstream.writer.process.run`` runs in a child process, as the daemon starts it, bound to an ipc://
+socket in a private folder (the daemon's default; ``--transport tcp``: a loopback TCP port); this process connects a
+PUSH socket and sends pre-encoded Results of 2,000 bins with 3 fitted peaks and one ROI
 of 40 model values each (what a worker sends), frame indices interleaved as two workers would send them
 (0, 2, 4, ... from one, 1, 3, 5, ... from the other, alternating blocks of 8), then the one partial omega sum of
 ``OmegaSumFrames -1`` and the EndOfStream. The rate is the number of frames over the time from the first send to the
@@ -10,14 +11,14 @@ writer's exit (close included). Both processes share this machine's CPUs, as wor
 
 Cases (``--cases``): ``lineouts`` (the above); ``sums-osf1``, the demo's settings (``OmegaSumFrames 1``, MIDAS's
 default, ``Write2D 0``, zarr.zip on): 990 x 72 bins as in ``configs/demo-pilatus2m.txt``, each frame's Result followed
-by its group's whole partial sum, float32 and compressed for the HDF5 and the zarr.zip (as workers send it: the
-chunks are made before the timed part), Poisson counts over rings normalised by bin area, so each frame's sum is
-placed in both files as it came; ``cakes-osf1``: the same with ``Write2D 1``,
-the cake in each Result compressed as workers send it (its ``/cake/data/I`` chunk and its one-frame sum's HDF5 and
-zarr chunks, made before the timed part), placed in both files as it came.
+by its group's whole partial sum, float32 and compressed as workers send it (its HDF5 chunk; the writer makes the
+zarr.zip chunk of its LZ4 blocks; made before the timed part), Poisson counts over rings normalised by bin area;
+``cakes-osf1``: the same with ``Write2D 1``, the cake in each Result compressed as workers send it (its
+``/cake/data/I`` chunk and its one-frame sum's HDF5 chunk, made before the timed part). The table gives the bytes a
+frame takes on the wire and in the files.
 
     python bench/writer_process.py [--cases lineouts,sums-osf1,cakes-osf1] [--frames 40000] [--repeat 3]
-                                   [--machine vm] [--dir /tmp]
+                                   [--transport ipc,tcp] [--machine vm] [--dir /tmp]
 
 Prints a table; writes ``bench/results/writer_process-<machine>.json``.
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from ringstream.compression import blocks_carry_over
 from ringstream.config import DaemonConfig
 from ringstream.protocol import EndOfStream, OmegaPartial, Result, encode, result_buffers
 from ringstream.transport.endpoints import free_tcp_endpoint
@@ -78,13 +80,17 @@ CASES = {
 }
 
 
-def config(folder: Path, queue_mb: int = 8, case: str = "lineouts") -> dict:
+def config(folder: Path, queue_mb: int = 8, case: str = "lineouts", transport: str = "ipc") -> dict:
     c = CASES[case]
+    if transport == "ipc":  # the daemon's default ([transport] auto_endpoints = "ipc"): Unix sockets
+        results, events = f"ipc://{folder}/results", f"ipc://{folder}/events"
+    else:
+        results, events = free_tcp_endpoint(), free_tcp_endpoint()
     (folder / "setup.txt").write_text(c["params"])
     return {"run": {"param_file": str(folder / "setup.txt"), "output_h5": str(folder / "out.h5"),
                     "save_interval": 500},
             "source": {"kind": "simulated", "frames": 0},  # (the writer reads only the run length, from the EOS)
-            "transport": {"results_endpoint": free_tcp_endpoint(), "events_endpoint": free_tcp_endpoint(),
+            "transport": {"results_endpoint": results, "events_endpoint": events,
                           "results_queue_mb": queue_mb},
             "supervisor": {"heartbeat_interval": 0.5}, "logging": {"level": "INFO"}}
 
@@ -98,6 +104,12 @@ def _child(data: dict, ready, stop, log_path: str) -> None:
     sys.stderr = open(log_path, "w", buffering=1)  # noqa: SIM115 - the child's log, read by the parent
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
     sys.exit(process.run(DaemonConfig.from_dict(data), ready, stop))
+
+
+def zarr_travels(n_r: int) -> bool:
+    """Whether a worker sends a whole sum's zarr chunk beside its HDF5 chunk (workers/process.py: only where the
+    writer cannot make it of the HDF5 chunk's blocks)."""
+    return not blocks_carry_over(n_r * N_ETA)
 
 
 def poisson_cakes(k: int, n_r: int, n_eta: int, rng) -> np.ndarray:
@@ -119,8 +131,9 @@ def messages(n: int, case: str = "lineouts") -> tuple[list, list]:
     cakes = poisson_cakes(k, n_r, N_ETA, rng) if c["sums"] or c["cakes"] else None
     fits = rng.normal(size=(k, N_PEAKS, 7))
     # compressed as the workers do, before the timed part: each sum, or each cake and its one-frame sum
-    chunks = [sum_chunks(cakes[j], zarr=True) for j in range(k)] if c["sums"] else None
-    packed = [cake_chunks(cakes[j], "<f4", zarr=True) for j in range(k)] if c["cakes"] else None
+    zarr = zarr_travels(n_r)  # (as workers do: the zarr chunk only where the writer cannot make it of the HDF5 one)
+    chunks = [sum_chunks(cakes[j], zarr=zarr) for j in range(k)] if c["sums"] else None
+    packed = [cake_chunks(cakes[j], "<f4", zarr=zarr) for j in range(k)] if c["cakes"] else None
     table, values = np.array([[80, 40]], dtype=np.int32), rng.random(40)
     order = []
     for base in range(0, n, 16):  # two workers' batches of 8: [0, 2, ..., 14] then [1, 3, ..., 15], alternating
@@ -130,7 +143,7 @@ def messages(n: int, case: str = "lineouts") -> tuple[list, list]:
     for i in order:
         j = i % k
         msg = Result(run_id="bench", frame_index=i, source_id=f"bench:{i}", timestamp=1.7e9 + i, engine="gpu",
-                     worker=i % 2, n_r=n_r, n_eta=N_ETA, has_cake=c["cakes"], cake_chunks=3 if c["cakes"] else 0,
+                     worker=i % 2, n_r=n_r, n_eta=N_ETA, has_cake=c["cakes"], cake_chunks=len(packed[j]) if c["cakes"] else 0,
                      n_peaks=N_PEAKS, n_rois=1, n_curve_points=40, metadata={"I0": 1.0 * i})
         bufs = result_buffers(lines[j], None, fits[j], (table, values))
         bufs[1:1] = packed[j] if c["cakes"] else []
@@ -144,9 +157,10 @@ def messages(n: int, case: str = "lineouts") -> tuple[list, list]:
     return out, tail + [encode(EndOfStream(run_id="bench", n_frames=n))]
 
 
-def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8, case: str = "lineouts") -> dict:
+def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8, case: str = "lineouts",
+             transport: str = "ipc") -> dict:
     work = Path(tempfile.mkdtemp(dir=folder, prefix="writer-process-"))
-    data = config(work, queue_mb, case)
+    data = config(work, queue_mb, case, transport)
     from ringstream.geometry.cache import load_or_build
 
     load_or_build(DaemonConfig.from_dict(data).load_params())  # the map is cached: the child only loads it
@@ -164,8 +178,8 @@ def run_once(n: int, folder: Path, msgs: list, tail: list, queue_mb: int = 8, ca
     c = CASES[case]
     push.setsockopt(zmq.SNDHWM, results_hwm(t.results_queue_mb, t.queue_depth, c["n_r"], N_ETA, c["cakes"], N_PEAKS, 40,
                                             frames_per_partial=1 if c["sums"] else 0,
-                                            partial_itemsize=partial_itemsize(1, 4, True, True),
-                                            cake_itemsize=cake_itemsize(4, c["cakes"], True)))
+                                            partial_itemsize=partial_itemsize(1, 4, True, zarr_travels(c["n_r"])),
+                                            cake_itemsize=cake_itemsize(4, c["cakes"], zarr_travels(c["n_r"]))))
     try:
         if not ready.wait(120):
             raise RuntimeError(f"the writer did not start: {Path(log_path).read_text()[-2000:]}")
@@ -215,38 +229,51 @@ def main() -> None:
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder for the temporary output files")
     ap.add_argument("--results-queue-mb", default="8",
                     help="[transport] results_queue_mb (comma-separated: each value in turn, every repeat)")
+    ap.add_argument("--transport", default="ipc",
+                    help="ipc (the daemon's default: Unix sockets) or tcp (loopback), comma-separated: each in turn")
     ap.add_argument("--note", default="", help="what to know about the machine or the run, kept in the JSON")
     args = ap.parse_args()
     sizes = [int(v) for v in args.results_queue_mb.split(",")]
+    transports = [t for t in args.transport.split(",") if t]
+    if any(t not in ("ipc", "tcp") for t in transports):
+        ap.error(f"--transport {args.transport}: ipc or tcp")
     cases = [c for c in args.cases.split(",") if c]
     targets = {"lineouts": 20000, "sums-osf1": 3000, "cakes-osf1": 3000}
     runs = []
     for case in cases:
         n = args.frames if case == "lineouts" else args.cake_frames
         msgs, tail = messages(n, case)
-        for _ in range(args.repeat):  # the sizes interleaved, so that each sees the same moments of a noisy machine
-            for mb in sizes:
-                runs.append({"case": case, "results_queue_mb": mb,
-                             **run_once(n, Path(args.dir), msgs, tail, mb, case)})
+        wire = sum(memoryview(b).nbytes for m in msgs for b in m) / n  # bytes a frame from workers to writer
+        for _ in range(args.repeat):  # the settings interleaved, so that each sees the same moments of a noisy machine
+            for transport in transports:
+                for mb in sizes:
+                    runs.append({"case": case, "transport": transport, "results_queue_mb": mb,
+                                 "wire_bytes_per_frame": round(wire),
+                                 **run_once(n, Path(args.dir), msgs, tail, mb, case, transport)})
         del msgs, tail
-    print(f"{'case':>10} {'queue MB':>8} {'frames':>7} {'s':>6} {'frames/s':>9} {'writer cpu s':>12} "
-          f"{'writer log fps':>14} {'in file':>8} {'in order':>8} {'kB/frame':>9}")
+    print(f"{'case':>10} {'via':>4} {'queue MB':>8} {'frames':>7} {'s':>6} {'frames/s':>9} {'writer cpu s':>12} "
+          f"{'writer log fps':>14} {'in file':>8} {'in order':>8} {'wire kB/frame':>13} {'file kB/frame':>13}")
     for r in runs:
-        print(f"{r['case']:>10} {r['results_queue_mb']:8d} {r['frames']:7d} {r['seconds']:6.2f} {r['frames_per_s']:9.0f} "
-              f"{r['writer_cpu_s']:12.2f} {r['writer_log_frames_per_s'] or 0:14.0f} {r['frames_in_file']:8d} "
-              f"{str(r['in_order']):>8} {r['bytes_written'] / r['frames'] / 1e3:9.1f}")
+        print(f"{r['case']:>10} {r['transport']:>4} {r['results_queue_mb']:8d} {r['frames']:7d} {r['seconds']:6.2f} "
+              f"{r['frames_per_s']:9.0f} {r['writer_cpu_s']:12.2f} {r['writer_log_frames_per_s'] or 0:14.0f} "
+              f"{r['frames_in_file']:8d} {str(r['in_order']):>8} {r['wire_bytes_per_frame'] / 1e3:13.1f} "
+              f"{r['bytes_written'] / r['frames'] / 1e3:13.1f}")
     best = {}
-    for case in cases:
-        best[case] = max((r for r in runs if r["case"] == case and r["results_queue_mb"] == sizes[0]),
-                         key=lambda r: r["frames_per_s"])
-        for mb in sizes:
-            b = max(r["frames_per_s"] for r in runs if r["case"] == case and r["results_queue_mb"] == mb)
-            print(f"{case}: best with results_queue_mb {mb}: {b:.0f} frames/s (target {targets[case]:,})")
+    for case in cases:  # the headline: the first transport and queue size given (the defaults: ipc, 8 MB)
+        best[case] = max((r for r in runs if r["case"] == case and r["results_queue_mb"] == sizes[0]
+                          and r["transport"] == transports[0]), key=lambda r: r["frames_per_s"])
+        for transport in transports:
+            for mb in sizes:
+                b = max(r["frames_per_s"] for r in runs if r["case"] == case and r["results_queue_mb"] == mb
+                        and r["transport"] == transport)
+                print(f"{case}: best over {transport} with results_queue_mb {mb}: {b:.0f} frames/s "
+                      f"(target {targets[case]:,})")
     import h5py
     import zarr
 
     result = {"benchmark": "writer_process",
-              "what": "the writer process fed pre-encoded Results over loopback TCP, two workers' interleaved order; "
+              "what": "the writer process fed pre-encoded Results over ipc:// (the default) or loopback TCP "
+                      "(each run's 'transport'), two workers' interleaved order; "
                       "lineouts: 2,000 bins, 3 peaks, one ROI, OmegaSumFrames -1; sums-osf1: 990 x 72 bins, "
                       "OmegaSumFrames 1, each frame's float32 sum compressed into the HDF5 and the zarr.zip; "
                       "cakes-osf1: the same with Write2D 1 (the cake in the Result); frames over first send to "
