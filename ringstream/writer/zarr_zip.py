@@ -38,14 +38,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from json.encoder import encode_basestring_ascii as _ascii_json
 from pathlib import Path
 from typing import Any
 
@@ -121,38 +119,6 @@ def group_attrs(group: Any) -> dict[str, Any]:
     """The four attributes GSAS-II reads from an OmegaSumFrame array."""
     return {"Number Of Frames Summed": int(group.n_frames), "LastFrameNumber": int(group.last_frame),
             "FirstOme": float(group.first_omega), "LastOme": float(group.last_omega)}
-
-
-def _scalar_json(value: Any) -> str | None:
-    """``json.dumps(value, allow_nan=True)`` of a str, bool, int or float (None for anything else)."""
-    t = type(value)
-    if t is float:
-        return value.__repr__() if math.isfinite(value) else ("NaN" if value != value else
-                                                                "Infinity" if value > 0 else "-Infinity")
-    if t is int:
-        return int.__repr__(value)
-    if t is bool:
-        return "true" if value else "false"
-    if t is str:
-        return _ascii_json(value)
-    return None
-
-
-def attrs_json(attrs: dict[str, Any], indent: int | None) -> bytes:
-    """``json.dumps(attrs, indent=indent, allow_nan=True)``, byte for byte, made without the Python encoder that an
-    indent selects for every call (40 µs a group, once per frame with ``OmegaSumFrames 1``): the flat maps of scalars
-    that group attributes are, else through ``json.dumps``."""
-    if type(indent) is int and indent > 0 and attrs:
-        pad = " " * indent
-        items = []
-        for key, value in attrs.items():
-            text = _scalar_json(value) if type(key) is str else None
-            if text is None:
-                break
-            items.append(f"{pad}{_ascii_json(key)}: {text}")
-        else:
-            return ("{\n" + ",\n".join(items) + "\n}").encode()
-    return json.dumps(attrs, indent=indent, allow_nan=True).encode()
 
 
 def _size_hint(data: Any) -> int:
@@ -281,7 +247,7 @@ class ZarrZipSink:
             base = f"OmegaSumFrame/{name}/"
             self._pending += [
                 (base + ".zarray", self._template),
-                (base + ".zattrs", attrs_json(attrs, self._indent)),
+                (base + ".zattrs", json.dumps(attrs, indent=self._indent, allow_nan=True).encode()),
                 # what zarr writes: the codec of the .zarray (compressed by a worker, or in the background, when the
                 # group brings it)
                 (base + chunk, chunks if chunks is not None else self._codec.encode(data)),

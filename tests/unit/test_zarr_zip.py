@@ -233,15 +233,3 @@ def test_an_unknown_wavelength_writes_no_lam(tmp_path, caplog):
     root = zarr.open(zarr.storage.ZipStore(str(path), mode="r"), mode="r")  # (zarr 2.18: zarr.open(path))
     assert "Lam" not in root["InstrumentParameters"] and "Distance" in root["InstrumentParameters"]
 
-
-def test_group_attributes_are_written_as_json_dumps_writes_them():
-    from ringstream.writer.zarr_zip import attrs_json
-
-    cases = [group_attrs(OmegaGroup(3, None, 2, 6, 7, 0.25, float("nan"))),
-             {"a": float("inf"), "b": -float("inf"), "c": True, "d": False, "é \"q\"": "x\u00e9\n", "e": -0.0,
-              "f": 1e-300, "g": 12345678901234567890, "h": 0.1 + 0.2},
-             {}, {"nested": [1, 2]}, {"none": None}, {"k": np.float64(1.5)}]
-    for attrs in cases:
-        for indent in (2, 4, None, 0):
-            assert attrs_json(attrs, indent) == json.dumps(attrs, indent=indent, allow_nan=True).encode(), (attrs,
-                                                                                                        indent)
