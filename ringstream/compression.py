@@ -101,10 +101,10 @@ def zarr_from_hdf5(chunk: Any, itemsize: int) -> memoryview | None:
     if block != _BSHUF_BLOCK_BYTES or itemsize < 1 or block % itemsize or total % itemsize or not 0 < total < 2**31 - 64:
         return None
     n = total // itemsize
-    per_block = block // itemsize
-    last = (n % per_block) - (n % per_block) % 8  # elements of bitshuffle's last, shorter block
-    if (n % per_block) % 8:  # elements past the last multiple of 8: stored raw by bitshuffle, shuffled by Blosc
+    if not blocks_carry_over(n):  # elements past the last multiple of 8: stored raw by bitshuffle, shuffled by Blosc
         return None
+    per_block = block // itemsize
+    last = n % per_block  # elements of bitshuffle's last, shorter block (a multiple of 8, as the blocks are)
     n_blocks = n // per_block + (last > 0)
     end = len(view)
     fields = []  # where each block's length field is

@@ -83,8 +83,9 @@ def omega_groups(f: h5py.File):
     """Yield the file's omega-sum groups as :class:`~ringstream.writer.omega.OmegaGroup`, in order."""
     g = f["entry/omega_sum"]
     n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega", "name"))
+    stored_row = stored_row_chunks(g["I"])  # (as stored, not decoded: the zarr chunk is made of their blocks)
     for k in range(n):
-        chunks = stored_row_chunks(g["I"], k)  # (as stored, not decoded: the zarr chunk is made of its blocks)
+        chunks = stored_row(k) if stored_row is not None else None
         yield OmegaGroup(k, g["I"][k] if chunks is None else None, int(g["n_frames"][k]), int(g["first_frame"][k]),
                          int(g["last_frame"][k]), float(g["first_omega"][k]), float(g["last_omega"][k]),
                          chunks=chunks)

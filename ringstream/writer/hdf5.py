@@ -810,9 +810,10 @@ class Hdf5Writer:
         d = self._osum
         n = self._n_groups
         meta = {key: d[key][:n] for key in ("n_frames", "first_frame", "last_frame", "first_omega", "last_omega")}
+        stored_row = stored_row_chunks(d["I"])  # (the rows as stored: the run's zarr.zip chunks are made of these)
         for k in range(n):
             first = int(meta["first_frame"][k])
-            chunks = stored_row_chunks(d["I"], k)  # (as stored: the run's zarr.zip chunks are made of these)
+            chunks = stored_row(k) if stored_row is not None else None
             yield OmegaGroup(group_of(first), d["I"][k] if chunks is None else None, int(meta["n_frames"][k]), first,
                              int(meta["last_frame"][k]), float(meta["first_omega"][k]), float(meta["last_omega"][k]),
                              chunks=chunks)

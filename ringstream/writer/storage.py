@@ -185,20 +185,23 @@ class Chunks:
 BSHUF_FILTER = 32008
 
 
-def stored_row_chunks(ds: Any, k: int) -> Chunks | None:
-    """Row ``k`` of ``ds`` (an h5py dataset of rows chunked one a chunk, bitshuffle + LZ4 its only filter: the stored
-    omega sums and cakes) as the chunk the file holds (:meth:`Chunks.made`, read with ``read_direct_chunk``, not
-    decoded): what a zarr.zip made from the file takes, so that it holds the bytes the run's own zarr.zip held. None
-    for a dataset stored otherwise (then read the row)."""
+def stored_row_chunks(ds: Any) -> Callable[[int], Chunks | None] | None:
+    """For ``ds`` (an h5py dataset of rows chunked one a chunk, bitshuffle + LZ4 its only filter: the stored omega
+    sums and cakes), a function giving row ``k`` as the chunk the file holds (:meth:`Chunks.made`, read with
+    ``read_direct_chunk``, not decoded; None for a chunk stored unfiltered): what a zarr.zip made from the file takes,
+    so that it holds the bytes the run's own zarr.zip held. None for a dataset stored otherwise (then read the rows)."""
     if ds.chunks != (1, *ds.shape[1:]):
         return None
     dcpl = ds.id.get_create_plist()
     if dcpl.get_nfilters() != 1 or dcpl.get_filter(0)[0] != BSHUF_FILTER:
         return None
-    mask, raw = ds.id.read_direct_chunk((int(k),) + (0,) * (ds.ndim - 1))
-    if mask:  # (the filter was skipped for this chunk)
-        return None
-    return Chunks.made(raw, None, ds.shape[1:], ds.dtype)
+    dsid, zeros, row = ds.id, (0,) * (ds.ndim - 1), ds.shape[1:]
+
+    def read(k: int) -> Chunks | None:
+        mask, raw = dsid.read_direct_chunk((int(k), *zeros))
+        return None if mask else Chunks.made(raw, None, row, ds.dtype)
+
+    return read
 
 
 class CakeChunks:
