@@ -9,7 +9,8 @@ compressed, and the writer only places it (docs/OUTPUTS.md, "Compression").
   then Blosc's blocks.
 
 The two are not the same bytes, but the LZ4 blocks can be: :func:`zarr_from_hdf5` makes the zarr chunk of a value
-out of its HDF5 chunk without compressing again. Both formats bit-shuffle each block of 8 kB on its own with the
+out of its HDF5 chunk without compressing again (:func:`zarr_pieces`: the same as pieces, views of the HDF5 chunk's
+blocks, for a writer that never joins them). Both formats bit-shuffle each block of 8 kB on its own with the
 same transposition (the bitshuffle library's, which c-blosc carries) and compress it with LZ4; only the framing
 differs (a big-endian length before each block here; a Blosc header, a table of block offsets and little-endian
 lengths there). So the HDF5 chunk's LZ4 blocks are placed, unchanged, in a Blosc frame that declares 8 kB blocks,
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BLOSC_LEVEL", "CODECS", "decode_hdf5_chunk", "decoded_size", "hdf5_chunk", "zarr_compressor",
-           "zarr_encode", "zarr_from_hdf5", "blocks_carry_over"]
+           "zarr_encode", "zarr_from_hdf5", "zarr_pieces", "blocks_carry_over"]
 
 #: Blosc's compression level of the zarr.zip arrays (LZ4 gains little above 5, and costs time)
 BLOSC_LEVEL = 5
@@ -80,6 +81,7 @@ _BLOSC_FRAME = struct.Struct("<BBBBIII")
 #: the flags of a transcoded chunk: bit shuffle (0x4), no split streams (0x10), LZ4 (codec 1 in bits 5-7)
 _BLOSC_FLAGS = 0x04 | 0x10 | (1 << 5)
 _BE32 = struct.Struct(">I")
+_LE32 = struct.Struct("<I")
 
 
 def blocks_carry_over(n_values: int) -> bool:
@@ -89,11 +91,13 @@ def blocks_carry_over(n_values: int) -> bool:
     return int(n_values) > 0 and int(n_values) % 8 == 0
 
 
-def zarr_from_hdf5(chunk: Any, itemsize: int) -> memoryview | None:
+def zarr_pieces(chunk: Any, itemsize: int) -> list[Any] | None:
     """The zarr.zip chunk (Blosc: LZ4, bit shuffle) of the value whose :func:`hdf5_chunk` is ``chunk`` (elements of
-    ``itemsize`` bytes), made from its LZ4 blocks without compressing again (see the module docstring); None where
-    the blocks cannot be carried over as they are (then :func:`zarr_encode` the value). ValueError for a chunk whose
-    framing is broken."""
+    ``itemsize`` bytes), made from its LZ4 blocks without compressing again (see the module docstring), as the
+    pieces that follow one another in it: Blosc's header and table of block starts, then for each block its length
+    (4 bytes, little-endian) and a view of its LZ4 bytes in ``chunk`` (no copy: a writer hands them to one
+    ``pwritev``, :class:`~ringstream.writer.zip_append.GrowingZip`). None where the blocks cannot be carried over as
+    they are (then :func:`zarr_encode` the value). ValueError for a chunk whose framing is broken."""
     view = memoryview(chunk).cast("B")
     if len(view) < _HDF5_HEADER.size:
         raise ValueError(f"an HDF5 chunk of {len(view)} bytes has no header")
@@ -107,9 +111,11 @@ def zarr_from_hdf5(chunk: Any, itemsize: int) -> memoryview | None:
     last = n % per_block  # elements of bitshuffle's last, shorter block (a multiple of 8, as the blocks are)
     n_blocks = n // per_block + (last > 0)
     end = len(view)
-    fields = []  # where each block's length field is
+    head = _BLOSC_FRAME.size + 4 * n_blocks
+    pieces: list[Any] = [None]
+    starts = []
     pos = _HDF5_HEADER.size
-    unpack = _BE32.unpack_from
+    unpack, le32 = _BE32.unpack_from, _LE32.pack
     full = n // per_block
     for k in range(n_blocks):
         if pos + 4 > end:
@@ -117,22 +123,22 @@ def zarr_from_hdf5(chunk: Any, itemsize: int) -> memoryview | None:
         size = unpack(view, pos)[0]
         if size == (block if k < full else last * itemsize):  # Blosc would read it as stored raw
             return None
-        fields.append(pos)
+        starts.append(pos - _HDF5_HEADER.size + head)
+        pieces += (le32(size), view[pos + 4:pos + 4 + size])
         pos += 4 + size
     if pos != end:
         raise ValueError(f"HDF5 chunk of {end} bytes: its {n_blocks} blocks end at byte {pos}")
-    # the blocks as they are, behind Blosc's header and table of block starts; each length made little-endian
-    head = _BLOSC_FRAME.size + 4 * n_blocks
-    shift = head - _HDF5_HEADER.size
-    out = np.empty(head + end - _HDF5_HEADER.size, dtype=np.uint8)
-    out[head:] = np.frombuffer(view, dtype=np.uint8, offset=_HDF5_HEADER.size)
-    starts = np.asarray(fields, dtype=np.int64) + shift
-    at = starts[:, None] + np.arange(4)
-    out[at] = out[at[:, ::-1]]
     # (a value of one short block declares it whole: Blosc refuses a block larger than the value)
-    _BLOSC_FRAME.pack_into(out, 0, 2, 1, _BLOSC_FLAGS, itemsize, total, min(block, total), out.size)
-    out[_BLOSC_FRAME.size:head] = starts.astype("<i4").view(np.uint8)
-    return out.data
+    pieces[0] = _BLOSC_FRAME.pack(2, 1, _BLOSC_FLAGS, itemsize, total, min(block, total),
+                                  head + end - _HDF5_HEADER.size) + struct.pack(f"<{n_blocks}i", *starts)
+    return pieces
+
+
+def zarr_from_hdf5(chunk: Any, itemsize: int) -> bytes | None:
+    """:func:`zarr_pieces` joined: the zarr.zip chunk as one bytes object (None where the blocks do not carry
+    over)."""
+    pieces = zarr_pieces(chunk, itemsize)
+    return None if pieces is None else b"".join(pieces)
 
 
 def decode_hdf5_chunk(chunk: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:

@@ -34,6 +34,7 @@ from ..errors import InputError, OutputExists
 from ..geometry.mask_store import MASKED_BITS
 from ..procs import pid_alive
 from ..protocol import MASK_KEY
+from . import hdf5_c
 from .layout import CAKE_ENTRY, CAKE_I, METADATA_JSON
 from .omega import OmegaGroup
 from .precision import MIN_COUNTS, NoiseRounding
@@ -155,6 +156,8 @@ class _Col:
         if b == a:
             return
         if self.rows:
+            if all(type(r) is Chunks for r in rows) and hdf5_c.write_chunks(dsid, a, [r.hdf5() for r in rows]):
+                return  # (compressed already: each chunk as the filter would store it, the GIL let go meanwhile)
             fspace, mspace = dsid.get_space(), h5s.create_simple((1,) + row)
             zeros = (0,) * len(row)
             for k, r in enumerate(rows):

@@ -1,7 +1,9 @@
 """A few of HDF5's C calls through ctypes, on the library h5py itself loaded, for the loops whose per-call cost in
 h5py's object layer counts: naming each omega-sum group at a run's close (:func:`name_rows`, used by
 :func:`ringstream.writer.repair.link_omega_groups`: one virtual dataset and four attributes a group, ~75 µs a group
-here against ~150 µs through h5py's low-level objects, on the 2-core CI box) and the link-storage setting h5py does not
+here against ~150 µs through h5py's low-level objects, on the 2-core CI box), the direct chunk writes of the
+compressed sums and cakes (:func:`write_chunks`: a ctypes call lets go of the GIL, which h5py's own calls keep, so
+the thread that publishes the zarr.zip runs while HDF5 writes a chunk) and the link-storage setting h5py does not
 expose (:func:`set_link_phase_change`).
 
 The identifiers are h5py's own (``obj.id.id``); every call's result is checked and a failure raises
@@ -41,6 +43,7 @@ _SIGNATURES = {
     "H5Acreate2": (_HID, [_HID, ctypes.c_char_p, _HID, _HID, _HID, _HID]),
     "H5Awrite": (_HERR, [_HID, _HID, ctypes.c_void_p]),
     "H5Aclose": (_HERR, [_HID]),
+    "H5Dwrite_chunk": (_HERR, [_HID, _HID, ctypes.c_uint32, _U64P, ctypes.c_size_t, ctypes.c_void_p]),
 }
 H5P_DEFAULT = 0
 H5S_SELECT_SET = 0
@@ -77,6 +80,26 @@ def set_link_phase_change(gcpl, max_compact: int = 0, min_dense: int = 0) -> boo
         return False
     with phil:
         return lib.H5Pset_link_phase_change(_HID(gcpl.id), max_compact, min_dense) >= 0
+
+
+def write_chunks(dataset, first: int, chunks) -> bool:
+    """Write ``chunks`` (bytes-like, each one chunk as the dataset's filters store it, none filtered out) as rows
+    ``first, first + 1, ...`` of ``dataset`` (an h5py ``DatasetID`` chunked one row a chunk, already large enough):
+    h5py's ``write_direct_chunk`` without its per-call cost, the GIL released while HDF5 writes. False (nothing
+    written) where the library cannot be reached."""
+    lib = library()
+    if lib is None:
+        return False
+    rank = len(dataset.shape)
+    offset = (ctypes.c_uint64 * rank)(*([0] * rank))
+    views = [np.frombuffer(c, dtype=np.uint8) for c in chunks]  # (read-only buffers too: zmq frames)
+    did = dataset.id
+    write = lib.H5Dwrite_chunk
+    with phil:
+        for k, v in enumerate(views):
+            offset[0] = first + k
+            _ok(write(did, H5P_DEFAULT, 0, offset, v.nbytes, v.ctypes.data), "H5Dwrite_chunk")
+    return True
 
 
 def name_rows(group, names: list[bytes], rows: list[int], dtype, dcpl, source, source_path: bytes, vspace,

@@ -42,6 +42,7 @@ from ..compression import (
     zarr_compressor,
     zarr_encode,
     zarr_from_hdf5,
+    zarr_pieces,
 )
 from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
 from .precision import MIN_COUNTS, SAFETY
@@ -167,6 +168,17 @@ class Chunks:
             z = z.result()
             z = self._zarr = z[1] if type(z) is tuple else z
         return z
+
+    def zarr_member(self) -> bytes | memoryview | list:
+        """The zarr chunk for a ZIP member: its bytes where made, else the pieces of it that the HDF5 chunk's
+        blocks give (:func:`zarr_pieces`, no copy; :class:`~.zip_append.GrowingZip` writes them one after the
+        other), else (blocks that do not carry over) its bytes, compressed now."""
+        z = self._zarr
+        if z is None:
+            pieces = zarr_pieces(self.hdf5(), self.dtype.itemsize)
+            if pieces is not None:
+                return pieces
+        return self.zarr()
 
     def size_hint(self) -> int:
         """About the bytes of the zarr chunk, without waiting for it: its own where made, else the HDF5 chunk's

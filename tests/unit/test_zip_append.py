@@ -4,6 +4,7 @@ publication, never copied, cut back to the published ZIP after a failed or kille
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import zipfile
 
@@ -155,3 +156,26 @@ def test_the_next_start_and_repair_cut_a_killed_publication(tmp_path, caplog):
     assert cut_zarr_tail(path) == 70_000 and "cut 70000 bytes" in caplog.text
     _check(path, [_member(0)])
     assert cut_zarr_tail(path) == 0 and cut_zarr_tail(tmp_path / "none.zarr.zip") is None
+
+
+def test_members_given_as_pieces_are_written_whole_past_one_pwritev(tmp_path, monkeypatch):
+    """A member's data may be a list of pieces (a zarr chunk made of an HDF5 chunk's blocks): written one after the
+    other, their CRC the whole member's, also when a publication needs more than one ``pwritev`` (IOV_MAX buffers,
+    or a batch of bytes)."""
+    monkeypatch.setattr(zip_append, "_IOV_MAX", 16)
+    monkeypatch.setattr(zip_append, "_BATCH_BYTES", 5000)
+    rng = np.random.default_rng(4)
+    whole = [(f"m/{k}", rng.integers(0, 256, 700 + 37 * k, dtype=np.uint8).tobytes()) for k in range(12)]
+
+    def pieces(data):  # bytes and read-only byte views, of uneven sizes
+        cuts = [0, 1, 5, 64, 65, 300, len(data)]
+        return [data[a:b] if i % 2 else memoryview(data)[a:b] for i, (a, b) in enumerate(itertools.pairwise(cuts))]
+
+    z = GrowingZip.create(tmp_path / "p.zip", [(n, pieces(d)) for n, d in whole[:4]], expect=1000)
+    _check(tmp_path / "p.zip", whole[:4])
+    z.append([(n, pieces(d)) for n, d in whole[4:9]])  # grows: more than the hole holds
+    _check(tmp_path / "p.zip", whole[:9])
+    z.append([(n, pieces(d)) for n, d in whole[9:]], final=True)
+    z.close()
+    _check(tmp_path / "p.zip", whole)
+    assert os.path.getsize(tmp_path / "p.zip") == _compact(whole)
