@@ -142,6 +142,8 @@ class GrowingZip:
 
     #: when the file grows, the new hole is at least this share of the file
     GROWTH = 0.25
+    #: the buffer members given as pieces are gathered in (kept while the file is open)
+    ARENA_BYTES = 8 << 20
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
@@ -151,6 +153,7 @@ class GrowingZip:
         self._hole = 0  # the bottom of the hole: where the next member goes
         self._cd = bytearray()  # the published directory (every entry), kept to write the next one
         self._count = 0
+        self._arena: memoryview | None = None  # (allocated with the first member given as pieces)
 
     @classmethod
     def create(cls, path: str | os.PathLike, members: Iterable[Member], expect: int = 0) -> GrowingZip:
@@ -216,16 +219,36 @@ class GrowingZip:
 
     def _write_members(self, members: Iterable[Member], offset: int) -> int:
         """Write ``members`` (each: local header, data) one after the other from ``offset``, a batch of them a
-        ``pwritev``, and add their entries to the directory; returns where the last one ends."""
+        ``pwritev``, and add their entries to the directory; returns where the last one ends.
+
+        A member given as pieces is first gathered into a buffer kept for the next batches (``ARENA_BYTES``; no
+        new memory, so no page faults): one CRC call over it instead of one a piece, since each call on more than
+        5 kB lets go of the GIL and must take it back (with the writer's main thread busy, each taking-back can
+        wait for Python's switch interval: a zarr chunk is ~35 pieces)."""
         buffers: list = []
         start = pos = offset
+        used = 0
         for name, data in members:
             raw, flags = _name_bytes(name)
-            pieces = _pieces(data)
+            if type(data) is list and sum(map(len, data)) <= self.ARENA_BYTES:
+                size = sum(map(len, data))
+                if used + size > self.ARENA_BYTES:  # the arena is full: write the batch, then use it again
+                    _pwrite_all(self._fd, buffers, start)
+                    buffers, start, used = [], pos, 0
+                if self._arena is None:
+                    self._arena = memoryview(bytearray(self.ARENA_BYTES))
+                k = used
+                for v in data:
+                    self._arena[k:k + len(v)] = v
+                    k += len(v)
+                pieces = [self._arena[used:k]]
+                used = k
+            else:
+                pieces = _pieces(data)
+                size = sum(map(len, pieces))
             crc = 0
             for v in pieces:
                 crc = crc32(v, crc)
-            size = sum(map(len, pieces))
             header = local_header(raw, flags, crc, size)
             buffers.append(header)
             buffers += pieces
@@ -234,7 +257,7 @@ class GrowingZip:
             pos += len(header) + size
             if pos - start >= _BATCH_BYTES:
                 _pwrite_all(self._fd, buffers, start)
-                buffers, start = [], pos
+                buffers, start, used = [], pos, 0
         if buffers:
             _pwrite_all(self._fd, buffers, start)
         return pos
@@ -262,6 +285,7 @@ class GrowingZip:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._arena = None
 
 
 def _valid_end(f, at: int) -> bool:

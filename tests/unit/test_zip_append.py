@@ -160,12 +160,15 @@ def test_the_next_start_and_repair_cut_a_killed_publication(tmp_path, caplog):
 
 def test_members_given_as_pieces_are_written_whole_past_one_pwritev(tmp_path, monkeypatch):
     """A member's data may be a list of pieces (a zarr chunk made of an HDF5 chunk's blocks): written one after the
-    other, their CRC the whole member's, also when a publication needs more than one ``pwritev`` (IOV_MAX buffers,
-    or a batch of bytes)."""
+    other, their CRC the whole member's, whether gathered in the arena (which fills and is used again) or written as
+    pieces (larger than the arena), also when a publication needs more than one ``pwritev`` (IOV_MAX buffers, or a
+    batch of bytes)."""
     monkeypatch.setattr(zip_append, "_IOV_MAX", 16)
     monkeypatch.setattr(zip_append, "_BATCH_BYTES", 5000)
+    monkeypatch.setattr(GrowingZip, "ARENA_BYTES", 2000)  # gathered 2 at a time; the 4,000-byte ones as pieces
     rng = np.random.default_rng(4)
-    whole = [(f"m/{k}", rng.integers(0, 256, 700 + 37 * k, dtype=np.uint8).tobytes()) for k in range(12)]
+    whole = [(f"m/{k}", rng.integers(0, 256, 4000 if k in (2, 6, 7) else 700 + 37 * k, dtype=np.uint8).tobytes())
+             for k in range(12)]
 
     def pieces(data):  # bytes and read-only byte views, of uneven sizes
         cuts = [0, 1, 5, 64, 65, 300, len(data)]
