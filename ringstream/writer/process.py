@@ -67,7 +67,6 @@ import gc
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,18 +163,10 @@ def missing_frames(first: int, end: int, next_index: int, held, awaiting_sum) ->
     return sorted(lacking)
 
 
-#: the writer's Python switch interval, s (Python's default is 5 ms): the thread that publishes the zarr.zip lets
-#: go of the GIL in each CRC and write, and takes it back only when the main thread (busy in Python between its own
-#: HDF5 and socket calls) is made to yield; with 5 ms a publication lagged behind a stream of per-frame sums and the
-#: run's close waited for it (on an H100 host, 8.5 s after the last of 20,000 frames). A switch costs a few µs.
-SWITCH_INTERVAL_S = 0.0005
-
-
 def run(config, ready, stop, resume: bool = False, stream_end: int = -1) -> int:
     """Entry point of the writer process (see the module docstring); ``resume``: a replacement for a writer that
     died, continuing the open runs in their files; ``stream_end``: the stream's end when the ingest had already
     ended (-1: it has not). Returns the exit code."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return run_child(config, "writer", lambda: _Writer(config, resume, stream_end).run(ready, stop), log)
 
 
