@@ -9,7 +9,9 @@ works, and finishes a batch (gives its credit back, sends its Results, in frame 
 the device is done with it, oldest first. ``[workers] batches_in_flight`` sets ``depth`` (1: the plain loop).
 
 Frames the batch cannot take (a shape or dtype the map does not fit, a second dtype in one batch) are handled as
-``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``.
+``handle_many`` does: rejected with a reason, or integrated one by one with ``engine.integrate``, once the batches
+submitted after theirs are finished and their own batch's results copied (the engine's one-frame path uses the
+streams' buffers: a GPU engine refuses it while a submission is outstanding, and it overwrites a stream's results).
 
 With peak fitting and no per-frame cakes, finished batches are held (their credit given back, their lineouts, and
 with ``[fit] per_eta`` their cakes, copied out of the pinned buffers) and fitted together, up to :data:`FIT_FRAMES` frames per fit call (fewer when
@@ -183,6 +185,16 @@ class PipelinedLoop:
                 headers = [g[0] for g in together]
                 self.engine.omega_add(sub, [-1 if i in failed else partials.key(h) for i, h in enumerate(headers)])
                 partials.count([h for i, h in enumerate(headers) if i not in failed])
+        if any(g[2] is not None and id(g) not in results for g in got):
+            # frames to integrate one by one (another kind than the batch's, a failed decode or submit): the engine's
+            # one-frame path uses its streams' buffers, which must then hold nothing still wanted (CupyEngine: it
+            # refuses while a submission is outstanding, and overwrites a stream's pinned results). So this batch's
+            # results, views of such a buffer unless held, are copied, and the later batches finished first
+            if not self.hold_fits:
+                results = {k: (line.copy(), None if cake is None else cake.copy(), t)
+                           for k, (line, cake, t) in results.items()}
+            while self.inflight:
+                self.finish(self.inflight.popleft())
         if not self.hold_fits:
             self.w.finish_batch(got, results)
             return

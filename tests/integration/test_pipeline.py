@@ -767,6 +767,65 @@ class _DecodingEngine(_DeviceSumEngine):
         self.sums.pop((sub.stream, -1), None)  # -1: a frame summed nowhere
 
 
+class _OneFrameEngine(_DeviceSumEngine):
+    """``_DeviceSumEngine`` whose one-frame ``integrate`` has CupyEngine's limits: refused (RuntimeError) while a
+    submission is outstanding, and it overwrites stream 0's result buffer, as the real one-frame path does."""
+
+    def integrate(self, frame):
+        if self.open:
+            raise RuntimeError("integrate_batch/integrate_many: collect the outstanding submissions first")
+        if 0 in self.buffers:
+            self.buffers[0][...] = np.nan
+        return super().integrate(frame)
+
+
+def one_frame_worker_run(config, ready, stop, index=0):
+    """A worker whose engine's one-frame path has the GPU engine's limits (see _OneFrameEngine)."""
+    real = worker_process.create_engine
+    worker_process.create_engine = lambda *a, **k: _OneFrameEngine(real(*a, **k))
+    return worker_process.run(config, ready, stop, index=index)
+
+
+def test_frames_of_another_kind_in_a_batch_are_integrated_one_by_one_without_harm(tmp_path, pipelines):
+    """The test plays the ingest: frames of two dtypes, mixed, so that most batches the pipelined worker gathers
+    hold both; the frames of the other kind are integrated one by one, which the GPU engine refuses while batches
+    are in flight and which overwrites a stream's results (a DECTRIS daemon on an H100 once wrote one frame with
+    another's lineout). Every frame is integrated, none rejected, each lineout its own."""
+    n = 32  # (the worker's credit: all of them sent at once)
+    config = setup_run(tmp_path, source={"frames": n}, transport={"shared_memory": False},
+                       workers={"batches_in_flight": 3})
+    zctx = zmq.Context.instance()
+    frames = zctx.socket(zmq.ROUTER)
+    frames.setsockopt(zmq.LINGER, 1000)
+    frames.bind(config.transport.frames_endpoint)
+    rng = np.random.default_rng(21)
+    kinds = rng.integers(0, 2, n)
+    pixels = [rng.integers(0, 4000, (NZ, NY)).astype(np.uint16 if k else np.int32) for k in kinds]
+    try:
+        pipe = pipelines(config, ingest=False, n_workers=1, worker_target=one_frame_worker_run)
+        assert frames.poll(30_000), "the worker announced no credit"
+        identity, *hello = frames.recv_multipart()
+        assert decode(hello)[0].n >= n
+        for k, img in enumerate(pixels):
+            header = FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(),
+                                 shape=img.shape, dtype=img.dtype.str, nbytes=img.nbytes)
+            frames.send_multipart([identity, *encode(header, [img])])
+        eos = zctx.socket(zmq.PUSH)
+        eos.setsockopt(zmq.LINGER, 1000)
+        eos.connect(config.transport.results_endpoint)
+        eos.send_multipart(encode(EndOfStream(run_id="t", n_frames=n)))
+        codes = pipe.finish()
+        eos.close()
+    finally:
+        frames.close()
+    assert_clean_exit(codes)
+    worker = pipe.counters("worker")
+    assert worker["rejected"] == 0 and worker["integrated"] == n, worker
+    out = read_h5(config.run.output_h5)
+    np.testing.assert_array_equal(out["frame_index"], range(n))
+    np.testing.assert_allclose(out["I"], reference_lineouts(config, pixels), rtol=1e-6, atol=0)
+
+
 def decoding_worker_run(config, ready, stop, index=0):
     """A worker whose engine decodes compressed frames itself, with the GPU decoder's algorithm (_DecodingEngine)."""
     real = worker_process.create_engine
