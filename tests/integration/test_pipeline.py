@@ -767,6 +767,32 @@ class _DecodingEngine(_DeviceSumEngine):
         self.sums.pop((sub.stream, -1), None)  # -1: a frame summed nowhere
 
 
+def play_ingest(config, pipelines, worker_target, messages: list) -> tuple:
+    """Be the ingest for one worker (``worker_target``) and the writer: send it ``messages`` (``(FrameHeader,
+    payload)``, inline, all at once: its credit must cover them), then the EndOfStream; returns (exit codes, the
+    Pipeline)."""
+    zctx = zmq.Context.instance()
+    frames = zctx.socket(zmq.ROUTER)
+    frames.setsockopt(zmq.LINGER, 1000)
+    frames.bind(config.transport.frames_endpoint)
+    try:
+        pipe = pipelines(config, ingest=False, n_workers=1, worker_target=worker_target)
+        assert frames.poll(30_000), "the worker announced no credit"
+        identity, *hello = frames.recv_multipart()
+        assert decode(hello)[0].n >= len(messages)
+        for header, payload in messages:
+            frames.send_multipart([identity, *encode(header, [payload])])
+        eos = zctx.socket(zmq.PUSH)
+        eos.setsockopt(zmq.LINGER, 1000)
+        eos.connect(config.transport.results_endpoint)
+        eos.send_multipart(encode(EndOfStream(run_id="t", n_frames=len(messages))))
+        codes = pipe.finish()
+        eos.close()
+    finally:
+        frames.close()
+    return codes, pipe
+
+
 class _OneFrameEngine(_DeviceSumEngine):
     """``_DeviceSumEngine`` whose one-frame ``integrate`` has CupyEngine's limits: refused (RuntimeError) while a
     submission is outstanding, and it overwrites stream 0's result buffer, as the real one-frame path does."""
@@ -794,30 +820,11 @@ def test_frames_of_another_kind_in_a_batch_are_integrated_one_by_one_without_har
     n = 32  # (the worker's credit: all of them sent at once)
     config = setup_run(tmp_path, source={"frames": n}, transport={"shared_memory": False},
                        workers={"batches_in_flight": 3})
-    zctx = zmq.Context.instance()
-    frames = zctx.socket(zmq.ROUTER)
-    frames.setsockopt(zmq.LINGER, 1000)
-    frames.bind(config.transport.frames_endpoint)
     rng = np.random.default_rng(21)
-    kinds = rng.integers(0, 2, n)
-    pixels = [rng.integers(0, 4000, (NZ, NY)).astype(np.uint16 if k else np.int32) for k in kinds]
-    try:
-        pipe = pipelines(config, ingest=False, n_workers=1, worker_target=one_frame_worker_run)
-        assert frames.poll(30_000), "the worker announced no credit"
-        identity, *hello = frames.recv_multipart()
-        assert decode(hello)[0].n >= n
-        for k, img in enumerate(pixels):
-            header = FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(),
-                                 shape=img.shape, dtype=img.dtype.str, nbytes=img.nbytes)
-            frames.send_multipart([identity, *encode(header, [img])])
-        eos = zctx.socket(zmq.PUSH)
-        eos.setsockopt(zmq.LINGER, 1000)
-        eos.connect(config.transport.results_endpoint)
-        eos.send_multipart(encode(EndOfStream(run_id="t", n_frames=n)))
-        codes = pipe.finish()
-        eos.close()
-    finally:
-        frames.close()
+    pixels = [rng.integers(0, 4000, (NZ, NY)).astype(np.uint16 if k else np.int32) for k in rng.integers(0, 2, n)]
+    codes, pipe = play_ingest(config, pipelines, one_frame_worker_run, [
+        (FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(), shape=img.shape,
+                     dtype=img.dtype.str, nbytes=img.nbytes), img) for k, img in enumerate(pixels)])
     assert_clean_exit(codes)
     worker = pipe.counters("worker")
     assert worker["rejected"] == 0 and worker["integrated"] == n, worker
@@ -845,38 +852,18 @@ def test_worker_decodes_compressed_frames_and_rejects_corrupt_ones(tmp_path, pip
     n = len(framings) + 3
     config = setup_run(tmp_path, source={"frames": n}, transport={"shared_memory": False},
                        workers={"batches_in_flight": 3} if engine_decodes else {})
-    zctx = zmq.Context.instance()
-    frames = zctx.socket(zmq.ROUTER)
-    frames.setsockopt(zmq.LINGER, 1000)
-    frames.bind(config.transport.frames_endpoint)
-    try:
-        pipe = pipelines(config, ingest=False, n_workers=1,
-                         **({"worker_target": decoding_worker_run} if engine_decodes else {}))
-        assert frames.poll(30_000), "the worker announced no credit"
-        identity, *hello = frames.recv_multipart()
-        assert decode(hello)[0].n >= n
-        sim = SimulatedSource.from_config(config, config.load_params())
-        pixels = [sim.make_frame(k) for k in range(len(framings))]
-        sent = [encode_frame(img, *f) + (f[0],) for img, f in zip(pixels, framings, strict=True)]
-        good, head, block, _ = sent[0]
-        smashed = good.copy()
-        smashed[head:head + 4] = 0x7F
-        half = encode_frame(pixels[0][: NZ // 2], "bslz4", True)
-        sent += [(good[:-7], head, block, "bslz4"), (smashed, head, block, "bslz4"), (half[0], half[1], half[2],
-                                                                                    "bslz4")]
-        for k, (payload, head, block, codec) in enumerate(sent):
-            header = FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(),
-                                 shape=pixels[0].shape, dtype=pixels[0].dtype.str, codec=codec, codec_header=head,
-                                 codec_block=block, nbytes=payload.size)
-            frames.send_multipart([identity, *encode(header, [payload])])
-        eos = zctx.socket(zmq.PUSH)
-        eos.setsockopt(zmq.LINGER, 1000)
-        eos.connect(config.transport.results_endpoint)
-        eos.send_multipart(encode(EndOfStream(run_id="t", n_frames=n)))
-        codes = pipe.finish()
-        eos.close()
-    finally:
-        frames.close()
+    sim = SimulatedSource.from_config(config, config.load_params())
+    pixels = [sim.make_frame(k) for k in range(len(framings))]
+    sent = [encode_frame(img, *f) + (f[0],) for img, f in zip(pixels, framings, strict=True)]
+    good, head, block, _ = sent[0]
+    smashed = good.copy()
+    smashed[head:head + 4] = 0x7F
+    half = encode_frame(pixels[0][: NZ // 2], "bslz4", True)
+    sent += [(good[:-7], head, block, "bslz4"), (smashed, head, block, "bslz4"), (half[0], half[1], half[2], "bslz4")]
+    codes, pipe = play_ingest(config, pipelines, decoding_worker_run if engine_decodes else worker_process.run, [
+        (FrameHeader(run_id="t", frame_index=k, source_id=f"t:{k}", timestamp=time.time(), shape=pixels[0].shape,
+                     dtype=pixels[0].dtype.str, codec=codec, codec_header=head, codec_block=block,
+                     nbytes=payload.size), payload) for k, (payload, head, block, codec) in enumerate(sent)])
     assert_clean_exit(codes)
     worker = pipe.counters("worker")
     assert worker["rejected"] == 3 and worker["rejected_decode_error"] == 3 and worker["integrated"] == len(framings)
