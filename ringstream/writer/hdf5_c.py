@@ -85,8 +85,9 @@ def set_link_phase_change(gcpl, max_compact: int = 0, min_dense: int = 0) -> boo
 def write_chunks(dataset, first: int, chunks) -> bool:
     """Write ``chunks`` (bytes-like, each one chunk as the dataset's filters store it, none filtered out) as rows
     ``first, first + 1, ...`` of ``dataset`` (an h5py ``DatasetID`` chunked one row a chunk, already large enough):
-    h5py's ``write_direct_chunk`` without its per-call cost, the GIL released while HDF5 writes. False (nothing
-    written) where the library cannot be reached."""
+    h5py's ``write_direct_chunk`` without its per-call cost, the GIL released while HDF5 writes. From a chunk HDF5
+    refuses on (a full disk), h5py's call writes again, so that the error is h5py's (an OSError with its errno, what
+    the writer's disk-full path takes). False (nothing written) where the library cannot be reached."""
     lib = library()
     if lib is None:
         return False
@@ -95,10 +96,16 @@ def write_chunks(dataset, first: int, chunks) -> bool:
     views = [np.frombuffer(c, dtype=np.uint8) for c in chunks]  # (read-only buffers too: zmq frames)
     did = dataset.id
     write = lib.H5Dwrite_chunk
+    failed = -1
     with phil:
         for k, v in enumerate(views):
             offset[0] = first + k
-            _ok(write(did, H5P_DEFAULT, 0, offset, v.nbytes, v.ctypes.data), "H5Dwrite_chunk")
+            if write(did, H5P_DEFAULT, 0, offset, v.nbytes, v.ctypes.data) < 0:
+                failed = k
+                break
+    if failed >= 0:  # a chunk HDF5 did not take (a full disk): h5py's own call writes it, and the rest, again, and
+        for k in range(failed, len(views)):  # raises what h5py raises (OSError with the errno) for the writer's
+            dataset.write_direct_chunk((first + k,) + (0,) * (rank - 1), views[k])  # error path
     return True
 
 
