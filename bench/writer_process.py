@@ -15,7 +15,8 @@ by its group's whole partial sum, float32 and compressed as workers send it (its
 zarr.zip chunk of its LZ4 blocks; made before the timed part), Poisson counts over rings normalised by bin area;
 ``cakes-osf1``: the same with ``Write2D 1``, the cake in each Result compressed as workers send it (its
 ``/cake/data/I`` chunk and its one-frame sum's HDF5 chunk, made before the timed part). The table gives the bytes a
-frame takes on the wire and in the files.
+frame takes on the wire and in the files. The messages cycle distinct frames whose wire bytes are at least twice the
+last-level cache (printed; in the JSON's ``working_sets``).
 
     python bench/writer_process.py [--cases lineouts,sums-osf1,cakes-osf1] [--frames 40000] [--repeat 3]
                                    [--transport ipc,tcp] [--machine vm] [--dir /tmp]
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+from workload import describe_llc, frames_to_exceed, last_level_cache
 
 from ringstream.compression import blocks_carry_over
 from ringstream.config import DaemonConfig
@@ -120,13 +122,21 @@ def poisson_cakes(k: int, n_r: int, n_eta: int, rng) -> np.ndarray:
     return np.stack([(rng.poisson(mean * area * np.ones((1, n_eta))) / area).astype(np.float32) for _ in range(k)])
 
 
-def messages(n: int, case: str = "lineouts") -> tuple[list, list]:
+def distinct(n: int, case: str, llc: dict) -> int:
+    """How many distinct frames the messages of ``case`` cycle: their wire bytes at least twice the last-level cache
+    (a compressed cake or sum counted at half its float32 bytes, fewer than it takes), at most ``n``."""
+    c = CASES[case]
+    cake = c["n_r"] * N_ETA * 4 // 2
+    frame = c["n_r"] * 4 + N_PEAKS * 7 * 8 + 40 * 8 + cake * (c["sums"] + 2 * c["cakes"])
+    return min(int(n), frames_to_exceed(frame, llc, minimum=64))
+
+
+def messages(n: int, case: str = "lineouts", k: int = 64) -> tuple[list, list]:
     """``n`` encoded Results in the order two workers would send them (``sums-osf1``: each followed by its frame's
-    float32 sum), and the partial sum (``lineouts``) and EOS after them."""
+    float32 sum), and the partial sum (``lineouts``) and EOS after them; ``k`` distinct frames, cycled."""
     c = CASES[case]
     n_r = c["n_r"]
     rng = np.random.default_rng(0)
-    k = 64
     lines = rng.random((k, n_r), dtype=np.float32)
     cakes = poisson_cakes(k, n_r, N_ETA, rng) if c["sums"] or c["cakes"] else None
     fits = rng.normal(size=(k, N_PEAKS, 7))
@@ -240,10 +250,18 @@ def main() -> None:
     cases = [c for c in args.cases.split(",") if c]
     targets = {"lineouts": 20000, "sums-osf1": 3000, "cakes-osf1": 3000}
     runs = []
+    llc = last_level_cache()
+    print(describe_llc(llc))
+    working_sets = {}
     for case in cases:
         n = args.frames if case == "lineouts" else args.cake_frames
-        msgs, tail = messages(n, case)
+        k = distinct(n, case, llc)
+        msgs, tail = messages(n, case, k)
         wire = sum(memoryview(b).nbytes for m in msgs for b in m) / n  # bytes a frame from workers to writer
+        working_sets[case] = {"distinct_frames": k, "bytes": round(wire * k), "times_llc": round(wire * k /
+                                                                                                 llc["total_bytes"], 2)}
+        print(f"{case}: {k} distinct frames, {wire * k / 2**20:.0f} MiB on the wire ({working_sets[case]['times_llc']}x "
+              f"the last-level cache)")
         for _ in range(args.repeat):  # the settings interleaved, so that each sees the same moments of a noisy machine
             for transport in transports:
                 for mb in sizes:
@@ -279,6 +297,7 @@ def main() -> None:
                       "cakes-osf1: the same with Write2D 1 (the cake in the Result); frames over first send to "
                       "writer exit",
               "targets_per_s": {c: targets[c] for c in cases}, "best": best, "runs": runs,
+              "last_level_cache": llc, "working_sets": working_sets,
               "machine": {"hostname": args.machine, "nproc": os.cpu_count(), "python": platform.python_version(),
                           "numpy": np.__version__, "h5py": h5py.__version__, "zarr": zarr.__version__,
                           "pyzmq": zmq.__version__, "platform": platform.platform(),
