@@ -115,8 +115,10 @@ class DeviceOmegaSums(Protocol):
         """Add the cakes of the just-collected ``sub`` to the sum of each frame's group (``groups[k]``)."""
         ...
 
-    def omega_take(self, group: int) -> np.ndarray | None:
-        """The sum of ``group`` (float64 ``[n_r, n_eta]``), removed; None when nothing was added to it."""
+    def omega_take(self, groups, dtype=np.float64) -> list[np.ndarray | None]:
+        """The sums of ``groups`` (each ``[n_r, n_eta]``, summed in float64, returned as ``dtype``: float64, or
+        float32 rounded to nearest), removed; None for a group nothing was added to. All in one call: a device
+        brings them back in one copy."""
         ...
 
 

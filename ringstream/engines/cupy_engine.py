@@ -139,6 +139,7 @@ class CupyEngine:
         self._cp = cp
         import cupyx
 
+        self._cupyx = cupyx
         self.shape: tuple[int, int] = (int(imap.shape[0]), int(imap.shape[1]))
         self.n_r, self.n_eta = int(imap.n_r), int(imap.n_eta)
         self.n_bins = self.n_r * self.n_eta
@@ -185,11 +186,14 @@ class CupyEngine:
             self._h_cake = [cupyx.empty_pinned((self.batch, self.n_bins), np.float64)
                             for _ in range(self.n_streams)]
             self._h_line = [cupyx.empty_pinned((self.batch, self.n_r), np.float64) for _ in range(self.n_streams)]
-            self._lineout_kernel, self._omega_kernel = lineout_and_omega_kernels(cp, self.device_id)
+            self._lineout_kernel, self._omega_kernel, self._omega_take_kernel = \
+                lineout_and_omega_kernels(cp, self.device_id)
             # the omega sums (omega_add): per (stream, group) a float64 [n_bins] accumulator; the event recorded
-            # after each stream's last add (a sum is read back once the adds before it are done, not the later work)
+            # after each stream's last add (a sum is read back once the adds before it are done, not the later work);
+            # omega_take's own stream, which waits for those events only
             self._omega_acc: dict[tuple[int, int], object] = {}
             self._omega_events = [cp.cuda.Event(disable_timing=True) for _ in range(self.n_streams)]
+            self._omega_stream = cp.cuda.Stream(non_blocking=True)
         # per stream, grown on demand: raw device input bytes (and, in staging, pinned staging bytes)
         self._d_in_mem: list = [None] * self.n_streams
         self._d_in_cap = [0] * self.n_streams
@@ -506,20 +510,45 @@ class CupyEngine:
                 k0 = k1
             self._omega_events[s].record(stream)
 
-    def omega_take(self, group: int) -> np.ndarray | None:
-        """The device omega sum of ``group`` (float64 ``[n_r, n_eta]``, every stream's accumulator added in stream
-        order), removed from the device; None when no cake of that group was added."""
-        group = int(group)
-        total = None
-        with self.device:
-            for s in range(self.n_streams):
-                acc = self._omega_acc.pop((s, group), None)
-                if acc is None:
-                    continue
-                self._omega_events[s].synchronize()
-                part = acc.get()
-                total = part if total is None else total + part
-        return None if total is None else total.reshape(self.n_r, self.n_eta)
+    def omega_take(self, groups, dtype=np.float64) -> list[np.ndarray | None]:
+        """The device omega sums of ``groups`` (each ``[n_r, n_eta]``: every stream's accumulator added in stream
+        order, in float64, then written as ``dtype``, float64 or float32: rounded to nearest, as NumPy's ``astype``),
+        removed from the device; None for a group no cake was added to. One kernel and one copy into page-locked
+        memory for all of them, on a stream of their own that waits for the adds of the streams holding them, not
+        for the work enqueued on those streams since. The arrays are views of one page-locked buffer (freed with
+        the last of them)."""
+        cp = self._cp
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"omega_take: dtype float64 or float32, not {dtype}")
+        groups = [int(g) for g in groups]
+        parts = [[(s, self._omega_acc.pop((s, g))) for s in range(self.n_streams) if (s, g) in self._omega_acc]
+                 for g in groups]
+        present = [i for i, p in enumerate(parts) if p]
+        out: list[np.ndarray | None] = [None] * len(groups)
+        if not present:
+            return out
+        table = np.zeros((len(present), self.n_streams), dtype=np.uint64)  # device pointers, stream order, 0 after
+        for row, i in enumerate(present):
+            for k, (_, acc) in enumerate(parts[i]):
+                table[row, k] = acc.data.ptr
+        stream = self._omega_stream
+        host = self._cupyx.empty_pinned((len(present), self.n_bins), dtype)
+        with self.device, stream:
+            for s in sorted({s for i in present for s, _ in parts[i]}):
+                stream.wait_event(self._omega_events[s])
+            d_table = cp.asarray(table)
+            d_out = cp.empty((len(present), self.n_bins), dtype)
+            self._omega_take_kernel(((self.n_bins + 255) // 256, len(present)), (256,),
+                                    (d_table, np.int32(self.n_streams), np.int32(self.n_bins),
+                                     np.int32(dtype == np.float32), d_out))
+            cp.cuda.runtime.memcpyAsync(int(host.ctypes.data), d_out.data.ptr, host.nbytes,
+                                        cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+            stream.synchronize()  # (the accumulators, the table and d_out are freed after this only)
+        for row, i in enumerate(present):
+            out[i] = host[row].reshape(self.n_r, self.n_eta)
+        del parts, d_table, d_out
+        return out
 
     def omega_groups(self) -> list[int]:
         """The groups with a device omega sum not yet taken."""

@@ -11,6 +11,8 @@ What each kernel computes, as NumPy (frames ``X`` ``[n, nZ, nY]`` of any integer
     lineout = (cake.reshape(n, n_r, n_eta) * Aw).sum(-1) / Aw.sum(-1)     # 0 where a ring has no area
     # omega_add
     acc += cake[k0:k1].astype(np.float32).astype(np.float64).sum(0)       # [n_bins]
+    # omega_take
+    out[g] = (parts[g][0] + parts[g][1] + ...).astype(out.dtype)         # float64 sums, float32 or float64 out
 
 How:
 
@@ -23,6 +25,9 @@ How:
 - ``lineout_rows``: one thread per (frame, ring).
 - ``omega_add``: one thread per bin; adds the cakes of frames ``k0..k1-1`` (each rounded to float32, as the cake a
   Result carries) into a float64 accumulator of one omega-sum group.
+- ``omega_take``: one thread per (bin, group); adds a group's accumulators (a table of device pointers, a row per
+  group, 0 after its last) in the table's order, and writes the float64 total, or it rounded to float32 (round to
+  nearest, as NumPy's ``astype``), into row ``g`` of the output.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ CTYPES = {
 BMAX = 8
 #: warps (bin rows) per block of ``integrate_rows``
 WARPS_PER_BLOCK = 8
-#: compiled kernels, shared by the engines of a process: (device, dtype code, bmax), (device, "lineout") or
-#: (device, "omega_add")
+#: compiled kernels, shared by the engines of a process: (device, dtype code, bmax), (device, "lineout_rows"),
+#: (device, "omega_add") or (device, "omega_take")
 _KERNEL_CACHE: dict = {}
 
 KERNEL_SOURCE = r"""
@@ -116,6 +121,21 @@ omega_add(const double* __restrict__ cake, const int k0, const int k1, const int
     for (int k = k0; k < k1; ++k) s += (double)(float)cake[(long long)k * n_bins + i];
     acc[i] = s;
 }
+
+extern "C" __global__ void
+omega_take(const unsigned long long* __restrict__ parts, const int n_parts, const int n_bins, const int as_float,
+           void* __restrict__ out)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int g = blockIdx.y;
+    if (i >= n_bins) return;
+    const unsigned long long* p = parts + (long long)g * n_parts;
+    double s = ((const double*)p[0])[i];
+    for (int k = 1; k < n_parts && p[k]; ++k) s += ((const double*)p[k])[i];
+    const long long o = (long long)g * n_bins + i;
+    if (as_float) ((float*)out)[o] = (float)s;
+    else ((double*)out)[o] = s;
+}
 """
 KERNEL_SOURCE = f"#define EMPTY_BIN_AREA {EMPTY_BIN_AREA!r}\n" + KERNEL_SOURCE
 
@@ -136,10 +156,11 @@ def row_kernel(cp, device, device_id: int, dtype: np.dtype, bmax: int):
 
 
 def lineout_and_omega_kernels(cp, device_id: int):
-    """(``lineout_rows``, ``omega_add``) on the current CUDA device (ordinal ``device_id``), compiled on first use."""
-    key = (device_id, "lineout")
-    if key not in _KERNEL_CACHE:
+    """(``lineout_rows``, ``omega_add``, ``omega_take``) on the current CUDA device (ordinal ``device_id``), compiled
+    on first use."""
+    names = ("lineout_rows", "omega_add", "omega_take")
+    if (device_id, names[0]) not in _KERNEL_CACHE:
         mod = cp.RawModule(code=KERNEL_SOURCE, options=("-std=c++17",))
-        _KERNEL_CACHE[key] = mod.get_function("lineout_rows")
-        _KERNEL_CACHE[(device_id, "omega_add")] = mod.get_function("omega_add")
-    return _KERNEL_CACHE[key], _KERNEL_CACHE[(device_id, "omega_add")]
+        for name in names:
+            _KERNEL_CACHE[(device_id, name)] = mod.get_function(name)
+    return tuple(_KERNEL_CACHE[(device_id, name)] for name in names)

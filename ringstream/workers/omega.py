@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -87,18 +87,27 @@ class OmegaPartials:
         for h in headers:
             self._held(h)
 
-    def due(self, idle: bool = False) -> Iterator[PartialSum]:
-        """Pop and yield every due group, its ``total`` the whole sum (host and device; zeros when empty)."""
+    def due(self, idle: bool = False, whole_dtype="<f8") -> list[PartialSum]:
+        """Pop every due group, in order, its ``total`` the whole sum (host and device; zeros when empty): float64,
+        or ``whole_dtype`` for a group whose frames are all here (:meth:`whole`) and were all summed on the device
+        (the device rounds it, and brings back half the bytes). The device's sums come back in one call."""
         if not self.held:
-            return
+            return []
         newest, now = max(self.held), time.monotonic()
-        for g in sorted(self.held):
-            h = self.held[g]
-            if idle or g < newest or now - h.since >= self.MAX_AGE or h.frames.n_frames >= self.max_frames:
-                del self.held[g]
-                dev = self.device.omega_take(h.key) if self.device is not None else None
-                if dev is not None:
-                    h.total = dev if h.total is None else h.total + dev
-                if h.total is None:
-                    h.total = np.zeros(self.shape, dtype="<f8")
-                yield h
+        due = [h for g, h in sorted(self.held.items())
+               if idle or g < newest or now - h.since >= self.MAX_AGE or h.frames.n_frames >= self.max_frames]
+        for h in due:
+            del self.held[h.key]
+        if self.device is not None and due:
+            narrow = np.dtype(whole_dtype)
+            rounded = [h.total is None and self.whole(h) for h in due] if narrow != np.float64 else [False] * len(due)
+            for want, dtype in ((True, narrow), (False, np.dtype("<f8"))):
+                hs = [h for h, r in zip(due, rounded, strict=True) if r is want]
+                if hs:
+                    for h, dev in zip(hs, self.device.omega_take([h.key for h in hs], dtype), strict=True):
+                        if dev is not None:
+                            h.total = dev if h.total is None else h.total + dev
+        for h in due:
+            if h.total is None:
+                h.total = np.zeros(self.shape, dtype="<f8")
+        return due

@@ -486,9 +486,10 @@ class _Worker:
         """Send the partial omega sums that are due (another group started, held too long, or ``idle``)."""
         if self.partials is None:
             return
-        for p in self.partials.due(idle):
-            # a group's whole sum goes rounded to the stored dtype, as the writer would store it (half the bytes), and
-            # compressed as the files store it, in the worker's compression threads: the writer only places the chunks
+        for p in self.partials.due(idle, whole_dtype=self.stored_dtype):
+            # a group's whole sum goes rounded to the stored dtype, as the writer would store it (half the bytes; the
+            # device rounds what it summed alone), and compressed as the files store it, in the worker's compression
+            # threads: the writer only places the chunks
             whole = self.partials.whole(p)
             dtype = self.stored_dtype if whole else "<f8"
             total = np.ascontiguousarray(p.total, dtype=dtype)

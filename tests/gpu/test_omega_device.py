@@ -20,6 +20,8 @@ from test_outputs import PARAMS as OUTPUTS_PARAMS  # noqa: E402
 
 
 def test_device_omega_sums_equal_the_reference_sums():
+    """Every cake is added twice, under group g and g + 100: the sums taken in float64 match the reference, and the
+    ones taken in float32 are exactly those float64 sums rounded as NumPy rounds them."""
     from ringstream.engines.cupy_engine import CupyEngine
 
     rng = np.random.default_rng(73)
@@ -30,6 +32,11 @@ def test_device_omega_sums_equal_the_reference_sums():
     stack = _frames(rng, "i4", 30, shape)
     _, rc = ref.integrate_batch(stack)
     size = 7  # OmegaSumFrames: groups split inside batches of 4
+
+    def add(sub, ids):
+        eng.omega_add(sub, [i // size for i in ids])
+        eng.omega_add(sub, [100 + i // size for i in ids])
+
     try:
         eng._poison()
         pending = []
@@ -40,17 +47,22 @@ def test_device_omega_sums_equal_the_reference_sums():
                 sub, ids = pending.pop(0)
                 lines, cakes = eng.collect(sub)
                 assert cakes is None
-                eng.omega_add(sub, [i // size for i in ids])
+                add(sub, ids)
         for sub, ids in pending:
             eng.collect(sub)
-            eng.omega_add(sub, [i // size for i in ids])
-        assert eng.omega_groups() == [0, 1, 2, 3, 4]
+            add(sub, ids)
+        assert eng.omega_groups() == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104]
+        wide = eng.omega_take([0, 1, 2, 3, 4, 7], np.float64)  # group 7: nothing added
+        narrow = eng.omega_take([104, 100, 101, 102, 103], np.float32)
+        narrow = narrow[1:] + narrow[:1]
+        assert wide[5] is None
         for g in range(5):
-            got = eng.omega_take(g)
             want = rc[size * g:size * g + size].astype(np.float32).astype(np.float64).sum(axis=0)
-            assert got.shape == want.shape == (12, 18)
-            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * np.abs(want).max())
-        assert eng.omega_groups() == [] and eng.omega_take(0) is None
+            assert wide[g].shape == narrow[g].shape == want.shape == (12, 18)
+            assert wide[g].dtype == np.float64 and narrow[g].dtype == np.float32
+            np.testing.assert_allclose(wide[g], want, rtol=2e-6, atol=1e-6 * np.abs(want).max())
+            np.testing.assert_array_equal(narrow[g], wide[g].astype(np.float32))
+        assert eng.omega_groups() == [] and eng.omega_take([0]) == [None]
     finally:
         eng.close()
 

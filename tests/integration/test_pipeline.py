@@ -120,9 +120,12 @@ class _DeviceSumEngine(_DeferredEngine):
             key = (sub.stream, g)
             self.sums[key] = self.sums.get(key, 0.0) + self.cakes[sub.stream][k]
 
-    def omega_take(self, group):
-        parts = [self.sums.pop(k) for k in sorted(self.sums) if k[1] == group]
-        return sum(parts[1:], parts[0]) if parts else None
+    def omega_take(self, groups, dtype=np.float64):
+        out = []
+        for group in groups:
+            parts = [self.sums.pop(k) for k in sorted(self.sums) if k[1] == group]
+            out.append(sum(parts[1:], parts[0]).astype(dtype) if parts else None)
+        return out
 
 
 class _PinnedCakesEngine(_DeviceSumEngine):

@@ -25,9 +25,10 @@ class FakeDevice:
     def add(self, group: int, cake) -> None:
         self.sums[group] = self.sums.get(group, 0) + np.asarray(cake, np.float32).astype(np.float64)
 
-    def omega_take(self, group: int):
-        self.taken.append(group)
-        return self.sums.pop(group, None)
+    def omega_take(self, groups, dtype=np.float64):
+        self.taken.extend(groups)
+        sums = [self.sums.pop(g, None) for g in groups]
+        return [None if s is None else np.asarray(s).astype(dtype) for s in sums]
 
 
 def test_device_counted_frames_and_host_cakes_sum_per_group():
@@ -118,3 +119,32 @@ def test_groups_of_two_runs_never_meet():
             rows = [start + i for i in range(g.frames.first_frame, g.frames.last_frame + 1)]
             np.testing.assert_array_equal(g.total, cakes[rows].sum(0))
         assert len({g.key for g in got}) == len(got)
+
+
+def test_whole_groups_summed_on_the_device_come_back_in_the_stored_dtype_the_others_in_float64():
+    """``due(whole_dtype=float32)``: a whole group whose frames the device alone summed comes back float32, the
+    device's rounding of its float64 sum; a group short of frames, or one with a frame summed here, comes back
+    float64 (the writer adds parts in float64). Every due group's device sum is taken in one call per dtype."""
+    rng = np.random.default_rng(11)
+    cakes = rng.uniform(0, 1e4, (9, 3, 4))
+    dev = FakeDevice()
+    calls = []
+    take = dev.omega_take
+    dev.omega_take = lambda groups, dtype=np.float64: calls.append((list(groups), np.dtype(dtype))) or take(groups,
+                                                                                                          dtype)
+    p = OmegaPartials(3, 3, 4, device=dev)
+    on_device = [0, 1, 2, 3, 4, 5, 6]  # groups 0 and 1 on the device; group 2 short of frames (6, then 7 here)
+    for k in on_device:
+        dev.add(p.key(header(k)), cakes[k])
+    p.count([header(k) for k in on_device])
+    p.add(header(7), cakes[7])
+    got = p.due(idle=True, whole_dtype="<f4")
+    assert [h.group for h in got] == [0, 1, 2]
+    assert calls == [([0, 3], np.dtype("<f4")), ([6], np.dtype("<f8"))]
+    for g in (0, 1):
+        want = cakes[3 * g:3 * g + 3].astype(np.float32).astype(np.float64).sum(0)
+        assert got[g].total.dtype == np.float32
+        np.testing.assert_array_equal(got[g].total, want.astype(np.float32))
+    assert got[2].total.dtype == np.float64 and not p.whole(got[2])
+    np.testing.assert_array_equal(got[2].total, cakes[6].astype(np.float32).astype(np.float64)
+                                  + cakes[7].astype(np.float32))
