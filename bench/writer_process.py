@@ -11,8 +11,8 @@ writer's exit (close included). Both processes share this machine's CPUs, as wor
 
 Cases (``--cases``): ``lineouts`` (the above); ``sums-osf1``, the demo's settings (``OmegaSumFrames 1``, MIDAS's
 default, ``Write2D 0``, zarr.zip on): 990 x 72 bins as in ``configs/demo-pilatus2m.txt``, each frame's Result followed
-by its group's whole partial sum, float32 and compressed as workers send it (its HDF5 chunk; the writer makes the
-zarr.zip chunk of its LZ4 blocks; made before the timed part), Poisson counts over rings normalised by bin area;
+by its group's whole partial sum, float32 and compressed as workers send it (its HDF5 chunk and the starts of its
+LZ4 blocks, of which the writer makes the zarr.zip chunk; made before the timed part), Poisson counts over rings normalised by bin area;
 ``cakes-osf1``: the same with ``Write2D 1``, the cake in each Result compressed as workers send it (its
 ``/cake/data/I`` chunk and its one-frame sum's HDF5 chunk, made before the timed part). The table gives the bytes a
 frame takes on the wire and in the files. The messages cycle distinct frames whose wire bytes are at least twice the
@@ -142,7 +142,7 @@ def messages(n: int, case: str = "lineouts", k: int = 64) -> tuple[list, list]:
     fits = rng.normal(size=(k, N_PEAKS, 7))
     # compressed as the workers do, before the timed part: each sum, or each cake and its one-frame sum
     zarr = zarr_travels(n_r)  # (as workers do: the zarr chunk only where the writer cannot make it of the HDF5 one)
-    chunks = [sum_chunks(cakes[j], zarr=zarr) for j in range(k)] if c["sums"] else None
+    chunks = [sum_chunks(cakes[j], zarr=zarr, starts=not zarr) for j in range(k)] if c["sums"] else None
     packed = [cake_chunks(cakes[j], "<f4", zarr=zarr) for j in range(k)] if c["cakes"] else None
     table, values = np.array([[80, 40]], dtype=np.int32), rng.random(40)
     order = []
@@ -161,7 +161,7 @@ def messages(n: int, case: str = "lineouts", k: int = 64) -> tuple[list, list]:
         if c["sums"]:  # the frame's group is whole: float32 and compressed for both files, as a worker sends it
             out.append(encode(OmegaPartial(run_id="bench", group=i, n_frames=1, first_frame=i, last_frame=i,
                                            worker=i % 2, frames=[i], n_r=n_r, n_eta=N_ETA, dtype="<f4",
-                                           compressed=True), chunks[j]))
+                                           compressed=True, block_starts=not zarr), chunks[j]))
     tail = [] if c["sums"] or c["cakes"] else [
         encode(OmegaPartial(run_id="bench", group=0, n_frames=n, n_r=N_R, n_eta=N_ETA), [rng.random((N_R, N_ETA))])]
     return out, tail + [encode(EndOfStream(run_id="bench", n_frames=n))]

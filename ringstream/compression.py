@@ -9,8 +9,8 @@ compressed, and the writer only places it (docs/OUTPUTS.md, "Compression").
   then Blosc's blocks.
 
 The two are not the same bytes, but the LZ4 blocks can be: :func:`zarr_from_hdf5` makes the zarr chunk of a value
-out of its HDF5 chunk without compressing again (:func:`zarr_pieces`: the same as pieces, views of the HDF5 chunk's
-blocks, for a writer that never joins them). Both formats bit-shuffle each block of 8 kB on its own with the
+out of its HDF5 chunk without compressing again (:func:`zarr_of_hdf5`: the same, written straight where it goes, as
+a writer gathers it). Both formats bit-shuffle each block of 8 kB on its own with the
 same transposition (the bitshuffle library's, which c-blosc carries) and compress it with LZ4; only the framing
 differs (a big-endian length before each block here; a Blosc header, a table of block offsets and little-endian
 lengths there). So the HDF5 chunk's LZ4 blocks are placed, unchanged, in a Blosc frame that declares 8 kB blocks,
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BLOSC_LEVEL", "CODECS", "decode_hdf5_chunk", "decoded_size", "hdf5_chunk", "zarr_compressor",
-           "zarr_encode", "zarr_from_hdf5", "zarr_pieces", "blocks_carry_over"]
+__all__ = ["BLOCK_BYTES", "BLOSC_LEVEL", "CODECS", "decode_hdf5_chunk", "decoded_size", "hdf5_chunk", "zarr_compressor",
+           "zarr_encode", "zarr_from_hdf5", "zarr_of_hdf5", "ZarrOfHdf5", "block_starts", "blocks_carry_over"]
 
 #: Blosc's compression level of the zarr.zip arrays (LZ4 gains little above 5, and costs time)
 BLOSC_LEVEL = 5
@@ -41,7 +41,7 @@ BLOSC_LEVEL = 5
 CODECS = ("hdf5", "zarr")
 
 #: the bitshuffle filter's block: 8 kB of elements (``bshuf_default_block_size``), recorded in each chunk's header
-_BSHUF_BLOCK_BYTES = 8192
+BLOCK_BYTES = 8192
 _HDF5_HEADER = struct.Struct(">QI")
 _BLOSC_HEADER = 16
 
@@ -73,7 +73,7 @@ def hdf5_chunk(a: np.ndarray) -> bytes:
 
     _openmp_alone()
     a = np.ascontiguousarray(a)
-    return _HDF5_HEADER.pack(a.nbytes, _BSHUF_BLOCK_BYTES) + bitshuffle.compress_lz4(a).tobytes()
+    return _HDF5_HEADER.pack(a.nbytes, BLOCK_BYTES) + bitshuffle.compress_lz4(a).tobytes()
 
 
 #: Blosc's header: format version 2, LZ4 format version 1, flags, typesize; then nbytes, blocksize, cbytes (LE)
@@ -81,7 +81,6 @@ _BLOSC_FRAME = struct.Struct("<BBBBIII")
 #: the flags of a transcoded chunk: bit shuffle (0x4), no split streams (0x10), LZ4 (codec 1 in bits 5-7)
 _BLOSC_FLAGS = 0x04 | 0x10 | (1 << 5)
 _BE32 = struct.Struct(">I")
-_LE32 = struct.Struct("<I")
 
 
 def blocks_carry_over(n_values: int) -> bool:
@@ -91,18 +90,70 @@ def blocks_carry_over(n_values: int) -> bool:
     return int(n_values) > 0 and int(n_values) % 8 == 0
 
 
-def zarr_pieces(chunk: Any, itemsize: int) -> list[Any] | None:
-    """The zarr.zip chunk (Blosc: LZ4, bit shuffle) of the value whose :func:`hdf5_chunk` is ``chunk`` (elements of
-    ``itemsize`` bytes), made from its LZ4 blocks without compressing again (see the module docstring), as the
-    pieces that follow one another in it: Blosc's header and table of block starts, then for each block its length
-    (4 bytes, little-endian) and a view of its LZ4 bytes in ``chunk`` (no copy: a writer hands them to one
-    ``pwritev``, :class:`~ringstream.writer.zip_append.GrowingZip`). None where the blocks cannot be carried over as
-    they are (then :func:`zarr_encode` the value). ValueError for a chunk whose framing is broken."""
+class ZarrOfHdf5:
+    """The zarr.zip chunk (Blosc: LZ4, bit shuffle) of the value whose :func:`hdf5_chunk` is ``chunk``, made from
+    its LZ4 blocks without compressing again (see the module docstring; :func:`zarr_of_hdf5` makes it). ``nbytes``:
+    its size; :meth:`into` writes it into a buffer: Blosc's header and table of block starts, then the HDF5 chunk's
+    bytes after its header in one copy, each block's length then made little-endian in place (a few NumPy calls,
+    whatever the number of blocks: a writer thread gathering chunks holds Python's lock that little)."""
+
+    __slots__ = ("_body", "_head", "_at", "_lengths", "nbytes")
+
+    def __init__(self, body: memoryview, head: bytes, at: np.ndarray, lengths: np.ndarray) -> None:
+        self._body, self._head, self._at, self._lengths = body, head, at, lengths
+        self.nbytes = len(head) + len(body)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def into(self, out: Any) -> None:
+        """Write the chunk into ``out[:nbytes]`` (a writable buffer of at least ``nbytes`` bytes)."""
+        m = memoryview(out).cast("B")
+        h = len(self._head)
+        m[:h] = self._head
+        m[h:self.nbytes] = self._body
+        np.frombuffer(m, np.uint8, self.nbytes)[self._at] = self._lengths
+
+    def tobytes(self) -> bytes:
+        buf = bytearray(self.nbytes)
+        self.into(buf)
+        return bytes(buf)
+
+
+def block_starts(chunk: Any) -> np.ndarray:
+    """Where each LZ4 block of an :func:`hdf5_chunk` starts (its 4-byte length), int32 offsets in the chunk: what a
+    worker sends with a sum's HDF5 chunk so that the writer makes the zarr chunk of it without walking the blocks
+    (:func:`zarr_of_hdf5`). ValueError for a chunk whose framing is broken."""
     view = memoryview(chunk).cast("B")
     if len(view) < _HDF5_HEADER.size:
         raise ValueError(f"an HDF5 chunk of {len(view)} bytes has no header")
     total, block = _HDF5_HEADER.unpack_from(view)
-    if block != _BSHUF_BLOCK_BYTES or itemsize < 1 or block % itemsize or total % itemsize or not 0 < total < 2**31 - 64:
+    n_blocks = -(-total // block) if block else 0
+    end = len(view)
+    starts = []
+    pos = _HDF5_HEADER.size
+    unpack, append = _BE32.unpack_from, starts.append
+    for k in range(n_blocks):  # (each block's place follows from the last one's length)
+        if pos + 4 > end:
+            raise ValueError(f"HDF5 chunk of {end} bytes: block {k} of {n_blocks} is cut off")
+        append(pos)
+        pos += 4 + unpack(view, pos)[0]
+    if pos != end:
+        raise ValueError(f"HDF5 chunk of {end} bytes: its {n_blocks} blocks end at byte {pos}")
+    return np.array(starts, dtype="<i4")
+
+
+def zarr_of_hdf5(chunk: Any, itemsize: int, starts: Any = None) -> ZarrOfHdf5 | None:
+    """The zarr.zip chunk of the value whose :func:`hdf5_chunk` is ``chunk`` (elements of ``itemsize`` bytes), to be
+    written where it goes (:class:`ZarrOfHdf5`; it views ``chunk``). ``starts``: the chunk's :func:`block_starts`
+    (int32 little-endian, any buffer), checked against the chunk in a few NumPy calls, else found here (a Python
+    loop over the blocks). None where the blocks cannot be carried over as they are (then :func:`zarr_encode` the
+    value). ValueError for a chunk whose framing is broken, or starts that are not its blocks'."""
+    view = memoryview(chunk).cast("B")
+    if len(view) < _HDF5_HEADER.size:
+        raise ValueError(f"an HDF5 chunk of {len(view)} bytes has no header")
+    total, block = _HDF5_HEADER.unpack_from(view)
+    if block != BLOCK_BYTES or itemsize < 1 or block % itemsize or total % itemsize or not 0 < total < 2**31 - 64:
         return None
     n = total // itemsize
     if not blocks_carry_over(n):  # elements past the last multiple of 8: stored raw by bitshuffle, shuffled by Blosc
@@ -111,34 +162,39 @@ def zarr_pieces(chunk: Any, itemsize: int) -> list[Any] | None:
     last = n % per_block  # elements of bitshuffle's last, shorter block (a multiple of 8, as the blocks are)
     n_blocks = n // per_block + (last > 0)
     end = len(view)
+    if starts is None:
+        at = block_starts(view).astype(np.int64)
+    else:
+        at = np.frombuffer(starts, "<i4").astype(np.int64)
+        if at.size != n_blocks or at[0] != _HDF5_HEADER.size or at.max() + 4 > end:
+            raise ValueError(f"HDF5 chunk of {end} bytes: {at.size} block starts given for its {n_blocks} blocks, "
+                             f"not all in it")
+    lengths = np.frombuffer(view, np.uint8)[(at[:, None] + _BYTES4).ravel()].view(">u4")
+    if starts is not None:  # each block ends where the next one starts, the last one at the chunk's end
+        ends = at + 4 + lengths
+        if (ends[:-1] != at[1:]).any() or ends[-1] != end:
+            raise ValueError(f"HDF5 chunk of {end} bytes: the block starts given are not its blocks'")
+    raw = np.full(n_blocks, block, dtype=np.int64)
+    if last:
+        raw[-1] = last * itemsize
+    if (lengths == raw).any():  # Blosc would read such a block as stored raw
+        return None
     head = _BLOSC_FRAME.size + 4 * n_blocks
-    pieces: list[Any] = [None]
-    starts = []
-    pos = _HDF5_HEADER.size
-    unpack, le32 = _BE32.unpack_from, _LE32.pack
-    full = n // per_block
-    for k in range(n_blocks):
-        if pos + 4 > end:
-            raise ValueError(f"HDF5 chunk of {end} bytes: block {k} of {n_blocks} is cut off")
-        size = unpack(view, pos)[0]
-        if size == (block if k < full else last * itemsize):  # Blosc would read it as stored raw
-            return None
-        starts.append(pos - _HDF5_HEADER.size + head)
-        pieces += (le32(size), view[pos + 4:pos + 4 + size])
-        pos += 4 + size
-    if pos != end:
-        raise ValueError(f"HDF5 chunk of {end} bytes: its {n_blocks} blocks end at byte {pos}")
+    at += head - _HDF5_HEADER.size  # where each length goes in the zarr chunk (its block's start)
     # (a value of one short block declares it whole: Blosc refuses a block larger than the value)
-    pieces[0] = _BLOSC_FRAME.pack(2, 1, _BLOSC_FLAGS, itemsize, total, min(block, total),
-                                  head + end - _HDF5_HEADER.size) + struct.pack(f"<{n_blocks}i", *starts)
-    return pieces
+    header = _BLOSC_FRAME.pack(2, 1, _BLOSC_FLAGS, itemsize, total, min(block, total), head + end - _HDF5_HEADER.size)
+    return ZarrOfHdf5(view[_HDF5_HEADER.size:], header + at.astype("<i4").tobytes(), (at[:, None] + _BYTES4).ravel(),
+                      lengths.astype("<u4").view(np.uint8))
+
+
+#: the 4 bytes of a block's length
+_BYTES4 = np.arange(4, dtype=np.int64)
 
 
 def zarr_from_hdf5(chunk: Any, itemsize: int) -> bytes | None:
-    """:func:`zarr_pieces` joined: the zarr.zip chunk as one bytes object (None where the blocks do not carry
-    over)."""
-    pieces = zarr_pieces(chunk, itemsize)
-    return None if pieces is None else b"".join(pieces)
+    """:func:`zarr_of_hdf5` as one bytes object (None where the blocks do not carry over)."""
+    z = zarr_of_hdf5(chunk, itemsize)
+    return None if z is None else z.tobytes()
 
 
 def decode_hdf5_chunk(chunk: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -151,7 +207,7 @@ def decode_hdf5_chunk(chunk: Any, shape: tuple[int, ...], dtype: Any) -> np.ndar
     if decoded_size("hdf5", chunk) != want:
         raise ValueError(f"an HDF5 chunk of {decoded_size('hdf5', chunk)} bytes for {shape} {dtype}")
     raw = np.frombuffer(chunk, dtype=np.uint8)[_HDF5_HEADER.size:]
-    return bitshuffle.decompress_lz4(raw, tuple(shape), dtype, _BSHUF_BLOCK_BYTES // dtype.itemsize)
+    return bitshuffle.decompress_lz4(raw, tuple(shape), dtype, BLOCK_BYTES // dtype.itemsize)
 
 
 def decoded_size(codec: str, chunk: Any) -> int:

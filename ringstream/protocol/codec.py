@@ -26,8 +26,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ringstream.compression import BLOCK_BYTES, decoded_size
 from ringstream.compression import CODECS as CHUNK_CODECS
-from ringstream.compression import decoded_size
 from ringstream.errors import RingstreamError
 from ringstream.protocol.messages import (
     FIT_COLUMNS,
@@ -185,7 +185,7 @@ _CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "peaks": {"run_id": _STR, "seq": _COUNT, "from_frame": _INDEX, "peaks": _NUM_LIST, "origin": _STR},
     "omegasum": {"run_id": _STR, "group": _COUNT, "n_frames": _COUNT, "first_frame": _INDEX, "last_frame": _INDEX,
                  "worker": _COUNT, "worker_pid": _COUNT, "frames": _INDEX_LIST, "n_r": _COUNT, "n_eta": _COUNT,
-                 "dtype": _one_of(*PARTIAL_DTYPES), "compressed": _BOOL},
+                 "dtype": _one_of(*PARTIAL_DTYPES), "compressed": _BOOL, "block_starts": _BOOL},
     "eos": {"run_id": _STR, "n_frames": _COUNT, "first_frame": _INDEX, "final": _BOOL, "reason": _STR,
             "counters": _INT_COUNTERS},
     "runstart": {"run_id": _STR, "first_frame": _INDEX, "name": _STR, "reason": _STR, "meta": _METADATA},
@@ -507,6 +507,12 @@ def _check_chunks(kwargs: dict[str, Any], buffers: list[memoryview]) -> None:
     of ``dtype``, each header saying so (:func:`ringstream.compression.decoded_size`; the bytes are not decoded)."""
     want = kwargs["n_r"] * kwargs["n_eta"] * PARTIAL_DTYPES[kwargs.get("dtype", "<f8")]
     where = f"compressed omegasum of group {kwargs['group']}"
+    if kwargs.get("block_starts", False):  # the HDF5 chunk, then an int32 start of each of its 8 kB blocks
+        n_blocks = -(-want // BLOCK_BYTES)
+        if len(buffers) != 2 or buffers[1].nbytes != 4 * n_blocks:
+            raise ProtocolError("size", f"{where}: {len(buffers)} buffers, expected the HDF5 chunk and the starts of "
+                                        f"its {n_blocks} blocks ({4 * n_blocks} bytes)")
+        buffers = buffers[:1]
     if len(buffers) not in (1, 2):
         raise ProtocolError("size", f"{where}: {len(buffers)} buffers, expected the HDF5 chunk and optionally the "
                                     f"zarr chunk")

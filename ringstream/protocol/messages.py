@@ -171,7 +171,10 @@ class OmegaPartial:
     dtype, NaN made 0) travels as the chunks the files store, made by the worker (:mod:`ringstream.compression`):
     buffer 0 the HDF5 chunk (bitshuffle + LZ4, filter 32008, with its 12-byte header), buffer 1, when the run
     writes a zarr.zip and the writer cannot make it of the HDF5 chunk's blocks
-    (:func:`ringstream.compression.blocks_carry_over`), the zarr chunk (Blosc); the writer places them as they are. Sent to the writer when cakes are
+    (:func:`ringstream.compression.blocks_carry_over`), the zarr chunk (Blosc); the writer places them as they are.
+    ``block_starts``: buffer 1 is instead where each LZ4 block of the HDF5 chunk starts (int32 little-endian,
+    :func:`ringstream.compression.block_starts`), so that the writer makes the zarr chunk of those blocks without
+    walking them (it checks them against the chunk). Sent to the writer when cakes are
     not sent per frame (``Write2D 0``), always after the Results of its frames; ``first_frame`` / ``last_frame`` are
     the first and last frame_index summed (within the run), ``frames`` the daemon-wide ``frame_index`` of each frame
     summed (what the writer acknowledges to the ingest once the sum is in: :class:`FrameAck`)."""
@@ -188,6 +191,7 @@ class OmegaPartial:
     n_eta: int
     dtype: str = "<f8"
     compressed: bool = False
+    block_starts: bool = False
 
 
 @_message

@@ -14,19 +14,23 @@ from typing import Any
 
 import numpy as np
 
-from ..compression import hdf5_chunk, zarr_encode
+from ..compression import block_starts, hdf5_chunk, zarr_encode
 
 #: threads a worker compresses whole omega sums in, so that its own thread goes on with the frames: ~0.3 ms of CPU a
 #: 990 x 72 float32 sum for both files
 COMPRESS_THREADS = 2
 
 
-def sum_chunks(total: np.ndarray, zarr: bool) -> list[bytes]:
+def sum_chunks(total: np.ndarray, zarr: bool, starts: bool = False) -> list:
     """A group's whole sum (stored dtype) as the files store it: NaN made 0 (as the writer does to every sum), then
-    the HDF5 chunk and, with ``zarr``, the zarr chunk."""
+    the HDF5 chunk and, with ``zarr``, the zarr chunk, or with ``starts`` its blocks' starts
+    (:func:`~ringstream.compression.block_starts`, of which the writer makes the zarr chunk)."""
     if not np.isfinite(total).all():
         total = np.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0)
-    return [hdf5_chunk(total), *([zarr_encode(total)] if zarr else [])]
+    h5 = hdf5_chunk(total)
+    if zarr:
+        return [h5, zarr_encode(total)]
+    return [h5, block_starts(h5)] if starts else [h5]
 
 
 def cake_chunks(cake: np.ndarray, dtype: str, zarr: bool) -> list[bytes]:
@@ -39,10 +43,12 @@ def cake_chunks(cake: np.ndarray, dtype: str, zarr: bool) -> list[bytes]:
 
 class SumCompressor:
     """Whole sums compressed in :data:`COMPRESS_THREADS` threads (started on first use), each with the message it
-    goes out with; :meth:`done` yields them in the order they were given."""
+    goes out with; :meth:`done` yields them in the order they were given. ``zarr``, ``starts``: as
+    :func:`sum_chunks`."""
 
-    def __init__(self, zarr: bool) -> None:
+    def __init__(self, zarr: bool, starts: bool = False) -> None:
         self.zarr = bool(zarr)
+        self.starts = bool(starts)  # (sum_chunks)
         self._queue: collections.deque[tuple[Any, Future]] = collections.deque()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -53,7 +59,7 @@ class SumCompressor:
         """Compress ``total`` (:func:`sum_chunks`), to go out with ``msg``."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="rs-compress")
-        self._queue.append((msg, self._pool.submit(sum_chunks, total, self.zarr)))
+        self._queue.append((msg, self._pool.submit(sum_chunks, total, self.zarr, self.starts)))
 
     def done(self, wait: bool = False) -> Iterator[tuple[Any, list[bytes]]]:
         """``(msg, chunks)`` of the sums compressed so far, in order, up to the first not done (``wait``: every one);

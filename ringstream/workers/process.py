@@ -135,6 +135,7 @@ class _Worker:
         self._registered: set[str] = set()  # rings page-locked with the engine (register_host_memory)
         self.unreturned = 0  # credit of frames finished, held back while more frames were waiting (give_credit)
         self.compressing = SumCompressor(zarr=config is not None and not config.run.no_zarr)  # whole sums, in order
+        self.block_starts = False  # (set with the map: whole sums go with their blocks' starts)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -181,7 +182,10 @@ class _Worker:
         # make it of the HDF5 chunk's blocks (compression.blocks_carry_over)
         self.compress_sums = not cfg.output.cake_noise_fraction
         self.zarr_chunks = not cfg.run.no_zarr and not blocks_carry_over(self.n_r * self.n_eta)
-        self.compressing.zarr = self.zarr_chunks
+        # otherwise, with a zarr.zip, the starts of the HDF5 chunk's blocks go with it: the writer, whose threads
+        # share one lock, then makes the zarr chunk of them without walking the blocks in Python
+        self.block_starts = not cfg.run.no_zarr and not self.zarr_chunks
+        self.compressing.zarr, self.compressing.starts = self.zarr_chunks, self.block_starts
         # with per-frame cakes, each frame its own omega-sum group: the cake and its sum go as the files store them
         # (not when the writer needs the values: MIDAS Int2D.bin, or sums of several cakes that it adds up)
         self.compress_cakes = self.write_2d and self.compress_sums and int(params.OmegaSumFrames) in (0, 1) and \
@@ -496,7 +500,8 @@ class _Worker:
             msg = OmegaPartial(run_id=p.run_id, group=p.group, n_frames=p.frames.n_frames,
                                first_frame=p.frames.first_frame, last_frame=p.frames.last_frame, worker=self.index,
                                worker_pid=self.pid, frames=p.indices, n_r=self.n_r, n_eta=self.n_eta, dtype=dtype,
-                               compressed=whole and self.compress_sums)
+                               compressed=whole and self.compress_sums,
+                               block_starts=whole and self.compress_sums and self.block_starts)
             if msg.compressed:
                 self.compressing.submit(msg, total)
             else:

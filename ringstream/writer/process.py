@@ -587,7 +587,9 @@ class _Writer:
             msg, buffers = args
             shape = (int(msg.n_r), int(msg.n_eta))
             if msg.compressed:  # the group's whole sum as the files store it (the codec checked the chunks' sizes)
-                partial = Chunks.made(buffers[0], buffers[1] if len(buffers) > 1 else None, shape, msg.dtype)
+                starts = buffers[1] if msg.block_starts else None
+                partial = Chunks.made(buffers[0], buffers[1] if len(buffers) > 1 and starts is None else None, shape,
+                                      msg.dtype, starts=starts)
             else:
                 partial = np.frombuffer(buffers[0], dtype=msg.dtype).reshape(shape)
             try:

@@ -37,12 +37,13 @@ import numpy as np
 
 from ..compression import (
     BLOSC_LEVEL,
+    ZarrOfHdf5,
     decode_hdf5_chunk,
     hdf5_chunk,
     zarr_compressor,
     zarr_encode,
     zarr_from_hdf5,
-    zarr_pieces,
+    zarr_of_hdf5,
 )
 from ..config.schema import CAKE_DTYPES  # the stored dtypes of cakes and omega sums, the default first
 from .precision import MIN_COUNTS, SAFETY
@@ -127,7 +128,7 @@ class Chunks:
     Compressed once in :func:`encode_pool` from ``array``, or taken as a worker made them (:meth:`made`). Each call
     waits for its chunk and raises what compressing it raised."""
 
-    __slots__ = ("_array", "_h5", "_zarr", "shape", "dtype")
+    __slots__ = ("_array", "_h5", "_zarr", "_starts", "shape", "dtype")
 
     def __init__(self, array: np.ndarray, zarr: bool = False) -> None:
         self._array = array
@@ -135,15 +136,17 @@ class Chunks:
         both = encode_pool().submit(_both_chunks, array, zarr)
         self._h5: Future | bytes | memoryview = both
         self._zarr: Future | bytes | memoryview | None = both if zarr else None
+        self._starts = None
 
     @classmethod
     def made(cls, hdf5: bytes | memoryview, zarr: bytes | memoryview | None, shape: tuple[int, ...],
-             dtype: Any) -> Chunks:
+             dtype: Any, starts: bytes | memoryview | None = None) -> Chunks:
         """The chunks of a row of ``shape`` ``dtype`` compressed elsewhere (a worker): ``hdf5`` an
         :func:`hdf5_chunk`, ``zarr`` its zarr chunk (None: made from the HDF5 chunk when asked for, by the thread
-        that publishes the zarr.zip; a hand-off to the pool for each row cost the writer more than it saved)."""
+        that publishes the zarr.zip; a hand-off to the pool for each row cost the writer more than it saved), with
+        ``starts`` the HDF5 chunk's :func:`~ringstream.compression.block_starts` where the worker sent them."""
         self = cls.__new__(cls)
-        self._array, self._h5, self._zarr = None, hdf5, zarr
+        self._array, self._h5, self._zarr, self._starts = None, hdf5, zarr, starts
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         return self
 
@@ -169,15 +172,15 @@ class Chunks:
             z = self._zarr = z[1] if type(z) is tuple else z
         return z
 
-    def zarr_member(self) -> bytes | memoryview | list:
-        """The zarr chunk for a ZIP member: its bytes where made, else the pieces of it that the HDF5 chunk's
-        blocks give (:func:`zarr_pieces`, no copy; :class:`~.zip_append.GrowingZip` writes them one after the
-        other), else (blocks that do not carry over) its bytes, compressed now."""
+    def zarr_member(self) -> bytes | memoryview | ZarrOfHdf5:
+        """The zarr chunk for a ZIP member: its bytes where made, else the HDF5 chunk's blocks to be placed as it
+        (:func:`zarr_of_hdf5`: :class:`~.zip_append.GrowingZip` writes it straight into its buffer), else (blocks
+        that do not carry over) its bytes, compressed now."""
         z = self._zarr
         if z is None:
-            pieces = zarr_pieces(self.hdf5(), self.dtype.itemsize)
-            if pieces is not None:
-                return pieces
+            made = zarr_of_hdf5(self.hdf5(), self.dtype.itemsize, self._starts)
+            if made is not None:
+                return made
         return self.zarr()
 
     def size_hint(self) -> int:
@@ -189,8 +192,8 @@ class Chunks:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
     def _zarr_of_hdf5(self) -> bytes | memoryview:
-        z = zarr_from_hdf5(self.hdf5(), self.dtype.itemsize)
-        return zarr_encode(self.array) if z is None else z
+        z = zarr_of_hdf5(self.hdf5(), self.dtype.itemsize, self._starts)
+        return zarr_encode(self.array) if z is None else z.tobytes()
 
 
 #: HDF5's filter id of bitshuffle (+ LZ4): the stored cakes' and sums' only filter

@@ -40,14 +40,17 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..compression import ZarrOfHdf5
+
 try:  # ISA-L's CRC-32 (the ZIP one): ~50 GB/s against zlib's ~4 here, on every byte a publication writes
     from isal.isal_zlib import crc32
 except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same values
     crc32 = zlib.crc32
 
-#: (name, data): a member to add; its data bytes-like, or a list of bytes-like pieces that follow one another (a
-#: zarr chunk made of an HDF5 chunk's blocks: :func:`ringstream.compression.zarr_pieces`), written without a join
-Member = tuple[str, "bytes | bytearray | memoryview | list"]
+#: (name, data): a member to add; its data bytes-like, a list of bytes-like pieces that follow one another (written
+#: without a join), or a :class:`~ringstream.compression.ZarrOfHdf5` (a zarr chunk made of an HDF5 chunk's blocks,
+#: written straight into the buffer the members are gathered in)
+Member = tuple[str, "bytes | bytearray | memoryview | list | ZarrOfHdf5"]
 
 #: the most buffers one ``pwritev`` takes (the system's IOV_MAX)
 _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024)
@@ -103,19 +106,25 @@ def end_records(count: int, cd_offset: int, cd_size: int) -> bytes:
 
 def _pieces(data) -> list:
     """A member's data as a list of buffers whose ``len`` is their bytes (a list of pieces is taken as it is: bytes
-    and byte views, as :func:`~ringstream.compression.zarr_pieces` gives them)."""
-    return data if type(data) is list else [memoryview(data).cast("B")]
+    and byte views)."""
+    if type(data) is list:
+        return data
+    if type(data) is ZarrOfHdf5:
+        return [data.tobytes()]
+    return [memoryview(data).cast("B")]
 
 
 def data_size(data) -> int:
-    """The bytes of a member's data (bytes-like, or a list of pieces)."""
-    return sum(map(len, data)) if type(data) is list else memoryview(data).nbytes
+    """The bytes of a member's data (bytes-like, a list of pieces or a :class:`ZarrOfHdf5`)."""
+    if type(data) is list:
+        return sum(map(len, data))
+    return data.nbytes if type(data) is ZarrOfHdf5 else memoryview(data).nbytes
 
 
 def _stored_size(member: Member) -> int:
     """The bytes a member takes in the file: its local header, name and data."""
     name, data = member
-    return _LOCAL.size + len(_name_bytes(name)[0]) + sum(map(len, _pieces(data)))
+    return _LOCAL.size + len(_name_bytes(name)[0]) + data_size(data)
 
 
 def _pwrite_all(fd: int, buffers: list, offset: int) -> int:
@@ -221,28 +230,32 @@ class GrowingZip:
         """Write ``members`` (each: local header, data) one after the other from ``offset``, a batch of them a
         ``pwritev``, and add their entries to the directory; returns where the last one ends.
 
-        A member given as pieces is first gathered into a buffer kept for the next batches (``ARENA_BYTES``; no
-        new memory, so no page faults): one CRC call over it instead of one a piece, since each call on more than
-        5 kB lets go of the GIL and must take it back (with the writer's main thread busy, each taking-back can
-        wait for Python's switch interval: a zarr chunk is ~35 pieces)."""
+        A member given as pieces, or as a :class:`~ringstream.compression.ZarrOfHdf5`, is first gathered into a buffer
+        kept for the next batches (``ARENA_BYTES``; no new memory, so no page faults): one CRC call over it instead
+        of one a piece, since each call on more than 5 kB lets go of the GIL and must take it back (with the
+        writer's main thread busy, each taking-back can wait for Python's switch interval)."""
         buffers: list = []
         start = pos = offset
         used = 0
         for name, data in members:
             raw, flags = _name_bytes(name)
-            if type(data) is list and sum(map(len, data)) <= self.ARENA_BYTES:
-                size = sum(map(len, data))
+            kind = type(data)
+            size = sum(map(len, data)) if kind is list else data.nbytes if kind is ZarrOfHdf5 else -1
+            if 0 <= size <= self.ARENA_BYTES:
                 if used + size > self.ARENA_BYTES:  # the arena is full: write the batch, then use it again
                     _pwrite_all(self._fd, buffers, start)
                     buffers, start, used = [], pos, 0
                 if self._arena is None:
                     self._arena = memoryview(bytearray(self.ARENA_BYTES))
-                k = used
-                for v in data:
-                    self._arena[k:k + len(v)] = v
-                    k += len(v)
-                pieces = [self._arena[used:k]]
-                used = k
+                if kind is ZarrOfHdf5:
+                    data.into(self._arena[used:used + size])
+                else:
+                    k = used
+                    for v in data:
+                        self._arena[k:k + len(v)] = v
+                        k += len(v)
+                pieces = [self._arena[used:used + size]]
+                used += size
             else:
                 pieces = _pieces(data)
                 size = sum(map(len, pieces))

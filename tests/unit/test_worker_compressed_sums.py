@@ -159,3 +159,28 @@ def test_the_worker_sends_its_sums_compressed_in_the_order_they_fell_due():
         assert sock == "results-socket" and m.compressed and m.dtype == "<f4" and m.frames == [k]
         assert bufs == sum_chunks(cakes[k], zarr=True)
     assert len(w.kept) == 6 and w.counters["omega_partials"] == 6
+
+
+def test_a_sum_may_travel_with_its_blocks_starts_of_which_the_writer_makes_the_zarr_chunk(tmp_path):
+    """With a zarr.zip whose chunks carry the HDF5 chunk's blocks over, a worker sends the HDF5 chunk and the
+    starts of its blocks (``block_starts``): the codec checks their number, the writer makes the zarr chunk of them
+    without walking the blocks, and checks them against the chunk (starts that are not its blocks' are refused)."""
+    from ringstream.compression import block_starts, zarr_from_hdf5, zarr_of_hdf5
+
+    a = np.random.default_rng(6).poisson(300, (64, 72)).astype(np.float32)  # 18,432 bytes: 3 blocks of 8 kB
+    h5, starts = sum_chunks(a, zarr=False, starts=True)
+    assert h5 == hdf5_chunk(a) and list(starts) == list(block_starts(h5)) and len(starts) == 3
+    assert starts[0] == 12 and zarr_of_hdf5(h5, 4, starts).tobytes() == zarr_from_hdf5(h5, 4)
+    msg, bufs = decode(encode(partial(2, 64, 72, [], block_starts=True), [h5, starts]))
+    assert msg.block_starts and bytes(bufs[1]) == starts.tobytes()
+    with pytest.raises(ProtocolError, match="the starts of its 3 blocks \\(12 bytes\\)"):
+        decode(encode(partial(2, 64, 72, [], block_starts=True), [h5, starts])[:-1] + [starts[:2].tobytes()])
+    wrong = starts.copy()
+    wrong[1] += 1
+    with pytest.raises(ValueError, match="the block starts given are not its blocks'"):
+        zarr_of_hdf5(h5, 4, wrong)
+    with pytest.raises(ValueError, match="2 block starts given for its 3 blocks"):
+        zarr_of_hdf5(h5, 4, starts[:2])
+    chunks = Chunks.made(bufs[0], None, (64, 72), "<f4", starts=bufs[1])
+    assert zarr_compressor().decode(chunks.zarr_member().tobytes()) == a.tobytes()
+    assert bytes(chunks.zarr()) == zarr_from_hdf5(h5, 4)

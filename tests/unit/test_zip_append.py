@@ -182,3 +182,30 @@ def test_members_given_as_pieces_are_written_whole_past_one_pwritev(tmp_path, mo
     z.close()
     _check(tmp_path / "p.zip", whole)
     assert os.path.getsize(tmp_path / "p.zip") == _compact(whole)
+
+
+def test_zarr_chunks_made_of_hdf5_chunks_are_gathered_byte_for_byte(tmp_path, monkeypatch):
+    """Members given as :class:`~ringstream.compression.ZarrOfHdf5` (a sum's zarr chunk made of its HDF5 chunk's
+    blocks, as the writer publishes them) are written as ``zarr_from_hdf5`` makes them, and numcodecs' Blosc decodes
+    them to the values: gathered in the arena (which fills and is used again, beside members of other kinds) or,
+    larger than the arena, made whole on their own."""
+    from numcodecs import Blosc
+
+    from ringstream.compression import hdf5_chunk, zarr_from_hdf5, zarr_of_hdf5
+
+    monkeypatch.setattr(GrowingZip, "ARENA_BYTES", 60_000)
+    rng = np.random.default_rng(9)
+    values = [rng.poisson(40.0, n).astype(np.float32) for n in (8, 2048, 2056, 9000, 30_000, 4096, 70_000)]
+    chunks = [hdf5_chunk(v) for v in values]
+    members = [(f"s/{k}", zarr_of_hdf5(c, 4)) for k, c in enumerate(chunks)]
+    assert all(m is not None for _, m in members)
+    assert sum(m.nbytes > GrowingZip.ARENA_BYTES for _, m in members) == 1
+    z = GrowingZip.create(tmp_path / "z.zip", members[:3] + [("b/0", b"plain bytes")], expect=100)
+    z.append(members[3:], final=True)
+    z.close()
+    with zipfile.ZipFile(tmp_path / "z.zip") as f:
+        assert f.testzip() is None and f.read("b/0") == b"plain bytes"
+        for k, (c, v) in enumerate(zip(chunks, values, strict=True)):
+            got = f.read(f"s/{k}")
+            assert got == zarr_from_hdf5(c, 4)
+            np.testing.assert_array_equal(np.frombuffer(Blosc().decode(got), np.float32), v)
