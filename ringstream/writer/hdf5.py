@@ -20,7 +20,9 @@ import datetime as _dt
 import json
 import logging
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,7 +138,7 @@ class _Col:
 
     ``rows``: ``buf`` is a list of C-contiguous rows of the dataset's dtype, each written by a call of its own (the
     compressed cakes and sums: one row a chunk, opened without a chunk cache, so each call compresses and writes
-    its chunk; no copy of the rows into a block buffer)."""
+    its chunk; no copy of the rows into a block buffer; a None row is skipped: written already)."""
 
     __slots__ = ("ds", "buf", "rows")
 
@@ -161,6 +163,8 @@ class _Col:
             fspace, mspace = dsid.get_space(), h5s.create_simple((1,) + row)
             zeros = (0,) * len(row)
             for k, r in enumerate(rows):
+                if r is None:  # (written already: ChunkRows)
+                    continue
                 if type(r) is Chunks:  # compressed already: the chunk as the filter would store it
                     dsid.write_direct_chunk((a + k, *zeros), r.hdf5())
                     continue
@@ -175,6 +179,95 @@ class _Col:
             fspace = dsid.get_space()
             fspace.select_hyperslab((a,) + (0,) * len(row), arr.shape)
             dsid.write(h5s.create_simple(arr.shape), fspace, arr)
+
+
+class ChunkRows:
+    """A thread that writes rows of a dataset chunked one row a chunk (``/entry/omega_sum/I``) as their compressed
+    chunks come (:class:`~.storage.Chunks`, made by a worker or the writer's pool), growing the dataset to take
+    them: the writer's main thread hands a chunk over (:meth:`put`) and goes on receiving while HDF5 copies it into
+    the file (the copy into the page cache, ~90 µs a 200 kB chunk, is most of a flush's time), and waits for them
+    only at a flush (:meth:`wait`), before the rows are counted. The calls hold h5py's lock, in batches of at most
+    :data:`BATCH` chunks, and let go of the GIL while HDF5 writes (:func:`.hdf5_c.write_chunks`). A write that
+    fails (a full disk) stops the thread: :meth:`wait` raises its error, and the rows put since are dropped with it
+    (the run fails; what the file counts was written)."""
+
+    #: chunks written under one hold of h5py's lock (the main thread's HDF5 calls wait no longer than that)
+    BATCH = 8
+
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self._ds = ds
+        self._rows: deque[tuple[int, Any]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="hdf5-chunks", daemon=True)
+        self._thread.start()
+
+    def put(self, row: int, chunks: Chunks) -> bool:
+        """Queue ``chunks`` for row ``row`` (rows are put in increasing order); False (nothing queued) once a write
+        failed or the thread is closed: the caller then writes the row itself, or meets the error at :meth:`wait`."""
+        with self._cond:
+            if self._error is not None or self._closing:
+                return False
+            self._rows.append((int(row), chunks))
+            self._cond.notify()
+        return True
+
+    def wait(self) -> None:
+        """Until every row put is written; raises the error of a write that failed (every time, once failed)."""
+        with self._cond:
+            while (self._rows or self._busy) and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+    def discard(self) -> None:
+        """Drop the rows put and not written yet (a failed run writes nothing more); returns once the batch being
+        written, if any, is done."""
+        with self._cond:
+            self._rows.clear()
+            while self._busy:
+                self._cond.wait()
+
+    def close(self) -> None:
+        """Stop the thread once the rows put are written (or a write failed; :meth:`wait` for its error)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        dsid = self._ds.id
+        row_shape = tuple(dsid.shape[1:])
+        while True:
+            with self._cond:
+                while not self._rows and not self._closing:
+                    self._cond.wait()
+                if not self._rows:
+                    return
+                batch = [self._rows.popleft()]
+                while self._rows and len(batch) < self.BATCH and self._rows[0][0] == batch[-1][0] + 1:
+                    batch.append(self._rows.popleft())
+                self._busy = True
+            try:
+                first, end = batch[0][0], batch[-1][0] + 1
+                chunks = [c.hdf5() for _, c in batch]  # (a chunk the writer's pool makes: waited for here)
+                if dsid.shape[0] < end:
+                    dsid.set_extent((end,) + row_shape)
+                if not hdf5_c.write_chunks(dsid, first, chunks):
+                    for k, c in enumerate(chunks):
+                        dsid.write_direct_chunk((first + k,) + (0,) * len(row_shape), c)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread at wait()
+                with self._cond:
+                    self._error = exc
+                    self._rows.clear()
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
 
 #: ``/entry/fit@description`` of each peak model (``[fit] model``)
@@ -290,7 +383,8 @@ class Hdf5Writer:
         self._rois: list[np.ndarray] = []  # buffered fit-curve ROI rows [k, 3] (frame_index, start_bin, n_points)
         self._vals: list[np.ndarray] = []  # buffered fit-curve model values
         self._n_groups = 0
-        self._groups: list[tuple[Any, str]] = []  # omega-sum groups waiting for the next flush
+        self._groups: list[tuple[Any, str, bool]] = []  # omega-sum groups waiting for the next flush (, row put)
+        self._chunk_rows: ChunkRows | None = None  # (started with the first compressed omega sum)
         self._digits = int(name_digits)
         self._n_updates = 0
 
@@ -777,6 +871,8 @@ class Hdf5Writer:
         """Drop the rows not yet written (after a disk-full error: the file keeps what was flushed)."""
         self._buf_n = 0
         self._groups = []
+        if self._chunk_rows is not None:
+            self._chunk_rows.discard()
         self._rois, self._vals = [], []
         for col in self._cols.values():
             if isinstance(col.buf, list):
@@ -789,7 +885,12 @@ class Hdf5Writer:
         shape = np.shape(group.sum) if group.sum is not None else tuple(group.chunks.shape)
         if shape != (self.n_r, self.n_eta):
             raise ValueError(f"omega-sum group {group.index}: shape {shape} != ({self.n_r}, {self.n_eta})")
-        self._groups.append((group, group.name(int(digits or self._digits))))
+        put = False
+        if type(getattr(group, "chunks", None)) is Chunks:  # its row goes into the file now, in a thread
+            if self._chunk_rows is None:
+                self._chunk_rows = ChunkRows(self._osum["I"])
+            put = self._chunk_rows.put(self._n_groups + len(self._groups), group.chunks)
+        self._groups.append((group, group.name(int(digits or self._digits)), put))
 
     def _write_groups(self) -> None:
         if not self._groups:
@@ -797,11 +898,16 @@ class Hdf5Writer:
         g0, groups = self._n_groups, self._groups
         g1 = g0 + len(groups)
         d = self._osum
-        _Col(d["I"], 0, rows=True).write(g0, g1, [g.chunks if type(getattr(g, "chunks", None)) is Chunks
-                                                  else stored(g.sum, self.dtype) for g, _ in groups])
-        values = {"n_frames": [g.n_frames for g, _ in groups], "first_frame": [g.first_frame for g, _ in groups],
-                  "last_frame": [g.last_frame for g, _ in groups], "first_omega": [g.first_omega for g, _ in groups],
-                  "last_omega": [g.last_omega for g, _ in groups], "name": [name for _, name in groups]}
+        if self._chunk_rows is not None:
+            self._chunk_rows.wait()  # the rows handed to the thread are in the file (or its error is raised)
+        rows = [None if put else g.chunks if type(getattr(g, "chunks", None)) is Chunks else stored(g.sum, self.dtype)
+                for g, _, put in groups]
+        if any(r is not None for r in rows):
+            _Col(d["I"], 0, rows=True).write(g0, g1, rows)
+        values = {"n_frames": [g.n_frames for g, _, _ in groups], "first_frame": [g.first_frame for g, _, _ in groups],
+                  "last_frame": [g.last_frame for g, _, _ in groups],
+                  "first_omega": [g.first_omega for g, _, _ in groups],
+                  "last_omega": [g.last_omega for g, _, _ in groups], "name": [name for _, name, _ in groups]}
         for key, rows in values.items():  # "name" last: a reader that sees the name sees the group
             _Col(d[key], 0).write(g0, g1, rows if key == "name" else np.asarray(rows, dtype=d[key].dtype))
         self._n_groups = g1
@@ -878,6 +984,8 @@ class Hdf5Writer:
             self._f.flush()
         finally:
             self._closed = True
+            if self._chunk_rows is not None:
+                self._chunk_rows.close()
             self._f.close()
         if self._n_groups:
             from .repair import link_omega_groups

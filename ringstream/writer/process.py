@@ -311,6 +311,8 @@ class _Writer:
             if self.resume:
                 with hb.beating(self.snapshot()):  # (reopening a long run's files, its zarr.zip, takes seconds)
                     self.resume_runs()
+            if not cfg.run.no_zarr:  # (zarr's import, ~0.6 s on a GPU host, is paid before ready, not in the run)
+                import zarr.storage  # noqa: F401
             gc.collect()
             gc.freeze()  # what exists now (modules, the map, the files) lives as long as the process: not rescanned
             ready.set()

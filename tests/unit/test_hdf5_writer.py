@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import h5py
@@ -279,3 +280,68 @@ def test_a_layout_that_fails_leaves_no_file(tmp_path, built, monkeypatch):
     with pytest.raises(RuntimeError, match="disk gone"):
         Hdf5Writer(tmp_path / "o.h5", imap, p, engine_name="cpu", write_2d=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_chunk_rows_writes_compressed_rows_in_a_thread_and_hands_back_its_error(tmp_path, monkeypatch):
+    """``ChunkRows``: the compressed rows put (in batches of consecutive rows) are in the file, byte for byte, once
+    ``wait`` returns, the dataset grown to take them; a write that fails (a full disk) is raised by ``wait`` (every
+    time), the rows put after it are refused, and ``discard`` drops rows not written yet."""
+    import errno
+
+    from ringstream.compression import hdf5_chunk
+    from ringstream.writer import hdf5_c
+    from ringstream.writer.hdf5 import ChunkRows
+    from ringstream.writer.storage import Chunks, hdf5_compression
+
+    rng = np.random.default_rng(2)
+    rows = [rng.poisson(30, (16, 8)).astype(np.float32) for _ in range(21)]
+    chunks = [Chunks.made(hdf5_chunk(r), None, (16, 8), "<f4") for r in rows]
+    with h5py.File(tmp_path / "c.h5", "w", libver="latest") as f:
+        ds = f.create_dataset("I", shape=(0, 16, 8), maxshape=(None, 16, 8), dtype="f4", chunks=(1, 16, 8),
+                              **hdf5_compression())
+        w = ChunkRows(ds)
+        for k in range(13):
+            assert w.put(k, chunks[k])
+        w.wait()
+        assert ds.shape == (13, 16, 8)
+        for k in range(13):
+            assert ds.id.read_direct_chunk((k, 0, 0))[1] == chunks[k].hdf5()
+        np.testing.assert_array_equal(ds[:13], np.stack(rows[:13]))
+        w.close()
+        assert not w.put(13, chunks[13])  # closed
+
+        w = ChunkRows(ds)
+        full = OSError(errno.ENOSPC, "No space left on device")
+
+        def refuse(dsid, first, made):
+            raise full
+
+        monkeypatch.setattr(hdf5_c, "write_chunks", refuse)
+        assert w.put(13, chunks[13])
+        for _ in range(2):
+            with pytest.raises(OSError) as e:
+                w.wait()
+            assert e.value is full
+        assert not w.put(14, chunks[14])
+        w.close()
+        monkeypatch.undo()
+
+        w = ChunkRows(ds)
+        entered, gate = threading.Event(), threading.Event()
+        first = hdf5_c.write_chunks
+
+        def held(*a):
+            entered.set()
+            return gate.wait(10) and first(*a)
+
+        monkeypatch.setattr(hdf5_c, "write_chunks", held)
+        assert w.put(13, chunks[13])
+        assert entered.wait(10)  # 13 is being written (held at the gate); 14..20 wait in the queue
+        for k in range(14, 21):
+            assert w.put(k, chunks[k])
+        threading.Timer(0.2, gate.set).start()
+        w.discard()
+        w.wait()
+        w.close()
+        assert ds.shape == (14, 16, 8)
+        np.testing.assert_array_equal(ds[13], rows[13])
