@@ -36,7 +36,7 @@ from ..errors import InputError, OutputExists
 from ..geometry.mask_store import MASKED_BITS
 from ..procs import pid_alive
 from ..protocol import MASK_KEY
-from . import hdf5_c
+from . import hdf5_c, namer
 from .layout import CAKE_ENTRY, CAKE_I, METADATA_JSON
 from .omega import OmegaGroup
 from .precision import MIN_COUNTS, NoiseRounding
@@ -385,6 +385,9 @@ class Hdf5Writer:
         self._n_groups = 0
         self._groups: list[tuple[Any, str, bool]] = []  # omega-sum groups waiting for the next flush (, row put)
         self._chunk_rows: ChunkRows | None = None  # (started with the first compressed omega sum)
+        # the groups' names made beside the run (namer.py): a file made here, live (not one reopened to continue)
+        self._namer: namer.Namer | None = None
+        self._naming = bool(swmr)
         self._digits = int(name_digits)
         self._n_updates = 0
 
@@ -403,6 +406,8 @@ class Hdf5Writer:
             self._f = h5py.File(self.path, "r+", libver="latest", rdcc_nbytes=_CHUNK_CACHE, rdcc_nslots=10007)
         except OSError as exc:
             raise InputError(f"{self.path}: cannot reopen the results file to continue its run ({exc})") from exc
+        self._naming = False  # (its groups are named at the close, as they were)
+        remove_stale_making(self.path)  # (the killed writer's naming file, if its process died with it)
         try:
             self._bind()
             self._written = self._I.shape[0]
@@ -871,6 +876,7 @@ class Hdf5Writer:
         """Drop the rows not yet written (after a disk-full error: the file keeps what was flushed)."""
         self._buf_n = 0
         self._groups = []
+        self.stop_naming()
         if self._chunk_rows is not None:
             self._chunk_rows.discard()
         self._rois, self._vals = [], []
@@ -912,6 +918,37 @@ class Hdf5Writer:
             _Col(d[key], 0).write(g0, g1, rows if key == "name" else np.asarray(rows, dtype=d[key].dtype))
         self._n_groups = g1
         self._groups = []
+        if self._naming:
+            self._name_beside(g0, g1, values)
+
+    def _name_beside(self, g0: int, g1: int, values: dict) -> None:
+        """Hand groups ``g0 .. g1 - 1`` (just written; ``values`` their columns) to the naming process, started once
+        the run has :data:`.namer.MIN_GROUPS` groups (with the groups before); stopped past MAX_NAMED_GROUPS (none
+        are named then)."""
+        from .repair import MAX_NAMED_GROUPS
+
+        if g1 > MAX_NAMED_GROUPS:
+            self.stop_naming()
+            return
+        if self._namer is None:
+            if g1 < namer.MIN_GROUPS:
+                return
+            self._namer = namer.Namer(self.path, self.n_r, self.n_eta, self.dtype.str)
+            if g0:  # the groups written before it started, read back (a thousand rows of six columns)
+                d = self._osum
+                before = {k: d[k][:g0] for k in ("n_frames", "last_frame", "first_omega", "last_omega")}
+                names = [v.decode() if isinstance(v, bytes) else str(v) for v in d["name"][:g0]]
+                self._namer.add(range(g0), names, before["n_frames"], before["last_frame"], before["first_omega"],
+                                before["last_omega"])
+        self._namer.add(range(g0, g1), values["name"], values["n_frames"], values["last_frame"],
+                        values["first_omega"], values["last_omega"])
+
+    def stop_naming(self) -> None:
+        """No naming beside the run any more (a failed run, past MAX_NAMED_GROUPS): its process and file go."""
+        self._naming = False
+        if self._namer is not None:
+            self._namer.close()
+            self._namer = None
 
     def omega_groups(self, group_of: Callable[[int], int]) -> Iterator[OmegaGroup]:
         """The omega-sum groups written to the file, in order, read one at a time (``group_of`` gives a group's
@@ -977,24 +1014,32 @@ class Hdf5Writer:
         warning while another process holds the file open, e.g. a SWMR reader)."""
         if self._closed:
             return
+        done = False
         try:
             self.flush()
             for obj in self._progress:
                 obj.attrs.modify("run_complete", np.bool_(bool(run_complete)))
             self._f.flush()
+            done = True
         finally:
             self._closed = True
             if self._chunk_rows is not None:
                 self._chunk_rows.close()
             self._f.close()
-        if self._n_groups:
-            from .repair import link_omega_groups
+            if not done:
+                self.stop_naming()
+        prepared = self._namer.finish() if self._namer is not None else None
+        try:
+            if self._n_groups:
+                from .repair import link_omega_groups
 
-            try:
-                link_omega_groups(self.path)
-            except OSError as exc:  # a reader still has it open (HDF5 file lock): the rows hold the same data
-                log.warning("%s: per-group /entry/omega_sum datasets not added (%s); 'ringstream repair %s' "
-                            "adds them once no reader has the file open", self.path, exc, self.path)
+                try:
+                    link_omega_groups(self.path, prepared)
+                except OSError as exc:  # a reader still has it open (HDF5 file lock): the rows hold the same data
+                    log.warning("%s: per-group /entry/omega_sum datasets not added (%s); 'ringstream repair %s' "
+                                "adds them once no reader has the file open", self.path, exc, self.path)
+        finally:
+            self.stop_naming()
         log.debug("closed %s: %d frames, run_complete=%s", self.path, self._written, run_complete)
 
     def __enter__(self) -> Hdf5Writer:
@@ -1020,9 +1065,9 @@ def making_path(path: Path) -> Path:
 
 def remove_stale_making(path: Path) -> list[Path]:
     """Remove the hidden half-made files of ``path`` that writers no longer running left (a kill -9 while making
-    the layout); returns them."""
+    the layout), and the files their groups were named in beside the run (:mod:`.namer`); returns them."""
     gone = []
-    for p in path.parent.glob(f".{path.name}.making-*"):
+    for p in [*path.parent.glob(f".{path.name}.making-*"), *path.parent.glob(f".{path.name}.naming-*")]:
         try:
             pid = int(p.name.rsplit("-", 1)[1])
         except ValueError:

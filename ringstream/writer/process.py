@@ -783,6 +783,7 @@ class _Writer:
                   "readable); its remaining frames are dropped and counted; the next run starts new files",
                   run.number, exc)
         if run.outputs is not None:
+            run.outputs.h5.stop_naming()  # (its groups' naming process and file go)
             self.broken.append(run.outputs)  # never closed: HDF5 may crash closing a file whose writes failed
             run.outputs = None
         self.book.record(run, "failed", reason=run.failed)

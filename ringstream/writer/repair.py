@@ -26,7 +26,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from h5py import h5a, h5d, h5g, h5p, h5s, h5t
+from h5py import h5a, h5d, h5g, h5o, h5p, h5s, h5t
 
 from ..errors import InputError
 from . import hdf5_c
@@ -335,12 +335,15 @@ def named_group(osum: h5py.Group, path: str | os.PathLike) -> h5py.Group | None:
     return grp
 
 
-def link_omega_groups(path: str | os.PathLike) -> int:
+def link_omega_groups(path: str | os.PathLike, prepared: str | os.PathLike | None = None) -> int:
     """Give each row g of ``/entry/omega_sum/I`` its own name, ``/entry/omega_sum/named/LastFrameNumber_<k>`` (a
     virtual dataset of that row, with the zarr.zip attributes), so the file has one dataset per group. Run on a
     closed file (it opens it without SWMR): only the links of ``named`` change (:func:`named_group`), so a kill
-    meanwhile leaves the rest of the file whole. Returns the number of groups named (0 above
-    :data:`MAX_NAMED_GROUPS`)."""
+    meanwhile leaves the rest of the file whole. ``prepared``: a file whose ``/entry/omega_sum/named`` names every
+    group already (:mod:`.namer`, made while the run streamed): its datasets are copied into the file's ``named``
+    while that is empty (as the layout made it) and when it holds as many names as the file has groups, else the
+    groups are named here. Returns the number of
+    groups named (0 above :data:`MAX_NAMED_GROUPS`)."""
     with _open_rw(Path(path), "to name the omega-sum groups") as f:
         g = f["entry/omega_sum"]
         n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega",
@@ -354,6 +357,9 @@ def link_omega_groups(path: str | os.PathLike) -> int:
             log.warning("%s: %d bytes free on its disk: the omega-sum groups are left unnamed (rows of "
                         "/entry/omega_sum/I; 'ringstream repair %s' names them once there is room)", path, free, path)
             return 0
+        if prepared is not None and NAMED in g and not len(g[NAMED]) and _copy_named(g[NAMED], Path(prepared), n,
+                                                                                      path):
+            return n
         names = [v.decode() if isinstance(v, bytes) else str(v) for v in g["name"][:n]]
         shape = g["I"].shape
         # HDF5's own calls (what create_virtual_dataset and attrs[...] = make of the same arguments), without the
@@ -392,6 +398,28 @@ def link_omega_groups(path: str | os.PathLike) -> int:
             for attr, tid, values in attrs:
                 h5a.create(dsid, attr, tid, scalar).write(values[k : k + 1].reshape(()))
         return n
+
+
+def _copy_named(named: h5py.Group, prepared: Path, n: int, path) -> bool:
+    """Copy each dataset of ``prepared``'s ``/entry/omega_sum/named`` into ``named`` (this file's, empty):
+    ``H5Ocopy``, each virtual dataset keeping its source ``"."``, which is then this file; only ``named``'s links
+    change, as when the groups are named here. False where ``prepared`` does not hold ``n`` names or a copy fails
+    (the names copied stay; the caller names the rest)."""
+    try:
+        with h5py.File(prepared, "r") as src:
+            made = src["entry/omega_sum"][NAMED]
+            if len(made) != n:
+                log.warning("%s: %d groups named beside the run, the file has %d: named at the close", path,
+                            len(made), n)
+                return False
+            sid, did = made.id, named.id
+            for name in made:
+                key = name.encode()
+                h5o.copy(sid, key, did, key)
+        return True
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        log.warning("%s: the groups named beside the run cannot be copied in (%s): named at the close", path, exc)
+        return False
 
 
 @dataclasses.dataclass

@@ -392,7 +392,7 @@ def test_a_kill_while_the_groups_are_named_spoils_nothing_but_the_names(tmp_path
     from ringstream.writer import repair
 
     p, imap = make("OmegaSumFrames 1\n")
-    monkeypatch.setattr(repair, "link_omega_groups", lambda path: 0)  # the run closed, its groups not named yet
+    monkeypatch.setattr(repair, "link_omega_groups", lambda path, prepared=None: 0)  # closed, its groups unnamed
     out = RunOutputs(tmp_path / "run.h5", imap, p, engine_name="cpu", n_peaks=N_PEAKS, expected_frames=24)
     for r in records(24, imap):
         out.append(r)
