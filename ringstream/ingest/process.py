@@ -71,6 +71,15 @@ RELEASE_IDLE_S = 10.0
 #: frames acknowledged and not yet flushed whose source ids the ingest keeps (for a replacement writer), at most
 UNFLUSHED_MAX = 200_000
 
+#: after a stop, how long a frame already taken from the source waits for a ring slot and a worker's credit (the
+#: workers go on until the ingest has ended) before it is dropped and counted (``dropped_stopping``)
+STOP_GRACE_S = 5.0
+
+
+def _past_grace(stop, deadline: float | None) -> bool:
+    """Whether a wait that began its grace at ``deadline - STOP_GRACE_S`` (None: not begun) is over."""
+    return stop.is_set() and deadline is not None and time.monotonic() >= deadline
+
 #: the frames socket's high-water mark: credit, not the queue, bounds what each worker holds
 FRAMES_HWM = 100_000
 
@@ -289,8 +298,10 @@ class _Ingest:
             return False
         slot = self.acquire(pausable, stop)
         if slot is None:
-            if not stop.is_set():
-                self.count("dropped_ring_full")
+            self.count("dropped_stopping" if stop.is_set() else "dropped_ring_full")
+            if stop.is_set():
+                log.warning("frame %s: no ring slot came free within %.0f s of the stop; dropped",
+                            frame.source_id, STOP_GRACE_S)
             return False
         if self.copier is not None and again is None:
             for job in self.copier.submit(frame, slot):
@@ -387,11 +398,16 @@ class _Ingest:
             return False
 
     def acquire(self, pausable: bool, stop):
-        """A free slot; when none: wait for releases (pausable) or give up at once (not pausable)."""
+        """A free slot; when none: wait for releases (pausable; after a stop, no longer than ``STOP_GRACE_S``: the
+        frame was taken from the source, and the workers free slots until the ingest ends) or give up at once (not
+        pausable)."""
         slot = self.ring.acquire()
+        deadline = None
         while slot is None:
-            if not pausable or stop.is_set():
+            if not pausable or _past_grace(stop, deadline):
                 return None
+            if stop.is_set() and deadline is None:
+                deadline = time.monotonic() + STOP_GRACE_S
             self.announce_copies(pausable, stop)  # copied frames hold slots until announced
             self.dispatch.poll(POLL_MS)
             self.hb.beat(self.snapshot)
@@ -400,17 +416,24 @@ class _Ingest:
         return slot
 
     def send(self, msg, buffers, pausable: bool, stop) -> bool:
-        """Send a frame message to a worker with credit (frames of dead workers first); none: wait (pausable,
-        checking ``stop``) or drop (not pausable)."""
+        """Send a frame message to a worker with credit (frames of dead workers first); none: wait (pausable; after
+        a stop, no longer than ``STOP_GRACE_S``: the workers return credit until the ingest ends) or drop (not
+        pausable). Every frame not sent is counted: ``dropped_queue_full``, ``dropped_stopping``."""
         dispatch = self.dispatch
+        deadline = None
         while True:
             if not dispatch.resend and dispatch.try_send(msg, buffers):
                 return True
             if not pausable:
                 self.count("dropped_queue_full")
                 return False
-            if stop.is_set():
+            if _past_grace(stop, deadline):
+                self.count("dropped_stopping")
+                log.warning("frame %s: no worker took it within %.0f s of the stop; dropped", msg.frame_index,
+                            STOP_GRACE_S)
                 return False
+            if stop.is_set() and deadline is None:
+                deadline = time.monotonic() + STOP_GRACE_S
             dispatch.poll(POLL_MS)
             self.hb.beat(self.snapshot)
 
