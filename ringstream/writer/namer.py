@@ -15,8 +15,9 @@ named at the close as before: a process costs more than it saves), sends it the 
 for the next call), and at the close ends the stream (:meth:`Namer.finish`) and gets back the scratch file, named
 ``.<results file name>.naming-<writer pid>`` beside it, with every group sent. Anything else (the process failed,
 fell behind by more than :data:`MAX_BACKLOG` groups or exited with another count) gives None: the close names the
-groups itself, as it did. The process, reading an end of input without the writer's last message (the writer
-died), removes its file; a file left by a killed process is removed at the next start of that output
+groups itself, as it did. The process ignores SIGINT and SIGTERM (started with them blocked; a stop sent to the daemon's
+process group is the writer's to handle: it closes the run, and with it the naming) and ends with its input: reading an end of input
+without the writer's last message (the writer died), it removes its file; a file left by a killed process is removed at the next start of that output
 (:func:`~ringstream.writer.hdf5.remove_stale_making`).
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +65,9 @@ class Namer:
         self._backlog = bytearray()
         self._proc: subprocess.Popen | None = None
         self.failed = ""
+        # the stop signals blocked while it starts: it inherits the mask (they stay pending there, never delivered),
+        # so that a stop sent to the process group while it starts up does not end it; here they come after
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self.scratch.unlink(missing_ok=True)
             self._proc = subprocess.Popen(
@@ -77,6 +82,8 @@ class Namer:
             os.set_blocking(fd, False)
         except OSError as exc:
             self._give_up(f"cannot start ({exc})")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def add(self, rows, names, n_frames, last_frame, first_omega, last_omega) -> None:
         """Send the groups just written (their rows of ``/entry/omega_sum``, names and zarr.zip attributes)."""
@@ -171,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import hdf5_c
     from .repair import MAX_NAMED_GROUPS, named_group
 
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a stop sent to the daemon's process group is the writer's to
+        signal.signal(sig, signal.SIG_IGN)  # handle; this process ends when its input does (the writer gone too)
     scratch, n_r, n_eta, dtype = argv if argv is not None else sys.argv[1:]
     scratch, shape = Path(scratch), (MAX_NAMED_GROUPS, int(n_r), int(n_eta))
     unpacker = msgpack.Unpacker(raw=False)

@@ -192,3 +192,22 @@ def test_a_kill_while_the_names_are_copied_in_spoils_nothing_but_the_names(tmp_p
         named = _named(path)
         assert sorted(named) == sorted(v.decode() for v in want["name"])
         path.unlink()
+
+
+def test_a_stop_sent_to_the_process_group_leaves_the_naming_to_finish(tmp_path, monkeypatch):
+    """SIGTERM (and SIGINT) to the naming process, as a stop to the daemon's whole process group sends it: ignored;
+    the writer's close still gets every name made beside the run."""
+    p, imap = make("OmegaSumFrames 1\n")
+    monkeypatch.setattr(namer, "MIN_GROUPS", 5)
+    copied = []
+    copy = repair._copy_named
+    monkeypatch.setattr(repair, "_copy_named", lambda *a: copied.append(copy(*a)) or copied[-1])
+
+    def stop(out, k):
+        if k == 20:
+            for sig in (2, 15):
+                os.kill(out.h5._namer._proc.pid, sig)
+
+    out = _run(tmp_path / "s.h5", imap, p, 40, during=stop)
+    out.close(True)
+    assert copied == [True] and len(_named(tmp_path / "s.h5")) == 40
