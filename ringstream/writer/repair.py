@@ -342,8 +342,7 @@ def link_omega_groups(path: str | os.PathLike, prepared: str | os.PathLike | Non
     meanwhile leaves the rest of the file whole. ``prepared``: a file whose ``/entry/omega_sum/named`` names every
     group already (:mod:`.namer`, made while the run streamed): its datasets are copied into the file's ``named``
     while that is empty (as the layout made it) and when it holds as many names as the file has groups, else the
-    groups are named here. Returns the number of
-    groups named (0 above :data:`MAX_NAMED_GROUPS`)."""
+    groups are named here. Returns the number of groups named (0 above :data:`MAX_NAMED_GROUPS`)."""
     with _open_rw(Path(path), "to name the omega-sum groups") as f:
         g = f["entry/omega_sum"]
         n = min(g[k].shape[0] for k in ("I", "n_frames", "first_frame", "last_frame", "first_omega", "last_omega",
