@@ -10,6 +10,16 @@ bytes written), the writer's frames/s (CPU box, shared: for scale only), and for
 bits kept per value (significant bits from the leading one down to the rounding step q: what bitshuffle cannot
 remove) and the largest error seen, over f times the writer's noise bound.
 
+Per precision-bounded case, also what other lossless codecs would make of the same rounded sums, one copy (the
+HDF5 and the zarr.zip each hold one): bitshuffle + LZ4 (what is written), bitshuffle + Zstandard (hdf5plugin's
+filter 32008 with zstd; readable where the bitshuffle plugin was built with zstd) and Blosc Zstandard with bit
+shuffle at its highest level (numcodecs, readable by GSAS-II's zarr), and a floor no lossless coder of these values
+goes below: each rounded value taken as its bin's mean (known to the coder for free) plus Gaussian noise of the
+noise model's sigma (s = 1, the counting noise itself) on the grid of its step q, sum over values of
+log2(sqrt(2 pi e) sigma / q) bits (values stored unrounded counted as 0 bytes). At f = 0.01 the floor is below
+75 KB a copy (150 KB a frame for two copies); the bit-plane codecs stay well above it, since they cannot predict a
+value from its neighbours.
+
     python bench/precision_bytes.py [--frames 200] [--fractions 0,0.01] [--machine vm]
 
 Writes ``bench/results/precision_bytes-<machine>.json``.
@@ -28,12 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ringstream.compression import BLOCK_BYTES
 from ringstream.engines.reference import ReferenceEngine
 from ringstream.geometry.cache import load_or_build
 from ringstream.ingest.simulated import K, SimulatedSource
 from ringstream.params import load_params
 from ringstream.writer.outputs import FrameRecord, RunOutputs
-from ringstream.writer.precision import NoiseRounding, map_noise_model
+from ringstream.writer.precision import SAFETY, NoiseRounding, map_noise_model
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "configs" / "demo-pilatus2m.txt"
@@ -55,6 +66,30 @@ def worst_error(cake: np.ndarray, rounding: NoiseRounding) -> float:
     err = np.abs(rounding(cake, np.float32).astype(np.float64) - cake)
     bound = np.maximum(rounding.fraction * rounding.sigma(cake), np.spacing(np.abs(cake).astype(np.float32)) / 2)
     return float(np.max(np.divide(err, bound, out=np.zeros_like(err), where=bound > 0)))
+
+
+def codec_sizes(cakes: list[np.ndarray], rounding: NoiseRounding) -> dict:
+    """Mean bytes per copy of each one-frame sum ``[n_r, n_eta]`` (its cake, float32), rounded as the writer rounds
+    it, under a few lossless codecs, and the floor of any lossless coder of those values (module docstring)."""
+    import bitshuffle
+    import numcodecs
+
+    block = BLOCK_BYTES // 4
+    best = numcodecs.Blosc(cname="zstd", clevel=9, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    sizes = {"bitshuffle_lz4": [], "bitshuffle_zstd": [], "blosc_zstd9_bitshuffle": [], "floor": []}
+    for cake in cakes:
+        x = np.nan_to_num(cake.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        s = np.ascontiguousarray(rounding(x, np.float32))
+        sizes["bitshuffle_lz4"].append(bitshuffle.compress_lz4(s, block).nbytes + 12)  # (+ the filter's header)
+        sizes["bitshuffle_zstd"].append(bitshuffle.compress_zstd(s, block).nbytes + 12)
+        sizes["blosc_zstd9_bitshuffle"].append(len(best.encode(s)))
+        sigma = rounding.sigma(x)  # sqrt(SAFETY g x) where rounded, else 0
+        ok = sigma > 0
+        q = 2.0 ** np.floor(np.log2(2 * rounding.fraction * sigma[ok] * (1 - 2.0**-30)))
+        q = np.maximum(q, np.spacing(np.abs(s[ok])))  # (the dtype's own step, where that is coarser)
+        bits = np.log2(np.sqrt(2 * np.pi * np.e) * sigma[ok] / np.sqrt(SAFETY) / q)
+        sizes["floor"].append(float(np.maximum(bits, 0).sum()) / 8)
+    return {k: round(float(np.mean(v))) for k, v in sizes.items()}
 
 
 def run_case(p, imap, cakes: list[np.ndarray], write_2d: bool, fraction: float, n: int, folder: Path,
@@ -88,6 +123,10 @@ def run_case(p, imap, cakes: list[np.ndarray], write_2d: bool, fraction: float, 
         worst = max(worst_error(c.astype(np.float64), r) for c in cakes)
         row.update(bits_kept_mean=round(float(kept.mean()), 2), bits_kept_median=float(np.median(kept)),
                    lossless_share=round(float(np.mean(kept == 24)), 4), max_error_over_bound=round(worst, 4))
+        if not write_2d:
+            per_copy = codec_sizes(cakes, r)
+            row.update(bytes_per_copy=per_copy, copies_per_frame=copies,
+                       floor_bytes_per_frame=copies * per_copy["floor"])
     return row
 
 
@@ -116,6 +155,9 @@ def main() -> None:
                   f"  {r['frames_per_s']:7.0f} frames/s" + (f"  bits kept {r['bits_kept_mean']:.1f} (median "
                                                             f"{r['bits_kept_median']:g}), max err/bound "
                                                             f"{r['max_error_over_bound']:.3f}" if f else ""))
+            if "bytes_per_copy" in r:
+                print("    one copy of a frame's sum: " + ", ".join(f"{k} {v:,d} B" for k, v in r["bytes_per_copy"].items())
+                      + f"; floor x {r['copies_per_frame']} copies = {r['floor_bytes_per_frame']:,d} B/frame")
     import h5py
 
     result = {
