@@ -256,7 +256,7 @@ def ingest_ceiling(llc: dict, seconds: float = 1.5) -> dict:
 def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: int = 0,
                in_flight: int = 1, gpus: str = "", settings: workload.DaemonSettings = workload.DEFAULT,
                timeline: bool = False, replay_frames: int = 32, param_file: Path | None = None,
-               stack: np.ndarray | None = None, replay_codec: str = "none") -> dict:
+               stack: np.ndarray | None = None, replay_codec: str = "none", trace: bool = False) -> dict:
     """End-to-end ``ringstream run --engine gpu`` on PILATUS 2M int32 frames through the shared-memory ring:
     ``source`` "replay" (an .npy stack of ``replay_frames`` distinct frames, looped: replay -> ingest -> ring -> GPU
     workers -> writer, as the issue asks) or "simulated"; ``copy_threads`` (0 = auto), ``in_flight`` batches per
@@ -266,7 +266,9 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
     lost = frames the source produced that the HDF5 does not hold. ``timeline``: run at log level INFO and split the
     run into stages from the supervisor's log stamps and the frames' source stamps (see :func:`timeline_of`).
     ``param_file``, ``stack`` and ``replay_codec`` replace the demo PILATUS 2M parameter file, the replayed frames
-    and ``--replay-codec none`` (bench/gpu_decode.py: compressed frames)."""
+    and ``--replay-codec none`` (bench/gpu_decode.py: compressed frames). ``trace``: ``--trace-dir`` on, and the
+    intervals between the stages of each frame (ringstream/trace.py, bench/stage_trace.py) and the ingest's waits for
+    ring slots and for workers' credit (its counters in the file) reported."""
     import h5py
 
     exe = Path(sys.executable).with_name("ringstream")
@@ -286,6 +288,8 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
                 *settings.flags()]
         if gpus:
             cmd += ["--gpus", gpus]
+        if trace:
+            cmd += ["--trace-dir", str(Path(d) / "trace")]
         cmd += settings.overrides()  # parameter overrides (after every flag)
         env = dict(os.environ, RINGSTREAM_WORKERS_BATCHES_IN_FLIGHT=str(in_flight))
         t0 = time.perf_counter()
@@ -300,6 +304,16 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
             idx = f["/entry/data/frame_index"][()]
             stamps = f["/entry/data/timestamp"][()]
             complete = bool(f["/entry"].attrs["run_complete"])
+            counters = json.loads(f["/entry/reduction/source_counters"][()] or b"{}") if trace else {}
+        if trace:
+            from stage_trace import stage_rates
+
+            from ringstream.trace import summary, table
+
+            _, times = table(Path(d) / "trace")
+            traced = {"intervals": summary(times), "stage_rates": stage_rates(times),
+                      "ring_wait_s": counters.get("ring_wait_us", 0) / 1e6,
+                      "credit_wait_s": counters.get("credit_wait_us", 0) / 1e6}
     written = int(m.group(3))
     return {**settings.describe(), "source": source, "workers": workers, "copy_threads": copy_threads,
             "batches_in_flight": in_flight,
@@ -309,7 +323,8 @@ def daemon_run(frames: int, workers: int, source: str = "replay", copy_threads: 
             "in_order": bool(np.array_equal(idx, np.arange(frames))), "run_complete": complete,
             "run_s": float(m.group(6)), "frames_per_s": float(m.group(7)), "wall_s": round(wall, 2),
             "sustained_fps": sustained(stamps),
-            **({"timeline": timeline_of(proc.stderr, stamps, t_end)} if timeline else {})}
+            **({"timeline": timeline_of(proc.stderr, stamps, t_end)} if timeline else {}),
+            **({"trace": traced} if trace else {})}
 
 
 LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?: (.*)$", re.M)
@@ -372,6 +387,9 @@ def main(argv=None) -> int:
                     help="comma-separated OmegaSumFrames of the fast-path rows (-1: one running sum)")
     ap.add_argument("--daemon-timeline", action="store_true",
                     help="run the daemon at log level INFO and report where its time goes (ready, stream, drain, stop)")
+    ap.add_argument("--daemon-trace", action="store_true",
+                    help="run the daemon with --trace-dir and report how long each stage holds a frame "
+                         "(bench/stage_trace.py) and how long the ingest waited for ring slots and credit")
     ap.add_argument("--no-engine", action="store_true", help="skip the engine benchmarks (daemon runs only)")
     ap.add_argument("--sweep", action="store_true", help="also time chunk sizes 8/16/32 and 2x frames per call")
     args = ap.parse_args(argv)
@@ -403,7 +421,7 @@ def main(argv=None) -> int:
         print("ingest ceiling (one ring write per frame, PILATUS 2M int32):", out["ingest_ceiling"], flush=True)
         replay_frames = workload.frames_to_exceed(1679 * 1475 * 4, llc, minimum=32)
         out["daemon"] = [daemon_run(args.daemon, int(w), args.daemon_source, int(c), int(q), args.daemon_gpus, s,
-                                    args.daemon_timeline, replay_frames)
+                                    args.daemon_timeline, replay_frames, trace=args.daemon_trace)
                          for w in args.daemon_workers.split(",") for c in args.daemon_copy_threads.split(",")
                          for q in args.daemon_in_flight.split(",")
                          for s in workload.daemon_settings(args.daemon_settings, args.daemon_omega_sum_frames)]

@@ -327,6 +327,9 @@ class SupervisorConfig:
     ready_timeout: float = opt(120.0, "s each process has to become ready", above=0)
     drain_timeout: float = opt(60.0, "s the first SIGTERM has to finish the frames in flight (unit: "
                                "TimeoutStopSec=90)", above=0)
+    trace_dir: str = opt("", "a folder where every process writes, at its end, when each frame reached each stage "
+                         "(ringstream/trace.py; bench/stage_trace.py prints where frames wait); empty: none",
+                         flags="--trace-dir", metavar="DIR", path=True)
 
 
 @dataclass(frozen=True)

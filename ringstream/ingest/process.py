@@ -42,6 +42,7 @@ import numpy as np
 import zmq
 
 from ..protocol import PEAK_SEQ_KEY, RUN_START_KEY, EndOfStream, FrameHeader, compressed_bound
+from ..trace import RELEASED, SENT, SLOT, StageTrace, open_trace
 from ..transport.child import NONTEMPORAL_TUNABLE, HeartbeatSender, run_child, supervisor_gone
 from ..transport.ring_size import CPU_SLOTS
 from ..transport.security import refused_counters, serve_remote, stop_authenticator
@@ -95,6 +96,9 @@ def run(config, ready, stop, resume: bool = False, pids: tuple[int, ...] = ()) -
 
 
 class _Ingest:
+    #: per-frame stage stamps ([supervisor] trace_dir, ringstream/trace.py), or None
+    trace: StageTrace | None = None
+
     def __init__(self, config, resume: bool = False, pids: tuple[int, ...] = ()) -> None:
         self.config = config
         self.resume = bool(resume)
@@ -117,6 +121,8 @@ class _Ingest:
         self.copier = None
         self.journal = None
         self.auth = None  # the ZAP handler of the frames socket's remote endpoint
+        self.trace = open_trace(config, "ingest")  # per-frame stage stamps ([supervisor] trace_dir), or None
+        self.slot_taken: dict[int, float] = {}  # slot -> when it was taken (traced runs only)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -183,6 +189,8 @@ class _Ingest:
             self.hb.beat(self.snapshot(), state="done", force=True)
             return 0
         finally:
+            if self.trace is not None:
+                self.trace.save()
             if self.copier is not None:
                 self.copier.close()
             source.close()
@@ -355,6 +363,8 @@ class _Ingest:
         msg = FrameHeader(location="shm", shm_name=self.ring.name, slot=slot, offset=self.ring.slot_offset(slot),
                           **fields)
         self.in_flight[slot] = idx
+        if self.trace is not None:
+            self.trace.mark(SLOT, idx, self.slot_taken.pop(slot, None))
         if not self.send(msg, (), pausable, stop):
             if again is None:
                 self.runs.frame_not_sent()
@@ -403,8 +413,10 @@ class _Ingest:
         pausable)."""
         slot = self.ring.acquire()
         deadline = None
+        t_wait = time.monotonic() if slot is None else 0.0
         while slot is None:
             if not pausable or _past_grace(stop, deadline):
+                self.count("ring_wait_us", int((time.monotonic() - t_wait) * 1e6))
                 return None
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + STOP_GRACE_S
@@ -413,6 +425,10 @@ class _Ingest:
             self.hb.beat(self.snapshot)
             self.poll_requests()
             slot = self.ring.acquire()
+        if t_wait:
+            self.count("ring_wait_us", int((time.monotonic() - t_wait) * 1e6))  # (the ring was full that long)
+        if self.trace is not None:
+            self.slot_taken[slot] = time.monotonic()
         return slot
 
     def send(self, msg, buffers, pausable: bool, stop) -> bool:
@@ -421,9 +437,16 @@ class _Ingest:
         pausable). Every frame not sent is counted: ``dropped_queue_full``, ``dropped_stopping``."""
         dispatch = self.dispatch
         deadline = None
+        t_wait = 0.0
         while True:
+            t_send = time.monotonic()  # (stamped before the send: the worker may have the frame before it returns)
             if not dispatch.resend and dispatch.try_send(msg, buffers):
+                if t_wait:  # (no worker had credit that long)
+                    self.count("credit_wait_us", int((t_send - t_wait) * 1e6))
+                if self.trace is not None:
+                    self.trace.mark(SENT, int(msg.frame_index), t_send)
                 return True
+            t_wait = t_wait or time.monotonic()
             if not pausable:
                 self.count("dropped_queue_full")
                 return False
@@ -456,6 +479,8 @@ class _Ingest:
         if self.in_flight.get(slot) == idx:
             del self.in_flight[slot]
             self.ring.release(slot)
+            if self.trace is not None:
+                self.trace.mark(RELEASED, idx)
 
     def send_eos(self, msg) -> None:
         """A RunStart or EndOfStream to the writer (a run's start or end: :mod:`.runs`), kept until the writer has

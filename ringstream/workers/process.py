@@ -68,6 +68,7 @@ from ..protocol import (
     worker_identity,
 )
 from ..runs.state import state_dir_of
+from ..trace import PARTIAL_SENT, RECEIVED, RESULT_SENT, StageTrace, open_trace
 from ..transport.child import HeartbeatSender, receive, run_child, supervisor_gone
 from ..transport.ring_size import CPU_SLOTS
 from ..transport.security import REMOTE_INDEX_BASE, client_context
@@ -123,6 +124,9 @@ def choose_path(caps: Capabilities, batch: int, batches_in_flight: int) -> str:
 
 
 class _Worker:
+    #: per-frame stage stamps ([supervisor] trace_dir, ringstream/trace.py), or None
+    trace: StageTrace | None = None
+
     def __init__(self, config, index: int, fetch_mask=None, dark_path: str | None = None) -> None:
         self.config = config
         self.index = index
@@ -136,6 +140,8 @@ class _Worker:
         self.unreturned = 0  # credit of frames finished, held back while more frames were waiting (give_credit)
         self.compressing = SumCompressor(zarr=config is not None and not config.run.no_zarr)  # whole sums, in order
         self.block_starts = False  # (set with the map: whole sums go with their blocks' starts)
+        # per-frame stage stamps ([supervisor] trace_dir), or None
+        self.trace = open_trace(config, f"worker-{index}") if config is not None else None
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -263,6 +269,8 @@ class _Worker:
                      f"({self.counters['integrated'] / calls:.1f} frames a call)" if calls else "")
             return 0
         finally:
+            if self.trace is not None:
+                self.trace.save()
             t0 = time.monotonic()
             # results and credit already queued must go out, unless the supervisor is gone (and the others with it)
             ctx.destroy(linger=0 if supervisor_gone() else 2000)
@@ -316,6 +324,8 @@ class _Worker:
             return None
         msg, buffers = got
         t_start = time.time()
+        if self.trace is not None:
+            self.trace.mark(RECEIVED, int(msg.frame_index))
         try:
             return [msg, t_start, self.pixels(msg, buffers), ""]
         except RingstreamError as exc:
@@ -327,6 +337,8 @@ class _Worker:
             return
         msg, buffers = got
         t_start = time.time()
+        if self.trace is not None:
+            self.trace.mark(RECEIVED, int(msg.frame_index))
         lineout = cake = None
         reason = ""
         t_int = 0.0
@@ -480,7 +492,10 @@ class _Worker:
                             n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
                             n_curve_points=0 if fitted is None else int(fitted.values.size),
                             caked_peaks=0 if caked is None else int(caked.shape[1]), **common)
+        t_send = time.monotonic()  # (stamped before the send: the writer may have it before the send returns)
         self.send(self.results, result, bufs)
+        if self.trace is not None:
+            self.trace.mark(RESULT_SENT, int(msg.frame_index), t_send)
         self.kept.keep(int(msg.frame_index), result, bufs)
         if not reason and self.partials is not None and cake is not None:
             self.partials.add(msg, cake)
@@ -514,7 +529,10 @@ class _Worker:
             self.send_partial(msg, chunks)
 
     def send_partial(self, msg: OmegaPartial, buffers: list) -> None:
+        t_send = time.monotonic()
         self.send(self.results, msg, buffers)
+        if self.trace is not None:
+            self.trace.mark_many(PARTIAL_SENT, msg.frames, t_send)
         self.kept.keep(max(msg.frames), msg, buffers)
         self.count("omega_partials")
 

@@ -100,6 +100,7 @@ from ..protocol import (
 )
 from ..runs.naming import OutputFolderError, make_folders
 from ..runs.state import state_dir_of
+from ..trace import ACKED, PARTIAL_IN, RESULT_IN, StageTrace, open_trace
 from ..transport.child import HeartbeatSender, receive, run_child
 from ..transport.ring_size import CPU_SLOTS
 from ..transport.security import refused_counters, serve_remote, stop_authenticator
@@ -199,6 +200,9 @@ def _run_start_fields(text) -> dict:
 
 
 class _Writer:
+    #: per-frame stage stamps ([supervisor] trace_dir, ringstream/trace.py), or None
+    trace: StageTrace | None = None
+
     def __init__(self, config, resume: bool = False, stream_end: int = -1) -> None:
         self.auth = None  # the ZAP handler of the results socket's remote endpoint
         self.config = config
@@ -236,6 +240,7 @@ class _Writer:
         self.view: ViewFeed | None = None  # decimated results for live viewers
         self.hb: HeartbeatSender | None = None
         self.to_ack: list[int] = []  # frames held now, to acknowledge
+        self.trace = open_trace(config, "writer")  # per-frame stage stamps ([supervisor] trace_dir), or None
         self.awaiting_sum: set[int] = set()  # frames whose Result is here and whose partial omega sum is not
         self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
         self.fenced: set[tuple[int, int]] = set()  # (worker, pid) of dead worker processes
@@ -359,6 +364,8 @@ class _Writer:
             code = exc.code if isinstance(exc.code, int) else 1
             raise
         finally:
+            if self.trace is not None:
+                self.trace.save()
             self.abort()  # an exception on the way: keep what was written, marked incomplete
             stop_authenticator(self.auth)
             ctx.destroy(linger=500)
@@ -458,6 +465,8 @@ class _Writer:
                 self.count("fenced_dropped")
                 return
             frames = [int(f) for f in msg.frames]
+            if self.trace is not None:
+                self.trace.mark_many(PARTIAL_IN, frames)
             run = self.runs.get(msg.run_id)
             below = max(self.flushed_below, run.skip_below if run is not None else 0)  # in the files already
             # a run not known whose frames are all before the next one to write was written and closed
@@ -528,6 +537,8 @@ class _Writer:
         if self.fenced and (int(msg.worker), int(msg.worker_pid)) in self.fenced:
             self.count("fenced_dropped")  # its frame went to another worker
             return
+        if self.trace is not None:
+            self.trace.mark(RESULT_IN, idx)
         if not self.write_2d and msg.status == "ok":  # acknowledged with the partial sum that holds it
             if idx in self.summed:
                 self.summed.discard(idx)
@@ -1001,6 +1012,8 @@ class _Writer:
             return
         frames, self.to_ack = self.to_ack, []
         self.count("acknowledged", len(frames))
+        if self.trace is not None:  # (stamped before the send: the ingest may free the slots before it returns)
+            self.trace.mark_many(ACKED, frames)
         if self.acks is not None:
             try:
                 send_message(self.acks, FrameAck(frames=frames), flags=zmq.NOBLOCK)
