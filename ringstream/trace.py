@@ -140,3 +140,19 @@ def summary(times: np.ndarray) -> list[dict]:
                        max_ms=round(float(d.max()), 3))
         rows.append(row)
     return rows
+
+
+#: the pairs of stages every frame passes in this order (a partial sum goes after its frame's Result)
+CAUSAL = ((SLOT, SENT), (SENT, RECEIVED), (RECEIVED, RESULT_SENT), (RESULT_SENT, RESULT_IN), (RECEIVED, PARTIAL_SENT),
+          (PARTIAL_SENT, PARTIAL_IN), (RESULT_IN, ACKED), (PARTIAL_IN, ACKED), (ACKED, RELEASED))
+
+
+def out_of_order(frames: np.ndarray, times: np.ndarray) -> list[str]:
+    """What :func:`table`'s stamps break of :data:`CAUSAL`, one line a pair (empty: every frame in order; a pair
+    where either stamp is missing is not checked)."""
+    bad = []
+    for a, b in CAUSAL:
+        late = np.nonzero(times[:, b] < times[:, a])[0]
+        if late.size:
+            bad.append(f"{STAGES[b]} before {STAGES[a]} for {late.size} frames, e.g. {frames[late[:5]].tolist()}")
+    return bad

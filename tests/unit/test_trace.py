@@ -15,6 +15,7 @@ from ringstream.trace import (
     SENT,
     SLOT,
     StageTrace,
+    out_of_order,
     summary,
     table,
 )
@@ -57,3 +58,14 @@ def test_summary_intervals_in_ms(tmp_path):
 def test_no_stamps_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no stage stamps"):
         table(tmp_path)
+
+
+def test_out_of_order_names_the_stages_and_frames(tmp_path):
+    t = StageTrace(tmp_path, "x")
+    for f in range(3):
+        t.mark(SLOT, f, 10.0 * f)
+        t.mark(SENT, f, 10.0 * f + 1)
+        t.mark(RECEIVED, f, 10.0 * f + (0.5 if f == 2 else 2))  # frame 2 taken before it was sent
+    t.save()
+    frames, times = table(tmp_path)
+    assert out_of_order(frames, times) == ["received before sent for 1 frames, e.g. [2]"]
