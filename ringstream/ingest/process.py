@@ -121,7 +121,7 @@ class _Ingest:
         self.copier = None
         self.journal = None
         self.auth = None  # the ZAP handler of the frames socket's remote endpoint
-        self.trace = open_trace(config, "ingest")  # per-frame stage stamps ([supervisor] trace_dir), or None
+        self.trace = open_trace(config, "ingest")
         self.slot_taken: dict[int, float] = {}  # slot -> when it was taken (traced runs only)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -446,7 +446,7 @@ class _Ingest:
                 if self.trace is not None:
                     self.trace.mark(SENT, int(msg.frame_index), t_send)
                 return True
-            t_wait = t_wait or time.monotonic()
+            t_wait = t_wait or t_send
             if not pausable:
                 self.count("dropped_queue_full")
                 return False

@@ -140,7 +140,6 @@ class _Worker:
         self.unreturned = 0  # credit of frames finished, held back while more frames were waiting (give_credit)
         self.compressing = SumCompressor(zarr=config is not None and not config.run.no_zarr)  # whole sums, in order
         self.block_starts = False  # (set with the map: whole sums go with their blocks' starts)
-        # per-frame stage stamps ([supervisor] trace_dir), or None
         self.trace = open_trace(config, f"worker-{index}") if config is not None else None
 
     def count(self, key: str, n: int = 1) -> None:
@@ -492,8 +491,8 @@ class _Worker:
                             n_rois=0 if fitted is None else int(fitted.rois.shape[0]),
                             n_curve_points=0 if fitted is None else int(fitted.values.size),
                             caked_peaks=0 if caked is None else int(caked.shape[1]), **common)
-        t_send = time.monotonic()  # (stamped before the send: the writer may have it before the send returns)
-        self.send(self.results, result, bufs)
+        t_send = time.monotonic() if self.trace is not None else 0.0  # (stamped before the send: the writer may
+        self.send(self.results, result, bufs)  # have it before the send returns)
         if self.trace is not None:
             self.trace.mark(RESULT_SENT, int(msg.frame_index), t_send)
         self.kept.keep(int(msg.frame_index), result, bufs)
@@ -529,7 +528,7 @@ class _Worker:
             self.send_partial(msg, chunks)
 
     def send_partial(self, msg: OmegaPartial, buffers: list) -> None:
-        t_send = time.monotonic()
+        t_send = time.monotonic() if self.trace is not None else 0.0
         self.send(self.results, msg, buffers)
         if self.trace is not None:
             self.trace.mark_many(PARTIAL_SENT, msg.frames, t_send)

@@ -240,7 +240,7 @@ class _Writer:
         self.view: ViewFeed | None = None  # decimated results for live viewers
         self.hb: HeartbeatSender | None = None
         self.to_ack: list[int] = []  # frames held now, to acknowledge
-        self.trace = open_trace(config, "writer")  # per-frame stage stamps ([supervisor] trace_dir), or None
+        self.trace = open_trace(config, "writer")
         self.awaiting_sum: set[int] = set()  # frames whose Result is here and whose partial omega sum is not
         self.summed: set[int] = set()  # frames in a partial sum whose Result is not here yet
         self.fenced: set[tuple[int, int]] = set()  # (worker, pid) of dead worker processes
