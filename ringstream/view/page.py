@@ -17,6 +17,7 @@ shown), ``lineout`` (x, y), ``waterfall`` (the image), ``fits`` (frame, peak, rc
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 import time
 from concurrent.futures import Executor
@@ -26,6 +27,8 @@ import numpy as np
 
 from ..daemon.status import NoDaemon, is_healthy, request
 from .state import MAX_ROWS, PLOT_TITLES, Snapshot, ViewState
+
+log = logging.getLogger("ringstream.view")
 
 #: how often a session looks for new data, in ms (the page updates at most this often)
 UPDATE_MS = 100
@@ -240,6 +243,8 @@ class Page:
             return
         snap = self.ctx.state.snapshot(0)
         if snap.axes.shape[1] == 0 or event.x is None:
+            self.message.text = ("nothing asked: no lineout has arrived yet" if snap.axes.shape[1] == 0 else
+                                 "nothing asked: the click had no position on the lineout's axis")
             return
         x = snap.axes[self.axis_index()]
         if not np.all(np.isfinite(x)):
@@ -263,6 +268,9 @@ class Page:
                 text = f"refused: {reply.error}"
         except NoDaemon as exc:
             text = f"error: {exc}"
+        except Exception as exc:  # whatever it was, the page must not say "asking" for ever
+            log.exception("peaks %s %g: the control request failed", action, radius)
+            text = f"error: the request failed ({type(exc).__name__}: {exc})"
         self.doc.add_next_tick_callback(lambda: setattr(self.message, "text", text))
 
 

@@ -113,6 +113,7 @@ def _open(browser, url: str):
 
 def _click_lineout(page, shift: bool = False) -> str:
     """Click the middle of the lineout plot; the page's message once the daemon has answered."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     before = page.evaluate(READ)["message"]
     box = page.locator("div.bk-Figure").first.bounding_box()
     if shift:
@@ -120,9 +121,16 @@ def _click_lineout(page, shift: bool = False) -> str:
     page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
     if shift:
         page.keyboard.up("Shift")
-    page.wait_for_function(
-        "(before) => { const t = Bokeh.documents[0].get_model_by_name('message').text; "
-        "return t !== before && !t.startsWith('asking') }", arg=before, timeout=15_000)
+    # two waits, so that a failure says which half went missing: the click reaching the page's server (the
+    # message changes, to "asking..." or to a refusal), then the daemon's answer
+    for js, what in (("(before) => Bokeh.documents[0].get_model_by_name('message').text !== before",
+                      "the click changed nothing on the page (it never reached the page's server)"),
+                     ("() => !Bokeh.documents[0].get_model_by_name('message').text.startsWith('asking')",
+                      "the daemon's answer never reached the page")):
+        try:
+            page.wait_for_function(js, arg=before, timeout=15_000)
+        except PlaywrightTimeout:
+            raise AssertionError(f"{what}: the message is still {page.evaluate(READ)['message']!r}") from None
     return page.evaluate(READ)["message"]
 
 
