@@ -136,3 +136,26 @@ def test_the_state_is_safe_to_read_while_a_feed_writes():
         assert np.all(np.diff(snap.frames) == 1)
     t.join()
     assert state.snapshot(50).frames[-1] == 1199
+
+
+def test_a_click_always_gets_an_answer_on_the_page(monkeypatch):
+    """A control request that fails in any way says so on the page (never "asking..." for ever), and a click with
+    nothing to ask about says why."""
+    import ringstream.view.page as page_mod
+    from ringstream.daemon.status import NoDaemon
+
+    page = object.__new__(page_mod.Page)
+    page.message = SimpleNamespace(text="asking the daemon: peaks add 100.00 ...")
+    page.doc = SimpleNamespace(add_next_tick_callback=lambda cb: cb())
+    page.ctx = PageContext(ViewState(), "tcp://127.0.0.1:1", "t", 200, None)
+    for exc, said in ((NoDaemon("no daemon answering on tcp://127.0.0.1:1"),
+                       "error: no daemon answering on tcp://127.0.0.1:1"),
+                      (RuntimeError("the socket broke"), "error: the request failed (RuntimeError: the socket broke)")):
+        def fail(*args, exc=exc, **kwargs):
+            raise exc
+        monkeypatch.setattr(page_mod, "request", fail)
+        page.ask("add", 100.0)
+        assert page.message.text == said
+    page.editable = True
+    page.on_tap(SimpleNamespace(x=3.0, modifiers={}))  # no lineout yet: nothing to map the click onto
+    assert page.message.text == "nothing asked: no lineout has arrived yet"
