@@ -99,7 +99,9 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
                         rf"\d+, gaps \d+ \(missed \d+\), resets 0, overruns \d+, rejected: shape 0, type 0, "
                         rf"decode 0; ring full 0", line), line
 
-    b = server("-nx", NY - 8, "-ny", NZ, "-dt", "uint16", "-nf", 4, "-cs", 4)  # 120 x 128: not this detector
+    # the servers after the first start publishing 3 s after they start (-std): the daemon, searching for the channel
+    # since the disconnect, subscribes meanwhile and sees each one's ids from 1 (a reset, not a gap)
+    b = server("-nx", NY - 8, "-ny", NZ, "-dt", "uint16", "-nf", 4, "-cs", 4, "-std", 3)  # 120 x 128: not this detector
     try:
         c = wait_for(d, "wrong-shape frames", lambda c: c["dropped_wrong_shape"] >= 10)
         assert c["received"] == n_a and c["pva_connects"] == 2
@@ -109,7 +111,7 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
         stop_process(b, signal.SIGKILL)
     wait_for(d, "the second disconnect", lambda c: c["pva_connected"] == 0)
 
-    a2 = server("-if", tmp_path / "frames.npy", "-nf", N_DISTINCT, "-cs", N_DISTINCT)
+    a2 = server("-if", tmp_path / "frames.npy", "-nf", N_DISTINCT, "-cs", N_DISTINCT, "-std", 3)
     try:
         c = wait_for(d, "frames after the restart", lambda c: c["received"] >= n_a + 30)
         assert c["pva_connects"] == 3 and c["pva_resets"] >= 1
@@ -134,7 +136,6 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
     assert runs[1]["reason"] == "stop" and sum(r["frames"] for r in runs) == written
     ref = reference(params, frames)
     totals: dict[str, int] = {}
-    first_ids: list[int] = []
     for r in runs:
         path = tmp_path / f"out_{r['run']:05d}.h5"
         out = read_output(path)
@@ -149,18 +150,19 @@ def test_daemon_follows_server_restarts_and_rejects_wrong_shapes(tmp_path, daemo
         # may publish its first frames before the daemon's channel search finds it (CI once saw the first id 11);
         # they were never the daemon's to lose. From the first frame it got, every frame is in the file, in order
         assert len(ids) >= 30 and ids[0] >= 1
-        first_ids.append(ids[0])
         np.testing.assert_array_equal(np.diff(ids), 1)
         for row, uid in zip(out["I"], ids, strict=True):
             np.testing.assert_allclose(row, ref[(uid - 1) % N_DISTINCT], rtol=1e-6, atol=1e-6 * ref.max())
     assert totals["received"] == received and totals["dropped_wrong_shape"] == wrong  # the runs' counts add up
     assert totals["pva_connects"] == 3 and totals["pva_resets"] >= 1
-    # no frame of a stream went missing. The one gap allowed is across the last reconnect: server A's second life
-    # counts from 1 again, but if the daemon subscribed late (loaded box) its first id seen can be above the wrong-shape
-    # server's last id, which is a jump forward (CI once counted 2 missed with every file's ids consecutive): then it
-    # must end at the first frame of run 2 and be the only gap
-    if totals["pva_missed"]:
-        gaps = re.findall(r"uniqueId (\d+) -> (\d+): (\d+) frame\(s\) sent by the detector never arrived", d.stderr)
-        assert totals["pva_gaps"] == 1 and len(gaps) == 1, (totals, gaps)
-        last, first, missed = map(int, gaps[0])
-        assert first == first_ids[1] and missed == first - last - 1 == totals["pva_missed"], (gaps, first_ids)
+    # no frame of a stream went missing: every file's ids are consecutive (above). A gap can only be at a reconnect:
+    # each server counts from 1 on its own clock, and a daemon that subscribed late (a loaded box: CI once saw the
+    # wrong-shape server's first id 53 after server A's last 47, 5 "missed") sees its first id above the last one of
+    # the server before. Each gap counted is then one such jump, at most one a reconnect, its count what the ids say
+    gaps = [tuple(map(int, g)) for g in
+            re.findall(r"uniqueId (\d+) -> (\d+): (\d+) frame\(s\) sent by the detector never arrived", d.stderr)]
+    # (a second gap within the log's rate limit is counted, not logged)
+    assert 1 <= len(gaps) <= totals["pva_gaps"] <= 2 or len(gaps) == totals["pva_gaps"] == 0, (totals, gaps)
+    assert all(missed == first - last - 1 for last, first, missed in gaps), gaps
+    if len(gaps) == totals["pva_gaps"]:
+        assert sum(missed for _, _, missed in gaps) == totals["pva_missed"], (totals, gaps)
