@@ -152,6 +152,7 @@ class PvaSource(QueuedLiveSource):
         self._channel = None
         self._last_id: int | None = None
         self._restarted = ""  # set when uniqueId went back: the reason the next accepted frame starts a run
+        self._reconnected = False  # set at a reconnect, until the next frame: a jump in uniqueId is logged as across it
         self._overrun_base = 0  # overruns pvapy counted before its counters were last reset
         self._overrun_polled = 0.0
         self._logs = RateLimitedLog(log)
@@ -225,6 +226,7 @@ class PvaSource(QueuedLiveSource):
             self._counters["pva_connected"] = int(bool(connected))
             if connected and not was:
                 self._counters["pva_connects"] += 1
+                self._reconnected = self._counters["pva_connects"] > 1
             elif was and not connected:
                 self._counters["pva_disconnects"] += 1
         if connected and not was:
@@ -346,6 +348,7 @@ class PvaSource(QueuedLiveSource):
     def track_id(self, uid: int) -> bool:
         """Gap, reset and duplicate accounting of ``uniqueId``; False for a duplicate (drop it)."""
         last, self._last_id = self._last_id, uid
+        across, self._reconnected = self._reconnected, False
         if last is None or uid == last + 1:
             return True
         if uid == last:
@@ -359,8 +362,13 @@ class PvaSource(QueuedLiveSource):
                 self._counters["pva_gaps"] += 1
                 self._counters["pva_missed"] += missed
                 total = self._counters["pva_missed"]
-            self._logs.warning("gap", f"PVA channel {self.channel_name}: uniqueId {last} -> {uid}: {missed} "
-                                      f"frame(s) sent by the detector never arrived ({total} in all)")
+            if across:  # (a detector server that restarted and published before this connection looks the same)
+                self._logs.warning("gap", f"PVA channel {self.channel_name}: uniqueId {last} -> {uid} across the "
+                                          f"reconnect: {missed} frame(s) published while not connected never arrived "
+                                          f"({total} in all); the count did not go back, so this run goes on")
+            else:
+                self._logs.warning("gap", f"PVA channel {self.channel_name}: uniqueId {last} -> {uid}: {missed} "
+                                          f"frame(s) sent by the detector never arrived ({total} in all)")
             return True
         self.count("pva_resets")
         self._restarted = "acquisition restarted"  # the next frame accepted starts a new run
