@@ -362,8 +362,9 @@ class PvaSource(QueuedLiveSource):
                 self._counters["pva_gaps"] += 1
                 self._counters["pva_missed"] += missed
                 total = self._counters["pva_missed"]
-            if across:  # (a detector server that restarted and published before this connection looks the same)
-                self._logs.warning("gap", f"PVA channel {self.channel_name}: uniqueId {last} -> {uid} across the "
+            if across:  # (a detector server that restarted and published before this connection looks the same;
+                # its own kind of warning, never held back by the rate limit of the gaps before the disconnect)
+                self._logs.warning("gap_across_reconnect", f"PVA channel {self.channel_name}: uniqueId {last} -> {uid} across the "
                                           f"reconnect: {missed} frame(s) published while not connected never arrived "
                                           f"({total} in all); the count did not go back, so this run goes on")
             else:
