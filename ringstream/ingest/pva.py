@@ -364,12 +364,12 @@ class PvaSource(QueuedLiveSource):
                 total = self._counters["pva_missed"]
             if across:  # (a detector server that restarted and published before this connection looks the same;
                 # its own kind of warning, never held back by the rate limit of the gaps before the disconnect)
-                self._logs.warning("gap_across_reconnect", f"PVA channel {self.channel_name}: uniqueId {last} -> {uid} across the "
-                                          f"reconnect: {missed} frame(s) published while not connected never arrived "
-                                          f"({total} in all); the count did not go back, so this run goes on")
+                kind, text = "gap_across_reconnect", (f" across the reconnect: {missed} frame(s) published while not "
+                                                      f"connected never arrived ({total} in all); the count did not "
+                                                      f"go back, so this run goes on")
             else:
-                self._logs.warning("gap", f"PVA channel {self.channel_name}: uniqueId {last} -> {uid}: {missed} "
-                                          f"frame(s) sent by the detector never arrived ({total} in all)")
+                kind, text = "gap", f": {missed} frame(s) sent by the detector never arrived ({total} in all)"
+            self._logs.warning(kind, f"PVA channel {self.channel_name}: uniqueId {last} -> {uid}{text}")
             return True
         self.count("pva_resets")
         self._restarted = "acquisition restarted"  # the next frame accepted starts a new run
